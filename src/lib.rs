@@ -1,0 +1,18 @@
+//! flowgate: a poll-mode packet processor that turns a layer-2 network of ordinary
+//! servers into one load-balanced, QoS-aware service.
+//!
+//! Layers, dependencies pointing down (see `docs/ARCHITECTURE.md`):
+//!
+//! - [`config`]: pipeline YAML into typed, validated config.
+//! - [`pipeline`]: per-burst worker: parse → flow → classify → act.
+//! - [`classify`], [`flow`], [`balance`], [`action`]: rule matching, flow table,
+//!   server choice, header rewrites.
+//! - [`port`]: packet I/O (pcap files; DPDK behind the `dpdk` feature).
+//! - [`wire`]: zero-copy header views and checksums; depends on nothing.
+//!
+//! `unsafe` is forbidden everywhere except the DPDK binding module.
+#![deny(unsafe_code)]
+
+pub mod classify;
+pub mod pipeline;
+pub mod wire;

@@ -1,0 +1,3 @@
+//! The per-burst worker: parse → flow → classify → act.
+
+pub mod meta;
