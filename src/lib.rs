@@ -13,6 +13,9 @@
 //! `unsafe` is forbidden everywhere except the DPDK binding module.
 #![deny(unsafe_code)]
 
+pub mod balance;
 pub mod classify;
+pub mod config;
+pub mod flow;
 pub mod pipeline;
 pub mod wire;

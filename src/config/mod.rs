@@ -1,0 +1,828 @@
+//! Pipeline configuration: `pipelines/*.yaml` parsed low ([`raw`]) and validated high
+//! (this module) once, at start.
+//!
+//! [`Pipeline::load`] returns either a fully typed, cross-checked [`Pipeline`] or a
+//! [`ConfigError`] that names the file, the line and the key (`services[0].qos`), so
+//! `flowgate check` can point a user at the mistake. Nothing here runs on the packet path.
+//!
+//! QoS attributes resolve to [`QosActions`]; their application order on a frame is fixed
+//! and documented in `crate::action`.
+
+pub mod locate;
+pub mod raw;
+
+use crate::classify::{self, Decision, Range, Rule};
+use raw::{RawMatch, RawPipeline, RawQos, RawQosRef, RawRange};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+/// A 48-bit Ethernet address.
+pub type Mac = [u8; 6];
+
+/// A configuration error, located in its file.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: {key}: {msg}")]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub key: String,
+    pub msg: String,
+}
+
+/// Where traffic goes when it is not sent to a chosen server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// To server `i` of [`Pipeline::servers`].
+    Server(u16),
+    /// To the outside gateway.
+    Gateway,
+    /// Dropped (counted).
+    Drop,
+}
+
+/// Server-choice policy of a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// Weighted Maglev over the configured weights.
+    Maglev,
+    /// Weighted Maglev over `weight × (1 − load)`.
+    LeastLoad,
+    /// Weighted Maglev over `weight × (min response time / response time)`.
+    ResponseTime,
+}
+
+/// Administrative state of a server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerState {
+    /// Takes new flows (when its weight is > 0).
+    Up,
+    /// Takes no new flows, keeps its existing ones (graceful shutdown).
+    Draining,
+    /// Takes nothing; its flows are re-balanced.
+    Down,
+}
+
+/// One end system.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Server {
+    pub name: String,
+    pub mac: Mac,
+    pub ip: Option<IpAddr>,
+    /// The port it sits behind (index into [`Pipeline::ports`]); `None` = the only port.
+    pub port: Option<u16>,
+    pub state: ServerState,
+    /// Load figure 0.0..=1.0 (from the control plane; static in the YAML).
+    pub load: f64,
+    /// Response time in ms (from the control plane; static in the YAML).
+    pub response_ms: f64,
+}
+
+/// A service member: a server with its weight in this service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Member {
+    pub server: u16,
+    pub weight: u32,
+}
+
+/// QoS rewrites, applied in the order documented in `crate::action`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QosActions {
+    pub pop_mpls: bool,
+    pub swap_mpls: Option<u32>,
+    pub pop_vlan: bool,
+    pub set_vlan: Option<u16>,
+    /// (tpid, vid, pcp)
+    pub push_vlan: Option<(u16, u16, u8)>,
+    pub pcp: Option<u8>,
+    /// (label, tc, ttl)
+    pub push_mpls: Option<(u32, u8, u8)>,
+    pub dscp: Option<u8>,
+}
+
+impl QosActions {
+    /// True when there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        *self == QosActions::default()
+    }
+}
+
+/// A VIP service.
+#[derive(Clone, Debug)]
+pub struct Service {
+    pub name: String,
+    pub vip: IpAddr,
+    pub proto: u8,
+    pub ports: Vec<Range<u16>>,
+    pub policy: Policy,
+    pub qos: QosActions,
+    pub reply_qos: QosActions,
+    pub members: Vec<Member>,
+    /// Maglev lookup table size (prime).
+    pub table_size: usize,
+}
+
+/// A pattern rule (`flows:`).
+#[derive(Clone, Debug)]
+pub struct FlowRule {
+    pub name: String,
+    /// The compiled match (decision = `FlowRule(index)`).
+    pub rule: Rule,
+    pub target: Target,
+    pub qos: QosActions,
+    pub reply_qos: QosActions,
+    /// Idle timeout of the flows it creates, in ns.
+    pub idle_timeout_ns: u64,
+}
+
+/// Flow table sizing and timeouts (ns).
+#[derive(Clone, Copy, Debug)]
+pub struct FlowTableConf {
+    pub capacity: usize,
+    pub tcp_syn_ns: u64,
+    pub tcp_established_ns: u64,
+    pub tcp_closing_ns: u64,
+    pub idle_ns: u64,
+}
+
+impl Default for FlowTableConf {
+    fn default() -> Self {
+        const S: u64 = 1_000_000_000;
+        FlowTableConf {
+            capacity: 1 << 20,
+            tcp_syn_ns: 10 * S,
+            tcp_established_ns: 300 * S,
+            tcp_closing_ns: 10 * S,
+            idle_ns: 60 * S,
+        }
+    }
+}
+
+/// The validated pipeline.
+#[derive(Clone, Debug)]
+pub struct Pipeline {
+    /// File it came from (for messages).
+    pub source: PathBuf,
+    pub mac: Mac,
+    /// Addresses the system owns besides VIPs (answers ARP/ND for them).
+    pub addresses: Vec<IpAddr>,
+    pub gateway_mac: Mac,
+    pub gateway_port: Option<u16>,
+    /// Port names referenced (`port:` of servers and gateway), in first-seen order.
+    pub ports: Vec<String>,
+    pub servers: Vec<Server>,
+    pub services: Vec<Service>,
+    pub flow_rules: Vec<FlowRule>,
+    pub default: Target,
+    pub flow_table: FlowTableConf,
+}
+
+/// Default Maglev table size: a prime well above 100 × the number of servers.
+pub const DEFAULT_TABLE_SIZE: usize = 65537;
+
+struct Ctx<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, path: &[locate::Seg], msg: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_string(),
+            line: locate::line_of(self.text, path),
+            key: locate::render(path),
+            msg: msg.into(),
+        }
+    }
+}
+
+use locate::Seg::{Idx, Key};
+
+impl Pipeline {
+    /// Reads and validates a pipeline file.
+    pub fn load(path: &Path) -> Result<Pipeline, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            line: 0,
+            key: String::new(),
+            msg: format!("cannot read: {e}"),
+        })?;
+        Self::from_str(&text, path)
+    }
+
+    /// Parses and validates `text` (named `path` in errors).
+    pub fn from_str(text: &str, path: &Path) -> Result<Pipeline, ConfigError> {
+        let file = path.display().to_string();
+        let raw: RawPipeline = serde_yaml_ng::from_str(text).map_err(|e| {
+            let line = e.location().map_or(0, |l| l.line());
+            let msg = e.to_string();
+            // serde_yaml_ng prefixes the path of the failing key: "services[0].vip: …".
+            let (key, msg) = match msg.split_once(": ") {
+                Some((k, m)) if !k.contains(' ') => (k.to_string(), m.to_string()),
+                _ => (String::new(), msg),
+            };
+            let msg = match msg.rsplit_once(" at line ") {
+                Some((m, _)) => m.to_string(),
+                None => msg,
+            };
+            ConfigError {
+                file: file.clone(),
+                line,
+                key,
+                msg,
+            }
+        })?;
+        let cx = Ctx { file: &file, text };
+        resolve(&cx, raw, path)
+    }
+
+    /// Index of server `name`.
+    pub fn server_index(&self, name: &str) -> Option<u16> {
+        self.servers
+            .iter()
+            .position(|s| s.name == name)
+            .map(|i| i as u16)
+    }
+
+    /// All classification rules in priority order: flow rules (file order), then one
+    /// rule per (service, port range).
+    pub fn rules(&self) -> Vec<Rule> {
+        let mut rules: Vec<Rule> = self.flow_rules.iter().map(|f| f.rule).collect();
+        for (i, s) in self.services.iter().enumerate() {
+            for p in &s.ports {
+                let mut r = Rule::any(Decision::Service(i as u32));
+                let (addr, len) = ip_to_u128(s.vip);
+                r.dst = classify::prefix_range(addr, len);
+                if s.proto != 0 {
+                    r.proto = Range::exact(s.proto);
+                }
+                r.dst_port = *p;
+                rules.push(r);
+            }
+        }
+        rules
+    }
+
+    /// True when `ip` is a VIP or a system address.
+    pub fn owns(&self, ip: IpAddr) -> bool {
+        self.addresses.contains(&ip) || self.services.iter().any(|s| s.vip == ip)
+    }
+}
+
+/// An address as a full-length prefix in the mapped 128-bit space.
+pub fn ip_to_u128(ip: IpAddr) -> (u128, u8) {
+    match ip {
+        IpAddr::V4(a) => (classify::v4_mapped(a.octets()), 128),
+        IpAddr::V6(a) => (u128::from_be_bytes(a.octets()), 128),
+    }
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` (or `-` separated).
+pub fn parse_mac(s: &str) -> Option<Mac> {
+    let mut out = [0u8; 6];
+    let mut n = 0;
+    for part in s.split([':', '-']) {
+        if n == 6 || part.len() != 2 {
+            return None;
+        }
+        out[n] = u8::from_str_radix(part, 16).ok()?;
+        n += 1;
+    }
+    (n == 6).then_some(out)
+}
+
+/// DSCP by name (`ef`, `af11`…`af43`, `cs0`…`cs7`, `be`/`default`, `va`) or number 0–63.
+pub fn parse_dscp(s: &str) -> Option<u8> {
+    let s = s.trim().to_ascii_lowercase();
+    if let Ok(v) = s.parse::<u8>() {
+        return (v < 64).then_some(v);
+    }
+    match s.as_str() {
+        "be" | "default" | "df" => return Some(0),
+        "ef" => return Some(46),
+        "va" | "voice-admit" => return Some(44),
+        "le" => return Some(1),
+        _ => {}
+    }
+    if let Some(c) = s.strip_prefix("cs") {
+        let c: u8 = c.parse().ok()?;
+        return (c <= 7).then_some(c << 3);
+    }
+    if let Some(af) = s.strip_prefix("af") {
+        let b = af.as_bytes();
+        if b.len() == 2 {
+            let (c, d) = (b[0].wrapping_sub(b'0'), b[1].wrapping_sub(b'0'));
+            if (1..=4).contains(&c) && (1..=3).contains(&d) {
+                return Some((c << 3) | (d << 1));
+            }
+        }
+    }
+    None
+}
+
+fn parse_proto(s: &str) -> Option<u8> {
+    match s.to_ascii_lowercase().as_str() {
+        "tcp" => Some(6),
+        "udp" => Some(17),
+        "icmp" => Some(1),
+        "icmpv6" | "ipv6-icmp" => Some(58),
+        "esp" => Some(50),
+        "ah" => Some(51),
+        "gre" => Some(47),
+        "sctp" => Some(132),
+        "any" => Some(0),
+        n => n.parse().ok(),
+    }
+}
+
+fn parse_ethertype(s: &str) -> Option<u16> {
+    match s.to_ascii_lowercase().as_str() {
+        "ipv4" | "ip" => Some(0x0800),
+        "ipv6" => Some(0x86dd),
+        "arp" => Some(0x0806),
+        "mpls" => Some(0x8847),
+        "vlan" => Some(0x8100),
+        n => match n.strip_prefix("0x") {
+            Some(h) => u16::from_str_radix(h, 16).ok(),
+            None => n.parse().ok(),
+        },
+    }
+}
+
+/// `a.b.c.d`, `a.b.c.d/len`, IPv6 likewise, as a range in the mapped space.
+fn parse_prefix(s: &str) -> Option<Range<u128>> {
+    let (a, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l.parse::<u8>().ok()?)),
+        None => (s, None),
+    };
+    let ip: IpAddr = a.trim().parse().ok()?;
+    let (v, full) = ip_to_u128(ip);
+    let len = match (ip, len) {
+        (_, None) => full,
+        (IpAddr::V4(_), Some(l)) if l <= 32 => 96 + l,
+        (IpAddr::V6(_), Some(l)) if l <= 128 => l,
+        _ => return None,
+    };
+    Some(classify::prefix_range(v, len))
+}
+
+fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigError> {
+    let mac = parse_mac(&raw.system.mac).ok_or_else(|| {
+        cx.err(
+            &[Key("system"), Key("mac")],
+            format!("bad MAC address {:?}", raw.system.mac),
+        )
+    })?;
+    let mut addresses = Vec::new();
+    for (i, a) in raw.system.addresses.iter().enumerate() {
+        let ip: IpAddr = a.parse().map_err(|_| {
+            cx.err(
+                &[Key("system"), Key("addresses"), Idx(i)],
+                format!("bad IP address {a:?}"),
+            )
+        })?;
+        addresses.push(ip);
+    }
+    let mut ports: Vec<String> = Vec::new();
+    let mut port_index = |name: &str| -> u16 {
+        match ports.iter().position(|p| p == name) {
+            Some(i) => i as u16,
+            None => {
+                ports.push(name.to_string());
+                (ports.len() - 1) as u16
+            }
+        }
+    };
+    let (gw_mac, gw_port) = match &raw.system.gateway {
+        raw::RawGateway::Mac(m) => (m.clone(), None),
+        raw::RawGateway::Full(g) => (g.mac.clone(), g.port.clone()),
+    };
+    let gateway_mac = parse_mac(&gw_mac).ok_or_else(|| {
+        cx.err(
+            &[Key("system"), Key("gateway")],
+            format!("bad MAC address {gw_mac:?}"),
+        )
+    })?;
+    let gateway_port = gw_port.as_deref().map(&mut port_index);
+
+    // QoS classes.
+    let mut classes: BTreeMap<String, QosActions> = BTreeMap::new();
+    for (name, q) in &raw.qos {
+        let a = qos_actions(cx, q, &[Key("qos"), Key(name)])?;
+        classes.insert(name.clone(), a);
+    }
+    let qos_ref =
+        |r: &Option<RawQosRef>, path: &[locate::Seg]| -> Result<QosActions, ConfigError> {
+            match r {
+                None => Ok(QosActions::default()),
+                Some(RawQosRef::Class(c)) => classes.get(c).copied().ok_or_else(|| {
+                    let known: Vec<&str> = classes.keys().map(String::as_str).collect();
+                    cx.err(
+                        path,
+                        format!("QoS class {c:?} does not exist (defined: {known:?})"),
+                    )
+                }),
+                Some(RawQosRef::Inline(q)) => qos_actions(cx, q, path),
+            }
+        };
+
+    // Servers (shared by name across services) and services.
+    let mut servers: Vec<Server> = Vec::new();
+    let mut services = Vec::new();
+    for (si, s) in raw.services.iter().enumerate() {
+        let at = |k: &'static str| [Key("services"), Idx(si), Key(k)];
+        if services.iter().any(|x: &Service| x.name == s.name) {
+            return Err(cx.err(&at("name"), format!("duplicate service name {:?}", s.name)));
+        }
+        let vip: IpAddr = s
+            .vip
+            .parse()
+            .map_err(|_| cx.err(&at("vip"), format!("bad IP address {:?}", s.vip)))?;
+        let proto = parse_proto(&s.proto.0)
+            .ok_or_else(|| cx.err(&at("proto"), format!("unknown protocol {:?}", s.proto.0)))?;
+        if s.ports.is_empty() {
+            return Err(cx.err(&at("ports"), "a service needs at least one port"));
+        }
+        let mut pr = Vec::new();
+        for (pi, p) in s.ports.iter().enumerate() {
+            pr.push(range16(
+                cx,
+                p,
+                &[Key("services"), Idx(si), Key("ports"), Idx(pi)],
+            )?);
+        }
+        let policy = match s.policy.as_deref().unwrap_or("maglev") {
+            "maglev" => Policy::Maglev,
+            "least-load" => Policy::LeastLoad,
+            "response-time" => Policy::ResponseTime,
+            p => {
+                return Err(cx.err(
+                    &at("policy"),
+                    format!("unknown policy {p:?} (maglev, least-load, response-time)"),
+                ));
+            }
+        };
+        let qos = qos_ref(&s.qos, &at("qos"))?;
+        let reply_qos = qos_ref(&s.reply_qos, &at("reply_qos"))?;
+        let table_size = s.table_size.unwrap_or(DEFAULT_TABLE_SIZE);
+        if !is_prime(table_size) || table_size < 7 || table_size > 16_777_259 {
+            return Err(cx.err(
+                &at("table_size"),
+                format!("{table_size} is not a prime in 7..=16777259"),
+            ));
+        }
+        if s.servers.is_empty() {
+            return Err(cx.err(&at("servers"), "a service needs at least one server"));
+        }
+        let mut members = Vec::new();
+        for (vi, v) in s.servers.iter().enumerate() {
+            let sp = |k: &'static str| [Key("services"), Idx(si), Key("servers"), Idx(vi), Key(k)];
+            let smac = parse_mac(&v.mac)
+                .ok_or_else(|| cx.err(&sp("mac"), format!("bad MAC address {:?}", v.mac)))?;
+            let ip = match &v.ip {
+                None => None,
+                Some(a) => Some(
+                    a.parse::<IpAddr>()
+                        .map_err(|_| cx.err(&sp("ip"), format!("bad IP address {a:?}")))?,
+                ),
+            };
+            let state = match v.state.as_deref().unwrap_or("up") {
+                "up" => ServerState::Up,
+                "draining" | "drain" => ServerState::Draining,
+                "down" => ServerState::Down,
+                x => {
+                    return Err(cx.err(
+                        &sp("state"),
+                        format!("unknown state {x:?} (up, draining, down)"),
+                    ));
+                }
+            };
+            let load = v.load.unwrap_or(0.0);
+            if !(0.0..=1.0).contains(&load) {
+                return Err(cx.err(&sp("load"), format!("load {load} is not in 0.0..=1.0")));
+            }
+            let response_ms = v.response_ms.unwrap_or(1.0);
+            if !(response_ms > 0.0 && response_ms.is_finite()) {
+                return Err(cx.err(&sp("response_ms"), "response_ms must be > 0"));
+            }
+            let weight = v.weight.unwrap_or(100);
+            if weight > 1_000_000 {
+                return Err(cx.err(&sp("weight"), "weight must be <= 1000000"));
+            }
+            let port = v.port.as_deref().map(&mut port_index);
+            let candidate = Server {
+                name: v.name.clone(),
+                mac: smac,
+                ip,
+                port,
+                state,
+                load,
+                response_ms,
+            };
+            let idx = match servers.iter().position(|x| x.name == v.name) {
+                Some(i) if servers[i] == candidate => i,
+                Some(_) => {
+                    return Err(cx.err(
+                        &sp("name"),
+                        format!(
+                            "server {:?} is declared twice with different attributes",
+                            v.name
+                        ),
+                    ));
+                }
+                None => {
+                    servers.push(candidate);
+                    servers.len() - 1
+                }
+            };
+            if members.iter().any(|m: &Member| m.server as usize == idx) {
+                return Err(cx.err(
+                    &sp("name"),
+                    format!("server {:?} listed twice in one service", v.name),
+                ));
+            }
+            members.push(Member {
+                server: idx as u16,
+                weight,
+            });
+        }
+        if servers.len() > usize::from(u16::MAX) {
+            return Err(cx.err(&at("servers"), "too many servers"));
+        }
+        services.push(Service {
+            name: s.name.clone(),
+            vip,
+            proto,
+            ports: pr,
+            policy,
+            qos,
+            reply_qos,
+            members,
+            table_size,
+        });
+    }
+
+    let default_target = match raw.default.as_deref().unwrap_or("gateway") {
+        "gateway" => Target::Gateway,
+        "drop" => Target::Drop,
+        x => {
+            return Err(cx.err(
+                &[Key("default")],
+                format!("must be gateway or drop, not {x:?}"),
+            ));
+        }
+    };
+    let ft = FlowTableConf::default();
+    let flow_table = match &raw.flow_table {
+        None => ft,
+        Some(r) => {
+            const S: u64 = 1_000_000_000;
+            let cap = r.capacity.unwrap_or(ft.capacity);
+            if cap == 0 || cap > (1 << 28) {
+                return Err(cx.err(
+                    &[Key("flow_table"), Key("capacity")],
+                    "must be in 1..=268435456",
+                ));
+            }
+            FlowTableConf {
+                capacity: cap,
+                tcp_syn_ns: r.tcp_syn_timeout.map_or(ft.tcp_syn_ns, |s| s * S),
+                tcp_established_ns: r
+                    .tcp_established_timeout
+                    .map_or(ft.tcp_established_ns, |s| s * S),
+                tcp_closing_ns: r.tcp_closing_timeout.map_or(ft.tcp_closing_ns, |s| s * S),
+                idle_ns: r.idle_timeout.map_or(ft.idle_ns, |s| s * S),
+            }
+        }
+    };
+
+    let mut flow_rules = Vec::new();
+    for (fi, f) in raw.flows.iter().enumerate() {
+        let at = |k: &'static str| [Key("flows"), Idx(fi), Key(k)];
+        let mut rule = Rule::any(Decision::FlowRule(fi as u32));
+        match_fields(cx, &f.matches, fi, &mut rule, &ports)?;
+        let target = match f.to.as_str() {
+            "gateway" => Target::Gateway,
+            "drop" => Target::Drop,
+            name => match servers.iter().position(|s| s.name == name) {
+                Some(i) => Target::Server(i as u16),
+                None => {
+                    return Err(cx.err(
+                        &at("to"),
+                        format!("{name:?} is not a server of any service, gateway, or drop"),
+                    ));
+                }
+            },
+        };
+        flow_rules.push(FlowRule {
+            name: f.name.clone(),
+            rule,
+            target,
+            qos: qos_ref(&f.qos, &at("qos"))?,
+            reply_qos: qos_ref(&f.reply_qos, &at("reply_qos"))?,
+            idle_timeout_ns: f
+                .idle_timeout
+                .map_or(flow_table.idle_ns, |s| s * 1_000_000_000),
+        });
+    }
+
+    Ok(Pipeline {
+        source: path.to_path_buf(),
+        mac,
+        addresses,
+        gateway_mac,
+        gateway_port,
+        ports,
+        servers,
+        services,
+        flow_rules,
+        default: default_target,
+        flow_table,
+    })
+}
+
+fn range16(cx: &Ctx, r: &RawRange, path: &[locate::Seg]) -> Result<Range<u16>, ConfigError> {
+    if r.hi > u64::from(u16::MAX) {
+        return Err(cx.err(path, format!("{} is out of range 0..=65535", r.hi)));
+    }
+    Ok(Range::new(r.lo as u16, r.hi as u16))
+}
+
+fn match_fields(
+    cx: &Ctx,
+    m: &RawMatch,
+    fi: usize,
+    rule: &mut Rule,
+    ports: &[String],
+) -> Result<(), ConfigError> {
+    let p = |k: &'static str| [Key("flows"), Idx(fi), Key("match"), Key(k)];
+    let bounded = |r: &RawRange, max: u64, k: &'static str| -> Result<(u64, u64), ConfigError> {
+        if r.hi > max {
+            return Err(cx.err(&p(k), format!("{} is out of range 0..={max}", r.hi)));
+        }
+        Ok((r.lo, r.hi))
+    };
+    if let Some(t) = &m.in_port {
+        let i = match ports.iter().position(|n| *n == t.0) {
+            Some(i) => i as u16,
+            None => t.0.parse().map_err(|_| {
+                cx.err(
+                    &p("in_port"),
+                    format!("unknown port {:?} (ports named so far: {ports:?})", t.0),
+                )
+            })?,
+        };
+        rule.in_port = Range::exact(i);
+    }
+    if let Some(r) = &m.vlan {
+        let (lo, hi) = bounded(r, 4095, "vlan")?;
+        rule.vlan = Range::new(lo as u16, hi as u16);
+    }
+    if let Some(r) = &m.pcp {
+        let (lo, hi) = bounded(r, 7, "pcp")?;
+        rule.pcp = Range::new(lo as u8, hi as u8);
+    }
+    if let Some(r) = &m.mpls {
+        let (lo, hi) = bounded(r, 0xf_ffff, "mpls")?;
+        rule.mpls = Range::new(lo as u32, hi as u32);
+    }
+    if let Some(t) = &m.ethertype {
+        let e = parse_ethertype(&t.0)
+            .ok_or_else(|| cx.err(&p("ethertype"), format!("unknown ethertype {:?}", t.0)))?;
+        rule.ethertype = Range::exact(e);
+    }
+    if let Some(s) = &m.src {
+        rule.src = parse_prefix(s)
+            .ok_or_else(|| cx.err(&p("src"), format!("bad address or prefix {s:?}")))?;
+    }
+    if let Some(s) = &m.dst {
+        rule.dst = parse_prefix(s)
+            .ok_or_else(|| cx.err(&p("dst"), format!("bad address or prefix {s:?}")))?;
+    }
+    if let Some(t) = &m.proto {
+        let v = parse_proto(&t.0)
+            .ok_or_else(|| cx.err(&p("proto"), format!("unknown protocol {:?}", t.0)))?;
+        if v != 0 {
+            rule.proto = Range::exact(v);
+        }
+    }
+    if let Some(r) = &m.src_port {
+        let (lo, hi) = bounded(r, 65535, "src_port")?;
+        rule.src_port = Range::new(lo as u16, hi as u16);
+    }
+    if let Some(r) = &m.dst_port {
+        let (lo, hi) = bounded(r, 65535, "dst_port")?;
+        rule.dst_port = Range::new(lo as u16, hi as u16);
+    }
+    if let Some(t) = &m.dscp {
+        let d = parse_dscp(&t.0)
+            .ok_or_else(|| cx.err(&p("dscp"), format!("unknown DSCP {:?}", t.0)))?;
+        rule.dscp = Range::exact(d);
+    }
+    if let Some(r) = &m.spi {
+        let (lo, hi) = bounded(r, u64::from(u32::MAX), "spi")?;
+        rule.spi = Range::new(lo as u32, hi as u32);
+    }
+    Ok(())
+}
+
+fn qos_actions(cx: &Ctx, q: &RawQos, path: &[locate::Seg]) -> Result<QosActions, ConfigError> {
+    let sub = |k: &'static str| {
+        let mut v = path.to_vec();
+        v.push(Key(k));
+        v
+    };
+    let mut a = QosActions::default();
+    if let Some(d) = &q.dscp {
+        a.dscp = Some(parse_dscp(&d.0).ok_or_else(|| {
+            cx.err(
+                &sub("dscp"),
+                format!(
+                    "unknown DSCP {:?} (a name such as ef, af41, cs5, or 0-63)",
+                    d.0
+                ),
+            )
+        })?);
+    }
+    let pcp_ok = |v: u8, k| {
+        if v > 7 {
+            Err(cx.err(&sub(k), format!("pcp {v} is not in 0..=7")))
+        } else {
+            Ok(v)
+        }
+    };
+    if let Some(p) = q.pcp {
+        a.pcp = Some(pcp_ok(p, "pcp")?);
+    }
+    if let Some(v) = &q.push_vlan {
+        if v.vid > 4095 {
+            return Err(cx.err(
+                &sub("push_vlan"),
+                format!("vid {} is not in 0..=4095", v.vid),
+            ));
+        }
+        let tpid = match v.tpid.as_ref().map(|t| t.0.to_ascii_lowercase()) {
+            None => 0x8100,
+            Some(t) => match t.as_str() {
+                "0x8100" | "33024" | "8100" | "dot1q" => 0x8100,
+                "0x88a8" | "34984" | "88a8" | "dot1ad" => 0x88a8,
+                "0x9100" | "37120" | "9100" => 0x9100,
+                _ => {
+                    return Err(cx.err(
+                        &sub("push_vlan"),
+                        format!("tpid {t} is not 0x8100, 0x88a8 or 0x9100"),
+                    ));
+                }
+            },
+        };
+        a.push_vlan = Some((tpid, v.vid, pcp_ok(v.pcp.unwrap_or(0), "push_vlan")?));
+    }
+    a.pop_vlan = q.pop_vlan.unwrap_or(false);
+    if let Some(v) = &q.set_vlan {
+        if v.vid > 4095 {
+            return Err(cx.err(
+                &sub("set_vlan"),
+                format!("vid {} is not in 0..=4095", v.vid),
+            ));
+        }
+        a.set_vlan = Some(v.vid);
+    }
+    if let Some(m) = &q.push_mpls {
+        if m.label > 0xf_ffff {
+            return Err(cx.err(
+                &sub("push_mpls"),
+                format!("label {} is not in 0..=1048575", m.label),
+            ));
+        }
+        let tc = m.tc.unwrap_or(0);
+        if tc > 7 {
+            return Err(cx.err(&sub("push_mpls"), format!("tc {tc} is not in 0..=7")));
+        }
+        a.push_mpls = Some((m.label, tc, m.ttl.unwrap_or(64)));
+    }
+    a.pop_mpls = q.pop_mpls.unwrap_or(false);
+    if let Some(m) = &q.swap_mpls {
+        if m.label > 0xf_ffff {
+            return Err(cx.err(
+                &sub("swap_mpls"),
+                format!("label {} is not in 0..=1048575", m.label),
+            ));
+        }
+        a.swap_mpls = Some(m.label);
+    }
+    Ok(a)
+}
+
+fn is_prime(n: usize) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2;
+    while d * d <= n {
+        if n % d == 0 {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}

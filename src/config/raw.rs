@@ -1,0 +1,266 @@
+//! Raw serde mirror of `pipelines/*.yaml`: field names are the file's contract.
+//!
+//! Every struct denies unknown fields, so a misspelt key is an error with a line number.
+//! Values stay close to what was written (strings for addresses and names); `config::mod`
+//! resolves them into typed config once.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPipeline {
+    pub system: RawSystem,
+    #[serde(default)]
+    pub qos: BTreeMap<String, RawQos>,
+    #[serde(default)]
+    pub services: Vec<RawService>,
+    #[serde(default)]
+    pub flows: Vec<RawFlowRule>,
+    #[serde(default)]
+    pub default: Option<String>,
+    #[serde(default)]
+    pub flow_table: Option<RawFlowTable>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSystem {
+    pub mac: String,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    pub gateway: RawGateway,
+}
+
+/// `gateway: "02:…"` or `gateway: { mac: "02:…", port: outside }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawGateway {
+    Mac(String),
+    Full(RawGatewayFull),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGatewayFull {
+    pub mac: String,
+    #[serde(default)]
+    pub port: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub name: String,
+    pub vip: String,
+    pub proto: Text,
+    pub ports: Vec<RawRange>,
+    #[serde(default)]
+    pub policy: Option<String>,
+    #[serde(default)]
+    pub qos: Option<RawQosRef>,
+    #[serde(default)]
+    pub reply_qos: Option<RawQosRef>,
+    #[serde(default)]
+    pub table_size: Option<usize>,
+    pub servers: Vec<RawServer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub name: String,
+    pub mac: String,
+    #[serde(default)]
+    pub ip: Option<String>,
+    #[serde(default)]
+    pub weight: Option<u32>,
+    #[serde(default)]
+    pub port: Option<String>,
+    /// Static load figure, 0.0..1.0 (the control plane replaces it at run time).
+    #[serde(default)]
+    pub load: Option<f64>,
+    /// Static response time in milliseconds (the control plane replaces it).
+    #[serde(default)]
+    pub response_ms: Option<f64>,
+    /// `up` (default), `draining` or `down`.
+    #[serde(default)]
+    pub state: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFlowRule {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matches: RawMatch,
+    pub to: String,
+    #[serde(default)]
+    pub qos: Option<RawQosRef>,
+    #[serde(default)]
+    pub reply_qos: Option<RawQosRef>,
+    /// Idle timeout of the flows this rule creates, seconds.
+    #[serde(default)]
+    pub idle_timeout: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    pub in_port: Option<Text>,
+    pub vlan: Option<RawRange>,
+    pub pcp: Option<RawRange>,
+    pub mpls: Option<RawRange>,
+    pub ethertype: Option<Text>,
+    pub src: Option<String>,
+    pub dst: Option<String>,
+    pub proto: Option<Text>,
+    pub src_port: Option<RawRange>,
+    pub dst_port: Option<RawRange>,
+    pub dscp: Option<Text>,
+    pub spi: Option<RawRange>,
+}
+
+/// A QoS class name or inline attributes.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawQosRef {
+    Class(String),
+    Inline(RawQos),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQos {
+    pub dscp: Option<Text>,
+    pub pcp: Option<u8>,
+    pub push_vlan: Option<RawPushVlan>,
+    pub pop_vlan: Option<bool>,
+    pub set_vlan: Option<RawSetVlan>,
+    pub push_mpls: Option<RawPushMpls>,
+    pub pop_mpls: Option<bool>,
+    pub swap_mpls: Option<RawSwapMpls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPushVlan {
+    pub vid: u16,
+    #[serde(default)]
+    pub pcp: Option<u8>,
+    #[serde(default)]
+    pub tpid: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSetVlan {
+    pub vid: u16,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPushMpls {
+    pub label: u32,
+    #[serde(default)]
+    pub tc: Option<u8>,
+    #[serde(default)]
+    pub ttl: Option<u8>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSwapMpls {
+    pub label: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFlowTable {
+    #[serde(default)]
+    pub capacity: Option<usize>,
+    #[serde(default)]
+    pub tcp_syn_timeout: Option<u64>,
+    #[serde(default)]
+    pub tcp_established_timeout: Option<u64>,
+    #[serde(default)]
+    pub tcp_closing_timeout: Option<u64>,
+    #[serde(default)]
+    pub idle_timeout: Option<u64>,
+}
+
+/// A number or an inclusive range written `"lo-hi"` (or a number as a string).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawRange {
+    pub lo: u64,
+    pub hi: u64,
+}
+
+impl<'de> Deserialize<'de> for RawRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RawRange;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number or a range \"lo-hi\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawRange, E> {
+                Ok(RawRange { lo: v, hi: v })
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawRange, E> {
+                u64::try_from(v)
+                    .map(|v| RawRange { lo: v, hi: v })
+                    .map_err(|_| E::custom(format!("negative value {v}")))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<RawRange, E> {
+                let parse = |t: &str| {
+                    let t = t.trim();
+                    let r = if let Some(h) = t.strip_prefix("0x") {
+                        u64::from_str_radix(h, 16)
+                    } else {
+                        t.parse()
+                    };
+                    r.map_err(|_| E::custom(format!("bad number {t:?} in {s:?}")))
+                };
+                let (lo, hi) = match s.split_once('-') {
+                    Some((a, b)) => (parse(a)?, parse(b)?),
+                    None => {
+                        let v = parse(s)?;
+                        (v, v)
+                    }
+                };
+                if lo > hi {
+                    return Err(E::custom(format!("empty range {s:?}")));
+                }
+                Ok(RawRange { lo, hi })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A scalar written either as a string or as a number (`proto: tcp`, `proto: 6`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Text(pub String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Text;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or a number")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Text, E> {
+                Ok(Text(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Text, E> {
+                Ok(Text(v.to_string()))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Text, E> {
+                Ok(Text(s.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
