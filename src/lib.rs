@@ -13,8 +13,10 @@
 //! `unsafe` is forbidden everywhere except the DPDK binding module.
 #![deny(unsafe_code)]
 
+pub mod action;
 pub mod balance;
 pub mod classify;
+pub mod cmd;
 pub mod config;
 pub mod flow;
 pub mod pipeline;

@@ -178,3 +178,8 @@ pub trait Classifier: Send + Sync {
     /// Bytes of memory the engine's lookup structures use.
     fn bytes(&self) -> usize;
 }
+
+/// Compiles `rules` with the default engine for the data path.
+pub fn compile(rules: Vec<Rule>) -> Box<dyn Classifier> {
+    Box::new(linear::Linear::new(rules))
+}

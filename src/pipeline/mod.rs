@@ -1,3 +1,588 @@
-//! The per-burst worker: parse → flow → classify → act.
+//! The per-packet worker: parse → flow → classify → act.
+//!
+//! Layer: `pipeline`, above `classify`, `flow`, `balance`, `action` and `wire`.
+//! [`Tables`] is the immutable snapshot a worker reads (compiled rules, Maglev tables,
+//! servers); [`Worker`] owns what changes per packet (flow table, fragment records,
+//! counters). [`Worker::process`] handles one frame in place and returns an [`Outcome`]
+//! saying where it goes and why. It never allocates, locks or makes a syscall.
+//!
+//! Routing rules (see `docs/ARCHITECTURE.md` for the why):
+//! - ARP requests and IPv6 neighbour solicitations for a VIP or a `system.addresses`
+//!   entry are answered out of the port they came in on; other ARP/ND is dropped as
+//!   `not_for_us`.
+//! - A packet of a known flow in its creating direction goes to the flow's target. In the
+//!   reverse direction, a flow whose target is a server sends to the gateway (responses
+//!   leave through the outside gateway), and any other flow sends back to the MAC that
+//!   created it (learned, as a switch would).
+//! - A packet that starts no flow (no rule matched) goes to the gateway when it comes from
+//!   a known server, else to `default`.
+//! - An ICMP error follows the flow of the packet it quotes; it never creates a flow.
+//! - A non-first fragment follows its first fragment; without one it is dropped
+//!   (`fragment_no_first`).
 
 pub mod meta;
+pub mod parse;
+pub mod reply;
+pub mod stats;
+
+use crate::action::{self, PacketBuf};
+use crate::balance::{maglev::Maglev, tuple_hash};
+use crate::classify::{self, Classifier, Decision, Key};
+use crate::config::{Mac, Pipeline, Policy, QosActions, ServerState, Target};
+use crate::flow::{
+    FlowKey, FlowTable, FragKey, Inserted, LruTable, Owner, TcpState, tcp_class, tcp_flags, tcp_next,
+};
+use meta::{DropReason, Frag, L3, Meta};
+use stats::Stats;
+use std::sync::Arc;
+
+const NONE16: u16 = u16::MAX;
+
+/// Which QoS set a route applies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QosSel {
+    #[default]
+    None,
+    /// A service's `qos` (client → server).
+    Service(u16),
+    /// A service's `reply_qos` (server → client).
+    ServiceReply(u16),
+    /// A pattern rule's `qos` (creating direction).
+    Rule(u16),
+    /// A pattern rule's `reply_qos` (reverse direction).
+    RuleReply(u16),
+}
+
+/// Where one frame goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Route {
+    pub mac: Mac,
+    pub port: u16,
+    pub qos: QosSel,
+    /// Service and member the packet belongs to, for counters (NONE = u16::MAX).
+    pub svc: u16,
+    pub member: u16,
+    pub rule: u16,
+    /// Server index when the route is to a server.
+    pub server: u16,
+}
+
+/// How the worker got to its decision (for `--trace` and tests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Kind {
+    /// Dropped before a routing decision (parse error, ARP not for us…).
+    #[default]
+    Early,
+    /// A new flow was created by a service or a pattern rule.
+    NewFlow,
+    /// A packet of a known flow; `reverse` when against the creating direction.
+    Flow { reverse: bool },
+    /// A non-first fragment that followed its first fragment.
+    Fragment,
+    /// No flow: sent to the gateway or `default` without state.
+    Stateless,
+    /// An ARP reply or IPv6 neighbour advertisement was sent.
+    Reply,
+}
+
+/// What happened to a frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub kind: Kind,
+    /// The classifier's decision when it was consulted.
+    pub decision: Option<Decision>,
+    /// Output port and next hop when forwarded.
+    pub route: Option<Route>,
+    /// Why it was dropped.
+    pub drop: Option<DropReason>,
+}
+
+/// Immutable tables a worker reads; rebuilt and swapped as a whole.
+pub struct Tables {
+    pub pipeline: Pipeline,
+    pub classifier: Box<dyn Classifier>,
+    /// Per service: Maglev table over its members (lookup gives a member index).
+    pub maglev: Vec<Maglev>,
+    /// Server index by MAC (to recognise traffic from inside).
+    pub server_by_mac: hashbrown::HashMap<Mac, u16>,
+    pub generation: u64,
+}
+
+impl Tables {
+    /// Compiles `p` into tables.
+    pub fn build(p: Pipeline, generation: u64) -> Tables {
+        let classifier = classify::compile(p.rules());
+        let maglev = p
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let names: Vec<(&str, u32)> = s
+                    .members
+                    .iter()
+                    .enumerate()
+                    .map(|(j, m)| (p.servers[m.server as usize].name.as_str(), effective_weight(&p, i, j)))
+                    .collect();
+                Maglev::build(&names, s.table_size)
+            })
+            .collect();
+        let server_by_mac = p.servers.iter().enumerate().map(|(i, s)| (s.mac, i as u16)).collect();
+        Tables { pipeline: p, classifier, maglev, server_by_mac, generation }
+    }
+}
+
+/// The weight member `j` of service `i` has in the Maglev table, after its state and
+/// the service's policy: 0 unless the server is up; `least-load` scales by `1 − load`;
+/// `response-time` by `fastest response / this response`.
+pub fn effective_weight(p: &Pipeline, i: usize, j: usize) -> u32 {
+    let s = &p.services[i];
+    let m = &s.members[j];
+    let srv = &p.servers[m.server as usize];
+    if srv.state != ServerState::Up || m.weight == 0 {
+        return 0;
+    }
+    let w = f64::from(m.weight);
+    let scaled = match s.policy {
+        Policy::Maglev => w,
+        Policy::LeastLoad => w * (1.0 - srv.load),
+        Policy::ResponseTime => {
+            let best = s
+                .members
+                .iter()
+                .map(|m| p.servers[m.server as usize].response_ms)
+                .fold(f64::INFINITY, f64::min);
+            w * best / srv.response_ms
+        }
+    };
+    // Keep a live server with a tiny share in the table; 0 only when load is total.
+    if scaled <= 0.0 { 0 } else { (scaled.round() as u32).max(1) }
+}
+
+/// Where a non-first fragment goes: the route its first fragment took.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragRec {
+    pub route: Route,
+}
+
+/// Per-core state: flows, fragment records, counters.
+pub struct Worker {
+    tables: Arc<Tables>,
+    flows: FlowTable,
+    frags: LruTable<FragKey, FragRec>,
+    pub stats: Stats,
+    scratch: Vec<u8>,
+}
+
+/// Fragment records kept per worker, and how long (ns) they live.
+pub const FRAG_CAPACITY: usize = 65536;
+pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;
+
+impl Worker {
+    /// A worker over `tables`, with its own flow table sized by the pipeline.
+    pub fn new(tables: Arc<Tables>) -> Worker {
+        let p = &tables.pipeline;
+        let rule_idle: Vec<u64> = p.flow_rules.iter().map(|r| r.idle_timeout_ns).collect();
+        Worker {
+            flows: FlowTable::new(&p.flow_table, &rule_idle),
+            frags: LruTable::new(FRAG_CAPACITY, &[FRAG_TIMEOUT_NS]),
+            stats: Stats::new(p),
+            scratch: vec![0; 256],
+            tables,
+        }
+    }
+
+    /// The tables in use.
+    pub fn tables(&self) -> &Arc<Tables> {
+        &self.tables
+    }
+
+    /// Switches to new tables (same pipeline shape: counters are kept). Flows keep their
+    /// servers; new flows use the new Maglev tables.
+    pub fn set_tables(&mut self, t: Arc<Tables>) {
+        self.tables = t;
+    }
+
+    /// Live flows.
+    pub fn flow_count(&self) -> usize {
+        self.flows.table.len()
+    }
+
+    /// Expires idle flows and fragment records (call once per burst; bounded work).
+    pub fn expire(&mut self, now: u64, max: usize) {
+        let n = self.flows.table.expire(now, max, |_, _| {});
+        self.stats.flows_expired += n as u64;
+        self.frags.expire(now, max, |_, _| {});
+    }
+
+    /// Processes one frame in place. On `Outcome::route` the frame in `buf` is ready to
+    /// send on `route.port`; on `Outcome::drop` it must be freed. Counters are updated.
+    pub fn process<B: PacketBuf + ?Sized>(&mut self, buf: &mut B, in_port: u16, now: u64) -> Outcome {
+        self.stats.packets_in += 1;
+        let out = self.decide(buf, in_port, now);
+        match (out.route, out.drop) {
+            (Some(r), None) => {
+                self.stats.packets_out += 1;
+                if r.svc != NONE16 {
+                    self.stats.svc_packets[r.svc as usize] += 1;
+                    if r.member != NONE16 {
+                        self.stats.svc_server_packets[r.svc as usize][r.member as usize] += 1;
+                    }
+                }
+                if r.rule != NONE16 {
+                    self.stats.rule_packets[r.rule as usize] += 1;
+                }
+            }
+            (_, Some(d)) => self.stats.drops[d as usize] += 1,
+            (None, None) => self.stats.drops[DropReason::Unmatched as usize] += 1,
+        }
+        out
+    }
+
+    fn decide<B: PacketBuf + ?Sized>(&mut self, buf: &mut B, in_port: u16, now: u64) -> Outcome {
+        let mut out = Outcome::default();
+        let m = match parse::parse(buf.data()) {
+            Ok(m) => m,
+            Err(r) => return drop_with(out, r),
+        };
+        let tables = Arc::clone(&self.tables);
+        let p = &tables.pipeline;
+        let src_mac: Mac = mac_at(buf.data(), 6);
+        let from_server = tables.server_by_mac.get(&src_mac).copied();
+
+        // ARP and neighbour discovery for owned addresses.
+        if m.l3 == L3::Arp || (m.v6 && m.tuple.proto == 58 && (m.icmp_type == 135 || m.icmp_type == 136)) {
+            return self.answer(buf, &m, in_port, out);
+        }
+
+        // Non-first fragments follow their first fragment.
+        if m.frag == Frag::Later {
+            let fk = frag_key(&m);
+            return match self.frags.find(&fk) {
+                Some(h) => {
+                    let rec = *self.frags.get(h);
+                    out.kind = Kind::Fragment;
+                    self.emit(buf, &m, rec.route, out)
+                }
+                None => drop_with(out, DropReason::FragmentNoFirst),
+            };
+        }
+
+        let is_ip = matches!(m.l3, L3::Ipv4 | L3::Ipv6);
+        // The tuple that names the flow: the quoted packet's for ICMP errors.
+        let tuple = m.quoted.unwrap_or(m.tuple);
+        let (fkey, swapped) = FlowKey::of(&tuple);
+
+        let mut route = None;
+        if is_ip {
+            if let Some(h) = self.flows.table.find(&fkey) {
+                let f = *self.flows.table.get(h);
+                let forward = f.swapped == swapped;
+                let syn_only = m.tuple.proto == 6
+                    && m.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
+                if f.tcp == TcpState::Closing && forward && syn_only && m.quoted.is_none() {
+                    // A new connection reusing the tuple of a closed one: start afresh.
+                    self.flows.table.remove(h);
+                } else {
+                    route = self.follow(h, &m, forward, now, &mut out);
+                    if route.is_none() && out.drop.is_some() {
+                        return out;
+                    }
+                }
+            }
+        }
+
+        let route = match route {
+            Some(r) => r,
+            None => {
+                let key = class_key(&m, in_port);
+                let d = tables.classifier.classify(&key);
+                out.decision = Some(d);
+                let create = is_ip && m.quoted.is_none();
+                match d {
+                    Decision::Service(i) if create => {
+                        let i = i as u16;
+                        let Some(member) = tables.maglev[i as usize].lookup(tuple_hash(&m.tuple)) else {
+                            return drop_with(out, DropReason::NoServer);
+                        };
+                        let server = p.services[i as usize].members[member as usize].server;
+                        let target = Target::Server(server);
+                        self.create(fkey, swapped, &m, src_mac, in_port, target, Owner::Service(i), now);
+                        self.stats.svc_flows[i as usize] += 1;
+                        out.kind = Kind::NewFlow;
+                        self.route_to(target, QosSel::Service(i), i, member, NONE16)
+                    }
+                    Decision::FlowRule(i) => {
+                        let i = i as u16;
+                        let rule = &p.flow_rules[i as usize];
+                        if rule.target == Target::Drop {
+                            return drop_with(out, DropReason::RuleDrop);
+                        }
+                        if create {
+                            self.create(fkey, swapped, &m, src_mac, in_port, rule.target, Owner::Rule(i), now);
+                            self.stats.rule_flows[i as usize] += 1;
+                            out.kind = Kind::NewFlow;
+                        } else {
+                            out.kind = Kind::Stateless;
+                        }
+                        self.route_to(rule.target, QosSel::Rule(i), NONE16, NONE16, i)
+                    }
+                    _ => {
+                        out.kind = Kind::Stateless;
+                        let target = if from_server.is_some() { Target::Gateway } else { p.default };
+                        if target == Target::Drop {
+                            return drop_with(out, DropReason::Unmatched);
+                        }
+                        self.route_to(target, QosSel::None, NONE16, NONE16, NONE16)
+                    }
+                }
+            }
+        };
+
+        if m.frag == Frag::First {
+            let fk = frag_key(&m);
+            match self.frags.find(&fk) {
+                Some(h) => self.frags.get_mut(h).route = route,
+                None => {
+                    self.frags.insert(fk, FragRec { route }, 0, now);
+                }
+            }
+        }
+        self.emit(buf, &m, route, out)
+    }
+
+    /// Routes a packet of flow `h`; updates its TCP state and timers.
+    fn follow(&mut self, h: u32, m: &Meta, forward: bool, now: u64, out: &mut Outcome) -> Option<Route> {
+        let tables = Arc::clone(&self.tables);
+        let p = &tables.pipeline;
+        let mut f = *self.flows.table.get(h);
+        out.kind = Kind::Flow { reverse: !forward };
+        if m.quoted.is_none() {
+            if f.tcp != TcpState::None && m.tuple.proto == 6 {
+                f.tcp = tcp_next(f.tcp, m.tcp_flags, forward);
+                f.class = tcp_class(f.tcp);
+            }
+            // A server that went down: move the flow (its connections are lost anyway).
+            if let (Target::Server(s), Owner::Service(i)) = (f.target, f.owner) {
+                if p.servers.get(s as usize).is_some_and(|x| x.state == ServerState::Down) {
+                    if let Some(mb) = tables.maglev[i as usize].lookup(tuple_hash(&m.tuple)) {
+                        f.target = Target::Server(p.services[i as usize].members[mb as usize].server);
+                    }
+                }
+            }
+            *self.flows.table.get_mut(h) = f;
+            self.flows.table.touch(h, f.class, now);
+        }
+        let (svc, rule) = match f.owner {
+            Owner::Service(i) => (i, NONE16),
+            Owner::Rule(i) => (NONE16, i),
+            Owner::Other => (NONE16, NONE16),
+        };
+        if forward {
+            let (qos, member) = match f.owner {
+                Owner::Service(i) => (QosSel::Service(i), self.member_in(i, f.target)),
+                Owner::Rule(i) => (QosSel::Rule(i), NONE16),
+                Owner::Other => (QosSel::None, NONE16),
+            };
+            if f.target == Target::Drop {
+                out.drop = Some(DropReason::RuleDrop);
+                return None;
+            }
+            return Some(self.route_to(f.target, qos, svc, member, rule));
+        }
+        let qos = match f.owner {
+            Owner::Service(i) => QosSel::ServiceReply(i),
+            Owner::Rule(i) => QosSel::RuleReply(i),
+            Owner::Other => QosSel::None,
+        };
+        match f.target {
+            Target::Server(_) => Some(self.route_to(Target::Gateway, qos, svc, NONE16, rule)),
+            _ => Some(Route {
+                mac: f.origin_mac,
+                port: f.origin_port,
+                qos,
+                svc,
+                member: NONE16,
+                rule,
+                server: NONE16,
+            }),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create(&mut self, key: FlowKey, swapped: bool, m: &Meta, src_mac: Mac, in_port: u16, target: Target, owner: Owner, now: u64) {
+        let tcp = if m.tuple.proto == 6 {
+            if m.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN {
+                TcpState::Syn
+            } else if m.tcp_flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
+                TcpState::Closing
+            } else {
+                TcpState::Established
+            }
+        } else {
+            TcpState::None
+        };
+        let class = match (tcp, owner) {
+            (TcpState::None, Owner::Rule(i)) => {
+                self.flows.idle_class(self.tables.pipeline.flow_rules[i as usize].idle_timeout_ns)
+            }
+            (TcpState::None, _) => self.flows.idle_class(self.tables.pipeline.flow_table.idle_ns),
+            (s, _) => tcp_class(s),
+        };
+        let flow = crate::flow::Flow {
+            target,
+            origin_mac: src_mac,
+            origin_port: in_port,
+            swapped,
+            owner,
+            tcp,
+            class,
+            created: now,
+        };
+        self.stats.flows_created += 1;
+        if let Inserted::Evicted(..) = self.flows.table.insert(key, flow, class, now) {
+            self.stats.flows_evicted += 1;
+        }
+    }
+
+    fn member_in(&self, svc: u16, target: Target) -> u16 {
+        match target {
+            Target::Server(s) => self.tables.pipeline.services[svc as usize]
+                .members
+                .iter()
+                .position(|m| m.server == s)
+                .map_or(NONE16, |j| j as u16),
+            _ => NONE16,
+        }
+    }
+
+    fn route_to(&self, t: Target, qos: QosSel, svc: u16, member: u16, rule: u16) -> Route {
+        let p = &self.tables.pipeline;
+        match t {
+            Target::Server(s) => {
+                let srv = &p.servers[s as usize];
+                Route { mac: srv.mac, port: srv.port.unwrap_or(0), qos, svc, member, rule, server: s }
+            }
+            _ => Route {
+                mac: p.gateway_mac,
+                port: p.gateway_port.unwrap_or(0),
+                qos,
+                svc,
+                member,
+                rule,
+                server: NONE16,
+            },
+        }
+    }
+
+    fn qos(&self, sel: QosSel) -> QosActions {
+        let p = &self.tables.pipeline;
+        match sel {
+            QosSel::None => QosActions::default(),
+            QosSel::Service(i) => p.services[i as usize].qos,
+            QosSel::ServiceReply(i) => p.services[i as usize].reply_qos,
+            QosSel::Rule(i) => p.flow_rules[i as usize].qos,
+            QosSel::RuleReply(i) => p.flow_rules[i as usize].reply_qos,
+        }
+    }
+
+    fn emit<B: PacketBuf + ?Sized>(&mut self, buf: &mut B, m: &Meta, route: Route, mut out: Outcome) -> Outcome {
+        let q = self.qos(route.qos);
+        if let Err(r) = action::apply_qos(buf, m, &q) {
+            return drop_with(out, r);
+        }
+        action::set_macs(buf, route.mac, self.tables.pipeline.mac);
+        out.route = Some(route);
+        out
+    }
+
+    fn answer<B: PacketBuf + ?Sized>(&mut self, buf: &mut B, m: &Meta, in_port: u16, mut out: Outcome) -> Outcome {
+        let p = &self.tables.pipeline;
+        let mac = p.mac;
+        let len = if m.l3 == L3::Arp {
+            match reply::arp_request_target(buf.data(), m) {
+                Some(t) if p.owns(std::net::IpAddr::from(t)) => {
+                    reply::arp_reply(buf.data(), m, mac, &mut self.scratch)
+                }
+                _ => None,
+            }
+        } else {
+            match reply::ns_target(buf.data(), m) {
+                Some(t) if p.owns(std::net::IpAddr::from(t)) => {
+                    reply::nd_advert(buf.data(), m, mac, &mut self.scratch)
+                }
+                _ => None,
+            }
+        };
+        match len {
+            Some(n) if buf.set(&self.scratch[..n]) => {
+                if m.l3 == L3::Arp {
+                    self.stats.arp_replies += 1;
+                } else {
+                    self.stats.nd_replies += 1;
+                }
+                out.kind = Kind::Reply;
+                let dst = mac_at(buf.data(), 0);
+                out.route = Some(Route {
+                    mac: dst,
+                    port: in_port,
+                    qos: QosSel::None,
+                    svc: NONE16,
+                    member: NONE16,
+                    rule: NONE16,
+                    server: NONE16,
+                });
+                out
+            }
+            _ => drop_with(out, DropReason::NotForUs),
+        }
+    }
+}
+
+fn drop_with(mut out: Outcome, r: DropReason) -> Outcome {
+    out.drop = Some(r);
+    out.route = None;
+    out
+}
+
+#[inline]
+fn mac_at(d: &[u8], off: usize) -> Mac {
+    let mut m = [0u8; 6];
+    m.copy_from_slice(&d[off..off + 6]);
+    m
+}
+
+fn frag_key(m: &Meta) -> FragKey {
+    FragKey { src: m.tuple.src, dst: m.tuple.dst, id: m.frag_id, proto: m.tuple.proto }
+}
+
+/// The classifier key of a parsed frame.
+pub fn class_key(m: &Meta, in_port: u16) -> Key {
+    let (vlan, pcp) = match m.outer_vlan() {
+        Some(t) => (t.tci & 0x0fff, (t.tci >> 13) as u8),
+        None => (classify::NO_VLAN, classify::NO_PCP),
+    };
+    let ip = matches!(m.l3, L3::Ipv4 | L3::Ipv6);
+    Key {
+        in_port,
+        vlan,
+        pcp,
+        mpls: if m.n_mpls > 0 { m.mpls_label } else { classify::NO_MPLS },
+        ethertype: m.ethertype,
+        src: if ip { u128::from_be_bytes(m.tuple.src) } else { 0 },
+        dst: if ip { u128::from_be_bytes(m.tuple.dst) } else { 0 },
+        proto: m.tuple.proto,
+        src_port: m.tuple.src_port,
+        dst_port: m.tuple.dst_port,
+        dscp: m.dscp,
+        spi: m.spi,
+    }
+}
+
+impl Worker {
+    /// Counts a frame that never reached [`Worker::process`] (e.g. too big for the
+    /// buffer) as received and dropped.
+    pub fn count_drop(&mut self, r: DropReason) {
+        self.stats.packets_in += 1;
+        self.stats.drops[r as usize] += 1;
+    }
+}

@@ -1,0 +1,73 @@
+//! `flowgate check`: validate a pipeline and print what it compiles to.
+
+use super::summary::{mac, qos, target};
+use crate::config::Pipeline;
+use crate::pipeline::Tables;
+use std::fmt::Write as _;
+
+/// The compiled summary of `p` as text.
+pub fn render(p: &Pipeline) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "pipeline {}: OK", p.source.display());
+    let _ = writeln!(
+        s,
+        "system mac {} gateway {}{} addresses {:?}",
+        mac(&p.mac),
+        mac(&p.gateway_mac),
+        p.gateway_port.map(|i| format!(" (port {})", p.ports[i as usize])).unwrap_or_default(),
+        p.addresses
+    );
+    let t = Tables::build(p.clone(), 0);
+    for (i, svc) in p.services.iter().enumerate() {
+        let ports: Vec<String> = svc
+            .ports
+            .iter()
+            .map(|r| if r.lo == r.hi { r.lo.to_string() } else { format!("{}-{}", r.lo, r.hi) })
+            .collect();
+        let _ = writeln!(
+            s,
+            "service {} vip {} proto {} ports [{}] policy {:?} qos [{}] reply_qos [{}] table {}",
+            svc.name,
+            svc.vip,
+            svc.proto,
+            ports.join(","),
+            svc.policy,
+            qos(&svc.qos),
+            qos(&svc.reply_qos),
+            svc.table_size
+        );
+        let shares = t.maglev[i].shares(svc.members.len());
+        for (j, m) in svc.members.iter().enumerate() {
+            let srv = &p.servers[m.server as usize];
+            let _ = writeln!(
+                s,
+                "  server {} mac {} weight {} state {:?} share {:.1}%",
+                srv.name,
+                mac(&srv.mac),
+                m.weight,
+                srv.state,
+                100.0 * shares[j] as f64 / svc.table_size as f64
+            );
+        }
+    }
+    for r in &p.flow_rules {
+        let _ = writeln!(
+            s,
+            "flow rule {} -> {} qos [{}] reply_qos [{}] idle {}s",
+            r.name,
+            target(p, r.target),
+            qos(&r.qos),
+            qos(&r.reply_qos),
+            r.idle_timeout_ns / 1_000_000_000
+        );
+    }
+    let _ = writeln!(s, "default -> {}", target(p, p.default));
+    let _ = writeln!(
+        s,
+        "classifier: {} rules, {} bytes; flow table capacity {}",
+        p.rules().len(),
+        t.classifier.bytes(),
+        p.flow_table.capacity
+    );
+    s
+}

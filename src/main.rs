@@ -1,0 +1,86 @@
+//! The `flowgate` command line: picks files and overrides, then calls the library.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use flowgate::cmd;
+use flowgate::config::{ConfigError, Pipeline};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// flowgate: turns a layer-2 network of ordinary servers into one load-balanced,
+/// QoS-aware service.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the pipeline over a capture file (packet timestamps are the clock).
+    Replay {
+        /// Pipeline YAML.
+        #[arg(long, default_value = "pipelines/web-farm.yaml")]
+        pipeline: PathBuf,
+        /// Input capture (pcap or pcapng).
+        #[arg(long)]
+        input: PathBuf,
+        /// Output pcap: every transmitted frame, in order.
+        #[arg(long)]
+        output: PathBuf,
+        /// Write counters as JSON to this file.
+        #[arg(long)]
+        stats_json: Option<PathBuf>,
+        /// Print one line per packet: what it matched, where it went, the actions.
+        #[arg(long)]
+        trace: bool,
+        /// Do not print the summary.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Validate a pipeline and print its compiled summary (exit code 2 when invalid).
+    Check {
+        #[arg(long)]
+        pipeline: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(c) = e.downcast_ref::<ConfigError>() {
+                eprintln!("error: {c}");
+                return ExitCode::from(2);
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Replay { pipeline, input, output, stats_json, trace, quiet } => {
+            let r = cmd::replay::run(&cmd::replay::ReplayOpts {
+                pipeline: &pipeline,
+                input: &input,
+                output: &output,
+                stats_json,
+                trace,
+                progress: !quiet,
+            })?;
+            if !quiet {
+                eprint!("{}", r.summary);
+            }
+            Ok(())
+        }
+        Cmd::Check { pipeline } => {
+            let p = Pipeline::load(&pipeline)?;
+            print!("{}", cmd::check::render(&p));
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Per-worker counters and the stats JSON shared by `replay` and `run`.
+//!
+//! Counters are plain integers owned by one worker (no atomics, no sharing); the
+//! management side sums workers with [`Stats::merge`]. The JSON keeps the invariant
+//! `packets_in == packets_out + sum(drops)`.
+
+use super::meta::DropReason;
+use crate::config::Pipeline;
+use serde_json::{Map, Value, json};
+
+/// Counters of one worker.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub drops: [u64; DropReason::COUNT],
+    pub flows_created: u64,
+    pub flows_evicted: u64,
+    pub flows_expired: u64,
+    pub arp_replies: u64,
+    pub nd_replies: u64,
+    /// Per service: flows created, packets (both directions).
+    pub svc_flows: Vec<u64>,
+    pub svc_packets: Vec<u64>,
+    /// Per service and member: packets sent to that server.
+    pub svc_server_packets: Vec<Vec<u64>>,
+    /// Per pattern rule: flows created, packets.
+    pub rule_flows: Vec<u64>,
+    pub rule_packets: Vec<u64>,
+}
+
+impl Stats {
+    /// Zeroed counters shaped for `p`.
+    pub fn new(p: &Pipeline) -> Self {
+        Stats {
+            packets_in: 0,
+            packets_out: 0,
+            drops: [0; DropReason::COUNT],
+            flows_created: 0,
+            flows_evicted: 0,
+            flows_expired: 0,
+            arp_replies: 0,
+            nd_replies: 0,
+            svc_flows: vec![0; p.services.len()],
+            svc_packets: vec![0; p.services.len()],
+            svc_server_packets: p.services.iter().map(|s| vec![0; s.members.len()]).collect(),
+            rule_flows: vec![0; p.flow_rules.len()],
+            rule_packets: vec![0; p.flow_rules.len()],
+        }
+    }
+
+    /// Adds `o` into `self` (same pipeline shape).
+    pub fn merge(&mut self, o: &Stats) {
+        self.packets_in += o.packets_in;
+        self.packets_out += o.packets_out;
+        for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
+            *a += b;
+        }
+        self.flows_created += o.flows_created;
+        self.flows_evicted += o.flows_evicted;
+        self.flows_expired += o.flows_expired;
+        self.arp_replies += o.arp_replies;
+        self.nd_replies += o.nd_replies;
+        let add = |a: &mut Vec<u64>, b: &Vec<u64>| a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+        add(&mut self.svc_flows, &o.svc_flows);
+        add(&mut self.svc_packets, &o.svc_packets);
+        add(&mut self.rule_flows, &o.rule_flows);
+        add(&mut self.rule_packets, &o.rule_packets);
+        for (a, b) in self.svc_server_packets.iter_mut().zip(&o.svc_server_packets) {
+            add(a, b);
+        }
+    }
+
+    /// Total drops.
+    pub fn dropped(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    /// The stats JSON object (see README: `--stats-json`).
+    pub fn to_json(&self, p: &Pipeline) -> Value {
+        let mut drops = Map::new();
+        for r in DropReason::ALL {
+            let n = self.drops[*r as usize];
+            if n > 0 {
+                drops.insert(r.as_str().into(), json!(n));
+            }
+        }
+        let mut services = Map::new();
+        for (i, s) in p.services.iter().enumerate() {
+            let mut servers = Map::new();
+            for (j, m) in s.members.iter().enumerate() {
+                servers.insert(p.servers[m.server as usize].name.clone(), json!(self.svc_server_packets[i][j]));
+            }
+            services.insert(
+                s.name.clone(),
+                json!({ "flows": self.svc_flows[i], "packets": self.svc_packets[i], "servers": servers }),
+            );
+        }
+        let mut rules = Map::new();
+        for (i, r) in p.flow_rules.iter().enumerate() {
+            rules.insert(r.name.clone(), json!({ "flows": self.rule_flows[i], "packets": self.rule_packets[i] }));
+        }
+        json!({
+            "packets_in": self.packets_in,
+            "packets_out": self.packets_out,
+            "drops": drops,
+            "flows_created": self.flows_created,
+            "flows_evicted": self.flows_evicted,
+            "flows_expired": self.flows_expired,
+            "arp_replies": self.arp_replies,
+            "nd_replies": self.nd_replies,
+            "services": services,
+            "flow_rules": rules,
+        })
+    }
+}
