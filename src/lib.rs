@@ -14,5 +14,7 @@
 #![deny(unsafe_code)]
 
 pub mod classify;
+pub mod r#gen;
 pub mod pipeline;
+pub mod port;
 pub mod wire;
