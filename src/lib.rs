@@ -19,5 +19,7 @@ pub mod classify;
 pub mod cmd;
 pub mod config;
 pub mod flow;
+pub mod r#gen;
 pub mod pipeline;
+pub mod port;
 pub mod wire;
