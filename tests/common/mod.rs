@@ -1,0 +1,101 @@
+//! Helpers shared by the integration tests: the ../shared data, tshark and scapy oracles.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// True when running in CI (`CI=true`): missing data or oracles must fail, not skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `../shared/<rel>` if present. In CI a missing directory fails the test; elsewhere the
+/// caller skips (and says so).
+pub fn shared(rel: &str) -> Option<PathBuf> {
+    let p = root().join("..").join("shared").join(rel);
+    if p.exists() {
+        return Some(p);
+    }
+    assert!(!in_ci(), "{} is missing in CI", p.display());
+    eprintln!("SKIP: {} not found", p.display());
+    None
+}
+
+/// True when `tool` runs; fails in CI when it does not.
+pub fn have(tool: &str, args: &[&str]) -> bool {
+    let ok = Command::new(tool).args(args).output().is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(!in_ci(), "{tool} is required in CI");
+        eprintln!("SKIP: {tool} not available");
+    }
+    ok
+}
+
+/// tshark is installed.
+pub fn have_tshark() -> bool {
+    have("tshark", &["-v"])
+}
+
+/// Debian's python with scapy (the first python3 on PATH may not have it).
+pub const SCAPY_PY: &str = "/usr/bin/python3";
+
+/// scapy importable from `/usr/bin/python3`.
+pub fn have_scapy() -> bool {
+    have(SCAPY_PY, &["-c", "import scapy.all"])
+}
+
+/// Runs tshark on `file` with `args`, returns stdout lines.
+pub fn tshark(file: &Path, args: &[&str]) -> Vec<String> {
+    let out = Command::new("tshark")
+        .arg("-n")
+        .arg("-r")
+        .arg(file)
+        .args(args)
+        .output()
+        .expect("run tshark");
+    assert!(
+        out.status.success(),
+        "tshark failed on {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// Per-frame checksum statuses (ip, tcp, udp, icmp, icmpv6), each a comma-separated list
+/// of 0=Bad 1=Good 2=Unverified, as the oracle README prescribes.
+pub fn checksum_status(file: &Path) -> Vec<[String; 5]> {
+    tshark(
+        file,
+        &[
+            "-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE", "-o",
+            "udp.check_checksum:TRUE", "-o", "ip.defragment:FALSE", "-o", "ipv6.defragment:FALSE",
+            "-T", "fields", "-E", "separator=;", "-e", "ip.checksum.status", "-e",
+            "tcp.checksum.status", "-e", "udp.checksum.status", "-e", "icmp.checksum.status", "-e",
+            "icmpv6.checksum.status",
+        ],
+    )
+    .into_iter()
+    .map(|l| {
+        let mut f = l.split(';').map(str::to_string);
+        std::array::from_fn(|_| f.next().unwrap_or_default())
+    })
+    .collect()
+}
+
+/// Runs a python snippet under Debian's python (with scapy); returns stdout.
+pub fn scapy(code: &str) -> String {
+    let out = Command::new(SCAPY_PY).arg("-c").arg(code).output().expect("run python");
+    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The flowgate binary.
+pub fn flowgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_flowgate"))
+}
