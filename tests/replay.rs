@@ -8,14 +8,14 @@ mod common;
 
 use flowgate::action::{FrameBuf, PacketBuf};
 use flowgate::config::Pipeline;
-use flowgate::pipeline::{Tables, Worker};
+use flowgate::pipeline::{QosSel, Tables, Worker};
 use flowgate::port::pcap::{LinkType, PcapReader, PcapWriter};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// One replay through the library; returns the worker and, per output frame, the input
 /// frame number (1-based) and the rule that routed it.
-fn replay(pipeline: &Path, input: &Path, output: &Path) -> (Worker, Vec<(usize, u16)>) {
+fn replay(pipeline: &Path, input: &Path, output: &Path) -> (Worker, Vec<(usize, QosSel)>) {
     let p = Pipeline::load(pipeline).expect("pipeline");
     let mut w = Worker::new(Arc::new(Tables::build(p, 1)));
     let mut rd = PcapReader::open(input).expect("open capture");
@@ -29,7 +29,7 @@ fn replay(pipeline: &Path, input: &Path, output: &Path) -> (Worker, Vec<(usize, 
         let o = w.process(&mut buf, 0, pkt.ts_ns);
         if let Some(r) = o.route {
             wr.write(pkt.ts_ns, buf.data()).expect("write");
-            map.push((n, r.rule));
+            map.push((n, r.qos));
         }
     }
     wr.finish().expect("finish");
@@ -81,8 +81,8 @@ fn check_capture(input: &Path, tmp: &Path) -> Result<(), String> {
             }
         }
     }
-    // Rewritten fields as configured (rule 0 = v4: dscp af41 = 34 + tag 42/pcp 3;
-    // rule 1 = v6: dscp cs3 = 24 + pcp 6 on the outermost tag).
+    // Rewritten fields as configured (rule 0 = v4: dscp af41 = 34 + tag 42/pcp 3, replies
+    // cs1 = 8; rule 1 = v6: dscp cs3 = 24 + pcp 6 on the outermost tag, replies af21 = 18).
     let fields = common::tshark(
         &out,
         &[
@@ -94,12 +94,18 @@ fn check_capture(input: &Path, tmp: &Path) -> Result<(), String> {
     for (k, &(i, rule)) in map.iter().enumerate() {
         let f: Vec<&str> = fields[k].split(';').collect();
         match rule {
-            0 => {
+            QosSel::Rule(0) => {
                 if first(f[0]) != "42" || first(f[1]) != "3" || first(f[2]) != "34" {
                     return Err(format!("{name}: frame {i}: v4 rewrite reads {:?}", f));
                 }
             }
-            1 => {
+            QosSel::RuleReply(0) if first(f[2]) != "8" => {
+                return Err(format!("{name}: frame {i}: v4 reply rewrite reads {:?}", f));
+            }
+            QosSel::RuleReply(1) if first(f[3]) != "18" => {
+                return Err(format!("{name}: frame {i}: v6 reply rewrite reads {:?}", f));
+            }
+            QosSel::Rule(1) => {
                 // The outermost tag may be 802.1ad (tshark names it differently).
                 let pcp = if !f[4].is_empty() { first(f[4]) } else { first(f[1]) };
                 if pcp != "6" || first(f[3]) != "24" {
