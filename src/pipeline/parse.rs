@@ -19,6 +19,10 @@
 //! - TCP, UDP, SCTP ports; ICMP/ICMPv6 type/code, echo identifier as both ports and
 //!   the quoted packet's tuple for errors; ESP SPI; GRE recognised (no ports).
 //!   Other upper layers leave `l4_off` 0.
+//! - A first fragment (offset 0, more fragments) may hold only part of its TCP/UDP/
+//!   SCTP header: it needs just the 4 port bytes (else `Truncated`); TCP flags are 0
+//!   if byte 13 is missing, a visible bad data offset / UDP length is still `Bad*`, and
+//!   the UDP length is not compared with the fragment's payload.
 //!
 //! Checksums are not verified here (a later stage that rewrites headers keeps them
 //! as they were, incrementally).
@@ -224,6 +228,35 @@ fn parse_ipv6(b: &[u8], off: usize, m: &mut Meta) -> Result<(), DropReason> {
 /// Reads the L4 header `l4` (bounded by the IP payload) of protocol `p` at frame
 /// offset `l4_off`.
 fn parse_l4(p: u8, l4: &[u8], l4_off: usize, v6: bool, m: &mut Meta) -> Result<(), DropReason> {
+    if m.frag == Frag::First && matches!(p, proto::TCP | proto::UDP | proto::SCTP) {
+        // A first fragment may carry only part of the L4 header (options, or a
+        // deliberately tiny first fragment); the ports are what the flow needs.
+        let Some(h) = l4.get(..4) else {
+            return Err(DropReason::Truncated);
+        };
+        m.tuple.src_port = u16::from_be_bytes([h[0], h[1]]);
+        m.tuple.dst_port = u16::from_be_bytes([h[2], h[3]]);
+        match p {
+            proto::TCP => {
+                if let Some(&off) = l4.get(12)
+                    && off >> 4 < 5
+                {
+                    return Err(DropReason::BadTcp);
+                }
+                m.tcp_flags = l4.get(13).copied().unwrap_or(0);
+            }
+            proto::UDP => {
+                if let Some(h) = l4.get(4..6)
+                    && usize::from(u16::from_be_bytes([h[0], h[1]])) < crate::wire::udp::HEADER_LEN
+                {
+                    return Err(DropReason::BadUdp);
+                }
+            }
+            _ => {}
+        }
+        m.l4_off = off16(l4_off);
+        return Ok(());
+    }
     match p {
         proto::TCP => {
             if l4.len() < crate::wire::tcp::MIN_HEADER_LEN {
@@ -239,8 +272,7 @@ fn parse_l4(p: u8, l4: &[u8], l4_off: usize, v6: bool, m: &mut Meta) -> Result<(
                 return Err(DropReason::Truncated);
             };
             let ulen = usize::from(u16::from_be_bytes([h[4], h[5]]));
-            // A first fragment carries only part of the datagram the length covers.
-            if ulen < crate::wire::udp::HEADER_LEN || (m.frag == Frag::None && ulen > l4.len()) {
+            if ulen < crate::wire::udp::HEADER_LEN || ulen > l4.len() {
                 return Err(DropReason::BadUdp);
             }
             m.tuple.src_port = u16::from_be_bytes([h[0], h[1]]);
@@ -458,6 +490,8 @@ mod tests {
         GRE,
         SCTP,
         OTHER,
+        FRAG1_TCP24,
+        FRAG1_TCP8,
     ];
 
     const S4: [u8; 4] = [192, 0, 2, 1];
@@ -673,6 +707,40 @@ mod tests {
         let m = p(FRAGN);
         assert_eq!((m.frag, m.frag_id, m.l4_off), (Frag::Later, 0xbeef, 0));
         assert_eq!(m.tuple, v4t(S4, D4, 17, 0, 0));
+    }
+
+    // t = bytes(TCP(sport=1111, dport=22, flags="S", options=[("MSS",1460),
+    //   ("SAckOK",b""),("Timestamp",(1,0)),("NOP",None),("WScale",7)]))  (40 bytes)
+    // E()/IP(**V4, id=0x77, flags="MF", proto=6)/Raw(t[:24])
+    const FRAG1_TCP24: &str = "00112233445566778899aabb08004500002c0077200040066e1ec0000201c6336402045700160000000000000000a002200000000000020405b4";
+    // E()/IP(**V4, id=0x78, flags="MF", proto=6)/Raw(t[:8])
+    const FRAG1_TCP8: &str =
+        "00112233445566778899aabb08004500001c0078200040066e2dc0000201c63364020457001600000000";
+    // E()/IP(**V4, id=0x79, flags="MF", proto=6)/Raw(t[:3])
+    const FRAG1_TCP3: &str =
+        "00112233445566778899aabb0800450000170079200040066e31c0000201c6336402045700";
+
+    #[test]
+    fn first_fragment_with_partial_l4_header() {
+        // Data offset 10 (40 bytes) but only 24 bytes in this fragment: ports and flags.
+        let m = p(FRAG1_TCP24);
+        assert_eq!((m.frag, m.frag_id, m.l4_off), (Frag::First, 0x77, 34));
+        assert_eq!(m.tuple, v4t(S4, D4, 6, 1111, 22));
+        assert_eq!(m.tcp_flags, 0x02);
+        // Only 8 bytes: ports, flags unknown.
+        let m = p(FRAG1_TCP8);
+        assert_eq!(m.tuple, v4t(S4, D4, 6, 1111, 22));
+        assert_eq!(m.tcp_flags, 0);
+        // 3 bytes: not even the ports.
+        assert_eq!(parse(&hex(FRAG1_TCP3)).unwrap_err(), DropReason::Truncated);
+        // A visible bad data offset is still malformed.
+        let mut f = hex(FRAG1_TCP24);
+        f[34 + 12] = 0x30;
+        assert_eq!(parse(&f).unwrap_err(), DropReason::BadTcp);
+        // Not a fragment: the same cut header is malformed.
+        let mut f = hex(FRAG1_TCP24);
+        f[20] = 0;
+        assert_eq!(parse(&f).unwrap_err(), DropReason::BadTcp);
     }
 
     #[test]
