@@ -24,6 +24,12 @@
 //!   if byte 13 is missing, a visible bad data offset / UDP length is still `Bad*`, and
 //!   the UDP length is not compared with the fragment's payload.
 //!
+//! - `l3_off` is also set for [`L3::Other`]: where the payload after the tags (and
+//!   labels) starts. Frames longer than 65535 bytes are [`DropReason::TooBig`].
+//! - ICMP errors: a quoted header that is not IPv4/IPv6 (or whose IPv6 extension
+//!   headers cannot be walked in the bytes quoted) gives `quoted: None`; a quoted L4
+//!   header shorter than 4 bytes gives quoted ports 0. Neither is a drop.
+//!
 //! Checksums are not verified here (a later stage that rewrites headers keeps them
 //! as they were, incrementally).
 //!
