@@ -19,6 +19,16 @@
 //! - TCP, UDP, SCTP ports; ICMP/ICMPv6 type/code, echo identifier as both ports and
 //!   the quoted packet's tuple for errors; ESP SPI; GRE recognised (no ports).
 //!   Other upper layers leave `l4_off` 0.
+//! - A first fragment (offset 0, more fragments) may hold only part of its TCP/UDP/
+//!   SCTP header: it needs just the 4 port bytes (else `Truncated`); TCP flags are 0
+//!   if byte 13 is missing, a visible bad data offset / UDP length is still `Bad*`, and
+//!   the UDP length is not compared with the fragment's payload.
+//!
+//! - `l3_off` is also set for [`L3::Other`]: where the payload after the tags (and
+//!   labels) starts. Frames longer than 65535 bytes are [`DropReason::TooBig`].
+//! - ICMP errors: a quoted header that is not IPv4/IPv6 (or whose IPv6 extension
+//!   headers cannot be walked in the bytes quoted) gives `quoted: None`; a quoted L4
+//!   header shorter than 4 bytes gives quoted ports 0. Neither is a drop.
 //!
 //! Checksums are not verified here (a later stage that rewrites headers keeps them
 //! as they were, incrementally).
@@ -224,6 +234,35 @@ fn parse_ipv6(b: &[u8], off: usize, m: &mut Meta) -> Result<(), DropReason> {
 /// Reads the L4 header `l4` (bounded by the IP payload) of protocol `p` at frame
 /// offset `l4_off`.
 fn parse_l4(p: u8, l4: &[u8], l4_off: usize, v6: bool, m: &mut Meta) -> Result<(), DropReason> {
+    if m.frag == Frag::First && matches!(p, proto::TCP | proto::UDP | proto::SCTP) {
+        // A first fragment may carry only part of the L4 header (options, or a
+        // deliberately tiny first fragment); the ports are what the flow needs.
+        let Some(h) = l4.get(..4) else {
+            return Err(DropReason::Truncated);
+        };
+        m.tuple.src_port = u16::from_be_bytes([h[0], h[1]]);
+        m.tuple.dst_port = u16::from_be_bytes([h[2], h[3]]);
+        match p {
+            proto::TCP => {
+                if let Some(&off) = l4.get(12)
+                    && off >> 4 < 5
+                {
+                    return Err(DropReason::BadTcp);
+                }
+                m.tcp_flags = l4.get(13).copied().unwrap_or(0);
+            }
+            proto::UDP => {
+                if let Some(h) = l4.get(4..6)
+                    && usize::from(u16::from_be_bytes([h[0], h[1]])) < crate::wire::udp::HEADER_LEN
+                {
+                    return Err(DropReason::BadUdp);
+                }
+            }
+            _ => {}
+        }
+        m.l4_off = off16(l4_off);
+        return Ok(());
+    }
     match p {
         proto::TCP => {
             if l4.len() < crate::wire::tcp::MIN_HEADER_LEN {
@@ -239,8 +278,7 @@ fn parse_l4(p: u8, l4: &[u8], l4_off: usize, v6: bool, m: &mut Meta) -> Result<(
                 return Err(DropReason::Truncated);
             };
             let ulen = usize::from(u16::from_be_bytes([h[4], h[5]]));
-            // A first fragment carries only part of the datagram the length covers.
-            if ulen < crate::wire::udp::HEADER_LEN || (m.frag == Frag::None && ulen > l4.len()) {
+            if ulen < crate::wire::udp::HEADER_LEN || ulen > l4.len() {
                 return Err(DropReason::BadUdp);
             }
             m.tuple.src_port = u16::from_be_bytes([h[0], h[1]]);
@@ -458,6 +496,8 @@ mod tests {
         GRE,
         SCTP,
         OTHER,
+        FRAG1_TCP24,
+        FRAG1_TCP8,
     ];
 
     const S4: [u8; 4] = [192, 0, 2, 1];
@@ -675,6 +715,40 @@ mod tests {
         assert_eq!(m.tuple, v4t(S4, D4, 17, 0, 0));
     }
 
+    // t = bytes(TCP(sport=1111, dport=22, flags="S", options=[("MSS",1460),
+    //   ("SAckOK",b""),("Timestamp",(1,0)),("NOP",None),("WScale",7)]))  (40 bytes)
+    // E()/IP(**V4, id=0x77, flags="MF", proto=6)/Raw(t[:24])
+    const FRAG1_TCP24: &str = "00112233445566778899aabb08004500002c0077200040066e1ec0000201c6336402045700160000000000000000a002200000000000020405b4";
+    // E()/IP(**V4, id=0x78, flags="MF", proto=6)/Raw(t[:8])
+    const FRAG1_TCP8: &str =
+        "00112233445566778899aabb08004500001c0078200040066e2dc0000201c63364020457001600000000";
+    // E()/IP(**V4, id=0x79, flags="MF", proto=6)/Raw(t[:3])
+    const FRAG1_TCP3: &str =
+        "00112233445566778899aabb0800450000170079200040066e31c0000201c6336402045700";
+
+    #[test]
+    fn first_fragment_with_partial_l4_header() {
+        // Data offset 10 (40 bytes) but only 24 bytes in this fragment: ports and flags.
+        let m = p(FRAG1_TCP24);
+        assert_eq!((m.frag, m.frag_id, m.l4_off), (Frag::First, 0x77, 34));
+        assert_eq!(m.tuple, v4t(S4, D4, 6, 1111, 22));
+        assert_eq!(m.tcp_flags, 0x02);
+        // Only 8 bytes: ports, flags unknown.
+        let m = p(FRAG1_TCP8);
+        assert_eq!(m.tuple, v4t(S4, D4, 6, 1111, 22));
+        assert_eq!(m.tcp_flags, 0);
+        // 3 bytes: not even the ports.
+        assert_eq!(parse(&hex(FRAG1_TCP3)).unwrap_err(), DropReason::Truncated);
+        // A visible bad data offset is still malformed.
+        let mut f = hex(FRAG1_TCP24);
+        f[34 + 12] = 0x30;
+        assert_eq!(parse(&f).unwrap_err(), DropReason::BadTcp);
+        // Not a fragment: the same cut header is malformed.
+        let mut f = hex(FRAG1_TCP24);
+        f[20] = 0;
+        assert_eq!(parse(&f).unwrap_err(), DropReason::BadTcp);
+    }
+
     #[test]
     fn ipv6_ext_headers() {
         let m = p(V6EXT);
@@ -849,6 +923,119 @@ mod tests {
     fn too_long_frame() {
         assert_eq!(parse(&vec![0u8; 65536]).unwrap_err(), DropReason::TooBig);
         assert!(parse(&vec![0u8; 65535]).is_ok());
+    }
+
+    /// Seeded random frames built by scapy (VLAN stacks of all three TPIDs, MPLS
+    /// stacks, IPv4 with/without options, IPv6 with extension headers, TCP, UDP,
+    /// SCTP, ESP, ICMP echo): every field scapy was told must come back from `parse`.
+    const SCAPY_RANDOM: &str = r#"
+import random
+from scapy.contrib.mpls import MPLS
+from scapy.layers.sctp import SCTP
+rng = random.Random(1234)
+def v4(): return ".".join(str(rng.randrange(1, 255)) for _ in range(4))
+def v6(): return "2001:db8:%x::%x:%x" % (rng.randrange(65536), rng.randrange(65536), rng.randrange(1, 65536))
+for i in range(300):
+    tags = [rng.choice([0x8100, 0x88a8, 0x9100]) for _ in range(rng.randrange(4))]
+    vids = [rng.randrange(4096) for _ in tags]
+    pcps = [rng.randrange(8) for _ in tags]
+    labels = [rng.randrange(16, 1 << 20) for _ in range(rng.choice([0, 0, 1, 2, 3]))]
+    is6 = rng.random() < 0.5
+    dscp = rng.randrange(64)
+    proto = rng.choice([6, 17, 132, 50, 1])
+    sp, dp = rng.randrange(65536), rng.randrange(65536)
+    src, dst = (v6(), v6()) if is6 else (v4(), v4())
+    if proto == 6: l4 = TCP(sport=sp, dport=dp, flags="S")
+    elif proto == 17: l4 = UDP(sport=sp, dport=dp) / Raw(b"x" * rng.randrange(20))
+    elif proto == 132: l4 = SCTP(sport=sp, dport=dp)
+    elif proto == 50: l4 = ESP(spi=sp << 16 | dp, seq=1, data=b"\0" * 8)
+    else:
+        l4 = (ICMPv6EchoRequest(id=sp, seq=dp) if is6 else ICMP(type=8, id=sp, seq=dp))
+        dp = sp
+        proto = 58 if is6 else 1
+    nexts = []
+    if is6:
+        ip = IPv6(src=src, dst=dst, tc=dscp << 2 | rng.randrange(4))
+        for e in rng.sample(["hbh", "rt", "dst"], rng.randrange(4)):
+            nexts.append(e)
+        order = {"hbh": 0, "rt": 1, "dst": 2}
+        nexts.sort(key=order.get)
+        for e in nexts:
+            ip = ip / {"hbh": IPv6ExtHdrHopByHop(), "rt": IPv6ExtHdrRouting(addresses=[v6()]), "dst": IPv6ExtHdrDestOpt()}[e]
+    else:
+        opts = [IPOption_RR(routers=[v4()])] if rng.random() < 0.3 else []
+        ip = IP(src=src, dst=dst, tos=dscp << 2, options=opts)
+    if proto == 50 and is6 and nexts:
+        ip.lastlayer().nh = 50
+    pkt = ip / l4
+    if labels:
+        stack = None
+        for j, l in enumerate(labels):
+            m = MPLS(label=l, s=int(j == len(labels) - 1), ttl=64)
+            stack = m if stack is None else stack / m
+        inner = stack / pkt
+        et = 0x8847
+    else:
+        inner = pkt
+        et = 0x86dd if is6 else 0x0800
+    types = tags + [et]
+    fr = Ether(dst="00:11:22:33:44:55", src="66:77:88:99:aa:bb", type=types[0])
+    for j, t in enumerate(tags):
+        fr = fr / Dot1Q(prio=pcps[j], vlan=vids[j], type=types[j + 1])
+    fr = fr / inner
+    exp_et = et
+    spi = (sp << 16 | dp) if proto == 50 else 0
+    if proto == 50: sp = dp = 0
+    print(bytes(fr).hex(), len(tags), ",".join("%x/%d/%d" % (t, v, p) for t, v, p in zip(tags, vids, pcps)) or "-",
+          len(labels), labels[0] if labels else 0, exp_et, int(is6), src, dst, proto, sp, dp, dscp, spi)
+"#;
+
+    #[test]
+    fn differential_against_scapy_random_frames() {
+        let Some(out) = crate::wire::scapy(SCAPY_RANDOM) else {
+            return;
+        };
+        let addr = |s: &str| -> [u8; 16] {
+            match s
+                .parse::<std::net::IpAddr>()
+                .expect("scapy printed an address")
+            {
+                std::net::IpAddr::V4(a) => v4_mapped(a.octets()),
+                std::net::IpAddr::V6(a) => a.octets(),
+            }
+        };
+        let mut n = 0;
+        for line in out.lines() {
+            let w: Vec<&str> = line.split(' ').collect();
+            assert_eq!(w.len(), 14, "{line}");
+            let num = |i: usize| -> u64 { w[i].parse().expect("number") };
+            let m = parse(&hex(w[0])).unwrap_or_else(|e| panic!("{e:?} for {line}"));
+            assert_eq!(u64::from(m.n_vlans), num(1), "{line}");
+            if w[2] != "-" {
+                for (i, t) in w[2].split(',').enumerate() {
+                    let f: Vec<&str> = t.split('/').collect();
+                    let v = m.vlans[i];
+                    assert_eq!(format!("{:x}", v.tpid), f[0], "{line}");
+                    assert_eq!((v.tci & 0xfff).to_string(), f[1], "{line}");
+                    assert_eq!((v.tci >> 13).to_string(), f[2], "{line}");
+                }
+            }
+            assert_eq!(u64::from(m.n_mpls), num(3), "{line}");
+            assert_eq!(u64::from(m.mpls_label), num(4), "{line}");
+            assert_eq!(u64::from(m.ethertype), num(5), "{line}");
+            assert_eq!(m.v6, num(6) == 1, "{line}");
+            assert_eq!(m.l3, if m.v6 { L3::Ipv6 } else { L3::Ipv4 }, "{line}");
+            assert_eq!(m.tuple.src, addr(w[7]), "{line}");
+            assert_eq!(m.tuple.dst, addr(w[8]), "{line}");
+            assert_eq!(u64::from(m.tuple.proto), num(9), "{line}");
+            assert_eq!(u64::from(m.tuple.src_port), num(10), "{line}");
+            assert_eq!(u64::from(m.tuple.dst_port), num(11), "{line}");
+            assert_eq!(u64::from(m.dscp), num(12), "{line}");
+            assert_eq!(u64::from(m.spi), num(13), "{line}");
+            assert!(m.l4_off > m.l3_off, "{line}");
+            n += 1;
+        }
+        assert_eq!(n, 300);
     }
 
     proptest! {

@@ -358,4 +358,33 @@ mod tests {
         }
         assert_eq!(ns_target(&d2, &meta(&d2)), Some(T6));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_and_replies_parse(
+            which in 0usize..5,
+            flips in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), 0u8..=255), 0..4),
+            out_len in 0usize..200,
+        ) {
+            let mut f = hex([ARP_REQ, ARP_GRAT, NS, NS_HLIM64, NS_DAD][which]);
+            for (i, x) in flips {
+                let at = i.index(f.len());
+                f[at] ^= x;
+            }
+            if let Ok(m) = parse(&f) {
+                let mut out = vec![0u8; out_len];
+                for r in [
+                    arp_reply(&f, &m, OUR, &mut out),
+                    nd_advert(&f, &m, OUR, &mut out),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    proptest::prop_assert!(r <= out_len);
+                    let rm = parse(&out[..r]);
+                    proptest::prop_assert!(rm.is_ok());
+                }
+            }
+        }
+    }
 }
