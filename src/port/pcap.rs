@@ -665,7 +665,7 @@ impl PcapReader {
         }
         let total = u32_of([self.buf[4], self.buf[5], self.buf[6], self.buf[7]], big);
         let min = if btype == NG_SHB { 28 } else { 12 };
-        if total < min || total % 4 != 0 {
+        if total < min || !total.is_multiple_of(4) {
             return Err(self.format_err(
                 blk_off + 4,
                 format!("block type 0x{btype:08x}: bad block length {total}"),
