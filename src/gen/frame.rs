@@ -37,10 +37,7 @@ pub struct Tags {
 
 impl Tags {
     /// No tags.
-    pub const NONE: Tags = Tags {
-        n: 0,
-        t: [None; 3],
-    };
+    pub const NONE: Tags = Tags { n: 0, t: [None; 3] };
 
     /// Builds a stack from a slice (extra entries are ignored).
     pub fn from_slice(tags: &[Tag]) -> Tags {
@@ -286,8 +283,14 @@ mod tests {
         assert_eq!(&b[12..16], &[0x81, 0x00, 0xa0, 100]);
         assert_eq!(&b[16..18], &[0x88, 0x47]);
         // first label: 1000 << 12, S=0, TTL 64; second: 2000, S=1
-        assert_eq!(u32::from_be_bytes([b[18], b[19], b[20], b[21]]), (1000 << 12) | 64);
-        assert_eq!(u32::from_be_bytes([b[22], b[23], b[24], b[25]]), (2000 << 12) | 0x100 | 64);
+        assert_eq!(
+            u32::from_be_bytes([b[18], b[19], b[20], b[21]]),
+            (1000 << 12) | 64
+        );
+        assert_eq!(
+            u32::from_be_bytes([b[22], b[23], b[24], b[25]]),
+            (2000 << 12) | 0x100 | 64
+        );
         assert_eq!(b[26] >> 4, 6);
         assert_eq!(b.len(), 26 + 40 + 24);
     }

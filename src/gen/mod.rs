@@ -337,7 +337,11 @@ impl Generator {
                 bail!("gen: service {:?} ({}) has no ports", s.name, s.vip);
             }
             if s.proto != 6 && s.proto != 17 {
-                bail!("gen: service {:?}: protocol {} is not 6 or 17", s.name, s.proto);
+                bail!(
+                    "gen: service {:?}: protocol {} is not 6 or 17",
+                    s.name,
+                    s.proto
+                );
             }
         }
         if let Some(l) = args.mpls_labels.iter().find(|l| **l > 0xf_ffff) {
@@ -492,15 +496,15 @@ impl Generator {
         let salt = self.seed.rotate_left(17);
         if v6 {
             let (base, m, p) = self.client_v6;
-            let h = ((u128::from(i % m) * u128::from(p) + u128::from(salt % m)) % u128::from(m))
-                as u64;
+            let h =
+                ((u128::from(i % m) * u128::from(p) + u128::from(salt % m)) % u128::from(m)) as u64;
             let round = i / m;
             let a = base | u128::from(h + 1);
             (IpAddr::V6(Ipv6Addr::from(a)), port_of(round, salt))
         } else {
             let (base, m, p) = self.client_v4;
-            let h = ((u128::from(i % m) * u128::from(p) + u128::from(salt % m)) % u128::from(m))
-                as u32;
+            let h =
+                ((u128::from(i % m) * u128::from(p) + u128::from(salt % m)) % u128::from(m)) as u32;
             let round = i / m;
             (
                 IpAddr::V4(Ipv4Addr::from(base.wrapping_add(h + 1))),
@@ -694,7 +698,9 @@ mod tests {
                 IpAddr::V4(v) => {
                     let o = v.octets();
                     assert!(o[0] == 198 && (o[1] & 0xfe) == 18, "{v}");
-                    assert!(v != Ipv4Addr::new(198, 18, 0, 0) && v != Ipv4Addr::new(198, 19, 255, 255));
+                    assert!(
+                        v != Ipv4Addr::new(198, 18, 0, 0) && v != Ipv4Addr::new(198, 19, 255, 255)
+                    );
                 }
                 IpAddr::V6(v) => assert_eq!(&v.segments()[..3], &[0x2001, 0xdb8, 0xc]),
             }
