@@ -71,6 +71,36 @@ fn conversations(file: &Path, proto: &str) -> usize {
         .count()
 }
 
+const SCAPY_ORACLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/captures/oracles/scapy_cksum_oracle.py"
+);
+
+/// Second, independent checksum oracle: scapy recomputes every checksum (prints one line
+/// per bad frame).
+fn scapy_checksums(file: &Path) {
+    if !Path::new(SCAPY_ORACLE).exists() || !Path::new("/usr/bin/python3").exists() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "scapy oracle missing and CI is set"
+        );
+        eprintln!("note: scapy oracle missing, skipped");
+        return;
+    }
+    let out = Command::new("/usr/bin/python3")
+        .arg(SCAPY_ORACLE)
+        .arg(file)
+        .output()
+        .expect("run scapy oracle");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = String::from_utf8_lossy(&out.stdout);
+    assert!(bad.trim().is_empty(), "scapy finds bad checksums:\n{bad}");
+}
+
 fn generate(sc: Scenario, flows: u64, dir: &Path) -> (PathBuf, GenSummary) {
     let out = dir.join(format!("{sc:?}.pcap"));
     let mut a = GenArgs::new(sc, flows, &out);

@@ -727,6 +727,22 @@ mod tests {
         assert_ne!(a, collect(8));
     }
 
+    /// Every frame is built in the same buffer: it is never reallocated, so generation
+    /// does not allocate per packet.
+    #[test]
+    fn frames_reuse_one_buffer() {
+        let spec = GenSpec::default();
+        let mut g = Generator::new(&GenArgs::new(Scenario::Mix, 2000, "x"), &spec).expect("gen");
+        let first = g.next_frame().map(|(_, f)| f.as_ptr()).expect("frame");
+        let mut n = 1;
+        while let Some((_, f)) = g.next_frame() {
+            assert_eq!(f.as_ptr(), first);
+            assert!(f.len() <= 1514 + 12, "frame of {} bytes", f.len());
+            n += 1;
+        }
+        assert!(n > 20_000);
+    }
+
     #[test]
     fn packet_limit_and_counts() {
         let spec = GenSpec::default();

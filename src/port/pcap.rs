@@ -1091,6 +1091,25 @@ mod tests {
         assert!(r.next_packet().expect("ok").is_none());
     }
 
+    /// Frames are lent from one buffer allocated at open: no per-packet allocation.
+    #[test]
+    fn frames_live_in_the_reader_buffer() {
+        let mut w = PcapWriter::new(Vec::new(), LinkType::Ethernet).expect("header");
+        for i in 0..1000u64 {
+            w.write(i, &vec![i as u8; 60 + (i as usize % 1400)])
+                .expect("write");
+        }
+        let mut r = reader(w.finish().expect("finish")).expect("open");
+        let range = r.buf.as_ptr_range();
+        let mut n = 0;
+        while let Some(p) = r.next_packet().expect("read") {
+            assert!(range.contains(&p.data.as_ptr()));
+            n += 1;
+        }
+        assert_eq!(n, 1000);
+        assert_eq!(r.buf.as_ptr_range(), range);
+    }
+
     #[test]
     fn bad_magic_and_empty() {
         let e = reader(vec![]).expect_err("empty");
