@@ -128,6 +128,7 @@ fn read_back(file: &Path) -> (u64, u64) {
 fn common(file: &Path, s: &GenSummary) {
     assert!(s.packets > 0);
     assert_eq!(read_back(file), (s.packets, s.bytes));
+    scapy_checksums(file);
     if !have_tshark() {
         return;
     }
