@@ -744,6 +744,43 @@ mod tests {
     }
 
     #[test]
+    fn cli_parses() {
+        use clap::{Args as _, FromArgMatches as _};
+        let cmd = GenArgs::augment_args(clap::Command::new("gen"));
+        cmd.clone().debug_assert();
+        let m = cmd
+            .clone()
+            .try_get_matches_from([
+                "gen",
+                "tagged",
+                "--flows",
+                "5",
+                "-o",
+                "x.pcap",
+                "--mpls-labels",
+                "16,17",
+                "--vlan-pcp",
+                "3",
+            ])
+            .expect("parse");
+        let a = GenArgs::from_arg_matches(&m).expect("args");
+        assert_eq!(a.scenario, Scenario::Tagged);
+        assert_eq!((a.flows, a.vlan_pcp, a.vlan_id), (5, 3, 100));
+        assert_eq!(a.mpls_labels, vec![16, 17]);
+        let m = cmd
+            .clone()
+            .try_get_matches_from(["gen", "-o", "y"])
+            .expect("parse");
+        let a = GenArgs::from_arg_matches(&m).expect("args");
+        assert_eq!((a.scenario, a.flows), (Scenario::Mix, 1000));
+        assert_eq!(a.mpls_labels, vec![1000, 2000, 3000]);
+        assert!(
+            cmd.try_get_matches_from(["gen", "-o", "y", "--vlan-pcp", "8"])
+                .is_err()
+        );
+    }
+
+    #[test]
     fn packet_limit_and_counts() {
         let spec = GenSpec::default();
         let mut a = GenArgs::new(Scenario::Web, 100, "x");
