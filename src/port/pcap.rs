@@ -502,8 +502,8 @@ impl PcapReader {
 
     /// Skips `n` bytes without buffering them.
     fn skip(&mut self, n: u64, what: &'static str) -> Result<(), PcapError> {
-        let got = io::copy(&mut (&mut self.rd).take(n), &mut io::sink())
-            .map_err(|e| self.io_err(e))?;
+        let got =
+            io::copy(&mut (&mut self.rd).take(n), &mut io::sink()).map_err(|e| self.io_err(e))?;
         if got < n {
             return Err(PcapError::Truncated {
                 path: self.path.clone(),
@@ -591,9 +591,11 @@ impl PcapReader {
                 }
                 let len = incl as usize;
                 self.fill_exact(ROOM..ROOM + len, "packet data", false)?;
-                let ts = sec
-                    .saturating_mul(1_000_000_000)
-                    .saturating_add(if nanos { frac } else { frac.saturating_mul(1000) });
+                let ts = sec.saturating_mul(1_000_000_000).saturating_add(if nanos {
+                    frac
+                } else {
+                    frac.saturating_mul(1000)
+                });
                 (ROOM, len, orig, ts, link)
             }
             Format::PcapNg { .. } => loop {
@@ -654,10 +656,9 @@ impl PcapReader {
                 (NG_BOM, _) => false,
                 (_, NG_BOM) => true,
                 _ => {
-                    return Err(self.format_err(
-                        blk_off + 8,
-                        "section header block: bad byte-order magic",
-                    ));
+                    return Err(
+                        self.format_err(blk_off + 8, "section header block: bad byte-order magic")
+                    );
                 }
             };
         } else {
@@ -665,7 +666,7 @@ impl PcapReader {
         }
         let total = u32_of([self.buf[4], self.buf[5], self.buf[6], self.buf[7]], big);
         let min = if btype == NG_SHB { 28 } else { 12 };
-        if total < min || total % 4 != 0 {
+        if total < min || !total.is_multiple_of(4) {
             return Err(self.format_err(
                 blk_off + 4,
                 format!("block type 0x{btype:08x}: bad block length {total}"),
@@ -692,10 +693,9 @@ impl PcapReader {
             self.check_trailer(blk_off, total, big)?;
             let major = rd16(&self.buf, ROOM + 4, big).unwrap_or(0);
             if major != 1 {
-                return Err(self.format_err(
-                    blk_off + 12,
-                    format!("unsupported pcapng version {major}"),
-                ));
+                return Err(
+                    self.format_err(blk_off + 12, format!("unsupported pcapng version {major}"))
+                );
             }
             self.fmt = Format::PcapNg {
                 big,
@@ -930,7 +930,11 @@ fn to_ethernet(
                 } else {
                     // NULL is in the capturing host's byte order; families are small.
                     let le = u32::from_le_bytes(b);
-                    if le <= 0xffff { le } else { u32::from_be_bytes(b) }
+                    if le <= 0xffff {
+                        le
+                    } else {
+                        u32::from_be_bytes(b)
+                    }
                 };
                 let et = match af {
                     2 => 0x0800,
@@ -1052,25 +1056,58 @@ mod tests {
     fn tsresol() {
         assert_eq!(TsScale::from_tsresol(6), Some(TsScale::Mul(1000)));
         assert_eq!(TsScale::from_tsresol(9), Some(TsScale::Mul(1)));
-        assert_eq!(TsScale::from_tsresol(12).map(|s| s.to_ns(1_500_000)), Some(1_500));
+        assert_eq!(
+            TsScale::from_tsresol(12).map(|s| s.to_ns(1_500_000)),
+            Some(1_500)
+        );
         // 2^-10 s units: 1024 units = 1 s.
-        assert_eq!(TsScale::from_tsresol(0x8a).map(|s| s.to_ns(1024)), Some(1_000_000_000));
+        assert_eq!(
+            TsScale::from_tsresol(0x8a).map(|s| s.to_ns(1024)),
+            Some(1_000_000_000)
+        );
         assert_eq!(TsScale::from_tsresol(39), None);
     }
 
     #[test]
     fn write_then_read() {
         let mut w = PcapWriter::new(Vec::new(), LinkType::Ethernet).expect("header");
-        w.write(1_700_000_000_123_456_789, &[1u8; 60]).expect("write");
-        w.write(1_700_000_001_000_000_001, &[2u8; 1514]).expect("write");
+        w.write(1_700_000_000_123_456_789, &[1u8; 60])
+            .expect("write");
+        w.write(1_700_000_001_000_000_001, &[2u8; 1514])
+            .expect("write");
         let bytes = w.finish().expect("finish");
         assert_eq!(&bytes[0..4], &[0x4d, 0x3c, 0xb2, 0xa1]);
         let mut r = reader(bytes).expect("open");
         let p = r.next_packet().expect("ok").expect("some");
-        assert_eq!((p.ts_ns, p.data.len(), p.orig_len), (1_700_000_000_123_456_789, 60, 60));
+        assert_eq!(
+            (p.ts_ns, p.data.len(), p.orig_len),
+            (1_700_000_000_123_456_789, 60, 60)
+        );
         let p = r.next_packet().expect("ok").expect("some");
-        assert_eq!((p.ts_ns, p.data, p.orig_len), (1_700_000_001_000_000_001, &[2u8; 1514][..], 1514));
+        assert_eq!(
+            (p.ts_ns, p.data, p.orig_len),
+            (1_700_000_001_000_000_001, &[2u8; 1514][..], 1514)
+        );
         assert!(r.next_packet().expect("ok").is_none());
+    }
+
+    /// Frames are lent from one buffer allocated at open: no per-packet allocation.
+    #[test]
+    fn frames_live_in_the_reader_buffer() {
+        let mut w = PcapWriter::new(Vec::new(), LinkType::Ethernet).expect("header");
+        for i in 0..1000u64 {
+            w.write(i, &vec![i as u8; 60 + (i as usize % 1400)])
+                .expect("write");
+        }
+        let mut r = reader(w.finish().expect("finish")).expect("open");
+        let range = r.buf.as_ptr_range();
+        let mut n = 0;
+        while let Some(p) = r.next_packet().expect("read") {
+            assert!(range.contains(&p.data.as_ptr()));
+            n += 1;
+        }
+        assert_eq!(n, 1000);
+        assert_eq!(r.buf.as_ptr_range(), range);
     }
 
     #[test]
