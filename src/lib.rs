@@ -15,4 +15,5 @@
 
 pub mod classify;
 pub mod pipeline;
+pub mod port;
 pub mod wire;
