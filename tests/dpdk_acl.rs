@@ -26,36 +26,51 @@ fn parse_v4(s: &str) -> [u8; 4] {
     let mut a = [0u8; 4];
     let mut it = s.split('.');
     for b in &mut a {
-        *b = it.next().and_then(|x| x.parse().ok()).unwrap_or_else(|| panic!("bad address {s}"));
+        *b = it
+            .next()
+            .and_then(|x| x.parse().ok())
+            .unwrap_or_else(|| panic!("bad address {s}"));
     }
     a
 }
 
 fn parse_prefix(s: &str) -> Range<u128> {
-    let (a, l) = s.split_once('/').unwrap_or_else(|| panic!("bad prefix {s}"));
-    let l: u8 = l.parse().unwrap_or_else(|_| panic!("bad prefix length {s}"));
+    let (a, l) = s
+        .split_once('/')
+        .unwrap_or_else(|| panic!("bad prefix {s}"));
+    let l: u8 = l
+        .parse()
+        .unwrap_or_else(|_| panic!("bad prefix length {s}"));
     assert!(l <= 32);
     prefix_range(v4_mapped(parse_v4(a)), 96 + l)
 }
 
 fn hex_u8(s: &str) -> u8 {
-    u8::from_str_radix(s.trim_start_matches("0x").trim_start_matches("0X"), 16).unwrap_or_else(|_| panic!("bad hex {s}"))
+    u8::from_str_radix(s.trim_start_matches("0x").trim_start_matches("0X"), 16)
+        .unwrap_or_else(|_| panic!("bad hex {s}"))
 }
 
 /// ClassBench rules in the DPDK test-acl dialect; rule `i` decides `FlowRule(i)`.
 fn parse_rules(text: &str) -> Vec<Rule> {
     let mut out = Vec::new();
     for line in text.lines() {
-        let Some(line) = line.strip_prefix('@') else { continue };
+        let Some(line) = line.strip_prefix('@') else {
+            continue;
+        };
         let t: Vec<&str> = line.split_whitespace().collect();
-        assert!(t.len() >= 9 && t[3] == ":" && t[6] == ":", "bad rule line {line}");
+        assert!(
+            t.len() >= 9 && t[3] == ":" && t[6] == ":",
+            "bad rule line {line}"
+        );
         let mut r = Rule::any(Decision::FlowRule(out.len() as u32));
         r.src = parse_prefix(t[0]);
         r.dst = parse_prefix(t[1]);
         let num = |s: &str| s.parse::<u16>().unwrap_or_else(|_| panic!("bad port {s}"));
         r.src_port = Range::new(num(t[2]), num(t[4]));
         r.dst_port = Range::new(num(t[5]), num(t[7]));
-        let (v, m) = t[8].split_once('/').unwrap_or_else(|| panic!("bad proto {}", t[8]));
+        let (v, m) = t[8]
+            .split_once('/')
+            .unwrap_or_else(|| panic!("bad proto {}", t[8]));
         r.proto = match hex_u8(m) {
             0xff => Range::exact(hex_u8(v)),
             0x00 => Range::new(0, 255),
@@ -71,7 +86,10 @@ fn parse_trace(text: &str) -> Vec<(Key, u32)> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
-            let v: Vec<u64> = l.split_whitespace().map(|x| x.parse().unwrap_or_else(|_| panic!("bad trace {l}"))).collect();
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .map(|x| x.parse().unwrap_or_else(|_| panic!("bad trace {l}")))
+                .collect();
             assert!(v.len() >= 6, "bad trace line {l}");
             let key = Key {
                 src: v4_mapped((v[0] as u32).to_be_bytes()),
@@ -89,7 +107,10 @@ fn parse_trace(text: &str) -> Vec<(Key, u32)> {
 
 #[test]
 fn dpdk_acl_classbench_and_fallbacks() {
-    let (Some(rp), Some(tp)) = (shared("classbench/rules/acl1_1K"), shared("classbench/traces/acl1_1K_trace")) else {
+    let (Some(rp), Some(tp)) = (
+        shared("classbench/rules/acl1_1K"),
+        shared("classbench/traces/acl1_1K_trace"),
+    ) else {
         return;
     };
     let rules = parse_rules(&std::fs::read_to_string(rp).expect("rules"));
@@ -120,7 +141,10 @@ fn dpdk_acl_classbench_and_fallbacks() {
     let linear = Linear::new(rules.clone());
     let best = AclClassifier::new(&eal, &rules).expect("acl build");
     let best_alg = best.alg().expect("an algorithm");
-    eprintln!("rte_acl on acl1_1K: alg {best_alg:?}, {} bytes", best.bytes());
+    eprintln!(
+        "rte_acl on acl1_1K: alg {best_alg:?}, {} bytes",
+        best.bytes()
+    );
     assert!(best.bytes() > 0);
 
     let mut tested = 0;
@@ -136,9 +160,17 @@ fn dpdk_acl_classbench_and_fallbacks() {
         assert_eq!(acl.alg(), Some(alg));
         let mut got = vec![None; keys.len()];
         acl.lookup_batch(&keys, &mut got);
-        let mism_trace = got.iter().zip(&trace).filter(|(g, t)| g.map(|i| i + 1) != Some(t.1)).count();
+        let mism_trace = got
+            .iter()
+            .zip(&trace)
+            .filter(|(g, t)| g.map(|i| i + 1) != Some(t.1))
+            .count();
         assert_eq!(mism_trace, 0, "{alg:?}: mismatches vs trace column 6");
-        let mism_linear = keys.iter().zip(&got).filter(|(k, g)| linear.lookup(k) != **g).count();
+        let mism_linear = keys
+            .iter()
+            .zip(&got)
+            .filter(|(k, g)| linear.lookup(k) != **g)
+            .count();
         assert_eq!(mism_linear, 0, "{alg:?}: mismatches vs Linear");
         tested += 1;
     }
@@ -163,11 +195,41 @@ fn dpdk_acl_classbench_and_fallbacks() {
     let small = vec![v4_only, v6_any];
     let acl = AclClassifier::new(&eal, &small).expect("build");
     let lin = Linear::new(small.clone());
-    let v6 = Key { src: 0x2001_0db8 << 96 | 1, dst: 0x2001_0db8 << 96 | 2, proto: 17, dst_port: 53, ethertype: 0x86dd, ..Key::default() };
-    let v4 = Key { src: v4_mapped([192, 0, 2, 1]), dst: v4_mapped([10, 1, 2, 3]), proto: 6, ethertype: 0x0800, ..Key::default() };
-    let v4_odd_ether = Key { ethertype: 0x86dd, ..v4 };
-    let v4_dns = Key { proto: 17, dst_port: 53, ..v4_odd_ether };
-    for k in [v6, v4, v4_odd_ether, v4_dns, Key { proto: 17, dst_port: 53, ..v4 }] {
+    let v6 = Key {
+        src: 0x2001_0db8 << 96 | 1,
+        dst: 0x2001_0db8 << 96 | 2,
+        proto: 17,
+        dst_port: 53,
+        ethertype: 0x86dd,
+        ..Key::default()
+    };
+    let v4 = Key {
+        src: v4_mapped([192, 0, 2, 1]),
+        dst: v4_mapped([10, 1, 2, 3]),
+        proto: 6,
+        ethertype: 0x0800,
+        ..Key::default()
+    };
+    let v4_odd_ether = Key {
+        ethertype: 0x86dd,
+        ..v4
+    };
+    let v4_dns = Key {
+        proto: 17,
+        dst_port: 53,
+        ..v4_odd_ether
+    };
+    for k in [
+        v6,
+        v4,
+        v4_odd_ether,
+        v4_dns,
+        Key {
+            proto: 17,
+            dst_port: 53,
+            ..v4
+        },
+    ] {
         assert_eq!(acl.classify(&k), lin.classify(&k), "{k:?}");
     }
     assert_eq!(acl.classify(&v6), Decision::Service(1));
@@ -183,7 +245,10 @@ fn dpdk_acl_classbench_and_fallbacks() {
     }
     let mut v6rule = Rule::any(Decision::NoMatch);
     v6rule.src = prefix_range(0x2001_0db8 << 96, 32);
-    assert!(matches!(AclClassifier::new(&eal, &[v6rule]), Err(DpdkError::UnsupportedRule { index: 0, .. })));
+    assert!(matches!(
+        AclClassifier::new(&eal, &[v6rule]),
+        Err(DpdkError::UnsupportedRule { index: 0, .. })
+    ));
     let empty = AclClassifier::new(&eal, &[]).expect("empty");
     assert_eq!(empty.classify(&v4), Decision::NoMatch);
     drop((best, acl, empty));

@@ -52,7 +52,11 @@ fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
     };
     let u32at = |o: usize| {
         let w = [b[o], b[o + 1], b[o + 2], b[o + 3]];
-        if le { u32::from_le_bytes(w) } else { u32::from_be_bytes(w) }
+        if le {
+            u32::from_le_bytes(w)
+        } else {
+            u32::from_be_bytes(w)
+        }
     };
     let mut out = Vec::new();
     let mut o = 24;
@@ -76,10 +80,18 @@ fn scapy_hex(path: &Path) -> Option<Vec<String>> {
         .output()
         .ok()?;
     if !out.status.success() {
-        eprintln!("scapy unavailable: {}", String::from_utf8_lossy(&out.stderr));
+        eprintln!(
+            "scapy unavailable: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         return None;
     }
-    Some(String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect())
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+    )
 }
 
 #[test]
@@ -102,9 +114,16 @@ fn dpdk_pcap_copy_and_probe_failure() {
         "--log-level",
         "lib.eal:error",
         "--vdev",
-        &format!("net_pcap0,rx_pcap={},tx_pcap={}", input.display(), output.display()),
+        &format!(
+            "net_pcap0,rx_pcap={},tx_pcap={}",
+            input.display(),
+            output.display()
+        ),
         "--vdev",
-        &format!("net_pcap1,rx_pcap={}", dir.path().join("missing.pcap").display()),
+        &format!(
+            "net_pcap1,rx_pcap={}",
+            dir.path().join("missing.pcap").display()
+        ),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -116,7 +135,10 @@ fn dpdk_pcap_copy_and_probe_failure() {
         Err(e @ DpdkError::NoSuchPort(_)) => assert!(e.to_string().contains("net_pcap1")),
         other => panic!("expected NoSuchPort, got {other:?}"),
     }
-    assert!(matches!(Port::by_name(&eal, "net_nothing9"), Err(DpdkError::NoSuchPort(_))));
+    assert!(matches!(
+        Port::by_name(&eal, "net_nothing9"),
+        Err(DpdkError::NoSuchPort(_))
+    ));
 
     // (2) rx_pcap -> tx_pcap, byte for byte.
     let pool = Mempool::new(&eal, "fg_pcap_pool", 1023, 0, 2176, None).expect("pool");
@@ -131,7 +153,9 @@ fn dpdk_pcap_copy_and_probe_failure() {
         // net_pcap signals no end of file: stop after an idle period.
         let start = Instant::now();
         let mut last = Instant::now();
-        while last.elapsed() < Duration::from_millis(300) && start.elapsed() < Duration::from_secs(20) {
+        while last.elapsed() < Duration::from_millis(300)
+            && start.elapsed() < Duration::from_secs(20)
+        {
             if rx.rx_burst(&mut batch) == 0 {
                 std::thread::sleep(Duration::from_millis(1));
                 continue;
@@ -153,11 +177,15 @@ fn dpdk_pcap_copy_and_probe_failure() {
     assert_eq!(got, want, "tx_pcap holds the same frames, byte for byte");
     match scapy_hex(&output) {
         Some(hex) => {
-            let want_hex: Vec<String> =
-                want.iter().map(|f| f.iter().map(|b| format!("{b:02x}")).collect::<String>()).collect();
+            let want_hex: Vec<String> = want
+                .iter()
+                .map(|f| f.iter().map(|b| format!("{b:02x}")).collect::<String>())
+                .collect();
             assert_eq!(hex, want_hex, "scapy agrees");
         }
-        None if std::env::var("CI").as_deref() == Ok("true") => panic!("scapy (/usr/bin/python3) is required in CI"),
+        None if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("scapy (/usr/bin/python3) is required in CI")
+        }
         None => eprintln!("note: scapy missing, cross-check skipped"),
     }
     drop(pool);

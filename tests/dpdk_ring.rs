@@ -9,7 +9,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use flowgate::port::dpdk::{
-    BURST, DpdkError, Eal, Mbuf, MbufBatch, Mempool, Port, PortConf, SYMMETRIC_RSS_KEY, current_lcore, toeplitz_v4,
+    BURST, DpdkError, Eal, Mbuf, MbufBatch, Mempool, Port, PortConf, SYMMETRIC_RSS_KEY,
+    current_lcore, toeplitz_v4,
 };
 
 fn eal_args() -> Vec<String> {
@@ -39,7 +40,9 @@ fn eal_args() -> Vec<String> {
 
 /// A recognisable frame: Ethernet header + `seq` in the payload, `len` bytes.
 fn frame(seq: u32, len: usize) -> Vec<u8> {
-    let mut f: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seq as u8)).collect();
+    let mut f: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(7).wrapping_add(seq as u8))
+        .collect();
     f[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
     f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 2]);
     f[12..14].copy_from_slice(&[0x08, 0x00]);
@@ -50,7 +53,10 @@ fn frame(seq: u32, len: usize) -> Vec<u8> {
 #[test]
 fn dpdk_ring_and_null() {
     let eal = Eal::init(&eal_args()).expect("EAL init (run as root)");
-    assert!(matches!(Eal::init(&eal_args()), Err(DpdkError::EalAlreadyInitialised)));
+    assert!(matches!(
+        Eal::init(&eal_args()),
+        Err(DpdkError::EalAlreadyInitialised)
+    ));
     assert_eq!(current_lcore(), Some(eal.main_lcore()));
     assert_eq!(eal.worker_lcores(), vec![1]);
     assert_eq!(eal.lcore_count(), 2);
@@ -82,7 +88,10 @@ fn dpdk_ring_and_null() {
         d.copy_within(0..12, 4);
         assert!(m.adj(4));
         assert_eq!(m.data(), &f[..]);
-        assert!(m.prepend(head + 1).is_none(), "prepend beyond headroom refused");
+        assert!(
+            m.prepend(head + 1).is_none(),
+            "prepend beyond headroom refused"
+        );
         assert_eq!(m.data(), &f[..]);
         assert!(!m.adj(61) && !m.trim(61));
         assert!(m.append(4).is_some() && m.trim(4));
@@ -94,7 +103,15 @@ fn dpdk_ring_and_null() {
     // ---- net_ring0: TX goes into the ring RX reads (one ring for both) ----
     let mut ring = Port::by_name(&eal, "net_ring0").expect("net_ring0");
     assert_eq!(ring.info().expect("info").driver, "net_ring");
-    ring.start(&PortConf { rx_desc: 512, tx_desc: 512, ..PortConf::default() }, &pool).expect("start ring");
+    ring.start(
+        &PortConf {
+            rx_desc: 512,
+            tx_desc: 512,
+            ..PortConf::default()
+        },
+        &pool,
+    )
+    .expect("start ring");
     let _ = ring.mac_addr().expect("mac");
     assert!(ring.link().expect("link").up);
     {
@@ -112,7 +129,9 @@ fn dpdk_ring_and_null() {
         }
         assert!(batch.is_full());
         let extra = pool.alloc().expect("mbuf");
-        let extra: Mbuf<'_> = batch.push(extra).expect_err("a full batch gives the mbuf back");
+        let extra: Mbuf<'_> = batch
+            .push(extra)
+            .expect_err("a full batch gives the mbuf back");
         drop(extra);
         assert_eq!(tx.tx_burst(&mut batch), BURST);
         assert!(batch.is_empty());
@@ -136,8 +155,16 @@ fn dpdk_ring_and_null() {
             assert!(batch.is_empty(), "refused frames are freed");
         }
         assert!(accepted < offered, "the ring eventually refuses");
-        assert_eq!(tx.refused(), (offered - accepted) as u64, "refusals counted");
-        assert_eq!(pool.in_use_count() as usize, accepted, "only what the ring holds is in use");
+        assert_eq!(
+            tx.refused(),
+            (offered - accepted) as u64,
+            "refusals counted"
+        );
+        assert_eq!(
+            pool.in_use_count() as usize,
+            accepted,
+            "only what the ring holds is in use"
+        );
         // try_tx_burst keeps refused frames
         assert!(pool.alloc_bulk(&mut batch, 4));
         assert_eq!(tx.try_tx_burst(&mut batch), 0);
@@ -168,7 +195,11 @@ fn dpdk_ring_and_null() {
     let mut n0 = Port::by_name(&eal, "net_null0").expect("net_null0");
     let mut n1 = Port::by_name(&eal, "net_null1").expect("net_null1");
     let conf = PortConf::default();
-    assert_eq!(n0.start(&conf, &pool).expect("start"), 0, "net_null with one queue: no RSS");
+    assert_eq!(
+        n0.start(&conf, &pool).expect("start"),
+        0,
+        "net_null with one queue: no RSS"
+    );
     n1.start(&conf, &pool).expect("start");
     let forwarded = AtomicU64::new(0);
     let worker_lcore = AtomicU64::new(u64::MAX);
@@ -179,7 +210,10 @@ fn dpdk_ring_and_null() {
         let mut tx = tx1.pop().expect("txq");
         eal.scope(|s| {
             s.launch(1, || {
-                worker_lcore.store(current_lcore().map_or(u64::MAX, u64::from), Ordering::Relaxed);
+                worker_lcore.store(
+                    current_lcore().map_or(u64::MAX, u64::from),
+                    Ordering::Relaxed,
+                );
                 let mut b = MbufBatch::new();
                 let mut n = 0u64;
                 while n < 100_000 {
@@ -198,32 +232,54 @@ fn dpdk_ring_and_null() {
                 forwarded.store(n, Ordering::Relaxed);
             })
             .expect("launch");
-            assert!(s.launch(0, || {}).is_err(), "the main lcore cannot be launched on");
+            assert!(
+                s.launch(0, || {}).is_err(),
+                "the main lcore cannot be launched on"
+            );
         })
         .expect("scope");
         let panicked = eal.scope(|s| {
-            s.launch(1, || panic!("worker panic (expected by the test)")).expect("launch");
+            s.launch(1, || panic!("worker panic (expected by the test)"))
+                .expect("launch");
         });
-        assert!(matches!(panicked, Err(DpdkError::WorkerPanicked { lcore: 1 })));
+        assert!(matches!(
+            panicked,
+            Err(DpdkError::WorkerPanicked { lcore: 1 })
+        ));
     }
-    assert_eq!(worker_lcore.load(Ordering::Relaxed), 1, "closure ran on lcore 1");
+    assert_eq!(
+        worker_lcore.load(Ordering::Relaxed),
+        1,
+        "closure ran on lcore 1"
+    );
     let fwd = forwarded.load(Ordering::Relaxed);
     assert!(fwd >= 100_000);
     assert_eq!(n1.stats().expect("stats").opackets, fwd);
     assert!(n0.stats().expect("stats").ipackets >= fwd);
     drop(n0);
     drop(n1);
-    assert_eq!(pool.in_use_count(), 0, "closing the ports returns their mbufs");
+    assert_eq!(
+        pool.in_use_count(),
+        0,
+        "closing the ports returns their mbufs"
+    );
 
     // ---- symmetric Toeplitz key ----
     let (a, b) = (0xc0a8_0001u32, 0x0a00_0002u32);
     for (sp, dp) in [(1234u16, 80u16), (40000, 443), (53, 53)] {
-        assert_eq!(toeplitz_v4(&SYMMETRIC_RSS_KEY, a, b, sp, dp), toeplitz_v4(&SYMMETRIC_RSS_KEY, b, a, dp, sp));
+        assert_eq!(
+            toeplitz_v4(&SYMMETRIC_RSS_KEY, a, b, sp, dp),
+            toeplitz_v4(&SYMMETRIC_RSS_KEY, b, a, dp, sp)
+        );
     }
     let mut asym = SYMMETRIC_RSS_KEY;
     asym[0] = 0x2c;
     asym[5] = 0x17;
-    assert_ne!(toeplitz_v4(&asym, a, b, 1234, 80), toeplitz_v4(&asym, b, a, 80, 1234), "control: other keys are not symmetric");
+    assert_ne!(
+        toeplitz_v4(&asym, a, b, 1234, 80),
+        toeplitz_v4(&asym, b, a, 80, 1234),
+        "control: other keys are not symmetric"
+    );
     drop(pool);
     drop(eal);
 }

@@ -342,7 +342,7 @@ impl<'e> AclClassifier<'e> {
 
 impl Classifier for AclClassifier<'_> {
     fn lookup(&self, key: &Key) -> Option<u32> {
-        let Some(ctx) = self.ctx else { return None };
+        let ctx = self.ctx?;
         let Some(packed) = self.pack(key) else {
             return self.linear(key);
         };

@@ -85,6 +85,7 @@ unsafe extern "C" {
     pub(crate) fn fg_rss_hf_default() -> u64;
     pub(crate) fn fg_heap_alloc_bytes(socket: c_int) -> usize;
 
+    pub(crate) fn fg_mbuf_layout(out: *mut usize);
     pub(crate) fn fg_pktmbuf_alloc(mp: *mut RteMempool) -> *mut RteMbuf;
     pub(crate) fn fg_pktmbuf_alloc_bulk(
         mp: *mut RteMempool,
@@ -92,10 +93,6 @@ unsafe extern "C" {
         n: c_uint,
     ) -> c_int;
     pub(crate) fn fg_pktmbuf_free(m: *mut RteMbuf);
-    pub(crate) fn fg_mtod(m: *mut RteMbuf) -> *mut u8;
-    pub(crate) fn fg_data_len(m: *const RteMbuf) -> u16;
-    pub(crate) fn fg_pkt_len(m: *const RteMbuf) -> u32;
-    pub(crate) fn fg_nb_segs(m: *const RteMbuf) -> u16;
     pub(crate) fn fg_headroom(m: *const RteMbuf) -> u16;
     pub(crate) fn fg_tailroom(m: *const RteMbuf) -> u16;
     pub(crate) fn fg_prepend(m: *mut RteMbuf, n: u16) -> *mut u8;
@@ -191,11 +188,28 @@ unsafe extern "C" {
     ) -> c_int;
 }
 
-/// Checks the Rust mirrors against the C side's `sizeof`. Called once by `Eal::init`.
+/// `rte_mbuf` field offsets read inline by `Mbuf` (DPDK 22.11, x86-64): `buf_addr`,
+/// `data_off` (u16), `pkt_len` (u32), `data_len` (u16), `nb_segs` (u16).
+pub(crate) const MBUF_BUF_ADDR: usize = 0;
+pub(crate) const MBUF_DATA_OFF: usize = 16;
+pub(crate) const MBUF_PKT_LEN: usize = 36;
+pub(crate) const MBUF_DATA_LEN: usize = 40;
+pub(crate) const MBUF_NB_SEGS: usize = 20;
+
+/// Checks the Rust mirrors and mbuf offsets against the C side. Called once by `Eal::init`.
 pub(crate) fn check_abi() -> bool {
-    // SAFETY: the three functions only return a compile-time constant.
+    let mut off = [0usize; 5];
+    // SAFETY: the functions only return compile-time constants; `off` has the 5 slots
+    // fg_mbuf_layout writes.
     unsafe {
-        fg_port_info_abi_size() == std::mem::size_of::<FgPortInfo>()
+        fg_mbuf_layout(off.as_mut_ptr());
+        off == [
+            MBUF_BUF_ADDR,
+            MBUF_DATA_OFF,
+            MBUF_PKT_LEN,
+            MBUF_DATA_LEN,
+            MBUF_NB_SEGS,
+        ] && fg_port_info_abi_size() == std::mem::size_of::<FgPortInfo>()
             && fg_acl_key_abi_size() == std::mem::size_of::<FgAclKey>()
             && fg_acl_rule_abi_size() == std::mem::size_of::<FgAclRule>()
     }

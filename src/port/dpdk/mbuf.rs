@@ -42,11 +42,34 @@ impl Mbuf<'_> {
         }
     }
 
+    /// Reads the `T` at byte offset `off` of the `rte_mbuf`.
+    ///
+    /// # Safety
+    /// `off` is the offset of a field of type `T` (offsets are checked at EAL init).
+    #[inline(always)]
+    unsafe fn field<T: Copy>(&self, off: usize) -> T {
+        // SAFETY: per the contract, an aligned, initialised T inside the live mbuf header.
+        unsafe { self.ptr.as_ptr().cast::<u8>().add(off).cast::<T>().read() }
+    }
+
+    /// `rte_pktmbuf_mtod` and `data_len`, read inline (no call into the shim).
+    #[inline(always)]
+    fn raw_data(&self) -> (*mut u8, usize) {
+        // SAFETY: live mbuf; offsets checked at EAL init; buf_addr is the start of the
+        // buffer and data_off is within it, as DPDK maintains.
+        unsafe {
+            let buf: *mut u8 = self.field(ffi::MBUF_BUF_ADDR);
+            let off: u16 = self.field(ffi::MBUF_DATA_OFF);
+            let len: u16 = self.field(ffi::MBUF_DATA_LEN);
+            (buf.add(usize::from(off)), usize::from(len))
+        }
+    }
+
     /// Frame length in bytes (`pkt_len`).
     #[inline]
     pub fn len(&self) -> usize {
-        // SAFETY: ptr is a live mbuf we own.
-        unsafe { ffi::fg_pkt_len(self.ptr.as_ptr()) as usize }
+        // SAFETY: ptr is a live mbuf we own; the offset is checked against the C headers at init.
+        unsafe { self.field::<u32>(ffi::MBUF_PKT_LEN) as usize }
     }
 
     /// True for a zero-length frame.
@@ -57,8 +80,8 @@ impl Mbuf<'_> {
 
     /// Number of segments (1 for every frame this binding produces).
     pub fn segments(&self) -> u16 {
-        // SAFETY: ptr is a live mbuf we own.
-        unsafe { ffi::fg_nb_segs(self.ptr.as_ptr()) }
+        // SAFETY: ptr is a live mbuf we own; the offset is checked against the C headers at init.
+        unsafe { self.field::<u16>(ffi::MBUF_NB_SEGS) }
     }
 
     /// Free bytes before the frame.
@@ -78,11 +101,11 @@ impl Mbuf<'_> {
     /// The frame (first segment).
     #[inline]
     pub fn data(&self) -> &[u8] {
-        // SAFETY: mtod points at data_len initialised bytes inside the mbuf's buffer, which
-        // we own and which lives as long as `self` is borrowed.
+        // SAFETY: buf_addr + data_off (rte_pktmbuf_mtod) points at data_len initialised bytes
+        // inside the mbuf's buffer, which we own and which lives as long as `self` is borrowed.
         unsafe {
-            let p = self.ptr.as_ptr();
-            std::slice::from_raw_parts(ffi::fg_mtod(p), usize::from(ffi::fg_data_len(p)))
+            let (p, n) = self.raw_data();
+            std::slice::from_raw_parts(p, n)
         }
     }
 
@@ -91,8 +114,8 @@ impl Mbuf<'_> {
     pub fn data_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in `data`, and `&mut self` makes the borrow exclusive.
         unsafe {
-            let p = self.ptr.as_ptr();
-            std::slice::from_raw_parts_mut(ffi::fg_mtod(p), usize::from(ffi::fg_data_len(p)))
+            let (p, n) = self.raw_data();
+            std::slice::from_raw_parts_mut(p, n)
         }
     }
 

@@ -38,6 +38,16 @@ size_t fg_heap_alloc_bytes(int socket)
 
 /* ---- mbuf ---- */
 
+/* Offsets of the rte_mbuf fields Rust reads inline on the fast path (checked at init). */
+void fg_mbuf_layout(size_t out[5])
+{
+	out[0] = offsetof(struct rte_mbuf, buf_addr);
+	out[1] = offsetof(struct rte_mbuf, data_off);
+	out[2] = offsetof(struct rte_mbuf, pkt_len);
+	out[3] = offsetof(struct rte_mbuf, data_len);
+	out[4] = offsetof(struct rte_mbuf, nb_segs);
+}
+
 struct rte_mbuf *fg_pktmbuf_alloc(struct rte_mempool *mp) { return rte_pktmbuf_alloc(mp); }
 int fg_pktmbuf_alloc_bulk(struct rte_mempool *mp, struct rte_mbuf **m, unsigned n)
 {
