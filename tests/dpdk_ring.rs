@@ -256,6 +256,23 @@ fn dpdk_ring_and_null() {
     assert!(fwd >= 100_000);
     assert_eq!(n1.stats().expect("stats").opackets, fwd);
     assert!(n0.stats().expect("stats").ipackets >= fwd);
+    // net_null offers RSS: several RX queues with the symmetric key.
+    let rss_conf = PortConf {
+        n_rxq: 2,
+        n_txq: 2,
+        ..PortConf::default()
+    };
+    let hf = n0.start(&rss_conf, &pool).expect("restart with 2 queues");
+    assert_ne!(hf, 0, "RSS in effect");
+    assert_eq!(n0.rss_hf(), hf);
+    let (key, got_hf) = n0.rss_conf().expect("rss conf");
+    assert_eq!(key, SYMMETRIC_RSS_KEY, "the PMD holds our key");
+    assert_eq!(got_hf, hf);
+    {
+        let (rxs, txs) = n0.queues().expect("queues");
+        assert_eq!((rxs.len(), txs.len()), (2, 2));
+        assert_eq!(rxs[1].id(), (n0.id(), 1));
+    }
     drop(n0);
     drop(n1);
     assert_eq!(

@@ -248,6 +248,16 @@ impl<'a> Port<'a> {
             ffi::rte_eth_dev_start(self.id)
         })?;
         self.started = true;
+        if let (Some(k), true) = (&conf.rss_key, applied != 0) {
+            // Some PMDs (net_null among them) ignore the key given to rte_eth_dev_configure;
+            // set it again explicitly. A PMD without the call keeps whatever it has.
+            // SAFETY: valid, started port; k is 40 bytes, copied by DPDK.
+            let rc = unsafe { ffi::fg_port_rss_update(self.id, k.as_ptr(), applied) };
+            if rc != 0 && rc != -95 {
+                // -ENOTSUP is fine; anything else is a refusal worth reporting.
+                check("rte_eth_dev_rss_hash_update", rc)?;
+            }
+        }
         self.n_rxq = conf.n_rxq;
         self.n_txq = conf.n_txq;
         self.rss_hf = applied;
@@ -293,6 +303,25 @@ impl<'a> Port<'a> {
     /// RSS hash functions in effect after [`Port::start`] (0: none).
     pub fn rss_hf(&self) -> u64 {
         self.rss_hf
+    }
+
+    /// The RSS key and hash functions the PMD reports (`rte_eth_dev_rss_hash_conf_get`).
+    ///
+    /// # Errors
+    /// When the PMD has no RSS (most vdevs) or a key longer than 40 bytes.
+    pub fn rss_conf(&self) -> Result<([u8; 40], u64), DpdkError> {
+        let mut key = [0u8; 40];
+        let mut hf = 0u64;
+        // SAFETY: valid port; key has room for the 40 bytes the shim allows DPDK to write.
+        let rc = unsafe { ffi::fg_port_rss_key(self.id, key.as_mut_ptr(), &mut hf) };
+        check("rte_eth_dev_rss_hash_conf_get", rc)?;
+        if rc != 40 {
+            return Err(DpdkError::InvalidArg(format!(
+                "port {} has a {rc}-byte RSS key",
+                self.name
+            )));
+        }
+        Ok((key, hf))
     }
 
     /// The port's MAC address.

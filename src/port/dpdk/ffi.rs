@@ -113,6 +113,8 @@ unsafe extern "C" {
         rss_hf: u64,
         applied_hf: *mut u64,
     ) -> c_int;
+    pub(crate) fn fg_port_rss_key(port: u16, out: *mut u8, rss_hf: *mut u64) -> c_int;
+    pub(crate) fn fg_port_rss_update(port: u16, key: *const u8, rss_hf: u64) -> c_int;
     pub(crate) fn fg_rx_queue_setup(
         port: u16,
         q: u16,

@@ -137,6 +137,31 @@ int fg_port_configure(uint16_t port, uint16_t nrxq, uint16_t ntxq, const uint8_t
 	return rte_eth_dev_configure(port, nrxq, ntxq, &conf);
 }
 
+/* Reads the RSS key in effect into out (40 bytes); returns its length or -errno. */
+int fg_port_rss_key(uint16_t port, uint8_t out[40], uint64_t *rss_hf)
+{
+	struct rte_eth_rss_conf c;
+	memset(&c, 0, sizeof(c));
+	c.rss_key = out;
+	c.rss_key_len = 40;
+	int rc = rte_eth_dev_rss_hash_conf_get(port, &c);
+	if (rc != 0)
+		return rc;
+	*rss_hf = c.rss_hf;
+	return c.rss_key_len;
+}
+
+/* rte_eth_dev_rss_hash_update with a 40-byte key. */
+int fg_port_rss_update(uint16_t port, const uint8_t key[40], uint64_t rss_hf)
+{
+	struct rte_eth_rss_conf c;
+	memset(&c, 0, sizeof(c));
+	c.rss_key = (uint8_t *)key;
+	c.rss_key_len = 40;
+	c.rss_hf = rss_hf;
+	return rte_eth_dev_rss_hash_update(port, &c);
+}
+
 int fg_rx_queue_setup(uint16_t port, uint16_t q, uint16_t nb_desc, unsigned socket,
 		      struct rte_mempool *mp)
 {
