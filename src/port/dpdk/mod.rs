@@ -22,12 +22,32 @@
 //! which leaks a pool that still has mbufs in use rather than free it.
 //!
 //! # What works (tested in `tests/dpdk_*.rs`, as root, `--no-huge`)
-//! - `net_ring` TX→RX loopback byte for byte; TX refusal freed and counted; the pool is
-//!   full again afterwards; headers pushed/popped in the headroom.
-//! - `net_pcap` `rx_pcap=`→`tx_pcap=` copies frames byte for byte; a vdev that fails to
-//!   probe is a [`DpdkError::NoSuchPort`].
-//! - `net_null` → `net_null` MAC swap on a worker lcore; `rte_acl` equal to the ClassBench
-//!   trace and to `Linear` on acl1_1K.
+//! - `dpdk_ring`: `net_ring` TX→RX loopback byte for byte and in order; TX refusal freed
+//!   and counted (`TxQueue::refused`; net_ring itself does not count it in `oerrors`); the
+//!   pool is full again afterwards; VLAN push/pop in the headroom; `net_null` →
+//!   `net_null` MAC swap on worker lcore 1 through [`Eal::scope`]; a panicking worker is
+//!   reported; RSS on `net_null` with 2 queues and the symmetric key read back from the
+//!   PMD; [`toeplitz_v4`] symmetry; a second [`Eal::init`] is refused.
+//! - `dpdk_pcap`: `net_pcap` `rx_pcap=`→`tx_pcap=` copies 100 frames byte for byte
+//!   (checked by the test's reader and by scapy); a vdev that fails to probe is
+//!   [`DpdkError::NoSuchPort`].
+//! - `dpdk_af_packet`: `net_af_packet` on a veth pair delivers frames byte for byte.
+//! - `dpdk_acl`: [`AclClassifier`] on ClassBench acl1_1K, every algorithm (AVX512X32,
+//!   X16, AVX2, SSE, scalar): zero mismatches against the trace's expected rule and
+//!   against `Linear`; IPv6 / odd-ethertype keys go through the fallback scan; rules it
+//!   cannot express are refused.
+//!
+//! # Measured here (2 vCPU shared with ~5 builders, load average 7-10: very noisy)
+//! `cargo bench --features dpdk --bench dpdk` (criterion, `--no-huge`):
+//! - `rte_acl` on acl1_10K (97,000-key trace, bursts of 256): AVX512X32 6.2-15 M
+//!   lookups/s, AVX512X16 8.2 M, AVX2 5.5 M, SSE 5.3 M, scalar 1.9 M; build 0.6-0.7 s;
+//!   `bytes()` 17.7 MB. `dpdk-test-acl` (same set, avx512x32) measured in the same minutes:
+//!   6.5-10.4 M/s; on a quiet machine it did 37.8 M/s (shared/classbench/DPDK_BASELINE.md).
+//! - MAC swap `net_null0` → `net_null1`, 64-byte frames, one worker lcore: 6.5-7.8 Mpps;
+//!   `dpdk-testpmd --forward-mode=macswap` on the same two vdevs, one forwarding core,
+//!   in the same minutes: 10.4-12 Mpps (sum of both directions). The gap is within this
+//!   machine's noise band but may be real (testpmd's SSE swap, prefetching); re-measure
+//!   on a quiet machine before quoting.
 //!
 //! # Pitfalls met here
 //! - The headers need pkg-config's non-`-I` cflags (`-include rte_config.h`, `-march`):
@@ -37,15 +57,20 @@
 //! - `rte_eal_init` works once per process, even after `rte_eal_cleanup`; so one EAL test
 //!   per test binary. It pins the calling thread to the first lcore of `-l`.
 //! - `net_pcap` never signals end of file: stop after an idle period. Its `tx_pcap` file is
-//!   complete only after the port is closed.
-//! - `--no-huge` and `--in-memory` are refused together; in `--no-huge`, `-m` caps the pools.
+//!   complete once the port is closed.
+//! - `--no-huge` and `--in-memory` are refused together; in `--no-huge`, `-m` caps the
+//!   pools (testpmd's default pool needs more than `-m 512`: `--total-num-mbufs=16384`).
 //! - Threads not launched by EAL have no lcore id, hence no mempool cache: run workers
-//!   through [`Eal::scope`].
-//! - Vdevs (`net_null`, `net_ring`, `net_pcap`) offer no RSS: [`Port::start`] returns the
-//!   hash functions in effect (0), and the runtime must dispatch in software.
+//!   through [`Eal::scope`]. `rte_eal_wait_lcore` busy-waits on the main lcore.
+//! - `net_null` offers RSS but ignores the key passed to `rte_eth_dev_configure`:
+//!   [`Port::start`] sets it again with `rte_eth_dev_rss_hash_update`. `net_ring` and
+//!   `net_pcap` have no RSS ([`Port::start`] returns 0): dispatch in software.
 //! - AVX-512 `rte_acl` needs `--force-max-simd-bitwidth=512` in the EAL arguments;
-//!   `rte_acl_build` refuses an empty rule set (handled: everything misses).
-//! - `rte_acl` expects rules in host order and keys in network order.
+//!   `rte_acl_build` refuses an empty rule set (handled: everything misses); rules are
+//!   given in host order, keys in network order.
+//! - `rte_pktmbuf_mtod`/`data_len`/`pkt_len` are read inline from the `rte_mbuf` header at
+//!   offsets that `Eal::init` checks against the C headers (a shim call per packet cost
+//!   measurably); a DPDK with another mbuf layout fails init with [`DpdkError::Abi`].
 
 mod acl;
 mod eal;
