@@ -155,6 +155,8 @@ unsafe extern "C" {
     pub(crate) fn rte_socket_id() -> c_uint;
     pub(crate) fn rte_eal_remote_launch(f: LcoreFn, arg: *mut c_void, worker: c_uint) -> c_int;
     pub(crate) fn rte_eal_wait_lcore(worker: c_uint) -> c_int;
+    /// Returns `enum rte_lcore_state_t`: 0 = WAIT, 1 = RUNNING.
+    pub(crate) fn rte_eal_get_lcore_state(worker: c_uint) -> c_int;
 
     // librte_mempool / librte_mbuf
     pub(crate) fn rte_pktmbuf_pool_create(

@@ -6,7 +6,7 @@
 //! caller's stack (queues, counters, stop flags) and waits for every launched lcore before
 //! it returns, also when the caller's closure panics. A panic inside a worker is caught
 //! at the FFI boundary (unwinding into C is undefined behaviour) and reported as
-//! [`DpdkError::WorkerPanicked`].
+//! [`DpdkError::WorkerPanicked`]. Waiting sleeps in 200 µs steps rather than spinning.
 
 use std::cell::RefCell;
 use std::ffi::{c_int, c_void};
@@ -65,7 +65,14 @@ impl<'scope> Scope<'scope, '_> {
         let lcores = std::mem::take(&mut *self.launched.borrow_mut());
         let mut result = Ok(());
         for lcore in lcores {
-            // SAFETY: waits for a lcore we launched; called on the main lcore.
+            // rte_eal_wait_lcore spins; sleep-poll first so that the main lcore leaves its
+            // CPU to others (on a shared machine the spinning pushed load onto the workers).
+            // SAFETY: reads the state of an lcore we launched.
+            while unsafe { ffi::rte_eal_get_lcore_state(lcore) } != 0 {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            // SAFETY: waits for (and collects the result of) a lcore we launched; called on
+            // the main lcore.
             let rc = unsafe { ffi::rte_eal_wait_lcore(lcore) };
             if rc == PANICKED && result.is_ok() {
                 result = Err(DpdkError::WorkerPanicked { lcore });

@@ -2,13 +2,13 @@
 //!
 //! Layer: `port`, the bottom of the data plane. `shim.c` wraps DPDK's static-inline calls
 //! (rx/tx burst, mbuf alloc/free/mtod/prepend/adj/append/trim, `rte_lcore_id`, `rte_errno`)
-//! and fills DPDK's big configuration structs; [`ffi`] declares the shim and the exported
+//! and fills DPDK's big configuration structs; `ffi` declares the shim and the exported
 //! DPDK functions by hand (no bindgen); DPDK objects are opaque pointers that never leave
 //! this module. The safe API:
 //!
 //! - [`Eal`]: `rte_eal_init` once per process (enforced), `rte_eal_cleanup` on drop; not
 //!   `Send`, so it stays on the main lcore. [`Eal::scope`] + [`Scope::launch`] run closures
-//!   on worker lcores with `rte_eal_remote_launch` and wait for them ([`lcore`]).
+//!   on worker lcores with `rte_eal_remote_launch` and wait for them (module `lcore`).
 //! - [`Mempool`] (borrows the `Eal`), [`Mbuf`] (owns one buffer, frees on drop, lends
 //!   `&[u8]`, pushes/pops headers in place), [`MbufBatch`] (32 inline slots, no allocation).
 //! - [`Port`]: found by name, started with a [`PortConf`] (queues, symmetric RSS key),
