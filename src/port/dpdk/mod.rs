@@ -37,18 +37,21 @@
 //!   against `Linear`; IPv6 / odd-ethertype keys go through the fallback scan; rules it
 //!   cannot express are refused.
 //!
-//! # Measured here (2 vCPU shared with ~5 builders, load average 7-10: very noisy)
-//! `cargo bench --features dpdk --bench dpdk` (criterion, `--no-huge`):
+//! # Measured here (2 vCPU shared with ~5 builders, load average 6-10: very noisy)
+//! `cargo bench --features dpdk --bench dpdk` (criterion, `--no-huge`, release):
 //! - `rte_acl` on acl1_10K (97,000-key trace, bursts of 256): AVX512X32 6.2-15 M
-//!   lookups/s, AVX512X16 8.2 M, AVX2 5.5 M, SSE 5.3 M, scalar 1.9 M; build 0.6-0.7 s;
-//!   `bytes()` 17.7 MB. `dpdk-test-acl` (same set, avx512x32) measured in the same minutes:
-//!   6.5-10.4 M/s; on a quiet machine it did 37.8 M/s (shared/classbench/DPDK_BASELINE.md).
-//! - MAC swap `net_null0` → `net_null1`, 64-byte frames, one worker lcore: 6.5-7.8 Mpps;
-//!   `dpdk-testpmd --forward-mode=macswap` on the same two vdevs, one forwarding core,
-//!   in the same minutes: 10.4-12 Mpps (sum of both directions). The gap is within this
-//!   machine's noise band but may be real (testpmd's SSE swap, prefetching); re-measure
-//!   on a quiet machine before quoting.
-//!
+//!   lookups/s over four runs, AVX512X16 7-8 M, AVX2 5.5-6.2 M, SSE 5.3-7.9 M, scalar
+//!   1.9-3.2 M; build 0.5-0.8 s; `bytes()` 17.7 MB (DPDK's log says 16.0 MB of runtime
+//!   tries; the rest is the context and its rule copy). `dpdk-test-acl` (same set,
+//!   avx512x32) in the same minutes: 6.5-10.4 M/s; on a quiet machine 37.8 M/s
+//!   (shared/classbench/DPDK_BASELINE.md). `perf`: the binding's own work (packing keys,
+//!   mapping results) is about 15 % of the time spent in `librte_acl`.
+//! - MAC swap `net_null0` → `net_null1`, 64-byte frames, one worker lcore: 14-21.5 Mpps;
+//!   `dpdk-testpmd --forward-mode=macswap --nb-cores=1` on the same two vdevs in the same
+//!   minutes: 15.9-16.3 Mpps (sum of both directions). Before the main lcore stopped
+//!   spinning in `rte_eal_wait_lcore` the binding did only 6.5-7.8 Mpps against testpmd's
+//!   10.4-12 Mpps.
+
 //! # Pitfalls met here
 //! - The headers need pkg-config's non-`-I` cflags (`-include rte_config.h`, `-march`):
 //!   `build.rs` passes them to `cc`.
