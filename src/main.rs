@@ -24,10 +24,10 @@ enum Cmd {
         #[arg(long, default_value = "pipelines/web-farm.yaml")]
         pipeline: PathBuf,
         /// Input capture (pcap or pcapng).
-        #[arg(long)]
+        #[arg(long, default_value = "samples/web-farm.pcap")]
         input: PathBuf,
         /// Output pcap: every transmitted frame, in order.
-        #[arg(long)]
+        #[arg(long, default_value = "/tmp/flowgate-replay.pcap")]
         output: PathBuf,
         /// Write counters as JSON to this file.
         #[arg(long)]
@@ -43,6 +43,15 @@ enum Cmd {
     Check {
         #[arg(long)]
         pipeline: PathBuf,
+    },
+    /// Write a synthetic capture (clients to VIPs, FTP, UDP, ESP, tagged traffic).
+    Gen {
+        /// Make the traffic for this pipeline's services, MACs and gateway (default: the
+        /// built-in web-farm example).
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+        #[command(flatten)]
+        args: flowgate::r#gen::GenArgs,
     },
 }
 
@@ -75,6 +84,15 @@ fn run(cli: Cli) -> Result<()> {
             if !quiet {
                 eprint!("{}", r.summary);
             }
+            Ok(())
+        }
+        Cmd::Gen { pipeline, args } => {
+            let spec = match pipeline {
+                Some(p) => cmd::gen_spec(&Pipeline::load(&p)?),
+                None => flowgate::r#gen::GenSpec::default(),
+            };
+            let summary = flowgate::r#gen::run(&args, &spec)?;
+            eprintln!("{summary}");
             Ok(())
         }
         Cmd::Check { pipeline } => {
