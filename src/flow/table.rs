@@ -4,10 +4,15 @@
 //! Layer: `flow`. Sized once at construction; `insert`, `get`, `touch`, `remove` and
 //! `expire` never allocate and never rehash:
 //!
-//! - Entries live in a slab (`Vec` of slots, allocated once) linked into one of a few
-//!   doubly-linked LRU lists, one per timeout class. Each list has a single timeout and
-//!   is kept in last-seen order (a touch moves the entry to the tail), so the head of each
-//!   list is its oldest entry and expiry is exact and O(expired).
+//! - Entries live in a slab (`Vec` of slots, allocated once). Each timeout class has a
+//!   ring of [`WINDOWS`] doubly-linked lists, one per time window of `timeout / 16` (the
+//!   *grain*), a coarse timer wheel. An entry sits in the list of the window it was last
+//!   linked in; a touch only records the time, and relinks the entry (two neighbour
+//!   writes: cache misses a hit cannot afford on every packet) only when the clock has
+//!   moved to a newer window or the class changes. So every entry's last touch lies in the
+//!   window of its list, and `expire` can drop whole windows that ended more than
+//!   `timeout` ago without looking at anything else: an entry expires between `timeout`
+//!   and `timeout + grain` after it was last seen, in O(expired).
 //! - The index is open addressing with linear probing over a power-of-two bucket array at
 //!   load factor ≤ 1/2, with backward-shift deletion. Unlike a tombstone scheme (hashbrown
 //!   rehashes in place when tombstones use up its growth budget), deletion leaves no
@@ -22,22 +27,37 @@ use core::hash::{BuildHasher, Hash};
 
 const NIL: u32 = u32::MAX;
 
+/// Windows per timeout class (the wheel's size): the 16 windows a timeout spans, the
+/// current one, and slack so that windows awaiting expiry are never reused early.
+pub const WINDOWS: usize = 20;
+
+/// Windows per timeout.
+const GRAINS: u64 = 16;
+
 struct Slot<K, V> {
     key: K,
     val: V,
     hash: u64,
     last_seen: u64,
+    /// Absolute window number the entry is linked in.
+    window: u64,
     prev: u32,
     next: u32,
     class: u8,
-    used: bool,
 }
 
 #[derive(Clone, Copy)]
 struct List {
     head: u32,
     tail: u32,
+}
+
+struct Class {
     timeout: u64,
+    grain: u64,
+    /// Oldest window that may still hold entries.
+    next_window: u64,
+    lists: [List; WINDOWS],
 }
 
 /// A handle to a live entry (slab index); valid until that entry is removed.
@@ -58,13 +78,13 @@ pub struct LruTable<K, V> {
     free: Vec<u32>,
     buckets: Vec<u32>,
     mask: usize,
-    lists: Vec<List>,
+    classes: Vec<Class>,
     len: usize,
     hasher: hashbrown::DefaultHashBuilder,
 }
 
 impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
-    /// A table for `capacity` entries and one LRU class per entry of `timeouts` (ns).
+    /// A table for `capacity` entries and one timeout class per entry of `timeouts` (ns).
     ///
     /// # Panics
     /// If `capacity` is 0 or above 2^30, or `timeouts` is empty or longer than 255.
@@ -79,10 +99,10 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
                 val: V::default(),
                 hash: 0,
                 last_seen: 0,
+                window: 0,
                 prev: NIL,
                 next: NIL,
                 class: 0,
-                used: false,
             });
         }
         LruTable {
@@ -90,12 +110,13 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
             free: (0..capacity as u32).rev().collect(),
             buckets: vec![NIL; buckets],
             mask: buckets - 1,
-            lists: timeouts
+            classes: timeouts
                 .iter()
-                .map(|&t| List {
-                    head: NIL,
-                    tail: NIL,
+                .map(|&t| Class {
                     timeout: t,
+                    grain: (t / GRAINS).max(1),
+                    next_window: 0,
+                    lists: [List { head: NIL, tail: NIL }; WINDOWS],
                 })
                 .collect(),
             len: 0,
@@ -118,10 +139,24 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
         self.slots.len()
     }
 
-    /// The hash `key` will be stored under (lets a batch prefetch or reuse it).
+    /// The hash `key` is stored under (lets a burst compute it once).
     #[inline]
     pub fn hash(&self, key: &K) -> u64 {
         self.hasher.hash_one(key)
+    }
+
+    /// Reads the bucket `hash` starts at: issued for a burst ahead
+    /// of the lookups so that their cache misses overlap (a plain load stands in for a
+    /// prefetch instruction, which would need `unsafe`).
+    #[inline]
+    pub fn warm_bucket(&self, hash: u64) -> u32 {
+        self.buckets[hash as usize & self.mask]
+    }
+
+    /// Second stage of [`warm_bucket`](Self::warm_bucket): reads the slot a bucket names.
+    #[inline]
+    pub fn warm_slot(&self, s: u32) -> u64 {
+        if s == NIL { 0 } else { self.slots[s as usize].hash }
     }
 
     /// Finds `key`.
@@ -172,35 +207,37 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
 
     /// Inserts `key` (which must not be present) in timeout `class`, seen at `now`.
     pub fn insert(&mut self, key: K, val: V, class: u8, now: u64) -> Inserted<K, V> {
+        let hash = self.hash(&key);
+        self.insert_hashed(key, hash, val, class, now)
+    }
+
+    /// [`insert`](Self::insert) with the hash already computed.
+    pub fn insert_hashed(&mut self, key: K, hash: u64, val: V, class: u8, now: u64) -> Inserted<K, V> {
         let mut evicted = None;
         if self.free.is_empty() {
-            let victim = self.oldest().expect("a full table has entries");
-            let (k, v) = (
-                self.slots[victim as usize].key,
-                self.slots[victim as usize].val,
-            );
+            let Some(victim) = self.oldest() else {
+                unreachable!("a full table has entries")
+            };
+            let (k, v) = (self.slots[victim as usize].key, self.slots[victim as usize].val);
             self.remove(victim);
             evicted = Some((k, v));
         }
         let Some(s) = self.free.pop() else {
             unreachable!("a slot was freed above")
         };
-        let hash = self.hash(&key);
         {
             let slot = &mut self.slots[s as usize];
             slot.key = key;
             slot.val = val;
             slot.hash = hash;
             slot.last_seen = now;
-            slot.class = class;
-            slot.used = true;
         }
         let mut b = hash as usize & self.mask;
         while self.buckets[b] != NIL {
             b = (b + 1) & self.mask;
         }
         self.buckets[b] = s;
-        self.link_tail(s, class);
+        self.link(s, class, now);
         self.len += 1;
         match evicted {
             None => Inserted::Fresh(s),
@@ -208,20 +245,24 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
         }
     }
 
-    /// Marks `h` seen at `now` and moves it to the tail of `class` (which may differ from
-    /// its current class, e.g. when a TCP flow becomes established).
+    /// Marks `h` seen at `now` in timeout `class` (which may differ from its current
+    /// class, e.g. when a TCP flow becomes established). Relinks only when the clock
+    /// entered a newer window or the class changed.
     #[inline]
     pub fn touch(&mut self, h: Handle, class: u8, now: u64) {
-        self.unlink(h);
         let slot = &mut self.slots[h as usize];
-        slot.last_seen = slot.last_seen.max(now);
-        slot.class = class;
-        self.link_tail(h, class);
+        if now > slot.last_seen {
+            slot.last_seen = now;
+        }
+        let w = slot.last_seen / self.classes[class as usize].grain;
+        if slot.class != class || w != slot.window {
+            self.unlink(h);
+            self.link(h, class, now);
+        }
     }
 
     /// Removes a live entry.
     pub fn remove(&mut self, h: Handle) {
-        debug_assert!(self.slots[h as usize].used);
         self.unlink(h);
         // Find the bucket holding h, then backward-shift the cluster after it.
         let mut b = self.slots[h as usize].hash as usize & self.mask;
@@ -236,81 +277,110 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
                 break;
             }
             let home = self.slots[s as usize].hash as usize & self.mask;
-            // Move s into the hole when its home is not in (hole, j] cyclically.
+            // Move s into the hole unless its home lies cyclically in (hole, j].
             let dist_j = j.wrapping_sub(home) & self.mask;
             let dist_hole = hole.wrapping_sub(home) & self.mask;
-            if dist_hole < dist_j || dist_hole == dist_j {
+            if dist_hole <= dist_j {
                 self.buckets[hole] = s;
                 hole = j;
             }
             j = (j + 1) & self.mask;
         }
         self.buckets[hole] = NIL;
-        let slot = &mut self.slots[h as usize];
-        slot.used = false;
         self.free.push(h);
         self.len -= 1;
     }
 
-    /// Pops up to `max` entries whose class timeout has passed at `now`, calling `f`
-    /// for each. Returns how many were removed.
+    /// Removes up to `max` entries not seen for their class timeout at `now`, calling
+    /// `f` for each; returns how many. Whole windows are dropped, oldest first.
     pub fn expire(&mut self, now: u64, max: usize, mut f: impl FnMut(&K, &V)) -> usize {
         let mut n = 0;
-        for c in 0..self.lists.len() {
-            while n < max {
-                let h = self.lists[c].head;
-                if h == NIL {
-                    break;
-                }
-                let slot = &self.slots[h as usize];
-                if slot.last_seen.saturating_add(self.lists[c].timeout) > now {
-                    break;
-                }
-                f(&slot.key, &slot.val);
-                self.remove(h);
-                n += 1;
+        for c in 0..self.classes.len() {
+            let (timeout, grain) = (self.classes[c].timeout, self.classes[c].grain);
+            // Window w holds touches in [w*grain, (w+1)*grain): expired when that ends
+            // at least `timeout` before now.
+            let Some(limit) = now.checked_sub(timeout) else { continue };
+            let end = limit / grain; // windows < end are wholly expired
+            let first = self.classes[c].next_window;
+            if first >= end {
+                continue;
             }
+            // After a long gap every list is visited once.
+            for w in first..first + (end - first).min(WINDOWS as u64) {
+                let i = (w % WINDOWS as u64) as usize;
+                let mut h = self.classes[c].lists[i].head;
+                while h != NIL {
+                    let next = self.slots[h as usize].next;
+                    // After a clock jump a list can also hold a newer window's entries.
+                    if self.slots[h as usize].window < end {
+                        if n == max {
+                            self.classes[c].next_window = w;
+                            return n;
+                        }
+                        let slot = &self.slots[h as usize];
+                        f(&slot.key, &slot.val);
+                        self.remove(h);
+                        n += 1;
+                    }
+                    h = next;
+                }
+            }
+            self.classes[c].next_window = end;
         }
         n
     }
 
-    /// The entry idle the longest (smallest last-seen among list heads).
+    /// About the entry idle the longest: the head of the oldest non-empty window.
     fn oldest(&self) -> Option<Handle> {
-        self.lists
-            .iter()
-            .filter(|l| l.head != NIL)
-            .min_by_key(|l| self.slots[l.head as usize].last_seen)
-            .map(|l| l.head)
+        let mut best: Option<(u64, Handle)> = None;
+        for cl in &self.classes {
+            for k in 0..WINDOWS as u64 {
+                let h = cl.lists[((cl.next_window + k) % WINDOWS as u64) as usize].head;
+                if h != NIL {
+                    let t = self.slots[h as usize].last_seen;
+                    if best.is_none_or(|(bt, _)| t < bt) {
+                        best = Some((t, h));
+                    }
+                    break;
+                }
+            }
+        }
+        best.map(|(_, h)| h)
     }
 
-    fn link_tail(&mut self, s: u32, class: u8) {
-        let l = &mut self.lists[class as usize];
+    fn link(&mut self, s: u32, class: u8, now: u64) {
+        let cl = &mut self.classes[class as usize];
+        let w = now.max(self.slots[s as usize].last_seen) / cl.grain;
+        let w = w.max(cl.next_window);
+        let l = &mut cl.lists[(w % WINDOWS as u64) as usize];
         let old_tail = l.tail;
         l.tail = s;
         if old_tail == NIL {
             l.head = s;
         }
-        self.slots[s as usize].prev = old_tail;
-        self.slots[s as usize].next = NIL;
+        let slot = &mut self.slots[s as usize];
+        slot.prev = old_tail;
+        slot.next = NIL;
+        slot.class = class;
+        slot.window = w;
         if old_tail != NIL {
             self.slots[old_tail as usize].next = s;
         }
     }
 
     fn unlink(&mut self, s: u32) {
-        let (prev, next, class) = {
+        let (prev, next, class, w) = {
             let x = &self.slots[s as usize];
-            (x.prev, x.next, x.class)
+            (x.prev, x.next, x.class, x.window)
         };
-        let l = &mut self.lists[class as usize];
+        let i = (w % WINDOWS as u64) as usize;
         if prev == NIL {
-            l.head = next;
+            self.classes[class as usize].lists[i].head = next;
         } else {
             self.slots[prev as usize].next = next;
         }
-        let l = &mut self.lists[class as usize];
         if next == NIL {
-            l.tail = prev;
+            self.classes[class as usize].lists[i].tail = prev;
         } else {
             self.slots[next as usize].prev = prev;
         }
@@ -333,18 +403,55 @@ mod tests {
         t.insert(2, 20, 1, 2);
         t.insert(3, 30, 0, 3);
         assert_eq!(t.find(&1), Some(a));
-        t.touch(a, 0, 5); // 1 is now the most recent; 2 (class 1) is oldest
-        match t.insert(4, 40, 0, 6) {
-            Inserted::Evicted(_, k, v) => assert_eq!((k, v), (2, 20)),
+        t.touch(a, 0, 20); // a newer window (grain 100/16 = 6): relinked
+        match t.insert(4, 40, 0, 21) {
+            Inserted::Evicted(_, k, v) => assert_eq!((k, v), (2, 20)), // idle the longest
             _ => panic!("expected eviction"),
         }
         assert_eq!(t.find(&2), None);
         assert_eq!(t.len(), 3);
         let mut gone = vec![];
-        // class 0 timeout 100: entry 3 (seen 3) expires at 103; 1 (seen 5) at 105
-        assert_eq!(t.expire(104, 10, |k, _| gone.push(*k)), 1);
+        // Entry 3, seen at 3 (window 0 = [0, 6)), expires once now - 100 >= 6.
+        assert_eq!(t.expire(102, 10, |k, _| gone.push(*k)), 0);
+        assert_eq!(t.expire(106, 10, |k, _| gone.push(*k)), 1);
         assert_eq!(gone, vec![3]);
-        assert!(t.find(&1).is_some() && t.find(&4).is_some());
+        // 1 (seen 20, window 3) and 4 (seen 21, window 3; touched at 25, window 4).
+        let h = t.find(&4).unwrap();
+        t.touch(h, 0, 25);
+        assert_eq!(t.expire(123, 10, |_, _| {}), 0);
+        assert_eq!(t.expire(124, 10, |_, _| {}), 1);
+        assert!(t.find(&1).is_none() && t.find(&4).is_some());
+        assert_eq!(t.expire(129, 10, |_, _| {}), 0);
+        assert_eq!(t.expire(130, 10, |_, _| {}), 1);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn expiry_is_never_early_and_at_most_a_grain_late() {
+        // timeout 160, grain 10: seen at 5 (window [0, 10)) => expires in [165, 170].
+        let mut t: LruTable<u64, u64> = LruTable::new(16, &[160]);
+        let h = match t.insert(1, 0, 0, 0) {
+            Inserted::Fresh(h) => h,
+            _ => panic!(),
+        };
+        t.touch(h, 0, 5);
+        assert_eq!(t.expire(164, 4, |_, _| {}), 0);
+        assert_eq!(t.expire(169, 4, |_, _| {}), 0);
+        assert_eq!(t.expire(170, 4, |_, _| {}), 1);
+    }
+
+    #[test]
+    fn a_clock_jump_expires_everything_old() {
+        let mut t: LruTable<u64, u64> = LruTable::new(64, &[160, 16]);
+        for k in 0..50u64 {
+            t.insert(k, k, (k % 2) as u8, k * 7);
+        }
+        assert_eq!(t.expire(1_000_000, 100, |_, _| {}), 50);
+        assert!(t.is_empty());
+        // and the table still works afterwards
+        t.insert(1, 1, 0, 1_000_001);
+        assert_eq!(t.expire(1_000_100, 100, |_, _| {}), 0);
+        assert_eq!(t.expire(1_000_200, 100, |_, _| {}), 1);
     }
 
     proptest! {

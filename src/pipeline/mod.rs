@@ -218,7 +218,57 @@ impl Worker {
     /// send on `route.port`; on `Outcome::drop` it must be freed. Counters are updated.
     pub fn process<B: PacketBuf + ?Sized>(&mut self, buf: &mut B, in_port: u16, now: u64) -> Outcome {
         self.stats.packets_in += 1;
-        let out = self.decide(buf, in_port, now);
+        let tables = Arc::clone(&self.tables);
+        let out = match parse::parse(buf.data()) {
+            Ok(m) => {
+                let hash = self.flows.table.hash(&FlowKey::of(&m.quoted.unwrap_or(m.tuple)).0);
+                self.decide(&tables, buf, m, hash, in_port, now)
+            }
+            Err(r) => drop_with(Outcome::default(), r),
+        };
+        self.count(&out);
+        out
+    }
+
+    /// Processes a burst of frames: parses all, issues their flow-table loads together so
+    /// the cache misses overlap, then decides each. `outs[i]` is the outcome of `bufs[i]`.
+    pub fn process_burst<B: PacketBuf>(&mut self, bufs: &mut [B], in_port: u16, now: u64, outs: &mut [Outcome]) {
+        const N: usize = 32;
+        let tables = Arc::clone(&self.tables);
+        for (bufs, outs) in bufs.chunks_mut(N).zip(outs.chunks_mut(N)) {
+            let mut metas: [Option<Meta>; N] = [None; N];
+            let mut hashes = [0u64; N];
+            for (i, b) in bufs.iter().enumerate() {
+                match parse::parse(b.data()) {
+                    Ok(m) => {
+                        hashes[i] = self.flows.table.hash(&FlowKey::of(&m.quoted.unwrap_or(m.tuple)).0);
+                        metas[i] = Some(m);
+                    }
+                    Err(r) => outs[i] = drop_with(Outcome::default(), r),
+                }
+            }
+            // Loads only, in a tight loop, so that the out-of-order core keeps many
+            // bucket and slot misses in flight at once.
+            let mut slots = [0u32; N];
+            for (s, &h) in slots.iter_mut().zip(&hashes[..bufs.len()]) {
+                *s = self.flows.table.warm_bucket(h);
+            }
+            let mut sink = 0u64;
+            for &s in &slots[..bufs.len()] {
+                sink ^= self.flows.table.warm_slot(s);
+            }
+            std::hint::black_box(sink);
+            for (i, b) in bufs.iter_mut().enumerate() {
+                self.stats.packets_in += 1;
+                if let Some(m) = metas[i] {
+                    outs[i] = self.decide(&tables, b, m, hashes[i], in_port, now);
+                }
+                self.count(&outs[i]);
+            }
+        }
+    }
+
+    fn count(&mut self, out: &Outcome) {
         match (out.route, out.drop) {
             (Some(r), None) => {
                 self.stats.packets_out += 1;
@@ -235,23 +285,17 @@ impl Worker {
             (_, Some(d)) => self.stats.drops[d as usize] += 1,
             (None, None) => self.stats.drops[DropReason::Unmatched as usize] += 1,
         }
-        out
     }
 
-    fn decide<B: PacketBuf + ?Sized>(&mut self, buf: &mut B, in_port: u16, now: u64) -> Outcome {
+    fn decide<B: PacketBuf + ?Sized>(&mut self, tables: &Tables, buf: &mut B, m: Meta, hash: u64, in_port: u16, now: u64) -> Outcome {
         let mut out = Outcome::default();
-        let m = match parse::parse(buf.data()) {
-            Ok(m) => m,
-            Err(r) => return drop_with(out, r),
-        };
-        let tables = Arc::clone(&self.tables);
         let p = &tables.pipeline;
         let src_mac: Mac = mac_at(buf.data(), 6);
         let from_server = tables.server_by_mac.get(&src_mac).copied();
 
         // ARP and neighbour discovery for owned addresses.
         if m.l3 == L3::Arp || (m.v6 && m.tuple.proto == 58 && (m.icmp_type == 135 || m.icmp_type == 136)) {
-            return self.answer(buf, &m, in_port, out);
+            return self.answer(tables, buf, &m, in_port, out);
         }
 
         // Non-first fragments follow their first fragment.
@@ -261,7 +305,7 @@ impl Worker {
                 Some(h) => {
                     let rec = *self.frags.get(h);
                     out.kind = Kind::Fragment;
-                    self.emit(buf, &m, rec.route, out)
+                    Self::emit(tables, buf, &m, rec.route, out)
                 }
                 None => drop_with(out, DropReason::FragmentNoFirst),
             };
@@ -274,7 +318,7 @@ impl Worker {
 
         let mut route = None;
         if is_ip {
-            if let Some(h) = self.flows.table.find(&fkey) {
+            if let Some(h) = self.flows.table.find_hashed(&fkey, hash) {
                 let f = *self.flows.table.get(h);
                 let forward = f.swapped == swapped;
                 let syn_only = m.tuple.proto == 6
@@ -283,7 +327,7 @@ impl Worker {
                     // A new connection reusing the tuple of a closed one: start afresh.
                     self.flows.table.remove(h);
                 } else {
-                    route = self.follow(h, &m, forward, now, &mut out);
+                    route = self.follow(tables, h, &m, forward, now, &mut out);
                     if route.is_none() && out.drop.is_some() {
                         return out;
                     }
@@ -306,10 +350,10 @@ impl Worker {
                         };
                         let server = p.services[i as usize].members[member as usize].server;
                         let target = Target::Server(server);
-                        self.create(fkey, swapped, &m, src_mac, in_port, target, Owner::Service(i), now);
+                        self.create(tables, fkey, hash, swapped, &m, src_mac, in_port, target, Owner::Service(i), now);
                         self.stats.svc_flows[i as usize] += 1;
                         out.kind = Kind::NewFlow;
-                        self.route_to(target, QosSel::Service(i), i, member, NONE16)
+                        Self::route_to(tables, target, QosSel::Service(i), i, member, NONE16)
                     }
                     Decision::FlowRule(i) => {
                         let i = i as u16;
@@ -318,13 +362,13 @@ impl Worker {
                             return drop_with(out, DropReason::RuleDrop);
                         }
                         if create {
-                            self.create(fkey, swapped, &m, src_mac, in_port, rule.target, Owner::Rule(i), now);
+                            self.create(tables, fkey, hash, swapped, &m, src_mac, in_port, rule.target, Owner::Rule(i), now);
                             self.stats.rule_flows[i as usize] += 1;
                             out.kind = Kind::NewFlow;
                         } else {
                             out.kind = Kind::Stateless;
                         }
-                        self.route_to(rule.target, QosSel::Rule(i), NONE16, NONE16, i)
+                        Self::route_to(tables, rule.target, QosSel::Rule(i), NONE16, NONE16, i)
                     }
                     _ => {
                         out.kind = Kind::Stateless;
@@ -332,7 +376,7 @@ impl Worker {
                         if target == Target::Drop {
                             return drop_with(out, DropReason::Unmatched);
                         }
-                        self.route_to(target, QosSel::None, NONE16, NONE16, NONE16)
+                        Self::route_to(tables, target, QosSel::None, NONE16, NONE16, NONE16)
                     }
                 }
             }
@@ -347,12 +391,11 @@ impl Worker {
                 }
             }
         }
-        self.emit(buf, &m, route, out)
+        Self::emit(tables, buf, &m, route, out)
     }
 
     /// Routes a packet of flow `h`; updates its TCP state and timers.
-    fn follow(&mut self, h: u32, m: &Meta, forward: bool, now: u64, out: &mut Outcome) -> Option<Route> {
-        let tables = Arc::clone(&self.tables);
+    fn follow(&mut self, tables: &Tables, h: u32, m: &Meta, forward: bool, now: u64, out: &mut Outcome) -> Option<Route> {
         let p = &tables.pipeline;
         let mut f = *self.flows.table.get(h);
         out.kind = Kind::Flow { reverse: !forward };
@@ -379,7 +422,7 @@ impl Worker {
         };
         if forward {
             let (qos, member) = match f.owner {
-                Owner::Service(i) => (QosSel::Service(i), self.member_in(i, f.target)),
+                Owner::Service(i) => (QosSel::Service(i), Self::member_in(tables, i, f.target)),
                 Owner::Rule(i) => (QosSel::Rule(i), NONE16),
                 Owner::Other => (QosSel::None, NONE16),
             };
@@ -387,7 +430,7 @@ impl Worker {
                 out.drop = Some(DropReason::RuleDrop);
                 return None;
             }
-            return Some(self.route_to(f.target, qos, svc, member, rule));
+            return Some(Self::route_to(tables, f.target, qos, svc, member, rule));
         }
         let qos = match f.owner {
             Owner::Service(i) => QosSel::ServiceReply(i),
@@ -395,7 +438,7 @@ impl Worker {
             Owner::Other => QosSel::None,
         };
         match f.target {
-            Target::Server(_) => Some(self.route_to(Target::Gateway, qos, svc, NONE16, rule)),
+            Target::Server(_) => Some(Self::route_to(tables, Target::Gateway, qos, svc, NONE16, rule)),
             _ => Some(Route {
                 mac: f.origin_mac,
                 port: f.origin_port,
@@ -409,7 +452,7 @@ impl Worker {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn create(&mut self, key: FlowKey, swapped: bool, m: &Meta, src_mac: Mac, in_port: u16, target: Target, owner: Owner, now: u64) {
+    fn create(&mut self, tables: &Tables, key: FlowKey, hash: u64, swapped: bool, m: &Meta, src_mac: Mac, in_port: u16, target: Target, owner: Owner, now: u64) {
         let tcp = if m.tuple.proto == 6 {
             if m.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN {
                 TcpState::Syn
@@ -423,9 +466,9 @@ impl Worker {
         };
         let class = match (tcp, owner) {
             (TcpState::None, Owner::Rule(i)) => {
-                self.flows.idle_class(self.tables.pipeline.flow_rules[i as usize].idle_timeout_ns)
+                self.flows.idle_class(tables.pipeline.flow_rules[i as usize].idle_timeout_ns)
             }
-            (TcpState::None, _) => self.flows.idle_class(self.tables.pipeline.flow_table.idle_ns),
+            (TcpState::None, _) => self.flows.idle_class(tables.pipeline.flow_table.idle_ns),
             (s, _) => tcp_class(s),
         };
         let flow = crate::flow::Flow {
@@ -439,14 +482,14 @@ impl Worker {
             created: now,
         };
         self.stats.flows_created += 1;
-        if let Inserted::Evicted(..) = self.flows.table.insert(key, flow, class, now) {
+        if let Inserted::Evicted(..) = self.flows.table.insert_hashed(key, hash, flow, class, now) {
             self.stats.flows_evicted += 1;
         }
     }
 
-    fn member_in(&self, svc: u16, target: Target) -> u16 {
+    fn member_in(tables: &Tables, svc: u16, target: Target) -> u16 {
         match target {
-            Target::Server(s) => self.tables.pipeline.services[svc as usize]
+            Target::Server(s) => tables.pipeline.services[svc as usize]
                 .members
                 .iter()
                 .position(|m| m.server == s)
@@ -455,8 +498,8 @@ impl Worker {
         }
     }
 
-    fn route_to(&self, t: Target, qos: QosSel, svc: u16, member: u16, rule: u16) -> Route {
-        let p = &self.tables.pipeline;
+    fn route_to(tables: &Tables, t: Target, qos: QosSel, svc: u16, member: u16, rule: u16) -> Route {
+        let p = &tables.pipeline;
         match t {
             Target::Server(s) => {
                 let srv = &p.servers[s as usize];
@@ -474,8 +517,8 @@ impl Worker {
         }
     }
 
-    fn qos(&self, sel: QosSel) -> QosActions {
-        let p = &self.tables.pipeline;
+    fn qos(tables: &Tables, sel: QosSel) -> QosActions {
+        let p = &tables.pipeline;
         match sel {
             QosSel::None => QosActions::default(),
             QosSel::Service(i) => p.services[i as usize].qos,
@@ -485,18 +528,18 @@ impl Worker {
         }
     }
 
-    fn emit<B: PacketBuf + ?Sized>(&mut self, buf: &mut B, m: &Meta, route: Route, mut out: Outcome) -> Outcome {
-        let q = self.qos(route.qos);
+    fn emit<B: PacketBuf + ?Sized>(tables: &Tables, buf: &mut B, m: &Meta, route: Route, mut out: Outcome) -> Outcome {
+        let q = Self::qos(tables, route.qos);
         if let Err(r) = action::apply_qos(buf, m, &q) {
             return drop_with(out, r);
         }
-        action::set_macs(buf, route.mac, self.tables.pipeline.mac);
+        action::set_macs(buf, route.mac, tables.pipeline.mac);
         out.route = Some(route);
         out
     }
 
-    fn answer<B: PacketBuf + ?Sized>(&mut self, buf: &mut B, m: &Meta, in_port: u16, mut out: Outcome) -> Outcome {
-        let p = &self.tables.pipeline;
+    fn answer<B: PacketBuf + ?Sized>(&mut self, tables: &Tables, buf: &mut B, m: &Meta, in_port: u16, mut out: Outcome) -> Outcome {
+        let p = &tables.pipeline;
         let mac = p.mac;
         let len = if m.l3 == L3::Arp {
             match reply::arp_request_target(buf.data(), m) {
