@@ -291,7 +291,6 @@ impl Worker {
         let mut out = Outcome::default();
         let p = &tables.pipeline;
         let src_mac: Mac = mac_at(buf.data(), 6);
-        let from_server = tables.server_by_mac.get(&src_mac).copied();
 
         // ARP and neighbour discovery for owned addresses.
         if m.l3 == L3::Arp || (m.v6 && m.tuple.proto == 58 && (m.icmp_type == 135 || m.icmp_type == 136)) {
@@ -372,7 +371,8 @@ impl Worker {
                     }
                     _ => {
                         out.kind = Kind::Stateless;
-                        let target = if from_server.is_some() { Target::Gateway } else { p.default };
+                        let from_server = tables.server_by_mac.contains_key(&src_mac);
+                        let target = if from_server { Target::Gateway } else { p.default };
                         if target == Target::Drop {
                             return drop_with(out, DropReason::Unmatched);
                         }
