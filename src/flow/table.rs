@@ -34,10 +34,12 @@ pub const WINDOWS: usize = 20;
 /// Windows per timeout.
 const GRAINS: u64 = 16;
 
+/// A slab slot, cache-line aligned: the hash and key (compared on lookup) come first.
+#[repr(C, align(64))]
 struct Slot<K, V> {
+    hash: u64,
     key: K,
     val: V,
-    hash: u64,
     last_seen: u64,
     /// Absolute window number the entry is linked in.
     window: u64,
@@ -153,10 +155,15 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
         self.buckets[hash as usize & self.mask]
     }
 
-    /// Second stage of [`warm_bucket`](Self::warm_bucket): reads the slot a bucket names.
+    /// Second stage of [`warm_bucket`](Self::warm_bucket): reads both cache lines of the
+    /// slot a bucket names (hash and key in the first, value and timers after it).
     #[inline]
     pub fn warm_slot(&self, s: u32) -> u64 {
-        if s == NIL { 0 } else { self.slots[s as usize].hash }
+        if s == NIL {
+            return 0;
+        }
+        let slot = &self.slots[s as usize];
+        slot.hash ^ slot.window
     }
 
     /// Finds `key`.
