@@ -64,10 +64,10 @@ pub fn line_of(text: &str, path: &[Seg]) -> usize {
     let mut inline = false; // the current node is a flow-style one-liner
     for seg in path {
         if inline {
-            if let Seg::Key(k) = seg {
-                if has_key(lines[found], k) {
-                    continue;
-                }
+            if let Seg::Key(k) = seg
+                && has_key(lines[found], k)
+            {
+                continue;
             }
             break;
         }
