@@ -119,6 +119,37 @@ pub fn line_of(text: &str, path: &[Seg]) -> usize {
     found + 1
 }
 
+/// 1-based line of the second `key` in the mapping at `path` (serde reports a duplicate
+/// key at the start of its mapping); the first one's line when no second is found.
+pub fn line_of_duplicate(text: &str, path: &[Seg], key: &str) -> usize {
+    let mut full = path.to_vec();
+    full.push(Seg::Key(key));
+    let first = line_of(text, &full);
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(l) = lines.get(first - 1) else {
+        return first;
+    };
+    let pat = format!("{key}:");
+    let Some(col) = l.find(&pat) else {
+        return first;
+    };
+    if !has_key(l, key) || l[col + pat.len()..].contains(&pat) {
+        return first; // a one-line flow mapping: both on this line
+    }
+    for (j, t) in lines.iter().enumerate().skip(first) {
+        if !significant(t) {
+            continue;
+        }
+        if indent(t) < col {
+            break;
+        }
+        if indent(t) == col && has_key(t, key) {
+            return j + 1;
+        }
+    }
+    first
+}
+
 #[cfg(test)]
 mod tests {
     use super::Seg::{Idx, Key};
@@ -148,6 +179,18 @@ mod tests {
         assert_eq!(
             line_of(Y, &[Key("services"), Idx(1), Key("ports"), Idx(1)]),
             12
+        );
+        assert_eq!(
+            line_of_duplicate(
+                "a:\n  - name: x\n    vip: 1\n    # c\n    vip: 2\n  - vip: 3\n",
+                &[Key("a"), Idx(0)],
+                "vip"
+            ),
+            5
+        );
+        assert_eq!(
+            line_of_duplicate("a: { b: 1, b: 2 }\n", &[Key("a")], "b"),
+            1
         );
         assert_eq!(
             render(&[Key("services"), Idx(1), Key("vip")]),

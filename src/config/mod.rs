@@ -50,8 +50,9 @@ fn split_serde_msg(msg: &str) -> (String, String) {
         Some((m, _)) => m.to_string(),
         None => msg,
     };
-    if let Some(f) = msg
-        .strip_prefix("unknown field `")
+    if let Some(f) = ["unknown field `", "duplicate field `"]
+        .iter()
+        .find_map(|p| msg.strip_prefix(p))
         .and_then(|r| r.split_once('`'))
         .map(|(f, _)| f)
     {
@@ -72,12 +73,33 @@ fn yaml_error(file: &str, text: &str, e: &serde_yaml_ng::Error) -> ConfigError {
     {
         return better;
     }
+    let line = match msg
+        .strip_prefix("duplicate field `")
+        .and_then(|r| r.split_once('`'))
+    {
+        Some((f, _)) => {
+            let parent = key.strip_suffix(f).unwrap_or("").trim_end_matches('.');
+            let owned = parse_path(parent);
+            locate::line_of_duplicate(text, &segs_of(&owned), f)
+        }
+        None => line,
+    };
     ConfigError {
         file: file.to_string(),
         line,
         key,
         msg,
     }
+}
+
+fn segs_of(owned: &[(String, Option<usize>)]) -> Vec<locate::Seg<'_>> {
+    owned
+        .iter()
+        .map(|(k, i)| match i {
+            Some(i) => locate::Seg::Idx(*i),
+            None => locate::Seg::Key(k.as_str()),
+        })
+        .collect()
 }
 
 /// `services[1].qos` as owned path segments.
@@ -136,16 +158,9 @@ fn qos_ref_error(file: &str, text: &str, item: &str) -> Option<ConfigError> {
             _ => "expected a QoS class name or a map of QoS attributes".to_string(),
         };
         let owned = parse_path(&path);
-        let segs: Vec<locate::Seg> = owned
-            .iter()
-            .map(|(k, i)| match i {
-                Some(i) => locate::Seg::Idx(*i),
-                None => locate::Seg::Key(k.as_str()),
-            })
-            .collect();
         return Some(ConfigError {
             file: file.to_string(),
-            line: locate::line_of(text, &segs),
+            line: locate::line_of(text, &segs_of(&owned)),
             key: path,
             msg,
         });
