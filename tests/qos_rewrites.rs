@@ -961,3 +961,56 @@ fn arp_and_nd_answers_through_the_pipeline() {
     }
     verify(&names, &ins, &outs, &want);
 }
+
+/// Pattern-rule flows (`tests/data/rewrite-all.yaml`): the creating direction goes to the
+/// rule's target with `qos`; the reverse direction goes back to the MAC that created the
+/// flow (learned) with `reply_qos`, on the port it came from.
+#[test]
+fn rule_flows_reply_to_the_learned_mac_with_reply_qos() {
+    if !oracles() {
+        return;
+    }
+    let pairs = [
+        (
+            "Ether(src=CL,dst=SYSMAC)/IP(src='198.51.100.7',dst='192.0.2.77',tos=3)/TCP(sport=5555,dport=443,flags='S')",
+            "Ether(src='02:00:00:00:00:fe',dst=SYSMAC)/IP(src='192.0.2.77',dst='198.51.100.7',tos=1)/TCP(sport=443,dport=5555,flags='SA')/Raw(b'hello')",
+            "vlan(8100,42,3,0) ip4(34,3) tcp",
+            "ip4(8,1) tcp",
+        ),
+        (
+            "Ether(src=CL,dst=SYSMAC)/Dot1Q(vlan=12,prio=1)/IPv6(src='2001:db8::7',dst='2001:db8::77',tc=2)/UDP(sport=5555,dport=53)/Raw(b'q')",
+            "Ether(src='02:00:00:00:00:fe',dst=SYSMAC)/Dot1Q(vlan=12,prio=1)/IPv6(src='2001:db8::77',dst='2001:db8::7',tc=1)/UDP(sport=53,dport=5555)/Raw(b'answer')",
+            "vlan(8100,12,6,0) ip6(24,2) udp",
+            "vlan(8100,12,1,0) ip6(18,1) udp",
+        ),
+    ];
+    let (mut names, mut ins, mut outs, mut want) = (vec![], vec![], vec![], vec![]);
+    let mut buf = FrameBuf::new(4096);
+    let p = Pipeline::load(&common::root().join("tests/data/rewrite-all.yaml")).expect("pipeline");
+    let mut w = Worker::new(Arc::new(Tables::build(p, 1)));
+    for (i, (req, resp, fwd, rev)) in pairs.iter().enumerate() {
+        let f = craft(&[req, resp]);
+        assert!(buf.load(&f[0]));
+        let o = w.process(&mut buf, 2, 1);
+        assert_eq!(o.kind, Kind::NewFlow, "{req}: {o:?}");
+        names.push(format!("rule {i} request"));
+        ins.push(f[0].clone());
+        outs.push(buf.data().to_vec());
+        want.push(format!("eth({GW},{SYS}) {fwd}"));
+        assert!(buf.load(&f[1]));
+        let o = w.process(&mut buf, 0, 2);
+        assert_eq!(o.kind, Kind::Flow { reverse: true }, "{resp}: {o:?}");
+        assert_eq!(
+            o.route.map(|r| r.port),
+            Some(2),
+            "back out of the port the flow came in on"
+        );
+        names.push(format!("rule {i} response"));
+        ins.push(f[1].clone());
+        outs.push(buf.data().to_vec());
+        want.push(format!("eth({CLIENT},{SYS}) {rev}"));
+    }
+    let s = &w.stats;
+    assert_eq!((s.packets_in, s.packets_out, s.dropped()), (4, 4, 0));
+    verify(&names, &ins, &outs, &want);
+}
