@@ -62,6 +62,7 @@ pub fn line_of(text: &str, path: &[Seg]) -> usize {
     let (mut lo, mut hi) = (0usize, lines.len());
     let mut found = 0usize; // 0-based line of the deepest segment found
     let mut inline = false; // the current node is a flow-style one-liner
+    let mut after_item = false; // the last segment found was a sequence item
     for seg in path {
         if inline {
             if let Seg::Key(k) = seg
@@ -72,7 +73,11 @@ pub fn line_of(text: &str, path: &[Seg]) -> usize {
             break;
         }
         let hit = match seg {
-            Seg::Key(k) => (lo..hi).find(|&i| significant(lines[i]) && has_key(lines[i], k)),
+            // A sequence item's first key sits on its `- ` line.
+            Seg::Key(k) => {
+                let from = if after_item { found } else { lo };
+                (from..hi).find(|&i| significant(lines[i]) && has_key(lines[i], k))
+            }
             Seg::Idx(n) => {
                 let items: Vec<usize> = (lo..hi)
                     .filter(|&i| lines[i].trim_start().starts_with("- ") || lines[i].trim() == "-")
@@ -97,6 +102,7 @@ pub fn line_of(text: &str, path: &[Seg]) -> usize {
         };
         let Some(i) = hit else { break };
         found = i;
+        after_item = matches!(seg, Seg::Idx(_));
         let ind = match seg {
             Seg::Idx(_) => indent(lines[i]),
             Seg::Key(_) => indent(lines[i]),
@@ -180,6 +186,16 @@ mod tests {
             line_of(Y, &[Key("services"), Idx(1), Key("ports"), Idx(1)]),
             12
         );
+        // The first key of an item is on the item's own line.
+        assert_eq!(line_of(Y, &[Key("services"), Idx(1), Key("name")]), 10);
+        assert_eq!(line_of(Y, &[Key("services"), Idx(0), Key("name")]), 5);
+        assert_eq!(
+            line_of(
+                Y,
+                &[Key("services"), Idx(1), Key("servers"), Idx(0), Key("name")]
+            ),
+            14
+        );
         assert_eq!(
             line_of_duplicate(
                 "a:\n  - name: x\n    vip: 1\n    # c\n    vip: 2\n  - vip: 3\n",
@@ -187,6 +203,16 @@ mod tests {
                 "vip"
             ),
             5
+        );
+        // The first key of an item is on the item's own line.
+        assert_eq!(line_of(Y, &[Key("services"), Idx(1), Key("name")]), 10);
+        assert_eq!(line_of(Y, &[Key("services"), Idx(0), Key("name")]), 5);
+        assert_eq!(
+            line_of(
+                Y,
+                &[Key("services"), Idx(1), Key("servers"), Idx(0), Key("name")]
+            ),
+            14
         );
         assert_eq!(
             line_of_duplicate("a: { b: 1, b: 2 }\n", &[Key("a")], "b"),
