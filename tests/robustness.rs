@@ -34,19 +34,37 @@ fn pipelines() -> Vec<PathBuf> {
     v
 }
 
+/// Catch-all rules applying every kind of rewrite to every frame (most fail on most
+/// frames: those are counted drops, and must not panic).
+const REWRITE_ANY: &[&str] = &[
+    "{ push_vlan: { vid: 5, tpid: 0x88a8 }, pcp: 3, push_mpls: { label: 9, ttl: 1 }, dscp: ef }",
+    "{ pop_vlan: true, set_vlan: { vid: 7 }, pcp: 1 }",
+    "{ pop_mpls: true, swap_mpls: { label: 7 }, dscp: af11 }",
+    "{ pop_mpls: true, pop_vlan: true, push_vlan: { vid: 1 }, push_mpls: { label: 1 } }",
+];
+
 /// One worker per pipeline, with a small flow table so eviction is exercised too.
 fn workers() -> Vec<(String, Worker, FrameBuf)> {
-    pipelines()
+    let mut v: Vec<(String, Pipeline)> = pipelines()
         .into_iter()
         .map(|p| {
-            let mut pl = Pipeline::load(&p).expect("pipeline");
-            pl.flow_table.capacity = 4096;
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            (
-                name,
-                Worker::new(Arc::new(Tables::build(pl, 1))),
-                FrameBuf::new(4096),
-            )
+            (name, Pipeline::load(&p).expect("pipeline"))
+        })
+        .collect();
+    for q in REWRITE_ANY {
+        let yaml = format!(
+            "system: {{ mac: \"02:00:00:00:00:01\", gateway: \"02:00:00:00:00:fe\" }}\n\
+             flows:\n  - name: all\n    match: {{}}\n    to: gateway\n    qos: {q}\n    reply_qos: {q}\n"
+        );
+        let pl = Pipeline::from_str(&yaml, std::path::Path::new("any.yaml")).expect("pipeline");
+        v.push((q.to_string(), pl));
+    }
+    v.into_iter()
+        .map(|(name, mut pl)| {
+            pl.flow_table.capacity = 4096;
+            let w = Worker::new(Arc::new(Tables::build(pl, 1)));
+            (name, w, FrameBuf::new(4096))
         })
         .collect()
 }
