@@ -43,12 +43,12 @@ def E(): return Ether(src=CL, dst=SYSMAC)
 def U4(tos=0x01, **kw): return IP(src="198.51.100.7", dst="203.0.113.99", tos=tos, **kw)/UDP(sport=4000, dport=5000)/Raw(b"payload-udp-4")
 def T6(tc=0x03): return IPv6(src="2001:db8::7", dst="2001:db8::99", tc=tc)/TCP(sport=4000, dport=80, flags="S", seq=12345)/Raw(b"payload-tcp-6")
 def ck_zero(tos_for_zero):
-    # An IPv4/UDP packet whose header checksum is 0x0000 when its TOS is `tos_for_zero`.
-    for i in range(65536):
-        p = IP(bytes(U4(tos=tos_for_zero, id=i)))
-        if p.chksum == 0:
-            return i
-    raise Exception("none")
+    # The IP ID that makes the header checksum 0x0000 when the TOS is `tos_for_zero`:
+    # with ID 0 the checksum is ~S, and ID = ~S brings the sum to 0xffff.
+    i = IP(bytes(U4(tos=tos_for_zero, id=0))).chksum
+    if IP(bytes(U4(tos=tos_for_zero, id=i))).chksum != 0:
+        raise Exception("no zero checksum")
+    return i
 def NS(tgt, vlan=None):
     ma = in6_getnsma(inet_pton(socket.AF_INET6, tgt))
     e = Ether(src=CL, dst=in6_getnsmac(ma))
@@ -822,7 +822,7 @@ fn services_rewrite_macs_and_apply_reply_qos() {
     struct Flow {
         pipeline: &'static str,
         request: &'static str,
-        /// Response template: `{SRV}` is replaced with the chosen server's MAC.
+        /// Response; its Ethernet source is then set to the chosen server's MAC.
         response: &'static str,
         fwd: &'static str,
         rev: &'static str,
@@ -831,32 +831,39 @@ fn services_rewrite_macs_and_apply_reply_qos() {
         Flow {
             pipeline: "qos-mpls.yaml",
             request: "Ether(src='02:00:00:00:00:fe',dst=SYSMAC)/IP(src='198.51.100.7',dst='192.0.2.10',tos=1)/UDP(sport=4000,dport=5060)/Raw(b'INVITE')",
-            response: "Ether(src='{SRV}',dst=SYSMAC)/IP(src='192.0.2.10',dst='198.51.100.7',tos=2)/UDP(sport=5060,dport=4000)/Raw(b'SIP/2.0 200 OK')",
+            response: "Ether(src='02:00:00:00:99:99',dst=SYSMAC)/IP(src='192.0.2.10',dst='198.51.100.7',tos=2)/UDP(sport=5060,dport=4000)/Raw(b'SIP/2.0 200 OK')",
             fwd: "vlan(8100,100,5,0) ip4(46,1) udp",
             rev: "vlan(8100,0,5,0) ip4(46,2) udp",
         },
         Flow {
             pipeline: "web-farm.yaml",
             request: "Ether(src='02:00:00:00:00:fe',dst=SYSMAC)/IP(src='198.51.100.8',dst='203.0.113.10')/TCP(sport=40000,dport=8080,flags='S')",
-            response: "Ether(src='{SRV}',dst=SYSMAC)/IP(src='203.0.113.10',dst='198.51.100.8')/TCP(sport=8080,dport=40000,flags='SA')",
+            response: "Ether(src='02:00:00:00:99:99',dst=SYSMAC)/IP(src='203.0.113.10',dst='198.51.100.8')/TCP(sport=8080,dport=40000,flags='SA')",
             fwd: "vlan(8100,0,4,0) ip4(34,0) tcp",
             rev: "ip4(0,0) tcp",
         },
         Flow {
             pipeline: "web-farm.yaml",
             request: "Ether(src='02:00:00:00:00:fe',dst=SYSMAC)/IPv6(src='2001:db8:5::8',dst='2001:db8:100::10',tc=0x88)/TCP(sport=40001,dport=443,flags='S')",
-            response: "Ether(src='{SRV}',dst=SYSMAC)/IPv6(src='2001:db8:100::10',dst='2001:db8:5::8',tc=0x89)/TCP(sport=443,dport=40001,flags='SA')",
+            response: "Ether(src='02:00:00:00:99:99',dst=SYSMAC)/IPv6(src='2001:db8:100::10',dst='2001:db8:5::8',tc=0x89)/TCP(sport=443,dport=40001,flags='SA')",
             fwd: "ip6(34,0) tcp",
             rev: "ip6(34,1) tcp",
         },
     ];
     let (mut names, mut ins, mut outs, mut want) = (vec![], vec![], vec![], vec![]);
     let mut buf = FrameBuf::new(4096);
-    for fl in &flows {
+    // All frames in one scapy run: requests, then responses.
+    let exprs: Vec<&str> = flows
+        .iter()
+        .map(|f| f.request)
+        .chain(flows.iter().map(|f| f.response))
+        .collect();
+    let frames = craft(&exprs);
+    for (k, fl) in flows.iter().enumerate() {
         let p = shipped(fl.pipeline);
         let tables = Arc::new(Tables::build(p, 1));
         let mut w = Worker::new(Arc::clone(&tables));
-        let req = craft(&[fl.request]).remove(0);
+        let req = frames[k].clone();
         assert!(buf.load(&req));
         let o = w.process(&mut buf, 0, 1);
         assert_eq!(o.kind, Kind::NewFlow, "{}: {o:?}", fl.request);
@@ -869,7 +876,8 @@ fn services_rewrite_macs_and_apply_reply_qos() {
         outs.push(buf.data().to_vec());
         want.push(format!("eth({srv_mac},{SYS}) {}", fl.fwd));
 
-        let resp = craft(&[&fl.response.replace("{SRV}", &srv_mac)]).remove(0);
+        let mut resp = frames[flows.len() + k].clone();
+        resp[6..12].copy_from_slice(&srv.mac);
         assert!(buf.load(&resp));
         let o = w.process(&mut buf, 0, 2);
         assert_eq!(
