@@ -254,3 +254,247 @@ pub fn set_dscp(d: &mut [u8], l3: L3, off: usize, dscp: u8) -> Result<(), DropRe
         _ => Err(DropReason::RewriteFailed),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::parse::parse;
+
+    /// Ethernet + IPv4 (valid header checksum) + UDP, 60 bytes.
+    fn v4_frame() -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 8 + 18];
+        f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 0xaa]);
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0xbb]);
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        let ip = &mut f[14..34];
+        ip.copy_from_slice(&[
+            0x45, 0x01, 0, 46, 0, 1, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ]);
+        let ck = checksum::checksum(ip);
+        ip[10..12].copy_from_slice(&ck.to_be_bytes());
+        f[34..42].copy_from_slice(&[0x12, 0x34, 0x00, 0x35, 0, 26, 0, 0]);
+        f
+    }
+
+    fn buf(f: &[u8]) -> FrameBuf {
+        let mut b = FrameBuf::new(2048);
+        assert!(b.load(f));
+        b
+    }
+
+    fn apply(b: &mut FrameBuf, q: &QosActions) -> Result<(), DropReason> {
+        let m = parse(b.data()).expect("parses");
+        apply_qos(b, &m, q)
+    }
+
+    #[test]
+    fn insert_and_remove_at_offsets() {
+        let orig: Vec<u8> = (0u8..40).collect();
+        let mut b = buf(&orig);
+        insert(&mut b, 12, &[0xa, 0xb, 0xc, 0xd]).unwrap();
+        let d = b.data();
+        assert_eq!(d.len(), 44);
+        assert_eq!(&d[..12], &orig[..12]);
+        assert_eq!(&d[12..16], &[0xa, 0xb, 0xc, 0xd]);
+        assert_eq!(&d[16..], &orig[12..]);
+        remove(&mut b, 12, 4).unwrap();
+        assert_eq!(b.data(), &orig[..]);
+        // At offset 0 and at the very end.
+        insert(&mut b, 0, &[1, 2]).unwrap();
+        assert_eq!(&b.data()[..2], &[1, 2]);
+        remove(&mut b, 0, 2).unwrap();
+        insert(&mut b, 40, &[9]).unwrap();
+        assert_eq!(b.data()[40], 9);
+        remove(&mut b, 40, 1).unwrap();
+        assert_eq!(b.data(), &orig[..]);
+        // Out of range removal fails, leaves the frame alone.
+        assert_eq!(remove(&mut b, 38, 4), Err(DropReason::RewriteFailed));
+        assert_eq!(b.data(), &orig[..]);
+    }
+
+    #[test]
+    fn insert_without_headroom_is_too_big() {
+        let orig: Vec<u8> = vec![0; 60];
+        let mut b = buf(&orig);
+        assert_eq!(
+            insert(&mut b, 12, &[0; HEADROOM + 1]),
+            Err(DropReason::TooBig)
+        );
+        assert_eq!(b.data(), &orig[..]);
+        let big = vec![0u8; MAX_FRAME - 2];
+        let mut b = FrameBuf::new(MAX_FRAME);
+        assert!(b.load(&big));
+        assert_eq!(insert(&mut b, 12, &[0; 4]), Err(DropReason::TooBig));
+    }
+
+    #[test]
+    fn push_then_pop_vlan_gives_back_the_frame() {
+        let orig = v4_frame();
+        for tpid in [0x8100, 0x88a8, 0x9100] {
+            let mut b = buf(&orig);
+            apply(
+                &mut b,
+                &QosActions {
+                    push_vlan: Some((tpid, 42, 5)),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let d = b.data();
+            assert_eq!(d.len(), orig.len() + 4);
+            assert_eq!(u16::from_be_bytes([d[12], d[13]]), tpid);
+            assert_eq!(u16::from_be_bytes([d[14], d[15]]), (5 << 13) | 42);
+            assert_eq!(&d[16..], &orig[12..]);
+            // And a second tag on top, then both popped.
+            apply(
+                &mut b,
+                &QosActions {
+                    push_vlan: Some((0x88a8, 7, 1)),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(b.data().len(), orig.len() + 8);
+            apply(
+                &mut b,
+                &QosActions {
+                    pop_vlan: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            apply(
+                &mut b,
+                &QosActions {
+                    pop_vlan: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(b.data(), &orig[..]);
+        }
+    }
+
+    #[test]
+    fn push_then_pop_mpls_gives_back_the_frame() {
+        let orig = v4_frame();
+        let mut b = buf(&orig);
+        apply(
+            &mut b,
+            &QosActions {
+                push_mpls: Some((1000, 3, 9)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let d = b.data();
+        assert_eq!(&d[12..14], &[0x88, 0x47]);
+        let e = u32::from_be_bytes([d[14], d[15], d[16], d[17]]);
+        assert_eq!(e, (1000 << 12) | (3 << 9) | (1 << 8) | 9);
+        assert_eq!(&d[18..], &orig[14..]);
+        // A second label on top is not bottom of stack.
+        apply(
+            &mut b,
+            &QosActions {
+                push_mpls: Some((77, 0, 1)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let d = b.data();
+        assert_eq!(
+            u32::from_be_bytes([d[14], d[15], d[16], d[17]]),
+            (77 << 12) | 1
+        );
+        apply(
+            &mut b,
+            &QosActions {
+                pop_mpls: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(&b.data()[12..14], &[0x88, 0x47]);
+        apply(
+            &mut b,
+            &QosActions {
+                pop_mpls: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(b.data(), &orig[..]);
+        // Behind a tag: the label goes after the tag, and popping restores the tag's type.
+        let mut b = buf(&orig);
+        apply(
+            &mut b,
+            &QosActions {
+                push_vlan: Some((0x8100, 10, 0)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let tagged = b.data().to_vec();
+        apply(
+            &mut b,
+            &QosActions {
+                push_mpls: Some((5, 0, 64)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(&b.data()[12..18], &[0x81, 0x00, 0x00, 10, 0x88, 0x47]);
+        apply(
+            &mut b,
+            &QosActions {
+                pop_mpls: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(b.data(), &tagged[..]);
+    }
+
+    #[test]
+    fn pops_without_anything_to_pop_fail() {
+        let orig = v4_frame();
+        for q in [
+            QosActions {
+                pop_vlan: true,
+                ..Default::default()
+            },
+            QosActions {
+                set_vlan: Some(3),
+                ..Default::default()
+            },
+            QosActions {
+                pop_mpls: true,
+                ..Default::default()
+            },
+            QosActions {
+                swap_mpls: Some(3),
+                ..Default::default()
+            },
+        ] {
+            let mut b = buf(&orig);
+            assert_eq!(apply(&mut b, &q), Err(DropReason::RewriteFailed), "{q:?}");
+        }
+    }
+
+    #[test]
+    fn dscp_keeps_ecn_and_checksum_valid() {
+        let orig = v4_frame();
+        let mut b = buf(&orig);
+        apply(
+            &mut b,
+            &QosActions {
+                dscp: Some(46),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let ip = &b.data()[14..34];
+        assert_eq!(ip[1], (46 << 2) | 1);
+        assert_eq!(checksum::checksum(ip), 0);
+    }
+}

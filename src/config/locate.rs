@@ -62,17 +62,22 @@ pub fn line_of(text: &str, path: &[Seg]) -> usize {
     let (mut lo, mut hi) = (0usize, lines.len());
     let mut found = 0usize; // 0-based line of the deepest segment found
     let mut inline = false; // the current node is a flow-style one-liner
+    let mut after_item = false; // the last segment found was a sequence item
     for seg in path {
         if inline {
-            if let Seg::Key(k) = seg {
-                if has_key(lines[found], k) {
-                    continue;
-                }
+            if let Seg::Key(k) = seg
+                && has_key(lines[found], k)
+            {
+                continue;
             }
             break;
         }
         let hit = match seg {
-            Seg::Key(k) => (lo..hi).find(|&i| significant(lines[i]) && has_key(lines[i], k)),
+            // A sequence item's first key sits on its `- ` line.
+            Seg::Key(k) => {
+                let from = if after_item { found } else { lo };
+                (from..hi).find(|&i| significant(lines[i]) && has_key(lines[i], k))
+            }
             Seg::Idx(n) => {
                 let items: Vec<usize> = (lo..hi)
                     .filter(|&i| lines[i].trim_start().starts_with("- ") || lines[i].trim() == "-")
@@ -97,6 +102,7 @@ pub fn line_of(text: &str, path: &[Seg]) -> usize {
         };
         let Some(i) = hit else { break };
         found = i;
+        after_item = matches!(seg, Seg::Idx(_));
         let ind = match seg {
             Seg::Idx(_) => indent(lines[i]),
             Seg::Key(_) => indent(lines[i]),
@@ -117,6 +123,37 @@ pub fn line_of(text: &str, path: &[Seg]) -> usize {
             .unwrap_or(hi);
     }
     found + 1
+}
+
+/// 1-based line of the second `key` in the mapping at `path` (serde reports a duplicate
+/// key at the start of its mapping); the first one's line when no second is found.
+pub fn line_of_duplicate(text: &str, path: &[Seg], key: &str) -> usize {
+    let mut full = path.to_vec();
+    full.push(Seg::Key(key));
+    let first = line_of(text, &full);
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(l) = lines.get(first - 1) else {
+        return first;
+    };
+    let pat = format!("{key}:");
+    let Some(col) = l.find(&pat) else {
+        return first;
+    };
+    if !has_key(l, key) || l[col + pat.len()..].contains(&pat) {
+        return first; // a one-line flow mapping: both on this line
+    }
+    for (j, t) in lines.iter().enumerate().skip(first) {
+        if !significant(t) {
+            continue;
+        }
+        if indent(t) < col {
+            break;
+        }
+        if indent(t) == col && has_key(t, key) {
+            return j + 1;
+        }
+    }
+    first
 }
 
 #[cfg(test)]
@@ -148,6 +185,38 @@ mod tests {
         assert_eq!(
             line_of(Y, &[Key("services"), Idx(1), Key("ports"), Idx(1)]),
             12
+        );
+        // The first key of an item is on the item's own line.
+        assert_eq!(line_of(Y, &[Key("services"), Idx(1), Key("name")]), 10);
+        assert_eq!(line_of(Y, &[Key("services"), Idx(0), Key("name")]), 5);
+        assert_eq!(
+            line_of(
+                Y,
+                &[Key("services"), Idx(1), Key("servers"), Idx(0), Key("name")]
+            ),
+            14
+        );
+        assert_eq!(
+            line_of_duplicate(
+                "a:\n  - name: x\n    vip: 1\n    # c\n    vip: 2\n  - vip: 3\n",
+                &[Key("a"), Idx(0)],
+                "vip"
+            ),
+            5
+        );
+        // The first key of an item is on the item's own line.
+        assert_eq!(line_of(Y, &[Key("services"), Idx(1), Key("name")]), 10);
+        assert_eq!(line_of(Y, &[Key("services"), Idx(0), Key("name")]), 5);
+        assert_eq!(
+            line_of(
+                Y,
+                &[Key("services"), Idx(1), Key("servers"), Idx(0), Key("name")]
+            ),
+            14
+        );
+        assert_eq!(
+            line_of_duplicate("a: { b: 1, b: 2 }\n", &[Key("a")], "b"),
+            1
         );
         assert_eq!(
             render(&[Key("services"), Idx(1), Key("vip")]),

@@ -22,12 +22,150 @@ pub type Mac = [u8; 6];
 
 /// A configuration error, located in its file.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}:{line}: {key}: {msg}")]
+#[error("{file}:{line}: {}{msg}", key_prefix(.key))]
 pub struct ConfigError {
     pub file: String,
     pub line: usize,
     pub key: String,
     pub msg: String,
+}
+
+fn key_prefix(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!("{key}: ")
+    }
+}
+
+/// Splits a serde_yaml_ng message into the key path it starts with (`services[0].vip: …`)
+/// and the rest, drops its trailing position, and names the offending key itself for
+/// unknown-field errors (`services[0].servers[0].mak`).
+fn split_serde_msg(msg: &str) -> (String, String) {
+    let (mut key, msg) = match msg.split_once(": ") {
+        Some((k, m)) if !k.contains(' ') => (k.to_string(), m.to_string()),
+        _ => (String::new(), msg.to_string()),
+    };
+    let msg = match msg.rsplit_once(" at line ") {
+        Some((m, _)) => m.to_string(),
+        None => msg,
+    };
+    if let Some(f) = ["unknown field `", "duplicate field `"]
+        .iter()
+        .find_map(|p| msg.strip_prefix(p))
+        .and_then(|r| r.split_once('`'))
+        .map(|(f, _)| f)
+    {
+        if !key.is_empty() {
+            key.push('.');
+        }
+        key.push_str(f);
+    }
+    (key, msg)
+}
+
+/// A located error for a YAML syntax or shape error.
+fn yaml_error(file: &str, text: &str, e: &serde_yaml_ng::Error) -> ConfigError {
+    let line = e.location().map_or(0, |l| l.line());
+    let (key, msg) = split_serde_msg(&e.to_string());
+    if msg.contains("untagged enum RawQosRef")
+        && let Some(better) = qos_ref_error(file, text, &key)
+    {
+        return better;
+    }
+    let line = match msg
+        .strip_prefix("duplicate field `")
+        .and_then(|r| r.split_once('`'))
+    {
+        Some((f, _)) => {
+            let parent = key.strip_suffix(f).unwrap_or("").trim_end_matches('.');
+            let owned = parse_path(parent);
+            locate::line_of_duplicate(text, &segs_of(&owned), f)
+        }
+        None => line,
+    };
+    ConfigError {
+        file: file.to_string(),
+        line,
+        key,
+        msg,
+    }
+}
+
+fn segs_of(owned: &[(String, Option<usize>)]) -> Vec<locate::Seg<'_>> {
+    owned
+        .iter()
+        .map(|(k, i)| match i {
+            Some(i) => locate::Seg::Idx(*i),
+            None => locate::Seg::Key(k.as_str()),
+        })
+        .collect()
+}
+
+/// `services[1].qos` as owned path segments.
+fn parse_path(key: &str) -> Vec<(String, Option<usize>)> {
+    let mut v = Vec::new();
+    for part in key.split('.').filter(|p| !p.is_empty()) {
+        let mut it = part.split('[');
+        if let Some(k) = it.next().filter(|k| !k.is_empty()) {
+            v.push((k.to_string(), None));
+        }
+        for idx in it {
+            if let Ok(i) = idx.trim_end_matches(']').parse() {
+                v.push((String::new(), Some(i)));
+            }
+        }
+    }
+    v
+}
+
+/// serde reports a bad `qos:`/`reply_qos:` (class name or inline attributes) only as
+/// "did not match any variant" at the enclosing item. Re-check the item's QoS values
+/// one by one to name the real key and line (`services[0].qos.bogus`).
+fn qos_ref_error(file: &str, text: &str, item: &str) -> Option<ConfigError> {
+    let root: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).ok()?;
+    let segs = parse_path(item);
+    let mut v = &root;
+    for (k, i) in &segs {
+        v = match i {
+            Some(i) => v.get(*i)?,
+            None => v.get(k.as_str())?,
+        };
+    }
+    for field in ["qos", "reply_qos"] {
+        let Some(q) = v.get(field) else { continue };
+        let mut path = if item.is_empty() {
+            field.to_string()
+        } else {
+            format!("{item}.{field}")
+        };
+        let msg = match q {
+            serde_yaml_ng::Value::String(_) => continue,
+            // Through text, so that serde prefixes nested keys (`push_vlan: unknown…`).
+            serde_yaml_ng::Value::Mapping(_) => match serde_yaml_ng::to_string(q)
+                .map_err(|e| e.to_string())
+                .and_then(|t| serde_yaml_ng::from_str::<RawQos>(&t).map_err(|e| e.to_string()))
+            {
+                Ok(_) => continue,
+                Err(e) => {
+                    let (sub, msg) = split_serde_msg(&e);
+                    if !sub.is_empty() {
+                        path = format!("{path}.{sub}");
+                    }
+                    msg
+                }
+            },
+            _ => "expected a QoS class name or a map of QoS attributes".to_string(),
+        };
+        let owned = parse_path(&path);
+        return Some(ConfigError {
+            file: file.to_string(),
+            line: locate::line_of(text, &segs_of(&owned)),
+            key: path,
+            msg,
+        });
+    }
+    None
 }
 
 /// Where traffic goes when it is not sent to a chosen server.
@@ -213,25 +351,8 @@ impl Pipeline {
     /// Parses and validates `text` (named `path` in errors).
     pub fn from_str(text: &str, path: &Path) -> Result<Pipeline, ConfigError> {
         let file = path.display().to_string();
-        let raw: RawPipeline = serde_yaml_ng::from_str(text).map_err(|e| {
-            let line = e.location().map_or(0, |l| l.line());
-            let msg = e.to_string();
-            // serde_yaml_ng prefixes the path of the failing key: "services[0].vip: …".
-            let (key, msg) = match msg.split_once(": ") {
-                Some((k, m)) if !k.contains(' ') => (k.to_string(), m.to_string()),
-                _ => (String::new(), msg),
-            };
-            let msg = match msg.rsplit_once(" at line ") {
-                Some((m, _)) => m.to_string(),
-                None => msg,
-            };
-            ConfigError {
-                file: file.clone(),
-                line,
-                key,
-                msg,
-            }
-        })?;
+        let raw: RawPipeline =
+            serde_yaml_ng::from_str(text).map_err(|e| yaml_error(&file, text, &e))?;
         let cx = Ctx { file: &file, text };
         resolve(&cx, raw, path)
     }
@@ -465,7 +586,7 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
         let qos = qos_ref(&s.qos, &at("qos"))?;
         let reply_qos = qos_ref(&s.reply_qos, &at("reply_qos"))?;
         let table_size = s.table_size.unwrap_or(DEFAULT_TABLE_SIZE);
-        if !is_prime(table_size) || table_size < 7 || table_size > 16_777_259 {
+        if !is_prime(table_size) || !(7..=16_777_259).contains(&table_size) {
             return Err(cx.err(
                 &at("table_size"),
                 format!("{table_size} is not a prime in 7..=16777259"),
@@ -819,7 +940,7 @@ fn is_prime(n: usize) -> bool {
     }
     let mut d = 2;
     while d * d <= n {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 1;

@@ -1,0 +1,646 @@
+//! `flowgate check`: every shipped pipeline is valid and summarised; every kind of mistake
+//! exits with code 2 and points at the file, the line and the key.
+//!
+//! The bad inputs are single-line edits of one valid pipeline, so the expected line of
+//! each error is known by construction (written by hand below, not taken from the code).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+/// A valid pipeline; the mutations below edit one line of it (1-based line numbers are
+/// shown on the right for reference).
+const BASE: &str = r#"system:
+  mac: "02:00:00:00:00:01"
+  addresses: [192.0.2.1]
+  gateway: "02:00:00:00:00:fe"
+qos:
+  gold:
+    dscp: af41
+services:
+  - name: web
+    vip: 192.0.2.10
+    proto: tcp
+    ports: [80]
+    qos: gold
+    servers:
+      - name: w1
+        mac: "02:00:00:00:01:01"
+      - { name: w2, mac: "02:00:00:00:01:02" }
+  - name: dns
+    vip: 192.0.2.53
+    proto: udp
+    ports: [53]
+    servers:
+      - { name: d1, mac: "02:00:00:00:02:01" }
+flows:
+  - name: r
+    match:
+      proto: udp
+      dst_port: 53
+    to: gateway
+    qos: { dscp: ef }
+default: gateway
+"#;
+
+fn run_check(path: &Path) -> (i32, String, String) {
+    let o = common::flowgate()
+        .arg("check")
+        .arg("--pipeline")
+        .arg(path)
+        .output()
+        .expect("run flowgate");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// `BASE` with line `n` (1-based) replaced by `text` (which may span lines); `n` one past
+/// the end appends.
+fn mutate(n: usize, text: &str) -> String {
+    let mut lines: Vec<&str> = BASE.lines().collect();
+    if n == lines.len() + 1 {
+        lines.push(text);
+    } else {
+        lines[n - 1] = text;
+    }
+    lines.join("\n") + "\n"
+}
+
+#[test]
+fn base_is_valid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("base.yaml");
+    std::fs::write(&f, BASE).unwrap();
+    let (code, out, err) = run_check(&f);
+    assert_eq!(code, 0, "stderr: {err}");
+    assert!(
+        out.starts_with(&format!("pipeline {}: OK", f.display())),
+        "{out}"
+    );
+    assert!(out.contains("service web vip 192.0.2.10"), "{out}");
+    assert!(out.contains("flow rule r -> gateway"), "{out}");
+}
+
+struct Bad {
+    what: &'static str,
+    line: usize,
+    text: &'static str,
+    /// Expected error line and key, and a fragment of the message.
+    want_line: usize,
+    want_key: &'static str,
+    want_msg: &'static str,
+}
+
+const fn bad(
+    what: &'static str,
+    line: usize,
+    text: &'static str,
+    want_line: usize,
+    want_key: &'static str,
+    want_msg: &'static str,
+) -> Bad {
+    Bad {
+        what,
+        line,
+        text,
+        want_line,
+        want_key,
+        want_msg,
+    }
+}
+
+fn bads() -> Vec<Bad> {
+    vec![
+        // YAML syntax.
+        bad("tab indentation", 10, "\tvip: 192.0.2.10", 10, "", "tab"),
+        bad(
+            "duplicate key",
+            11,
+            "    proto: tcp\n    proto: udp",
+            12,
+            "",
+            "duplicate",
+        ),
+        // Unknown keys at every level.
+        bad(
+            "unknown top-level key",
+            32,
+            "bogus: 1",
+            32,
+            "bogus",
+            "unknown field `bogus`",
+        ),
+        bad(
+            "unknown key in system",
+            3,
+            "  adresses: [192.0.2.1]",
+            3,
+            "system.adresses",
+            "unknown field",
+        ),
+        bad(
+            "unknown key in a service",
+            11,
+            "    proto: tcp\n    colour: red",
+            12,
+            "services[0].colour",
+            "unknown field",
+        ),
+        bad(
+            "unknown key in a server",
+            16,
+            "        mak: \"02:00:00:00:01:01\"",
+            16,
+            "services[0].servers[0].mak",
+            "unknown field",
+        ),
+        bad(
+            "unknown key in a one-line server",
+            23,
+            "      - { name: d1, mac: \"02:00:00:00:02:01\", wieght: 5 }",
+            23,
+            "services[1].servers[0].wieght",
+            "unknown field",
+        ),
+        bad(
+            "unknown key in match",
+            27,
+            "      protocol: udp",
+            27,
+            "flows[0].match.protocol",
+            "unknown field",
+        ),
+        bad(
+            "unknown key in a qos class",
+            7,
+            "    dscpp: af41",
+            7,
+            "qos.gold.dscpp",
+            "unknown field",
+        ),
+        bad(
+            "unknown key in inline qos",
+            30,
+            "    qos: { dcsp: ef }",
+            30,
+            "flows[0].qos.dcsp",
+            "unknown field",
+        ),
+        bad(
+            "unknown key in block inline qos",
+            13,
+            "    qos:\n      dscp: ef\n      bogus: 1",
+            15,
+            "services[0].qos.bogus",
+            "unknown field",
+        ),
+        bad(
+            "unknown key in nested reply_qos",
+            13,
+            "    qos: gold\n    reply_qos: { push_vlan: { vid: 1, tpidd: 1 } }",
+            14,
+            "services[0].reply_qos.push_vlan.tpidd",
+            "unknown field",
+        ),
+        bad(
+            "qos neither a name nor a map",
+            13,
+            "    qos: [1, 2]",
+            13,
+            "services[0].qos",
+            "QoS class name or a map",
+        ),
+        // Bad addresses.
+        bad(
+            "bad VIP",
+            19,
+            "    vip: 192.0.2.300",
+            19,
+            "services[1].vip",
+            "192.0.2.300",
+        ),
+        bad(
+            "bad system address",
+            3,
+            "  addresses: [192.0.2.1, 10.0.0]",
+            3,
+            "system.addresses[1]",
+            "10.0.0",
+        ),
+        bad(
+            "bad prefix in match",
+            27,
+            "      src: 10.0.0.0/33",
+            27,
+            "flows[0].match.src",
+            "10.0.0.0/33",
+        ),
+        bad(
+            "bad server MAC",
+            16,
+            "        mac: \"02:00:00:00:01\"",
+            16,
+            "services[0].servers[0].mac",
+            "bad MAC",
+        ),
+        bad(
+            "bad one-line server MAC",
+            17,
+            "      - { name: w2, mac: \"02:00:00:00:01:0g\" }",
+            17,
+            "services[0].servers[1].mac",
+            "bad MAC",
+        ),
+        bad(
+            "bad system MAC",
+            2,
+            "  mac: \"02:00:00:00:00:001\"",
+            2,
+            "system.mac",
+            "bad MAC",
+        ),
+        bad(
+            "bad gateway MAC",
+            4,
+            "  gateway: \"gateway\"",
+            4,
+            "system.gateway",
+            "bad MAC",
+        ),
+        // QoS classes and values.
+        bad(
+            "unknown qos class",
+            13,
+            "    qos: silver",
+            13,
+            "services[0].qos",
+            "\"silver\" does not exist",
+        ),
+        bad(
+            "unknown flow qos class",
+            30,
+            "    qos: platinum",
+            30,
+            "flows[0].qos",
+            "\"platinum\" does not exist",
+        ),
+        bad(
+            "unknown reply_qos class",
+            13,
+            "    qos: gold\n    reply_qos: bronze",
+            14,
+            "services[0].reply_qos",
+            "\"bronze\"",
+        ),
+        bad(
+            "bad DSCP in a class",
+            7,
+            "    dscp: af51",
+            7,
+            "qos.gold.dscp",
+            "af51",
+        ),
+        bad(
+            "bad DSCP inline",
+            30,
+            "    qos: { dscp: xx }",
+            30,
+            "flows[0].qos.dscp",
+            "\"xx\"",
+        ),
+        bad(
+            "DSCP number too big",
+            7,
+            "    dscp: 64",
+            7,
+            "qos.gold.dscp",
+            "64",
+        ),
+        bad(
+            "bad DSCP in match",
+            27,
+            "      dscp: af99",
+            27,
+            "flows[0].match.dscp",
+            "af99",
+        ),
+        bad(
+            "pcp out of range",
+            7,
+            "    dscp: af41\n    pcp: 9",
+            8,
+            "qos.gold.pcp",
+            "9",
+        ),
+        // Ports.
+        bad(
+            "service port out of range",
+            12,
+            "    ports: [80, 70000]",
+            12,
+            "services[0].ports[1]",
+            "70000",
+        ),
+        bad(
+            "service port range out of range",
+            21,
+            "    ports: [\"1000-65536\"]",
+            21,
+            "services[1].ports[0]",
+            "65536",
+        ),
+        bad(
+            "match port out of range",
+            28,
+            "      dst_port: 70000",
+            28,
+            "flows[0].match.dst_port",
+            "70000",
+        ),
+        // Other values, and keys on an item's own `- ` line.
+        bad(
+            "duplicate service name",
+            18,
+            "  - name: web",
+            18,
+            "services[1].name",
+            "duplicate service name",
+        ),
+        bad(
+            "server listed twice",
+            15,
+            "      - name: w1\n        mac: \"02:00:00:00:01:01\"\n      - name: w1",
+            17,
+            "services[0].servers[1].name",
+            "listed twice",
+        ),
+        bad(
+            "unknown policy",
+            11,
+            "    proto: tcp\n    policy: fastest",
+            12,
+            "services[0].policy",
+            "fastest",
+        ),
+        bad(
+            "unknown server state",
+            16,
+            "        mac: \"02:00:00:00:01:01\"\n        state: asleep",
+            17,
+            "services[0].servers[0].state",
+            "asleep",
+        ),
+        bad(
+            "load out of range",
+            17,
+            "      - { name: w2, mac: \"02:00:00:00:01:02\", load: 1.5 }",
+            17,
+            "services[0].servers[1].load",
+            "1.5",
+        ),
+        bad(
+            "unknown in_port",
+            27,
+            "      in_port: eth9",
+            27,
+            "flows[0].match.in_port",
+            "eth9",
+        ),
+        bad(
+            "unknown ethertype",
+            27,
+            "      ethertype: ipx",
+            27,
+            "flows[0].match.ethertype",
+            "ipx",
+        ),
+        bad(
+            "unknown protocol",
+            20,
+            "    proto: quic",
+            20,
+            "services[1].proto",
+            "quic",
+        ),
+        bad(
+            "vlan out of range",
+            27,
+            "      vlan: 5000",
+            27,
+            "flows[0].match.vlan",
+            "5000",
+        ),
+        bad(
+            "push_vlan vid out of range",
+            13,
+            "    qos: { push_vlan: { vid: 5000 } }",
+            13,
+            "services[0].qos.push_vlan",
+            "5000",
+        ),
+        bad(
+            "bad tpid",
+            13,
+            "    qos: { push_vlan: { vid: 5, tpid: 0x8847 } }",
+            13,
+            "services[0].qos.push_vlan",
+            "tpid",
+        ),
+        bad(
+            "MPLS label out of range",
+            7,
+            "    push_mpls: { label: 1048576 }",
+            7,
+            "qos.gold.push_mpls",
+            "1048576",
+        ),
+        bad(
+            "MPLS tc out of range",
+            13,
+            "    qos: { push_mpls: { label: 5, tc: 8 } }",
+            13,
+            "services[0].qos.push_mpls",
+            "tc 8",
+        ),
+        bad(
+            "bad default",
+            31,
+            "default: nowhere",
+            31,
+            "default",
+            "nowhere",
+        ),
+        bad(
+            "flow table capacity 0",
+            31,
+            "default: gateway\nflow_table:\n  capacity: 0",
+            33,
+            "flow_table.capacity",
+            "1..=",
+        ),
+        // Targets and Maglev table size.
+        bad(
+            "unknown to: target",
+            29,
+            "    to: nowhere",
+            29,
+            "flows[0].to",
+            "\"nowhere\"",
+        ),
+        bad(
+            "non-prime table_size",
+            13,
+            "    qos: gold\n    table_size: 100",
+            14,
+            "services[0].table_size",
+            "100",
+        ),
+        bad(
+            "non-prime table_size (2nd)",
+            21,
+            "    ports: [53]\n    table_size: 65536",
+            22,
+            "services[1].table_size",
+            "65536",
+        ),
+    ]
+}
+
+#[test]
+fn bad_pipelines_exit_2_and_point_at_line_and_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut errors = Vec::new();
+    for (i, b) in bads().iter().enumerate() {
+        let f = tmp.path().join(format!("bad{i}.yaml"));
+        std::fs::write(&f, mutate(b.line, b.text)).unwrap();
+        let (code, out, err) = run_check(&f);
+        let err = err.trim();
+        let file = f.display().to_string();
+        let prefix = format!("error: {file}:{}: ", b.want_line);
+        let keyed = if b.want_key.is_empty() {
+            prefix.clone()
+        } else {
+            format!("{prefix}{}: ", b.want_key)
+        };
+        if code != 2 {
+            errors.push(format!("{}: exit {code}, want 2 (stderr {err:?})", b.what));
+        } else if !out.is_empty() {
+            errors.push(format!("{}: printed a summary for a bad file", b.what));
+        } else if !err.starts_with(&keyed) {
+            errors.push(format!(
+                "{}: stderr {err:?}, want it to start with {keyed:?}",
+                b.what
+            ));
+        } else if !err.contains(b.want_msg) {
+            errors.push(format!(
+                "{}: stderr {err:?} does not mention {:?}",
+                b.what, b.want_msg
+            ));
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "{} of {} cases wrong:\n{}",
+        errors.len(),
+        bads().len(),
+        errors.join("\n")
+    );
+}
+
+#[test]
+fn missing_file_exits_2_and_names_it() {
+    let (code, out, err) = run_check(Path::new("/nonexistent/pipe.yaml"));
+    assert_eq!(code, 2);
+    assert!(out.is_empty());
+    assert!(err.contains("/nonexistent/pipe.yaml"), "{err}");
+}
+
+fn shipped() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(common::root().join("pipelines"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    v.sort();
+    assert!(v.len() >= 4, "expected the shipped pipelines, found {v:?}");
+    v
+}
+
+/// Every shipped pipeline passes, and the summary agrees with the YAML read independently
+/// (serde_yaml_ng into a generic value): each service and its servers appear, each flow
+/// rule appears, and Maglev shares follow the weights (±2 points; 100% in total).
+#[test]
+fn every_shipped_pipeline_checks() {
+    for f in shipped() {
+        let (code, out, err) = run_check(&f);
+        assert_eq!(code, 0, "{}: {err}", f.display());
+        assert!(
+            out.starts_with(&format!("pipeline {}: OK\n", f.display())),
+            "{out}"
+        );
+        assert!(out.contains("\ndefault -> "), "{out}");
+        assert!(out.contains("\nclassifier: "), "{out}");
+        let y: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+        for s in y
+            .get("services")
+            .and_then(|v| v.as_sequence())
+            .into_iter()
+            .flatten()
+        {
+            let name = s["name"].as_str().unwrap();
+            assert!(
+                out.contains(&format!("\nservice {name} vip ")),
+                "{}: {name} missing:\n{out}",
+                f.display()
+            );
+            let servers = s["servers"].as_sequence().unwrap();
+            let total: f64 = servers
+                .iter()
+                .map(|v| v.get("weight").and_then(|w| w.as_f64()).unwrap_or(100.0))
+                .sum();
+            let mut sum = 0.0;
+            for v in servers {
+                let sn = v["name"].as_str().unwrap();
+                let w = v.get("weight").and_then(|w| w.as_f64()).unwrap_or(100.0);
+                let line = out
+                    .lines()
+                    .find(|l| l.starts_with(&format!("  server {sn} mac ")))
+                    .unwrap_or_else(|| panic!("{}: server {sn} missing:\n{out}", f.display()));
+                let share: f64 = line
+                    .rsplit("share ")
+                    .next()
+                    .and_then(|s| s.trim_end_matches('%').parse().ok())
+                    .unwrap_or_else(|| panic!("no share in {line:?}"));
+                sum += share;
+                let want = 100.0 * w / total;
+                assert!(
+                    (share - want).abs() <= 2.0,
+                    "{}: {sn} share {share}%, weights say {want:.1}%",
+                    f.display()
+                );
+            }
+            assert!(
+                (sum - 100.0).abs() < 0.5,
+                "{}: shares of {name} sum to {sum}",
+                f.display()
+            );
+        }
+        for r in y
+            .get("flows")
+            .and_then(|v| v.as_sequence())
+            .into_iter()
+            .flatten()
+        {
+            let name = r["name"].as_str().unwrap();
+            assert!(
+                out.contains(&format!("\nflow rule {name} -> ")),
+                "{}: rule {name} missing:\n{out}",
+                f.display()
+            );
+        }
+    }
+}
