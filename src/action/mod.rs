@@ -13,7 +13,8 @@
 //! 5. `push_vlan` (a new outermost tag), 6. `pcp` (PCP of the outermost tag; an untagged
 //!    frame gets an 802.1Q priority tag, VID 0),
 //! 7. `push_mpls` (a new top label right after the tags; TTL and TC as configured),
-//! 8. `dscp` (IPv4 TOS with an RFC 1624 checksum update, or IPv6 traffic class; ECN kept).
+//! 8. `dscp` (IPv4 TOS with an RFC 1624 checksum update, or IPv6 traffic class; ECN kept;
+//!    skipped on frames without an IP header, such as ARP or a pseudowire).
 //!
 //! A rewrite that cannot apply (nothing to pop) fails the frame with
 //! [`DropReason::RewriteFailed`]; a push without headroom or past [`MAX_FRAME`] fails it
@@ -251,7 +252,8 @@ pub fn set_dscp(d: &mut [u8], l3: L3, off: usize, dscp: u8) -> Result<(), DropRe
             d[off + 1] = (d[off + 1] & 0x0f) | (tc << 4);
             Ok(())
         }
-        _ => Err(DropReason::RewriteFailed),
+        // No IP header (ARP, a pseudowire): nothing to mark; the frame still goes.
+        _ => Ok(()),
     }
 }
 
@@ -496,5 +498,19 @@ mod tests {
         let ip = &b.data()[14..34];
         assert_eq!(ip[1], (46 << 2) | 1);
         assert_eq!(checksum::checksum(ip), 0);
+    }
+}
+
+#[cfg(test)]
+mod dscp_tests {
+    use super::*;
+
+    #[test]
+    fn dscp_skips_frames_without_ip() {
+        let mut d = [0u8; 64];
+        let before = d;
+        assert_eq!(set_dscp(&mut d, L3::Arp, 14, 46), Ok(()));
+        assert_eq!(set_dscp(&mut d, L3::Other, 14, 46), Ok(()));
+        assert_eq!(d, before);
     }
 }
