@@ -222,7 +222,7 @@ impl Worker {
         let out = match parse::parse(buf.data()) {
             Ok(m) => {
                 let hash = self.flows.table.hash(&FlowKey::of(&m.quoted.unwrap_or(m.tuple)).0);
-                self.decide(&tables, buf, m, hash, in_port, now)
+                self.decide(&tables, buf, &m, hash, in_port, now)
             }
             Err(r) => drop_with(Outcome::default(), r),
         };
@@ -260,7 +260,7 @@ impl Worker {
             std::hint::black_box(sink);
             for (i, b) in bufs.iter_mut().enumerate() {
                 self.stats.packets_in += 1;
-                if let Some(m) = metas[i] {
+                if let Some(m) = &metas[i] {
                     outs[i] = self.decide(&tables, b, m, hashes[i], in_port, now);
                 }
                 self.count(&outs[i]);
@@ -287,24 +287,24 @@ impl Worker {
         }
     }
 
-    fn decide<B: PacketBuf + ?Sized>(&mut self, tables: &Tables, buf: &mut B, m: Meta, hash: u64, in_port: u16, now: u64) -> Outcome {
+    fn decide<B: PacketBuf + ?Sized>(&mut self, tables: &Tables, buf: &mut B, m: &Meta, hash: u64, in_port: u16, now: u64) -> Outcome {
         let mut out = Outcome::default();
         let p = &tables.pipeline;
         let src_mac: Mac = mac_at(buf.data(), 6);
 
         // ARP and neighbour discovery for owned addresses.
         if m.l3 == L3::Arp || (m.v6 && m.tuple.proto == 58 && (m.icmp_type == 135 || m.icmp_type == 136)) {
-            return self.answer(tables, buf, &m, in_port, out);
+            return self.answer(tables, buf, m, in_port, out);
         }
 
         // Non-first fragments follow their first fragment.
         if m.frag == Frag::Later {
-            let fk = frag_key(&m);
+            let fk = frag_key(m);
             return match self.frags.find(&fk) {
                 Some(h) => {
                     let rec = *self.frags.get(h);
                     out.kind = Kind::Fragment;
-                    Self::emit(tables, buf, &m, rec.route, out)
+                    Self::emit(tables, buf, m, rec.route, out)
                 }
                 None => drop_with(out, DropReason::FragmentNoFirst),
             };
@@ -326,7 +326,7 @@ impl Worker {
                     // A new connection reusing the tuple of a closed one: start afresh.
                     self.flows.table.remove(h);
                 } else {
-                    route = self.follow(tables, h, &m, forward, now, &mut out);
+                    route = self.follow(tables, h, m, forward, now, &mut out);
                     if route.is_none() && out.drop.is_some() {
                         return out;
                     }
@@ -337,7 +337,7 @@ impl Worker {
         let route = match route {
             Some(r) => r,
             None => {
-                let key = class_key(&m, in_port);
+                let key = class_key(m, in_port);
                 let d = tables.classifier.classify(&key);
                 out.decision = Some(d);
                 let create = is_ip && m.quoted.is_none();
@@ -349,7 +349,7 @@ impl Worker {
                         };
                         let server = p.services[i as usize].members[member as usize].server;
                         let target = Target::Server(server);
-                        self.create(tables, fkey, hash, swapped, &m, src_mac, in_port, target, Owner::Service(i), now);
+                        self.create(tables, fkey, hash, swapped, m, src_mac, in_port, target, Owner::Service(i), now);
                         self.stats.svc_flows[i as usize] += 1;
                         out.kind = Kind::NewFlow;
                         Self::route_to(tables, target, QosSel::Service(i), i, member, NONE16)
@@ -361,7 +361,7 @@ impl Worker {
                             return drop_with(out, DropReason::RuleDrop);
                         }
                         if create {
-                            self.create(tables, fkey, hash, swapped, &m, src_mac, in_port, rule.target, Owner::Rule(i), now);
+                            self.create(tables, fkey, hash, swapped, m, src_mac, in_port, rule.target, Owner::Rule(i), now);
                             self.stats.rule_flows[i as usize] += 1;
                             out.kind = Kind::NewFlow;
                         } else {
@@ -383,7 +383,7 @@ impl Worker {
         };
 
         if m.frag == Frag::First {
-            let fk = frag_key(&m);
+            let fk = frag_key(m);
             match self.frags.find(&fk) {
                 Some(h) => self.frags.get_mut(h).route = route,
                 None => {
@@ -391,7 +391,7 @@ impl Worker {
                 }
             }
         }
-        Self::emit(tables, buf, &m, route, out)
+        Self::emit(tables, buf, m, route, out)
     }
 
     /// Routes a packet of flow `h`; updates its TCP state and timers.
