@@ -14,5 +14,6 @@
 #![deny(unsafe_code)]
 
 pub mod classify;
+pub mod control;
 pub mod pipeline;
 pub mod wire;
