@@ -184,11 +184,16 @@ fn load_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     serde_yaml_ng::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
-/// Reads a hex key file (at least 32 bytes of key).
+/// Reads a key file: the key in hex (at least 32 bytes); lines starting with '#' are comments.
 pub fn load_key(path: &Path) -> Result<Key> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
-    Key::from_hex(&text).with_context(|| format!("key file {}", path.display()))
+    let hex: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("");
+    Key::from_hex(&hex).with_context(|| format!("key file {}", path.display()))
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr> {
