@@ -243,7 +243,9 @@ impl Agent {
                 services: self.cfg.services.clone(),
             })
         };
-        self.sess.send_periodic(now, &body);
+        // Reliable until acknowledged or replaced by the next one: a lost first
+        // advertisement would otherwise delay the server by a whole interval.
+        self.sess.request(now, ReqKey::Advert, body.clone());
         if let Some(g) = self.cfg.group {
             if matches!(body, Body::ServiceAdvert(_)) {
                 self.sess.send_to(g, &body);
@@ -313,6 +315,7 @@ impl Agent {
                 ),
                 SessEvent::Acked(ReqKey::Leave, _) => self.finish(),
                 SessEvent::Acked(..) => {}
+                SessEvent::Failed(ReqKey::Advert) => {}
                 SessEvent::Failed(k) => {
                     if k == ReqKey::Leave {
                         self.finish();

@@ -30,6 +30,8 @@ pub enum ReqKey {
     FlowDel(u64),
     Drain,
     Leave,
+    /// The latest advertisement (re-sent until acknowledged or replaced).
+    Advert,
 }
 
 #[derive(Clone, Debug)]
@@ -324,6 +326,9 @@ impl Session {
             let held = self.grants.values().any(|g| g.pool == pool);
             let asked = self.requested.contains_key(&pool);
             let backoff = self.retry_after.get(&pool).is_some_and(|t| *t > now);
+            if !backoff {
+                self.retry_after.remove(&pool);
+            }
             if !held && !asked && !backoff {
                 let rid = self.next_req;
                 self.next_req += 1;

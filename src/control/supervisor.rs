@@ -158,6 +158,8 @@ pub struct Supervisor {
     store: Box<dyn Store>,
     out: VecDeque<Transmit>,
     events: VecDeque<SupEvent>,
+    /// Extra relays of a new or changed advertisement: (when, system, how many more).
+    bursts: Vec<(Instant, u64, u8)>,
     pub stats: Stats,
 }
 
@@ -251,6 +253,7 @@ impl Supervisor {
             store: Box::new(super::store::MemStore::default()),
             out: VecDeque::new(),
             events: VecDeque::new(),
+            bursts: Vec::new(),
             stats: Stats::default(),
         };
         store
@@ -416,7 +419,9 @@ impl Supervisor {
                     self.stats.rx_unexpected += 1;
                     return;
                 }
+                let mut news = false;
                 let body = if let Some(s) = self.systems.get_mut(&sender) {
+                    news = s.state != a.origin.state || s.services.is_empty();
                     s.state = a.origin.state;
                     s.services = a.services;
                     let s = s.clone();
@@ -428,6 +433,14 @@ impl Supervisor {
                 if self.cfg.relay {
                     if let Some(b) = body {
                         self.relay(&b);
+                        if news {
+                            // A new server or a state change: relay twice more, a
+                            // quarter interval apart, so one lost datagram does not
+                            // hide it from an intermediate system for an interval.
+                            let at = now + self.cfg.advert_interval / 4;
+                            self.bursts.retain(|b| b.1 != sender);
+                            self.bursts.push((at, sender, 2));
+                        }
                     }
                 }
             }
@@ -707,8 +720,21 @@ impl Supervisor {
         }
     }
 
-    /// Timers: dead systems, lease expiry, flow lifetimes.
+    /// Timers: dead systems, lease expiry, flow lifetimes, repeated relays.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<(Instant, u64, u8)> =
+            self.bursts.iter().filter(|b| b.0 <= now).copied().collect();
+        self.bursts.retain(|b| b.0 > now);
+        for (_, id, left) in due {
+            if let Some(s) = self.systems.get(&id).cloned() {
+                let b = self.advert_of(&s);
+                self.relay(&b);
+                if left > 1 {
+                    self.bursts
+                        .push((now + self.cfg.advert_interval / 4, id, left - 1));
+                }
+            }
+        }
         let dead: Vec<u64> = self
             .systems
             .values()
@@ -744,7 +770,8 @@ impl Supervisor {
             .min();
         let b = self.ana.next_deadline();
         let c = self.flows.values().filter_map(|f| f.expires).min();
-        [a, b, c].into_iter().flatten().min()
+        let d = self.bursts.iter().map(|b| b.0).min();
+        [a, b, c, d].into_iter().flatten().min()
     }
 
     fn server_list(&self, service: &str) -> Vec<ServerEntry> {
