@@ -100,6 +100,7 @@ struct Sim {
     last_jump: Instant,
     sup_restarted: Instant,
     checks: Checks,
+    stuck: u32,
 }
 
 #[derive(Default, Debug)]
@@ -153,6 +154,7 @@ impl Sim {
             last_jump: now,
             sup_restarted: now,
             checks: Checks::default(),
+            stuck: 0,
         };
         let sup = s.make_sup(Vec::new());
         s.nodes.push(Node {
@@ -302,6 +304,14 @@ impl Sim {
             if let Some(t) = n.ep().and_then(|e| e.poll_timeout()) {
                 next = next.min(t.max(self.now));
             }
+        }
+        // A deadline that stays in the past after handle_timeout would spin a real
+        // driver at 100% CPU: treat many steps without progress as a bug.
+        if next == self.now {
+            self.stuck += 1;
+            assert!(self.stuck < 10_000, "livelock: a deadline never moves on");
+        } else {
+            self.stuck = 0;
         }
         self.now = next;
         while let Some(Reverse((t, ..))) = self.queue.peek() {
