@@ -240,6 +240,7 @@ impl Agent {
                     addrs: self.cfg.addrs.clone(),
                     state,
                 },
+                age_ms: 0,
                 services: self.cfg.services.clone(),
             })
         };

@@ -132,6 +132,13 @@ impl Listener {
 
     fn on_advert(&mut self, now: Instant, a: ServiceAdvert) {
         let id = a.origin.id;
+        // Liveness follows the origin, not the relay: date the advert back by its age.
+        let age = Duration::from_millis(a.age_ms as u64);
+        if age >= self.sess.dead_interval {
+            return;
+        }
+        let heard = now.checked_sub(age).unwrap_or(now);
+
         match self.servers.get_mut(&id) {
             None => {
                 self.events.push_back(TableEvent::ServerUp(a.origin.clone()));
@@ -148,13 +155,13 @@ impl Listener {
                     id,
                     Server {
                         info: a.origin,
-                        last_heard: now,
+                        last_heard: heard,
                         services: a.services,
                     },
                 );
             }
             Some(s) => {
-                s.last_heard = now;
+                s.last_heard = s.last_heard.max(heard);
                 if s.info.state != a.origin.state {
                     self.events.push_back(match a.origin.state {
                         SysState::Draining => TableEvent::ServerDraining(id),

@@ -20,7 +20,7 @@ use super::proto::*;
 use super::supervisor::Stats;
 
 /// What a reliable request is, so its reply can be matched across retransmissions.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ReqKey {
     Register,
     Number(u64),
@@ -80,7 +80,7 @@ pub struct Session {
     pub supervisor_id: Option<u64>,
     pub advert_interval: Duration,
     pub dead_interval: Duration,
-    pending: HashMap<ReqKey, Pending>,
+    pending: BTreeMap<ReqKey, Pending>,
     sent: HashMap<u64, (Option<ReqKey>, Instant)>,
     pub last_acked: Option<Instant>,
     pub grants: BTreeMap<u64, HeldGrant>,
@@ -115,7 +115,7 @@ impl Session {
             supervisor_id: None,
             advert_interval,
             dead_interval,
-            pending: HashMap::new(),
+            pending: BTreeMap::new(),
             sent: HashMap::new(),
             last_acked: None,
             grants: BTreeMap::new(),

@@ -350,9 +350,11 @@ impl Supervisor {
         }
     }
 
-    fn advert_of(&self, s: &SystemRec) -> Body {
+    fn advert_of(&self, now: Instant, s: &SystemRec) -> Body {
+        let age = now.saturating_duration_since(s.last_heard).as_millis();
         Body::ServiceAdvert(ServiceAdvert {
             origin: s.info(),
+            age_ms: age.min(u32::MAX as u128) as u32,
             services: s.eff_services(),
         })
     }
@@ -425,7 +427,7 @@ impl Supervisor {
                     s.state = a.origin.state;
                     s.services = a.services;
                     let s = s.clone();
-                    Some(self.advert_of(&s))
+                    Some(self.advert_of(now, &s))
                 } else {
                     None
                 };
@@ -625,7 +627,7 @@ impl Supervisor {
                     .systems
                     .values()
                     .filter(|s| s.kind == SystemKind::End)
-                    .map(|s| self.advert_of(s))
+                    .map(|s| self.advert_of(now, s))
                     .chain(self.flows.values().map(|f| Body::FlowAdd(f.adv.clone())))
                     .collect();
                 for b in snapshot {
@@ -727,7 +729,7 @@ impl Supervisor {
         self.bursts.retain(|b| b.0 > now);
         for (_, id, left) in due {
             if let Some(s) = self.systems.get(&id).cloned() {
-                let b = self.advert_of(&s);
+                let b = self.advert_of(now, &s);
                 self.relay(&b);
                 if left > 1 {
                     self.bursts
@@ -914,7 +916,7 @@ impl Supervisor {
                     Some(s) => {
                         s.admin_drain = true;
                         let s = s.clone();
-                        (s.addr, self.advert_of(&s))
+                        (s.addr, self.advert_of(now, &s))
                     }
                     None => return (status::NOT_FOUND, "{}".into()),
                 };
@@ -938,7 +940,7 @@ impl Supervisor {
                     Some(s) => {
                         s.weight = Some(m.value);
                         let s = s.clone();
-                        self.advert_of(&s)
+                        self.advert_of(now, &s)
                     }
                     None => return (status::NOT_FOUND, "{}".into()),
                 };

@@ -184,7 +184,7 @@ def main():
     svc = (p_str("pysvc") + p_addr("10.1.2.3") + struct.pack(">B", 6) + struct.pack(">B", 1)
            + struct.pack(">HH", 8080, 8081) + struct.pack(">IIIHI", 500, 7, 123, 45, 678))
     body = (struct.pack(">QB", c.id, 2) + p_str(a.name) + mac + p_addrs(["127.0.0.1"])
-            + struct.pack(">B", 0) + struct.pack(">B", 1) + svc)
+            + struct.pack(">B", 0) + struct.pack(">I", 0) + struct.pack(">B", 1) + svc)
     _, r = c.request(T_SERVICE_ADVERT, body, T_ACK)
     r.u64()
     res["advert_ack"] = r.u8()

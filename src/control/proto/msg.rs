@@ -158,6 +158,9 @@ pub struct Service {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServiceAdvert {
     pub origin: SystemInfo,
+    /// Milliseconds since the sender last heard from the origin: 0 from the origin
+    /// itself; the supervisor's relays say how old their information is.
+    pub age_ms: u32,
     pub services: Vec<Service>,
 }
 
@@ -739,6 +742,7 @@ impl Body {
             }
             Body::ServiceAdvert(m) => {
                 enc_info(&mut w, &m.origin);
+                w.u32(m.age_ms);
                 let n = m.services.len().min(255);
                 w.u8(n as u8);
                 for s in &m.services[..n] {
@@ -852,11 +856,16 @@ impl Body {
             }),
             ty::SERVICE_ADVERT => {
                 let origin = dec_info(&mut r)?;
+                let age_ms = r.u32()?;
                 let n = r.u8()? as usize;
                 let services = (0..n)
                     .map(|_| dec_service(&mut r))
                     .collect::<R<Vec<_>>>()?;
-                Body::ServiceAdvert(ServiceAdvert { origin, services })
+                Body::ServiceAdvert(ServiceAdvert {
+                    origin,
+                    age_ms,
+                    services,
+                })
             }
             ty::FLOW_ADD => {
                 let origin = r.u64()?;
