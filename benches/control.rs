@@ -33,7 +33,11 @@ fn setup(listeners: u64) -> (Supervisor, Key, Instant) {
     .unwrap();
     let from: SocketAddr = "127.0.0.1:9".parse().unwrap();
     for id in 0..SYSTEMS + listeners {
-        let kind = if id < SYSTEMS { SystemKind::End } else { SystemKind::Intermediate };
+        let kind = if id < SYSTEMS {
+            SystemKind::End
+        } else {
+            SystemKind::Intermediate
+        };
         let b = Body::Register(Register {
             kind,
             name: format!("sys{id}"),
@@ -99,7 +103,10 @@ fn bench(c: &mut Criterion) {
                 }
                 start.elapsed()
             });
-            assert_eq!(s.stats.rx_replayed + s.stats.rx_bad_mac + s.stats.rx_malformed, 0);
+            assert_eq!(
+                s.stats.rx_replayed + s.stats.rx_bad_mac + s.stats.rx_malformed,
+                0
+            );
         });
     }
     g.finish();

@@ -98,7 +98,13 @@ fn qos() -> impl Strategy<Value = Qos> {
 }
 
 fn body() -> impl Strategy<Value = Body> {
-    let info = (any::<u64>(), name(), any::<[u8; 6]>(), proptest::collection::vec(addr(), 0..3), any::<bool>())
+    let info = (
+        any::<u64>(),
+        name(),
+        any::<[u8; 6]>(),
+        proptest::collection::vec(addr(), 0..3),
+        any::<bool>(),
+    )
         .prop_map(|(id, name, mac, addrs, d)| SystemInfo {
             id,
             kind: SystemKind::End,
@@ -108,7 +114,12 @@ fn body() -> impl Strategy<Value = Body> {
             state: if d { SysState::Draining } else { SysState::Up },
         });
     prop_oneof![
-        (name(), any::<[u8; 6]>(), proptest::collection::vec(addr(), 0..4), any::<(u32, u32)>())
+        (
+            name(),
+            any::<[u8; 6]>(),
+            proptest::collection::vec(addr(), 0..4),
+            any::<(u32, u32)>()
+        )
             .prop_map(|(name, mac, addrs, (c, l))| Body::Register(Register {
                 kind: SystemKind::Intermediate,
                 name,
@@ -117,45 +128,63 @@ fn body() -> impl Strategy<Value = Body> {
                 capabilities: c,
                 lease_ms: l
             })),
-        (info, any::<u32>(), proptest::collection::vec(service(), 0..4)).prop_map(
-            |(origin, age_ms, services)| Body::ServiceAdvert(ServiceAdvert {
-                origin,
-                age_ms,
-                services
-            })
-        ),
-        (any::<(u64, u64, u64)>(), any::<[u8; 4]>(), 0u8..=32, any::<[u8; 4]>(), proptest::collection::vec(qos(), 0..5), any::<u32>())
-            .prop_map(|((o, f, t), s, sp, d, qos, life)| Body::FlowAdd(FlowAdvert {
-                origin: o,
-                flow_id: f,
-                target: t,
-                matcher: FlowMatch {
-                    proto: 6,
-                    src: IpAddr::from(s),
-                    src_plen: sp,
-                    dst: IpAddr::from(d),
-                    dst_plen: 32,
-                    sport: (1, 2),
-                    dport: (3, 3)
-                },
-                qos,
-                lifetime_ms: life
-            })),
-        (any::<(u64, u64, u8, u64)>(), name(), any::<(u64, u32, u32)>()).prop_map(
-            |((a, b, c, d), pool, (e, f, g))| Body::NumberGrant(NumberGrant {
-                in_reply_to: a,
-                request_id: b,
-                status: c,
-                grant_id: d,
-                pool,
-                first: e,
-                count: f,
-                lease_ms: g
-            })
-        ),
-        (any::<(u8, u32)>(), name()).prop_map(|((op, value), arg)| Body::MgmtRequest(
-            MgmtRequest { op, arg, value }
-        )),
+        (
+            info,
+            any::<u32>(),
+            proptest::collection::vec(service(), 0..4)
+        )
+            .prop_map(
+                |(origin, age_ms, services)| Body::ServiceAdvert(ServiceAdvert {
+                    origin,
+                    age_ms,
+                    services
+                })
+            ),
+        (
+            any::<(u64, u64, u64)>(),
+            any::<[u8; 4]>(),
+            0u8..=32,
+            any::<[u8; 4]>(),
+            proptest::collection::vec(qos(), 0..5),
+            any::<u32>()
+        )
+            .prop_map(
+                |((o, f, t), s, sp, d, qos, life)| Body::FlowAdd(FlowAdvert {
+                    origin: o,
+                    flow_id: f,
+                    target: t,
+                    matcher: FlowMatch {
+                        proto: 6,
+                        src: IpAddr::from(s),
+                        src_plen: sp,
+                        dst: IpAddr::from(d),
+                        dst_plen: 32,
+                        sport: (1, 2),
+                        dport: (3, 3)
+                    },
+                    qos,
+                    lifetime_ms: life
+                })
+            ),
+        (
+            any::<(u64, u64, u8, u64)>(),
+            name(),
+            any::<(u64, u32, u32)>()
+        )
+            .prop_map(
+                |((a, b, c, d), pool, (e, f, g))| Body::NumberGrant(NumberGrant {
+                    in_reply_to: a,
+                    request_id: b,
+                    status: c,
+                    grant_id: d,
+                    pool,
+                    first: e,
+                    count: f,
+                    lease_ms: g
+                })
+            ),
+        (any::<(u8, u32)>(), name())
+            .prop_map(|((op, value), arg)| Body::MgmtRequest(MgmtRequest { op, arg, value })),
         (any::<u64>(), ".{0,50}").prop_map(|(r, json)| Body::MgmtReply(MgmtReply {
             in_reply_to: r,
             status: 0,
@@ -267,8 +296,14 @@ fn hmac_tag(data: &[u8]) -> [u8; 32] {
         ipad[i] ^= k[i];
         opad[i] ^= k[i];
     }
-    let inner = Sha256::new().chain_update(ipad).chain_update(data).finalize();
-    let out = Sha256::new().chain_update(opad).chain_update(inner).finalize();
+    let inner = Sha256::new()
+        .chain_update(ipad)
+        .chain_update(data)
+        .finalize();
+    let out = Sha256::new()
+        .chain_update(opad)
+        .chain_update(inner)
+        .finalize();
     let mut t = [0u8; 32];
     t.copy_from_slice(&out);
     t

@@ -17,11 +17,17 @@ impl Drop for Kill {
 
 #[test]
 fn python_client_interoperates() {
-    let python = ["python3", "/usr/bin/python3"]
-        .into_iter()
-        .find(|p| Command::new(p).arg("-V").output().is_ok_and(|o| o.status.success()));
+    let python = ["python3", "/usr/bin/python3"].into_iter().find(|p| {
+        Command::new(p)
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
     let Some(python) = python else {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "python3 missing in CI");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "python3 missing in CI"
+        );
         eprintln!("skipping: no python3");
         return;
     };
@@ -35,7 +41,11 @@ fn python_client_interoperates() {
          pools:\n  - {name: nat-ports, first: 1024, last: 65535, block: 4096}\n",
     )
     .unwrap();
-    let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let addr = format!("127.0.0.1:{port}");
     let _sup = Kill(
         Command::new(BIN)

@@ -182,7 +182,11 @@ fn supervisor_three_agents_kill_restart_wrong_key_malformed() {
         "three systems with grants",
     );
     let systems = env.ctl(&["systems"]);
-    assert!(systems.iter().all(|s| s["state"] == "up" && s["kind"] == "end"));
+    assert!(
+        systems
+            .iter()
+            .all(|s| s["state"] == "up" && s["kind"] == "end")
+    );
     env.wait_for(
         || env.names("services", "system") == three,
         "three services",
@@ -213,7 +217,10 @@ fn supervisor_three_agents_kill_restart_wrong_key_malformed() {
         "bravo removed",
     );
     let took = killed.elapsed();
-    assert!(took >= Duration::from_millis(600), "removed too early: {took:?}");
+    assert!(
+        took >= Duration::from_millis(600),
+        "removed too early: {took:?}"
+    );
     let g = grants(&env);
     assert_eq!(g.len(), 2);
     assert!(g.iter().all(|x| x.1 != "bravo"));
@@ -237,8 +244,14 @@ fn supervisor_three_agents_kill_restart_wrong_key_malformed() {
     // An agent with the wrong key is refused and counted.
     let bad_before = env.stat("rx_bad_mac");
     let _w = env.agent("wrongkey", "wrong.key");
-    env.wait_for(|| env.stat("rx_bad_mac") >= bad_before + 2, "bad MACs counted");
-    assert!(!env.names("systems", "name").contains(&"wrongkey".to_string()));
+    env.wait_for(
+        || env.stat("rx_bad_mac") >= bad_before + 2,
+        "bad MACs counted",
+    );
+    assert!(
+        !env.names("systems", "name")
+            .contains(&"wrongkey".to_string())
+    );
 
     // Malformed datagrams change nothing but a counter.
     let snap = |env: &Env| {
@@ -251,19 +264,14 @@ fn supervisor_three_agents_kill_restart_wrong_key_malformed() {
     let s0 = snap(&env);
     let m0 = env.stat("rx_malformed");
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut junk: Vec<Vec<u8>> = vec![
-        vec![],
-        b"hello".to_vec(),
-        vec![0u8; 100],
-        {
-            // Right magic and version, body_len disagreeing with the length.
-            let mut v = b"FG\x01\x01".to_vec();
-            v.extend_from_slice(&[0u8; 16]);
-            v.extend_from_slice(&[0xff, 0xff, 0, 0]);
-            v.extend_from_slice(&[0u8; 40]);
-            v
-        },
-    ];
+    let mut junk: Vec<Vec<u8>> = vec![vec![], b"hello".to_vec(), vec![0u8; 100], {
+        // Right magic and version, body_len disagreeing with the length.
+        let mut v = b"FG\x01\x01".to_vec();
+        v.extend_from_slice(&[0u8; 16]);
+        v.extend_from_slice(&[0xff, 0xff, 0, 0]);
+        v.extend_from_slice(&[0u8; 40]);
+        v
+    }];
     let mut x: u32 = 12345;
     for _ in 0..20 {
         let n = (x % 300) as usize;
@@ -282,8 +290,10 @@ fn supervisor_three_agents_kill_restart_wrong_key_malformed() {
         sock.send_to(j, env.addr()).unwrap();
     }
     env.wait_for(
-        || env.stat("rx_malformed") + env.stat("rx_bad_version") + env.stat("rx_bad_mac")
-            >= m0 + junk.len() as u64 - 1,
+        || {
+            env.stat("rx_malformed") + env.stat("rx_bad_version") + env.stat("rx_bad_mac")
+                >= m0 + junk.len() as u64 - 1
+        },
         "malformed counted",
     );
     assert!(env.stat("rx_malformed") > m0);
@@ -302,12 +312,28 @@ fn agent_sigterm_drains_and_leaves_and_flows_travel() {
         .args(["agent", "--control-socket"])
         .arg(env.p("delta.sock"))
         .args([
-            "flow", "add", "--src", "192.0.2.7", "--dst", "10.0.0.100", "--sport", "40000",
-            "--dport", "30001", "--dscp", "46", "--push-mpls", "1000,5,64",
+            "flow",
+            "add",
+            "--src",
+            "192.0.2.7",
+            "--dst",
+            "10.0.0.100",
+            "--sport",
+            "40000",
+            "--dport",
+            "30001",
+            "--dscp",
+            "46",
+            "--push-mpls",
+            "1000,5,64",
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = reply["flow_id"].as_u64().unwrap();
     env.wait_for(|| env.ctl(&["flows"]).len() == 1, "flow advertised");
@@ -328,7 +354,11 @@ fn agent_sigterm_drains_and_leaves_and_flows_travel() {
     // ctl weight and drain change what is advertised.
     env.ctl(&["weight", "delta", "7"]);
     env.wait_for(
-        || env.ctl(&["services"]).first().is_some_and(|s| s["weight"] == 7),
+        || {
+            env.ctl(&["services"])
+                .first()
+                .is_some_and(|s| s["weight"] == 7)
+        },
         "weight override",
     );
 

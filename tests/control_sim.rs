@@ -18,8 +18,8 @@ use flowgate::control::listener::{Listener, ListenerConfig};
 use flowgate::control::proto::{Key, SeqGen, Service, system_id};
 use flowgate::control::store::MemStore;
 use flowgate::control::supervisor::{Supervisor, SupervisorConfig};
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -352,7 +352,11 @@ impl Sim {
     fn run_for(&mut self, d: Duration) {
         let end = self.now + d;
         while self.now < end {
-            self.step(Duration::from_millis(50).min(end - self.now).max(Duration::from_micros(1)));
+            self.step(
+                Duration::from_millis(50)
+                    .min(end - self.now)
+                    .max(Duration::from_micros(1)),
+            );
         }
     }
 
@@ -391,7 +395,10 @@ impl Sim {
             }
         }
         let Some(sup) = self.sup() else { return };
-        let sg: Vec<(u64, u64)> = sup.grants().map(|g| (g.first, g.first + g.count as u64)).collect();
+        let sg: Vec<(u64, u64)> = sup
+            .grants()
+            .map(|g| (g.first, g.first + g.count as u64))
+            .collect();
         for (i, x) in sg.iter().enumerate() {
             for y in &sg[i + 1..] {
                 assert!(x.1 <= y.0 || y.1 <= x.0, "supervisor overlap {x:?} {y:?}");
@@ -413,14 +420,20 @@ impl Sim {
         let quiet_since = self.last_jump.max(self.sup_restarted);
         let slack = I * 2 + self.f.delay * 2 + self.f.jitter * 2;
         for a in self.nodes.iter().filter(|_| self.f.strict) {
-            let Some(Kind::Agent(ag)) = &a.kind else { continue };
-            let Some(since) = a.listed_since else { continue };
+            let Some(Kind::Agent(ag)) = &a.kind else {
+                continue;
+            };
+            let Some(since) = a.listed_since else {
+                continue;
+            };
             if !a.alive(now) || ag.is_draining() || !ag.is_registered() {
                 continue;
             }
             let from = since.max(a.disturbed).max(quiet_since);
             for l in &self.nodes {
-                let Some(Kind::Listener(li)) = &l.kind else { continue };
+                let Some(Kind::Listener(li)) = &l.kind else {
+                    continue;
+                };
                 if !l.alive(now) || !li.is_registered() {
                     continue;
                 }
@@ -602,7 +615,10 @@ fn faults(loss: f64) -> Faults {
 fn lossless_with_reordering_and_duplication() {
     for seed in 1..=4 {
         let c = scenario(seed, faults(0.0));
-        assert!(c.convergence > 1000 && c.deaths > 0 && c.grant_pairs > 1000, "{c:?}");
+        assert!(
+            c.convergence > 1000 && c.deaths > 0 && c.grant_pairs > 1000,
+            "{c:?}"
+        );
         assert!(c.handovers > 0, "a reclaimed block was re-granted: {c:?}");
     }
 }

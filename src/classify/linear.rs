@@ -24,7 +24,10 @@ impl Linear {
 
 impl Classifier for Linear {
     fn lookup(&self, key: &Key) -> Option<u32> {
-        self.rules.iter().position(|r| r.matches(key)).map(|i| i as u32)
+        self.rules
+            .iter()
+            .position(|r| r.matches(key))
+            .map(|i| i as u32)
     }
 
     fn classify(&self, key: &Key) -> Decision {

@@ -304,16 +304,15 @@ impl Agent {
                 SessEvent::Unregistered => self.events.push_back(AgentEvent::Unregistered),
                 SessEvent::Granted(g) => self.events.push_back(AgentEvent::Granted(g)),
                 SessEvent::Lost(g) => self.events.push_back(AgentEvent::NumberLost(g)),
-                SessEvent::Refused { pool, status } => {
-                    self.events
-                        .push_back(AgentEvent::NumberRefused { pool, status })
-                }
-                SessEvent::Acked(ReqKey::FlowAdd(id), st) => self.events.push_back(
-                    AgentEvent::FlowAcked {
+                SessEvent::Refused { pool, status } => self
+                    .events
+                    .push_back(AgentEvent::NumberRefused { pool, status }),
+                SessEvent::Acked(ReqKey::FlowAdd(id), st) => {
+                    self.events.push_back(AgentEvent::FlowAcked {
                         flow_id: id,
                         status: st,
-                    },
-                ),
+                    })
+                }
                 SessEvent::Acked(ReqKey::Leave, _) => self.finish(),
                 SessEvent::Acked(..) => {}
                 SessEvent::Failed(ReqKey::Advert) => {}

@@ -364,7 +364,16 @@ mod tests {
         assert!(a.grants.is_empty());
         let mut b = Ana::new(&[conf("p", 0, 9, 1)]).unwrap();
         assert!(b.restore(now, g2.clone()));
-        assert!(!b.restore(now, Grant { id: 99, ..g2.clone() }), "block taken");
+        assert!(
+            !b.restore(
+                now,
+                Grant {
+                    id: 99,
+                    ..g2.clone()
+                }
+            ),
+            "block taken"
+        );
         let (g3, _) = b.grant(now, 3, 1, "p", 0).unwrap();
         assert!(g3.id > g2.id && g3.first != g2.first);
     }

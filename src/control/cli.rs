@@ -228,8 +228,14 @@ fn parse_proto(s: &str) -> Result<u8> {
 /// "80" or "8000-8100".
 pub fn parse_range(s: &str) -> Result<(u16, u16)> {
     let (a, b) = s.split_once('-').unwrap_or((s, s));
-    let a: u16 = a.trim().parse().with_context(|| format!("port range {s}"))?;
-    let b: u16 = b.trim().parse().with_context(|| format!("port range {s}"))?;
+    let a: u16 = a
+        .trim()
+        .parse()
+        .with_context(|| format!("port range {s}"))?;
+    let b: u16 = b
+        .trim()
+        .parse()
+        .with_context(|| format!("port range {s}"))?;
     if a > b {
         bail!("port range {s}: first > last");
     }
@@ -294,7 +300,10 @@ pub fn run_supervisor(a: &SupervisorArgs) -> Result<()> {
         conf.dead_interval_ms = v;
     }
     if conf.advert_interval_ms == 0 || conf.dead_interval_ms <= conf.advert_interval_ms {
-        bail!("{}: need 0 < advert_interval_ms < dead_interval_ms", a.conf.display());
+        bail!(
+            "{}: need 0 < advert_interval_ms < dead_interval_ms",
+            a.conf.display()
+        );
     }
     let key = load_key(&conf.key_file)?;
     let (store, records) = FileStore::open(&conf.state_dir)
@@ -317,8 +326,8 @@ pub fn run_supervisor(a: &SupervisorArgs) -> Result<()> {
         Box::new(store),
     )
     .map_err(|e| anyhow!("{}: {e}", a.conf.display()))?;
-    let mut drv = Driver::bind(resolve(&conf.listen)?)
-        .with_context(|| format!("binding {}", conf.listen))?;
+    let mut drv =
+        Driver::bind(resolve(&conf.listen)?).with_context(|| format!("binding {}", conf.listen))?;
     if conf.adverts == AdvertMode::Multicast {
         if let Some(g) = &conf.multicast_group {
             drv.join_group(resolve(g)?)
@@ -813,11 +822,7 @@ pub enum CtlCmd {
 
 /// One request/reply exchange with retries; returns the reply body.
 pub fn exchange(sup: SocketAddr, key: &Key, body: &Body, timeout: Duration) -> Result<Body> {
-    let bind = if sup.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    };
+    let bind = if sup.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
     let sock = UdpSocket::bind(bind)?;
     let me = system_id(&format!(
         "ctl-{}-{:?}",
@@ -898,7 +903,12 @@ pub fn run_ctl(a: &CtlArgs) -> Result<()> {
             return Ok(());
         }
     };
-    let reply = exchange(sup, &key, &Body::MgmtRequest(MgmtRequest { op, arg, value }), timeout)?;
+    let reply = exchange(
+        sup,
+        &key,
+        &Body::MgmtRequest(MgmtRequest { op, arg, value }),
+        timeout,
+    )?;
     let Body::MgmtReply(r) = reply else {
         bail!("unexpected reply");
     };

@@ -115,12 +115,7 @@ impl Listener {
         if self.servers.remove(&id).is_some() {
             self.events.push_back(TableEvent::ServerDown(id));
         }
-        let gone: Vec<(u64, u64)> = self
-            .flows
-            .keys()
-            .filter(|k| k.0 == id)
-            .copied()
-            .collect();
+        let gone: Vec<(u64, u64)> = self.flows.keys().filter(|k| k.0 == id).copied().collect();
         for k in gone {
             self.flows.remove(&k);
             self.events.push_back(TableEvent::FlowRemoved {
@@ -141,7 +136,8 @@ impl Listener {
 
         match self.servers.get_mut(&id) {
             None => {
-                self.events.push_back(TableEvent::ServerUp(a.origin.clone()));
+                self.events
+                    .push_back(TableEvent::ServerUp(a.origin.clone()));
                 if a.origin.state == SysState::Draining {
                     self.events.push_back(TableEvent::ServerDraining(id));
                 }
@@ -274,7 +270,10 @@ impl Listener {
         let s = self.servers.values().map(|s| s.last_heard + dead).min();
         let f = self.flows.values().filter_map(|f| f.expires).min();
         let k = self.sess.registered.then_some(self.next_keepalive);
-        [self.sess.poll_timeout(), s, f, k].into_iter().flatten().min()
+        [self.sess.poll_timeout(), s, f, k]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub fn poll_event(&mut self) -> Option<TableEvent> {

@@ -203,7 +203,8 @@ impl Session {
         }
         self.renewing.clear();
         self.requested.clear();
-        self.pending.retain(|k, _| !matches!(k, ReqKey::Number(_) | ReqKey::Renew(_)));
+        self.pending
+            .retain(|k, _| !matches!(k, ReqKey::Number(_) | ReqKey::Renew(_)));
     }
 
     /// Authenticates a datagram; consumes replies addressed to the session and returns

@@ -170,9 +170,7 @@ impl Store for FileStore {
         if let Ok(d) = File::open(&self.dir) {
             let _ = d.sync_all();
         }
-        self.file = OpenOptions::new()
-            .append(true)
-            .open(self.dir.join(LOG))?;
+        self.file = OpenOptions::new().append(true).open(self.dir.join(LOG))?;
         Ok(())
     }
 }
@@ -184,7 +182,11 @@ const fn crc_table() -> [u32; 256] {
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
             k += 1;
         }
         t[i] = c;

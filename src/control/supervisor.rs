@@ -74,12 +74,33 @@ impl Stats {
 /// What happened, for logs.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SupEvent {
-    Registered { id: u64, name: String },
-    Dead { id: u64, name: String },
-    Left { id: u64, name: String },
-    Granted { holder: u64, pool: String, first: u64, count: u32 },
-    Reclaimed { holder: u64, pool: String, first: u64 },
-    Refused { from: SocketAddr, error: ProtoError },
+    Registered {
+        id: u64,
+        name: String,
+    },
+    Dead {
+        id: u64,
+        name: String,
+    },
+    Left {
+        id: u64,
+        name: String,
+    },
+    Granted {
+        holder: u64,
+        pool: String,
+        first: u64,
+        count: u32,
+    },
+    Reclaimed {
+        holder: u64,
+        pool: String,
+        first: u64,
+    },
+    Refused {
+        from: SocketAddr,
+        error: ProtoError,
+    },
 }
 
 /// A registered system as the supervisor knows it.
@@ -461,8 +482,8 @@ impl Supervisor {
                     self.ack(from, seq, status::BAD_REQUEST);
                     return;
                 }
-                let expires = (f.lifetime_ms > 0)
-                    .then(|| now + Duration::from_millis(f.lifetime_ms as u64));
+                let expires =
+                    (f.lifetime_ms > 0).then(|| now + Duration::from_millis(f.lifetime_ms as u64));
                 self.flows.insert(
                     (f.origin, f.flow_id),
                     FlowRec {
@@ -591,7 +612,10 @@ impl Supervisor {
             state: SysState::Up,
             admin_drain: prev.as_ref().is_some_and(|p| p.admin_drain),
             weight: prev.as_ref().and_then(|p| p.weight),
-            services: prev.as_ref().map(|p| p.services.clone()).unwrap_or_default(),
+            services: prev
+                .as_ref()
+                .map(|p| p.services.clone())
+                .unwrap_or_default(),
         };
         let changed = prev.as_ref().is_none_or(|p| p.record() != rec.record());
         let status = if changed && !self.persist(&rec.record()) {
@@ -610,8 +634,12 @@ impl Supervisor {
             let kind = rec.kind;
             self.systems.insert(sender, rec);
             // A (re-)registering system starts over: its old flows are withdrawn.
-            let stale: Vec<(u64, u64)> =
-                self.flows.keys().filter(|k| k.0 == sender).copied().collect();
+            let stale: Vec<(u64, u64)> = self
+                .flows
+                .keys()
+                .filter(|k| k.0 == sender)
+                .copied()
+                .collect();
             for k in stale {
                 self.flows.remove(&k);
                 if self.cfg.relay {
@@ -654,7 +682,10 @@ impl Supervisor {
         seq: u64,
         r: NumberRequest,
     ) {
-        let reply = match self.ana.grant(now, sender, r.request_id, &r.pool, r.lease_ms) {
+        let reply = match self
+            .ana
+            .grant(now, sender, r.request_id, &r.pool, r.lease_ms)
+        {
             Ok((g, new)) => {
                 let rec = Record::Grant {
                     id: g.id,
@@ -692,7 +723,14 @@ impl Supervisor {
         };
         // Persist first: if this fails the system comes back after a restart (and its
         // grants with it), which is the safe direction.
-        for g in self.ana.grants.values().filter(|g| g.holder == id).cloned().collect::<Vec<_>>() {
+        for g in self
+            .ana
+            .grants
+            .values()
+            .filter(|g| g.holder == id)
+            .cloned()
+            .collect::<Vec<_>>()
+        {
             self.persist(&Record::GrantGone { id: g.id });
         }
         self.persist(&Record::SystemGone { id });
@@ -759,8 +797,7 @@ impl Supervisor {
         for _ in self.ana.expire(now) {
             self.stats.expired += 1;
         }
-        self.flows
-            .retain(|_, f| f.expires.is_none_or(|e| e > now));
+        self.flows.retain(|_, f| f.expires.is_none_or(|e| e > now));
     }
 
     /// The earliest instant at which `handle_timeout` has work.
@@ -802,10 +839,7 @@ impl Supervisor {
     }
 
     fn by_name(&self, name: &str) -> Option<u64> {
-        self.systems
-            .values()
-            .find(|s| s.name == name)
-            .map(|s| s.id)
+        self.systems.values().find(|s| s.name == name).map(|s| s.id)
     }
 
     /// Answers a management request: (status, JSON text).

@@ -259,9 +259,7 @@ pub struct SeqGen {
 impl SeqGen {
     /// Starts at `start` (0 is bumped to 1).
     pub fn new(start: u64) -> SeqGen {
-        SeqGen {
-            next: start.max(1),
-        }
+        SeqGen { next: start.max(1) }
     }
 
     /// Starts at the current Unix time in microseconds.
@@ -309,7 +307,11 @@ mod tests {
     #[test]
     fn seal_open_roundtrip_and_layout() {
         let k = key();
-        let b = k.seal(0x0102030405060708, 9, &Body::Keepalive(Keepalive { state: 1 }));
+        let b = k.seal(
+            0x0102030405060708,
+            9,
+            &Body::Keepalive(Keepalive { state: 1 }),
+        );
         assert_eq!(&b[0..4], &[b'F', b'G', 1, 0x0F]);
         assert_eq!(&b[4..12], &[1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(u64::from_be_bytes(arr8(&b[12..20])), 9);

@@ -858,9 +858,7 @@ impl Body {
                 let origin = dec_info(&mut r)?;
                 let age_ms = r.u32()?;
                 let n = r.u8()? as usize;
-                let services = (0..n)
-                    .map(|_| dec_service(&mut r))
-                    .collect::<R<Vec<_>>>()?;
+                let services = (0..n).map(|_| dec_service(&mut r)).collect::<R<Vec<_>>>()?;
                 Body::ServiceAdvert(ServiceAdvert {
                     origin,
                     age_ms,
@@ -900,9 +898,7 @@ impl Body {
                 let in_reply_to = r.u64()?;
                 let status = r.u8()?;
                 let n = r.u16()? as usize;
-                let entries = (0..n)
-                    .map(|_| dec_entry(&mut r))
-                    .collect::<R<Vec<_>>>()?;
+                let entries = (0..n).map(|_| dec_entry(&mut r)).collect::<R<Vec<_>>>()?;
                 Body::ServerListReply(ServerListReply {
                     in_reply_to,
                     status,
@@ -928,9 +924,7 @@ impl Body {
                 grant_id: r.u64()?,
                 lease_ms: r.u32()?,
             }),
-            ty::NUMBER_RELEASE => Body::NumberRelease(NumberRelease {
-                grant_id: r.u64()?,
-            }),
+            ty::NUMBER_RELEASE => Body::NumberRelease(NumberRelease { grant_id: r.u64()? }),
             ty::ACK => Body::Ack(Ack {
                 in_reply_to: r.u64()?,
                 status: r.u8()?,
