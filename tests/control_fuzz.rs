@@ -225,13 +225,12 @@ proptest! {
     ) {
         let now = Instant::now();
         let mut s = sup(now);
-        let mut seq: u64 = 1;
-        for (t, body) in msgs {
+        for (seq, (t, body)) in (2u64..).zip(msgs) {
             // Hand-frame: header + arbitrary body + valid tag.
             let mut d = b"FG\x01".to_vec();
             d.push(t);
             d.extend_from_slice(&42u64.to_be_bytes());
-            d.extend_from_slice(&{ seq += 1; seq }.to_be_bytes());
+            d.extend_from_slice(&seq.to_be_bytes());
             d.extend_from_slice(&(body.len() as u16).to_be_bytes());
             d.extend_from_slice(&[0, 0]);
             d.extend_from_slice(&body);

@@ -86,6 +86,9 @@ impl Node {
     }
 }
 
+/// (arrival, order, destination node, source, payload).
+type InFlight = (Instant, u64, usize, SocketAddr, Vec<u8>);
+
 struct Sim {
     rng: Rng,
     f: Faults,
@@ -95,7 +98,7 @@ struct Sim {
     seq_base: u64,
     store: MemStore,
     nodes: Vec<Node>,
-    queue: BinaryHeap<Reverse<(Instant, u64, usize, SocketAddr, Vec<u8>)>>,
+    queue: BinaryHeap<Reverse<InFlight>>,
     order: u64,
     last_jump: Instant,
     sup_restarted: Instant,
@@ -332,10 +335,10 @@ impl Sim {
         }
         for i in 0..self.nodes.len() {
             let now = self.now;
-            if let Some(ep) = self.nodes[i].ep() {
-                if ep.poll_timeout().is_some_and(|t| t <= now) {
-                    ep.handle_timeout(now);
-                }
+            if let Some(ep) = self.nodes[i].ep()
+                && ep.poll_timeout().is_some_and(|t| t <= now)
+            {
+                ep.handle_timeout(now);
             }
             self.flush(i);
             // Drain events (not inspected: state is checked directly).

@@ -260,22 +260,22 @@ impl Agent {
 
     fn step(&mut self, now: Instant) {
         match self.phase {
-            Phase::Draining { deadline } => {
-                if (self.flows.is_empty() && self.active == 0) || now >= deadline {
-                    self.sess.release_all(now);
-                    self.sess.request(
-                        now,
-                        ReqKey::Leave,
-                        Body::Leave(Leave {
-                            origin: self.sess.id,
-                            reason: 1,
-                        }),
-                    );
-                    let wait = (self.sess.advert_interval * 2).max(Duration::from_millis(500));
-                    self.phase = Phase::Leaving {
-                        deadline: now + wait,
-                    };
-                }
+            Phase::Draining { deadline }
+                if ((self.flows.is_empty() && self.active == 0) || now >= deadline) =>
+            {
+                self.sess.release_all(now);
+                self.sess.request(
+                    now,
+                    ReqKey::Leave,
+                    Body::Leave(Leave {
+                        origin: self.sess.id,
+                        reason: 1,
+                    }),
+                );
+                let wait = (self.sess.advert_interval * 2).max(Duration::from_millis(500));
+                self.phase = Phase::Leaving {
+                    deadline: now + wait,
+                };
             }
             Phase::Leaving { deadline } if now >= deadline => self.finish(),
             _ => {}

@@ -270,10 +270,10 @@ impl Ana {
 
     fn remove(&mut self, id: u64) -> Option<Grant> {
         let g = self.grants.remove(&id)?;
-        if let Some(p) = self.pools.iter_mut().find(|p| p.name == g.pool) {
-            if let Some(b) = p.block_of(g.first) {
-                p.used.remove(&b);
-            }
+        if let Some(p) = self.pools.iter_mut().find(|p| p.name == g.pool)
+            && let Some(b) = p.block_of(g.first)
+        {
+            p.used.remove(&b);
         }
         Some(g)
     }

@@ -328,11 +328,11 @@ pub fn run_supervisor(a: &SupervisorArgs) -> Result<()> {
     .map_err(|e| anyhow!("{}: {e}", a.conf.display()))?;
     let mut drv =
         Driver::bind(resolve(&conf.listen)?).with_context(|| format!("binding {}", conf.listen))?;
-    if conf.adverts == AdvertMode::Multicast {
-        if let Some(g) = &conf.multicast_group {
-            drv.join_group(resolve(g)?)
-                .with_context(|| format!("joining {g}"))?;
-        }
+    if conf.adverts == AdvertMode::Multicast
+        && let Some(g) = &conf.multicast_group
+    {
+        drv.join_group(resolve(g)?)
+            .with_context(|| format!("joining {g}"))?;
     }
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
@@ -351,10 +351,8 @@ pub fn run_supervisor(a: &SupervisorArgs) -> Result<()> {
         while let Some(e) = s.poll_event() {
             if !quiet && !matches!(e, SupEvent::Refused { .. }) {
                 eprintln!("supervisor: {e:?}");
-            } else if !quiet {
-                if let SupEvent::Refused { from, error } = e {
-                    eprintln!("supervisor: refused datagram from {from}: {error}");
-                }
+            } else if !quiet && let SupEvent::Refused { from, error } = e {
+                eprintln!("supervisor: refused datagram from {from}: {error}");
             }
         }
         !stop.load(Ordering::Relaxed)
@@ -401,7 +399,7 @@ pub enum AgentCmd {
 #[derive(Subcommand, Debug, Clone)]
 pub enum FlowCmd {
     /// Advertise a flow (exact or pattern); prints its id.
-    Add(FlowAddArgs),
+    Add(Box<FlowAddArgs>),
     /// Withdraw a flow by id.
     Del { id: u64 },
 }
@@ -577,7 +575,7 @@ pub fn run_agent(a: &AgentArgs) -> Result<()> {
             cmd: FlowCmd::Add(f),
         }) => {
             f.to_spec()?;
-            local_call(&sock_path, &LocalReq::FlowAdd(f.clone()))
+            local_call(&sock_path, &LocalReq::FlowAdd((**f).clone()))
         }
         Some(AgentCmd::Flow {
             cmd: FlowCmd::Del { id },
@@ -834,7 +832,7 @@ pub fn exchange(sup: SocketAddr, key: &Key, body: &Body, timeout: Duration) -> R
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     let mut sent = Vec::new();
     while Instant::now() < deadline {
-        let s = seq.next();
+        let s = seq.next_seq();
         sent.push(s);
         sock.send_to(&key.seal(me, s, body), sup)?;
         let wait_until = (Instant::now() + Duration::from_millis(500)).min(deadline);

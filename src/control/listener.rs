@@ -203,11 +203,11 @@ impl Listener {
                     }
                 }
                 Body::Drain(d) if trusted(d.target) => {
-                    if let Some(s) = self.servers.get_mut(&d.target) {
-                        if s.info.state != SysState::Draining {
-                            s.info.state = SysState::Draining;
-                            self.events.push_back(TableEvent::ServerDraining(d.target));
-                        }
+                    if let Some(s) = self.servers.get_mut(&d.target)
+                        && s.info.state != SysState::Draining
+                    {
+                        s.info.state = SysState::Draining;
+                        self.events.push_back(TableEvent::ServerDraining(d.target));
                     }
                 }
                 Body::Leave(l) if trusted(l.origin) => self.server_down(l.origin),

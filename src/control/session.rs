@@ -142,7 +142,7 @@ impl Session {
 
     /// Sends `body` to `dst` once, unreliably. Returns its sequence number.
     pub fn send_to(&mut self, dst: SocketAddr, body: &Body) -> u64 {
-        let seq = self.seq.next();
+        let seq = self.seq.next_seq();
         let payload = self.key.seal(self.id, seq, body);
         self.stats.tx += 1;
         self.out.push_back(Transmit { dst, payload });
@@ -256,10 +256,7 @@ impl Session {
             self.last_acked = Some(self.last_acked.map_or(sent_at, |t| t.max(sent_at)));
         }
         if let Some(k) = &key {
-            if self.pending.remove(k).is_none() {
-                // Reply to a request already answered (duplicate): nothing to do.
-                return None;
-            }
+            self.pending.remove(k)?;
         }
         let sender = msg.sender;
         match (msg.body, key) {

@@ -332,7 +332,7 @@ impl Supervisor {
     }
 
     fn send(&mut self, dst: SocketAddr, body: &Body) {
-        let seq = self.seq.next();
+        let seq = self.seq.next_seq();
         let payload = self.key.seal(self.id, seq, body);
         self.stats.tx += 1;
         self.out.push_back(Transmit { dst, payload });
@@ -453,17 +453,17 @@ impl Supervisor {
                     None
                 };
                 self.ack(from, seq, status::OK);
-                if self.cfg.relay {
-                    if let Some(b) = body {
-                        self.relay(&b);
-                        if news {
-                            // A new server or a state change: relay twice more, a
-                            // quarter interval apart, so one lost datagram does not
-                            // hide it from an intermediate system for an interval.
-                            let at = now + self.cfg.advert_interval / 4;
-                            self.bursts.retain(|b| b.1 != sender);
-                            self.bursts.push((at, sender, 2));
-                        }
+                if self.cfg.relay
+                    && let Some(b) = body
+                {
+                    self.relay(&b);
+                    if news {
+                        // A new server or a state change: relay twice more, a
+                        // quarter interval apart, so one lost datagram does not
+                        // hide it from an intermediate system for an interval.
+                        let at = now + self.cfg.advert_interval / 4;
+                        self.bursts.retain(|b| b.1 != sender);
+                        self.bursts.push((at, sender, 2));
                     }
                 }
             }

@@ -227,10 +227,10 @@ impl ReplayGuard {
             w.used = tick;
             return Ok(());
         }
-        if self.senders.len() >= self.cap {
-            if let Some((&old, _)) = self.senders.iter().min_by_key(|(_, w)| w.used) {
-                self.senders.remove(&old);
-            }
+        if self.senders.len() >= self.cap
+            && let Some((&old, _)) = self.senders.iter().min_by_key(|(_, w)| w.used)
+        {
+            self.senders.remove(&old);
         }
         self.senders.insert(
             sender,
@@ -271,7 +271,7 @@ impl SeqGen {
         SeqGen::new(us)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_seq(&mut self) -> u64 {
         let s = self.next;
         self.next = self.next.wrapping_add(1).max(1);
         s
