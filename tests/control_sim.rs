@@ -51,6 +51,12 @@ struct Faults {
     jitter: Duration,
     /// Assert the convergence bound (not promised under heavy loss).
     strict: bool,
+    /// Advertisements by multicast (supervisor does not relay) instead of relay.
+    multicast: bool,
+}
+
+fn group() -> SocketAddr {
+    "239.255.70.71:7701".parse().unwrap()
 }
 
 enum Kind {
@@ -120,12 +126,12 @@ fn sup_addr() -> SocketAddr {
     "10.0.0.1:7700".parse().unwrap()
 }
 
-fn sup_cfg() -> SupervisorConfig {
+fn sup_cfg(multicast: bool) -> SupervisorConfig {
     SupervisorConfig {
         name: "sup".into(),
         advert_interval: I,
         dead_interval: DEAD,
-        relay: true,
+        relay: !multicast,
         drain_timeout: Duration::from_secs(5),
         pools: vec![PoolConf {
             name: "nat".into(),
@@ -204,7 +210,7 @@ impl Sim {
     fn make_sup(&mut self, records: Vec<flowgate::control::store::Record>) -> Supervisor {
         let seq = self.seq();
         Supervisor::restore(
-            sup_cfg(),
+            sup_cfg(self.f.multicast),
             self.key.clone(),
             seq,
             self.now,
@@ -223,7 +229,7 @@ impl Sim {
                 addrs: vec!["192.0.2.1".parse().unwrap()],
                 capabilities: 3,
                 supervisor: sup_addr(),
-                group: None,
+                group: self.f.multicast.then(group),
                 advert_interval: I,
                 dead_interval: DEAD,
                 services: vec![Service {
@@ -270,7 +276,24 @@ impl Sim {
     }
 
     fn send(&mut self, from: usize, dst: SocketAddr, payload: Vec<u8>) {
-        if !self.nodes[from].alive(self.now) || self.rng.chance(self.f.loss) {
+        if !self.nodes[from].alive(self.now) {
+            return;
+        }
+        if dst != group() && self.rng.chance(self.f.loss) {
+            return;
+        }
+        if dst == group() {
+            // The segment delivers a multicast datagram to every member, each copy
+            // lost, duplicated and delayed on its own.
+            let members: Vec<SocketAddr> = self
+                .nodes
+                .iter()
+                .filter(|n| n.name.starts_with("lb") || n.name == "sup")
+                .map(|n| n.addr)
+                .collect();
+            for m in members {
+                self.send(from, m, payload.clone());
+            }
             return;
         }
         let copies = if self.rng.chance(self.f.dup) { 2 } else { 1 };
@@ -611,6 +634,7 @@ fn faults(loss: f64) -> Faults {
         delay: Duration::from_millis(2),
         jitter: Duration::from_millis(20),
         strict: loss < 0.1,
+        multicast: false,
     }
 }
 
@@ -650,5 +674,17 @@ fn very_lossy_network_keeps_numbers_safe() {
             }
         }
         assert!(sim.checks.grant_pairs > 100, "{:?}", sim.checks);
+    }
+}
+
+#[test]
+fn multicast_advertisements() {
+    for seed in 30..=32 {
+        let f = Faults {
+            multicast: true,
+            ..faults(0.03)
+        };
+        let c = scenario(seed, f);
+        assert!(c.convergence > 1000 && c.grant_pairs > 1000, "{c:?}");
     }
 }
