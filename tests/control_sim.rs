@@ -11,10 +11,12 @@
 //! - a killed or cut-off system is gone from the supervisor and every listener within
 //!   the dead interval (plus network delay) of its last datagram, and not before.
 
+use flowgate::control::agent::FlowSpec;
 use flowgate::control::agent::{Agent, AgentConfig};
 use flowgate::control::ana::PoolConf;
 use flowgate::control::driver::Endpoint;
-use flowgate::control::listener::{Listener, ListenerConfig};
+use flowgate::control::listener::{Listener, ListenerConfig, TableEvent};
+use flowgate::control::proto::{FlowMatch, Qos, SysState};
 use flowgate::control::proto::{Key, SeqGen, Service, system_id};
 use flowgate::control::store::MemStore;
 use flowgate::control::supervisor::{Supervisor, SupervisorConfig};
@@ -110,6 +112,8 @@ struct Sim {
     sup_restarted: Instant,
     checks: Checks,
     stuck: u32,
+    /// Every table event any listener emitted: (listener name, event).
+    table: Vec<(String, TableEvent)>,
 }
 
 #[derive(Default, Debug)]
@@ -164,6 +168,7 @@ impl Sim {
             sup_restarted: now,
             checks: Checks::default(),
             stuck: 0,
+            table: Vec::new(),
         };
         let sup = s.make_sup(Vec::new());
         s.nodes.push(Node {
@@ -365,10 +370,16 @@ impl Sim {
             }
             self.flush(i);
             // Drain events (not inspected: state is checked directly).
-            match self.nodes[i].kind.as_mut() {
+            let node = &mut self.nodes[i];
+            match node.kind.as_mut() {
                 Some(Kind::Sup(s)) => while s.poll_event().is_some() {},
                 Some(Kind::Agent(a)) => while a.poll_event().is_some() {},
-                Some(Kind::Listener(l)) => while l.poll_event().is_some() {},
+                Some(Kind::Listener(l)) => {
+                    let name = &node.name;
+                    while let Some(e) = l.poll_event() {
+                        self.table.push((name.clone(), e));
+                    }
+                }
                 None => {}
             }
         }
@@ -687,4 +698,118 @@ fn multicast_advertisements() {
         let c = scenario(seed, f);
         assert!(c.convergence > 1000 && c.grant_pairs > 1000, "{c:?}");
     }
+}
+
+fn agent_mut(sim: &mut Sim, i: usize) -> &mut Agent {
+    match sim.nodes[i].kind.as_mut() {
+        Some(Kind::Agent(a)) => a,
+        _ => panic!("not an agent"),
+    }
+}
+
+/// Table events end to end (lossless): server up with its service, a flow with QoS
+/// added and removed, drain, leave.
+#[test]
+fn listener_table_events() {
+    let f = Faults {
+        loss: 0.0,
+        dup: 0.0,
+        delay: Duration::from_millis(1),
+        jitter: Duration::ZERO,
+        strict: true,
+        multicast: false,
+    };
+    let mut sim = Sim::new(7, f, 1, 2);
+    sim.run_for(Duration::from_secs(2));
+    let id = system_id("agent0");
+    for lb in ["lb0", "lb1"] {
+        let ev: Vec<&TableEvent> = sim
+            .table
+            .iter()
+            .filter(|e| e.0 == lb)
+            .map(|e| &e.1)
+            .collect();
+        assert!(ev.contains(&&TableEvent::Registered), "{lb}: {ev:?}");
+        assert!(ev.iter().any(
+            |e| matches!(e, TableEvent::ServerUp(i) if i.id == id && i.state == SysState::Up)
+        ));
+        assert!(ev.iter().any(|e| matches!(e, TableEvent::ServiceLoad { server, service } if *server == id && service.name == "web")));
+    }
+    let spec = FlowSpec {
+        target: Some(system_id("other")),
+        matcher: FlowMatch {
+            proto: 6,
+            src: "192.0.2.7".parse().unwrap(),
+            src_plen: 32,
+            dst: "10.9.9.9".parse().unwrap(),
+            dst_plen: 32,
+            sport: (40000, 40000),
+            dport: (30001, 30001),
+        },
+        qos: vec![
+            Qos::Dscp(46),
+            Qos::PushVlan {
+                vid: 7,
+                pcp: 3,
+                tpid: 0x88a8,
+            },
+        ],
+        lifetime_ms: 0,
+    };
+    let now = sim.now;
+    let flow_id = agent_mut(&mut sim, 1).add_flow(now, spec.clone());
+    sim.flush(1);
+    sim.run_for(Duration::from_millis(100));
+    for lb in ["lb0", "lb1"] {
+        assert!(
+            sim.table.iter().any(|(l, e)| l == lb
+                && matches!(e, TableEvent::FlowAdded(f)
+            if f.flow_id == flow_id && f.origin == id && f.target == system_id("other")
+               && f.qos == spec.qos && f.matcher == spec.matcher)),
+            "{lb} got the flow"
+        );
+    }
+    let now = sim.now;
+    assert!(agent_mut(&mut sim, 1).del_flow(now, flow_id));
+    sim.flush(1);
+    sim.run_for(Duration::from_millis(100));
+    for lb in ["lb0", "lb1"] {
+        assert!(sim.table.iter().any(|(l, e)| l == lb
+            && *e
+                == TableEvent::FlowRemoved {
+                    origin: id,
+                    flow_id
+                }));
+    }
+    // Drain: draining at once, then gone (Leave relayed) well before the dead interval.
+    let now = sim.now;
+    agent_mut(&mut sim, 1).drain(now, Some(Duration::from_secs(1)));
+    sim.flush(1);
+    sim.run_for(Duration::from_millis(100));
+    for lb in ["lb0", "lb1"] {
+        assert!(
+            sim.table
+                .iter()
+                .any(|(l, e)| l == lb && *e == TableEvent::ServerDraining(id))
+        );
+    }
+    sim.run_for(Duration::from_millis(500));
+    assert!(agent_mut(&mut sim, 1).is_left());
+    for lb in ["lb0", "lb1"] {
+        assert!(
+            sim.table
+                .iter()
+                .any(|(l, e)| l == lb && *e == TableEvent::ServerDown(id)),
+            "{lb} saw it leave"
+        );
+    }
+    assert_eq!(
+        sim.sup().unwrap().systems().filter(|s| s.id == id).count(),
+        0
+    );
+    assert_eq!(
+        sim.sup().unwrap().grants().count(),
+        0,
+        "drained agent released its block"
+    );
 }
