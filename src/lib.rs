@@ -18,6 +18,7 @@ pub mod balance;
 pub mod classify;
 pub mod cmd;
 pub mod config;
+pub mod control;
 pub mod flow;
 pub mod r#gen;
 pub mod pipeline;

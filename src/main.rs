@@ -44,6 +44,12 @@ enum Cmd {
         #[arg(long)]
         pipeline: PathBuf,
     },
+    /// Supervisor: registrations, relay, server lists, numbers (ANA), management.
+    Supervisor(flowgate::control::cli::SupervisorArgs),
+    /// End-system agent beside a server.
+    Agent(flowgate::control::cli::AgentArgs),
+    /// Talk to a supervisor (systems, services, flows, numbers, drain, weight, stats).
+    Ctl(flowgate::control::cli::CtlArgs),
     /// Write a synthetic capture (clients to VIPs, FTP, UDP, ESP, tagged traffic).
     Gen {
         /// Make the traffic for this pipeline's services, MACs and gateway (default: the
@@ -95,6 +101,9 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("{summary}");
             Ok(())
         }
+        Cmd::Supervisor(a) => flowgate::control::cli::run_supervisor(&a),
+        Cmd::Agent(a) => flowgate::control::cli::run_agent(&a),
+        Cmd::Ctl(a) => flowgate::control::cli::run_ctl(&a),
         Cmd::Check { pipeline } => {
             let p = Pipeline::load(&pipeline)?;
             print!("{}", cmd::check::render(&p));

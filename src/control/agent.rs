@@ -1,0 +1,384 @@
+//! The end-system agent's sans-IO state machine: registers with the supervisor,
+//! advertises its services (with load, congestion and response time) every
+//! advertisement interval, advertises and withdraws flows, holds numbers from the ANA
+//! for its role, and on [`Agent::drain`] advertises draining, waits until its flows are
+//! gone (or a timeout), releases its numbers and leaves.
+//!
+//! Phases: `Running` → (`drain`) → `Draining` → (no flows, or timeout) → `Leaving` →
+//! (Leave acknowledged, or timeout) → `Left`. A supervisor that answers NOT_REGISTERED
+//! (e.g. it declared this agent dead) triggers a new registration; held numbers are
+//! dropped at once (see [`super::session`] for the validity rule).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::Transmit;
+use super::proto::*;
+use super::session::{HeldGrant, ReqKey, SessEvent, Session};
+use super::supervisor::Stats;
+
+/// Agent settings (from `conf/agent.yaml`).
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub name: String,
+    pub mac: [u8; 6],
+    pub addrs: Vec<IpAddr>,
+    pub capabilities: u32,
+    pub supervisor: SocketAddr,
+    /// Also send advertisements to this multicast group.
+    pub group: Option<SocketAddr>,
+    /// Used until the supervisor's RegisterAck gives its own.
+    pub advert_interval: Duration,
+    pub dead_interval: Duration,
+    pub services: Vec<Service>,
+    /// Pools to hold one grant from each.
+    pub pools: Vec<String>,
+    pub drain_timeout: Duration,
+}
+
+/// What the agent reports to its driver.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AgentEvent {
+    Registered,
+    Unregistered,
+    Granted(HeldGrant),
+    NumberLost(HeldGrant),
+    NumberRefused { pool: String, status: u8 },
+    FlowAcked { flow_id: u64, status: u8 },
+    RequestFailed(ReqKey),
+    Draining,
+    Left,
+}
+
+/// A flow to advertise.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlowSpec {
+    /// End system the flow goes to; `None` = this agent's system.
+    pub target: Option<u64>,
+    pub matcher: FlowMatch,
+    pub qos: Vec<Qos>,
+    pub lifetime_ms: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Phase {
+    Running,
+    Draining { deadline: Instant },
+    Leaving { deadline: Instant },
+    Left,
+}
+
+pub struct Agent {
+    cfg: AgentConfig,
+    sess: Session,
+    phase: Phase,
+    next_advert: Instant,
+    flows: BTreeMap<u64, FlowAdvert>,
+    next_flow_id: u64,
+    active: u64,
+    events: VecDeque<AgentEvent>,
+}
+
+impl Agent {
+    /// Starts registering at `now`. `seq` should start at the wall clock (restarts).
+    pub fn new(cfg: AgentConfig, key: Key, seq: SeqGen, now: Instant) -> Agent {
+        let reg = Register {
+            kind: SystemKind::End,
+            name: cfg.name.clone(),
+            mac: cfg.mac,
+            addrs: cfg.addrs.clone(),
+            capabilities: cfg.capabilities,
+            lease_ms: 0,
+        };
+        let mut sess = Session::new(
+            key,
+            seq,
+            cfg.supervisor,
+            reg,
+            cfg.advert_interval,
+            cfg.dead_interval,
+        );
+        sess.wanted = cfg.pools.clone();
+        sess.start(now);
+        Agent {
+            cfg,
+            sess,
+            phase: Phase::Running,
+            next_advert: now,
+            flows: BTreeMap::new(),
+            next_flow_id: 1,
+            active: 0,
+            events: VecDeque::new(),
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.sess.id
+    }
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+    pub fn is_registered(&self) -> bool {
+        self.sess.registered
+    }
+    pub fn is_left(&self) -> bool {
+        self.phase == Phase::Left
+    }
+    pub fn is_draining(&self) -> bool {
+        !matches!(self.phase, Phase::Running)
+    }
+    pub fn stats(&self) -> &Stats {
+        &self.sess.stats
+    }
+    /// Grants currently usable at `now` (see the validity rule in `session`).
+    pub fn grants(&self, now: Instant) -> Vec<HeldGrant> {
+        self.sess
+            .grants
+            .values()
+            .filter(|g| self.sess.valid_until(g) > now)
+            .cloned()
+            .collect()
+    }
+    pub fn flows(&self) -> impl Iterator<Item = &FlowAdvert> {
+        self.flows.values()
+    }
+
+    /// Sets the load figures of every service for the next advertisement.
+    pub fn set_load(&mut self, load: u32, congestion: u16, response_time_us: u32) {
+        for s in &mut self.cfg.services {
+            s.load = load;
+            s.congestion = congestion.min(1000);
+            s.response_time_us = response_time_us;
+        }
+    }
+
+    /// Connections still open that a drain should wait for (besides advertised flows).
+    pub fn set_active(&mut self, n: u64) {
+        self.active = n;
+    }
+
+    /// Advertises a flow (reliably); returns its id.
+    pub fn add_flow(&mut self, now: Instant, spec: FlowSpec) -> u64 {
+        let id = self.next_flow_id;
+        self.next_flow_id += 1;
+        let adv = FlowAdvert {
+            origin: self.sess.id,
+            flow_id: id,
+            target: spec.target.unwrap_or(self.sess.id),
+            matcher: spec.matcher,
+            qos: spec.qos,
+            lifetime_ms: spec.lifetime_ms,
+        };
+        self.flows.insert(id, adv.clone());
+        self.send_flow(now, &adv);
+        id
+    }
+
+    fn send_flow(&mut self, now: Instant, adv: &FlowAdvert) {
+        let body = Body::FlowAdd(adv.clone());
+        if let Some(g) = self.cfg.group {
+            self.sess.send_to(g, &body);
+        }
+        self.sess.request(now, ReqKey::FlowAdd(adv.flow_id), body);
+    }
+
+    /// Withdraws a flow; false if unknown.
+    pub fn del_flow(&mut self, now: Instant, flow_id: u64) -> bool {
+        if self.flows.remove(&flow_id).is_none() {
+            return false;
+        }
+        self.sess.cancel(&ReqKey::FlowAdd(flow_id));
+        let body = Body::FlowDel(FlowWithdraw {
+            origin: self.sess.id,
+            flow_id,
+        });
+        if let Some(g) = self.cfg.group {
+            self.sess.send_to(g, &body);
+        }
+        self.sess.request(now, ReqKey::FlowDel(flow_id), body);
+        true
+    }
+
+    /// Starts a graceful shutdown (idempotent).
+    pub fn drain(&mut self, now: Instant, timeout: Option<Duration>) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        let t = timeout.unwrap_or(self.cfg.drain_timeout);
+        self.phase = Phase::Draining { deadline: now + t };
+        self.events.push_back(AgentEvent::Draining);
+        let body = Body::Drain(Drain {
+            target: self.sess.id,
+            timeout_ms: t.as_millis().min(u32::MAX as u128) as u32,
+        });
+        if let Some(g) = self.cfg.group {
+            self.sess.send_to(g, &body);
+        }
+        if self.sess.registered {
+            self.sess.request(now, ReqKey::Drain, body);
+        }
+        self.next_advert = now;
+        self.step(now);
+    }
+
+    fn advertise(&mut self, now: Instant) {
+        let state = if matches!(self.phase, Phase::Running) {
+            SysState::Up
+        } else {
+            SysState::Draining
+        };
+        let body = if self.cfg.services.is_empty() {
+            Body::Keepalive(Keepalive { state: state as u8 })
+        } else {
+            Body::ServiceAdvert(ServiceAdvert {
+                origin: SystemInfo {
+                    id: self.sess.id,
+                    kind: SystemKind::End,
+                    name: self.cfg.name.clone(),
+                    mac: self.cfg.mac,
+                    addrs: self.cfg.addrs.clone(),
+                    state,
+                },
+                age_ms: 0,
+                services: self.cfg.services.clone(),
+            })
+        };
+        // Reliable until acknowledged or replaced by the next one: a lost first
+        // advertisement would otherwise delay the server by a whole interval.
+        self.sess.request(now, ReqKey::Advert, body.clone());
+        if let Some(g) = self.cfg.group {
+            if matches!(body, Body::ServiceAdvert(_)) {
+                self.sess.send_to(g, &body);
+            }
+            let flows: Vec<Body> = self.flows.values().cloned().map(Body::FlowAdd).collect();
+            for f in flows {
+                self.sess.send_to(g, &f);
+            }
+        }
+    }
+
+    fn step(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Draining { deadline }
+                if ((self.flows.is_empty() && self.active == 0) || now >= deadline) =>
+            {
+                self.sess.release_all(now);
+                self.sess.request(
+                    now,
+                    ReqKey::Leave,
+                    Body::Leave(Leave {
+                        origin: self.sess.id,
+                        reason: 1,
+                    }),
+                );
+                let wait = (self.sess.advert_interval * 2).max(Duration::from_millis(500));
+                self.phase = Phase::Leaving {
+                    deadline: now + wait,
+                };
+            }
+            Phase::Leaving { deadline } if now >= deadline => self.finish(),
+            _ => {}
+        }
+    }
+
+    fn finish(&mut self) {
+        if self.phase != Phase::Left {
+            self.phase = Phase::Left;
+            self.events.push_back(AgentEvent::Left);
+        }
+    }
+
+    fn pump_session(&mut self, now: Instant) {
+        while let Some(e) = self.sess.events.pop_front() {
+            match e {
+                SessEvent::Registered => {
+                    self.events.push_back(AgentEvent::Registered);
+                    // A (re-)registration wipes this origin's flows at the supervisor.
+                    let flows: Vec<FlowAdvert> = self.flows.values().cloned().collect();
+                    for f in flows {
+                        self.send_flow(now, &f);
+                    }
+                    self.next_advert = now;
+                }
+                SessEvent::Unregistered => self.events.push_back(AgentEvent::Unregistered),
+                SessEvent::Granted(g) => self.events.push_back(AgentEvent::Granted(g)),
+                SessEvent::Lost(g) => self.events.push_back(AgentEvent::NumberLost(g)),
+                SessEvent::Refused { pool, status } => self
+                    .events
+                    .push_back(AgentEvent::NumberRefused { pool, status }),
+                SessEvent::Acked(ReqKey::FlowAdd(id), st) => {
+                    self.events.push_back(AgentEvent::FlowAcked {
+                        flow_id: id,
+                        status: st,
+                    })
+                }
+                SessEvent::Acked(ReqKey::Leave, _) => self.finish(),
+                SessEvent::Acked(..) => {}
+                SessEvent::Failed(ReqKey::Advert) => {}
+                SessEvent::Failed(k) => {
+                    if k == ReqKey::Leave {
+                        self.finish();
+                    }
+                    self.events.push_back(AgentEvent::RequestFailed(k));
+                }
+            }
+        }
+    }
+
+    pub fn handle(&mut self, now: Instant, _from: SocketAddr, data: &[u8]) {
+        if self.phase == Phase::Left {
+            return;
+        }
+        if let Some(msg) = self.sess.handle(now, data) {
+            let from_sup = Some(msg.sender) == self.sess.supervisor_id;
+            match msg.body {
+                Body::Drain(d) if from_sup && d.target == self.sess.id => {
+                    let t = (d.timeout_ms > 0).then(|| Duration::from_millis(d.timeout_ms as u64));
+                    self.drain(now, t);
+                }
+                _ => self.sess.stats.rx_unexpected += 1,
+            }
+        }
+        self.pump_session(now);
+        self.step(now);
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.phase == Phase::Left {
+            return;
+        }
+        self.sess.handle_timeout(now);
+        if self.sess.registered && now >= self.next_advert {
+            self.advertise(now);
+            self.next_advert = now + self.sess.advert_interval;
+        }
+        // Flows with a lifetime lapse on their own.
+        self.pump_session(now);
+        self.step(now);
+    }
+
+    pub fn poll_transmit(&mut self, _now: Instant) -> Option<Transmit> {
+        self.sess.poll_transmit()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.phase == Phase::Left {
+            return None;
+        }
+        let mut t = self.sess.poll_timeout();
+        if self.sess.registered {
+            t = Some(t.map_or(self.next_advert, |x| x.min(self.next_advert)));
+        }
+        match self.phase {
+            Phase::Draining { deadline } | Phase::Leaving { deadline } => {
+                Some(t.map_or(deadline, |x| x.min(deadline)))
+            }
+            _ => t,
+        }
+    }
+
+    pub fn poll_event(&mut self) -> Option<AgentEvent> {
+        self.events.pop_front()
+    }
+}

@@ -1,0 +1,945 @@
+//! `flowgate supervisor | agent | ctl`: clap arguments, YAML confs, and the run
+//! functions that wire a state machine to [`super::driver::Driver`].
+//!
+//! Flags override the conf. Relative paths in a conf are relative to the current
+//! directory (the demo runs from the repository root). The agent's local commands
+//! (`flow add|del`, `drain`) travel over a unix socket as one JSON line each way.
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::agent::{Agent, AgentConfig, AgentEvent, FlowSpec};
+use super::ana::PoolConf;
+use super::driver::Driver;
+use super::proto::*;
+use super::store::FileStore;
+use super::supervisor::{SupEvent, Supervisor, SupervisorConfig};
+
+// ------------------------------------------------------------------ confs
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdvertMode {
+    /// Agents send advertisements to the supervisor, which relays them by unicast.
+    #[default]
+    Relay,
+    /// Agents also send advertisements to the multicast group.
+    Multicast,
+}
+
+/// `conf/supervisor.yaml`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisorConf {
+    #[serde(default = "d_sup_name")]
+    pub name: String,
+    #[serde(default = "d_listen")]
+    pub listen: String,
+    #[serde(default = "d_state")]
+    pub state_dir: PathBuf,
+    #[serde(default = "d_key")]
+    pub key_file: PathBuf,
+    #[serde(default = "d_adv")]
+    pub advert_interval_ms: u64,
+    #[serde(default = "d_dead")]
+    pub dead_interval_ms: u64,
+    #[serde(default = "d_drain")]
+    pub drain_timeout_ms: u64,
+    #[serde(default)]
+    pub adverts: AdvertMode,
+    #[serde(default)]
+    pub multicast_group: Option<String>,
+    #[serde(default)]
+    pub pools: Vec<PoolConf>,
+}
+
+fn d_sup_name() -> String {
+    "supervisor".into()
+}
+fn d_listen() -> String {
+    "127.0.0.1:7700".into()
+}
+fn d_state() -> PathBuf {
+    "state/supervisor".into()
+}
+fn d_key() -> PathBuf {
+    "conf/control.key".into()
+}
+fn d_adv() -> u64 {
+    1000
+}
+fn d_dead() -> u64 {
+    3500
+}
+fn d_drain() -> u64 {
+    30_000
+}
+
+/// Where an agent's load figure comes from.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, tag = "source", rename_all = "lowercase")]
+pub enum LoadConf {
+    /// A fixed per-mille figure.
+    Static {
+        #[serde(default)]
+        value: u32,
+    },
+    /// `sh -c COMMAND`; its stdout's first number is the load in per mille.
+    Command { command: String },
+    /// The host's 1-minute load average, ×1000 / number of CPUs.
+    #[default]
+    Loadavg,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PortSpec {
+    One(u16),
+    Range(String),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConf {
+    pub name: String,
+    pub vip: IpAddr,
+    /// tcp, udp, any, or a protocol number.
+    #[serde(default = "d_proto")]
+    pub proto: String,
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+    #[serde(default = "d_cap")]
+    pub capacity: u32,
+    #[serde(default = "d_weight")]
+    pub weight: u32,
+}
+
+fn d_proto() -> String {
+    "tcp".into()
+}
+fn d_cap() -> u32 {
+    1000
+}
+fn d_weight() -> u32 {
+    100
+}
+
+/// `conf/agent.yaml`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConf {
+    pub name: String,
+    #[serde(default = "d_listen")]
+    pub supervisor: String,
+    #[serde(default = "d_agent_listen")]
+    pub listen: String,
+    #[serde(default = "d_key")]
+    pub key_file: PathBuf,
+    #[serde(default = "d_mac")]
+    pub mac: String,
+    #[serde(default)]
+    pub addrs: Vec<IpAddr>,
+    #[serde(default)]
+    pub adverts: AdvertMode,
+    #[serde(default)]
+    pub multicast_group: Option<String>,
+    #[serde(default)]
+    pub control_socket: Option<PathBuf>,
+    #[serde(default = "d_adv")]
+    pub advert_interval_ms: u64,
+    #[serde(default = "d_dead")]
+    pub dead_interval_ms: u64,
+    #[serde(default = "d_agent_drain")]
+    pub drain_timeout_ms: u64,
+    #[serde(default)]
+    pub load: LoadConf,
+    #[serde(default)]
+    pub services: Vec<ServiceConf>,
+    /// Pools to hold one grant from each (e.g. `nat-ports`).
+    #[serde(default)]
+    pub numbers: Vec<String>,
+}
+
+fn d_agent_listen() -> String {
+    "0.0.0.0:0".into()
+}
+fn d_mac() -> String {
+    "02:00:00:00:00:01".into()
+}
+fn d_agent_drain() -> u64 {
+    10_000
+}
+
+fn load_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_yaml_ng::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Reads a key file: the key in hex (at least 32 bytes); lines starting with '#' are comments.
+pub fn load_key(path: &Path) -> Result<Key> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
+    let hex: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("");
+    Key::from_hex(&hex).with_context(|| format!("key file {}", path.display()))
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .with_context(|| format!("address {addr}"))?
+        .next()
+        .ok_or_else(|| anyhow!("address {addr} resolves to nothing"))
+}
+
+/// Parses "02:00:00:00:00:01".
+pub fn parse_mac(s: &str) -> Result<[u8; 6]> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        bail!("MAC {s}: expected six hex bytes separated by ':'");
+    }
+    let mut m = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        m[i] = u8::from_str_radix(p, 16).with_context(|| format!("MAC {s}"))?;
+    }
+    Ok(m)
+}
+
+fn parse_proto(s: &str) -> Result<u8> {
+    Ok(match s {
+        "tcp" => 6,
+        "udp" => 17,
+        "any" | "" => 0,
+        n => n.parse().with_context(|| format!("protocol {n}"))?,
+    })
+}
+
+/// "80" or "8000-8100".
+pub fn parse_range(s: &str) -> Result<(u16, u16)> {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let a: u16 = a
+        .trim()
+        .parse()
+        .with_context(|| format!("port range {s}"))?;
+    let b: u16 = b
+        .trim()
+        .parse()
+        .with_context(|| format!("port range {s}"))?;
+    if a > b {
+        bail!("port range {s}: first > last");
+    }
+    Ok((a, b))
+}
+
+fn parse_prefix(s: &str) -> Result<(IpAddr, u8)> {
+    let (a, l) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let a: IpAddr = a.parse().with_context(|| format!("address {s}"))?;
+    let full = if a.is_ipv4() { 32 } else { 128 };
+    let l = match l {
+        Some(l) => l.parse().with_context(|| format!("prefix {s}"))?,
+        None => full,
+    };
+    if l > full {
+        bail!("prefix {s}: length > {full}");
+    }
+    Ok((a, l))
+}
+
+// ------------------------------------------------------------------ supervisor
+
+#[derive(Args, Debug, Clone)]
+pub struct SupervisorArgs {
+    #[arg(long, default_value = "conf/supervisor.yaml")]
+    pub conf: PathBuf,
+    /// State directory (the crash-safe log lives here).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Key file: the key in hex, at least 32 bytes.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    #[arg(long)]
+    pub advert_interval_ms: Option<u64>,
+    #[arg(long)]
+    pub dead_interval_ms: Option<u64>,
+    /// Don't log events to stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn run_supervisor(a: &SupervisorArgs) -> Result<()> {
+    let mut conf: SupervisorConf = load_yaml(&a.conf)?;
+    if let Some(s) = &a.state {
+        conf.state_dir = s.clone();
+    }
+    if let Some(s) = &a.listen {
+        conf.listen = s.clone();
+    }
+    if let Some(s) = &a.key_file {
+        conf.key_file = s.clone();
+    }
+    if let Some(v) = a.advert_interval_ms {
+        conf.advert_interval_ms = v;
+    }
+    if let Some(v) = a.dead_interval_ms {
+        conf.dead_interval_ms = v;
+    }
+    if conf.advert_interval_ms == 0 || conf.dead_interval_ms <= conf.advert_interval_ms {
+        bail!(
+            "{}: need 0 < advert_interval_ms < dead_interval_ms",
+            a.conf.display()
+        );
+    }
+    let key = load_key(&conf.key_file)?;
+    let (store, records) = FileStore::open(&conf.state_dir)
+        .with_context(|| format!("state dir {}", conf.state_dir.display()))?;
+    let cfg = SupervisorConfig {
+        name: conf.name.clone(),
+        advert_interval: Duration::from_millis(conf.advert_interval_ms),
+        dead_interval: Duration::from_millis(conf.dead_interval_ms),
+        relay: conf.adverts == AdvertMode::Relay,
+        drain_timeout: Duration::from_millis(conf.drain_timeout_ms),
+        pools: conf.pools.clone(),
+    };
+    let n = records.len();
+    let mut sup = Supervisor::restore(
+        cfg,
+        key,
+        SeqGen::from_wall_clock(),
+        Instant::now(),
+        records,
+        Box::new(store),
+    )
+    .map_err(|e| anyhow!("{}: {e}", a.conf.display()))?;
+    let mut drv =
+        Driver::bind(resolve(&conf.listen)?).with_context(|| format!("binding {}", conf.listen))?;
+    if conf.adverts == AdvertMode::Multicast
+        && let Some(g) = &conf.multicast_group
+    {
+        drv.join_group(resolve(g)?)
+            .with_context(|| format!("joining {g}"))?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    eprintln!(
+        "supervisor {} listening on {} (state {}, {} records restored, {} systems, {} grants)",
+        conf.name,
+        drv.local_addr()?,
+        conf.state_dir.display(),
+        n,
+        sup.systems().count(),
+        sup.grants().count()
+    );
+    let quiet = a.quiet;
+    drv.run(&mut sup, |s, _now| {
+        while let Some(e) = s.poll_event() {
+            if !quiet && !matches!(e, SupEvent::Refused { .. }) {
+                eprintln!("supervisor: {e:?}");
+            } else if !quiet && let SupEvent::Refused { from, error } = e {
+                eprintln!("supervisor: refused datagram from {from}: {error}");
+            }
+        }
+        !stop.load(Ordering::Relaxed)
+    })?;
+    Ok(())
+}
+
+// ------------------------------------------------------------------ agent
+
+#[derive(Args, Debug, Clone)]
+pub struct AgentArgs {
+    #[arg(long, default_value = "conf/agent.yaml")]
+    pub conf: PathBuf,
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub supervisor: Option<String>,
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// Unix socket for `flow add|del` and `drain`.
+    #[arg(long)]
+    pub control_socket: Option<PathBuf>,
+    /// Static load (per mille) instead of the conf's load source.
+    #[arg(long)]
+    pub load: Option<u32>,
+    #[command(subcommand)]
+    pub cmd: Option<AgentCmd>,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum AgentCmd {
+    /// Advertise or withdraw a flow through the running agent.
+    Flow {
+        #[command(subcommand)]
+        cmd: FlowCmd,
+    },
+    /// Drain the running agent: advertise draining, wait for flows, leave.
+    Drain {
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum FlowCmd {
+    /// Advertise a flow (exact or pattern); prints its id.
+    Add(Box<FlowAddArgs>),
+    /// Withdraw a flow by id.
+    Del { id: u64 },
+}
+
+/// A flow as given on the command line (and sent to the agent as JSON).
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
+pub struct FlowAddArgs {
+    /// tcp, udp, any or a number.
+    #[arg(long, default_value = "tcp")]
+    pub proto: String,
+    /// Source address or prefix (a.b.c.d[/len]).
+    #[arg(long, default_value = "0.0.0.0/0")]
+    pub src: String,
+    #[arg(long, default_value = "0.0.0.0/0")]
+    pub dst: String,
+    /// Source port or range (N or N-M).
+    #[arg(long, default_value = "0-65535")]
+    pub sport: String,
+    #[arg(long, default_value = "0-65535")]
+    pub dport: String,
+    /// End system the flow goes to (name); default: this agent.
+    #[arg(long)]
+    pub target: Option<String>,
+    #[arg(long)]
+    pub dscp: Option<u8>,
+    #[arg(long)]
+    pub pcp: Option<u8>,
+    /// VID,PCP[,TPID] (TPID default 0x8100).
+    #[arg(long)]
+    pub push_vlan: Option<String>,
+    #[arg(long)]
+    pub pop_vlan: bool,
+    #[arg(long)]
+    pub set_vlan: Option<u16>,
+    /// LABEL,TC,TTL.
+    #[arg(long)]
+    pub push_mpls: Option<String>,
+    #[arg(long)]
+    pub pop_mpls: bool,
+    #[arg(long)]
+    pub swap_mpls: Option<u32>,
+    /// 0 = until withdrawn.
+    #[arg(long, default_value_t = 0)]
+    pub lifetime_ms: u32,
+}
+
+fn num(s: &str) -> Result<u32> {
+    let s = s.trim();
+    Ok(if let Some(h) = s.strip_prefix("0x") {
+        u32::from_str_radix(h, 16)?
+    } else {
+        s.parse()?
+    })
+}
+
+impl FlowAddArgs {
+    /// Validates into a [`FlowSpec`].
+    pub fn to_spec(&self) -> Result<FlowSpec> {
+        let (src, src_plen) = parse_prefix(&self.src)?;
+        let (dst, dst_plen) = parse_prefix(&self.dst)?;
+        if src.is_ipv4() != dst.is_ipv4() {
+            bail!("src and dst must be the same address family");
+        }
+        let matcher = FlowMatch {
+            proto: parse_proto(&self.proto)?,
+            src,
+            src_plen,
+            dst,
+            dst_plen,
+            sport: parse_range(&self.sport)?,
+            dport: parse_range(&self.dport)?,
+        };
+        let mut qos = Vec::new();
+        if let Some(v) = self.dscp {
+            if v > 63 {
+                bail!("dscp {v} > 63");
+            }
+            qos.push(Qos::Dscp(v));
+        }
+        if let Some(v) = self.pcp {
+            if v > 7 {
+                bail!("pcp {v} > 7");
+            }
+            qos.push(Qos::Pcp(v));
+        }
+        if self.pop_vlan {
+            qos.push(Qos::PopVlan);
+        }
+        if let Some(p) = &self.push_vlan {
+            let f: Vec<&str> = p.split(',').collect();
+            let vid = num(f.first().copied().unwrap_or(""))?;
+            let pcp = f.get(1).map(|x| num(x)).transpose()?.unwrap_or(0);
+            let tpid = f.get(2).map(|x| num(x)).transpose()?.unwrap_or(0x8100);
+            if vid > 4095 || pcp > 7 || tpid > 0xFFFF {
+                bail!("push_vlan {p}: vid <= 4095, pcp <= 7, tpid 16 bits");
+            }
+            qos.push(Qos::PushVlan {
+                vid: vid as u16,
+                pcp: pcp as u8,
+                tpid: tpid as u16,
+            });
+        }
+        if let Some(v) = self.set_vlan {
+            if v > 4095 {
+                bail!("set_vlan {v} > 4095");
+            }
+            qos.push(Qos::SetVlan { vid: v });
+        }
+        if self.pop_mpls {
+            qos.push(Qos::PopMpls);
+        }
+        if let Some(p) = &self.push_mpls {
+            let f: Vec<&str> = p.split(',').collect();
+            let label = num(f.first().copied().unwrap_or(""))?;
+            let tc = f.get(1).map(|x| num(x)).transpose()?.unwrap_or(0);
+            let ttl = f.get(2).map(|x| num(x)).transpose()?.unwrap_or(64);
+            if label >= 1 << 20 || tc > 7 || ttl > 255 {
+                bail!("push_mpls {p}: label < 2^20, tc <= 7, ttl <= 255");
+            }
+            qos.push(Qos::PushMpls {
+                label,
+                tc: tc as u8,
+                ttl: ttl as u8,
+            });
+        }
+        if let Some(l) = self.swap_mpls {
+            if l >= 1 << 20 {
+                bail!("swap_mpls {l} >= 2^20");
+            }
+            qos.push(Qos::SwapMpls { label: l });
+        }
+        Ok(FlowSpec {
+            target: self.target.as_deref().map(system_id),
+            matcher,
+            qos,
+            lifetime_ms: self.lifetime_ms,
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+enum LocalReq {
+    FlowAdd(FlowAddArgs),
+    FlowDel { id: u64 },
+    Drain { timeout_ms: Option<u64> },
+}
+
+fn socket_path(conf: &AgentConf, a: &AgentArgs, name: &str) -> PathBuf {
+    a.control_socket
+        .clone()
+        .or_else(|| conf.control_socket.clone())
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("flowgate-agent-{name}.sock")))
+}
+
+pub fn run_agent(a: &AgentArgs) -> Result<()> {
+    let mut conf: AgentConf = load_yaml(&a.conf)?;
+    if let Some(n) = &a.name {
+        conf.name = n.clone();
+    }
+    if let Some(s) = &a.supervisor {
+        conf.supervisor = s.clone();
+    }
+    if let Some(k) = &a.key_file {
+        conf.key_file = k.clone();
+    }
+    if let Some(l) = a.load {
+        conf.load = LoadConf::Static { value: l };
+    }
+    let sock_path = socket_path(&conf, a, &conf.name);
+    match &a.cmd {
+        Some(AgentCmd::Flow {
+            cmd: FlowCmd::Add(f),
+        }) => {
+            f.to_spec()?;
+            local_call(&sock_path, &LocalReq::FlowAdd((**f).clone()))
+        }
+        Some(AgentCmd::Flow {
+            cmd: FlowCmd::Del { id },
+        }) => local_call(&sock_path, &LocalReq::FlowDel { id: *id }),
+        Some(AgentCmd::Drain { timeout_ms }) => local_call(
+            &sock_path,
+            &LocalReq::Drain {
+                timeout_ms: *timeout_ms,
+            },
+        ),
+        None => agent_main(&conf, &a.conf, &sock_path),
+    }
+}
+
+fn local_call(path: &Path, req: &LocalReq) -> Result<()> {
+    let mut s = UnixStream::connect(path)
+        .with_context(|| format!("connecting to the agent at {}", path.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = serde_json::to_string(req)?;
+    line.push('\n');
+    s.write_all(line.as_bytes())?;
+    let mut resp = String::new();
+    BufReader::new(&s).read_line(&mut resp)?;
+    let v: serde_json::Value = serde_json::from_str(resp.trim()).context("agent's reply")?;
+    println!("{v}");
+    if v.get("ok").and_then(|x| x.as_bool()) != Some(true) {
+        bail!("agent refused the request");
+    }
+    Ok(())
+}
+
+fn sample_load(src: &LoadConf) -> u32 {
+    match src {
+        LoadConf::Static { value } => *value,
+        LoadConf::Command { command } => std::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .output()
+            .ok()
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .next()
+                    .and_then(|w| w.parse::<f64>().ok())
+            })
+            .map(|v| v.clamp(0.0, u32::MAX as f64) as u32)
+            .unwrap_or(0),
+        LoadConf::Loadavg => {
+            let cpus = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1) as f64;
+            std::fs::read_to_string("/proc/loadavg")
+                .ok()
+                .and_then(|t| t.split_whitespace().next().and_then(|w| w.parse().ok()))
+                .map(|l: f64| (l * 1000.0 / cpus).clamp(0.0, u32::MAX as f64) as u32)
+                .unwrap_or(0)
+        }
+    }
+}
+
+fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()> {
+    let key = load_key(&conf.key_file)?;
+    let supervisor = resolve(&conf.supervisor)?;
+    let group = match (conf.adverts, &conf.multicast_group) {
+        (AdvertMode::Multicast, Some(g)) => Some(resolve(g)?),
+        (AdvertMode::Multicast, None) => bail!(
+            "{}: adverts: multicast needs multicast_group",
+            conf_path.display()
+        ),
+        _ => None,
+    };
+    let mut services = Vec::new();
+    for s in &conf.services {
+        let mut ports = Vec::new();
+        for p in &s.ports {
+            ports.push(match p {
+                PortSpec::One(n) => (*n, *n),
+                PortSpec::Range(r) => parse_range(r)?,
+            });
+        }
+        services.push(Service {
+            name: s.name.clone(),
+            vip: s.vip,
+            proto: parse_proto(&s.proto)?,
+            ports,
+            capacity: s.capacity,
+            weight: s.weight,
+            load: 0,
+            congestion: 0,
+            response_time_us: 0,
+        });
+    }
+    let mut capabilities = cap::FLOWS;
+    if !services.is_empty() {
+        capabilities |= cap::SERVICES;
+    }
+    if group.is_some() {
+        capabilities |= cap::MULTICAST;
+    }
+    let cfg = AgentConfig {
+        name: conf.name.clone(),
+        mac: parse_mac(&conf.mac)?,
+        addrs: conf.addrs.clone(),
+        capabilities,
+        supervisor,
+        group,
+        advert_interval: Duration::from_millis(conf.advert_interval_ms.max(1)),
+        dead_interval: Duration::from_millis(conf.dead_interval_ms.max(2)),
+        services,
+        pools: conf.numbers.clone(),
+        drain_timeout: Duration::from_millis(conf.drain_timeout_ms),
+    };
+    let listen = if conf.listen == "0.0.0.0:0" && supervisor.ip().is_loopback() {
+        "127.0.0.1:0".to_string()
+    } else {
+        conf.listen.clone()
+    };
+    let mut drv = Driver::bind(resolve(&listen)?).with_context(|| format!("binding {listen}"))?;
+    let _ = std::fs::remove_file(sock_path);
+    let ctl = UnixListener::bind(sock_path)
+        .with_context(|| format!("control socket {}", sock_path.display()))?;
+    ctl.set_nonblocking(true)?;
+    let term = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, term.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, term.clone())?;
+    eprintln!(
+        "agent {} on {} -> supervisor {} (control socket {})",
+        conf.name,
+        drv.local_addr()?,
+        supervisor,
+        sock_path.display()
+    );
+    let mut agent = Agent::new(cfg, key, SeqGen::from_wall_clock(), Instant::now());
+    let mut next_sample = Instant::now();
+    let load_src = conf.load.clone();
+    let interval = Duration::from_millis(conf.advert_interval_ms.max(1));
+    let res = drv.run(&mut agent, |ag, now| {
+        if term.swap(false, Ordering::Relaxed) {
+            eprintln!("agent: SIGTERM, draining");
+            ag.drain(now, None);
+        }
+        if now >= next_sample {
+            ag.set_load(sample_load(&load_src), 0, 0);
+            next_sample = now + interval / 2;
+        }
+        while let Ok((stream, _)) = ctl.accept() {
+            serve_local(ag, now, stream);
+        }
+        while let Some(e) = ag.poll_event() {
+            match &e {
+                AgentEvent::Granted(g) => eprintln!(
+                    "agent: granted {} [{}..{}] (grant {}, lease {} ms)",
+                    g.pool,
+                    g.first,
+                    g.first + g.count as u64 - 1,
+                    g.grant_id,
+                    g.lease_ms
+                ),
+                other => eprintln!("agent: {other:?}"),
+            }
+        }
+        !ag.is_left()
+    });
+    let _ = std::fs::remove_file(sock_path);
+    res?;
+    Ok(())
+}
+
+fn serve_local(ag: &mut Agent, now: Instant, stream: UnixStream) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut line = String::new();
+    let mut rd = BufReader::new(&stream);
+    if rd.read_line(&mut line).is_err() {
+        return;
+    }
+    let reply = match serde_json::from_str::<LocalReq>(line.trim()) {
+        Err(e) => serde_json::json!({"ok": false, "error": e.to_string()}),
+        Ok(LocalReq::FlowAdd(f)) => match f.to_spec() {
+            Ok(spec) => {
+                let id = ag.add_flow(now, spec);
+                serde_json::json!({"ok": true, "flow_id": id})
+            }
+            Err(e) => serde_json::json!({"ok": false, "error": e.to_string()}),
+        },
+        Ok(LocalReq::FlowDel { id }) => {
+            let ok = ag.del_flow(now, id);
+            serde_json::json!({"ok": ok, "flow_id": id})
+        }
+        Ok(LocalReq::Drain { timeout_ms }) => {
+            ag.drain(now, timeout_ms.map(Duration::from_millis));
+            serde_json::json!({"ok": true, "state": "draining"})
+        }
+    };
+    let mut w = &stream;
+    let _ = writeln!(w, "{reply}");
+}
+
+// ------------------------------------------------------------------ ctl
+
+#[derive(Args, Debug, Clone)]
+pub struct CtlArgs {
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub supervisor: String,
+    #[arg(long, default_value = "conf/control.key")]
+    pub key_file: PathBuf,
+    /// Print JSON (an array of objects).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[arg(long, default_value_t = 3000)]
+    pub timeout_ms: u64,
+    #[command(subcommand)]
+    pub cmd: CtlCmd,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum CtlCmd {
+    /// Registered systems.
+    Systems,
+    /// Advertised services.
+    Services,
+    /// Advertised flows.
+    Flows,
+    /// Number grants.
+    Numbers,
+    /// Drain a system (graceful shutdown).
+    Drain {
+        name: String,
+        #[arg(long, default_value_t = 0)]
+        timeout_ms: u32,
+    },
+    /// Override the weight of a system's services.
+    Weight { name: String, weight: u32 },
+    /// Supervisor counters.
+    Stats,
+    /// Server-list query (the protocol's, not management).
+    Servers {
+        #[arg(default_value = "")]
+        service: String,
+    },
+}
+
+/// One request/reply exchange with retries; returns the reply body.
+pub fn exchange(sup: SocketAddr, key: &Key, body: &Body, timeout: Duration) -> Result<Body> {
+    let bind = if sup.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let sock = UdpSocket::bind(bind)?;
+    let me = system_id(&format!(
+        "ctl-{}-{:?}",
+        std::process::id(),
+        std::time::SystemTime::now()
+    ));
+    let mut seq = SeqGen::from_wall_clock();
+    let deadline = Instant::now() + timeout;
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    let mut sent = Vec::new();
+    while Instant::now() < deadline {
+        let s = seq.next_seq();
+        sent.push(s);
+        sock.send_to(&key.seal(me, s, body), sup)?;
+        let wait_until = (Instant::now() + Duration::from_millis(500)).min(deadline);
+        while Instant::now() < wait_until {
+            let left = wait_until.saturating_duration_since(Instant::now());
+            sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+            let Ok((n, _)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            let Ok(m) = key.open(&buf[..n]) else {
+                continue;
+            };
+            let rt = match &m.body {
+                Body::MgmtReply(r) => r.in_reply_to,
+                Body::ServerListReply(r) => r.in_reply_to,
+                Body::Ack(r) => r.in_reply_to,
+                _ => continue,
+            };
+            if sent.contains(&rt) {
+                return Ok(m.body);
+            }
+        }
+    }
+    bail!("no answer from the supervisor at {sup} within {timeout:?}")
+}
+
+pub fn run_ctl(a: &CtlArgs) -> Result<()> {
+    let key = load_key(&a.key_file)?;
+    let sup = resolve(&a.supervisor)?;
+    let timeout = Duration::from_millis(a.timeout_ms);
+    let (op, arg, value) = match &a.cmd {
+        CtlCmd::Systems => (op::SYSTEMS, String::new(), 0),
+        CtlCmd::Services => (op::SERVICES, String::new(), 0),
+        CtlCmd::Flows => (op::FLOWS, String::new(), 0),
+        CtlCmd::Numbers => (op::NUMBERS, String::new(), 0),
+        CtlCmd::Drain { name, timeout_ms } => (op::DRAIN, name.clone(), *timeout_ms),
+        CtlCmd::Weight { name, weight } => (op::WEIGHT, name.clone(), *weight),
+        CtlCmd::Stats => (op::STATS, String::new(), 0),
+        CtlCmd::Servers { service } => {
+            let reply = exchange(
+                sup,
+                &key,
+                &Body::ServerListQuery(ServerListQuery {
+                    service: service.clone(),
+                }),
+                timeout,
+            )?;
+            let Body::ServerListReply(r) = reply else {
+                bail!("unexpected reply");
+            };
+            let v: Vec<serde_json::Value> = r
+                .entries
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "name": e.name, "state": e.state.as_str(), "service": e.service,
+                        "vip": e.vip.to_string(), "proto": e.proto, "weight": e.weight,
+                        "load": e.load, "congestion": e.congestion,
+                        "response_time_us": e.response_time_us,
+                        "mac": super::supervisor::fmt_mac(&e.mac),
+                        "addrs": e.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            print_json(&serde_json::Value::Array(v), a.json);
+            return Ok(());
+        }
+    };
+    let reply = exchange(
+        sup,
+        &key,
+        &Body::MgmtRequest(MgmtRequest { op, arg, value }),
+        timeout,
+    )?;
+    let Body::MgmtReply(r) = reply else {
+        bail!("unexpected reply");
+    };
+    let v: serde_json::Value = serde_json::from_str(&r.json).unwrap_or(serde_json::Value::Null);
+    if r.status != status::OK {
+        bail!("supervisor refused (status {}): {}", r.status, r.json);
+    }
+    print_json(&v, a.json);
+    Ok(())
+}
+
+fn print_json(v: &serde_json::Value, json: bool) {
+    if json {
+        println!("{v}");
+        return;
+    }
+    let Some(items) = v.as_array() else {
+        println!("{v}");
+        return;
+    };
+    for it in items {
+        match it.as_object() {
+            Some(o) => {
+                let line: Vec<String> = o
+                    .iter()
+                    .map(|(k, v)| match v {
+                        serde_json::Value::String(s) => format!("{k}={s}"),
+                        other => format!("{k}={other}"),
+                    })
+                    .collect();
+                println!("{}", line.join("  "));
+            }
+            None => println!("{it}"),
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! The control plane: protocol, supervisor, end-system agent, the intermediate
+//! system's listener, the Assigned Numbers Authority and their drivers.
+//!
+//! Layer: above `pipeline/`, below the CLI. Nothing here touches packets of the data
+//! plane; the listener hands [`listener::TableEvent`]s to whoever builds the tables.
+//!
+//! Structure (quinn-proto style, see `docs/PROTOCOL.md` for the wire format):
+//! - [`proto`]: framing, HMAC-SHA256, replay window, message codecs. No state.
+//! - [`supervisor`], [`agent`], [`listener`]: sans-IO state machines. Each takes
+//!   `handle(now, from, &[u8])` and `handle_timeout(now)`, and gives
+//!   `poll_transmit(now)`, `poll_timeout()` and `poll_event()`. No sockets, no clock:
+//!   simulation tests drive them with a fake clock and a lossy network.
+//! - [`session`]: the client half shared by agent and listener (registration,
+//!   reliable requests, number leases).
+//! - [`ana`]: number pools and grants; [`store`]: the supervisor's crash-safe log.
+//! - [`driver`]: the thin UDP loops; [`cli`]: `flowgate supervisor|agent|ctl`.
+//!
+//! Invariants: no input can panic a state machine; every refused datagram is counted;
+//! the supervisor persists a registration or grant before acknowledging it; a number
+//! is never held by two live systems at once (see [`session`] for the holder's rule).
+//!
+//! Not done here: the data plane's use of [`listener::TableEvent`]s (the runtime's job).
+
+pub mod agent;
+pub mod ana;
+pub mod cli;
+pub mod driver;
+pub mod listener;
+pub mod proto;
+pub mod session;
+pub mod store;
+pub mod supervisor;
+
+use std::net::SocketAddr;
+
+/// One datagram to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub dst: SocketAddr,
+    pub payload: Vec<u8>,
+}

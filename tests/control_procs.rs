@@ -1,0 +1,386 @@
+//! Real processes on loopback: a supervisor, agents and `ctl`, driven through the
+//! binary (`CARGO_BIN_EXE_flowgate`). Short intervals (200 ms / 1 s) keep it fast;
+//! each test uses its own ports, state directory and sockets.
+
+use serde_json::Value;
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_flowgate");
+const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+const WRONG_KEY: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("key"), format!("# test key\n{KEY}\n")).unwrap();
+        std::fs::write(dir.path().join("wrong.key"), WRONG_KEY).unwrap();
+        std::fs::write(
+            dir.path().join("sup.yaml"),
+            "name: sup\nadvert_interval_ms: 200\ndead_interval_ms: 1000\n\
+             pools:\n  - {name: nat-ports, first: 1024, last: 65535, block: 1024, lease_ms: 5000}\n",
+        )
+        .unwrap();
+        Env {
+            dir,
+            port: free_port(),
+        }
+    }
+    fn p(&self, f: &str) -> PathBuf {
+        self.dir.path().join(f)
+    }
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn supervisor(&self) -> Proc {
+        let c = Command::new(BIN)
+            .args(["supervisor", "--conf"])
+            .arg(self.p("sup.yaml"))
+            .arg("--state")
+            .arg(self.p("state"))
+            .args(["--listen", &self.addr(), "--key-file"])
+            .arg(self.p("key"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let p = Proc(c);
+        self.wait_for(|| self.try_ctl(&["stats"]).is_some(), "supervisor up");
+        p
+    }
+
+    fn agent(&self, name: &str, key: &str) -> Proc {
+        let conf = self.p(&format!("{name}.yaml"));
+        std::fs::write(
+            &conf,
+            format!(
+                "name: {name}\nmac: \"02:00:00:00:00:0{}\"\naddrs: [127.0.0.1]\n\
+                 load: {{source: static, value: 250}}\n\
+                 services:\n  - {{name: web, vip: 10.0.0.100, proto: tcp, ports: [80]}}\n\
+                 numbers: [nat-ports]\n",
+                name.len() % 10
+            ),
+        )
+        .unwrap();
+        let c = Command::new(BIN)
+            .args(["agent", "--conf"])
+            .arg(&conf)
+            .args(["--supervisor", &self.addr(), "--key-file"])
+            .arg(self.p(key))
+            .arg("--control-socket")
+            .arg(self.p(&format!("{name}.sock")))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Proc(c)
+    }
+
+    fn try_ctl(&self, args: &[&str]) -> Option<Value> {
+        let out = Command::new(BIN)
+            .args(["ctl", "--supervisor", &self.addr(), "--key-file"])
+            .arg(self.p("key"))
+            .args(["--timeout-ms", "1000", "--json"])
+            .args(args)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    fn ctl(&self, args: &[&str]) -> Vec<Value> {
+        match self.try_ctl(args) {
+            Some(Value::Array(a)) => a,
+            other => panic!("ctl {args:?}: {other:?}"),
+        }
+    }
+
+    fn stat(&self, name: &str) -> u64 {
+        self.ctl(&["stats"])
+            .iter()
+            .find(|o| o["name"] == name)
+            .and_then(|o| o["value"].as_u64())
+            .unwrap_or_else(|| panic!("no stat {name}"))
+    }
+
+    fn wait_for(&self, mut f: impl FnMut() -> bool, what: &str) {
+        let end = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < end {
+            if f() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out waiting for: {what}");
+    }
+
+    fn names(&self, what: &str, field: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .ctl(&[what])
+            .iter()
+            .filter_map(|o| o[field].as_str().map(str::to_owned))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// (grant_id, holder, first, count) of every grant, sorted.
+fn grants(env: &Env) -> Vec<(u64, String, u64, u64)> {
+    let mut v: Vec<_> = env
+        .ctl(&["numbers"])
+        .iter()
+        .map(|o| {
+            (
+                o["grant_id"].as_u64().unwrap(),
+                o["holder"].as_str().unwrap().to_owned(),
+                o["first"].as_u64().unwrap(),
+                o["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn supervisor_three_agents_kill_restart_wrong_key_malformed() {
+    let env = Env::new();
+    let mut sup = env.supervisor();
+    let _a = env.agent("alpha", "key");
+    let b = env.agent("bravo", "key");
+    let _c = env.agent("charlie", "key");
+    let three = vec!["alpha".to_string(), "bravo".into(), "charlie".into()];
+
+    // All three registered, up, advertising, each holding one block.
+    env.wait_for(
+        || env.names("systems", "name") == three && grants(&env).len() == 3,
+        "three systems with grants",
+    );
+    let systems = env.ctl(&["systems"]);
+    assert!(
+        systems
+            .iter()
+            .all(|s| s["state"] == "up" && s["kind"] == "end")
+    );
+    env.wait_for(
+        || env.names("services", "system") == three,
+        "three services",
+    );
+    for s in env.ctl(&["services"]) {
+        assert_eq!(s["name"], "web");
+        assert_eq!(s["vip"], "10.0.0.100");
+        assert_eq!(s["load"], 250);
+    }
+    let g = grants(&env);
+    let holders: Vec<&str> = g.iter().map(|x| x.1.as_str()).collect();
+    for n in &three {
+        assert!(holders.contains(&n.as_str()), "{n} holds a block: {g:?}");
+    }
+    for (i, x) in g.iter().enumerate() {
+        assert_eq!(x.3, 1024);
+        assert!(x.2 >= 1024 && x.2 + x.3 - 1 <= 65535);
+        for y in &g[i + 1..] {
+            assert!(x.2 + x.3 <= y.2 || y.2 + y.3 <= x.2, "overlap {x:?} {y:?}");
+        }
+    }
+
+    // kill -9 of an agent: removed after the dead interval (1 s), numbers reclaimed.
+    drop(b);
+    let killed = Instant::now();
+    env.wait_for(
+        || env.names("systems", "name") == ["alpha", "charlie"],
+        "bravo removed",
+    );
+    let took = killed.elapsed();
+    assert!(
+        took >= Duration::from_millis(600),
+        "removed too early: {took:?}"
+    );
+    let g = grants(&env);
+    assert_eq!(g.len(), 2);
+    assert!(g.iter().all(|x| x.1 != "bravo"));
+    assert!(env.stat("deaths") >= 1 && env.stat("reclaimed") >= 1);
+
+    // kill -9 of the supervisor and a restart keep every grant.
+    let before = grants(&env);
+    sup.0.kill().unwrap();
+    sup.0.wait().unwrap();
+    let _sup2 = env.supervisor();
+    let after = grants(&env);
+    assert_eq!(before, after, "grants survive kill -9");
+    env.wait_for(
+        || env.names("systems", "name") == ["alpha", "charlie"],
+        "agents still registered after restart",
+    );
+    // The agents keep their blocks (renewals are accepted by the restarted supervisor).
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(grants(&env), after);
+
+    // An agent with the wrong key is refused and counted.
+    let bad_before = env.stat("rx_bad_mac");
+    let _w = env.agent("wrongkey", "wrong.key");
+    env.wait_for(
+        || env.stat("rx_bad_mac") >= bad_before + 2,
+        "bad MACs counted",
+    );
+    assert!(
+        !env.names("systems", "name")
+            .contains(&"wrongkey".to_string())
+    );
+
+    // Malformed datagrams change nothing but a counter.
+    let snap = |env: &Env| {
+        (
+            env.names("systems", "name"),
+            grants(env),
+            env.names("services", "system"),
+        )
+    };
+    let s0 = snap(&env);
+    let m0 = env.stat("rx_malformed");
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut junk: Vec<Vec<u8>> = vec![vec![], b"hello".to_vec(), vec![0u8; 100], {
+        // Right magic and version, body_len disagreeing with the length.
+        let mut v = b"FG\x01\x01".to_vec();
+        v.extend_from_slice(&[0u8; 16]);
+        v.extend_from_slice(&[0xff, 0xff, 0, 0]);
+        v.extend_from_slice(&[0u8; 40]);
+        v
+    }];
+    let mut x: u32 = 12345;
+    for _ in 0..20 {
+        let n = (x % 300) as usize;
+        let mut v = vec![0u8; n];
+        for b in v.iter_mut() {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            *b = (x >> 16) as u8;
+        }
+        if n > 2 {
+            v[0] = b'F';
+            v[1] = b'G';
+        }
+        junk.push(v);
+    }
+    for j in &junk {
+        sock.send_to(j, env.addr()).unwrap();
+    }
+    env.wait_for(
+        || {
+            env.stat("rx_malformed") + env.stat("rx_bad_version") + env.stat("rx_bad_mac")
+                >= m0 + junk.len() as u64 - 1
+        },
+        "malformed counted",
+    );
+    assert!(env.stat("rx_malformed") > m0);
+    assert_eq!(snap(&env), s0, "malformed datagrams changed state");
+}
+
+#[test]
+fn agent_sigterm_drains_and_leaves_and_flows_travel() {
+    let env = Env::new();
+    let _sup = env.supervisor();
+    let mut a = env.agent("delta", "key");
+    env.wait_for(|| grants(&env).len() == 1, "delta registered with a grant");
+
+    // Flow add/del through the agent's unix socket.
+    let out = Command::new(BIN)
+        .args(["agent", "--control-socket"])
+        .arg(env.p("delta.sock"))
+        .args([
+            "flow",
+            "add",
+            "--src",
+            "192.0.2.7",
+            "--dst",
+            "10.0.0.100",
+            "--sport",
+            "40000",
+            "--dport",
+            "30001",
+            "--dscp",
+            "46",
+            "--push-mpls",
+            "1000,5,64",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = reply["flow_id"].as_u64().unwrap();
+    env.wait_for(|| env.ctl(&["flows"]).len() == 1, "flow advertised");
+    let f = &env.ctl(&["flows"])[0];
+    assert_eq!(f["exact"], true);
+    assert_eq!(f["origin"], "delta");
+    assert_eq!(f["qos"][0]["dscp"], 46);
+    assert_eq!(f["qos"][1]["push_mpls"]["label"], 1000);
+    let out = Command::new(BIN)
+        .args(["agent", "--control-socket"])
+        .arg(env.p("delta.sock"))
+        .args(["flow", "del", &id.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    env.wait_for(|| env.ctl(&["flows"]).is_empty(), "flow withdrawn");
+
+    // ctl weight and drain change what is advertised.
+    env.ctl(&["weight", "delta", "7"]);
+    env.wait_for(
+        || {
+            env.ctl(&["services"])
+                .first()
+                .is_some_and(|s| s["weight"] == 7)
+        },
+        "weight override",
+    );
+
+    // SIGTERM: drain (no flows left), release, leave, exit 0.
+    let status = Command::new("kill")
+        .args(["-TERM", &a.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let end = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(c) = a.0.try_wait().unwrap() {
+            break c;
+        }
+        assert!(Instant::now() < end, "agent did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(code.success());
+    // Gone at once (Leave), not after the dead interval; its block released.
+    assert!(env.ctl(&["systems"]).is_empty());
+    assert!(grants(&env).is_empty());
+    assert_eq!(env.stat("leaves"), 1);
+    assert_eq!(env.stat("deaths"), 0);
+    assert_eq!(env.stat("releases"), 1);
+}
