@@ -77,7 +77,9 @@ pub enum Inserted<K, V> {
 /// The table. `K` is the key, `V` the value; classes are timeout classes.
 pub struct LruTable<K, V> {
     slots: Vec<Slot<K, V>>,
+    cap: usize,
     free: Vec<u32>,
+    /// Open-addressing index: slot number + 1, 0 for an empty bucket.
     buckets: Vec<u32>,
     mask: usize,
     classes: Vec<Class>,
@@ -94,23 +96,14 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
         assert!(capacity > 0 && capacity <= 1 << 30);
         assert!(!timeouts.is_empty() && timeouts.len() < 256);
         let buckets = (capacity * 2).next_power_of_two();
-        let mut slots = Vec::with_capacity(capacity);
-        for _ in 0..capacity {
-            slots.push(Slot {
-                key: K::default(),
-                val: V::default(),
-                hash: 0,
-                last_seen: 0,
-                window: 0,
-                prev: NIL,
-                next: NIL,
-                class: 0,
-            });
-        }
+        // Nothing is written up front: slots are pushed into reserved capacity as they are
+        // first used, and the zeroed bucket array comes from the allocator's fresh pages,
+        // so a big table costs nothing until flows arrive.
         LruTable {
-            slots,
-            free: (0..capacity as u32).rev().collect(),
-            buckets: vec![NIL; buckets],
+            slots: Vec::with_capacity(capacity),
+            cap: capacity,
+            free: Vec::with_capacity(capacity),
+            buckets: vec![0; buckets],
             mask: buckets - 1,
             classes: timeouts
                 .iter()
@@ -138,7 +131,7 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
 
     /// Maximum number of entries.
     pub fn capacity(&self) -> usize {
-        self.slots.len()
+        self.cap
     }
 
     /// The hash `key` is stored under (lets a burst compute it once).
@@ -158,11 +151,11 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
     /// Second stage of [`warm_bucket`](Self::warm_bucket): reads both cache lines of the
     /// slot a bucket names (hash and key in the first, value and timers after it).
     #[inline]
-    pub fn warm_slot(&self, s: u32) -> u64 {
-        if s == NIL {
+    pub fn warm_slot(&self, b: u32) -> u64 {
+        if b == 0 {
             return 0;
         }
-        let slot = &self.slots[s as usize];
+        let slot = &self.slots[b as usize - 1];
         slot.hash ^ slot.window
     }
 
@@ -178,12 +171,12 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
         let mut b = hash as usize & self.mask;
         loop {
             let s = self.buckets[b];
-            if s == NIL {
+            if s == 0 {
                 return None;
             }
-            let slot = &self.slots[s as usize];
+            let slot = &self.slots[s as usize - 1];
             if slot.hash == hash && slot.key == *key {
-                return Some(s);
+                return Some(s - 1);
             }
             b = (b + 1) & self.mask;
         }
@@ -221,6 +214,19 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
     /// [`insert`](Self::insert) with the hash already computed.
     pub fn insert_hashed(&mut self, key: K, hash: u64, val: V, class: u8, now: u64) -> Inserted<K, V> {
         let mut evicted = None;
+        if self.free.is_empty() && self.slots.len() < self.cap {
+            self.free.push(self.slots.len() as u32);
+            self.slots.push(Slot {
+                hash: 0,
+                key: K::default(),
+                val: V::default(),
+                last_seen: 0,
+                window: 0,
+                prev: NIL,
+                next: NIL,
+                class: 0,
+            });
+        }
         if self.free.is_empty() {
             let Some(victim) = self.oldest() else {
                 unreachable!("a full table has entries")
@@ -240,10 +246,10 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
             slot.last_seen = now;
         }
         let mut b = hash as usize & self.mask;
-        while self.buckets[b] != NIL {
+        while self.buckets[b] != 0 {
             b = (b + 1) & self.mask;
         }
-        self.buckets[b] = s;
+        self.buckets[b] = s + 1;
         self.link(s, class, now);
         self.len += 1;
         match evicted {
@@ -273,17 +279,17 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
         self.unlink(h);
         // Find the bucket holding h, then backward-shift the cluster after it.
         let mut b = self.slots[h as usize].hash as usize & self.mask;
-        while self.buckets[b] != h {
+        while self.buckets[b] != h + 1 {
             b = (b + 1) & self.mask;
         }
         let mut hole = b;
         let mut j = (hole + 1) & self.mask;
         loop {
             let s = self.buckets[j];
-            if s == NIL {
+            if s == 0 {
                 break;
             }
-            let home = self.slots[s as usize].hash as usize & self.mask;
+            let home = self.slots[s as usize - 1].hash as usize & self.mask;
             // Move s into the hole unless its home lies cyclically in (hole, j].
             let dist_j = j.wrapping_sub(home) & self.mask;
             let dist_hole = hole.wrapping_sub(home) & self.mask;
@@ -293,7 +299,7 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
             }
             j = (j + 1) & self.mask;
         }
-        self.buckets[hole] = NIL;
+        self.buckets[hole] = 0;
         self.free.push(h);
         self.len -= 1;
     }
