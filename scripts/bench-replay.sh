@@ -27,35 +27,39 @@ N=$(sed -n 's/^ *"packets_in": \([0-9]*\).*/\1/p' "$DIR/stats.json")
 echo "input: $IN, $(stat -c %s "$IN") bytes, $N packets"
 echo "host: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 
-# Wall seconds of one command (stdout/stderr discarded).
-wall() {
-    local t0 t1
-    t0=$(date +%s.%N)
-    "$@" >/dev/null 2>&1
-    t1=$(date +%s.%N)
-    echo "$t1 - $t0" | bc -l
+# One run: appends "wall user+sys" seconds of the command to file $1.
+TIMEFORMAT='%R %U %S'
+measure() {
+    local out=$1 t
+    shift
+    t=$( { time "$@" >/dev/null 2>&1; } 2>&1 )
+    echo "$t" | awk '{printf "%.4f %.4f\n", $1, $2 + $3}' >>"$out"
 }
 
 median() { sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.4f\n", m}'; }
 
+REPLAY=("$FG" replay --quiet --pipeline "$PIPE" --input "$IN" --output "$DIR/fg.pcap")
+TCPDUMP=(tcpdump -r "$IN" -w "$DIR/td.pcap")
 : >"$DIR/fg.txt"
 : >"$DIR/td.txt"
 for i in $(seq 1 "$RUNS"); do
     # Alternate which goes first so neither always runs on a warmer cache.
     if [ $((i % 2)) -eq 1 ]; then
-        wall "$FG" replay --quiet --pipeline "$PIPE" --input "$IN" --output "$DIR/fg.pcap" >>"$DIR/fg.txt"
-        wall tcpdump -r "$IN" -w "$DIR/td.pcap" >>"$DIR/td.txt"
+        measure "$DIR/fg.txt" "${REPLAY[@]}"
+        measure "$DIR/td.txt" "${TCPDUMP[@]}"
     else
-        wall tcpdump -r "$IN" -w "$DIR/td.pcap" >>"$DIR/td.txt"
-        wall "$FG" replay --quiet --pipeline "$PIPE" --input "$IN" --output "$DIR/fg.pcap" >>"$DIR/fg.txt"
+        measure "$DIR/td.txt" "${TCPDUMP[@]}"
+        measure "$DIR/fg.txt" "${REPLAY[@]}"
     fi
-    echo "run $i: replay $(tail -1 "$DIR/fg.txt") s, tcpdump $(tail -1 "$DIR/td.txt") s"
+    echo "run $i: replay $(tail -1 "$DIR/fg.txt") s, tcpdump $(tail -1 "$DIR/td.txt") s (wall, cpu)"
 done
 
-FGM=$(median <"$DIR/fg.txt")
-TDM=$(median <"$DIR/td.txt")
-printf '%-38s %10s %14s\n' "command" "median s" "packets/s"
-printf '%-38s %10.4f %14.0f\n' "flowgate replay --quiet (web-farm)" "$FGM" "$(echo "$N / $FGM" | bc -l)"
-printf '%-38s %10.4f %14.0f\n' "tcpdump -r IN -w OUT" "$TDM" "$(echo "$N / $TDM" | bc -l)"
-printf 'ratio replay/tcpdump wall time: %.3f (%s)\n' "$(echo "$FGM / $TDM" | bc -l)" \
+FGM=$(cut -d' ' -f1 "$DIR/fg.txt" | median)
+TDM=$(cut -d' ' -f1 "$DIR/td.txt" | median)
+FGC=$(cut -d' ' -f2 "$DIR/fg.txt" | median)
+TDC=$(cut -d' ' -f2 "$DIR/td.txt" | median)
+printf '%-38s %12s %14s %12s\n' "command ($RUNS runs)" "median wall" "packets/s" "median cpu"
+printf '%-38s %12.4f %14.0f %12.4f\n' "flowgate replay --quiet (web-farm)" "$FGM" "$(echo "$N / $FGM" | bc -l)" "$FGC"
+printf '%-38s %12.4f %14.0f %12.4f\n' "tcpdump -r IN -w OUT" "$TDM" "$(echo "$N / $TDM" | bc -l)" "$TDC"
+printf 'ratio replay/tcpdump: wall %.3f, cpu %.3f (%s)\n' "$(echo "$FGM / $TDM" | bc -l)" "$(echo "$FGC / $TDC" | bc -l)" \
     "$(if [ "$(echo "$FGM <= $TDM" | bc -l)" = 1 ]; then echo "replay at least as fast"; else echo "replay SLOWER"; fi)"
