@@ -4,6 +4,7 @@
 # prints the median wall time, packets/s and the ratio.
 #
 #   scripts/bench-replay.sh [RUNS] [PACKETS]      (defaults: 7 runs, 1000000 packets)
+#   PIPE=other.yaml scripts/bench-replay.sh      (replay another pipeline)
 #
 # Needs tcpdump (apt-get install tcpdump). Work files go to $BENCH_DIR (default a fresh
 # directory under /tmp, removed at the end).
@@ -12,7 +13,7 @@ set -euo pipefail
 RUNS=${1:-7}
 PACKETS=${2:-1000000}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PIPE="$ROOT/pipelines/web-farm.yaml"
+PIPE=${PIPE:-"$ROOT/pipelines/web-farm.yaml"}
 DIR=${BENCH_DIR:-$(mktemp -d /tmp/flowgate-bench.XXXXXX)}
 trap '[ -z "${BENCH_DIR:-}" ] && rm -rf "$DIR"' EXIT
 
