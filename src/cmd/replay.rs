@@ -57,7 +57,7 @@ pub fn run(o: &ReplayOpts) -> Result<ReplayResult> {
         n += 1;
         let ts = pkt.ts_ns;
         last_ts = last_ts.max(ts);
-        if n % 32 == 0 {
+        if n.is_multiple_of(32) {
             w.expire(last_ts, 256);
         }
         if !buf.load(pkt.data) {
@@ -72,7 +72,7 @@ pub fn run(o: &ReplayOpts) -> Result<ReplayResult> {
         if o.trace {
             writeln!(out, "{}", summary::trace_line(&tables, n, len, &outcome))?;
         }
-        if show && n % 65536 == 0 {
+        if show && n.is_multiple_of(65536) {
             progress(rd.bytes_read(), total, n, start.elapsed().as_secs_f64());
         }
     }
