@@ -285,13 +285,8 @@ fn testpmd(conf: &RunConf, seconds: f64) -> Result<f64> {
         }
         args.push(a.clone());
     }
-    let mut lc = vec![conf.management_lcore];
-    lc.extend(&conf.worker_lcores);
+    args.extend(conf.lcore_args());
     args.extend([
-        "-l".into(),
-        lc.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
-        "--main-lcore".into(),
-        conf.management_lcore.to_string(),
         "--file-prefix".into(),
         format!("fg-testpmd-{}", std::process::id()),
         "--vdev".into(),
@@ -305,13 +300,17 @@ fn testpmd(conf: &RunConf, seconds: f64) -> Result<f64> {
         format!("--txq={n}"),
         format!("--total-num-mbufs={}", conf.mbufs.max(16384)),
     ]);
-    let mut child = Command::new("dpdk-testpmd")
+    // testpmd's stdout is a pipe here, hence fully buffered: stdbuf makes it line buffered
+    // so that "Press enter to exit" arrives when forwarding starts.
+    let mut child = Command::new("stdbuf")
+        .arg("-oL")
+        .arg("dpdk-testpmd")
         .args(&args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .context("starting dpdk-testpmd (apt install dpdk)")?;
+        .context("starting stdbuf dpdk-testpmd (apt install dpdk coreutils)")?;
     let stdout = child.stdout.take().ok_or_else(|| anyhow!("testpmd stdout"))?;
     let mut lines = BufReader::new(stdout).lines();
     let mut out = String::new();

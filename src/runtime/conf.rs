@@ -36,6 +36,8 @@ struct RawConf {
 struct RawLcores {
     management: u32,
     workers: Vec<u32>,
+    #[serde(default)]
+    cpus: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +117,9 @@ pub struct RunConf {
     pub eal: Vec<String>,
     pub management_lcore: u32,
     pub worker_lcores: Vec<u32>,
+    /// CPU set every lcore may run on (`lcores.cpus: "0-1"`, EAL `--lcores (..)@(..)`),
+    /// for more lcores than CPUs (tests, small VMs); `None`: lcore i runs on CPU i.
+    pub cpus: Option<String>,
     pub ports: Vec<PortSpec>,
     pub mbufs: u32,
     pub mbuf_cache: u32,
@@ -191,6 +196,14 @@ impl RunConf {
                 return Err(err(&[Key("lcores"), Key("workers"), Idx(i)], format!("lcore {w} is listed twice")));
             }
         }
+        if let Some(c) = &raw.lcores.cpus {
+            if c.is_empty() || !c.chars().all(|ch| ch.is_ascii_digit() || ch == ',' || ch == '-') {
+                return Err(err(
+                    &[Key("lcores"), Key("cpus")],
+                    format!("{c:?} is not a CPU list like \"0-1\" or \"0,2\""),
+                ));
+            }
+        }
         if raw.ports.is_empty() {
             return Err(err(&[Key("ports")], "at least one port is needed".into()));
         }
@@ -265,6 +278,7 @@ impl RunConf {
             eal: raw.eal,
             management_lcore: raw.lcores.management,
             worker_lcores: raw.lcores.workers,
+            cpus: raw.lcores.cpus,
             ports,
             mbufs,
             mbuf_cache,
@@ -279,16 +293,25 @@ impl RunConf {
     /// `--vdev` (virtual device) or `-a` (PCI address) per port.
     pub fn eal_args(&self) -> Vec<String> {
         let mut a = self.eal.clone();
-        let mut lcores = vec![self.management_lcore];
-        lcores.extend(&self.worker_lcores);
-        a.push("-l".into());
-        a.push(lcores.iter().map(u32::to_string).collect::<Vec<_>>().join(","));
-        a.push("--main-lcore".into());
-        a.push(self.management_lcore.to_string());
+        a.extend(self.lcore_args());
         for p in &self.ports {
             a.push(if p.is_vdev() { "--vdev" } else { "-a" }.into());
             a.push(p.device.clone());
         }
+        a
+    }
+
+    /// The EAL lcore options: `-l` (or `--lcores` with [`RunConf::cpus`]) and `--main-lcore`.
+    pub fn lcore_args(&self) -> Vec<String> {
+        let mut lcores = vec![self.management_lcore];
+        lcores.extend(&self.worker_lcores);
+        let list = lcores.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        let mut a: Vec<String> = match &self.cpus {
+            None => vec!["-l".into(), list],
+            Some(c) => vec!["--lcores".into(), format!("({list})@({c})")],
+        };
+        a.push("--main-lcore".into());
+        a.push(self.management_lcore.to_string());
         a
     }
 
@@ -390,6 +413,12 @@ stop: { idle_ms: 0 }
         assert_eq!(c.stats_json.as_deref(), Some(Path::new("/etc/fg/conf/out.json")));
         assert_eq!(c.stats_interval_ms, 0);
         assert_eq!(c.ports[0].rx_desc, DEFAULT_DESC);
+        assert_eq!(&c.eal_args()[..2], ["-l", "2,3,4"]);
+        let c = parse(
+            "pipeline: p.yaml\nlcores: {management: 0, workers: [1, 2], cpus: \"0-1\"}\nports: [{name: a, device: net_null0}]\n",
+        )
+        .expect("valid");
+        assert_eq!(&c.eal_args()[..4], ["--lcores", "(0,1,2)@(0-1)", "--main-lcore", "0"]);
     }
 
     fn bad(t: &str, key: &str, needle: &str) {
@@ -427,6 +456,11 @@ stop: { idle_ms: 0 }
             "used twice",
         );
         bad(&format!("{base}eal: [\"--no-huge\", \"-l\", \"0-3\"]\n"), "eal[1]", "derived");
+        bad(
+            "pipeline: p.yaml\nlcores: {management: 0, workers: [1], cpus: \"all\"}\nports: [{name: a, device: net_null0}]\n",
+            "lcores.cpus",
+            "CPU list",
+        );
         bad(&format!("{base}mempool: {{mbufs: 100}}\n"), "mempool.mbufs", "below 1024");
         bad(&format!("{base}mempool: {{mbufs: 2047, cache: 1500}}\n"), "mempool.cache", "512");
         bad(&format!("{base}flows: {{capacity: 0}}\n"), "flows.capacity", "1..=");

@@ -50,17 +50,22 @@ pub struct RunResult {
 /// What the management lcore shares with a worker.
 struct Slot {
     stats: Mutex<Stats>,
-    /// Monotonic ns of the last non-empty receive (0: none yet).
+    /// Monotonic ns of the last non-empty receive, or of the start of polling (0: the
+    /// worker is not polling yet).
     last_rx_ns: AtomicU64,
     flows: AtomicU64,
     tx_refused: AtomicU64,
     dispatch_dropped: AtomicU64,
+    /// Frames left in RX queues at stop, freed unprocessed.
+    drained: AtomicU64,
     done: AtomicBool,
 }
 
 /// State shared by all lcores.
 struct Shared {
     stop: AtomicBool,
+    /// Workers that have left their poll loop (and flushed their TX batches).
+    stopped: AtomicU64,
     generation: AtomicU64,
     tables: Mutex<Arc<Tables>>,
     slots: Vec<Slot>,
@@ -174,6 +179,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
     let tables = Arc::new(Tables::build(pipeline, 1));
     let shared = Shared {
         stop: AtomicBool::new(false),
+        stopped: AtomicU64::new(0),
         generation: AtomicU64::new(1),
         tables: Mutex::new(Arc::clone(&tables)),
         slots: (0..n_workers)
@@ -183,6 +189,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
                 flows: AtomicU64::new(0),
                 tx_refused: AtomicU64::new(0),
                 dispatch_dropped: AtomicU64::new(0),
+                drained: AtomicU64::new(0),
                 done: AtomicBool::new(false),
             })
             .collect(),
@@ -239,7 +246,9 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
     let mut flows = 0u64;
     let mut tx_refused = 0u64;
     let mut dispatch_dropped = leftover;
+    let mut drained = 0u64;
     for slot in &shared.slots {
+        drained += slot.drained.load(Relaxed);
         total.merge(&slot.stats.lock());
         flows += slot.flows.load(Relaxed);
         tx_refused += slot.tx_refused.load(Relaxed);
@@ -270,6 +279,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
                 "live_flows": flows,
                 "tx_refused": tx_refused,
                 "dispatch_dropped": dispatch_dropped,
+                "drained_at_stop": drained,
                 "mempool_in_use": in_use,
                 "ports": port_stats,
             }),
@@ -317,7 +327,9 @@ fn manage(conf: &RunConf, shared: &Shared, stop_sig: &AtomicBool, hup: &AtomicBo
             eprintln!("stopping (a worker ended)");
             break;
         }
-        if conf.idle_ms > 0 {
+        // The idle clock starts once every worker is polling (building a large flow table
+        // takes a while, longer in a debug build).
+        if conf.idle_ms > 0 && shared.slots.iter().all(|s| s.last_rx_ns.load(Relaxed) != 0) {
             let now = shared.now_ns();
             let last = shared.slots.iter().map(|s| s.last_rx_ns.load(Relaxed)).max().unwrap_or(0);
             if now.saturating_sub(last) > conf.idle_ms * 1_000_000 {
@@ -399,6 +411,7 @@ fn worker_loop<'q>(
     let mut txb: Vec<MbufBatch<'q>> = io.tx.iter().map(|_| MbufBatch::new()).collect();
     let mut last_pub = 0u64;
     let mut dispatch_dropped = 0u64;
+    slot.last_rx_ns.store(shared.now_ns().max(1), Relaxed); // polling starts: idle clock on
     loop {
         let now = shared.now_ns();
         let g = shared.generation.load(Relaxed);
@@ -453,6 +466,31 @@ fn worker_loop<'q>(
         }
     }
     publish(slot, &w, &io, dispatch_dropped);
+    // Two-phase stop: once every worker has flushed its last TX batch, free what is left
+    // in our RX queues (a loopback PMD such as net_ring keeps sent frames in its ring, and
+    // closing the port would not free them). Bounded: net_null never runs dry.
+    shared.stopped.fetch_add(1, Relaxed);
+    let t0 = Instant::now();
+    while shared.stopped.load(Relaxed) < shared.slots.len() as u64 && t0.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut drained = 0u64;
+    for (_, rxq, _) in io.rx.iter_mut() {
+        for _ in 0..4096 {
+            let n = rxq.rx_burst(&mut rxb);
+            if n == 0 {
+                break;
+            }
+            drained += n as u64;
+            rxb.clear();
+        }
+    }
+    if let Some(inbox) = inboxes.get(idx) {
+        while inbox.pop().is_some() {
+            drained += 1;
+        }
+    }
+    slot.drained.store(drained, Relaxed);
 }
 
 fn publish(slot: &Slot, w: &Worker, io: &WorkerIo<'_>, dispatch_dropped: u64) {

@@ -1,0 +1,303 @@
+//! `flowgate run` end to end (feature `dpdk`, root): the binary is started as a child
+//! process with a conf written to a temporary directory.
+//!
+//! - `run_pcap_matches_replay`: on a `net_pcap` vdev, `run` emits the same frames, byte
+//!   for byte and in order, as `replay` on the same capture and pipeline (the shipped
+//!   sample and a capture from `gen`); the counters agree too; nothing leaks.
+//! - `run_two_workers_dispatch_matches_replay`: the same with two workers on one
+//!   `net_pcap` RX queue (software dispatcher) and one `tx_pcap` per worker: the union of
+//!   the outputs is the replay output as a multiset, each flow's frames keep their order,
+//!   and the counters agree.
+//! - `run_stops_cleanly_on_sigterm`: `net_null` ports, two workers with RSS (more lcores
+//!   than CPUs via `lcores.cpus`), SIGTERM → exit code 0, stats JSON written,
+//!   `packets_in == packets_out + drops`, mempool in use 0.
+//! - `run_bad_port_is_a_clear_error`: a vdev that cannot probe fails the run, naming it.
+//!
+//! Skips with a note when not root (and `CI` is not set).
+#![cfg(feature = "dpdk")]
+
+mod common;
+
+use common::{flowgate, in_ci, root};
+use flowgate::port::pcap::PcapReader;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn is_root() -> bool {
+    let ok = Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !ok {
+        assert!(!in_ci(), "DPDK run tests must run as root in CI");
+        eprintln!("SKIP: not root");
+    }
+    ok
+}
+
+/// Frames of a capture, in order.
+fn frames(p: &Path) -> Vec<Vec<u8>> {
+    let mut r = PcapReader::open(p).expect("open capture");
+    let mut out = Vec::new();
+    while let Some(pkt) = r.next_packet().expect("read capture") {
+        out.push(pkt.data.to_vec());
+    }
+    out
+}
+
+fn json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).expect("stats json")).expect("valid json")
+}
+
+/// A unique EAL file prefix per test run.
+fn prefix(tag: &str) -> String {
+    format!("fgt-{tag}-{}", std::process::id())
+}
+
+fn run_pcap_case(dir: &Path, input: &Path, tag: &str) {
+    let pipeline = root().join("pipelines/web-farm.yaml");
+    let out_run = dir.join(format!("{tag}-run.pcap"));
+    let out_replay = dir.join(format!("{tag}-replay.pcap"));
+    let stats_run = dir.join(format!("{tag}-run.json"));
+    let stats_replay = dir.join(format!("{tag}-replay.json"));
+    let conf = dir.join(format!("{tag}.yaml"));
+    std::fs::write(
+        &conf,
+        format!(
+            "pipeline: {}\neal: [\"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-telemetry\", \"--file-prefix\", \"{}\"]\n\
+             lcores: {{ management: 0, workers: [1], cpus: \"0-1\" }}\n\
+             ports:\n  - {{ name: outside, device: \"net_pcap0,rx_pcap={},tx_pcap={}\" }}\n\
+             stop: {{ idle_ms: 700 }}\n",
+            pipeline.display(),
+            prefix(tag),
+            input.display(),
+            out_run.display()
+        ),
+    )
+    .expect("write conf");
+    let o = flowgate()
+        .args(["run", "--quiet", "--conf"])
+        .arg(&conf)
+        .arg("--stats-json")
+        .arg(&stats_run)
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "flowgate run failed: {}", String::from_utf8_lossy(&o.stderr));
+    let o = flowgate()
+        .args(["replay", "-q", "--pipeline"])
+        .arg(&pipeline)
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(&out_replay)
+        .arg("--stats-json")
+        .arg(&stats_replay)
+        .output()
+        .expect("replay");
+    assert!(o.status.success(), "replay failed: {}", String::from_utf8_lossy(&o.stderr));
+
+    let got = frames(&out_run);
+    let want = frames(&out_replay);
+    let n_in = frames(input).len();
+    assert!(want.len() > n_in / 2, "{tag}: replay forwards most frames ({} of {n_in})", want.len());
+    assert_eq!(got.len(), want.len(), "{tag}: frame count");
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(g == w, "{tag}: frame {i} differs\nrun    {g:02x?}\nreplay {w:02x?}");
+    }
+    let jr = json(&stats_run);
+    let jp = json(&stats_replay);
+    for k in ["packets_in", "packets_out", "drops", "flows_created", "arp_replies", "nd_replies", "services"] {
+        assert_eq!(jr[k], jp[k], "{tag}: stats key {k}");
+    }
+    assert_eq!(jr["packets_in"].as_u64(), Some(n_in as u64), "{tag}: every input frame counted");
+    assert_eq!(jr["runtime"]["mempool_in_use"].as_u64(), Some(0), "{tag}: no mbuf leaked");
+    assert_eq!(jr["runtime"]["tx_refused"].as_u64(), Some(0));
+}
+
+#[test]
+fn run_pcap_matches_replay() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    run_pcap_case(dir.path(), &root().join("samples/web-farm.pcap"), "sample");
+    // A fresh capture from gen: web clients, FTP, UDP, ESP, tagged traffic.
+    let gen_pcap = dir.path().join("gen.pcap");
+    let o = flowgate()
+        .args(["gen", "--pipeline"])
+        .arg(root().join("pipelines/web-farm.yaml"))
+        .args(["--flows", "300", "--out"])
+        .arg(&gen_pcap)
+        .output()
+        .expect("gen");
+    assert!(o.status.success(), "gen failed: {}", String::from_utf8_lossy(&o.stderr));
+    run_pcap_case(dir.path(), &gen_pcap, "gen");
+}
+
+#[test]
+fn run_two_workers_dispatch_matches_replay() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let pipeline = root().join("pipelines/web-farm.yaml");
+    let input = d.join("gen.pcap");
+    let o = flowgate()
+        .args(["gen", "--pipeline"])
+        .arg(&pipeline)
+        .args(["--flows", "400", "--out"])
+        .arg(&input)
+        .output()
+        .expect("gen");
+    assert!(o.status.success(), "gen failed: {}", String::from_utf8_lossy(&o.stderr));
+    let (out0, out1, stats_run, out_replay, stats_replay) =
+        (d.join("o0.pcap"), d.join("o1.pcap"), d.join("run.json"), d.join("replay.pcap"), d.join("replay.json"));
+    let conf = d.join("two.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "pipeline: {}\neal: [\"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-telemetry\", \"--file-prefix\", \"{}\"]\n\
+             lcores: {{ management: 0, workers: [1, 2], cpus: \"0-1\" }}\n\
+             ports:\n  - {{ name: outside, device: \"net_pcap0,rx_pcap={},tx_pcap={},tx_pcap={}\" }}\n\
+             stop: {{ idle_ms: 700 }}\n",
+            pipeline.display(),
+            prefix("two"),
+            input.display(),
+            out0.display(),
+            out1.display()
+        ),
+    )
+    .expect("write conf");
+    let o = flowgate()
+        .args(["run", "--quiet", "--conf"])
+        .arg(&conf)
+        .arg("--stats-json")
+        .arg(&stats_run)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "flowgate run failed: {err}");
+    assert!(err.contains("software dispatch"), "{err}");
+    let o = flowgate()
+        .args(["replay", "-q", "--pipeline"])
+        .arg(&pipeline)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&out_replay)
+        .arg("--stats-json")
+        .arg(&stats_replay)
+        .output()
+        .expect("replay");
+    assert!(o.status.success(), "replay failed: {}", String::from_utf8_lossy(&o.stderr));
+    let (a, b, want) = (frames(&out0), frames(&out1), frames(&out_replay));
+    assert!(!a.is_empty() && !b.is_empty(), "both workers forwarded frames ({} / {})", a.len(), b.len());
+    // Multiset equality.
+    let mut got: Vec<&Vec<u8>> = a.iter().chain(&b).collect();
+    let mut w: Vec<&Vec<u8>> = want.iter().collect();
+    got.sort();
+    w.sort();
+    assert_eq!(got.len(), w.len(), "frame count");
+    assert!(got == w, "the two workers' outputs are not the replay output");
+    // Each worker's output is a subsequence of the replay output (order kept per flow).
+    for (name, out) in [("worker 0", &a), ("worker 1", &b)] {
+        let mut it = want.iter();
+        for (i, f) in out.iter().enumerate() {
+            assert!(it.any(|x| x == f), "{name}: frame {i} out of order");
+        }
+    }
+    let (jr, jp) = (json(&stats_run), json(&stats_replay));
+    for k in ["packets_in", "packets_out", "drops", "flows_created", "services"] {
+        assert_eq!(jr[k], jp[k], "stats key {k}");
+    }
+    assert_eq!(jr["runtime"]["mempool_in_use"].as_u64(), Some(0));
+    assert_eq!(jr["runtime"]["dispatch_dropped"].as_u64(), Some(0));
+}
+
+#[test]
+fn run_stops_cleanly_on_sigterm() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stats = dir.path().join("stats.json");
+    let conf = dir.path().join("null.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "pipeline: {}\neal: [\"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-telemetry\", \"--file-prefix\", \"{}\"]\n\
+             lcores: {{ management: 0, workers: [1, 2], cpus: \"0-1\" }}\n\
+             ports:\n  - {{ name: outside, device: \"net_null1\" }}\n  - {{ name: inside, device: \"net_null0,size=64\" }}\n\
+             mempool: {{ mbufs: 4095, cache: 64 }}\n\
+             stats: {{ interval_ms: 200, json: {} }}\n",
+            root().join("pipelines/web-farm.yaml").display(),
+            prefix("term"),
+            stats.display()
+        ),
+    )
+    .expect("write conf");
+    let mut child = flowgate().args(["run", "--conf"]).arg(&conf).stderr(Stdio::piped()).spawn().expect("spawn run");
+    std::thread::sleep(Duration::from_millis(2500));
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("flowgate run did not stop within 20 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = child.wait_with_output().map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).unwrap_or_default();
+    assert!(status.success(), "exit status {status:?}\n{err}");
+    assert!(err.contains("stopping (signal)"), "{err}");
+    assert!(err.contains("symmetric RSS"), "net_null with 2 workers: {err}");
+    assert!(err.contains("] rx "), "periodic rate line: {err}");
+    let j = json(&stats);
+    let pin = j["packets_in"].as_u64().expect("packets_in");
+    let pout = j["packets_out"].as_u64().expect("packets_out");
+    let drops: u64 = j["drops"].as_object().expect("drops").values().filter_map(|v| v.as_u64()).sum();
+    assert!(pin > 1000, "net_null delivered frames: {pin}");
+    assert_eq!(pin, pout + drops, "every frame forwarded or counted as a drop");
+    assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "no mbuf leaked: {j}");
+    assert_eq!(j["runtime"]["workers"].as_u64(), Some(2));
+    assert!(j["runtime"]["ports"]["inside"]["ipackets"].as_u64().unwrap_or(0) > 0);
+}
+
+#[test]
+fn run_bad_port_is_a_clear_error() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("bad.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "pipeline: {}\neal: [\"--no-huge\", \"-m\", \"256\", \"--no-pci\", \"--no-telemetry\", \"--file-prefix\", \"{}\"]\n\
+             lcores: {{ management: 0, workers: [1], cpus: \"0-1\" }}\n\
+             ports:\n  - {{ name: outside, device: \"net_pcap0,rx_pcap={}\" }}\n",
+            root().join("pipelines/web-farm.yaml").display(),
+            prefix("bad"),
+            dir.path().join("missing.pcap").display()
+        ),
+    )
+    .expect("write conf");
+    let o = flowgate().args(["run", "--conf"]).arg(&conf).output().expect("run");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("port \"outside\"") && err.contains("did not probe"), "{err}");
+
+    // A conf error names the file and key (exit code 2).
+    std::fs::write(
+        &conf,
+        "pipeline: x.yaml\nlcores: {management: 0, workers: [0]}\nports: [{name: a, device: net_null0}]\n",
+    )
+    .expect("write conf");
+    let o = flowgate().args(["run", "--conf"]).arg(&conf).output().expect("run");
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("bad.yaml:2: lcores.workers[0]"), "{err}");
+}
