@@ -62,7 +62,19 @@ struct Done {
 }
 
 /// The 60-byte frame of flow `k`: client `100.64.x.y:port` → the service's VIP and port.
-fn frame(out: &mut [u8; 60], k: u32, vip: [u8; 4], dport: u16, gw: [u8; 6], me: [u8; 6], flags: u8, rev: bool) {
+/// What every bench frame shares: the service and the MAC addresses.
+#[derive(Clone, Copy)]
+struct Template {
+    vip: [u8; 4],
+    dport: u16,
+    /// Source MAC (the outside gateway).
+    gw: [u8; 6],
+    /// Destination MAC (this system).
+    me: [u8; 6],
+}
+
+fn frame(out: &mut [u8; 60], k: u32, t: Template, flags: u8, rev: bool) {
+    let Template { vip, dport, gw, me } = t;
     out.fill(0);
     // 100.64.0.0/10 (shared address space) holds 4 Mi clients; the port tells the rest apart.
     let client = (0x6440_0000u32 | (k & 0x3f_ffff)).to_be_bytes();
@@ -94,10 +106,10 @@ fn frame(out: &mut [u8; 60], k: u32, vip: [u8; 4], dport: u16, gw: [u8; 6], me: 
 /// The first IPv4 TCP service with a port: (VIP, port).
 fn target_service(p: &Pipeline) -> Result<([u8; 4], u16)> {
     for s in &p.services {
-        if let (std::net::IpAddr::V4(v), 6 | 0) = (s.vip, s.proto) {
-            if let Some(r) = s.ports.first() {
-                return Ok((v.octets(), r.lo));
-            }
+        if let (std::net::IpAddr::V4(v), 6 | 0) = (s.vip, s.proto)
+            && let Some(r) = s.ports.first()
+        {
+            return Ok((v.octets(), r.lo));
         }
     }
     bail!("the bench pipeline needs an IPv4 TCP service with a port")
@@ -117,7 +129,7 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
     // Room for every flow without eviction (the table may round up; keep 25 % slack).
     p.flow_table.capacity = p.flow_table.capacity.max(per_worker + per_worker / 4);
     let (vip, dport) = target_service(&p)?;
-    let (gw, me) = (p.gateway_mac, p.mac);
+    let tpl = Template { vip, dport, gw: p.gateway_mac, me: p.mac };
     let tables = Arc::new(Tables::build(p, 1));
     if tables.pipeline.services.iter().all(|s| s.members.is_empty()) {
         bail!("the bench pipeline has no servers");
@@ -159,11 +171,11 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
                 let mut f = [0u8; 60];
                 for &k in &mine {
                     for (flags, rev) in [(0x02, false), (0x12, true), (0x10, false)] {
-                        frame(&mut f, k, vip, dport, gw, me, flags, rev);
-                        if let Some(mut m) = pool.alloc() {
-                            if m.set_data(&f) {
-                                let _ = w.process(&mut m, 0, 0);
-                            }
+                        frame(&mut f, k, tpl, flags, rev);
+                        if let Some(mut m) = pool.alloc()
+                            && m.set_data(&f)
+                        {
+                            let _ = w.process(&mut m, 0, 0);
                         }
                     }
                 }
@@ -184,7 +196,7 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
                     let got = rxq.rx_burst(&mut rxb);
                     if got > 0 {
                         rxb.drain_each(|mut m| {
-                            frame(&mut f, mine.get(j).copied().unwrap_or(0), vip, dport, gw, me, 0x10, false);
+                            frame(&mut f, mine.get(j).copied().unwrap_or(0), tpl, 0x10, false);
                             j += 1;
                             if j == n {
                                 j = 0;
@@ -365,7 +377,8 @@ mod tests {
     #[test]
     fn bench_frames_parse_as_the_flow() {
         let mut f = [0u8; 60];
-        frame(&mut f, 0x01_02_03_04, [203, 0, 113, 10], 80, [2; 6], [1; 6], 0x10, false);
+        let t = Template { vip: [203, 0, 113, 10], dport: 80, gw: [2; 6], me: [1; 6] };
+        frame(&mut f, 0x01_02_03_04, t, 0x10, false);
         let m = crate::pipeline::parse::parse(&f).expect("parses");
         assert_eq!(m.tuple.proto, 6);
         assert_eq!(m.tuple.dst_port, 80);
@@ -373,7 +386,7 @@ mod tests {
         assert_eq!(&m.tuple.src[12..], &[100, 64 | 0x02, 3, 4]);
         assert_eq!(crate::wire::checksum::checksum(&f[14..34]), 0);
         let mut r = [0u8; 60];
-        frame(&mut r, 0x01_02_03_04, [203, 0, 113, 10], 80, [2; 6], [1; 6], 0x12, true);
+        frame(&mut r, 0x01_02_03_04, t, 0x12, true);
         let mr = crate::pipeline::parse::parse(&r).expect("parses");
         assert_eq!(mr.tuple.src_port, 80);
         assert_eq!(&mr.tuple.dst[12..], &[100, 64 | 0x02, 3, 4]);

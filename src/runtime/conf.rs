@@ -196,13 +196,10 @@ impl RunConf {
                 return Err(err(&[Key("lcores"), Key("workers"), Idx(i)], format!("lcore {w} is listed twice")));
             }
         }
-        if let Some(c) = &raw.lcores.cpus {
-            if c.is_empty() || !c.chars().all(|ch| ch.is_ascii_digit() || ch == ',' || ch == '-') {
-                return Err(err(
-                    &[Key("lcores"), Key("cpus")],
-                    format!("{c:?} is not a CPU list like \"0-1\" or \"0,2\""),
-                ));
-            }
+        if let Some(c) = &raw.lcores.cpus
+            && (c.is_empty() || !c.chars().all(|ch| ch.is_ascii_digit() || ch == ',' || ch == '-'))
+        {
+            return Err(err(&[Key("lcores"), Key("cpus")], format!("{c:?} is not a CPU list like \"0-1\" or \"0,2\"")));
         }
         if raw.ports.is_empty() {
             return Err(err(&[Key("ports")], "at least one port is needed".into()));
