@@ -53,6 +53,14 @@ fn prefix(tag: &str) -> String {
 }
 
 fn run_pcap_case(dir: &Path, input: &Path, tag: &str) {
+    let eal = format!(
+        "[\"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-telemetry\", \"--file-prefix\", \"{}\"]",
+        prefix(tag)
+    );
+    run_pcap_case_eal(dir, input, tag, &eal);
+}
+
+fn run_pcap_case_eal(dir: &Path, input: &Path, tag: &str, eal: &str) {
     let pipeline = root().join("pipelines/web-farm.yaml");
     let out_run = dir.join(format!("{tag}-run.pcap"));
     let out_replay = dir.join(format!("{tag}-replay.pcap"));
@@ -62,12 +70,11 @@ fn run_pcap_case(dir: &Path, input: &Path, tag: &str) {
     std::fs::write(
         &conf,
         format!(
-            "pipeline: {}\neal: [\"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-telemetry\", \"--file-prefix\", \"{}\"]\n\
+            "pipeline: {}\neal: {eal}\n\
              lcores: {{ management: 0, workers: [1], cpus: \"0-1\" }}\n\
              ports:\n  - {{ name: outside, device: \"net_pcap0,rx_pcap={},tx_pcap={}\" }}\n\
              stop: {{ idle_ms: 700 }}\n",
             pipeline.display(),
-            prefix(tag),
             input.display(),
             out_run.display()
         ),
@@ -130,6 +137,31 @@ fn run_pcap_matches_replay() {
         .expect("gen");
     assert!(o.status.success(), "gen failed: {}", String::from_utf8_lossy(&o.stderr));
     run_pcap_case(dir.path(), &gen_pcap, "gen");
+}
+
+/// Free 2 MiB hugepages, from /proc/meminfo.
+fn free_hugepages() -> u64 {
+    let m = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let free = m.lines().find_map(|l| l.strip_prefix("HugePages_Free:")).and_then(|v| v.trim().parse().ok());
+    let size_2m = m.lines().any(|l| l.starts_with("Hugepagesize:") && l.contains("2048 kB"));
+    if size_2m { free.unwrap_or(0) } else { 0 }
+}
+
+/// The pcap equivalence with hugepages (`--in-memory`) instead of `--no-huge`. Needs
+/// 2 MiB hugepages reserved (e.g. `echo 512 > /proc/sys/vm/nr_hugepages` and hugetlbfs
+/// mounted); skips with a note otherwise (also in CI: reserving pages is the host's call).
+#[test]
+fn run_pcap_with_hugepages() {
+    if !is_root() {
+        return;
+    }
+    if free_hugepages() < 256 {
+        eprintln!("SKIP: fewer than 256 free 2 MiB hugepages");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let eal = "[\"--in-memory\", \"-m\", \"256\", \"--no-pci\", \"--no-telemetry\"]";
+    run_pcap_case_eal(dir.path(), &root().join("samples/web-farm.pcap"), "huge", eal);
 }
 
 #[test]

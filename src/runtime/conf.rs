@@ -469,6 +469,19 @@ stop: { idle_ms: 0 }
     }
 
     #[test]
+    fn shipped_confs_parse_and_name_loadable_pipelines() {
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/conf"));
+        for name in ["pcap-replay.yaml", "veth-demo.yaml", "null-bench.yaml", "vfio-example.yaml"] {
+            let c = RunConf::load(&dir.join(name)).unwrap_or_else(|e| panic!("{e}"));
+            let p = crate::config::Pipeline::load(&c.pipeline).unwrap_or_else(|e| panic!("{name}: {e}"));
+            map_ports(&c, &p.ports).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        let v = RunConf::load(&dir.join("vfio-example.yaml")).expect("vfio");
+        assert!(v.ports.iter().all(|p| !p.is_vdev()));
+        assert!(!v.eal.iter().any(|a| a == "--no-huge"));
+    }
+
+    #[test]
     fn ports_map_by_name() {
         let c = parse(GOOD).expect("valid");
         // The pipeline saw `inside` first, then `outside`.
