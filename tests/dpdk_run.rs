@@ -306,7 +306,7 @@ fn run_stops_cleanly_on_sigterm() {
         }
     });
     let mut err = String::new();
-    let mut wait_for = |needle: &str, err: &mut String| {
+    let wait_for = |needle: &str, err: &mut String| {
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(30) {
             if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
