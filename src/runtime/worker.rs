@@ -13,7 +13,7 @@ use crate::config::Pipeline;
 use crate::pipeline::stats::Stats;
 use crate::pipeline::{Tables, Worker};
 use crate::port::dpdk::{
-    BURST, DpdkError, Eal, Mbuf, MbufBatch, Mempool, Port, PortConf, PortStats, RxQueue, SYMMETRIC_RSS_KEY, TxQueue,
+    BURST, DpdkError, Eal, Mbuf, MbufBatch, Mempool, Port, PortConf, RxQueue, SYMMETRIC_RSS_KEY, TxQueue,
 };
 use anyhow::{Context, Result, anyhow, bail};
 use crossbeam::queue::ArrayQueue;
@@ -255,10 +255,8 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
         dispatch_dropped += slot.dispatch_dropped.load(Relaxed);
     }
     let mut port_stats = serde_json::Map::new();
-    let mut pstats: Vec<PortStats> = Vec::new();
     for (i, port) in ports.iter().enumerate() {
         let st = port.stats().unwrap_or_default();
-        pstats.push(st);
         port_stats.insert(
             conf.ports[i].name.clone(),
             json!({ "ipackets": st.ipackets, "opackets": st.opackets, "imissed": st.imissed,
