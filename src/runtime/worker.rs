@@ -146,7 +146,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
             );
         }
         let rss = n_workers > 1 && info.rss_offloads != 0 && info.max_rx_queues >= nw;
-        let pc = PortConf {
+        let mut pc = PortConf {
             n_rxq: if rss { nw } else { 1 },
             n_txq: nw,
             rx_desc: spec.rx_desc,
@@ -154,11 +154,19 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
             rss_key: Some(SYMMETRIC_RSS_KEY),
             promiscuous: true,
         };
-        let hf = port.start(&pc, &pool).with_context(|| format!("starting port {:?} ({})", spec.name, spec.device))?;
-        dispatched[i] = n_workers > 1 && (!rss || hf == 0);
-        if dispatched[i] && rss {
-            bail!("port {:?}: RSS was refused with {n_workers} RX queues", spec.name);
+        let start_ctx = || {
+            format!(
+                "starting port {:?} ({}); the pool needs more than ports × RX queues × rx_desc mbufs ({}) plus caches",
+                spec.name, spec.device, conf.mbufs
+            )
+        };
+        let hf = port.start(&pc, &pool).with_context(start_ctx)?;
+        if rss && hf == 0 {
+            // The PMD advertised RSS but applied none: one RX queue and software dispatch.
+            pc.n_rxq = 1;
+            port.start(&pc, &pool).with_context(start_ctx)?;
         }
+        dispatched[i] = n_workers > 1 && pc.n_rxq == 1;
         eprintln!(
             "port {} = {} ({}): {} rx / {} tx queues, {}",
             spec.name,
