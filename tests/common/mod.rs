@@ -51,8 +51,19 @@ pub fn have_scapy() -> bool {
 
 /// Runs tshark on `file` with `args`, returns stdout lines.
 pub fn tshark(file: &Path, args: &[&str]) -> Vec<String> {
-    let out = Command::new("tshark").arg("-n").arg("-r").arg(file).args(args).output().expect("run tshark");
-    assert!(out.status.success(), "tshark failed on {}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("tshark")
+        .arg("-n")
+        .arg("-r")
+        .arg(file)
+        .args(args)
+        .output()
+        .expect("run tshark");
+    assert!(
+        out.status.success(),
+        "tshark failed on {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
 }
 
@@ -62,29 +73,10 @@ pub fn checksum_status(file: &Path) -> Vec<[String; 5]> {
     tshark(
         file,
         &[
-            "-o",
-            "ip.check_checksum:TRUE",
-            "-o",
-            "tcp.check_checksum:TRUE",
-            "-o",
-            "udp.check_checksum:TRUE",
-            "-o",
-            "ip.defragment:FALSE",
-            "-o",
-            "ipv6.defragment:FALSE",
-            "-T",
-            "fields",
-            "-E",
-            "separator=;",
-            "-e",
-            "ip.checksum.status",
-            "-e",
-            "tcp.checksum.status",
-            "-e",
-            "udp.checksum.status",
-            "-e",
-            "icmp.checksum.status",
-            "-e",
+            "-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE", "-o",
+            "udp.check_checksum:TRUE", "-o", "ip.defragment:FALSE", "-o", "ipv6.defragment:FALSE",
+            "-T", "fields", "-E", "separator=;", "-e", "ip.checksum.status", "-e",
+            "tcp.checksum.status", "-e", "udp.checksum.status", "-e", "icmp.checksum.status", "-e",
             "icmpv6.checksum.status",
         ],
     )
