@@ -23,4 +23,5 @@ pub mod flow;
 pub mod r#gen;
 pub mod pipeline;
 pub mod port;
+pub mod runtime;
 pub mod wire;

@@ -39,6 +39,33 @@ enum Cmd {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Run the pipeline on DPDK ports until SIGINT/SIGTERM (feature `dpdk`).
+    Run {
+        /// Run configuration (EAL, lcores, ports, pipeline): see conf/*.yaml.
+        #[arg(long)]
+        conf: PathBuf,
+        /// Write counters as JSON to this file at exit (overrides the conf's stats.json).
+        #[arg(long)]
+        stats_json: Option<PathBuf>,
+        /// No periodic rate line.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Measure the full pipeline with many live flows on net_null, against dpdk-testpmd.
+    Bench {
+        #[arg(long, default_value = "conf/null-bench.yaml")]
+        conf: PathBuf,
+        #[arg(long, default_value_t = 1_000_000)]
+        flows: usize,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Print {"flowgate_mpps", "testpmd_mpps", "ratio"} as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Skip the dpdk-testpmd comparison.
+        #[arg(long)]
+        no_testpmd: bool,
+    },
     /// Validate a pipeline and print its compiled summary (exit code 2 when invalid).
     Check {
         #[arg(long)]
@@ -104,10 +131,53 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Supervisor(a) => flowgate::control::cli::run_supervisor(&a),
         Cmd::Agent(a) => flowgate::control::cli::run_agent(&a),
         Cmd::Ctl(a) => flowgate::control::cli::run_ctl(&a),
+        Cmd::Run { conf, stats_json, quiet } => run_dpdk(&conf, stats_json, quiet),
+        Cmd::Bench { conf, flows, seconds, json, no_testpmd } => bench_dpdk(&conf, flows, seconds, json, no_testpmd),
         Cmd::Check { pipeline } => {
             let p = Pipeline::load(&pipeline)?;
             print!("{}", cmd::check::render(&p));
             Ok(())
         }
     }
+}
+
+#[cfg(feature = "dpdk")]
+fn run_dpdk(conf: &std::path::Path, stats_json: Option<PathBuf>, quiet: bool) -> Result<()> {
+    use flowgate::runtime;
+    let c = runtime::conf::RunConf::load(conf)?;
+    let r = runtime::run(&c, &runtime::RunOpts { stats_json, quiet })?;
+    eprint!("{}", r.summary);
+    Ok(())
+}
+
+#[cfg(feature = "dpdk")]
+fn bench_dpdk(conf: &std::path::Path, flows: usize, seconds: f64, json: bool, no_testpmd: bool) -> Result<()> {
+    use flowgate::runtime;
+    let c = runtime::conf::RunConf::load(conf)?;
+    let r = runtime::bench(&c, &runtime::BenchOpts { flows, seconds, no_testpmd })?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"flowgate_mpps": r.flowgate_mpps, "testpmd_mpps": r.testpmd_mpps, "ratio": r.ratio})
+        );
+    } else {
+        println!(
+            "flowgate: {:.2} Mpps per worker core ({} workers, {} live flows, {} packets in {:.1} s)",
+            r.flowgate_mpps, r.workers, r.flows, r.packets, r.seconds
+        );
+        if let (Some(t), Some(q)) = (r.testpmd_mpps, r.ratio) {
+            println!("dpdk-testpmd macswap: {t:.2} Mpps per core\nratio: {q:.2}");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "dpdk"))]
+fn run_dpdk(_: &std::path::Path, _: Option<PathBuf>, _: bool) -> Result<()> {
+    anyhow::bail!("flowgate was built without the dpdk feature: rebuild with `cargo build --release --features dpdk`")
+}
+
+#[cfg(not(feature = "dpdk"))]
+fn bench_dpdk(_: &std::path::Path, _: usize, _: f64, _: bool, _: bool) -> Result<()> {
+    anyhow::bail!("flowgate was built without the dpdk feature: rebuild with `cargo build --release --features dpdk`")
 }

@@ -387,6 +387,47 @@ impl<'p> MbufBatch<'p> {
     }
 }
 
+impl<'p> MbufBatch<'p> {
+    /// Hands every mbuf to `f`, in order (slot 0 first); the batch ends empty.
+    #[inline]
+    pub fn drain_each(&mut self, mut f: impl FnMut(Mbuf<'p>)) {
+        let n = self.len;
+        // Each slot is emptied before `f` sees its mbuf. Should `f` panic, the mbufs not yet
+        // handed out stay in slots past `len` and are leaked (never freed twice).
+        self.len = 0;
+        for s in &mut self.slots[..n] {
+            if let Some(m) = s.take() {
+                f(m);
+            }
+        }
+    }
+}
+
+/// The pipeline works on mbufs in place: headers are pushed into the headroom and popped
+/// with `adj`, so `Worker::process` never copies a frame.
+impl crate::action::PacketBuf for Mbuf<'_> {
+    #[inline]
+    fn data(&self) -> &[u8] {
+        Mbuf::data(self)
+    }
+    #[inline]
+    fn data_mut(&mut self) -> &mut [u8] {
+        Mbuf::data_mut(self)
+    }
+    #[inline]
+    fn prepend(&mut self, n: usize) -> bool {
+        Mbuf::prepend(self, n).is_some()
+    }
+    #[inline]
+    fn adj(&mut self, n: usize) -> bool {
+        Mbuf::adj(self, n)
+    }
+    #[inline]
+    fn set(&mut self, bytes: &[u8]) -> bool {
+        self.set_data(bytes)
+    }
+}
+
 impl Drop for MbufBatch<'_> {
     fn drop(&mut self) {
         self.clear();

@@ -10,7 +10,9 @@
 //!   `Send`, so it stays on the main lcore. [`Eal::scope`] + [`Scope::launch`] run closures
 //!   on worker lcores with `rte_eal_remote_launch` and wait for them (module `lcore`).
 //! - [`Mempool`] (borrows the `Eal`), [`Mbuf`] (owns one buffer, frees on drop, lends
-//!   `&[u8]`, pushes/pops headers in place), [`MbufBatch`] (32 inline slots, no allocation).
+//!   `&[u8]`, pushes/pops headers in place; implements [`crate::action::PacketBuf`], so
+//!   `Worker::process` runs on the mbuf without a copy), [`MbufBatch`] (32 inline slots,
+//!   no allocation; `drain_each` hands them out in order).
 //! - [`Port`]: found by name, started with a [`PortConf`] (queues, symmetric RSS key),
 //!   split once into [`RxQueue`]/[`TxQueue`] that borrow it; stats, link, MAC.
 //! - [`AclClassifier`]: `rte_acl` behind [`crate::classify::Classifier`].

@@ -1,0 +1,509 @@
+//! The run configuration (`conf/*.yaml`): which pipeline, EAL arguments, lcores, ports,
+//! mempool, flow table size and stop rule for `flowgate run` and `flowgate bench`.
+//!
+//! Layer: `runtime`, above `config`. Builds and is tested without the `dpdk` feature.
+//! [`RunConf::load`] returns a validated [`RunConf`] or a [`ConfigError`] naming the file,
+//! line and key, like [`crate::config::Pipeline::load`]. Unknown keys are refused.
+//! Invariants after loading: at least one port and one worker lcore; port names are
+//! unique; the management lcore is not a worker lcore; lcores are distinct; relative
+//! `pipeline:` paths are resolved against the conf file's directory.
+
+use crate::config::ConfigError;
+use crate::config::locate::{self, Seg};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConf {
+    pipeline: PathBuf,
+    #[serde(default)]
+    eal: Vec<String>,
+    lcores: RawLcores,
+    ports: Vec<RawPort>,
+    #[serde(default)]
+    mempool: Option<RawMempool>,
+    #[serde(default)]
+    flows: Option<RawFlows>,
+    #[serde(default)]
+    stop: Option<RawStop>,
+    #[serde(default)]
+    stats: Option<RawStats>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLcores {
+    management: u32,
+    workers: Vec<u32>,
+    #[serde(default)]
+    cpus: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPort {
+    name: String,
+    device: String,
+    #[serde(default)]
+    rx_desc: Option<u16>,
+    #[serde(default)]
+    tx_desc: Option<u16>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMempool {
+    mbufs: u32,
+    #[serde(default)]
+    cache: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFlows {
+    capacity: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStop {
+    #[serde(default)]
+    idle_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStats {
+    #[serde(default)]
+    interval_ms: Option<u64>,
+    #[serde(default)]
+    json: Option<PathBuf>,
+}
+
+/// One port: the name the pipeline uses and the DPDK device behind it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSpec {
+    /// Name used by `port:` in the pipeline (`outside`, `inside`).
+    pub name: String,
+    /// A PCI address (`0000:03:00.0`) or a vdev string (`net_pcap0,rx_pcap=in.pcap`).
+    pub device: String,
+    pub rx_desc: u16,
+    pub tx_desc: u16,
+}
+
+impl PortSpec {
+    /// True when `device` is a virtual device (given to the EAL with `--vdev`).
+    pub fn is_vdev(&self) -> bool {
+        self.device.starts_with("net_") || self.device.starts_with("eth_")
+    }
+
+    /// The ethdev name DPDK gives the device: the vdev name before the first comma, or the
+    /// PCI address.
+    pub fn dpdk_name(&self) -> &str {
+        self.device.split(',').next().unwrap_or(&self.device)
+    }
+}
+
+/// A validated run configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunConf {
+    /// The conf file it came from.
+    pub source: PathBuf,
+    /// The pipeline file, resolved against the conf's directory.
+    pub pipeline: PathBuf,
+    /// EAL arguments from the file (without `-l`, `--main-lcore`, `--vdev`, `-a`: see
+    /// [`RunConf::eal_args`]).
+    pub eal: Vec<String>,
+    pub management_lcore: u32,
+    pub worker_lcores: Vec<u32>,
+    /// CPU set every lcore may run on (`lcores.cpus: "0-1"`, EAL `--lcores (..)@(..)`),
+    /// for more lcores than CPUs (tests, small VMs); `None`: lcore i runs on CPU i.
+    pub cpus: Option<String>,
+    pub ports: Vec<PortSpec>,
+    pub mbufs: u32,
+    pub mbuf_cache: u32,
+    /// Flow table capacity per run (split evenly between workers); `None` keeps the
+    /// pipeline's `flow_table.capacity` per worker.
+    pub flow_capacity: Option<usize>,
+    /// Stop after this long without a received packet (0: never).
+    pub idle_ms: u64,
+    /// Period of the one-line rate summary (0: none).
+    pub stats_interval_ms: u64,
+    /// Where to write the stats JSON at exit (resolved against the conf's directory).
+    pub stats_json: Option<PathBuf>,
+}
+
+/// Default mbufs (a power of two minus one, as the mempool likes).
+pub const DEFAULT_MBUFS: u32 = 8191;
+/// Default per-lcore mempool cache.
+pub const DEFAULT_CACHE: u32 = 256;
+/// Default descriptors per queue.
+pub const DEFAULT_DESC: u16 = 1024;
+
+impl RunConf {
+    /// Reads and validates a conf file.
+    pub fn load(path: &Path) -> Result<RunConf, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            line: 0,
+            key: String::new(),
+            msg: format!("cannot read: {e}"),
+        })?;
+        Self::from_str(&text, path)
+    }
+
+    /// Parses and validates `text` (named `path` in errors; relative paths resolve
+    /// against its directory).
+    pub fn from_str(text: &str, path: &Path) -> Result<RunConf, ConfigError> {
+        let file = path.display().to_string();
+        let raw: RawConf = serde_yaml_ng::from_str(text).map_err(|e| {
+            let line = e.location().map_or(0, |l| l.line());
+            let msg = e.to_string();
+            let (key, msg) = match msg.split_once(": ") {
+                Some((k, m)) if !k.contains(' ') => (k.to_string(), m.to_string()),
+                _ => (String::new(), msg),
+            };
+            let msg = match msg.rsplit_once(" at line ") {
+                Some((m, _)) => m.to_string(),
+                None => msg,
+            };
+            ConfigError { file: file.clone(), line, key, msg }
+        })?;
+        let err = |p: &[Seg], msg: String| ConfigError {
+            file: file.clone(),
+            line: locate::line_of(text, p),
+            key: locate::render(p),
+            msg,
+        };
+        use Seg::{Idx, Key};
+        let dir = path.parent().unwrap_or(Path::new(""));
+        let resolve = |p: &Path| {
+            if p.is_absolute() { p.to_path_buf() } else { dir.join(p) }
+        };
+
+        if raw.lcores.workers.is_empty() {
+            return Err(err(&[Key("lcores"), Key("workers")], "at least one worker lcore is needed".into()));
+        }
+        for (i, w) in raw.lcores.workers.iter().enumerate() {
+            if *w == raw.lcores.management {
+                return Err(err(
+                    &[Key("lcores"), Key("workers"), Idx(i)],
+                    format!("lcore {w} is also the management lcore"),
+                ));
+            }
+            if raw.lcores.workers[..i].contains(w) {
+                return Err(err(&[Key("lcores"), Key("workers"), Idx(i)], format!("lcore {w} is listed twice")));
+            }
+        }
+        if let Some(c) = &raw.lcores.cpus
+            && (c.is_empty() || !c.chars().all(|ch| ch.is_ascii_digit() || ch == ',' || ch == '-'))
+        {
+            return Err(err(&[Key("lcores"), Key("cpus")], format!("{c:?} is not a CPU list like \"0-1\" or \"0,2\"")));
+        }
+        if raw.ports.is_empty() {
+            return Err(err(&[Key("ports")], "at least one port is needed".into()));
+        }
+        let mut ports = Vec::new();
+        for (i, p) in raw.ports.iter().enumerate() {
+            if p.name.is_empty() {
+                return Err(err(&[Key("ports"), Idx(i), Key("name")], "empty port name".into()));
+            }
+            if raw.ports[..i].iter().any(|q| q.name == p.name) {
+                return Err(err(&[Key("ports"), Idx(i), Key("name")], format!("port {:?} is named twice", p.name)));
+            }
+            let spec = PortSpec {
+                name: p.name.clone(),
+                device: p.device.clone(),
+                rx_desc: p.rx_desc.unwrap_or(DEFAULT_DESC),
+                tx_desc: p.tx_desc.unwrap_or(DEFAULT_DESC),
+            };
+            if spec.dpdk_name().is_empty() || spec.device.contains(char::is_whitespace) {
+                return Err(err(&[Key("ports"), Idx(i), Key("device")], format!("bad device {:?}", p.device)));
+            }
+            if ports.iter().any(|q: &PortSpec| q.dpdk_name() == spec.dpdk_name()) {
+                return Err(err(
+                    &[Key("ports"), Idx(i), Key("device")],
+                    format!("device {:?} is used twice", spec.dpdk_name()),
+                ));
+            }
+            for k in [spec.rx_desc, spec.tx_desc] {
+                if !(32..=16384).contains(&k) {
+                    return Err(err(&[Key("ports"), Idx(i)], format!("descriptor count {k} is out of 32..=16384")));
+                }
+            }
+            ports.push(spec);
+        }
+        for (i, a) in raw.eal.iter().enumerate() {
+            if matches!(a.as_str(), "-l" | "--lcores" | "-c" | "--main-lcore" | "--vdev" | "-a" | "--allow")
+                || a.starts_with("--vdev=")
+                || a.starts_with("--lcores=")
+            {
+                return Err(err(
+                    &[Key("eal"), Idx(i)],
+                    format!("{a:?} is derived from lcores/ports: remove it from eal"),
+                ));
+            }
+        }
+        let (mbufs, mbuf_cache) = match &raw.mempool {
+            None => (DEFAULT_MBUFS, DEFAULT_CACHE),
+            Some(m) => (m.mbufs, m.cache.unwrap_or(DEFAULT_CACHE)),
+        };
+        if mbufs < 1024 {
+            return Err(err(&[Key("mempool"), Key("mbufs")], format!("{mbufs} is below 1024")));
+        }
+        // rte_mempool refuses a cache above RTE_MEMPOOL_CACHE_MAX_SIZE (512) or n / 1.5.
+        if mbuf_cache > 512 || f64::from(mbuf_cache) * 1.5 > f64::from(mbufs) {
+            return Err(err(&[Key("mempool"), Key("cache")], format!("{mbuf_cache} must be ≤ 512 and ≤ mbufs / 1.5")));
+        }
+        let flow_capacity = match &raw.flows {
+            None => None,
+            Some(f) => {
+                if f.capacity == 0 || f.capacity > (1 << 28) {
+                    return Err(err(&[Key("flows"), Key("capacity")], "must be in 1..=268435456".into()));
+                }
+                Some(f.capacity)
+            }
+        };
+        let (stats_interval_ms, stats_json) = match &raw.stats {
+            None => (1000, None),
+            Some(s) => (s.interval_ms.unwrap_or(1000), s.json.as_deref().map(resolve)),
+        };
+        Ok(RunConf {
+            source: path.to_path_buf(),
+            pipeline: resolve(&raw.pipeline),
+            eal: raw.eal,
+            management_lcore: raw.lcores.management,
+            worker_lcores: raw.lcores.workers,
+            cpus: raw.lcores.cpus,
+            ports,
+            mbufs,
+            mbuf_cache,
+            flow_capacity,
+            idle_ms: raw.stop.map_or(0, |s| s.idle_ms),
+            stats_interval_ms,
+            stats_json,
+        })
+    }
+
+    /// The full EAL argument list: the file's `eal`, then `-l`, `--main-lcore`, and one
+    /// `--vdev` (virtual device) or `-a` (PCI address) per port.
+    pub fn eal_args(&self) -> Vec<String> {
+        let mut a = self.eal.clone();
+        a.extend(self.lcore_args());
+        for p in &self.ports {
+            a.push(if p.is_vdev() { "--vdev" } else { "-a" }.into());
+            a.push(p.device.clone());
+        }
+        a
+    }
+
+    /// The EAL lcore options: `-l` (or `--lcores` with [`RunConf::cpus`]) and `--main-lcore`.
+    pub fn lcore_args(&self) -> Vec<String> {
+        let mut lcores = vec![self.management_lcore];
+        lcores.extend(&self.worker_lcores);
+        let list = lcores.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        let mut a: Vec<String> = match &self.cpus {
+            None => vec!["-l".into(), list],
+            Some(c) => vec!["--lcores".into(), format!("({list})@({c})")],
+        };
+        a.push("--main-lcore".into());
+        a.push(self.management_lcore.to_string());
+        a
+    }
+
+    /// Index of port `name`.
+    pub fn port_index(&self, name: &str) -> Option<usize> {
+        self.ports.iter().position(|p| p.name == name)
+    }
+}
+
+/// Maps the pipeline's port indices (`Pipeline::ports`, first-seen order) to conf port
+/// indices, by name. The worker is given pipeline indices as `in_port` and returns them in
+/// `Route::port`; conf ports the pipeline never names get the indices after the named
+/// ones. With a single conf port every pipeline port maps to it ("everything leaves
+/// through it"); with several, a pipeline port missing from the conf is an error.
+///
+/// Returns (pipeline index → conf index, conf index → pipeline index).
+pub fn map_ports(conf: &RunConf, pipeline_ports: &[String]) -> Result<(Vec<usize>, Vec<u16>), String> {
+    let mut to_conf = Vec::new();
+    let mut to_pipe = vec![u16::MAX; conf.ports.len()];
+    for (pi, name) in pipeline_ports.iter().enumerate() {
+        let ci = match conf.port_index(name) {
+            Some(c) => c,
+            None if conf.ports.len() == 1 => 0,
+            None => {
+                return Err(format!(
+                    "the pipeline names port {name:?}, which {} does not define (ports: {})",
+                    conf.source.display(),
+                    conf.ports.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+                ));
+            }
+        };
+        to_conf.push(ci);
+        if to_pipe[ci] == u16::MAX {
+            to_pipe[ci] = pi as u16;
+        }
+    }
+    for (ci, tp) in to_pipe.iter_mut().enumerate() {
+        if *tp == u16::MAX {
+            *tp = to_conf.len() as u16;
+            to_conf.push(ci);
+        }
+    }
+    Ok((to_conf, to_pipe))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+pipeline: ../pipelines/web-farm.yaml
+eal: ["--no-huge", "-m", "512", "--no-pci", "--no-telemetry", "--file-prefix", "fg"]
+lcores: { management: 0, workers: [1] }
+ports:
+  - { name: outside, device: "net_af_packet0,iface=veth-out" }
+  - { name: inside,  device: "0000:03:00.0" }
+mempool: { mbufs: 8191, cache: 256 }
+flows: { capacity: 1000000 }
+stop: { idle_ms: 0 }
+"#;
+
+    fn parse(t: &str) -> Result<RunConf, ConfigError> {
+        RunConf::from_str(t, Path::new("/etc/fg/conf/x.yaml"))
+    }
+
+    #[test]
+    fn parses_the_issue_example() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.pipeline, Path::new("/etc/fg/conf/../pipelines/web-farm.yaml"));
+        assert_eq!(c.management_lcore, 0);
+        assert_eq!(c.worker_lcores, vec![1]);
+        assert_eq!(c.ports.len(), 2);
+        assert_eq!(c.ports[0].dpdk_name(), "net_af_packet0");
+        assert!(c.ports[0].is_vdev());
+        assert!(!c.ports[1].is_vdev());
+        assert_eq!(c.ports[1].dpdk_name(), "0000:03:00.0");
+        assert_eq!((c.mbufs, c.mbuf_cache), (8191, 256));
+        assert_eq!(c.flow_capacity, Some(1_000_000));
+        assert_eq!(c.idle_ms, 0);
+        assert_eq!(c.stats_interval_ms, 1000);
+        let a = c.eal_args();
+        assert_eq!(&a[..7], &c.eal[..]);
+        let rest: Vec<&str> = a[7..].iter().map(String::as_str).collect();
+        assert_eq!(
+            rest,
+            ["-l", "0,1", "--main-lcore", "0", "--vdev", "net_af_packet0,iface=veth-out", "-a", "0000:03:00.0"]
+        );
+    }
+
+    #[test]
+    fn defaults_and_absolute_paths() {
+        let c = parse(
+            "pipeline: /p.yaml\nlcores: {management: 2, workers: [3, 4]}\nports: [{name: a, device: net_null0}]\n\
+             stats: {json: out.json, interval_ms: 0}\n",
+        )
+        .expect("valid");
+        assert_eq!(c.pipeline, Path::new("/p.yaml"));
+        assert_eq!((c.mbufs, c.mbuf_cache, c.flow_capacity, c.idle_ms), (DEFAULT_MBUFS, DEFAULT_CACHE, None, 0));
+        assert_eq!(c.stats_json.as_deref(), Some(Path::new("/etc/fg/conf/out.json")));
+        assert_eq!(c.stats_interval_ms, 0);
+        assert_eq!(c.ports[0].rx_desc, DEFAULT_DESC);
+        assert_eq!(&c.eal_args()[..2], ["-l", "2,3,4"]);
+        let c = parse(
+            "pipeline: p.yaml\nlcores: {management: 0, workers: [1, 2], cpus: \"0-1\"}\nports: [{name: a, device: net_null0}]\n",
+        )
+        .expect("valid");
+        assert_eq!(&c.eal_args()[..4], ["--lcores", "(0,1,2)@(0-1)", "--main-lcore", "0"]);
+    }
+
+    fn bad(t: &str, key: &str, needle: &str) {
+        let e = parse(t).expect_err("must be refused");
+        assert_eq!(e.file, "/etc/fg/conf/x.yaml");
+        assert_eq!(e.key, key, "{e}");
+        assert!(e.msg.contains(needle), "{e}");
+        assert!(e.line >= 1, "{e}");
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let base = "pipeline: p.yaml\nlcores: {management: 0, workers: [1]}\nports: [{name: a, device: net_null0}]\n";
+        bad(&format!("{base}bogus: 1\n"), "", "unknown field `bogus`");
+        bad(&format!("{base}mempool: {{mbufs: 8191, size: 3}}\n"), "mempool", "unknown field `size`");
+        bad(
+            "pipeline: p.yaml\nlcores: {management: 0, workers: []}\nports: [{name: a, device: net_null0}]\n",
+            "lcores.workers",
+            "at least one",
+        );
+        bad(
+            "pipeline: p.yaml\nlcores: {management: 1, workers: [1]}\nports: [{name: a, device: net_null0}]\n",
+            "lcores.workers[0]",
+            "management",
+        );
+        bad("pipeline: p.yaml\nlcores: {management: 0, workers: [1]}\nports: []\n", "ports", "at least one");
+        bad(
+            "pipeline: p.yaml\nlcores: {management: 0, workers: [1]}\nports:\n  - {name: a, device: net_null0}\n  - {name: a, device: net_null1}\n",
+            "ports[1].name",
+            "named twice",
+        );
+        bad(
+            "pipeline: p.yaml\nlcores: {management: 0, workers: [1]}\nports:\n  - {name: a, device: net_null0}\n  - {name: b, device: \"net_null0,size=64\"}\n",
+            "ports[1].device",
+            "used twice",
+        );
+        bad(&format!("{base}eal: [\"--no-huge\", \"-l\", \"0-3\"]\n"), "eal[1]", "derived");
+        bad(
+            "pipeline: p.yaml\nlcores: {management: 0, workers: [1], cpus: \"all\"}\nports: [{name: a, device: net_null0}]\n",
+            "lcores.cpus",
+            "CPU list",
+        );
+        bad(&format!("{base}mempool: {{mbufs: 100}}\n"), "mempool.mbufs", "below 1024");
+        bad(&format!("{base}mempool: {{mbufs: 2047, cache: 1500}}\n"), "mempool.cache", "512");
+        bad(&format!("{base}flows: {{capacity: 0}}\n"), "flows.capacity", "1..=");
+        bad(
+            "lcores: {management: 0, workers: [1]}\nports: [{name: a, device: net_null0}]\n",
+            "",
+            "missing field `pipeline`",
+        );
+    }
+
+    #[test]
+    fn shipped_confs_parse_and_name_loadable_pipelines() {
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/conf"));
+        for name in ["pcap-replay.yaml", "veth-demo.yaml", "null-bench.yaml", "vfio-example.yaml"] {
+            let c = RunConf::load(&dir.join(name)).unwrap_or_else(|e| panic!("{e}"));
+            let p = crate::config::Pipeline::load(&c.pipeline).unwrap_or_else(|e| panic!("{name}: {e}"));
+            map_ports(&c, &p.ports).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        let v = RunConf::load(&dir.join("vfio-example.yaml")).expect("vfio");
+        assert!(v.ports.iter().all(|p| !p.is_vdev()));
+        assert!(!v.eal.iter().any(|a| a == "--no-huge"));
+    }
+
+    #[test]
+    fn ports_map_by_name() {
+        let c = parse(GOOD).expect("valid");
+        // The pipeline saw `inside` first, then `outside`.
+        let (to_conf, to_pipe) = map_ports(&c, &["inside".into(), "outside".into()]).expect("maps");
+        assert_eq!(to_conf, vec![1, 0]);
+        assert_eq!(to_pipe, vec![1, 0]);
+        // A pipeline naming no port: conf order.
+        let (to_conf, to_pipe) = map_ports(&c, &[]).expect("maps");
+        assert_eq!(to_conf, vec![0, 1]);
+        assert_eq!(to_pipe, vec![0, 1]);
+        // Only `inside` named: it is pipeline port 0; `outside` gets index 1.
+        let (to_conf, to_pipe) = map_ports(&c, &["inside".into()]).expect("maps");
+        assert_eq!(to_conf, vec![1, 0]);
+        assert_eq!(to_pipe, vec![1, 0]);
+        let e = map_ports(&c, &["dmz".into()]).expect_err("unknown port");
+        assert!(e.contains("\"dmz\""), "{e}");
+        // One conf port: everything leaves through it.
+        let one =
+            parse("pipeline: p.yaml\nlcores: {management: 0, workers: [1]}\nports: [{name: a, device: net_null0}]\n")
+                .expect("valid");
+        let (to_conf, to_pipe) = map_ports(&one, &["inside".into(), "outside".into()]).expect("maps");
+        assert_eq!(to_conf, vec![0, 0]);
+        assert_eq!(to_pipe, vec![0]);
+    }
+}

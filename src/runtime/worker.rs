@@ -1,0 +1,546 @@
+//! `flowgate run`: EAL, ports and workers; the worker poll loop and the management loop.
+//!
+//! Layer: `runtime` (feature `dpdk`). Safe code only: every DPDK object comes from
+//! `port::dpdk`, whose lifetimes order the teardown (queues → ports → pool → EAL).
+//! Invariants: a worker touches only its own queues, flow table and counters; it
+//! publishes a copy of its counters to the management lcore every
+//! [`PUBLISH_NS`] and a final copy when it stops; every received mbuf is either sent,
+//! handed to another worker, or freed.
+
+use super::conf::{RunConf, map_ports};
+use super::{copy_stats, dispatch_hash, same_shape};
+use crate::config::Pipeline;
+use crate::pipeline::stats::Stats;
+use crate::pipeline::{Tables, Worker};
+use crate::port::dpdk::{
+    BURST, DpdkError, Eal, Mbuf, MbufBatch, Mempool, Port, PortConf, RxQueue, SYMMETRIC_RSS_KEY, TxQueue,
+};
+use anyhow::{Context, Result, anyhow, bail};
+use crossbeam::queue::ArrayQueue;
+use parking_lot::Mutex;
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+/// How often a worker copies its counters for the management lcore (ns).
+pub const PUBLISH_NS: u64 = 50_000_000;
+/// Frames one software-dispatch queue holds.
+pub const DISPATCH_QUEUE: usize = 4096;
+/// Expiry work per poll loop (flows examined at most).
+const EXPIRE_PER_LOOP: usize = 32;
+
+/// Options of `flowgate run` beyond the conf file.
+pub struct RunOpts {
+    /// Overrides the conf's `stats.json`.
+    pub stats_json: Option<PathBuf>,
+    /// No periodic summary line.
+    pub quiet: bool,
+}
+
+/// What a run did.
+pub struct RunResult {
+    pub stats_json: serde_json::Value,
+    pub summary: String,
+    /// Mbufs still in use after the ports were closed (0: nothing leaked).
+    pub mempool_in_use: u32,
+}
+
+/// What the management lcore shares with a worker.
+struct Slot {
+    stats: Mutex<Stats>,
+    /// Monotonic ns of the last non-empty receive, or of the start of polling (0: the
+    /// worker is not polling yet).
+    last_rx_ns: AtomicU64,
+    flows: AtomicU64,
+    tx_refused: AtomicU64,
+    dispatch_dropped: AtomicU64,
+    /// Frames left in RX queues at stop, freed unprocessed.
+    drained: AtomicU64,
+    done: AtomicBool,
+}
+
+/// State shared by all lcores.
+struct Shared {
+    stop: AtomicBool,
+    /// Workers that have left their poll loop (and flushed their TX batches).
+    stopped: AtomicU64,
+    generation: AtomicU64,
+    tables: Mutex<Arc<Tables>>,
+    slots: Vec<Slot>,
+    start: Instant,
+}
+
+impl Shared {
+    #[inline]
+    fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+}
+
+/// One worker's queues. Pipeline port index of each RX queue; TX queues by conf port.
+struct WorkerIo<'q> {
+    rx: Vec<(u16, RxQueue<'q>, bool)>,
+    tx: Vec<TxQueue<'q>>,
+}
+
+/// Loads the pipeline and sizes its flow table for one worker.
+fn load_pipeline(conf: &RunConf) -> Result<Pipeline> {
+    let mut p = Pipeline::load(&conf.pipeline)?;
+    if let Some(cap) = conf.flow_capacity {
+        p.flow_table.capacity = cap.div_ceil(conf.worker_lcores.len()).max(1);
+    }
+    Ok(p)
+}
+
+/// Runs the data plane until SIGINT/SIGTERM or the idle stop; see the module docs.
+pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
+    let pipeline = load_pipeline(conf)?;
+    let (to_conf, to_pipe) = map_ports(conf, &pipeline.ports).map_err(|e| anyhow!(e))?;
+    let n_workers = conf.worker_lcores.len();
+
+    let stop_sig = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    for s in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(s, Arc::clone(&stop_sig)).context("installing signal handlers")?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup)).context("installing SIGHUP")?;
+
+    let eal = Eal::init(&conf.eal_args()).context("EAL initialisation")?;
+    let lcores = eal.worker_lcores();
+    for l in &conf.worker_lcores {
+        if !lcores.contains(l) {
+            bail!("worker lcore {l} is not enabled in the EAL (enabled workers: {lcores:?})");
+        }
+    }
+    let pool = Mempool::new(&eal, "flowgate", conf.mbufs, conf.mbuf_cache, 2176, None)
+        .context("creating the mbuf pool (in --no-huge mode, raise -m; else reserve hugepages)")?;
+
+    let mut ports = Vec::new();
+    for spec in &conf.ports {
+        let port = Port::by_name(&eal, spec.dpdk_name()).map_err(|e| match e {
+            DpdkError::NoSuchPort(_) => anyhow!(
+                "port {:?}: device {:?} did not probe (check the device string, the interface or file it names, \
+                 and for a PCI NIC its vfio-pci binding; DPDK's log above says why)",
+                spec.name,
+                spec.device
+            ),
+            e => anyhow!(e),
+        })?;
+        ports.push(port);
+    }
+    // Queues: RSS when the PMD has it, else one RX queue and software dispatch.
+    let mut dispatched = vec![false; ports.len()];
+    for (i, port) in ports.iter_mut().enumerate() {
+        let spec = &conf.ports[i];
+        let info = port.info().with_context(|| format!("port {}", spec.name))?;
+        let nw = n_workers as u16;
+        if info.max_tx_queues < nw {
+            bail!(
+                "port {:?} ({}) offers {} TX queues; {} workers need one each (use fewer workers, or qpairs= for net_af_packet)",
+                spec.name,
+                info.driver,
+                info.max_tx_queues,
+                n_workers
+            );
+        }
+        let rss = n_workers > 1 && info.rss_offloads != 0 && info.max_rx_queues >= nw;
+        let mut pc = PortConf {
+            n_rxq: if rss { nw } else { 1 },
+            n_txq: nw,
+            rx_desc: spec.rx_desc,
+            tx_desc: spec.tx_desc,
+            rss_key: Some(SYMMETRIC_RSS_KEY),
+            promiscuous: true,
+        };
+        let start_ctx = || {
+            format!(
+                "starting port {:?} ({}); the pool needs more than ports × RX queues × rx_desc mbufs ({}) plus caches",
+                spec.name, spec.device, conf.mbufs
+            )
+        };
+        let hf = port.start(&pc, &pool).with_context(start_ctx)?;
+        if rss && hf == 0 {
+            // The PMD advertised RSS but applied none: one RX queue and software dispatch.
+            pc.n_rxq = 1;
+            port.start(&pc, &pool).with_context(start_ctx)?;
+        }
+        dispatched[i] = n_workers > 1 && pc.n_rxq == 1;
+        eprintln!(
+            "port {} = {} ({}): {} rx / {} tx queues, {}",
+            spec.name,
+            spec.device,
+            info.driver,
+            pc.n_rxq,
+            pc.n_txq,
+            if n_workers == 1 {
+                "one worker"
+            } else if dispatched[i] {
+                "software dispatch"
+            } else {
+                "symmetric RSS"
+            }
+        );
+    }
+
+    let tables = Arc::new(Tables::build(pipeline, 1));
+    let shared = Shared {
+        stop: AtomicBool::new(false),
+        stopped: AtomicU64::new(0),
+        generation: AtomicU64::new(1),
+        tables: Mutex::new(Arc::clone(&tables)),
+        slots: (0..n_workers)
+            .map(|_| Slot {
+                stats: Mutex::new(Stats::new(&tables.pipeline)),
+                last_rx_ns: AtomicU64::new(0),
+                flows: AtomicU64::new(0),
+                tx_refused: AtomicU64::new(0),
+                dispatch_dropped: AtomicU64::new(0),
+                drained: AtomicU64::new(0),
+                done: AtomicBool::new(false),
+            })
+            .collect(),
+        start: Instant::now(),
+    };
+    let inboxes: Vec<ArrayQueue<(u16, Mbuf<'_>)>> = if dispatched.iter().any(|&d| d) {
+        (0..n_workers).map(|_| ArrayQueue::new(DISPATCH_QUEUE)).collect()
+    } else {
+        Vec::new()
+    };
+
+    let launch_result = {
+        let mut ios: Vec<WorkerIo<'_>> = (0..n_workers).map(|_| WorkerIo { rx: Vec::new(), tx: Vec::new() }).collect();
+        for (ci, port) in ports.iter().enumerate() {
+            let (rxs, txs) = port.queues()?;
+            for (q, rxq) in rxs.into_iter().enumerate() {
+                ios[q].rx.push((to_pipe[ci], rxq, dispatched[ci]));
+            }
+            for (q, txq) in txs.into_iter().enumerate() {
+                ios[q].tx.push(txq);
+            }
+        }
+        let shared = &shared;
+        let to_conf = &to_conf[..];
+        let inboxes = &inboxes[..];
+        let stop_sig = &stop_sig;
+        let hup = &hup;
+        eal.scope(|s| -> Result<()> {
+            for (i, io) in ios.into_iter().enumerate() {
+                let lcore = conf.worker_lcores[i];
+                s.launch(lcore, move || worker_loop(i, io, shared, to_conf, inboxes))
+                    .with_context(|| format!("launching worker {i} on lcore {lcore}"))?;
+            }
+            manage(conf, shared, stop_sig, hup, opts.quiet);
+            Ok(())
+        })
+    };
+    // Stop workers even when a launch failed (the scope has already waited for them).
+    shared.stop.store(true, Relaxed);
+    let scoped = launch_result.context("worker lcores")?;
+    scoped?;
+    // Frames still queued for dispatch are freed here, before the ports close.
+    let mut leftover = 0u64;
+    for q in &inboxes {
+        while q.pop().is_some() {
+            leftover += 1;
+        }
+    }
+    drop(inboxes);
+
+    let seconds = shared.start.elapsed().as_secs_f64();
+    let p = &tables.pipeline;
+    let mut total = Stats::new(p);
+    let mut flows = 0u64;
+    let mut tx_refused = 0u64;
+    let mut dispatch_dropped = leftover;
+    let mut drained = 0u64;
+    for slot in &shared.slots {
+        drained += slot.drained.load(Relaxed);
+        total.merge(&slot.stats.lock());
+        flows += slot.flows.load(Relaxed);
+        tx_refused += slot.tx_refused.load(Relaxed);
+        dispatch_dropped += slot.dispatch_dropped.load(Relaxed);
+    }
+    let mut port_stats = serde_json::Map::new();
+    for (i, port) in ports.iter().enumerate() {
+        let st = port.stats().unwrap_or_default();
+        port_stats.insert(
+            conf.ports[i].name.clone(),
+            json!({ "ipackets": st.ipackets, "opackets": st.opackets, "imissed": st.imissed,
+                    "ierrors": st.ierrors, "oerrors": st.oerrors, "rx_nombuf": st.rx_nombuf }),
+        );
+    }
+    for port in ports {
+        port.close().context("closing a port")?;
+    }
+    let in_use = pool.in_use_count();
+    let mut j = total.to_json(p);
+    if let Some(o) = j.as_object_mut() {
+        o.insert(
+            "runtime".into(),
+            json!({
+                "seconds": seconds,
+                "workers": n_workers,
+                "live_flows": flows,
+                "tx_refused": tx_refused,
+                "dispatch_dropped": dispatch_dropped,
+                "drained_at_stop": drained,
+                "mempool_in_use": in_use,
+                "ports": port_stats,
+            }),
+        );
+    }
+    let out = opts.stats_json.clone().or_else(|| conf.stats_json.clone());
+    if let Some(f) = &out {
+        std::fs::write(f, serde_json::to_string_pretty(&j)? + "\n")
+            .with_context(|| format!("writing {}", f.display()))?;
+    }
+    let summary = format!(
+        "packets in {}  out {}  dropped {}  ({:.3} s)\nflows created {}  live {}  tx refused {}  dispatch dropped {}\n\
+         arp replies {}  nd replies {}\nmempool in use after stop: {in_use} of {}\n",
+        total.packets_in,
+        total.packets_out,
+        total.dropped(),
+        seconds,
+        total.flows_created,
+        flows,
+        tx_refused,
+        dispatch_dropped,
+        total.arp_replies,
+        total.nd_replies,
+        pool.size()
+    );
+    drop(pool);
+    drop(eal); // rte_eal_cleanup
+    Ok(RunResult { stats_json: j, summary, mempool_in_use: in_use })
+}
+
+/// The management loop on the main lcore: signals, idle stop, table publication, the
+/// periodic summary line. Returns when the run must stop.
+fn manage(conf: &RunConf, shared: &Shared, stop_sig: &AtomicBool, hup: &AtomicBool, quiet: bool) {
+    let p0 = Arc::clone(&shared.tables.lock());
+    let mut sum = Stats::new(&p0.pipeline);
+    let mut last_print = Instant::now();
+    let (mut last_in, mut last_out) = (0u64, 0u64);
+    loop {
+        std::thread::sleep(Duration::from_millis(10));
+        if stop_sig.load(Relaxed) {
+            eprintln!("stopping (signal)");
+            break;
+        }
+        if shared.slots.iter().any(|s| s.done.load(Relaxed)) {
+            eprintln!("stopping (a worker ended)");
+            break;
+        }
+        // The idle clock starts once every worker is polling (building a large flow table
+        // takes a while, longer in a debug build).
+        if conf.idle_ms > 0 && shared.slots.iter().all(|s| s.last_rx_ns.load(Relaxed) != 0) {
+            let now = shared.now_ns();
+            let last = shared.slots.iter().map(|s| s.last_rx_ns.load(Relaxed)).max().unwrap_or(0);
+            if now.saturating_sub(last) > conf.idle_ms * 1_000_000 {
+                eprintln!("stopping (idle for {} ms)", conf.idle_ms);
+                break;
+            }
+        }
+        if hup.swap(false, Relaxed) {
+            reload(conf, shared);
+        }
+        if !quiet && conf.stats_interval_ms > 0 && last_print.elapsed() >= Duration::from_millis(conf.stats_interval_ms)
+        {
+            let dt = last_print.elapsed().as_secs_f64();
+            last_print = Instant::now();
+            sum = Stats::new(&p0.pipeline);
+            let mut flows = 0;
+            for s in &shared.slots {
+                sum.merge(&s.stats.lock());
+                flows += s.flows.load(Relaxed);
+            }
+            eprintln!(
+                "[{:7.1} s] rx {:.3} Mpps  tx {:.3} Mpps  in {}  out {}  dropped {}  flows {}",
+                shared.start.elapsed().as_secs_f64(),
+                (sum.packets_in - last_in) as f64 / dt / 1e6,
+                (sum.packets_out - last_out) as f64 / dt / 1e6,
+                sum.packets_in,
+                sum.packets_out,
+                sum.dropped(),
+                flows
+            );
+            last_in = sum.packets_in;
+            last_out = sum.packets_out;
+        }
+    }
+    let _ = sum;
+    shared.stop.store(true, Relaxed);
+}
+
+/// SIGHUP: reload the pipeline and publish new tables when its shape is unchanged.
+fn reload(conf: &RunConf, shared: &Shared) {
+    match load_pipeline(conf) {
+        Err(e) => eprintln!("reload refused: {e:#}"),
+        Ok(p) => {
+            let cur = Arc::clone(&shared.tables.lock());
+            if !same_shape(&cur.pipeline, &p) {
+                eprintln!("reload refused: services, servers, rules or ports changed (restart to apply)");
+                return;
+            }
+            let g = shared.generation.load(Relaxed) + 1;
+            *shared.tables.lock() = Arc::new(Tables::build(p, g));
+            shared.generation.store(g, Relaxed);
+            eprintln!("pipeline reloaded (generation {g})");
+        }
+    }
+}
+
+/// Marks the slot done when the worker leaves its loop, also by a panic.
+struct DoneGuard<'a>(&'a Slot);
+impl Drop for DoneGuard<'_> {
+    fn drop(&mut self) {
+        self.0.done.store(true, Relaxed);
+    }
+}
+
+/// The poll loop of worker `idx`.
+fn worker_loop<'q>(
+    idx: usize,
+    mut io: WorkerIo<'q>,
+    shared: &Shared,
+    to_conf: &[usize],
+    inboxes: &[ArrayQueue<(u16, Mbuf<'q>)>],
+) {
+    let slot = &shared.slots[idx];
+    let _done = DoneGuard(slot);
+    let mut generation = shared.generation.load(Relaxed);
+    let mut w = Worker::new(Arc::clone(&shared.tables.lock()));
+    let n_workers = shared.slots.len();
+    let mut rxb: MbufBatch<'q> = MbufBatch::new();
+    let mut txb: Vec<MbufBatch<'q>> = io.tx.iter().map(|_| MbufBatch::new()).collect();
+    let mut last_pub = 0u64;
+    let mut dispatch_dropped = 0u64;
+    slot.last_rx_ns.store(shared.now_ns().max(1), Relaxed); // polling starts: idle clock on
+    loop {
+        let now = shared.now_ns();
+        let g = shared.generation.load(Relaxed);
+        if g != generation {
+            generation = g;
+            w.set_tables(Arc::clone(&shared.tables.lock()));
+        }
+        let mut got = 0usize;
+        for (in_port, rxq, dispatch) in io.rx.iter_mut() {
+            let n = rxq.rx_burst(&mut rxb);
+            if n == 0 {
+                continue;
+            }
+            got += n;
+            let in_port = *in_port;
+            if *dispatch {
+                // Software dispatch: keep this worker's share, hand the rest over.
+                rxb.drain_each(|m| {
+                    let target = dispatch_hash(m.data()).map_or(0, |h| (h % n_workers as u64) as usize);
+                    if target == idx {
+                        handle(&mut w, m, in_port, now, to_conf, &mut txb, &mut io.tx);
+                    } else if inboxes[target].push((in_port, m)).is_err() {
+                        dispatch_dropped += 1; // the Err holds the mbuf, freed here
+                    }
+                });
+            } else {
+                rxb.drain_each(|m| handle(&mut w, m, in_port, now, to_conf, &mut txb, &mut io.tx));
+            }
+        }
+        if let Some(inbox) = inboxes.get(idx) {
+            for _ in 0..BURST {
+                let Some((in_port, m)) = inbox.pop() else {
+                    break;
+                };
+                got += 1;
+                handle(&mut w, m, in_port, now, to_conf, &mut txb, &mut io.tx);
+            }
+        }
+        for (c, b) in txb.iter_mut().enumerate() {
+            flush(&mut io.tx[c], b);
+        }
+        if got > 0 {
+            slot.last_rx_ns.store(now.max(1), Relaxed);
+        }
+        w.expire(now, EXPIRE_PER_LOOP);
+        if now.wrapping_sub(last_pub) >= PUBLISH_NS {
+            last_pub = now;
+            publish(slot, &w, &io, dispatch_dropped);
+        }
+        if shared.stop.load(Relaxed) {
+            break;
+        }
+    }
+    publish(slot, &w, &io, dispatch_dropped);
+    // Two-phase stop: once every worker has flushed its last TX batch, free what is left
+    // in our RX queues (a loopback PMD such as net_ring keeps sent frames in its ring, and
+    // closing the port would not free them). Bounded: net_null never runs dry.
+    shared.stopped.fetch_add(1, Relaxed);
+    let t0 = Instant::now();
+    while shared.stopped.load(Relaxed) < shared.slots.len() as u64 && t0.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut drained = 0u64;
+    for (_, rxq, _) in io.rx.iter_mut() {
+        for _ in 0..4096 {
+            let n = rxq.rx_burst(&mut rxb);
+            if n == 0 {
+                break;
+            }
+            drained += n as u64;
+            rxb.clear();
+        }
+    }
+    if let Some(inbox) = inboxes.get(idx) {
+        while inbox.pop().is_some() {
+            drained += 1;
+        }
+    }
+    slot.drained.store(drained, Relaxed);
+}
+
+fn publish(slot: &Slot, w: &Worker, io: &WorkerIo<'_>, dispatch_dropped: u64) {
+    copy_stats(&mut slot.stats.lock(), &w.stats);
+    slot.flows.store(w.flow_count() as u64, Relaxed);
+    slot.tx_refused.store(io.tx.iter().map(TxQueue::refused).sum(), Relaxed);
+    slot.dispatch_dropped.store(dispatch_dropped, Relaxed);
+}
+
+/// Runs one frame through the pipeline and queues it on its output port.
+#[inline]
+fn handle<'q>(
+    w: &mut Worker,
+    mut m: Mbuf<'q>,
+    in_port: u16,
+    now: u64,
+    to_conf: &[usize],
+    txb: &mut [MbufBatch<'q>],
+    tx: &mut [TxQueue<'q>],
+) {
+    let o = w.process(&mut m, in_port, now);
+    let Some(r) = o.route.filter(|_| o.drop.is_none()) else {
+        return; // dropped: `m` is freed here
+    };
+    let c = to_conf.get(usize::from(r.port)).copied().unwrap_or(0);
+    let b = &mut txb[c];
+    if let Err(m) = b.push(m) {
+        flush(&mut tx[c], b);
+        if b.push(m).is_err() {
+            // Cannot happen (the batch was just emptied); the mbuf is freed.
+        }
+    }
+}
+
+/// Sends a batch, retrying briefly while the PMD's ring is full; what is still refused
+/// is freed and counted by the queue.
+#[inline]
+fn flush<'q>(tx: &mut TxQueue<'q>, b: &mut MbufBatch<'q>) {
+    let mut tries = 0;
+    while !b.is_empty() && tries < 8 {
+        tx.try_tx_burst(b);
+        tries += 1;
+    }
+    if !b.is_empty() {
+        tx.tx_burst(b);
+    }
+}

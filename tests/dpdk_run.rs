@@ -1,0 +1,393 @@
+//! `flowgate run` end to end (feature `dpdk`, root): the binary is started as a child
+//! process with a conf written to a temporary directory.
+//!
+//! - `run_pcap_matches_replay`: on a `net_pcap` vdev, `run` emits the same frames, byte
+//!   for byte and in order, as `replay` on the same capture and pipeline (the shipped
+//!   sample and a capture from `gen`); the counters agree too; nothing leaks.
+//! - `run_two_workers_dispatch_matches_replay`: the same with two workers on one
+//!   `net_pcap` RX queue (software dispatcher) and one `tx_pcap` per worker: the union of
+//!   the outputs is the replay output as a multiset, each flow's frames keep their order,
+//!   and the counters agree.
+//! - `run_stops_cleanly_on_sigterm`: `net_null` ports, two workers with RSS (more lcores
+//!   than CPUs via `lcores.cpus`), SIGTERM → exit code 0, stats JSON written,
+//!   `packets_in == packets_out + drops`, mempool in use 0.
+//! - `run_bad_port_is_a_clear_error`: a vdev that cannot probe fails the run, naming it.
+//!
+//! Skips with a note when not root (and `CI` is not set).
+#![cfg(feature = "dpdk")]
+
+mod common;
+
+use common::{flowgate, in_ci, root};
+use flowgate::port::pcap::PcapReader;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn is_root() -> bool {
+    let ok = Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !ok {
+        assert!(!in_ci(), "DPDK run tests must run as root in CI");
+        eprintln!("SKIP: not root");
+    }
+    ok
+}
+
+/// Frames of a capture, in order.
+fn frames(p: &Path) -> Vec<Vec<u8>> {
+    let mut r = PcapReader::open(p).expect("open capture");
+    let mut out = Vec::new();
+    while let Some(pkt) = r.next_packet().expect("read capture") {
+        out.push(pkt.data.to_vec());
+    }
+    out
+}
+
+fn json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).expect("stats json")).expect("valid json")
+}
+
+/// A unique EAL file prefix per test run.
+fn prefix(tag: &str) -> String {
+    format!("fgt-{tag}-{}", std::process::id())
+}
+
+fn run_pcap_case(dir: &Path, input: &Path, tag: &str) {
+    run_pcap_case_with(dir, input, tag, &root().join("pipelines/web-farm.yaml"));
+}
+
+fn run_pcap_case_with(dir: &Path, input: &Path, tag: &str, pipeline: &Path) {
+    let eal = format!(
+        "[\"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-telemetry\", \"--file-prefix\", \"{}\"]",
+        prefix(tag)
+    );
+    run_pcap_case_eal(dir, input, tag, &eal, pipeline);
+}
+
+fn run_pcap_case_eal(dir: &Path, input: &Path, tag: &str, eal: &str, pipeline: &Path) {
+    let out_run = dir.join(format!("{tag}-run.pcap"));
+    let out_replay = dir.join(format!("{tag}-replay.pcap"));
+    let stats_run = dir.join(format!("{tag}-run.json"));
+    let stats_replay = dir.join(format!("{tag}-replay.json"));
+    let conf = dir.join(format!("{tag}.yaml"));
+    std::fs::write(
+        &conf,
+        format!(
+            "pipeline: {}\neal: {eal}\n\
+             lcores: {{ management: 0, workers: [1], cpus: \"0-1\" }}\n\
+             ports:\n  - {{ name: outside, device: \"net_pcap0,rx_pcap={},tx_pcap={}\" }}\n\
+             stop: {{ idle_ms: 700 }}\n",
+            pipeline.display(),
+            input.display(),
+            out_run.display()
+        ),
+    )
+    .expect("write conf");
+    let o = flowgate()
+        .args(["run", "--quiet", "--conf"])
+        .arg(&conf)
+        .arg("--stats-json")
+        .arg(&stats_run)
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "flowgate run failed: {}", String::from_utf8_lossy(&o.stderr));
+    let o = flowgate()
+        .args(["replay", "-q", "--pipeline"])
+        .arg(pipeline)
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(&out_replay)
+        .arg("--stats-json")
+        .arg(&stats_replay)
+        .output()
+        .expect("replay");
+    assert!(o.status.success(), "replay failed: {}", String::from_utf8_lossy(&o.stderr));
+
+    let got = frames(&out_run);
+    let want = frames(&out_replay);
+    let n_in = frames(input).len();
+    assert!(!want.is_empty(), "{tag}: replay forwards frames ({} of {n_in})", want.len());
+    assert_eq!(got.len(), want.len(), "{tag}: frame count");
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(g == w, "{tag}: frame {i} differs\nrun    {g:02x?}\nreplay {w:02x?}");
+    }
+    let jr = json(&stats_run);
+    let jp = json(&stats_replay);
+    for k in ["packets_in", "packets_out", "drops", "flows_created", "arp_replies", "nd_replies", "services"] {
+        assert_eq!(jr[k], jp[k], "{tag}: stats key {k}");
+    }
+    assert_eq!(jr["packets_in"].as_u64(), Some(n_in as u64), "{tag}: every input frame counted");
+    assert_eq!(jr["runtime"]["mempool_in_use"].as_u64(), Some(0), "{tag}: no mbuf leaked");
+    assert_eq!(jr["runtime"]["tx_refused"].as_u64(), Some(0));
+}
+
+#[test]
+fn run_pcap_matches_replay() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    run_pcap_case(dir.path(), &root().join("samples/web-farm.pcap"), "sample");
+    // A fresh capture from gen: web clients, FTP, UDP, ESP, tagged traffic.
+    let gen_pcap = dir.path().join("gen.pcap");
+    let o = flowgate()
+        .args(["gen", "--pipeline"])
+        .arg(root().join("pipelines/web-farm.yaml"))
+        .args(["--flows", "300", "--out"])
+        .arg(&gen_pcap)
+        .output()
+        .expect("gen");
+    assert!(o.status.success(), "gen failed: {}", String::from_utf8_lossy(&o.stderr));
+    run_pcap_case(dir.path(), &gen_pcap, "gen");
+}
+
+/// Free 2 MiB hugepages, from /proc/meminfo.
+fn free_hugepages() -> u64 {
+    let m = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let free = m.lines().find_map(|l| l.strip_prefix("HugePages_Free:")).and_then(|v| v.trim().parse().ok());
+    let size_2m = m.lines().any(|l| l.starts_with("Hugepagesize:") && l.contains("2048 kB"));
+    if size_2m { free.unwrap_or(0) } else { 0 }
+}
+
+/// The pcap equivalence with hugepages (`--in-memory`) instead of `--no-huge`. Needs
+/// 2 MiB hugepages reserved (e.g. `echo 512 > /proc/sys/vm/nr_hugepages` and hugetlbfs
+/// mounted); skips with a note otherwise (also in CI: reserving pages is the host's call).
+#[test]
+fn run_pcap_with_hugepages() {
+    if !is_root() {
+        return;
+    }
+    if free_hugepages() < 256 {
+        eprintln!("SKIP: fewer than 256 free 2 MiB hugepages");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let eal = "[\"--in-memory\", \"-m\", \"256\", \"--no-pci\", \"--no-telemetry\"]";
+    run_pcap_case_eal(
+        dir.path(),
+        &root().join("samples/web-farm.pcap"),
+        "huge",
+        eal,
+        &root().join("pipelines/web-farm.yaml"),
+    );
+}
+
+/// Third-party captures with VLAN tags and MPLS labels under the QoS/MPLS pipeline: the
+/// rewrites (push/pop in the mbuf headroom) give the same bytes as replay's.
+#[test]
+fn run_pcap_qos_mpls_matches_replay() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pipeline = root().join("pipelines/qos-mpls.yaml");
+    for (i, name) in
+        ["packetlife_MPLS_encapsulation.pcap", "packetlife_EoMPLS_802.1q.pcap", "suricata_eve-flow-vlan-02.pcap"]
+            .iter()
+            .enumerate()
+    {
+        let Some(cap) = common::shared(&format!("captures/{name}")) else { return };
+        run_pcap_case_with(dir.path(), &cap, &format!("q{i}"), &pipeline);
+    }
+}
+
+#[test]
+fn run_two_workers_dispatch_matches_replay() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let pipeline = root().join("pipelines/web-farm.yaml");
+    let input = d.join("gen.pcap");
+    let o = flowgate()
+        .args(["gen", "--pipeline"])
+        .arg(&pipeline)
+        .args(["--flows", "400", "--out"])
+        .arg(&input)
+        .output()
+        .expect("gen");
+    assert!(o.status.success(), "gen failed: {}", String::from_utf8_lossy(&o.stderr));
+    let (out0, out1, stats_run, out_replay, stats_replay) =
+        (d.join("o0.pcap"), d.join("o1.pcap"), d.join("run.json"), d.join("replay.pcap"), d.join("replay.json"));
+    let conf = d.join("two.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "pipeline: {}\neal: [\"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-telemetry\", \"--file-prefix\", \"{}\"]\n\
+             lcores: {{ management: 0, workers: [1, 2], cpus: \"0-1\" }}\n\
+             ports:\n  - {{ name: outside, device: \"net_pcap0,rx_pcap={},tx_pcap={},tx_pcap={}\" }}\n\
+             stop: {{ idle_ms: 700 }}\n",
+            pipeline.display(),
+            prefix("two"),
+            input.display(),
+            out0.display(),
+            out1.display()
+        ),
+    )
+    .expect("write conf");
+    let o = flowgate()
+        .args(["run", "--quiet", "--conf"])
+        .arg(&conf)
+        .arg("--stats-json")
+        .arg(&stats_run)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "flowgate run failed: {err}");
+    assert!(err.contains("software dispatch"), "{err}");
+    let o = flowgate()
+        .args(["replay", "-q", "--pipeline"])
+        .arg(&pipeline)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&out_replay)
+        .arg("--stats-json")
+        .arg(&stats_replay)
+        .output()
+        .expect("replay");
+    assert!(o.status.success(), "replay failed: {}", String::from_utf8_lossy(&o.stderr));
+    let (a, b, want) = (frames(&out0), frames(&out1), frames(&out_replay));
+    assert!(!a.is_empty() && !b.is_empty(), "both workers forwarded frames ({} / {})", a.len(), b.len());
+    // Multiset equality.
+    let mut got: Vec<&Vec<u8>> = a.iter().chain(&b).collect();
+    let mut w: Vec<&Vec<u8>> = want.iter().collect();
+    got.sort();
+    w.sort();
+    assert_eq!(got.len(), w.len(), "frame count");
+    assert!(got == w, "the two workers' outputs are not the replay output");
+    // Each worker's output is a subsequence of the replay output (order kept per flow).
+    for (name, out) in [("worker 0", &a), ("worker 1", &b)] {
+        let mut it = want.iter();
+        for (i, f) in out.iter().enumerate() {
+            assert!(it.any(|x| x == f), "{name}: frame {i} out of order");
+        }
+    }
+    let (jr, jp) = (json(&stats_run), json(&stats_replay));
+    for k in ["packets_in", "packets_out", "drops", "flows_created", "services"] {
+        assert_eq!(jr[k], jp[k], "stats key {k}");
+    }
+    assert_eq!(jr["runtime"]["mempool_in_use"].as_u64(), Some(0));
+    assert_eq!(jr["runtime"]["dispatch_dropped"].as_u64(), Some(0));
+}
+
+#[test]
+fn run_stops_cleanly_on_sigterm() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stats = dir.path().join("stats.json");
+    let conf = dir.path().join("null.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "pipeline: {}\neal: [\"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-telemetry\", \"--file-prefix\", \"{}\"]\n\
+             lcores: {{ management: 0, workers: [1, 2], cpus: \"0-1\" }}\n\
+             ports:\n  - {{ name: outside, device: \"net_null1\" }}\n  - {{ name: inside, device: \"net_null0,size=64\" }}\n\
+             mempool: {{ mbufs: 4095, cache: 64 }}\n\
+             stats: {{ interval_ms: 200, json: {} }}\n",
+            root().join("pipelines/web-farm.yaml").display(),
+            prefix("term"),
+            stats.display()
+        ),
+    )
+    .expect("write conf");
+    let mut child = flowgate().args(["run", "--conf"]).arg(&conf).stderr(Stdio::piped()).spawn().expect("spawn run");
+    // Read stderr as it comes, to act on what the run says.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let mut err = String::new();
+    let wait_for = |needle: &str, err: &mut String| {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(30) {
+            if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+                err.push_str(&l);
+                err.push('\n');
+                if l.contains(needle) {
+                    return true;
+                }
+            }
+        }
+        false
+    };
+    let pid = child.id().to_string();
+    let kill = |sig: &str| assert!(Command::new("kill").args([sig, &pid]).status().expect("kill").success());
+    let polling = wait_for("] rx ", &mut err);
+    let _ = (!polling).then(|| child.kill());
+    assert!(polling, "periodic rate line within 30 s: {err}");
+    // SIGHUP: the management lcore reloads the (unchanged) pipeline and publishes it.
+    kill("-HUP");
+    assert!(wait_for("pipeline reloaded (generation 2)", &mut err), "{err}");
+    kill("-TERM");
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("flowgate run did not stop within 20 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = reader.join();
+    err.extend(rx.try_iter().map(|l| l + "\n"));
+    assert!(status.success(), "exit status {status:?}\n{err}");
+    assert!(err.contains("stopping (signal)"), "{err}");
+    assert!(err.contains("symmetric RSS"), "net_null with 2 workers: {err}");
+    assert!(err.contains("] rx "), "periodic rate line: {err}");
+    let j = json(&stats);
+    let pin = j["packets_in"].as_u64().expect("packets_in");
+    let pout = j["packets_out"].as_u64().expect("packets_out");
+    let drops: u64 = j["drops"].as_object().expect("drops").values().filter_map(|v| v.as_u64()).sum();
+    assert!(pin > 1000, "net_null delivered frames: {pin}");
+    assert_eq!(pin, pout + drops, "every frame forwarded or counted as a drop");
+    assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "no mbuf leaked: {j}");
+    assert_eq!(j["runtime"]["workers"].as_u64(), Some(2));
+    assert!(j["runtime"]["ports"]["inside"]["ipackets"].as_u64().unwrap_or(0) > 0);
+}
+
+#[test]
+fn run_bad_port_is_a_clear_error() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("bad.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "pipeline: {}\neal: [\"--no-huge\", \"-m\", \"256\", \"--no-pci\", \"--no-telemetry\", \"--file-prefix\", \"{}\"]\n\
+             lcores: {{ management: 0, workers: [1], cpus: \"0-1\" }}\n\
+             ports:\n  - {{ name: outside, device: \"net_pcap0,rx_pcap={}\" }}\n",
+            root().join("pipelines/web-farm.yaml").display(),
+            prefix("bad"),
+            dir.path().join("missing.pcap").display()
+        ),
+    )
+    .expect("write conf");
+    let o = flowgate().args(["run", "--conf"]).arg(&conf).output().expect("run");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("port \"outside\"") && err.contains("did not probe"), "{err}");
+
+    // A conf error names the file and key (exit code 2).
+    std::fs::write(
+        &conf,
+        "pipeline: x.yaml\nlcores: {management: 0, workers: [0]}\nports: [{name: a, device: net_null0}]\n",
+    )
+    .expect("write conf");
+    let o = flowgate().args(["run", "--conf"]).arg(&conf).output().expect("run");
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("bad.yaml:2: lcores.workers[0]"), "{err}");
+}

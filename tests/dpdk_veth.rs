@@ -1,0 +1,217 @@
+//! `flowgate run` on `net_af_packet` between network namespaces (feature `dpdk`, root):
+//! a real client (curl) reaches two real HTTP servers (python3 -m http.server bound to the
+//! VIP on their loopback) through flowgate's VIP.
+//!
+//! Topology (names carry the test's pid, so parallel runs do not collide):
+//! ```text
+//!  ns C: eth0 198.51.100.2 ── fgoN ║ flowgate ║ fgiN ── uplink ─ br0 (ns SW) ─┬─ p1 ── eth0 (ns S1) 10.0.0.11, VIP on lo
+//!        route VIP via .1            outside      inside                    └─ p2 ── eth0 (ns S2) 10.0.0.12, VIP on lo
+//! ```
+//! flowgate answers ARP for 198.51.100.1 (the client's next hop) and 10.0.0.1 (the
+//! servers' default gateway), both in `system.addresses`; the servers' responses go back
+//! through flowgate to the gateway (the client's MAC). TX checksum offload is off on the
+//! client and server veths (see ARCHITECTURE.md). Every request must be answered, both
+//! servers must answer some, and the stop (SIGTERM) must be clean.
+#![cfg(feature = "dpdk")]
+
+mod common;
+
+use common::{flowgate, in_ci};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn sh(args: &[&str]) -> bool {
+    Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn must(args: &[&str]) {
+    let o = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
+    assert!(o.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Owns the namespaces, links and processes of the test; removes them on drop, also when
+/// the test fails.
+struct Topo {
+    id: u32,
+    children: Vec<Child>,
+}
+
+impl Topo {
+    fn ns(&self, n: &str) -> String {
+        format!("fg{n}{}", self.id)
+    }
+    fn out_if(&self) -> String {
+        format!("fgo{}", self.id)
+    }
+    fn in_if(&self) -> String {
+        format!("fgi{}", self.id)
+    }
+    fn exec(&self, n: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns(n)]).args(args);
+        c
+    }
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for n in ["c", "s1", "s2", "sw"] {
+            let _ = sh(&["ip", "netns", "del", &self.ns(n)]);
+        }
+        let _ = sh(&["ip", "link", "del", &self.out_if()]);
+        let _ = sh(&["ip", "link", "del", &self.in_if()]);
+    }
+}
+
+fn can_run() -> bool {
+    let root_user =
+        Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let tools =
+        sh(&["ip", "-V"]) && sh(&["curl", "--version"]) && sh(&["ethtool", "--version"]) && sh(&["python3", "-V"]);
+    if !(root_user && tools) {
+        assert!(!in_ci(), "the veth test needs root, ip, curl, ethtool and python3 in CI");
+        eprintln!("SKIP: needs root, ip, curl, ethtool and python3");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn run_af_packet_namespaces_http() {
+    if !can_run() {
+        return;
+    }
+    let mut t = Topo { id: std::process::id() % 100_000, children: Vec::new() };
+    let (c, s1, s2, sw) = (t.ns("c"), t.ns("s1"), t.ns("s2"), t.ns("sw"));
+    let (out_if, in_if) = (t.out_if(), t.in_if());
+    for n in [&c, &s1, &s2, &sw] {
+        must(&["ip", "netns", "add", n]);
+    }
+    must(&["ip", "link", "add", &out_if, "type", "veth", "peer", "name", "eth0", "netns", &c]);
+    must(&["ip", "link", "add", &in_if, "type", "veth", "peer", "name", "uplink", "netns", &sw]);
+    must(&["ip", "-n", &s1, "link", "add", "eth0", "type", "veth", "peer", "name", "p1", "netns", &sw]);
+    must(&["ip", "-n", &s2, "link", "add", "eth0", "type", "veth", "peer", "name", "p2", "netns", &sw]);
+    must(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"]);
+    for p in ["uplink", "p1", "p2"] {
+        must(&["ip", "-n", &sw, "link", "set", p, "master", "br0"]);
+        must(&["ip", "-n", &sw, "link", "set", p, "up"]);
+    }
+    must(&["ip", "-n", &sw, "link", "set", "br0", "up"]);
+    for i in [&out_if, &in_if] {
+        must(&["ip", "link", "set", i, "up"]);
+    }
+    // Client: its MAC is the pipeline's gateway; VIP via flowgate's 198.51.100.1.
+    must(&["ip", "-n", &c, "link", "set", "eth0", "address", "02:00:00:00:00:fe"]);
+    must(&["ip", "-n", &c, "addr", "add", "198.51.100.2/24", "dev", "eth0"]);
+    must(&["ip", "-n", &c, "link", "set", "eth0", "up"]);
+    must(&["ip", "-n", &c, "link", "set", "lo", "up"]);
+    must(&["ip", "-n", &c, "route", "add", "203.0.113.10/32", "via", "198.51.100.1"]);
+    must(&["ip", "netns", "exec", &c, "ethtool", "-K", "eth0", "tx", "off", "tso", "off"]);
+    let www = tempfile::tempdir().expect("tempdir");
+    for (i, s) in [(1, &s1), (2, &s2)] {
+        must(&["ip", "-n", s, "link", "set", "eth0", "address", &format!("02:00:00:00:01:0{i}")]);
+        must(&["ip", "-n", s, "addr", "add", &format!("10.0.0.1{i}/24"), "dev", "eth0"]);
+        must(&["ip", "-n", s, "link", "set", "eth0", "up"]);
+        must(&["ip", "-n", s, "link", "set", "lo", "up"]);
+        must(&["ip", "-n", s, "addr", "add", "203.0.113.10/32", "dev", "lo"]);
+        must(&["ip", "-n", s, "route", "add", "default", "via", "10.0.0.1"]);
+        must(&["ip", "netns", "exec", s, "ethtool", "-K", "eth0", "tx", "off", "tso", "off"]);
+        let dir = www.path().join(format!("s{i}"));
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::write(dir.join("index.html"), format!("server-s{i}\n")).expect("index");
+        let child = t
+            .exec(&format!("s{i}"), &["python3", "-m", "http.server", "80", "--bind", "203.0.113.10", "--directory"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("http.server");
+        t.children.push(child);
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        "system:\n  mac: \"02:00:00:00:00:01\"\n  addresses: [198.51.100.1, 10.0.0.1]\n  \
+         gateway: { mac: \"02:00:00:00:00:fe\", port: outside }\n\
+         services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]\n    servers:\n      \
+         - { name: s1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, weight: 100, port: inside }\n      \
+         - { name: s2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, weight: 100, port: inside }\n\
+         default: gateway\n",
+    )
+    .expect("pipeline");
+    let stats = dir.path().join("stats.json");
+    let conf = dir.path().join("veth.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "pipeline: pipeline.yaml\n\
+             eal: [\"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-telemetry\", \"--file-prefix\", \"fgt-veth-{}\"]\n\
+             lcores: {{ management: 0, workers: [1], cpus: \"0-1\" }}\n\
+             ports:\n  - {{ name: inside, device: \"net_af_packet1,iface={in_if}\" }}\n  \
+             - {{ name: outside, device: \"net_af_packet0,iface={out_if}\" }}\n\
+             flows: {{ capacity: 65536 }}\nstats: {{ interval_ms: 1000, json: {} }}\n",
+            t.id,
+            stats.display()
+        ),
+    )
+    .expect("conf");
+    let fg = flowgate().args(["run", "--conf"]).arg(&conf).stderr(Stdio::piped()).spawn().expect("flowgate run");
+    let fg_pid = fg.id();
+    t.children.push(fg);
+
+    let get = |t: &Topo| -> Option<String> {
+        let o = t
+            .exec("c", &["curl", "-s", "--noproxy", "*", "-m", "3", "http://203.0.113.10/index.html"])
+            .output()
+            .ok()?;
+        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    // Wait for flowgate and the servers (first answer within 30 s).
+    let t0 = Instant::now();
+    let first = loop {
+        if let Some(b) = get(&t) {
+            break b;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "no answer through flowgate within 30 s");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let mut answers = vec![first];
+    for _ in 0..30 {
+        answers.push(get(&t).expect("every request is answered"));
+    }
+    let n1 = answers.iter().filter(|a| *a == "server-s1").count();
+    let n2 = answers.iter().filter(|a| *a == "server-s2").count();
+    assert_eq!(n1 + n2, answers.len(), "unexpected bodies: {answers:?}");
+    assert!(n1 > 0 && n2 > 0, "both servers used: s1 {n1}, s2 {n2}");
+
+    assert!(sh(&["kill", "-TERM", &fg_pid.to_string()]));
+    let fg = t.children.pop().expect("flowgate child");
+    let t0 = Instant::now();
+    let mut fg = fg;
+    let status = loop {
+        if let Some(s) = fg.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "flowgate did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = fg.wait_with_output().map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).unwrap_or_default();
+    assert!(status.success(), "{status:?}\n{err}");
+    let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    assert!(j["arp_replies"].as_u64().unwrap_or(0) >= 2, "ARP answered on both sides: {j}");
+    let srv = &j["services"]["web"]["servers"];
+    assert!(srv["s1"].as_u64().unwrap_or(0) > 0 && srv["s2"].as_u64().unwrap_or(0) > 0, "{j}");
+    assert!(j["services"]["web"]["flows"].as_u64().unwrap_or(0) >= answers.len() as u64, "{j}");
+    assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
+}
