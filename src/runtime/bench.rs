@@ -22,7 +22,7 @@ use super::conf::RunConf;
 use super::copy_stats;
 use crate::config::Pipeline;
 use crate::pipeline::stats::Stats;
-use crate::pipeline::{Tables, Worker};
+use crate::pipeline::{Outcome, Tables, Worker};
 use crate::port::dpdk::{Eal, MbufBatch, Mempool, Port, PortConf, SYMMETRIC_RSS_KEY};
 use anyhow::{Context, Result, anyhow, bail};
 use std::io::{BufRead, BufReader, Write};
@@ -195,18 +195,22 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
                 loop {
                     let got = rxq.rx_burst(&mut rxb);
                     if got > 0 {
-                        rxb.drain_each(|mut m| {
+                        for m in rxb.as_mut_slice() {
                             frame(&mut f, mine.get(j).copied().unwrap_or(0), tpl, 0x10, false);
                             j += 1;
                             if j == n {
                                 j = 0;
                             }
-                            if m.set_data(&f) {
-                                let o = w.process(&mut m, 0, now);
-                                if o.route.is_some() && o.drop.is_none() {
-                                    let _ = txb.push(m);
-                                }
+                            let _ = m.set_data(&f);
+                        }
+                        let mut outs = [Outcome::default(); 32];
+                        w.process_burst(rxb.as_mut_slice(), 0, now, &mut outs[..got]);
+                        let mut k = 0;
+                        rxb.drain_each(|m| {
+                            if outs[k].route.is_some() && outs[k].drop.is_none() {
+                                let _ = txb.push(m);
                             }
+                            k += 1;
                         });
                         packets += got as u64;
                         txq.tx_burst(&mut txb);

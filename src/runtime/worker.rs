@@ -11,7 +11,7 @@ use super::conf::{RunConf, map_ports};
 use super::{copy_stats, dispatch_hash, same_shape};
 use crate::config::Pipeline;
 use crate::pipeline::stats::Stats;
-use crate::pipeline::{Tables, Worker};
+use crate::pipeline::{Outcome, Tables, Worker};
 use crate::port::dpdk::{
     BURST, DpdkError, Eal, Mbuf, MbufBatch, Mempool, Port, PortConf, RxQueue, SYMMETRIC_RSS_KEY, TxQueue,
 };
@@ -444,7 +444,14 @@ fn worker_loop<'q>(
                     }
                 });
             } else {
-                rxb.drain_each(|m| handle(&mut w, m, in_port, now, to_conf, &mut txb, &mut io.tx));
+                // The whole burst at once: its flow-table misses overlap.
+                let mut outs = [Outcome::default(); BURST];
+                w.process_burst(rxb.as_mut_slice(), in_port, now, &mut outs[..n]);
+                let mut k = 0;
+                rxb.drain_each(|m| {
+                    send(outs[k], m, to_conf, &mut txb, &mut io.tx);
+                    k += 1;
+                });
             }
         }
         if let Some(inbox) = inboxes.get(idx) {
@@ -518,6 +525,12 @@ fn handle<'q>(
     tx: &mut [TxQueue<'q>],
 ) {
     let o = w.process(&mut m, in_port, now);
+    send(o, m, to_conf, txb, tx);
+}
+
+/// Queues a processed frame on its output port (or frees it when it was dropped).
+#[inline]
+fn send<'q>(o: Outcome, m: Mbuf<'q>, to_conf: &[usize], txb: &mut [MbufBatch<'q>], tx: &mut [TxQueue<'q>]) {
     let Some(r) = o.route.filter(|_| o.drop.is_none()) else {
         return; // dropped: `m` is freed here
     };
