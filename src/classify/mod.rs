@@ -6,7 +6,12 @@
 //! Engines implement [`Classifier`]; [`linear::Linear`] is the reference every other
 //! engine is tested against.
 
+pub mod bench_cmd;
+pub mod classbench;
+pub mod compiled;
 pub mod linear;
+pub mod synth;
+pub mod update;
 
 /// Sentinel `vlan` value for a frame without a VLAN tag (VIDs are 12 bits).
 pub const NO_VLAN: u16 = 0xffff;
@@ -160,6 +165,13 @@ pub trait Classifier: Send + Sync {
 
     /// The decision of the first matching rule, or [`Decision::NoMatch`].
     fn classify(&self, key: &Key) -> Decision;
+
+    /// Looks up a burst: `out[i] = lookup(&keys[i])`. Never allocates.
+    fn lookup_batch(&self, keys: &[Key], out: &mut [Option<u32>]) {
+        for (k, o) in keys.iter().zip(out.iter_mut()) {
+            *o = self.lookup(k);
+        }
+    }
 
     /// Classifies a burst: `out[i] = classify(&keys[i])`. Engines override this to
     /// overlap memory accesses across the burst. Never allocates.

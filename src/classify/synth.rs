@@ -1,0 +1,1 @@
+//! Seedable ClassBench-like rule and trace generator.

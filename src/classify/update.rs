@@ -1,0 +1,1 @@
+//! Updatable classifier.
