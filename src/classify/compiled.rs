@@ -62,6 +62,7 @@ pub const MAX_BITS: u32 = 12;
 pub const BURST: usize = 32;
 
 const NONE: u32 = u32::MAX;
+const LANE_BIT: [u32; LANES] = [1, 2, 4, 8, 16, 32, 64, 128];
 
 /// Dimension values of a key, padded to a power of two so `dim & 31` needs no bounds check.
 pub type Dims = [u32; 32];
@@ -243,10 +244,13 @@ pub struct Compiled {
     entries: Vec<Entry>,
     leaf_base: u32,
     roots: Vec<Entry>,
-    depths: Vec<u32>,
-    /// Per leaf: (offset in `leaf_data`, chunks).
-    leaves: Vec<(u32, u32)>,
-    leaf_data: Vec<u32>,
+    /// Per leaf: (first row in `rows`, chunks, tests needed: bit `j` = range dim `j`,
+    /// bit 31 = mask dims).
+    leaves: Vec<(u32, u32, u32)>,
+    /// Leaf chunks, `2 * rdims + 2` rows each: per range dim the lanes' `lo` and `hi`
+    /// biased by `i32::MIN` (so a signed compare is an unsigned one), then the required
+    /// mask bits, then the rule indices.
+    rows: Vec<[i32; LANES]>,
     stride: usize,
     exact: HashMap<ExactKey, u32>,
     stats: Stats,
@@ -290,8 +294,11 @@ struct Builder<'a> {
     boxes: &'a [RBox],
     verify: &'a [bool],
     active: &'a [usize],
+    rdims: &'a [u8],
+    mdims: &'a [(u8, u32)],
     p: Params,
     slots: Vec<Slot>,
+    /// Leaf rules, with the leaf's "dims to test" mask pushed last.
     leaves: Vec<Vec<u32>>,
     leaf_map: HashMap<Vec<u32>, u32>,
     max_depth: u32,
@@ -313,7 +320,28 @@ struct Cut {
 }
 
 impl Builder<'_> {
-    fn leaf(&mut self, rules: Vec<u32>) -> Slot {
+    /// Which leaf tests are needed in `reg`: bit `j` for range dim `j` unless every rule
+    /// spans the region there (the tree path already decided it), bit 31 for the mask dims.
+    fn need(&self, rules: &[u32], reg: &Region) -> u32 {
+        let spans = |r: u32, d: usize| {
+            let (lo, hi) = self.boxes[r as usize][d];
+            lo <= reg.base[d] && u64::from(hi) >= u64::from(reg.base[d]) + (1u64 << reg.k[d]) - 1
+        };
+        let mut m = 0;
+        for (j, &d) in self.rdims.iter().enumerate() {
+            if rules.iter().any(|&r| !spans(r, usize::from(d))) {
+                m |= 1 << j;
+            }
+        }
+        if self.mdims.iter().any(|&(d, _)| rules.iter().any(|&r| !spans(r, usize::from(d)))) {
+            m |= 1 << 31;
+        }
+        m
+    }
+
+    fn leaf(&mut self, mut rules: Vec<u32>, reg: &Region) -> Slot {
+        let need = self.need(&rules, reg);
+        rules.push(need);
         if let Some(&id) = self.leaf_map.get(&rules) {
             return Slot::Leaf(id);
         }
@@ -402,7 +430,7 @@ impl Builder<'_> {
         }
         let n = rules.len();
         if n <= self.p.leaf_max || depth >= 32 || self.slots.len() >= self.p.max_entries {
-            return self.leaf(rules);
+            return self.leaf(rules, reg);
         }
         let mut best: Option<Cut> = None;
         let mut clipped = Vec::with_capacity(n);
@@ -415,10 +443,10 @@ impl Builder<'_> {
             }
         }
         let Some(cut) = best else {
-            return self.leaf(rules);
+            return self.leaf(rules, reg);
         };
         if cut.maxc >= n {
-            return self.leaf(rules);
+            return self.leaf(rules, reg);
         }
         let d = cut.dim;
         let k = u32::from(reg.k[d]);
@@ -535,6 +563,8 @@ impl Compiled {
             boxes: &boxes,
             verify: &verify,
             active: &active,
+            rdims: &rdims,
+            mdims: &mdims,
             p,
             slots: Vec::new(),
             leaves: Vec::new(),
@@ -565,26 +595,28 @@ impl Compiled {
         let roots: Vec<Entry> = root_slots.into_iter().map(enc).collect();
         // Leaves: SoA chunks.
         let r = rdims.len();
-        let stride = (2 * r + 2) * LANES;
-        let mut leaf_data = Vec::new();
+        let stride = 2 * r + 2;
+        let mut rows: Vec<[i32; LANES]> = Vec::new();
         let mut leaves = Vec::with_capacity(b.leaves.len());
+        let bias = |v: u32| (v ^ 0x8000_0000) as i32;
         for rl in &b.leaves {
+            let (need, rl) = rl.split_last().map_or((0, &rl[..]), |(n, r)| (*n, r));
             stats.leaf_rules += rl.len();
             stats.max_leaf = stats.max_leaf.max(rl.len());
             let chunks = rl.len().div_ceil(LANES);
-            leaves.push((leaf_data.len() as u32, chunks as u32));
+            leaves.push((rows.len() as u32, chunks as u32, need));
             for ch in rl.chunks(LANES) {
-                let at = leaf_data.len();
-                leaf_data.resize(at + stride, 0);
-                let c = &mut leaf_data[at..at + stride];
+                let at = rows.len();
+                rows.resize(at + stride, [0; LANES]);
+                let c = &mut rows[at..at + stride];
                 for lane in 0..LANES {
                     match ch.get(lane) {
                         Some(&ri) => {
                             let bx = &boxes[ri as usize];
                             for (j, &d) in rdims.iter().enumerate() {
                                 let (lo, hi) = bx[d as usize];
-                                c[2 * j * LANES + lane] = lo;
-                                c[(2 * j + 1) * LANES + lane] = hi - lo;
+                                c[2 * j][lane] = bias(lo);
+                                c[2 * j + 1][lane] = bias(hi);
                             }
                             let mut req = 0u32;
                             for (i, &(d, _)) in mdims.iter().enumerate() {
@@ -592,20 +624,20 @@ impl Compiled {
                                     req |= 1 << i;
                                 }
                             }
-                            c[2 * r * LANES + lane] = req;
-                            c[(2 * r + 1) * LANES + lane] = ri;
+                            c[2 * r][lane] = req as i32;
+                            c[2 * r + 1][lane] = ri as i32;
                         }
                         None => {
                             // Never matches: bit 31 of the key mask is always clear.
-                            c[2 * r * LANES + lane] = 1 << 31;
-                            c[(2 * r + 1) * LANES + lane] = NONE;
+                            c[2 * r][lane] = i32::MIN;
+                            c[2 * r + 1][lane] = -1;
                         }
                     }
                 }
             }
         }
         stats.trees = roots.len();
-        stats.depth_per_tree = depths.clone();
+        stats.depth_per_tree = depths;
         stats.entries = entries.len();
         stats.leaves = leaves.len();
         stats.exact_rules = exact.len();
@@ -620,9 +652,8 @@ impl Compiled {
             entries,
             leaf_base,
             roots,
-            depths,
             leaves,
-            leaf_data,
+            rows,
             stride,
             exact,
             stats,
@@ -641,7 +672,7 @@ impl Compiled {
                 lv += 1;
             }
             let leaf = e.base.wrapping_sub(self.leaf_base) as usize;
-            let rules = self.leaves.get(leaf).map_or(0, |&(_, c)| c as usize * LANES);
+            let rules = self.leaves.get(leaf).map_or(0, |&(_, c, _)| c as usize * LANES);
             out.push((lv, rules));
         }
         out
@@ -659,10 +690,10 @@ impl Compiled {
 
     /// Range-dimension values and the mask word of a key.
     #[inline(always)]
-    fn leaf_key(&self, dims: &Dims) -> ([u32; NDIMS], u32) {
-        let mut rv = [0u32; NDIMS];
+    fn leaf_key(&self, dims: &Dims) -> ([i32; NDIMS], u32) {
+        let mut rv = [0i32; NDIMS];
         for (o, &d) in rv.iter_mut().zip(&self.rdims) {
-            *o = dims[d as usize & 31];
+            *o = (dims[d as usize & 31] ^ 0x8000_0000) as i32;
         }
         let mut m = 0u32;
         for (i, &(d, c)) in self.mdims.iter().enumerate() {
@@ -671,36 +702,63 @@ impl Compiled {
         (rv, m)
     }
 
-    /// First rule of leaf `leaf` matching, or `NONE`.
+    /// First rule of leaf `leaf` matching, or `NONE`. `rv` holds the key's range-dim
+    /// values biased by `i32::MIN`.
     #[inline(always)]
-    fn check_leaf(&self, leaf: usize, rv: &[u32; NDIMS], km: u32, key: &Key) -> u32 {
-        let Some(&(start, chunks)) = self.leaves.get(leaf) else {
+    fn check_leaf(&self, leaf: usize, rv: &[i32; NDIMS], km: u32, key: &Key) -> u32 {
+        let Some(&(start, chunks, need)) = self.leaves.get(leaf) else {
             return NONE;
         };
         let r = self.rdims.len();
         let mut at = start as usize;
+        let nkm = !km as i32;
         for _ in 0..chunks {
-            let Some(c) = self.leaf_data.get(at..at + self.stride) else {
+            let Some(c) = self.rows.get(at..at + self.stride) else {
                 return NONE;
             };
             at += self.stride;
-            let mut ok = [u32::MAX; LANES];
-            for (j, &v) in rv.iter().enumerate().take(r) {
-                let lo: &[u32] = &c[2 * j * LANES..(2 * j + 1) * LANES];
-                let sp: &[u32] = &c[(2 * j + 1) * LANES..(2 * j + 2) * LANES];
+            // Written so LLVM vectorizes across the lanes (SSE2 `pcmpgtd`); the early
+            // exit also stops it from vectorizing across dimensions instead.
+            let mut ok = [-1i32; LANES];
+            let mut any = -1i32;
+            let mut m = need & 0x7fff_ffff;
+            while m != 0 {
+                let j = m.trailing_zeros() as usize;
+                m &= m - 1;
+                let v = rv[j % NDIMS];
+                let (Some(lo), Some(hi)) = (c.get(2 * j), c.get(2 * j + 1)) else {
+                    return NONE;
+                };
+                any = 0;
                 for l in 0..LANES {
-                    ok[l] &= 0u32.wrapping_sub(u32::from(v.wrapping_sub(lo[l]) <= sp[l]));
+                    ok[l] &= !(-i32::from(v < lo[l]) | -i32::from(hi[l] < v));
+                    any |= ok[l];
+                }
+                if any == 0 {
+                    break;
                 }
             }
-            let req = &c[2 * r * LANES..(2 * r + 1) * LANES];
+            if any == 0 {
+                continue;
+            }
+            let req = &c[2 * r];
             let mut bits = 0u32;
+            if need >> 31 != 0 {
+                for l in 0..LANES {
+                    ok[l] &= -i32::from(req[l] & nkm == 0);
+                }
+            } else {
+                // Padding lanes carry an impossible requirement; honour it anyway.
+                for l in 0..LANES {
+                    ok[l] &= -i32::from(req[l] >= 0);
+                }
+            }
             for l in 0..LANES {
-                let hit = ok[l] & 0u32.wrapping_sub(u32::from(km & req[l] == req[l]));
-                bits |= (hit & 1) << l;
+                bits |= (ok[l] as u32) & LANE_BIT[l];
             }
             while bits != 0 {
                 let l = bits.trailing_zeros() as usize;
-                let ri = c[(2 * r + 1) * LANES + l];
+                let ri = c[2 * r + 1][l % LANES] as u32;
                 if !self.any_verify
                     || !self.verify.get(ri as usize).copied().unwrap_or(false)
                     || self.rules.get(ri as usize).is_some_and(|ru| ru.matches(key))
@@ -745,32 +803,42 @@ impl Compiled {
     pub fn lookup_burst(&self, keys: &[Key], out: &mut [u32]) {
         for (kc, oc) in keys.chunks(BURST).zip(out.chunks_mut(BURST)) {
             let n = kc.len().min(oc.len());
-            let mut dims = [[0u32; 32]; BURST];
-            for (d, k) in dims.iter_mut().zip(&kc[..n]) {
-                *d = key_dims(k);
-            }
+            let dims: [Dims; BURST] = std::array::from_fn(|i| kc.get(i).map_or([0; 32], key_dims));
             let mut best = [NONE; BURST];
             if !self.exact.is_empty() {
                 for (b, k) in best.iter_mut().zip(&kc[..n]) {
                     *b = self.exact_lookup(k);
                 }
             }
+            let lk: [([i32; NDIMS], u32); BURST] = std::array::from_fn(|i| self.leaf_key(&dims[i]));
             let mut cur = [Entry::default(); BURST];
-            for (t, &root) in self.roots.iter().enumerate() {
+            let mut act = [0u8; BURST];
+            for &root in &self.roots {
                 cur[..n].fill(root);
-                let depth = self.depths.get(t).copied().unwrap_or(0);
-                for _ in 0..depth {
-                    for i in 0..n {
-                        cur[i] = step(&self.entries, cur[i], &dims[i]);
+                // Walk all keys one level at a time; keys that reached a leaf drop out of
+                // the active list (branch-free compaction), so the loads of one level are
+                // independent and no key takes steps it does not need.
+                let mut na = 0;
+                if root.lim != 0 {
+                    for (i, a) in act.iter_mut().enumerate().take(n) {
+                        *a = i as u8;
                     }
-                    if cur[..n].iter().all(|e| e.lim == 0) {
-                        break;
+                    na = n;
+                }
+                while na > 0 {
+                    let mut nn = 0;
+                    for j in 0..na {
+                        let i = act[j] as usize % BURST;
+                        let e = step(&self.entries, cur[i], &dims[i]);
+                        cur[i] = e;
+                        act[nn] = i as u8;
+                        nn += usize::from(e.lim != 0);
                     }
+                    na = nn;
                 }
                 for i in 0..n {
-                    let (rv, km) = self.leaf_key(&dims[i]);
                     let leaf = cur[i].base.wrapping_sub(self.leaf_base) as usize;
-                    best[i] = best[i].min(self.check_leaf(leaf, &rv, km, &kc[i]));
+                    best[i] = best[i].min(self.check_leaf(leaf, &lk[i].0, lk[i].1, &kc[i]));
                 }
             }
             oc[..n].copy_from_slice(&best[..n]);
@@ -841,8 +909,8 @@ impl Classifier for Compiled {
     fn bytes(&self) -> usize {
         self.entries.len() * std::mem::size_of::<Entry>()
             + self.roots.len() * std::mem::size_of::<Entry>()
-            + self.leaves.len() * 8
-            + self.leaf_data.len() * 4
+            + self.leaves.len() * 12
+            + self.rows.len() * std::mem::size_of::<[i32; LANES]>()
             + self.exact.capacity() * (std::mem::size_of::<(ExactKey, u32)>() + 1)
             + self.rules.len() * (std::mem::size_of::<Rule>() + 1)
     }
