@@ -132,7 +132,10 @@ pub fn measure(engine: &dyn Classifier, keys: &[Key], min: Duration) -> Rate {
                 (Some(a), Some(b)) if b > a => Some(n as f64 * 1e9 / (b - a) as f64),
                 _ => None,
             };
-            return Rate { wall: n as f64 / el.as_secs_f64(), cpu };
+            return Rate {
+                wall: n as f64 / el.as_secs_f64(),
+                cpu,
+            };
         }
     }
 }

@@ -28,7 +28,10 @@ pub struct ParseError {
 }
 
 fn err(line: usize, msg: impl Into<String>) -> ParseError {
-    ParseError { line, msg: msg.into() }
+    ParseError {
+        line,
+        msg: msg.into(),
+    }
 }
 
 fn num(s: &str) -> Option<u64> {
@@ -40,9 +43,12 @@ fn num(s: &str) -> Option<u64> {
 }
 
 fn prefix(tok: &str, line: usize) -> Result<Range<u128>, ParseError> {
-    let (a, l) = tok.split_once('/').ok_or_else(|| err(line, format!("bad prefix {tok:?}")))?;
-    let addr: std::net::Ipv4Addr =
-        a.parse().map_err(|_| err(line, format!("bad IPv4 address {a:?}")))?;
+    let (a, l) = tok
+        .split_once('/')
+        .ok_or_else(|| err(line, format!("bad prefix {tok:?}")))?;
+    let addr: std::net::Ipv4Addr = a
+        .parse()
+        .map_err(|_| err(line, format!("bad IPv4 address {a:?}")))?;
     let len: u8 = l
         .parse()
         .ok()
@@ -58,7 +64,10 @@ fn port_range(lo: &str, colon: &str, hi: &str, line: usize) -> Result<Range<u16>
             .ok_or_else(|| err(line, format!("bad port {s:?}")))
     };
     if colon != ":" {
-        return Err(err(line, format!("expected ':' between ports, got {colon:?}")));
+        return Err(err(
+            line,
+            format!("expected ':' between ports, got {colon:?}"),
+        ));
     }
     let (lo, hi) = (p(lo)?, p(hi)?);
     if lo > hi {
@@ -70,7 +79,9 @@ fn port_range(lo: &str, colon: &str, hi: &str, line: usize) -> Result<Range<u16>
 /// Parses one filter line (without checking the leading `@` of comments/blank lines).
 pub fn parse_rule(s: &str, line: usize, index: u32) -> Result<Rule, ParseError> {
     let s = s.trim();
-    let body = s.strip_prefix('@').ok_or_else(|| err(line, "rule must start with '@'"))?;
+    let body = s
+        .strip_prefix('@')
+        .ok_or_else(|| err(line, "rule must start with '@'"))?;
     let t: Vec<&str> = body.split_whitespace().collect();
     if t.len() < 9 {
         return Err(err(line, format!("expected 9 tokens, got {}", t.len())));
@@ -80,7 +91,9 @@ pub fn parse_rule(s: &str, line: usize, index: u32) -> Result<Rule, ParseError> 
     r.dst = prefix(t[1], line)?;
     r.src_port = port_range(t[2], t[3], t[4], line)?;
     r.dst_port = port_range(t[5], t[6], t[7], line)?;
-    let (v, m) = t[8].split_once('/').ok_or_else(|| err(line, "bad proto/mask"))?;
+    let (v, m) = t[8]
+        .split_once('/')
+        .ok_or_else(|| err(line, "bad proto/mask"))?;
     let (v, m) = match (num(v), num(m)) {
         (Some(v), Some(m)) if v <= 0xff && m <= 0xff => (v as u8, m as u8),
         _ => return Err(err(line, format!("bad proto/mask {:?}", t[8]))),
@@ -142,7 +155,10 @@ pub fn parse_trace(text: &str) -> Result<Vec<TraceEntry>, ParseError> {
             ..Key::default()
         };
         let e = f(5, u64::from(u32::MAX))?;
-        out.push(TraceEntry { key, expected: e.checked_sub(1).map(|e| e as u32) });
+        out.push(TraceEntry {
+            key,
+            expected: e.checked_sub(1).map(|e| e as u32),
+        });
     }
     Ok(out)
 }
@@ -153,8 +169,12 @@ mod tests {
 
     #[test]
     fn parses_rule_and_trace_lines() {
-        let r = parse_rule("@81.110.124.109/32 249.145.51.3/24 0 : 65535 135 : 135 0x06/0xFF", 1, 3)
-            .expect("valid line");
+        let r = parse_rule(
+            "@81.110.124.109/32 249.145.51.3/24 0 : 65535 135 : 135 0x06/0xFF",
+            1,
+            3,
+        )
+        .expect("valid line");
         assert_eq!(r.src, Range::exact(v4_mapped([81, 110, 124, 109])));
         assert_eq!(
             r.dst,
@@ -164,9 +184,9 @@ mod tests {
         assert_eq!(r.dst_port, Range::exact(135));
         assert_eq!(r.proto, Range::exact(6));
         assert_eq!(r.decision, Decision::FlowRule(3));
-        // The trace's decimal 1360952429 is 81.30.86.109.
+        // The trace's decimal 1360952429 is 81.30.124.109 (Python: ipaddress.ip_address).
         let t = parse_trace("1360952429 4184911075 0 6849 6 2066\n").expect("valid trace");
-        assert_eq!(t[0].key.src, v4_mapped([81, 30, 86, 109]));
+        assert_eq!(t[0].key.src, v4_mapped([81, 30, 124, 109]));
         assert_eq!(t[0].key.dst_port, 6849);
         assert_eq!(t[0].expected, Some(2065));
     }

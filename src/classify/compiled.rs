@@ -49,6 +49,10 @@
 //! and checked on the ClassBench sets). Memory is bounded by `spfac` and a global entry
 //! budget: past it the compiler stops cutting and leaves grow (slower, never wrong).
 
+// Lane loops index several arrays in lockstep on purpose: that is the shape LLVM
+// vectorizes.
+#![allow(clippy::needless_range_loop)]
+
 use super::{Classifier, Decision, Key, Rule};
 use hashbrown::HashMap;
 
@@ -90,13 +94,28 @@ pub fn key_dims(k: &Key) -> Dims {
         u32::from(k.dst_port),
         u32::from(k.dscp),
         k.spi,
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
     ]
 }
 
 /// Width in bits of each dimension's domain (a `u16` field never exceeds 16 bits), so
 /// the first cut on a port takes its top bits, not bits that are always zero.
-const DOMAIN_BITS: [u8; NDIMS] = [32, 32, 32, 32, 32, 32, 32, 32, 16, 16, 8, 32, 16, 8, 16, 16, 8, 32];
+const DOMAIN_BITS: [u8; NDIMS] = [
+    32, 32, 32, 32, 32, 32, 32, 32, 16, 16, 8, 32, 16, 8, 16, 16, 8, 32,
+];
 
 type RBox = [(u32, u32); NDIMS];
 
@@ -199,7 +218,8 @@ pub struct Params {
     pub partition: bool,
     /// Move exact 5-tuple rules to a hash table when there are at least this many.
     pub exact_min: usize,
-    /// Global budget of tree entries; past it nodes become leaves.
+    /// Global budget of tree entries plus rule slots in leaves; past it nodes become
+    /// leaves. 0 means automatic: `2^20 + 64 × rules`.
     pub max_entries: usize,
 }
 
@@ -210,7 +230,7 @@ impl Default for Params {
             leaf_max: LANES,
             partition: true,
             exact_min: 64,
-            max_entries: 1 << 24,
+            max_entries: 0,
         }
     }
 }
@@ -301,6 +321,8 @@ struct Builder<'a> {
     /// Leaf rules, with the leaf's "dims to test" mask pushed last.
     leaves: Vec<Vec<u32>>,
     leaf_map: HashMap<Vec<u32>, u32>,
+    /// Rule slots held by leaves so far (counts against `max_entries`).
+    leaf_slots: usize,
     max_depth: u32,
 }
 
@@ -333,7 +355,11 @@ impl Builder<'_> {
                 m |= 1 << j;
             }
         }
-        if self.mdims.iter().any(|&(d, _)| rules.iter().any(|&r| !spans(r, usize::from(d)))) {
+        if self
+            .mdims
+            .iter()
+            .any(|&(d, _)| rules.iter().any(|&r| !spans(r, usize::from(d))))
+        {
             m |= 1 << 31;
         }
         m
@@ -346,6 +372,7 @@ impl Builder<'_> {
             return Slot::Leaf(id);
         }
         let id = self.leaves.len() as u32;
+        self.leaf_slots += rules.len();
         self.leaves.push(rules.clone());
         self.leaf_map.insert(rules, id);
         Slot::Leaf(id)
@@ -360,7 +387,13 @@ impl Builder<'_> {
     }
 
     /// Best cut on `d`, or `None` when `d` cannot separate these rules.
-    fn eval(&self, rules: &[u32], reg: &Region, d: usize, clipped: &mut Vec<(u64, u64)>) -> Option<Cut> {
+    fn eval(
+        &self,
+        rules: &[u32],
+        reg: &Region,
+        d: usize,
+        clipped: &mut Vec<(u64, u64)>,
+    ) -> Option<Cut> {
         let k = u32::from(reg.k[d]);
         let base = u64::from(reg.base[d]);
         let top = base + (1u64 << k) - 1;
@@ -414,7 +447,15 @@ impl Builder<'_> {
                 maxc = maxc.max(run);
             }
             let maxc = maxc as usize + span;
-            best = Some(Cut { dim: d, off, ks, bits, outside, maxc, sum });
+            best = Some(Cut {
+                dim: d,
+                off,
+                ks,
+                bits,
+                outside,
+                maxc,
+                sum,
+            });
         }
         best
     }
@@ -429,14 +470,18 @@ impl Builder<'_> {
             rules.truncate(pos + 1);
         }
         let n = rules.len();
-        if n <= self.p.leaf_max || depth >= 32 || self.slots.len() >= self.p.max_entries {
+        if n <= self.p.leaf_max
+            || depth >= 32
+            || self.slots.len() + self.leaf_slots >= self.p.max_entries
+        {
             return self.leaf(rules, reg);
         }
         let mut best: Option<Cut> = None;
         let mut clipped = Vec::with_capacity(n);
         for &d in self.active {
             if let Some(c) = self.eval(&rules, reg, d, &mut clipped) {
-                let better = best.is_none_or(|b| c.maxc < b.maxc || (c.maxc == b.maxc && c.sum < b.sum));
+                let better =
+                    best.is_none_or(|b| c.maxc < b.maxc || (c.maxc == b.maxc && c.sum < b.sum));
                 if better {
                     best = Some(c);
                 }
@@ -503,7 +548,10 @@ impl Compiled {
     }
 
     /// Compiles `rules` with explicit parameters.
-    pub fn build_with(rules: &[Rule], p: Params) -> Self {
+    pub fn build_with(rules: &[Rule], mut p: Params) -> Self {
+        if p.max_entries == 0 {
+            p.max_entries = (1 << 20) + 64 * rules.len();
+        }
         let mut verify = Vec::with_capacity(rules.len());
         let mut boxes = Vec::with_capacity(rules.len());
         for r in rules {
@@ -530,7 +578,11 @@ impl Compiled {
             .collect();
         // Active dimensions: some tree rule is not a full wildcard there.
         let active: Vec<usize> = (0..NDIMS)
-            .filter(|&d| in_tree.iter().any(|&r| boxes[r as usize][d] != (0, u32::MAX)))
+            .filter(|&d| {
+                in_tree
+                    .iter()
+                    .any(|&r| boxes[r as usize][d] != (0, u32::MAX))
+            })
             .collect();
         let mut rdims = Vec::new();
         let mut mdims = Vec::new();
@@ -569,9 +621,13 @@ impl Compiled {
             slots: Vec::new(),
             leaves: Vec::new(),
             leaf_map: HashMap::new(),
+            leaf_slots: 0,
             max_depth: 0,
         };
-        let full = Region { base: [0; NDIMS], k: DOMAIN_BITS };
+        let full = Region {
+            base: [0; NDIMS],
+            k: DOMAIN_BITS,
+        };
         let mut root_slots = Vec::new();
         let mut depths = Vec::new();
         let mut stats = Stats::default();
@@ -583,7 +639,10 @@ impl Compiled {
             depths.push(b.max_depth);
         }
         let leaf_base = b.slots.len() as u32;
-        let leaf_entry = |l: u32| Entry { base: leaf_base + l, ..Entry::default() };
+        let leaf_entry = |l: u32| Entry {
+            base: leaf_base + l,
+            ..Entry::default()
+        };
         let enc = |s: Slot| match s {
             Slot::Node(e) => e,
             Slot::Leaf(l) => leaf_entry(l),
@@ -672,7 +731,10 @@ impl Compiled {
                 lv += 1;
             }
             let leaf = e.base.wrapping_sub(self.leaf_base) as usize;
-            let rules = self.leaves.get(leaf).map_or(0, |&(_, c, _)| c as usize * LANES);
+            let rules = self
+                .leaves
+                .get(leaf)
+                .map_or(0, |&(_, c, _)| c as usize * LANES);
             out.push((lv, rules));
         }
         out
@@ -761,7 +823,10 @@ impl Compiled {
                 let ri = c[2 * r + 1][l % LANES] as u32;
                 if !self.any_verify
                     || !self.verify.get(ri as usize).copied().unwrap_or(false)
-                    || self.rules.get(ri as usize).is_some_and(|ru| ru.matches(key))
+                    || self
+                        .rules
+                        .get(ri as usize)
+                        .is_some_and(|ru| ru.matches(key))
                 {
                     return ri;
                 }
@@ -855,7 +920,11 @@ fn partition(rules: &[u32], boxes: &[RBox], rdims: &[u8]) -> Vec<Vec<u32>> {
     };
     // First varying word of each address (dims 0..4 are src, 4..8 dst).
     let pick = |range: std::ops::Range<u8>| rdims.iter().copied().find(|d| range.contains(d));
-    let dims: Vec<usize> = [pick(0..4), pick(4..8)].into_iter().flatten().map(usize::from).collect();
+    let dims: Vec<usize> = [pick(0..4), pick(4..8)]
+        .into_iter()
+        .flatten()
+        .map(usize::from)
+        .collect();
     if dims.is_empty() {
         return vec![rules.to_vec()];
     }
@@ -883,7 +952,9 @@ impl Classifier for Compiled {
 
     fn classify(&self, key: &Key) -> Decision {
         let r = self.lookup_raw(key);
-        self.rules.get(r as usize).map_or(Decision::NoMatch, |ru| ru.decision)
+        self.rules
+            .get(r as usize)
+            .map_or(Decision::NoMatch, |ru| ru.decision)
     }
 
     fn lookup_batch(&self, keys: &[Key], out: &mut [Option<u32>]) {
@@ -901,7 +972,10 @@ impl Classifier for Compiled {
         for (kc, oc) in keys.chunks(BURST).zip(out.chunks_mut(BURST)) {
             self.lookup_burst(kc, &mut buf[..kc.len()]);
             for (o, &r) in oc.iter_mut().zip(&buf) {
-                *o = self.rules.get(r as usize).map_or(Decision::NoMatch, |ru| ru.decision);
+                *o = self
+                    .rules
+                    .get(r as usize)
+                    .map_or(Decision::NoMatch, |ru| ru.decision);
             }
         }
     }

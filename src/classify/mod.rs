@@ -71,7 +71,10 @@ impl<T: Copy + PartialOrd> Range<T> {
 
 macro_rules! full {
     ($t:ty) => {
-        Range { lo: <$t>::MIN, hi: <$t>::MAX }
+        Range {
+            lo: <$t>::MIN,
+            hi: <$t>::MAX,
+        }
     };
 }
 
@@ -82,7 +85,10 @@ pub fn prefix_range(addr: u128, len: u8) -> Range<u128> {
         return full!(u128);
     }
     let mask = u128::MAX << (128 - u32::from(len));
-    Range { lo: addr & mask, hi: (addr & mask) | !mask }
+    Range {
+        lo: addr & mask,
+        hi: (addr & mask) | !mask,
+    }
 }
 
 /// IPv4 address as a mapped 128-bit value (`::ffff:a.b.c.d`).

@@ -38,7 +38,11 @@ impl Rng {
     }
     /// Uniform in `0..n` (`n > 0`; returns 0 for `n == 0`).
     pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64 }
+        if n == 0 {
+            0
+        } else {
+            ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+        }
     }
     /// Uniform in `lo..=hi`.
     pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
@@ -108,7 +112,9 @@ fn shape(p: Profile) -> Shape {
 }
 
 const LENS: [u8; 6] = [0, 8, 16, 24, 28, 32];
-const WELL_KNOWN: [u16; 16] = [20, 21, 22, 23, 25, 53, 80, 110, 123, 135, 139, 143, 161, 443, 445, 3389];
+const WELL_KNOWN: [u16; 16] = [
+    20, 21, 22, 23, 25, 53, 80, 110, 123, 135, 139, 143, 161, 443, 445, 3389,
+];
 
 fn port(rng: &mut Rng, w: &[u32; 5]) -> Range<u16> {
     match rng.weighted(w) {
@@ -149,7 +155,9 @@ pub fn rules(profile: Profile, n: usize, seed: u64) -> Vec<Rule> {
     let mut rng = Rng::new(seed);
     let sh = shape(profile);
     let nclusters = ((n as f64).sqrt() as usize).max(4);
-    let clusters: Vec<u32> = (0..nclusters).map(|_| rng.next_u64() as u32 & 0xffff_0000).collect();
+    let clusters: Vec<u32> = (0..nclusters)
+        .map(|_| rng.next_u64() as u32 & 0xffff_0000)
+        .collect();
     let mut out = Vec::with_capacity(n);
     for i in 0..n.saturating_sub(1) {
         let mut r = Rule::any(Decision::FlowRule(i as u32));
@@ -184,7 +192,11 @@ pub fn trace(rules: &[Rule], n: usize, seed: u64) -> Vec<Key> {
     let pick128 = |rng: &mut Rng, r: Range<u128>| {
         let span = r.hi - r.lo;
         let x = (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64());
-        if span == u128::MAX { x } else { r.lo + x % (span + 1) }
+        if span == u128::MAX {
+            x
+        } else {
+            r.lo + x % (span + 1)
+        }
     };
     (0..n)
         .map(|_| {
@@ -211,7 +223,10 @@ mod tests {
         assert_eq!(a, rules(Profile::Acl, 500, 7));
         assert_ne!(a, rules(Profile::Acl, 500, 8));
         assert_eq!(a.len(), 500);
-        assert!(a.last().is_some_and(|r| r.src_port == Range::new(0, u16::MAX)));
+        assert!(
+            a.last()
+                .is_some_and(|r| r.src_port == Range::new(0, u16::MAX))
+        );
         // Every port class and a wildcard protocol occur.
         assert!(a.iter().any(|r| r.dst_port == Range::new(1024, u16::MAX)));
         assert!(a.iter().any(|r| r.dst_port.lo == r.dst_port.hi));

@@ -78,7 +78,11 @@ impl Updatable {
         let live: Vec<Live> = rules
             .iter()
             .enumerate()
-            .map(|(i, r)| Live { id: i as RuleId, prio: (i as u64 + 1) * GAP, rule: *r })
+            .map(|(i, r)| Live {
+                id: i as RuleId,
+                prio: (i as u64 + 1) * GAP,
+                rule: *r,
+            })
             .collect();
         Updatable {
             prio_of: live.iter().map(|l| l.prio).collect(),
@@ -120,7 +124,11 @@ impl Updatable {
         if position > n {
             return Err(UpdateError::BadPosition(position, n));
         }
-        let before = if position == 0 { 0 } else { self.live[position - 1].prio };
+        let before = if position == 0 {
+            0
+        } else {
+            self.live[position - 1].prio
+        };
         let after = self.live.get(position).map_or(before + 2 * GAP, |l| l.prio);
         if after - before < 2 {
             self.renumber();
@@ -152,11 +160,11 @@ impl Updatable {
         if let Some(i) = self.delta.iter().position(|&(d, _)| d == id) {
             self.delta.remove(i);
             self.delta_rules.remove(i);
-        } else if let Some(bi) = self.base_ids.iter().position(|&b| b == id) {
-            if !self.base_dead[bi] {
-                self.base_dead[bi] = true;
-                self.dead_count += 1;
-            }
+        } else if let Some(bi) = self.base_ids.iter().position(|&b| b == id)
+            && !self.base_dead[bi]
+        {
+            self.base_dead[bi] = true;
+            self.dead_count += 1;
         }
         Ok(())
     }
@@ -177,12 +185,20 @@ impl Updatable {
         let rules: Vec<Rule> = self.live.iter().map(|l| l.rule).collect();
         let ids = self.live.iter().map(|l| l.id).collect();
         let handle = std::thread::spawn(move || Compiled::build(&rules));
-        self.pending = Some(Pending { seq: self.seq, ids, handle });
+        self.pending = Some(Pending {
+            seq: self.seq,
+            ids,
+            handle,
+        });
     }
 
     /// Installs a finished background rebuild; `true` when one was installed.
     pub fn poll_rebuild(&mut self) -> bool {
-        if !self.pending.as_ref().is_some_and(|p| p.handle.is_finished()) {
+        if !self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.handle.is_finished())
+        {
             return false;
         }
         match self.pending.take() {
@@ -205,11 +221,16 @@ impl Updatable {
         };
         // Changes after the snapshot stay in the delta: inserts with a later sequence,
         // and removals of snapshot rules that are no longer live.
-        let keep: Vec<usize> =
-            (0..self.delta.len()).filter(|&i| self.delta[i].1 > p.seq).collect();
+        let keep: Vec<usize> = (0..self.delta.len())
+            .filter(|&i| self.delta[i].1 > p.seq)
+            .collect();
         self.delta = keep.iter().map(|&i| self.delta[i]).collect();
         self.delta_rules = keep.iter().map(|&i| self.delta_rules[i]).collect();
-        self.base_dead = p.ids.iter().map(|&id| self.prio_of[id as usize] == u64::MAX).collect();
+        self.base_dead = p
+            .ids
+            .iter()
+            .map(|&id| self.prio_of[id as usize] == u64::MAX)
+            .collect();
         self.dead_count = self.base_dead.iter().filter(|&&d| d).count();
         self.base_ids = p.ids;
         self.base = Arc::new(base);
