@@ -216,6 +216,8 @@ pub struct Params {
     pub leaf_max: usize,
     /// Partition rules into small/large trees (CutSplit-style).
     pub partition: bool,
+    /// Partition groups with fewer than this fraction of the rules are merged.
+    pub min_group: f64,
     /// Move exact 5-tuple rules to a hash table when there are at least this many.
     pub exact_min: usize,
     /// Global budget of tree entries plus rule slots in leaves; past it nodes become
@@ -229,6 +231,7 @@ impl Default for Params {
             spfac: 4.0,
             leaf_max: LANES,
             partition: true,
+            min_group: 0.01,
             exact_min: 64,
             max_entries: 0,
         }
@@ -260,6 +263,9 @@ pub struct Compiled {
     rdims: Vec<u8>,
     /// Mask dimensions: (dim, constant); bit `i` of the key mask is `dims[d] == c`.
     mdims: Vec<(u8, u32)>,
+    /// Dimensions every tree rule pins to one value: (dim, value); a key that differs
+    /// matches no tree rule.
+    gconst: Vec<(u8, u32)>,
     /// Flattened tree entries, then one self-looping sentinel per leaf.
     entries: Vec<Entry>,
     leaf_base: u32,
@@ -577,12 +583,24 @@ impl Compiled {
             })
             .collect();
         // Active dimensions: some tree rule is not a full wildcard there.
+        // Dimensions where every tree rule wants the same single value (for IPv4 rule sets,
+        // the `::ffff:0:0/96` words of both addresses) are tested once per key up front
+        // and then treated as satisfied: they take no leaf test and do not stop a rule from
+        // "covering" a region (which is what lets the catch-all prune).
+        let gconst: Vec<(u8, u32)> = if in_tree.is_empty() {
+            Vec::new()
+        } else {
+            (0..NDIMS)
+                .filter_map(|d| {
+                    let (lo, hi) = boxes[in_tree[0] as usize][d];
+                    let same = lo == hi && in_tree.iter().all(|&r| boxes[r as usize][d] == (lo, lo));
+                    same.then_some((d as u8, lo))
+                })
+                .collect()
+        };
         let active: Vec<usize> = (0..NDIMS)
-            .filter(|&d| {
-                in_tree
-                    .iter()
-                    .any(|&r| boxes[r as usize][d] != (0, u32::MAX))
-            })
+            .filter(|&d| !gconst.iter().any(|&(g, _)| usize::from(g) == d))
+            .filter(|&d| in_tree.iter().any(|&r| boxes[r as usize][d] != (0, u32::MAX)))
             .collect();
         let mut rdims = Vec::new();
         let mut mdims = Vec::new();
@@ -606,11 +624,22 @@ impl Compiled {
             }
         }
         // Partition (CutSplit-style) on the two most selective address dimensions.
-        let groups: Vec<Vec<u32>> = if p.partition && in_tree.len() > 4 * LANES {
+        let mut groups: Vec<Vec<u32>> = if p.partition && in_tree.len() > 4 * LANES {
             partition(&in_tree, &boxes, &rdims)
         } else {
             vec![in_tree.clone()]
         };
+        // A tree costs a walk and a leaf test per key: fold groups too small to be worth
+        // one into the next larger group (merged lists are re-sorted by priority).
+        let min_group = (in_tree.len() as f64 * p.min_group) as usize;
+        groups.retain(|g| !g.is_empty());
+        groups.sort_by_key(|g| g.len());
+        while groups.len() > 1 && groups[0].len() < min_group {
+            let small = groups.remove(0);
+            groups[0].extend(small);
+            groups[0].sort_unstable();
+            groups.sort_by_key(|g| g.len());
+        }
         let mut b = Builder {
             boxes: &boxes,
             verify: &verify,
@@ -708,6 +737,7 @@ impl Compiled {
             any_verify,
             rdims,
             mdims,
+            gconst,
             entries,
             leaf_base,
             roots,
@@ -750,24 +780,21 @@ impl Compiled {
         &self.rules
     }
 
-    /// Range-dimension values and the mask word of a key.
+    /// The mask word of a key (bit `i`: mask dim `i` holds its constant) and whether the
+    /// key passes the dimensions every tree rule pins.
     #[inline(always)]
-    fn leaf_key(&self, dims: &Dims) -> ([i32; NDIMS], u32) {
-        let mut rv = [0i32; NDIMS];
-        for (o, &d) in rv.iter_mut().zip(&self.rdims) {
-            *o = (dims[d as usize & 31] ^ 0x8000_0000) as i32;
-        }
+    fn key_mask(&self, dims: &Dims) -> (u32, bool) {
         let mut m = 0u32;
         for (i, &(d, c)) in self.mdims.iter().enumerate() {
             m |= u32::from(dims[d as usize & 31] == c) << i;
         }
-        (rv, m)
+        let ok = self.gconst.iter().all(|&(d, c)| dims[d as usize & 31] == c);
+        (m, ok)
     }
 
-    /// First rule of leaf `leaf` matching, or `NONE`. `rv` holds the key's range-dim
-    /// values biased by `i32::MIN`.
+    /// First rule of leaf `leaf` matching, or `NONE`.
     #[inline(always)]
-    fn check_leaf(&self, leaf: usize, rv: &[i32; NDIMS], km: u32, key: &Key) -> u32 {
+    fn check_leaf(&self, leaf: usize, dims: &Dims, km: u32, key: &Key) -> u32 {
         let Some(&(start, chunks, need)) = self.leaves.get(leaf) else {
             return NONE;
         };
@@ -781,27 +808,21 @@ impl Compiled {
             at += self.stride;
             // Written so LLVM vectorizes across the lanes (SSE2 `pcmpgtd`); the early
             // exit also stops it from vectorizing across dimensions instead.
+            // The lane loop is what LLVM vectorizes (SSE2 `pcmpgtd`); the bit-scan loop
+            // over dimensions is not countable, so it is not vectorized instead.
             let mut ok = [-1i32; LANES];
-            let mut any = -1i32;
             let mut m = need & 0x7fff_ffff;
             while m != 0 {
                 let j = m.trailing_zeros() as usize;
                 m &= m - 1;
-                let v = rv[j % NDIMS];
+                let d = self.rdims.get(j).copied().unwrap_or(0);
+                let v = (dims[d as usize & 31] ^ 0x8000_0000) as i32;
                 let (Some(lo), Some(hi)) = (c.get(2 * j), c.get(2 * j + 1)) else {
                     return NONE;
                 };
-                any = 0;
                 for l in 0..LANES {
                     ok[l] &= !(-i32::from(v < lo[l]) | -i32::from(hi[l] < v));
-                    any |= ok[l];
                 }
-                if any == 0 {
-                    break;
-                }
-            }
-            if any == 0 {
-                continue;
             }
             let req = &c[2 * r];
             let mut bits = 0u32;
@@ -850,15 +871,18 @@ impl Compiled {
     #[inline]
     fn lookup_raw(&self, key: &Key) -> u32 {
         let dims = key_dims(key);
-        let (rv, km) = self.leaf_key(&dims);
+        let (km, ok) = self.key_mask(&dims);
         let mut best = self.exact_lookup(key);
+        if !ok {
+            return best;
+        }
         for &root in &self.roots {
             let mut e = root;
             while e.lim != 0 {
                 e = step(&self.entries, e, &dims);
             }
             let leaf = e.base.wrapping_sub(self.leaf_base) as usize;
-            best = best.min(self.check_leaf(leaf, &rv, km, key));
+            best = best.min(self.check_leaf(leaf, &dims, km, key));
         }
         best
     }
@@ -868,14 +892,18 @@ impl Compiled {
     pub fn lookup_burst(&self, keys: &[Key], out: &mut [u32]) {
         for (kc, oc) in keys.chunks(BURST).zip(out.chunks_mut(BURST)) {
             let n = kc.len().min(oc.len());
-            let dims: [Dims; BURST] = std::array::from_fn(|i| kc.get(i).map_or([0; 32], key_dims));
+            let mut dims = [[0u32; 32]; BURST];
+            let mut masks = [(0u32, false); BURST];
+            for ((d, m), k) in dims.iter_mut().zip(masks.iter_mut()).zip(&kc[..n]) {
+                *d = key_dims(k);
+                *m = self.key_mask(d);
+            }
             let mut best = [NONE; BURST];
             if !self.exact.is_empty() {
                 for (b, k) in best.iter_mut().zip(&kc[..n]) {
                     *b = self.exact_lookup(k);
                 }
             }
-            let lk: [([i32; NDIMS], u32); BURST] = std::array::from_fn(|i| self.leaf_key(&dims[i]));
             let mut cur = [Entry::default(); BURST];
             let mut act = [0u8; BURST];
             for &root in &self.roots {
@@ -903,7 +931,9 @@ impl Compiled {
                 }
                 for i in 0..n {
                     let leaf = cur[i].base.wrapping_sub(self.leaf_base) as usize;
-                    best[i] = best[i].min(self.check_leaf(leaf, &lk[i].0, lk[i].1, &kc[i]));
+                    if masks[i].1 {
+                        best[i] = best[i].min(self.check_leaf(leaf, &dims[i], masks[i].0, &kc[i]));
+                    }
                 }
             }
             oc[..n].copy_from_slice(&best[..n]);
