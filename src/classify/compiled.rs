@@ -1,53 +1,78 @@
 //! The compiled classifier: multi-bit cutting trees over 32-bit "dimensions", flattened
-//! into contiguous arrays, with SoA leaves and an exact-match table in front.
+//! into contiguous arrays, with structure-of-arrays leaves and an exact-match table.
 //!
 //! Layer: `classify`. Built off the data path by [`Compiled::build`]; lookups take `&self`,
-//! never allocate and never lock.
+//! never allocate, never lock and contain no `unsafe`.
 //!
 //! # Why this design
 //!
-//! The budget is rte_acl's AVX-512 throughput (≈ 70 cycles per lookup on acl1_10K) with
-//! safe, portable scalar code. What costs time in a packet classifier is the chain of
-//! *dependent* memory loads from the root to the rules, and unpredictable branches.
+//! What costs time in a packet classifier is the chain of *dependent* loads from the root
+//! to the rules, and unpredictable branches; what costs memory is rule replication. We
+//! weighed the options named in the issue:
 //!
-//! - **Dimensions.** A [`Key`] is cut into 18 `u32` dimensions (each address is four
+//! - *RFC / cross-producting* resolves everything with a fixed number of table lookups,
+//!   but its phase tables grow with the product of equivalence classes (hundreds of MB at
+//!   10K rules) and take seconds to build: the opposite of the "cheap change" goal.
+//! - *TupleMerge / TSS* builds in milliseconds and updates online, but a lookup probes one
+//!   hash table per tuple (tens on ClassBench) and every probe hashes the key again.
+//! - *HyperSplit* is compact, but a binary split consumes one comparison per level, ~20
+//!   dependent loads for 10K rules.
+//! - *Multi-bit cuts* (HiCuts/HyperCuts/CutSplit family), chosen here: a node consumes
+//!   `b` bits (up to [`MAX_BITS`]) of one dimension, so 10K rules take 4–6 levels on
+//!   average, each **one** load. Replication is what makes cut trees blow up; it is
+//!   controlled by the choices below, and build time stays in milliseconds.
+//!
+//! The pieces:
+//!
+//! - **Dimensions.** A [`Key`] is read as 18 `u32` dimensions (each address is four
 //!   32-bit words, every other field one word). A rule becomes a box of inclusive `u32`
-//!   ranges, one per dimension: the tightest word-wise box around its ranges. For prefixes
-//!   (and every exact/wildcard/port-range field) the box is exact; for an odd 128-bit
-//!   range it is a superset and the rule is flagged `verify`, so its leaf hit is confirmed
-//!   with [`Rule::matches`]. Dimensions on which every rule is a full wildcard are
-//!   *inactive*: the compiler never cuts on them and leaves never test them, so the 12-field
-//!   key costs only what the rule set uses (ClassBench: 5 fields).
-//! - **Trees.** HiCuts/HyperCuts-style *multi-bit* cuts (rather than HyperSplit's binary
-//!   splits): a node takes `b` bits (1..=[`MAX_BITS`]) of one dimension at the position its
-//!   aligned region allows, so a 10K-rule set is a handful of levels instead of ~20.
-//!   Every level is one load of an 8-byte entry that already holds the next node's
-//!   `(dim, shift, mask, base)`: `e = entries[base + ((dim_value >> shift) & mask)]`. A leaf
-//!   entry loops onto itself (`mask = 0`), so a burst of keys walks the trees level by
-//!   level with no branch per key and all loads of a level independent — the software
-//!   pipelining that replaces SIMD gathers.
-//! - **Replication control.** The number of bits per cut is the largest whose total rule
-//!   replication stays under `spfac × n`; the dimension is chosen to minimise the fullest
-//!   child. Rules after one that covers the node's whole region are dropped (they can
-//!   never win there), which is what keeps wildcard-heavy sets (fw1, ipc1) small. Rules
-//!   are partitioned CutSplit-style into up to three trees by whether their source and
-//!   destination ranges are "small" or "large", so big wildcard rules do not replicate
-//!   through the trees of specific ones; the burst result is the minimum rule index.
-//!   Identical leaves are stored once.
-//! - **Leaves** hold up to [`LANES`] rules per chunk as structure-of-arrays: for each
-//!   range dimension `lo[8]`, `span[8]`, and for "mask" dimensions (every rule either
-//!   wildcards them or wants one same constant, e.g. the `::ffff:0:0/96` words of IPv4
-//!   rules) one required-bit mask. The eight lanes are tested with
-//!   `value - lo <= span`, which the compiler vectorizes; the first set bit is the
-//!   highest-priority match (rules are sorted by priority inside a leaf).
-//! - **Exact table.** When many rules pin the whole 5-tuple (and wildcard the rest), they
-//!   go to a hash table instead of the trees; a lookup takes the better of both.
+//!   ranges, the tightest word-wise box around its ranges. For prefixes (and every
+//!   exact/wildcard/port-range field) the box is exact; for an odd 128-bit range it is a
+//!   superset and the rule is flagged `verify`, so a leaf hit is confirmed with
+//!   [`Rule::matches`]. **Unused fields cost nothing**: a dimension that every rule
+//!   wildcards is never cut and never tested. A dimension that every rule pins to the same
+//!   value (the `::ffff:0:0/96` words of IPv4 rule sets) is tested once per key up front
+//!   and then counts as satisfied, so it neither costs leaf tests nor prevents a broad
+//!   rule from covering a region. Narrow fields use their real width (16 bits for ports),
+//!   so the first cut takes their top bits.
+//! - **Cuts with an "outside" child.** For the chosen dimension, the rules that do not
+//!   span the node's region all lie in a smallest aligned block S; the node cuts S into
+//!   `2^b` children and adds one child for "outside S" (which only holds the spanning
+//!   rules). The child index is `min((v - off) >> shift, lim)`, so keys outside S need no
+//!   branch. This skips runs of constant high bits the way path compression does in tries.
+//! - **Flattening.** Every tree entry is 16 bytes and already holds the *next* node's
+//!   `(dim, off, shift, lim, base)`, so each level is one load:
+//!   `e = entries[e.base + min((dims[e.dim] - e.off) >> e.shift, e.lim)]`. A leaf entry
+//!   has `lim = 0` and points at itself.
+//! - **Bursts.** `classify_batch` walks up to [`BURST`] keys level by level: the loads of
+//!   one level are independent (the CPU overlaps their cache misses) and keys that reached
+//!   a leaf drop out of a branch-free active list. This software pipelining replaces the
+//!   SIMD gathers rte_acl uses (`core::arch` would need `unsafe`).
+//! - **Replication control.** Per node, `b` is the largest value whose total replication
+//!   stays under `spfac × n` and the dimension is the one that minimises the fullest
+//!   child. Rules after one that covers the node's region are dropped (they can never win
+//!   there). Rules are partitioned CutSplit-style into up to three trees by whether their
+//!   source and destination ranges are "small" (< 2^16 wide) so big wildcard rules do not
+//!   replicate through the trees of specific ones; groups under 1 % of the rules are
+//!   merged into a larger one, since each tree costs a walk and a leaf test per key.
+//!   Identical leaves are stored once. A global budget (entries + leaf rule slots) turns
+//!   further nodes into leaves: slower past it, never wrong.
+//! - **Leaves** hold rules in chunks of [`LANES`] as structure-of-arrays: per range
+//!   dimension `lo[8]` and `hi[8]` (biased so a signed SSE2 compare is an unsigned
+//!   compare), a mask of required "mask dimensions" (dimensions where rules either
+//!   wildcard or want one constant), and the rule indices, in priority order. Each leaf
+//!   records which dimensions still need testing (those its region has not already
+//!   decided for all its rules). The lane loop is written so LLVM vectorizes it; the
+//!   first set bit is the answer.
+//! - **Exact table.** When at least `exact_min` rules pin the whole 5-tuple (and wildcard
+//!   the rest) they go to a hash table; a lookup takes the better of both.
 //!
 //! # Guarantees
 //!
-//! `lookup(k)` equals [`super::linear::Linear`]'s first match for every key (property-tested
-//! and checked on the ClassBench sets). Memory is bounded by `spfac` and a global entry
-//! budget: past it the compiler stops cutting and leaves grow (slower, never wrong).
+//! `lookup(k)` equals [`super::linear::Linear`]'s first match for every key: property
+//! tests (`tests/classify_props.rs`) over random rules with IPv6, odd ranges and all 12
+//! fields, and zero mismatches on the seven ClassBench hold-out sets
+//! (`tests/classify_classbench.rs`). Lookups never allocate and never panic on any key.
 
 // Lane loops index several arrays in lockstep on purpose: that is the shape LLVM
 // vectorizes.
@@ -593,14 +618,19 @@ impl Compiled {
             (0..NDIMS)
                 .filter_map(|d| {
                     let (lo, hi) = boxes[in_tree[0] as usize][d];
-                    let same = lo == hi && in_tree.iter().all(|&r| boxes[r as usize][d] == (lo, lo));
+                    let same =
+                        lo == hi && in_tree.iter().all(|&r| boxes[r as usize][d] == (lo, lo));
                     same.then_some((d as u8, lo))
                 })
                 .collect()
         };
         let active: Vec<usize> = (0..NDIMS)
             .filter(|&d| !gconst.iter().any(|&(g, _)| usize::from(g) == d))
-            .filter(|&d| in_tree.iter().any(|&r| boxes[r as usize][d] != (0, u32::MAX)))
+            .filter(|&d| {
+                in_tree
+                    .iter()
+                    .any(|&r| boxes[r as usize][d] != (0, u32::MAX))
+            })
             .collect();
         let mut rdims = Vec::new();
         let mut mdims = Vec::new();

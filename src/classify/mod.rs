@@ -5,6 +5,13 @@
 //! range, so prefixes, port ranges, exact values and wildcards share one form.
 //! Engines implement [`Classifier`]; [`linear::Linear`] is the reference every other
 //! engine is tested against.
+//!
+//! - [`compiled::Compiled`]: the fast engine (flattened multi-bit cutting trees; the
+//!   module doc argues the design). Immutable once built.
+//! - [`update::Updatable`]: `Compiled` plus a small delta, so one inserted or removed rule
+//!   is visible at once; recompiles in the background.
+//! - [`classbench`], [`synth`], [`bench_cmd`]: ClassBench file parsing, a seedable
+//!   ClassBench-like generator, and the `flowgate classbench` subcommand.
 
 pub mod bench_cmd;
 pub mod classbench;
