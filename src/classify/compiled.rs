@@ -53,8 +53,8 @@
 //!   child. Rules after one that covers the node's region are dropped (they can never win
 //!   there). Rules are partitioned CutSplit-style into up to three trees by whether their
 //!   source and destination ranges are "small" (< 2^16 wide) so big wildcard rules do not
-//!   replicate through the trees of specific ones; groups under 1 % of the rules are
-//!   merged into a larger one, since each tree costs a walk and a leaf test per key.
+//!   replicate through the trees of specific ones; groups under 64 rules are merged
+//!   into a larger one, since each tree costs a walk and a leaf test per key.
 //!   Identical leaves are stored once. A global budget (entries + leaf rule slots) turns
 //!   further nodes into leaves: slower past it, never wrong.
 //! - **Leaves** hold rules in chunks of [`LANES`] as structure-of-arrays: per range
@@ -241,8 +241,8 @@ pub struct Params {
     pub leaf_max: usize,
     /// Partition rules into small/large trees (CutSplit-style).
     pub partition: bool,
-    /// Partition groups with fewer than this fraction of the rules are merged.
-    pub min_group: f64,
+    /// Partition groups with fewer rules than this are merged into a larger one.
+    pub min_group: usize,
     /// Move exact 5-tuple rules to a hash table when there are at least this many.
     pub exact_min: usize,
     /// Global budget of tree entries plus rule slots in leaves; past it nodes become
@@ -256,7 +256,7 @@ impl Default for Params {
             spfac: 4.0,
             leaf_max: LANES,
             partition: true,
-            min_group: 0.01,
+            min_group: 64,
             exact_min: 64,
             max_entries: 0,
         }
@@ -661,7 +661,7 @@ impl Compiled {
         };
         // A tree costs a walk and a leaf test per key: fold groups too small to be worth
         // one into the next larger group (merged lists are re-sorted by priority).
-        let min_group = (in_tree.len() as f64 * p.min_group) as usize;
+        let min_group = p.min_group;
         groups.retain(|g| !g.is_empty());
         groups.sort_by_key(|g| g.len());
         while groups.len() > 1 && groups[0].len() < min_group {
