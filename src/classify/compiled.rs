@@ -352,6 +352,8 @@ struct Builder<'a> {
     /// Leaf rules, with the leaf's "dims to test" mask pushed last.
     leaves: Vec<Vec<u32>>,
     leaf_map: HashMap<Vec<u32>, u32>,
+    /// Where the current tree's share of `max_entries` ends.
+    budget_end: usize,
     /// Rule slots held by leaves so far (counts against `max_entries`).
     leaf_slots: usize,
     max_depth: u32,
@@ -503,7 +505,7 @@ impl Builder<'_> {
         let n = rules.len();
         if n <= self.p.leaf_max
             || depth >= 32
-            || self.slots.len() + self.leaf_slots >= self.p.max_entries
+            || self.slots.len() + self.leaf_slots >= self.budget_end
         {
             return self.leaf(rules, reg);
         }
@@ -681,6 +683,7 @@ impl Compiled {
             leaves: Vec::new(),
             leaf_map: HashMap::new(),
             leaf_slots: 0,
+            budget_end: 0,
             max_depth: 0,
         };
         let full = Region {
@@ -690,8 +693,13 @@ impl Compiled {
         let mut root_slots = Vec::new();
         let mut depths = Vec::new();
         let mut stats = Stats::default();
+        let total: usize = groups.iter().map(Vec::len).sum();
         for g in groups.into_iter().filter(|g| !g.is_empty()) {
             stats.rules_per_tree.push(g.len());
+            // Each tree gets a share of the budget in proportion to its rules (at least
+            // 2^16), so one exploding tree cannot starve the others.
+            let share = (p.max_entries as f64 * g.len() as f64 / total.max(1) as f64) as usize;
+            b.budget_end = b.slots.len() + b.leaf_slots + share.max(1 << 16);
             b.max_depth = 0;
             let s = b.build(g, &full, 0);
             root_slots.push(s);

@@ -172,6 +172,13 @@ pub fn rules(profile: Profile, n: usize, seed: u64) -> Vec<Rule> {
             3 => Range::exact([47u8, 50, 51, 132][rng.below(4) as usize]),
             _ => Range::new(0, 255),
         };
+        // Real sets have one catch-all, at the end: never emit another one early.
+        let mut wild = Rule::any(r.decision);
+        wild.src = prefix_range(v4_mapped([0; 4]), 96);
+        wild.dst = wild.src;
+        if r == wild {
+            r.dst_port = Range::exact(WELL_KNOWN[i % WELL_KNOWN.len()]);
+        }
         out.push(r);
     }
     if n > 0 {
