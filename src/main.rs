@@ -77,6 +77,8 @@ enum Cmd {
     Agent(flowgate::control::cli::AgentArgs),
     /// Talk to a supervisor (systems, services, flows, numbers, drain, weight, stats).
     Ctl(flowgate::control::cli::CtlArgs),
+    /// Benchmark classifiers on ClassBench filter and trace files.
+    Classbench(flowgate::classify::bench_cmd::ClassbenchArgs),
     /// Write a synthetic capture (clients to VIPs, FTP, UDP, ESP, tagged traffic).
     Gen {
         /// Make the traffic for this pipeline's services, MACs and gateway (default: the
@@ -133,6 +135,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Ctl(a) => flowgate::control::cli::run_ctl(&a),
         Cmd::Run { conf, stats_json, quiet } => run_dpdk(&conf, stats_json, quiet),
         Cmd::Bench { conf, flows, seconds, json, no_testpmd } => bench_dpdk(&conf, flows, seconds, json, no_testpmd),
+        Cmd::Classbench(a) => classbench(&a),
         Cmd::Check { pipeline } => {
             let p = Pipeline::load(&pipeline)?;
             print!("{}", cmd::check::render(&p));
@@ -180,4 +183,40 @@ fn run_dpdk(_: &std::path::Path, _: Option<PathBuf>, _: bool) -> Result<()> {
 #[cfg(not(feature = "dpdk"))]
 fn bench_dpdk(_: &std::path::Path, _: usize, _: f64, _: bool, _: bool) -> Result<()> {
     anyhow::bail!("flowgate was built without the dpdk feature: rebuild with `cargo build --release --features dpdk`")
+}
+
+#[cfg(not(feature = "dpdk"))]
+fn classbench(a: &flowgate::classify::bench_cmd::ClassbenchArgs) -> Result<()> {
+    flowgate::classify::bench_cmd::run_classbench(a)
+}
+
+/// With DPDK, `--engine rte_acl` runs DPDK's ACL library in this process on the same
+/// rules and keys (EAL is started once, only when that engine is asked for).
+#[cfg(feature = "dpdk")]
+fn classbench(a: &flowgate::classify::bench_cmd::ClassbenchArgs) -> Result<()> {
+    use flowgate::classify::bench_cmd::EngineFactory;
+    use flowgate::port::dpdk::{AclClassifier, Eal};
+    thread_local! {
+        // EAL can start once per process; the engine factory may run several times.
+        static EAL: std::cell::Cell<Option<&'static Eal>> = const { std::cell::Cell::new(None) };
+    }
+    fn rte_acl(rules: &[flowgate::classify::Rule]) -> Result<Box<dyn flowgate::classify::Classifier>> {
+        let eal: &'static Eal = match EAL.get() {
+            Some(e) => e,
+            None => {
+                let args: Vec<String> = [
+                    "-l", "0", "--no-huge", "-m", "2048", "--no-pci", "--no-telemetry",
+                    "--force-max-simd-bitwidth=512", "--file-prefix", "fg-classbench",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                let e: &'static Eal = Box::leak(Box::new(Eal::init(&args)?));
+                EAL.set(Some(e));
+                e
+            }
+        };
+        Ok(Box::new(AclClassifier::new(eal, rules)?))
+    }
+    flowgate::classify::bench_cmd::run_classbench_with(a, &[("rte_acl", rte_acl as EngineFactory)])
 }

@@ -5,8 +5,20 @@
 //! range, so prefixes, port ranges, exact values and wildcards share one form.
 //! Engines implement [`Classifier`]; [`linear::Linear`] is the reference every other
 //! engine is tested against.
+//!
+//! - [`compiled::Compiled`]: the fast engine (flattened multi-bit cutting trees; the
+//!   module doc argues the design). Immutable once built.
+//! - [`update::Updatable`]: `Compiled` plus a small delta, so one inserted or removed rule
+//!   is visible at once; recompiles in the background.
+//! - [`classbench`], [`synth`], [`bench_cmd`]: ClassBench file parsing, a seedable
+//!   ClassBench-like generator, and the `flowgate classbench` subcommand.
 
+pub mod bench_cmd;
+pub mod classbench;
+pub mod compiled;
 pub mod linear;
+pub mod synth;
+pub mod update;
 
 /// Sentinel `vlan` value for a frame without a VLAN tag (VIDs are 12 bits).
 pub const NO_VLAN: u16 = 0xffff;
@@ -167,6 +179,13 @@ pub trait Classifier: Send + Sync {
     /// The decision of the first matching rule, or [`Decision::NoMatch`].
     fn classify(&self, key: &Key) -> Decision;
 
+    /// Looks up a burst: `out[i] = lookup(&keys[i])`. Never allocates.
+    fn lookup_batch(&self, keys: &[Key], out: &mut [Option<u32>]) {
+        for (k, o) in keys.iter().zip(out.iter_mut()) {
+            *o = self.lookup(k);
+        }
+    }
+
     /// Classifies a burst: `out[i] = classify(&keys[i])`. Engines override this to
     /// overlap memory accesses across the burst. Never allocates.
     fn classify_batch(&self, keys: &[Key], out: &mut [Decision]) {
@@ -179,7 +198,8 @@ pub trait Classifier: Send + Sync {
     fn bytes(&self) -> usize;
 }
 
-/// Compiles `rules` with the default engine for the data path.
+/// Compiles `rules` with the default engine for the data path: the flat cutting trees
+/// of [`compiled::Compiled`] (property-tested against [`linear::Linear`]).
 pub fn compile(rules: Vec<Rule>) -> Box<dyn Classifier> {
-    Box::new(linear::Linear::new(rules))
+    Box::new(compiled::Compiled::build(&rules))
 }

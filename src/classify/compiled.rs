@@ -1,0 +1,1059 @@
+//! The compiled classifier: multi-bit cutting trees over 32-bit "dimensions", flattened
+//! into contiguous arrays, with structure-of-arrays leaves and an exact-match table.
+//!
+//! Layer: `classify`. Built off the data path by [`Compiled::build`]; lookups take `&self`,
+//! never allocate, never lock and contain no `unsafe`.
+//!
+//! # Why this design
+//!
+//! What costs time in a packet classifier is the chain of *dependent* loads from the root
+//! to the rules, and unpredictable branches; what costs memory is rule replication. We
+//! weighed the options named in the issue:
+//!
+//! - *RFC / cross-producting* resolves everything with a fixed number of table lookups,
+//!   but its phase tables grow with the product of equivalence classes (hundreds of MB at
+//!   10K rules) and take seconds to build: the opposite of the "cheap change" goal.
+//! - *TupleMerge / TSS* builds in milliseconds and updates online, but a lookup probes one
+//!   hash table per tuple (tens on ClassBench) and every probe hashes the key again.
+//! - *HyperSplit* is compact, but a binary split consumes one comparison per level, ~20
+//!   dependent loads for 10K rules.
+//! - *Multi-bit cuts* (HiCuts/HyperCuts/CutSplit family), chosen here: a node consumes
+//!   `b` bits (up to [`MAX_BITS`]) of one dimension, so 10K rules take 4–6 levels on
+//!   average, each **one** load. Replication is what makes cut trees blow up; it is
+//!   controlled by the choices below, and build time stays in milliseconds.
+//!
+//! The pieces:
+//!
+//! - **Dimensions.** A [`Key`] is read as 18 `u32` dimensions (each address is four
+//!   32-bit words, every other field one word). A rule becomes a box of inclusive `u32`
+//!   ranges, the tightest word-wise box around its ranges. For prefixes (and every
+//!   exact/wildcard/port-range field) the box is exact; for an odd 128-bit range it is a
+//!   superset and the rule is flagged `verify`, so a leaf hit is confirmed with
+//!   [`Rule::matches`]. **Unused fields cost nothing**: a dimension that every rule
+//!   wildcards is never cut and never tested. A dimension that every rule pins to the same
+//!   value (the `::ffff:0:0/96` words of IPv4 rule sets) is tested once per key up front
+//!   and then counts as satisfied, so it neither costs leaf tests nor prevents a broad
+//!   rule from covering a region. Narrow fields use their real width (16 bits for ports),
+//!   so the first cut takes their top bits.
+//! - **Cuts with an "outside" child.** For the chosen dimension, the rules that do not
+//!   span the node's region all lie in a smallest aligned block S; the node cuts S into
+//!   `2^b` children and adds one child for "outside S" (which only holds the spanning
+//!   rules). The child index is `min((v - off) >> shift, lim)`, so keys outside S need no
+//!   branch. This skips runs of constant high bits the way path compression does in tries.
+//! - **Flattening.** Every tree entry is 16 bytes and already holds the *next* node's
+//!   `(dim, off, shift, lim, base)`, so each level is one load:
+//!   `e = entries[e.base + min((dims[e.dim] - e.off) >> e.shift, e.lim)]`. A leaf entry
+//!   has `lim = 0` and points at itself.
+//! - **Bursts.** `classify_batch` walks up to [`BURST`] keys level by level: the loads of
+//!   one level are independent (the CPU overlaps their cache misses) and keys that reached
+//!   a leaf drop out of a branch-free active list. This software pipelining replaces the
+//!   SIMD gathers rte_acl uses (`core::arch` would need `unsafe`).
+//! - **Replication control.** Per node, `b` is the largest value whose total replication
+//!   stays under `spfac × n` and the dimension is the one that minimises the fullest
+//!   child. Rules after one that covers the node's region are dropped (they can never win
+//!   there). Rules are partitioned CutSplit-style into up to three trees by whether their
+//!   source and destination ranges are "small" (< 2^16 wide) so big wildcard rules do not
+//!   replicate through the trees of specific ones; groups under 64 rules are merged
+//!   into a larger one, since each tree costs a walk and a leaf test per key.
+//!   Identical leaves are stored once. A global budget (entries + leaf rule slots) turns
+//!   further nodes into leaves: slower past it, never wrong.
+//! - **Leaves** hold rules in chunks of [`LANES`] as structure-of-arrays: per range
+//!   dimension `lo[8]` and `hi[8]` (biased so a signed SSE2 compare is an unsigned
+//!   compare), a mask of required "mask dimensions" (dimensions where rules either
+//!   wildcard or want one constant), and the rule indices, in priority order. Each leaf
+//!   records which dimensions still need testing (those its region has not already
+//!   decided for all its rules). The lane loop is written so LLVM vectorizes it; the
+//!   first set bit is the answer.
+//! - **Exact table.** When at least `exact_min` rules pin the whole 5-tuple (and wildcard
+//!   the rest) they go to a hash table; a lookup takes the better of both.
+//!
+//! # Guarantees
+//!
+//! `lookup(k)` equals [`super::linear::Linear`]'s first match for every key: property
+//! tests (`tests/classify_props.rs`) over random rules with IPv6, odd ranges and all 12
+//! fields, and zero mismatches on the seven ClassBench hold-out sets
+//! (`tests/classify_classbench.rs`). Lookups never allocate and never panic on any key.
+
+// Lane loops index several arrays in lockstep on purpose: that is the shape LLVM
+// vectorizes.
+#![allow(clippy::needless_range_loop)]
+
+use super::{Classifier, Decision, Key, Rule};
+use hashbrown::HashMap;
+
+/// Number of 32-bit dimensions a key is cut into.
+pub const NDIMS: usize = 18;
+/// Rules per leaf chunk (one SIMD-friendly group).
+pub const LANES: usize = 8;
+/// Largest number of bits one node consumes.
+pub const MAX_BITS: u32 = 12;
+/// Keys walked together by `classify_batch`.
+pub const BURST: usize = 32;
+
+const NONE: u32 = u32::MAX;
+const LANE_BIT: [u32; LANES] = [1, 2, 4, 8, 16, 32, 64, 128];
+
+/// Dimension values of a key, padded to a power of two so `dim & 31` needs no bounds check.
+pub type Dims = [u32; 32];
+
+/// The 18 dimensions of a key: src words (MSW first), dst words, in_port, vlan, pcp,
+/// mpls, ethertype, proto, src_port, dst_port, dscp, spi.
+#[inline]
+pub fn key_dims(k: &Key) -> Dims {
+    [
+        (k.src >> 96) as u32,
+        (k.src >> 64) as u32,
+        (k.src >> 32) as u32,
+        k.src as u32,
+        (k.dst >> 96) as u32,
+        (k.dst >> 64) as u32,
+        (k.dst >> 32) as u32,
+        k.dst as u32,
+        u32::from(k.in_port),
+        u32::from(k.vlan),
+        u32::from(k.pcp),
+        k.mpls,
+        u32::from(k.ethertype),
+        u32::from(k.proto),
+        u32::from(k.src_port),
+        u32::from(k.dst_port),
+        u32::from(k.dscp),
+        k.spi,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ]
+}
+
+/// Width in bits of each dimension's domain (a `u16` field never exceeds 16 bits), so
+/// the first cut on a port takes its top bits, not bits that are always zero.
+const DOMAIN_BITS: [u8; NDIMS] = [
+    32, 32, 32, 32, 32, 32, 32, 32, 16, 16, 8, 32, 16, 8, 16, 16, 8, 32,
+];
+
+type RBox = [(u32, u32); NDIMS];
+
+/// Word-wise bounding box of a 128-bit range; `true` when the box is exact.
+fn words128(lo: u128, hi: u128, out: &mut [(u32, u32)]) -> bool {
+    let word = |v: u128, i: usize| (v >> (96 - 32 * i)) as u32;
+    let mut exact = true;
+    let mut split = 4;
+    for i in 0..4 {
+        if word(lo, i) != word(hi, i) {
+            split = i;
+            break;
+        }
+        out[i] = (word(lo, i), word(lo, i));
+    }
+    if split < 4 {
+        out[split] = (word(lo, split), word(hi, split));
+        for (i, o) in out.iter_mut().enumerate().skip(split + 1) {
+            *o = (0, u32::MAX);
+            if word(lo, i) != 0 || word(hi, i) != u32::MAX {
+                exact = false;
+            }
+        }
+    }
+    exact
+}
+
+/// The rule's box over the dimensions, and whether it equals the rule exactly.
+pub(crate) fn rule_box(r: &Rule) -> (RBox, bool) {
+    let mut b = [(0u32, u32::MAX); NDIMS];
+    let e1 = words128(r.src.lo, r.src.hi, &mut b[0..4]);
+    let e2 = words128(r.dst.lo, r.dst.hi, &mut b[4..8]);
+    // A narrow field's full range is the dimension's full range: keys never exceed the
+    // field's maximum, so widening `hi` to `u32::MAX` changes nothing and marks it wildcard.
+    fn w(lo: u32, hi: u32, max: u32) -> (u32, u32) {
+        (lo, if hi >= max { u32::MAX } else { hi })
+    }
+    let (m8, m16) = (u32::from(u8::MAX), u32::from(u16::MAX));
+    b[8] = w(r.in_port.lo.into(), r.in_port.hi.into(), m16);
+    b[9] = w(r.vlan.lo.into(), r.vlan.hi.into(), m16);
+    b[10] = w(r.pcp.lo.into(), r.pcp.hi.into(), m8);
+    b[11] = (r.mpls.lo, r.mpls.hi);
+    b[12] = w(r.ethertype.lo.into(), r.ethertype.hi.into(), m16);
+    b[13] = w(r.proto.lo.into(), r.proto.hi.into(), m8);
+    b[14] = w(r.src_port.lo.into(), r.src_port.hi.into(), m16);
+    b[15] = w(r.dst_port.lo.into(), r.dst_port.hi.into(), m16);
+    b[16] = w(r.dscp.lo.into(), r.dscp.hi.into(), m8);
+    b[17] = (r.spi.lo, r.spi.hi);
+    (b, e1 && e2)
+}
+
+/// True when a range is empty (`lo > hi`): such a rule matches nothing.
+fn rule_empty(r: &Rule) -> bool {
+    r.in_port.lo > r.in_port.hi
+        || r.vlan.lo > r.vlan.hi
+        || r.pcp.lo > r.pcp.hi
+        || r.mpls.lo > r.mpls.hi
+        || r.ethertype.lo > r.ethertype.hi
+        || r.src.lo > r.src.hi
+        || r.dst.lo > r.dst.hi
+        || r.proto.lo > r.proto.hi
+        || r.src_port.lo > r.src_port.hi
+        || r.dst_port.lo > r.dst_port.hi
+        || r.dscp.lo > r.dscp.hi
+        || r.spi.lo > r.spi.hi
+}
+
+/// Key of the exact-match table: a full 5-tuple.
+type ExactKey = (u128, u128, u16, u16, u8);
+
+fn exact_key(r: &Rule) -> Option<ExactKey> {
+    let point = r.src.lo == r.src.hi
+        && r.dst.lo == r.dst.hi
+        && r.src_port.lo == r.src_port.hi
+        && r.dst_port.lo == r.dst_port.hi
+        && r.proto.lo == r.proto.hi;
+    let mut rest = *r;
+    rest.src = Rule::any(r.decision).src;
+    rest.dst = rest.src;
+    rest.src_port = Rule::any(r.decision).src_port;
+    rest.dst_port = rest.src_port;
+    rest.proto = Rule::any(r.decision).proto;
+    (point && rest == Rule::any(r.decision)).then_some((
+        r.src.lo,
+        r.dst.lo,
+        r.src_port.lo,
+        r.dst_port.lo,
+        r.proto.lo,
+    ))
+}
+
+/// Tuning knobs of the compiler.
+#[derive(Clone, Copy, Debug)]
+pub struct Params {
+    /// Allowed replication per node: sum of children's rules ≤ `spfac × n`.
+    pub spfac: f64,
+    /// A node with at most this many rules becomes a leaf.
+    pub leaf_max: usize,
+    /// Partition rules into small/large trees (CutSplit-style).
+    pub partition: bool,
+    /// Partition groups with fewer rules than this are merged into a larger one.
+    pub min_group: usize,
+    /// Move exact 5-tuple rules to a hash table when there are at least this many.
+    pub exact_min: usize,
+    /// Global budget of tree entries plus rule slots in leaves; past it nodes become
+    /// leaves. 0 means automatic: `2^20 + 64 × rules`.
+    pub max_entries: usize,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            spfac: 4.0,
+            leaf_max: LANES,
+            partition: true,
+            min_group: 64,
+            exact_min: 64,
+            max_entries: 0,
+        }
+    }
+}
+
+/// Build statistics (for `check` and the bench command).
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub trees: usize,
+    pub rules_per_tree: Vec<usize>,
+    pub depth_per_tree: Vec<u32>,
+    pub entries: usize,
+    pub leaves: usize,
+    pub leaf_rules: usize,
+    pub max_leaf: usize,
+    pub exact_rules: usize,
+    pub range_dims: usize,
+    pub mask_dims: usize,
+}
+
+/// The compiled classifier. Immutable once built.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    rules: Vec<Rule>,
+    verify: Vec<bool>,
+    any_verify: bool,
+    /// Range dimensions tested in leaves, in lane order.
+    rdims: Vec<u8>,
+    /// Mask dimensions: (dim, constant); bit `i` of the key mask is `dims[d] == c`.
+    mdims: Vec<(u8, u32)>,
+    /// Dimensions every tree rule pins to one value: (dim, value); a key that differs
+    /// matches no tree rule.
+    gconst: Vec<(u8, u32)>,
+    /// Flattened tree entries, then one self-looping sentinel per leaf.
+    entries: Vec<Entry>,
+    leaf_base: u32,
+    roots: Vec<Entry>,
+    /// Per leaf: (first row in `rows`, chunks, tests needed: bit `j` = range dim `j`,
+    /// bit 31 = mask dims).
+    leaves: Vec<(u32, u32, u32)>,
+    /// Leaf chunks, `2 * rdims + 2` rows each: per range dim the lanes' `lo` and `hi`
+    /// biased by `i32::MIN` (so a signed compare is an unsigned one), then the required
+    /// mask bits, then the rule indices.
+    rows: Vec<[i32; LANES]>,
+    stride: usize,
+    exact: HashMap<ExactKey, u32>,
+    stats: Stats,
+}
+
+/// One flattened tree entry: the node a child slot leads to, inlined so each level is a
+/// single load. Child index = `min((dims[dim] - off) >> shift, lim)`; a leaf is an entry
+/// with `lim == 0` whose `base` points at itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C, align(16))]
+pub struct Entry {
+    base: u32,
+    off: u32,
+    lim: u16,
+    dim: u8,
+    shift: u8,
+}
+
+#[inline(always)]
+fn step(entries: &[Entry], e: Entry, dims: &Dims) -> Entry {
+    let v = dims[e.dim as usize & 31].wrapping_sub(e.off);
+    let idx = e.base as usize + ((v >> (e.shift & 31)).min(u32::from(e.lim))) as usize;
+    // Out of range cannot happen for a well-built table; an all-zero entry is a leaf
+    // whose id is out of range, which yields "no match" rather than a panic.
+    entries.get(idx).copied().unwrap_or_default()
+}
+
+#[derive(Clone, Copy)]
+enum Slot {
+    Node(Entry),
+    Leaf(u32),
+}
+
+#[derive(Clone, Copy)]
+struct Region {
+    base: [u32; NDIMS],
+    k: [u8; NDIMS],
+}
+
+struct Builder<'a> {
+    boxes: &'a [RBox],
+    verify: &'a [bool],
+    active: &'a [usize],
+    rdims: &'a [u8],
+    mdims: &'a [(u8, u32)],
+    p: Params,
+    slots: Vec<Slot>,
+    /// Leaf rules, with the leaf's "dims to test" mask pushed last.
+    leaves: Vec<Vec<u32>>,
+    leaf_map: HashMap<Vec<u32>, u32>,
+    /// Where the current tree's share of `max_entries` ends.
+    budget_end: usize,
+    /// Rule slots held by leaves so far (counts against `max_entries`).
+    leaf_slots: usize,
+    max_depth: u32,
+}
+
+/// A candidate cut of one node.
+#[derive(Clone, Copy)]
+struct Cut {
+    dim: usize,
+    /// Start of the aligned block S holding every rule not spanning the region on `dim`.
+    off: u64,
+    /// log2 of S's size.
+    ks: u32,
+    bits: u32,
+    /// S is smaller than the region: an extra last child takes keys outside S.
+    outside: bool,
+    maxc: usize,
+    sum: u64,
+}
+
+impl Builder<'_> {
+    /// Which leaf tests are needed in `reg`: bit `j` for range dim `j` unless every rule
+    /// spans the region there (the tree path already decided it), bit 31 for the mask dims.
+    fn need(&self, rules: &[u32], reg: &Region) -> u32 {
+        let spans = |r: u32, d: usize| {
+            let (lo, hi) = self.boxes[r as usize][d];
+            lo <= reg.base[d] && u64::from(hi) >= u64::from(reg.base[d]) + (1u64 << reg.k[d]) - 1
+        };
+        let mut m = 0;
+        for (j, &d) in self.rdims.iter().enumerate() {
+            if rules.iter().any(|&r| !spans(r, usize::from(d))) {
+                m |= 1 << j;
+            }
+        }
+        if self
+            .mdims
+            .iter()
+            .any(|&(d, _)| rules.iter().any(|&r| !spans(r, usize::from(d))))
+        {
+            m |= 1 << 31;
+        }
+        m
+    }
+
+    fn leaf(&mut self, mut rules: Vec<u32>, reg: &Region) -> Slot {
+        let need = self.need(&rules, reg);
+        rules.push(need);
+        if let Some(&id) = self.leaf_map.get(&rules) {
+            return Slot::Leaf(id);
+        }
+        let id = self.leaves.len() as u32;
+        self.leaf_slots += rules.len();
+        self.leaves.push(rules.clone());
+        self.leaf_map.insert(rules, id);
+        Slot::Leaf(id)
+    }
+
+    fn covers(&self, r: u32, reg: &Region) -> bool {
+        let b = &self.boxes[r as usize];
+        self.active.iter().all(|&d| {
+            let hi = u64::from(reg.base[d]) + (1u64 << reg.k[d]) - 1;
+            b[d].0 <= reg.base[d] && u64::from(b[d].1) >= hi
+        })
+    }
+
+    /// Best cut on `d`, or `None` when `d` cannot separate these rules.
+    fn eval(
+        &self,
+        rules: &[u32],
+        reg: &Region,
+        d: usize,
+        clipped: &mut Vec<(u64, u64)>,
+    ) -> Option<Cut> {
+        let k = u32::from(reg.k[d]);
+        let base = u64::from(reg.base[d]);
+        let top = base + (1u64 << k) - 1;
+        clipped.clear();
+        let mut span = 0usize;
+        let (mut smin, mut smax) = (u64::MAX, 0u64);
+        for &r in rules {
+            let (lo, hi) = self.boxes[r as usize][d];
+            let lo = u64::from(lo).max(base);
+            let hi = u64::from(hi).min(top);
+            if lo == base && hi == top {
+                span += 1;
+            } else {
+                clipped.push((lo, hi));
+                smin = smin.min(lo);
+                smax = smax.max(hi);
+            }
+        }
+        if clipped.is_empty() {
+            return None;
+        }
+        let ks = 64 - (smin ^ smax).leading_zeros();
+        let ks = ks.min(k);
+        let off = smin & !((1u64 << ks) - 1);
+        let outside = ks < k;
+        let n = rules.len();
+        let budget = ((self.p.spfac * n as f64) as u64).max(n as u64 + 2);
+        let minb = u32::from(!outside);
+        let maxb = ks.min(MAX_BITS);
+        let mut best: Option<Cut> = None;
+        let mut diff: Vec<i64> = Vec::new();
+        for bits in minb..=maxb {
+            let sh = ks - bits;
+            let nchild = (1u64 << bits) + u64::from(outside);
+            let mut sum = span as u64 * nchild;
+            diff.clear();
+            diff.resize((1usize << bits) + 1, 0);
+            for &(lo, hi) in clipped.iter() {
+                let (a, z) = (((lo - off) >> sh) as usize, ((hi - off) >> sh) as usize);
+                diff[a] += 1;
+                diff[z + 1] -= 1;
+                sum += (z - a + 1) as u64;
+            }
+            if sum + nchild > budget && best.is_some() {
+                break;
+            }
+            let mut run = 0i64;
+            let mut maxc = 0i64;
+            for v in &diff[..1usize << bits] {
+                run += v;
+                maxc = maxc.max(run);
+            }
+            let maxc = maxc as usize + span;
+            best = Some(Cut {
+                dim: d,
+                off,
+                ks,
+                bits,
+                outside,
+                maxc,
+                sum,
+            });
+        }
+        best
+    }
+
+    fn build(&mut self, mut rules: Vec<u32>, reg: &Region, depth: u32) -> Slot {
+        self.max_depth = self.max_depth.max(depth);
+        // Rules after one covering the whole region can never win here.
+        if let Some(pos) = rules
+            .iter()
+            .position(|&r| !self.verify[r as usize] && self.covers(r, reg))
+        {
+            rules.truncate(pos + 1);
+        }
+        let n = rules.len();
+        if n <= self.p.leaf_max
+            || depth >= 32
+            || self.slots.len() + self.leaf_slots >= self.budget_end
+        {
+            return self.leaf(rules, reg);
+        }
+        let mut best: Option<Cut> = None;
+        let mut clipped = Vec::with_capacity(n);
+        for &d in self.active {
+            if let Some(c) = self.eval(&rules, reg, d, &mut clipped) {
+                let better =
+                    best.is_none_or(|b| c.maxc < b.maxc || (c.maxc == b.maxc && c.sum < b.sum));
+                if better {
+                    best = Some(c);
+                }
+            }
+        }
+        let Some(cut) = best else {
+            return self.leaf(rules, reg);
+        };
+        if cut.maxc >= n {
+            return self.leaf(rules, reg);
+        }
+        let d = cut.dim;
+        let k = u32::from(reg.k[d]);
+        let sh = cut.ks - cut.bits;
+        let base = u64::from(reg.base[d]);
+        let top = base + (1u64 << k) - 1;
+        let inner = 1usize << cut.bits;
+        let nchild = inner + usize::from(cut.outside);
+        let mut kids: Vec<Vec<u32>> = vec![Vec::new(); nchild];
+        for &r in &rules {
+            let (lo, hi) = self.boxes[r as usize][d];
+            let lo = u64::from(lo).max(base);
+            let hi = u64::from(hi).min(top);
+            if lo == base && hi == top {
+                for kid in &mut kids {
+                    kid.push(r);
+                }
+            } else {
+                let a = ((lo - cut.off) >> sh) as usize;
+                let z = ((hi - cut.off) >> sh) as usize;
+                for kid in &mut kids[a..=z] {
+                    kid.push(r);
+                }
+            }
+        }
+        drop(rules);
+        let at = self.slots.len();
+        self.slots.resize(at + nchild, Slot::Leaf(0));
+        for (c, kid) in kids.into_iter().enumerate() {
+            let mut sub = *reg;
+            if c < inner {
+                sub.base[d] = (cut.off + ((c as u64) << sh)) as u32;
+                sub.k[d] = sh as u8;
+            }
+            // The outside child keeps the whole region (a superset of region minus S):
+            // it holds only rules spanning the region on `d`, so this stays exact enough.
+            let s = self.build(kid, &sub, depth + 1);
+            self.slots[at + c] = s;
+        }
+        Slot::Node(Entry {
+            base: at as u32,
+            off: cut.off as u32,
+            lim: (nchild - 1) as u16,
+            dim: d as u8,
+            shift: sh as u8,
+        })
+    }
+}
+
+impl Compiled {
+    /// Compiles `rules` (index 0 has the highest priority) with default parameters.
+    pub fn build(rules: &[Rule]) -> Self {
+        Self::build_with(rules, Params::default())
+    }
+
+    /// Compiles `rules` with explicit parameters.
+    pub fn build_with(rules: &[Rule], mut p: Params) -> Self {
+        if p.max_entries == 0 {
+            p.max_entries = (1 << 20) + 64 * rules.len();
+        }
+        let mut verify = Vec::with_capacity(rules.len());
+        let mut boxes = Vec::with_capacity(rules.len());
+        for r in rules {
+            let (b, exact) = rule_box(r);
+            boxes.push(b);
+            verify.push(!exact);
+        }
+        let any_verify = verify.iter().any(|&v| v);
+        // Exact 5-tuple rules to the hash table when there are enough of them.
+        let mut exact: HashMap<ExactKey, u32> = HashMap::new();
+        let ekeys: Vec<Option<ExactKey>> = rules.iter().map(exact_key).collect();
+        if ekeys.iter().filter(|e| e.is_some()).count() >= p.exact_min {
+            for (i, e) in ekeys.iter().enumerate() {
+                if let Some(e) = e {
+                    exact.entry(*e).or_insert(i as u32);
+                }
+            }
+        }
+        let in_tree: Vec<u32> = (0..rules.len() as u32)
+            .filter(|&i| {
+                let r = &rules[i as usize];
+                !rule_empty(r) && (exact.is_empty() || ekeys[i as usize].is_none())
+            })
+            .collect();
+        // Active dimensions: some tree rule is not a full wildcard there.
+        // Dimensions where every tree rule wants the same single value (for IPv4 rule sets,
+        // the `::ffff:0:0/96` words of both addresses) are tested once per key up front
+        // and then treated as satisfied: they take no leaf test and do not stop a rule from
+        // "covering" a region (which is what lets the catch-all prune).
+        let gconst: Vec<(u8, u32)> = if in_tree.is_empty() {
+            Vec::new()
+        } else {
+            (0..NDIMS)
+                .filter_map(|d| {
+                    let (lo, hi) = boxes[in_tree[0] as usize][d];
+                    let same =
+                        lo == hi && in_tree.iter().all(|&r| boxes[r as usize][d] == (lo, lo));
+                    same.then_some((d as u8, lo))
+                })
+                .collect()
+        };
+        let active: Vec<usize> = (0..NDIMS)
+            .filter(|&d| !gconst.iter().any(|&(g, _)| usize::from(g) == d))
+            .filter(|&d| {
+                in_tree
+                    .iter()
+                    .any(|&r| boxes[r as usize][d] != (0, u32::MAX))
+            })
+            .collect();
+        let mut rdims = Vec::new();
+        let mut mdims = Vec::new();
+        for &d in &active {
+            let mut c: Option<u32> = None;
+            let mut mask_ok = true;
+            for &r in &in_tree {
+                let (lo, hi) = boxes[r as usize][d];
+                if (lo, hi) == (0, u32::MAX) {
+                    continue;
+                }
+                if lo != hi || c.is_some_and(|c| c != lo) {
+                    mask_ok = false;
+                    break;
+                }
+                c = Some(lo);
+            }
+            match c {
+                Some(c) if mask_ok && mdims.len() < 31 => mdims.push((d as u8, c)),
+                _ => rdims.push(d as u8),
+            }
+        }
+        // Partition (CutSplit-style) on the two most selective address dimensions.
+        let mut groups: Vec<Vec<u32>> = if p.partition && in_tree.len() > 4 * LANES {
+            partition(&in_tree, &boxes, &rdims)
+        } else {
+            vec![in_tree.clone()]
+        };
+        // A tree costs a walk and a leaf test per key: fold groups too small to be worth
+        // one into the next larger group (merged lists are re-sorted by priority).
+        let min_group = p.min_group;
+        groups.retain(|g| !g.is_empty());
+        groups.sort_by_key(|g| g.len());
+        while groups.len() > 1 && groups[0].len() < min_group {
+            let small = groups.remove(0);
+            groups[0].extend(small);
+            groups[0].sort_unstable();
+            groups.sort_by_key(|g| g.len());
+        }
+        let mut b = Builder {
+            boxes: &boxes,
+            verify: &verify,
+            active: &active,
+            rdims: &rdims,
+            mdims: &mdims,
+            p,
+            slots: Vec::new(),
+            leaves: Vec::new(),
+            leaf_map: HashMap::new(),
+            leaf_slots: 0,
+            budget_end: 0,
+            max_depth: 0,
+        };
+        let full = Region {
+            base: [0; NDIMS],
+            k: DOMAIN_BITS,
+        };
+        let mut root_slots = Vec::new();
+        let mut depths = Vec::new();
+        let mut stats = Stats::default();
+        let total: usize = groups.iter().map(Vec::len).sum();
+        for g in groups.into_iter().filter(|g| !g.is_empty()) {
+            stats.rules_per_tree.push(g.len());
+            // Each tree gets a share of the budget in proportion to its rules (at least
+            // 2^16), so one exploding tree cannot starve the others.
+            let share = (p.max_entries as f64 * g.len() as f64 / total.max(1) as f64) as usize;
+            b.budget_end = b.slots.len() + b.leaf_slots + share.max(1 << 16);
+            b.max_depth = 0;
+            let s = b.build(g, &full, 0);
+            root_slots.push(s);
+            depths.push(b.max_depth);
+        }
+        let leaf_base = b.slots.len() as u32;
+        let leaf_entry = |l: u32| Entry {
+            base: leaf_base + l,
+            ..Entry::default()
+        };
+        let enc = |s: Slot| match s {
+            Slot::Node(e) => e,
+            Slot::Leaf(l) => leaf_entry(l),
+        };
+        let mut entries: Vec<Entry> = b.slots.iter().map(|&s| enc(s)).collect();
+        for l in 0..b.leaves.len() as u32 {
+            entries.push(leaf_entry(l));
+        }
+        let roots: Vec<Entry> = root_slots.into_iter().map(enc).collect();
+        // Leaves: SoA chunks.
+        let r = rdims.len();
+        let stride = 2 * r + 2;
+        let mut rows: Vec<[i32; LANES]> = Vec::new();
+        let mut leaves = Vec::with_capacity(b.leaves.len());
+        let bias = |v: u32| (v ^ 0x8000_0000) as i32;
+        for rl in &b.leaves {
+            let (need, rl) = rl.split_last().map_or((0, &rl[..]), |(n, r)| (*n, r));
+            stats.leaf_rules += rl.len();
+            stats.max_leaf = stats.max_leaf.max(rl.len());
+            let chunks = rl.len().div_ceil(LANES);
+            leaves.push((rows.len() as u32, chunks as u32, need));
+            for ch in rl.chunks(LANES) {
+                let at = rows.len();
+                rows.resize(at + stride, [0; LANES]);
+                let c = &mut rows[at..at + stride];
+                for lane in 0..LANES {
+                    match ch.get(lane) {
+                        Some(&ri) => {
+                            let bx = &boxes[ri as usize];
+                            for (j, &d) in rdims.iter().enumerate() {
+                                let (lo, hi) = bx[d as usize];
+                                c[2 * j][lane] = bias(lo);
+                                c[2 * j + 1][lane] = bias(hi);
+                            }
+                            let mut req = 0u32;
+                            for (i, &(d, _)) in mdims.iter().enumerate() {
+                                if bx[d as usize] != (0, u32::MAX) {
+                                    req |= 1 << i;
+                                }
+                            }
+                            c[2 * r][lane] = req as i32;
+                            c[2 * r + 1][lane] = ri as i32;
+                        }
+                        None => {
+                            // Never matches: bit 31 of the key mask is always clear.
+                            c[2 * r][lane] = i32::MIN;
+                            c[2 * r + 1][lane] = -1;
+                        }
+                    }
+                }
+            }
+        }
+        stats.trees = roots.len();
+        stats.depth_per_tree = depths;
+        stats.entries = entries.len();
+        stats.leaves = leaves.len();
+        stats.exact_rules = exact.len();
+        stats.range_dims = rdims.len();
+        stats.mask_dims = mdims.len();
+        Compiled {
+            rules: rules.to_vec(),
+            verify,
+            any_verify,
+            rdims,
+            mdims,
+            gconst,
+            entries,
+            leaf_base,
+            roots,
+            leaves,
+            rows,
+            stride,
+            exact,
+            stats,
+        }
+    }
+
+    /// Per tree: (levels walked, rules in the leaf reached) for `key`. Diagnostics.
+    pub fn path_profile(&self, key: &Key) -> Vec<(u32, usize)> {
+        let dims = key_dims(key);
+        let mut out = Vec::new();
+        for &root in &self.roots {
+            let mut e = root;
+            let mut lv = 0;
+            while e.lim != 0 {
+                e = step(&self.entries, e, &dims);
+                lv += 1;
+            }
+            let leaf = e.base.wrapping_sub(self.leaf_base) as usize;
+            let rules = self
+                .leaves
+                .get(leaf)
+                .map_or(0, |&(_, c, _)| c as usize * LANES);
+            out.push((lv, rules));
+        }
+        out
+    }
+
+    /// Build statistics.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The rules this was compiled from, in priority order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The mask word of a key (bit `i`: mask dim `i` holds its constant) and whether the
+    /// key passes the dimensions every tree rule pins.
+    #[inline(always)]
+    fn key_mask(&self, dims: &Dims) -> (u32, bool) {
+        let mut m = 0u32;
+        for (i, &(d, c)) in self.mdims.iter().enumerate() {
+            m |= u32::from(dims[d as usize & 31] == c) << i;
+        }
+        let ok = self.gconst.iter().all(|&(d, c)| dims[d as usize & 31] == c);
+        (m, ok)
+    }
+
+    /// First rule of leaf `leaf` matching, or `NONE`.
+    #[inline(always)]
+    fn check_leaf(&self, leaf: usize, dims: &Dims, km: u32, key: &Key) -> u32 {
+        let Some(&(start, chunks, need)) = self.leaves.get(leaf) else {
+            return NONE;
+        };
+        let r = self.rdims.len();
+        let mut at = start as usize;
+        let nkm = !km as i32;
+        for _ in 0..chunks {
+            let Some(c) = self.rows.get(at..at + self.stride) else {
+                return NONE;
+            };
+            at += self.stride;
+            // Written so LLVM vectorizes across the lanes (SSE2 `pcmpgtd`); the early
+            // exit also stops it from vectorizing across dimensions instead.
+            // The lane loop is what LLVM vectorizes (SSE2 `pcmpgtd`); the bit-scan loop
+            // over dimensions is not countable, so it is not vectorized instead.
+            let mut ok = [-1i32; LANES];
+            let mut m = need & 0x7fff_ffff;
+            while m != 0 {
+                let j = m.trailing_zeros() as usize;
+                m &= m - 1;
+                let d = self.rdims.get(j).copied().unwrap_or(0);
+                let v = (dims[d as usize & 31] ^ 0x8000_0000) as i32;
+                let (Some(lo), Some(hi)) = (c.get(2 * j), c.get(2 * j + 1)) else {
+                    return NONE;
+                };
+                for l in 0..LANES {
+                    ok[l] &= !(-i32::from(v < lo[l]) | -i32::from(hi[l] < v));
+                }
+            }
+            let req = &c[2 * r];
+            let mut bits = 0u32;
+            if need >> 31 != 0 {
+                for l in 0..LANES {
+                    ok[l] &= -i32::from(req[l] & nkm == 0);
+                }
+            } else {
+                // Padding lanes carry an impossible requirement; honour it anyway.
+                for l in 0..LANES {
+                    ok[l] &= -i32::from(req[l] >= 0);
+                }
+            }
+            for l in 0..LANES {
+                bits |= (ok[l] as u32) & LANE_BIT[l];
+            }
+            while bits != 0 {
+                let l = bits.trailing_zeros() as usize;
+                let ri = c[2 * r + 1][l % LANES] as u32;
+                if !self.any_verify
+                    || !self.verify.get(ri as usize).copied().unwrap_or(false)
+                    || self
+                        .rules
+                        .get(ri as usize)
+                        .is_some_and(|ru| ru.matches(key))
+                {
+                    return ri;
+                }
+                bits &= bits - 1;
+            }
+        }
+        NONE
+    }
+
+    #[inline]
+    fn exact_lookup(&self, k: &Key) -> u32 {
+        if self.exact.is_empty() {
+            return NONE;
+        }
+        self.exact
+            .get(&(k.src, k.dst, k.src_port, k.dst_port, k.proto))
+            .copied()
+            .unwrap_or(NONE)
+    }
+
+    #[inline]
+    fn lookup_raw(&self, key: &Key) -> u32 {
+        let dims = key_dims(key);
+        let (km, ok) = self.key_mask(&dims);
+        let mut best = self.exact_lookup(key);
+        if !ok {
+            return best;
+        }
+        for &root in &self.roots {
+            let mut e = root;
+            while e.lim != 0 {
+                e = step(&self.entries, e, &dims);
+            }
+            let leaf = e.base.wrapping_sub(self.leaf_base) as usize;
+            best = best.min(self.check_leaf(leaf, &dims, km, key));
+        }
+        best
+    }
+
+    /// Looks up a burst (at most [`BURST`] keys at a time), writing rule indices
+    /// (`u32::MAX` for no match). Trees are walked level by level across the burst.
+    pub fn lookup_burst(&self, keys: &[Key], out: &mut [u32]) {
+        for (kc, oc) in keys.chunks(BURST).zip(out.chunks_mut(BURST)) {
+            let n = kc.len().min(oc.len());
+            let mut dims = [[0u32; 32]; BURST];
+            let mut masks = [(0u32, false); BURST];
+            for ((d, m), k) in dims.iter_mut().zip(masks.iter_mut()).zip(&kc[..n]) {
+                *d = key_dims(k);
+                *m = self.key_mask(d);
+            }
+            let mut best = [NONE; BURST];
+            if !self.exact.is_empty() {
+                for (b, k) in best.iter_mut().zip(&kc[..n]) {
+                    *b = self.exact_lookup(k);
+                }
+            }
+            let mut cur = [Entry::default(); BURST];
+            let mut act = [0u8; BURST];
+            for &root in &self.roots {
+                cur[..n].fill(root);
+                // Walk all keys one level at a time; keys that reached a leaf drop out of
+                // the active list (branch-free compaction), so the loads of one level are
+                // independent and no key takes steps it does not need.
+                let mut na = 0;
+                if root.lim != 0 {
+                    for (i, a) in act.iter_mut().enumerate().take(n) {
+                        *a = i as u8;
+                    }
+                    na = n;
+                }
+                while na > 0 {
+                    let mut nn = 0;
+                    for j in 0..na {
+                        let i = act[j] as usize % BURST;
+                        let e = step(&self.entries, cur[i], &dims[i]);
+                        cur[i] = e;
+                        act[nn] = i as u8;
+                        nn += usize::from(e.lim != 0);
+                    }
+                    na = nn;
+                }
+                for i in 0..n {
+                    let leaf = cur[i].base.wrapping_sub(self.leaf_base) as usize;
+                    if masks[i].1 {
+                        best[i] = best[i].min(self.check_leaf(leaf, &dims[i], masks[i].0, &kc[i]));
+                    }
+                }
+            }
+            oc[..n].copy_from_slice(&best[..n]);
+        }
+    }
+}
+
+/// CutSplit-style partition: by whether a rule is "small" (span < 2^16, e.g. an IPv4
+/// prefix of length ≥ 16) on the source and destination address words where rules vary.
+fn partition(rules: &[u32], boxes: &[RBox], rdims: &[u8]) -> Vec<Vec<u32>> {
+    let small = |r: u32, d: usize| {
+        let (lo, hi) = boxes[r as usize][d];
+        hi - lo < (1 << 16)
+    };
+    // First varying word of each address (dims 0..4 are src, 4..8 dst).
+    let pick = |range: std::ops::Range<u8>| rdims.iter().copied().find(|d| range.contains(d));
+    let dims: Vec<usize> = [pick(0..4), pick(4..8)]
+        .into_iter()
+        .flatten()
+        .map(usize::from)
+        .collect();
+    if dims.is_empty() {
+        return vec![rules.to_vec()];
+    }
+    let mut g = vec![Vec::new(); 3];
+    for &r in rules {
+        let s0 = small(r, dims[0]);
+        let s1 = dims.get(1).is_some_and(|&d| small(r, d));
+        let gi = if s0 {
+            0
+        } else if s1 {
+            1
+        } else {
+            2
+        };
+        g[gi].push(r);
+    }
+    g
+}
+
+impl Classifier for Compiled {
+    fn lookup(&self, key: &Key) -> Option<u32> {
+        let r = self.lookup_raw(key);
+        (r != NONE).then_some(r)
+    }
+
+    fn classify(&self, key: &Key) -> Decision {
+        let r = self.lookup_raw(key);
+        self.rules
+            .get(r as usize)
+            .map_or(Decision::NoMatch, |ru| ru.decision)
+    }
+
+    fn lookup_batch(&self, keys: &[Key], out: &mut [Option<u32>]) {
+        let mut buf = [NONE; BURST];
+        for (kc, oc) in keys.chunks(BURST).zip(out.chunks_mut(BURST)) {
+            self.lookup_burst(kc, &mut buf[..kc.len()]);
+            for (o, &r) in oc.iter_mut().zip(&buf) {
+                *o = (r != NONE).then_some(r);
+            }
+        }
+    }
+
+    fn classify_batch(&self, keys: &[Key], out: &mut [Decision]) {
+        let mut buf = [NONE; BURST];
+        for (kc, oc) in keys.chunks(BURST).zip(out.chunks_mut(BURST)) {
+            self.lookup_burst(kc, &mut buf[..kc.len()]);
+            for (o, &r) in oc.iter_mut().zip(&buf) {
+                *o = self
+                    .rules
+                    .get(r as usize)
+                    .map_or(Decision::NoMatch, |ru| ru.decision);
+            }
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.entries.len() * std::mem::size_of::<Entry>()
+            + self.roots.len() * std::mem::size_of::<Entry>()
+            + self.leaves.len() * 12
+            + self.rows.len() * std::mem::size_of::<[i32; LANES]>()
+            + self.exact.capacity() * (std::mem::size_of::<(ExactKey, u32)>() + 1)
+            + self.rules.len() * (std::mem::size_of::<Rule>() + 1)
+    }
+}
