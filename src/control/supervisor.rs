@@ -199,6 +199,7 @@ impl Supervisor {
         let mut ana = Ana::new(&cfg.pools)?;
         let mut systems = BTreeMap::new();
         let mut grants: BTreeMap<u64, Grant> = BTreeMap::new();
+        let mut flows: BTreeMap<(u64, u64), FlowRec> = BTreeMap::new();
         for r in records {
             match r {
                 Record::System {
@@ -257,8 +258,29 @@ impl Supervisor {
                 Record::GrantGone { id } => {
                     grants.remove(&id);
                 }
+                Record::Flow {
+                    origin,
+                    flow_id,
+                    body,
+                } => {
+                    let decoded = hex::decode(&body)
+                        .ok()
+                        .and_then(|b| Body::decode(ty::FLOW_ADD, &b).ok());
+                    if let Some(Body::FlowAdd(adv)) = decoded {
+                        if adv.origin == origin && adv.flow_id == flow_id {
+                            // Lifetimes restart at `now` (never shorter than before).
+                            let expires = (adv.lifetime_ms > 0)
+                                .then(|| now + Duration::from_millis(adv.lifetime_ms as u64));
+                            flows.insert((origin, flow_id), FlowRec { adv, expires });
+                        }
+                    }
+                }
+                Record::FlowGone { origin, flow_id } => {
+                    flows.remove(&(origin, flow_id));
+                }
             }
         }
+        flows.retain(|k, _| systems.contains_key(&k.0));
         for g in grants.into_values() {
             ana.restore(now, g);
         }
@@ -269,7 +291,7 @@ impl Supervisor {
             seq,
             replay: ReplayGuard::new(65_536),
             systems,
-            flows: BTreeMap::new(),
+            flows,
             ana,
             store: Box::new(super::store::MemStore::default()),
             out: VecDeque::new(),
@@ -312,6 +334,7 @@ impl Supervisor {
             count: g.count,
             lease_ms: g.lease_ms,
         }));
+        v.extend(self.flows.values().map(|f| flow_record(&f.adv)));
         v
     }
 
@@ -484,6 +507,14 @@ impl Supervisor {
                 }
                 let expires =
                     (f.lifetime_ms > 0).then(|| now + Duration::from_millis(f.lifetime_ms as u64));
+                let same = self
+                    .flows
+                    .get(&(f.origin, f.flow_id))
+                    .is_some_and(|r| r.adv == f);
+                if !same && !self.persist(&flow_record(&f)) {
+                    self.ack(from, seq, status::STORE_FAILED);
+                    return;
+                }
                 self.flows.insert(
                     (f.origin, f.flow_id),
                     FlowRec {
@@ -501,7 +532,16 @@ impl Supervisor {
                     self.ack(from, seq, status::BAD_REQUEST);
                     return;
                 }
-                self.flows.remove(&(f.origin, f.flow_id));
+                if self.flows.contains_key(&(f.origin, f.flow_id)) {
+                    if !self.persist(&Record::FlowGone {
+                        origin: f.origin,
+                        flow_id: f.flow_id,
+                    }) {
+                        self.ack(from, seq, status::STORE_FAILED);
+                        return;
+                    }
+                    self.flows.remove(&(f.origin, f.flow_id));
+                }
                 self.ack(from, seq, status::OK);
                 if self.cfg.relay {
                     self.relay(&Body::FlowDel(f));
@@ -641,6 +681,10 @@ impl Supervisor {
                 .copied()
                 .collect();
             for k in stale {
+                self.persist(&Record::FlowGone {
+                    origin: k.0,
+                    flow_id: k.1,
+                });
                 self.flows.remove(&k);
                 if self.cfg.relay {
                     self.relay(&Body::FlowDel(FlowWithdraw {
@@ -1003,6 +1047,16 @@ impl Supervisor {
             _ => return (status::BAD_REQUEST, json!({"error": "unknown op"}).to_string()),
         };
         (status::OK, v.to_string())
+    }
+}
+
+fn flow_record(f: &FlowAdvert) -> Record {
+    let mut b = Vec::new();
+    Body::FlowAdd(f.clone()).encode(&mut b);
+    Record::Flow {
+        origin: f.origin,
+        flow_id: f.flow_id,
+        body: hex::encode(b),
     }
 }
 
