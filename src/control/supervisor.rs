@@ -266,13 +266,14 @@ impl Supervisor {
                     let decoded = hex::decode(&body)
                         .ok()
                         .and_then(|b| Body::decode(ty::FLOW_ADD, &b).ok());
-                    if let Some(Body::FlowAdd(adv)) = decoded {
-                        if adv.origin == origin && adv.flow_id == flow_id {
-                            // Lifetimes restart at `now` (never shorter than before).
-                            let expires = (adv.lifetime_ms > 0)
-                                .then(|| now + Duration::from_millis(adv.lifetime_ms as u64));
-                            flows.insert((origin, flow_id), FlowRec { adv, expires });
-                        }
+                    if let Some(Body::FlowAdd(adv)) = decoded
+                        && adv.origin == origin
+                        && adv.flow_id == flow_id
+                    {
+                        // Lifetimes restart at `now` (never shorter than before).
+                        let expires = (adv.lifetime_ms > 0)
+                            .then(|| now + Duration::from_millis(adv.lifetime_ms as u64));
+                        flows.insert((origin, flow_id), FlowRec { adv, expires });
                     }
                 }
                 Record::FlowGone { origin, flow_id } => {
