@@ -458,6 +458,18 @@ impl Supervisor {
             }
             return;
         }
+        // A system speaks only for itself.
+        let claimed = match &body {
+            Body::FlowAdd(f) => Some(f.origin),
+            Body::FlowDel(f) => Some(f.origin),
+            Body::Drain(d) => Some(d.target),
+            Body::Leave(l) => Some(l.origin),
+            _ => None,
+        };
+        if claimed.is_some_and(|o| o != sender) {
+            self.ack(from, seq, status::BAD_REQUEST);
+            return;
+        }
         match body {
             Body::Register(r) => self.on_register(now, from, sender, seq, r),
             Body::ServiceAdvert(a) => {
@@ -502,10 +514,6 @@ impl Supervisor {
                 self.ack(from, seq, status::OK)
             }
             Body::FlowAdd(f) => {
-                if f.origin != sender {
-                    self.ack(from, seq, status::BAD_REQUEST);
-                    return;
-                }
                 let expires =
                     (f.lifetime_ms > 0).then(|| now + Duration::from_millis(f.lifetime_ms as u64));
                 let same = self
@@ -529,10 +537,6 @@ impl Supervisor {
                 }
             }
             Body::FlowDel(f) => {
-                if f.origin != sender {
-                    self.ack(from, seq, status::BAD_REQUEST);
-                    return;
-                }
                 if self.flows.contains_key(&(f.origin, f.flow_id)) {
                     if !self.persist(&Record::FlowGone {
                         origin: f.origin,
@@ -549,10 +553,6 @@ impl Supervisor {
                 }
             }
             Body::Drain(d) => {
-                if d.target != sender {
-                    self.ack(from, seq, status::BAD_REQUEST);
-                    return;
-                }
                 if let Some(s) = self.systems.get_mut(&sender) {
                     s.state = SysState::Draining;
                 }
@@ -562,10 +562,6 @@ impl Supervisor {
                 }
             }
             Body::Leave(l) => {
-                if l.origin != sender {
-                    self.ack(from, seq, status::BAD_REQUEST);
-                    return;
-                }
                 if registered {
                     self.remove_system(sender, false);
                 }
