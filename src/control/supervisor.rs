@@ -561,7 +561,7 @@ impl Supervisor {
                     self.relay(&Body::Drain(d));
                 }
             }
-            Body::Leave(l) => {
+            Body::Leave(_) => {
                 if registered {
                     self.remove_system(sender, false);
                 }
