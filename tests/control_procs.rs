@@ -303,7 +303,7 @@ fn supervisor_three_agents_kill_restart_wrong_key_malformed() {
 #[test]
 fn agent_sigterm_drains_and_leaves_and_flows_travel() {
     let env = Env::new();
-    let _sup = env.supervisor();
+    let mut sup = env.supervisor();
     let mut a = env.agent("delta", "key");
     env.wait_for(|| grants(&env).len() == 1, "delta registered with a grant");
 
@@ -342,6 +342,15 @@ fn agent_sigterm_drains_and_leaves_and_flows_travel() {
     assert_eq!(f["origin"], "delta");
     assert_eq!(f["qos"][0]["dscp"], 46);
     assert_eq!(f["qos"][1]["push_mpls"]["label"], 1000);
+    // Flows are persisted too: a kill -9 and restart of the supervisor keeps it.
+    sup.0.kill().unwrap();
+    sup.0.wait().unwrap();
+    let _sup2 = env.supervisor();
+    assert_eq!(
+        env.ctl(&["flows"]).len(),
+        1,
+        "flow survives a supervisor restart"
+    );
     let out = Command::new(BIN)
         .args(["agent", "--control-socket"])
         .arg(env.p("delta.sock"))

@@ -75,6 +75,8 @@ pub struct Agent {
     phase: Phase,
     next_advert: Instant,
     flows: BTreeMap<u64, FlowAdvert>,
+    /// Flows with a lifetime end on their own (everywhere) at these instants.
+    flow_expiry: BTreeMap<u64, Instant>,
     next_flow_id: u64,
     active: u64,
     events: VecDeque<AgentEvent>,
@@ -107,6 +109,7 @@ impl Agent {
             phase: Phase::Running,
             next_advert: now,
             flows: BTreeMap::new(),
+            flow_expiry: BTreeMap::new(),
             next_flow_id: 1,
             active: 0,
             events: VecDeque::new(),
@@ -170,6 +173,10 @@ impl Agent {
             qos: spec.qos,
             lifetime_ms: spec.lifetime_ms,
         };
+        if adv.lifetime_ms > 0 {
+            self.flow_expiry
+                .insert(id, now + Duration::from_millis(adv.lifetime_ms as u64));
+        }
         self.flows.insert(id, adv.clone());
         self.send_flow(now, &adv);
         id
@@ -188,6 +195,7 @@ impl Agent {
         if self.flows.remove(&flow_id).is_none() {
             return false;
         }
+        self.flow_expiry.remove(&flow_id);
         self.sess.cancel(&ReqKey::FlowAdd(flow_id));
         let body = Body::FlowDel(FlowWithdraw {
             origin: self.sess.id,
@@ -354,6 +362,17 @@ impl Agent {
             self.next_advert = now + self.sess.advert_interval;
         }
         // Flows with a lifetime lapse on their own.
+        let lapsed: Vec<u64> = self
+            .flow_expiry
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lapsed {
+            self.flow_expiry.remove(&id);
+            self.flows.remove(&id);
+            self.sess.cancel(&ReqKey::FlowAdd(id));
+        }
         self.pump_session(now);
         self.step(now);
     }
@@ -367,6 +386,9 @@ impl Agent {
             return None;
         }
         let mut t = self.sess.poll_timeout();
+        if let Some(e) = self.flow_expiry.values().min() {
+            t = Some(t.map_or(*e, |x| x.min(*e)));
+        }
         if self.sess.registered {
             t = Some(t.map_or(self.next_advert, |x| x.min(self.next_advert)));
         }

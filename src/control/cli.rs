@@ -427,7 +427,7 @@ pub struct FlowAddArgs {
     pub dscp: Option<u8>,
     #[arg(long)]
     pub pcp: Option<u8>,
-    /// VID,PCP[,TPID] (TPID default 0x8100).
+    /// VID,PCP or VID,PCP,TPID (TPID default 0x8100).
     #[arg(long)]
     pub push_vlan: Option<String>,
     #[arg(long)]

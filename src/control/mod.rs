@@ -19,7 +19,18 @@
 //! the supervisor persists a registration or grant before acknowledging it; a number
 //! is never held by two live systems at once (see [`session`] for the holder's rule).
 //!
-//! Not done here: the data plane's use of [`listener::TableEvent`]s (the runtime's job).
+//! Demo (from the repository root, over loopback; `conf/control.key` is a demo key):
+//!
+//! ```text
+//! flowgate supervisor --conf conf/supervisor.yaml &
+//! flowgate agent --conf conf/agent.yaml &          # advertises "web", gets a nat-ports block
+//! flowgate ctl systems; flowgate ctl --json numbers
+//! flowgate agent flow add --src 192.0.2.7 --dst 10.0.0.100 --sport 40000 --dport 30001 --dscp 46
+//! flowgate ctl flows; flowgate agent drain         # or kill -TERM the agent
+//! ```
+//!
+//! Not done here: the data plane's use of [`listener::TableEvent`]s (the runtime's job);
+//! no CLI subcommand runs a bare listener (the intermediate system embeds one).
 
 pub mod agent;
 pub mod ana;

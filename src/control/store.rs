@@ -50,6 +50,14 @@ pub enum Record {
     },
     /// The grant was released, expired or reclaimed.
     GrantGone { id: u64 },
+    /// An advertised flow: `body` is the FlowAdd body (PROTOCOL.md §4.4) in hex.
+    Flow {
+        origin: u64,
+        flow_id: u64,
+        body: String,
+    },
+    /// The flow was withdrawn (flows of a removed system go with it implicitly).
+    FlowGone { origin: u64, flow_id: u64 },
 }
 
 /// Where the supervisor persists records.

@@ -199,6 +199,7 @@ impl Supervisor {
         let mut ana = Ana::new(&cfg.pools)?;
         let mut systems = BTreeMap::new();
         let mut grants: BTreeMap<u64, Grant> = BTreeMap::new();
+        let mut flows: BTreeMap<(u64, u64), FlowRec> = BTreeMap::new();
         for r in records {
             match r {
                 Record::System {
@@ -257,8 +258,30 @@ impl Supervisor {
                 Record::GrantGone { id } => {
                     grants.remove(&id);
                 }
+                Record::Flow {
+                    origin,
+                    flow_id,
+                    body,
+                } => {
+                    let decoded = hex::decode(&body)
+                        .ok()
+                        .and_then(|b| Body::decode(ty::FLOW_ADD, &b).ok());
+                    if let Some(Body::FlowAdd(adv)) = decoded
+                        && adv.origin == origin
+                        && adv.flow_id == flow_id
+                    {
+                        // Lifetimes restart at `now` (never shorter than before).
+                        let expires = (adv.lifetime_ms > 0)
+                            .then(|| now + Duration::from_millis(adv.lifetime_ms as u64));
+                        flows.insert((origin, flow_id), FlowRec { adv, expires });
+                    }
+                }
+                Record::FlowGone { origin, flow_id } => {
+                    flows.remove(&(origin, flow_id));
+                }
             }
         }
+        flows.retain(|k, _| systems.contains_key(&k.0));
         for g in grants.into_values() {
             ana.restore(now, g);
         }
@@ -269,7 +292,7 @@ impl Supervisor {
             seq,
             replay: ReplayGuard::new(65_536),
             systems,
-            flows: BTreeMap::new(),
+            flows,
             ana,
             store: Box::new(super::store::MemStore::default()),
             out: VecDeque::new(),
@@ -312,6 +335,7 @@ impl Supervisor {
             count: g.count,
             lease_ms: g.lease_ms,
         }));
+        v.extend(self.flows.values().map(|f| flow_record(&f.adv)));
         v
     }
 
@@ -434,6 +458,18 @@ impl Supervisor {
             }
             return;
         }
+        // A system speaks only for itself.
+        let claimed = match &body {
+            Body::FlowAdd(f) => Some(f.origin),
+            Body::FlowDel(f) => Some(f.origin),
+            Body::Drain(d) => Some(d.target),
+            Body::Leave(l) => Some(l.origin),
+            _ => None,
+        };
+        if claimed.is_some_and(|o| o != sender) {
+            self.ack(from, seq, status::BAD_REQUEST);
+            return;
+        }
         match body {
             Body::Register(r) => self.on_register(now, from, sender, seq, r),
             Body::ServiceAdvert(a) => {
@@ -478,12 +514,16 @@ impl Supervisor {
                 self.ack(from, seq, status::OK)
             }
             Body::FlowAdd(f) => {
-                if f.origin != sender {
-                    self.ack(from, seq, status::BAD_REQUEST);
-                    return;
-                }
                 let expires =
                     (f.lifetime_ms > 0).then(|| now + Duration::from_millis(f.lifetime_ms as u64));
+                let same = self
+                    .flows
+                    .get(&(f.origin, f.flow_id))
+                    .is_some_and(|r| r.adv == f);
+                if !same && !self.persist(&flow_record(&f)) {
+                    self.ack(from, seq, status::STORE_FAILED);
+                    return;
+                }
                 self.flows.insert(
                     (f.origin, f.flow_id),
                     FlowRec {
@@ -497,21 +537,22 @@ impl Supervisor {
                 }
             }
             Body::FlowDel(f) => {
-                if f.origin != sender {
-                    self.ack(from, seq, status::BAD_REQUEST);
-                    return;
+                if self.flows.contains_key(&(f.origin, f.flow_id)) {
+                    if !self.persist(&Record::FlowGone {
+                        origin: f.origin,
+                        flow_id: f.flow_id,
+                    }) {
+                        self.ack(from, seq, status::STORE_FAILED);
+                        return;
+                    }
+                    self.flows.remove(&(f.origin, f.flow_id));
                 }
-                self.flows.remove(&(f.origin, f.flow_id));
                 self.ack(from, seq, status::OK);
                 if self.cfg.relay {
                     self.relay(&Body::FlowDel(f));
                 }
             }
             Body::Drain(d) => {
-                if d.target != sender {
-                    self.ack(from, seq, status::BAD_REQUEST);
-                    return;
-                }
                 if let Some(s) = self.systems.get_mut(&sender) {
                     s.state = SysState::Draining;
                 }
@@ -520,11 +561,7 @@ impl Supervisor {
                     self.relay(&Body::Drain(d));
                 }
             }
-            Body::Leave(l) => {
-                if l.origin != sender {
-                    self.ack(from, seq, status::BAD_REQUEST);
-                    return;
-                }
+            Body::Leave(_) => {
                 if registered {
                     self.remove_system(sender, false);
                 }
@@ -641,6 +678,10 @@ impl Supervisor {
                 .copied()
                 .collect();
             for k in stale {
+                self.persist(&Record::FlowGone {
+                    origin: k.0,
+                    flow_id: k.1,
+                });
                 self.flows.remove(&k);
                 if self.cfg.relay {
                     self.relay(&Body::FlowDel(FlowWithdraw {
@@ -1003,6 +1044,16 @@ impl Supervisor {
             _ => return (status::BAD_REQUEST, json!({"error": "unknown op"}).to_string()),
         };
         (status::OK, v.to_string())
+    }
+}
+
+fn flow_record(f: &FlowAdvert) -> Record {
+    let mut b = Vec::new();
+    Body::FlowAdd(f.clone()).encode(&mut b);
+    Record::Flow {
+        origin: f.origin,
+        flow_id: f.flow_id,
+        body: hex::encode(b),
     }
 }
 

@@ -719,8 +719,9 @@ impl Body {
     }
 
     /// Appends the body's bytes. Lists longer than their count field allows are
-    /// truncated; a server list or management reply that would not fit in a datagram
-    /// is cut to fit (server list: fewer entries; management: status TOO_BIG, empty JSON).
+    /// truncated; a service advertisement, server list or management reply that would
+    /// not fit in a datagram is cut to fit (fewer services / entries; management:
+    /// status TOO_BIG, empty JSON).
     pub fn encode(&self, out: &mut Vec<u8>) {
         let start = out.len();
         let mut w = W(out);
@@ -743,11 +744,19 @@ impl Body {
             Body::ServiceAdvert(m) => {
                 enc_info(&mut w, &m.origin);
                 w.u32(m.age_ms);
-                let n = m.services.len().min(255);
-                w.u8(n as u8);
-                for s in &m.services[..n] {
+                let count_at = w.0.len();
+                w.u8(0);
+                let mut n: u8 = 0;
+                for s in &m.services {
+                    let before = w.0.len();
                     enc_service(&mut w, s);
+                    if w.0.len() - start > MAX_BODY || n == u8::MAX {
+                        w.0.truncate(before);
+                        break;
+                    }
+                    n += 1;
                 }
+                w.0[count_at] = n;
             }
             Body::FlowAdd(m) => {
                 w.u64(m.origin);
@@ -987,6 +996,40 @@ mod tests {
         let mut longer = v.clone();
         longer.push(0);
         assert!(Body::decode(ty::REGISTER, &longer).is_err());
+    }
+
+    #[test]
+    fn oversized_advert_is_cut_to_fit() {
+        let svc = Service {
+            name: "x".repeat(255),
+            vip: "::1".parse().unwrap(),
+            proto: 6,
+            ports: vec![(1, 2); 255],
+            capacity: 0,
+            weight: 0,
+            load: 0,
+            congestion: 0,
+            response_time_us: 0,
+        };
+        let b = Body::ServiceAdvert(ServiceAdvert {
+            origin: SystemInfo {
+                id: 1,
+                kind: SystemKind::End,
+                name: "a".into(),
+                mac: [0; 6],
+                addrs: vec![],
+                state: SysState::Up,
+            },
+            age_ms: 0,
+            services: vec![svc; 200],
+        });
+        let mut v = Vec::new();
+        b.encode(&mut v);
+        assert!(v.len() <= MAX_BODY);
+        let Ok(Body::ServiceAdvert(d)) = Body::decode(ty::SERVICE_ADVERT, &v) else {
+            panic!("does not decode");
+        };
+        assert!(d.services.len() > 10 && d.services.len() < 200);
     }
 
     #[test]
