@@ -107,7 +107,14 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Replay { pipeline, input, output, stats_json, trace, quiet } => {
+        Cmd::Replay {
+            pipeline,
+            input,
+            output,
+            stats_json,
+            trace,
+            quiet,
+        } => {
             let r = cmd::replay::run(&cmd::replay::ReplayOpts {
                 pipeline: &pipeline,
                 input: &input,
@@ -133,8 +140,18 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Supervisor(a) => flowgate::control::cli::run_supervisor(&a),
         Cmd::Agent(a) => flowgate::control::cli::run_agent(&a),
         Cmd::Ctl(a) => flowgate::control::cli::run_ctl(&a),
-        Cmd::Run { conf, stats_json, quiet } => run_dpdk(&conf, stats_json, quiet),
-        Cmd::Bench { conf, flows, seconds, json, no_testpmd } => bench_dpdk(&conf, flows, seconds, json, no_testpmd),
+        Cmd::Run {
+            conf,
+            stats_json,
+            quiet,
+        } => run_dpdk(&conf, stats_json, quiet),
+        Cmd::Bench {
+            conf,
+            flows,
+            seconds,
+            json,
+            no_testpmd,
+        } => bench_dpdk(&conf, flows, seconds, json, no_testpmd),
         Cmd::Classbench(a) => classbench(&a),
         Cmd::Check { pipeline } => {
             let p = Pipeline::load(&pipeline)?;
@@ -154,10 +171,23 @@ fn run_dpdk(conf: &std::path::Path, stats_json: Option<PathBuf>, quiet: bool) ->
 }
 
 #[cfg(feature = "dpdk")]
-fn bench_dpdk(conf: &std::path::Path, flows: usize, seconds: f64, json: bool, no_testpmd: bool) -> Result<()> {
+fn bench_dpdk(
+    conf: &std::path::Path,
+    flows: usize,
+    seconds: f64,
+    json: bool,
+    no_testpmd: bool,
+) -> Result<()> {
     use flowgate::runtime;
     let c = runtime::conf::RunConf::load(conf)?;
-    let r = runtime::bench(&c, &runtime::BenchOpts { flows, seconds, no_testpmd })?;
+    let r = runtime::bench(
+        &c,
+        &runtime::BenchOpts {
+            flows,
+            seconds,
+            no_testpmd,
+        },
+    )?;
     if json {
         println!(
             "{}",
@@ -177,12 +207,16 @@ fn bench_dpdk(conf: &std::path::Path, flows: usize, seconds: f64, json: bool, no
 
 #[cfg(not(feature = "dpdk"))]
 fn run_dpdk(_: &std::path::Path, _: Option<PathBuf>, _: bool) -> Result<()> {
-    anyhow::bail!("flowgate was built without the dpdk feature: rebuild with `cargo build --release --features dpdk`")
+    anyhow::bail!(
+        "flowgate was built without the dpdk feature: rebuild with `cargo build --release --features dpdk`"
+    )
 }
 
 #[cfg(not(feature = "dpdk"))]
 fn bench_dpdk(_: &std::path::Path, _: usize, _: f64, _: bool, _: bool) -> Result<()> {
-    anyhow::bail!("flowgate was built without the dpdk feature: rebuild with `cargo build --release --features dpdk`")
+    anyhow::bail!(
+        "flowgate was built without the dpdk feature: rebuild with `cargo build --release --features dpdk`"
+    )
 }
 
 #[cfg(not(feature = "dpdk"))]
@@ -200,13 +234,23 @@ fn classbench(a: &flowgate::classify::bench_cmd::ClassbenchArgs) -> Result<()> {
         // EAL can start once per process; the engine factory may run several times.
         static EAL: std::cell::Cell<Option<&'static Eal>> = const { std::cell::Cell::new(None) };
     }
-    fn rte_acl(rules: &[flowgate::classify::Rule]) -> Result<Box<dyn flowgate::classify::Classifier>> {
+    fn rte_acl(
+        rules: &[flowgate::classify::Rule],
+    ) -> Result<Box<dyn flowgate::classify::Classifier>> {
         let eal: &'static Eal = match EAL.get() {
             Some(e) => e,
             None => {
                 let args: Vec<String> = [
-                    "-l", "0", "--no-huge", "-m", "2048", "--no-pci", "--no-telemetry",
-                    "--force-max-simd-bitwidth=512", "--file-prefix", "fg-classbench",
+                    "-l",
+                    "0",
+                    "--no-huge",
+                    "-m",
+                    "2048",
+                    "--no-pci",
+                    "--no-telemetry",
+                    "--force-max-simd-bitwidth=512",
+                    "--file-prefix",
+                    "fg-classbench",
                 ]
                 .iter()
                 .map(|s| s.to_string())

@@ -11,7 +11,10 @@ use std::process::Command;
 
 #[test]
 fn bench_prints_rates_and_ratio() {
-    let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
     let testpmd = Command::new("dpdk-testpmd").arg("-h").output().is_ok();
     if !(is_root && testpmd) {
         assert!(!in_ci(), "the bench test needs root and dpdk-testpmd in CI");
@@ -33,13 +36,26 @@ fn bench_prints_rates_and_ratio() {
     )
     .expect("conf");
     let o = flowgate()
-        .args(["bench", "--flows", "5000", "--seconds", "1", "--json", "--conf"])
+        .args([
+            "bench",
+            "--flows",
+            "5000",
+            "--seconds",
+            "1",
+            "--json",
+            "--conf",
+        ])
         .arg(&conf)
         .output()
         .expect("bench");
-    assert!(o.status.success(), "bench failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let out = String::from_utf8_lossy(&o.stdout);
-    let j: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let j: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
     let f = j["flowgate_mpps"].as_f64().expect("flowgate_mpps");
     let t = j["testpmd_mpps"].as_f64().expect("testpmd_mpps");
     let r = j["ratio"].as_f64().expect("ratio");

@@ -25,7 +25,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn is_root() -> bool {
-    let ok = Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let ok = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
     if !ok {
         assert!(!in_ci(), "DPDK run tests must run as root in CI");
         eprintln!("SKIP: not root");
@@ -90,7 +93,11 @@ fn run_pcap_case_eal(dir: &Path, input: &Path, tag: &str, eal: &str, pipeline: &
         .arg(&stats_run)
         .output()
         .expect("run");
-    assert!(o.status.success(), "flowgate run failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "flowgate run failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let o = flowgate()
         .args(["replay", "-q", "--pipeline"])
         .arg(pipeline)
@@ -102,23 +109,50 @@ fn run_pcap_case_eal(dir: &Path, input: &Path, tag: &str, eal: &str, pipeline: &
         .arg(&stats_replay)
         .output()
         .expect("replay");
-    assert!(o.status.success(), "replay failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "replay failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 
     let got = frames(&out_run);
     let want = frames(&out_replay);
     let n_in = frames(input).len();
-    assert!(!want.is_empty(), "{tag}: replay forwards frames ({} of {n_in})", want.len());
+    assert!(
+        !want.is_empty(),
+        "{tag}: replay forwards frames ({} of {n_in})",
+        want.len()
+    );
     assert_eq!(got.len(), want.len(), "{tag}: frame count");
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        assert!(g == w, "{tag}: frame {i} differs\nrun    {g:02x?}\nreplay {w:02x?}");
+        assert!(
+            g == w,
+            "{tag}: frame {i} differs\nrun    {g:02x?}\nreplay {w:02x?}"
+        );
     }
     let jr = json(&stats_run);
     let jp = json(&stats_replay);
-    for k in ["packets_in", "packets_out", "drops", "flows_created", "arp_replies", "nd_replies", "services"] {
+    for k in [
+        "packets_in",
+        "packets_out",
+        "drops",
+        "flows_created",
+        "arp_replies",
+        "nd_replies",
+        "services",
+    ] {
         assert_eq!(jr[k], jp[k], "{tag}: stats key {k}");
     }
-    assert_eq!(jr["packets_in"].as_u64(), Some(n_in as u64), "{tag}: every input frame counted");
-    assert_eq!(jr["runtime"]["mempool_in_use"].as_u64(), Some(0), "{tag}: no mbuf leaked");
+    assert_eq!(
+        jr["packets_in"].as_u64(),
+        Some(n_in as u64),
+        "{tag}: every input frame counted"
+    );
+    assert_eq!(
+        jr["runtime"]["mempool_in_use"].as_u64(),
+        Some(0),
+        "{tag}: no mbuf leaked"
+    );
     assert_eq!(jr["runtime"]["tx_refused"].as_u64(), Some(0));
 }
 
@@ -138,15 +172,24 @@ fn run_pcap_matches_replay() {
         .arg(&gen_pcap)
         .output()
         .expect("gen");
-    assert!(o.status.success(), "gen failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "gen failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     run_pcap_case(dir.path(), &gen_pcap, "gen");
 }
 
 /// Free 2 MiB hugepages, from /proc/meminfo.
 fn free_hugepages() -> u64 {
     let m = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let free = m.lines().find_map(|l| l.strip_prefix("HugePages_Free:")).and_then(|v| v.trim().parse().ok());
-    let size_2m = m.lines().any(|l| l.starts_with("Hugepagesize:") && l.contains("2048 kB"));
+    let free = m
+        .lines()
+        .find_map(|l| l.strip_prefix("HugePages_Free:"))
+        .and_then(|v| v.trim().parse().ok());
+    let size_2m = m
+        .lines()
+        .any(|l| l.starts_with("Hugepagesize:") && l.contains("2048 kB"));
     if size_2m { free.unwrap_or(0) } else { 0 }
 }
 
@@ -182,12 +225,17 @@ fn run_pcap_qos_mpls_matches_replay() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let pipeline = root().join("pipelines/qos-mpls.yaml");
-    for (i, name) in
-        ["packetlife_MPLS_encapsulation.pcap", "packetlife_EoMPLS_802.1q.pcap", "suricata_eve-flow-vlan-02.pcap"]
-            .iter()
-            .enumerate()
+    for (i, name) in [
+        "packetlife_MPLS_encapsulation.pcap",
+        "packetlife_EoMPLS_802.1q.pcap",
+        "suricata_eve-flow-vlan-02.pcap",
+    ]
+    .iter()
+    .enumerate()
     {
-        let Some(cap) = common::shared(&format!("captures/{name}")) else { return };
+        let Some(cap) = common::shared(&format!("captures/{name}")) else {
+            return;
+        };
         run_pcap_case_with(dir.path(), &cap, &format!("q{i}"), &pipeline);
     }
 }
@@ -208,9 +256,18 @@ fn run_two_workers_dispatch_matches_replay() {
         .arg(&input)
         .output()
         .expect("gen");
-    assert!(o.status.success(), "gen failed: {}", String::from_utf8_lossy(&o.stderr));
-    let (out0, out1, stats_run, out_replay, stats_replay) =
-        (d.join("o0.pcap"), d.join("o1.pcap"), d.join("run.json"), d.join("replay.pcap"), d.join("replay.json"));
+    assert!(
+        o.status.success(),
+        "gen failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let (out0, out1, stats_run, out_replay, stats_replay) = (
+        d.join("o0.pcap"),
+        d.join("o1.pcap"),
+        d.join("run.json"),
+        d.join("replay.pcap"),
+        d.join("replay.json"),
+    );
     let conf = d.join("two.yaml");
     std::fs::write(
         &conf,
@@ -248,16 +305,28 @@ fn run_two_workers_dispatch_matches_replay() {
         .arg(&stats_replay)
         .output()
         .expect("replay");
-    assert!(o.status.success(), "replay failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "replay failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let (a, b, want) = (frames(&out0), frames(&out1), frames(&out_replay));
-    assert!(!a.is_empty() && !b.is_empty(), "both workers forwarded frames ({} / {})", a.len(), b.len());
+    assert!(
+        !a.is_empty() && !b.is_empty(),
+        "both workers forwarded frames ({} / {})",
+        a.len(),
+        b.len()
+    );
     // Multiset equality.
     let mut got: Vec<&Vec<u8>> = a.iter().chain(&b).collect();
     let mut w: Vec<&Vec<u8>> = want.iter().collect();
     got.sort();
     w.sort();
     assert_eq!(got.len(), w.len(), "frame count");
-    assert!(got == w, "the two workers' outputs are not the replay output");
+    assert!(
+        got == w,
+        "the two workers' outputs are not the replay output"
+    );
     // Each worker's output is a subsequence of the replay output (order kept per flow).
     for (name, out) in [("worker 0", &a), ("worker 1", &b)] {
         let mut it = want.iter();
@@ -266,7 +335,13 @@ fn run_two_workers_dispatch_matches_replay() {
         }
     }
     let (jr, jp) = (json(&stats_run), json(&stats_replay));
-    for k in ["packets_in", "packets_out", "drops", "flows_created", "services"] {
+    for k in [
+        "packets_in",
+        "packets_out",
+        "drops",
+        "flows_created",
+        "services",
+    ] {
         assert_eq!(jr[k], jp[k], "stats key {k}");
     }
     assert_eq!(jr["runtime"]["mempool_in_use"].as_u64(), Some(0));
@@ -295,13 +370,21 @@ fn run_stops_cleanly_on_sigterm() {
         ),
     )
     .expect("write conf");
-    let mut child = flowgate().args(["run", "--conf"]).arg(&conf).stderr(Stdio::piped()).spawn().expect("spawn run");
+    let mut child = flowgate()
+        .args(["run", "--conf"])
+        .arg(&conf)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn run");
     // Read stderr as it comes, to act on what the run says.
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let stderr = child.stderr.take().expect("stderr");
     let reader = std::thread::spawn(move || {
         use std::io::BufRead;
-        for l in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             let _ = tx.send(l);
         }
     });
@@ -320,13 +403,24 @@ fn run_stops_cleanly_on_sigterm() {
         false
     };
     let pid = child.id().to_string();
-    let kill = |sig: &str| assert!(Command::new("kill").args([sig, &pid]).status().expect("kill").success());
+    let kill = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .expect("kill")
+                .success()
+        )
+    };
     let polling = wait_for("] rx ", &mut err);
     let _ = (!polling).then(|| child.kill());
     assert!(polling, "periodic rate line within 30 s: {err}");
     // SIGHUP: the management lcore reloads the (unchanged) pipeline and publishes it.
     kill("-HUP");
-    assert!(wait_for("pipeline reloaded (generation 2)", &mut err), "{err}");
+    assert!(
+        wait_for("pipeline reloaded (generation 2)", &mut err),
+        "{err}"
+    );
     kill("-TERM");
     let t0 = Instant::now();
     let status = loop {
@@ -343,17 +437,38 @@ fn run_stops_cleanly_on_sigterm() {
     err.extend(rx.try_iter().map(|l| l + "\n"));
     assert!(status.success(), "exit status {status:?}\n{err}");
     assert!(err.contains("stopping (signal)"), "{err}");
-    assert!(err.contains("symmetric RSS"), "net_null with 2 workers: {err}");
+    assert!(
+        err.contains("symmetric RSS"),
+        "net_null with 2 workers: {err}"
+    );
     assert!(err.contains("] rx "), "periodic rate line: {err}");
     let j = json(&stats);
     let pin = j["packets_in"].as_u64().expect("packets_in");
     let pout = j["packets_out"].as_u64().expect("packets_out");
-    let drops: u64 = j["drops"].as_object().expect("drops").values().filter_map(|v| v.as_u64()).sum();
+    let drops: u64 = j["drops"]
+        .as_object()
+        .expect("drops")
+        .values()
+        .filter_map(|v| v.as_u64())
+        .sum();
     assert!(pin > 1000, "net_null delivered frames: {pin}");
-    assert_eq!(pin, pout + drops, "every frame forwarded or counted as a drop");
-    assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "no mbuf leaked: {j}");
+    assert_eq!(
+        pin,
+        pout + drops,
+        "every frame forwarded or counted as a drop"
+    );
+    assert_eq!(
+        j["runtime"]["mempool_in_use"].as_u64(),
+        Some(0),
+        "no mbuf leaked: {j}"
+    );
     assert_eq!(j["runtime"]["workers"].as_u64(), Some(2));
-    assert!(j["runtime"]["ports"]["inside"]["ipackets"].as_u64().unwrap_or(0) > 0);
+    assert!(
+        j["runtime"]["ports"]["inside"]["ipackets"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    );
 }
 
 #[test]
@@ -375,10 +490,17 @@ fn run_bad_port_is_a_clear_error() {
         ),
     )
     .expect("write conf");
-    let o = flowgate().args(["run", "--conf"]).arg(&conf).output().expect("run");
+    let o = flowgate()
+        .args(["run", "--conf"])
+        .arg(&conf)
+        .output()
+        .expect("run");
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("port \"outside\"") && err.contains("did not probe"), "{err}");
+    assert!(
+        err.contains("port \"outside\"") && err.contains("did not probe"),
+        "{err}"
+    );
 
     // A conf error names the file and key (exit code 2).
     std::fs::write(
@@ -386,7 +508,11 @@ fn run_bad_port_is_a_clear_error() {
         "pipeline: x.yaml\nlcores: {management: 0, workers: [0]}\nports: [{name: a, device: net_null0}]\n",
     )
     .expect("write conf");
-    let o = flowgate().args(["run", "--conf"]).arg(&conf).output().expect("run");
+    let o = flowgate()
+        .args(["run", "--conf"])
+        .arg(&conf)
+        .output()
+        .expect("run");
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("bad.yaml:2: lcores.workers[0]"), "{err}");

@@ -30,8 +30,15 @@ fn sh(args: &[&str]) -> bool {
 }
 
 fn must(args: &[&str]) {
-    let o = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
-    assert!(o.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("spawn");
+    assert!(
+        o.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// Owns the namespaces, links and processes of the test; removes them on drop, also when
@@ -73,12 +80,19 @@ impl Drop for Topo {
 }
 
 fn can_run() -> bool {
-    let root_user =
-        Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let tools =
-        sh(&["ip", "-V"]) && sh(&["curl", "--version"]) && sh(&["ethtool", "--version"]) && sh(&["python3", "-V"]);
+    let root_user = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let tools = sh(&["ip", "-V"])
+        && sh(&["curl", "--version"])
+        && sh(&["ethtool", "--version"])
+        && sh(&["python3", "-V"]);
     if !(root_user && tools) {
-        assert!(!in_ci(), "the veth test needs root, ip, curl, ethtool and python3 in CI");
+        assert!(
+            !in_ci(),
+            "the veth test needs root, ip, curl, ethtool and python3 in CI"
+        );
         eprintln!("SKIP: needs root, ip, curl, ethtool and python3");
         return false;
     }
@@ -90,16 +104,27 @@ fn run_af_packet_namespaces_http() {
     if !can_run() {
         return;
     }
-    let mut t = Topo { id: std::process::id() % 100_000, children: Vec::new() };
+    let mut t = Topo {
+        id: std::process::id() % 100_000,
+        children: Vec::new(),
+    };
     let (c, s1, s2, sw) = (t.ns("c"), t.ns("s1"), t.ns("s2"), t.ns("sw"));
     let (out_if, in_if) = (t.out_if(), t.in_if());
     for n in [&c, &s1, &s2, &sw] {
         must(&["ip", "netns", "add", n]);
     }
-    must(&["ip", "link", "add", &out_if, "type", "veth", "peer", "name", "eth0", "netns", &c]);
-    must(&["ip", "link", "add", &in_if, "type", "veth", "peer", "name", "uplink", "netns", &sw]);
-    must(&["ip", "-n", &s1, "link", "add", "eth0", "type", "veth", "peer", "name", "p1", "netns", &sw]);
-    must(&["ip", "-n", &s2, "link", "add", "eth0", "type", "veth", "peer", "name", "p2", "netns", &sw]);
+    must(&[
+        "ip", "link", "add", &out_if, "type", "veth", "peer", "name", "eth0", "netns", &c,
+    ]);
+    must(&[
+        "ip", "link", "add", &in_if, "type", "veth", "peer", "name", "uplink", "netns", &sw,
+    ]);
+    must(&[
+        "ip", "-n", &s1, "link", "add", "eth0", "type", "veth", "peer", "name", "p1", "netns", &sw,
+    ]);
+    must(&[
+        "ip", "-n", &s2, "link", "add", "eth0", "type", "veth", "peer", "name", "p2", "netns", &sw,
+    ]);
     must(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"]);
     for p in ["uplink", "p1", "p2"] {
         must(&["ip", "-n", &sw, "link", "set", p, "master", "br0"]);
@@ -110,26 +135,86 @@ fn run_af_packet_namespaces_http() {
         must(&["ip", "link", "set", i, "up"]);
     }
     // Client: its MAC is the pipeline's gateway; VIP via flowgate's 198.51.100.1.
-    must(&["ip", "-n", &c, "link", "set", "eth0", "address", "02:00:00:00:00:fe"]);
-    must(&["ip", "-n", &c, "addr", "add", "198.51.100.2/24", "dev", "eth0"]);
+    must(&[
+        "ip",
+        "-n",
+        &c,
+        "link",
+        "set",
+        "eth0",
+        "address",
+        "02:00:00:00:00:fe",
+    ]);
+    must(&[
+        "ip",
+        "-n",
+        &c,
+        "addr",
+        "add",
+        "198.51.100.2/24",
+        "dev",
+        "eth0",
+    ]);
     must(&["ip", "-n", &c, "link", "set", "eth0", "up"]);
     must(&["ip", "-n", &c, "link", "set", "lo", "up"]);
-    must(&["ip", "-n", &c, "route", "add", "203.0.113.10/32", "via", "198.51.100.1"]);
-    must(&["ip", "netns", "exec", &c, "ethtool", "-K", "eth0", "tx", "off", "tso", "off"]);
+    must(&[
+        "ip",
+        "-n",
+        &c,
+        "route",
+        "add",
+        "203.0.113.10/32",
+        "via",
+        "198.51.100.1",
+    ]);
+    must(&[
+        "ip", "netns", "exec", &c, "ethtool", "-K", "eth0", "tx", "off", "tso", "off",
+    ]);
     let www = tempfile::tempdir().expect("tempdir");
     for (i, s) in [(1, &s1), (2, &s2)] {
-        must(&["ip", "-n", s, "link", "set", "eth0", "address", &format!("02:00:00:00:01:0{i}")]);
-        must(&["ip", "-n", s, "addr", "add", &format!("10.0.0.1{i}/24"), "dev", "eth0"]);
+        must(&[
+            "ip",
+            "-n",
+            s,
+            "link",
+            "set",
+            "eth0",
+            "address",
+            &format!("02:00:00:00:01:0{i}"),
+        ]);
+        must(&[
+            "ip",
+            "-n",
+            s,
+            "addr",
+            "add",
+            &format!("10.0.0.1{i}/24"),
+            "dev",
+            "eth0",
+        ]);
         must(&["ip", "-n", s, "link", "set", "eth0", "up"]);
         must(&["ip", "-n", s, "link", "set", "lo", "up"]);
         must(&["ip", "-n", s, "addr", "add", "203.0.113.10/32", "dev", "lo"]);
         must(&["ip", "-n", s, "route", "add", "default", "via", "10.0.0.1"]);
-        must(&["ip", "netns", "exec", s, "ethtool", "-K", "eth0", "tx", "off", "tso", "off"]);
+        must(&[
+            "ip", "netns", "exec", s, "ethtool", "-K", "eth0", "tx", "off", "tso", "off",
+        ]);
         let dir = www.path().join(format!("s{i}"));
         std::fs::create_dir(&dir).expect("mkdir");
         std::fs::write(dir.join("index.html"), format!("server-s{i}\n")).expect("index");
         let child = t
-            .exec(&format!("s{i}"), &["python3", "-m", "http.server", "80", "--bind", "203.0.113.10", "--directory"])
+            .exec(
+                &format!("s{i}"),
+                &[
+                    "python3",
+                    "-m",
+                    "http.server",
+                    "80",
+                    "--bind",
+                    "203.0.113.10",
+                    "--directory",
+                ],
+            )
             .arg(&dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -166,16 +251,34 @@ fn run_af_packet_namespaces_http() {
         ),
     )
     .expect("conf");
-    let fg = flowgate().args(["run", "--conf"]).arg(&conf).stderr(Stdio::piped()).spawn().expect("flowgate run");
+    let fg = flowgate()
+        .args(["run", "--conf"])
+        .arg(&conf)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("flowgate run");
     let fg_pid = fg.id();
     t.children.push(fg);
 
     let get = |t: &Topo| -> Option<String> {
         let o = t
-            .exec("c", &["curl", "-s", "--noproxy", "*", "-m", "3", "http://203.0.113.10/index.html"])
+            .exec(
+                "c",
+                &[
+                    "curl",
+                    "-s",
+                    "--noproxy",
+                    "*",
+                    "-m",
+                    "3",
+                    "http://203.0.113.10/index.html",
+                ],
+            )
             .output()
             .ok()?;
-        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
     // Wait for flowgate and the servers (first answer within 30 s).
     let t0 = Instant::now();
@@ -183,7 +286,10 @@ fn run_af_packet_namespaces_http() {
         if let Some(b) = get(&t) {
             break b;
         }
-        assert!(t0.elapsed() < Duration::from_secs(30), "no answer through flowgate within 30 s");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no answer through flowgate within 30 s"
+        );
         std::thread::sleep(Duration::from_millis(300));
     };
     let mut answers = vec![first];
@@ -203,15 +309,31 @@ fn run_af_packet_namespaces_http() {
         if let Some(s) = fg.try_wait().expect("wait") {
             break s;
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "flowgate did not stop on SIGTERM");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "flowgate did not stop on SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
-    let err = fg.wait_with_output().map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).unwrap_or_default();
+    let err = fg
+        .wait_with_output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .unwrap_or_default();
     assert!(status.success(), "{status:?}\n{err}");
-    let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
-    assert!(j["arp_replies"].as_u64().unwrap_or(0) >= 2, "ARP answered on both sides: {j}");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    assert!(
+        j["arp_replies"].as_u64().unwrap_or(0) >= 2,
+        "ARP answered on both sides: {j}"
+    );
     let srv = &j["services"]["web"]["servers"];
-    assert!(srv["s1"].as_u64().unwrap_or(0) > 0 && srv["s2"].as_u64().unwrap_or(0) > 0, "{j}");
-    assert!(j["services"]["web"]["flows"].as_u64().unwrap_or(0) >= answers.len() as u64, "{j}");
+    assert!(
+        srv["s1"].as_u64().unwrap_or(0) > 0 && srv["s2"].as_u64().unwrap_or(0) > 0,
+        "{j}"
+    );
+    assert!(
+        j["services"]["web"]["flows"].as_u64().unwrap_or(0) >= answers.len() as u64,
+        "{j}"
+    );
     assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
 }

@@ -14,7 +14,9 @@ pub fn render(p: &Pipeline) -> String {
         "system mac {} gateway {}{} addresses {:?}",
         mac(&p.mac),
         mac(&p.gateway_mac),
-        p.gateway_port.map(|i| format!(" (port {})", p.ports[i as usize])).unwrap_or_default(),
+        p.gateway_port
+            .map(|i| format!(" (port {})", p.ports[i as usize]))
+            .unwrap_or_default(),
         p.addresses
     );
     let t = Tables::build(p.clone(), 0);
@@ -22,7 +24,13 @@ pub fn render(p: &Pipeline) -> String {
         let ports: Vec<String> = svc
             .ports
             .iter()
-            .map(|r| if r.lo == r.hi { r.lo.to_string() } else { format!("{}-{}", r.lo, r.hi) })
+            .map(|r| {
+                if r.lo == r.hi {
+                    r.lo.to_string()
+                } else {
+                    format!("{}-{}", r.lo, r.hi)
+                }
+            })
             .collect();
         let _ = writeln!(
             s,

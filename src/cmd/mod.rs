@@ -33,8 +33,17 @@ pub fn gen_spec(p: &Pipeline) -> GenSpec {
                     }
                 })
                 .collect(),
-            servers: s.members.iter().map(|m| p.servers[m.server as usize].mac).collect(),
+            servers: s
+                .members
+                .iter()
+                .map(|m| p.servers[m.server as usize].mac)
+                .collect(),
         })
         .collect();
-    GenSpec { system_mac: p.mac, gateway_mac: p.gateway_mac, services, ..GenSpec::default() }
+    GenSpec {
+        system_mac: p.mac,
+        gateway_mac: p.gateway_mac,
+        services,
+        ..GenSpec::default()
+    }
 }

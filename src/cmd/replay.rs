@@ -42,7 +42,8 @@ pub fn run(o: &ReplayOpts) -> Result<ReplayResult> {
     let p = Pipeline::load(o.pipeline)?;
     let tables = Arc::new(Tables::build(p, 1));
     let mut w = Worker::new(Arc::clone(&tables));
-    let mut rd = PcapReader::open(o.input).with_context(|| format!("reading {}", o.input.display()))?;
+    let mut rd =
+        PcapReader::open(o.input).with_context(|| format!("reading {}", o.input.display()))?;
     let mut wr = PcapWriter::create(o.output, LinkType::Ethernet)
         .with_context(|| format!("creating {}", o.output.display()))?;
     let mut buf = FrameBuf::new(MAX_REPLAY_FRAME);
@@ -90,11 +91,20 @@ pub fn run(o: &ReplayOpts) -> Result<ReplayResult> {
             .with_context(|| format!("writing {}", f.display()))?;
     }
     let summary = render_summary(&w, p, seconds);
-    Ok(ReplayResult { stats_json, summary, packets: n, seconds })
+    Ok(ReplayResult {
+        stats_json,
+        summary,
+        packets: n,
+        seconds,
+    })
 }
 
 fn progress(done: u64, total: u64, n: u64, secs: f64) {
-    let frac = if total == 0 { 1.0 } else { done as f64 / total as f64 };
+    let frac = if total == 0 {
+        1.0
+    } else {
+        done as f64 / total as f64
+    };
     let width = 30;
     let fill = ((frac * width as f64) as usize).min(width);
     eprint!(
@@ -138,7 +148,11 @@ fn render_summary(w: &Worker, p: &Pipeline, seconds: f64) -> String {
         s.nd_replies
     );
     for (i, svc) in p.services.iter().enumerate() {
-        let _ = writeln!(o, "service {}: {} flows, {} packets", svc.name, s.svc_flows[i], s.svc_packets[i]);
+        let _ = writeln!(
+            o,
+            "service {}: {} flows, {} packets",
+            svc.name, s.svc_flows[i], s.svc_packets[i]
+        );
         let sent: u64 = s.svc_server_packets[i].iter().sum();
         for (j, m) in svc.members.iter().enumerate() {
             let c = s.svc_server_packets[i][j];
@@ -148,12 +162,20 @@ fn render_summary(w: &Worker, p: &Pipeline, seconds: f64) -> String {
                 p.servers[m.server as usize].name,
                 m.weight,
                 c,
-                if sent == 0 { 0.0 } else { 100.0 * c as f64 / sent as f64 }
+                if sent == 0 {
+                    0.0
+                } else {
+                    100.0 * c as f64 / sent as f64
+                }
             );
         }
     }
     for (i, r) in p.flow_rules.iter().enumerate() {
-        let _ = writeln!(o, "flow rule {}: {} flows, {} packets", r.name, s.rule_flows[i], s.rule_packets[i]);
+        let _ = writeln!(
+            o,
+            "flow rule {}: {} flows, {} packets",
+            r.name, s.rule_flows[i], s.rule_packets[i]
+        );
     }
     o
 }

@@ -7,7 +7,10 @@ use std::fmt::Write as _;
 
 /// `02:00:00:00:00:01`.
 pub fn mac(m: &Mac) -> String {
-    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
 }
 
 /// `dscp=46 pcp=5 push_vlan=100/pcp5/0x8100 …`, or `-`.
@@ -100,7 +103,13 @@ pub fn trace_line(t: &Tables, n: u64, len: usize, o: &Outcome) -> String {
             QosSel::Rule(i) => p.flow_rules[i as usize].qos,
             QosSel::RuleReply(i) => p.flow_rules[i as usize].reply_qos,
         };
-        let _ = write!(s, " -> {to} port={} dst_mac={} actions=[{}]", r.port, mac(&r.mac), qos(&q));
+        let _ = write!(
+            s,
+            " -> {to} port={} dst_mac={} actions=[{}]",
+            r.port,
+            mac(&r.mac),
+            qos(&q)
+        );
     }
     if let Some(d) = o.drop {
         let _ = write!(s, " -> drop reason={}", d.as_str());

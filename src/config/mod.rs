@@ -169,13 +169,14 @@ fn qos_ref_error(file: &str, text: &str, item: &str) -> Option<ConfigError> {
 }
 
 /// Where traffic goes when it is not sent to a chosen server.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Target {
     /// To server `i` of [`Pipeline::servers`].
     Server(u16),
     /// To the outside gateway.
     Gateway,
     /// Dropped (counted).
+    #[default]
     Drop,
 }
 

@@ -113,12 +113,6 @@ pub struct Flow {
     pub created: u64,
 }
 
-impl Default for Target {
-    fn default() -> Self {
-        Target::Drop
-    }
-}
-
 /// Flows of one worker: a fixed-capacity [`LruTable`] with the TCP timeout classes.
 pub struct FlowTable {
     pub table: LruTable<FlowKey, Flow>,

@@ -111,7 +111,10 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
                     timeout: t,
                     grain: (t / GRAINS).max(1),
                     next_window: 0,
-                    lists: [List { head: NIL, tail: NIL }; WINDOWS],
+                    lists: [List {
+                        head: NIL,
+                        tail: NIL,
+                    }; WINDOWS],
                 })
                 .collect(),
             len: 0,
@@ -212,7 +215,14 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
     }
 
     /// [`insert`](Self::insert) with the hash already computed.
-    pub fn insert_hashed(&mut self, key: K, hash: u64, val: V, class: u8, now: u64) -> Inserted<K, V> {
+    pub fn insert_hashed(
+        &mut self,
+        key: K,
+        hash: u64,
+        val: V,
+        class: u8,
+        now: u64,
+    ) -> Inserted<K, V> {
         let mut evicted = None;
         if self.free.is_empty() && self.slots.len() < self.cap {
             self.free.push(self.slots.len() as u32);
@@ -231,7 +241,10 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
             let Some(victim) = self.oldest() else {
                 unreachable!("a full table has entries")
             };
-            let (k, v) = (self.slots[victim as usize].key, self.slots[victim as usize].val);
+            let (k, v) = (
+                self.slots[victim as usize].key,
+                self.slots[victim as usize].val,
+            );
             self.remove(victim);
             evicted = Some((k, v));
         }
@@ -312,7 +325,9 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
             let (timeout, grain) = (self.classes[c].timeout, self.classes[c].grain);
             // Window w holds touches in [w*grain, (w+1)*grain): expired when that ends
             // at least `timeout` before now.
-            let Some(limit) = now.checked_sub(timeout) else { continue };
+            let Some(limit) = now.checked_sub(timeout) else {
+                continue;
+            };
             let end = limit / grain; // windows < end are wholly expired
             let first = self.classes[c].next_window;
             if first >= end {

@@ -30,7 +30,8 @@ use crate::balance::{maglev::Maglev, tuple_hash};
 use crate::classify::{self, Classifier, Decision, Key};
 use crate::config::{Mac, Pipeline, Policy, QosActions, ServerState, Target};
 use crate::flow::{
-    FlowKey, FlowTable, FragKey, Inserted, LruTable, Owner, TcpState, tcp_class, tcp_flags, tcp_next,
+    FlowKey, FlowTable, FragKey, Inserted, LruTable, Owner, TcpState, tcp_class, tcp_flags,
+    tcp_next,
 };
 use meta::{DropReason, Frag, L3, Meta};
 use stats::Stats;
@@ -121,13 +122,29 @@ impl Tables {
                     .members
                     .iter()
                     .enumerate()
-                    .map(|(j, m)| (p.servers[m.server as usize].name.as_str(), effective_weight(&p, i, j)))
+                    .map(|(j, m)| {
+                        (
+                            p.servers[m.server as usize].name.as_str(),
+                            effective_weight(&p, i, j),
+                        )
+                    })
                     .collect();
                 Maglev::build(&names, s.table_size)
             })
             .collect();
-        let server_by_mac = p.servers.iter().enumerate().map(|(i, s)| (s.mac, i as u16)).collect();
-        Tables { pipeline: p, classifier, maglev, server_by_mac, generation }
+        let server_by_mac = p
+            .servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.mac, i as u16))
+            .collect();
+        Tables {
+            pipeline: p,
+            classifier,
+            maglev,
+            server_by_mac,
+            generation,
+        }
     }
 }
 
@@ -155,7 +172,11 @@ pub fn effective_weight(p: &Pipeline, i: usize, j: usize) -> u32 {
         }
     };
     // Keep a live server with a tiny share in the table; 0 only when load is total.
-    if scaled <= 0.0 { 0 } else { (scaled.round() as u32).max(1) }
+    if scaled <= 0.0 {
+        0
+    } else {
+        (scaled.round() as u32).max(1)
+    }
 }
 
 /// Where a non-first fragment goes: the route its first fragment took.
@@ -216,12 +237,20 @@ impl Worker {
 
     /// Processes one frame in place. On `Outcome::route` the frame in `buf` is ready to
     /// send on `route.port`; on `Outcome::drop` it must be freed. Counters are updated.
-    pub fn process<B: PacketBuf + ?Sized>(&mut self, buf: &mut B, in_port: u16, now: u64) -> Outcome {
+    pub fn process<B: PacketBuf + ?Sized>(
+        &mut self,
+        buf: &mut B,
+        in_port: u16,
+        now: u64,
+    ) -> Outcome {
         self.stats.packets_in += 1;
         let tables = Arc::clone(&self.tables);
         let out = match parse::parse(buf.data()) {
             Ok(m) => {
-                let hash = self.flows.table.hash(&FlowKey::of(&m.quoted.unwrap_or(m.tuple)).0);
+                let hash = self
+                    .flows
+                    .table
+                    .hash(&FlowKey::of(&m.quoted.unwrap_or(m.tuple)).0);
                 self.decide(&tables, buf, &m, hash, in_port, now)
             }
             Err(r) => drop_with(Outcome::default(), r),
@@ -232,7 +261,13 @@ impl Worker {
 
     /// Processes a burst of frames: parses all, issues their flow-table loads together so
     /// the cache misses overlap, then decides each. `outs[i]` is the outcome of `bufs[i]`.
-    pub fn process_burst<B: PacketBuf>(&mut self, bufs: &mut [B], in_port: u16, now: u64, outs: &mut [Outcome]) {
+    pub fn process_burst<B: PacketBuf>(
+        &mut self,
+        bufs: &mut [B],
+        in_port: u16,
+        now: u64,
+        outs: &mut [Outcome],
+    ) {
         const N: usize = 32;
         let tables = Arc::clone(&self.tables);
         for (bufs, outs) in bufs.chunks_mut(N).zip(outs.chunks_mut(N)) {
@@ -241,7 +276,10 @@ impl Worker {
             for (i, b) in bufs.iter().enumerate() {
                 match parse::parse(b.data()) {
                     Ok(m) => {
-                        hashes[i] = self.flows.table.hash(&FlowKey::of(&m.quoted.unwrap_or(m.tuple)).0);
+                        hashes[i] = self
+                            .flows
+                            .table
+                            .hash(&FlowKey::of(&m.quoted.unwrap_or(m.tuple)).0);
                         metas[i] = Some(m);
                     }
                     Err(r) => outs[i] = drop_with(Outcome::default(), r),
@@ -287,13 +325,23 @@ impl Worker {
         }
     }
 
-    fn decide<B: PacketBuf + ?Sized>(&mut self, tables: &Tables, buf: &mut B, m: &Meta, hash: u64, in_port: u16, now: u64) -> Outcome {
+    fn decide<B: PacketBuf + ?Sized>(
+        &mut self,
+        tables: &Tables,
+        buf: &mut B,
+        m: &Meta,
+        hash: u64,
+        in_port: u16,
+        now: u64,
+    ) -> Outcome {
         let mut out = Outcome::default();
         let p = &tables.pipeline;
         let src_mac: Mac = mac_at(buf.data(), 6);
 
         // ARP and neighbour discovery for owned addresses.
-        if m.l3 == L3::Arp || (m.v6 && m.tuple.proto == 58 && (m.icmp_type == 135 || m.icmp_type == 136)) {
+        if m.l3 == L3::Arp
+            || (m.v6 && m.tuple.proto == 58 && (m.icmp_type == 135 || m.icmp_type == 136))
+        {
             return self.answer(tables, buf, m, in_port, out);
         }
 
@@ -316,20 +364,18 @@ impl Worker {
         let (fkey, swapped) = FlowKey::of(&tuple);
 
         let mut route = None;
-        if is_ip {
-            if let Some(h) = self.flows.table.find_hashed(&fkey, hash) {
-                let f = *self.flows.table.get(h);
-                let forward = f.swapped == swapped;
-                let syn_only = m.tuple.proto == 6
-                    && m.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
-                if f.tcp == TcpState::Closing && forward && syn_only && m.quoted.is_none() {
-                    // A new connection reusing the tuple of a closed one: start afresh.
-                    self.flows.table.remove(h);
-                } else {
-                    route = self.follow(tables, h, m, forward, now, &mut out);
-                    if route.is_none() && out.drop.is_some() {
-                        return out;
-                    }
+        if is_ip && let Some(h) = self.flows.table.find_hashed(&fkey, hash) {
+            let f = *self.flows.table.get(h);
+            let forward = f.swapped == swapped;
+            let syn_only = m.tuple.proto == 6
+                && m.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
+            if f.tcp == TcpState::Closing && forward && syn_only && m.quoted.is_none() {
+                // A new connection reusing the tuple of a closed one: start afresh.
+                self.flows.table.remove(h);
+            } else {
+                route = self.follow(tables, h, m, forward, now, &mut out);
+                if route.is_none() && out.drop.is_some() {
+                    return out;
                 }
             }
         }
@@ -344,12 +390,24 @@ impl Worker {
                 match d {
                     Decision::Service(i) if create => {
                         let i = i as u16;
-                        let Some(member) = tables.maglev[i as usize].lookup(tuple_hash(&m.tuple)) else {
+                        let Some(member) = tables.maglev[i as usize].lookup(tuple_hash(&m.tuple))
+                        else {
                             return drop_with(out, DropReason::NoServer);
                         };
                         let server = p.services[i as usize].members[member as usize].server;
                         let target = Target::Server(server);
-                        self.create(tables, fkey, hash, swapped, m, src_mac, in_port, target, Owner::Service(i), now);
+                        self.create(
+                            tables,
+                            fkey,
+                            hash,
+                            swapped,
+                            m,
+                            src_mac,
+                            in_port,
+                            target,
+                            Owner::Service(i),
+                            now,
+                        );
                         self.stats.svc_flows[i as usize] += 1;
                         out.kind = Kind::NewFlow;
                         Self::route_to(tables, target, QosSel::Service(i), i, member, NONE16)
@@ -361,7 +419,18 @@ impl Worker {
                             return drop_with(out, DropReason::RuleDrop);
                         }
                         if create {
-                            self.create(tables, fkey, hash, swapped, m, src_mac, in_port, rule.target, Owner::Rule(i), now);
+                            self.create(
+                                tables,
+                                fkey,
+                                hash,
+                                swapped,
+                                m,
+                                src_mac,
+                                in_port,
+                                rule.target,
+                                Owner::Rule(i),
+                                now,
+                            );
                             self.stats.rule_flows[i as usize] += 1;
                             out.kind = Kind::NewFlow;
                         } else {
@@ -372,7 +441,11 @@ impl Worker {
                     _ => {
                         out.kind = Kind::Stateless;
                         let from_server = tables.server_by_mac.contains_key(&src_mac);
-                        let target = if from_server { Target::Gateway } else { p.default };
+                        let target = if from_server {
+                            Target::Gateway
+                        } else {
+                            p.default
+                        };
                         if target == Target::Drop {
                             return drop_with(out, DropReason::Unmatched);
                         }
@@ -395,7 +468,15 @@ impl Worker {
     }
 
     /// Routes a packet of flow `h`; updates its TCP state and timers.
-    fn follow(&mut self, tables: &Tables, h: u32, m: &Meta, forward: bool, now: u64, out: &mut Outcome) -> Option<Route> {
+    fn follow(
+        &mut self,
+        tables: &Tables,
+        h: u32,
+        m: &Meta,
+        forward: bool,
+        now: u64,
+        out: &mut Outcome,
+    ) -> Option<Route> {
         let p = &tables.pipeline;
         let mut f = *self.flows.table.get(h);
         out.kind = Kind::Flow { reverse: !forward };
@@ -405,12 +486,13 @@ impl Worker {
                 f.class = tcp_class(f.tcp);
             }
             // A server that went down: move the flow (its connections are lost anyway).
-            if let (Target::Server(s), Owner::Service(i)) = (f.target, f.owner) {
-                if p.servers.get(s as usize).is_some_and(|x| x.state == ServerState::Down) {
-                    if let Some(mb) = tables.maglev[i as usize].lookup(tuple_hash(&m.tuple)) {
-                        f.target = Target::Server(p.services[i as usize].members[mb as usize].server);
-                    }
-                }
+            if let (Target::Server(s), Owner::Service(i)) = (f.target, f.owner)
+                && p.servers
+                    .get(s as usize)
+                    .is_some_and(|x| x.state == ServerState::Down)
+                && let Some(mb) = tables.maglev[i as usize].lookup(tuple_hash(&m.tuple))
+            {
+                f.target = Target::Server(p.services[i as usize].members[mb as usize].server);
             }
             *self.flows.table.get_mut(h) = f;
             self.flows.table.touch(h, f.class, now);
@@ -438,7 +520,14 @@ impl Worker {
             Owner::Other => QosSel::None,
         };
         match f.target {
-            Target::Server(_) => Some(Self::route_to(tables, Target::Gateway, qos, svc, NONE16, rule)),
+            Target::Server(_) => Some(Self::route_to(
+                tables,
+                Target::Gateway,
+                qos,
+                svc,
+                NONE16,
+                rule,
+            )),
             _ => Some(Route {
                 mac: f.origin_mac,
                 port: f.origin_port,
@@ -452,7 +541,19 @@ impl Worker {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn create(&mut self, tables: &Tables, key: FlowKey, hash: u64, swapped: bool, m: &Meta, src_mac: Mac, in_port: u16, target: Target, owner: Owner, now: u64) {
+    fn create(
+        &mut self,
+        tables: &Tables,
+        key: FlowKey,
+        hash: u64,
+        swapped: bool,
+        m: &Meta,
+        src_mac: Mac,
+        in_port: u16,
+        target: Target,
+        owner: Owner,
+        now: u64,
+    ) {
         let tcp = if m.tuple.proto == 6 {
             if m.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN {
                 TcpState::Syn
@@ -465,9 +566,9 @@ impl Worker {
             TcpState::None
         };
         let class = match (tcp, owner) {
-            (TcpState::None, Owner::Rule(i)) => {
-                self.flows.idle_class(tables.pipeline.flow_rules[i as usize].idle_timeout_ns)
-            }
+            (TcpState::None, Owner::Rule(i)) => self
+                .flows
+                .idle_class(tables.pipeline.flow_rules[i as usize].idle_timeout_ns),
             (TcpState::None, _) => self.flows.idle_class(tables.pipeline.flow_table.idle_ns),
             (s, _) => tcp_class(s),
         };
@@ -498,12 +599,27 @@ impl Worker {
         }
     }
 
-    fn route_to(tables: &Tables, t: Target, qos: QosSel, svc: u16, member: u16, rule: u16) -> Route {
+    fn route_to(
+        tables: &Tables,
+        t: Target,
+        qos: QosSel,
+        svc: u16,
+        member: u16,
+        rule: u16,
+    ) -> Route {
         let p = &tables.pipeline;
         match t {
             Target::Server(s) => {
                 let srv = &p.servers[s as usize];
-                Route { mac: srv.mac, port: srv.port.unwrap_or(0), qos, svc, member, rule, server: s }
+                Route {
+                    mac: srv.mac,
+                    port: srv.port.unwrap_or(0),
+                    qos,
+                    svc,
+                    member,
+                    rule,
+                    server: s,
+                }
             }
             _ => Route {
                 mac: p.gateway_mac,
@@ -528,7 +644,13 @@ impl Worker {
         }
     }
 
-    fn emit<B: PacketBuf + ?Sized>(tables: &Tables, buf: &mut B, m: &Meta, route: Route, mut out: Outcome) -> Outcome {
+    fn emit<B: PacketBuf + ?Sized>(
+        tables: &Tables,
+        buf: &mut B,
+        m: &Meta,
+        route: Route,
+        mut out: Outcome,
+    ) -> Outcome {
         let q = Self::qos(tables, route.qos);
         if let Err(r) = action::apply_qos(buf, m, &q) {
             return drop_with(out, r);
@@ -538,7 +660,14 @@ impl Worker {
         out
     }
 
-    fn answer<B: PacketBuf + ?Sized>(&mut self, tables: &Tables, buf: &mut B, m: &Meta, in_port: u16, mut out: Outcome) -> Outcome {
+    fn answer<B: PacketBuf + ?Sized>(
+        &mut self,
+        tables: &Tables,
+        buf: &mut B,
+        m: &Meta,
+        in_port: u16,
+        mut out: Outcome,
+    ) -> Outcome {
         let p = &tables.pipeline;
         let mac = p.mac;
         let len = if m.l3 == L3::Arp {
@@ -595,7 +724,12 @@ fn mac_at(d: &[u8], off: usize) -> Mac {
 }
 
 fn frag_key(m: &Meta) -> FragKey {
-    FragKey { src: m.tuple.src, dst: m.tuple.dst, id: m.frag_id, proto: m.tuple.proto }
+    FragKey {
+        src: m.tuple.src,
+        dst: m.tuple.dst,
+        id: m.frag_id,
+        proto: m.tuple.proto,
+    }
 }
 
 /// The classifier key of a parsed frame.
@@ -609,10 +743,22 @@ pub fn class_key(m: &Meta, in_port: u16) -> Key {
         in_port,
         vlan,
         pcp,
-        mpls: if m.n_mpls > 0 { m.mpls_label } else { classify::NO_MPLS },
+        mpls: if m.n_mpls > 0 {
+            m.mpls_label
+        } else {
+            classify::NO_MPLS
+        },
         ethertype: m.ethertype,
-        src: if ip { u128::from_be_bytes(m.tuple.src) } else { 0 },
-        dst: if ip { u128::from_be_bytes(m.tuple.dst) } else { 0 },
+        src: if ip {
+            u128::from_be_bytes(m.tuple.src)
+        } else {
+            0
+        },
+        dst: if ip {
+            u128::from_be_bytes(m.tuple.dst)
+        } else {
+            0
+        },
         proto: m.tuple.proto,
         src_port: m.tuple.src_port,
         dst_port: m.tuple.dst_port,

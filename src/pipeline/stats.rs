@@ -43,7 +43,11 @@ impl Stats {
             nd_replies: 0,
             svc_flows: vec![0; p.services.len()],
             svc_packets: vec![0; p.services.len()],
-            svc_server_packets: p.services.iter().map(|s| vec![0; s.members.len()]).collect(),
+            svc_server_packets: p
+                .services
+                .iter()
+                .map(|s| vec![0; s.members.len()])
+                .collect(),
             rule_flows: vec![0; p.flow_rules.len()],
             rule_packets: vec![0; p.flow_rules.len()],
         }
@@ -66,7 +70,11 @@ impl Stats {
         add(&mut self.svc_packets, &o.svc_packets);
         add(&mut self.rule_flows, &o.rule_flows);
         add(&mut self.rule_packets, &o.rule_packets);
-        for (a, b) in self.svc_server_packets.iter_mut().zip(&o.svc_server_packets) {
+        for (a, b) in self
+            .svc_server_packets
+            .iter_mut()
+            .zip(&o.svc_server_packets)
+        {
             add(a, b);
         }
     }
@@ -89,7 +97,10 @@ impl Stats {
         for (i, s) in p.services.iter().enumerate() {
             let mut servers = Map::new();
             for (j, m) in s.members.iter().enumerate() {
-                servers.insert(p.servers[m.server as usize].name.clone(), json!(self.svc_server_packets[i][j]));
+                servers.insert(
+                    p.servers[m.server as usize].name.clone(),
+                    json!(self.svc_server_packets[i][j]),
+                );
             }
             services.insert(
                 s.name.clone(),
@@ -98,7 +109,10 @@ impl Stats {
         }
         let mut rules = Map::new();
         for (i, r) in p.flow_rules.iter().enumerate() {
-            rules.insert(r.name.clone(), json!({ "flows": self.rule_flows[i], "packets": self.rule_packets[i] }));
+            rules.insert(
+                r.name.clone(),
+                json!({ "flows": self.rule_flows[i], "packets": self.rule_packets[i] }),
+            );
         }
         json!({
             "packets_in": self.packets_in,

@@ -1151,10 +1151,7 @@ mod tests {
         let mut r = reader(w.finish().expect("finish")).expect("open");
         let range = r.buf.as_ptr_range();
         let (mut n, mut lent) = (0, 0);
-        loop {
-            let Some(p) = r.next_packet().expect("read") else {
-                break;
-            };
+        while let Some(p) = r.next_packet().expect("read") {
             let (ptr, len) = (p.data.as_ptr(), p.data.len());
             assert_eq!(p.data, &vec![n as u8; 60 + (n % 1400)][..], "frame {n}");
             // Either in the reader's own buffer, or lent from the read buffer (which

@@ -79,7 +79,11 @@ fn frame(out: &mut [u8; 60], k: u32, t: Template, flags: u8, rev: bool) {
     // 100.64.0.0/10 (shared address space) holds 4 Mi clients; the port tells the rest apart.
     let client = (0x6440_0000u32 | (k & 0x3f_ffff)).to_be_bytes();
     let cport = 1024 + (k >> 22) as u16;
-    let (src, dst, sp, dp) = if rev { (vip, client, dport, cport) } else { (client, vip, cport, dport) };
+    let (src, dst, sp, dp) = if rev {
+        (vip, client, dport, cport)
+    } else {
+        (client, vip, cport, dport)
+    };
     out[0..6].copy_from_slice(&me);
     out[6..12].copy_from_slice(&gw);
     out[12..14].copy_from_slice(&[0x08, 0x00]);
@@ -129,19 +133,46 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
     // Room for every flow without eviction (the table may round up; keep 25 % slack).
     p.flow_table.capacity = p.flow_table.capacity.max(per_worker + per_worker / 4);
     let (vip, dport) = target_service(&p)?;
-    let tpl = Template { vip, dport, gw: p.gateway_mac, me: p.mac };
+    let tpl = Template {
+        vip,
+        dport,
+        gw: p.gateway_mac,
+        me: p.mac,
+    };
     let tables = Arc::new(Tables::build(p, 1));
-    if tables.pipeline.services.iter().all(|s| s.members.is_empty()) {
+    if tables
+        .pipeline
+        .services
+        .iter()
+        .all(|s| s.members.is_empty())
+    {
         bail!("the bench pipeline has no servers");
     }
 
     let eal = Eal::init(&conf.eal_args()).context("EAL initialisation")?;
-    let pool = Mempool::new(&eal, "flowgate-bench", conf.mbufs, conf.mbuf_cache, 2176, None)
-        .context("creating the mbuf pool")?;
-    let mut rx_port = Port::by_name(&eal, conf.ports[0].dpdk_name())
-        .map_err(|e| anyhow!("port {:?} ({}): {e}", conf.ports[0].name, conf.ports[0].device))?;
-    let mut tx_port = Port::by_name(&eal, conf.ports[1].dpdk_name())
-        .map_err(|e| anyhow!("port {:?} ({}): {e}", conf.ports[1].name, conf.ports[1].device))?;
+    let pool = Mempool::new(
+        &eal,
+        "flowgate-bench",
+        conf.mbufs,
+        conf.mbuf_cache,
+        2176,
+        None,
+    )
+    .context("creating the mbuf pool")?;
+    let mut rx_port = Port::by_name(&eal, conf.ports[0].dpdk_name()).map_err(|e| {
+        anyhow!(
+            "port {:?} ({}): {e}",
+            conf.ports[0].name,
+            conf.ports[0].device
+        )
+    })?;
+    let mut tx_port = Port::by_name(&eal, conf.ports[1].dpdk_name()).map_err(|e| {
+        anyhow!(
+            "port {:?} ({}): {e}",
+            conf.ports[1].name,
+            conf.ports[1].device
+        )
+    })?;
     let nq = n_workers as u16;
     let pc = PortConf {
         n_rxq: nq,
@@ -157,17 +188,22 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
     let (_, txs) = tx_port.queues()?;
     let go = AtomicBool::new(false);
     let ready: Vec<AtomicBool> = (0..n_workers).map(|_| AtomicBool::new(false)).collect();
-    let results: Vec<parking_lot::Mutex<Option<Done>>> =
-        (0..n_workers).map(|_| parking_lot::Mutex::new(None)).collect();
+    let results: Vec<parking_lot::Mutex<Option<Done>>> = (0..n_workers)
+        .map(|_| parking_lot::Mutex::new(None))
+        .collect();
     let seconds = o.seconds;
     let total_flows = o.flows;
     eal.scope(|s| -> Result<()> {
         for (i, (mut rxq, mut txq)) in rxs.into_iter().zip(txs).enumerate() {
-            let (tables, go, ready, results, pool) = (Arc::clone(&tables), &go, &ready[i], &results[i], &pool);
+            let (tables, go, ready, results, pool) =
+                (Arc::clone(&tables), &go, &ready[i], &results[i], &pool);
             s.launch(conf.worker_lcores[i], move || {
                 let mut w = Worker::new(tables);
                 // Flows of this worker: k ≡ i (mod workers).
-                let mine: Vec<u32> = (i..total_flows).step_by(n_workers).map(|k| k as u32).collect();
+                let mine: Vec<u32> = (i..total_flows)
+                    .step_by(n_workers)
+                    .map(|k| k as u32)
+                    .collect();
                 let mut f = [0u8; 60];
                 for &k in &mine {
                     for (flags, rev) in [(0x02, false), (0x12, true), (0x10, false)] {
@@ -231,7 +267,12 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
                 st.flows_created -= before.flows_created;
                 st.flows_evicted -= before.flows_evicted;
                 st.flows_expired -= before.flows_expired;
-                *results.lock() = Some(Done { packets, seconds: secs, stats: st, flows });
+                *results.lock() = Some(Done {
+                    packets,
+                    seconds: secs,
+                    stats: st,
+                    flows,
+                });
             })?;
         }
         while !ready.iter().all(|r| r.load(Relaxed)) {
@@ -244,9 +285,13 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
     let mut mpps_sum = 0.0;
     let mut live = 0usize;
     for r in &results {
-        let d = r.lock().take().ok_or_else(|| anyhow!("a bench worker did not report"))?;
+        let d = r
+            .lock()
+            .take()
+            .ok_or_else(|| anyhow!("a bench worker did not report"))?;
         let s = &d.stats;
-        if s.dropped() != 0 || s.flows_created != 0 || s.flows_evicted != 0 || s.flows_expired != 0 {
+        if s.dropped() != 0 || s.flows_created != 0 || s.flows_evicted != 0 || s.flows_expired != 0
+        {
             bail!(
                 "the measured packets did not all take the established-flow path: dropped {}, created {}, evicted {}, expired {}",
                 s.dropped(),
@@ -256,21 +301,32 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
             );
         }
         if s.packets_out != d.packets {
-            bail!("{} packets measured but {} forwarded", d.packets, s.packets_out);
+            bail!(
+                "{} packets measured but {} forwarded",
+                d.packets,
+                s.packets_out
+            );
         }
         packets += d.packets;
         mpps_sum += d.packets as f64 / d.seconds / 1e6;
         live += d.flows;
     }
     if live < o.flows {
-        bail!("only {live} of {} flows were live at the start of the measurement", o.flows);
+        bail!(
+            "only {live} of {} flows were live at the start of the measurement",
+            o.flows
+        );
     }
     drop(rx_port);
     drop(tx_port);
     drop(pool);
     drop(eal);
     let flowgate_mpps = mpps_sum / n_workers as f64;
-    let testpmd_mpps = if o.no_testpmd { None } else { Some(testpmd(conf, o.seconds)?) };
+    let testpmd_mpps = if o.no_testpmd {
+        None
+    } else {
+        Some(testpmd(conf, o.seconds)?)
+    };
     Ok(BenchResult {
         flowgate_mpps,
         testpmd_mpps,
@@ -327,7 +383,10 @@ fn testpmd(conf: &RunConf, seconds: f64) -> Result<f64> {
         .stderr(Stdio::null())
         .spawn()
         .context("starting stdbuf dpdk-testpmd (apt install dpdk coreutils)")?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("testpmd stdout"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("testpmd stdout"))?;
     let mut lines = BufReader::new(stdout).lines();
     let mut out = String::new();
     let mut started = None;
@@ -354,7 +413,8 @@ fn testpmd(conf: &RunConf, seconds: f64) -> Result<f64> {
         out.push('\n');
     }
     let _ = child.wait();
-    let rx = testpmd_total_rx(&out).ok_or_else(|| anyhow!("no accumulated RX count in testpmd's output:\n{out}"))?;
+    let rx = testpmd_total_rx(&out)
+        .ok_or_else(|| anyhow!("no accumulated RX count in testpmd's output:\n{out}"))?;
     Ok(rx as f64 / secs / 1e6 / n as f64)
 }
 
@@ -363,7 +423,11 @@ pub fn testpmd_total_rx(out: &str) -> Option<u64> {
     let at = out.find("Accumulated forward statistics for all ports")?;
     let rest = &out[at..];
     let i = rest.find("RX-packets:")?;
-    rest[i + "RX-packets:".len()..].split_whitespace().next()?.parse().ok()
+    rest[i + "RX-packets:".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -381,7 +445,12 @@ mod tests {
     #[test]
     fn bench_frames_parse_as_the_flow() {
         let mut f = [0u8; 60];
-        let t = Template { vip: [203, 0, 113, 10], dport: 80, gw: [2; 6], me: [1; 6] };
+        let t = Template {
+            vip: [203, 0, 113, 10],
+            dport: 80,
+            gw: [2; 6],
+            me: [1; 6],
+        };
         frame(&mut f, 0x01_02_03_04, t, 0x10, false);
         let m = crate::pipeline::parse::parse(&f).expect("parses");
         assert_eq!(m.tuple.proto, 6);

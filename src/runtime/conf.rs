@@ -168,7 +168,12 @@ impl RunConf {
                 Some((m, _)) => m.to_string(),
                 None => msg,
             };
-            ConfigError { file: file.clone(), line, key, msg }
+            ConfigError {
+                file: file.clone(),
+                line,
+                key,
+                msg,
+            }
         })?;
         let err = |p: &[Seg], msg: String| ConfigError {
             file: file.clone(),
@@ -179,11 +184,18 @@ impl RunConf {
         use Seg::{Idx, Key};
         let dir = path.parent().unwrap_or(Path::new(""));
         let resolve = |p: &Path| {
-            if p.is_absolute() { p.to_path_buf() } else { dir.join(p) }
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                dir.join(p)
+            }
         };
 
         if raw.lcores.workers.is_empty() {
-            return Err(err(&[Key("lcores"), Key("workers")], "at least one worker lcore is needed".into()));
+            return Err(err(
+                &[Key("lcores"), Key("workers")],
+                "at least one worker lcore is needed".into(),
+            ));
         }
         for (i, w) in raw.lcores.workers.iter().enumerate() {
             if *w == raw.lcores.management {
@@ -193,13 +205,22 @@ impl RunConf {
                 ));
             }
             if raw.lcores.workers[..i].contains(w) {
-                return Err(err(&[Key("lcores"), Key("workers"), Idx(i)], format!("lcore {w} is listed twice")));
+                return Err(err(
+                    &[Key("lcores"), Key("workers"), Idx(i)],
+                    format!("lcore {w} is listed twice"),
+                ));
             }
         }
         if let Some(c) = &raw.lcores.cpus
-            && (c.is_empty() || !c.chars().all(|ch| ch.is_ascii_digit() || ch == ',' || ch == '-'))
+            && (c.is_empty()
+                || !c
+                    .chars()
+                    .all(|ch| ch.is_ascii_digit() || ch == ',' || ch == '-'))
         {
-            return Err(err(&[Key("lcores"), Key("cpus")], format!("{c:?} is not a CPU list like \"0-1\" or \"0,2\"")));
+            return Err(err(
+                &[Key("lcores"), Key("cpus")],
+                format!("{c:?} is not a CPU list like \"0-1\" or \"0,2\""),
+            ));
         }
         if raw.ports.is_empty() {
             return Err(err(&[Key("ports")], "at least one port is needed".into()));
@@ -207,10 +228,16 @@ impl RunConf {
         let mut ports = Vec::new();
         for (i, p) in raw.ports.iter().enumerate() {
             if p.name.is_empty() {
-                return Err(err(&[Key("ports"), Idx(i), Key("name")], "empty port name".into()));
+                return Err(err(
+                    &[Key("ports"), Idx(i), Key("name")],
+                    "empty port name".into(),
+                ));
             }
             if raw.ports[..i].iter().any(|q| q.name == p.name) {
-                return Err(err(&[Key("ports"), Idx(i), Key("name")], format!("port {:?} is named twice", p.name)));
+                return Err(err(
+                    &[Key("ports"), Idx(i), Key("name")],
+                    format!("port {:?} is named twice", p.name),
+                ));
             }
             let spec = PortSpec {
                 name: p.name.clone(),
@@ -219,9 +246,15 @@ impl RunConf {
                 tx_desc: p.tx_desc.unwrap_or(DEFAULT_DESC),
             };
             if spec.dpdk_name().is_empty() || spec.device.contains(char::is_whitespace) {
-                return Err(err(&[Key("ports"), Idx(i), Key("device")], format!("bad device {:?}", p.device)));
+                return Err(err(
+                    &[Key("ports"), Idx(i), Key("device")],
+                    format!("bad device {:?}", p.device),
+                ));
             }
-            if ports.iter().any(|q: &PortSpec| q.dpdk_name() == spec.dpdk_name()) {
+            if ports
+                .iter()
+                .any(|q: &PortSpec| q.dpdk_name() == spec.dpdk_name())
+            {
                 return Err(err(
                     &[Key("ports"), Idx(i), Key("device")],
                     format!("device {:?} is used twice", spec.dpdk_name()),
@@ -229,14 +262,19 @@ impl RunConf {
             }
             for k in [spec.rx_desc, spec.tx_desc] {
                 if !(32..=16384).contains(&k) {
-                    return Err(err(&[Key("ports"), Idx(i)], format!("descriptor count {k} is out of 32..=16384")));
+                    return Err(err(
+                        &[Key("ports"), Idx(i)],
+                        format!("descriptor count {k} is out of 32..=16384"),
+                    ));
                 }
             }
             ports.push(spec);
         }
         for (i, a) in raw.eal.iter().enumerate() {
-            if matches!(a.as_str(), "-l" | "--lcores" | "-c" | "--main-lcore" | "--vdev" | "-a" | "--allow")
-                || a.starts_with("--vdev=")
+            if matches!(
+                a.as_str(),
+                "-l" | "--lcores" | "-c" | "--main-lcore" | "--vdev" | "-a" | "--allow"
+            ) || a.starts_with("--vdev=")
                 || a.starts_with("--lcores=")
             {
                 return Err(err(
@@ -250,24 +288,36 @@ impl RunConf {
             Some(m) => (m.mbufs, m.cache.unwrap_or(DEFAULT_CACHE)),
         };
         if mbufs < 1024 {
-            return Err(err(&[Key("mempool"), Key("mbufs")], format!("{mbufs} is below 1024")));
+            return Err(err(
+                &[Key("mempool"), Key("mbufs")],
+                format!("{mbufs} is below 1024"),
+            ));
         }
         // rte_mempool refuses a cache above RTE_MEMPOOL_CACHE_MAX_SIZE (512) or n / 1.5.
         if mbuf_cache > 512 || f64::from(mbuf_cache) * 1.5 > f64::from(mbufs) {
-            return Err(err(&[Key("mempool"), Key("cache")], format!("{mbuf_cache} must be ≤ 512 and ≤ mbufs / 1.5")));
+            return Err(err(
+                &[Key("mempool"), Key("cache")],
+                format!("{mbuf_cache} must be ≤ 512 and ≤ mbufs / 1.5"),
+            ));
         }
         let flow_capacity = match &raw.flows {
             None => None,
             Some(f) => {
                 if f.capacity == 0 || f.capacity > (1 << 28) {
-                    return Err(err(&[Key("flows"), Key("capacity")], "must be in 1..=268435456".into()));
+                    return Err(err(
+                        &[Key("flows"), Key("capacity")],
+                        "must be in 1..=268435456".into(),
+                    ));
                 }
                 Some(f.capacity)
             }
         };
         let (stats_interval_ms, stats_json) = match &raw.stats {
             None => (1000, None),
-            Some(s) => (s.interval_ms.unwrap_or(1000), s.json.as_deref().map(resolve)),
+            Some(s) => (
+                s.interval_ms.unwrap_or(1000),
+                s.json.as_deref().map(resolve),
+            ),
         };
         Ok(RunConf {
             source: path.to_path_buf(),
@@ -302,7 +352,11 @@ impl RunConf {
     pub fn lcore_args(&self) -> Vec<String> {
         let mut lcores = vec![self.management_lcore];
         lcores.extend(&self.worker_lcores);
-        let list = lcores.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        let list = lcores
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
         let mut a: Vec<String> = match &self.cpus {
             None => vec!["-l".into(), list],
             Some(c) => vec!["--lcores".into(), format!("({list})@({c})")],
@@ -325,7 +379,10 @@ impl RunConf {
 /// through it"); with several, a pipeline port missing from the conf is an error.
 ///
 /// Returns (pipeline index → conf index, conf index → pipeline index).
-pub fn map_ports(conf: &RunConf, pipeline_ports: &[String]) -> Result<(Vec<usize>, Vec<u16>), String> {
+pub fn map_ports(
+    conf: &RunConf,
+    pipeline_ports: &[String],
+) -> Result<(Vec<usize>, Vec<u16>), String> {
     let mut to_conf = Vec::new();
     let mut to_pipe = vec![u16::MAX; conf.ports.len()];
     for (pi, name) in pipeline_ports.iter().enumerate() {
@@ -336,7 +393,11 @@ pub fn map_ports(conf: &RunConf, pipeline_ports: &[String]) -> Result<(Vec<usize
                 return Err(format!(
                     "the pipeline names port {name:?}, which {} does not define (ports: {})",
                     conf.source.display(),
-                    conf.ports.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+                    conf.ports
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
             }
         };
@@ -377,7 +438,10 @@ stop: { idle_ms: 0 }
     #[test]
     fn parses_the_issue_example() {
         let c = parse(GOOD).expect("valid");
-        assert_eq!(c.pipeline, Path::new("/etc/fg/conf/../pipelines/web-farm.yaml"));
+        assert_eq!(
+            c.pipeline,
+            Path::new("/etc/fg/conf/../pipelines/web-farm.yaml")
+        );
         assert_eq!(c.management_lcore, 0);
         assert_eq!(c.worker_lcores, vec![1]);
         assert_eq!(c.ports.len(), 2);
@@ -394,7 +458,16 @@ stop: { idle_ms: 0 }
         let rest: Vec<&str> = a[7..].iter().map(String::as_str).collect();
         assert_eq!(
             rest,
-            ["-l", "0,1", "--main-lcore", "0", "--vdev", "net_af_packet0,iface=veth-out", "-a", "0000:03:00.0"]
+            [
+                "-l",
+                "0,1",
+                "--main-lcore",
+                "0",
+                "--vdev",
+                "net_af_packet0,iface=veth-out",
+                "-a",
+                "0000:03:00.0"
+            ]
         );
     }
 
@@ -406,8 +479,14 @@ stop: { idle_ms: 0 }
         )
         .expect("valid");
         assert_eq!(c.pipeline, Path::new("/p.yaml"));
-        assert_eq!((c.mbufs, c.mbuf_cache, c.flow_capacity, c.idle_ms), (DEFAULT_MBUFS, DEFAULT_CACHE, None, 0));
-        assert_eq!(c.stats_json.as_deref(), Some(Path::new("/etc/fg/conf/out.json")));
+        assert_eq!(
+            (c.mbufs, c.mbuf_cache, c.flow_capacity, c.idle_ms),
+            (DEFAULT_MBUFS, DEFAULT_CACHE, None, 0)
+        );
+        assert_eq!(
+            c.stats_json.as_deref(),
+            Some(Path::new("/etc/fg/conf/out.json"))
+        );
         assert_eq!(c.stats_interval_ms, 0);
         assert_eq!(c.ports[0].rx_desc, DEFAULT_DESC);
         assert_eq!(&c.eal_args()[..2], ["-l", "2,3,4"]);
@@ -415,7 +494,10 @@ stop: { idle_ms: 0 }
             "pipeline: p.yaml\nlcores: {management: 0, workers: [1, 2], cpus: \"0-1\"}\nports: [{name: a, device: net_null0}]\n",
         )
         .expect("valid");
-        assert_eq!(&c.eal_args()[..4], ["--lcores", "(0,1,2)@(0-1)", "--main-lcore", "0"]);
+        assert_eq!(
+            &c.eal_args()[..4],
+            ["--lcores", "(0,1,2)@(0-1)", "--main-lcore", "0"]
+        );
     }
 
     fn bad(t: &str, key: &str, needle: &str) {
@@ -430,7 +512,11 @@ stop: { idle_ms: 0 }
     fn errors_name_file_line_and_key() {
         let base = "pipeline: p.yaml\nlcores: {management: 0, workers: [1]}\nports: [{name: a, device: net_null0}]\n";
         bad(&format!("{base}bogus: 1\n"), "", "unknown field `bogus`");
-        bad(&format!("{base}mempool: {{mbufs: 8191, size: 3}}\n"), "mempool", "unknown field `size`");
+        bad(
+            &format!("{base}mempool: {{mbufs: 8191, size: 3}}\n"),
+            "mempool",
+            "unknown field `size`",
+        );
         bad(
             "pipeline: p.yaml\nlcores: {management: 0, workers: []}\nports: [{name: a, device: net_null0}]\n",
             "lcores.workers",
@@ -441,7 +527,11 @@ stop: { idle_ms: 0 }
             "lcores.workers[0]",
             "management",
         );
-        bad("pipeline: p.yaml\nlcores: {management: 0, workers: [1]}\nports: []\n", "ports", "at least one");
+        bad(
+            "pipeline: p.yaml\nlcores: {management: 0, workers: [1]}\nports: []\n",
+            "ports",
+            "at least one",
+        );
         bad(
             "pipeline: p.yaml\nlcores: {management: 0, workers: [1]}\nports:\n  - {name: a, device: net_null0}\n  - {name: a, device: net_null1}\n",
             "ports[1].name",
@@ -452,15 +542,31 @@ stop: { idle_ms: 0 }
             "ports[1].device",
             "used twice",
         );
-        bad(&format!("{base}eal: [\"--no-huge\", \"-l\", \"0-3\"]\n"), "eal[1]", "derived");
+        bad(
+            &format!("{base}eal: [\"--no-huge\", \"-l\", \"0-3\"]\n"),
+            "eal[1]",
+            "derived",
+        );
         bad(
             "pipeline: p.yaml\nlcores: {management: 0, workers: [1], cpus: \"all\"}\nports: [{name: a, device: net_null0}]\n",
             "lcores.cpus",
             "CPU list",
         );
-        bad(&format!("{base}mempool: {{mbufs: 100}}\n"), "mempool.mbufs", "below 1024");
-        bad(&format!("{base}mempool: {{mbufs: 2047, cache: 1500}}\n"), "mempool.cache", "512");
-        bad(&format!("{base}flows: {{capacity: 0}}\n"), "flows.capacity", "1..=");
+        bad(
+            &format!("{base}mempool: {{mbufs: 100}}\n"),
+            "mempool.mbufs",
+            "below 1024",
+        );
+        bad(
+            &format!("{base}mempool: {{mbufs: 2047, cache: 1500}}\n"),
+            "mempool.cache",
+            "512",
+        );
+        bad(
+            &format!("{base}flows: {{capacity: 0}}\n"),
+            "flows.capacity",
+            "1..=",
+        );
         bad(
             "lcores: {management: 0, workers: [1]}\nports: [{name: a, device: net_null0}]\n",
             "",
@@ -471,9 +577,15 @@ stop: { idle_ms: 0 }
     #[test]
     fn shipped_confs_parse_and_name_loadable_pipelines() {
         let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/conf"));
-        for name in ["pcap-replay.yaml", "veth-demo.yaml", "null-bench.yaml", "vfio-example.yaml"] {
+        for name in [
+            "pcap-replay.yaml",
+            "veth-demo.yaml",
+            "null-bench.yaml",
+            "vfio-example.yaml",
+        ] {
             let c = RunConf::load(&dir.join(name)).unwrap_or_else(|e| panic!("{e}"));
-            let p = crate::config::Pipeline::load(&c.pipeline).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let p = crate::config::Pipeline::load(&c.pipeline)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
             map_ports(&c, &p.ports).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
         let v = RunConf::load(&dir.join("vfio-example.yaml")).expect("vfio");
@@ -502,7 +614,8 @@ stop: { idle_ms: 0 }
         let one =
             parse("pipeline: p.yaml\nlcores: {management: 0, workers: [1]}\nports: [{name: a, device: net_null0}]\n")
                 .expect("valid");
-        let (to_conf, to_pipe) = map_ports(&one, &["inside".into(), "outside".into()]).expect("maps");
+        let (to_conf, to_pipe) =
+            map_ports(&one, &["inside".into(), "outside".into()]).expect("maps");
         assert_eq!(to_conf, vec![0, 0]);
         assert_eq!(to_pipe, vec![0]);
     }

@@ -86,7 +86,11 @@ pub fn copy_stats(dst: &mut Stats, src: &Stats) {
     cp(&mut dst.rule_flows, &src.rule_flows);
     cp(&mut dst.rule_packets, &src.rule_packets);
     if dst.svc_server_packets.len() == src.svc_server_packets.len() {
-        for (d, s) in dst.svc_server_packets.iter_mut().zip(&src.svc_server_packets) {
+        for (d, s) in dst
+            .svc_server_packets
+            .iter_mut()
+            .zip(&src.svc_server_packets)
+        {
             cp(d, s);
         }
     } else {
@@ -99,7 +103,10 @@ pub fn copy_stats(dst: &mut Stats, src: &Stats) {
 /// land on the same worker. `None` for frames without an IP tuple (ARP...).
 pub fn dispatch_hash(frame: &[u8]) -> Option<u64> {
     let m = crate::pipeline::parse::parse(frame).ok()?;
-    if !matches!(m.l3, crate::pipeline::meta::L3::Ipv4 | crate::pipeline::meta::L3::Ipv6) {
+    if !matches!(
+        m.l3,
+        crate::pipeline::meta::L3::Ipv4 | crate::pipeline::meta::L3::Ipv6
+    ) {
         return None;
     }
     let t = m.quoted.unwrap_or(m.tuple);
@@ -120,7 +127,10 @@ pub fn same_shape(a: &crate::config::Pipeline, b: &crate::config::Pipeline) -> b
     a.servers.len() == b.servers.len()
         && a.flow_rules.len() == b.flow_rules.len()
         && a.services.len() == b.services.len()
-        && a.services.iter().zip(&b.services).all(|(x, y)| x.members.len() == y.members.len())
+        && a.services
+            .iter()
+            .zip(&b.services)
+            .all(|(x, y)| x.members.len() == y.members.len())
         && a.ports == b.ports
 }
 
@@ -153,12 +163,16 @@ mod tests {
         let ha = dispatch_hash(&a).expect("ip");
         assert_eq!(Some(ha), dispatch_hash(&b));
         // Ports do not matter (fragments carry none).
-        assert_eq!(Some(ha), dispatch_hash(&frame([10, 0, 0, 1], [10, 0, 0, 2], 9, 9)));
+        assert_eq!(
+            Some(ha),
+            dispatch_hash(&frame([10, 0, 0, 1], [10, 0, 0, 2], 9, 9))
+        );
         // Many client addresses spread over 4 workers roughly evenly.
         let mut n = [0u32; 4];
         for i in 0..4000u32 {
             let c = i.to_be_bytes();
-            let h = dispatch_hash(&frame([10, c[1], c[2], c[3]], [203, 0, 113, 10], 1, 80)).expect("ip");
+            let h = dispatch_hash(&frame([10, c[1], c[2], c[3]], [203, 0, 113, 10], 1, 80))
+                .expect("ip");
             n[(h % 4) as usize] += 1;
         }
         assert!(n.iter().all(|&k| (800..1200).contains(&k)), "{n:?}");

@@ -13,7 +13,8 @@ use crate::config::Pipeline;
 use crate::pipeline::stats::Stats;
 use crate::pipeline::{Outcome, Tables, Worker};
 use crate::port::dpdk::{
-    BURST, DpdkError, Eal, Mbuf, MbufBatch, Mempool, Port, PortConf, RxQueue, SYMMETRIC_RSS_KEY, TxQueue,
+    BURST, DpdkError, Eal, Mbuf, MbufBatch, Mempool, Port, PortConf, RxQueue, SYMMETRIC_RSS_KEY,
+    TxQueue,
 };
 use anyhow::{Context, Result, anyhow, bail};
 use crossbeam::queue::ArrayQueue;
@@ -103,9 +104,11 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
     let stop_sig = Arc::new(AtomicBool::new(false));
     let hup = Arc::new(AtomicBool::new(false));
     for s in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(s, Arc::clone(&stop_sig)).context("installing signal handlers")?;
+        signal_hook::flag::register(s, Arc::clone(&stop_sig))
+            .context("installing signal handlers")?;
     }
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup)).context("installing SIGHUP")?;
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
+        .context("installing SIGHUP")?;
 
     let eal = Eal::init(&conf.eal_args()).context("EAL initialisation")?;
     let lcores = eal.worker_lcores();
@@ -204,13 +207,20 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
         start: Instant::now(),
     };
     let inboxes: Vec<ArrayQueue<(u16, Mbuf<'_>)>> = if dispatched.iter().any(|&d| d) {
-        (0..n_workers).map(|_| ArrayQueue::new(DISPATCH_QUEUE)).collect()
+        (0..n_workers)
+            .map(|_| ArrayQueue::new(DISPATCH_QUEUE))
+            .collect()
     } else {
         Vec::new()
     };
 
     let launch_result = {
-        let mut ios: Vec<WorkerIo<'_>> = (0..n_workers).map(|_| WorkerIo { rx: Vec::new(), tx: Vec::new() }).collect();
+        let mut ios: Vec<WorkerIo<'_>> = (0..n_workers)
+            .map(|_| WorkerIo {
+                rx: Vec::new(),
+                tx: Vec::new(),
+            })
+            .collect();
         for (ci, port) in ports.iter().enumerate() {
             let (rxs, txs) = port.queues()?;
             for (q, rxq) in rxs.into_iter().enumerate() {
@@ -313,7 +323,11 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
     );
     drop(pool);
     drop(eal); // rte_eal_cleanup
-    Ok(RunResult { stats_json: j, summary, mempool_in_use: in_use })
+    Ok(RunResult {
+        stats_json: j,
+        summary,
+        mempool_in_use: in_use,
+    })
 }
 
 /// The management loop on the main lcore: signals, idle stop, table publication, the
@@ -337,7 +351,12 @@ fn manage(conf: &RunConf, shared: &Shared, stop_sig: &AtomicBool, hup: &AtomicBo
         // takes a while, longer in a debug build).
         if conf.idle_ms > 0 && shared.slots.iter().all(|s| s.last_rx_ns.load(Relaxed) != 0) {
             let now = shared.now_ns();
-            let last = shared.slots.iter().map(|s| s.last_rx_ns.load(Relaxed)).max().unwrap_or(0);
+            let last = shared
+                .slots
+                .iter()
+                .map(|s| s.last_rx_ns.load(Relaxed))
+                .max()
+                .unwrap_or(0);
             if now.saturating_sub(last) > conf.idle_ms * 1_000_000 {
                 eprintln!("stopping (idle for {} ms)", conf.idle_ms);
                 break;
@@ -346,7 +365,9 @@ fn manage(conf: &RunConf, shared: &Shared, stop_sig: &AtomicBool, hup: &AtomicBo
         if hup.swap(false, Relaxed) {
             reload(conf, shared);
         }
-        if !quiet && conf.stats_interval_ms > 0 && last_print.elapsed() >= Duration::from_millis(conf.stats_interval_ms)
+        if !quiet
+            && conf.stats_interval_ms > 0
+            && last_print.elapsed() >= Duration::from_millis(conf.stats_interval_ms)
         {
             let dt = last_print.elapsed().as_secs_f64();
             last_print = Instant::now();
@@ -381,7 +402,9 @@ fn reload(conf: &RunConf, shared: &Shared) {
         Ok(p) => {
             let cur = Arc::clone(&shared.tables.lock());
             if !same_shape(&cur.pipeline, &p) {
-                eprintln!("reload refused: services, servers, rules or ports changed (restart to apply)");
+                eprintln!(
+                    "reload refused: services, servers, rules or ports changed (restart to apply)"
+                );
                 return;
             }
             let g = shared.generation.load(Relaxed) + 1;
@@ -436,7 +459,8 @@ fn worker_loop<'q>(
             if *dispatch {
                 // Software dispatch: keep this worker's share, hand the rest over.
                 rxb.drain_each(|m| {
-                    let target = dispatch_hash(m.data()).map_or(0, |h| (h % n_workers as u64) as usize);
+                    let target =
+                        dispatch_hash(m.data()).map_or(0, |h| (h % n_workers as u64) as usize);
                     if target == idx {
                         handle(&mut w, m, in_port, now, to_conf, &mut txb, &mut io.tx);
                     } else if inboxes[target].push((in_port, m)).is_err() {
@@ -484,7 +508,9 @@ fn worker_loop<'q>(
     // closing the port would not free them). Bounded: net_null never runs dry.
     shared.stopped.fetch_add(1, Relaxed);
     let t0 = Instant::now();
-    while shared.stopped.load(Relaxed) < shared.slots.len() as u64 && t0.elapsed() < Duration::from_secs(2) {
+    while shared.stopped.load(Relaxed) < shared.slots.len() as u64
+        && t0.elapsed() < Duration::from_secs(2)
+    {
         std::thread::sleep(Duration::from_millis(1));
     }
     let mut drained = 0u64;
@@ -509,7 +535,8 @@ fn worker_loop<'q>(
 fn publish(slot: &Slot, w: &Worker, io: &WorkerIo<'_>, dispatch_dropped: u64) {
     copy_stats(&mut slot.stats.lock(), &w.stats);
     slot.flows.store(w.flow_count() as u64, Relaxed);
-    slot.tx_refused.store(io.tx.iter().map(TxQueue::refused).sum(), Relaxed);
+    slot.tx_refused
+        .store(io.tx.iter().map(TxQueue::refused).sum(), Relaxed);
     slot.dispatch_dropped.store(dispatch_dropped, Relaxed);
 }
 
@@ -530,7 +557,13 @@ fn handle<'q>(
 
 /// Queues a processed frame on its output port (or frees it when it was dropped).
 #[inline]
-fn send<'q>(o: Outcome, m: Mbuf<'q>, to_conf: &[usize], txb: &mut [MbufBatch<'q>], tx: &mut [TxQueue<'q>]) {
+fn send<'q>(
+    o: Outcome,
+    m: Mbuf<'q>,
+    to_conf: &[usize],
+    txb: &mut [MbufBatch<'q>],
+    tx: &mut [TxQueue<'q>],
+) {
     let Some(r) = o.route.filter(|_| o.drop.is_none()) else {
         return; // dropped: `m` is freed here
     };

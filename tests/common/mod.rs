@@ -28,7 +28,10 @@ pub fn shared(rel: &str) -> Option<PathBuf> {
 
 /// True when `tool` runs; fails in CI when it does not.
 pub fn have(tool: &str, args: &[&str]) -> bool {
-    let ok = Command::new(tool).args(args).output().is_ok_and(|o| o.status.success());
+    let ok = Command::new(tool)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !ok {
         assert!(!in_ci(), "{tool} is required in CI");
         eprintln!("SKIP: {tool} not available");
@@ -64,7 +67,10 @@ pub fn tshark(file: &Path, args: &[&str]) -> Vec<String> {
         file.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// Per-frame checksum statuses (ip, tcp, udp, icmp, icmpv6), each a comma-separated list
@@ -73,10 +79,29 @@ pub fn checksum_status(file: &Path) -> Vec<[String; 5]> {
     tshark(
         file,
         &[
-            "-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE", "-o",
-            "udp.check_checksum:TRUE", "-o", "ip.defragment:FALSE", "-o", "ipv6.defragment:FALSE",
-            "-T", "fields", "-E", "separator=;", "-e", "ip.checksum.status", "-e",
-            "tcp.checksum.status", "-e", "udp.checksum.status", "-e", "icmp.checksum.status", "-e",
+            "-o",
+            "ip.check_checksum:TRUE",
+            "-o",
+            "tcp.check_checksum:TRUE",
+            "-o",
+            "udp.check_checksum:TRUE",
+            "-o",
+            "ip.defragment:FALSE",
+            "-o",
+            "ipv6.defragment:FALSE",
+            "-T",
+            "fields",
+            "-E",
+            "separator=;",
+            "-e",
+            "ip.checksum.status",
+            "-e",
+            "tcp.checksum.status",
+            "-e",
+            "udp.checksum.status",
+            "-e",
+            "icmp.checksum.status",
+            "-e",
             "icmpv6.checksum.status",
         ],
     )
@@ -90,8 +115,16 @@ pub fn checksum_status(file: &Path) -> Vec<[String; 5]> {
 
 /// Runs a python snippet under Debian's python (with scapy); returns stdout.
 pub fn scapy(code: &str) -> String {
-    let out = Command::new(SCAPY_PY).arg("-c").arg(code).output().expect("run python");
-    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(SCAPY_PY)
+        .arg("-c")
+        .arg(code)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
