@@ -481,6 +481,23 @@ fn bads() -> Vec<Bad> {
             "flow_table.capacity",
             "1..=",
         ),
+        // Timeouts in seconds that overflow u64 nanoseconds are errors, not a wrap.
+        bad(
+            "flow table timeout overflows",
+            31,
+            "default: gateway\nflow_table:\n  idle_timeout: 18446744073709551615",
+            33,
+            "flow_table.idle_timeout",
+            "too long",
+        ),
+        bad(
+            "rule idle timeout overflows",
+            29,
+            "    to: gateway\n    idle_timeout: 18446744073709",
+            30,
+            "flows[0].idle_timeout",
+            "too long",
+        ),
         // Targets and Maglev table size.
         bad(
             "unknown to: target",
@@ -559,12 +576,7 @@ fn missing_file_exits_2_and_names_it() {
 }
 
 fn shipped() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(common::root().join("pipelines"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    v.sort();
+    let v = common::shipped_pipelines();
     assert!(v.len() >= 4, "expected the shipped pipelines, found {v:?}");
     v
 }

@@ -37,14 +37,20 @@ fn replay(pipeline: &Path, input: &Path, output: &Path) -> (Worker, Vec<(usize, 
 }
 
 fn captures() -> Vec<PathBuf> {
-    let Some(dir) = common::shared("captures") else { return vec![] };
+    let Some(dir) = common::shared("captures") else {
+        return vec![];
+    };
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("list captures")
         .map(|e| e.expect("entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "pcap" || e == "pcapng"))
         .collect();
     v.sort();
-    assert!(v.len() >= 150, "expected the 153 shared captures, found {}", v.len());
+    assert!(
+        v.len() >= 150,
+        "expected the 153 shared captures, found {}",
+        v.len()
+    );
     v
 }
 
@@ -59,15 +65,28 @@ fn check_capture(input: &Path, tmp: &Path) -> Result<(), String> {
     let (w, map) = replay(&pipe, input, &out);
     let s = &w.stats;
     if s.packets_in != s.packets_out + s.dropped() {
-        return Err(format!("{name}: invariant broken: {} != {} + {}", s.packets_in, s.packets_out, s.dropped()));
+        return Err(format!(
+            "{name}: invariant broken: {} != {} + {}",
+            s.packets_in,
+            s.packets_out,
+            s.dropped()
+        ));
     }
     if map.len() as u64 != s.packets_out {
-        return Err(format!("{name}: {} frames written, {} counted", map.len(), s.packets_out));
+        return Err(format!(
+            "{name}: {} frames written, {} counted",
+            map.len(),
+            s.packets_out
+        ));
     }
     let before = common::checksum_status(input);
     let after = common::checksum_status(&out);
     if after.len() != map.len() {
-        return Err(format!("{name}: tshark sees {} output frames, expected {}", after.len(), map.len()));
+        return Err(format!(
+            "{name}: tshark sees {} output frames, expected {}",
+            after.len(),
+            map.len()
+        ));
     }
     for (k, &(i, _)) in map.iter().enumerate() {
         let (b, a) = (&before[i - 1], &after[k]);
@@ -76,7 +95,10 @@ fn check_capture(input: &Path, tmp: &Path) -> Result<(), String> {
             let av: Vec<&str> = a[f].split(',').collect();
             for (j, &x) in bv.iter().enumerate() {
                 if x == "1" && av.get(j) == Some(&"0") {
-                    return Err(format!("{name}: frame {i} (out {}) field {f} good -> bad", k + 1));
+                    return Err(format!(
+                        "{name}: frame {i} (out {}) field {f} good -> bad",
+                        k + 1
+                    ));
                 }
             }
         }
@@ -86,18 +108,31 @@ fn check_capture(input: &Path, tmp: &Path) -> Result<(), String> {
     let fields = common::tshark(
         &out,
         &[
-            "-o", "ip.defragment:FALSE", "-o", "ipv6.defragment:FALSE", "-T", "fields", "-E",
-            "separator=;", "-e", "vlan.id", "-e", "vlan.priority", "-e", "ip.dsfield.dscp", "-e",
-            "ipv6.tclass.dscp", "-e", "ieee8021ad.priority",
+            "-o",
+            "ip.defragment:FALSE",
+            "-o",
+            "ipv6.defragment:FALSE",
+            "-T",
+            "fields",
+            "-E",
+            "separator=;",
+            "-e",
+            "vlan.id",
+            "-e",
+            "vlan.priority",
+            "-e",
+            "ip.dsfield.dscp",
+            "-e",
+            "ipv6.tclass.dscp",
+            "-e",
+            "ieee8021ad.priority",
         ],
     );
     for (k, &(i, rule)) in map.iter().enumerate() {
         let f: Vec<&str> = fields[k].split(';').collect();
         match rule {
-            QosSel::Rule(0) => {
-                if first(f[0]) != "42" || first(f[1]) != "3" || first(f[2]) != "34" {
-                    return Err(format!("{name}: frame {i}: v4 rewrite reads {:?}", f));
-                }
+            QosSel::Rule(0) if first(f[0]) != "42" || first(f[1]) != "3" || first(f[2]) != "34" => {
+                return Err(format!("{name}: frame {i}: v4 rewrite reads {:?}", f));
             }
             QosSel::RuleReply(0) if first(f[2]) != "8" => {
                 return Err(format!("{name}: frame {i}: v4 reply rewrite reads {:?}", f));
@@ -107,7 +142,11 @@ fn check_capture(input: &Path, tmp: &Path) -> Result<(), String> {
             }
             QosSel::Rule(1) => {
                 // The outermost tag may be 802.1ad (tshark names it differently).
-                let pcp = if !f[4].is_empty() { first(f[4]) } else { first(f[1]) };
+                let pcp = if !f[4].is_empty() {
+                    first(f[4])
+                } else {
+                    first(f[1])
+                };
                 if pcp != "6" || first(f[3]) != "24" {
                     return Err(format!("{name}: frame {i}: v6 rewrite reads {:?}", f));
                 }
@@ -131,7 +170,9 @@ fn every_shared_capture_replays_cleanly() {
         for _ in 0..2 {
             sc.spawn(|| {
                 loop {
-                    let Some(f) = files.lock().unwrap().next() else { break };
+                    let Some(f) = files.lock().unwrap().next() else {
+                        break;
+                    };
                     if let Err(e) = check_capture(&f, tmp.path()) {
                         errors.lock().unwrap().push(e);
                     }
@@ -140,5 +181,10 @@ fn every_shared_capture_replays_cleanly() {
         }
     });
     let errors = errors.into_inner().unwrap();
-    assert!(errors.is_empty(), "{} captures failed:\n{}", errors.len(), errors.join("\n"));
+    assert!(
+        errors.is_empty(),
+        "{} captures failed:\n{}",
+        errors.len(),
+        errors.join("\n")
+    );
 }

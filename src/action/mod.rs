@@ -56,7 +56,11 @@ pub const HEADROOM: usize = 128;
 impl FrameBuf {
     /// A buffer for frames up to `max` bytes (plus headroom).
     pub fn new(max: usize) -> Self {
-        FrameBuf { buf: vec![0u8; HEADROOM + max].into_boxed_slice(), start: HEADROOM, len: 0 }
+        FrameBuf {
+            buf: vec![0u8; HEADROOM + max].into_boxed_slice(),
+            start: HEADROOM,
+            len: 0,
+        }
     }
     /// Loads `frame` at the standard headroom; false when it does not fit.
     pub fn load(&mut self, frame: &[u8]) -> bool {
@@ -124,7 +128,11 @@ fn remove<B: PacketBuf + ?Sized>(b: &mut B, at: usize, n: usize) -> Result<(), D
         return Err(DropReason::RewriteFailed);
     }
     b.data_mut().copy_within(0..at, n);
-    if b.adj(n) { Ok(()) } else { Err(DropReason::RewriteFailed) }
+    if b.adj(n) {
+        Ok(())
+    } else {
+        Err(DropReason::RewriteFailed)
+    }
 }
 
 /// Offset of the EtherType field that names what follows the tags.
@@ -135,7 +143,11 @@ fn inner_type_off(n_vlans: u8) -> usize {
 
 /// Applies `q` to the frame in `b` described by `m`. On error the frame may be partly
 /// rewritten and must be dropped.
-pub fn apply_qos<B: PacketBuf + ?Sized>(b: &mut B, m: &Meta, q: &QosActions) -> Result<(), DropReason> {
+pub fn apply_qos<B: PacketBuf + ?Sized>(
+    b: &mut B,
+    m: &Meta,
+    q: &QosActions,
+) -> Result<(), DropReason> {
     if q.is_empty() {
         return Ok(());
     }
@@ -166,7 +178,12 @@ pub fn apply_qos<B: PacketBuf + ?Sized>(b: &mut B, m: &Meta, q: &QosActions) -> 
             return Err(DropReason::RewriteFailed);
         }
         let d = b.data_mut();
-        let e = u32::from_be_bytes([d[mpls_off], d[mpls_off + 1], d[mpls_off + 2], d[mpls_off + 3]]);
+        let e = u32::from_be_bytes([
+            d[mpls_off],
+            d[mpls_off + 1],
+            d[mpls_off + 2],
+            d[mpls_off + 3],
+        ]);
         let e = (label << 12) | (e & 0xfff);
         d[mpls_off..mpls_off + 4].copy_from_slice(&e.to_be_bytes());
     }
