@@ -263,6 +263,14 @@ fn bads() -> Vec<Bad> {
             "bad MAC",
         ),
         bad(
+            "signed MAC octet",
+            16,
+            "        mac: \"02:00:00:00:01:+1\"",
+            16,
+            "services[0].servers[0].mac",
+            "bad MAC",
+        ),
+        bad(
             "bad gateway MAC",
             4,
             "  gateway: \"gateway\"",

@@ -403,7 +403,8 @@ pub fn parse_mac(s: &str) -> Option<Mac> {
     let mut out = [0u8; 6];
     let mut n = 0;
     for part in s.split([':', '-']) {
-        if n == 6 || part.len() != 2 {
+        // Two hex digits exactly (`from_str_radix` alone would take "+a").
+        if n == 6 || part.len() != 2 || !part.bytes().all(|c| c.is_ascii_hexdigit()) {
             return None;
         }
         out[n] = u8::from_str_radix(part, 16).ok()?;
