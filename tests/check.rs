@@ -263,6 +263,14 @@ fn bads() -> Vec<Bad> {
             "bad MAC",
         ),
         bad(
+            "signed MAC octet",
+            16,
+            "        mac: \"02:00:00:00:01:+1\"",
+            16,
+            "services[0].servers[0].mac",
+            "bad MAC",
+        ),
+        bad(
             "bad gateway MAC",
             4,
             "  gateway: \"gateway\"",
@@ -481,6 +489,23 @@ fn bads() -> Vec<Bad> {
             "flow_table.capacity",
             "1..=",
         ),
+        // Timeouts in seconds that overflow u64 nanoseconds are errors, not a wrap.
+        bad(
+            "flow table timeout overflows",
+            31,
+            "default: gateway\nflow_table:\n  idle_timeout: 18446744073709551615",
+            33,
+            "flow_table.idle_timeout",
+            "too long",
+        ),
+        bad(
+            "rule idle timeout overflows",
+            29,
+            "    to: gateway\n    idle_timeout: 18446744073709",
+            30,
+            "flows[0].idle_timeout",
+            "too long",
+        ),
         // Targets and Maglev table size.
         bad(
             "unknown to: target",
@@ -559,12 +584,7 @@ fn missing_file_exits_2_and_names_it() {
 }
 
 fn shipped() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(common::root().join("pipelines"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    v.sort();
+    let v = common::shipped_pipelines();
     assert!(v.len() >= 4, "expected the shipped pipelines, found {v:?}");
     v
 }

@@ -9,36 +9,9 @@ use std::process::Command;
 use flowgate::r#gen::{GenArgs, GenSpec, GenSummary, Scenario, run};
 use flowgate::port::pcap::PcapReader;
 
-const TSHARK: &str = "/usr/bin/tshark";
+mod common;
 
-/// `None` (with a note) when tshark is missing outside CI; panics in CI.
-fn have_tshark() -> bool {
-    if Path::new(TSHARK).exists() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").is_err(),
-        "{TSHARK} is missing and CI is set: install tshark"
-    );
-    eprintln!("note: {TSHARK} missing, tshark checks skipped");
-    false
-}
-
-fn tshark(file: &Path, args: &[&str]) -> String {
-    let out = Command::new(TSHARK)
-        .arg("-n")
-        .arg("-r")
-        .arg(file)
-        .args(args)
-        .output()
-        .expect("run tshark");
-    assert!(
-        out.status.success(),
-        "tshark {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf8")
-}
+use common::{have_tshark, tshark_text as tshark};
 
 fn count(file: &Path, filter: &str) -> usize {
     tshark(file, &["-Y", filter]).lines().count()
@@ -79,15 +52,12 @@ const SCAPY_ORACLE: &str = concat!(
 /// Second, independent checksum oracle: scapy recomputes every checksum (prints one line
 /// per bad frame).
 fn scapy_checksums(file: &Path) {
-    if !Path::new(SCAPY_ORACLE).exists() || !Path::new("/usr/bin/python3").exists() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "scapy oracle missing and CI is set"
-        );
+    if !Path::new(SCAPY_ORACLE).exists() || !Path::new(common::SCAPY_PY).exists() {
+        assert!(!common::in_ci(), "scapy oracle missing and CI is set");
         eprintln!("note: scapy oracle missing, skipped");
         return;
     }
-    let out = Command::new("/usr/bin/python3")
+    let out = Command::new(common::SCAPY_PY)
         .arg(SCAPY_ORACLE)
         .arg(file)
         .output()

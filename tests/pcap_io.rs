@@ -8,16 +8,15 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::in_ci;
 use flowgate::port::pcap::{LinkType, MAX_CAPLEN, PcapError, PcapReader, PcapWriter};
 use proptest::prelude::*;
+
+mod common;
 
 const CAPTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/captures");
 const TSHARK: &str = "/usr/bin/tshark";
 const CAPINFOS: &str = "/usr/bin/capinfos";
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
-}
 
 /// The capture files, or `None` (with a note) when they are absent outside CI.
 fn captures() -> Option<Vec<PathBuf>> {

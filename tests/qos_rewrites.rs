@@ -62,33 +62,9 @@ def ARPQ(tgt, vlan=None):
     return e/ARP(op=1, hwsrc=CL, psrc="203.0.113.99", pdst=tgt)
 "#;
 
-/// Crafts each scapy expression; returns the frames.
+/// Crafts each scapy expression (with [`PRELUDE`]); returns the frames.
 fn craft(exprs: &[&str]) -> Vec<Vec<u8>> {
-    let mut code = String::from(PRELUDE);
-    code.push_str("for e in json.loads(sys.argv[1]):\n    print(bytes(eval(e)).hex())\n");
-    let arg = serde_json::to_string(exprs).unwrap();
-    let out = std::process::Command::new(common::SCAPY_PY)
-        .arg("-c")
-        .arg(&code)
-        .arg(&arg)
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "craft failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let frames: Vec<Vec<u8>> = text.lines().map(|l| hex(l.trim())).collect();
-    assert_eq!(frames.len(), exprs.len());
-    frames
-}
-
-fn hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-        .collect()
+    common::craft(PRELUDE, exprs)
 }
 
 /// scapy's view of each output frame (JSON per line): the rendered stack, the layers

@@ -24,12 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 fn pipelines() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(common::root().join("pipelines"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    v.sort();
+    let mut v = common::shipped_pipelines();
     v.push(common::root().join("tests/data/rewrite-all.yaml"));
     v
 }
@@ -280,29 +275,10 @@ const SEEDS: &[&str] = &[
 ];
 
 fn craft(exprs: &[&str]) -> Vec<Vec<u8>> {
-    let code = "import sys, json\nfrom scapy.all import *\nfrom scapy.contrib.mpls import MPLS\n\
-                GW='02:00:00:00:00:fe'; SYS='02:00:00:00:00:01'\n\
-                for e in json.loads(sys.argv[1]):\n    print(bytes(eval(e)).hex())\n";
-    let out = std::process::Command::new(common::SCAPY_PY)
-        .arg("-c")
-        .arg(code)
-        .arg(serde_json::to_string(exprs).unwrap())
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "craft: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            (0..l.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&l[i..i + 2], 16).unwrap())
-                .collect()
-        })
-        .collect()
+    common::craft(
+        "from scapy.contrib.mpls import MPLS\nGW='02:00:00:00:00:fe'; SYS='02:00:00:00:00:01'",
+        exprs,
+    )
 }
 
 #[derive(Clone, Debug)]

@@ -404,7 +404,8 @@ pub fn parse_mac(s: &str) -> Option<Mac> {
     let mut out = [0u8; 6];
     let mut n = 0;
     for part in s.split([':', '-']) {
-        if n == 6 || part.len() != 2 {
+        // Two hex digits exactly (`from_str_radix` alone would take "+a").
+        if n == 6 || part.len() != 2 || !part.bytes().all(|c| c.is_ascii_hexdigit()) {
             return None;
         }
         out[n] = u8::from_str_radix(part, 16).ok()?;
@@ -668,8 +669,12 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
                 weight,
             });
         }
-        if servers.len() > usize::from(u16::MAX) {
-            return Err(cx.err(&at("servers"), "too many servers"));
+        // Indices travel as u16 on the packet path, where u16::MAX means "none".
+        if servers.len() >= usize::from(u16::MAX) {
+            return Err(cx.err(&at("servers"), "too many servers (at most 65534)"));
+        }
+        if si + 1 >= usize::from(u16::MAX) {
+            return Err(cx.err(&at("name"), "too many services (at most 65534)"));
         }
         services.push(Service {
             name: s.name.clone(),
@@ -698,7 +703,6 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
     let flow_table = match &raw.flow_table {
         None => ft,
         Some(r) => {
-            const S: u64 = 1_000_000_000;
             let cap = r.capacity.unwrap_or(ft.capacity);
             if cap == 0 || cap > (1 << 28) {
                 return Err(cx.err(
@@ -706,14 +710,24 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
                     "must be in 1..=268435456",
                 ));
             }
+            let ns = |v: Option<u64>, default: u64, k: &'static str| match v {
+                None => Ok(default),
+                Some(s) => secs_to_ns(cx, s, &[Key("flow_table"), Key(k)]),
+            };
             FlowTableConf {
                 capacity: cap,
-                tcp_syn_ns: r.tcp_syn_timeout.map_or(ft.tcp_syn_ns, |s| s * S),
-                tcp_established_ns: r
-                    .tcp_established_timeout
-                    .map_or(ft.tcp_established_ns, |s| s * S),
-                tcp_closing_ns: r.tcp_closing_timeout.map_or(ft.tcp_closing_ns, |s| s * S),
-                idle_ns: r.idle_timeout.map_or(ft.idle_ns, |s| s * S),
+                tcp_syn_ns: ns(r.tcp_syn_timeout, ft.tcp_syn_ns, "tcp_syn_timeout")?,
+                tcp_established_ns: ns(
+                    r.tcp_established_timeout,
+                    ft.tcp_established_ns,
+                    "tcp_established_timeout",
+                )?,
+                tcp_closing_ns: ns(
+                    r.tcp_closing_timeout,
+                    ft.tcp_closing_ns,
+                    "tcp_closing_timeout",
+                )?,
+                idle_ns: ns(r.idle_timeout, ft.idle_ns, "idle_timeout")?,
             }
         }
     };
@@ -742,10 +756,15 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
             target,
             qos: qos_ref(&f.qos, &at("qos"))?,
             reply_qos: qos_ref(&f.reply_qos, &at("reply_qos"))?,
-            idle_timeout_ns: f
-                .idle_timeout
-                .map_or(flow_table.idle_ns, |s| s * 1_000_000_000),
+            idle_timeout_ns: match f.idle_timeout {
+                None => flow_table.idle_ns,
+                Some(s) => secs_to_ns(cx, s, &at("idle_timeout"))?,
+            },
         });
+    }
+    // Indices travel as u16 on the packet path, where u16::MAX means "none".
+    if flow_rules.len() >= usize::from(u16::MAX) {
+        return Err(cx.err(&[Key("flows")], "too many flow rules (at most 65534)"));
     }
 
     Ok(Pipeline {
@@ -760,6 +779,16 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
         flow_rules,
         default: default_target,
         flow_table,
+    })
+}
+
+/// Seconds from the YAML as nanoseconds; an error rather than an overflow.
+fn secs_to_ns(cx: &Ctx, s: u64, path: &[locate::Seg]) -> Result<u64, ConfigError> {
+    s.checked_mul(1_000_000_000).ok_or_else(|| {
+        cx.err(
+            path,
+            format!("{s} s is too long (at most {} s)", u64::MAX / 1_000_000_000),
+        )
     })
 }
 

@@ -54,6 +54,14 @@ pub fn have_scapy() -> bool {
 
 /// Runs tshark on `file` with `args`, returns stdout lines.
 pub fn tshark(file: &Path, args: &[&str]) -> Vec<String> {
+    tshark_text(file, args)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runs `tshark -n -r file args`, returns stdout; panics (naming the file) when it fails.
+pub fn tshark_text(file: &Path, args: &[&str]) -> String {
     let out = Command::new("tshark")
         .arg("-n")
         .arg("-r")
@@ -67,10 +75,7 @@ pub fn tshark(file: &Path, args: &[&str]) -> Vec<String> {
         file.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Per-frame checksum statuses (ip, tcp, udp, icmp, icmpv6), each a comma-separated list
@@ -126,6 +131,55 @@ pub fn scapy(code: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Decodes a hex string without separators (scapy's `bytes(...).hex()`).
+pub fn unhex(s: &str) -> Vec<u8> {
+    let s = s.trim();
+    assert!(s.len().is_multiple_of(2), "odd-length hex {s:?}");
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digit"))
+        .collect()
+}
+
+/// Frames crafted by scapy: runs `prelude` (Python, after `import sys, json` and
+/// `from scapy.all import *`), then evaluates each of `exprs` and returns its bytes, in
+/// order. The caller checks [`have_scapy`] first.
+pub fn craft(prelude: &str, exprs: &[&str]) -> Vec<Vec<u8>> {
+    let code = format!(
+        "import sys, json\nfrom scapy.all import *\n{prelude}\n\
+         for e in json.loads(sys.argv[1]):\n    print(bytes(eval(e)).hex())\n"
+    );
+    let arg = serde_json::to_string(exprs).expect("json");
+    let out = Command::new(SCAPY_PY)
+        .arg("-c")
+        .arg(&code)
+        .arg(&arg)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "craft failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let frames: Vec<Vec<u8>> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(unhex)
+        .collect();
+    assert_eq!(frames.len(), exprs.len(), "one frame per expression");
+    frames
+}
+
+/// The shipped pipelines (`pipelines/*.yaml`), sorted by name.
+pub fn shipped_pipelines() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("pipelines"))
+        .expect("read pipelines/")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    v.sort();
+    v
 }
 
 /// The flowgate binary.
