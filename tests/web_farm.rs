@@ -392,7 +392,7 @@ fn replay_swap(
     let mut buf = FrameBuf::new(65535);
     for (i, (ts, data)) in frames.iter().enumerate() {
         if i == split {
-            w.set_tables(Arc::clone(&t2));
+            w.set_tables(Arc::clone(&t2)).expect("same shape");
         }
         assert!(buf.load(data), "frame {} fits", i + 1);
         let o = w.process(&mut buf, 0, *ts);

@@ -358,6 +358,35 @@ impl Pipeline {
         resolve(&cx, raw, path)
     }
 
+    /// True when `other` can replace `self` under live flows: the same servers (by
+    /// name, in order), services (name and member servers), pattern rules and ports, so
+    /// every index a flow or a counter holds means the same thing. Weights, states,
+    /// loads, QoS and matches may differ.
+    pub fn same_shape(&self, other: &Pipeline) -> bool {
+        self.servers.len() == other.servers.len()
+            && self
+                .servers
+                .iter()
+                .zip(&other.servers)
+                .all(|(a, b)| a.name == b.name)
+            && self.services.len() == other.services.len()
+            && self.services.iter().zip(&other.services).all(|(a, b)| {
+                a.name == b.name
+                    && a.members.len() == b.members.len()
+                    && a.members
+                        .iter()
+                        .zip(&b.members)
+                        .all(|(x, y)| x.server == y.server)
+            })
+            && self.flow_rules.len() == other.flow_rules.len()
+            && self
+                .flow_rules
+                .iter()
+                .zip(&other.flow_rules)
+                .all(|(a, b)| a.name == b.name)
+            && self.ports == other.ports
+    }
+
     /// Index of server `name`.
     pub fn server_index(&self, name: &str) -> Option<u16> {
         self.servers
@@ -765,6 +794,18 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
     // Indices travel as u16 on the packet path, where u16::MAX means "none".
     if flow_rules.len() >= usize::from(u16::MAX) {
         return Err(cx.err(&[Key("flows")], "too many flow rules (at most 65534)"));
+    }
+
+    // Each distinct idle timeout is a timeout class of the flow table (at most 250).
+    let mut idle: Vec<u64> = flow_rules.iter().map(|r| r.idle_timeout_ns).collect();
+    idle.push(flow_table.idle_ns);
+    idle.sort_unstable();
+    idle.dedup();
+    if idle.len() > 250 {
+        return Err(cx.err(
+            &[Key("flows")],
+            format!("{} distinct idle_timeout values; at most 250", idle.len()),
+        ));
     }
 
     Ok(Pipeline {

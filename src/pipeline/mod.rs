@@ -179,6 +179,11 @@ pub fn effective_weight(p: &Pipeline, i: usize, j: usize) -> u32 {
     }
 }
 
+/// [`Worker::set_tables`] refused tables whose servers, services, rules or ports differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the new pipeline changes servers, services, flow rules or ports; restart to apply it")]
+pub struct ShapeChanged;
+
 /// Where a non-first fragment goes: the route its first fragment took.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FragRec {
@@ -217,10 +222,16 @@ impl Worker {
         &self.tables
     }
 
-    /// Switches to new tables (same pipeline shape: counters are kept). Flows keep their
-    /// servers; new flows use the new Maglev tables.
-    pub fn set_tables(&mut self, t: Arc<Tables>) {
+    /// Switches to new tables between bursts. Flows keep their servers; new flows use the
+    /// new Maglev tables; counters are kept. Refused (the old tables stay) unless the new
+    /// pipeline has the same shape ([`Pipeline::same_shape`]): flows and counters hold
+    /// indices into it.
+    pub fn set_tables(&mut self, t: Arc<Tables>) -> Result<(), ShapeChanged> {
+        if !self.tables.pipeline.same_shape(&t.pipeline) {
+            return Err(ShapeChanged);
+        }
         self.tables = t;
+        Ok(())
     }
 
     /// Live flows.
@@ -773,5 +784,37 @@ impl Worker {
     pub fn count_drop(&mut self, r: DropReason) {
         self.stats.packets_in += 1;
         self.stats.drops[r as usize] += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const P: &str = "system: { mac: \"02:00:00:00:00:01\", gateway: \"02:00:00:00:00:fe\" }\nservices:\n  - name: s\n    vip: 192.0.2.10\n    proto: tcp\n    ports: [80]\n    servers:\n      - { name: a, mac: \"02:00:00:00:01:01\" }\n      - { name: b, mac: \"02:00:00:00:01:02\" }\n";
+
+    #[test]
+    fn set_tables_refuses_a_different_shape() {
+        let p = Pipeline::from_str(P, Path::new("p.yaml")).unwrap();
+        let mut w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
+        // Weight change: same shape.
+        let q = Pipeline::from_str(
+            &P.replace("01:02\" }", "01:02\", weight: 0 }"),
+            Path::new("q.yaml"),
+        )
+        .unwrap();
+        assert!(w.set_tables(Arc::new(Tables::build(q, 2))).is_ok());
+        // One server fewer: refused, the old tables stay.
+        let r = Pipeline::from_str(
+            &P.replace("      - { name: b, mac: \"02:00:00:00:01:02\" }\n", ""),
+            Path::new("r.yaml"),
+        )
+        .unwrap();
+        assert_eq!(
+            w.set_tables(Arc::new(Tables::build(r, 3))),
+            Err(ShapeChanged)
+        );
+        assert_eq!(w.tables().generation, 2);
     }
 }

@@ -124,14 +124,7 @@ pub fn dispatch_hash(frame: &[u8]) -> Option<u64> {
 /// True when `a` and `b` have the same shape (services, members, rules, servers), so
 /// tables built from `b` can replace `a`'s without resizing per-worker counters.
 pub fn same_shape(a: &crate::config::Pipeline, b: &crate::config::Pipeline) -> bool {
-    a.servers.len() == b.servers.len()
-        && a.flow_rules.len() == b.flow_rules.len()
-        && a.services.len() == b.services.len()
-        && a.services
-            .iter()
-            .zip(&b.services)
-            .all(|(x, y)| x.members.len() == y.members.len())
-        && a.ports == b.ports
+    a.same_shape(b)
 }
 
 #[cfg(test)]

@@ -446,7 +446,8 @@ fn worker_loop<'q>(
         let g = shared.generation.load(Relaxed);
         if g != generation {
             generation = g;
-            w.set_tables(Arc::clone(&shared.tables.lock()));
+            // The management core only publishes same-shape tables (SIGHUP refuses others).
+            let _ = w.set_tables(Arc::clone(&shared.tables.lock()));
         }
         let mut got = 0usize;
         for (in_port, rxq, dispatch) in io.rx.iter_mut() {
