@@ -10,7 +10,7 @@
 # and run it with hugepages and vfio devices passed through, for example:
 #   docker run --rm --privileged -v /dev/hugepages:/dev/hugepages -v /sys:/sys \
 #       --device /dev/vfio/vfio --device /dev/vfio/<group> flowgate:dpdk run --conf /opt/flowgate/conf/<x>.yaml
-# (see README.md "Running on a server with vfio NICs" for binding the NIC first).
+# (see docs/RUNNING.md for hugepages and binding the NIC to vfio-pci first).
 
 FROM rust:1-bookworm AS build
 ARG FEATURES=""
