@@ -26,13 +26,24 @@ pub const CLASS_CLOSING: u8 = 2;
 pub const CLASS_IDLE: u8 = 3;
 
 /// A direction-free 5-tuple: the (address, port) ends sorted.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowKey {
     pub a: [u8; 16],
     pub b: [u8; 16],
     pub pa: u16,
     pub pb: u16,
     pub proto: u8,
+}
+
+/// Three word writes instead of the derived per-field (and length-prefixed array)
+/// writes: hashed once per packet. Equal keys write equal words.
+impl core::hash::Hash for FlowKey {
+    #[inline]
+    fn hash<H: core::hash::Hasher>(&self, h: &mut H) {
+        h.write_u128(u128::from_ne_bytes(self.a));
+        h.write_u128(u128::from_ne_bytes(self.b));
+        h.write_u64(u64::from(self.pa) | u64::from(self.pb) << 16 | u64::from(self.proto) << 32);
+    }
 }
 
 impl FlowKey {
