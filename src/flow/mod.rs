@@ -26,13 +26,24 @@ pub const CLASS_CLOSING: u8 = 2;
 pub const CLASS_IDLE: u8 = 3;
 
 /// A direction-free 5-tuple: the (address, port) ends sorted.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowKey {
     pub a: [u8; 16],
     pub b: [u8; 16],
     pub pa: u16,
     pub pb: u16,
     pub proto: u8,
+}
+
+/// Three word writes instead of the derived per-field (and length-prefixed array)
+/// writes: hashed once per packet. Equal keys write equal words.
+impl core::hash::Hash for FlowKey {
+    #[inline]
+    fn hash<H: core::hash::Hasher>(&self, h: &mut H) {
+        h.write_u128(u128::from_ne_bytes(self.a));
+        h.write_u128(u128::from_ne_bytes(self.b));
+        h.write_u64(u64::from(self.pa) | u64::from(self.pb) << 16 | u64::from(self.proto) << 32);
+    }
 }
 
 impl FlowKey {
@@ -72,16 +83,17 @@ pub struct FragKey {
 
 /// TCP connection state as far as timeouts care.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(u8)]
 pub enum TcpState {
     /// Not TCP.
     #[default]
-    None,
+    None = 0,
     /// SYN seen, no answer yet.
-    Syn,
+    Syn = 1,
     /// Traffic seen both ways (or picked up mid-stream).
-    Established,
+    Established = 2,
     /// FIN or RST seen.
-    Closing,
+    Closing = 3,
 }
 
 /// Who created a flow.
@@ -96,22 +108,75 @@ pub enum Owner {
     Other,
 }
 
-/// One flow.
+/// One flow: 18 bytes, so that with its [`FlowKey`] and the table's last-seen time it
+/// fits one cache line (asserted below).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Flow {
     /// Where packets in the creating direction go.
     pub target: Target,
+    pub owner: Owner,
     /// Source MAC and port of the creating packet: where the reverse direction goes
     /// when the forward target is not a server (learned, as a switch would).
     pub origin_mac: Mac,
     pub origin_port: u16,
-    /// Orientation of the creating packet relative to the key (see [`FlowKey::of`]).
-    pub swapped: bool,
-    pub owner: Owner,
-    pub tcp: TcpState,
+    /// The timeout class the flow is in (the table's class of its entry).
     pub class: u8,
-    pub created: u64,
+    /// [`TcpState`] in bits 0–1, `swapped` in bit 7.
+    bits: u8,
 }
+
+const SWAPPED: u8 = 0x80;
+
+impl Flow {
+    /// A flow; `swapped` is the orientation of the creating packet relative to the key
+    /// (see [`FlowKey::of`]).
+    pub fn new(
+        target: Target,
+        owner: Owner,
+        origin_mac: Mac,
+        origin_port: u16,
+        swapped: bool,
+        tcp: TcpState,
+        class: u8,
+    ) -> Flow {
+        Flow {
+            target,
+            owner,
+            origin_mac,
+            origin_port,
+            class,
+            bits: tcp as u8 | if swapped { SWAPPED } else { 0 },
+        }
+    }
+
+    /// Orientation of the creating packet relative to the key (see [`FlowKey::of`]).
+    #[inline]
+    pub fn swapped(&self) -> bool {
+        self.bits & SWAPPED != 0
+    }
+
+    /// The TCP state.
+    #[inline]
+    pub fn tcp(&self) -> TcpState {
+        match self.bits & 3 {
+            0 => TcpState::None,
+            1 => TcpState::Syn,
+            2 => TcpState::Established,
+            _ => TcpState::Closing,
+        }
+    }
+
+    /// Sets the TCP state.
+    #[inline]
+    pub fn set_tcp(&mut self, s: TcpState) {
+        self.bits = (self.bits & !3) | s as u8;
+    }
+}
+
+/// Bytes of a flow's hot slot (key, flow, last-seen time): one cache line, so a hit
+/// reads and writes one line of the slab.
+pub const HOT_SLOT_BYTES: usize = table::hot_slot_bytes::<FlowKey, Flow>();
+const _: () = assert!(HOT_SLOT_BYTES == 64);
 
 /// Flows of one worker: a fixed-capacity [`LruTable`] with the TCP timeout classes.
 pub struct FlowTable {
@@ -221,5 +286,20 @@ mod tests {
             TcpState::Closing
         );
         assert_eq!(tcp_next(TcpState::Closing, ACK, true), TcpState::Closing);
+    }
+
+    #[test]
+    fn flow_packs_tcp_state_and_orientation() {
+        use TcpState::*;
+        for s in [None, Syn, Established, Closing] {
+            for swapped in [false, true] {
+                let mut f = Flow::new(Target::Gateway, Owner::Rule(7), [1; 6], 3, swapped, s, 9);
+                assert_eq!((f.tcp(), f.swapped(), f.class), (s, swapped, 9));
+                for t in [None, Syn, Established, Closing] {
+                    f.set_tcp(t);
+                    assert_eq!((f.tcp(), f.swapped()), (t, swapped));
+                }
+            }
+        }
     }
 }

@@ -4,19 +4,30 @@
 //! Layer: `flow`. Sized once at construction; `insert`, `get`, `touch`, `remove` and
 //! `expire` never allocate and never rehash:
 //!
-//! - Entries live in a slab (`Vec` of slots, allocated once). Each timeout class has a
-//!   ring of [`WINDOWS`] doubly-linked lists, one per time window of `timeout / 16` (the
-//!   *grain*), a coarse timer wheel. An entry sits in the list of the window it was last
-//!   linked in; a touch only records the time, and relinks the entry (two neighbour
-//!   writes: cache misses a hit cannot afford on every packet) only when the clock has
-//!   moved to a newer window or the class changes. So every entry's last touch lies in the
-//!   window of its list, and `expire` can drop whole windows that ended more than
-//!   `timeout` ago without looking at anything else: an entry expires between `timeout`
-//!   and `timeout + grain` after it was last seen, in O(expired).
+//! - Entries live in two parallel slabs (`Vec`s allocated once, indexed by the same slot
+//!   number). The *hot* slab holds what a hit reads or writes — the last-seen time, the
+//!   key and the value — in one cache-line-aligned slot, so that for a key and value of
+//!   up to 56 bytes (flows: [`HOT_SLOT_BYTES`](crate::flow::HOT_SLOT_BYTES) is asserted at compile time)
+//!   a hit touches one line of it. The *cold* slab holds the timer-list links, the window,
+//!   the class and the stored hash: read only on relink, expiry, eviction and removal.
+//! - Each timeout class has a ring of [`WINDOWS`] doubly-linked lists, one per time window
+//!   of `timeout / 16` (the *grain*), a coarse timer wheel. An entry sits in the list of
+//!   the window it was last linked in; a touch only records the time, and relinks the
+//!   entry (cold-slab writes at it and its neighbours: cache misses a hit cannot afford on
+//!   every packet) only when its last-seen time has moved to a newer window, or on
+//!   [`touch_reclass`](LruTable::touch_reclass) when the class changes. The caller of
+//!   [`touch`](LruTable::touch) names the entry's current class (the flow value carries
+//!   it), so a plain hit never reads the cold slab (checked in debug builds). So every entry's
+//!   last touch lies in (or before) the window of its list, and `expire` can drop whole
+//!   windows that ended more than `timeout` ago without looking at anything else: an
+//!   entry expires between `timeout` and `timeout + grain` after it was last seen, in
+//!   O(expired).
 //! - The index is open addressing with linear probing over a power-of-two bucket array at
 //!   load factor ≤ 1/2, with backward-shift deletion. Unlike a tombstone scheme (hashbrown
 //!   rehashes in place when tombstones use up its growth budget), deletion leaves no
-//!   debris, so the table never rehashes.
+//!   debris, so the table never rehashes. A lookup compares keys directly (no stored hash
+//!   in the hot slot); the low 32 bits of the hash, enough to find a bucket's home (the
+//!   bucket array has at most 2^31 entries), are kept in the cold slab for deletion.
 //! - When the slab is full, `insert` evicts the entry idle the longest across all lists
 //!   (the oldest head) and reports it.
 //!
@@ -34,18 +45,30 @@ pub const WINDOWS: usize = 20;
 /// Windows per timeout.
 const GRAINS: u64 = 16;
 
-/// A slab slot, cache-line aligned: the hash and key (compared on lookup) come first.
+/// What a hit reads and writes, cache-line aligned.
 #[repr(C, align(64))]
-struct Slot<K, V> {
-    hash: u64,
+struct Hot<K, V> {
+    last_seen: u64,
     key: K,
     val: V,
-    last_seen: u64,
+}
+
+/// What only relink, expiry, eviction and removal read.
+#[derive(Clone, Copy)]
+struct Cold {
     /// Absolute window number the entry is linked in.
     window: u64,
+    /// Low bits of the key's hash (the bucket array has at most 2^31 entries).
+    hash: u32,
     prev: u32,
     next: u32,
     class: u8,
+}
+
+/// Bytes one entry's hot slot takes (a multiple of 64): one cache line when the key and
+/// value fit in 56 bytes together.
+pub const fn hot_slot_bytes<K, V>() -> usize {
+    core::mem::size_of::<Hot<K, V>>()
 }
 
 #[derive(Clone, Copy)]
@@ -76,7 +99,8 @@ pub enum Inserted<K, V> {
 
 /// The table. `K` is the key, `V` the value; classes are timeout classes.
 pub struct LruTable<K, V> {
-    slots: Vec<Slot<K, V>>,
+    hot: Vec<Hot<K, V>>,
+    cold: Vec<Cold>,
     cap: usize,
     free: Vec<u32>,
     /// Open-addressing index: slot number + 1, 0 for an empty bucket.
@@ -100,7 +124,8 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
         // first used, and the zeroed bucket array comes from the allocator's fresh pages,
         // so a big table costs nothing until flows arrive.
         LruTable {
-            slots: Vec::with_capacity(capacity),
+            hot: Vec::with_capacity(capacity),
+            cold: Vec::with_capacity(capacity),
             cap: capacity,
             free: Vec::with_capacity(capacity),
             buckets: vec![0; buckets],
@@ -151,15 +176,14 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
         self.buckets[hash as usize & self.mask]
     }
 
-    /// Second stage of [`warm_bucket`](Self::warm_bucket): reads both cache lines of the
-    /// slot a bucket names (hash and key in the first, value and timers after it).
+    /// Second stage of [`warm_bucket`](Self::warm_bucket): reads the hot slot a bucket
+    /// names (the line a hit reads and writes).
     #[inline]
     pub fn warm_slot(&self, b: u32) -> u64 {
-        if b == 0 {
-            return 0;
+        match self.hot.get((b as usize).wrapping_sub(1)) {
+            Some(s) => s.last_seen,
+            None => 0,
         }
-        let slot = &self.slots[b as usize - 1];
-        slot.hash ^ slot.window
     }
 
     /// Finds `key`.
@@ -177,8 +201,7 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
             if s == 0 {
                 return None;
             }
-            let slot = &self.slots[s as usize - 1];
-            if slot.hash == hash && slot.key == *key {
+            if self.hot[s as usize - 1].key == *key {
                 return Some(s - 1);
             }
             b = (b + 1) & self.mask;
@@ -188,24 +211,29 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
     /// The value of a live entry.
     #[inline]
     pub fn get(&self, h: Handle) -> &V {
-        &self.slots[h as usize].val
+        &self.hot[h as usize].val
     }
 
     /// The value of a live entry, mutably.
     #[inline]
     pub fn get_mut(&mut self, h: Handle) -> &mut V {
-        &mut self.slots[h as usize].val
+        &mut self.hot[h as usize].val
     }
 
     /// The key of a live entry.
     #[inline]
     pub fn key(&self, h: Handle) -> &K {
-        &self.slots[h as usize].key
+        &self.hot[h as usize].key
     }
 
     /// When a live entry was last seen.
     pub fn last_seen(&self, h: Handle) -> u64 {
-        self.slots[h as usize].last_seen
+        self.hot[h as usize].last_seen
+    }
+
+    /// The timeout class of a live entry.
+    pub fn class(&self, h: Handle) -> u8 {
+        self.cold[h as usize].class
     }
 
     /// Inserts `key` (which must not be present) in timeout `class`, seen at `now`.
@@ -224,14 +252,16 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
         now: u64,
     ) -> Inserted<K, V> {
         let mut evicted = None;
-        if self.free.is_empty() && self.slots.len() < self.cap {
-            self.free.push(self.slots.len() as u32);
-            self.slots.push(Slot {
-                hash: 0,
+        if self.free.is_empty() && self.hot.len() < self.cap {
+            self.free.push(self.hot.len() as u32);
+            self.hot.push(Hot {
+                last_seen: 0,
                 key: K::default(),
                 val: V::default(),
-                last_seen: 0,
+            });
+            self.cold.push(Cold {
                 window: 0,
+                hash: 0,
                 prev: NIL,
                 next: NIL,
                 class: 0,
@@ -241,10 +271,7 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
             let Some(victim) = self.oldest() else {
                 unreachable!("a full table has entries")
             };
-            let (k, v) = (
-                self.slots[victim as usize].key,
-                self.slots[victim as usize].val,
-            );
+            let (k, v) = (self.hot[victim as usize].key, self.hot[victim as usize].val);
             self.remove(victim);
             evicted = Some((k, v));
         }
@@ -252,12 +279,12 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
             unreachable!("a slot was freed above")
         };
         {
-            let slot = &mut self.slots[s as usize];
+            let slot = &mut self.hot[s as usize];
             slot.key = key;
             slot.val = val;
-            slot.hash = hash;
             slot.last_seen = now;
         }
+        self.cold[s as usize].hash = hash as u32;
         let mut b = hash as usize & self.mask;
         while self.buckets[b] != 0 {
             b = (b + 1) & self.mask;
@@ -271,17 +298,35 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
         }
     }
 
+    /// Marks `h`, which is in timeout `class`, seen at `now`. Reads and writes the hot
+    /// slot only, unless the last-seen time entered a newer window (then it relinks).
+    /// To move an entry to another class use [`touch_reclass`](Self::touch_reclass).
+    #[inline]
+    pub fn touch(&mut self, h: Handle, class: u8, now: u64) {
+        debug_assert_eq!(self.cold[h as usize].class, class, "touch in another class");
+        let grain = self.classes[class as usize].grain;
+        let slot = &mut self.hot[h as usize];
+        if now > slot.last_seen {
+            let old = slot.last_seen / grain;
+            slot.last_seen = now;
+            if now / grain != old {
+                self.unlink(h);
+                self.link(h, class, now);
+            }
+        }
+    }
+
     /// Marks `h` seen at `now` in timeout `class` (which may differ from its current
     /// class, e.g. when a TCP flow becomes established). Relinks only when the clock
     /// entered a newer window or the class changed.
-    #[inline]
-    pub fn touch(&mut self, h: Handle, class: u8, now: u64) {
-        let slot = &mut self.slots[h as usize];
+    pub fn touch_reclass(&mut self, h: Handle, class: u8, now: u64) {
+        let slot = &mut self.hot[h as usize];
         if now > slot.last_seen {
             slot.last_seen = now;
         }
         let w = slot.last_seen / self.classes[class as usize].grain;
-        if slot.class != class || w != slot.window {
+        let c = &self.cold[h as usize];
+        if c.class != class || w != c.window {
             self.unlink(h);
             self.link(h, class, now);
         }
@@ -291,7 +336,7 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
     pub fn remove(&mut self, h: Handle) {
         self.unlink(h);
         // Find the bucket holding h, then backward-shift the cluster after it.
-        let mut b = self.slots[h as usize].hash as usize & self.mask;
+        let mut b = self.cold[h as usize].hash as usize & self.mask;
         while self.buckets[b] != h + 1 {
             b = (b + 1) & self.mask;
         }
@@ -302,7 +347,7 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
             if s == 0 {
                 break;
             }
-            let home = self.slots[s as usize - 1].hash as usize & self.mask;
+            let home = self.cold[s as usize - 1].hash as usize & self.mask;
             // Move s into the hole unless its home lies cyclically in (hole, j].
             let dist_j = j.wrapping_sub(home) & self.mask;
             let dist_hole = hole.wrapping_sub(home) & self.mask;
@@ -338,14 +383,14 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
                 let i = (w % WINDOWS as u64) as usize;
                 let mut h = self.classes[c].lists[i].head;
                 while h != NIL {
-                    let next = self.slots[h as usize].next;
+                    let next = self.cold[h as usize].next;
                     // After a clock jump a list can also hold a newer window's entries.
-                    if self.slots[h as usize].window < end {
+                    if self.cold[h as usize].window < end {
                         if n == max {
                             self.classes[c].next_window = w;
                             return n;
                         }
-                        let slot = &self.slots[h as usize];
+                        let slot = &self.hot[h as usize];
                         f(&slot.key, &slot.val);
                         self.remove(h);
                         n += 1;
@@ -365,7 +410,7 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
             for k in 0..WINDOWS as u64 {
                 let h = cl.lists[((cl.next_window + k) % WINDOWS as u64) as usize].head;
                 if h != NIL {
-                    let t = self.slots[h as usize].last_seen;
+                    let t = self.hot[h as usize].last_seen;
                     if best.is_none_or(|(bt, _)| t < bt) {
                         best = Some((t, h));
                     }
@@ -378,7 +423,7 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
 
     fn link(&mut self, s: u32, class: u8, now: u64) {
         let cl = &mut self.classes[class as usize];
-        let w = now.max(self.slots[s as usize].last_seen) / cl.grain;
+        let w = now.max(self.hot[s as usize].last_seen) / cl.grain;
         let w = w.max(cl.next_window);
         let l = &mut cl.lists[(w % WINDOWS as u64) as usize];
         let old_tail = l.tail;
@@ -386,31 +431,34 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
         if old_tail == NIL {
             l.head = s;
         }
-        let slot = &mut self.slots[s as usize];
-        slot.prev = old_tail;
-        slot.next = NIL;
-        slot.class = class;
-        slot.window = w;
+        let c = &mut self.cold[s as usize];
+        c.prev = old_tail;
+        c.next = NIL;
+        c.class = class;
+        c.window = w;
         if old_tail != NIL {
-            self.slots[old_tail as usize].next = s;
+            self.cold[old_tail as usize].next = s;
         }
     }
 
     fn unlink(&mut self, s: u32) {
-        let (prev, next, class, w) = {
-            let x = &self.slots[s as usize];
-            (x.prev, x.next, x.class, x.window)
-        };
-        let i = (w % WINDOWS as u64) as usize;
+        let Cold {
+            prev,
+            next,
+            class,
+            window,
+            ..
+        } = self.cold[s as usize];
+        let i = (window % WINDOWS as u64) as usize;
         if prev == NIL {
             self.classes[class as usize].lists[i].head = next;
         } else {
-            self.slots[prev as usize].next = next;
+            self.cold[prev as usize].next = next;
         }
         if next == NIL {
             self.classes[class as usize].lists[i].tail = prev;
         } else {
-            self.slots[next as usize].prev = prev;
+            self.cold[next as usize].prev = prev;
         }
     }
 }
@@ -480,6 +528,31 @@ mod tests {
         t.insert(1, 1, 0, 1_000_001);
         assert_eq!(t.expire(1_000_100, 100, |_, _| {}), 0);
         assert_eq!(t.expire(1_000_200, 100, |_, _| {}), 1);
+    }
+
+    #[test]
+    fn reclass_moves_an_entry_to_the_new_timeout() {
+        // class 0: timeout 1600 (grain 100); class 1: timeout 160 (grain 10).
+        let mut t: LruTable<u64, u64> = LruTable::new(8, &[1600, 160]);
+        let h = match t.insert(1, 0, 0, 0) {
+            Inserted::Fresh(h) => h,
+            _ => panic!(),
+        };
+        t.touch(h, 0, 50); // same window of class 0: no relink
+        assert_eq!((t.class(h), t.last_seen(h)), (0, 50));
+        t.touch_reclass(h, 1, 55); // window [50, 60) of class 1: expires at 220
+        assert_eq!(t.class(h), 1);
+        assert_eq!(t.expire(219, 4, |_, _| {}), 0);
+        assert_eq!(t.expire(220, 4, |_, _| {}), 1);
+        // Same class through touch_reclass: only the time and window move.
+        let h = match t.insert(2, 0, 1, 300) {
+            Inserted::Fresh(h) => h,
+            _ => panic!(),
+        };
+        t.touch_reclass(h, 1, 315);
+        t.touch(h, 1, 325); // a newer window: relinked ([320, 330) expires at 490)
+        assert_eq!(t.expire(489, 4, |_, _| {}), 0);
+        assert_eq!(t.expire(490, 4, |_, _| {}), 1);
     }
 
     proptest! {

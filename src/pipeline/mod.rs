@@ -296,15 +296,17 @@ impl Worker {
                     Err(r) => outs[i] = drop_with(Outcome::default(), r),
                 }
             }
-            // Loads only, in a tight loop, so that the out-of-order core keeps many
+            let n = bufs.len();
+            let table = &self.flows.table;
+            // Loads only, in tight loops, so that the out-of-order core keeps many
             // bucket and slot misses in flight at once.
             let mut slots = [0u32; N];
-            for (s, &h) in slots.iter_mut().zip(&hashes[..bufs.len()]) {
-                *s = self.flows.table.warm_bucket(h);
+            for (s, &h) in slots.iter_mut().zip(&hashes[..n]) {
+                *s = table.warm_bucket(h);
             }
             let mut sink = 0u64;
-            for &s in &slots[..bufs.len()] {
-                sink ^= self.flows.table.warm_slot(s);
+            for &s in &slots[..n] {
+                sink ^= table.warm_slot(s);
             }
             std::hint::black_box(sink);
             for (i, b) in bufs.iter_mut().enumerate() {
@@ -377,10 +379,10 @@ impl Worker {
         let mut route = None;
         if is_ip && let Some(h) = self.flows.table.find_hashed(&fkey, hash) {
             let f = *self.flows.table.get(h);
-            let forward = f.swapped == swapped;
+            let forward = f.swapped() == swapped;
             let syn_only = m.tuple.proto == 6
                 && m.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
-            if f.tcp == TcpState::Closing && forward && syn_only && m.quoted.is_none() {
+            if f.tcp() == TcpState::Closing && forward && syn_only && m.quoted.is_none() {
                 // A new connection reusing the tuple of a closed one: start afresh.
                 self.flows.table.remove(h);
             } else {
@@ -492,9 +494,10 @@ impl Worker {
         let mut f = *self.flows.table.get(h);
         out.kind = Kind::Flow { reverse: !forward };
         if m.quoted.is_none() {
-            if f.tcp != TcpState::None && m.tuple.proto == 6 {
-                f.tcp = tcp_next(f.tcp, m.tcp_flags, forward);
-                f.class = tcp_class(f.tcp);
+            let class = f.class;
+            if f.tcp() != TcpState::None && m.tuple.proto == 6 {
+                f.set_tcp(tcp_next(f.tcp(), m.tcp_flags, forward));
+                f.class = tcp_class(f.tcp());
             }
             // A server that went down: move the flow (its connections are lost anyway).
             if let (Target::Server(s), Owner::Service(i)) = (f.target, f.owner)
@@ -506,7 +509,11 @@ impl Worker {
                 f.target = Target::Server(p.services[i as usize].members[mb as usize].server);
             }
             *self.flows.table.get_mut(h) = f;
-            self.flows.table.touch(h, f.class, now);
+            if f.class == class {
+                self.flows.table.touch(h, class, now);
+            } else {
+                self.flows.table.touch_reclass(h, f.class, now);
+            }
         }
         let (svc, rule) = match f.owner {
             Owner::Service(i) => (i, NONE16),
@@ -583,16 +590,7 @@ impl Worker {
             (TcpState::None, _) => self.flows.idle_class(tables.pipeline.flow_table.idle_ns),
             (s, _) => tcp_class(s),
         };
-        let flow = crate::flow::Flow {
-            target,
-            origin_mac: src_mac,
-            origin_port: in_port,
-            swapped,
-            owner,
-            tcp,
-            class,
-            created: now,
-        };
+        let flow = crate::flow::Flow::new(target, owner, src_mac, in_port, swapped, tcp, class);
         self.stats.flows_created += 1;
         if let Inserted::Evicted(..) = self.flows.table.insert_hashed(key, hash, flow, class, now) {
             self.stats.flows_evicted += 1;
