@@ -64,7 +64,10 @@
 //!   wildcard or want one constant), and the rule indices, in priority order. Each leaf
 //!   records which dimensions still need testing (those its region has not already
 //!   decided for all its rules). The lane loop is written so LLVM vectorizes it; the
-//!   first set bit is the answer.
+//!   first set bit is the answer. Leaves of at most [`SMALL_LEAF`] rules (most leaves on
+//!   fw1 and acl1_100K) are instead stored rule after rule and tested with scalar
+//!   compares: an 8-lane chunk would be mostly padding, and on acl1_100K that padding
+//!   more than doubled the footprint (48 MB → 20 MB without it).
 //! - **Exact table.** When at least `exact_min` rules pin the whole 5-tuple (and wildcard
 //!   the rest) they go to a hash table; a lookup takes the better of both.
 //!
@@ -299,6 +302,10 @@ pub struct Compiled {
     /// biased by `i32::MIN` (so a signed compare is an unsigned one), then the required
     /// mask bits, then the rule indices.
     rows: Vec<[i32; LANES]>,
+    /// Small leaves (at most [`SMALL_LEAF`] rules), one rule after another: per range dim
+    /// `lo` and `hi`, then the required mask bits, then the rule index (`2 * rdims + 2`
+    /// words per rule). An 8-lane chunk would be mostly padding for them.
+    small: Vec<u32>,
     stride: usize,
     exact: HashMap<ExactKey, u32>,
     stats: Stats,
@@ -307,8 +314,9 @@ pub struct Compiled {
 /// One flattened tree entry: the node a child slot leads to, inlined so each level is a
 /// single load. Child index = `min((dims[dim] - off) >> shift, lim)`. A leaf is an entry
 /// with `dim == LEAF` that carries its leaf inline, so reaching it costs no further
-/// indirection: `base` = chunks, `off` = first row in `rows`, `lim | shift << 16` = tests
-/// needed (bit 23 stands for bit 31 of the unpacked mask).
+/// indirection: `base` = chunks and `off` = first row in `rows`, or for a small leaf
+/// `base` = `SMALL_FLAG | rules` and `off` = first word in `small`; `lim | shift << 16` =
+/// tests needed (bit 23 stands for bit 31 of the unpacked mask).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct Entry {
@@ -318,6 +326,11 @@ pub struct Entry {
     dim: u8,
     shift: u8,
 }
+
+/// Leaves with at most this many rules are stored row by row in `small`, not in chunks.
+pub const SMALL_LEAF: usize = 3;
+/// Bit of a leaf entry's `base` marking a small leaf (`base & !SMALL_FLAG` = rules).
+const SMALL_FLAG: u32 = 1 << 31;
 
 /// `Entry::dim` of a leaf (real dimensions are below [`NDIMS`]).
 const LEAF: u8 = u8::MAX;
@@ -336,7 +349,8 @@ impl Entry {
         self.dim != LEAF
     }
 
-    /// A leaf entry: `chunks` chunks from row `start`, `need` as in `check_leaf`.
+    /// A leaf entry: `chunks` (as `base`, see [`Entry`]) from `start`, `need` as in
+    /// `check_leaf`.
     fn leaf(start: u32, chunks: u32, need: u32) -> Entry {
         let packed = (need & 0x7f_ffff) | ((need >> 31) << 23);
         Entry {
@@ -745,6 +759,7 @@ impl Compiled {
         let r = rdims.len();
         let stride = 2 * r + 2;
         let mut rows: Vec<[i32; LANES]> = Vec::new();
+        let mut small: Vec<u32> = Vec::new();
         let mut leaves: Vec<Entry> = Vec::with_capacity(b.leaves.len());
         let bias = |v: u32| (v ^ 0x8000_0000) as i32;
         for rl in &b.leaves {
@@ -752,6 +767,31 @@ impl Compiled {
             stats.leaf_rules += rl.len();
             stats.max_leaf = stats.max_leaf.max(rl.len());
             let chunks = rl.len().div_ceil(LANES);
+            let req_of = |bx: &RBox| {
+                let mut req = 0u32;
+                for (i, &(d, _)) in mdims.iter().enumerate() {
+                    if bx[d as usize] != (0, u32::MAX) {
+                        req |= 1 << i;
+                    }
+                }
+                req
+            };
+            if rl.len() <= SMALL_LEAF {
+                leaves.push(Entry::leaf(
+                    small.len() as u32,
+                    SMALL_FLAG | rl.len() as u32,
+                    need,
+                ));
+                for &ri in rl {
+                    let bx = &boxes[ri as usize];
+                    for &d in &rdims {
+                        let (lo, hi) = bx[d as usize];
+                        small.extend([lo, hi]);
+                    }
+                    small.extend([req_of(bx), ri]);
+                }
+                continue;
+            }
             leaves.push(Entry::leaf(rows.len() as u32, chunks as u32, need));
             for ch in rl.chunks(LANES) {
                 let at = rows.len();
@@ -807,6 +847,7 @@ impl Compiled {
             entries,
             roots,
             rows,
+            small,
             stride,
             exact,
             stats,
@@ -824,7 +865,12 @@ impl Compiled {
                 e = step(&self.entries, e, &dims);
                 lv += 1;
             }
-            out.push((lv, e.base as usize * LANES));
+            let rules = if e.base & SMALL_FLAG != 0 {
+                (e.base & !SMALL_FLAG) as usize
+            } else {
+                e.base as usize * LANES
+            };
+            out.push((lv, rules));
         }
         out
     }
@@ -858,6 +904,9 @@ impl Compiled {
         let need = leaf.need();
         let r = self.rdims.len();
         let start = leaf.off as usize;
+        if leaf.base & SMALL_FLAG != 0 {
+            return self.check_small(leaf, need, dims, km, key);
+        }
         let len = leaf.base as usize * self.stride;
         let Some(leaf_rows) = self.rows.get(start..start + len) else {
             return NONE;
@@ -910,6 +959,50 @@ impl Compiled {
                     return ri;
                 }
                 bits &= bits - 1;
+            }
+        }
+        NONE
+    }
+
+    /// `check_leaf` for a small leaf: rules one by one, scalar compares.
+    #[inline(always)]
+    fn check_small(&self, leaf: Entry, need: u32, dims: &Dims, km: u32, key: &Key) -> u32 {
+        let r = self.rdims.len();
+        let stride = 2 * r + 2;
+        let start = leaf.off as usize;
+        let n = (leaf.base & !SMALL_FLAG) as usize;
+        let Some(mut rest) = self.small.get(start..start + n * stride) else {
+            return NONE;
+        };
+        while let Some((row, tail)) = rest.split_at_checked(stride) {
+            rest = tail;
+            let mut ok = true;
+            let mut m = need & 0x7fff_ffff;
+            while m != 0 {
+                let j = m.trailing_zeros() as usize;
+                m &= m - 1;
+                let d = self.rdims.get(j).copied().unwrap_or(0);
+                let v = dims[d as usize & 31];
+                let (Some(&lo), Some(&hi)) = (row.get(2 * j), row.get(2 * j + 1)) else {
+                    return NONE;
+                };
+                ok &= lo <= v && v <= hi;
+            }
+            let (Some(&req), Some(&ri)) = (row.get(2 * r), row.get(2 * r + 1)) else {
+                return NONE;
+            };
+            if need >> 31 != 0 {
+                ok &= req & !km == 0;
+            }
+            if ok
+                && (!self.any_verify
+                    || !self.verify.get(ri as usize).copied().unwrap_or(false)
+                    || self
+                        .rules
+                        .get(ri as usize)
+                        .is_some_and(|ru| ru.matches(key)))
+            {
+                return ri;
             }
         }
         NONE
@@ -1071,6 +1164,7 @@ impl Classifier for Compiled {
         self.entries.len() * std::mem::size_of::<Entry>()
             + self.roots.len() * std::mem::size_of::<Entry>()
             + self.rows.len() * std::mem::size_of::<[i32; LANES]>()
+            + self.small.len() * 4
             + self.exact.capacity() * (std::mem::size_of::<(ExactKey, u32)>() + 1)
             + self.rules.len() * (std::mem::size_of::<Rule>() + 1)
     }
