@@ -40,10 +40,11 @@
 //!   `2^b` children and adds one child for "outside S" (which only holds the spanning
 //!   rules). The child index is `min((v - off) >> shift, lim)`, so keys outside S need no
 //!   branch. This skips runs of constant high bits the way path compression does in tries.
-//! - **Flattening.** Every tree entry is 16 bytes and already holds the *next* node's
+//! - **Flattening.** Every tree entry is 12 bytes and already holds the *next* node's
 //!   `(dim, off, shift, lim, base)`, so each level is one load:
 //!   `e = entries[e.base + min((dims[e.dim] - e.off) >> e.shift, e.lim)]`. A leaf entry
-//!   has `lim = 0` and points at itself.
+//!   (`dim` = `LEAF`) carries the leaf itself (first row, chunks, tests needed), so the
+//!   leaf's rows are the next load, with no leaf table in between.
 //! - **Bursts.** `classify_batch` walks up to [`BURST`] keys level by level: the loads of
 //!   one level are independent (the CPU overlaps their cache misses) and keys that reached
 //!   a leaf drop out of a branch-free active list. This software pipelining replaces the
@@ -63,7 +64,10 @@
 //!   wildcard or want one constant), and the rule indices, in priority order. Each leaf
 //!   records which dimensions still need testing (those its region has not already
 //!   decided for all its rules). The lane loop is written so LLVM vectorizes it; the
-//!   first set bit is the answer.
+//!   first set bit is the answer. Leaves of at most [`SMALL_LEAF`] rules (most leaves on
+//!   fw1 and acl1_100K) are instead stored rule after rule and tested with scalar
+//!   compares: an 8-lane chunk would be mostly padding, and on acl1_100K that padding
+//!   more than doubled the footprint (48 MB → 20 MB without it).
 //! - **Exact table.** When at least `exact_min` rules pin the whole 5-tuple (and wildcard
 //!   the rest) they go to a hash table; a lookup takes the better of both.
 //!
@@ -291,27 +295,30 @@ pub struct Compiled {
     /// Dimensions every tree rule pins to one value: (dim, value); a key that differs
     /// matches no tree rule.
     gconst: Vec<(u8, u32)>,
-    /// Flattened tree entries, then one self-looping sentinel per leaf.
+    /// Flattened tree entries; a leaf's entry carries the leaf (see [`Entry`]).
     entries: Vec<Entry>,
-    leaf_base: u32,
     roots: Vec<Entry>,
-    /// Per leaf: (first row in `rows`, chunks, tests needed: bit `j` = range dim `j`,
-    /// bit 31 = mask dims).
-    leaves: Vec<(u32, u32, u32)>,
     /// Leaf chunks, `2 * rdims + 2` rows each: per range dim the lanes' `lo` and `hi`
     /// biased by `i32::MIN` (so a signed compare is an unsigned one), then the required
     /// mask bits, then the rule indices.
     rows: Vec<[i32; LANES]>,
+    /// Small leaves (at most [`SMALL_LEAF`] rules), one rule after another: per range dim
+    /// `lo` and `hi`, then the required mask bits, then the rule index (`2 * rdims + 2`
+    /// words per rule). An 8-lane chunk would be mostly padding for them.
+    small: Vec<u32>,
     stride: usize,
     exact: HashMap<ExactKey, u32>,
     stats: Stats,
 }
 
 /// One flattened tree entry: the node a child slot leads to, inlined so each level is a
-/// single load. Child index = `min((dims[dim] - off) >> shift, lim)`; a leaf is an entry
-/// with `lim == 0` whose `base` points at itself.
+/// single load. Child index = `min((dims[dim] - off) >> shift, lim)`. A leaf is an entry
+/// with `dim == LEAF` that carries its leaf inline, so reaching it costs no further
+/// indirection: `base` = chunks and `off` = first row in `rows`, or for a small leaf
+/// `base` = `SMALL_FLAG | rules` and `off` = first word in `small`; `lim | shift << 16` =
+/// tests needed (bit 23 stands for bit 31 of the unpacked mask).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[repr(C, align(16))]
+#[repr(C)]
 pub struct Entry {
     base: u32,
     off: u32,
@@ -320,13 +327,56 @@ pub struct Entry {
     shift: u8,
 }
 
+/// Leaves with at most this many rules are stored row by row in `small`, not in chunks.
+pub const SMALL_LEAF: usize = 3;
+/// Bit of a leaf entry's `base` marking a small leaf (`base & !SMALL_FLAG` = rules).
+const SMALL_FLAG: u32 = 1 << 31;
+
+/// `Entry::dim` of a leaf (real dimensions are below [`NDIMS`]).
+const LEAF: u8 = u8::MAX;
+/// A leaf with no rules.
+const EMPTY_LEAF: Entry = Entry {
+    base: 0,
+    off: 0,
+    lim: 0,
+    dim: LEAF,
+    shift: 0,
+};
+
+impl Entry {
+    #[inline(always)]
+    fn is_node(self) -> bool {
+        self.dim != LEAF
+    }
+
+    /// A leaf entry: `chunks` (as `base`, see [`Entry`]) from `start`, `need` as in
+    /// `check_leaf`.
+    fn leaf(start: u32, chunks: u32, need: u32) -> Entry {
+        let packed = (need & 0x7f_ffff) | ((need >> 31) << 23);
+        Entry {
+            base: chunks,
+            off: start,
+            lim: packed as u16,
+            dim: LEAF,
+            shift: (packed >> 16) as u8,
+        }
+    }
+
+    /// The unpacked "tests needed" mask of a leaf entry.
+    #[inline(always)]
+    fn need(self) -> u32 {
+        let packed = u32::from(self.lim) | (u32::from(self.shift) << 16);
+        (packed & 0x7f_ffff) | ((packed >> 23) << 31)
+    }
+}
+
 #[inline(always)]
 fn step(entries: &[Entry], e: Entry, dims: &Dims) -> Entry {
     let v = dims[e.dim as usize & 31].wrapping_sub(e.off);
     let idx = e.base as usize + ((v >> (e.shift & 31)).min(u32::from(e.lim))) as usize;
-    // Out of range cannot happen for a well-built table; an all-zero entry is a leaf
-    // whose id is out of range, which yields "no match" rather than a panic.
-    entries.get(idx).copied().unwrap_or_default()
+    // Out of range cannot happen for a well-built table; an empty leaf yields "no match"
+    // rather than a panic.
+    entries.get(idx).copied().unwrap_or(EMPTY_LEAF)
 }
 
 #[derive(Clone, Copy)]
@@ -705,32 +755,44 @@ impl Compiled {
             root_slots.push(s);
             depths.push(b.max_depth);
         }
-        let leaf_base = b.slots.len() as u32;
-        let leaf_entry = |l: u32| Entry {
-            base: leaf_base + l,
-            ..Entry::default()
-        };
-        let enc = |s: Slot| match s {
-            Slot::Node(e) => e,
-            Slot::Leaf(l) => leaf_entry(l),
-        };
-        let mut entries: Vec<Entry> = b.slots.iter().map(|&s| enc(s)).collect();
-        for l in 0..b.leaves.len() as u32 {
-            entries.push(leaf_entry(l));
-        }
-        let roots: Vec<Entry> = root_slots.into_iter().map(enc).collect();
         // Leaves: SoA chunks.
         let r = rdims.len();
         let stride = 2 * r + 2;
         let mut rows: Vec<[i32; LANES]> = Vec::new();
-        let mut leaves = Vec::with_capacity(b.leaves.len());
+        let mut small: Vec<u32> = Vec::new();
+        let mut leaves: Vec<Entry> = Vec::with_capacity(b.leaves.len());
         let bias = |v: u32| (v ^ 0x8000_0000) as i32;
         for rl in &b.leaves {
             let (need, rl) = rl.split_last().map_or((0, &rl[..]), |(n, r)| (*n, r));
             stats.leaf_rules += rl.len();
             stats.max_leaf = stats.max_leaf.max(rl.len());
             let chunks = rl.len().div_ceil(LANES);
-            leaves.push((rows.len() as u32, chunks as u32, need));
+            let req_of = |bx: &RBox| {
+                let mut req = 0u32;
+                for (i, &(d, _)) in mdims.iter().enumerate() {
+                    if bx[d as usize] != (0, u32::MAX) {
+                        req |= 1 << i;
+                    }
+                }
+                req
+            };
+            if rl.len() <= SMALL_LEAF {
+                leaves.push(Entry::leaf(
+                    small.len() as u32,
+                    SMALL_FLAG | rl.len() as u32,
+                    need,
+                ));
+                for &ri in rl {
+                    let bx = &boxes[ri as usize];
+                    for &d in &rdims {
+                        let (lo, hi) = bx[d as usize];
+                        small.extend([lo, hi]);
+                    }
+                    small.extend([req_of(bx), ri]);
+                }
+                continue;
+            }
+            leaves.push(Entry::leaf(rows.len() as u32, chunks as u32, need));
             for ch in rl.chunks(LANES) {
                 let at = rows.len();
                 rows.resize(at + stride, [0; LANES]);
@@ -762,6 +824,12 @@ impl Compiled {
                 }
             }
         }
+        let enc = |s: Slot| match s {
+            Slot::Node(e) => e,
+            Slot::Leaf(l) => leaves.get(l as usize).copied().unwrap_or(EMPTY_LEAF),
+        };
+        let entries: Vec<Entry> = b.slots.iter().map(|&s| enc(s)).collect();
+        let roots: Vec<Entry> = root_slots.into_iter().map(enc).collect();
         stats.trees = roots.len();
         stats.depth_per_tree = depths;
         stats.entries = entries.len();
@@ -777,10 +845,9 @@ impl Compiled {
             mdims,
             gconst,
             entries,
-            leaf_base,
             roots,
-            leaves,
             rows,
+            small,
             stride,
             exact,
             stats,
@@ -794,15 +861,15 @@ impl Compiled {
         for &root in &self.roots {
             let mut e = root;
             let mut lv = 0;
-            while e.lim != 0 {
+            while e.is_node() {
                 e = step(&self.entries, e, &dims);
                 lv += 1;
             }
-            let leaf = e.base.wrapping_sub(self.leaf_base) as usize;
-            let rules = self
-                .leaves
-                .get(leaf)
-                .map_or(0, |&(_, c, _)| c as usize * LANES);
+            let rules = if e.base & SMALL_FLAG != 0 {
+                (e.base & !SMALL_FLAG) as usize
+            } else {
+                e.base as usize * LANES
+            };
             out.push((lv, rules));
         }
         out
@@ -830,20 +897,22 @@ impl Compiled {
         (m, ok)
     }
 
-    /// First rule of leaf `leaf` matching, or `NONE`.
+    /// First rule of the leaf entry `leaf` matching, or `NONE`. Tests needed: bit `j` =
+    /// range dim `j`, bit 31 = mask dims.
     #[inline(always)]
-    fn check_leaf(&self, leaf: usize, dims: &Dims, km: u32, key: &Key) -> u32 {
-        let Some(&(start, chunks, need)) = self.leaves.get(leaf) else {
+    fn check_leaf(&self, leaf: Entry, dims: &Dims, km: u32, key: &Key) -> u32 {
+        let need = leaf.need();
+        let r = self.rdims.len();
+        let start = leaf.off as usize;
+        if leaf.base & SMALL_FLAG != 0 {
+            return self.check_small(leaf, need, dims, km, key);
+        }
+        let len = leaf.base as usize * self.stride;
+        let Some(leaf_rows) = self.rows.get(start..start + len) else {
             return NONE;
         };
-        let r = self.rdims.len();
-        let mut at = start as usize;
         let nkm = !km as i32;
-        for _ in 0..chunks {
-            let Some(c) = self.rows.get(at..at + self.stride) else {
-                return NONE;
-            };
-            at += self.stride;
+        for c in leaf_rows.chunks_exact(self.stride) {
             // Written so LLVM vectorizes across the lanes (SSE2 `pcmpgtd`); the early
             // exit also stops it from vectorizing across dimensions instead.
             // The lane loop is what LLVM vectorizes (SSE2 `pcmpgtd`); the bit-scan loop
@@ -895,6 +964,50 @@ impl Compiled {
         NONE
     }
 
+    /// `check_leaf` for a small leaf: rules one by one, scalar compares.
+    #[inline(always)]
+    fn check_small(&self, leaf: Entry, need: u32, dims: &Dims, km: u32, key: &Key) -> u32 {
+        let r = self.rdims.len();
+        let stride = 2 * r + 2;
+        let start = leaf.off as usize;
+        let n = (leaf.base & !SMALL_FLAG) as usize;
+        let Some(mut rest) = self.small.get(start..start + n * stride) else {
+            return NONE;
+        };
+        while let Some((row, tail)) = rest.split_at_checked(stride) {
+            rest = tail;
+            let mut ok = true;
+            let mut m = need & 0x7fff_ffff;
+            while m != 0 {
+                let j = m.trailing_zeros() as usize;
+                m &= m - 1;
+                let d = self.rdims.get(j).copied().unwrap_or(0);
+                let v = dims[d as usize & 31];
+                let (Some(&lo), Some(&hi)) = (row.get(2 * j), row.get(2 * j + 1)) else {
+                    return NONE;
+                };
+                ok &= lo <= v && v <= hi;
+            }
+            let (Some(&req), Some(&ri)) = (row.get(2 * r), row.get(2 * r + 1)) else {
+                return NONE;
+            };
+            if need >> 31 != 0 {
+                ok &= req & !km == 0;
+            }
+            if ok
+                && (!self.any_verify
+                    || !self.verify.get(ri as usize).copied().unwrap_or(false)
+                    || self
+                        .rules
+                        .get(ri as usize)
+                        .is_some_and(|ru| ru.matches(key)))
+            {
+                return ri;
+            }
+        }
+        NONE
+    }
+
     #[inline]
     fn exact_lookup(&self, k: &Key) -> u32 {
         if self.exact.is_empty() {
@@ -916,11 +1029,10 @@ impl Compiled {
         }
         for &root in &self.roots {
             let mut e = root;
-            while e.lim != 0 {
+            while e.is_node() {
                 e = step(&self.entries, e, &dims);
             }
-            let leaf = e.base.wrapping_sub(self.leaf_base) as usize;
-            best = best.min(self.check_leaf(leaf, &dims, km, key));
+            best = best.min(self.check_leaf(e, &dims, km, key));
         }
         best
     }
@@ -950,7 +1062,7 @@ impl Compiled {
                 // the active list (branch-free compaction), so the loads of one level are
                 // independent and no key takes steps it does not need.
                 let mut na = 0;
-                if root.lim != 0 {
+                if root.is_node() {
                     for (i, a) in act.iter_mut().enumerate().take(n) {
                         *a = i as u8;
                     }
@@ -963,14 +1075,14 @@ impl Compiled {
                         let e = step(&self.entries, cur[i], &dims[i]);
                         cur[i] = e;
                         act[nn] = i as u8;
-                        nn += usize::from(e.lim != 0);
+                        nn += usize::from(e.is_node());
                     }
                     na = nn;
                 }
                 for i in 0..n {
-                    let leaf = cur[i].base.wrapping_sub(self.leaf_base) as usize;
                     if masks[i].1 {
-                        best[i] = best[i].min(self.check_leaf(leaf, &dims[i], masks[i].0, &kc[i]));
+                        best[i] =
+                            best[i].min(self.check_leaf(cur[i], &dims[i], masks[i].0, &kc[i]));
                     }
                 }
             }
@@ -1051,8 +1163,8 @@ impl Classifier for Compiled {
     fn bytes(&self) -> usize {
         self.entries.len() * std::mem::size_of::<Entry>()
             + self.roots.len() * std::mem::size_of::<Entry>()
-            + self.leaves.len() * 12
             + self.rows.len() * std::mem::size_of::<[i32; LANES]>()
+            + self.small.len() * 4
             + self.exact.capacity() * (std::mem::size_of::<(ExactKey, u32)>() + 1)
             + self.rules.len() * (std::mem::size_of::<Rule>() + 1)
     }
