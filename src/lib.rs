@@ -10,7 +10,7 @@
 //! - [`port`]: packet I/O (pcap files; DPDK behind the `dpdk` feature).
 //! - [`wire`]: zero-copy header views and checksums; depends on nothing.
 //!
-//! `unsafe` is forbidden everywhere except the DPDK binding module.
+//! Unsafe code is forbidden everywhere except the DPDK binding module.
 #![deny(unsafe_code)]
 
 pub mod action;

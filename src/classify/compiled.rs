@@ -2,7 +2,7 @@
 //! into contiguous arrays, with structure-of-arrays leaves and an exact-match table.
 //!
 //! Layer: `classify`. Built off the data path by [`Compiled::build`]; lookups take `&self`,
-//! never allocate, never lock and contain no `unsafe`.
+//! never allocate, never lock and contain no unsafe code.
 //!
 //! # Why this design
 //!
@@ -48,7 +48,7 @@
 //! - **Bursts.** `classify_batch` walks up to [`BURST`] keys level by level: the loads of
 //!   one level are independent (the CPU overlaps their cache misses) and keys that reached
 //!   a leaf drop out of a branch-free active list. This software pipelining replaces the
-//!   SIMD gathers rte_acl uses (`core::arch` would need `unsafe`).
+//!   SIMD gathers rte_acl uses (`core::arch` intrinsics are not callable from safe code).
 //! - **Replication control.** Per node, `b` is the largest value whose total replication
 //!   stays under `spfac × n` and the dimension is the one that minimises the fullest
 //!   child. Rules after one that covers the node's region are dropped (they can never win

@@ -170,7 +170,7 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
 
     /// Reads the bucket `hash` starts at: issued for a burst ahead
     /// of the lookups so that their cache misses overlap (a plain load stands in for a
-    /// prefetch instruction, which would need `unsafe`).
+    /// prefetch instruction, which safe Rust does not offer).
     #[inline]
     pub fn warm_bucket(&self, hash: u64) -> u32 {
         self.buckets[hash as usize & self.mask]
