@@ -2,7 +2,7 @@
 
 use crate::classify::Decision;
 use crate::config::{Mac, Pipeline, QosActions, Target};
-use crate::pipeline::{Kind, Outcome, QosSel, Tables};
+use crate::pipeline::{Kind, Outcome, Tables};
 use std::fmt::Write as _;
 
 /// `02:00:00:00:00:01`.
@@ -96,13 +96,7 @@ pub fn trace_line(t: &Tables, n: u64, len: usize, o: &Outcome) -> String {
         } else {
             mac(&r.mac)
         };
-        let q = match r.qos {
-            QosSel::None => QosActions::default(),
-            QosSel::Service(i) => p.services[i as usize].qos,
-            QosSel::ServiceReply(i) => p.services[i as usize].reply_qos,
-            QosSel::Rule(i) => p.flow_rules[i as usize].qos,
-            QosSel::RuleReply(i) => p.flow_rules[i as usize].reply_qos,
-        };
+        let q = t.qos(r.qos);
         let _ = write!(
             s,
             " -> {to} port={} dst_mac={} actions=[{}]",

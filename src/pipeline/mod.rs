@@ -110,6 +110,19 @@ pub struct Tables {
 }
 
 impl Tables {
+    /// The QoS actions a route's selector names.
+    #[inline]
+    pub fn qos(&self, sel: QosSel) -> QosActions {
+        let p = &self.pipeline;
+        match sel {
+            QosSel::None => QosActions::default(),
+            QosSel::Service(i) => p.services[i as usize].qos,
+            QosSel::ServiceReply(i) => p.services[i as usize].reply_qos,
+            QosSel::Rule(i) => p.flow_rules[i as usize].qos,
+            QosSel::RuleReply(i) => p.flow_rules[i as usize].reply_qos,
+        }
+    }
+
     /// Compiles `p` into tables.
     pub fn build(p: Pipeline, generation: u64) -> Tables {
         let classifier = classify::compile(p.rules());
@@ -642,17 +655,6 @@ impl Worker {
         }
     }
 
-    fn qos(tables: &Tables, sel: QosSel) -> QosActions {
-        let p = &tables.pipeline;
-        match sel {
-            QosSel::None => QosActions::default(),
-            QosSel::Service(i) => p.services[i as usize].qos,
-            QosSel::ServiceReply(i) => p.services[i as usize].reply_qos,
-            QosSel::Rule(i) => p.flow_rules[i as usize].qos,
-            QosSel::RuleReply(i) => p.flow_rules[i as usize].reply_qos,
-        }
-    }
-
     fn emit<B: PacketBuf + ?Sized>(
         tables: &Tables,
         buf: &mut B,
@@ -660,7 +662,7 @@ impl Worker {
         route: Route,
         mut out: Outcome,
     ) -> Outcome {
-        let q = Self::qos(tables, route.qos);
+        let q = tables.qos(route.qos);
         if let Err(r) = action::apply_qos(buf, m, &q) {
             return drop_with(out, r);
         }
