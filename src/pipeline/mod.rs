@@ -285,6 +285,9 @@ impl Worker {
 
     /// Processes a burst of frames: parses all, issues their flow-table loads together so
     /// the cache misses overlap, then decides each. `outs[i]` is the outcome of `bufs[i]`.
+    ///
+    /// # Panics
+    /// If `outs` is shorter than `bufs` (a programming error, not an input error).
     pub fn process_burst<B: PacketBuf>(
         &mut self,
         bufs: &mut [B],
@@ -292,6 +295,8 @@ impl Worker {
         now: u64,
         outs: &mut [Outcome],
     ) {
+        // A shorter `outs` would leave frames unprocessed and uncounted: a caller bug.
+        assert!(outs.len() >= bufs.len(), "process_burst: outs shorter than bufs");
         const N: usize = 32;
         let tables = Arc::clone(&self.tables);
         for (bufs, outs) in bufs.chunks_mut(N).zip(outs.chunks_mut(N)) {
