@@ -296,7 +296,10 @@ impl Worker {
         outs: &mut [Outcome],
     ) {
         // A shorter `outs` would leave frames unprocessed and uncounted: a caller bug.
-        assert!(outs.len() >= bufs.len(), "process_burst: outs shorter than bufs");
+        assert!(
+            outs.len() >= bufs.len(),
+            "process_burst: outs shorter than bufs"
+        );
         const N: usize = 32;
         let tables = Arc::clone(&self.tables);
         for (bufs, outs) in bufs.chunks_mut(N).zip(outs.chunks_mut(N)) {
