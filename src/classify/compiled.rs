@@ -2,7 +2,7 @@
 //! into contiguous arrays, with structure-of-arrays leaves and an exact-match table.
 //!
 //! Layer: `classify`. Built off the data path by [`Compiled::build`]; lookups take `&self`,
-//! never allocate, never lock and contain no unsafe code.
+//! never allocate, never lock and are written in safe Rust only.
 //!
 //! # Why this design
 //!

@@ -7,7 +7,7 @@
 //!   written with [`pcap::PcapWriter`]. Used by `flowgate replay` and `flowgate gen`.
 //!
 //! - `dpdk` (feature `dpdk`): DPDK 22.11 poll-mode ports, mempools and mbufs; the only
-//!   module where unsafe code is allowed.
+//!   module allowed to opt out of `#![deny(unsafe_code)]`.
 //!
 //! Invariants: reading and writing do not allocate per packet (each reader/writer owns one
 //! buffer, reused), and malformed input is a typed error, never a panic.
