@@ -22,12 +22,21 @@
 //!   windows that ended more than `timeout` ago without looking at anything else: an
 //!   entry expires between `timeout` and `timeout + grain` after it was last seen, in
 //!   O(expired).
-//! - The index is open addressing with linear probing over a power-of-two bucket array at
-//!   load factor ≤ 1/2, with backward-shift deletion. Unlike a tombstone scheme (hashbrown
-//!   rehashes in place when tombstones use up its growth budget), deletion leaves no
-//!   debris, so the table never rehashes. A lookup compares keys directly (no stored hash
-//!   in the hot slot); the low 32 bits of the hash, enough to find a bucket's home (the
-//!   bucket array has at most 2^31 entries), are kept in the cold slab for deletion.
+//! - The index is open addressing with linear probing over a power-of-two array of
+//!   8-byte buckets at load factor ≤ 1/2, with backward-shift deletion. Unlike a
+//!   tombstone scheme (hashbrown rehashes in place when tombstones use up its growth
+//!   budget), deletion leaves no debris, so the table never rehashes. A bucket holds the
+//!   slot number and a 32-bit *tag* (high bits of the hash, independent of the bits that
+//!   pick the home bucket), so a probe skips buckets of other keys without touching their
+//!   hot slots: a lookup reads the slot of its own key only (a false tag match, one in
+//!   2^32, costs a key compare, never a wrong answer). The low 32 bits of the hash,
+//!   enough to find a bucket's home (the bucket array has at most 2^31 entries), are kept
+//!   in the cold slab for deletion.
+//! - Bursts: [`prefetch_bucket`](LruTable::prefetch_bucket) and then
+//!   [`prefetch_slot`](LruTable::prefetch_slot) let a caller start the two cache misses
+//!   of every lookup in a burst before it needs any of them; prefetches do not hold the
+//!   CPU's reorder buffer the way loads do, so the misses of a whole burst overlap with
+//!   each other and with parsing.
 //! - When the slab is full, `insert` evicts the entry idle the longest across all lists
 //!   (the oldest head) and reports it.
 //!
@@ -37,6 +46,13 @@
 use core::hash::{BuildHasher, Hash};
 
 const NIL: u32 = u32::MAX;
+
+/// The tag a bucket stores for `hash`: its high half, independent of the low bits that
+/// choose the home bucket.
+#[inline]
+fn tag_of(hash: u64) -> u64 {
+    hash >> 32
+}
 
 /// Windows per timeout class (the wheel's size): the 16 windows a timeout spans, the
 /// current one, and slack so that windows awaiting expiry are never reused early.
@@ -103,8 +119,8 @@ pub struct LruTable<K, V> {
     cold: Vec<Cold>,
     cap: usize,
     free: Vec<u32>,
-    /// Open-addressing index: slot number + 1, 0 for an empty bucket.
-    buckets: Vec<u32>,
+    /// Open-addressing index: `tag << 32 | (slot number + 1)`, 0 for an empty bucket.
+    buckets: Vec<u64>,
     mask: usize,
     classes: Vec<Class>,
     len: usize,
@@ -168,21 +184,30 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
         self.hasher.hash_one(key)
     }
 
-    /// Reads the bucket `hash` starts at: issued for a burst ahead
-    /// of the lookups so that their cache misses overlap (a plain load stands in for a
-    /// prefetch instruction, which safe Rust does not offer).
+    /// Starts loading the bucket `hash` starts at into the cache (first stage of a burst
+    /// lookup; see the module docs).
     #[inline]
-    pub fn warm_bucket(&self, hash: u64) -> u32 {
-        self.buckets[hash as usize & self.mask]
+    pub fn prefetch_bucket(&self, hash: u64) {
+        prefetch_index::prefetch_index(&self.buckets, hash as usize & self.mask);
     }
 
-    /// Second stage of [`warm_bucket`](Self::warm_bucket): reads the hot slot a bucket
-    /// names (the line a hit reads and writes).
+    /// Second stage: finds the first bucket of `hash`'s probe chain whose tag matches,
+    /// and starts loading the hot slot it names (the line a hit reads and writes).
+    /// Touches only buckets; a wrong or missing candidate just wastes the prefetch.
     #[inline]
-    pub fn warm_slot(&self, b: u32) -> u64 {
-        match self.hot.get((b as usize).wrapping_sub(1)) {
-            Some(s) => s.last_seen,
-            None => 0,
+    pub fn prefetch_slot(&self, hash: u64) {
+        let tag = tag_of(hash);
+        let mut b = hash as usize & self.mask;
+        loop {
+            let e = self.buckets[b];
+            if e == 0 {
+                return;
+            }
+            if e >> 32 == tag {
+                prefetch_index::prefetch_index(&self.hot, (e as u32 as usize).wrapping_sub(1));
+                return;
+            }
+            b = (b + 1) & self.mask;
         }
     }
 
@@ -195,13 +220,15 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
     /// Finds `key` whose hash is `hash`.
     #[inline]
     pub fn find_hashed(&self, key: &K, hash: u64) -> Option<Handle> {
+        let tag = tag_of(hash);
         let mut b = hash as usize & self.mask;
         loop {
-            let s = self.buckets[b];
-            if s == 0 {
+            let e = self.buckets[b];
+            if e == 0 {
                 return None;
             }
-            if self.hot[s as usize - 1].key == *key {
+            let s = e as u32;
+            if e >> 32 == tag && self.hot[s as usize - 1].key == *key {
                 return Some(s - 1);
             }
             b = (b + 1) & self.mask;
@@ -289,7 +316,7 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
         while self.buckets[b] != 0 {
             b = (b + 1) & self.mask;
         }
-        self.buckets[b] = s + 1;
+        self.buckets[b] = tag_of(hash) << 32 | u64::from(s + 1);
         self.link(s, class, now);
         self.len += 1;
         match evicted {
@@ -337,22 +364,22 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
         self.unlink(h);
         // Find the bucket holding h, then backward-shift the cluster after it.
         let mut b = self.cold[h as usize].hash as usize & self.mask;
-        while self.buckets[b] != h + 1 {
+        while self.buckets[b] as u32 != h + 1 {
             b = (b + 1) & self.mask;
         }
         let mut hole = b;
         let mut j = (hole + 1) & self.mask;
         loop {
-            let s = self.buckets[j];
-            if s == 0 {
+            let e = self.buckets[j];
+            if e == 0 {
                 break;
             }
-            let home = self.cold[s as usize - 1].hash as usize & self.mask;
+            let home = self.cold[e as u32 as usize - 1].hash as usize & self.mask;
             // Move s into the hole unless its home lies cyclically in (hole, j].
             let dist_j = j.wrapping_sub(home) & self.mask;
             let dist_hole = hole.wrapping_sub(home) & self.mask;
             if dist_hole <= dist_j {
-                self.buckets[hole] = s;
+                self.buckets[hole] = e;
                 hole = j;
             }
             j = (j + 1) & self.mask;

@@ -283,8 +283,8 @@ impl Worker {
         out
     }
 
-    /// Processes a burst of frames: parses all, issues their flow-table loads together so
-    /// the cache misses overlap, then decides each. `outs[i]` is the outcome of `bufs[i]`.
+    /// Processes a burst of frames: parses all, prefetches their flow-table lines together
+    /// so the cache misses overlap, then decides each. `outs[i]` is the outcome of `bufs[i]`.
     ///
     /// # Panics
     /// If `outs` is shorter than `bufs` (a programming error, not an input error).
@@ -303,37 +303,34 @@ impl Worker {
         const N: usize = 32;
         let tables = Arc::clone(&self.tables);
         for (bufs, outs) in bufs.chunks_mut(N).zip(outs.chunks_mut(N)) {
-            let mut metas: [Option<Meta>; N] = [None; N];
+            let mut metas = [Meta::default(); N];
+            let mut parsed = [false; N];
             let mut hashes = [0u64; N];
+            // Parse, hash, and start loading each packet's bucket; then start loading the
+            // hot slot every bucket names. The two dependent misses of all lookups in the
+            // chunk overlap with each other and with the parsing.
+            let table = &self.flows.table;
             for (i, b) in bufs.iter().enumerate() {
-                match parse::parse(b.data()) {
-                    Ok(m) => {
-                        hashes[i] = self
-                            .flows
-                            .table
-                            .hash(&FlowKey::of(&m.quoted.unwrap_or(m.tuple)).0);
-                        metas[i] = Some(m);
+                let m = &mut metas[i];
+                match parse::parse_into(b.data(), m) {
+                    Ok(()) => {
+                        let h = table.hash(&FlowKey::of(&m.quoted.unwrap_or(m.tuple)).0);
+                        table.prefetch_bucket(h);
+                        hashes[i] = h;
+                        parsed[i] = true;
                     }
                     Err(r) => outs[i] = drop_with(Outcome::default(), r),
                 }
             }
-            let n = bufs.len();
-            let table = &self.flows.table;
-            // Loads only, in tight loops, so that the out-of-order core keeps many
-            // bucket and slot misses in flight at once.
-            let mut slots = [0u32; N];
-            for (s, &h) in slots.iter_mut().zip(&hashes[..n]) {
-                *s = table.warm_bucket(h);
+            for (&ok, &h) in parsed.iter().zip(&hashes).take(bufs.len()) {
+                if ok {
+                    table.prefetch_slot(h);
+                }
             }
-            let mut sink = 0u64;
-            for &s in &slots[..n] {
-                sink ^= table.warm_slot(s);
-            }
-            std::hint::black_box(sink);
             for (i, b) in bufs.iter_mut().enumerate() {
                 self.stats.packets_in += 1;
-                if let Some(m) = &metas[i] {
-                    outs[i] = self.decide(&tables, b, m, hashes[i], in_port, now);
+                if parsed[i] {
+                    outs[i] = self.decide(&tables, b, &metas[i], hashes[i], in_port, now);
                 }
                 self.count(&outs[i]);
             }

@@ -96,8 +96,18 @@ fn off16(off: usize) -> u16 {
 /// Frames longer than 65535 bytes (offsets would not fit `Meta`) are dropped with
 /// [`DropReason::TooBig`].
 pub fn parse(frame: &[u8]) -> Result<Meta, DropReason> {
+    let mut m = Meta::default();
+    parse_into(frame, &mut m)?;
+    Ok(m)
+}
+
+/// [`parse`] into a caller's `Meta` (overwritten in full): the burst path parses
+/// straight into its array instead of moving a returned `Meta` into it. On an error
+/// `m` holds what was read before it.
+#[inline]
+pub fn parse_into(frame: &[u8], m: &mut Meta) -> Result<(), DropReason> {
     let len = u16::try_from(frame.len()).map_err(|_| DropReason::TooBig)?;
-    let mut m = Meta {
+    *m = Meta {
         len,
         ..Meta::default()
     };
@@ -168,10 +178,10 @@ pub fn parse(frame: &[u8]) -> Result<Meta, DropReason> {
         L3::Arp => {
             ArpPacket::new_checked(rest).map_err(|e| wire_err(e, DropReason::BadArp))?;
         }
-        L3::Ipv4 => parse_ipv4(rest, off, &mut m)?,
-        L3::Ipv6 => parse_ipv6(rest, off, &mut m)?,
+        L3::Ipv4 => parse_ipv4(rest, off, m)?,
+        L3::Ipv6 => parse_ipv6(rest, off, m)?,
     }
-    Ok(m)
+    Ok(())
 }
 
 fn parse_ipv4(b: &[u8], off: usize, m: &mut Meta) -> Result<(), DropReason> {
