@@ -5,6 +5,8 @@
 //! second on one core. Frames stay cache-resident (as DDIO would leave them); before each
 //! packet its source address and port are set to one of 1M established flows, visited
 //! in a random order, so flow lookups miss the caches as they would under real load.
+//! `FLOWGATE_BENCH_FLOWS=1000 cargo bench --bench pipeline` runs the same path with every
+//! flow in cache: the difference is what the flow table's memory accesses cost.
 //!
 //! Time is the benchmark thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), not wall time:
 //! on a shared machine the wall clock also counts the time other processes hold the core,
@@ -45,7 +47,14 @@ use std::hint::black_box;
 use std::path::Path;
 use std::sync::Arc;
 
-const FLOWS: usize = 1_000_000;
+/// Live flows: 1M, or `FLOWGATE_BENCH_FLOWS` (e.g. 1000 to see the cost of the path
+/// with every flow in cache, for comparison).
+fn flows() -> usize {
+    std::env::var("FLOWGATE_BENCH_FLOWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
 const BURST: usize = 32;
 
 const PIPELINE: &str = r#"
@@ -94,6 +103,7 @@ fn set_client(f: &mut [u8], i: u32) {
 }
 
 fn bench(c: &mut Criterion<ThreadCpu>) {
+    let flows = flows();
     let p = Pipeline::from_str(PIPELINE, Path::new("bench.yaml")).expect("pipeline");
     let mut w = Worker::new(Arc::new(Tables::build(p, 1)));
     // Open 1M flows (SYN), then mark them established (ACK).
@@ -101,15 +111,15 @@ fn bench(c: &mut Criterion<ThreadCpu>) {
     let ack = frame(0x10);
     let mut buf = FrameBuf::new(2048);
     for (tmpl, t) in [(&syn, 1u64), (&ack, 2)] {
-        for i in 0..FLOWS as u32 {
+        for i in 0..flows as u32 {
             buf.load(tmpl);
             set_client(buf.data_mut(), i);
             w.process(&mut buf, 0, t);
         }
     }
-    assert_eq!(w.flow_count(), FLOWS);
+    assert_eq!(w.flow_count(), flows);
     // A random visiting order (xorshift), so consecutive packets hit unrelated flows.
-    let mut order: Vec<u32> = (0..FLOWS as u32).collect();
+    let mut order: Vec<u32> = (0..flows as u32).collect();
     let mut x = 0x2545_f491_4f6c_dd1du64;
     for i in (1..order.len()).rev() {
         x ^= x << 13;
@@ -135,7 +145,7 @@ fn bench(c: &mut Criterion<ThreadCpu>) {
         b.iter(|| {
             for fb in bufs.iter_mut() {
                 set_client(fb.data_mut(), order[pos]);
-                pos = (pos + 1) % FLOWS;
+                pos = (pos + 1) % flows;
             }
             now += 100 * BURST as u64;
             w.expire(now, 64);
@@ -149,7 +159,7 @@ fn bench(c: &mut Criterion<ThreadCpu>) {
             w.expire(now, 64);
             for fb in bufs.iter_mut() {
                 set_client(fb.data_mut(), order[pos]);
-                pos = (pos + 1) % FLOWS;
+                pos = (pos + 1) % flows;
                 black_box(w.process(fb, 0, now));
             }
         })
@@ -163,7 +173,7 @@ fn bench(c: &mut Criterion<ThreadCpu>) {
         })
     });
     g.bench_function("new_flow_classify_maglev", |b| {
-        let mut i = FLOWS as u32;
+        let mut i = flows as u32;
         b.iter_batched(
             || (),
             |_| {

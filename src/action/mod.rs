@@ -75,12 +75,15 @@ impl FrameBuf {
 }
 
 impl PacketBuf for FrameBuf {
+    #[inline]
     fn data(&self) -> &[u8] {
         &self.buf[self.start..self.start + self.len]
     }
+    #[inline]
     fn data_mut(&mut self) -> &mut [u8] {
         &mut self.buf[self.start..self.start + self.len]
     }
+    #[inline]
     fn prepend(&mut self, n: usize) -> bool {
         if n > self.start {
             return false;
@@ -89,6 +92,7 @@ impl PacketBuf for FrameBuf {
         self.len += n;
         true
     }
+    #[inline]
     fn adj(&mut self, n: usize) -> bool {
         if n > self.len {
             return false;
@@ -243,6 +247,7 @@ pub fn apply_qos<B: PacketBuf + ?Sized>(
 
 /// Rewrites the DSCP of the IP header at `off`, keeping ECN; IPv4 gets an incremental
 /// header checksum update.
+#[inline]
 pub fn set_dscp(d: &mut [u8], l3: L3, off: usize, dscp: u8) -> Result<(), DropReason> {
     match l3 {
         L3::Ipv4 => {

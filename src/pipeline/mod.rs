@@ -337,6 +337,7 @@ impl Worker {
         }
     }
 
+    #[inline]
     fn count(&mut self, out: &Outcome) {
         match (out.route, out.drop) {
             (Some(r), None) => {
@@ -499,6 +500,7 @@ impl Worker {
     }
 
     /// Routes a packet of flow `h`; updates its TCP state and timers.
+    #[inline]
     fn follow(
         &mut self,
         tables: &Tables,
@@ -615,6 +617,7 @@ impl Worker {
         }
     }
 
+    #[inline]
     fn member_in(tables: &Tables, svc: u16, target: Target) -> u16 {
         match target {
             Target::Server(s) => tables.pipeline.services[svc as usize]
@@ -626,6 +629,7 @@ impl Worker {
         }
     }
 
+    #[inline]
     fn route_to(
         tables: &Tables,
         t: Target,
@@ -660,6 +664,7 @@ impl Worker {
         }
     }
 
+    #[inline]
     fn emit<B: PacketBuf + ?Sized>(
         tables: &Tables,
         buf: &mut B,

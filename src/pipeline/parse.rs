@@ -64,10 +64,9 @@ const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
 /// [`Tuple`].
 #[inline]
 pub fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
-    let mut m = [0u8; 16];
-    m[..12].copy_from_slice(&V4_MAPPED_PREFIX);
-    m[12..].copy_from_slice(&a);
-    m
+    // Built in a register and stored whole: the flow-key hash reads these 16 bytes
+    // back as wide words right away, and a 12 + 4 byte store pattern would stall it.
+    (0xffff_u128 << 32 | u128::from(u32::from_be_bytes(a))).to_be_bytes()
 }
 
 /// The IPv4 address inside an IPv4-mapped address, if it is one.
