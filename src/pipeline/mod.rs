@@ -269,16 +269,17 @@ impl Worker {
     ) -> Outcome {
         self.stats.packets_in += 1;
         let tables = Arc::clone(&self.tables);
-        let out = match parse::parse(buf.data()) {
+        let mut out = Outcome::default();
+        match parse::parse(buf.data()) {
             Ok(m) => {
                 let hash = self
                     .flows
                     .table
                     .hash(&FlowKey::of(&m.quoted.unwrap_or(m.tuple)).0);
-                self.decide(&tables, buf, &m, hash, in_port, now)
+                self.decide(&tables, buf, &m, hash, in_port, now, &mut out);
             }
-            Err(r) => drop_with(Outcome::default(), r),
-        };
+            Err(r) => drop_into(&mut out, r),
+        }
         self.count(&out);
         out
     }
@@ -319,7 +320,10 @@ impl Worker {
                         hashes[i] = h;
                         parsed[i] = true;
                     }
-                    Err(r) => outs[i] = drop_with(Outcome::default(), r),
+                    Err(r) => {
+                        outs[i] = Outcome::default();
+                        drop_into(&mut outs[i], r);
+                    }
                 }
             }
             for (&ok, &h) in parsed.iter().zip(&hashes).take(bufs.len()) {
@@ -330,7 +334,7 @@ impl Worker {
             for (i, b) in bufs.iter_mut().enumerate() {
                 self.stats.packets_in += 1;
                 if parsed[i] {
-                    outs[i] = self.decide(&tables, b, &metas[i], hashes[i], in_port, now);
+                    self.decide(&tables, b, &metas[i], hashes[i], in_port, now, &mut outs[i]);
                 }
                 self.count(&outs[i]);
             }
@@ -357,6 +361,9 @@ impl Worker {
         }
     }
 
+    /// Decides one parsed frame into `out` (overwritten): the flow-hit path here, the
+    /// rest out of line.
+    #[allow(clippy::too_many_arguments)]
     fn decide<B: PacketBuf + ?Sized>(
         &mut self,
         tables: &Tables,
@@ -365,29 +372,30 @@ impl Worker {
         hash: u64,
         in_port: u16,
         now: u64,
-    ) -> Outcome {
-        let mut out = Outcome::default();
-        let p = &tables.pipeline;
-        let src_mac: Mac = mac_at(buf.data(), 6);
+        out: &mut Outcome,
+    ) {
+        *out = Outcome::default();
 
         // ARP and neighbour discovery for owned addresses.
         if m.l3 == L3::Arp
             || (m.v6 && m.tuple.proto == 58 && (m.icmp_type == 135 || m.icmp_type == 136))
         {
-            return self.answer(tables, buf, m, in_port, out);
+            *out = self.answer(tables, buf, m, in_port, *out);
+            return;
         }
 
         // Non-first fragments follow their first fragment.
         if m.frag == Frag::Later {
             let fk = frag_key(m);
-            return match self.frags.find(&fk) {
+            match self.frags.find(&fk) {
                 Some(h) => {
                     let rec = *self.frags.get(h);
                     out.kind = Kind::Fragment;
-                    Self::emit(tables, buf, m, rec.route, out)
+                    Self::emit(tables, buf, m, rec.route, out);
                 }
-                None => drop_with(out, DropReason::FragmentNoFirst),
-            };
+                None => drop_into(out, DropReason::FragmentNoFirst),
+            }
+            return;
         }
 
         let is_ip = matches!(m.l3, L3::Ipv4 | L3::Ipv6);
@@ -405,9 +413,9 @@ impl Worker {
                 // A new connection reusing the tuple of a closed one: start afresh.
                 self.flows.table.remove(h);
             } else {
-                route = self.follow(tables, h, m, forward, now, &mut out);
+                route = self.follow(tables, h, m, forward, now, out);
                 if route.is_none() && out.drop.is_some() {
-                    return out;
+                    return;
                 }
             }
         }
@@ -415,74 +423,10 @@ impl Worker {
         let route = match route {
             Some(r) => r,
             None => {
-                let key = class_key(m, in_port);
-                let d = tables.classifier.classify(&key);
-                out.decision = Some(d);
-                let create = is_ip && m.quoted.is_none();
-                match d {
-                    Decision::Service(i) if create => {
-                        let i = i as u16;
-                        let Some(member) = tables.maglev[i as usize].lookup(tuple_hash(&m.tuple))
-                        else {
-                            return drop_with(out, DropReason::NoServer);
-                        };
-                        let server = p.services[i as usize].members[member as usize].server;
-                        let target = Target::Server(server);
-                        self.create(
-                            tables,
-                            fkey,
-                            hash,
-                            swapped,
-                            m,
-                            src_mac,
-                            in_port,
-                            target,
-                            Owner::Service(i),
-                            now,
-                        );
-                        self.stats.svc_flows[i as usize] += 1;
-                        out.kind = Kind::NewFlow;
-                        Self::route_to(tables, target, QosSel::Service(i), i, member, NONE16)
-                    }
-                    Decision::FlowRule(i) => {
-                        let i = i as u16;
-                        let rule = &p.flow_rules[i as usize];
-                        if rule.target == Target::Drop {
-                            return drop_with(out, DropReason::RuleDrop);
-                        }
-                        if create {
-                            self.create(
-                                tables,
-                                fkey,
-                                hash,
-                                swapped,
-                                m,
-                                src_mac,
-                                in_port,
-                                rule.target,
-                                Owner::Rule(i),
-                                now,
-                            );
-                            self.stats.rule_flows[i as usize] += 1;
-                            out.kind = Kind::NewFlow;
-                        } else {
-                            out.kind = Kind::Stateless;
-                        }
-                        Self::route_to(tables, rule.target, QosSel::Rule(i), NONE16, NONE16, i)
-                    }
-                    _ => {
-                        out.kind = Kind::Stateless;
-                        let from_server = tables.server_by_mac.contains_key(&src_mac);
-                        let target = if from_server {
-                            Target::Gateway
-                        } else {
-                            p.default
-                        };
-                        if target == Target::Drop {
-                            return drop_with(out, DropReason::Unmatched);
-                        }
-                        Self::route_to(tables, target, QosSel::None, NONE16, NONE16, NONE16)
-                    }
+                let src_mac: Mac = mac_at(buf.data(), 6);
+                match self.miss(tables, m, fkey, hash, swapped, src_mac, in_port, now, out) {
+                    Some(r) => r,
+                    None => return,
                 }
             }
         };
@@ -496,10 +440,122 @@ impl Worker {
                 }
             }
         }
-        Self::emit(tables, buf, m, route, out)
+        Self::emit(tables, buf, m, route, out);
     }
 
     /// Routes a packet of flow `h`; updates its TCP state and timers.
+    /// A frame no flow took: classify it, and create a flow when it starts one. `None`
+    /// when it is dropped (`out.drop` says why).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn miss(
+        &mut self,
+        tables: &Tables,
+        m: &Meta,
+        fkey: FlowKey,
+        hash: u64,
+        swapped: bool,
+        src_mac: Mac,
+        in_port: u16,
+        now: u64,
+        out: &mut Outcome,
+    ) -> Option<Route> {
+        let p = &tables.pipeline;
+        let is_ip = matches!(m.l3, L3::Ipv4 | L3::Ipv6);
+        let key = class_key(m, in_port);
+        let d = tables.classifier.classify(&key);
+        out.decision = Some(d);
+        let create = is_ip && m.quoted.is_none();
+        match d {
+            Decision::Service(i) if create => {
+                let i = i as u16;
+                let Some(member) = tables.maglev[i as usize].lookup(tuple_hash(&m.tuple)) else {
+                    drop_into(out, DropReason::NoServer);
+                    return None;
+                };
+                let server = p.services[i as usize].members[member as usize].server;
+                let target = Target::Server(server);
+                self.create(
+                    tables,
+                    fkey,
+                    hash,
+                    swapped,
+                    m,
+                    src_mac,
+                    in_port,
+                    target,
+                    Owner::Service(i),
+                    now,
+                );
+                self.stats.svc_flows[i as usize] += 1;
+                out.kind = Kind::NewFlow;
+                Some(Self::route_to(
+                    tables,
+                    target,
+                    QosSel::Service(i),
+                    i,
+                    member,
+                    NONE16,
+                ))
+            }
+            Decision::FlowRule(i) => {
+                let i = i as u16;
+                let rule = &p.flow_rules[i as usize];
+                if rule.target == Target::Drop {
+                    drop_into(out, DropReason::RuleDrop);
+                    return None;
+                }
+                if create {
+                    self.create(
+                        tables,
+                        fkey,
+                        hash,
+                        swapped,
+                        m,
+                        src_mac,
+                        in_port,
+                        rule.target,
+                        Owner::Rule(i),
+                        now,
+                    );
+                    self.stats.rule_flows[i as usize] += 1;
+                    out.kind = Kind::NewFlow;
+                } else {
+                    out.kind = Kind::Stateless;
+                }
+                Some(Self::route_to(
+                    tables,
+                    rule.target,
+                    QosSel::Rule(i),
+                    NONE16,
+                    NONE16,
+                    i,
+                ))
+            }
+            _ => {
+                out.kind = Kind::Stateless;
+                let from_server = tables.server_by_mac.contains_key(&src_mac);
+                let target = if from_server {
+                    Target::Gateway
+                } else {
+                    p.default
+                };
+                if target == Target::Drop {
+                    drop_into(out, DropReason::Unmatched);
+                    return None;
+                }
+                Some(Self::route_to(
+                    tables,
+                    target,
+                    QosSel::None,
+                    NONE16,
+                    NONE16,
+                    NONE16,
+                ))
+            }
+        }
+    }
+
     #[inline]
     fn follow(
         &mut self,
@@ -670,15 +726,15 @@ impl Worker {
         buf: &mut B,
         m: &Meta,
         route: Route,
-        mut out: Outcome,
-    ) -> Outcome {
+        out: &mut Outcome,
+    ) {
         let q = tables.qos(route.qos);
         if let Err(r) = action::apply_qos(buf, m, &q) {
-            return drop_with(out, r);
+            drop_into(out, r);
+            return;
         }
         action::set_macs(buf, route.mac, tables.pipeline.mac);
         out.route = Some(route);
-        out
     }
 
     fn answer<B: PacketBuf + ?Sized>(
@@ -732,9 +788,15 @@ impl Worker {
 }
 
 fn drop_with(mut out: Outcome, r: DropReason) -> Outcome {
+    drop_into(&mut out, r);
+    out
+}
+
+/// Marks `out` dropped for `r`.
+#[inline]
+fn drop_into(out: &mut Outcome, r: DropReason) {
     out.drop = Some(r);
     out.route = None;
-    out
 }
 
 #[inline]
