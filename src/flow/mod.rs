@@ -50,7 +50,10 @@ impl FlowKey {
     /// The symmetric key of `t`, and whether `t` runs from the `b` end to the `a` end.
     #[inline]
     pub fn of(t: &Tuple) -> (FlowKey, bool) {
-        let fwd = (t.src, t.src_port) <= (t.dst, t.dst_port);
+        // (src, src_port) <= (dst, dst_port), bytes compared in order: as big-endian
+        // integers, one wide compare each instead of a byte-array comparison.
+        let (s, d) = (u128::from_be_bytes(t.src), u128::from_be_bytes(t.dst));
+        let fwd = s < d || (s == d && t.src_port <= t.dst_port);
         let k = if fwd {
             FlowKey {
                 a: t.src,

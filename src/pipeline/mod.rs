@@ -272,11 +272,10 @@ impl Worker {
         let mut out = Outcome::default();
         match parse::parse(buf.data()) {
             Ok(m) => {
-                let hash = self
-                    .flows
-                    .table
-                    .hash(&FlowKey::of(&m.quoted.unwrap_or(m.tuple)).0);
-                self.decide(&tables, buf, &m, hash, in_port, now, &mut out);
+                let (key, swapped) = FlowKey::of(&m.quoted.unwrap_or(m.tuple));
+                let hash = self.flows.table.hash(&key);
+                let k = (key, swapped, hash);
+                self.decide(&tables, buf, &m, &k, in_port, now, &mut out);
             }
             Err(r) => drop_into(&mut out, r),
         }
@@ -306,7 +305,7 @@ impl Worker {
         for (bufs, outs) in bufs.chunks_mut(N).zip(outs.chunks_mut(N)) {
             let mut metas = [Meta::default(); N];
             let mut parsed = [false; N];
-            let mut hashes = [0u64; N];
+            let mut keys = [(FlowKey::default(), false, 0u64); N];
             // Parse, hash, and start loading each packet's bucket; then start loading the
             // hot slot every bucket names. The two dependent misses of all lookups in the
             // chunk overlap with each other and with the parsing.
@@ -315,9 +314,10 @@ impl Worker {
                 let m = &mut metas[i];
                 match parse::parse_into(b.data(), m) {
                     Ok(()) => {
-                        let h = table.hash(&FlowKey::of(&m.quoted.unwrap_or(m.tuple)).0);
+                        let (key, swapped) = FlowKey::of(&m.quoted.unwrap_or(m.tuple));
+                        let h = table.hash(&key);
                         table.prefetch_bucket(h);
-                        hashes[i] = h;
+                        keys[i] = (key, swapped, h);
                         parsed[i] = true;
                     }
                     Err(r) => {
@@ -326,15 +326,15 @@ impl Worker {
                     }
                 }
             }
-            for (&ok, &h) in parsed.iter().zip(&hashes).take(bufs.len()) {
+            for (&ok, k) in parsed.iter().zip(&keys).take(bufs.len()) {
                 if ok {
-                    table.prefetch_slot(h);
+                    table.prefetch_slot(k.2);
                 }
             }
             for (i, b) in bufs.iter_mut().enumerate() {
                 self.stats.packets_in += 1;
                 if parsed[i] {
-                    self.decide(&tables, b, &metas[i], hashes[i], in_port, now, &mut outs[i]);
+                    self.decide(&tables, b, &metas[i], &keys[i], in_port, now, &mut outs[i]);
                 }
                 self.count(&outs[i]);
             }
@@ -362,14 +362,15 @@ impl Worker {
     }
 
     /// Decides one parsed frame into `out` (overwritten): the flow-hit path here, the
-    /// rest out of line.
+    /// rest out of line. The key triple is the frame's flow key (the quoted packet's for
+    /// an ICMP error), its orientation and its hash, computed once by the caller.
     #[allow(clippy::too_many_arguments)]
     fn decide<B: PacketBuf + ?Sized>(
         &mut self,
         tables: &Tables,
         buf: &mut B,
         m: &Meta,
-        hash: u64,
+        &(fkey, swapped, hash): &(FlowKey, bool, u64),
         in_port: u16,
         now: u64,
         out: &mut Outcome,
@@ -399,9 +400,6 @@ impl Worker {
         }
 
         let is_ip = matches!(m.l3, L3::Ipv4 | L3::Ipv6);
-        // The tuple that names the flow: the quoted packet's for ICMP errors.
-        let tuple = m.quoted.unwrap_or(m.tuple);
-        let (fkey, swapped) = FlowKey::of(&tuple);
 
         let mut route = None;
         if is_ip && let Some(h) = self.flows.table.find_hashed(&fkey, hash) {
