@@ -306,10 +306,13 @@ impl Worker {
             let mut metas = [Meta::default(); N];
             let mut parsed = [false; N];
             let mut keys = [(FlowKey::default(), false, 0u64); N];
-            // Parse, hash, and start loading each packet's bucket; then start loading the
-            // hot slot every bucket names. The two dependent misses of all lookups in the
-            // chunk overlap with each other and with the parsing.
+            // Parse, hash, and start loading each packet's bucket; `LAG` packets later,
+            // when that bucket has had the time of `LAG` parses to arrive, read it and
+            // start loading the hot slot it names. The two dependent misses of every
+            // lookup overlap with each other, with the other lookups and with parsing.
+            const LAG: usize = 8;
             let table = &self.flows.table;
+            let n = bufs.len();
             for (i, b) in bufs.iter().enumerate() {
                 let m = &mut metas[i];
                 match parse::parse_into(b.data(), m) {
@@ -325,10 +328,13 @@ impl Worker {
                         drop_into(&mut outs[i], r);
                     }
                 }
+                if i >= LAG && parsed[i - LAG] {
+                    table.prefetch_slot(keys[i - LAG].2);
+                }
             }
-            for (&ok, k) in parsed.iter().zip(&keys).take(bufs.len()) {
-                if ok {
-                    table.prefetch_slot(k.2);
+            for i in n.saturating_sub(LAG)..n {
+                if parsed[i] {
+                    table.prefetch_slot(keys[i].2);
                 }
             }
             for (i, b) in bufs.iter_mut().enumerate() {
