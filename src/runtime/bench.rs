@@ -3,11 +3,14 @@
 //!
 //! Layer: `runtime` (feature `dpdk`). How the measurement is kept honest:
 //! - Input: each worker polls its `net_null` RX queue, exactly as testpmd does (same PMD,
-//!   same mbuf allocation cost), then overwrites the frame the PMD returned (zeros) with
-//!   a 60-byte IPv4/TCP ACK of one of its pre-created flows (client address and port
-//!   derived from the flow number, IPv4 checksum computed): a copy of 60 bytes that
-//!   testpmd does not pay, standing in for the NIC's DMA. Flows are visited round-robin,
-//!   so with 1 M flows nearly every lookup misses the CPU caches, as with real traffic.
+//!   same mbuf allocation cost), then overwrites the first 60 bytes of the 64-byte frame
+//!   the PMD returned with an IPv4/TCP ACK of one of its pre-created flows (a template
+//!   copy, the client address and port of the flow, an incremental IPv4 checksum): work
+//!   that testpmd does not pay, standing in for the NIC's DMA. Flows are visited in a
+//!   random order (a fixed shuffle, then round after round), so with 1 M flows nearly
+//!   every lookup misses the CPU caches and TLBs for its bucket and its flow entry, as
+//!   with real traffic; visiting them in creation order would read the flow entries
+//!   sequentially and flatter the figure.
 //! - Flows are created before the clock starts (SYN, SYN-ACK, ACK per flow, so they are
 //!   established and live for the TCP established timeout); the run then checks that no
 //!   flow was created, evicted or expired and nothing was dropped during the measurement,
@@ -105,6 +108,49 @@ fn frame(out: &mut [u8; 60], k: u32, t: Template, flags: u8, rev: bool) {
     tcp[12] = 5 << 4;
     tcp[13] = flags;
     tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
+}
+
+/// The forward ACK of every flow, ready to be stamped with one flow's client address and
+/// port: what a NIC would have written into the mbuf, at the cost of a 60-byte copy and
+/// a 3-word checksum update (a full `frame` rebuild per packet cost more than the rest of
+/// the bench loop outside the pipeline).
+struct AckStamp {
+    /// The ACK of a flow with client address 0 and port 0.
+    base: [u8; 60],
+    /// One's-complement sum of `base`'s IPv4 header without its checksum field.
+    sum: u32,
+}
+
+impl AckStamp {
+    fn new(t: Template) -> AckStamp {
+        let mut base = [0u8; 60];
+        frame(&mut base, 0, t, 0x10, false);
+        base[26..30].fill(0);
+        base[34..36].fill(0);
+        let sum = (14..34)
+            .step_by(2)
+            .filter(|&i| i != 24)
+            .map(|i| u32::from(u16::from_be_bytes([base[i], base[i + 1]])))
+            .sum();
+        AckStamp { base, sum }
+    }
+
+    /// Writes the forward ACK of flow `k` (the same bytes as `frame(.., k, .., 0x10,
+    /// false)`) over the first 60 bytes of `out`, leaving any bytes after them (Ethernet
+    /// padding) as they are.
+    #[inline]
+    fn write(&self, out: &mut [u8], k: u32) {
+        let client = 0x6440_0000u32 | (k & 0x3f_ffff);
+        let cport = 1024 + (k >> 22) as u16;
+        let out = &mut out[..60];
+        out.copy_from_slice(&self.base);
+        out[26..30].copy_from_slice(&client.to_be_bytes());
+        out[34..36].copy_from_slice(&cport.to_be_bytes());
+        let mut sum = self.sum + (client >> 16) + (client & 0xffff);
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        out[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    }
 }
 
 /// The first IPv4 TCP service with a port: (VIP, port).
@@ -215,12 +261,22 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
                         }
                     }
                 }
+                // Visit the flows in a random order (xorshift Fisher-Yates, fixed seed).
+                let mut mine = mine;
+                let mut x = 0x2545_f491_4f6c_dd1du64 ^ i as u64;
+                for a in (1..mine.len()).rev() {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    mine.swap(a, (x % (a as u64 + 1)) as usize);
+                }
                 let before = w.stats.clone();
                 let flows = w.flow_count();
                 ready.store(true, Relaxed);
                 while !go.load(Relaxed) {
                     std::hint::spin_loop();
                 }
+                let stamp = AckStamp::new(tpl);
                 let mut rxb = MbufBatch::new();
                 let mut txb = MbufBatch::new();
                 let t0 = Instant::now();
@@ -232,12 +288,18 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
                     let got = rxq.rx_burst(&mut rxb);
                     if got > 0 {
                         for m in rxb.as_mut_slice() {
-                            frame(&mut f, mine.get(j).copied().unwrap_or(0), tpl, 0x10, false);
+                            let k = mine.get(j).copied().unwrap_or(0);
                             j += 1;
                             if j == n {
                                 j = 0;
                             }
-                            let _ = m.set_data(&f);
+                            // net_null hands out 64-byte frames: stamp the ACK in place.
+                            if m.data().len() >= 60 {
+                                stamp.write(m.data_mut(), k);
+                            } else {
+                                frame(&mut f, k, tpl, 0x10, false);
+                                let _ = m.set_data(&f);
+                            }
                         }
                         let mut outs = [Outcome::default(); 32];
                         w.process_burst(rxb.as_mut_slice(), 0, now, &mut outs[..got]);
@@ -458,6 +520,15 @@ mod tests {
         assert_eq!(m.tuple.src_port, 1024 + 4);
         assert_eq!(&m.tuple.src[12..], &[100, 64 | 0x02, 3, 4]);
         assert_eq!(crate::wire::checksum::checksum(&f[14..34]), 0);
+        // The stamp writes the same bytes, for any flow number.
+        let stamp = AckStamp::new(t);
+        for k in [0, 1, 0x01_02_03_04, 0x3f_ffff, 0xff_ffff, 0xffff_ffff] {
+            let mut s = [0xa5u8; 64];
+            stamp.write(&mut s, k);
+            frame(&mut f, k, t, 0x10, false);
+            assert_eq!(s[..60], f, "flow {k:#x}");
+            assert_eq!(s[60..], [0xa5; 4], "padding untouched");
+        }
         let mut r = [0u8; 60];
         frame(&mut r, 0x01_02_03_04, t, 0x12, true);
         let mr = crate::pipeline::parse::parse(&r).expect("parses");

@@ -95,8 +95,6 @@ unsafe extern "C" {
     pub(crate) fn fg_pktmbuf_free(m: *mut RteMbuf);
     pub(crate) fn fg_headroom(m: *const RteMbuf) -> u16;
     pub(crate) fn fg_tailroom(m: *const RteMbuf) -> u16;
-    pub(crate) fn fg_prepend(m: *mut RteMbuf, n: u16) -> *mut u8;
-    pub(crate) fn fg_adj(m: *mut RteMbuf, n: u16) -> *mut u8;
     pub(crate) fn fg_append(m: *mut RteMbuf, n: u16) -> *mut u8;
     pub(crate) fn fg_trim(m: *mut RteMbuf, n: u16) -> c_int;
 

@@ -119,32 +119,67 @@ impl Mbuf<'_> {
         }
     }
 
+    /// Writes the `T` at byte offset `off` of the `rte_mbuf`.
+    ///
+    /// # Safety
+    /// `off` is the offset of a field of type `T` (offsets are checked at EAL init), and
+    /// the value keeps the mbuf consistent.
+    #[inline(always)]
+    unsafe fn set_field<T: Copy>(&mut self, off: usize, v: T) {
+        // SAFETY: per the contract, an aligned T inside the live mbuf header, which
+        // `&mut self` lets us write.
+        unsafe { self.ptr.as_ptr().cast::<u8>().add(off).cast::<T>().write(v) }
+    }
+
     /// Grows the frame by `n` bytes at the front (into the headroom) and returns them, or
     /// `None` (frame unchanged) when the headroom is too small.
+    ///
+    /// `rte_pktmbuf_prepend` written out in Rust (it is three field updates; a call into
+    /// the shim for each pushed tag cost more than the update).
     #[inline]
     pub fn prepend(&mut self, n: usize) -> Option<&mut [u8]> {
         let n16 = u16::try_from(n).ok()?;
-        // SAFETY: rte_pktmbuf_prepend checks the headroom and returns NULL without change
-        // when it is short; otherwise the n bytes at the returned pointer are inside our buffer.
+        // SAFETY: live mbuf; offsets checked at EAL init. As rte_pktmbuf_prepend: when
+        // n <= data_off (the headroom) the first segment starts n bytes earlier, still
+        // inside its buffer, and data_len/pkt_len grow by n (data_len + headroom fits the
+        // buffer, a u16, so it cannot overflow; pkt_len is a u32).
         unsafe {
-            let p = ffi::fg_prepend(self.ptr.as_ptr(), n16);
-            if p.is_null() {
-                None
-            } else {
-                Some(std::slice::from_raw_parts_mut(p, n))
+            let off: u16 = self.field(ffi::MBUF_DATA_OFF);
+            if n16 > off {
+                return None;
             }
+            let dlen: u16 = self.field(ffi::MBUF_DATA_LEN);
+            let plen: u32 = self.field(ffi::MBUF_PKT_LEN);
+            self.set_field(ffi::MBUF_DATA_OFF, off - n16);
+            self.set_field(ffi::MBUF_DATA_LEN, dlen + n16);
+            self.set_field(ffi::MBUF_PKT_LEN, plen + u32::from(n16));
+            let (p, _) = self.raw_data();
+            Some(std::slice::from_raw_parts_mut(p, n))
         }
     }
 
     /// Removes `n` bytes from the front of the frame; false (frame unchanged) when the
-    /// frame is shorter than `n`.
+    /// frame is shorter than `n`. `rte_pktmbuf_adj` written out in Rust.
     #[inline]
     pub fn adj(&mut self, n: usize) -> bool {
         let Ok(n16) = u16::try_from(n) else {
             return false;
         };
-        // SAFETY: rte_pktmbuf_adj checks n against data_len and returns NULL without change.
-        unsafe { !ffi::fg_adj(self.ptr.as_ptr(), n16).is_null() }
+        // SAFETY: live mbuf; offsets checked at EAL init. As rte_pktmbuf_adj: when
+        // n <= data_len the first segment starts n bytes later, still inside its data,
+        // and data_len/pkt_len shrink by n (pkt_len >= data_len).
+        unsafe {
+            let dlen: u16 = self.field(ffi::MBUF_DATA_LEN);
+            if n16 > dlen {
+                return false;
+            }
+            let off: u16 = self.field(ffi::MBUF_DATA_OFF);
+            let plen: u32 = self.field(ffi::MBUF_PKT_LEN);
+            self.set_field(ffi::MBUF_DATA_OFF, off + n16);
+            self.set_field(ffi::MBUF_DATA_LEN, dlen - n16);
+            self.set_field(ffi::MBUF_PKT_LEN, plen - u32::from(n16));
+        }
+        true
     }
 
     /// Grows the frame by `n` bytes at the end and returns them (uninitialised contents of

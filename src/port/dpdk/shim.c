@@ -60,8 +60,6 @@ uint32_t fg_pkt_len(const struct rte_mbuf *m) { return rte_pktmbuf_pkt_len(m); }
 uint16_t fg_nb_segs(const struct rte_mbuf *m) { return m->nb_segs; }
 uint16_t fg_headroom(const struct rte_mbuf *m) { return rte_pktmbuf_headroom(m); }
 uint16_t fg_tailroom(const struct rte_mbuf *m) { return rte_pktmbuf_tailroom(m); }
-uint8_t *fg_prepend(struct rte_mbuf *m, uint16_t n) { return (uint8_t *)rte_pktmbuf_prepend(m, n); }
-uint8_t *fg_adj(struct rte_mbuf *m, uint16_t n) { return (uint8_t *)rte_pktmbuf_adj(m, n); }
 uint8_t *fg_append(struct rte_mbuf *m, uint16_t n) { return (uint8_t *)rte_pktmbuf_append(m, n); }
 int fg_trim(struct rte_mbuf *m, uint16_t n) { return rte_pktmbuf_trim(m, n); }
 
