@@ -106,6 +106,10 @@ pub struct Tables {
     pub maglev: Vec<Maglev>,
     /// Server index by MAC (to recognise traffic from inside).
     pub server_by_mac: hashbrown::HashMap<Mac, u16>,
+    /// `member_of[svc * servers + server]`: the member index of `server` in service
+    /// `svc`, or `NONE16` (a flow hit needs it for per-server counters; a table read
+    /// instead of a search of the members on every packet).
+    member_of: Vec<u16>,
     pub generation: u64,
 }
 
@@ -151,11 +155,19 @@ impl Tables {
             .enumerate()
             .map(|(i, s)| (s.mac, i as u16))
             .collect();
+        let n = p.servers.len();
+        let mut member_of = vec![NONE16; p.services.len() * n];
+        for (i, svc) in p.services.iter().enumerate() {
+            for (j, m) in svc.members.iter().enumerate().rev() {
+                member_of[i * n + m.server as usize] = j as u16; // the first wins
+            }
+        }
         Tables {
             pipeline: p,
             classifier,
             maglev,
             server_by_mac,
+            member_of,
             generation,
         }
     }
@@ -680,11 +692,14 @@ impl Worker {
     #[inline]
     fn member_in(tables: &Tables, svc: u16, target: Target) -> u16 {
         match target {
-            Target::Server(s) => tables.pipeline.services[svc as usize]
-                .members
-                .iter()
-                .position(|m| m.server == s)
-                .map_or(NONE16, |j| j as u16),
+            Target::Server(s) if (s as usize) < tables.pipeline.servers.len() => {
+                let n = tables.pipeline.servers.len();
+                tables
+                    .member_of
+                    .get(svc as usize * n + s as usize)
+                    .copied()
+                    .unwrap_or(NONE16)
+            }
             _ => NONE16,
         }
     }
