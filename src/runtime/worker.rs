@@ -437,6 +437,8 @@ fn worker_loop<'q>(
     let mut w = Worker::new(Arc::clone(&shared.tables.lock()));
     let n_workers = shared.slots.len();
     let mut rxb: MbufBatch<'q> = MbufBatch::new();
+    // This worker's frames picked out of a dispatched burst or its inbox.
+    let mut mine: MbufBatch<'q> = MbufBatch::new();
     let mut txb: Vec<MbufBatch<'q>> = io.tx.iter().map(|_| MbufBatch::new()).collect();
     let mut last_pub = 0u64;
     let mut dispatch_dropped = 0u64;
@@ -458,35 +460,44 @@ fn worker_loop<'q>(
             got += n;
             let in_port = *in_port;
             if *dispatch {
-                // Software dispatch: keep this worker's share, hand the rest over.
+                // Software dispatch: keep this worker's share (in order, as one burst),
+                // hand the rest over.
                 rxb.drain_each(|m| {
                     let target =
                         dispatch_hash(m.data()).map_or(0, |h| (h % n_workers as u64) as usize);
                     if target == idx {
-                        handle(&mut w, m, in_port, now, to_conf, &mut txb, &mut io.tx);
+                        // `mine` is empty here and one rx_burst holds at most BURST
+                        // frames, so there is room.
+                        let _ = mine.push(m);
                     } else if inboxes[target].push((in_port, m)).is_err() {
                         dispatch_dropped += 1; // the Err holds the mbuf, freed here
                     }
                 });
+                run_burst(
+                    &mut w, &mut mine, in_port, now, to_conf, &mut txb, &mut io.tx,
+                );
             } else {
                 // The whole burst at once: its flow-table misses overlap.
-                let mut outs = [Outcome::default(); BURST];
-                w.process_burst(rxb.as_mut_slice(), in_port, now, &mut outs[..n]);
-                let mut k = 0;
-                rxb.drain_each(|m| {
-                    send(outs[k], m, to_conf, &mut txb, &mut io.tx);
-                    k += 1;
-                });
+                run_burst(
+                    &mut w, &mut rxb, in_port, now, to_conf, &mut txb, &mut io.tx,
+                );
             }
         }
         if let Some(inbox) = inboxes.get(idx) {
+            // Frames handed over by the dispatcher, in bursts of one input port each.
+            let mut port = 0u16;
             for _ in 0..BURST {
                 let Some((in_port, m)) = inbox.pop() else {
                     break;
                 };
                 got += 1;
-                handle(&mut w, m, in_port, now, to_conf, &mut txb, &mut io.tx);
+                if !mine.is_empty() && in_port != port {
+                    run_burst(&mut w, &mut mine, port, now, to_conf, &mut txb, &mut io.tx);
+                }
+                port = in_port;
+                let _ = mine.push(m); // emptied above whenever it could be full
             }
+            run_burst(&mut w, &mut mine, port, now, to_conf, &mut txb, &mut io.tx);
         }
         for (c, b) in txb.iter_mut().enumerate() {
             flush(&mut io.tx[c], b);
@@ -541,19 +552,29 @@ fn publish(slot: &Slot, w: &Worker, io: &WorkerIo<'_>, dispatch_dropped: u64) {
     slot.dispatch_dropped.store(dispatch_dropped, Relaxed);
 }
 
-/// Runs one frame through the pipeline and queues it on its output port.
+/// Runs the frames of `b` (all from `in_port`) through the pipeline as one burst and
+/// queues each on its output port (or frees it when dropped); `b` is left empty.
 #[inline]
-fn handle<'q>(
+fn run_burst<'q>(
     w: &mut Worker,
-    mut m: Mbuf<'q>,
+    b: &mut MbufBatch<'q>,
     in_port: u16,
     now: u64,
     to_conf: &[usize],
     txb: &mut [MbufBatch<'q>],
     tx: &mut [TxQueue<'q>],
 ) {
-    let o = w.process(&mut m, in_port, now);
-    send(o, m, to_conf, txb, tx);
+    if b.is_empty() {
+        return;
+    }
+    let mut outs = [Outcome::default(); BURST];
+    let n = b.len();
+    w.process_burst(b.as_mut_slice(), in_port, now, &mut outs[..n]);
+    let mut k = 0;
+    b.drain_each(|m| {
+        send(outs[k], m, to_conf, txb, tx);
+        k += 1;
+    });
 }
 
 /// Queues a processed frame on its output port (or frees it when it was dropped).
