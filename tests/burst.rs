@@ -3,8 +3,9 @@
 //! frame by frame: the same outcome, the same bytes out, the same counters.
 //!
 //! Inputs: for every shipped pipeline, a `gen mix` capture made for it (web, FTP, UDP,
-//! ESP, ICMP, tagged traffic, both directions), the shipped sample, and all third-party
-//! captures in `../shared/captures`; bursts of random sizes from 1 to 40 (so chunks of 32
+//! ESP, ICMP, tagged traffic, both directions) and a damaged copy of it (bytes flipped,
+//! frames cut short), the shipped sample, and all third-party captures in
+//! `../shared/captures`; bursts of random sizes from 1 to 40 (so chunks of 32
 //! are split too), one clock value per burst as in the runtime, and a small flow table so
 //! eviction happens inside bursts.
 
@@ -83,6 +84,34 @@ fn compare(pipeline: &Path, input: &[(u64, Vec<u8>)], capacity: usize, seed: u64
     input.len()
 }
 
+/// `input` with, in about half of the frames, a few bytes flipped (most in the headers)
+/// and in a quarter of them the frame cut short.
+fn damage(input: &[(u64, Vec<u8>)], seed: u64) -> Vec<(u64, Vec<u8>)> {
+    let mut x = seed | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    input
+        .iter()
+        .map(|(t, f)| {
+            let mut f = f.clone();
+            if next() % 2 == 0 && !f.is_empty() {
+                for _ in 0..1 + next() % 3 {
+                    let at = (next() % f.len().min(64) as u64) as usize;
+                    f[at] ^= 1 << (next() % 8);
+                }
+            }
+            if next() % 4 == 0 {
+                f.truncate((next() % (f.len() as u64 + 1)) as usize);
+            }
+            (*t, f)
+        })
+        .collect()
+}
+
 #[test]
 fn burst_path_equals_frame_by_frame_on_generated_traffic() {
     let dir = tempfile::tempdir().unwrap();
@@ -111,6 +140,10 @@ fn burst_path_equals_frame_by_frame_on_generated_traffic() {
         // A table big enough for every flow, and one that must evict.
         total += compare(p, &input, 1 << 16, 1 + n as u64);
         total += compare(p, &input, 64, 99 + n as u64);
+        // Damaged copies: bytes flipped and frames cut short, so that bursts mix drops,
+        // stateless frames and flow hits.
+        let damaged = damage(&input, 5 + n as u64);
+        total += compare(p, &damaged, 1 << 16, 7 + n as u64);
     }
     assert!(tested >= 3, "only {tested} pipelines with services");
     assert!(total > 0);
