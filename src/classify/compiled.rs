@@ -50,11 +50,15 @@
 //!   `e = entries[e.base + min((slots[e.dim] - e.off) >> e.shift, e.lim)]`. A leaf entry
 //!   (`dim` = `LEAF`) carries the leaf itself (first row, chunks, tests needed), so the
 //!   leaf's rows are the next load, with no leaf table in between.
-//! - **Bursts.** `classify_batch` walks up to [`BURST`] keys level by level: the loads of
-//!   one level are independent (the CPU overlaps their cache misses) and keys that reached
-//!   a leaf drop out of a branch-free active list. Trees are ordered by their first rule;
-//!   a key whose best match so far precedes a tree's first rule skips that tree. This software pipelining replaces the
-//!   SIMD gathers rte_acl uses (`core::arch` intrinsics are not callable from safe code).
+//! - **Bursts.** `classify_batch` walks up to [`BURST`] keys level by level, software
+//!   pipelined: one pass over the burst loads each active key's entry, computes the index
+//!   of its next one and prefetches it, so every load has had a whole pass to arrive.
+//!   Keys that reached a leaf drop out of a branch-free active list; then all their
+//!   leaves are prefetched before any is tested. The burst's keys are prefetched up
+//!   front. This replaces the SIMD gathers rte_acl uses (`core::arch` intrinsics need
+//!   `unsafe`); prefetches go through the `prefetch-index` crate, as in the flow table.
+//!   Trees are ordered by their first rule; a key whose best match so far precedes a
+//!   tree's first rule skips that tree.
 //! - **Replication control.** Per node, `b` is the largest value whose total replication
 //!   stays under `spfac × n` and the dimension is the one that minimises the fullest
 //!   child. Rules after one that covers the node's region are dropped (they can never win
@@ -64,19 +68,19 @@
 //!   into a larger one, since each tree costs a walk and a leaf test per key.
 //!   Identical leaves are stored once. A global budget (entries + leaf rule slots) turns
 //!   further nodes into leaves: slower past it, never wrong.
-//! - **Leaves** hold rules in chunks of [`LANES`] as structure-of-arrays: per range
-//!   dimension `lo[8]` and `hi[8]` (biased so a signed SSE2 compare is an unsigned
-//!   compare), a mask of required "mask dimensions" (dimensions where rules either
-//!   wildcard or want one constant), and the rule indices, in priority order. Each leaf
-//!   records which dimensions still need testing (those its region has not already
-//!   decided for all its rules). The lane loop is written so LLVM vectorizes it; the
-//!   first set bit is the answer. When the number of range dimensions `R` is 1–6 and
-//!   known at compile time, every range dimension is tested instead (one that the leaf's
-//!   region decided passes for all its rules anyway): the loops then unroll into
-//!   straight-line compares without bounds checks; padding lanes hold empty ranges. Leaves of at most [`SMALL_LEAF`] rules (most leaves on
-//!   fw1 and acl1_100K) are instead stored rule after rule and tested with scalar
-//!   compares: an 8-lane chunk would be mostly padding, and on acl1_100K that padding
-//!   more than doubled the footprint (48 MB → 20 MB without it).
+//! - **Leaves** hold rules in chunks of [`LANES`] (one SSE2 register) as
+//!   structure-of-arrays: per range dimension `lo[4]` and `hi[4]` (biased so a signed
+//!   compare is an unsigned compare), a mask of required "mask dimensions" (dimensions
+//!   where rules either wildcard or want one constant), and the rule indices, in
+//!   priority order; the first chunk with a hit ends the test. Each leaf records which
+//!   dimensions still need testing (those its region has not already decided for all
+//!   its rules). The lane loop is written so LLVM vectorizes it; the first set bit is
+//!   the answer. When the number of range dimensions `R` is 1–6 (known at compile time),
+//!   every range dimension is tested instead (one that the leaf's region decided passes
+//!   for all its rules anyway), with no per-leaf bit loop; padding lanes hold empty
+//!   ranges. Leaves of at most [`SMALL_LEAF`] rules (most leaves on fw1 and acl1_100K)
+//!   are instead stored rule after rule and tested with scalar compares: a chunk would
+//!   be mostly padding, and on acl1_100K padding more than doubled the footprint.
 //! - **Exact table.** When at least `exact_min` rules pin the whole 5-tuple (and wildcard
 //!   the rest) they go to a hash table; a lookup takes the better of both.
 //!
@@ -93,18 +97,19 @@
 
 use super::{Classifier, Decision, Key, Rule};
 use hashbrown::HashMap;
+use prefetch_index::{prefetch_index, prefetch_index_nta};
 
 /// Number of 32-bit dimensions a key is cut into.
 pub const NDIMS: usize = 18;
 /// Rules per leaf chunk (one SIMD-friendly group).
-pub const LANES: usize = 8;
+pub const LANES: usize = 4;
 /// Largest number of bits one node consumes.
 pub const MAX_BITS: u32 = 12;
 /// Keys walked together by `classify_batch`.
 pub const BURST: usize = 32;
 
 const NONE: u32 = u32::MAX;
-const LANE_BIT: [u32; LANES] = [1, 2, 4, 8, 16, 32, 64, 128];
+const LANE_BIT: [u32; LANES] = [1, 2, 4, 8];
 
 /// Canonical dimension held by each slot of a key's lookup array. The dimensions of an
 /// IPv4 5-tuple (and DSCP) come first, so rule sets that use nothing else work on arrays
@@ -279,7 +284,7 @@ impl Default for Params {
     fn default() -> Self {
         Params {
             spfac: 4.0,
-            leaf_max: LANES,
+            leaf_max: 8,
             partition: true,
             min_group: 64,
             exact_min: 64,
@@ -400,14 +405,20 @@ impl Entry {
     }
 }
 
-/// One level: the entry the key's slot value selects below node `e` (`e.dim` is a slot).
+/// Index in `entries` of the child of node `e` the key's slot value selects (`e.dim` is
+/// a slot).
+#[inline(always)]
+fn child<const N: usize>(e: Entry, dims: &[u32; N]) -> usize {
+    let v = dims[e.dim as usize & (N - 1)].wrapping_sub(e.off);
+    e.base as usize + ((v >> (e.shift & 31)).min(u32::from(e.lim))) as usize
+}
+
+/// One level: the entry the key's slot value selects below node `e`.
 #[inline(always)]
 fn step<const N: usize>(entries: &[Entry], e: Entry, dims: &[u32; N]) -> Entry {
-    let v = dims[e.dim as usize & (N - 1)].wrapping_sub(e.off);
-    let idx = e.base as usize + ((v >> (e.shift & 31)).min(u32::from(e.lim))) as usize;
     // Out of range cannot happen for a well-built table; an empty leaf yields "no match"
     // rather than a panic.
-    *entries.get(idx).unwrap_or(&EMPTY_LEAF)
+    *entries.get(child(e, dims)).unwrap_or(&EMPTY_LEAF)
 }
 
 #[derive(Clone, Copy)]
@@ -737,7 +748,7 @@ impl Compiled {
             }
         }
         // Partition (CutSplit-style) on the two most selective address dimensions.
-        let mut groups: Vec<Vec<u32>> = if p.partition && in_tree.len() > 4 * LANES {
+        let mut groups: Vec<Vec<u32>> = if p.partition && in_tree.len() > 32 {
             partition(&in_tree, &boxes, &rdims)
         } else {
             vec![in_tree.clone()]
@@ -999,10 +1010,9 @@ impl Compiled {
     /// straight-line compares with no bounds checks.
     #[inline(always)]
     fn check_leaf_fix<const R: usize>(&self, leaf: Entry, v: &[u32; R], km: u32, key: &Key) -> u32 {
-        let stride = 2 * R + 2;
         let start = leaf.off as usize;
-        let masked = !self.mslots.is_empty();
         if leaf.base & SMALL_FLAG != 0 {
+            let stride = 2 * R + 2;
             let n = (leaf.base & !SMALL_FLAG) as usize;
             let Some(rows) = self.small.get(start..start + n * stride) else {
                 return NONE;
@@ -1012,9 +1022,7 @@ impl Compiled {
                 for j in 0..R {
                     ok &= (row[2 * j] <= v[j]) & (v[j] <= row[2 * j + 1]);
                 }
-                if masked {
-                    ok &= row[2 * R] & !km == 0;
-                }
+                ok &= row[2 * R] & !km == 0;
                 let ri = row[2 * R + 1];
                 if ok && self.confirmed(ri, key) {
                     return ri;
@@ -1022,26 +1030,35 @@ impl Compiled {
             }
             return NONE;
         }
-        let len = leaf.base as usize * stride;
-        let Some(leaf_rows) = self.rows.get(start..start + len) else {
+        // Chunks: the dimension loop keeps a run-time trip count (`rslots.len()`, equal to
+        // `R`): unrolled, LLVM's SLP vectorizer falls back to scalar compares; as a loop,
+        // each step is two `pcmpgtd` on one SSE2 register of lanes.
+        let r = self.rslots.len();
+        let stride = 2 * r + 2;
+        let Some(mut rest) = self.rows.get(start..start + leaf.base as usize * stride) else {
             return NONE;
         };
-        let vb: [i32; R] = std::array::from_fn(|j| (v[j] ^ 0x8000_0000) as i32);
+        let mut vb = [0i32; 8];
+        for j in 0..R.min(8) {
+            vb[j] = (v[j] ^ 0x8000_0000) as i32;
+        }
         let nkm = !km as i32;
-        for c in leaf_rows.chunks_exact(stride) {
-            // The lane loops are what LLVM vectorizes (SSE2 `pcmpgtd`).
+        while let Some((c, tail)) = rest.split_at_checked(stride) {
+            rest = tail;
+            let (pairs, _) = c.as_chunks::<2>();
+            let Some(([req, idx], lohi)) = pairs.split_last() else {
+                return NONE;
+            };
             let mut ok = [-1i32; LANES];
-            for j in 0..R {
-                let (lo, hi) = (&c[2 * j], &c[2 * j + 1]);
+            for ([lo, hi], &x) in lohi.iter().zip(&vb) {
                 for l in 0..LANES {
-                    ok[l] &= !(-i32::from(vb[j] < lo[l]) | -i32::from(hi[l] < vb[j]));
+                    ok[l] &= !(-i32::from(x < lo[l]) | -i32::from(hi[l] < x));
                 }
             }
-            if masked {
-                let req = &c[2 * R];
-                for l in 0..LANES {
-                    ok[l] &= -i32::from(req[l] & nkm == 0);
-                }
+            // Real rules without mask dims require no mask bits; padding lanes require
+            // bit 31 (never set).
+            for l in 0..LANES {
+                ok[l] &= -i32::from(req[l] & nkm == 0);
             }
             let mut bits = 0u32;
             for l in 0..LANES {
@@ -1049,7 +1066,7 @@ impl Compiled {
             }
             while bits != 0 {
                 let l = bits.trailing_zeros() as usize;
-                let ri = c[2 * R + 1][l % LANES] as u32;
+                let ri = idx[l % LANES] as u32;
                 if self.confirmed(ri, key) {
                     return ri;
                 }
@@ -1247,6 +1264,10 @@ impl Compiled {
     #[inline(always)]
     fn burst<const N: usize, const R: usize>(&self, kc: &[Key], oc: &mut [u32]) {
         let n = kc.len().min(oc.len()).min(BURST);
+        // Start every key's cache miss at once, before the loop that needs them.
+        for i in 0..n {
+            prefetch_index_nta(kc, i);
+        }
         let mut dims = [[0u32; N]; BURST];
         let mut km = [0u32; BURST];
         let mut live = [false; BURST];
@@ -1263,6 +1284,7 @@ impl Compiled {
         let rs = self.range_slots::<N, R>();
         let entries = &self.entries[..];
         let mut cur = [EMPTY_LEAF; BURST];
+        let mut nxt = [0usize; BURST];
         let mut sel = [0u8; BURST];
         let mut act = [0u8; BURST];
         for (&root, &first) in self.roots.iter().zip(&self.tree_first) {
@@ -1273,27 +1295,47 @@ impl Compiled {
                 sel[ns % BURST] = i as u8;
                 ns += usize::from(live[i] & (best[i] > first));
             }
+            let sel = &sel[..ns.min(BURST)];
             cur.fill(root);
-            // Walk the keys one level at a time; keys that reached a leaf drop out of
-            // the active list (branch-free compaction), so the loads of one level are
-            // independent and no key takes steps it does not need.
+            // Walk the keys one level at a time, software-pipelined: a pass loads the
+            // entries whose prefetch the previous pass issued, and prefetches the next
+            // ones, so every load had a whole pass over the burst to arrive. Keys that
+            // reached a leaf drop out of the active list (branch-free compaction).
             let mut na = 0;
             if root.is_node() {
-                act = sel;
-                na = ns;
+                for &i in sel {
+                    let i = i as usize % BURST;
+                    nxt[i] = child(root, &dims[i]);
+                    prefetch_index(entries, nxt[i]);
+                    act[na] = i as u8;
+                    na += 1;
+                }
             }
             while na > 0 {
                 let mut nn = 0;
                 for j in 0..na.min(BURST) {
                     let i = act[j] as usize % BURST;
-                    let e = step(entries, cur[i], &dims[i]);
+                    let e = *entries.get(nxt[i]).unwrap_or(&EMPTY_LEAF);
                     cur[i] = e;
+                    // For a leaf this index is meaningless and never loaded; prefetching
+                    // it is harmless (a prefetch never faults).
+                    nxt[i] = child(e, &dims[i]);
+                    prefetch_index(entries, nxt[i]);
                     act[nn % BURST] = i as u8;
                     nn += usize::from(e.is_node());
                 }
                 na = nn;
             }
-            for &i in &sel[..ns.min(BURST)] {
+            // The leaves' rows, for all keys, before testing any.
+            for &i in sel {
+                let e = cur[i as usize % BURST];
+                if e.base & SMALL_FLAG != 0 {
+                    prefetch_index(&self.small, e.off as usize);
+                } else {
+                    prefetch_index(&self.rows, e.off as usize);
+                }
+            }
+            for &i in sel {
                 let i = i as usize % BURST;
                 let r = self.check_leaf(cur[i], &dims[i], &rs, km[i], &kc[i]);
                 best[i] = best[i].min(r);
