@@ -283,7 +283,7 @@ pub struct Params {
 impl Default for Params {
     fn default() -> Self {
         Params {
-            spfac: 4.0,
+            spfac: 8.0,
             leaf_max: 8,
             partition: true,
             min_group: 64,
