@@ -78,17 +78,25 @@
 //!   the answer. When the number of range dimensions `R` is 1–6 (known at compile time),
 //!   every range dimension is tested instead (one that the leaf's region decided passes
 //!   for all its rules anyway), with no per-leaf bit loop; padding lanes hold empty
-//!   ranges. Leaves of at most [`SMALL_LEAF`] rules (most leaves on fw1 and acl1_100K)
+//!   ranges. The dimension loop keeps a run-time trip count on purpose: fully unrolled,
+//!   LLVM's SLP vectorizer turned the lanes into scalar `setge` code. Leaves of at most [`SMALL_LEAF`] rules (most leaves on fw1 and acl1_100K)
 //!   are instead stored rule after rule and tested with scalar compares: a chunk would
 //!   be mostly padding, and on acl1_100K padding more than doubled the footprint.
 //! - **Exact table.** When at least `exact_min` rules pin the whole 5-tuple (and wildcard
 //!   the rest) they go to a hash table; a lookup takes the better of both.
 //!
+//! Measured and rejected (ClassBench, this design): 8-lane chunks (more instructions);
+//! every leaf stored rule by rule with an exit branch per rule (about 12% fewer
+//! instructions on acl1_10K and ipc1_10K, but slower: that branch mispredicts), or
+//! tested four rules at a time (no faster than 4-lane chunks); a replication factor of
+//! 16 (builds over 100 ms for 10K rules for a few percent).
+//!
 //! # Guarantees
 //!
 //! `lookup(k)` equals [`super::linear::Linear`]'s first match for every key: property
 //! tests (`tests/classify_props.rs`) over random rules with IPv6, odd ranges and all 12
-//! fields, and zero mismatches on the seven ClassBench hold-out sets
+//! fields, and over IPv4 5-tuple rule sets (the narrow-key, fixed-`R` path), and zero
+//! mismatches on the seven ClassBench hold-out sets
 //! (`tests/classify_classbench.rs`). Lookups never allocate and never panic on any key.
 
 // Lane loops index several arrays in lockstep on purpose: that is the shape LLVM
@@ -267,7 +275,10 @@ fn exact_key(r: &Rule) -> Option<ExactKey> {
 pub struct Params {
     /// Allowed replication per node: sum of children's rules ≤ `spfac × n`.
     pub spfac: f64,
-    /// A node with at most this many rules becomes a leaf.
+    /// A node with at most this many rules becomes a leaf. 0 means automatic: 16 with at
+    /// most 4 range dimensions, else 8 (a leaf test costs in proportion to the range
+    /// dimensions, a level does not; measured on ClassBench: acl1_10K, 4 dims, runs ~8%
+    /// fewer instructions per lookup with 16 than with 8, ipc1_10K, 5 dims, ~10% more).
     pub leaf_max: usize,
     /// Partition rules into small/large trees (CutSplit-style).
     pub partition: bool,
@@ -284,7 +295,7 @@ impl Default for Params {
     fn default() -> Self {
         Params {
             spfac: 8.0,
-            leaf_max: 8,
+            leaf_max: 0,
             partition: true,
             min_group: 64,
             exact_min: 64,
@@ -749,6 +760,9 @@ impl Compiled {
                 Some(c) if mask_ok && mdims.len() < 31 => mdims.push((d as u8, c)),
                 _ => rdims.push(d as u8),
             }
+        }
+        if p.leaf_max == 0 {
+            p.leaf_max = if rdims.len() <= 4 { 16 } else { 8 };
         }
         // Partition (CutSplit-style) on the two most selective address dimensions.
         let mut groups: Vec<Vec<u32>> = if p.partition && in_tree.len() > 32 {
