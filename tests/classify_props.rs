@@ -94,6 +94,41 @@ fn rule() -> impl Strategy<Value = Rule> {
         )
 }
 
+/// An IPv4 5-tuple rule (ClassBench shape): every other field wildcarded, so the compiled
+/// classifier takes its narrow-key path with a compile-time number of range dims.
+fn rule_v4() -> impl Strategy<Value = Rule> {
+    let v4 = || {
+        prop_oneof![
+            1 => Just(prefix_range(0xffff_0000_0000, 96)),
+            4 => (0..3usize, 0u8..=32).prop_map(|(a, l)| prefix_range(ADDRS[a], 96 + l)),
+        ]
+    };
+    (
+        v4(),
+        v4(),
+        port_range(),
+        port_range(),
+        small(Range::new(0u8, 255), &[0, 1, 6, 17, 50]),
+    )
+        .prop_map(|(src, dst, sp, dp, proto)| Rule {
+            src,
+            dst,
+            src_port: sp,
+            dst_port: dp,
+            proto,
+            ..Rule::any(Decision::NoMatch)
+        })
+}
+
+fn rules_v4() -> impl Strategy<Value = Vec<Rule>> {
+    prop::collection::vec(rule_v4(), 0..200).prop_map(|mut v| {
+        for (i, r) in v.iter_mut().enumerate() {
+            r.decision = Decision::FlowRule(i as u32);
+        }
+        v
+    })
+}
+
 fn rules() -> impl Strategy<Value = Vec<Rule>> {
     prop::collection::vec(rule(), 0..120).prop_map(|mut v| {
         for (i, r) in v.iter_mut().enumerate() {
@@ -180,6 +215,17 @@ proptest! {
         let p = Params { leaf_max: 1, partition: false, exact_min: 1, spfac: 2.0, ..Params::default() };
         check(&Compiled::build_with(&rs, p), &lin, &ks)?;
         let p = Params { leaf_max: 3, max_entries: 64, ..Params::default() };
+        check(&Compiled::build_with(&rs, p), &lin, &ks)?;
+    }
+
+    #[test]
+    fn compiled_v4_matches_linear(rs in rules_v4(), seeds in prop::collection::vec(any::<(u64, u64)>(), 1..300)) {
+        let lin = Linear::new(rs.clone());
+        let ks = keys(&rs, &seeds);
+        check(&Compiled::build(&rs), &lin, &ks)?;
+        let p = Params { leaf_max: 1, partition: false, spfac: 2.0, ..Params::default() };
+        check(&Compiled::build_with(&rs, p), &lin, &ks)?;
+        let p = Params { leaf_max: 32, max_entries: 64, ..Params::default() };
         check(&Compiled::build_with(&rs, p), &lin, &ks)?;
     }
 

@@ -32,9 +32,14 @@
 //!   [`Rule::matches`]. **Unused fields cost nothing**: a dimension that every rule
 //!   wildcards is never cut and never tested. A dimension that every rule pins to the same
 //!   value (the `::ffff:0:0/96` words of IPv4 rule sets) is tested once per key up front
-//!   and then counts as satisfied, so it neither costs leaf tests nor prevents a broad
-//!   rule from covering a region. Narrow fields use their real width (16 bits for ports),
-//!   so the first cut takes their top bits.
+//!   (one masked compare per address) and then counts as satisfied, so it neither costs
+//!   leaf tests nor prevents a broad rule from covering a region. Narrow fields use their
+//!   real width (16 bits for ports), so the first cut takes their top bits.
+//! - **Key slots.** Lookups read a key as an array of slots ([`SLOT_DIM`]) ordered so the
+//!   IPv4 5-tuple's dimensions (and DSCP) come first. When every dimension in use sits
+//!   in the first [`NARROW`] slots (all ClassBench sets), key preparation computes only
+//!   those 8 words; otherwise all 18. Lookups are compiled per slot count and, for 1–6
+//!   range dimensions, per range-dimension count (see *Leaves*).
 //! - **Cuts with an "outside" child.** For the chosen dimension, the rules that do not
 //!   span the node's region all lie in a smallest aligned block S; the node cuts S into
 //!   `2^b` children and adds one child for "outside S" (which only holds the spanning
@@ -42,13 +47,18 @@
 //!   branch. This skips runs of constant high bits the way path compression does in tries.
 //! - **Flattening.** Every tree entry is 12 bytes and already holds the *next* node's
 //!   `(dim, off, shift, lim, base)`, so each level is one load:
-//!   `e = entries[e.base + min((dims[e.dim] - e.off) >> e.shift, e.lim)]`. A leaf entry
+//!   `e = entries[e.base + min((slots[e.dim] - e.off) >> e.shift, e.lim)]`. A leaf entry
 //!   (`dim` = `LEAF`) carries the leaf itself (first row, chunks, tests needed), so the
 //!   leaf's rows are the next load, with no leaf table in between.
-//! - **Bursts.** `classify_batch` walks up to [`BURST`] keys level by level: the loads of
-//!   one level are independent (the CPU overlaps their cache misses) and keys that reached
-//!   a leaf drop out of a branch-free active list. This software pipelining replaces the
-//!   SIMD gathers rte_acl uses (`core::arch` intrinsics are not callable from safe code).
+//! - **Bursts.** `classify_batch` walks up to [`BURST`] keys level by level, software
+//!   pipelined: one pass over the burst loads each active key's entry, computes the index
+//!   of its next one and prefetches it, so every load has had a whole pass to arrive.
+//!   Keys that reached a leaf drop out of a branch-free active list; then all their
+//!   leaves are prefetched before any is tested. The burst's keys are prefetched up
+//!   front. This replaces the SIMD gathers rte_acl uses (`core::arch` intrinsics need
+//!   `unsafe`); prefetches go through the `prefetch-index` crate, as in the flow table.
+//!   Trees are ordered by their first rule; a key whose best match so far precedes a
+//!   tree's first rule skips that tree.
 //! - **Replication control.** Per node, `b` is the largest value whose total replication
 //!   stays under `spfac × n` and the dimension is the one that minimises the fullest
 //!   child. Rules after one that covers the node's region are dropped (they can never win
@@ -58,24 +68,35 @@
 //!   into a larger one, since each tree costs a walk and a leaf test per key.
 //!   Identical leaves are stored once. A global budget (entries + leaf rule slots) turns
 //!   further nodes into leaves: slower past it, never wrong.
-//! - **Leaves** hold rules in chunks of [`LANES`] as structure-of-arrays: per range
-//!   dimension `lo[8]` and `hi[8]` (biased so a signed SSE2 compare is an unsigned
-//!   compare), a mask of required "mask dimensions" (dimensions where rules either
-//!   wildcard or want one constant), and the rule indices, in priority order. Each leaf
-//!   records which dimensions still need testing (those its region has not already
-//!   decided for all its rules). The lane loop is written so LLVM vectorizes it; the
-//!   first set bit is the answer. Leaves of at most [`SMALL_LEAF`] rules (most leaves on
-//!   fw1 and acl1_100K) are instead stored rule after rule and tested with scalar
-//!   compares: an 8-lane chunk would be mostly padding, and on acl1_100K that padding
-//!   more than doubled the footprint (48 MB → 20 MB without it).
+//! - **Leaves** hold rules in chunks of [`LANES`] (one SSE2 register) as
+//!   structure-of-arrays: per range dimension `lo[4]` and `hi[4]` (biased so a signed
+//!   compare is an unsigned compare), a mask of required "mask dimensions" (dimensions
+//!   where rules either wildcard or want one constant), and the rule indices, in
+//!   priority order; the first chunk with a hit ends the test. Each leaf records which
+//!   dimensions still need testing (those its region has not already decided for all
+//!   its rules). The lane loop is written so LLVM vectorizes it; the first set bit is
+//!   the answer. When the number of range dimensions `R` is 1–6 (known at compile time),
+//!   every range dimension is tested instead (one that the leaf's region decided passes
+//!   for all its rules anyway), with no per-leaf bit loop; padding lanes hold empty
+//!   ranges. The dimension loop keeps a run-time trip count on purpose: fully unrolled,
+//!   LLVM's SLP vectorizer turned the lanes into scalar `setge` code. Leaves of at most [`SMALL_LEAF`] rules (most leaves on fw1 and acl1_100K)
+//!   are instead stored rule after rule and tested with scalar compares: a chunk would
+//!   be mostly padding, and on acl1_100K padding more than doubled the footprint.
 //! - **Exact table.** When at least `exact_min` rules pin the whole 5-tuple (and wildcard
 //!   the rest) they go to a hash table; a lookup takes the better of both.
+//!
+//! Measured and rejected (ClassBench, this design): 8-lane chunks (more instructions);
+//! every leaf stored rule by rule with an exit branch per rule (about 12% fewer
+//! instructions on acl1_10K and ipc1_10K, but slower: that branch mispredicts), or
+//! tested four rules at a time (no faster than 4-lane chunks); a replication factor of
+//! 16 (builds over 100 ms for 10K rules for a few percent).
 //!
 //! # Guarantees
 //!
 //! `lookup(k)` equals [`super::linear::Linear`]'s first match for every key: property
 //! tests (`tests/classify_props.rs`) over random rules with IPv6, odd ranges and all 12
-//! fields, and zero mismatches on the seven ClassBench hold-out sets
+//! fields, and over IPv4 5-tuple rule sets (the narrow-key, fixed-`R` path), and zero
+//! mismatches on the seven ClassBench hold-out sets
 //! (`tests/classify_classbench.rs`). Lookups never allocate and never panic on any key.
 
 // Lane loops index several arrays in lockstep on purpose: that is the shape LLVM
@@ -84,44 +105,54 @@
 
 use super::{Classifier, Decision, Key, Rule};
 use hashbrown::HashMap;
+use prefetch_index::{prefetch_index, prefetch_index_nta};
 
 /// Number of 32-bit dimensions a key is cut into.
 pub const NDIMS: usize = 18;
 /// Rules per leaf chunk (one SIMD-friendly group).
-pub const LANES: usize = 8;
+pub const LANES: usize = 4;
 /// Largest number of bits one node consumes.
 pub const MAX_BITS: u32 = 12;
 /// Keys walked together by `classify_batch`.
 pub const BURST: usize = 32;
 
 const NONE: u32 = u32::MAX;
-const LANE_BIT: [u32; LANES] = [1, 2, 4, 8, 16, 32, 64, 128];
+const LANE_BIT: [u32; LANES] = [1, 2, 4, 8];
 
-/// Dimension values of a key, padded to a power of two so `dim & 31` needs no bounds check.
-pub type Dims = [u32; 32];
+/// Canonical dimension held by each slot of a key's lookup array. The dimensions of an
+/// IPv4 5-tuple (and DSCP) come first, so rule sets that use nothing else work on arrays
+/// of [`NARROW`] slots: key preparation computes only those.
+const SLOT_DIM: [u8; NDIMS] = [3, 7, 13, 14, 15, 2, 6, 16, 0, 1, 4, 5, 8, 9, 10, 11, 12, 17];
+/// Slots of a narrow key array.
+const NARROW: usize = 8;
 
-/// The 18 dimensions of a key: src words (MSW first), dst words, in_port, vlan, pcp,
-/// mpls, ethertype, proto, src_port, dst_port, dscp, spi.
-#[inline]
-pub fn key_dims(k: &Key) -> Dims {
-    [
+/// Slot of canonical dimension `d` (inverse of [`SLOT_DIM`]).
+fn slot_of(d: u8) -> u8 {
+    SLOT_DIM.iter().position(|&x| x == d).unwrap_or(0) as u8
+}
+
+/// The first `N` slots of a key (see [`SLOT_DIM`]); `N` is 8 or 32 (a power of two, so
+/// `s & (N - 1)` needs no bounds check). Slots past the 18 dimensions are 0.
+#[inline(always)]
+pub fn key_slots<const N: usize>(k: &Key) -> [u32; N] {
+    let all: [u32; 32] = [
+        k.src as u32,
+        k.dst as u32,
+        u32::from(k.proto),
+        u32::from(k.src_port),
+        u32::from(k.dst_port),
+        (k.src >> 32) as u32,
+        (k.dst >> 32) as u32,
+        u32::from(k.dscp),
         (k.src >> 96) as u32,
         (k.src >> 64) as u32,
-        (k.src >> 32) as u32,
-        k.src as u32,
         (k.dst >> 96) as u32,
         (k.dst >> 64) as u32,
-        (k.dst >> 32) as u32,
-        k.dst as u32,
         u32::from(k.in_port),
         u32::from(k.vlan),
         u32::from(k.pcp),
         k.mpls,
         u32::from(k.ethertype),
-        u32::from(k.proto),
-        u32::from(k.src_port),
-        u32::from(k.dst_port),
-        u32::from(k.dscp),
         k.spi,
         0,
         0,
@@ -137,7 +168,10 @@ pub fn key_dims(k: &Key) -> Dims {
         0,
         0,
         0,
-    ]
+    ];
+    let mut a = [0u32; N];
+    a.copy_from_slice(&all[..N]);
+    a
 }
 
 /// Width in bits of each dimension's domain (a `u16` field never exceeds 16 bits), so
@@ -241,7 +275,10 @@ fn exact_key(r: &Rule) -> Option<ExactKey> {
 pub struct Params {
     /// Allowed replication per node: sum of children's rules ≤ `spfac × n`.
     pub spfac: f64,
-    /// A node with at most this many rules becomes a leaf.
+    /// A node with at most this many rules becomes a leaf. 0 means automatic: 16 with at
+    /// most 4 range dimensions, else 8 (a leaf test costs in proportion to the range
+    /// dimensions, a level does not; measured on ClassBench: acl1_10K, 4 dims, runs ~8%
+    /// fewer instructions per lookup with 16 than with 8, ipc1_10K, 5 dims, ~10% more).
     pub leaf_max: usize,
     /// Partition rules into small/large trees (CutSplit-style).
     pub partition: bool,
@@ -257,8 +294,8 @@ pub struct Params {
 impl Default for Params {
     fn default() -> Self {
         Params {
-            spfac: 4.0,
-            leaf_max: LANES,
+            spfac: 8.0,
+            leaf_max: 0,
             partition: true,
             min_group: 64,
             exact_min: 64,
@@ -286,33 +323,45 @@ pub struct Stats {
 #[derive(Clone, Debug)]
 pub struct Compiled {
     rules: Vec<Rule>,
+    /// Each rule's decision, densely: what `classify_batch` reads per key (a `Rule` is
+    /// two cache lines; this is 8 bytes).
+    decisions: Vec<Decision>,
     verify: Vec<bool>,
     any_verify: bool,
-    /// Range dimensions tested in leaves, in lane order.
-    rdims: Vec<u8>,
-    /// Mask dimensions: (dim, constant); bit `i` of the key mask is `dims[d] == c`.
-    mdims: Vec<(u8, u32)>,
-    /// Dimensions every tree rule pins to one value: (dim, value); a key that differs
-    /// matches no tree rule.
-    gconst: Vec<(u8, u32)>,
+    /// Slots (see [`SLOT_DIM`]) of the range dimensions tested in leaves, in row order.
+    rslots: Vec<u8>,
+    /// `rslots.len()` when lookups use a version compiled for that count (1..=6), else 0.
+    rfix: usize,
+    /// Every slot in use is below [`NARROW`]: keys are prepared as 8-slot arrays.
+    narrow: bool,
+    /// Mask dimensions: (slot, constant); bit `i` of the key mask is `slots[s] == c`.
+    mslots: Vec<(u8, u32)>,
+    /// Dimensions every tree rule pins to one value (a key that differs matches no tree
+    /// rule): those of the source and destination address as `(mask, value)` on the
+    /// whole address, any other as (slot, value).
+    gsrc: (u128, u128),
+    gdst: (u128, u128),
+    grest: Vec<(u8, u32)>,
     /// Flattened tree entries; a leaf's entry carries the leaf (see [`Entry`]).
     entries: Vec<Entry>,
     roots: Vec<Entry>,
-    /// Leaf chunks, `2 * rdims + 2` rows each: per range dim the lanes' `lo` and `hi`
+    /// Lowest rule index in each tree: a key whose best match so far is no later skips it.
+    tree_first: Vec<u32>,
+    /// Leaf chunks, `2 * rslots + 2` rows each: per range dim the lanes' `lo` and `hi`
     /// biased by `i32::MIN` (so a signed compare is an unsigned one), then the required
     /// mask bits, then the rule indices.
     rows: Vec<[i32; LANES]>,
     /// Small leaves (at most [`SMALL_LEAF`] rules), one rule after another: per range dim
-    /// `lo` and `hi`, then the required mask bits, then the rule index (`2 * rdims + 2`
+    /// `lo` and `hi`, then the required mask bits, then the rule index (`2 * rslots + 2`
     /// words per rule). An 8-lane chunk would be mostly padding for them.
     small: Vec<u32>,
-    stride: usize,
     exact: HashMap<ExactKey, u32>,
     stats: Stats,
 }
 
 /// One flattened tree entry: the node a child slot leads to, inlined so each level is a
-/// single load. Child index = `min((dims[dim] - off) >> shift, lim)`. A leaf is an entry
+/// single load. Child index = `min((slots[dim] - off) >> shift, lim)` (`dim` is a slot
+/// of the key array, see [`SLOT_DIM`]). A leaf is an entry
 /// with `dim == LEAF` that carries its leaf inline, so reaching it costs no further
 /// indirection: `base` = chunks and `off` = first row in `rows`, or for a small leaf
 /// `base` = `SMALL_FLAG | rules` and `off` = first word in `small`; `lim | shift << 16` =
@@ -370,13 +419,20 @@ impl Entry {
     }
 }
 
+/// Index in `entries` of the child of node `e` the key's slot value selects (`e.dim` is
+/// a slot).
 #[inline(always)]
-fn step(entries: &[Entry], e: Entry, dims: &Dims) -> Entry {
-    let v = dims[e.dim as usize & 31].wrapping_sub(e.off);
-    let idx = e.base as usize + ((v >> (e.shift & 31)).min(u32::from(e.lim))) as usize;
+fn child<const N: usize>(e: Entry, dims: &[u32; N]) -> usize {
+    let v = dims[e.dim as usize & (N - 1)].wrapping_sub(e.off);
+    e.base as usize + ((v >> (e.shift & 31)).min(u32::from(e.lim))) as usize
+}
+
+/// One level: the entry the key's slot value selects below node `e`.
+#[inline(always)]
+fn step<const N: usize>(entries: &[Entry], e: Entry, dims: &[u32; N]) -> Entry {
     // Out of range cannot happen for a well-built table; an empty leaf yields "no match"
     // rather than a panic.
-    entries.get(idx).copied().unwrap_or(EMPTY_LEAF)
+    *entries.get(child(e, dims)).unwrap_or(&EMPTY_LEAF)
 }
 
 #[derive(Clone, Copy)]
@@ -705,8 +761,11 @@ impl Compiled {
                 _ => rdims.push(d as u8),
             }
         }
+        if p.leaf_max == 0 {
+            p.leaf_max = if rdims.len() <= 4 { 16 } else { 8 };
+        }
         // Partition (CutSplit-style) on the two most selective address dimensions.
-        let mut groups: Vec<Vec<u32>> = if p.partition && in_tree.len() > 4 * LANES {
+        let mut groups: Vec<Vec<u32>> = if p.partition && in_tree.len() > 32 {
             partition(&in_tree, &boxes, &rdims)
         } else {
             vec![in_tree.clone()]
@@ -722,6 +781,9 @@ impl Compiled {
             groups[0].sort_unstable();
             groups.sort_by_key(|g| g.len());
         }
+        // Trees in the order of their first rule: a key matched early in one can skip the
+        // later ones entirely.
+        groups.sort_by_key(|g| g.first().copied().unwrap_or(u32::MAX));
         let mut b = Builder {
             boxes: &boxes,
             verify: &verify,
@@ -741,11 +803,13 @@ impl Compiled {
             k: DOMAIN_BITS,
         };
         let mut root_slots = Vec::new();
+        let mut tree_first = Vec::new();
         let mut depths = Vec::new();
         let mut stats = Stats::default();
         let total: usize = groups.iter().map(Vec::len).sum();
         for g in groups.into_iter().filter(|g| !g.is_empty()) {
             stats.rules_per_tree.push(g.len());
+            tree_first.push(g.iter().copied().min().unwrap_or(0));
             // Each tree gets a share of the budget in proportion to its rules (at least
             // 2^16), so one exploding tree cannot starve the others.
             let share = (p.max_entries as f64 * g.len() as f64 / total.max(1) as f64) as usize;
@@ -816,7 +880,12 @@ impl Compiled {
                             c[2 * r + 1][lane] = ri as i32;
                         }
                         None => {
-                            // Never matches: bit 31 of the key mask is always clear.
+                            // Never matches: an empty range on every range dim, and a
+                            // requirement on bit 31 of the key mask (always clear).
+                            for j in 0..r {
+                                c[2 * j][lane] = i32::MAX;
+                                c[2 * j + 1][lane] = i32::MIN;
+                            }
                             c[2 * r][lane] = i32::MIN;
                             c[2 * r + 1][lane] = -1;
                         }
@@ -824,8 +893,12 @@ impl Compiled {
                 }
             }
         }
+        // Tree entries name slots of the key array, not canonical dimensions.
         let enc = |s: Slot| match s {
-            Slot::Node(e) => e,
+            Slot::Node(mut e) => {
+                e.dim = slot_of(e.dim);
+                e
+            }
             Slot::Leaf(l) => leaves.get(l as usize).copied().unwrap_or(EMPTY_LEAF),
         };
         let entries: Vec<Entry> = b.slots.iter().map(|&s| enc(s)).collect();
@@ -837,18 +910,51 @@ impl Compiled {
         stats.exact_rules = exact.len();
         stats.range_dims = rdims.len();
         stats.mask_dims = mdims.len();
+        let rslots: Vec<u8> = rdims.iter().map(|&d| slot_of(d)).collect();
+        let mslots: Vec<(u8, u32)> = mdims.iter().map(|&(d, c)| (slot_of(d), c)).collect();
+        // Pinned address words become one masked compare per address.
+        let (mut gsrc, mut gdst) = ((0u128, 0u128), (0u128, 0u128));
+        let mut grest = Vec::new();
+        for &(d, c) in &gconst {
+            let sh = 96 - 32 * u32::from(d % 4);
+            let g = match d {
+                0..4 => &mut gsrc,
+                4..8 => &mut gdst,
+                _ => {
+                    grest.push((slot_of(d), c));
+                    continue;
+                }
+            };
+            g.0 |= u128::from(u32::MAX) << sh;
+            g.1 |= u128::from(c) << sh;
+        }
+        let narrow = rslots
+            .iter()
+            .chain(mslots.iter().map(|(s, _)| s))
+            .chain(grest.iter().map(|(s, _)| s))
+            .all(|&s| usize::from(s) < NARROW);
+        let rfix = if (1..=6).contains(&rslots.len()) {
+            rslots.len()
+        } else {
+            0
+        };
         Compiled {
             rules: rules.to_vec(),
+            decisions: rules.iter().map(|r| r.decision).collect(),
             verify,
             any_verify,
-            rdims,
-            mdims,
-            gconst,
+            rslots,
+            rfix,
+            narrow,
+            mslots,
+            gsrc,
+            gdst,
+            grest,
             entries,
             roots,
+            tree_first,
             rows,
             small,
-            stride,
             exact,
             stats,
         }
@@ -856,7 +962,7 @@ impl Compiled {
 
     /// Per tree: (levels walked, rules in the leaf reached) for `key`. Diagnostics.
     pub fn path_profile(&self, key: &Key) -> Vec<(u32, usize)> {
-        let dims = key_dims(key);
+        let dims = key_slots::<32>(key);
         let mut out = Vec::new();
         for &root in &self.roots {
             let mut e = root;
@@ -886,35 +992,159 @@ impl Compiled {
     }
 
     /// The mask word of a key (bit `i`: mask dim `i` holds its constant) and whether the
-    /// key passes the dimensions every tree rule pins.
+    /// key passes the dimensions every tree rule pins (the address words in the `u128`
+    /// masks, any other in `grest`).
     #[inline(always)]
-    fn key_mask(&self, dims: &Dims) -> (u32, bool) {
+    fn key_mask<const N: usize>(&self, d: &[u32; N], key: &Key) -> (u32, bool) {
         let mut m = 0u32;
-        for (i, &(d, c)) in self.mdims.iter().enumerate() {
-            m |= u32::from(dims[d as usize & 31] == c) << i;
+        for (i, &(s, c)) in self.mslots.iter().enumerate() {
+            m |= u32::from(d[s as usize & (N - 1)] == c) << i;
         }
-        let ok = self.gconst.iter().all(|&(d, c)| dims[d as usize & 31] == c);
+        let ok = key.src & self.gsrc.0 == self.gsrc.1
+            && key.dst & self.gdst.0 == self.gdst.1
+            && self
+                .grest
+                .iter()
+                .all(|&(s, c)| d[s as usize & (N - 1)] == c);
         (m, ok)
     }
 
-    /// First rule of the leaf entry `leaf` matching, or `NONE`. Tests needed: bit `j` =
-    /// range dim `j`, bit 31 = mask dims.
+    /// Whether a leaf hit on rule `ri` stands (rules whose box is a superset are
+    /// confirmed against the key).
     #[inline(always)]
-    fn check_leaf(&self, leaf: Entry, dims: &Dims, km: u32, key: &Key) -> u32 {
-        let need = leaf.need();
-        let r = self.rdims.len();
+    fn confirmed(&self, ri: u32, key: &Key) -> bool {
+        !self.any_verify
+            || !self.verify.get(ri as usize).copied().unwrap_or(false)
+            || self
+                .rules
+                .get(ri as usize)
+                .is_some_and(|ru| ru.matches(key))
+    }
+
+    /// First rule of the leaf entry `leaf` matching, or `NONE`, when the number of range
+    /// dims `R` is known at compile time: `v` holds the key's values of the range dims.
+    /// Every range dim is tested (no per-leaf "tests needed" loop): a dim the leaf's region
+    /// has decided passes for every rule there anyway, and fixed-count loops unroll into
+    /// straight-line compares with no bounds checks.
+    #[inline(always)]
+    fn check_leaf_fix<const R: usize>(&self, leaf: Entry, v: &[u32; R], km: u32, key: &Key) -> u32 {
         let start = leaf.off as usize;
         if leaf.base & SMALL_FLAG != 0 {
-            return self.check_small(leaf, need, dims, km, key);
+            let stride = 2 * R + 2;
+            let n = (leaf.base & !SMALL_FLAG) as usize;
+            let Some(rows) = self.small.get(start..start + n * stride) else {
+                return NONE;
+            };
+            for row in rows.chunks_exact(stride) {
+                let mut ok = true;
+                for j in 0..R {
+                    ok &= (row[2 * j] <= v[j]) & (v[j] <= row[2 * j + 1]);
+                }
+                ok &= row[2 * R] & !km == 0;
+                let ri = row[2 * R + 1];
+                if ok && self.confirmed(ri, key) {
+                    return ri;
+                }
+            }
+            return NONE;
         }
-        let len = leaf.base as usize * self.stride;
+        // Chunks: the dimension loop keeps a run-time trip count (`rslots.len()`, equal to
+        // `R`): unrolled, LLVM's SLP vectorizer falls back to scalar compares; as a loop,
+        // each step is two `pcmpgtd` on one SSE2 register of lanes.
+        let r = self.rslots.len();
+        let stride = 2 * r + 2;
+        let Some(mut rest) = self.rows.get(start..start + leaf.base as usize * stride) else {
+            return NONE;
+        };
+        let mut vb = [0i32; 8];
+        for j in 0..R.min(8) {
+            vb[j] = (v[j] ^ 0x8000_0000) as i32;
+        }
+        let nkm = !km as i32;
+        while let Some((c, tail)) = rest.split_at_checked(stride) {
+            rest = tail;
+            let (pairs, _) = c.as_chunks::<2>();
+            let Some(([req, idx], lohi)) = pairs.split_last() else {
+                return NONE;
+            };
+            let mut ok = [-1i32; LANES];
+            for ([lo, hi], &x) in lohi.iter().zip(&vb) {
+                for l in 0..LANES {
+                    ok[l] &= !(-i32::from(x < lo[l]) | -i32::from(hi[l] < x));
+                }
+            }
+            // Real rules without mask dims require no mask bits; padding lanes require
+            // bit 31 (never set).
+            for l in 0..LANES {
+                ok[l] &= -i32::from(req[l] & nkm == 0);
+            }
+            let mut bits = 0u32;
+            for l in 0..LANES {
+                bits |= (ok[l] as u32) & LANE_BIT[l];
+            }
+            while bits != 0 {
+                let l = bits.trailing_zeros() as usize;
+                let ri = idx[l % LANES] as u32;
+                if self.confirmed(ri, key) {
+                    return ri;
+                }
+                bits &= bits - 1;
+            }
+        }
+        NONE
+    }
+
+    /// `check_leaf_fix` for any number of range dims (read from `rslots`), testing only the
+    /// dims the leaf needs: bit `j` = range dim `j`, bit 31 = mask dims.
+    #[inline(always)]
+    fn check_leaf_dyn<const N: usize>(
+        &self,
+        leaf: Entry,
+        dims: &[u32; N],
+        km: u32,
+        key: &Key,
+    ) -> u32 {
+        let need = leaf.need();
+        let r = self.rslots.len();
+        let stride = 2 * r + 2;
+        let start = leaf.off as usize;
+        if leaf.base & SMALL_FLAG != 0 {
+            let n = (leaf.base & !SMALL_FLAG) as usize;
+            let Some(mut rest) = self.small.get(start..start + n * stride) else {
+                return NONE;
+            };
+            while let Some((row, tail)) = rest.split_at_checked(stride) {
+                rest = tail;
+                let mut ok = true;
+                let mut m = need & 0x7fff_ffff;
+                while m != 0 {
+                    let j = m.trailing_zeros() as usize;
+                    m &= m - 1;
+                    let s = self.rslots.get(j).copied().unwrap_or(0);
+                    let v = dims[s as usize & (N - 1)];
+                    let (Some(&lo), Some(&hi)) = (row.get(2 * j), row.get(2 * j + 1)) else {
+                        return NONE;
+                    };
+                    ok &= lo <= v && v <= hi;
+                }
+                let (Some(&req), Some(&ri)) = (row.get(2 * r), row.get(2 * r + 1)) else {
+                    return NONE;
+                };
+                if need >> 31 != 0 {
+                    ok &= req & !km == 0;
+                }
+                if ok && self.confirmed(ri, key) {
+                    return ri;
+                }
+            }
+            return NONE;
+        }
+        let len = leaf.base as usize * stride;
         let Some(leaf_rows) = self.rows.get(start..start + len) else {
             return NONE;
         };
         let nkm = !km as i32;
-        for c in leaf_rows.chunks_exact(self.stride) {
-            // Written so LLVM vectorizes across the lanes (SSE2 `pcmpgtd`); the early
-            // exit also stops it from vectorizing across dimensions instead.
+        for c in leaf_rows.chunks_exact(stride) {
             // The lane loop is what LLVM vectorizes (SSE2 `pcmpgtd`); the bit-scan loop
             // over dimensions is not countable, so it is not vectorized instead.
             let mut ok = [-1i32; LANES];
@@ -922,8 +1152,8 @@ impl Compiled {
             while m != 0 {
                 let j = m.trailing_zeros() as usize;
                 m &= m - 1;
-                let d = self.rdims.get(j).copied().unwrap_or(0);
-                let v = (dims[d as usize & 31] ^ 0x8000_0000) as i32;
+                let s = self.rslots.get(j).copied().unwrap_or(0);
+                let v = (dims[s as usize & (N - 1)] ^ 0x8000_0000) as i32;
                 let (Some(lo), Some(hi)) = (c.get(2 * j), c.get(2 * j + 1)) else {
                     return NONE;
                 };
@@ -931,8 +1161,9 @@ impl Compiled {
                     ok[l] &= !(-i32::from(v < lo[l]) | -i32::from(hi[l] < v));
                 }
             }
-            let req = &c[2 * r];
-            let mut bits = 0u32;
+            let (Some(req), Some(idx)) = (c.get(2 * r), c.get(2 * r + 1)) else {
+                return NONE;
+            };
             if need >> 31 != 0 {
                 for l in 0..LANES {
                     ok[l] &= -i32::from(req[l] & nkm == 0);
@@ -943,19 +1174,14 @@ impl Compiled {
                     ok[l] &= -i32::from(req[l] >= 0);
                 }
             }
+            let mut bits = 0u32;
             for l in 0..LANES {
                 bits |= (ok[l] as u32) & LANE_BIT[l];
             }
             while bits != 0 {
                 let l = bits.trailing_zeros() as usize;
-                let ri = c[2 * r + 1][l % LANES] as u32;
-                if !self.any_verify
-                    || !self.verify.get(ri as usize).copied().unwrap_or(false)
-                    || self
-                        .rules
-                        .get(ri as usize)
-                        .is_some_and(|ru| ru.matches(key))
-                {
+                let ri = idx[l % LANES] as u32;
+                if self.confirmed(ri, key) {
                     return ri;
                 }
                 bits &= bits - 1;
@@ -964,48 +1190,22 @@ impl Compiled {
         NONE
     }
 
-    /// `check_leaf` for a small leaf: rules one by one, scalar compares.
+    /// The leaf test, fixed (`R > 0`) or dynamic (`R == 0`); `rs` = slots of the range dims.
     #[inline(always)]
-    fn check_small(&self, leaf: Entry, need: u32, dims: &Dims, km: u32, key: &Key) -> u32 {
-        let r = self.rdims.len();
-        let stride = 2 * r + 2;
-        let start = leaf.off as usize;
-        let n = (leaf.base & !SMALL_FLAG) as usize;
-        let Some(mut rest) = self.small.get(start..start + n * stride) else {
-            return NONE;
-        };
-        while let Some((row, tail)) = rest.split_at_checked(stride) {
-            rest = tail;
-            let mut ok = true;
-            let mut m = need & 0x7fff_ffff;
-            while m != 0 {
-                let j = m.trailing_zeros() as usize;
-                m &= m - 1;
-                let d = self.rdims.get(j).copied().unwrap_or(0);
-                let v = dims[d as usize & 31];
-                let (Some(&lo), Some(&hi)) = (row.get(2 * j), row.get(2 * j + 1)) else {
-                    return NONE;
-                };
-                ok &= lo <= v && v <= hi;
-            }
-            let (Some(&req), Some(&ri)) = (row.get(2 * r), row.get(2 * r + 1)) else {
-                return NONE;
-            };
-            if need >> 31 != 0 {
-                ok &= req & !km == 0;
-            }
-            if ok
-                && (!self.any_verify
-                    || !self.verify.get(ri as usize).copied().unwrap_or(false)
-                    || self
-                        .rules
-                        .get(ri as usize)
-                        .is_some_and(|ru| ru.matches(key)))
-            {
-                return ri;
-            }
+    fn check_leaf<const N: usize, const R: usize>(
+        &self,
+        leaf: Entry,
+        dims: &[u32; N],
+        rs: &[usize; R],
+        km: u32,
+        key: &Key,
+    ) -> u32 {
+        if R == 0 {
+            self.check_leaf_dyn(leaf, dims, km, key)
+        } else {
+            let v: [u32; R] = std::array::from_fn(|j| dims[rs[j] & (N - 1)]);
+            self.check_leaf_fix(leaf, &v, km, key)
         }
-        NONE
     }
 
     #[inline]
@@ -1019,75 +1219,147 @@ impl Compiled {
             .unwrap_or(NONE)
     }
 
-    #[inline]
-    fn lookup_raw(&self, key: &Key) -> u32 {
-        let dims = key_dims(key);
-        let (km, ok) = self.key_mask(&dims);
+    /// Slots of the range dims, for `check_leaf`.
+    #[inline(always)]
+    fn range_slots<const N: usize, const R: usize>(&self) -> [usize; R] {
+        std::array::from_fn(|j| self.rslots.get(j).map_or(0, |&s| s as usize & (N - 1)))
+    }
+
+    fn lookup_one<const N: usize, const R: usize>(&self, key: &Key) -> u32 {
+        let dims = key_slots::<N>(key);
+        let (km, ok) = self.key_mask(&dims, key);
         let mut best = self.exact_lookup(key);
         if !ok {
             return best;
         }
-        for &root in &self.roots {
+        let rs = self.range_slots::<N, R>();
+        for (&root, &first) in self.roots.iter().zip(&self.tree_first) {
+            // Every rule of this tree comes after the best match so far.
+            if best <= first {
+                continue;
+            }
             let mut e = root;
             while e.is_node() {
                 e = step(&self.entries, e, &dims);
             }
-            best = best.min(self.check_leaf(e, &dims, km, key));
+            best = best.min(self.check_leaf(e, &dims, &rs, km, key));
         }
         best
+    }
+
+    fn lookup_raw(&self, key: &Key) -> u32 {
+        match (self.narrow, self.rfix) {
+            (true, 1) => self.lookup_one::<NARROW, 1>(key),
+            (true, 2) => self.lookup_one::<NARROW, 2>(key),
+            (true, 3) => self.lookup_one::<NARROW, 3>(key),
+            (true, 4) => self.lookup_one::<NARROW, 4>(key),
+            (true, 5) => self.lookup_one::<NARROW, 5>(key),
+            (true, 6) => self.lookup_one::<NARROW, 6>(key),
+            (true, _) => self.lookup_one::<NARROW, 0>(key),
+            (false, _) => self.lookup_one::<32, 0>(key),
+        }
     }
 
     /// Looks up a burst (at most [`BURST`] keys at a time), writing rule indices
     /// (`u32::MAX` for no match). Trees are walked level by level across the burst.
     pub fn lookup_burst(&self, keys: &[Key], out: &mut [u32]) {
         for (kc, oc) in keys.chunks(BURST).zip(out.chunks_mut(BURST)) {
-            let n = kc.len().min(oc.len());
-            let mut dims = [[0u32; 32]; BURST];
-            let mut masks = [(0u32, false); BURST];
-            for ((d, m), k) in dims.iter_mut().zip(masks.iter_mut()).zip(&kc[..n]) {
-                *d = key_dims(k);
-                *m = self.key_mask(d);
+            match (self.narrow, self.rfix) {
+                (true, 1) => self.burst::<NARROW, 1>(kc, oc),
+                (true, 2) => self.burst::<NARROW, 2>(kc, oc),
+                (true, 3) => self.burst::<NARROW, 3>(kc, oc),
+                (true, 4) => self.burst::<NARROW, 4>(kc, oc),
+                (true, 5) => self.burst::<NARROW, 5>(kc, oc),
+                (true, 6) => self.burst::<NARROW, 6>(kc, oc),
+                (true, _) => self.burst::<NARROW, 0>(kc, oc),
+                (false, _) => self.burst::<32, 0>(kc, oc),
             }
-            let mut best = [NONE; BURST];
-            if !self.exact.is_empty() {
-                for (b, k) in best.iter_mut().zip(&kc[..n]) {
-                    *b = self.exact_lookup(k);
-                }
-            }
-            let mut cur = [Entry::default(); BURST];
-            let mut act = [0u8; BURST];
-            for &root in &self.roots {
-                cur[..n].fill(root);
-                // Walk all keys one level at a time; keys that reached a leaf drop out of
-                // the active list (branch-free compaction), so the loads of one level are
-                // independent and no key takes steps it does not need.
-                let mut na = 0;
-                if root.is_node() {
-                    for (i, a) in act.iter_mut().enumerate().take(n) {
-                        *a = i as u8;
-                    }
-                    na = n;
-                }
-                while na > 0 {
-                    let mut nn = 0;
-                    for j in 0..na {
-                        let i = act[j] as usize % BURST;
-                        let e = step(&self.entries, cur[i], &dims[i]);
-                        cur[i] = e;
-                        act[nn] = i as u8;
-                        nn += usize::from(e.is_node());
-                    }
-                    na = nn;
-                }
-                for i in 0..n {
-                    if masks[i].1 {
-                        best[i] =
-                            best[i].min(self.check_leaf(cur[i], &dims[i], masks[i].0, &kc[i]));
-                    }
-                }
-            }
-            oc[..n].copy_from_slice(&best[..n]);
         }
+    }
+
+    /// One burst of at most [`BURST`] keys with `N`-slot key arrays and `R` range dims
+    /// (0 = read at run time).
+    #[inline(always)]
+    fn burst<const N: usize, const R: usize>(&self, kc: &[Key], oc: &mut [u32]) {
+        let n = kc.len().min(oc.len()).min(BURST);
+        // Start every key's cache miss at once, before the loop that needs them.
+        for i in 0..n {
+            prefetch_index_nta(kc, i);
+        }
+        let mut dims = [[0u32; N]; BURST];
+        let mut km = [0u32; BURST];
+        let mut live = [false; BURST];
+        for i in 0..n {
+            dims[i] = key_slots::<N>(&kc[i]);
+            (km[i], live[i]) = self.key_mask(&dims[i], &kc[i]);
+        }
+        let mut best = [NONE; BURST];
+        if !self.exact.is_empty() {
+            for (b, k) in best.iter_mut().zip(&kc[..n]) {
+                *b = self.exact_lookup(k);
+            }
+        }
+        let rs = self.range_slots::<N, R>();
+        let entries = &self.entries[..];
+        let mut cur = [EMPTY_LEAF; BURST];
+        let mut nxt = [0usize; BURST];
+        let mut sel = [0u8; BURST];
+        let mut act = [0u8; BURST];
+        for (&root, &first) in self.roots.iter().zip(&self.tree_first) {
+            // The keys this tree can still improve: they pass the pinned dims and their
+            // best match so far comes after the tree's first rule.
+            let mut ns = 0;
+            for i in 0..n {
+                sel[ns % BURST] = i as u8;
+                ns += usize::from(live[i] & (best[i] > first));
+            }
+            let sel = &sel[..ns.min(BURST)];
+            cur.fill(root);
+            // Walk the keys one level at a time, software-pipelined: a pass loads the
+            // entries whose prefetch the previous pass issued, and prefetches the next
+            // ones, so every load had a whole pass over the burst to arrive. Keys that
+            // reached a leaf drop out of the active list (branch-free compaction).
+            let mut na = 0;
+            if root.is_node() {
+                for &i in sel {
+                    let i = i as usize % BURST;
+                    nxt[i] = child(root, &dims[i]);
+                    prefetch_index(entries, nxt[i]);
+                    act[na] = i as u8;
+                    na += 1;
+                }
+            }
+            while na > 0 {
+                let mut nn = 0;
+                for j in 0..na.min(BURST) {
+                    let i = act[j] as usize % BURST;
+                    let e = *entries.get(nxt[i]).unwrap_or(&EMPTY_LEAF);
+                    cur[i] = e;
+                    // For a leaf this index is meaningless and never loaded; prefetching
+                    // it is harmless (a prefetch never faults).
+                    nxt[i] = child(e, &dims[i]);
+                    prefetch_index(entries, nxt[i]);
+                    act[nn % BURST] = i as u8;
+                    nn += usize::from(e.is_node());
+                }
+                na = nn;
+            }
+            // The leaves' rows, for all keys, before testing any.
+            for &i in sel {
+                let e = cur[i as usize % BURST];
+                if e.base & SMALL_FLAG != 0 {
+                    prefetch_index(&self.small, e.off as usize);
+                } else {
+                    prefetch_index(&self.rows, e.off as usize);
+                }
+            }
+            for &i in sel {
+                let i = i as usize % BURST;
+                let r = self.check_leaf(cur[i], &dims[i], &rs, km[i], &kc[i]);
+                best[i] = best[i].min(r);
+            }
+        }
+        oc[..n].copy_from_slice(&best[..n]);
     }
 }
 
@@ -1132,9 +1404,10 @@ impl Classifier for Compiled {
 
     fn classify(&self, key: &Key) -> Decision {
         let r = self.lookup_raw(key);
-        self.rules
+        self.decisions
             .get(r as usize)
-            .map_or(Decision::NoMatch, |ru| ru.decision)
+            .copied()
+            .unwrap_or(Decision::NoMatch)
     }
 
     fn lookup_batch(&self, keys: &[Key], out: &mut [Option<u32>]) {
@@ -1153,9 +1426,10 @@ impl Classifier for Compiled {
             self.lookup_burst(kc, &mut buf[..kc.len()]);
             for (o, &r) in oc.iter_mut().zip(&buf) {
                 *o = self
-                    .rules
+                    .decisions
                     .get(r as usize)
-                    .map_or(Decision::NoMatch, |ru| ru.decision);
+                    .copied()
+                    .unwrap_or(Decision::NoMatch);
             }
         }
     }
@@ -1167,5 +1441,6 @@ impl Classifier for Compiled {
             + self.small.len() * 4
             + self.exact.capacity() * (std::mem::size_of::<(ExactKey, u32)>() + 1)
             + self.rules.len() * (std::mem::size_of::<Rule>() + 1)
+            + self.decisions.len() * std::mem::size_of::<Decision>()
     }
 }
