@@ -74,6 +74,8 @@ pub struct EngineReport {
     /// held the core; the machine is shared), when the OS reports it.
     pub lookups_per_cpu_s: Option<f64>,
     pub mismatches: u64,
+    /// Keys per batch call in the measurement (the engine's [`Classifier::burst`]).
+    pub burst: usize,
 }
 
 /// Counts trace entries whose first match differs from the expected rule.
@@ -110,15 +112,20 @@ pub struct Rate {
     pub cpu: Option<f64>,
 }
 
-/// Replays `keys` in bursts of 32 for at least `min` wall time.
+/// Most keys per call `measure` hands an engine.
+pub const MAX_BURST: usize = 256;
+
+/// Replays `keys` in bursts of `engine.burst()` (at most [`MAX_BURST`]) for at least
+/// `min` wall time.
 pub fn measure(engine: &dyn Classifier, keys: &[Key], min: Duration) -> Rate {
-    let mut out = [Decision::NoMatch; 32];
+    let burst = engine.burst().clamp(1, MAX_BURST);
+    let mut out = [Decision::NoMatch; MAX_BURST];
     let mut n = 0u64;
     let cpu0 = thread_cpu_ns();
     let start = Instant::now();
     let mut sink = 0u64;
     loop {
-        for kc in keys.chunks(32) {
+        for kc in keys.chunks(burst) {
             engine.classify_batch(kc, &mut out[..kc.len()]);
             if let Decision::FlowRule(i) = out[0] {
                 sink = sink.wrapping_add(u64::from(i));
@@ -173,8 +180,8 @@ pub fn run_classbench_with(
             args.rules.display()
         );
         println!(
-            "{:<10} {:>10} {:>12} {:>14} {:>14} {:>10}",
-            "engine", "build_ms", "bytes", "lookups/s", "lookups/cpu-s", "mismatches"
+            "{:<10} {:>10} {:>12} {:>14} {:>14} {:>10} {:>6}",
+            "engine", "build_ms", "bytes", "lookups/s", "lookups/cpu-s", "mismatches", "burst"
         );
     }
     let min = Duration::from_secs_f64(args.seconds.max(0.0));
@@ -195,18 +202,20 @@ pub fn run_classbench_with(
             lookups_per_s: rate.wall,
             lookups_per_cpu_s: rate.cpu,
             mismatches,
+            burst: engine.burst().clamp(1, MAX_BURST),
         };
         if args.json {
             println!("{}", serde_json::to_string(&rep)?);
         } else {
             println!(
-                "{:<10} {:>10.1} {:>12} {:>14.0} {:>14.0} {:>10}",
+                "{:<10} {:>10.1} {:>12} {:>14.0} {:>14.0} {:>10} {:>6}",
                 rep.engine,
                 rep.build_ms,
                 rep.bytes,
                 rep.lookups_per_s,
                 rep.lookups_per_cpu_s.unwrap_or(f64::NAN),
-                rep.mismatches
+                rep.mismatches,
+                rep.burst
             );
         }
     }

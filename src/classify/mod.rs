@@ -196,6 +196,13 @@ pub trait Classifier: Send + Sync {
 
     /// Bytes of memory the engine's lookup structures use.
     fn bytes(&self) -> usize;
+
+    /// Keys per `classify_batch` call at which the engine is measured (`flowgate
+    /// classbench`): the data path's burst (32) unless the engine does better with more,
+    /// as DPDK's rte_acl does (256, what `dpdk-test-acl` uses).
+    fn burst(&self) -> usize {
+        32
+    }
 }
 
 /// Compiles `rules` with the default engine for the data path: the flat cutting trees

@@ -378,6 +378,10 @@ impl Classifier for AclClassifier<'_> {
     fn bytes(&self) -> usize {
         self.bytes
     }
+
+    fn burst(&self) -> usize {
+        ACL_BURST
+    }
 }
 
 impl AclClassifier<'_> {
