@@ -53,8 +53,10 @@
 //! - **Bursts.** `classify_batch` walks up to [`BURST`] keys level by level, software
 //!   pipelined: one pass over the burst loads each active key's entry, computes the index
 //!   of its next one and prefetches it, so every load has had a whole pass to arrive.
-//!   Keys that reached a leaf drop out of a branch-free active list; then all their
-//!   leaves are prefetched before any is tested. The burst's keys are prefetched up
+//!   Keys that reached a leaf drop out of a branch-free active list; a key keeps only
+//!   the index of its current entry (a select keeps a reached leaf's), not the entry, and
+//!   the leaf entry is read again (from L1) once the walk ends. Then all the leaves' rows
+//!   are prefetched before any is tested. The burst's keys are prefetched up
 //!   front. This replaces the SIMD gathers rte_acl uses (`core::arch` intrinsics need
 //!   `unsafe`); prefetches go through the `prefetch-index` crate, as in the flow table.
 //!   Trees are ordered by their first rule; a key whose best match so far precedes a
@@ -1074,9 +1076,12 @@ impl Compiled {
                 }
             }
             // Real rules without mask dims require no mask bits; padding lanes require
-            // bit 31 (never set).
-            for l in 0..LANES {
-                ok[l] &= -i32::from(req[l] & nkm == 0);
+            // bit 31 (never set). With no mask dims at all there is nothing to test:
+            // padding lanes already fail on their empty ranges (`R` ≥ 1 here).
+            if !self.mslots.is_empty() {
+                for l in 0..LANES {
+                    ok[l] &= -i32::from(req[l] & nkm == 0);
+                }
             }
             let mut bits = 0u32;
             for l in 0..LANES {
@@ -1301,8 +1306,9 @@ impl Compiled {
         }
         let rs = self.range_slots::<N, R>();
         let entries = &self.entries[..];
-        let mut cur = [EMPTY_LEAF; BURST];
-        let mut nxt = [0usize; BURST];
+        // Per key, the index in `entries` of its current entry (a node still to step
+        // through, or the leaf it reached: a leaf keeps its own index).
+        let mut pos = [0u32; BURST];
         let mut sel = [0u8; BURST];
         let mut act = [0u8; BURST];
         for (&root, &first) in self.roots.iter().zip(&self.tree_first) {
@@ -1314,17 +1320,18 @@ impl Compiled {
                 ns += usize::from(live[i] & (best[i] > first));
             }
             let sel = &sel[..ns.min(BURST)];
-            cur.fill(root);
             // Walk the keys one level at a time, software-pipelined: a pass loads the
             // entries whose prefetch the previous pass issued, and prefetches the next
             // ones, so every load had a whole pass over the burst to arrive. Keys that
-            // reached a leaf drop out of the active list (branch-free compaction).
+            // reached a leaf drop out of the active list (branch-free compaction) and keep
+            // the leaf's index; only that index is stored per level, not the entry.
             let mut na = 0;
             if root.is_node() {
                 for &i in sel {
                     let i = i as usize % BURST;
-                    nxt[i] = child(root, &dims[i]);
-                    prefetch_index(entries, nxt[i]);
+                    let c = child(root, &dims[i]);
+                    pos[i] = c as u32;
+                    prefetch_index(entries, c);
                     act[na] = i as u8;
                     na += 1;
                 }
@@ -1333,20 +1340,29 @@ impl Compiled {
                 let mut nn = 0;
                 for j in 0..na.min(BURST) {
                     let i = act[j] as usize % BURST;
-                    let e = *entries.get(nxt[i]).unwrap_or(&EMPTY_LEAF);
-                    cur[i] = e;
-                    // For a leaf this index is meaningless and never loaded; prefetching
-                    // it is harmless (a prefetch never faults).
-                    nxt[i] = child(e, &dims[i]);
-                    prefetch_index(entries, nxt[i]);
+                    let p = pos[i];
+                    let e = *entries.get(p as usize).unwrap_or(&EMPTY_LEAF);
+                    let c = child(e, &dims[i]);
+                    let node = e.is_node();
+                    // For a leaf `c` is meaningless: it is neither kept nor loaded, and
+                    // prefetching it is harmless (a prefetch never faults).
+                    pos[i] = if node { c as u32 } else { p };
+                    prefetch_index(entries, c);
                     act[nn % BURST] = i as u8;
-                    nn += usize::from(e.is_node());
+                    nn += usize::from(node);
                 }
                 na = nn;
             }
             // The leaves' rows, for all keys, before testing any.
+            let leaf_of = |i: usize| {
+                if root.is_node() {
+                    *entries.get(pos[i] as usize).unwrap_or(&EMPTY_LEAF)
+                } else {
+                    root
+                }
+            };
             for &i in sel {
-                let e = cur[i as usize % BURST];
+                let e = leaf_of(i as usize % BURST);
                 if e.base & SMALL_FLAG != 0 {
                     prefetch_index(&self.small, e.off as usize);
                 } else {
@@ -1355,7 +1371,7 @@ impl Compiled {
             }
             for &i in sel {
                 let i = i as usize % BURST;
-                let r = self.check_leaf(cur[i], &dims[i], &rs, km[i], &kc[i]);
+                let r = self.check_leaf(leaf_of(i), &dims[i], &rs, km[i], &kc[i]);
                 best[i] = best[i].min(r);
             }
         }
