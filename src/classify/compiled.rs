@@ -1024,12 +1024,19 @@ impl Compiled {
     }
 
     /// First rule of the leaf entry `leaf` matching, or `NONE`, when the number of range
-    /// dims `R` is known at compile time: `v` holds the key's values of the range dims.
-    /// Every range dim is tested (no per-leaf "tests needed" loop): a dim the leaf's region
-    /// has decided passes for every rule there anyway, and fixed-count loops unroll into
-    /// straight-line compares with no bounds checks.
+    /// dims `R` is known at compile time: `vb` holds the key's values of the range dims,
+    /// biased by `i32::MIN` (see [`Compiled::biased`]). Every range dim is tested (no
+    /// per-leaf "tests needed" loop): a dim the leaf's region has decided passes for every
+    /// rule there anyway, and fixed-count loops unroll into straight-line compares with no
+    /// bounds checks.
     #[inline(always)]
-    fn check_leaf_fix<const R: usize>(&self, leaf: Entry, v: &[u32; R], km: u32, key: &Key) -> u32 {
+    fn check_leaf_fix<const R: usize>(
+        &self,
+        leaf: Entry,
+        vb: &[i32; 8],
+        km: u32,
+        key: &Key,
+    ) -> u32 {
         let start = leaf.off as usize;
         if leaf.base & SMALL_FLAG != 0 {
             let stride = 2 * R + 2;
@@ -1037,6 +1044,7 @@ impl Compiled {
             let Some(rows) = self.small.get(start..start + n * stride) else {
                 return NONE;
             };
+            let v: [u32; R] = std::array::from_fn(|j| (vb[j % 8] as u32) ^ 0x8000_0000);
             for row in rows.chunks_exact(stride) {
                 let mut ok = true;
                 for j in 0..R {
@@ -1052,25 +1060,25 @@ impl Compiled {
         }
         // Chunks: the dimension loop keeps a run-time trip count (`rslots.len()`, equal to
         // `R`): unrolled, LLVM's SLP vectorizer falls back to scalar compares; as a loop,
-        // each step is two `pcmpgtd` on one SSE2 register of lanes.
+        // each step is two `pcmpgtd` on one SSE2 register of lanes. The chunks are taken
+        // one by one from the leaf's first row (no multiplied, overflow-checked length).
         let r = self.rslots.len();
         let stride = 2 * r + 2;
-        let Some(mut rest) = self.rows.get(start..start + leaf.base as usize * stride) else {
+        let Some(mut rest) = self.rows.get(start..) else {
             return NONE;
         };
-        let mut vb = [0i32; 8];
-        for j in 0..R.min(8) {
-            vb[j] = (v[j] ^ 0x8000_0000) as i32;
-        }
-        let nkm = !km as i32;
-        while let Some((c, tail)) = rest.split_at_checked(stride) {
+        let masks = !self.mslots.is_empty();
+        for _ in 0..leaf.base {
+            let Some((c, tail)) = rest.split_at_checked(stride) else {
+                return NONE;
+            };
             rest = tail;
             let (pairs, _) = c.as_chunks::<2>();
             let Some(([req, idx], lohi)) = pairs.split_last() else {
                 return NONE;
             };
             let mut ok = [-1i32; LANES];
-            for ([lo, hi], &x) in lohi.iter().zip(&vb) {
+            for ([lo, hi], &x) in lohi.iter().zip(vb) {
                 for l in 0..LANES {
                     ok[l] &= !(-i32::from(x < lo[l]) | -i32::from(hi[l] < x));
                 }
@@ -1078,7 +1086,8 @@ impl Compiled {
             // Real rules without mask dims require no mask bits; padding lanes require
             // bit 31 (never set). With no mask dims at all there is nothing to test:
             // padding lanes already fail on their empty ranges (`R` ≥ 1 here).
-            if !self.mslots.is_empty() {
+            if masks {
+                let nkm = !km as i32;
                 for l in 0..LANES {
                     ok[l] &= -i32::from(req[l] & nkm == 0);
                 }
@@ -1195,22 +1204,33 @@ impl Compiled {
         NONE
     }
 
-    /// The leaf test, fixed (`R > 0`) or dynamic (`R == 0`); `rs` = slots of the range dims.
+    /// The leaf test, fixed (`R > 0`, reading the biased range values `vb`) or dynamic
+    /// (`R == 0`, reading the slots `dims`).
     #[inline(always)]
     fn check_leaf<const N: usize, const R: usize>(
         &self,
         leaf: Entry,
         dims: &[u32; N],
-        rs: &[usize; R],
+        vb: &[i32; 8],
         km: u32,
         key: &Key,
     ) -> u32 {
         if R == 0 {
             self.check_leaf_dyn(leaf, dims, km, key)
         } else {
-            let v: [u32; R] = std::array::from_fn(|j| dims[rs[j] & (N - 1)]);
-            self.check_leaf_fix(leaf, &v, km, key)
+            self.check_leaf_fix::<R>(leaf, vb, km, key)
         }
+    }
+
+    /// The key's values of the range dims (slots `rs`) biased by `i32::MIN`, so a signed
+    /// compare is an unsigned one; computed once per key for all its trees (`R` ≤ 6).
+    #[inline(always)]
+    fn biased<const N: usize, const R: usize>(dims: &[u32; N], rs: &[usize; R]) -> [i32; 8] {
+        let mut vb = [0i32; 8];
+        for j in 0..R.min(8) {
+            vb[j] = (dims[rs[j] & (N - 1)] ^ 0x8000_0000) as i32;
+        }
+        vb
     }
 
     #[inline]
@@ -1238,6 +1258,7 @@ impl Compiled {
             return best;
         }
         let rs = self.range_slots::<N, R>();
+        let vb = Self::biased(&dims, &rs);
         for (&root, &first) in self.roots.iter().zip(&self.tree_first) {
             // Every rule of this tree comes after the best match so far.
             if best <= first {
@@ -1247,7 +1268,7 @@ impl Compiled {
             while e.is_node() {
                 e = step(&self.entries, e, &dims);
             }
-            best = best.min(self.check_leaf(e, &dims, &rs, km, key));
+            best = best.min(self.check_leaf::<N, R>(e, &dims, &vb, km, key));
         }
         best
     }
@@ -1294,9 +1315,14 @@ impl Compiled {
         let mut dims = [[0u32; N]; BURST];
         let mut km = [0u32; BURST];
         let mut live = [false; BURST];
+        let mut vb = [[0i32; 8]; BURST];
+        let rs = self.range_slots::<N, R>();
         for i in 0..n {
             dims[i] = key_slots::<N>(&kc[i]);
             (km[i], live[i]) = self.key_mask(&dims[i], &kc[i]);
+            if R > 0 {
+                vb[i] = Self::biased(&dims[i], &rs);
+            }
         }
         let mut best = [NONE; BURST];
         if !self.exact.is_empty() {
@@ -1304,7 +1330,6 @@ impl Compiled {
                 *b = self.exact_lookup(k);
             }
         }
-        let rs = self.range_slots::<N, R>();
         let entries = &self.entries[..];
         // Per key, the index in `entries` of its current entry (a node still to step
         // through, or the leaf it reached: a leaf keeps its own index).
@@ -1371,7 +1396,7 @@ impl Compiled {
             }
             for &i in sel {
                 let i = i as usize % BURST;
-                let r = self.check_leaf(leaf_of(i), &dims[i], &rs, km[i], &kc[i]);
+                let r = self.check_leaf::<N, R>(leaf_of(i), &dims[i], &vb[i], km[i], &kc[i]);
                 best[i] = best[i].min(r);
             }
         }
