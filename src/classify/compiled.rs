@@ -1078,7 +1078,18 @@ impl Compiled {
                 return NONE;
             };
             let mut ok = [-1i32; LANES];
-            for ([lo, hi], &x) in lohi.iter().zip(vb) {
+            // Two dims per step (half the loop overhead), then an odd last one.
+            let (dd, odd) = lohi.as_chunks::<2>();
+            let (vv, _) = vb.as_chunks::<2>();
+            for ([[lo0, hi0], [lo1, hi1]], &[x0, x1]) in dd.iter().zip(vv) {
+                for l in 0..LANES {
+                    ok[l] &= !(-i32::from(x0 < lo0[l])
+                        | -i32::from(hi0[l] < x0)
+                        | -i32::from(x1 < lo1[l])
+                        | -i32::from(hi1[l] < x1));
+                }
+            }
+            for ([lo, hi], &x) in odd.iter().zip(&vb[2 * dd.len() % 8..]) {
                 for l in 0..LANES {
                     ok[l] &= !(-i32::from(x < lo[l]) | -i32::from(hi[l] < x));
                 }
