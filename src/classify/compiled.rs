@@ -1002,8 +1002,10 @@ impl Compiled {
         for (i, &(s, c)) in self.mslots.iter().enumerate() {
             m |= u32::from(d[s as usize & (N - 1)] == c) << i;
         }
-        let ok = key.src & self.gsrc.0 == self.gsrc.1
-            && key.dst & self.gdst.0 == self.gdst.1
+        // One test for both addresses: no differing bit under either mask.
+        let diff =
+            ((key.src ^ self.gsrc.1) & self.gsrc.0) | ((key.dst ^ self.gdst.1) & self.gdst.0);
+        let ok = diff == 0
             && self
                 .grest
                 .iter()
