@@ -56,10 +56,10 @@
 //!   Keys that reached a leaf drop out of a branch-free active list; a key keeps only
 //!   the index of its current entry (a select keeps a reached leaf's), not the entry, and
 //!   the leaf entry is read again (from L1) once the walk ends. Then all the leaves' rows
-//!   are prefetched before any is tested. The burst's keys are prefetched up
-//!   front. This replaces the SIMD gathers rte_acl uses (`core::arch` intrinsics need
-//!   `unsafe`); prefetches go through the `prefetch-index` crate, as in the flow table.
-//!   Trees are ordered by their first rule; a key whose best match so far precedes a
+//!   are prefetched before any is tested. The burst's keys are prefetched up front.
+//!   This replaces the SIMD gathers rte_acl uses (`core::arch` intrinsics are not
+//!   callable from this crate's safe code); prefetches go through the `prefetch-index`
+//!   crate, as in the flow table. Trees are ordered by their first rule; a key whose best match so far precedes a
 //!   tree's first rule skips that tree.
 //! - **Replication control.** Per node, `b` is the largest value whose total replication
 //!   stays under `spfac × n` and the dimension is the one that minimises the fullest
@@ -1025,6 +1025,25 @@ impl Compiled {
                 .is_some_and(|ru| ru.matches(key))
     }
 
+    /// The rule of the first lane (in priority order) whose `ok` is all ones and whose
+    /// hit stands ([`Self::confirmed`]), or `NONE`: the end of every chunked leaf test.
+    #[inline(always)]
+    fn first_lane(&self, ok: &[i32; LANES], idx: &[i32; LANES], key: &Key) -> u32 {
+        let mut bits = 0u32;
+        for l in 0..LANES {
+            bits |= (ok[l] as u32) & LANE_BIT[l];
+        }
+        while bits != 0 {
+            let l = bits.trailing_zeros() as usize;
+            let ri = idx[l % LANES] as u32;
+            if self.confirmed(ri, key) {
+                return ri;
+            }
+            bits &= bits - 1;
+        }
+        NONE
+    }
+
     /// First rule of the leaf entry `leaf` matching, or `NONE`, when the number of range
     /// dims `R` is known at compile time: `rs` are the slots of the range dims in `dims`
     /// (chunks compare them biased, see [`Compiled::biased`]). Every range dim is tested (no
@@ -1107,17 +1126,9 @@ impl Compiled {
                     ok[l] &= -i32::from(req[l] & nkm == 0);
                 }
             }
-            let mut bits = 0u32;
-            for l in 0..LANES {
-                bits |= (ok[l] as u32) & LANE_BIT[l];
-            }
-            while bits != 0 {
-                let l = bits.trailing_zeros() as usize;
-                let ri = idx[l % LANES] as u32;
-                if self.confirmed(ri, key) {
-                    return ri;
-                }
-                bits &= bits - 1;
+            let ri = self.first_lane(&ok, idx, key);
+            if ri != NONE {
+                return ri;
             }
         }
         NONE
@@ -1203,17 +1214,9 @@ impl Compiled {
                     ok[l] &= -i32::from(req[l] >= 0);
                 }
             }
-            let mut bits = 0u32;
-            for l in 0..LANES {
-                bits |= (ok[l] as u32) & LANE_BIT[l];
-            }
-            while bits != 0 {
-                let l = bits.trailing_zeros() as usize;
-                let ri = idx[l % LANES] as u32;
-                if self.confirmed(ri, key) {
-                    return ri;
-                }
-                bits &= bits - 1;
+            let ri = self.first_lane(&ok, idx, key);
+            if ri != NONE {
+                return ri;
             }
         }
         NONE
