@@ -55,7 +55,10 @@
 //!   of its next one and prefetches it, so every load has had a whole pass to arrive.
 //!   Keys that reached a leaf drop out of a branch-free active list; a key keeps only
 //!   the index of its current entry (a select keeps a reached leaf's), not the entry, and
-//!   the leaf entry is read again (from L1) once the walk ends. Then all the leaves' rows
+//!   the leaf entry is read again (from L1) once the walk ends. A node whose children are
+//!   all leaves is flagged (a bit of its `shift`), so a key stepping through it drops out
+//!   at once instead of spending one more pass to find its entry is a leaf (acl1_10K −3%,
+//!   fw1_10K −17% instructions per lookup). Then all the leaves' rows
 //!   are prefetched before any is tested. The burst's keys are prefetched up front.
 //!   This replaces the SIMD gathers rte_acl uses (`core::arch` intrinsics are not
 //!   callable from this crate's safe code); prefetches go through the `prefetch-index`
@@ -363,7 +366,7 @@ pub struct Compiled {
 
 /// One flattened tree entry: the node a child slot leads to, inlined so each level is a
 /// single load. Child index = `min((slots[dim] - off) >> shift, lim)` (`dim` is a slot
-/// of the key array, see [`SLOT_DIM`]). A leaf is an entry
+/// of the key array, see [`SLOT_DIM`]; a node's `shift` may carry [`KIDS_LEAVES`]). A leaf is an entry
 /// with `dim == LEAF` that carries its leaf inline, so reaching it costs no further
 /// indirection: `base` = chunks and `off` = first row in `rows`, or for a small leaf
 /// `base` = `SMALL_FLAG | rules` and `off` = first word in `small`; `lim | shift << 16` =
@@ -385,6 +388,10 @@ const SMALL_FLAG: u32 = 1 << 31;
 
 /// `Entry::dim` of a leaf (real dimensions are below [`NDIMS`]).
 const LEAF: u8 = u8::MAX;
+/// Bit of a node entry's `shift` marking a node whose children are all leaves: a burst
+/// walk drops a key as soon as it steps through such a node, with no pass that only
+/// finds out that the entry it reached is a leaf. `child` masks the shift with 31.
+const KIDS_LEAVES: u8 = 0x80;
 /// A leaf with no rules.
 const EMPTY_LEAF: Entry = Entry {
     base: 0,
@@ -672,12 +679,15 @@ impl Builder<'_> {
             let s = self.build(kid, &sub, depth + 1);
             self.slots[at + c] = s;
         }
+        let kids_leaves = self.slots[at..at + nchild]
+            .iter()
+            .all(|s| matches!(s, Slot::Leaf(_)));
         Slot::Node(Entry {
             base: at as u32,
             off: cut.off as u32,
             lim: (nchild - 1) as u16,
             dim: d as u8,
-            shift: sh as u8,
+            shift: sh as u8 | if kids_leaves { KIDS_LEAVES } else { 0 },
         })
     }
 }
@@ -1372,8 +1382,8 @@ impl Compiled {
                     let c = child(root, &dims[i]);
                     pos[i] = c as u32;
                     prefetch_index(entries, c);
-                    act[na] = i as u8;
-                    na += 1;
+                    act[na % BURST] = i as u8;
+                    na += usize::from(root.shift < KIDS_LEAVES);
                 }
             }
             while na > 0 {
@@ -1389,7 +1399,8 @@ impl Compiled {
                     pos[i] = if node { c as u32 } else { p };
                     prefetch_index(entries, c);
                     act[nn % BURST] = i as u8;
-                    nn += usize::from(node);
+                    // Below a node whose children are all leaves, `c` is the leaf.
+                    nn += usize::from(node & (e.shift < KIDS_LEAVES));
                 }
                 na = nn;
             }
