@@ -110,6 +110,8 @@ pub fn thread_cpu_ns() -> Option<u64> {
 pub struct Rate {
     pub wall: f64,
     pub cpu: Option<f64>,
+    /// Keys per `classify_batch` call.
+    pub burst: usize,
 }
 
 /// Most keys per call `measure` hands an engine.
@@ -142,6 +144,7 @@ pub fn measure(engine: &dyn Classifier, keys: &[Key], min: Duration) -> Rate {
             return Rate {
                 wall: n as f64 / el.as_secs_f64(),
                 cpu,
+                burst,
             };
         }
     }
@@ -202,7 +205,7 @@ pub fn run_classbench_with(
             lookups_per_s: rate.wall,
             lookups_per_cpu_s: rate.cpu,
             mismatches,
-            burst: engine.burst().clamp(1, MAX_BURST),
+            burst: rate.burst,
         };
         if args.json {
             println!("{}", serde_json::to_string(&rep)?);
