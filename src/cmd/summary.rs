@@ -102,7 +102,7 @@ pub fn trace_line(t: &Tables, n: u64, len: usize, o: &Outcome) -> String {
             " -> {to} port={} dst_mac={} actions=[{}]",
             r.port,
             mac(&r.mac),
-            qos(&q)
+            qos(q)
         );
     }
     if let Some(d) = o.drop {

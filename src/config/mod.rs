@@ -240,6 +240,18 @@ pub struct QosActions {
 }
 
 impl QosActions {
+    /// No action (the `Default`, usable in a `static`).
+    pub const NONE: QosActions = QosActions {
+        pop_mpls: false,
+        swap_mpls: None,
+        pop_vlan: false,
+        set_vlan: None,
+        push_vlan: None,
+        pcp: None,
+        push_mpls: None,
+        dscp: None,
+    };
+
     /// True when there is nothing to do.
     pub fn is_empty(&self) -> bool {
         *self == QosActions::default()

@@ -20,6 +20,7 @@
 //! - A non-first fragment follows its first fragment; without one it is dropped
 //!   (`fragment_no_first`).
 
+pub mod express;
 pub mod meta;
 pub mod parse;
 pub mod reply;
@@ -110,20 +111,23 @@ pub struct Tables {
     /// `svc`, or `NONE16` (a flow hit needs it for per-server counters; a table read
     /// instead of a search of the members on every packet).
     member_of: Vec<u16>,
+    /// Precomputed routes of the express path.
+    express: express::Express,
     pub generation: u64,
 }
 
 impl Tables {
     /// The QoS actions a route's selector names.
     #[inline]
-    pub fn qos(&self, sel: QosSel) -> QosActions {
+    pub fn qos(&self, sel: QosSel) -> &QosActions {
+        static NONE: QosActions = QosActions::NONE;
         let p = &self.pipeline;
         match sel {
-            QosSel::None => QosActions::default(),
-            QosSel::Service(i) => p.services[i as usize].qos,
-            QosSel::ServiceReply(i) => p.services[i as usize].reply_qos,
-            QosSel::Rule(i) => p.flow_rules[i as usize].qos,
-            QosSel::RuleReply(i) => p.flow_rules[i as usize].reply_qos,
+            QosSel::None => &NONE,
+            QosSel::Service(i) => &p.services[i as usize].qos,
+            QosSel::ServiceReply(i) => &p.services[i as usize].reply_qos,
+            QosSel::Rule(i) => &p.flow_rules[i as usize].qos,
+            QosSel::RuleReply(i) => &p.flow_rules[i as usize].reply_qos,
         }
     }
 
@@ -162,12 +166,14 @@ impl Tables {
                 member_of[i * n + m.server as usize] = j as u16; // the first wins
             }
         }
+        let express = express::Express::build(&p, &member_of);
         Tables {
             pipeline: p,
             classifier,
             maglev,
             server_by_mac,
             member_of,
+            express,
             generation,
         }
     }
@@ -318,6 +324,8 @@ impl Worker {
             let mut metas = [Meta::default(); N];
             let mut parsed = [false; N];
             let mut keys = [(FlowKey::default(), false, 0u64); N];
+            // Frames the express parser took, with their TCP flags.
+            let mut fast = [None; N];
             // Parse, hash, and start loading each packet's bucket; `LAG` packets later,
             // when that bucket has had the time of `LAG` parses to arrive, read it and
             // start loading the hot slot it names. The two dependent misses of every
@@ -326,18 +334,18 @@ impl Worker {
             let table = &self.flows.table;
             let n = bufs.len();
             for (i, b) in bufs.iter().enumerate() {
-                let m = &mut metas[i];
-                match parse::parse_into(b.data(), m) {
-                    Ok(()) => {
-                        let (key, swapped) = FlowKey::of(&m.quoted.unwrap_or(m.tuple));
-                        let h = table.hash(&key);
-                        table.prefetch_bucket(h);
-                        keys[i] = (key, swapped, h);
-                        parsed[i] = true;
-                    }
-                    Err(r) => {
-                        outs[i] = Outcome::default();
-                        drop_into(&mut outs[i], r);
+                if let Some(x) = express::parse(b.data()) {
+                    let (key, swapped) = FlowKey::of(&x.tuple);
+                    let h = table.hash(&key);
+                    table.prefetch_bucket(h);
+                    keys[i] = (key, swapped, h);
+                    fast[i] = Some(x.tcp_flags);
+                    parsed[i] = true;
+                } else {
+                    self.parse_one(b.data(), &mut metas[i], &mut keys[i], &mut outs[i]);
+                    parsed[i] = outs[i].drop.is_none();
+                    if parsed[i] {
+                        table.prefetch_bucket(keys[i].2);
                     }
                 }
                 if i >= LAG && parsed[i - LAG] {
@@ -351,11 +359,104 @@ impl Worker {
             }
             for (i, b) in bufs.iter_mut().enumerate() {
                 self.stats.packets_in += 1;
+                if let Some(flags) = fast[i] {
+                    if self.express(&tables, b, &keys[i], flags, now, &mut outs[i]) {
+                        self.count(&outs[i]);
+                        continue;
+                    }
+                    // Not an express flow: the general path, with the general parse.
+                    self.parse_one(b.data(), &mut metas[i], &mut keys[i], &mut outs[i]);
+                    parsed[i] = outs[i].drop.is_none();
+                }
                 if parsed[i] {
                     self.decide(&tables, b, &metas[i], &keys[i], in_port, now, &mut outs[i]);
                 }
                 self.count(&outs[i]);
             }
+        }
+    }
+
+    /// The general parse of one frame of a burst: its `Meta` and key triple, or the drop
+    /// in `out`.
+    #[inline]
+    fn parse_one(&self, d: &[u8], m: &mut Meta, key: &mut (FlowKey, bool, u64), out: &mut Outcome) {
+        *out = Outcome::default();
+        match parse::parse_into(d, m) {
+            Ok(()) => {
+                let (k, swapped) = FlowKey::of(&m.quoted.unwrap_or(m.tuple));
+                *key = (k, swapped, self.flows.table.hash(&k));
+            }
+            Err(r) => drop_into(out, r),
+        }
+    }
+
+    /// The express path (see [`express`]): handles a packet of an express flow and
+    /// returns true, or returns false having changed nothing.
+    #[inline]
+    fn express<B: PacketBuf>(
+        &mut self,
+        tables: &Tables,
+        buf: &mut B,
+        &(fkey, swapped, hash): &(FlowKey, bool, u64),
+        tcp_flags: u8,
+        now: u64,
+        out: &mut Outcome,
+    ) -> bool {
+        let Some(h) = self.flows.table.find_hashed(&fkey, hash) else {
+            return false;
+        };
+        let f = *self.flows.table.get(h);
+        let (Owner::Service(svc), Target::Server(server)) = (f.owner, f.target) else {
+            return false;
+        };
+        let forward = f.swapped() == swapped;
+        let tcp = fkey.proto == 6;
+        if tcp && forward && f.tcp() == TcpState::Closing && syn_only(tcp_flags) {
+            return false;
+        }
+        // Forward routes exist only for servers that are up; a response also needs its
+        // server up (the general path moves a flow off a down server in both directions).
+        let (Some(_), Some(r)) = (
+            tables.express.route(svc, server, true),
+            tables.express.route(svc, server, forward),
+        ) else {
+            return false;
+        };
+        self.step(h, f, tcp.then_some(tcp_flags), forward, now);
+        *out = Outcome {
+            kind: Kind::Flow { reverse: !forward },
+            ..Outcome::default()
+        };
+        match express::rewrite(buf, &r.qos, r.route.mac, tables.pipeline.mac) {
+            Ok(()) => out.route = Some(r.route),
+            Err(e) => out.drop = Some(e),
+        }
+        true
+    }
+
+    /// Advances flow `h` (whose value was `f`) by one packet: its TCP state when
+    /// `tcp_flags` is given, its timer.
+    #[inline(always)]
+    fn step(
+        &mut self,
+        h: u32,
+        mut f: crate::flow::Flow,
+        tcp_flags: Option<u8>,
+        forward: bool,
+        now: u64,
+    ) {
+        let class = f.class;
+        if let Some(flags) = tcp_flags
+            && f.tcp() != TcpState::None
+        {
+            f.set_tcp(tcp_next(f.tcp(), flags, forward));
+            f.class = tcp_class(f.tcp());
+        }
+        *self.flows.table.get_mut(h) = f;
+        if f.class == class {
+            self.flows.table.touch(h, class, now);
+        } else {
+            self.flows.table.touch_reclass(h, f.class, now);
         }
     }
 
@@ -423,8 +524,7 @@ impl Worker {
         if is_ip && let Some(h) = self.flows.table.find_hashed(&fkey, hash) {
             let f = *self.flows.table.get(h);
             let forward = f.swapped() == swapped;
-            let syn_only = m.tuple.proto == 6
-                && m.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
+            let syn_only = m.tuple.proto == 6 && syn_only(m.tcp_flags);
             if f.tcp() == TcpState::Closing && forward && syn_only && m.quoted.is_none() {
                 // A new connection reusing the tuple of a closed one: start afresh.
                 self.flows.table.remove(h);
@@ -586,11 +686,6 @@ impl Worker {
         let mut f = *self.flows.table.get(h);
         out.kind = Kind::Flow { reverse: !forward };
         if m.quoted.is_none() {
-            let class = f.class;
-            if f.tcp() != TcpState::None && m.tuple.proto == 6 {
-                f.set_tcp(tcp_next(f.tcp(), m.tcp_flags, forward));
-                f.class = tcp_class(f.tcp());
-            }
             // A server that went down: move the flow (its connections are lost anyway).
             if let (Target::Server(s), Owner::Service(i)) = (f.target, f.owner)
                 && p.servers
@@ -600,12 +695,13 @@ impl Worker {
             {
                 f.target = Target::Server(p.services[i as usize].members[mb as usize].server);
             }
-            *self.flows.table.get_mut(h) = f;
-            if f.class == class {
-                self.flows.table.touch(h, class, now);
-            } else {
-                self.flows.table.touch_reclass(h, f.class, now);
-            }
+            self.step(
+                h,
+                f,
+                (m.tuple.proto == 6).then_some(m.tcp_flags),
+                forward,
+                now,
+            );
         }
         let (svc, rule) = match f.owner {
             Owner::Service(i) => (i, NONE16),
@@ -748,7 +844,7 @@ impl Worker {
         out: &mut Outcome,
     ) {
         let q = tables.qos(route.qos);
-        if let Err(r) = action::apply_qos(buf, m, &q) {
+        if let Err(r) = action::apply_qos(buf, m, q) {
             drop_into(out, r);
             return;
         }
@@ -804,6 +900,12 @@ impl Worker {
             _ => drop_with(out, DropReason::NotForUs),
         }
     }
+}
+
+/// A SYN without ACK: what opens a connection.
+#[inline]
+fn syn_only(flags: u8) -> bool {
+    flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
 }
 
 fn drop_with(mut out: Outcome, r: DropReason) -> Outcome {

@@ -1,0 +1,391 @@
+//! The express path: the packet of a known load-balanced flow, in the common shape,
+//! handled without the general machinery.
+//!
+//! Layer: `pipeline`. Nearly every packet a load balancer sees is an untagged IPv4 TCP
+//! or UDP packet of a flow a service already placed on a server. For that case
+//! [`Worker::process_burst`](super::Worker::process_burst) skips the general parser
+//! ([`Meta`](super::meta::Meta)), the decision tree and the generic rewrite engine:
+//!
+//! - [`parse`] accepts only an untagged Ethernet frame carrying an IPv4 header without
+//!   options, not fragmented, with a TCP or UDP header; for every frame it accepts,
+//!   [`parse_into`](super::parse::parse_into) would succeed and find the same tuple and
+//!   TCP flags (a property test checks this on random and damaged frames).
+//! - [`Express`] is compiled with the tables: per (service, server) the route a forward
+//!   packet takes, per service the route a response takes, and each direction's QoS
+//!   reduced to "maybe push one tag, maybe rewrite the DSCP" (the actions an untagged
+//!   IPv4 frame can take without any check that could fail). A service whose QoS needs
+//!   anything else (MPLS, popping or rewriting a tag that is not there) has no express
+//!   route, and its packets take the general path.
+//! - The flow must be owned by a service and target one of its servers that is not
+//!   down, and must not be a closed TCP connection being reopened by a SYN; everything
+//!   else (misses, rule flows, down servers, ARP/ND, ICMP, fragments, VLAN or MPLS
+//!   frames, IPv6) takes the general path, decided before anything is changed.
+//!
+//! The outcome, the flow's state, the frame's bytes and the counters are exactly what
+//! the general path gives: `tests/burst.rs` runs `process_burst` against
+//! [`Worker::process`](super::Worker::process), which never takes this path, on
+//! generated traffic, damaged copies of it and all the shared captures.
+
+use super::meta::Tuple;
+use super::{NONE16, QosSel, Route};
+use crate::config::{Mac, Pipeline, QosActions, ServerState};
+
+/// What the express path needs from a frame it accepted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fast {
+    pub tuple: Tuple,
+    /// TCP flags (0 for UDP).
+    pub tcp_flags: u8,
+}
+
+/// Parses an untagged IPv4 (no options, not fragmented) TCP or UDP frame; `None` for
+/// anything else, including anything the general parser would reject.
+#[inline]
+pub fn parse(d: &[u8]) -> Option<Fast> {
+    // The general parser refuses frames longer than a u16 (TooBig).
+    if d.len() > usize::from(u16::MAX) {
+        return None;
+    }
+    let h: &[u8; 34] = d.get(..34)?.try_into().ok()?;
+    // EtherType IPv4, version 4 with a 20-byte header.
+    if h[12] != 0x08 || h[13] != 0x00 || h[14] != 0x45 {
+        return None;
+    }
+    let tl = usize::from(u16::from_be_bytes([h[16], h[17]]));
+    // Not a fragment: MF clear and offset 0 (DF may be set).
+    if h[20] & 0x3f != 0 || h[21] != 0 || 14 + tl > d.len() {
+        return None;
+    }
+    // The L4 header as the general parser sees it: bounded by the total length.
+    let l4 = d.get(34..14 + tl)?;
+    let proto = h[23];
+    let tcp_flags = match proto {
+        6 => {
+            let hl = usize::from(*l4.get(12)? >> 4) * 4;
+            if hl < 20 || hl > l4.len() {
+                return None;
+            }
+            l4[13]
+        }
+        17 => {
+            let ulen = usize::from(u16::from_be_bytes([*l4.get(4)?, *l4.get(5)?]));
+            if ulen < 8 || ulen > l4.len() {
+                return None;
+            }
+            0
+        }
+        _ => return None,
+    };
+    let p = l4.get(..4)?;
+    let addr = |o: usize| super::parse::v4_mapped([h[o], h[o + 1], h[o + 2], h[o + 3]]);
+    Some(Fast {
+        tuple: Tuple {
+            src: addr(26),
+            dst: addr(30),
+            src_port: u16::from_be_bytes([p[0], p[1]]),
+            dst_port: u16::from_be_bytes([p[2], p[3]]),
+            proto,
+        },
+        tcp_flags,
+    })
+}
+
+/// A direction's QoS on an untagged IPv4 frame: the actions that cannot fail there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FastQos {
+    /// The 802.1Q tag pushed after the MACs (TPID and TCI bytes).
+    pub tag: Option<[u8; 4]>,
+    pub dscp: Option<u8>,
+}
+
+impl FastQos {
+    /// `q` reduced to a tag and a DSCP, as [`crate::action::apply_qos`] applies it to an
+    /// untagged IPv4 frame; `None` when `q` does anything else there.
+    pub fn of(q: &QosActions) -> Option<FastQos> {
+        // On an untagged, unlabelled frame these fail (nothing to pop or rewrite), and a
+        // pushed label changes the frame's shape: the general path handles them.
+        if q.pop_mpls
+            || q.swap_mpls.is_some()
+            || q.pop_vlan
+            || q.set_vlan.is_some()
+            || q.push_mpls.is_some()
+        {
+            return None;
+        }
+        let mut tag = q.push_vlan.map(|(tpid, vid, pcp)| {
+            let [t0, t1] = tpid.to_be_bytes();
+            let [c0, c1] = ((u16::from(pcp) << 13) | (vid & 0x0fff)).to_be_bytes();
+            [t0, t1, c0, c1]
+        });
+        if let Some(pcp) = q.pcp {
+            tag = Some(match tag {
+                // A pushed tag takes the priority in its TCI.
+                Some([t0, t1, c0, c1]) => [t0, t1, (c0 & 0x1f) | (pcp << 5), c1],
+                // An untagged frame gets a priority tag (VID 0).
+                None => [0x81, 0x00, pcp << 5, 0],
+            });
+        }
+        Some(FastQos { tag, dscp: q.dscp })
+    }
+}
+
+/// Where an express packet goes, precomputed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FastRoute {
+    pub route: Route,
+    pub qos: FastQos,
+}
+
+/// The express tables of one [`Tables`](super::Tables) snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct Express {
+    servers: usize,
+    /// Index `service * servers + server`: the forward route of a flow of that service
+    /// on that server; `None` when the server is not a member, is down, or the
+    /// service's QoS is not express.
+    forward: Vec<Option<FastRoute>>,
+    /// Per service: the route of responses; `None` when the reply QoS is not express.
+    reply: Vec<Option<FastRoute>>,
+}
+
+impl Express {
+    /// Compiles the express routes of `p`; `member_of` is the (service, server) member
+    /// index of [`Tables`](super::Tables).
+    pub fn build(p: &Pipeline, member_of: &[u16]) -> Express {
+        let n = p.servers.len();
+        let mut forward = vec![None; p.services.len() * n];
+        let mut reply = Vec::with_capacity(p.services.len());
+        for (i, svc) in p.services.iter().enumerate() {
+            let i16 = i as u16;
+            if let Some(qos) = FastQos::of(&svc.qos) {
+                for (s, srv) in p.servers.iter().enumerate() {
+                    let member = member_of[i * n + s];
+                    if member == NONE16 || srv.state == ServerState::Down {
+                        continue;
+                    }
+                    let route = Route {
+                        mac: srv.mac,
+                        port: srv.port.unwrap_or(0),
+                        qos: QosSel::Service(i16),
+                        svc: i16,
+                        member,
+                        rule: NONE16,
+                        server: s as u16,
+                    };
+                    forward[i * n + s] = Some(FastRoute { route, qos });
+                }
+            }
+            reply.push(FastQos::of(&svc.reply_qos).map(|qos| FastRoute {
+                route: Route {
+                    mac: p.gateway_mac,
+                    port: p.gateway_port.unwrap_or(0),
+                    qos: QosSel::ServiceReply(i16),
+                    svc: i16,
+                    member: NONE16,
+                    rule: NONE16,
+                    server: NONE16,
+                },
+                qos,
+            }));
+        }
+        Express {
+            servers: n,
+            forward,
+            reply,
+        }
+    }
+
+    /// The route of a packet of a flow of service `svc` on server `server`, in its
+    /// creating direction when `forward`.
+    #[inline]
+    pub fn route(&self, svc: u16, server: u16, forward: bool) -> Option<&FastRoute> {
+        if forward {
+            if usize::from(server) >= self.servers {
+                return None;
+            }
+            self.forward
+                .get(usize::from(svc) * self.servers + usize::from(server))?
+                .as_ref()
+        } else {
+            self.reply.get(usize::from(svc))?.as_ref()
+        }
+    }
+}
+
+/// Rewrites an express frame (validated by [`parse`]) for `r`: the tag, the DSCP, the
+/// MACs. `Err` when there is no room for the tag (the general path's `too_big`).
+#[inline]
+pub fn rewrite<B: crate::action::PacketBuf + ?Sized>(
+    b: &mut B,
+    r: &FastQos,
+    dst: Mac,
+    src: Mac,
+) -> Result<(), super::meta::DropReason> {
+    let mut l3 = 14;
+    if let Some(tag) = r.tag {
+        if b.data().len() + 4 > crate::action::MAX_FRAME || !b.prepend(4) {
+            return Err(super::meta::DropReason::TooBig);
+        }
+        let d = b.data_mut();
+        let Some(h) = d.get_mut(..16) else {
+            return Err(super::meta::DropReason::TooBig);
+        };
+        h.copy_within(4..16, 0);
+        h[12..16].copy_from_slice(&tag);
+        l3 = 18;
+    }
+    let d = b.data_mut();
+    if let Some(dscp) = r.dscp {
+        crate::action::set_dscp(d, super::meta::L3::Ipv4, l3, dscp)?;
+    }
+    if let Some(h) = d.get_mut(..12) {
+        h[..6].copy_from_slice(&dst);
+        h[6..].copy_from_slice(&src);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::action::{FrameBuf, PacketBuf, apply_qos};
+    use crate::pipeline::meta::Meta;
+    use crate::pipeline::parse::parse_into;
+    use proptest::prelude::*;
+
+    /// An untagged IPv4 frame: TCP (proto 6) or UDP (17), `pad` bytes of payload.
+    fn frame(proto: u8, pad: usize) -> Vec<u8> {
+        let l4 = if proto == 6 { 20 } else { 8 };
+        let tl = 20 + l4 + pad;
+        let mut f = vec![0u8; 14 + tl];
+        f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[15] = 0x2e;
+        f[16..18].copy_from_slice(&(tl as u16).to_be_bytes());
+        f[22] = 64;
+        f[23] = proto;
+        f[26..30].copy_from_slice(&[198, 51, 100, 7]);
+        f[30..34].copy_from_slice(&[203, 0, 113, 10]);
+        let ck = crate::wire::checksum::checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&ck.to_be_bytes());
+        f[34..38].copy_from_slice(&[0x9c, 0x40, 0, 80]);
+        if proto == 6 {
+            f[46] = 5 << 4;
+            f[47] = 0x18;
+        } else {
+            f[38..40].copy_from_slice(&((8 + pad) as u16).to_be_bytes());
+        }
+        f
+    }
+
+    #[test]
+    fn parses_tcp_and_udp_and_refuses_the_rest() {
+        let t = parse(&frame(6, 0)).expect("tcp");
+        assert_eq!(
+            (
+                t.tuple.src_port,
+                t.tuple.dst_port,
+                t.tuple.proto,
+                t.tcp_flags
+            ),
+            (40000, 80, 6, 0x18)
+        );
+        assert_eq!(
+            t.tuple.dst,
+            super::super::parse::v4_mapped([203, 0, 113, 10])
+        );
+        let u = parse(&frame(17, 4)).expect("udp");
+        assert_eq!((u.tuple.proto, u.tcp_flags), (17, 0));
+        let mut tagged = frame(6, 0);
+        tagged.splice(12..12, [0x81, 0x00, 0x00, 0x07]);
+        assert_eq!(parse(&tagged), None, "tagged frames take the general path");
+        let mut frag = frame(17, 4);
+        frag[20] = 0x20; // more fragments
+        assert_eq!(parse(&frag), None);
+        let mut opts = frame(6, 4);
+        opts[14] = 0x46;
+        assert_eq!(parse(&opts), None, "IPv4 options take the general path");
+        let mut icmp = frame(6, 0);
+        icmp[23] = 1;
+        assert_eq!(parse(&icmp), None);
+    }
+
+    proptest! {
+        /// Whatever the express parser accepts, the general parser accepts with the same
+        /// tuple and TCP flags, with the L3 header right after the MACs.
+        #[test]
+        fn accepts_only_what_the_general_parser_accepts_alike(
+            proto in prop::sample::select(vec![6u8, 17]),
+            pad in 0usize..40,
+            edits in prop::collection::vec((0usize..80, any::<u8>()), 0..4),
+            cut in 0usize..90,
+        ) {
+            let mut f = frame(proto, pad);
+            for (at, v) in edits {
+                if let Some(b) = f.get_mut(at) {
+                    *b = v;
+                }
+            }
+            f.truncate(f.len().min(cut.max(1) + 10));
+            if let Some(x) = parse(&f) {
+                let mut m = Meta::default();
+                prop_assert_eq!(parse_into(&f, &mut m), Ok(()));
+                prop_assert_eq!(m.tuple, x.tuple);
+                prop_assert_eq!(m.quoted, None);
+                prop_assert_eq!(m.tcp_flags, x.tcp_flags);
+                prop_assert_eq!((m.n_vlans, m.n_mpls, m.l3_off), (0, 0, 14));
+                prop_assert_eq!(m.frag, crate::pipeline::meta::Frag::None);
+            }
+        }
+
+        /// `rewrite` with `FastQos::of(q)` gives the bytes `apply_qos(q)` + `set_macs`
+        /// give, and `of` refuses exactly the actions that would fail or change the
+        /// frame's shape on an untagged IPv4 frame.
+        #[test]
+        fn rewrite_matches_apply_qos(
+            proto in prop::sample::select(vec![6u8, 17]),
+            pop_mpls in any::<bool>(),
+            swap in prop::option::weighted(0.1, 0u32..1 << 20),
+            pop_vlan in prop::bool::weighted(0.1),
+            set_vlan in prop::option::weighted(0.1, 0u16..4096),
+            push_vlan in prop::option::of((prop::sample::select(vec![0x8100u16, 0x88a8]), 0u16..4096, 0u8..8)),
+            pcp in prop::option::of(0u8..8),
+            push_mpls in prop::option::weighted(0.1, (0u32..1 << 20, 0u8..8, any::<u8>())),
+            dscp in prop::option::of(0u8..64),
+        ) {
+            let q = QosActions {
+                pop_mpls: pop_mpls && swap.is_none(),
+                swap_mpls: swap,
+                pop_vlan,
+                set_vlan,
+                push_vlan,
+                pcp,
+                push_mpls,
+                dscp,
+            };
+            let f = frame(proto, 6);
+            let mut m = Meta::default();
+            parse_into(&f, &mut m).expect("valid frame");
+            let (dst, src) = ([2, 0, 0, 0, 1, 1], [2, 0, 0, 0, 0, 1]);
+            let mut general = FrameBuf::new(256);
+            general.load(&f);
+            let ok = apply_qos(&mut general, &m, &q).is_ok();
+            crate::action::set_macs(&mut general, dst, src);
+            match FastQos::of(&q) {
+                Some(fq) => {
+                    prop_assert!(ok);
+                    let mut fast = FrameBuf::new(256);
+                    fast.load(&f);
+                    prop_assert_eq!(rewrite(&mut fast, &fq, dst, src), Ok(()));
+                    prop_assert_eq!(fast.data(), general.data());
+                }
+                None => prop_assert!(
+                    !ok || q.push_mpls.is_some(),
+                    "refused {:?}, which apply_qos applies", q
+                ),
+            }
+        }
+    }
+}
