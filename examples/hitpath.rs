@@ -47,7 +47,10 @@ fn main() {
         .nth(3)
         .unwrap_or("pipelines/web-farm.yaml".into());
     let mut p = Pipeline::load(std::path::Path::new(&pipe)).unwrap();
-    p.flow_table.capacity = p.flow_table.capacity.max(flows as usize * 5 / 4);
+    p.flow_table.capacity = std::env::var("CAP")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(p.flow_table.capacity.max(flows as usize * 5 / 4));
     let vip = [203, 0, 113, 10];
     let mut w = Worker::new(Arc::new(Tables::build(p, 1)));
     let mut f = [0u8; 60];

@@ -191,12 +191,18 @@ fn bench_dpdk(
     if json {
         println!(
             "{}",
-            serde_json::json!({"flowgate_mpps": r.flowgate_mpps, "testpmd_mpps": r.testpmd_mpps, "ratio": r.ratio})
+            serde_json::json!({"flowgate_mpps": r.flowgate_mpps, "testpmd_mpps": r.testpmd_mpps, "ratio": r.ratio, "anon_huge_mb": r.anon_huge_mb})
         );
     } else {
         println!(
             "flowgate: {:.2} Mpps per worker core ({} workers, {} live flows, {} packets in {:.1} s)",
             r.flowgate_mpps, r.workers, r.flows, r.packets, r.seconds
+        );
+        println!(
+            "flow tables: {:.0} MB advised for transparent huge pages, {} MB backed by them",
+            r.huge_advised_mb,
+            r.anon_huge_mb
+                .map_or_else(|| "?".to_string(), |m| format!("{m:.0}"))
         );
         if let (Some(t), Some(q)) = (r.testpmd_mpps, r.ratio) {
             println!("dpdk-testpmd macswap: {t:.2} Mpps per core\nratio: {q:.2}");

@@ -182,6 +182,22 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
         self.cap
     }
 
+    /// The table's memory as `(start, bytes)` regions (the hot and cold slabs at full
+    /// capacity, the index), e.g. to ask for huge pages: every lookup lands in them.
+    pub fn memory(&self) -> [(*const u8, usize); 3] {
+        [
+            (
+                self.hot.as_ptr().cast(),
+                self.hot.capacity() * core::mem::size_of::<Hot<K, V>>(),
+            ),
+            (
+                self.cold.as_ptr().cast(),
+                self.cold.capacity() * core::mem::size_of::<Cold>(),
+            ),
+            (self.buckets.as_ptr().cast(), self.buckets.len() * 4),
+        ]
+    }
+
     /// The hash `key` is stored under (lets a burst compute it once).
     #[inline]
     pub fn hash(&self, key: &K) -> u64 {

@@ -228,6 +228,9 @@ pub struct Worker {
     frags: LruTable<FragKey, FragRec>,
     pub stats: Stats,
     scratch: Vec<u8>,
+    /// `process_burst`'s per-frame parse results, reused from burst to burst.
+    burst_metas: Vec<Meta>,
+    burst_keys: Vec<(FlowKey, bool, u64)>,
 }
 
 /// Fragment records kept per worker, and how long (ns) they live.
@@ -244,6 +247,8 @@ impl Worker {
             frags: LruTable::new(FRAG_CAPACITY, &[FRAG_TIMEOUT_NS]),
             stats: Stats::new(p),
             scratch: vec![0; 256],
+            burst_metas: Vec::new(),
+            burst_keys: Vec::new(),
             tables,
         }
     }
@@ -263,6 +268,12 @@ impl Worker {
         }
         self.tables = t;
         Ok(())
+    }
+
+    /// The memory of the flow table, as `(start, bytes)` regions (see
+    /// [`LruTable::memory`]).
+    pub fn memory(&self) -> [(*const u8, usize); 3] {
+        self.flows.table.memory()
     }
 
     /// Live flows.
@@ -321,16 +332,20 @@ impl Worker {
         const N: usize = 32;
         let tables = Arc::clone(&self.tables);
         for (bufs, outs) in bufs.chunks_mut(N).zip(outs.chunks_mut(N)) {
-            let mut metas = [Meta::default(); N];
+            // Kept between bursts (every entry a frame uses is written first), so that a
+            // burst does not start by clearing 32 `Meta`s.
+            let mut metas = std::mem::take(&mut self.burst_metas);
+            let mut keys = std::mem::take(&mut self.burst_keys);
+            metas.resize(N, Meta::default());
+            keys.resize(N, (FlowKey::default(), false, 0));
             let mut parsed = [false; N];
-            let mut keys = [(FlowKey::default(), false, 0u64); N];
             // Frames the express parser took, with their TCP flags.
             let mut fast = [None; N];
             // Parse, hash, and start loading each packet's bucket; `LAG` packets later,
             // when that bucket has had the time of `LAG` parses to arrive, read it and
             // start loading the hot slot it names. The two dependent misses of every
             // lookup overlap with each other, with the other lookups and with parsing.
-            const LAG: usize = 8;
+            const LAG: usize = 12;
             let table = &self.flows.table;
             let n = bufs.len();
             for (i, b) in bufs.iter().enumerate() {
@@ -373,6 +388,8 @@ impl Worker {
                 }
                 self.count(&outs[i]);
             }
+            self.burst_metas = metas;
+            self.burst_keys = keys;
         }
     }
 

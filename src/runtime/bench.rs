@@ -54,11 +54,18 @@ pub struct BenchResult {
     pub flows: usize,
     pub seconds: f64,
     pub packets: u64,
+    /// Flow-table memory advised for transparent huge pages (all workers), MB.
+    pub huge_advised_mb: f64,
+    /// The process's anonymous memory backed by huge pages once the flows were created
+    /// (`AnonHugePages` of /proc/self/smaps_rollup), MB; `None` when unreadable.
+    pub anon_huge_mb: Option<f64>,
 }
 
 /// Per-worker outcome.
 struct Done {
     packets: u64,
+    /// Bytes of flow table advised for huge pages.
+    huge: usize,
     seconds: f64,
     stats: Stats,
     flows: usize,
@@ -171,13 +178,14 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
     if conf.ports.len() < 2 {
         bail!("bench needs two ports (RX and TX), e.g. net_null0 and net_null1");
     }
-    let mut p = Pipeline::load(&conf.pipeline)?;
+    // The flow table `flowgate run` would give each worker with this conf, grown when
+    // needed so that every bench flow fits without eviction.
+    let mut p = super::worker::load_pipeline(conf)?;
     let per_worker = o.flows.div_ceil(n_workers);
     if per_worker >= 1 << 24 {
         bail!("at most 16M flows per worker");
     }
-    // Room for every flow without eviction (the table may round up; keep 25 % slack).
-    p.flow_table.capacity = p.flow_table.capacity.max(per_worker + per_worker / 4);
+    p.flow_table.capacity = p.flow_table.capacity.max(per_worker);
     let (vip, dport) = target_service(&p)?;
     let tpl = Template {
         vip,
@@ -239,12 +247,15 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
         .collect();
     let seconds = o.seconds;
     let total_flows = o.flows;
+    let anon_huge = parking_lot::Mutex::new(None);
     eal.scope(|s| -> Result<()> {
         for (i, (mut rxq, mut txq)) in rxs.into_iter().zip(txs).enumerate() {
             let (tables, go, ready, results, pool) =
                 (Arc::clone(&tables), &go, &ready[i], &results[i], &pool);
             s.launch(conf.worker_lcores[i], move || {
                 let mut w = Worker::new(tables);
+                // As `flowgate run` does (see `advise_huge_pages`).
+                let huge = crate::port::dpdk::advise_huge_pages(&w.memory());
                 // Flows of this worker: k ≡ i (mod workers).
                 let mine: Vec<u32> = (i..total_flows)
                     .step_by(n_workers)
@@ -279,6 +290,7 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
                 let stamp = AckStamp::new(tpl);
                 let mut rxb = MbufBatch::new();
                 let mut txb = MbufBatch::new();
+                let mut outs = [Outcome::default(); 32];
                 let t0 = Instant::now();
                 let mut packets = 0u64;
                 let mut j = 0usize;
@@ -301,7 +313,6 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
                                 let _ = m.set_data(&f);
                             }
                         }
-                        let mut outs = [Outcome::default(); 32];
                         w.process_burst(rxb.as_mut_slice(), 0, now, &mut outs[..got]);
                         let mut k = 0;
                         rxb.drain_each(|m| {
@@ -331,6 +342,7 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
                 st.flows_expired -= before.flows_expired;
                 *results.lock() = Some(Done {
                     packets,
+                    huge,
                     seconds: secs,
                     stats: st,
                     flows,
@@ -340,12 +352,14 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
         while !ready.iter().all(|r| r.load(Relaxed)) {
             std::thread::sleep(Duration::from_millis(20));
         }
+        *anon_huge.lock() = anon_huge_mb();
         go.store(true, Relaxed);
         Ok(())
     })??;
     let mut packets = 0u64;
     let mut mpps_sum = 0.0;
     let mut live = 0usize;
+    let mut huge = 0usize;
     for r in &results {
         let d = r
             .lock()
@@ -372,6 +386,7 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
         packets += d.packets;
         mpps_sum += d.packets as f64 / d.seconds / 1e6;
         live += d.flows;
+        huge += d.huge;
     }
     if live < o.flows {
         bail!(
@@ -397,7 +412,23 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
         flows: live,
         seconds: o.seconds,
         packets,
+        huge_advised_mb: huge as f64 / 1e6,
+        anon_huge_mb: anon_huge.into_inner(),
     })
+}
+
+/// `AnonHugePages` of this process, MB.
+fn anon_huge_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
+    let kb: f64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("AnonHugePages:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1000.0)
 }
 
 /// `dpdk-testpmd --forward-mode=macswap` on two `net_null` ports with the conf's lcores and

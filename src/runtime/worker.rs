@@ -87,7 +87,7 @@ struct WorkerIo<'q> {
 }
 
 /// Loads the pipeline and sizes its flow table for one worker.
-fn load_pipeline(conf: &RunConf) -> Result<Pipeline> {
+pub(super) fn load_pipeline(conf: &RunConf) -> Result<Pipeline> {
     let mut p = Pipeline::load(&conf.pipeline)?;
     if let Some(cap) = conf.flow_capacity {
         p.flow_table.capacity = cap.div_ceil(conf.worker_lcores.len()).max(1);
@@ -435,6 +435,8 @@ fn worker_loop<'q>(
     let _done = DoneGuard(slot);
     let mut generation = shared.generation.load(Relaxed);
     let mut w = Worker::new(Arc::clone(&shared.tables.lock()));
+    // Before any flow touches it: huge pages spare every lookup a TLB miss.
+    crate::port::dpdk::advise_huge_pages(&w.memory());
     let n_workers = shared.slots.len();
     let mut rxb: MbufBatch<'q> = MbufBatch::new();
     // This worker's frames picked out of a dispatched burst or its inbox.

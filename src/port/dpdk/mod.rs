@@ -16,6 +16,8 @@
 //! - [`Port`]: found by name, started with a [`PortConf`] (queues, symmetric RSS key),
 //!   split once into [`RxQueue`]/[`TxQueue`] that borrow it; stats, link, MAC.
 //! - [`AclClassifier`]: `rte_acl` behind [`crate::classify::Classifier`].
+//! - [`advise_huge_pages`]: transparent huge pages for the workers' flow tables (module
+//!   `memory`).
 //!
 //! Lifetimes do the resource ordering: mbufs borrow their pool (or the port queue they came
 //! from), queues borrow their port, pools/ports/ACL contexts borrow the [`Eal`], so
@@ -83,6 +85,7 @@ mod ethdev;
 mod ffi;
 mod lcore;
 mod mbuf;
+mod memory;
 mod mempool;
 
 pub use acl::{ACL_BURST, AclAlg, AclClassifier};
@@ -92,6 +95,7 @@ pub use ethdev::{
 };
 pub use lcore::Scope;
 pub use mbuf::{BURST, Mbuf, MbufBatch};
+pub use memory::advise_huge_pages;
 pub use mempool::{Mempool, leaked_pools};
 
 /// Errors of the DPDK binding.
