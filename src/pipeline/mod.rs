@@ -372,11 +372,10 @@ impl Worker {
                     table.prefetch_slot(keys[i].2);
                 }
             }
+            self.stats.packets_in += n as u64;
             for (i, b) in bufs.iter_mut().enumerate() {
-                self.stats.packets_in += 1;
                 if let Some(flags) = fast[i] {
                     if self.express(&tables, b, &keys[i], flags, now, &mut outs[i]) {
-                        self.count(&outs[i]);
                         continue;
                     }
                     // Not an express flow: the general path, with the general parse.
@@ -407,8 +406,8 @@ impl Worker {
         }
     }
 
-    /// The express path (see [`express`]): handles a packet of an express flow and
-    /// returns true, or returns false having changed nothing.
+    /// The express path (see [`express`]): handles (and counts) a packet of an express
+    /// flow and returns true, or returns false having changed nothing.
     #[inline]
     fn express<B: PacketBuf>(
         &mut self,
@@ -445,8 +444,20 @@ impl Worker {
             ..Outcome::default()
         };
         match express::rewrite(buf, &r.qos, r.route.mac, tables.pipeline.mac) {
-            Ok(()) => out.route = Some(r.route),
-            Err(e) => out.drop = Some(e),
+            Ok(()) => {
+                out.route = Some(r.route);
+                // `count` for this route: a service, a member forward, no rule.
+                let st = &mut self.stats;
+                st.packets_out += 1;
+                st.svc_packets[usize::from(svc)] += 1;
+                if forward {
+                    st.svc_server_packets[usize::from(svc)][usize::from(r.route.member)] += 1;
+                }
+            }
+            Err(e) => {
+                out.drop = Some(e);
+                self.stats.drops[e as usize] += 1;
+            }
         }
         true
     }
