@@ -132,8 +132,31 @@ impl FastQos {
 /// Where an express packet goes, precomputed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FastRoute {
-    pub route: Route,
+    /// Always `Some`: kept as the `Option` an [`Outcome`](super::Outcome) holds, so that
+    /// setting it is a plain copy (building `Some(route)` per packet went through the
+    /// stack in pieces read back across two stores, a store-forwarding stall).
+    pub route: Option<Route>,
+    /// The member index of a forward route (`route`'s `member`).
+    pub member: u16,
     pub qos: FastQos,
+    /// The frame's new MAC addresses, destination then source: written with one
+    /// 12-byte copy from here (built on the stack per packet, they were read back
+    /// across two stores, which the CPU cannot forward: a stall on every packet).
+    pub macs: [u8; 12],
+}
+
+impl FastRoute {
+    fn new(route: Route, qos: FastQos, src: Mac) -> FastRoute {
+        let mut macs = [0u8; 12];
+        macs[..6].copy_from_slice(&route.mac);
+        macs[6..].copy_from_slice(&src);
+        FastRoute {
+            route: Some(route),
+            member: route.member,
+            qos,
+            macs,
+        }
+    }
 }
 
 /// The express tables of one [`Tables`](super::Tables) snapshot.
@@ -172,11 +195,11 @@ impl Express {
                         rule: NONE16,
                         server: s as u16,
                     };
-                    forward[i * n + s] = Some(FastRoute { route, qos });
+                    forward[i * n + s] = Some(FastRoute::new(route, qos, p.mac));
                 }
             }
-            reply.push(FastQos::of(&svc.reply_qos).map(|qos| FastRoute {
-                route: Route {
+            reply.push(FastQos::of(&svc.reply_qos).map(|qos| {
+                let route = Route {
                     mac: p.gateway_mac,
                     port: p.gateway_port.unwrap_or(0),
                     qos: QosSel::ServiceReply(i16),
@@ -184,8 +207,8 @@ impl Express {
                     member: NONE16,
                     rule: NONE16,
                     server: NONE16,
-                },
-                qos,
+                };
+                FastRoute::new(route, qos, p.mac)
             }));
         }
         Express {
@@ -213,13 +236,13 @@ impl Express {
 }
 
 /// Rewrites an express frame (validated by [`parse`]) for `r`: the tag, the DSCP, the
-/// MACs. `Err` when there is no room for the tag (the general path's `too_big`).
+/// MACs (`macs`: destination then source). `Err` when there is no room for the tag (the
+/// general path's `too_big`).
 #[inline]
 pub fn rewrite<B: crate::action::PacketBuf + ?Sized>(
     b: &mut B,
     r: &FastQos,
-    dst: Mac,
-    src: Mac,
+    macs: &[u8; 12],
 ) -> Result<(), super::meta::DropReason> {
     let mut l3 = 14;
     if let Some(tag) = r.tag {
@@ -239,8 +262,7 @@ pub fn rewrite<B: crate::action::PacketBuf + ?Sized>(
         crate::action::set_dscp(d, super::meta::L3::Ipv4, l3, dscp)?;
     }
     if let Some(h) = d.get_mut(..12) {
-        h[..6].copy_from_slice(&dst);
-        h[6..].copy_from_slice(&src);
+        h.copy_from_slice(macs);
     }
     Ok(())
 }
@@ -378,7 +400,10 @@ mod tests {
                     prop_assert!(ok);
                     let mut fast = FrameBuf::new(256);
                     fast.load(&f);
-                    prop_assert_eq!(rewrite(&mut fast, &fq, dst, src), Ok(()));
+                    let mut macs = [0u8; 12];
+                    macs[..6].copy_from_slice(&dst);
+                    macs[6..].copy_from_slice(&src);
+                    prop_assert_eq!(rewrite(&mut fast, &fq, &macs), Ok(()));
                     prop_assert_eq!(fast.data(), general.data());
                 }
                 None => prop_assert!(

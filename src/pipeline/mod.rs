@@ -443,15 +443,15 @@ impl Worker {
             kind: Kind::Flow { reverse: !forward },
             ..Outcome::default()
         };
-        match express::rewrite(buf, &r.qos, r.route.mac, tables.pipeline.mac) {
+        match express::rewrite(buf, &r.qos, &r.macs) {
             Ok(()) => {
-                out.route = Some(r.route);
+                out.route = r.route;
                 // `count` for this route: a service, a member forward, no rule.
                 let st = &mut self.stats;
                 st.packets_out += 1;
                 st.svc_packets[usize::from(svc)] += 1;
                 if forward {
-                    st.svc_server_packets[usize::from(svc)][usize::from(r.route.member)] += 1;
+                    st.svc_server_packets[usize::from(svc)][usize::from(r.member)] += 1;
                 }
             }
             Err(e) => {
