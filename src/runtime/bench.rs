@@ -186,6 +186,13 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
         bail!("at most 16M flows per worker");
     }
     p.flow_table.capacity = p.flow_table.capacity.max(per_worker);
+    // The measured packets must all hit live flows: the run ends inside the timeout.
+    if o.seconds * 1e9 + 1e9 >= p.flow_table.tcp_established_ns as f64 {
+        bail!(
+            "--seconds must stay under the pipeline's TCP established timeout ({} s) minus 1 s",
+            p.flow_table.tcp_established_ns / 1_000_000_000
+        );
+    }
     let (vip, dport) = target_service(&p)?;
     let tpl = Template {
         vip,
@@ -294,7 +301,10 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
                 let t0 = Instant::now();
                 let mut packets = 0u64;
                 let mut j = 0usize;
-                let now = 1_000_000; // 1 ms: well inside every timeout
+                // The clock `flowgate run` gives a burst: nanoseconds since the start, read
+                // once per poll, so every hit records its time (a constant clock would
+                // spare each packet that write). Flows were created at 0; the run lasts
+                // well inside every timeout, and nothing calls `expire`.
                 let n = mine.len().max(1);
                 loop {
                     let got = rxq.rx_burst(&mut rxb);
@@ -313,6 +323,7 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
                                 let _ = m.set_data(&f);
                             }
                         }
+                        let now = t0.elapsed().as_nanos() as u64 + 1_000_000;
                         w.process_burst(rxb.as_mut_slice(), 0, now, &mut outs[..got]);
                         let mut k = 0;
                         rxb.drain_each(|m| {
