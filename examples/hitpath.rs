@@ -83,6 +83,7 @@ fn main() {
         .sum();
     let before = w.stats.packets_out;
     let mut j = 0;
+    let mut now = 1_000_000u64;
     let t0 = Instant::now();
     for _ in 0..iters {
         for bb in bufs.iter_mut() {
@@ -101,7 +102,8 @@ fn main() {
             s = (s & 0xffff) + (s >> 16);
             d[24..26].copy_from_slice(&(!(s as u16)).to_be_bytes());
         }
-        w.process_burst(&mut bufs, 0, 1_000_000, &mut outs);
+        now += 3200; // 100 ns a packet
+        w.process_burst(&mut bufs, 0, now, &mut outs);
         std::hint::black_box(&outs);
     }
     let dt = t0.elapsed().as_secs_f64();

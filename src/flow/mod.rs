@@ -26,7 +26,7 @@ pub const CLASS_CLOSING: u8 = 2;
 pub const CLASS_IDLE: u8 = 3;
 
 /// A direction-free 5-tuple: the (address, port) ends sorted.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Eq)]
 pub struct FlowKey {
     pub a: [u8; 16],
     pub b: [u8; 16],
@@ -43,6 +43,19 @@ impl core::hash::Hash for FlowKey {
         h.write_u128(u128::from_ne_bytes(self.a));
         h.write_u128(u128::from_ne_bytes(self.b));
         h.write_u64(u64::from(self.pa) | u64::from(self.pb) << 16 | u64::from(self.proto) << 32);
+    }
+}
+
+/// Three wide compares instead of the derived field-by-field (and byte-array) ones: every
+/// flow-table hit compares a key. The same fields as the derived impl.
+impl PartialEq for FlowKey {
+    #[inline]
+    fn eq(&self, o: &Self) -> bool {
+        let ports =
+            |k: &FlowKey| u64::from(k.pa) | u64::from(k.pb) << 16 | u64::from(k.proto) << 32;
+        u128::from_ne_bytes(self.a) == u128::from_ne_bytes(o.a)
+            && u128::from_ne_bytes(self.b) == u128::from_ne_bytes(o.b)
+            && ports(self) == ports(o)
     }
 }
 

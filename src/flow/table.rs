@@ -356,7 +356,7 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
     /// Marks `h`, which is in timeout `class`, seen at `now`. Reads and writes the hot
     /// slot only, unless the last-seen time entered a newer window (then it relinks).
     /// To move an entry to another class use [`touch_reclass`](Self::touch_reclass).
-    #[inline]
+    #[inline(always)]
     pub fn touch(&mut self, h: Handle, class: u8, now: u64) {
         debug_assert_eq!(self.cold[h as usize].class, class, "touch in another class");
         let cl = &mut self.classes[class as usize];
@@ -371,10 +371,17 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
             let moved = slot.last_seen < cl.win_start;
             slot.last_seen = now;
             if moved {
-                self.unlink(h);
-                self.link(h, class, now);
+                self.relink(h, class, now);
             }
         }
+    }
+
+    /// Moves `h` to the list of `class` for `now` (out of line: a hit seldom needs it).
+    #[cold]
+    #[inline(never)]
+    fn relink(&mut self, h: Handle, class: u8, now: u64) {
+        self.unlink(h);
+        self.link(h, class, now);
     }
 
     /// Marks `h` seen at `now` in timeout `class` (which may differ from its current
