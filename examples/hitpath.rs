@@ -1,4 +1,12 @@
-//! Scratch: the bench loop of `flowgate bench` without DPDK (FrameBufs), for profiling.
+//! `flowgate bench`'s loop without DPDK, for profiling the hit path with `perf` or
+//! `valgrind --tool=callgrind` (EAL and PMDs get in their way): the shipped web-farm
+//! pipeline (or the one given), `FLOWS` established flows visited in a fixed random order,
+//! each packet stamped as the bench stamps it into a reused `FrameBuf`, bursts of 32
+//! through `Worker::process_burst`, the clock advancing 100 ns a packet.
+//!
+//! `cargo run --release --example hitpath [FLOWS [BURSTS [PIPELINE]]]` (default 1000
+//! flows, 1M bursts) prints ns and Mpps per packet; `CAP=n` overrides the flow-table
+//! capacity. Asserts that every packet was forwarded.
 use flowgate::action::{FrameBuf, PacketBuf};
 use flowgate::config::Pipeline;
 use flowgate::pipeline::{Outcome, Tables, Worker};

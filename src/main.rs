@@ -65,6 +65,10 @@ enum Cmd {
         /// Skip the dpdk-testpmd comparison.
         #[arg(long)]
         no_testpmd: bool,
+        /// Measure only the poll/transmit loop, without stamping frames or running the
+        /// pipeline (the harness's and the PMD's own cost).
+        #[arg(long)]
+        io_only: bool,
     },
     /// Validate a pipeline and print its compiled summary (exit code 2 when invalid).
     Check {
@@ -151,7 +155,8 @@ fn run(cli: Cli) -> Result<()> {
             seconds,
             json,
             no_testpmd,
-        } => bench_dpdk(&conf, flows, seconds, json, no_testpmd),
+            io_only,
+        } => bench_dpdk(&conf, flows, seconds, json, no_testpmd, io_only),
         Cmd::Classbench(a) => classbench(&a),
         Cmd::Check { pipeline } => {
             let p = Pipeline::load(&pipeline)?;
@@ -177,6 +182,7 @@ fn bench_dpdk(
     seconds: f64,
     json: bool,
     no_testpmd: bool,
+    io_only: bool,
 ) -> Result<()> {
     use flowgate::runtime;
     let c = runtime::conf::RunConf::load(conf)?;
@@ -186,17 +192,27 @@ fn bench_dpdk(
             flows,
             seconds,
             no_testpmd,
+            io_only,
         },
     )?;
     if json {
         println!(
             "{}",
-            serde_json::json!({"flowgate_mpps": r.flowgate_mpps, "testpmd_mpps": r.testpmd_mpps, "ratio": r.ratio, "anon_huge_mb": r.anon_huge_mb})
+            serde_json::json!({"flowgate_mpps": r.flowgate_mpps, "testpmd_mpps": r.testpmd_mpps, "ratio": r.ratio, "io_only": r.io_only, "anon_huge_mb": r.anon_huge_mb})
         );
     } else {
         println!(
-            "flowgate: {:.2} Mpps per worker core ({} workers, {} live flows, {} packets in {:.1} s)",
-            r.flowgate_mpps, r.workers, r.flows, r.packets, r.seconds
+            "flowgate{}: {:.2} Mpps per worker core ({} workers, {} live flows, {} packets in {:.1} s)",
+            if r.io_only {
+                " (--io-only: poll and transmit, no pipeline)"
+            } else {
+                ""
+            },
+            r.flowgate_mpps,
+            r.workers,
+            r.flows,
+            r.packets,
+            r.seconds
         );
         println!(
             "flow tables: {:.0} MB advised for transparent huge pages, {} MB backed by them",
@@ -219,7 +235,7 @@ fn run_dpdk(_: &std::path::Path, _: Option<PathBuf>, _: bool) -> Result<()> {
 }
 
 #[cfg(not(feature = "dpdk"))]
-fn bench_dpdk(_: &std::path::Path, _: usize, _: f64, _: bool, _: bool) -> Result<()> {
+fn bench_dpdk(_: &std::path::Path, _: usize, _: f64, _: bool, _: bool, _: bool) -> Result<()> {
     anyhow::bail!(
         "flowgate was built without the dpdk feature: rebuild with `cargo build --release --features dpdk`"
     )

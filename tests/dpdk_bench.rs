@@ -61,4 +61,33 @@ fn bench_prints_rates_and_ratio() {
     let r = j["ratio"].as_f64().expect("ratio");
     assert!(f > 0.0 && t > 0.0, "{j}");
     assert!((r - f / t).abs() < 1e-9, "{j}");
+    assert_eq!(j["io_only"], serde_json::Value::Bool(false), "{j}");
+
+    // The loop alone: no testpmd, a rate of its own, flagged as such.
+    let o = flowgate()
+        .args([
+            "bench",
+            "--flows",
+            "1000",
+            "--seconds",
+            "0.5",
+            "--json",
+            "--no-testpmd",
+            "--io-only",
+            "--conf",
+        ])
+        .arg(&conf)
+        .output()
+        .expect("bench --io-only");
+    assert!(
+        o.status.success(),
+        "bench --io-only failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    let j: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(j["flowgate_mpps"].as_f64().expect("flowgate_mpps") > 0.0, "{j}");
+    assert_eq!(j["io_only"], serde_json::Value::Bool(true), "{j}");
+    assert!(j["testpmd_mpps"].is_null() && j["ratio"].is_null(), "{j}");
 }

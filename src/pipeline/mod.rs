@@ -5,6 +5,10 @@
 //! servers); [`Worker`] owns what changes per packet (flow table, fragment records,
 //! counters). [`Worker::process`] handles one frame in place and returns an [`Outcome`]
 //! saying where it goes and why. It never allocates, locks or makes a syscall.
+//! [`Worker::process_burst`], what the DPDK runtime uses, does the same for a burst,
+//! overlapping the flow-table misses, and sends the packets of known load-balanced flows
+//! in the common shape down the [`express`] path; `process` always takes the general path,
+//! which makes it the oracle `tests/burst.rs` checks the burst path against.
 //!
 //! Routing rules (see `docs/ARCHITECTURE.md` for the why):
 //! - ARP requests and IPv6 neighbour solicitations for a VIP or a `system.addresses`
