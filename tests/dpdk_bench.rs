@@ -87,7 +87,10 @@ fn bench_prints_rates_and_ratio() {
     let out = String::from_utf8_lossy(&o.stdout);
     let j: serde_json::Value =
         serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
-    assert!(j["flowgate_mpps"].as_f64().expect("flowgate_mpps") > 0.0, "{j}");
+    assert!(
+        j["flowgate_mpps"].as_f64().expect("flowgate_mpps") > 0.0,
+        "{j}"
+    );
     assert_eq!(j["io_only"], serde_json::Value::Bool(true), "{j}");
     assert!(j["testpmd_mpps"].is_null() && j["ratio"].is_null(), "{j}");
 }
