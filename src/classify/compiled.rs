@@ -35,9 +35,9 @@
 //!   (one masked compare per address) and then counts as satisfied, so it neither costs
 //!   leaf tests nor prevents a broad rule from covering a region. Narrow fields use their
 //!   real width (16 bits for ports), so the first cut takes their top bits.
-//! - **Key slots.** Lookups read a key as an array of slots ([`SLOT_DIM`]) ordered so the
+//! - **Key slots.** Lookups read a key as an array of slots (`SLOT_DIM`) ordered so the
 //!   IPv4 5-tuple's dimensions (and DSCP) come first. When every dimension in use sits
-//!   in the first [`NARROW`] slots (all ClassBench sets), key preparation computes only
+//!   in the first `NARROW` slots (all ClassBench sets), key preparation computes only
 //!   those 8 words; otherwise all 18. Lookups are compiled per slot count and, for 1–6
 //!   range dimensions, per range-dimension count (see *Leaves*).
 //! - **Cuts with an "outside" child.** For the chosen dimension, the rules that do not
@@ -140,7 +140,7 @@ fn slot_of(d: u8) -> u8 {
     SLOT_DIM.iter().position(|&x| x == d).unwrap_or(0) as u8
 }
 
-/// The first `N` slots of a key (see [`SLOT_DIM`]); `N` is 8 or 32 (a power of two, so
+/// The first `N` slots of a key (see `SLOT_DIM`); `N` is 8 or 32 (a power of two, so
 /// `s & (N - 1)` needs no bounds check). Slots past the 18 dimensions are 0.
 #[inline(always)]
 pub fn key_slots<const N: usize>(k: &Key) -> [u32; N] {
@@ -370,7 +370,7 @@ pub struct Compiled {
 
 /// One flattened tree entry: the node a child slot leads to, inlined so each level is a
 /// single load. Child index = `min((slots[dim] - off) >> shift, lim)` (`dim` is a slot
-/// of the key array, see [`SLOT_DIM`]; a node's `shift` may carry [`KIDS_LEAVES`]). A leaf is an entry
+/// of the key array, see `SLOT_DIM`; a node's `shift` may carry `KIDS_LEAVES`). A leaf is an entry
 /// with `dim == LEAF` that carries its leaf inline, so reaching it costs no further
 /// indirection: `base` = chunks and `off` = first row in `rows`, or for a small leaf
 /// `base` = `SMALL_FLAG | rules` and `off` = first word in `small`; `lim | shift << 16` =

@@ -1,6 +1,6 @@
 //! Classification: a rule model, a reference linear matcher, and compiled engines.
 //!
-//! Layer: `classify`, below `pipeline`. A [`RuleSet`] is a list of [`Rule`]s in priority
+//! Layer: `classify`, below `pipeline`. A rule set is a list of [`Rule`]s in priority
 //! order (index 0 wins). Every rule matches each [`Key`] field against an inclusive
 //! range, so prefixes, port ranges, exact values and wildcards share one form.
 //! Engines implement [`Classifier`]; [`linear::Linear`] is the reference every other

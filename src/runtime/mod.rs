@@ -3,7 +3,7 @@
 //!
 //! Layer: `runtime`, the top of the data plane, above `pipeline` and `port::dpdk`. The
 //! run configuration ([`conf`]) builds without DPDK; everything that touches DPDK is
-//! behind the `dpdk` feature ([`run()`], [`bench()`]).
+//! behind the `dpdk` feature (`run()`, `bench()`).
 //!
 //! Shape of a run (see `docs/RUNNING.md`):
 //! - The main thread is the management lcore: it initialises the EAL, the mempool and the
