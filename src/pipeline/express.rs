@@ -244,26 +244,31 @@ pub fn rewrite<B: crate::action::PacketBuf + ?Sized>(
     r: &FastQos,
     macs: &[u8; 12],
 ) -> Result<(), super::meta::DropReason> {
+    if r.tag.is_some() && (b.data().len() + 4 > crate::action::MAX_FRAME || !b.prepend(4)) {
+        return Err(super::meta::DropReason::TooBig);
+    }
+    // Every header byte rewritten below lies in the first 38 (MACs, a tag, 20 bytes of
+    // IPv4), which a frame `parse` accepted has, tag or not: one bounds check.
+    let Some(h) = b.data_mut().get_mut(..38) else {
+        return Err(super::meta::DropReason::RewriteFailed);
+    };
     let mut l3 = 14;
     if let Some(tag) = r.tag {
-        if b.data().len() + 4 > crate::action::MAX_FRAME || !b.prepend(4) {
-            return Err(super::meta::DropReason::TooBig);
-        }
-        let d = b.data_mut();
-        let Some(h) = d.get_mut(..16) else {
-            return Err(super::meta::DropReason::TooBig);
-        };
         h.copy_within(4..16, 0);
         h[12..16].copy_from_slice(&tag);
         l3 = 18;
     }
-    let d = b.data_mut();
     if let Some(dscp) = r.dscp {
-        crate::action::set_dscp(d, super::meta::L3::Ipv4, l3, dscp)?;
+        // As `action::set_dscp`: keep ECN, incremental header checksum.
+        let ip = &mut h[l3..l3 + 20];
+        let old = u16::from_be_bytes([ip[0], ip[1]]);
+        let tos = (dscp << 2) | (ip[1] & 0x03);
+        let new = (old & 0xff00) | u16::from(tos);
+        let ck = crate::wire::checksum::update16(u16::from_be_bytes([ip[10], ip[11]]), old, new);
+        ip[1] = tos;
+        ip[10..12].copy_from_slice(&ck.to_be_bytes());
     }
-    if let Some(h) = d.get_mut(..12) {
-        h.copy_from_slice(macs);
-    }
+    h[..12].copy_from_slice(macs);
     Ok(())
 }
 
