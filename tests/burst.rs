@@ -38,12 +38,36 @@ fn worker(p: &Path, capacity: usize) -> Worker {
 /// Runs `input` both ways through `pipeline`; panics on the first difference.
 /// Returns the number of frames compared.
 fn compare(pipeline: &Path, input: &[(u64, Vec<u8>)], capacity: usize, seed: u64) -> usize {
+    compare_switching(pipeline, input, capacity, seed, &[])
+}
+
+/// [`compare`], with both workers switched to new tables built from `switches[k].1` at
+/// the first burst boundary at or after frame `switches[k].0` (as `Worker::set_tables`
+/// is used between bursts by the runtime).
+fn compare_switching(
+    pipeline: &Path,
+    input: &[(u64, Vec<u8>)],
+    capacity: usize,
+    seed: u64,
+    switches: &[(usize, Pipeline)],
+) -> usize {
     let mut one = worker(pipeline, capacity);
     let mut burst = worker(pipeline, capacity);
     let mut x = seed | 1;
     let mut i = 0;
     let mut now = 0u64;
+    let mut next_switch = 0;
     while i < input.len() {
+        if let Some((at, p)) = switches.get(next_switch)
+            && i >= *at
+        {
+            let mut p = p.clone();
+            p.flow_table.capacity = capacity;
+            let t = Arc::new(Tables::build(p, 2 + next_switch as u64));
+            one.set_tables(Arc::clone(&t)).expect("same shape");
+            burst.set_tables(t).expect("same shape");
+            next_switch += 1;
+        }
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
@@ -147,6 +171,48 @@ fn burst_path_equals_frame_by_frame_on_generated_traffic() {
     }
     assert!(tested >= 3, "only {tested} pipelines with services");
     assert!(total > 0);
+}
+
+/// Server states and QoS that change while flows live: a server going down (its flows
+/// move on their next packet, in both directions), one draining (its flows stay), and a
+/// service whose QoS the express path cannot apply (MPLS push forward, tag pop in
+/// reply), then back. The express path must leave all of these to the general path.
+#[test]
+fn burst_path_equals_frame_by_frame_when_tables_change() {
+    use flowgate::config::ServerState;
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::root().join("pipelines/web-farm.yaml");
+    let base = Pipeline::load(&path).expect("pipeline");
+    let out = dir.path().join("mix.pcap");
+    let mut args = GenArgs::new(Scenario::Mix, 400, &out);
+    args.seed = Some(11);
+    flowgate::r#gen::run(&args, &flowgate::cmd::gen_spec(&base)).expect("gen");
+    let input = frames(&out);
+    let n = input.len();
+    assert!(n > 1000, "only {n} frames");
+    let server = |p: &Pipeline, name: &str| {
+        p.servers
+            .iter()
+            .position(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no server {name}"))
+    };
+    let mut down = base.clone();
+    let (web2, web3) = (server(&down, "web2"), server(&down, "web3"));
+    down.servers[web2].state = ServerState::Down;
+    down.servers[web3].state = ServerState::Draining;
+    let mut mpls = down.clone();
+    for s in &mut mpls.services {
+        s.qos.push_mpls = Some((100, 1, 64));
+        s.reply_qos.pop_vlan = true;
+    }
+    let switches = [
+        (n / 4, down.clone()),
+        (n / 2, mpls),
+        (3 * n / 4, base.clone()),
+    ];
+    let total = compare_switching(&path, &input, 1 << 16, 3, &switches)
+        + compare_switching(&path, &damage(&input, 9), 1 << 16, 4, &switches);
+    assert_eq!(total, 2 * n);
 }
 
 #[test]
