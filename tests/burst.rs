@@ -7,7 +7,9 @@
 //! frames cut short), the shipped sample, and all third-party captures in
 //! `../shared/captures`; bursts of random sizes from 1 to 40 (so chunks of 32
 //! are split too), one clock value per burst as in the runtime, and a small flow table so
-//! eviction happens inside bursts.
+//! eviction happens inside bursts. One test also swaps the tables between bursts while
+//! flows live (a server down, one draining, QoS the express path cannot apply).
+//! `process` never takes the express path, so this is that path's oracle.
 
 mod common;
 
