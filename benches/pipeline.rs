@@ -120,13 +120,7 @@ fn bench(c: &mut Criterion<ThreadCpu>) {
     assert_eq!(w.flow_count(), flows);
     // A random visiting order (xorshift), so consecutive packets hit unrelated flows.
     let mut order: Vec<u32> = (0..flows as u32).collect();
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    for i in (1..order.len()).rev() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        order.swap(i, (x % (i as u64 + 1)) as usize);
-    }
+    flowgate::r#gen::ack::shuffle(&mut order, 0x2545_f491_4f6c_dd1d);
     let mut bufs: Vec<FrameBuf> = (0..BURST)
         .map(|_| {
             let mut b = FrameBuf::new(2048);

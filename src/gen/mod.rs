@@ -1,7 +1,8 @@
 //! `flowgate gen`: synthetic captures for demos, tests and benches.
 //!
 //! Layer: tooling, beside the data path; uses [`crate::wire::checksum`] and
-//! [`crate::port::pcap::PcapWriter`] only.
+//! [`crate::port::pcap::PcapWriter`] only (and a [`crate::config::Pipeline`] in [`ack`],
+//! the benches' frames).
 //!
 //! Traffic is what the intermediate system sees on its segment. Client frames come from
 //! the outside gateway's MAC (`gateway_mac`) to the system's MAC (`system_mac`), from a
@@ -35,6 +36,7 @@
 //! one reused buffer, flows are `Copy` structs over static scripts, so generation does not
 //! allocate per packet.
 
+pub mod ack;
 mod flow;
 mod frame;
 

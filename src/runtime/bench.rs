@@ -28,7 +28,7 @@
 
 use super::conf::RunConf;
 use super::copy_stats;
-use crate::config::Pipeline;
+use crate::r#gen::ack::{AckStamp, Template, frame, shuffle};
 use crate::pipeline::stats::Stats;
 use crate::pipeline::{Outcome, Tables, Worker};
 use crate::port::dpdk::{Eal, MbufBatch, Mempool, Port, PortConf, SYMMETRIC_RSS_KEY};
@@ -81,107 +81,6 @@ struct Done {
     flows: usize,
 }
 
-/// The 60-byte frame of flow `k`: client `100.64.x.y:port` → the service's VIP and port.
-/// What every bench frame shares: the service and the MAC addresses.
-#[derive(Clone, Copy)]
-struct Template {
-    vip: [u8; 4],
-    dport: u16,
-    /// Source MAC (the outside gateway).
-    gw: [u8; 6],
-    /// Destination MAC (this system).
-    me: [u8; 6],
-}
-
-fn frame(out: &mut [u8; 60], k: u32, t: Template, flags: u8, rev: bool) {
-    let Template { vip, dport, gw, me } = t;
-    out.fill(0);
-    // 100.64.0.0/10 (shared address space) holds 4 Mi clients; the port tells the rest apart.
-    let client = (0x6440_0000u32 | (k & 0x3f_ffff)).to_be_bytes();
-    let cport = 1024 + (k >> 22) as u16;
-    let (src, dst, sp, dp) = if rev {
-        (vip, client, dport, cport)
-    } else {
-        (client, vip, cport, dport)
-    };
-    out[0..6].copy_from_slice(&me);
-    out[6..12].copy_from_slice(&gw);
-    out[12..14].copy_from_slice(&[0x08, 0x00]);
-    let ip = &mut out[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
-    ip[6] = 0x40;
-    ip[8] = 64;
-    ip[9] = 6;
-    ip[12..16].copy_from_slice(&src);
-    ip[16..20].copy_from_slice(&dst);
-    let c = crate::wire::checksum::checksum(ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let tcp = &mut out[34..54];
-    tcp[0..2].copy_from_slice(&sp.to_be_bytes());
-    tcp[2..4].copy_from_slice(&dp.to_be_bytes());
-    tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
-    tcp[8..12].copy_from_slice(&1u32.to_be_bytes());
-    tcp[12] = 5 << 4;
-    tcp[13] = flags;
-    tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
-}
-
-/// The forward ACK of every flow, ready to be stamped with one flow's client address and
-/// port: what a NIC would have written into the mbuf, at the cost of a 60-byte copy and
-/// a 3-word checksum update (a full `frame` rebuild per packet cost more than the rest of
-/// the bench loop outside the pipeline).
-struct AckStamp {
-    /// The ACK of a flow with client address 0 and port 0.
-    base: [u8; 60],
-    /// One's-complement sum of `base`'s IPv4 header without its checksum field.
-    sum: u32,
-}
-
-impl AckStamp {
-    fn new(t: Template) -> AckStamp {
-        let mut base = [0u8; 60];
-        frame(&mut base, 0, t, 0x10, false);
-        base[26..30].fill(0);
-        base[34..36].fill(0);
-        let sum = (14..34)
-            .step_by(2)
-            .filter(|&i| i != 24)
-            .map(|i| u32::from(u16::from_be_bytes([base[i], base[i + 1]])))
-            .sum();
-        AckStamp { base, sum }
-    }
-
-    /// Writes the forward ACK of flow `k` (the same bytes as `frame(.., k, .., 0x10,
-    /// false)`) over the first 60 bytes of `out`, leaving any bytes after them (Ethernet
-    /// padding) as they are.
-    #[inline]
-    fn write(&self, out: &mut [u8], k: u32) {
-        let client = 0x6440_0000u32 | (k & 0x3f_ffff);
-        let cport = 1024 + (k >> 22) as u16;
-        let out = &mut out[..60];
-        out.copy_from_slice(&self.base);
-        out[26..30].copy_from_slice(&client.to_be_bytes());
-        out[34..36].copy_from_slice(&cport.to_be_bytes());
-        let mut sum = self.sum + (client >> 16) + (client & 0xffff);
-        sum = (sum & 0xffff) + (sum >> 16);
-        sum = (sum & 0xffff) + (sum >> 16);
-        out[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    }
-}
-
-/// The first IPv4 TCP service with a port: (VIP, port).
-fn target_service(p: &Pipeline) -> Result<([u8; 4], u16)> {
-    for s in &p.services {
-        if let (std::net::IpAddr::V4(v), 6 | 0) = (s.vip, s.proto)
-            && let Some(r) = s.ports.first()
-        {
-            return Ok((v.octets(), r.lo));
-        }
-    }
-    bail!("the bench pipeline needs an IPv4 TCP service with a port")
-}
-
 /// Runs the bench; see the module docs.
 pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
     let n_workers = conf.worker_lcores.len();
@@ -203,13 +102,7 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
             p.flow_table.tcp_established_ns / 1_000_000_000
         );
     }
-    let (vip, dport) = target_service(&p)?;
-    let tpl = Template {
-        vip,
-        dport,
-        gw: p.gateway_mac,
-        me: p.mac,
-    };
+    let tpl = Template::for_pipeline(&p)?;
     let tables = Arc::new(Tables::build(p, 1));
     if tables
         .pipeline
@@ -290,15 +183,9 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
                         }
                     }
                 }
-                // Visit the flows in a random order (xorshift Fisher-Yates, fixed seed).
+                // Visit the flows in a random order (a fixed one per worker).
                 let mut mine = mine;
-                let mut x = 0x2545_f491_4f6c_dd1du64 ^ i as u64;
-                for a in (1..mine.len()).rev() {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    mine.swap(a, (x % (a as u64 + 1)) as usize);
-                }
+                shuffle(&mut mine, 0x2545_f491_4f6c_dd1d ^ i as u64);
                 let before = w.stats.clone();
                 let flows = w.flow_count();
                 ready.store(true, Relaxed);
@@ -572,37 +459,5 @@ mod tests {
                  \n  +++++++++++++++ Accumulated forward statistics for all ports+++++++++++++++\n  RX-packets: 167804640      RX-dropped: 0             RX-total: 167804640\n";
         assert_eq!(testpmd_total_rx(s), Some(167_804_640));
         assert_eq!(testpmd_total_rx("nothing"), None);
-    }
-
-    #[test]
-    fn bench_frames_parse_as_the_flow() {
-        let mut f = [0u8; 60];
-        let t = Template {
-            vip: [203, 0, 113, 10],
-            dport: 80,
-            gw: [2; 6],
-            me: [1; 6],
-        };
-        frame(&mut f, 0x01_02_03_04, t, 0x10, false);
-        let m = crate::pipeline::parse::parse(&f).expect("parses");
-        assert_eq!(m.tuple.proto, 6);
-        assert_eq!(m.tuple.dst_port, 80);
-        assert_eq!(m.tuple.src_port, 1024 + 4);
-        assert_eq!(&m.tuple.src[12..], &[100, 64 | 0x02, 3, 4]);
-        assert_eq!(crate::wire::checksum::checksum(&f[14..34]), 0);
-        // The stamp writes the same bytes, for any flow number.
-        let stamp = AckStamp::new(t);
-        for k in [0, 1, 0x01_02_03_04, 0x3f_ffff, 0xff_ffff, 0xffff_ffff] {
-            let mut s = [0xa5u8; 64];
-            stamp.write(&mut s, k);
-            frame(&mut f, k, t, 0x10, false);
-            assert_eq!(s[..60], f, "flow {k:#x}");
-            assert_eq!(s[60..], [0xa5; 4], "padding untouched");
-        }
-        let mut r = [0u8; 60];
-        frame(&mut r, 0x01_02_03_04, t, 0x12, true);
-        let mr = crate::pipeline::parse::parse(&r).expect("parses");
-        assert_eq!(mr.tuple.src_port, 80);
-        assert_eq!(&mr.tuple.dst[12..], &[100, 64 | 0x02, 3, 4]);
     }
 }
