@@ -28,7 +28,7 @@
 
 use super::meta::Tuple;
 use super::{NONE16, QosSel, Route};
-use crate::config::{Mac, Pipeline, QosActions, ServerState};
+use crate::config::{Mac, Pipeline, QosActions, ServerState, Target};
 
 /// What the express path needs from a frame it accepted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -136,8 +136,6 @@ pub struct FastRoute {
     /// setting it is a plain copy (building `Some(route)` per packet went through the
     /// stack in pieces read back across two stores, a store-forwarding stall).
     pub route: Option<Route>,
-    /// The member index of a forward route (`route`'s `member`).
-    pub member: u16,
     pub qos: FastQos,
     /// The frame's new MAC addresses, destination then source: written with one
     /// 12-byte copy from here (built on the stack per packet, they were read back
@@ -152,7 +150,6 @@ impl FastRoute {
         macs[6..].copy_from_slice(&src);
         FastRoute {
             route: Some(route),
-            member: route.member,
             qos,
             macs,
         }
@@ -186,28 +183,26 @@ impl Express {
                     if member == NONE16 || srv.state == ServerState::Down {
                         continue;
                     }
-                    let route = Route {
-                        mac: srv.mac,
-                        port: srv.port.unwrap_or(0),
-                        qos: QosSel::Service(i16),
-                        svc: i16,
+                    let route = super::route_to(
+                        p,
+                        Target::Server(s as u16),
+                        QosSel::Service(i16),
+                        i16,
                         member,
-                        rule: NONE16,
-                        server: s as u16,
-                    };
+                        NONE16,
+                    );
                     forward[i * n + s] = Some(FastRoute::new(route, qos, p.mac));
                 }
             }
             reply.push(FastQos::of(&svc.reply_qos).map(|qos| {
-                let route = Route {
-                    mac: p.gateway_mac,
-                    port: p.gateway_port.unwrap_or(0),
-                    qos: QosSel::ServiceReply(i16),
-                    svc: i16,
-                    member: NONE16,
-                    rule: NONE16,
-                    server: NONE16,
-                };
+                let route = super::route_to(
+                    p,
+                    Target::Gateway,
+                    QosSel::ServiceReply(i16),
+                    i16,
+                    NONE16,
+                    NONE16,
+                );
                 FastRoute::new(route, qos, p.mac)
             }));
         }

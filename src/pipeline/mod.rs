@@ -454,8 +454,8 @@ impl Worker {
                 let st = &mut self.stats;
                 st.packets_out += 1;
                 st.svc_packets[usize::from(svc)] += 1;
-                if forward {
-                    st.svc_server_packets[usize::from(svc)][usize::from(r.member)] += 1;
+                if let (true, Some(rt)) = (forward, r.route) {
+                    st.svc_server_packets[usize::from(svc)][usize::from(rt.member)] += 1;
                 }
             }
             Err(e) => {
@@ -637,8 +637,8 @@ impl Worker {
                 );
                 self.stats.svc_flows[i as usize] += 1;
                 out.kind = Kind::NewFlow;
-                Some(Self::route_to(
-                    tables,
+                Some(route_to(
+                    &tables.pipeline,
                     target,
                     QosSel::Service(i),
                     i,
@@ -671,8 +671,8 @@ impl Worker {
                 } else {
                     out.kind = Kind::Stateless;
                 }
-                Some(Self::route_to(
-                    tables,
+                Some(route_to(
+                    &tables.pipeline,
                     rule.target,
                     QosSel::Rule(i),
                     NONE16,
@@ -692,8 +692,8 @@ impl Worker {
                     drop_into(out, DropReason::Unmatched);
                     return None;
                 }
-                Some(Self::route_to(
-                    tables,
+                Some(route_to(
+                    &tables.pipeline,
                     target,
                     QosSel::None,
                     NONE16,
@@ -750,7 +750,7 @@ impl Worker {
                 out.drop = Some(DropReason::RuleDrop);
                 return None;
             }
-            return Some(Self::route_to(tables, f.target, qos, svc, member, rule));
+            return Some(route_to(&tables.pipeline, f.target, qos, svc, member, rule));
         }
         let qos = match f.owner {
             Owner::Service(i) => QosSel::ServiceReply(i),
@@ -758,8 +758,8 @@ impl Worker {
             Owner::Other => QosSel::None,
         };
         match f.target {
-            Target::Server(_) => Some(Self::route_to(
-                tables,
+            Target::Server(_) => Some(route_to(
+                &tables.pipeline,
                 Target::Gateway,
                 qos,
                 svc,
@@ -833,41 +833,6 @@ impl Worker {
     }
 
     #[inline]
-    fn route_to(
-        tables: &Tables,
-        t: Target,
-        qos: QosSel,
-        svc: u16,
-        member: u16,
-        rule: u16,
-    ) -> Route {
-        let p = &tables.pipeline;
-        match t {
-            Target::Server(s) => {
-                let srv = &p.servers[s as usize];
-                Route {
-                    mac: srv.mac,
-                    port: srv.port.unwrap_or(0),
-                    qos,
-                    svc,
-                    member,
-                    rule,
-                    server: s,
-                }
-            }
-            _ => Route {
-                mac: p.gateway_mac,
-                port: p.gateway_port.unwrap_or(0),
-                qos,
-                svc,
-                member,
-                rule,
-                server: NONE16,
-            },
-        }
-    }
-
-    #[inline]
     fn emit<B: PacketBuf + ?Sized>(
         tables: &Tables,
         buf: &mut B,
@@ -931,6 +896,34 @@ impl Worker {
             }
             _ => drop_with(out, DropReason::NotForUs),
         }
+    }
+}
+
+/// The route to target `t` (a server, or else the gateway) with the given selectors.
+#[inline]
+fn route_to(p: &Pipeline, t: Target, qos: QosSel, svc: u16, member: u16, rule: u16) -> Route {
+    match t {
+        Target::Server(s) => {
+            let srv = &p.servers[s as usize];
+            Route {
+                mac: srv.mac,
+                port: srv.port.unwrap_or(0),
+                qos,
+                svc,
+                member,
+                rule,
+                server: s,
+            }
+        }
+        _ => Route {
+            mac: p.gateway_mac,
+            port: p.gateway_port.unwrap_or(0),
+            qos,
+            svc,
+            member,
+            rule,
+            server: NONE16,
+        },
     }
 }
 
