@@ -19,7 +19,10 @@
 //! - The flow must be owned by a service and target one of its servers that is not
 //!   down, and must not be a closed TCP connection being reopened by a SYN; everything
 //!   else (misses, rule flows, down servers, ARP/ND, ICMP, fragments, VLAN or MPLS
-//!   frames, IPv6) takes the general path, decided before anything is changed.
+//!   frames, IPv6) takes the general path, decided before anything is changed. A frame
+//!   [`parse`] took whose flow then turns out not to be express (a new connection's SYN
+//!   is the common one) is parsed a second time, by the general parser, for the `Meta`
+//!   the general path reads; its flow key and hash are kept.
 //!
 //! The outcome, the flow's state, the frame's bytes and the counters are exactly what
 //! the general path gives: `tests/burst.rs` runs `process_burst` against

@@ -382,9 +382,14 @@ impl Worker {
                     if self.express(&tables, b, &keys[i], flags, now, &mut outs[i]) {
                         continue;
                     }
-                    // Not an express flow: the general path, with the general parse.
-                    self.parse_one(b.data(), &mut metas[i], &mut keys[i], &mut outs[i]);
-                    parsed[i] = outs[i].drop.is_none();
+                    // Not an express flow (a new connection's SYN, say): the general
+                    // path needs the general parse's `Meta`. The key and hash stay: the
+                    // general parser finds the same tuple (a property test checks it).
+                    outs[i] = Outcome::default();
+                    if let Err(r) = parse::parse_into(b.data(), &mut metas[i]) {
+                        drop_into(&mut outs[i], r);
+                        parsed[i] = false;
+                    }
                 }
                 if parsed[i] {
                     self.decide(&tables, b, &metas[i], &keys[i], in_port, now, &mut outs[i]);
