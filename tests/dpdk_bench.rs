@@ -35,27 +35,7 @@ fn bench_prints_rates_and_ratio() {
         ),
     )
     .expect("conf");
-    let o = flowgate()
-        .args([
-            "bench",
-            "--flows",
-            "5000",
-            "--seconds",
-            "1",
-            "--json",
-            "--conf",
-        ])
-        .arg(&conf)
-        .output()
-        .expect("bench");
-    assert!(
-        o.status.success(),
-        "bench failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let out = String::from_utf8_lossy(&o.stdout);
-    let j: serde_json::Value =
-        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let j = bench_json(&conf, &["--flows", "5000", "--seconds", "1"]);
     let f = j["flowgate_mpps"].as_f64().expect("flowgate_mpps");
     let t = j["testpmd_mpps"].as_f64().expect("testpmd_mpps");
     let r = j["ratio"].as_f64().expect("ratio");
@@ -64,33 +44,39 @@ fn bench_prints_rates_and_ratio() {
     assert_eq!(j["io_only"], serde_json::Value::Bool(false), "{j}");
 
     // The loop alone: no testpmd, a rate of its own, flagged as such.
-    let o = flowgate()
-        .args([
-            "bench",
+    let j = bench_json(
+        &conf,
+        &[
             "--flows",
             "1000",
             "--seconds",
             "0.5",
-            "--json",
             "--no-testpmd",
             "--io-only",
-            "--conf",
-        ])
-        .arg(&conf)
-        .output()
-        .expect("bench --io-only");
-    assert!(
-        o.status.success(),
-        "bench --io-only failed: {}",
-        String::from_utf8_lossy(&o.stderr)
+        ],
     );
-    let out = String::from_utf8_lossy(&o.stdout);
-    let j: serde_json::Value =
-        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert!(
         j["flowgate_mpps"].as_f64().expect("flowgate_mpps") > 0.0,
         "{j}"
     );
     assert_eq!(j["io_only"], serde_json::Value::Bool(true), "{j}");
     assert!(j["testpmd_mpps"].is_null() && j["ratio"].is_null(), "{j}");
+}
+
+/// Runs `flowgate bench --json --conf conf ARGS`; its JSON line, after checking it exited 0.
+fn bench_json(conf: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let o = flowgate()
+        .arg("bench")
+        .args(args)
+        .args(["--json", "--conf"])
+        .arg(conf)
+        .output()
+        .expect("bench");
+    assert!(
+        o.status.success(),
+        "bench {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
