@@ -668,6 +668,12 @@ fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()
             response_time_us: 0,
         });
     }
+    // A drain waits for the open TCP connections on these ports (see `conns`).
+    let tcp_ports: Vec<(u16, u16)> = services
+        .iter()
+        .filter(|s| matches!(s.proto, 0 | 6))
+        .flat_map(|s| s.ports.iter().copied())
+        .collect();
     let mut capabilities = cap::FLOWS;
     if !services.is_empty() {
         capabilities |= cap::SERVICES;
@@ -719,6 +725,7 @@ fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()
         }
         if now >= next_sample {
             ag.set_load(sample_load(&load_src), 0, 0);
+            ag.set_active(super::conns::open_connections(&tcp_ports));
             next_sample = now + interval / 2;
         }
         while let Ok((stream, _)) = ctl.accept() {

@@ -13,6 +13,8 @@
 //! - [`session`]: the client half shared by agent and listener (registration,
 //!   reliable requests, number leases).
 //! - [`ana`]: number pools and grants; [`store`]: the supervisor's crash-safe log.
+//! - [`conns`]: the open TCP connections on the service ports, which an agent's drain
+//!   waits for before it leaves.
 //! - [`driver`]: the thin UDP loops; [`cli`]: `flowgate supervisor|agent|ctl`.
 //!
 //! Invariants: no input can panic a state machine; every refused datagram is counted;
@@ -35,6 +37,7 @@
 pub mod agent;
 pub mod ana;
 pub mod cli;
+pub mod conns;
 pub mod driver;
 pub mod listener;
 pub mod proto;
