@@ -108,34 +108,55 @@ impl Driver {
             if !go_on {
                 return Ok(());
             }
-            let wait = ep
-                .poll_timeout()
-                .map(|t| t.saturating_duration_since(Instant::now()))
-                .unwrap_or(MAX_WAIT)
-                .clamp(Duration::from_millis(1), MAX_WAIT);
-            self.sock.set_read_timeout(Some(wait))?;
-            match self.sock.recv_from(&mut self.buf) {
-                Ok((n, from)) => {
-                    let now = Instant::now();
-                    ep.handle(now, from, &self.buf[..n]);
-                    self.flush(ep, now);
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::ConnectionRefused
-                            | io::ErrorKind::ConnectionReset
-                            | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => return Err(e),
+            self.receive(ep, MAX_WAIT)?;
+        }
+    }
+
+    /// One turn of [`run`](Self::run) without a hook, for a caller with its own loop
+    /// (the intermediate system's management core): fires a due timeout, sends what the
+    /// machine has to send, then waits at most `wait` (less when the machine's next
+    /// deadline is sooner) for a datagram and hands it over.
+    pub fn step<E: Endpoint>(&mut self, ep: &mut E, wait: Duration) -> io::Result<()> {
+        let now = Instant::now();
+        if ep.poll_timeout().is_some_and(|t| t <= now) {
+            ep.handle_timeout(now);
+        }
+        self.flush(ep, now);
+        self.receive(ep, wait)
+    }
+
+    /// Waits up to `wait` (capped by the machine's next deadline, at least 1 ms) for
+    /// one datagram, hands it over and sends the replies; then takes what the group
+    /// socket has queued.
+    fn receive<E: Endpoint>(&mut self, ep: &mut E, wait: Duration) -> io::Result<()> {
+        let wait = ep
+            .poll_timeout()
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .unwrap_or(wait)
+            .clamp(Duration::from_millis(1), wait.max(Duration::from_millis(1)));
+        self.sock.set_read_timeout(Some(wait))?;
+        match self.sock.recv_from(&mut self.buf) {
+            Ok((n, from)) => {
+                let now = Instant::now();
+                ep.handle(now, from, &self.buf[..n]);
+                self.flush(ep, now);
             }
-            if let Some(g) = &self.group {
-                while let Ok((n, from)) = g.recv_from(&mut self.buf) {
-                    ep.handle(Instant::now(), from, &self.buf[..n]);
-                }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::ConnectionRefused
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(e),
+        }
+        if let Some(g) = &self.group {
+            while let Ok((n, from)) = g.recv_from(&mut self.buf) {
+                ep.handle(Instant::now(), from, &self.buf[..n]);
             }
         }
+        Ok(())
     }
 }

@@ -107,6 +107,12 @@ impl Listener {
     pub fn servers(&self) -> impl Iterator<Item = &SystemInfo> {
         self.servers.values().map(|s| &s.info)
     }
+    /// Servers currently known, each with the services it last advertised.
+    pub fn systems(&self) -> impl Iterator<Item = (&SystemInfo, &[Service])> + Clone {
+        self.servers
+            .values()
+            .map(|s| (&s.info, s.services.as_slice()))
+    }
     pub fn flow_count(&self) -> usize {
         self.flows.len()
     }

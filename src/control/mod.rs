@@ -31,8 +31,10 @@
 //! flowgate ctl flows; flowgate agent drain         # or kill -TERM the agent
 //! ```
 //!
-//! Not done here: the data plane's use of [`listener::TableEvent`]s (the runtime's job);
-//! no CLI subcommand runs a bare listener (the intermediate system embeds one).
+//! - [`overlay`]: what the listener knows about the pipeline's servers (state, load,
+//!   the services they offer), applied to a copy of the pipeline; `flowgate run` embeds
+//!   a listener and publishes the result as new tables (a `control:` section in its
+//!   conf). No CLI subcommand runs a bare listener.
 
 pub mod agent;
 pub mod ana;
@@ -40,6 +42,7 @@ pub mod cli;
 pub mod conns;
 pub mod driver;
 pub mod listener;
+pub mod overlay;
 pub mod proto;
 pub mod session;
 pub mod store;
