@@ -12,11 +12,18 @@
 //! through flowgate to the gateway (the client's MAC). TX checksum offload is off on the
 //! client and server veths (see ARCHITECTURE.md). Every request must be answered, both
 //! servers must answer some, and the stop (SIGTERM) must be clean.
+//!
+//! With the control plane (second test): a supervisor in ns SW (on br0 as 10.0.0.250,
+//! and on a management veth `fgmN` to the root namespace where flowgate's management
+//! core runs), an agent beside each HTTP server in its namespace, and `control:` in
+//! flowgate's conf with `unheard: down`: no request is answered until the agents are
+//! heard; after `ctl drain s2`, every new request goes to s1.
 #![cfg(feature = "dpdk")]
 
 mod common;
 
 use common::{flowgate, in_ci};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -76,8 +83,12 @@ impl Drop for Topo {
         }
         let _ = sh(&["ip", "link", "del", &self.out_if()]);
         let _ = sh(&["ip", "link", "del", &self.in_if()]);
+        let _ = sh(&["ip", "link", "del", &format!("fgm{}", self.id)]);
     }
 }
+
+/// The tests of this file share CPUs with flowgate's busy-polling worker: one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn can_run() -> bool {
     let root_user = Command::new("id")
@@ -99,15 +110,9 @@ fn can_run() -> bool {
     true
 }
 
-#[test]
-fn run_af_packet_namespaces_http() {
-    if !can_run() {
-        return;
-    }
-    let mut t = Topo {
-        id: std::process::id() % 100_000,
-        children: Vec::new(),
-    };
+/// Builds the topology of the module docs and starts the two HTTP servers (their
+/// documents under `www`).
+fn build(t: &mut Topo, www: &Path) {
     let (c, s1, s2, sw) = (t.ns("c"), t.ns("s1"), t.ns("s2"), t.ns("sw"));
     let (out_if, in_if) = (t.out_if(), t.in_if());
     for n in [&c, &s1, &s2, &sw] {
@@ -170,7 +175,6 @@ fn run_af_packet_namespaces_http() {
     must(&[
         "ip", "netns", "exec", &c, "ethtool", "-K", "eth0", "tx", "off", "tso", "off",
     ]);
-    let www = tempfile::tempdir().expect("tempdir");
     for (i, s) in [(1, &s1), (2, &s2)] {
         must(&[
             "ip",
@@ -199,7 +203,7 @@ fn run_af_packet_namespaces_http() {
         must(&[
             "ip", "netns", "exec", s, "ethtool", "-K", "eth0", "tx", "off", "tso", "off",
         ]);
-        let dir = www.path().join(format!("s{i}"));
+        let dir = www.join(format!("s{i}"));
         std::fs::create_dir(&dir).expect("mkdir");
         std::fs::write(dir.join("index.html"), format!("server-s{i}\n")).expect("index");
         let child = t
@@ -222,89 +226,36 @@ fn run_af_packet_namespaces_http() {
             .expect("http.server");
         t.children.push(child);
     }
+}
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pipeline = dir.path().join("pipeline.yaml");
-    std::fs::write(
-        &pipeline,
-        "system:\n  mac: \"02:00:00:00:00:01\"\n  addresses: [198.51.100.1, 10.0.0.1]\n  \
-         gateway: { mac: \"02:00:00:00:00:fe\", port: outside }\n\
-         services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]\n    servers:\n      \
-         - { name: s1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, weight: 100, port: inside }\n      \
-         - { name: s2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, weight: 100, port: inside }\n\
-         default: gateway\n",
-    )
-    .expect("pipeline");
-    let stats = dir.path().join("stats.json");
-    let conf = dir.path().join("veth.yaml");
-    std::fs::write(
-        &conf,
-        format!(
-            "pipeline: pipeline.yaml\n\
-             eal: [\"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-telemetry\", \"--file-prefix\", \"fgt-veth-{}\"]\n\
-             lcores: {{ management: 0, workers: [1], cpus: \"0-1\" }}\n\
-             ports:\n  - {{ name: inside, device: \"net_af_packet1,iface={in_if}\" }}\n  \
-             - {{ name: outside, device: \"net_af_packet0,iface={out_if}\" }}\n\
-             flows: {{ capacity: 65536 }}\nstats: {{ interval_ms: 1000, json: {} }}\n",
-            t.id,
-            stats.display()
-        ),
-    )
-    .expect("conf");
-    let fg = flowgate()
-        .args(["run", "--conf"])
-        .arg(&conf)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("flowgate run");
-    let fg_pid = fg.id();
-    t.children.push(fg);
+/// `curl` of the VIP from the client namespace: the body, or `None`.
+fn get(t: &Topo) -> Option<String> {
+    let o = t
+        .exec(
+            "c",
+            &[
+                "curl",
+                "-s",
+                "--noproxy",
+                "*",
+                "-m",
+                "3",
+                "http://203.0.113.10/index.html",
+            ],
+        )
+        .output()
+        .ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
 
-    let get = |t: &Topo| -> Option<String> {
-        let o = t
-            .exec(
-                "c",
-                &[
-                    "curl",
-                    "-s",
-                    "--noproxy",
-                    "*",
-                    "-m",
-                    "3",
-                    "http://203.0.113.10/index.html",
-                ],
-            )
-            .output()
-            .ok()?;
-        o.status
-            .success()
-            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    // Wait for flowgate and the servers (first answer within 30 s).
+/// Sends SIGTERM to flowgate (the last child) and checks it stops with exit code 0;
+/// returns its stderr.
+fn stop(t: &mut Topo) -> String {
+    let mut fg = t.children.pop().expect("flowgate child");
+    assert!(sh(&["kill", "-TERM", &fg.id().to_string()]));
     let t0 = Instant::now();
-    let first = loop {
-        if let Some(b) = get(&t) {
-            break b;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "no answer through flowgate within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    };
-    let mut answers = vec![first];
-    for _ in 0..30 {
-        answers.push(get(&t).expect("every request is answered"));
-    }
-    let n1 = answers.iter().filter(|a| *a == "server-s1").count();
-    let n2 = answers.iter().filter(|a| *a == "server-s2").count();
-    assert_eq!(n1 + n2, answers.len(), "unexpected bodies: {answers:?}");
-    assert!(n1 > 0 && n2 > 0, "both servers used: s1 {n1}, s2 {n2}");
-
-    assert!(sh(&["kill", "-TERM", &fg_pid.to_string()]));
-    let fg = t.children.pop().expect("flowgate child");
-    let t0 = Instant::now();
-    let mut fg = fg;
     let status = loop {
         if let Some(s) = fg.try_wait().expect("wait") {
             break s;
@@ -320,6 +271,96 @@ fn run_af_packet_namespaces_http() {
         .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
         .unwrap_or_default();
     assert!(status.success(), "{status:?}\n{err}");
+    err
+}
+
+/// Writes the pipeline and run conf (plus `extra` conf lines) into `dir` and starts
+/// `flowgate run` as the last child of `t`; returns the stats JSON path.
+fn start_flowgate(t: &mut Topo, dir: &Path, extra: &str) -> PathBuf {
+    let (out_if, in_if) = (t.out_if(), t.in_if());
+    std::fs::write(
+        dir.join("pipeline.yaml"),
+        "system:\n  mac: \"02:00:00:00:00:01\"\n  addresses: [198.51.100.1, 10.0.0.1]\n  \
+         gateway: { mac: \"02:00:00:00:00:fe\", port: outside }\n\
+         services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]\n    servers:\n      \
+         - { name: s1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, weight: 100, port: inside }\n      \
+         - { name: s2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, weight: 100, port: inside }\n\
+         default: gateway\n",
+    )
+    .expect("pipeline");
+    let stats = dir.join("stats.json");
+    let conf = dir.join("veth.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "pipeline: pipeline.yaml\n\
+             eal: [\"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-telemetry\", \"--file-prefix\", \"fgt-veth-{}\"]\n\
+             lcores: {{ management: 0, workers: [1], cpus: \"0-1\" }}\n\
+             ports:\n  - {{ name: inside, device: \"net_af_packet1,iface={in_if}\" }}\n  \
+             - {{ name: outside, device: \"net_af_packet0,iface={out_if}\" }}\n\
+             flows: {{ capacity: 65536 }}\nstats: {{ interval_ms: 1000, json: {} }}\n{extra}",
+            t.id,
+            stats.display()
+        ),
+    )
+    .expect("conf");
+    let fg = flowgate()
+        .args(["run", "--conf"])
+        .arg(&conf)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("flowgate run");
+    t.children.push(fg);
+    stats
+}
+
+/// The first answer through flowgate (waits up to 30 s for flowgate and the servers).
+fn first_answer(t: &Topo) -> String {
+    let t0 = Instant::now();
+    loop {
+        if let Some(b) = get(t) {
+            return b;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no answer through flowgate within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Stops flowgate and fails with `what` and flowgate's log.
+fn fail(t: &mut Topo, what: &str) -> ! {
+    let err = stop(t);
+    panic!("{what}; flowgate's log:\n{err}");
+}
+
+fn count(answers: &[String], body: &str) -> usize {
+    answers.iter().filter(|a| *a == body).count()
+}
+
+#[test]
+fn run_af_packet_namespaces_http() {
+    if !can_run() {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut t = Topo {
+        id: std::process::id() % 100_000,
+        children: Vec::new(),
+    };
+    let www = tempfile::tempdir().expect("tempdir");
+    build(&mut t, www.path());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stats = start_flowgate(&mut t, dir.path(), "");
+    let mut answers = vec![first_answer(&t)];
+    for _ in 0..30 {
+        answers.push(get(&t).expect("every request is answered"));
+    }
+    let (n1, n2) = (count(&answers, "server-s1"), count(&answers, "server-s2"));
+    assert_eq!(n1 + n2, answers.len(), "unexpected bodies: {answers:?}");
+    assert!(n1 > 0 && n2 > 0, "both servers used: s1 {n1}, s2 {n2}");
+    stop(&mut t);
     let j: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
     assert!(
@@ -335,5 +376,173 @@ fn run_af_packet_namespaces_http() {
         j["services"]["web"]["flows"].as_u64().unwrap_or(0) >= answers.len() as u64,
         "{j}"
     );
+    assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
+}
+
+#[test]
+fn run_af_packet_follows_the_control_plane() {
+    if !can_run() {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut t = Topo {
+        id: (std::process::id() + 1) % 100_000,
+        children: Vec::new(),
+    };
+    let www = tempfile::tempdir().expect("tempdir");
+    build(&mut t, www.path());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let sw = t.ns("sw");
+    // Management network: root fgmN <-> mgmt in ns SW; the supervisor also on br0.
+    let b = (t.id % 60) * 4;
+    let (root_ip, sup_ip) = (
+        format!("192.168.77.{}", b + 1),
+        format!("192.168.77.{}", b + 2),
+    );
+    let mgmt = format!("fgm{}", t.id);
+    must(&[
+        "ip", "link", "add", &mgmt, "type", "veth", "peer", "name", "mgmt", "netns", &sw,
+    ]);
+    must(&["ip", "addr", "add", &format!("{root_ip}/30"), "dev", &mgmt]);
+    must(&["ip", "link", "set", &mgmt, "up"]);
+    must(&[
+        "ip",
+        "-n",
+        &sw,
+        "addr",
+        "add",
+        &format!("{sup_ip}/30"),
+        "dev",
+        "mgmt",
+    ]);
+    must(&["ip", "-n", &sw, "link", "set", "mgmt", "up"]);
+    must(&[
+        "ip",
+        "-n",
+        &sw,
+        "addr",
+        "add",
+        "10.0.0.250/24",
+        "dev",
+        "br0",
+    ]);
+    let key = d.join("key");
+    std::fs::write(
+        &key,
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
+    )
+    .expect("key");
+    std::fs::write(
+        d.join("sup.yaml"),
+        "name: sup\nadvert_interval_ms: 200\ndead_interval_ms: 1000\n",
+    )
+    .expect("sup.yaml");
+    let bin = env!("CARGO_BIN_EXE_flowgate");
+    let sup = t
+        .exec("sw", &[bin, "supervisor", "--conf"])
+        .arg(d.join("sup.yaml"))
+        .arg("--state")
+        .arg(d.join("state"))
+        .args(["--listen", "0.0.0.0:7700", "--key-file"])
+        .arg(&key)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("supervisor");
+    t.children.push(sup);
+    for i in 1..=2 {
+        let conf = d.join(format!("s{i}.yaml"));
+        std::fs::write(
+            &conf,
+            format!(
+                "name: s{i}\nmac: \"02:00:00:00:01:0{i}\"\naddrs: [10.0.0.1{i}]\n\
+                 load: {{source: static, value: 100}}\n\
+                 services:\n  - {{name: web, vip: 203.0.113.10, proto: tcp, ports: [80]}}\n"
+            ),
+        )
+        .expect("agent conf");
+        let a = t
+            .exec(&format!("s{i}"), &[bin, "agent", "--conf"])
+            .arg(&conf)
+            .args(["--supervisor", "10.0.0.250:7700", "--key-file"])
+            .arg(&key)
+            .arg("--control-socket")
+            .arg(d.join(format!("s{i}.sock")))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("agent");
+        t.children.push(a);
+    }
+    let stats = start_flowgate(
+        &mut t,
+        d,
+        &format!(
+            "control: {{ supervisor: \"{sup_ip}:7700\", key_file: key, name: lb, unheard: down, \
+             advert_interval_ms: 200, dead_interval_ms: 1000 }}\n"
+        ),
+    );
+    // Answers only once the agents are heard (unheard: down); then both servers serve.
+    let mut answers = vec![first_answer(&t)];
+    for _ in 0..20 {
+        let a = get(&t).unwrap_or_else(|| fail(&mut t, "every request is answered"));
+        answers.push(a);
+    }
+    let (n1, n2) = (count(&answers, "server-s1"), count(&answers, "server-s2"));
+    assert_eq!(n1 + n2, answers.len(), "unexpected bodies: {answers:?}");
+    assert!(n1 > 0 && n2 > 0, "both servers used: s1 {n1}, s2 {n2}");
+
+    // The operator drains s2 through the supervisor: new requests go to s1 only.
+    let out = Command::new(bin)
+        .args([
+            "ctl",
+            "--supervisor",
+            &format!("{sup_ip}:7700"),
+            "--key-file",
+        ])
+        .arg(&key)
+        .args(["drain", "s2"])
+        .output()
+        .expect("ctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t0 = Instant::now();
+    let mut run = 0;
+    while run < 5 {
+        run = if get(&t).as_deref() == Some("server-s1") {
+            run + 1
+        } else {
+            0
+        };
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "s2 still takes requests"
+        );
+    }
+    for _ in 0..20 {
+        assert_eq!(
+            get(&t).as_deref(),
+            Some("server-s1"),
+            "a drained s2 takes no new request"
+        );
+    }
+    let err = stop(&mut t);
+    assert!(
+        err.contains("control: registered with the supervisor"),
+        "{err}"
+    );
+    assert!(err.contains("control: tables published"), "{err}");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    let c = &j["control"];
+    assert_eq!(c["registered"], true, "{j}");
+    assert_eq!(c["servers"]["s1"]["state"], "up", "{j}");
+    assert!(
+        c["servers"]["s2"]["state"] == "draining" || c["servers"]["s2"]["state"] == "down",
+        "{j}"
+    );
+    assert_eq!(c["protocol"]["rx_bad_mac"], 0, "{j}");
     assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
 }

@@ -1,5 +1,6 @@
 //! The run configuration (`conf/*.yaml`): which pipeline, EAL arguments, lcores, ports,
-//! mempool, flow table size and stop rule for `flowgate run` and `flowgate bench`.
+//! mempool, flow table size, stop rule and control plane (`control:`) for `flowgate run`
+//! and `flowgate bench`.
 //!
 //! Layer: `runtime`, above `config`. Builds and is tested without the `dpdk` feature.
 //! [`RunConf::load`] returns a validated [`RunConf`] or a [`ConfigError`] naming the file,
@@ -29,6 +30,25 @@ struct RawConf {
     stop: Option<RawStop>,
     #[serde(default)]
     stats: Option<RawStats>,
+    #[serde(default)]
+    control: Option<RawControl>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    supervisor: String,
+    key_file: PathBuf,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    listen: Option<String>,
+    #[serde(default)]
+    advert_interval_ms: Option<u64>,
+    #[serde(default)]
+    dead_interval_ms: Option<u64>,
+    #[serde(default)]
+    unheard: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,6 +99,23 @@ struct RawStats {
     interval_ms: Option<u64>,
     #[serde(default)]
     json: Option<PathBuf>,
+}
+
+/// The `control:` section: where the supervisor is and how this intermediate system
+/// registers with it. With it, `flowgate run` follows the end systems' advertisements
+/// (see [`crate::control::overlay`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ControlConf {
+    pub supervisor: std::net::SocketAddr,
+    /// The shared key file (resolved against the conf's directory).
+    pub key_file: PathBuf,
+    /// The name it registers under (default `flowgate`).
+    pub name: String,
+    /// Local UDP address (default `0.0.0.0:0`).
+    pub listen: std::net::SocketAddr,
+    pub advert_interval_ms: u64,
+    pub dead_interval_ms: u64,
+    pub unheard: crate::control::overlay::Unheard,
 }
 
 /// One port: the name the pipeline uses and the DPDK device behind it.
@@ -132,6 +169,8 @@ pub struct RunConf {
     pub stats_interval_ms: u64,
     /// Where to write the stats JSON at exit (resolved against the conf's directory).
     pub stats_json: Option<PathBuf>,
+    /// The control plane (`None`: the pipeline alone decides).
+    pub control: Option<ControlConf>,
 }
 
 /// Default mbufs (a power of two minus one, as the mempool likes).
@@ -319,7 +358,52 @@ impl RunConf {
                 s.json.as_deref().map(resolve),
             ),
         };
+        let control = match &raw.control {
+            None => None,
+            Some(c) => {
+                let at = |k: &'static str| [Key("control"), Key(k)];
+                let addr = |k: &'static str, v: &str| {
+                    v.parse::<std::net::SocketAddr>().map_err(|_| {
+                        err(
+                            &at(k),
+                            format!("{v:?} is not an address like 127.0.0.1:7700"),
+                        )
+                    })
+                };
+                let advert = c.advert_interval_ms.unwrap_or(1000);
+                let dead = c.dead_interval_ms.unwrap_or(3500);
+                if advert == 0 || dead <= advert {
+                    return Err(err(
+                        &at("dead_interval_ms"),
+                        format!(
+                            "need 0 < advert_interval_ms ({advert}) < dead_interval_ms ({dead})"
+                        ),
+                    ));
+                }
+                let unheard = match c.unheard.as_deref() {
+                    None | Some("keep") => crate::control::overlay::Unheard::Keep,
+                    Some("down") => crate::control::overlay::Unheard::Down,
+                    Some(u) => {
+                        return Err(err(&at("unheard"), format!("{u:?} is not keep or down")));
+                    }
+                };
+                let name = c.name.clone().unwrap_or_else(|| "flowgate".into());
+                if name.is_empty() || name.len() > 64 {
+                    return Err(err(&at("name"), "a name of 1 to 64 bytes is needed".into()));
+                }
+                Some(ControlConf {
+                    supervisor: addr("supervisor", &c.supervisor)?,
+                    key_file: resolve(&c.key_file),
+                    name,
+                    listen: addr("listen", c.listen.as_deref().unwrap_or("0.0.0.0:0"))?,
+                    advert_interval_ms: advert,
+                    dead_interval_ms: dead,
+                    unheard,
+                })
+            }
+        };
         Ok(RunConf {
+            control,
             source: path.to_path_buf(),
             pipeline: resolve(&raw.pipeline),
             eal: raw.eal,
@@ -497,6 +581,61 @@ stop: { idle_ms: 0 }
         assert_eq!(
             &c.eal_args()[..4],
             ["--lcores", "(0,1,2)@(0-1)", "--main-lcore", "0"]
+        );
+    }
+
+    #[test]
+    fn control_section() {
+        let base = "pipeline: p.yaml\nlcores: {management: 0, workers: [1]}\nports: [{name: a, device: net_null0}]\n";
+        assert_eq!(parse(base).expect("valid").control, None);
+        let c = parse(&format!(
+            "{base}control: {{ supervisor: \"127.0.0.1:7700\", key_file: control.key }}\n"
+        ))
+        .expect("valid")
+        .control
+        .expect("control");
+        assert_eq!(c.supervisor, "127.0.0.1:7700".parse().unwrap());
+        assert_eq!(c.key_file, Path::new("/etc/fg/conf/control.key"));
+        assert_eq!(
+            (c.name.as_str(), c.advert_interval_ms, c.dead_interval_ms),
+            ("flowgate", 1000, 3500)
+        );
+        assert_eq!(c.listen, "0.0.0.0:0".parse().unwrap());
+        assert_eq!(c.unheard, crate::control::overlay::Unheard::Keep);
+        let c = parse(&format!(
+            "{base}control:\n  supervisor: \"[::1]:7700\"\n  key_file: /k\n  name: lb1\n  unheard: down\n  advert_interval_ms: 200\n  dead_interval_ms: 700\n"
+        ))
+        .expect("valid")
+        .control
+        .expect("control");
+        assert_eq!(
+            (c.name.as_str(), c.advert_interval_ms, c.dead_interval_ms),
+            ("lb1", 200, 700)
+        );
+        assert_eq!(c.unheard, crate::control::overlay::Unheard::Down);
+        bad(
+            &format!("{base}control:\n  supervisor: nowhere\n  key_file: k\n"),
+            "control.supervisor",
+            "not an address",
+        );
+        bad(
+            &format!(
+                "{base}control:\n  supervisor: \"127.0.0.1:1\"\n  key_file: k\n  unheard: maybe\n"
+            ),
+            "control.unheard",
+            "keep or down",
+        );
+        bad(
+            &format!(
+                "{base}control:\n  supervisor: \"127.0.0.1:1\"\n  key_file: k\n  dead_interval_ms: 500\n"
+            ),
+            "control.dead_interval_ms",
+            "advert_interval_ms",
+        );
+        bad(
+            &format!("{base}control:\n  supervisor: \"127.0.0.1:1\"\n"),
+            "control",
+            "key_file",
         );
     }
 

@@ -8,7 +8,8 @@
 //! Shape of a run (see `docs/RUNNING.md`):
 //! - The main thread is the management lcore: it initialises the EAL, the mempool and the
 //!   ports, launches one worker per worker lcore with `rte_eal_remote_launch`, then
-//!   publishes tables (SIGHUP reloads the pipeline when its shape is unchanged), sums the
+//!   publishes tables (SIGHUP reloads the pipeline when its shape is unchanged; with
+//!   `control:`, the end systems' advertisements change server states and loads), sums the
 //!   per-worker counters into a one-line rate summary, and stops on SIGINT/SIGTERM or after
 //!   `stop.idle_ms` without a packet.
 //! - Worker `i` owns queue `i` of every port and its own [`crate::pipeline::Worker`] (flow
@@ -25,7 +26,6 @@
 //!   stats JSON written (same shape as `replay`'s, plus a `runtime` object).
 //! - The clock is monotonic time since start, read once per poll loop (not per packet):
 //!   flow timeouts are in wall time, unlike `replay` which uses capture timestamps.
-
 //!
 //! # Tested (`tests/dpdk_run.rs`, `tests/dpdk_veth.rs`, as root)
 //! `run` on `net_pcap` emits the frames of `replay`, byte for byte and in order (the
@@ -38,19 +38,15 @@
 //! `python3 -m http.server` namespaces through the VIP on `net_af_packet` veths, ARP
 //! answered on both sides.
 //!
-//! # Measured (2 vCPU shared with other builders, load average 7-9, `--no-huge`)
-//! `flowgate bench --conf conf/null-bench.yaml --flows 1000000 --seconds 10`: flowgate
-//! 0.77 and 0.90 Mpps per worker core, `dpdk-testpmd` macswap 13.1 and 13.9 Mpps: ratio
-//! 0.06 (target 0.5: missed). With hugepages (`--in-memory`, 5 s): 1.06 vs 44.4 Mpps.
-//! With 1,000 flows: 1.4-2.0 Mpps. The pipeline alone shows the same figure:
-//! `cargo bench --bench pipeline -- flow_hit_rewrite_1M` (FrameBuf, no DPDK) gives 0.61
-//! M packets/s. `perf` on the bench: about 80 % of `Worker::process` samples sit on the
-//! two dependent loads of the flow-table lookup (bucket index, then the slot's hash),
-//! i.e. DRAM and TLB misses on a 1M-entry table in 4 KiB pages; the runtime's own work
-//! (rx, frame write, tx) is a few percent. Closing the gap needs the flow table to
-//! batch and prefetch lookups per burst (and hugepage-backed memory), not runtime changes.
+//! With a `control:` section in the conf the management core also runs the control
+//! plane ([`control`]): tables follow what the end systems' agents advertise
+//! (`tests/control_run.rs` against real processes; `tests/dpdk_veth.rs` end to end with
+//! curl, a supervisor and two agents).
+//!
+//! Throughput (`flowgate bench`) and what limits it: README.md and `docs/RUNNING.md`.
 
 pub mod conf;
+pub mod control;
 
 #[cfg(feature = "dpdk")]
 mod bench;

@@ -8,6 +8,7 @@
 //! handed to another worker, or freed.
 
 use super::conf::{RunConf, map_ports};
+use super::control::ControlRt;
 use super::{copy_stats, dispatch_hash, same_shape};
 use crate::config::Pipeline;
 use crate::pipeline::stats::Stats;
@@ -97,7 +98,21 @@ pub(super) fn load_pipeline(conf: &RunConf) -> Result<Pipeline> {
 
 /// Runs the data plane until SIGINT/SIGTERM or the idle stop; see the module docs.
 pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
-    let pipeline = load_pipeline(conf)?;
+    let mut pipeline = load_pipeline(conf)?;
+    // The control plane starts before the EAL so that a bad key or address fails fast;
+    // the first tables already carry its view (all servers down with `unheard: down`).
+    let mut control = match &conf.control {
+        None => None,
+        Some(c) => {
+            let rt = ControlRt::start(c, pipeline.clone())?;
+            pipeline = rt.effective();
+            eprintln!(
+                "control: registering with the supervisor at {} as {:?}",
+                c.supervisor, c.name
+            );
+            Some(rt)
+        }
+    };
     let (to_conf, to_pipe) = map_ports(conf, &pipeline.ports).map_err(|e| anyhow!(e))?;
     let n_workers = conf.worker_lcores.len();
 
@@ -235,13 +250,14 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
         let inboxes = &inboxes[..];
         let stop_sig = &stop_sig;
         let hup = &hup;
+        let control = &mut control;
         eal.scope(|s| -> Result<()> {
             for (i, io) in ios.into_iter().enumerate() {
                 let lcore = conf.worker_lcores[i];
                 s.launch(lcore, move || worker_loop(i, io, shared, to_conf, inboxes))
                     .with_context(|| format!("launching worker {i} on lcore {lcore}"))?;
             }
-            manage(conf, shared, stop_sig, hup, opts.quiet);
+            manage(conf, shared, stop_sig, hup, opts.quiet, control.as_mut());
             Ok(())
         })
     };
@@ -300,6 +316,9 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
                 "ports": port_stats,
             }),
         );
+        if let Some(c) = &control {
+            o.insert("control".into(), c.to_json());
+        }
     }
     let out = opts.stats_json.clone().or_else(|| conf.stats_json.clone());
     if let Some(f) = &out {
@@ -332,13 +351,28 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
 
 /// The management loop on the main lcore: signals, idle stop, table publication, the
 /// periodic summary line. Returns when the run must stop.
-fn manage(conf: &RunConf, shared: &Shared, stop_sig: &AtomicBool, hup: &AtomicBool, quiet: bool) {
+fn manage(
+    conf: &RunConf,
+    shared: &Shared,
+    stop_sig: &AtomicBool,
+    hup: &AtomicBool,
+    quiet: bool,
+    mut control: Option<&mut ControlRt>,
+) {
     let p0 = Arc::clone(&shared.tables.lock());
     let mut sum = Stats::new(&p0.pipeline);
     let mut last_print = Instant::now();
     let (mut last_in, mut last_out) = (0u64, 0u64);
     loop {
-        std::thread::sleep(Duration::from_millis(10));
+        // The control plane's turn doubles as the loop's 10 ms wait.
+        match control.as_deref_mut() {
+            Some(c) => {
+                if let Some(p) = c.turn(Duration::from_millis(10)) {
+                    publish_tables(shared, p, "control: tables published");
+                }
+            }
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
         if stop_sig.load(Relaxed) {
             eprintln!("stopping (signal)");
             break;
@@ -363,7 +397,7 @@ fn manage(conf: &RunConf, shared: &Shared, stop_sig: &AtomicBool, hup: &AtomicBo
             }
         }
         if hup.swap(false, Relaxed) {
-            reload(conf, shared);
+            reload(conf, shared, control.as_deref_mut());
         }
         if !quiet
             && conf.stats_interval_ms > 0
@@ -395,8 +429,9 @@ fn manage(conf: &RunConf, shared: &Shared, stop_sig: &AtomicBool, hup: &AtomicBo
     shared.stop.store(true, Relaxed);
 }
 
-/// SIGHUP: reload the pipeline and publish new tables when its shape is unchanged.
-fn reload(conf: &RunConf, shared: &Shared) {
+/// SIGHUP: reload the pipeline and publish new tables when its shape is unchanged (with
+/// the control plane's view applied on top, when there is one).
+fn reload(conf: &RunConf, shared: &Shared, control: Option<&mut ControlRt>) {
     match load_pipeline(conf) {
         Err(e) => eprintln!("reload refused: {e:#}"),
         Ok(p) => {
@@ -407,12 +442,22 @@ fn reload(conf: &RunConf, shared: &Shared) {
                 );
                 return;
             }
-            let g = shared.generation.load(Relaxed) + 1;
-            *shared.tables.lock() = Arc::new(Tables::build(p, g));
-            shared.generation.store(g, Relaxed);
-            eprintln!("pipeline reloaded (generation {g})");
+            let p = match control {
+                Some(c) => c.set_base(p),
+                None => p,
+            };
+            publish_tables(shared, p, "pipeline reloaded");
         }
     }
+}
+
+/// Builds and publishes tables for `p` (same shape as the current ones): workers take
+/// them at their next poll.
+fn publish_tables(shared: &Shared, p: Pipeline, why: &str) {
+    let g = shared.generation.load(Relaxed) + 1;
+    *shared.tables.lock() = Arc::new(Tables::build(p, g));
+    shared.generation.store(g, Relaxed);
+    eprintln!("{why} (generation {g})");
 }
 
 /// Marks the slot done when the worker leaves its loop, also by a panic.

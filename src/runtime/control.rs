@@ -1,0 +1,146 @@
+//! The control plane inside `flowgate run`: the management core's listener.
+//!
+//! Layer: `runtime`, above `control` and `config`. Builds and is tested without DPDK
+//! (`tests/control_run.rs` runs it against a real supervisor and agents). With a
+//! `control:` section in the run conf, the management core registers with the
+//! supervisor as an intermediate system, hears the end systems' advertisements (relayed
+//! by the supervisor), and after every turn of its loop compares what they say about
+//! the pipeline's servers with what the published tables say
+//! ([`crate::control::overlay`]); when that changed, it logs each change and publishes
+//! new tables, which the workers take between two bursts. The pipeline file stays the
+//! base: SIGHUP reloads it and the control plane's view is applied again on top.
+//!
+//! Guarantees: a bad datagram, a missing supervisor or a dead agent never stops the data
+//! plane; only shape-preserving changes are published (states, loads, weights), so no
+//! worker ever refuses the tables and no flow is lost by a publication.
+
+use super::conf::ControlConf;
+use crate::config::{Pipeline, ServerState};
+use crate::control::driver::Driver;
+use crate::control::listener::{Listener, ListenerConfig, TableEvent};
+use crate::control::overlay::{self, Overlay, ServerView};
+use crate::control::proto::{SeqGen, cap};
+use anyhow::{Context, Result};
+use std::time::{Duration, Instant};
+
+/// The management core's control-plane state.
+pub struct ControlRt {
+    driver: Driver,
+    listener: Listener,
+    overlay: Overlay,
+    base: Pipeline,
+    view: Vec<ServerView>,
+    /// Tables published because the control plane's view changed.
+    pub published: u64,
+    /// Whether the supervisor has acknowledged the registration (last seen).
+    pub registered: bool,
+}
+
+impl ControlRt {
+    /// Loads the key, binds the socket and starts registering; `base` is the pipeline
+    /// as loaded (its system MAC and addresses are what it registers with).
+    pub fn start(c: &ControlConf, base: Pipeline) -> Result<ControlRt> {
+        let key = crate::control::cli::load_key(&c.key_file).context("control: key_file")?;
+        let driver = Driver::bind(c.listen)
+            .with_context(|| format!("control: binding the UDP socket on {}", c.listen))?;
+        let cfg = ListenerConfig {
+            name: c.name.clone(),
+            mac: base.mac,
+            addrs: base.addresses.clone(),
+            capabilities: cap::SERVICES | cap::FLOWS,
+            supervisor: c.supervisor,
+            advert_interval: Duration::from_millis(c.advert_interval_ms),
+            dead_interval: Duration::from_millis(c.dead_interval_ms),
+            pools: Vec::new(),
+        };
+        let listener = Listener::new(cfg, key, SeqGen::from_wall_clock(), Instant::now());
+        let mut overlay = Overlay::new(base.servers.len(), c.unheard);
+        let view = overlay.view(&base, std::iter::empty());
+        Ok(ControlRt {
+            driver,
+            listener,
+            overlay,
+            base,
+            view,
+            published: 0,
+            registered: false,
+        })
+    }
+
+    /// The pipeline to publish: the base with the control plane's current view.
+    pub fn effective(&self) -> Pipeline {
+        overlay::apply(&self.base, &self.view)
+    }
+
+    /// A new base pipeline (SIGHUP reload, same shape); returns the pipeline to publish.
+    pub fn set_base(&mut self, base: Pipeline) -> Pipeline {
+        self.base = base;
+        self.view = self.overlay.view(&self.base, self.listener.systems());
+        self.effective()
+    }
+
+    /// One turn of the protocol (waits at most `wait` for a datagram). Returns the
+    /// pipeline to publish when the control plane's view of the servers changed, after
+    /// logging each change on stderr.
+    pub fn turn(&mut self, wait: Duration) -> Option<Pipeline> {
+        if let Err(e) = self.driver.step(&mut self.listener, wait) {
+            // A socket error is reported and retried next turn; the data plane goes on.
+            eprintln!("control: socket error: {e}");
+            std::thread::sleep(wait);
+        }
+        while let Some(ev) = self.listener.poll_event() {
+            match ev {
+                TableEvent::Registered => {
+                    eprintln!(
+                        "control: registered with the supervisor (id {:016x})",
+                        self.listener.id()
+                    );
+                }
+                TableEvent::ServerDown(id) => {
+                    eprintln!("control: end system {id:016x} left or went silent");
+                }
+                _ => {}
+            }
+        }
+        self.registered = self.listener.is_registered();
+        let view = self.overlay.view(&self.base, self.listener.systems());
+        if view == self.view {
+            return None;
+        }
+        for line in overlay::changes(&self.base, &self.view, &view) {
+            eprintln!("{line}");
+        }
+        self.view = view;
+        self.published += 1;
+        Some(self.effective())
+    }
+
+    /// The state the control plane gives each server, by name (for the stats JSON).
+    pub fn to_json(&self) -> serde_json::Value {
+        let servers: serde_json::Map<String, serde_json::Value> = self
+            .base
+            .servers
+            .iter()
+            .zip(&self.view)
+            .map(|(s, v)| {
+                let state = match v.state {
+                    ServerState::Up => "up",
+                    ServerState::Draining => "draining",
+                    ServerState::Down => "down",
+                };
+                (
+                    s.name.clone(),
+                    serde_json::json!({ "state": state, "load": v.load,
+                        "system": v.system.map(|id| format!("{id:016x}")) }),
+                )
+            })
+            .collect();
+        serde_json::json!({
+            "registered": self.registered,
+            "published": self.published,
+            "servers": servers,
+            "protocol": self.listener.stats(),
+            "send_errors": self.driver.send_errors,
+        })
+    }
+}

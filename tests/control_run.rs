@@ -1,0 +1,321 @@
+//! The intermediate system's control plane (`runtime::control`, what `flowgate run`'s
+//! management core runs) against real processes on loopback: a supervisor and two
+//! agents beside servers s1 and s2 of a three-server pipeline (s3 has no agent). The
+//! tables it publishes go into a pipeline `Worker`, and packets show the effect:
+//! - both agents heard: every server takes new connections, loads come from the adverts;
+//! - `ctl drain s2`: s2 keeps its connections and takes no new ones, and its agent stays
+//!   (draining) while a real TCP connection is open on its service port;
+//! - s1's agent killed (-9): after the dead interval s1 is down, its connections move;
+//! - s3, never heard, keeps the pipeline's state (`unheard: keep`);
+//! - the held connection closes: s2's agent leaves, s2 is down, its entries move.
+//!
+//! Short intervals (200 ms adverts, 1 s dead interval) keep it fast.
+
+use flowgate::action::FrameBuf;
+use flowgate::config::{Pipeline, ServerState};
+use flowgate::control::overlay::Unheard;
+use flowgate::r#gen::ack::{Template, frame};
+use flowgate::pipeline::{Tables, Worker};
+use flowgate::runtime::conf::ControlConf;
+use flowgate::runtime::control::ControlRt;
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_flowgate");
+const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+const PIPELINE: &str = "system:\n  mac: \"02:00:00:00:00:01\"\n  addresses: [10.0.0.1]\n  gateway: \"02:00:00:00:00:fe\"\n\
+services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]\n    servers:\n      \
+- { name: s1, mac: \"02:00:00:00:01:01\", weight: 100 }\n      \
+- { name: s2, mac: \"02:00:00:00:01:02\", weight: 100 }\n      \
+- { name: s3, mac: \"02:00:00:00:01:03\", weight: 100 }\n";
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn p(dir: &Path, f: &str) -> PathBuf {
+    dir.join(f)
+}
+
+/// An agent beside server `name`; its service's TCP port is `port` (a drain waits for
+/// the connections open on it).
+fn agent(dir: &Path, sup: &str, name: &str, mac: u8, port: u16) -> Proc {
+    let conf = p(dir, &format!("{name}.yaml"));
+    std::fs::write(
+        &conf,
+        format!(
+            "name: {name}\nmac: \"02:00:00:00:01:0{mac}\"\naddrs: [127.0.0.1]\n\
+             load: {{source: static, value: 250}}\ndrain_timeout_ms: 60000\n\
+             services:\n  - {{name: web, vip: 203.0.113.10, proto: tcp, ports: [{port}]}}\n"
+        ),
+    )
+    .unwrap();
+    Proc(
+        Command::new(BIN)
+            .args(["agent", "--conf"])
+            .arg(&conf)
+            .args(["--supervisor", sup, "--key-file"])
+            .arg(p(dir, "key"))
+            .arg("--control-socket")
+            .arg(p(dir, &format!("{name}.sock")))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Turns the control plane until `f` holds for the pipeline it publishes (15 s at most);
+/// returns that pipeline.
+fn turn_until(c: &mut ControlRt, what: &str, f: impl Fn(&Pipeline) -> bool) -> Pipeline {
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        c.turn(Duration::from_millis(10));
+        let e = c.effective();
+        if f(&e) {
+            return e;
+        }
+        assert!(Instant::now() < end, "timed out waiting for: {what}");
+    }
+}
+
+/// Opens connection `k` (SYN, SYN-ACK, ACK); returns the server it went to.
+fn open(w: &mut Worker, tpl: Template, k: u32, now: u64) -> u16 {
+    let mut f = [0u8; 60];
+    let mut b = FrameBuf::new(256);
+    let mut server = u16::MAX;
+    for (flags, rev) in [(0x02, false), (0x12, true), (0x10, false)] {
+        frame(&mut f, k, tpl, flags, rev);
+        b.load(&f);
+        let out = w.process(&mut b, 0, now);
+        if !rev {
+            server = out.route.expect("forwarded").server;
+        }
+    }
+    server
+}
+
+/// One more packet (ACK) of connection `k`; returns the server it went to.
+fn ack(w: &mut Worker, tpl: Template, k: u32, now: u64) -> u16 {
+    let mut f = [0u8; 60];
+    let mut b = FrameBuf::new(256);
+    frame(&mut f, k, tpl, 0x10, false);
+    b.load(&f);
+    w.process(&mut b, 0, now).route.expect("forwarded").server
+}
+
+fn state(p: &Pipeline, name: &str) -> ServerState {
+    p.servers[p.server_index(name).unwrap() as usize].state
+}
+
+#[test]
+fn run_follows_agents_drain_and_death() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(p(d, "key"), format!("{KEY}\n")).unwrap();
+    std::fs::write(
+        p(d, "sup.yaml"),
+        "name: sup\nadvert_interval_ms: 200\ndead_interval_ms: 1000\n",
+    )
+    .unwrap();
+    let sup_addr = format!("127.0.0.1:{}", free_port());
+    let _sup = Proc(
+        Command::new(BIN)
+            .args(["supervisor", "--conf"])
+            .arg(p(d, "sup.yaml"))
+            .arg("--state")
+            .arg(p(d, "state"))
+            .args(["--listen", &sup_addr, "--key-file"])
+            .arg(p(d, "key"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // s2's server holds one real connection on its service port: its drain waits for it.
+    let l2 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port2 = l2.local_addr().unwrap().port();
+    let held = std::net::TcpStream::connect(("127.0.0.1", port2)).unwrap();
+    let (held_srv, _) = l2.accept().unwrap();
+    let mut a1 = agent(d, &sup_addr, "s1", 1, free_port());
+    let mut a2 = agent(d, &sup_addr, "s2", 2, port2);
+
+    let base = Pipeline::from_str(PIPELINE, Path::new("p.yaml")).unwrap();
+    let tpl = Template::for_pipeline(&base).unwrap();
+    let conf = ControlConf {
+        supervisor: sup_addr.parse().unwrap(),
+        key_file: p(d, "key"),
+        name: "lb-test".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        advert_interval_ms: 200,
+        dead_interval_ms: 1000,
+        unheard: Unheard::Keep,
+    };
+    let mut c = ControlRt::start(&conf, base.clone()).expect("control starts");
+    // Nothing heard yet: the pipeline as written.
+    assert!(
+        c.effective()
+            .servers
+            .iter()
+            .all(|s| s.state == ServerState::Up)
+    );
+
+    let p1 = turn_until(&mut c, "both agents heard", |p| {
+        p.servers[..2].iter().all(|s| s.load == 0.25)
+    });
+    assert!(c.registered);
+    assert!(p1.same_shape(&base));
+    let mut g = 1;
+    let mut w = Worker::new(Arc::new(Tables::build(p1, g)));
+    let mut now = 1_000_000;
+    let mut on = [Vec::new(), Vec::new(), Vec::new()];
+    for k in 0..300 {
+        on[open(&mut w, tpl, k, now) as usize].push(k);
+    }
+    assert!(
+        on.iter().all(|v| !v.is_empty()),
+        "all three servers take new connections: {:?}",
+        on.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+
+    // Drained by the supervisor: s2 keeps its connections, takes no new ones.
+    let out = Command::new(BIN)
+        .args(["ctl", "--supervisor", &sup_addr, "--key-file"])
+        .arg(p(d, "key"))
+        .args(["drain", "s2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p2 = turn_until(&mut c, "s2 draining", |p| {
+        state(p, "s2") == ServerState::Draining
+    });
+    assert_eq!(state(&p2, "s1"), ServerState::Up);
+    g += 1;
+    w.set_tables(Arc::new(Tables::build(p2, g)))
+        .expect("same shape");
+    now += 1_000_000;
+    for &k in &on[1] {
+        assert_eq!(ack(&mut w, tpl, k, now), 1, "s2 keeps connection {k}");
+    }
+    for k in 300..600 {
+        assert_ne!(open(&mut w, tpl, k, now), 1, "no new connection on s2");
+    }
+
+    // s1's agent dies without a word: down after the dead interval, its connections
+    // move; s3 (never heard) stays up.
+    let _ = a1.0.kill();
+    let _ = a1.0.wait();
+    let t0 = Instant::now();
+    let p3 = turn_until(&mut c, "s1 down", |p| state(p, "s1") == ServerState::Down);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(500),
+        "not before the dead interval: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(state(&p3, "s3"), ServerState::Up);
+    assert_eq!(state(&p3, "s2"), ServerState::Draining);
+    g += 1;
+    w.set_tables(Arc::new(Tables::build(p3, g)))
+        .expect("same shape");
+    now += 1_000_000;
+    for &k in &on[0] {
+        assert_ne!(
+            ack(&mut w, tpl, k, now),
+            0,
+            "connection {k} left the down s1"
+        );
+    }
+    for k in 600..700 {
+        assert_eq!(
+            open(&mut w, tpl, k, now),
+            2,
+            "only s3 takes new connections"
+        );
+    }
+
+    // s2's last connection closes: its agent ends the drain and leaves; s2 is down.
+    assert!(
+        a2.0.try_wait().unwrap().is_none(),
+        "s2's agent still drains"
+    );
+    drop((held, held_srv));
+    let p4 = turn_until(&mut c, "s2 down", |p| state(p, "s2") == ServerState::Down);
+    let code = a2.0.wait().unwrap();
+    assert!(code.success(), "the drained agent exits cleanly: {code:?}");
+    g += 1;
+    w.set_tables(Arc::new(Tables::build(p4, g)))
+        .expect("same shape");
+    now += 1_000_000;
+    for &k in &on[1] {
+        assert_eq!(
+            ack(&mut w, tpl, k, now),
+            2,
+            "s2's connection {k} moves to s3"
+        );
+    }
+    let j = c.to_json();
+    assert_eq!(j["registered"], true, "{j}");
+    assert_eq!(j["servers"]["s1"]["state"], "down", "{j}");
+    assert_eq!(j["servers"]["s2"]["state"], "down", "{j}");
+    assert_eq!(j["servers"]["s3"]["state"], "up", "{j}");
+    assert!(j["published"].as_u64().unwrap() >= 4, "{j}");
+    assert_eq!(j["protocol"]["rx_bad_mac"], 0, "{j}");
+}
+
+#[test]
+fn a_bad_key_file_or_address_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = Pipeline::from_str(PIPELINE, Path::new("p.yaml")).unwrap();
+    let mut conf = ControlConf {
+        supervisor: "127.0.0.1:9".parse().unwrap(),
+        key_file: dir.path().join("missing.key"),
+        name: "lb".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        advert_interval_ms: 200,
+        dead_interval_ms: 1000,
+        unheard: Unheard::Down,
+    };
+    let e = ControlRt::start(&conf, base.clone())
+        .err()
+        .expect("refused");
+    assert!(format!("{e:#}").contains("missing.key"), "{e:#}");
+    std::fs::write(dir.path().join("short.key"), "abcd\n").unwrap();
+    conf.key_file = dir.path().join("short.key");
+    let e = ControlRt::start(&conf, base.clone())
+        .err()
+        .expect("refused");
+    assert!(format!("{e:#}").contains("short.key"), "{e:#}");
+    // With `unheard: down` and no supervisor, every server is down and stays so; the
+    // turns go on without an error.
+    std::fs::write(dir.path().join("k"), KEY).unwrap();
+    conf.key_file = dir.path().join("k");
+    let mut c = ControlRt::start(&conf, base).expect("starts without a supervisor");
+    for _ in 0..5 {
+        assert!(c.turn(Duration::from_millis(5)).is_none());
+    }
+    assert!(
+        c.effective()
+            .servers
+            .iter()
+            .all(|s| s.state == ServerState::Down)
+    );
+    assert!(!c.registered);
+}
