@@ -7,11 +7,13 @@
 //!   (draining) while a real TCP connection is open on its service port;
 //! - s1's agent killed (-9): after the dead interval s1 is down, its connections move;
 //! - s3, never heard, keeps the pipeline's state (`unheard: keep`);
-//! - the held connection closes: s2's agent leaves, s2 is down, its entries move.
+//! - the held connection closes: s2's agent leaves, s2 is down, its entries move;
+//! - an advertised flow (`agent flow add`) steers new matching connections to its target
+//!   with its DSCP, until it is withdrawn.
 //!
 //! Short intervals (200 ms adverts, 1 s dead interval) keep it fast.
 
-use flowgate::action::FrameBuf;
+use flowgate::action::{FrameBuf, PacketBuf};
 use flowgate::config::{Pipeline, ServerState};
 use flowgate::control::overlay::Unheard;
 use flowgate::r#gen::ack::{Template, frame};
@@ -164,6 +166,7 @@ fn run_follows_agents_drain_and_death() {
         advert_interval_ms: 200,
         dead_interval_ms: 1000,
         unheard: Unheard::Keep,
+        flow_slots: 4,
     };
     let mut c = ControlRt::start(&conf, base.clone()).expect("control starts");
     // Nothing heard yet: the pipeline as written.
@@ -178,7 +181,7 @@ fn run_follows_agents_drain_and_death() {
         p.servers[..2].iter().all(|s| s.load == 0.25)
     });
     assert!(c.registered);
-    assert!(p1.same_shape(&base));
+    assert!(p1.same_shape(&c.with_slots(base.clone())));
     let mut g = 1;
     let mut w = Worker::new(Arc::new(Tables::build(p1, g)));
     let mut now = 1_000_000;
@@ -191,6 +194,79 @@ fn run_follows_agents_drain_and_death() {
         "all three servers take new connections: {:?}",
         on.iter().map(Vec::len).collect::<Vec<_>>()
     );
+
+    // s2's agent advertises a flow to itself (clients 100.64.3.0/24, DSCP 46): new
+    // connections from there go to s2 with that DSCP; withdrawn, they are balanced again.
+    let out = Command::new(BIN)
+        .args(["agent", "--control-socket"])
+        .arg(p(d, "s2.sock"))
+        .args([
+            "flow",
+            "add",
+            "--src",
+            "100.64.3.0/24",
+            "--dst",
+            "203.0.113.10",
+        ])
+        .args(["--dport", "80", "--dscp", "46"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json reply");
+    let flow_id = reply["flow_id"].as_u64().expect("flow id");
+    let pf = turn_until(&mut c, "advertised flow applied", |p| {
+        p.flow_rules
+            .iter()
+            .any(|r| r.target == flowgate::config::Target::Server(1) && r.qos.dscp == Some(46))
+    });
+    g += 1;
+    w.set_tables(Arc::new(Tables::build(pf, g)))
+        .expect("same shape");
+    for k in 768..800 {
+        // 100.64.3.x is k = 768 + x.
+        assert_eq!(
+            open(&mut w, tpl, k, now),
+            1,
+            "connection {k} follows the advert to s2"
+        );
+    }
+    let mut f = [0u8; 60];
+    let mut b = FrameBuf::new(256);
+    frame(&mut f, 800, tpl, 0x02, false);
+    b.load(&f);
+    let o = w.process(&mut b, 0, now);
+    assert_eq!(o.route.expect("forwarded").server, 1);
+    assert_eq!(b.data()[15] >> 2, 46, "the advert's DSCP is applied");
+    let j = c.to_json();
+    assert_eq!(j["flows"][0]["server"], "s2", "{j}");
+    let out = Command::new(BIN)
+        .args(["agent", "--control-socket"])
+        .arg(p(d, "s2.sock"))
+        .args(["flow", "del", &flow_id.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pw = turn_until(&mut c, "advertised flow withdrawn", |p| {
+        p.flow_rules
+            .iter()
+            .all(|r| r.target != flowgate::config::Target::Server(1))
+    });
+    g += 1;
+    w.set_tables(Arc::new(Tables::build(pw, g)))
+        .expect("same shape");
+    let mut after = [0usize; 3];
+    for k in 801..860 {
+        after[open(&mut w, tpl, k, now) as usize] += 1;
+    }
+    assert!(after.iter().all(|&n| n > 0), "balanced again: {after:?}");
 
     // Drained by the supervisor: s2 keeps its connections, takes no new ones.
     let out = Command::new(BIN)
@@ -292,6 +368,7 @@ fn a_bad_key_file_or_address_is_a_clear_error() {
         advert_interval_ms: 200,
         dead_interval_ms: 1000,
         unheard: Unheard::Down,
+        flow_slots: 4,
     };
     let e = ControlRt::start(&conf, base.clone())
         .err()

@@ -329,10 +329,11 @@ fn first_answer(t: &Topo) -> String {
     }
 }
 
-/// Stops flowgate and fails with `what` and flowgate's log.
-fn fail(t: &mut Topo, what: &str) -> ! {
+/// Stops flowgate and fails with `what`, flowgate's log and its stats JSON.
+fn fail(t: &mut Topo, what: &str, stats: &Path) -> ! {
     let err = stop(t);
-    panic!("{what}; flowgate's log:\n{err}");
+    let j = std::fs::read_to_string(stats).unwrap_or_default();
+    panic!("{what}; flowgate's log:\n{err}\nstats:\n{j}");
 }
 
 fn count(answers: &[String], body: &str) -> usize {
@@ -355,7 +356,8 @@ fn run_af_packet_namespaces_http() {
     let stats = start_flowgate(&mut t, dir.path(), "");
     let mut answers = vec![first_answer(&t)];
     for _ in 0..30 {
-        answers.push(get(&t).expect("every request is answered"));
+        let a = get(&t).unwrap_or_else(|| fail(&mut t, "every request is answered", &stats));
+        answers.push(a);
     }
     let (n1, n2) = (count(&answers, "server-s1"), count(&answers, "server-s2"));
     assert_eq!(n1 + n2, answers.len(), "unexpected bodies: {answers:?}");
@@ -484,7 +486,7 @@ fn run_af_packet_follows_the_control_plane() {
     // Answers only once the agents are heard (unheard: down); then both servers serve.
     let mut answers = vec![first_answer(&t)];
     for _ in 0..20 {
-        let a = get(&t).unwrap_or_else(|| fail(&mut t, "every request is answered"));
+        let a = get(&t).unwrap_or_else(|| fail(&mut t, "every request is answered", &stats));
         answers.push(a);
     }
     let (n1, n2) = (count(&answers, "server-s1"), count(&answers, "server-s2"));

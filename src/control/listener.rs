@@ -113,6 +113,10 @@ impl Listener {
             .values()
             .map(|s| (&s.info, s.services.as_slice()))
     }
+    /// Live advertised flows, in (origin, flow id) order.
+    pub fn flows(&self) -> impl Iterator<Item = &FlowAdvert> {
+        self.flows.values().map(|f| &f.adv)
+    }
     pub fn flow_count(&self) -> usize {
         self.flows.len()
     }

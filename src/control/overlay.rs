@@ -25,11 +25,23 @@
 //!   service it is a member of does not offer it: its weight there becomes 0 (no new
 //!   flows of that service, existing ones stay).
 //!
-//! Advertised flows (`FlowAdd`) are not applied here: they would add pattern rules, a
-//! change of shape (see `docs/RUNNING.md`).
+//!
+//! Advertised flows (`FlowAdd`) become pattern rules in slots reserved after the
+//! pipeline's own rules ([`reserve_flow_slots`]; the number of slots is part of the
+//! shape, so it never changes while running). So they rank below the operator's rules and
+//! above the services. An advertised flow takes a slot when it first applies and keeps it
+//! until it is withdrawn (or its origin goes down): flows already created by a slot's rule
+//! keep their server (the flow table holds it) and read the slot's QoS. It applies when
+//! its target end system is a live pipeline server (matched as above) and its QoS can be
+//! expressed (no pop and swap of MPLS together); otherwise it is refused with a reason.
+//! It steers new flows only: a connection already in the flow table stays where it is.
+//! With every slot taken, further adverts are refused until one is withdrawn.
 
-use crate::config::{Pipeline, ServerState};
-use crate::control::proto::{Service, SysState, SystemInfo, SystemKind};
+use crate::classify::{Decision, Range, Rule};
+use crate::config::{FlowRule, Pipeline, QosActions, ServerState, Target};
+use crate::control::proto::{
+    FlowAdvert, FlowMatch, Qos, Service, SysState, SystemInfo, SystemKind,
+};
 
 /// Servers whose end system has not been heard since start.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -55,11 +67,106 @@ pub struct ServerView {
     pub offers: Vec<bool>,
 }
 
-/// Remembers which servers were heard since start.
+/// What the control plane's advertised flows do: per reserved slot, the advert it holds
+/// (and the pipeline server it targets); the adverts refused, with the reason.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FlowsView {
+    pub slots: Vec<Option<(FlowAdvert, u16)>>,
+    pub refused: Vec<((u64, u64), String)>,
+}
+
+/// The control plane's whole view: servers and advertised flows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct View {
+    pub servers: Vec<ServerView>,
+    pub flows: FlowsView,
+}
+
+/// Name of reserved slot `i` (the names are part of the pipeline's shape).
+fn slot_name(i: usize) -> String {
+    format!("advertised-{i}")
+}
+
+/// Appends `n` pattern-rule slots for advertised flows to `p`: rules that match
+/// nothing until [`apply`] fills them.
+pub fn reserve_flow_slots(p: &mut Pipeline, n: usize) {
+    let first = p.flow_rules.len();
+    for i in 0..n {
+        p.flow_rules.push(FlowRule {
+            name: slot_name(i),
+            rule: never(Decision::FlowRule((first + i) as u32)),
+            target: Target::Drop,
+            qos: QosActions::default(),
+            reply_qos: QosActions::default(),
+            idle_timeout_ns: p.flow_table.idle_ns,
+        });
+    }
+}
+
+/// A rule that matches nothing (an empty protocol range).
+fn never(d: Decision) -> Rule {
+    let mut r = Rule::any(d);
+    r.proto = Range { lo: 1, hi: 0 };
+    r
+}
+
+fn prefix(ip: std::net::IpAddr, plen: u8) -> Range<u128> {
+    let (v, _) = crate::config::ip_to_u128(ip);
+    let len = match ip {
+        std::net::IpAddr::V4(_) => 96 + plen.min(32),
+        std::net::IpAddr::V6(_) => plen.min(128),
+    };
+    crate::classify::prefix_range(v, len)
+}
+
+/// The rule of an advertised match.
+fn advert_rule(m: &FlowMatch, d: Decision) -> Rule {
+    let mut r = Rule::any(d);
+    if m.proto != 0 {
+        r.proto = Range::exact(m.proto);
+    }
+    r.src = prefix(m.src, m.src_plen);
+    r.dst = prefix(m.dst, m.dst_plen);
+    r.src_port = Range::new(m.sport.0, m.sport.1);
+    r.dst_port = Range::new(m.dport.0, m.dport.1);
+    r
+}
+
+/// The pipeline's QoS actions for an advert's list; `Err` when they contradict.
+pub fn qos_actions(q: &[Qos]) -> Result<QosActions, String> {
+    let mut a = QosActions::default();
+    for x in q {
+        match *x {
+            Qos::Dscp(v) if v < 64 => a.dscp = Some(v),
+            Qos::Pcp(v) if v < 8 => a.pcp = Some(v),
+            Qos::PushVlan { vid, pcp, tpid } if vid < 4096 && pcp < 8 => {
+                a.push_vlan = Some((tpid, vid, pcp))
+            }
+            Qos::PopVlan => a.pop_vlan = true,
+            Qos::SetVlan { vid } if vid < 4096 => a.set_vlan = Some(vid),
+            Qos::PushMpls { label, tc, ttl } if label < 1 << 20 && tc < 8 => {
+                a.push_mpls = Some((label, tc, ttl))
+            }
+            Qos::PopMpls => a.pop_mpls = true,
+            Qos::SwapMpls { label } if label < 1 << 20 => a.swap_mpls = Some(label),
+            other => return Err(format!("QoS value out of range: {other:?}")),
+        }
+    }
+    if a.pop_mpls && a.swap_mpls.is_some() {
+        return Err("pops and swaps an MPLS label".into());
+    }
+    Ok(a)
+}
+
+/// Remembers which servers were heard since start, and which advert holds which slot.
 #[derive(Clone, Debug)]
 pub struct Overlay {
     unheard: Unheard,
     heard: Vec<bool>,
+    /// Per reserved slot: the (origin, flow id) holding it.
+    slots: Vec<Option<(u64, u64)>>,
+    /// Free slots, the longest free first (a freed slot is reused last).
+    free: std::collections::VecDeque<usize>,
 }
 
 fn worse(a: ServerState, b: ServerState) -> ServerState {
@@ -72,16 +179,102 @@ fn worse(a: ServerState, b: ServerState) -> ServerState {
 }
 
 impl Overlay {
-    pub fn new(servers: usize, unheard: Unheard) -> Overlay {
+    /// An overlay for `servers` pipeline servers and `flow_slots` reserved slots.
+    pub fn new(servers: usize, unheard: Unheard, flow_slots: usize) -> Overlay {
         Overlay {
             unheard,
             heard: vec![false; servers],
+            slots: vec![None; flow_slots],
+            free: (0..flow_slots).collect(),
+        }
+    }
+
+    /// What the live adverts `flows` do, given the live `systems` (targets are matched
+    /// with pipeline servers as the servers are). Slots of adverts gone are freed.
+    pub fn flows_view<'a>(
+        &mut self,
+        base: &Pipeline,
+        systems: impl IntoIterator<Item = (&'a SystemInfo, &'a [Service])> + Clone,
+        flows: impl IntoIterator<Item = &'a FlowAdvert>,
+    ) -> FlowsView {
+        let flows: Vec<&FlowAdvert> = flows.into_iter().collect();
+        let key = |f: &FlowAdvert| (f.origin, f.flow_id);
+        let mut v = FlowsView {
+            slots: vec![None; self.slots.len()],
+            refused: Vec::new(),
+        };
+        let mut usable = Vec::new();
+        for f in &flows {
+            let target = systems
+                .clone()
+                .into_iter()
+                .find(|(i, _)| i.id == f.target && i.kind == SystemKind::End)
+                .and_then(|(i, _)| {
+                    base.servers
+                        .iter()
+                        .position(|s| s.mac == i.mac)
+                        .or_else(|| base.servers.iter().position(|s| s.name == i.name))
+                });
+            match (target, qos_actions(&f.qos)) {
+                (None, _) => v.refused.push((
+                    key(f),
+                    format!(
+                        "target end system {:016x} is not a live pipeline server",
+                        f.target
+                    ),
+                )),
+                (_, Err(e)) => v.refused.push((key(f), e)),
+                (Some(t), Ok(_)) => usable.push((*f, t as u16)),
+            }
+        }
+        // Free the slots of adverts no longer usable, then keep or give slots.
+        for k in 0..self.slots.len() {
+            if let Some(h) = self.slots[k]
+                && !usable.iter().any(|(f, _)| key(f) == h)
+            {
+                self.slots[k] = None;
+                self.free.push_back(k);
+            }
+        }
+        for (f, t) in usable {
+            let k = match self.slots.iter().position(|s| *s == Some(key(f))) {
+                Some(k) => k,
+                None => match self.free.pop_front() {
+                    Some(k) => {
+                        self.slots[k] = Some(key(f));
+                        k
+                    }
+                    None => {
+                        v.refused.push((
+                            key(f),
+                            format!("all {} advertised-flow slots are taken", self.slots.len()),
+                        ));
+                        continue;
+                    }
+                },
+            };
+            v.slots[k] = Some((f.clone(), t));
+        }
+        v
+    }
+
+    /// The whole view: [`server_views`](Self::server_views) and
+    /// [`flows_view`](Self::flows_view).
+    pub fn view<'a>(
+        &mut self,
+        base: &Pipeline,
+        systems: impl IntoIterator<Item = (&'a SystemInfo, &'a [Service])> + Clone,
+        flows: impl IntoIterator<Item = &'a FlowAdvert>,
+    ) -> View {
+        View {
+            servers: self.server_views(base, systems.clone()),
+            flows: self.flows_view(base, systems, flows),
         }
     }
 
     /// The view of every server of `base` given the live `systems` (each with the
     /// services it advertises).
-    pub fn view<'a>(
+    pub fn server_views<'a>(
         &mut self,
         base: &Pipeline,
         systems: impl IntoIterator<Item = (&'a SystemInfo, &'a [Service])> + Clone,
@@ -157,8 +350,9 @@ impl Overlay {
     }
 }
 
-/// `base` with `views` (one per server, from [`Overlay::view`]) applied; same shape.
-pub fn apply(base: &Pipeline, views: &[ServerView]) -> Pipeline {
+/// `base` (with its flow slots reserved) with `view` applied; same shape.
+pub fn apply(base: &Pipeline, view: &View) -> Pipeline {
+    let views = &view.servers;
     let mut p = base.clone();
     for (srv, v) in p.servers.iter_mut().zip(views) {
         srv.state = v.state;
@@ -175,11 +369,56 @@ pub fn apply(base: &Pipeline, views: &[ServerView]) -> Pipeline {
             }
         }
     }
+    let first = p.flow_rules.len() - view.flows.slots.len().min(p.flow_rules.len());
+    for (k, slot) in view.flows.slots.iter().enumerate() {
+        let Some(fr) = p.flow_rules.get_mut(first + k) else {
+            break;
+        };
+        let d = Decision::FlowRule((first + k) as u32);
+        match slot {
+            Some((f, t)) => {
+                fr.rule = advert_rule(&f.matcher, d);
+                fr.target = Target::Server(*t);
+                fr.qos = qos_actions(&f.qos).unwrap_or_default();
+            }
+            None => {
+                fr.rule = never(d);
+                fr.target = Target::Drop;
+                fr.qos = QosActions::default();
+            }
+        }
+    }
     p
 }
 
 /// One line per server whose view changed from `old` to `new` (for the log).
-pub fn changes(base: &Pipeline, old: &[ServerView], new: &[ServerView]) -> Vec<String> {
+pub fn changes(base: &Pipeline, old: &View, new: &View) -> Vec<String> {
+    let mut out = server_changes(base, &old.servers, &new.servers);
+    let first = base.flow_rules.len() - new.flows.slots.len().min(base.flow_rules.len());
+    for (k, (o, n)) in old.flows.slots.iter().zip(&new.flows.slots).enumerate() {
+        if o != n {
+            out.push(match n {
+                Some((f, t)) => format!(
+                    "control: flow {:016x}/{} of end system {:016x} -> server {} (rule {})",
+                    f.origin,
+                    f.flow_id,
+                    f.origin,
+                    base.servers[usize::from(*t)].name,
+                    first + k
+                ),
+                None => format!("control: rule {} ({}) is free", first + k, slot_name(k)),
+            });
+        }
+    }
+    for (k, why) in &new.flows.refused {
+        if !old.flows.refused.iter().any(|(o, w)| o == k && w == why) {
+            out.push(format!("control: flow {:016x}/{} refused: {why}", k.0, k.1));
+        }
+    }
+    out
+}
+
+fn server_changes(base: &Pipeline, old: &[ServerView], new: &[ServerView]) -> Vec<String> {
     let name = |s: ServerState| match s {
         ServerState::Up => "up",
         ServerState::Draining => "draining",
@@ -260,9 +499,9 @@ services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]
     #[test]
     fn states_follow_the_end_systems() {
         let p = base();
-        let mut o = Overlay::new(3, Unheard::Keep);
+        let mut o = Overlay::new(3, Unheard::Keep, 0);
         // Nothing heard: the pipeline's states.
-        let v = o.view(&p, std::iter::empty());
+        let v = o.server_views(&p, std::iter::empty());
         let st: Vec<_> = v.iter().map(|v| v.state).collect();
         assert_eq!(
             st,
@@ -274,7 +513,7 @@ services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]
         let c = sys(9, "s3", 0x33, SysState::Up); // wrong MAC: matched by name
         let sv = [svc("web", "203.0.113.10", 500, 0, 2000)];
         let systems = [(&a, &sv[..]), (&c, &[][..])];
-        let v = o.view(&p, systems.iter().copied());
+        let v = o.server_views(&p, systems.iter().copied());
         assert_eq!(v[0].state, ServerState::Draining);
         assert_eq!(v[0].system, Some(7));
         assert_eq!((v[0].load, v[0].response_ms), (0.5, 2.0));
@@ -282,40 +521,46 @@ services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]
         assert_eq!(v[2].state, ServerState::Draining);
         assert_eq!(v[2].system, Some(9));
         // s1 gone after having been heard: down. s2 still never heard: kept.
-        let v = o.view(&p, systems[1..].iter().copied());
+        let v = o.server_views(&p, systems[1..].iter().copied());
         assert_eq!(v[0].state, ServerState::Down);
         assert_eq!(v[0].system, None);
         assert_eq!(v[1].state, ServerState::Up);
         // With Unheard::Down, an unheard server is down.
-        let mut strict = Overlay::new(3, Unheard::Down);
-        let v = strict.view(&p, std::iter::empty());
+        let mut strict = Overlay::new(3, Unheard::Down, 0);
+        let v = strict.server_views(&p, std::iter::empty());
         assert!(v.iter().all(|v| v.state == ServerState::Down));
     }
 
     #[test]
     fn load_and_offers_come_from_matching_services() {
         let p = base();
-        let mut o = Overlay::new(3, Unheard::Keep);
+        let mut o = Overlay::new(3, Unheard::Keep, 0);
         let a = sys(1, "s1", 1, SysState::Up);
         let b = sys(2, "s2", 2, SysState::Up);
         // s1 advertises the VIP under another name, congested; s2 advertises only an
         // unrelated service.
         let sa = [svc("http", "203.0.113.10", 100, 900, 500)];
         let sb = [svc("ftp", "192.0.2.1", 0, 0, 0)];
-        let v = o.view(&p, [(&a, &sa[..]), (&b, &sb[..])]);
+        let v = o.server_views(&p, [(&a, &sa[..]), (&b, &sb[..])]);
         assert_eq!(v[0].load, 0.9, "congestion counts as load");
         assert_eq!(v[0].offers, [true]);
         assert_eq!(v[1].offers, [false]);
-        let q = apply(&p, &v);
+        let q = apply(
+            &p,
+            &View {
+                servers: v.clone(),
+                flows: FlowsView::default(),
+            },
+        );
         assert!(q.same_shape(&p));
         assert_eq!(q.servers[0].load, 0.9);
         let w: Vec<u32> = q.services[0].members.iter().map(|m| m.weight).collect();
         assert_eq!(w, [100, 0, 100]);
         // Overload is clamped to 1.
         let sa = [svc("web", "198.51.100.1", 2500, 0, 0)];
-        let v = o.view(&p, [(&a, &sa[..])]);
+        let v = o.server_views(&p, [(&a, &sa[..])]);
         assert_eq!(v[0].load, 1.0);
-        let lines = changes(&p, &[], &v);
+        let lines = server_changes(&p, &[], &v);
         assert!(
             lines.iter().any(|l| l.contains("server s1 is up")),
             "{lines:?}"
@@ -325,10 +570,118 @@ services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]
     #[test]
     fn only_end_systems_count() {
         let p = base();
-        let mut o = Overlay::new(3, Unheard::Down);
+        let mut o = Overlay::new(3, Unheard::Down, 0);
         let mut lb = sys(5, "s1", 1, SysState::Up);
         lb.kind = SystemKind::Intermediate;
-        let v = o.view(&p, [(&lb, &[][..])]);
+        let v = o.server_views(&p, [(&lb, &[][..])]);
         assert_eq!(v[0].state, ServerState::Down);
+    }
+
+    fn advert(origin: u64, id: u64, target: u64, src: &str, qos: Vec<Qos>) -> FlowAdvert {
+        FlowAdvert {
+            origin,
+            flow_id: id,
+            target,
+            matcher: FlowMatch {
+                proto: 6,
+                src: src.parse().unwrap(),
+                src_plen: 24,
+                dst: "203.0.113.10".parse().unwrap(),
+                dst_plen: 32,
+                sport: (0, 65535),
+                dport: (80, 80),
+            },
+            qos,
+            lifetime_ms: 0,
+        }
+    }
+
+    #[test]
+    fn advertised_flows_take_stable_slots_and_become_rules() {
+        let mut p = base();
+        let static_rules = p.flow_rules.len();
+        reserve_flow_slots(&mut p, 2);
+        assert_eq!(p.flow_rules.len(), static_rules + 2);
+        let a = sys(1, "s1", 1, SysState::Up);
+        let b = sys(2, "s2", 2, SysState::Up);
+        let systems = [(&a, &[][..]), (&b, &[][..])];
+        let mut o = Overlay::new(3, Unheard::Keep, 2);
+        let f1 = advert(1, 1, 2, "192.0.2.0", vec![Qos::Dscp(46)]);
+        let f2 = advert(2, 7, 1, "198.51.100.0", vec![]);
+        let bad_target = advert(1, 2, 99, "192.0.2.0", vec![]);
+        let bad_qos = advert(
+            1,
+            3,
+            1,
+            "192.0.2.0",
+            vec![Qos::PopMpls, Qos::SwapMpls { label: 5 }],
+        );
+        let fv = o.flows_view(&p, systems, [&f1, &f2, &bad_target, &bad_qos]);
+        assert_eq!(
+            fv.slots[0],
+            Some((f1.clone(), 1)),
+            "f1 -> s2 in the first slot"
+        );
+        assert_eq!(fv.slots[1], Some((f2.clone(), 0)));
+        let why: Vec<&str> = fv.refused.iter().map(|(_, w)| w.as_str()).collect();
+        assert!(why[0].contains("not a live pipeline server"), "{why:?}");
+        assert!(why[1].contains("pops and swaps"), "{why:?}");
+        let view = View {
+            servers: o.server_views(&p, systems),
+            flows: fv,
+        };
+        let q = apply(&p, &view);
+        assert!(q.same_shape(&p), "slots keep the shape");
+        let r0 = &q.flow_rules[static_rules];
+        assert_eq!(r0.target, Target::Server(1));
+        assert_eq!(r0.qos.dscp, Some(46));
+        // The compiled classifier finds the slot's rule for a matching key, and the
+        // free slot's rule matches nothing.
+        let t = crate::pipeline::Tables::build(q.clone(), 1);
+        let key = |src: [u8; 4]| crate::classify::Key {
+            src: crate::classify::v4_mapped(src),
+            dst: crate::classify::v4_mapped([203, 0, 113, 10]),
+            proto: 6,
+            src_port: 40000,
+            dst_port: 80,
+            ethertype: 0x0800,
+            ..Default::default()
+        };
+        assert_eq!(
+            t.classifier.classify(&key([192, 0, 2, 9])),
+            Decision::FlowRule(static_rules as u32)
+        );
+        assert_eq!(
+            t.classifier.classify(&key([203, 0, 113, 9])),
+            Decision::Service(0)
+        );
+
+        // f1 withdrawn: its slot is free and reused last; f2 keeps its slot; a third
+        // advert takes slot 0 (the only free one); a fourth finds no slot.
+        let f3 = advert(1, 4, 1, "192.0.2.0", vec![]);
+        let f4 = advert(1, 5, 1, "192.0.2.0", vec![]);
+        let fv = o.flows_view(&p, systems, [&f2, &f3, &f4]);
+        assert_eq!(fv.slots[1], Some((f2.clone(), 0)), "f2 stays in its slot");
+        assert_eq!(fv.slots[0], Some((f3.clone(), 0)));
+        assert!(
+            fv.refused
+                .iter()
+                .any(|((_, id), w)| *id == 5 && w.contains("slots are taken"))
+        );
+        // Nothing advertised: every slot matches nothing again.
+        let fv = o.flows_view(&p, systems, []);
+        assert!(fv.slots.iter().all(Option::is_none));
+        let q = apply(
+            &p,
+            &View {
+                servers: view.servers.clone(),
+                flows: fv,
+            },
+        );
+        let t = crate::pipeline::Tables::build(q, 2);
+        assert_eq!(
+            t.classifier.classify(&key([192, 0, 2, 9])),
+            Decision::Service(0)
+        );
     }
 }

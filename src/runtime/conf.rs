@@ -49,6 +49,8 @@ struct RawControl {
     dead_interval_ms: Option<u64>,
     #[serde(default)]
     unheard: Option<String>,
+    #[serde(default)]
+    flow_slots: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,7 +118,12 @@ pub struct ControlConf {
     pub advert_interval_ms: u64,
     pub dead_interval_ms: u64,
     pub unheard: crate::control::overlay::Unheard,
+    /// Pattern rules reserved for advertised flows (at most that many apply at once).
+    pub flow_slots: usize,
 }
+
+/// Default [`ControlConf::flow_slots`].
+pub const DEFAULT_FLOW_SLOTS: usize = 64;
 
 /// One port: the name the pipeline uses and the DPDK device behind it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -391,7 +398,15 @@ impl RunConf {
                 if name.is_empty() || name.len() > 64 {
                     return Err(err(&at("name"), "a name of 1 to 64 bytes is needed".into()));
                 }
+                let flow_slots = c.flow_slots.unwrap_or(DEFAULT_FLOW_SLOTS);
+                if flow_slots > 4096 {
+                    return Err(err(
+                        &at("flow_slots"),
+                        format!("{flow_slots} is above 4096"),
+                    ));
+                }
                 Some(ControlConf {
+                    flow_slots,
                     supervisor: addr("supervisor", &c.supervisor)?,
                     key_file: resolve(&c.key_file),
                     name,
@@ -602,8 +617,9 @@ stop: { idle_ms: 0 }
         );
         assert_eq!(c.listen, "0.0.0.0:0".parse().unwrap());
         assert_eq!(c.unheard, crate::control::overlay::Unheard::Keep);
+        assert_eq!(c.flow_slots, DEFAULT_FLOW_SLOTS);
         let c = parse(&format!(
-            "{base}control:\n  supervisor: \"[::1]:7700\"\n  key_file: /k\n  name: lb1\n  unheard: down\n  advert_interval_ms: 200\n  dead_interval_ms: 700\n"
+            "{base}control:\n  supervisor: \"[::1]:7700\"\n  key_file: /k\n  name: lb1\n  unheard: down\n  flow_slots: 8\n  advert_interval_ms: 200\n  dead_interval_ms: 700\n"
         ))
         .expect("valid")
         .control
@@ -613,6 +629,7 @@ stop: { idle_ms: 0 }
             ("lb1", 200, 700)
         );
         assert_eq!(c.unheard, crate::control::overlay::Unheard::Down);
+        assert_eq!(c.flow_slots, 8);
         bad(
             &format!("{base}control:\n  supervisor: nowhere\n  key_file: k\n"),
             "control.supervisor",

@@ -18,7 +18,7 @@ use super::conf::ControlConf;
 use crate::config::{Pipeline, ServerState};
 use crate::control::driver::Driver;
 use crate::control::listener::{Listener, ListenerConfig, TableEvent};
-use crate::control::overlay::{self, Overlay, ServerView};
+use crate::control::overlay::{self, Overlay, View};
 use crate::control::proto::{SeqGen, cap};
 use anyhow::{Context, Result};
 use std::time::{Duration, Instant};
@@ -28,8 +28,10 @@ pub struct ControlRt {
     driver: Driver,
     listener: Listener,
     overlay: Overlay,
+    /// The pipeline file's, with the advertised-flow slots reserved.
     base: Pipeline,
-    view: Vec<ServerView>,
+    flow_slots: usize,
+    view: View,
     /// Tables published because the control plane's view changed.
     pub published: u64,
     /// Whether the supervisor has acknowledged the registration (last seen).
@@ -38,7 +40,9 @@ pub struct ControlRt {
 
 impl ControlRt {
     /// Loads the key, binds the socket and starts registering; `base` is the pipeline
-    /// as loaded (its system MAC and addresses are what it registers with).
+    /// as loaded (its system MAC and addresses are what it registers with). The tables
+    /// to publish come from [`effective`](Self::effective): `base` plus `c.flow_slots`
+    /// pattern rules reserved for advertised flows.
     pub fn start(c: &ControlConf, base: Pipeline) -> Result<ControlRt> {
         let key = crate::control::cli::load_key(&c.key_file).context("control: key_file")?;
         let driver = Driver::bind(c.listen)
@@ -54,13 +58,16 @@ impl ControlRt {
             pools: Vec::new(),
         };
         let listener = Listener::new(cfg, key, SeqGen::from_wall_clock(), Instant::now());
-        let mut overlay = Overlay::new(base.servers.len(), c.unheard);
-        let view = overlay.view(&base, std::iter::empty());
+        let mut base = base;
+        overlay::reserve_flow_slots(&mut base, c.flow_slots);
+        let mut overlay = Overlay::new(base.servers.len(), c.unheard, c.flow_slots);
+        let view = overlay.view(&base, std::iter::empty(), std::iter::empty());
         Ok(ControlRt {
             driver,
             listener,
             overlay,
             base,
+            flow_slots: c.flow_slots,
             view,
             published: 0,
             registered: false,
@@ -72,10 +79,20 @@ impl ControlRt {
         overlay::apply(&self.base, &self.view)
     }
 
-    /// A new base pipeline (SIGHUP reload, same shape); returns the pipeline to publish.
+    /// `p` (a pipeline file as loaded) with the advertised-flow slots reserved: the shape
+    /// of what this control plane publishes.
+    pub fn with_slots(&self, mut p: Pipeline) -> Pipeline {
+        overlay::reserve_flow_slots(&mut p, self.flow_slots);
+        p
+    }
+
+    /// A new base pipeline (SIGHUP reload, from [`with_slots`](Self::with_slots), same
+    /// shape); returns the pipeline to publish.
     pub fn set_base(&mut self, base: Pipeline) -> Pipeline {
         self.base = base;
-        self.view = self.overlay.view(&self.base, self.listener.systems());
+        self.view = self
+            .overlay
+            .view(&self.base, self.listener.systems(), self.listener.flows());
         self.effective()
     }
 
@@ -103,7 +120,9 @@ impl ControlRt {
             }
         }
         self.registered = self.listener.is_registered();
-        let view = self.overlay.view(&self.base, self.listener.systems());
+        let view = self
+            .overlay
+            .view(&self.base, self.listener.systems(), self.listener.flows());
         if view == self.view {
             return None;
         }
@@ -121,7 +140,7 @@ impl ControlRt {
             .base
             .servers
             .iter()
-            .zip(&self.view)
+            .zip(&self.view.servers)
             .map(|(s, v)| {
                 let state = match v.state {
                     ServerState::Up => "up",
@@ -135,7 +154,33 @@ impl ControlRt {
                 )
             })
             .collect();
+        let first = self.base.flow_rules.len() - self.flow_slots;
+        let flows: Vec<serde_json::Value> = self
+            .view
+            .flows
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(k, s)| {
+                let (f, t) = s.as_ref()?;
+                Some(serde_json::json!({
+                    "origin": format!("{:016x}", f.origin), "flow_id": f.flow_id,
+                    "rule": first + k, "server": self.base.servers[usize::from(*t)].name,
+                }))
+            })
+            .collect();
+        let refused: Vec<serde_json::Value> = self
+            .view
+            .flows
+            .refused
+            .iter()
+            .map(|((o, id), why)| {
+                serde_json::json!({ "origin": format!("{o:016x}"), "flow_id": id, "why": why })
+            })
+            .collect();
         serde_json::json!({
+            "flows": flows,
+            "flows_refused": refused,
             "registered": self.registered,
             "published": self.published,
             "servers": servers,

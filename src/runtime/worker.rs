@@ -435,6 +435,10 @@ fn reload(conf: &RunConf, shared: &Shared, control: Option<&mut ControlRt>) {
     match load_pipeline(conf) {
         Err(e) => eprintln!("reload refused: {e:#}"),
         Ok(p) => {
+            let p = match &control {
+                Some(c) => c.with_slots(p),
+                None => p,
+            };
             let cur = Arc::clone(&shared.tables.lock());
             if !same_shape(&cur.pipeline, &p) {
                 eprintln!(
