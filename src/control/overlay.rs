@@ -2,10 +2,11 @@
 //! how `flowgate run` obeys the end systems' advertisements.
 //!
 //! Layer: control, above `config`. Pure: [`Overlay::view`] reads the listener's current
-//! systems, [`apply`] writes a view into a copy of the pipeline; the runtime publishes
-//! the result as new tables when the view changed. Only what keeps the pipeline's shape
-//! changes (server states, loads, response times, member weights), so workers take the
-//! new tables between two bursts without losing a flow.
+//! systems and advertised flows, [`apply`] writes a view into a copy of the pipeline; the
+//! runtime publishes the result as new tables when the view changed. Only what keeps the
+//! pipeline's shape changes (server states, loads, response times, member weights, the
+//! rules in the reserved slots), so workers take the new tables between two bursts
+//! without losing a flow.
 //!
 //! Rules, for each server of the pipeline:
 //! - Its end system is the live system of kind `end` with the server's MAC address (the
@@ -24,7 +25,6 @@
 //! - Membership: a live server that advertises services but none matching a pipeline
 //!   service it is a member of does not offer it: its weight there becomes 0 (no new
 //!   flows of that service, existing ones stay).
-//!
 //!
 //! Advertised flows (`FlowAdd`) become pattern rules in slots reserved after the
 //! pipeline's own rules ([`reserve_flow_slots`]; the number of slots is part of the
@@ -391,7 +391,7 @@ pub fn apply(base: &Pipeline, view: &View) -> Pipeline {
     p
 }
 
-/// One line per server whose view changed from `old` to `new` (for the log).
+/// One line per change from `old` to `new` (for the log).
 pub fn changes(base: &Pipeline, old: &View, new: &View) -> Vec<String> {
     let mut out = server_changes(base, &old.servers, &new.servers);
     let first = base.flow_rules.len() - new.flows.slots.len().min(base.flow_rules.len());
@@ -399,8 +399,7 @@ pub fn changes(base: &Pipeline, old: &View, new: &View) -> Vec<String> {
         if o != n {
             out.push(match n {
                 Some((f, t)) => format!(
-                    "control: flow {:016x}/{} of end system {:016x} -> server {} (rule {})",
-                    f.origin,
+                    "control: flow {} of end system {:016x} -> server {} (rule {})",
                     f.flow_id,
                     f.origin,
                     base.servers[usize::from(*t)].name,

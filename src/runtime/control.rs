@@ -5,14 +5,15 @@
 //! `control:` section in the run conf, the management core registers with the
 //! supervisor as an intermediate system, hears the end systems' advertisements (relayed
 //! by the supervisor), and after every turn of its loop compares what they say about
-//! the pipeline's servers with what the published tables say
-//! ([`crate::control::overlay`]); when that changed, it logs each change and publishes
-//! new tables, which the workers take between two bursts. The pipeline file stays the
+//! the pipeline's servers and which flows they advertise with what the published tables
+//! say ([`crate::control::overlay`]); when that changed, it logs each change and
+//! publishes new tables, which the workers take between two bursts. The pipeline file stays the
 //! base: SIGHUP reloads it and the control plane's view is applied again on top.
 //!
 //! Guarantees: a bad datagram, a missing supervisor or a dead agent never stops the data
-//! plane; only shape-preserving changes are published (states, loads, weights), so no
-//! worker ever refuses the tables and no flow is lost by a publication.
+//! plane; only shape-preserving changes are published (states, loads, weights, the
+//! reserved rule slots of advertised flows), so no worker ever refuses the tables and no
+//! flow is lost by a publication.
 
 use super::conf::ControlConf;
 use crate::config::{Pipeline, ServerState};
@@ -97,8 +98,9 @@ impl ControlRt {
     }
 
     /// One turn of the protocol (waits at most `wait` for a datagram). Returns the
-    /// pipeline to publish when the control plane's view of the servers changed, after
-    /// logging each change on stderr.
+    /// pipeline to publish when the control plane's view of the servers or of the
+    /// advertised flows changed, after logging each change on stderr (a new refusal of an
+    /// advert is logged but changes no table).
     pub fn turn(&mut self, wait: Duration) -> Option<Pipeline> {
         if let Err(e) = self.driver.step(&mut self.listener, wait) {
             // A socket error is reported and retried next turn; the data plane goes on.
@@ -129,7 +131,12 @@ impl ControlRt {
         for line in overlay::changes(&self.base, &self.view, &view) {
             eprintln!("{line}");
         }
+        let tables_change =
+            view.servers != self.view.servers || view.flows.slots != self.view.flows.slots;
         self.view = view;
+        if !tables_change {
+            return None;
+        }
         self.published += 1;
         Some(self.effective())
     }
