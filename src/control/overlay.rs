@@ -19,9 +19,9 @@
 //!   state, or down with [`Unheard::Down`] (every server must run an agent).
 //! - Load and response time: from the advertised services that match a pipeline
 //!   service it is a member of (same name, or same VIP): load is the larger of load and
-//!   congestion, per mille, as a fraction clamped to 0..=1 (least-load weighs members by
-//!   `weight × (1 − load)`); response time is the largest advertised, in ms. No matching
-//!   service advertised: the pipeline's figures stay.
+//!   congestion, per mille, as a fraction clamped to 0..=1 in steps of 0.01 (least-load
+//!   weighs members by `weight × (1 − load)`); response time is the largest advertised,
+//!   in steps of 0.1 ms. No matching service advertised: the pipeline's figures stay.
 //! - Membership: a live server that advertises services but none matching a pipeline
 //!   service it is a member of does not offer it: its weight there becomes 0 (no new
 //!   flows of that service, existing ones stay).
@@ -332,11 +332,14 @@ impl Overlay {
                                 .map(|a| a.load.max(u32::from(a.congestion)))
                                 .max()
                                 .unwrap_or(0);
-                            v.load = (f64::from(permille) / 1000.0).clamp(0.0, 1.0);
-                            v.response_ms = matched
+                            // In steps of 1 % and 0.1 ms: smaller changes publish nothing.
+                            v.load = (f64::from(permille.min(1000)) / 10.0).round() / 100.0;
+                            let us = matched
                                 .iter()
-                                .map(|a| f64::from(a.response_time_us) / 1000.0)
-                                .fold(0.0, f64::max);
+                                .map(|a| a.response_time_us)
+                                .max()
+                                .unwrap_or(0);
+                            v.response_ms = f64::from(us / 100) / 10.0;
                         }
                     }
                     None if self.heard[s] || self.unheard == Unheard::Down => {

@@ -24,6 +24,11 @@ use crate::control::proto::{SeqGen, cap};
 use anyhow::{Context, Result};
 use std::time::{Duration, Instant};
 
+/// Shortest time between two publications: changes that come closer together (agents'
+/// loads, a burst of adverts) are published together, so the management core never
+/// rebuilds tables more than ten times a second however many agents advertise.
+pub const MIN_PUBLISH: Duration = Duration::from_millis(100);
+
 /// The management core's control-plane state.
 pub struct ControlRt {
     driver: Driver,
@@ -35,6 +40,9 @@ pub struct ControlRt {
     view: View,
     /// Tables published because the control plane's view changed.
     pub published: u64,
+    /// A change not yet published (publications are at least [`MIN_PUBLISH`] apart).
+    dirty: bool,
+    last_publish: Option<Instant>,
     /// Whether the supervisor has acknowledged the registration (last seen).
     pub registered: bool,
 }
@@ -71,6 +79,8 @@ impl ControlRt {
             flow_slots: c.flow_slots,
             view,
             published: 0,
+            dirty: false,
+            last_publish: None,
             registered: false,
         })
     }
@@ -99,8 +109,9 @@ impl ControlRt {
 
     /// One turn of the protocol (waits at most `wait` for a datagram). Returns the
     /// pipeline to publish when the control plane's view of the servers or of the
-    /// advertised flows changed, after logging each change on stderr (a new refusal of an
-    /// advert is logged but changes no table).
+    /// advertised flows changed (at most once per [`MIN_PUBLISH`]; a change waits for the
+    /// next turn after that), after logging each change of state or flow on stderr (a new
+    /// refusal of an advert is logged but changes no table).
     pub fn turn(&mut self, wait: Duration) -> Option<Pipeline> {
         if let Err(e) = self.driver.step(&mut self.listener, wait) {
             // A socket error is reported and retried next turn; the data plane goes on.
@@ -125,18 +136,19 @@ impl ControlRt {
         let view = self
             .overlay
             .view(&self.base, self.listener.systems(), self.listener.flows());
-        if view == self.view {
+        if view != self.view {
+            for line in overlay::changes(&self.base, &self.view, &view) {
+                eprintln!("{line}");
+            }
+            self.dirty |=
+                view.servers != self.view.servers || view.flows.slots != self.view.flows.slots;
+            self.view = view;
+        }
+        if !self.dirty || self.last_publish.is_some_and(|t| t.elapsed() < MIN_PUBLISH) {
             return None;
         }
-        for line in overlay::changes(&self.base, &self.view, &view) {
-            eprintln!("{line}");
-        }
-        let tables_change =
-            view.servers != self.view.servers || view.flows.slots != self.view.flows.slots;
-        self.view = view;
-        if !tables_change {
-            return None;
-        }
+        self.dirty = false;
+        self.last_publish = Some(Instant::now());
         self.published += 1;
         Some(self.effective())
     }
