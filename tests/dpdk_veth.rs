@@ -111,7 +111,7 @@ fn can_run() -> bool {
 }
 
 /// Builds the topology of the module docs and starts the two HTTP servers (their
-/// documents under `www`).
+/// documents under `www`); returns once both are listening.
 fn build(t: &mut Topo, www: &Path) {
     let (c, s1, s2, sw) = (t.ns("c"), t.ns("s1"), t.ns("s2"), t.ns("sw"));
     let (out_if, in_if) = (t.out_if(), t.in_if());
@@ -225,6 +225,31 @@ fn build(t: &mut Topo, www: &Path) {
             .spawn()
             .expect("http.server");
         t.children.push(child);
+    }
+    // Both servers listening before any request: a request balanced to a server whose
+    // python has not bound its socket yet would be refused (a slow start on a loaded CI
+    // machine made a request fail that way). Asked inside each server's namespace, where
+    // the VIP is local, so flowgate is not involved.
+    let t0 = Instant::now();
+    for i in 1..=2 {
+        let ns = format!("s{i}");
+        while !t
+            .exec(
+                &ns,
+                &["curl", "-s", "-o", "/dev/null", "--noproxy", "*", "-m", "1"],
+            )
+            .arg("http://203.0.113.10/index.html")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "http.server in {ns} not listening after 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
