@@ -167,6 +167,7 @@ fn run_follows_agents_drain_and_death() {
         dead_interval_ms: 1000,
         unheard: Unheard::Keep,
         flow_slots: 4,
+        multicast_group: None,
     };
     let mut c = ControlRt::start(&conf, base.clone()).expect("control starts");
     // Nothing heard yet: the pipeline as written.
@@ -369,6 +370,7 @@ fn a_bad_key_file_or_address_is_a_clear_error() {
         dead_interval_ms: 1000,
         unheard: Unheard::Down,
         flow_slots: 4,
+        multicast_group: None,
     };
     let e = ControlRt::start(&conf, base.clone())
         .err()
@@ -395,4 +397,92 @@ fn a_bad_key_file_or_address_is_a_clear_error() {
             .all(|s| s.state == ServerState::Down)
     );
     assert!(!c.registered);
+}
+
+#[test]
+fn multicast_mode_is_heard_on_the_group() {
+    // A supervisor in multicast mode relays nothing: the intermediate system hears the
+    // agent's adverts on the group it joined.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(p(d, "key"), format!("{KEY}\n")).unwrap();
+    let group = format!("239.255.70.71:{}", free_port());
+    std::fs::write(
+        p(d, "sup.yaml"),
+        format!(
+            "name: sup\nadvert_interval_ms: 200\ndead_interval_ms: 1000\n\
+             adverts: multicast\nmulticast_group: \"{group}\"\n"
+        ),
+    )
+    .unwrap();
+    let sup_addr = format!("127.0.0.1:{}", free_port());
+    let _sup = Proc(
+        Command::new(BIN)
+            .args(["supervisor", "--conf"])
+            .arg(p(d, "sup.yaml"))
+            .arg("--state")
+            .arg(p(d, "state"))
+            .args(["--listen", &sup_addr, "--key-file"])
+            .arg(p(d, "key"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let conf = p(d, "s1.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "name: s1\nmac: \"02:00:00:00:01:01\"\naddrs: [127.0.0.1]\n\
+             adverts: multicast\nmulticast_group: \"{group}\"\n\
+             load: {{source: static, value: 600}}\n\
+             services:\n  - {{name: web, vip: 203.0.113.10, proto: tcp, ports: [{}]}}\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let _a1 = Proc(
+        Command::new(BIN)
+            .args(["agent", "--conf"])
+            .arg(&conf)
+            .args(["--supervisor", &sup_addr, "--key-file"])
+            .arg(p(d, "key"))
+            .arg("--control-socket")
+            .arg(p(d, "s1.sock"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = Pipeline::from_str(PIPELINE, Path::new("p.yaml")).unwrap();
+    let conf = ControlConf {
+        supervisor: sup_addr.parse().unwrap(),
+        key_file: p(d, "key"),
+        name: "lb-mcast".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        advert_interval_ms: 200,
+        dead_interval_ms: 1000,
+        unheard: Unheard::Down,
+        flow_slots: 0,
+        multicast_group: Some(group.parse().unwrap()),
+    };
+    let mut c = ControlRt::start(&conf, base).expect("control starts");
+    let e = turn_until(&mut c, "s1 heard on the group", |p| {
+        state(p, "s1") == ServerState::Up && p.servers[0].load == 0.6
+    });
+    assert_eq!(state(&e, "s2"), ServerState::Down, "unheard: down");
+    let out = Command::new(BIN)
+        .args(["ctl", "--json", "--supervisor", &sup_addr, "--key-file"])
+        .arg(p(d, "key"))
+        .arg("stats")
+        .output()
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ctl stats");
+    let relayed = stats
+        .as_array()
+        .and_then(|a| a.iter().find(|o| o["name"] == "relayed"))
+        .and_then(|o| o["value"].as_u64());
+    assert_eq!(
+        relayed,
+        Some(0),
+        "nothing relayed in multicast mode: {stats}"
+    );
 }

@@ -694,7 +694,10 @@ fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()
         pools: conf.numbers.clone(),
         drain_timeout: Duration::from_millis(conf.drain_timeout_ms),
     };
-    let listen = if conf.listen == "0.0.0.0:0" && supervisor.ip().is_loopback() {
+    // On one machine the agent stays on loopback, unless it sends to a multicast group:
+    // a group datagram from 127.0.0.1 leaves on a real interface and is dropped there as
+    // a martian, so no listener would hear it.
+    let listen = if conf.listen == "0.0.0.0:0" && supervisor.ip().is_loopback() && group.is_none() {
         "127.0.0.1:0".to_string()
     } else {
         conf.listen.clone()

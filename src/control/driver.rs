@@ -72,11 +72,21 @@ impl Driver {
     }
 
     /// Also receives datagrams sent to the IPv4 multicast `group` (on any interface).
+    /// The group socket is bound with `SO_REUSEADDR`, so several systems on one host (a
+    /// supervisor and an intermediate system, say) can all hear the group: Linux gives
+    /// each of them a copy.
     pub fn join_group(&mut self, group: SocketAddr) -> io::Result<()> {
         let SocketAddr::V4(g) = group else {
             return Err(io::Error::other("only IPv4 multicast groups are supported"));
         };
-        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, g.port()))?;
+        let raw = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        raw.set_reuse_address(true)?;
+        raw.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, g.port())).into())?;
+        let s: UdpSocket = raw.into();
         s.join_multicast_v4(g.ip(), &Ipv4Addr::UNSPECIFIED)?;
         s.set_nonblocking(true)?;
         self.sock.set_multicast_loop_v4(true)?;

@@ -51,6 +51,8 @@ struct RawControl {
     unheard: Option<String>,
     #[serde(default)]
     flow_slots: Option<usize>,
+    #[serde(default)]
+    multicast_group: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +122,9 @@ pub struct ControlConf {
     pub unheard: crate::control::overlay::Unheard,
     /// Pattern rules reserved for advertised flows (at most that many apply at once).
     pub flow_slots: usize,
+    /// The IPv4 multicast group to hear advertisements on, for a supervisor in multicast
+    /// mode (which does not relay them); `None`: relay mode.
+    pub multicast_group: Option<std::net::SocketAddr>,
 }
 
 /// Default [`ControlConf::flow_slots`].
@@ -405,7 +410,21 @@ impl RunConf {
                         format!("{flow_slots} is above 4096"),
                     ));
                 }
+                let multicast_group = match &c.multicast_group {
+                    None => None,
+                    Some(g) => {
+                        let a = addr("multicast_group", g)?;
+                        if !matches!(a.ip(), std::net::IpAddr::V4(v) if v.is_multicast()) {
+                            return Err(err(
+                                &at("multicast_group"),
+                                format!("{g:?} is not an IPv4 multicast group"),
+                            ));
+                        }
+                        Some(a)
+                    }
+                };
                 Some(ControlConf {
+                    multicast_group,
                     flow_slots,
                     supervisor: addr("supervisor", &c.supervisor)?,
                     key_file: resolve(&c.key_file),
@@ -618,8 +637,9 @@ stop: { idle_ms: 0 }
         assert_eq!(c.listen, "0.0.0.0:0".parse().unwrap());
         assert_eq!(c.unheard, crate::control::overlay::Unheard::Keep);
         assert_eq!(c.flow_slots, DEFAULT_FLOW_SLOTS);
+        assert_eq!(c.multicast_group, None);
         let c = parse(&format!(
-            "{base}control:\n  supervisor: \"[::1]:7700\"\n  key_file: /k\n  name: lb1\n  unheard: down\n  flow_slots: 8\n  advert_interval_ms: 200\n  dead_interval_ms: 700\n"
+            "{base}control:\n  supervisor: \"[::1]:7700\"\n  key_file: /k\n  name: lb1\n  unheard: down\n  flow_slots: 8\n  multicast_group: \"239.255.70.71:7701\"\n  advert_interval_ms: 200\n  dead_interval_ms: 700\n"
         ))
         .expect("valid")
         .control
@@ -630,6 +650,10 @@ stop: { idle_ms: 0 }
         );
         assert_eq!(c.unheard, crate::control::overlay::Unheard::Down);
         assert_eq!(c.flow_slots, 8);
+        assert_eq!(
+            c.multicast_group,
+            Some("239.255.70.71:7701".parse().unwrap())
+        );
         bad(
             &format!("{base}control:\n  supervisor: nowhere\n  key_file: k\n"),
             "control.supervisor",
@@ -653,6 +677,13 @@ stop: { idle_ms: 0 }
             &format!("{base}control:\n  supervisor: \"127.0.0.1:1\"\n"),
             "control",
             "key_file",
+        );
+        bad(
+            &format!(
+                "{base}control:\n  supervisor: \"127.0.0.1:1\"\n  key_file: k\n  multicast_group: \"10.0.0.1:7701\"\n"
+            ),
+            "control.multicast_group",
+            "not an IPv4 multicast group",
         );
     }
 

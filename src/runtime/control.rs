@@ -54,8 +54,13 @@ impl ControlRt {
     /// pattern rules reserved for advertised flows.
     pub fn start(c: &ControlConf, base: Pipeline) -> Result<ControlRt> {
         let key = crate::control::cli::load_key(&c.key_file).context("control: key_file")?;
-        let driver = Driver::bind(c.listen)
+        let mut driver = Driver::bind(c.listen)
             .with_context(|| format!("control: binding the UDP socket on {}", c.listen))?;
+        if let Some(g) = c.multicast_group {
+            driver
+                .join_group(g)
+                .with_context(|| format!("control: joining the multicast group {g}"))?;
+        }
         let cfg = ListenerConfig {
             name: c.name.clone(),
             mac: base.mac,
