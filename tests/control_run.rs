@@ -486,3 +486,116 @@ fn multicast_mode_is_heard_on_the_group() {
         "nothing relayed in multicast mode: {stats}"
     );
 }
+
+#[test]
+fn a_supervisor_outage_holds_the_view() {
+    // Relay mode: the supervisor is killed (-9) while both agents run. Their silence then
+    // proves nothing, so no server may go down; once the supervisor is back (same state)
+    // the intermediate system follows the agents again (a drain applies).
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(p(d, "key"), format!("{KEY}\n")).unwrap();
+    std::fs::write(
+        p(d, "sup.yaml"),
+        "name: sup\nadvert_interval_ms: 200\ndead_interval_ms: 1000\n",
+    )
+    .unwrap();
+    let sup_addr = format!("127.0.0.1:{}", free_port());
+    let supervisor = || {
+        Proc(
+            Command::new(BIN)
+                .args(["supervisor", "--conf"])
+                .arg(p(d, "sup.yaml"))
+                .arg("--state")
+                .arg(p(d, "state"))
+                .args(["--listen", &sup_addr, "--key-file"])
+                .arg(p(d, "key"))
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut sup = supervisor();
+    let _a1 = agent(d, &sup_addr, "s1", 1, free_port());
+    let _a2 = agent(d, &sup_addr, "s2", 2, free_port());
+    let base = Pipeline::from_str(PIPELINE, Path::new("p.yaml")).unwrap();
+    let conf = ControlConf {
+        supervisor: sup_addr.parse().unwrap(),
+        key_file: p(d, "key"),
+        name: "lb-hold".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        advert_interval_ms: 200,
+        dead_interval_ms: 1000,
+        unheard: Unheard::Keep,
+        flow_slots: 0,
+        multicast_group: None,
+    };
+    let mut c = ControlRt::start(&conf, base).expect("control starts");
+    turn_until(&mut c, "both agents heard", |p| {
+        p.servers[..2].iter().all(|s| s.load == 0.25)
+    });
+
+    let _ = sup.0.kill();
+    let _ = sup.0.wait();
+    let end = Instant::now() + Duration::from_millis(3500);
+    while Instant::now() < end {
+        if let Some(p) = c.turn(Duration::from_millis(10)) {
+            assert!(
+                p.servers.iter().all(|s| s.state == ServerState::Up),
+                "a server went down while the supervisor was away: {:?}",
+                p.servers.iter().map(|s| s.state).collect::<Vec<_>>()
+            );
+        }
+        assert!(
+            c.effective()
+                .servers
+                .iter()
+                .all(|s| s.state == ServerState::Up)
+        );
+    }
+    let j = c.to_json();
+    assert_eq!(j["holding"], true, "{j}");
+    assert_eq!(j["holds"], 1, "{j}");
+
+    // Back with the same state: the view is followed again after the grace, and no
+    // server went down on the way (the agents' adverts came back in time).
+    sup = supervisor();
+    let end = Instant::now() + Duration::from_secs(15);
+    while c.to_json()["holding"] == true {
+        if let Some(p) = c.turn(Duration::from_millis(10)) {
+            assert!(p.servers.iter().all(|s| s.state == ServerState::Up));
+        }
+        assert!(
+            Instant::now() < end,
+            "still holding 15 s after the supervisor came back"
+        );
+    }
+    for _ in 0..50 {
+        c.turn(Duration::from_millis(10));
+        assert!(
+            c.effective()
+                .servers
+                .iter()
+                .all(|s| s.state == ServerState::Up),
+            "no server goes down after the outage"
+        );
+    }
+    // Following again: a drain of s2 (whose agent then leaves, no connection being open)
+    // takes it out of the new flows' way.
+    let out = Command::new(BIN)
+        .args(["ctl", "--supervisor", &sup_addr, "--key-file"])
+        .arg(p(d, "key"))
+        .args(["drain", "s2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let e = turn_until(&mut c, "s2 drained once the supervisor is back", |p| {
+        state(p, "s2") != ServerState::Up
+    });
+    assert_eq!(state(&e, "s1"), ServerState::Up);
+    drop(sup);
+}

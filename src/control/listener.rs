@@ -97,6 +97,15 @@ impl Listener {
     pub fn id(&self) -> u64 {
         self.sess.id
     }
+    /// When the supervisor last answered (the send time of the newest acknowledged
+    /// keepalive or registration); `None` before registration or after it was lost.
+    pub fn supervisor_acked(&self) -> Option<Instant> {
+        self.sess.last_acked
+    }
+    /// The dead interval in force (the supervisor's, once registered).
+    pub fn dead_interval(&self) -> Duration {
+        self.sess.dead_interval
+    }
     pub fn is_registered(&self) -> bool {
         self.sess.registered
     }

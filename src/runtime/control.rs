@@ -10,6 +10,15 @@
 //! publishes new tables, which the workers take between two bursts. The pipeline file stays the
 //! base: SIGHUP reloads it and the control plane's view is applied again on top.
 //!
+//! Fail static: in relay mode every advertisement comes through the supervisor, so an
+//! end system that falls silent may just be a supervisor that did. So when a system of
+//! the published view vanishes from the listener, nothing changes until the supervisor
+//! answers a keepalive sent after that moment (within an advertisement interval when it
+//! is up). If it does not answer for a dead interval, the last view is held (the log says
+//! so, the stats JSON counts it) and, once it answers again, held one dead interval more
+//! for the agents' adverts to come back before the agents are followed again. A
+//! supervisor outage therefore never takes servers out of the tables.
+//!
 //! Guarantees: a bad datagram, a missing supervisor or a dead agent never stops the data
 //! plane; only shape-preserving changes are published (states, loads, weights, the
 //! reserved rule slots of advertised flows), so no worker ever refuses the tables and no
@@ -42,6 +51,15 @@ pub struct ControlRt {
     pub published: u64,
     /// A change not yet published (publications are at least [`MIN_PUBLISH`] apart).
     dirty: bool,
+    /// When a system of the published view was first seen missing from the listener
+    /// (the supervisor must answer after that before anything is published).
+    vanished_at: Option<Instant>,
+    /// The view is held (supervisor silent for a dead interval), and since when the
+    /// supervisor answers again.
+    holding: bool,
+    answering_since: Option<Instant>,
+    /// Times the view was held because the supervisor went silent.
+    pub holds: u64,
     last_publish: Option<Instant>,
     /// Whether the supervisor has acknowledged the registration (last seen).
     pub registered: bool,
@@ -85,6 +103,10 @@ impl ControlRt {
             view,
             published: 0,
             dirty: false,
+            vanished_at: None,
+            holding: false,
+            answering_since: None,
+            holds: 0,
             last_publish: None,
             registered: false,
         })
@@ -138,6 +160,9 @@ impl ControlRt {
             }
         }
         self.registered = self.listener.is_registered();
+        if self.hold(Instant::now()) {
+            return None;
+        }
         let view = self
             .overlay
             .view(&self.base, self.listener.systems(), self.listener.flows());
@@ -156,6 +181,64 @@ impl ControlRt {
         self.last_publish = Some(Instant::now());
         self.published += 1;
         Some(self.effective())
+    }
+
+    /// Whether to hold the last view now (see the module docs), logging the changes.
+    fn hold(&mut self, now: Instant) -> bool {
+        let dead = self.listener.dead_interval();
+        let acked = self.listener.supervisor_acked();
+        if self.holding {
+            // Wait until the supervisor has answered for a whole dead interval.
+            let answering = acked.is_some_and(|t| now.saturating_duration_since(t) < dead);
+            if !answering {
+                self.answering_since = None;
+                return true;
+            }
+            let since = *self.answering_since.get_or_insert(now);
+            if now.saturating_duration_since(since) < dead {
+                return true;
+            }
+            self.holding = false;
+            self.answering_since = None;
+            self.vanished_at = None;
+            eprintln!("control: the supervisor answers again: following the agents");
+            return false;
+        }
+        let live: Vec<u64> = self.listener.systems().map(|(i, _)| i.id).collect();
+        let vanished = self
+            .view
+            .servers
+            .iter()
+            .filter_map(|v| v.system)
+            .chain(
+                self.view
+                    .flows
+                    .slots
+                    .iter()
+                    .flatten()
+                    .map(|(f, _)| f.origin),
+            )
+            .any(|id| !live.contains(&id));
+        if !vanished {
+            self.vanished_at = None;
+            return false;
+        }
+        let at = *self.vanished_at.get_or_insert(now);
+        if acked.is_some_and(|t| t > at) {
+            // The supervisor is alive after the system went: the silence is real.
+            self.vanished_at = None;
+            return false;
+        }
+        if now.saturating_duration_since(at) >= dead {
+            self.holding = true;
+            self.holds += 1;
+            eprintln!(
+                "control: no answer from the supervisor for {} ms: holding the last view \
+                 (no server goes down for silence)",
+                dead.as_millis()
+            );
+        }
+        true
     }
 
     /// The state the control plane gives each server, by name (for the stats JSON).
@@ -206,6 +289,8 @@ impl ControlRt {
             "flows": flows,
             "flows_refused": refused,
             "registered": self.registered,
+            "holding": self.holding,
+            "holds": self.holds,
             "published": self.published,
             "servers": servers,
             "protocol": self.listener.stats(),
