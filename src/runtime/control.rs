@@ -90,6 +90,14 @@ impl ControlRt {
             pools: Vec::new(),
         };
         let listener = Listener::new(cfg, key, SeqGen::from_wall_clock(), Instant::now());
+        // Rule indices travel as u16 on the packet path (u16::MAX means none).
+        if base.flow_rules.len() + c.flow_slots >= usize::from(u16::MAX) {
+            anyhow::bail!(
+                "control: {} pattern rules plus {} flow_slots exceed 65534",
+                base.flow_rules.len(),
+                c.flow_slots
+            );
+        }
         let mut base = base;
         overlay::reserve_flow_slots(&mut base, c.flow_slots);
         let mut overlay = Overlay::new(base.servers.len(), c.unheard, c.flow_slots);
