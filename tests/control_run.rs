@@ -355,6 +355,10 @@ fn run_follows_agents_drain_and_death() {
     assert_eq!(j["servers"]["s3"]["state"], "up", "{j}");
     assert!(j["published"].as_u64().unwrap() >= 4, "{j}");
     assert_eq!(j["protocol"]["rx_bad_mac"], 0, "{j}");
+    assert_eq!(
+        c.summary(),
+        "control: registered, servers up 1 draining 0 down 2, advertised flows 0"
+    );
 }
 
 #[test]

@@ -686,4 +686,151 @@ services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]
             Decision::Service(0)
         );
     }
+
+    use proptest::prelude::*;
+
+    /// The live systems (with their services) and adverts of one step.
+    type Step = (Vec<(SystemInfo, Vec<Service>)>, Vec<FlowAdvert>);
+
+    fn arb_system() -> impl Strategy<Value = (SystemInfo, Vec<Service>)> {
+        (
+            1u64..6,
+            0u8..5,
+            prop::bool::weighted(0.9),
+            any::<bool>(),
+            prop::collection::vec(
+                (
+                    prop::sample::select(vec!["web", "other"]),
+                    prop::sample::select(vec!["203.0.113.10", "192.0.2.1", "2001:db8::1"]),
+                    0u32..3000,
+                    0u16..2000,
+                    any::<u32>(),
+                ),
+                0..3,
+            ),
+        )
+            .prop_map(|(id, mac, end, draining, svcs)| {
+                let mut i = sys(
+                    id,
+                    &format!("s{mac}"),
+                    mac,
+                    if draining {
+                        SysState::Draining
+                    } else {
+                        SysState::Up
+                    },
+                );
+                if !end {
+                    i.kind = SystemKind::Intermediate;
+                }
+                let sv = svcs
+                    .into_iter()
+                    .map(|(n, v, l, c, r)| svc(n, v, l, c, r))
+                    .collect();
+                (i, sv)
+            })
+    }
+
+    fn arb_advert() -> impl Strategy<Value = FlowAdvert> {
+        (
+            1u64..6,
+            0u64..6,
+            1u64..7,
+            prop::sample::select(vec!["192.0.2.0", "2001:db8::", "0.0.0.0"]),
+            any::<u8>(),
+            (any::<u16>(), any::<u16>()),
+            prop::collection::vec(
+                prop_oneof![
+                    any::<u8>().prop_map(Qos::Dscp),
+                    any::<u8>().prop_map(Qos::Pcp),
+                    Just(Qos::PopMpls),
+                    any::<u32>().prop_map(|label| Qos::SwapMpls { label }),
+                    (any::<u16>(), any::<u8>()).prop_map(|(vid, pcp)| Qos::PushVlan {
+                        vid,
+                        pcp,
+                        tpid: 0x8100
+                    }),
+                ],
+                0..3,
+            ),
+        )
+            .prop_map(|(origin, id, target, src, plen, sport, qos)| {
+                let mut f = advert(origin, id, target, src, qos);
+                f.matcher.src_plen = plen;
+                f.matcher.sport = sport;
+                f
+            })
+    }
+
+    proptest! {
+        /// Whatever the live systems and adverts, the applied pipeline keeps the shape and
+        /// builds; every advert is applied or refused; an advert keeps its slot while it
+        /// stays applied; applied adverts target a live end system's server.
+        #[test]
+        fn any_control_state_applies_safely(
+            pool_systems in prop::collection::vec(arb_system(), 1..5),
+            pool_flows in prop::collection::vec(arb_advert(), 1..8),
+            masks in prop::collection::vec((any::<u8>(), any::<u8>()), 1..8),
+            unheard_down in any::<bool>(),
+        ) {
+            // Each step sees a subset of the pools, so systems and adverts come, stay
+            // and go across steps.
+            let steps: Vec<Step> = masks
+                .iter()
+                .map(|&(ms, mf)| {
+                    (
+                        pool_systems.iter().enumerate()
+                            .filter(|(i, _)| ms & (1 << i) != 0).map(|(_, x)| x.clone()).collect(),
+                        pool_flows.iter().enumerate()
+                            .filter(|(i, _)| mf & (1 << i) != 0).map(|(_, x)| x.clone()).collect(),
+                    )
+                })
+                .collect();
+            let mut p = base();
+            reserve_flow_slots(&mut p, 3);
+            let unheard = if unheard_down { Unheard::Down } else { Unheard::Keep };
+            let mut o = Overlay::new(3, unheard, 3);
+            let mut prev: Vec<Option<(u64, u64)>> = vec![None; 3];
+            for (g, (systems, flows)) in steps.iter().enumerate() {
+                // The listener keys systems by id and adverts by (origin, flow id).
+                let mut systems = systems.clone();
+                systems.sort_by_key(|(i, _)| i.id);
+                systems.dedup_by_key(|(i, _)| i.id);
+                let mut flows = flows.clone();
+                flows.sort_by_key(|f| (f.origin, f.flow_id));
+                flows.dedup_by_key(|f| (f.origin, f.flow_id));
+                let sys: Vec<(&SystemInfo, &[Service])> =
+                    systems.iter().map(|(i, s)| (i, s.as_slice())).collect();
+                let view = o.view(&p, sys.iter().copied(), flows.iter());
+                let q = apply(&p, &view);
+                prop_assert!(q.same_shape(&p));
+                let _ = crate::pipeline::Tables::build(q.clone(), g as u64 + 1);
+                let applied: Vec<(u64, u64)> = view.flows.slots.iter().flatten()
+                    .map(|(f, _)| (f.origin, f.flow_id)).collect();
+                prop_assert_eq!(applied.len() + view.flows.refused.len(), flows.len());
+                let now: Vec<Option<(u64, u64)>> = view.flows.slots.iter()
+                    .map(|s| s.as_ref().map(|(f, _)| (f.origin, f.flow_id))).collect();
+                for (k, key) in now.iter().enumerate() {
+                    // An advert applied before and now sits in the same slot.
+                    if let Some(key) = key
+                        && let Some(j) = prev.iter().position(|p| p.as_ref() == Some(key))
+                    {
+                        prop_assert_eq!(j, k, "advert {:?} moved slots", key);
+                    }
+                }
+                for (f, t) in view.flows.slots.iter().flatten() {
+                    let srv = &p.servers[usize::from(*t)];
+                    prop_assert!(systems.iter().any(|(i, _)| i.id == f.target
+                        && i.kind == SystemKind::End
+                        && (i.mac == srv.mac || i.name == srv.name)));
+                }
+                prev = now;
+                for (v, srv) in view.servers.iter().zip(&p.servers) {
+                    prop_assert!((0.0..=1.0).contains(&v.load));
+                    // The operator's word wins: never better than the pipeline's state.
+                    prop_assert!(!(srv.state == ServerState::Draining && v.state == ServerState::Up));
+                }
+            }
+        }
+    }
 }

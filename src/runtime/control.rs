@@ -249,6 +249,24 @@ impl ControlRt {
         true
     }
 
+    /// One line for the periodic summary: registration, servers by state, applied flows.
+    pub fn summary(&self) -> String {
+        let n = |st: ServerState| self.view.servers.iter().filter(|v| v.state == st).count();
+        format!(
+            "control: {}{}, servers up {} draining {} down {}, advertised flows {}",
+            if self.registered {
+                "registered"
+            } else {
+                "not registered"
+            },
+            if self.holding { " (holding)" } else { "" },
+            n(ServerState::Up),
+            n(ServerState::Draining),
+            n(ServerState::Down),
+            self.view.flows.slots.iter().flatten().count()
+        )
+    }
+
     /// The state the control plane gives each server, by name (for the stats JSON).
     pub fn to_json(&self) -> serde_json::Value {
         let servers: serde_json::Map<String, serde_json::Value> = self

@@ -412,14 +412,18 @@ fn manage(
                 flows += s.flows.load(Relaxed);
             }
             eprintln!(
-                "[{:7.1} s] rx {:.3} Mpps  tx {:.3} Mpps  in {}  out {}  dropped {}  flows {}",
+                "[{:7.1} s] rx {:.3} Mpps  tx {:.3} Mpps  in {}  out {}  dropped {}  flows {}{}",
                 shared.start.elapsed().as_secs_f64(),
                 (sum.packets_in - last_in) as f64 / dt / 1e6,
                 (sum.packets_out - last_out) as f64 / dt / 1e6,
                 sum.packets_in,
                 sum.packets_out,
                 sum.dropped(),
-                flows
+                flows,
+                control
+                    .as_deref()
+                    .map(|c| format!("  {}", c.summary()))
+                    .unwrap_or_default()
             );
             last_in = sum.packets_in;
             last_out = sum.packets_out;
