@@ -638,6 +638,18 @@ stop: { idle_ms: 0 }
         assert_eq!(c.unheard, crate::control::overlay::Unheard::Keep);
         assert_eq!(c.flow_slots, DEFAULT_FLOW_SLOTS);
         assert_eq!(c.multicast_group, None);
+        // Unquoted, as in docs/RUNNING.md.
+        let c = parse(&format!(
+            "{base}control:\n  supervisor: 192.168.77.2:7700\n  key_file: control.key\n  multicast_group: 239.255.70.71:7701\n"
+        ))
+        .expect("valid")
+        .control
+        .expect("control");
+        assert_eq!(c.supervisor, "192.168.77.2:7700".parse().unwrap());
+        assert_eq!(
+            c.multicast_group,
+            Some("239.255.70.71:7701".parse().unwrap())
+        );
         let c = parse(&format!(
             "{base}control:\n  supervisor: \"[::1]:7700\"\n  key_file: /k\n  name: lb1\n  unheard: down\n  flow_slots: 8\n  multicast_group: \"239.255.70.71:7701\"\n  advert_interval_ms: 200\n  dead_interval_ms: 700\n"
         ))
