@@ -13,6 +13,9 @@
 //!
 //! Short intervals (200 ms adverts, 1 s dead interval) keep it fast.
 
+mod common;
+
+use common::{Proc, free_port};
 use flowgate::action::{FrameBuf, PacketBuf};
 use flowgate::config::{Pipeline, ServerState};
 use flowgate::control::overlay::Unheard;
@@ -20,9 +23,8 @@ use flowgate::r#gen::ack::{Template, frame};
 use flowgate::pipeline::{Tables, Worker};
 use flowgate::runtime::conf::ControlConf;
 use flowgate::runtime::control::ControlRt;
-use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,51 +37,119 @@ services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]
 - { name: s2, mac: \"02:00:00:00:01:02\", weight: 100 }\n      \
 - { name: s3, mac: \"02:00:00:00:01:03\", weight: 100 }\n";
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// Runs `c`; its stdout, or the test fails with its stderr.
+fn succeed(mut c: Command) -> Vec<u8> {
+    let out = c.stderr(Stdio::piped()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{c:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// A test's directory (key, confs, sockets, the supervisor's state) and the supervisor's
+/// address on loopback.
+struct Env {
+    dir: tempfile::TempDir,
+    sup: String,
+}
+
+impl Env {
+    /// Writes the key and a supervisor conf (200 ms adverts, 1 s dead interval, plus
+    /// `extra` YAML lines).
+    fn new(extra: &str) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("key"), format!("{KEY}\n")).unwrap();
+        std::fs::write(
+            dir.path().join("sup.yaml"),
+            format!("name: sup\nadvert_interval_ms: 200\ndead_interval_ms: 1000\n{extra}"),
+        )
+        .unwrap();
+        Env {
+            dir,
+            sup: format!("127.0.0.1:{}", free_port()),
+        }
     }
-}
 
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+    fn p(&self, f: &str) -> PathBuf {
+        self.dir.path().join(f)
+    }
 
-fn p(dir: &Path, f: &str) -> PathBuf {
-    dir.join(f)
-}
+    /// `flowgate <args…>`, its stderr discarded.
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args).stderr(Stdio::null());
+        c
+    }
 
-/// An agent beside server `name`; its service's TCP port is `port` (a drain waits for
-/// the connections open on it).
-fn agent(dir: &Path, sup: &str, name: &str, mac: u8, port: u16) -> Proc {
-    let conf = p(dir, &format!("{name}.yaml"));
-    std::fs::write(
-        &conf,
-        format!(
-            "name: {name}\nmac: \"02:00:00:00:01:0{mac}\"\naddrs: [127.0.0.1]\n\
-             load: {{source: static, value: 250}}\ndrain_timeout_ms: 60000\n\
-             services:\n  - {{name: web, vip: 203.0.113.10, proto: tcp, ports: [{port}]}}\n"
-        ),
-    )
-    .unwrap();
-    Proc(
-        Command::new(BIN)
-            .args(["agent", "--conf"])
-            .arg(&conf)
-            .args(["--supervisor", sup, "--key-file"])
-            .arg(p(dir, "key"))
-            .arg("--control-socket")
-            .arg(p(dir, &format!("{name}.sock")))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+    fn supervisor(&self) -> Proc {
+        Proc(
+            self.cmd(&["supervisor", "--conf"])
+                .arg(self.p("sup.yaml"))
+                .arg("--state")
+                .arg(self.p("state"))
+                .args(["--listen", &self.sup, "--key-file"])
+                .arg(self.p("key"))
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// An agent beside server `name` (MAC …:01:0`mac`); its service's TCP port is `port`
+    /// (a drain waits for the connections open on it); `extra` YAML lines.
+    fn agent(&self, name: &str, mac: u8, port: u16, extra: &str) -> Proc {
+        let conf = self.p(&format!("{name}.yaml"));
+        std::fs::write(
+            &conf,
+            format!(
+                "name: {name}\nmac: \"02:00:00:00:01:0{mac}\"\naddrs: [127.0.0.1]\n\
+                 load: {{source: static, value: 250}}\ndrain_timeout_ms: 60000\n{extra}\
+                 services:\n  - {{name: web, vip: 203.0.113.10, proto: tcp, ports: [{port}]}}\n"
+            ),
+        )
+        .unwrap();
+        Proc(
+            self.cmd(&["agent", "--conf"])
+                .arg(&conf)
+                .args(["--supervisor", &self.sup, "--key-file"])
+                .arg(self.p("key"))
+                .arg("--control-socket")
+                .arg(self.p(&format!("{name}.sock")))
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// `flowgate ctl` against the supervisor; its stdout (the test fails unless it
+    /// succeeds).
+    fn ctl(&self, args: &[&str]) -> Vec<u8> {
+        let mut c = self.cmd(&["ctl", "--supervisor", &self.sup, "--key-file"]);
+        c.arg(self.p("key")).args(args);
+        succeed(c)
+    }
+
+    /// `flowgate agent` request to agent `name` through its control socket: the reply.
+    fn agent_req(&self, name: &str, args: &[&str]) -> serde_json::Value {
+        let mut c = self.cmd(&["agent", "--control-socket"]);
+        c.arg(self.p(&format!("{name}.sock"))).args(args);
+        serde_json::from_slice(&succeed(c)).expect("json reply")
+    }
+
+    /// The run conf's `control:` for this supervisor.
+    fn control(&self, unheard: Unheard, flow_slots: usize, group: Option<&str>) -> ControlConf {
+        ControlConf {
+            supervisor: self.sup.parse().unwrap(),
+            key_file: self.p("key"),
+            name: "lb-test".into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            advert_interval_ms: 200,
+            dead_interval_ms: 1000,
+            unheard,
+            flow_slots,
+            multicast_group: group.map(|g| g.parse().unwrap()),
+        }
+    }
 }
 
 /// Turns the control plane until `f` holds for the pipeline it publishes (15 s at most);
@@ -121,54 +191,33 @@ fn ack(w: &mut Worker, tpl: Template, k: u32, now: u64) -> u16 {
     w.process(&mut b, 0, now).route.expect("forwarded").server
 }
 
+/// Gives the worker tables for `p` (generation `g + 1`) and moves its clock 1 ms on.
+fn publish(w: &mut Worker, g: &mut u64, now: &mut u64, p: Pipeline) {
+    *g += 1;
+    w.set_tables(Arc::new(Tables::build(p, *g)))
+        .expect("same shape");
+    *now += 1_000_000;
+}
+
 fn state(p: &Pipeline, name: &str) -> ServerState {
     p.servers[p.server_index(name).unwrap() as usize].state
 }
 
 #[test]
 fn run_follows_agents_drain_and_death() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::write(p(d, "key"), format!("{KEY}\n")).unwrap();
-    std::fs::write(
-        p(d, "sup.yaml"),
-        "name: sup\nadvert_interval_ms: 200\ndead_interval_ms: 1000\n",
-    )
-    .unwrap();
-    let sup_addr = format!("127.0.0.1:{}", free_port());
-    let _sup = Proc(
-        Command::new(BIN)
-            .args(["supervisor", "--conf"])
-            .arg(p(d, "sup.yaml"))
-            .arg("--state")
-            .arg(p(d, "state"))
-            .args(["--listen", &sup_addr, "--key-file"])
-            .arg(p(d, "key"))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let env = Env::new("");
+    let _sup = env.supervisor();
     // s2's server holds one real connection on its service port: its drain waits for it.
     let l2 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port2 = l2.local_addr().unwrap().port();
     let held = std::net::TcpStream::connect(("127.0.0.1", port2)).unwrap();
     let (held_srv, _) = l2.accept().unwrap();
-    let mut a1 = agent(d, &sup_addr, "s1", 1, free_port());
-    let mut a2 = agent(d, &sup_addr, "s2", 2, port2);
+    let mut a1 = env.agent("s1", 1, free_port(), "");
+    let mut a2 = env.agent("s2", 2, port2, "");
 
     let base = Pipeline::from_str(PIPELINE, Path::new("p.yaml")).unwrap();
     let tpl = Template::for_pipeline(&base).unwrap();
-    let conf = ControlConf {
-        supervisor: sup_addr.parse().unwrap(),
-        key_file: p(d, "key"),
-        name: "lb-test".into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        advert_interval_ms: 200,
-        dead_interval_ms: 1000,
-        unheard: Unheard::Keep,
-        flow_slots: 4,
-        multicast_group: None,
-    };
+    let conf = env.control(Unheard::Keep, 4, None);
     let mut c = ControlRt::start(&conf, base.clone()).expect("control starts");
     // Nothing heard yet: the pipeline as written.
     assert!(
@@ -198,35 +247,27 @@ fn run_follows_agents_drain_and_death() {
 
     // s2's agent advertises a flow to itself (clients 100.64.3.0/24, DSCP 46): new
     // connections from there go to s2 with that DSCP; withdrawn, they are balanced again.
-    let out = Command::new(BIN)
-        .args(["agent", "--control-socket"])
-        .arg(p(d, "s2.sock"))
-        .args([
+    let reply = env.agent_req(
+        "s2",
+        &[
             "flow",
             "add",
             "--src",
             "100.64.3.0/24",
             "--dst",
             "203.0.113.10",
-        ])
-        .args(["--dport", "80", "--dscp", "46"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ]
+        .into_iter()
+        .chain(["--dport", "80", "--dscp", "46"])
+        .collect::<Vec<_>>(),
     );
-    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json reply");
     let flow_id = reply["flow_id"].as_u64().expect("flow id");
     let pf = turn_until(&mut c, "advertised flow applied", |p| {
         p.flow_rules
             .iter()
             .any(|r| r.target == flowgate::config::Target::Server(1) && r.qos.dscp == Some(46))
     });
-    g += 1;
-    w.set_tables(Arc::new(Tables::build(pf, g)))
-        .expect("same shape");
+    publish(&mut w, &mut g, &mut now, pf);
     for k in 768..800 {
         // 100.64.3.x is k = 768 + x.
         assert_eq!(
@@ -244,25 +285,14 @@ fn run_follows_agents_drain_and_death() {
     assert_eq!(b.data()[15] >> 2, 46, "the advert's DSCP is applied");
     let j = c.to_json();
     assert_eq!(j["flows"][0]["server"], "s2", "{j}");
-    let out = Command::new(BIN)
-        .args(["agent", "--control-socket"])
-        .arg(p(d, "s2.sock"))
-        .args(["flow", "del", &flow_id.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let reply = env.agent_req("s2", &["flow", "del", &flow_id.to_string()]);
+    assert_eq!(reply["ok"], true, "{reply}");
     let pw = turn_until(&mut c, "advertised flow withdrawn", |p| {
         p.flow_rules
             .iter()
             .all(|r| r.target != flowgate::config::Target::Server(1))
     });
-    g += 1;
-    w.set_tables(Arc::new(Tables::build(pw, g)))
-        .expect("same shape");
+    publish(&mut w, &mut g, &mut now, pw);
     let mut after = [0usize; 3];
     for k in 801..860 {
         after[open(&mut w, tpl, k, now) as usize] += 1;
@@ -270,25 +300,12 @@ fn run_follows_agents_drain_and_death() {
     assert!(after.iter().all(|&n| n > 0), "balanced again: {after:?}");
 
     // Drained by the supervisor: s2 keeps its connections, takes no new ones.
-    let out = Command::new(BIN)
-        .args(["ctl", "--supervisor", &sup_addr, "--key-file"])
-        .arg(p(d, "key"))
-        .args(["drain", "s2"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.ctl(&["drain", "s2"]);
     let p2 = turn_until(&mut c, "s2 draining", |p| {
         state(p, "s2") == ServerState::Draining
     });
     assert_eq!(state(&p2, "s1"), ServerState::Up);
-    g += 1;
-    w.set_tables(Arc::new(Tables::build(p2, g)))
-        .expect("same shape");
-    now += 1_000_000;
+    publish(&mut w, &mut g, &mut now, p2);
     for &k in &on[1] {
         assert_eq!(ack(&mut w, tpl, k, now), 1, "s2 keeps connection {k}");
     }
@@ -309,10 +326,7 @@ fn run_follows_agents_drain_and_death() {
     );
     assert_eq!(state(&p3, "s3"), ServerState::Up);
     assert_eq!(state(&p3, "s2"), ServerState::Draining);
-    g += 1;
-    w.set_tables(Arc::new(Tables::build(p3, g)))
-        .expect("same shape");
-    now += 1_000_000;
+    publish(&mut w, &mut g, &mut now, p3);
     for &k in &on[0] {
         assert_ne!(
             ack(&mut w, tpl, k, now),
@@ -337,10 +351,7 @@ fn run_follows_agents_drain_and_death() {
     let p4 = turn_until(&mut c, "s2 down", |p| state(p, "s2") == ServerState::Down);
     let code = a2.0.wait().unwrap();
     assert!(code.success(), "the drained agent exits cleanly: {code:?}");
-    g += 1;
-    w.set_tables(Arc::new(Tables::build(p4, g)))
-        .expect("same shape");
-    now += 1_000_000;
+    publish(&mut w, &mut g, &mut now, p4);
     for &k in &on[1] {
         assert_eq!(
             ack(&mut w, tpl, k, now),
@@ -407,79 +418,22 @@ fn a_bad_key_file_or_address_is_a_clear_error() {
 fn multicast_mode_is_heard_on_the_group() {
     // A supervisor in multicast mode relays nothing: the intermediate system hears the
     // agent's adverts on the group it joined.
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::write(p(d, "key"), format!("{KEY}\n")).unwrap();
     let group = format!("239.255.70.71:{}", free_port());
-    std::fs::write(
-        p(d, "sup.yaml"),
-        format!(
-            "name: sup\nadvert_interval_ms: 200\ndead_interval_ms: 1000\n\
-             adverts: multicast\nmulticast_group: \"{group}\"\n"
-        ),
-    )
-    .unwrap();
-    let sup_addr = format!("127.0.0.1:{}", free_port());
-    let _sup = Proc(
-        Command::new(BIN)
-            .args(["supervisor", "--conf"])
-            .arg(p(d, "sup.yaml"))
-            .arg("--state")
-            .arg(p(d, "state"))
-            .args(["--listen", &sup_addr, "--key-file"])
-            .arg(p(d, "key"))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let conf = p(d, "s1.yaml");
-    std::fs::write(
-        &conf,
-        format!(
-            "name: s1\nmac: \"02:00:00:00:01:01\"\naddrs: [127.0.0.1]\n\
-             adverts: multicast\nmulticast_group: \"{group}\"\n\
-             load: {{source: static, value: 600}}\n\
-             services:\n  - {{name: web, vip: 203.0.113.10, proto: tcp, ports: [{}]}}\n",
-            free_port()
-        ),
-    )
-    .unwrap();
-    let _a1 = Proc(
-        Command::new(BIN)
-            .args(["agent", "--conf"])
-            .arg(&conf)
-            .args(["--supervisor", &sup_addr, "--key-file"])
-            .arg(p(d, "key"))
-            .arg("--control-socket")
-            .arg(p(d, "s1.sock"))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let env = Env::new(&format!(
+        "adverts: multicast\nmulticast_group: \"{group}\"\n"
+    ));
+    let _sup = env.supervisor();
+    let mcast = format!("adverts: multicast\nmulticast_group: \"{group}\"\n");
+    let _a1 = env.agent("s1", 1, free_port(), &mcast);
     let base = Pipeline::from_str(PIPELINE, Path::new("p.yaml")).unwrap();
-    let conf = ControlConf {
-        supervisor: sup_addr.parse().unwrap(),
-        key_file: p(d, "key"),
-        name: "lb-mcast".into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        advert_interval_ms: 200,
-        dead_interval_ms: 1000,
-        unheard: Unheard::Down,
-        flow_slots: 0,
-        multicast_group: Some(group.parse().unwrap()),
-    };
+    let conf = env.control(Unheard::Down, 0, Some(&group));
     let mut c = ControlRt::start(&conf, base).expect("control starts");
     let e = turn_until(&mut c, "s1 heard on the group", |p| {
-        state(p, "s1") == ServerState::Up && p.servers[0].load == 0.6
+        state(p, "s1") == ServerState::Up && p.servers[0].load == 0.25
     });
     assert_eq!(state(&e, "s2"), ServerState::Down, "unheard: down");
-    let out = Command::new(BIN)
-        .args(["ctl", "--json", "--supervisor", &sup_addr, "--key-file"])
-        .arg(p(d, "key"))
-        .arg("stats")
-        .output()
-        .unwrap();
-    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ctl stats");
+    let stats: serde_json::Value =
+        serde_json::from_slice(&env.ctl(&["--json", "stats"])).expect("ctl stats");
     let relayed = stats
         .as_array()
         .and_then(|a| a.iter().find(|o| o["name"] == "relayed"))
@@ -496,44 +450,12 @@ fn a_supervisor_outage_holds_the_view() {
     // Relay mode: the supervisor is killed (-9) while both agents run. Their silence then
     // proves nothing, so no server may go down; once the supervisor is back (same state)
     // the intermediate system follows the agents again (a drain applies).
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::write(p(d, "key"), format!("{KEY}\n")).unwrap();
-    std::fs::write(
-        p(d, "sup.yaml"),
-        "name: sup\nadvert_interval_ms: 200\ndead_interval_ms: 1000\n",
-    )
-    .unwrap();
-    let sup_addr = format!("127.0.0.1:{}", free_port());
-    let supervisor = || {
-        Proc(
-            Command::new(BIN)
-                .args(["supervisor", "--conf"])
-                .arg(p(d, "sup.yaml"))
-                .arg("--state")
-                .arg(p(d, "state"))
-                .args(["--listen", &sup_addr, "--key-file"])
-                .arg(p(d, "key"))
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    };
-    let mut sup = supervisor();
-    let _a1 = agent(d, &sup_addr, "s1", 1, free_port());
-    let _a2 = agent(d, &sup_addr, "s2", 2, free_port());
+    let env = Env::new("");
+    let mut sup = env.supervisor();
+    let _a1 = env.agent("s1", 1, free_port(), "");
+    let _a2 = env.agent("s2", 2, free_port(), "");
     let base = Pipeline::from_str(PIPELINE, Path::new("p.yaml")).unwrap();
-    let conf = ControlConf {
-        supervisor: sup_addr.parse().unwrap(),
-        key_file: p(d, "key"),
-        name: "lb-hold".into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        advert_interval_ms: 200,
-        dead_interval_ms: 1000,
-        unheard: Unheard::Keep,
-        flow_slots: 0,
-        multicast_group: None,
-    };
+    let conf = env.control(Unheard::Keep, 0, None);
     let mut c = ControlRt::start(&conf, base).expect("control starts");
     turn_until(&mut c, "both agents heard", |p| {
         p.servers[..2].iter().all(|s| s.load == 0.25)
@@ -563,7 +485,7 @@ fn a_supervisor_outage_holds_the_view() {
 
     // Back with the same state: the view is followed again after the grace, and no
     // server went down on the way (the agents' adverts came back in time).
-    sup = supervisor();
+    sup = env.supervisor();
     let end = Instant::now() + Duration::from_secs(15);
     while c.to_json()["holding"] == true {
         if let Some(p) = c.turn(Duration::from_millis(10)) {
@@ -586,17 +508,7 @@ fn a_supervisor_outage_holds_the_view() {
     }
     // Following again: a drain of s2 (whose agent then leaves, no connection being open)
     // takes it out of the new flows' way.
-    let out = Command::new(BIN)
-        .args(["ctl", "--supervisor", &sup_addr, "--key-file"])
-        .arg(p(d, "key"))
-        .args(["drain", "s2"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.ctl(&["drain", "s2"]);
     let e = turn_until(&mut c, "s2 drained once the supervisor is back", |p| {
         state(p, "s2") != ServerState::Up
     });

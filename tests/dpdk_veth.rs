@@ -299,6 +299,23 @@ fn stop(t: &mut Topo) -> String {
     err
 }
 
+/// One test at a time: the topology (names from the pid plus `offset`, so the tests of
+/// this file differ) with both HTTP servers listening, and their documents' directory;
+/// `None` (skip) without root or tools outside CI.
+fn setup(offset: u32) -> Option<(std::sync::MutexGuard<'static, ()>, Topo, tempfile::TempDir)> {
+    if !can_run() {
+        return None;
+    }
+    let one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut t = Topo {
+        id: (std::process::id() + offset) % 100_000,
+        children: Vec::new(),
+    };
+    let www = tempfile::tempdir().expect("tempdir");
+    build(&mut t, www.path());
+    Some((one, t, www))
+}
+
 /// Writes the pipeline and run conf (plus `extra` conf lines) into `dir` and starts
 /// `flowgate run` as the last child of `t`; returns the stats JSON path.
 fn start_flowgate(t: &mut Topo, dir: &Path, extra: &str) -> PathBuf {
@@ -365,28 +382,28 @@ fn count(answers: &[String], body: &str) -> usize {
     answers.iter().filter(|a| *a == body).count()
 }
 
-#[test]
-fn run_af_packet_namespaces_http() {
-    if !can_run() {
-        return;
-    }
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let mut t = Topo {
-        id: std::process::id() % 100_000,
-        children: Vec::new(),
-    };
-    let www = tempfile::tempdir().expect("tempdir");
-    build(&mut t, www.path());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let stats = start_flowgate(&mut t, dir.path(), "");
-    let mut answers = vec![first_answer(&t)];
-    for _ in 0..30 {
-        let a = get(&t).unwrap_or_else(|| fail(&mut t, "every request is answered", &stats));
+/// The first answer and `n` more, every request answered and both servers used; returns
+/// the bodies.
+fn both_serve(t: &mut Topo, n: usize, stats: &Path) -> Vec<String> {
+    let mut answers = vec![first_answer(t)];
+    for _ in 0..n {
+        let a = get(t).unwrap_or_else(|| fail(t, "every request is answered", stats));
         answers.push(a);
     }
     let (n1, n2) = (count(&answers, "server-s1"), count(&answers, "server-s2"));
     assert_eq!(n1 + n2, answers.len(), "unexpected bodies: {answers:?}");
     assert!(n1 > 0 && n2 > 0, "both servers used: s1 {n1}, s2 {n2}");
+    answers
+}
+
+#[test]
+fn run_af_packet_namespaces_http() {
+    let Some((_one, mut t, _www)) = setup(0) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stats = start_flowgate(&mut t, dir.path(), "");
+    let answers = both_serve(&mut t, 30, &stats);
     stop(&mut t);
     let j: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
@@ -408,16 +425,9 @@ fn run_af_packet_namespaces_http() {
 
 #[test]
 fn run_af_packet_follows_the_control_plane() {
-    if !can_run() {
+    let Some((_one, mut t, _www)) = setup(1) else {
         return;
-    }
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let mut t = Topo {
-        id: (std::process::id() + 1) % 100_000,
-        children: Vec::new(),
     };
-    let www = tempfile::tempdir().expect("tempdir");
-    build(&mut t, www.path());
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let sw = t.ns("sw");
@@ -509,14 +519,7 @@ fn run_af_packet_follows_the_control_plane() {
         ),
     );
     // Answers only once the agents are heard (unheard: down); then both servers serve.
-    let mut answers = vec![first_answer(&t)];
-    for _ in 0..20 {
-        let a = get(&t).unwrap_or_else(|| fail(&mut t, "every request is answered", &stats));
-        answers.push(a);
-    }
-    let (n1, n2) = (count(&answers, "server-s1"), count(&answers, "server-s2"));
-    assert_eq!(n1 + n2, answers.len(), "unexpected bodies: {answers:?}");
-    assert!(n1 > 0 && n2 > 0, "both servers used: s1 {n1}, s2 {n2}");
+    both_serve(&mut t, 20, &stats);
 
     // The operator drains s2 through the supervisor: new requests go to s1 only.
     let out = Command::new(bin)

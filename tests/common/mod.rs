@@ -186,3 +186,21 @@ pub fn shipped_pipelines() -> Vec<PathBuf> {
 pub fn flowgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flowgate"))
 }
+
+/// A child process killed (and reaped) when dropped, also when the test fails.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A UDP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free UDP port on 127.0.0.1")
+}
