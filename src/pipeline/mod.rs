@@ -378,21 +378,23 @@ impl Worker {
             }
             self.stats.packets_in += n as u64;
             for (i, b) in bufs.iter_mut().enumerate() {
-                if let Some(flags) = fast[i] {
-                    if self.express(&tables, b, &keys[i], flags, now, &mut outs[i]) {
-                        continue;
+                let done = fast[i]
+                    .is_some_and(|f| self.express(&tables, b, &keys[i], f, now, &mut outs[i]));
+                if !done {
+                    if fast[i].is_some() {
+                        // Not an express flow (a new connection's SYN, say): the general
+                        // path needs the general parse's `Meta`. The key and hash stay:
+                        // the general parser finds the same tuple (a property test
+                        // checks it).
+                        outs[i] = Outcome::default();
+                        if let Err(r) = parse::parse_into(b.data(), &mut metas[i]) {
+                            drop_into(&mut outs[i], r);
+                            parsed[i] = false;
+                        }
                     }
-                    // Not an express flow (a new connection's SYN, say): the general
-                    // path needs the general parse's `Meta`. The key and hash stay: the
-                    // general parser finds the same tuple (a property test checks it).
-                    outs[i] = Outcome::default();
-                    if let Err(r) = parse::parse_into(b.data(), &mut metas[i]) {
-                        drop_into(&mut outs[i], r);
-                        parsed[i] = false;
+                    if parsed[i] {
+                        self.decide(&tables, b, &metas[i], &keys[i], in_port, now, &mut outs[i]);
                     }
-                }
-                if parsed[i] {
-                    self.decide(&tables, b, &metas[i], &keys[i], in_port, now, &mut outs[i]);
                 }
                 self.count(&outs[i]);
             }
@@ -415,8 +417,8 @@ impl Worker {
         }
     }
 
-    /// The express path (see [`express`]): handles (and counts) a packet of an express
-    /// flow and returns true, or returns false having changed nothing.
+    /// The express path (see [`express`]): handles a packet of an express flow into
+    /// `out` and returns true, or returns false having changed nothing.
     #[inline]
     fn express<B: PacketBuf>(
         &mut self,
@@ -441,11 +443,16 @@ impl Worker {
         }
         // Forward routes exist only for servers that are up; a response also needs its
         // server up (the general path moves a flow off a down server in both directions).
-        let (Some(_), Some(r)) = (
-            tables.express.route(svc, server, true),
-            tables.express.route(svc, server, forward),
-        ) else {
+        let Some(fwd) = tables.express.route(svc, server, true) else {
             return false;
+        };
+        let r = if forward {
+            fwd
+        } else {
+            match tables.express.route(svc, server, false) {
+                Some(r) => r,
+                None => return false,
+            }
         };
         self.step(h, f, tcp.then_some(tcp_flags), forward, now);
         *out = Outcome {
@@ -453,20 +460,8 @@ impl Worker {
             ..Outcome::default()
         };
         match express::rewrite(buf, &r.qos, &r.macs) {
-            Ok(()) => {
-                out.route = r.route;
-                // `count` for this route: a service, a member forward, no rule.
-                let st = &mut self.stats;
-                st.packets_out += 1;
-                st.svc_packets[usize::from(svc)] += 1;
-                if let (true, Some(rt)) = (forward, r.route) {
-                    st.svc_server_packets[usize::from(svc)][usize::from(rt.member)] += 1;
-                }
-            }
-            Err(e) => {
-                out.drop = Some(e);
-                self.stats.drops[e as usize] += 1;
-            }
+            Ok(()) => out.route = r.route,
+            Err(e) => out.drop = Some(e),
         }
         true
     }
@@ -798,7 +793,7 @@ impl Worker {
         now: u64,
     ) {
         let tcp = if m.tuple.proto == 6 {
-            if m.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN {
+            if syn_only(m.tcp_flags) {
                 TcpState::Syn
             } else if m.tcp_flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
                 TcpState::Closing
