@@ -230,7 +230,7 @@ fn run_follows_agents_drain_and_death() {
     let p1 = turn_until(&mut c, "both agents heard", |p| {
         p.servers[..2].iter().all(|s| s.load == 0.25)
     });
-    assert!(c.registered);
+    assert!(c.registered());
     assert!(p1.same_shape(&c.with_slots(base.clone())));
     let mut g = 1;
     let mut w = Worker::new(Arc::new(Tables::build(p1, g)));
@@ -411,7 +411,7 @@ fn a_bad_key_file_or_address_is_a_clear_error() {
             .iter()
             .all(|s| s.state == ServerState::Down)
     );
-    assert!(!c.registered);
+    assert!(!c.registered());
 }
 
 #[test]

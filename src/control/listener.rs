@@ -114,7 +114,7 @@ impl Listener {
     }
     /// Servers currently known, with their advertised state.
     pub fn servers(&self) -> impl Iterator<Item = &SystemInfo> {
-        self.servers.values().map(|s| &s.info)
+        self.systems().map(|(info, _)| info)
     }
     /// Servers currently known, each with the services it last advertised.
     pub fn systems(&self) -> impl Iterator<Item = (&SystemInfo, &[Service])> + Clone {

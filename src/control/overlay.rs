@@ -103,6 +103,11 @@ pub fn reserve_flow_slots(p: &mut Pipeline, n: usize) {
     }
 }
 
+/// Index of the first of the `slots` reserved rules of `p` (they are its last rules).
+pub fn first_slot(p: &Pipeline, slots: usize) -> usize {
+    p.flow_rules.len().saturating_sub(slots)
+}
+
 /// A rule that matches nothing (an empty protocol range).
 fn never(d: Decision) -> Rule {
     let mut r = Rule::any(d);
@@ -189,12 +194,12 @@ impl Overlay {
         }
     }
 
-    /// What the live adverts `flows` do, given the live `systems` (targets are matched
-    /// with pipeline servers as the servers are). Slots of adverts gone are freed.
+    /// What the live adverts `flows` do, given the `servers` views (from
+    /// [`server_views`](Self::server_views)): an advert's target is the server whose end
+    /// system it names. Slots of adverts gone are freed.
     pub fn flows_view<'a>(
         &mut self,
-        base: &Pipeline,
-        systems: impl IntoIterator<Item = (&'a SystemInfo, &'a [Service])> + Clone,
+        servers: &[ServerView],
         flows: impl IntoIterator<Item = &'a FlowAdvert>,
     ) -> FlowsView {
         let flows: Vec<&FlowAdvert> = flows.into_iter().collect();
@@ -205,16 +210,7 @@ impl Overlay {
         };
         let mut usable = Vec::new();
         for f in &flows {
-            let target = systems
-                .clone()
-                .into_iter()
-                .find(|(i, _)| i.id == f.target && i.kind == SystemKind::End)
-                .and_then(|(i, _)| {
-                    base.servers
-                        .iter()
-                        .position(|s| s.mac == i.mac)
-                        .or_else(|| base.servers.iter().position(|s| s.name == i.name))
-                });
+            let target = servers.iter().position(|v| v.system == Some(f.target));
             match (target, qos_actions(&f.qos)) {
                 (None, _) => v.refused.push((
                     key(f),
@@ -266,10 +262,9 @@ impl Overlay {
         systems: impl IntoIterator<Item = (&'a SystemInfo, &'a [Service])> + Clone,
         flows: impl IntoIterator<Item = &'a FlowAdvert>,
     ) -> View {
-        View {
-            servers: self.server_views(base, systems.clone()),
-            flows: self.flows_view(base, systems, flows),
-        }
+        let servers = self.server_views(base, systems);
+        let flows = self.flows_view(&servers, flows);
+        View { servers, flows }
     }
 
     /// The view of every server of `base` given the live `systems` (each with the
@@ -372,7 +367,7 @@ pub fn apply(base: &Pipeline, view: &View) -> Pipeline {
             }
         }
     }
-    let first = p.flow_rules.len() - view.flows.slots.len().min(p.flow_rules.len());
+    let first = first_slot(&p, view.flows.slots.len());
     for (k, slot) in view.flows.slots.iter().enumerate() {
         let Some(fr) = p.flow_rules.get_mut(first + k) else {
             break;
@@ -397,7 +392,7 @@ pub fn apply(base: &Pipeline, view: &View) -> Pipeline {
 /// One line per change from `old` to `new` (for the log).
 pub fn changes(base: &Pipeline, old: &View, new: &View) -> Vec<String> {
     let mut out = server_changes(base, &old.servers, &new.servers);
-    let first = base.flow_rules.len() - new.flows.slots.len().min(base.flow_rules.len());
+    let first = first_slot(base, new.flows.slots.len());
     for (k, (o, n)) in old.flows.slots.iter().zip(&new.flows.slots).enumerate() {
         if o != n {
             out.push(match n {
@@ -618,7 +613,8 @@ services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]
             "192.0.2.0",
             vec![Qos::PopMpls, Qos::SwapMpls { label: 5 }],
         );
-        let fv = o.flows_view(&p, systems, [&f1, &f2, &bad_target, &bad_qos]);
+        let sv = o.server_views(&p, systems);
+        let fv = o.flows_view(&sv, [&f1, &f2, &bad_target, &bad_qos]);
         assert_eq!(
             fv.slots[0],
             Some((f1.clone(), 1)),
@@ -629,7 +625,7 @@ services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]
         assert!(why[0].contains("not a live pipeline server"), "{why:?}");
         assert!(why[1].contains("pops and swaps"), "{why:?}");
         let view = View {
-            servers: o.server_views(&p, systems),
+            servers: sv.clone(),
             flows: fv,
         };
         let q = apply(&p, &view);
@@ -662,7 +658,7 @@ services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]
         // advert takes slot 0 (the only free one); a fourth finds no slot.
         let f3 = advert(1, 4, 1, "192.0.2.0", vec![]);
         let f4 = advert(1, 5, 1, "192.0.2.0", vec![]);
-        let fv = o.flows_view(&p, systems, [&f2, &f3, &f4]);
+        let fv = o.flows_view(&sv, [&f2, &f3, &f4]);
         assert_eq!(fv.slots[1], Some((f2.clone(), 0)), "f2 stays in its slot");
         assert_eq!(fv.slots[0], Some((f3.clone(), 0)));
         assert!(
@@ -671,7 +667,7 @@ services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]
                 .any(|((_, id), w)| *id == 5 && w.contains("slots are taken"))
         );
         // Nothing advertised: every slot matches nothing again.
-        let fv = o.flows_view(&p, systems, []);
+        let fv = o.flows_view(&sv, []);
         assert!(fv.slots.iter().all(Option::is_none));
         let q = apply(
             &p,

@@ -43,9 +43,9 @@ pub struct ControlRt {
     driver: Driver,
     listener: Listener,
     overlay: Overlay,
-    /// The pipeline file's, with the advertised-flow slots reserved.
+    /// The pipeline file's, with the advertised-flow slots reserved (as many as
+    /// `view.flows.slots` has).
     base: Pipeline,
-    flow_slots: usize,
     view: View,
     /// Tables published because the control plane's view changed.
     pub published: u64,
@@ -61,8 +61,6 @@ pub struct ControlRt {
     /// Times the view was held because the supervisor went silent.
     pub holds: u64,
     last_publish: Option<Instant>,
-    /// Whether the supervisor has acknowledged the registration (last seen).
-    pub registered: bool,
 }
 
 impl ControlRt {
@@ -107,7 +105,6 @@ impl ControlRt {
             listener,
             overlay,
             base,
-            flow_slots: c.flow_slots,
             view,
             published: 0,
             dirty: false,
@@ -116,8 +113,12 @@ impl ControlRt {
             answering_since: None,
             holds: 0,
             last_publish: None,
-            registered: false,
         })
+    }
+
+    /// Whether the supervisor has acknowledged the registration.
+    pub fn registered(&self) -> bool {
+        self.listener.is_registered()
     }
 
     /// The pipeline to publish: the base with the control plane's current view.
@@ -128,7 +129,7 @@ impl ControlRt {
     /// `p` (a pipeline file as loaded) with the advertised-flow slots reserved: the shape
     /// of what this control plane publishes.
     pub fn with_slots(&self, mut p: Pipeline) -> Pipeline {
-        overlay::reserve_flow_slots(&mut p, self.flow_slots);
+        overlay::reserve_flow_slots(&mut p, self.view.flows.slots.len());
         p
     }
 
@@ -167,7 +168,6 @@ impl ControlRt {
                 _ => {}
             }
         }
-        self.registered = self.listener.is_registered();
         if self.hold(Instant::now()) {
             return None;
         }
@@ -254,7 +254,7 @@ impl ControlRt {
         let n = |st: ServerState| self.view.servers.iter().filter(|v| v.state == st).count();
         format!(
             "control: {}{}, servers up {} draining {} down {}, advertised flows {}",
-            if self.registered {
+            if self.registered() {
                 "registered"
             } else {
                 "not registered"
@@ -287,7 +287,7 @@ impl ControlRt {
                 )
             })
             .collect();
-        let first = self.base.flow_rules.len() - self.flow_slots;
+        let first = overlay::first_slot(&self.base, self.view.flows.slots.len());
         let flows: Vec<serde_json::Value> = self
             .view
             .flows
@@ -314,7 +314,7 @@ impl ControlRt {
         serde_json::json!({
             "flows": flows,
             "flows_refused": refused,
-            "registered": self.registered,
+            "registered": self.registered(),
             "holding": self.holding,
             "holds": self.holds,
             "published": self.published,
