@@ -16,13 +16,16 @@
 //! answers a keepalive sent after that moment (within an advertisement interval when it
 //! is up). If it does not answer for a dead interval, the last view is held (the log says
 //! so, the stats JSON counts it) and, once it answers again, held one dead interval more
-//! for the agents' adverts to come back before the agents are followed again. A
-//! supervisor outage therefore never takes servers out of the tables.
+//! for the agents' adverts to come back before the agents are followed again. So a
+//! supervisor crash does not take servers out of the tables (`tests/control_run.rs`
+//! kills and restarts one).
 //!
-//! Guarantees: a bad datagram, a missing supervisor or a dead agent never stops the data
-//! plane; only shape-preserving changes are published (states, loads, weights, the
-//! reserved rule slots of advertised flows), so no worker ever refuses the tables and no
-//! flow is lost by a publication.
+//! Guarantees: the control plane runs on the management core only, and a turn reports a
+//! socket error and goes on, so neither a missing supervisor nor a dead agent stops the
+//! data plane (both tested; datagrams go through the same authenticated decoding the
+//! fuzzed supervisor uses). Only shape-preserving changes are published (states, loads,
+//! weights, the reserved rule slots of advertised flows), so no worker refuses the
+//! tables and a publication drops no flow from a flow table.
 
 use super::conf::ControlConf;
 use crate::config::{Pipeline, ServerState};
