@@ -8,8 +8,8 @@
 //! - s1's agent killed (-9): after the dead interval s1 is down, its connections move;
 //! - s3, never heard, keeps the pipeline's state (`unheard: keep`);
 //! - the held connection closes: s2's agent leaves, s2 is down, its entries move;
-//! - an advertised flow (`agent flow add`) steers new matching connections to its target
-//!   with its DSCP, until it is withdrawn.
+//! - an advertised flow (`agent flow add`) sends matching connections, new and already
+//!   open, to its target with its DSCP; withdrawn, new ones are balanced again.
 //!
 //! Short intervals (200 ms adverts, 1 s dead interval) keep it fast.
 
@@ -199,6 +199,16 @@ fn publish(w: &mut Worker, g: &mut u64, now: &mut u64, p: Pipeline) {
     *now += 1_000_000;
 }
 
+/// Runs the worker's sweep to its end (as its poll loop does, 256 slots a turn); flows
+/// moved.
+fn sweep(w: &mut Worker) -> usize {
+    let mut moved = 0;
+    while w.sweep_due() {
+        moved += w.sweep(256);
+    }
+    moved
+}
+
 fn state(p: &Pipeline, name: &str) -> ServerState {
     p.servers[p.server_index(name).unwrap() as usize].state
 }
@@ -246,7 +256,14 @@ fn run_follows_agents_drain_and_death() {
     );
 
     // s2's agent advertises a flow to itself (clients 100.64.3.0/24, DSCP 46): new
-    // connections from there go to s2 with that DSCP; withdrawn, they are balanced again.
+    // connections from there go to s2 with that DSCP, and so do those already open (the
+    // worker's sweep moves them); withdrawn, new ones are balanced again and the moved
+    // ones stay on s2.
+    let before: Vec<(u32, u16)> = (900..912).map(|k| (k, open(&mut w, tpl, k, now))).collect();
+    assert!(
+        before.iter().any(|&(_, s)| s != 1),
+        "some of them start elsewhere: {before:?}"
+    );
     let reply = env.agent_req(
         "s2",
         &[
@@ -268,6 +285,19 @@ fn run_follows_agents_drain_and_death() {
             .any(|r| r.target == flowgate::config::Target::Server(1) && r.qos.dscp == Some(46))
     });
     publish(&mut w, &mut g, &mut now, pf);
+    let moved = sweep(&mut w);
+    assert_eq!(
+        moved,
+        before.len(),
+        "every open connection of the advert is taken"
+    );
+    for &(k, _) in &before {
+        assert_eq!(
+            ack(&mut w, tpl, k, now),
+            1,
+            "open connection {k} moves to s2"
+        );
+    }
     for k in 768..800 {
         // 100.64.3.x is k = 768 + x.
         assert_eq!(
@@ -293,6 +323,14 @@ fn run_follows_agents_drain_and_death() {
             .all(|r| r.target != flowgate::config::Target::Server(1))
     });
     publish(&mut w, &mut g, &mut now, pw);
+    sweep(&mut w);
+    for &(k, _) in &before {
+        assert_eq!(
+            ack(&mut w, tpl, k, now),
+            1,
+            "moved connection {k} stays on s2"
+        );
+    }
     let mut after = [0usize; 3];
     for k in 801..860 {
         after[open(&mut w, tpl, k, now) as usize] += 1;

@@ -284,6 +284,13 @@ pub struct FlowRule {
     pub reply_qos: QosActions,
     /// Idle timeout of the flows it creates, in ns.
     pub idle_timeout_ns: u64,
+    /// When the rule changes in new tables, flows already in the flow table that it
+    /// matches (on addresses, protocol and ports, as their first packet went) move to it,
+    /// and flows it held that it no longer matches let go of it (see
+    /// [`Worker::sweep`](crate::pipeline::Worker::sweep)). Set for the slots of
+    /// advertised flows, where an end system says where its flows go; an operator's
+    /// rules (`flows:`) steer new flows only.
+    pub claims_existing: bool,
 }
 
 /// Flow table sizing and timeouts (ns).
@@ -801,6 +808,7 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
                 None => flow_table.idle_ns,
                 Some(s) => secs_to_ns(cx, s, &at("idle_timeout"))?,
             },
+            claims_existing: false,
         });
     }
     // Indices travel as u16 on the packet path, where u16::MAX means "none".

@@ -30,11 +30,13 @@
 //! pipeline's own rules ([`reserve_flow_slots`]; the number of slots is part of the
 //! shape, so it never changes while running). So they rank below the operator's rules and
 //! above the services. An advertised flow takes a slot when it first applies and keeps it
-//! until it is withdrawn (or its origin goes down): flows already created by a slot's rule
-//! keep their server (the flow table holds it) and read the slot's QoS. It applies when
+//! until it is withdrawn (or its origin goes down). The slots' rules
+//! [claim existing flows](crate::config::FlowRule::claims_existing): when a slot changes,
+//! each worker's [`sweep`](crate::pipeline::Worker::sweep) moves the flows already open
+//! that it matches to its target, and lets go (to their service, same server) of those
+//! it held and no longer matches. It applies when
 //! its target end system is a live pipeline server (matched as above) and its QoS can be
 //! expressed (no pop and swap of MPLS together); otherwise it is refused with a reason.
-//! It steers new flows only: a connection already in the flow table stays where it is.
 //! With every slot taken, further adverts are refused until one is withdrawn.
 
 use crate::classify::{Decision, Range, Rule};
@@ -99,6 +101,7 @@ pub fn reserve_flow_slots(p: &mut Pipeline, n: usize) {
             qos: QosActions::default(),
             reply_qos: QosActions::default(),
             idle_timeout_ns: p.flow_table.idle_ns,
+            claims_existing: true,
         });
     }
 }

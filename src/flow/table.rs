@@ -51,6 +51,9 @@ use core::hash::{BuildHasher, Hash};
 
 const NIL: u32 = u32::MAX;
 
+/// The class of a slot that holds no entry (classes are below 255).
+const FREE: u8 = u8::MAX;
+
 /// Windows per timeout class (the wheel's size): the 16 windows a timeout spans, the
 /// current one, and slack so that windows awaiting expiry are never reused early.
 pub const WINDOWS: usize = 20;
@@ -319,7 +322,7 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
                 hash: 0,
                 prev: NIL,
                 next: NIL,
-                class: 0,
+                class: FREE,
             });
         }
         if self.free.is_empty() {
@@ -426,8 +429,30 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
             j = (j + 1) & self.mask;
         }
         self.buckets[hole] = 0;
+        self.cold[h as usize].class = FREE;
         self.free.push(h);
         self.len -= 1;
+    }
+
+    /// Visits the live entries in slots `from..` in slot order, at most `max` slots (live
+    /// or not), letting `f` change their values; returns the slot to go on from, or
+    /// `None` when every slot has been visited. Keys, classes and timers stay as they
+    /// are, so `f` must not change anything the entry's class is derived from. Reads
+    /// both slabs sequentially: for bounded background work, not for the packet path.
+    pub fn visit_mut(
+        &mut self,
+        from: usize,
+        max: usize,
+        mut f: impl FnMut(&K, &mut V),
+    ) -> Option<usize> {
+        let end = from.saturating_add(max).min(self.hot.len());
+        for s in from..end {
+            if self.cold[s].class != FREE {
+                let slot = &mut self.hot[s];
+                f(&slot.key, &mut slot.val);
+            }
+        }
+        (end < self.hot.len()).then_some(end)
     }
 
     /// Removes up to `max` entries not seen for their class timeout at `now`, calling
@@ -568,6 +593,38 @@ mod tests {
         assert_eq!(t.expire(129, 10, |_, _| {}), 0);
         assert_eq!(t.expire(130, 10, |_, _| {}), 1);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn visit_mut_sees_each_live_entry_once_in_steps() {
+        let mut t: LruTable<u64, u32> = LruTable::new(8, &[1000]);
+        for k in 0..8 {
+            t.insert(k, 0, 0, 1);
+        }
+        for k in [1, 4, 5] {
+            let h = t.find(&k).unwrap();
+            t.remove(h);
+        }
+        t.insert(9, 0, 0, 2); // reuses a freed slot
+        let mut seen = vec![];
+        let mut at = Some(0);
+        let mut steps = 0;
+        while let Some(from) = at {
+            at = t.visit_mut(from, 3, |k, v| {
+                seen.push(*k);
+                *v = *k as u32 * 10;
+            });
+            steps += 1;
+        }
+        assert_eq!(steps, 3, "8 slots, 3 a step");
+        seen.sort_unstable();
+        assert_eq!(seen, vec![0, 2, 3, 6, 7, 9], "live entries only, each once");
+        for k in [0, 2, 3, 6, 7, 9] {
+            assert_eq!(*t.get(t.find(&k).unwrap()), k as u32 * 10);
+        }
+        // Values changed in place: timers untouched, the entries still expire.
+        assert_eq!(t.expire(2000, 100, |_, _| {}), 6);
+        assert_eq!(t.visit_mut(0, 100, |_, _| panic!("no live entry")), None);
     }
 
     #[test]

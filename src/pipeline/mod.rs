@@ -235,6 +235,73 @@ pub struct Worker {
     /// `process_burst`'s per-frame parse results, reused from burst to burst.
     burst_metas: Vec<Meta>,
     burst_keys: Vec<(FlowKey, bool, u64)>,
+    /// Per pattern rule: changed (and claiming existing flows) since the flow table was
+    /// last swept for it.
+    sweep_pending: Vec<bool>,
+    /// The slot [`sweep`](Worker::sweep) goes on from; `None`: no sweep is due.
+    sweep_at: Option<usize>,
+    /// The rules that claim existing flows and can match something, in priority order
+    /// (capacity for all rules, so refilling it does not allocate).
+    sweep_rules: Vec<u16>,
+}
+
+/// What a sweep does to flow `f` (key `k`): `Some` with its new value when it moves (see
+/// [`Worker::sweep`]), `None` when it stays as it is. `claiming` lists the rules that
+/// claim existing flows and can match anything, in priority order.
+fn reconsider(
+    p: &Pipeline,
+    claiming: &[u16],
+    pending: &[bool],
+    k: &FlowKey,
+    f: crate::flow::Flow,
+) -> Option<crate::flow::Flow> {
+    let rules = &p.flow_rules;
+    let held = match f.owner {
+        Owner::Rule(i) => {
+            if !rules.get(usize::from(i)).is_some_and(|r| r.claims_existing) {
+                return None; // the operator's rule keeps its flows
+            }
+            Some(i)
+        }
+        _ => None,
+    };
+    // The creating packet's direction: the key's `a` side sent it unless swapped.
+    let ((src, sp), (dst, dp)) = if f.swapped() {
+        ((k.b, k.pb), (k.a, k.pa))
+    } else {
+        ((k.a, k.pa), (k.b, k.pb))
+    };
+    let (src, dst) = (u128::from_be_bytes(src), u128::from_be_bytes(dst));
+    let first = claiming.iter().copied().find(|&i| {
+        let m = &rules[usize::from(i)].rule;
+        m.proto.contains(k.proto)
+            && m.src.contains(src)
+            && m.dst.contains(dst)
+            && m.src_port.contains(sp)
+            && m.dst_port.contains(dp)
+    });
+    let due = |i: Option<u16>| i.is_some_and(|i| pending.get(usize::from(i)) == Some(&true));
+    if !due(first) && !due(held) {
+        return None;
+    }
+    let mut g = f;
+    match first {
+        Some(i) => {
+            g.owner = Owner::Rule(i);
+            g.target = rules[usize::from(i)].target;
+        }
+        None => {
+            // Let go: the flow keeps its server, under the service whose address and
+            // port it went to (which moves it if that server goes down), if any.
+            let svc = p.services.iter().position(|s| {
+                crate::config::ip_to_u128(s.vip).0 == dst
+                    && (s.proto == 0 || s.proto == k.proto)
+                    && s.ports.iter().any(|r| r.contains(dp))
+            });
+            g.owner = svc.map_or(Owner::Other, |i| Owner::Service(i as u16));
+        }
+    }
+    (g != f).then_some(g)
 }
 
 /// Fragment records kept per worker, and how long (ns) they live.
@@ -253,6 +320,9 @@ impl Worker {
             scratch: vec![0; 256],
             burst_metas: Vec::new(),
             burst_keys: Vec::new(),
+            sweep_pending: vec![false; p.flow_rules.len()],
+            sweep_at: None,
+            sweep_rules: Vec::with_capacity(p.flow_rules.len()),
             tables,
         }
     }
@@ -266,12 +336,77 @@ impl Worker {
     /// new Maglev tables; counters are kept. Refused (the old tables stay) unless the new
     /// pipeline has the same shape ([`Pipeline::same_shape`]): flows and counters hold
     /// indices into it.
+    ///
+    /// A changed rule that [claims existing flows](crate::config::FlowRule::claims_existing)
+    /// (an advertised flow) also starts a sweep of the flow table, done by
+    /// [`sweep`](Worker::sweep) in bounded steps.
     pub fn set_tables(&mut self, t: Arc<Tables>) -> Result<(), ShapeChanged> {
         if !self.tables.pipeline.same_shape(&t.pipeline) {
             return Err(ShapeChanged);
         }
+        let old = &self.tables.pipeline.flow_rules;
+        let mut changed = false;
+        for ((pending, o), n) in self
+            .sweep_pending
+            .iter_mut()
+            .zip(old)
+            .zip(&t.pipeline.flow_rules)
+        {
+            if n.claims_existing
+                && (o.rule != n.rule
+                    || o.target != n.target
+                    || o.qos != n.qos
+                    || o.reply_qos != n.reply_qos)
+            {
+                *pending = true;
+                changed = true;
+            }
+        }
+        if changed {
+            // From the start again: flows already passed may match the new change.
+            self.sweep_at = Some(0);
+        }
+        self.sweep_rules.clear();
+        self.sweep_rules
+            .extend((0..t.pipeline.flow_rules.len() as u16).filter(|&i| {
+                let r = &t.pipeline.flow_rules[usize::from(i)];
+                r.claims_existing && r.rule.proto.lo <= r.rule.proto.hi
+            }));
         self.tables = t;
         Ok(())
+    }
+
+    /// True while a sweep started by [`set_tables`](Worker::set_tables) is unfinished.
+    pub fn sweep_due(&self) -> bool {
+        self.sweep_at.is_some()
+    }
+
+    /// Goes on with the sweep of the flow table (at most `max` slots; call once per poll
+    /// loop, like [`expire`](Worker::expire)); returns how many flows it moved. Each flow
+    /// is reconsidered when the first rule claiming existing flows that matches its
+    /// creating packet's addresses, protocol and ports has changed, or the rule that holds
+    /// it has: it moves to the matching rule (its target, and its QoS from then on), or,
+    /// matched by none, keeps its server and goes back under the service whose address
+    /// and port it went to ([`Owner::Other`], no QoS, when there is none). Flows of the
+    /// operator's rules are never taken. A no-op when no sweep is due.
+    pub fn sweep(&mut self, max: usize) -> usize {
+        let Some(from) = self.sweep_at else {
+            return 0;
+        };
+        let p = &self.tables.pipeline;
+        let (claiming, pending) = (&self.sweep_rules, &self.sweep_pending);
+        let mut moved = 0;
+        self.sweep_at = self.flows.table.visit_mut(from, max, |k, f| {
+            if let Some(g) = reconsider(p, claiming, pending, k, *f) {
+                *f = g;
+                moved += 1;
+            }
+        });
+        if self.sweep_at.is_none() {
+            self.sweep_pending.fill(false);
+        }
+        self.stats.flows_moved += moved as u64;
+        moved
     }
 
     /// The memory of the flow table, as `(start, bytes)` regions (see

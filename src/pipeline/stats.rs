@@ -17,6 +17,9 @@ pub struct Stats {
     pub flows_created: u64,
     pub flows_evicted: u64,
     pub flows_expired: u64,
+    /// Flows moved to another server or owner by a changed advertised flow (see
+    /// [`Worker::sweep`](super::Worker::sweep)).
+    pub flows_moved: u64,
     pub arp_replies: u64,
     pub nd_replies: u64,
     /// Per service: flows created, packets (both directions).
@@ -39,6 +42,7 @@ impl Stats {
             flows_created: 0,
             flows_evicted: 0,
             flows_expired: 0,
+            flows_moved: 0,
             arp_replies: 0,
             nd_replies: 0,
             svc_flows: vec![0; p.services.len()],
@@ -63,6 +67,7 @@ impl Stats {
         self.flows_created += o.flows_created;
         self.flows_evicted += o.flows_evicted;
         self.flows_expired += o.flows_expired;
+        self.flows_moved += o.flows_moved;
         self.arp_replies += o.arp_replies;
         self.nd_replies += o.nd_replies;
         let add = |a: &mut Vec<u64>, b: &Vec<u64>| a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
@@ -121,6 +126,7 @@ impl Stats {
             "flows_created": self.flows_created,
             "flows_evicted": self.flows_evicted,
             "flows_expired": self.flows_expired,
+            "flows_moved": self.flows_moved,
             "arp_replies": self.arp_replies,
             "nd_replies": self.nd_replies,
             "services": services,

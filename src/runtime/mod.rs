@@ -68,6 +68,7 @@ pub fn copy_stats(dst: &mut Stats, src: &Stats) {
     dst.flows_created = src.flows_created;
     dst.flows_evicted = src.flows_evicted;
     dst.flows_expired = src.flows_expired;
+    dst.flows_moved = src.flows_moved;
     dst.arp_replies = src.arp_replies;
     dst.nd_replies = src.nd_replies;
     let cp = |d: &mut Vec<u64>, s: &Vec<u64>| {

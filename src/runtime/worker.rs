@@ -32,6 +32,9 @@ pub const PUBLISH_NS: u64 = 50_000_000;
 pub const DISPATCH_QUEUE: usize = 4096;
 /// Expiry work per poll loop (flows examined at most).
 const EXPIRE_PER_LOOP: usize = 32;
+/// Flow-table slots a sweep (after a changed advertised flow) visits per poll loop: a
+/// 1M-flow table takes 4096 loops, milliseconds when busy.
+const SWEEP_PER_LOOP: usize = 256;
 
 /// Options of `flowgate run` beyond the conf file.
 pub struct RunOpts {
@@ -561,6 +564,7 @@ fn worker_loop<'q>(
             slot.last_rx_ns.store(now.max(1), Relaxed);
         }
         w.expire(now, EXPIRE_PER_LOOP);
+        w.sweep(SWEEP_PER_LOOP);
         if now.wrapping_sub(last_pub) >= PUBLISH_NS {
             last_pub = now;
             publish(slot, &w, &io, dispatch_dropped);
