@@ -129,6 +129,8 @@ pub struct LruTable<K, V> {
     mask: usize,
     classes: Vec<Class>,
     len: usize,
+    /// Inserts and removals so far: a handle found before stays valid while this holds.
+    changes: u64,
     hasher: hashbrown::DefaultHashBuilder,
 }
 
@@ -166,8 +168,16 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
                 })
                 .collect(),
             len: 0,
+            changes: 0,
             hasher: hashbrown::DefaultHashBuilder::default(),
         }
+    }
+
+    /// How many inserts and removals the table has seen: a handle found while this was
+    /// `n` still names the same entry as long as it is `n`.
+    #[inline]
+    pub fn changes(&self) -> u64 {
+        self.changes
     }
 
     /// Live entries.
@@ -350,6 +360,7 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
         self.buckets[b] = self.tag_of(hash) | (s + 1);
         self.link(s, class, now);
         self.len += 1;
+        self.changes += 1;
         match evicted {
             None => Inserted::Fresh(s),
             Some((k, v)) => Inserted::Evicted(s, k, v),
@@ -432,6 +443,7 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
         self.cold[h as usize].class = FREE;
         self.free.push(h);
         self.len -= 1;
+        self.changes += 1;
     }
 
     /// Visits the live entries in slots `from..` in slot order, at most `max` slots (live

@@ -511,10 +511,27 @@ impl Worker {
                     table.prefetch_slot(keys[i].2);
                 }
             }
+            // The express candidates' lookups, in one tight loop: their slot reads overlap
+            // (any still missing the cache) and the table's fields stay in registers.
+            let mut found = [None; N];
+            for i in 0..n {
+                if fast[i].is_some() {
+                    found[i] = table.find_hashed(&keys[i].0, keys[i].2);
+                }
+            }
+            let changes = table.changes();
             self.stats.packets_in += n as u64;
             for (i, b) in bufs.iter_mut().enumerate() {
-                let done = fast[i]
-                    .is_some_and(|f| self.express(&tables, b, &keys[i], f, now, &mut outs[i]));
+                let done = fast[i].is_some_and(|f| {
+                    // An earlier frame of the burst may have inserted or removed a flow
+                    // (an eviction can reuse the slot found): then look again.
+                    let h = if self.flows.table.changes() == changes {
+                        found[i]
+                    } else {
+                        self.flows.table.find_hashed(&keys[i].0, keys[i].2)
+                    };
+                    self.express(&tables, b, &keys[i], h, f, now, &mut outs[i])
+                });
                 if !done {
                     if fast[i].is_some() {
                         // Not an express flow (a new connection's SYN, say): the general
@@ -555,16 +572,18 @@ impl Worker {
     /// The express path (see [`express`]): handles a packet of an express flow into
     /// `out` and returns true, or returns false having changed nothing.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn express<B: PacketBuf>(
         &mut self,
         tables: &Tables,
         buf: &mut B,
-        &(fkey, swapped, hash): &(FlowKey, bool, u64),
+        &(fkey, swapped, _): &(FlowKey, bool, u64),
+        found: Option<crate::flow::Handle>,
         tcp_flags: u8,
         now: u64,
         out: &mut Outcome,
     ) -> bool {
-        let Some(h) = self.flows.table.find_hashed(&fkey, hash) else {
+        let Some(h) = found else {
             return false;
         };
         let f = *self.flows.table.get(h);
