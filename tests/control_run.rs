@@ -9,7 +9,9 @@
 //! - s3, never heard, keeps the pipeline's state (`unheard: keep`);
 //! - the held connection closes: s2's agent leaves, s2 is down, its entries move;
 //! - an advertised flow (`agent flow add`) sends matching connections, new and already
-//!   open, to its target with its DSCP; withdrawn, new ones are balanced again.
+//!   open, to its target with its DSCP; withdrawn, new ones are balanced again;
+//! - the supervisor killed, or the path to it cut: no server goes down for the silence,
+//!   and the agents are followed again once it answers.
 //!
 //! Short intervals (200 ms adverts, 1 s dead interval) keep it fast.
 
@@ -552,4 +554,126 @@ fn a_supervisor_outage_holds_the_view() {
     });
     assert_eq!(state(&e, "s1"), ServerState::Up);
     drop(sup);
+}
+
+/// A UDP relay between the intermediate system and the supervisor on loopback, which
+/// can cut the path both ways (a broken network, not a dead supervisor).
+struct Relay {
+    addr: std::net::SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    fn new(to: std::net::SocketAddr) -> Relay {
+        use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+        let front = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let back = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        back.connect(to).unwrap();
+        front.set_nonblocking(true).unwrap();
+        back.set_nonblocking(true).unwrap();
+        let addr = front.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, s) = (Arc::clone(&cut), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 65536];
+            let mut client = None;
+            while !s.load(Relaxed) {
+                let mut idle = true;
+                while let Ok((n, from)) = front.recv_from(&mut buf) {
+                    idle = false;
+                    client = Some(from);
+                    if !c.load(Relaxed) {
+                        let _ = back.send(&buf[..n]);
+                    }
+                }
+                while let Ok(n) = back.recv(&mut buf) {
+                    idle = false;
+                    if let (Some(to), false) = (client, c.load(Relaxed)) {
+                        let _ = front.send_to(&buf[..n], to);
+                    }
+                }
+                if idle {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        });
+        Relay {
+            addr,
+            cut,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn cut(&self, on: bool) {
+        self.cut.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn a_broken_path_to_the_supervisor_holds_the_view() {
+    // Relay mode, the intermediate system reaching the supervisor through a relay that
+    // is then cut both ways while the supervisor and the agents keep running. s1's agent
+    // dies during the cut: nothing the intermediate system hears (nothing) may take a
+    // server down. Once the path heals, s1's death applies (after the grace) and s2
+    // stays up.
+    let env = Env::new("");
+    let _sup = env.supervisor();
+    let mut a1 = env.agent("s1", 1, free_port(), "");
+    let _a2 = env.agent("s2", 2, free_port(), "");
+    let relay = Relay::new(env.sup.parse().unwrap());
+    let base = Pipeline::from_str(PIPELINE, Path::new("p.yaml")).unwrap();
+    let mut conf = env.control(Unheard::Keep, 0, None);
+    conf.supervisor = relay.addr;
+    let mut c = ControlRt::start(&conf, base).expect("control starts");
+    turn_until(&mut c, "both agents heard through the relay", |p| {
+        p.servers[..2].iter().all(|s| s.load == 0.25)
+    });
+    assert!(c.registered());
+
+    relay.cut(true);
+    let _ = a1.0.kill();
+    let _ = a1.0.wait();
+    let end = Instant::now() + Duration::from_millis(3500);
+    while Instant::now() < end {
+        if let Some(p) = c.turn(Duration::from_millis(10)) {
+            assert!(
+                p.servers.iter().all(|s| s.state == ServerState::Up),
+                "a server went down while the path was cut: {:?}",
+                p.servers.iter().map(|s| s.state).collect::<Vec<_>>()
+            );
+        }
+    }
+    assert!(
+        c.effective()
+            .servers
+            .iter()
+            .all(|s| s.state == ServerState::Up)
+    );
+    let j = c.to_json();
+    assert_eq!(j["holding"], true, "{j}");
+
+    relay.cut(false);
+    let e = turn_until(&mut c, "s1's death applies once the path heals", |p| {
+        assert_eq!(state(p, "s2"), ServerState::Up, "s2's agent runs");
+        state(p, "s1") == ServerState::Down
+    });
+    assert_eq!(
+        state(&e, "s3"),
+        ServerState::Up,
+        "s3 has no agent: unheard, kept"
+    );
+    assert_eq!(c.to_json()["holding"], false);
 }

@@ -16,9 +16,9 @@
 //! answers a keepalive sent after that moment (within an advertisement interval when it
 //! is up). If it does not answer for a dead interval, the last view is held (the log says
 //! so, the stats JSON counts it) and, once it answers again, held one dead interval more
-//! for the agents' adverts to come back before the agents are followed again. So a
-//! supervisor crash does not take servers out of the tables (`tests/control_run.rs`
-//! kills and restarts one).
+//! for the agents' adverts to come back before the agents are followed again. So neither a
+//! supervisor crash nor a broken path to it takes servers out of the tables
+//! (`tests/control_run.rs` kills and restarts one, and cuts a relay between the two).
 //!
 //! Guarantees: the control plane runs on the management core only, and a turn reports a
 //! socket error and goes on, so neither a missing supervisor nor a dead agent stops the
