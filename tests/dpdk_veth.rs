@@ -18,6 +18,10 @@
 //! core runs), an agent beside each HTTP server in its namespace, and `control:` in
 //! flowgate's conf with `unheard: down`: no request is answered until the agents are
 //! heard; after `ctl drain s2`, every new request goes to s1.
+//!
+//! An advertised flow (third test): a UDP echo service beside the HTTP servers, one UDP
+//! flow from the client answered by the server it was placed on; the other server's agent
+//! advertises that flow to itself, and the open flow's next datagrams are answered by it.
 #![cfg(feature = "dpdk")]
 
 mod common;
@@ -316,9 +320,10 @@ fn setup(offset: u32) -> Option<(std::sync::MutexGuard<'static, ()>, Topo, tempf
     Some((one, t, www))
 }
 
-/// Writes the pipeline and run conf (plus `extra` conf lines) into `dir` and starts
-/// `flowgate run` as the last child of `t`; returns the stats JSON path.
-fn start_flowgate(t: &mut Topo, dir: &Path, extra: &str) -> PathBuf {
+/// Writes the pipeline (service `web`, plus `services` YAML list items) and run conf (plus
+/// `extra` conf lines) into `dir` and starts `flowgate run` as the last child of `t`;
+/// returns the stats JSON path.
+fn start_flowgate(t: &mut Topo, dir: &Path, services: &str, extra: &str) -> PathBuf {
     let (out_if, in_if) = (t.out_if(), t.in_if());
     std::fs::write(
         dir.join("pipeline.yaml"),
@@ -326,8 +331,10 @@ fn start_flowgate(t: &mut Topo, dir: &Path, extra: &str) -> PathBuf {
          gateway: { mac: \"02:00:00:00:00:fe\", port: outside }\n\
          services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]\n    servers:\n      \
          - { name: s1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, weight: 100, port: inside }\n      \
-         - { name: s2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, weight: 100, port: inside }\n\
-         default: gateway\n",
+         - { name: s2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, weight: 100, port: inside }\n"
+            .to_string()
+            + services
+            + "default: gateway\n",
     )
     .expect("pipeline");
     let stats = dir.join("stats.json");
@@ -402,7 +409,7 @@ fn run_af_packet_namespaces_http() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let stats = start_flowgate(&mut t, dir.path(), "");
+    let stats = start_flowgate(&mut t, dir.path(), "", "");
     let answers = both_serve(&mut t, 30, &stats);
     stop(&mut t);
     let j: serde_json::Value =
@@ -430,6 +437,73 @@ fn run_af_packet_follows_the_control_plane() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
+    let (sup_ip, key) = control_plane(&mut t, d, "");
+    let bin = env!("CARGO_BIN_EXE_flowgate");
+    let stats = start_flowgate(&mut t, d, "", &control_conf(&sup_ip));
+    // Answers only once the agents are heard (unheard: down); then both servers serve.
+    both_serve(&mut t, 20, &stats);
+
+    // The operator drains s2 through the supervisor: new requests go to s1 only.
+    let out = Command::new(bin)
+        .args([
+            "ctl",
+            "--supervisor",
+            &format!("{sup_ip}:7700"),
+            "--key-file",
+        ])
+        .arg(&key)
+        .args(["drain", "s2"])
+        .output()
+        .expect("ctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t0 = Instant::now();
+    let mut run = 0;
+    while run < 5 {
+        run = if get(&t).as_deref() == Some("server-s1") {
+            run + 1
+        } else {
+            0
+        };
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "s2 still takes requests"
+        );
+    }
+    for _ in 0..20 {
+        assert_eq!(
+            get(&t).as_deref(),
+            Some("server-s1"),
+            "a drained s2 takes no new request"
+        );
+    }
+    let err = stop(&mut t);
+    assert!(
+        err.contains("control: registered with the supervisor"),
+        "{err}"
+    );
+    assert!(err.contains("control: tables published"), "{err}");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    let c = &j["control"];
+    assert_eq!(c["registered"], true, "{j}");
+    assert_eq!(c["servers"]["s1"]["state"], "up", "{j}");
+    assert!(
+        c["servers"]["s2"]["state"] == "draining" || c["servers"]["s2"]["state"] == "down",
+        "{j}"
+    );
+    assert_eq!(c["protocol"]["rx_bad_mac"], 0, "{j}");
+    assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
+}
+
+/// The control plane of the module docs in `t`, its files in `d`: the management veth, a
+/// supervisor in ns SW, an agent beside each server advertising `web` (and the
+/// `services` YAML list items). Returns the supervisor's address on the management veth
+/// and the key file.
+fn control_plane(t: &mut Topo, d: &Path, services: &str) -> (String, PathBuf) {
     let sw = t.ns("sw");
     // Management network: root fgmN <-> mgmt in ns SW; the supervisor also on br0.
     let b = (t.id % 60) * 4;
@@ -494,7 +568,7 @@ fn run_af_packet_follows_the_control_plane() {
             format!(
                 "name: s{i}\nmac: \"02:00:00:00:01:0{i}\"\naddrs: [10.0.0.1{i}]\n\
                  load: {{source: static, value: 100}}\n\
-                 services:\n  - {{name: web, vip: 203.0.113.10, proto: tcp, ports: [80]}}\n"
+                 services:\n  - {{name: web, vip: 203.0.113.10, proto: tcp, ports: [80]}}\n{services}"
             ),
         )
         .expect("agent conf");
@@ -510,69 +584,156 @@ fn run_af_packet_follows_the_control_plane() {
             .expect("agent");
         t.children.push(a);
     }
-    let stats = start_flowgate(
+    (sup_ip, key)
+}
+
+/// The run conf's `control:` line for the supervisor at `sup_ip`.
+fn control_conf(sup_ip: &str) -> String {
+    format!(
+        "control: {{ supervisor: \"{sup_ip}:7700\", key_file: key, name: lb, unheard: down, \
+         advert_interval_ms: 200, dead_interval_ms: 1000 }}\n"
+    )
+}
+
+/// A UDP echo service in each server namespace: answers every datagram to the VIP's port
+/// 7 with its server's name.
+fn udp_echo(t: &mut Topo) {
+    for i in 1..=2 {
+        let child = t
+            .exec(
+                &format!("s{i}"),
+                &[
+                    "python3",
+                    "-c",
+                    "import socket,sys\n\
+                     s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+                     s.bind(('203.0.113.10',7))\n\
+                     while True:\n  d,a=s.recvfrom(2048)\n  s.sendto(sys.argv[1].encode(),a)\n",
+                    &format!("server-s{i}"),
+                ],
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("udp echo");
+        t.children.push(child);
+    }
+}
+
+/// One datagram from the client's UDP port `sport` to the VIP's port 7: the answer, or
+/// `None` within a second. The same port each time: the same flow.
+fn udp_ask(t: &Topo, sport: u16) -> Option<String> {
+    let o = t
+        .exec(
+            "c",
+            &[
+                "python3",
+                "-c",
+                "import socket,sys\n\
+                 s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+                 s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+                 s.bind(('198.51.100.2',int(sys.argv[1])))\n\
+                 s.settimeout(1)\n\
+                 s.sendto(b'who',('203.0.113.10',7))\n\
+                 print(s.recv(2048).decode())\n",
+                &sport.to_string(),
+            ],
+        )
+        .output()
+        .ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+#[test]
+fn run_af_packet_moves_an_open_flow_to_an_advertised_target() {
+    let Some((_one, mut t, _www)) = setup(2) else {
+        return;
+    };
+    udp_echo(&mut t);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (sup_ip, _key) = control_plane(
         &mut t,
         d,
-        &format!(
-            "control: {{ supervisor: \"{sup_ip}:7700\", key_file: key, name: lb, unheard: down, \
-             advert_interval_ms: 200, dead_interval_ms: 1000 }}\n"
-        ),
+        "  - {name: echo, vip: 203.0.113.10, proto: udp, ports: [7]}\n",
     );
-    // Answers only once the agents are heard (unheard: down); then both servers serve.
-    both_serve(&mut t, 20, &stats);
-
-    // The operator drains s2 through the supervisor: new requests go to s1 only.
+    let echo = "  - name: echo\n    vip: 203.0.113.10\n    proto: udp\n    ports: [7]\n    servers:\n      \
+                - { name: s1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, weight: 100, port: inside }\n      \
+                - { name: s2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, weight: 100, port: inside }\n";
+    let stats = start_flowgate(&mut t, d, echo, &control_conf(&sup_ip));
+    // One UDP flow (client port 40000): answered (once the agents are heard) by the
+    // server Maglev placed it on, every time.
+    let t0 = Instant::now();
+    let first = loop {
+        if let Some(a) = udp_ask(&t, 40000) {
+            break a;
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            fail(&mut t, "the UDP flow is answered within 30 s", &stats);
+        }
+    };
+    let (from, other) = match first.as_str() {
+        "server-s1" => (1, 2),
+        "server-s2" => (2, 1),
+        a => fail(&mut t, &format!("unexpected answer {a:?}"), &stats),
+    };
+    for _ in 0..5 {
+        assert_eq!(
+            udp_ask(&t, 40000).as_deref(),
+            Some(first.as_str()),
+            "the flow stays on s{from}"
+        );
+    }
+    // The other server's end system advertises that flow to itself: the open flow moves.
+    let bin = env!("CARGO_BIN_EXE_flowgate");
     let out = Command::new(bin)
+        .args(["agent", "--control-socket"])
+        .arg(d.join(format!("s{other}.sock")))
         .args([
-            "ctl",
-            "--supervisor",
-            &format!("{sup_ip}:7700"),
-            "--key-file",
+            "flow",
+            "add",
+            "--proto",
+            "udp",
+            "--src",
+            "198.51.100.2/32",
+            "--sport",
+            "40000",
+            "--dst",
+            "203.0.113.10",
+            "--dport",
+            "7",
         ])
-        .arg(&key)
-        .args(["drain", "s2"])
         .output()
-        .expect("ctl");
+        .expect("agent flow add");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let want = format!("server-s{other}");
     let t0 = Instant::now();
-    let mut run = 0;
-    while run < 5 {
-        run = if get(&t).as_deref() == Some("server-s1") {
-            run + 1
-        } else {
-            0
-        };
-        assert!(
-            t0.elapsed() < Duration::from_secs(15),
-            "s2 still takes requests"
-        );
+    while udp_ask(&t, 40000).as_deref() != Some(want.as_str()) {
+        if t0.elapsed() > Duration::from_secs(15) {
+            fail(&mut t, &format!("the open flow moves to s{other}"), &stats);
+        }
     }
-    for _ in 0..20 {
+    for _ in 0..5 {
         assert_eq!(
-            get(&t).as_deref(),
-            Some("server-s1"),
-            "a drained s2 takes no new request"
+            udp_ask(&t, 40000).as_deref(),
+            Some(want.as_str()),
+            "the moved flow stays on s{other}"
         );
     }
     let err = stop(&mut t);
-    assert!(
-        err.contains("control: registered with the supervisor"),
-        "{err}"
-    );
-    assert!(err.contains("control: tables published"), "{err}");
     let j: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
-    let c = &j["control"];
-    assert_eq!(c["registered"], true, "{j}");
-    assert_eq!(c["servers"]["s1"]["state"], "up", "{j}");
-    assert!(
-        c["servers"]["s2"]["state"] == "draining" || c["servers"]["s2"]["state"] == "down",
+    assert_eq!(j["flows_moved"].as_u64(), Some(1), "{j}\n{err}");
+    assert_eq!(
+        j["control"]["flows"][0]["server"],
+        format!("s{other}"),
         "{j}"
     );
-    assert_eq!(c["protocol"]["rx_bad_mac"], 0, "{j}");
     assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
 }
