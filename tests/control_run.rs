@@ -211,6 +211,31 @@ fn sweep(w: &mut Worker) -> usize {
     moved
 }
 
+/// Turns the control plane for 3.5 s (over three dead intervals) while its supervisor is
+/// silent (`while_`): every server stays up, in what it publishes and in its view, and it
+/// ends holding the last view.
+fn all_up_for(c: &mut ControlRt, while_: &str) {
+    let end = Instant::now() + Duration::from_millis(3500);
+    while Instant::now() < end {
+        if let Some(p) = c.turn(Duration::from_millis(10)) {
+            assert!(
+                p.servers.iter().all(|s| s.state == ServerState::Up),
+                "a server went down while {while_}: {:?}",
+                p.servers.iter().map(|s| s.state).collect::<Vec<_>>()
+            );
+        }
+        assert!(
+            c.effective()
+                .servers
+                .iter()
+                .all(|s| s.state == ServerState::Up),
+            "a server is down in the view while {while_}"
+        );
+    }
+    let j = c.to_json();
+    assert_eq!(j["holding"], true, "{j}");
+}
+
 fn state(p: &Pipeline, name: &str) -> ServerState {
     p.servers[p.server_index(name).unwrap() as usize].state
 }
@@ -503,24 +528,8 @@ fn a_supervisor_outage_holds_the_view() {
 
     let _ = sup.0.kill();
     let _ = sup.0.wait();
-    let end = Instant::now() + Duration::from_millis(3500);
-    while Instant::now() < end {
-        if let Some(p) = c.turn(Duration::from_millis(10)) {
-            assert!(
-                p.servers.iter().all(|s| s.state == ServerState::Up),
-                "a server went down while the supervisor was away: {:?}",
-                p.servers.iter().map(|s| s.state).collect::<Vec<_>>()
-            );
-        }
-        assert!(
-            c.effective()
-                .servers
-                .iter()
-                .all(|s| s.state == ServerState::Up)
-        );
-    }
+    all_up_for(&mut c, "the supervisor was away");
     let j = c.to_json();
-    assert_eq!(j["holding"], true, "{j}");
     assert_eq!(j["holds"], 1, "{j}");
 
     // Back with the same state: the view is followed again after the grace, and no
@@ -646,24 +655,7 @@ fn a_broken_path_to_the_supervisor_holds_the_view() {
     relay.cut(true);
     let _ = a1.0.kill();
     let _ = a1.0.wait();
-    let end = Instant::now() + Duration::from_millis(3500);
-    while Instant::now() < end {
-        if let Some(p) = c.turn(Duration::from_millis(10)) {
-            assert!(
-                p.servers.iter().all(|s| s.state == ServerState::Up),
-                "a server went down while the path was cut: {:?}",
-                p.servers.iter().map(|s| s.state).collect::<Vec<_>>()
-            );
-        }
-    }
-    assert!(
-        c.effective()
-            .servers
-            .iter()
-            .all(|s| s.state == ServerState::Up)
-    );
-    let j = c.to_json();
-    assert_eq!(j["holding"], true, "{j}");
+    all_up_for(&mut c, "the path was cut");
 
     relay.cut(false);
     let e = turn_until(&mut c, "s1's death applies once the path heals", |p| {
