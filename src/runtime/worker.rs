@@ -32,8 +32,9 @@ pub const PUBLISH_NS: u64 = 50_000_000;
 pub const DISPATCH_QUEUE: usize = 4096;
 /// Expiry work per poll loop (flows examined at most).
 const EXPIRE_PER_LOOP: usize = 32;
-/// Flow-table slots a sweep (after a changed advertised flow) visits per poll loop: a
-/// 1M-flow table takes 4096 loops, milliseconds when busy.
+/// Flow-table slots a sweep (after a changed advertised flow) visits per poll loop: 1M
+/// flows take 3907 loops, each step about 1.8 µs on the development VM
+/// (`cargo run --release --example sweeptime`).
 const SWEEP_PER_LOOP: usize = 256;
 
 /// Options of `flowgate run` beyond the conf file.
