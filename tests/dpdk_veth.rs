@@ -730,6 +730,7 @@ fn run_af_packet_moves_an_open_flow_to_an_advertised_target() {
     let j: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
     assert_eq!(j["flows_moved"].as_u64(), Some(1), "{j}\n{err}");
+    assert!(err.contains("  moved 1  "), "the summary counts it: {err}");
     assert_eq!(
         j["control"]["flows"][0]["server"],
         format!("s{other}"),

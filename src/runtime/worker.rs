@@ -330,7 +330,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
             .with_context(|| format!("writing {}", f.display()))?;
     }
     let summary = format!(
-        "packets in {}  out {}  dropped {}  ({:.3} s)\nflows created {}  live {}  tx refused {}  dispatch dropped {}\n\
+        "packets in {}  out {}  dropped {}  ({:.3} s)\nflows created {}  live {}  moved {}  tx refused {}  dispatch dropped {}\n\
          arp replies {}  nd replies {}\nmempool in use after stop: {in_use} of {}\n",
         total.packets_in,
         total.packets_out,
@@ -338,6 +338,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
         seconds,
         total.flows_created,
         flows,
+        total.flows_moved,
         tx_refused,
         dispatch_dropped,
         total.arp_replies,
@@ -416,7 +417,7 @@ fn manage(
                 flows += s.flows.load(Relaxed);
             }
             eprintln!(
-                "[{:7.1} s] rx {:.3} Mpps  tx {:.3} Mpps  in {}  out {}  dropped {}  flows {}{}",
+                "[{:7.1} s] rx {:.3} Mpps  tx {:.3} Mpps  in {}  out {}  dropped {}  flows {}  moved {}{}",
                 shared.start.elapsed().as_secs_f64(),
                 (sum.packets_in - last_in) as f64 / dt / 1e6,
                 (sum.packets_out - last_out) as f64 / dt / 1e6,
@@ -424,6 +425,7 @@ fn manage(
                 sum.packets_out,
                 sum.dropped(),
                 flows,
+                sum.flows_moved,
                 control
                     .as_deref()
                     .map(|c| format!("  {}", c.summary()))
