@@ -11,7 +11,7 @@
 //! Asserts that every packet was forwarded.
 use flowgate::action::{FrameBuf, PacketBuf};
 use flowgate::config::Pipeline;
-use flowgate::r#gen::ack::{AckStamp, Template, frame, shuffle};
+use flowgate::r#gen::ack::{AckStamp, Template, handshake, shuffle};
 use flowgate::pipeline::{Outcome, Tables, Worker};
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,18 +29,17 @@ fn main() {
     let tpl = Template::for_pipeline(&p).expect("an IPv4 TCP service");
     let mut w = Worker::new(Arc::new(Tables::build(p, 1)));
     // Open every flow: SYN, SYN-ACK, ACK (as the bench does).
-    let mut f = [0u8; 60];
     let mut b = FrameBuf::new(2048);
     for k in 0..flows {
-        for (flags, rev) in [(0x02, false), (0x12, true), (0x10, false)] {
-            frame(&mut f, k, tpl, flags, rev);
-            b.load(&f);
+        handshake(k, tpl, |f, _| {
+            b.load(f);
             w.process(&mut b, 0, 0);
-        }
+        });
     }
     let mut order: Vec<u32> = (0..flows).collect();
     shuffle(&mut order, 0x2545_f491_4f6c_dd1d);
     let stamp = AckStamp::new(tpl);
+    let mut f = [0u8; 60];
     let mut bufs: Vec<FrameBuf> = (0..32).map(|_| FrameBuf::new(2048)).collect();
     let mut outs = [Outcome::default(); 32];
     let before = w.stats.packets_out;

@@ -9,7 +9,7 @@ use flowgate::action::FrameBuf;
 use flowgate::classify::{Decision, Range, Rule, prefix_range, v4_mapped};
 use flowgate::config::{Pipeline, Target};
 use flowgate::control::overlay::{first_slot, reserve_flow_slots};
-use flowgate::r#gen::ack::{Template, frame};
+use flowgate::r#gen::ack::{Template, handshake};
 use flowgate::pipeline::{Tables, Worker};
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,14 +20,12 @@ fn main() {
     reserve_flow_slots(&mut p, 64);
     let tpl = Template::for_pipeline(&p).unwrap();
     let mut w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
-    let mut f = [0u8; 60];
     let mut b = FrameBuf::new(2048);
     for k in 0..flows {
-        for (flags, rev) in [(0x02, false), (0x12, true), (0x10, false)] {
-            frame(&mut f, k, tpl, flags, rev);
-            b.load(&f);
+        handshake(k, tpl, |f, _| {
+            b.load(f);
             w.process(&mut b, 0, 0);
-        }
+        });
     }
     let i = first_slot(&p, 64);
     let mut r = Rule::any(Decision::FlowRule(i as u32));

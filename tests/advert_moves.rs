@@ -9,11 +9,14 @@
 //! (it fails without the restart of a sweep on a change, with the slots' priority
 //! reversed, and without the let-go).
 
+mod common;
+
+use common::sweep_to_end;
 use flowgate::action::{FrameBuf, PacketBuf};
 use flowgate::classify::{Decision, Range, Rule, prefix_range, v4_mapped};
 use flowgate::config::{Pipeline, QosActions, ServerState, Target};
 use flowgate::control::overlay::{first_slot, reserve_flow_slots};
-use flowgate::r#gen::ack::{Template, frame};
+use flowgate::r#gen::ack::{Template, frame, handshake};
 use flowgate::pipeline::{Tables, Worker};
 use std::path::Path;
 use std::sync::Arc;
@@ -57,22 +60,27 @@ impl Rig {
     /// Opens connection `k` (SYN, SYN-ACK, ACK); the server it went to.
     fn open(&mut self, k: u32) -> u16 {
         let mut server = u16::MAX;
-        for (flags, rev) in [(0x02, false), (0x12, true), (0x10, false)] {
-            let (out, _) = self.send(k, flags, rev);
+        handshake(k, self.tpl, |f, rev| {
+            let (out, _) = self.forward(f);
             if !rev {
                 server = out;
             }
-        }
+        });
         server
     }
 
-    /// One packet of connection `k` (`rev`: the server's); the server it went to
-    /// (`u16::MAX` when not to a server) and its DSCP as sent.
+    /// One packet of connection `k` (`rev`: the server's); see [`Rig::forward`].
     fn send(&mut self, k: u32, flags: u8, rev: bool) -> (u16, u8) {
         let mut f = [0u8; 60];
-        let mut b = FrameBuf::new(256);
         frame(&mut f, k, self.tpl, flags, rev);
-        b.load(&f);
+        self.forward(&f)
+    }
+
+    /// Frame `f` through the worker: the server it went to (`u16::MAX` when not to a
+    /// server) and its DSCP as sent.
+    fn forward(&mut self, f: &[u8]) -> (u16, u8) {
+        let mut b = FrameBuf::new(256);
+        b.load(f);
         let out = self.w.process(&mut b, 0, self.now);
         let r = out.route.expect("forwarded");
         assert!(out.drop.is_none());
@@ -123,18 +131,6 @@ impl Rig {
             .expect("same shape");
         self.now += 1_000_000;
     }
-
-    /// Sweeps to the end in steps of `step` slots; flows moved.
-    fn sweep(&mut self, step: usize) -> usize {
-        let mut moved = 0;
-        let mut steps = 0;
-        while self.w.sweep_due() {
-            moved += self.w.sweep(step);
-            steps += 1;
-            assert!(steps < 10_000, "the sweep ends");
-        }
-        moved
-    }
 }
 
 #[test]
@@ -156,7 +152,11 @@ fn an_advertised_flow_takes_existing_connections_and_lets_them_go() {
     r.publish();
     assert!(r.w.sweep_due());
     assert_eq!(r.ack(20).0, on[20], "k 20 is not matched");
-    assert_eq!(r.sweep(7), 16, "every connection of the advert is taken");
+    assert_eq!(
+        sweep_to_end(&mut r.w, 7),
+        16,
+        "every connection of the advert is taken"
+    );
     for k in 0..16 {
         assert_eq!(
             r.ack(k),
@@ -179,7 +179,7 @@ fn an_advertised_flow_takes_existing_connections_and_lets_them_go() {
     // Withdrawn: the connections stay on c, back under the service, without the DSCP.
     r.advert(0, None);
     r.publish();
-    assert_eq!(r.sweep(64), 16);
+    assert_eq!(sweep_to_end(&mut r.w, 64), 16);
     for k in 0..16 {
         assert_eq!(r.ack(k), (2, 0), "connection {k} stays on c");
     }
@@ -210,7 +210,7 @@ fn a_change_during_a_sweep_is_swept_too() {
     // passed: it starts again from the first slot and covers both adverts.
     r.advert(1, Some(("100.64.0.0/29", 2, 46)));
     r.publish();
-    let rest = r.sweep(8);
+    let rest = sweep_to_end(&mut r.w, 8);
     assert_eq!(first + rest, 24);
     for k in 0..64u32 {
         let want = match k {
@@ -291,7 +291,7 @@ proptest::proptest! {
                 }
             }
         }
-        r.sweep(16);
+        sweep_to_end(&mut r.w, 16);
         for &k in &open {
             let client = 0x6440_0000 | k;
             let first = slots.iter().enumerate().find_map(|(s, a)| {

@@ -17,11 +17,11 @@
 
 mod common;
 
-use common::{Proc, free_port};
+use common::{Proc, free_port, sweep_to_end};
 use flowgate::action::{FrameBuf, PacketBuf};
 use flowgate::config::{Pipeline, ServerState};
 use flowgate::control::overlay::Unheard;
-use flowgate::r#gen::ack::{Template, frame};
+use flowgate::r#gen::ack::{Template, frame, handshake};
 use flowgate::pipeline::{Tables, Worker};
 use flowgate::runtime::conf::ControlConf;
 use flowgate::runtime::control::ControlRt;
@@ -170,17 +170,15 @@ fn turn_until(c: &mut ControlRt, what: &str, f: impl Fn(&Pipeline) -> bool) -> P
 
 /// Opens connection `k` (SYN, SYN-ACK, ACK); returns the server it went to.
 fn open(w: &mut Worker, tpl: Template, k: u32, now: u64) -> u16 {
-    let mut f = [0u8; 60];
     let mut b = FrameBuf::new(256);
     let mut server = u16::MAX;
-    for (flags, rev) in [(0x02, false), (0x12, true), (0x10, false)] {
-        frame(&mut f, k, tpl, flags, rev);
-        b.load(&f);
+    handshake(k, tpl, |f, rev| {
+        b.load(f);
         let out = w.process(&mut b, 0, now);
         if !rev {
             server = out.route.expect("forwarded").server;
         }
-    }
+    });
     server
 }
 
@@ -199,16 +197,6 @@ fn publish(w: &mut Worker, g: &mut u64, now: &mut u64, p: Pipeline) {
     w.set_tables(Arc::new(Tables::build(p, *g)))
         .expect("same shape");
     *now += 1_000_000;
-}
-
-/// Runs the worker's sweep to its end (as its poll loop does, 256 slots a turn); flows
-/// moved.
-fn sweep(w: &mut Worker) -> usize {
-    let mut moved = 0;
-    while w.sweep_due() {
-        moved += w.sweep(256);
-    }
-    moved
 }
 
 /// Turns the control plane for 3.5 s (over three dead intervals) while its supervisor is
@@ -312,7 +300,7 @@ fn run_follows_agents_drain_and_death() {
             .any(|r| r.target == flowgate::config::Target::Server(1) && r.qos.dscp == Some(46))
     });
     publish(&mut w, &mut g, &mut now, pf);
-    let moved = sweep(&mut w);
+    let moved = sweep_to_end(&mut w, 256);
     assert_eq!(
         moved,
         before.len(),
@@ -350,7 +338,7 @@ fn run_follows_agents_drain_and_death() {
             .all(|r| r.target != flowgate::config::Target::Server(1))
     });
     publish(&mut w, &mut g, &mut now, pw);
-    sweep(&mut w);
+    sweep_to_end(&mut w, 256);
     for &(k, _) in &before {
         assert_eq!(
             ack(&mut w, tpl, k, now),

@@ -53,6 +53,29 @@ pub struct Key {
     pub spi: u32,
 }
 
+impl Key {
+    /// The key of an untagged IP packet known only by its addresses (mapped as in
+    /// [`Key::src`]), protocol and ports: port 0, no DSCP, no SPI. What a flow table
+    /// entry can tell of the packet that created it.
+    pub fn of_five_tuple(src: u128, dst: u128, proto: u8, src_port: u16, dst_port: u16) -> Key {
+        let v4 = |a: u128| a >> 32 == 0xffff;
+        Key {
+            in_port: 0,
+            vlan: NO_VLAN,
+            pcp: NO_PCP,
+            mpls: NO_MPLS,
+            ethertype: if v4(src) && v4(dst) { 0x0800 } else { 0x86dd },
+            src,
+            dst,
+            proto,
+            src_port,
+            dst_port,
+            dscp: 0,
+            spi: 0,
+        }
+    }
+}
+
 /// An inclusive range `lo..=hi`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Range<T> {
@@ -73,6 +96,10 @@ impl<T: Copy + PartialOrd> Range<T> {
     #[inline]
     pub fn contains(&self, v: T) -> bool {
         self.lo <= v && v <= self.hi
+    }
+    /// True when no value lies in the range (`lo > hi`).
+    pub fn is_empty(&self) -> bool {
+        self.lo > self.hi
     }
 }
 
@@ -153,6 +180,22 @@ impl Rule {
         }
     }
 
+    /// True when some key can match (no field's range is empty).
+    pub fn can_match(&self) -> bool {
+        !(self.in_port.is_empty()
+            || self.vlan.is_empty()
+            || self.pcp.is_empty()
+            || self.mpls.is_empty()
+            || self.ethertype.is_empty()
+            || self.src.is_empty()
+            || self.dst.is_empty()
+            || self.proto.is_empty()
+            || self.src_port.is_empty()
+            || self.dst_port.is_empty()
+            || self.dscp.is_empty()
+            || self.spi.is_empty())
+    }
+
     /// True when every field of `k` lies in the rule's ranges.
     #[inline]
     pub fn matches(&self, k: &Key) -> bool {
@@ -209,4 +252,27 @@ pub trait Classifier: Send + Sync {
 /// of [`compiled::Compiled`] (property-tested against [`linear::Linear`]).
 pub fn compile(rules: Vec<Rule>) -> Box<dyn Classifier> {
     Box::new(compiled::Compiled::build(&rules))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_five_tuple_key_matches_what_its_fields_match() {
+        let (a, b) = (v4_mapped([100, 64, 3, 7]), v4_mapped([203, 0, 113, 10]));
+        let k = Key::of_five_tuple(a, b, 17, 40000, 7);
+        assert_eq!((k.ethertype, k.vlan, k.dscp), (0x0800, NO_VLAN, 0));
+        assert_eq!(Key::of_five_tuple(a, 1, 6, 1, 2).ethertype, 0x86dd);
+        let mut r = Rule::any(Decision::NoMatch);
+        r.src = prefix_range(v4_mapped([100, 64, 3, 0]), 120);
+        r.proto = Range::exact(17);
+        r.dst_port = Range::exact(7);
+        assert!(r.matches(&k) && r.can_match());
+        r.dst_port = Range::exact(8);
+        assert!(!r.matches(&k));
+        r.proto = Range::new(1, 0);
+        assert!(r.proto.is_empty() && !r.can_match());
+        assert!(Rule::any(Decision::NoMatch).can_match());
+    }
 }

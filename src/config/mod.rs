@@ -273,6 +273,23 @@ pub struct Service {
     pub table_size: usize,
 }
 
+impl Service {
+    /// What service `index` (this one) matches: one rule per port range, to its VIP (and
+    /// protocol, unless any).
+    pub fn rules(&self, index: usize) -> impl Iterator<Item = Rule> + '_ {
+        let (addr, len) = ip_to_u128(self.vip);
+        self.ports.iter().map(move |p| {
+            let mut r = Rule::any(Decision::Service(index as u32));
+            r.dst = classify::prefix_range(addr, len);
+            if self.proto != 0 {
+                r.proto = Range::exact(self.proto);
+            }
+            r.dst_port = *p;
+            r
+        })
+    }
+}
+
 /// A pattern rule (`flows:`).
 #[derive(Clone, Debug)]
 pub struct FlowRule {
@@ -414,21 +431,12 @@ impl Pipeline {
             .map(|i| i as u16)
     }
 
-    /// All classification rules in priority order: flow rules (file order), then one
-    /// rule per (service, port range).
+    /// All classification rules in priority order: flow rules (file order), then the
+    /// services' ([`Service::rules`]).
     pub fn rules(&self) -> Vec<Rule> {
         let mut rules: Vec<Rule> = self.flow_rules.iter().map(|f| f.rule).collect();
         for (i, s) in self.services.iter().enumerate() {
-            for p in &s.ports {
-                let mut r = Rule::any(Decision::Service(i as u32));
-                let (addr, len) = ip_to_u128(s.vip);
-                r.dst = classify::prefix_range(addr, len);
-                if s.proto != 0 {
-                    r.proto = Range::exact(s.proto);
-                }
-                r.dst_port = *p;
-                rules.push(r);
-            }
+            rules.extend(s.rules(i));
         }
         rules
     }

@@ -3,8 +3,8 @@
 //!
 //! Layer: tooling (`gen`), reads a [`Pipeline`] for its service and MACs. Flow `k` is the
 //! client `100.64.0.0/10` host `k mod 2^22` with port `1024 + k / 2^22` talking to the
-//! pipeline's first IPv4 TCP service: [`frame`] builds any of its packets,
-//! [`AckStamp`] writes its forward ACK into a buffer with a 60-byte copy and an
+//! pipeline's first IPv4 TCP service: [`frame`] builds any of its packets, [`handshake`]
+//! its opening SYN, SYN-ACK and ACK, [`AckStamp`] writes its forward ACK into a buffer with a 60-byte copy and an
 //! incremental checksum (what a NIC's DMA stands for in the bench), and [`shuffle`] gives
 //! the fixed random order the benches visit flows in.
 
@@ -37,6 +37,16 @@ impl Template {
             }
         }
         anyhow::bail!("the bench pipeline needs an IPv4 TCP service with a port")
+    }
+}
+
+/// Opens flow `k`: calls `each` with its SYN, the server's SYN-ACK and the client's ACK,
+/// in that order, each with `rev` (true for the server's packet).
+pub fn handshake(k: u32, t: Template, mut each: impl FnMut(&[u8; 60], bool)) {
+    let mut f = [0u8; 60];
+    for (flags, rev) in [(0x02, false), (0x12, true), (0x10, false)] {
+        frame(&mut f, k, t, flags, rev);
+        each(&f, rev);
     }
 }
 

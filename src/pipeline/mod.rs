@@ -271,15 +271,17 @@ fn reconsider(
     } else {
         ((k.a, k.pa), (k.b, k.pb))
     };
-    let (src, dst) = (u128::from_be_bytes(src), u128::from_be_bytes(dst));
-    let first = claiming.iter().copied().find(|&i| {
-        let m = &rules[usize::from(i)].rule;
-        m.proto.contains(k.proto)
-            && m.src.contains(src)
-            && m.dst.contains(dst)
-            && m.src_port.contains(sp)
-            && m.dst_port.contains(dp)
-    });
+    let key = crate::classify::Key::of_five_tuple(
+        u128::from_be_bytes(src),
+        u128::from_be_bytes(dst),
+        k.proto,
+        sp,
+        dp,
+    );
+    let first = claiming
+        .iter()
+        .copied()
+        .find(|&i| rules[usize::from(i)].rule.matches(&key));
     let due = |i: Option<u16>| i.is_some_and(|i| pending.get(usize::from(i)) == Some(&true));
     if !due(first) && !due(held) {
         return None;
@@ -293,11 +295,8 @@ fn reconsider(
         None => {
             // Let go: the flow keeps its server, under the service whose address and
             // port it went to (which moves it if that server goes down), if any.
-            let svc = p.services.iter().position(|s| {
-                crate::config::ip_to_u128(s.vip).0 == dst
-                    && (s.proto == 0 || s.proto == k.proto)
-                    && s.ports.iter().any(|r| r.contains(dp))
-            });
+            let svc = (p.services.iter().enumerate())
+                .position(|(i, s)| s.rules(i).any(|r| r.matches(&key)));
             g.owner = svc.map_or(Owner::Other, |i| Owner::Service(i as u16));
         }
     }
@@ -370,7 +369,7 @@ impl Worker {
         self.sweep_rules
             .extend((0..t.pipeline.flow_rules.len() as u16).filter(|&i| {
                 let r = &t.pipeline.flow_rules[usize::from(i)];
-                r.claims_existing && r.rule.proto.lo <= r.rule.proto.hi
+                r.claims_existing && r.rule.can_match()
             }));
         self.tables = t;
         Ok(())

@@ -28,7 +28,7 @@
 
 use super::conf::RunConf;
 use super::copy_stats;
-use crate::r#gen::ack::{AckStamp, Template, frame, shuffle};
+use crate::r#gen::ack::{AckStamp, Template, frame, handshake, shuffle};
 use crate::pipeline::stats::Stats;
 use crate::pipeline::{Outcome, Tables, Worker};
 use crate::port::dpdk::{Eal, MbufBatch, Mempool, Port, PortConf, SYMMETRIC_RSS_KEY};
@@ -174,14 +174,13 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
                     .collect();
                 let mut f = [0u8; 60];
                 for &k in &mine {
-                    for (flags, rev) in [(0x02, false), (0x12, true), (0x10, false)] {
-                        frame(&mut f, k, tpl, flags, rev);
+                    handshake(k, tpl, |f, _| {
                         if let Some(mut m) = pool.alloc()
-                            && m.set_data(&f)
+                            && m.set_data(f)
                         {
                             let _ = w.process(&mut m, 0, 0);
                         }
-                    }
+                    });
                 }
                 // Visit the flows in a random order (a fixed one per worker).
                 let mut mine = mine;

@@ -204,3 +204,15 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free UDP port on 127.0.0.1")
 }
+
+/// Runs `w`'s flow-table sweep to its end, `step` slots a call (as `flowgate run`'s poll
+/// loop does); the flows it moved.
+pub fn sweep_to_end(w: &mut flowgate::pipeline::Worker, step: usize) -> usize {
+    let (mut moved, mut calls) = (0, 0);
+    while w.sweep_due() {
+        moved += w.sweep(step);
+        calls += 1;
+        assert!(calls < 10_000, "the sweep ends");
+    }
+    moved
+}
