@@ -40,6 +40,13 @@ fn sh(args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// `ip -n NS args…`, which must succeed.
+fn ip_in(ns: &str, args: &[&str]) {
+    let mut all = vec!["ip", "-n", ns];
+    all.extend_from_slice(args);
+    must(&all);
+}
+
 fn must(args: &[&str]) {
     let o = Command::new(args[0])
         .args(&args[1..])
@@ -128,82 +135,58 @@ fn build(t: &mut Topo, www: &Path) {
     must(&[
         "ip", "link", "add", &in_if, "type", "veth", "peer", "name", "uplink", "netns", &sw,
     ]);
-    must(&[
-        "ip", "-n", &s1, "link", "add", "eth0", "type", "veth", "peer", "name", "p1", "netns", &sw,
-    ]);
-    must(&[
-        "ip", "-n", &s2, "link", "add", "eth0", "type", "veth", "peer", "name", "p2", "netns", &sw,
-    ]);
-    must(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"]);
+    ip_in(
+        &s1,
+        &[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "p1", "netns", &sw,
+        ],
+    );
+    ip_in(
+        &s2,
+        &[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "p2", "netns", &sw,
+        ],
+    );
+    ip_in(&sw, &["link", "add", "br0", "type", "bridge"]);
     for p in ["uplink", "p1", "p2"] {
-        must(&["ip", "-n", &sw, "link", "set", p, "master", "br0"]);
-        must(&["ip", "-n", &sw, "link", "set", p, "up"]);
+        ip_in(&sw, &["link", "set", p, "master", "br0"]);
+        ip_in(&sw, &["link", "set", p, "up"]);
     }
-    must(&["ip", "-n", &sw, "link", "set", "br0", "up"]);
+    ip_in(&sw, &["link", "set", "br0", "up"]);
     for i in [&out_if, &in_if] {
         must(&["ip", "link", "set", i, "up"]);
     }
     // Client: its MAC is the pipeline's gateway; VIP via flowgate's 198.51.100.1.
-    must(&[
-        "ip",
-        "-n",
+    ip_in(&c, &["link", "set", "eth0", "address", "02:00:00:00:00:fe"]);
+    ip_in(&c, &["addr", "add", "198.51.100.2/24", "dev", "eth0"]);
+    ip_in(&c, &["link", "set", "eth0", "up"]);
+    ip_in(&c, &["link", "set", "lo", "up"]);
+    ip_in(
         &c,
-        "link",
-        "set",
-        "eth0",
-        "address",
-        "02:00:00:00:00:fe",
-    ]);
-    must(&[
-        "ip",
-        "-n",
-        &c,
-        "addr",
-        "add",
-        "198.51.100.2/24",
-        "dev",
-        "eth0",
-    ]);
-    must(&["ip", "-n", &c, "link", "set", "eth0", "up"]);
-    must(&["ip", "-n", &c, "link", "set", "lo", "up"]);
-    must(&[
-        "ip",
-        "-n",
-        &c,
-        "route",
-        "add",
-        "203.0.113.10/32",
-        "via",
-        "198.51.100.1",
-    ]);
+        &["route", "add", "203.0.113.10/32", "via", "198.51.100.1"],
+    );
     must(&[
         "ip", "netns", "exec", &c, "ethtool", "-K", "eth0", "tx", "off", "tso", "off",
     ]);
     for (i, s) in [(1, &s1), (2, &s2)] {
-        must(&[
-            "ip",
-            "-n",
+        ip_in(
             s,
-            "link",
-            "set",
-            "eth0",
-            "address",
-            &format!("02:00:00:00:01:0{i}"),
-        ]);
-        must(&[
-            "ip",
-            "-n",
+            &[
+                "link",
+                "set",
+                "eth0",
+                "address",
+                &format!("02:00:00:00:01:0{i}"),
+            ],
+        );
+        ip_in(
             s,
-            "addr",
-            "add",
-            &format!("10.0.0.1{i}/24"),
-            "dev",
-            "eth0",
-        ]);
-        must(&["ip", "-n", s, "link", "set", "eth0", "up"]);
-        must(&["ip", "-n", s, "link", "set", "lo", "up"]);
-        must(&["ip", "-n", s, "addr", "add", "203.0.113.10/32", "dev", "lo"]);
-        must(&["ip", "-n", s, "route", "add", "default", "via", "10.0.0.1"]);
+            &["addr", "add", &format!("10.0.0.1{i}/24"), "dev", "eth0"],
+        );
+        ip_in(s, &["link", "set", "eth0", "up"]);
+        ip_in(s, &["link", "set", "lo", "up"]);
+        ip_in(s, &["addr", "add", "203.0.113.10/32", "dev", "lo"]);
+        ip_in(s, &["route", "add", "default", "via", "10.0.0.1"]);
         must(&[
             "ip", "netns", "exec", s, "ethtool", "-K", "eth0", "tx", "off", "tso", "off",
         ]);
@@ -517,27 +500,12 @@ fn control_plane(t: &mut Topo, d: &Path, services: &str) -> (String, PathBuf) {
     ]);
     must(&["ip", "addr", "add", &format!("{root_ip}/30"), "dev", &mgmt]);
     must(&["ip", "link", "set", &mgmt, "up"]);
-    must(&[
-        "ip",
-        "-n",
+    ip_in(
         &sw,
-        "addr",
-        "add",
-        &format!("{sup_ip}/30"),
-        "dev",
-        "mgmt",
-    ]);
-    must(&["ip", "-n", &sw, "link", "set", "mgmt", "up"]);
-    must(&[
-        "ip",
-        "-n",
-        &sw,
-        "addr",
-        "add",
-        "10.0.0.250/24",
-        "dev",
-        "br0",
-    ]);
+        &["addr", "add", &format!("{sup_ip}/30"), "dev", "mgmt"],
+    );
+    ip_in(&sw, &["link", "set", "mgmt", "up"]);
+    ip_in(&sw, &["addr", "add", "10.0.0.250/24", "dev", "br0"]);
     let key = d.join("key");
     std::fs::write(
         &key,

@@ -622,12 +622,10 @@ stop: { idle_ms: 0 }
     fn control_section() {
         let base = "pipeline: p.yaml\nlcores: {management: 0, workers: [1]}\nports: [{name: a, device: net_null0}]\n";
         assert_eq!(parse(base).expect("valid").control, None);
-        let c = parse(&format!(
+        let control = |y: &str| parse(y).expect("valid").control.expect("control");
+        let c = control(&format!(
             "{base}control: {{ supervisor: \"127.0.0.1:7700\", key_file: control.key }}\n"
-        ))
-        .expect("valid")
-        .control
-        .expect("control");
+        ));
         assert_eq!(c.supervisor, "127.0.0.1:7700".parse().unwrap());
         assert_eq!(c.key_file, Path::new("/etc/fg/conf/control.key"));
         assert_eq!(
@@ -639,23 +637,17 @@ stop: { idle_ms: 0 }
         assert_eq!(c.flow_slots, DEFAULT_FLOW_SLOTS);
         assert_eq!(c.multicast_group, None);
         // Unquoted, as in docs/RUNNING.md.
-        let c = parse(&format!(
+        let c = control(&format!(
             "{base}control:\n  supervisor: 192.168.77.2:7700\n  key_file: control.key\n  multicast_group: 239.255.70.71:7701\n"
-        ))
-        .expect("valid")
-        .control
-        .expect("control");
+        ));
         assert_eq!(c.supervisor, "192.168.77.2:7700".parse().unwrap());
         assert_eq!(
             c.multicast_group,
             Some("239.255.70.71:7701".parse().unwrap())
         );
-        let c = parse(&format!(
+        let c = control(&format!(
             "{base}control:\n  supervisor: \"[::1]:7700\"\n  key_file: /k\n  name: lb1\n  unheard: down\n  flow_slots: 8\n  multicast_group: \"239.255.70.71:7701\"\n  advert_interval_ms: 200\n  dead_interval_ms: 700\n"
-        ))
-        .expect("valid")
-        .control
-        .expect("control");
+        ));
         assert_eq!(
             (c.name.as_str(), c.advert_interval_ms, c.dead_interval_ms),
             ("lb1", 200, 700)
