@@ -198,7 +198,7 @@ fn bench_dpdk(
     if json {
         println!(
             "{}",
-            serde_json::json!({"flowgate_mpps": r.flowgate_mpps, "testpmd_mpps": r.testpmd_mpps, "ratio": r.ratio, "io_only": r.io_only, "anon_huge_mb": r.anon_huge_mb})
+            serde_json::json!({"flowgate_mpps": r.flowgate_mpps, "testpmd_mpps": r.testpmd_mpps, "ratio": r.ratio, "io_only": r.io_only, "anon_huge_mb": r.anon_huge_mb, "page_walk": r.page_walk})
         );
     } else {
         println!(
@@ -218,6 +218,17 @@ fn bench_dpdk(
             "flow tables: {:.0} MB advised for transparent huge pages, {} MB backed by them",
             r.huge_advised_mb,
             r.anon_huge_mb
+                .map_or_else(|| "?".to_string(), |m| format!("{m:.0}"))
+        );
+        let w = &r.page_walk;
+        println!(
+            "page-walk probe: {} dependent loads cost {:.1} ns each packed in {} MB, {:.1} ns spread one per 4 KB page over {} MB ({} MB of it on huge pages)",
+            w.lines,
+            w.packed_ns,
+            w.lines * 64 >> 20,
+            w.spread_ns,
+            w.lines * 4096 >> 20,
+            w.spread_huge_mb
                 .map_or_else(|| "?".to_string(), |m| format!("{m:.0}"))
         );
         if let (Some(t), Some(q)) = (r.testpmd_mpps, r.ratio) {

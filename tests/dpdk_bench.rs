@@ -1,5 +1,6 @@
 //! `flowgate bench` end to end (feature `dpdk`, root): a short run with few flows prints
-//! the JSON the issue specifies, with positive rates and `ratio == flowgate / testpmd`.
+//! the JSON the issue specifies, with positive rates and `ratio == flowgate / testpmd`,
+//! and the page-walk probe's two timings.
 //! (The bench itself refuses to report when a measured packet was dropped or created a
 //! flow, so a success also says every packet took the established-flow path.)
 #![cfg(feature = "dpdk")]
@@ -42,6 +43,13 @@ fn bench_prints_rates_and_ratio() {
     assert!(f > 0.0 && t > 0.0, "{j}");
     assert!((r - f / t).abs() < 1e-9, "{j}");
     assert_eq!(j["io_only"], serde_json::Value::Bool(false), "{j}");
+    // The page-walk probe ran: both layouts timed over the same lines.
+    let w = &j["page_walk"];
+    assert_eq!(w["lines"].as_u64(), Some(16384), "{j}");
+    for k in ["packed_ns", "spread_ns"] {
+        let ns = w[k].as_f64().expect(k);
+        assert!(ns.is_finite() && ns > 0.0 && ns < 10_000.0, "{k}: {j}");
+    }
 
     // The loop alone: no testpmd, a rate of its own, flagged as such.
     let j = bench_json(

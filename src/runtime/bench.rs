@@ -69,6 +69,77 @@ pub struct BenchResult {
     /// The process's anonymous memory backed by huge pages once the flows were created
     /// (`AnonHugePages` of /proc/self/smaps_rollup), MB; `None` when unreadable.
     pub anon_huge_mb: Option<f64>,
+    /// What a page walk costs on this machine ([`page_walk_probe`]).
+    pub page_walk: PageWalkProbe,
+}
+
+/// Dependent loads over the same number of cache lines in two layouts, run before the
+/// bench: packed together, and spread one per 4 KB page over 64 MB (as a big flow
+/// table's lookups are). Both layouts read the same number of lines, so the difference
+/// is what the spread loads' address translations cost: small where the memory is
+/// mapped with huge pages end to end (the spread lines then sit in 32 pages of 2 MB),
+/// a page walk per load where it is not, e.g. in a virtual machine whose host maps the
+/// guest with 4 KB pages whatever the guest's own pages are.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct PageWalkProbe {
+    /// Lines chased in each layout.
+    pub lines: usize,
+    /// ns per load, the lines packed together (`lines` × 64 bytes).
+    pub packed_ns: f64,
+    /// ns per load, one line per 4 KB page.
+    pub spread_ns: f64,
+    /// How much the process's huge-page-backed memory (`AnonHugePages`) grew when the
+    /// 64 MB region was first touched, MB: whether the kernel gave it huge pages.
+    pub spread_huge_mb: Option<f64>,
+}
+
+/// Runs the probe described at [`PageWalkProbe`] (about 0.2 s).
+pub fn page_walk_probe() -> PageWalkProbe {
+    const LINES: usize = 16384;
+    const PAGE_WORDS: usize = 4096 / 8;
+    let words = LINES * PAGE_WORDS;
+    let before = anon_huge_mb();
+    // Zeroed, hence fresh from the kernel and not yet backed: advised before the first
+    // touch, as the flow tables are.
+    let mut v: Vec<u64> = vec![0; words];
+    crate::port::dpdk::advise_huge_pages(&[(v.as_ptr().cast(), words * 8)]);
+    for w in v.iter_mut().step_by(PAGE_WORDS) {
+        *w = 1;
+    }
+    let spread_huge_mb = before.zip(anon_huge_mb()).map(|(b, a)| a - b);
+    // One cycle through every line, in random order (no stride for a prefetcher).
+    let mut order: Vec<u32> = (0..LINES as u32).collect();
+    shuffle(&mut order, 0x9e37_79b9_7f4a_7c15);
+    let packed_ns = chase(&mut v, &order, 8);
+    let spread_ns = chase(&mut v, &order, PAGE_WORDS);
+    PageWalkProbe {
+        lines: LINES,
+        packed_ns,
+        spread_ns,
+        spread_huge_mb,
+    }
+}
+
+/// Links line `order[i]` to `order[i + 1]` (cyclically; line `k` is word `k * stride`),
+/// then follows the links; ns per load.
+fn chase(v: &mut [u64], order: &[u32], stride: usize) -> f64 {
+    let n = order.len();
+    for i in 0..n {
+        v[order[i] as usize * stride] = (order[(i + 1) % n] as usize * stride) as u64;
+    }
+    let mut at = order[0] as usize * stride;
+    // One round to warm the caches and TLBs as far as they reach, then the timed loads.
+    for _ in 0..n {
+        at = v[at] as usize;
+    }
+    const LOADS: usize = 2_000_000;
+    let t = Instant::now();
+    for _ in 0..LOADS {
+        at = v[at] as usize;
+    }
+    let ns = t.elapsed().as_nanos() as f64 / LOADS as f64;
+    std::hint::black_box(at);
+    ns
 }
 
 /// Per-worker outcome.
@@ -113,6 +184,8 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
         bail!("the bench pipeline has no servers");
     }
 
+    // Before EAL starts anything: nothing else runs on this thread's core.
+    let page_walk = page_walk_probe();
     let eal = Eal::init(&conf.eal_args()).context("EAL initialisation")?;
     let pool = Mempool::new(
         &eal,
@@ -339,6 +412,7 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
         io_only: o.io_only,
         huge_advised_mb: huge as f64 / 1e6,
         anon_huge_mb: anon_huge.into_inner(),
+        page_walk,
     })
 }
 
