@@ -3,11 +3,12 @@
 //! Layer: `port::dpdk`, with the rest of the crate's `unsafe`. A worker's flow table
 //! spreads every lookup over tens of megabytes (1M flows: an 8 MB index and a 64 MB slab
 //! of hot entries); with 4 KB pages nearly every lookup also misses the TLB and adds a
-//! page walk to its cache miss (on the development VM, whose host pages are probably
-//! 4 KB, advising huge pages made no measurable difference to the bench: README). DPDK applications allocate such tables from the
-//! EAL's hugepage heap; flowgate's tables are ordinary Rust allocations (they must work
-//! without DPDK too), so the runtime asks the kernel to back them with transparent huge
-//! pages instead (`madvise(MADV_HUGEPAGE)`), which works in `--no-huge` mode as well. It
+//! page walk to its cache miss. On the development VM advising huge pages made no
+//! measurable difference to the bench: its host maps the guest with 4 KB pages, which
+//! `flowgate bench`'s page-walk probe shows (README). DPDK applications allocate such
+//! tables from the EAL's hugepage heap; flowgate's tables are ordinary Rust allocations
+//! (they must work without DPDK too), so the runtime asks the kernel to back them with
+//! transparent huge pages instead (`madvise(MADV_HUGEPAGE)`), which works in `--no-huge` mode as well. It
 //! only changes how the kernel backs the pages, never their contents; with THP disabled
 //! (`/sys/kernel/mm/transparent_hugepage/enabled` = `never`) it does nothing.
 
