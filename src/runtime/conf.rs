@@ -772,6 +772,7 @@ stop: { idle_ms: 0 }
             "pcap-replay.yaml",
             "veth-demo.yaml",
             "null-bench.yaml",
+            "null-bench-huge.yaml",
             "vfio-example.yaml",
         ] {
             let c = RunConf::load(&dir.join(name)).unwrap_or_else(|e| panic!("{e}"));
@@ -782,6 +783,17 @@ stop: { idle_ms: 0 }
         let v = RunConf::load(&dir.join("vfio-example.yaml")).expect("vfio");
         assert!(v.ports.iter().all(|p| !p.is_vdev()));
         assert!(!v.eal.iter().any(|a| a == "--no-huge"));
+        // The two bench confs differ only in the memory mode.
+        let (a, b) = (
+            RunConf::load(&dir.join("null-bench.yaml")).expect("null-bench"),
+            RunConf::load(&dir.join("null-bench-huge.yaml")).expect("null-bench-huge"),
+        );
+        assert!(a.eal.iter().any(|x| x == "--no-huge"));
+        assert!(!b.eal.iter().any(|x| x == "--no-huge" || x == "-m"));
+        assert_eq!(
+            (a.ports.len(), a.mbufs, a.worker_lcores.clone()),
+            (b.ports.len(), b.mbufs, b.worker_lcores.clone())
+        );
     }
 
     #[test]
