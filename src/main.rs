@@ -225,9 +225,9 @@ fn bench_dpdk(
             "page-walk probe: {} dependent loads cost {:.1} ns each packed in {} MB, {:.1} ns spread one per 4 KB page over {} MB ({} MB of it on huge pages)",
             w.lines,
             w.packed_ns,
-            w.lines * 64 >> 20,
+            (w.lines * 64) >> 20,
             w.spread_ns,
-            w.lines * 4096 >> 20,
+            (w.lines * 4096) >> 20,
             w.spread_huge_mb
                 .map_or_else(|| "?".to_string(), |m| format!("{m:.0}"))
         );
