@@ -12,6 +12,9 @@
 //!   than CPUs via `lcores.cpus`), SIGTERM → exit code 0, stats JSON written,
 //!   `packets_in == packets_out + drops`, mempool in use 0.
 //! - `run_bad_port_is_a_clear_error`: a vdev that cannot probe fails the run, naming it.
+//! - `run_rewrites_the_stats_file_while_running`: the stats JSON is rewritten every
+//!   interval while the run goes on (`runtime.running` true, every frame counted once the
+//!   capture is read, whole at every read), then once more at the stop.
 //!
 //! Skips with a note when not root (and `CI` is not set).
 #![cfg(feature = "dpdk")]
@@ -346,6 +349,81 @@ fn run_two_workers_dispatch_matches_replay() {
     }
     assert_eq!(jr["runtime"]["mempool_in_use"].as_u64(), Some(0));
     assert_eq!(jr["runtime"]["dispatch_dropped"].as_u64(), Some(0));
+}
+
+#[test]
+fn run_rewrites_the_stats_file_while_running() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = root().join("samples/web-farm.pcap");
+    let n_in = frames(&input).len() as u64;
+    let stats = dir.path().join("live.json");
+    let conf = dir.path().join("live.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "pipeline: {}\neal: [\"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-telemetry\", \"--file-prefix\", \"{}\"]\n\
+             lcores: {{ management: 0, workers: [1], cpus: \"0-1\" }}\n\
+             ports:\n  - {{ name: outside, device: \"net_pcap0,rx_pcap={},tx_pcap={}\" }}\n\
+             stop: {{ idle_ms: 3000 }}\n\
+             stats: {{ interval_ms: 100, json: {} }}\n",
+            root().join("pipelines/web-farm.yaml").display(),
+            prefix("live"),
+            input.display(),
+            dir.path().join("out.pcap").display(),
+            stats.display()
+        ),
+    )
+    .expect("write conf");
+    let mut child = flowgate()
+        .args(["run", "--quiet", "--conf"])
+        .arg(&conf)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn run");
+    // Read the file as a monitoring agent would, until a snapshot taken while running
+    // counts every frame of the capture (or the run has ended).
+    let t0 = Instant::now();
+    let mut reads = 0;
+    let mut live = None;
+    while t0.elapsed() < Duration::from_secs(30)
+        && live.is_none()
+        && child.try_wait().is_ok_and(|s| s.is_none())
+    {
+        if let Ok(text) = std::fs::read_to_string(&stats) {
+            reads += 1;
+            let j: serde_json::Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("a read saw a partial file ({e}): {text}"));
+            if j["runtime"]["running"] == serde_json::Value::Bool(true)
+                && j["packets_in"].as_u64() == Some(n_in)
+            {
+                live = Some(j);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = child.wait_with_output().expect("wait for run");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "flowgate run failed: {err}");
+    let live = live.unwrap_or_else(|| {
+        panic!("no snapshot while running counted all {n_in} frames ({reads} reads): {err}")
+    });
+    assert_eq!(live["runtime"]["workers"].as_u64(), Some(1));
+    assert!(
+        live["runtime"]["ports"]["outside"]["ipackets"].as_u64() == Some(n_in),
+        "live port counters: {live}"
+    );
+    let fin = json(&stats);
+    assert_eq!(fin["runtime"]["running"], serde_json::Value::Bool(false));
+    assert_eq!(fin["packets_in"].as_u64(), Some(n_in));
+    assert_eq!(fin["packets_out"], live["packets_out"]);
+    assert_eq!(fin["runtime"]["mempool_in_use"].as_u64(), Some(0));
+    assert!(
+        !dir.path().join("live.json.tmp").exists(),
+        "the temporary file is renamed, not left behind"
+    );
 }
 
 #[test]

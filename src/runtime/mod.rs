@@ -23,7 +23,10 @@
 //!   are mapped to the conf's ports by name ([`conf::map_ports`]).
 //! - Guarantees at exit: workers joined, ports stopped and closed, the pool's in-use count
 //!   reported (0 when nothing leaked), `rte_eal_cleanup` called (by `Eal`'s drop), the
-//!   stats JSON written (same shape as `replay`'s, plus a `runtime` object).
+//!   stats JSON written (same shape as `replay`'s, plus a `runtime` object). While the run
+//!   goes on, the management lcore rewrites that file every `stats.interval_ms`
+//!   (`runtime.running` true; written beside it and renamed, so a reader never sees half
+//!   a file).
 //! - The clock is monotonic time since start, read once per poll loop (not per packet):
 //!   flow timeouts are in wall time, unlike `replay` which uses capture timestamps.
 //!
@@ -33,7 +36,8 @@
 //! QoS/MPLS pipeline), with equal counters; two workers behind the software dispatcher
 //! emit the same multiset with each worker's output in replay order; `--in-memory`
 //! hugepage mode when free hugepages exist; SIGHUP reload and SIGTERM stop with exit code
-//! 0, stats JSON and `mempool_in_use == 0` (two workers, RSS on `net_null`); a vdev that
+//! 0, stats JSON and `mempool_in_use == 0` (two workers, RSS on `net_null`); the stats
+//! file read while running counts every frame and always parses; a vdev that
 //! fails to probe is named in the error; curl in one namespace gets answers from both
 //! `python3 -m http.server` namespaces through the VIP on `net_af_packet` veths, ARP
 //! answered on both sides.

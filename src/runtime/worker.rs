@@ -261,7 +261,19 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
                 s.launch(lcore, move || worker_loop(i, io, shared, to_conf, inboxes))
                     .with_context(|| format!("launching worker {i} on lcore {lcore}"))?;
             }
-            manage(conf, shared, stop_sig, hup, opts.quiet, control.as_mut());
+            let live = Live {
+                ports: &ports,
+                json: opts.stats_json.as_deref().or(conf.stats_json.as_deref()),
+            };
+            manage(
+                conf,
+                shared,
+                stop_sig,
+                hup,
+                opts.quiet,
+                &live,
+                control.as_mut(),
+            );
             Ok(())
         })
     };
@@ -292,42 +304,30 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
         tx_refused += slot.tx_refused.load(Relaxed);
         dispatch_dropped += slot.dispatch_dropped.load(Relaxed);
     }
-    let mut port_stats = serde_json::Map::new();
-    for (i, port) in ports.iter().enumerate() {
-        let st = port.stats().unwrap_or_default();
-        port_stats.insert(
-            conf.ports[i].name.clone(),
-            json!({ "ipackets": st.ipackets, "opackets": st.opackets, "imissed": st.imissed,
-                    "ierrors": st.ierrors, "oerrors": st.oerrors, "rx_nombuf": st.rx_nombuf }),
-        );
-    }
+    let port_stats = port_stats_json(conf, &ports);
     for port in ports {
         port.close().context("closing a port")?;
     }
     let in_use = pool.in_use_count();
-    let mut j = total.to_json(p);
-    if let Some(o) = j.as_object_mut() {
-        o.insert(
-            "runtime".into(),
-            json!({
-                "seconds": seconds,
-                "workers": n_workers,
-                "live_flows": flows,
-                "tx_refused": tx_refused,
-                "dispatch_dropped": dispatch_dropped,
-                "drained_at_stop": drained,
-                "mempool_in_use": in_use,
-                "ports": port_stats,
-            }),
-        );
-        if let Some(c) = &control {
-            o.insert("control".into(), c.to_json());
-        }
-    }
+    let j = stats_json(
+        &total,
+        p,
+        json!({
+            "running": false,
+            "seconds": seconds,
+            "workers": n_workers,
+            "live_flows": flows,
+            "tx_refused": tx_refused,
+            "dispatch_dropped": dispatch_dropped,
+            "drained_at_stop": drained,
+            "mempool_in_use": in_use,
+            "ports": port_stats,
+        }),
+        control.as_ref(),
+    );
     let out = opts.stats_json.clone().or_else(|| conf.stats_json.clone());
     if let Some(f) = &out {
-        std::fs::write(f, serde_json::to_string_pretty(&j)? + "\n")
-            .with_context(|| format!("writing {}", f.display()))?;
+        write_json(f, &j)?;
     }
     let summary = format!(
         "packets in {}  out {}  dropped {}  ({:.3} s)\nflows created {}  live {}  moved {}  tx refused {}  dispatch dropped {}\n\
@@ -354,14 +354,22 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
     })
 }
 
+/// What the management loop reports on while the run goes on.
+struct Live<'a> {
+    ports: &'a [Port<'a>],
+    /// Where the stats JSON goes (rewritten every interval, and at the stop).
+    json: Option<&'a std::path::Path>,
+}
+
 /// The management loop on the main lcore: signals, idle stop, table publication, the
-/// periodic summary line. Returns when the run must stop.
+/// periodic summary line and stats file. Returns when the run must stop.
 fn manage(
     conf: &RunConf,
     shared: &Shared,
     stop_sig: &AtomicBool,
     hup: &AtomicBool,
     quiet: bool,
+    live: &Live<'_>,
     mut control: Option<&mut ControlRt>,
 ) {
     let p0 = Arc::clone(&shared.tables.lock());
@@ -404,39 +412,107 @@ fn manage(
         if hup.swap(false, Relaxed) {
             reload(conf, shared, control.as_deref_mut());
         }
-        if !quiet
-            && conf.stats_interval_ms > 0
+        if conf.stats_interval_ms > 0
             && last_print.elapsed() >= Duration::from_millis(conf.stats_interval_ms)
         {
             let dt = last_print.elapsed().as_secs_f64();
             last_print = Instant::now();
             sum = Stats::new(&p0.pipeline);
-            let mut flows = 0;
+            let (mut flows, mut tx_refused, mut dispatch_dropped) = (0, 0, 0);
             for s in &shared.slots {
                 sum.merge(&s.stats.lock());
                 flows += s.flows.load(Relaxed);
+                tx_refused += s.tx_refused.load(Relaxed);
+                dispatch_dropped += s.dispatch_dropped.load(Relaxed);
             }
-            eprintln!(
-                "[{:7.1} s] rx {:.3} Mpps  tx {:.3} Mpps  in {}  out {}  dropped {}  flows {}  moved {}{}",
-                shared.start.elapsed().as_secs_f64(),
-                (sum.packets_in - last_in) as f64 / dt / 1e6,
-                (sum.packets_out - last_out) as f64 / dt / 1e6,
-                sum.packets_in,
-                sum.packets_out,
-                sum.dropped(),
-                flows,
-                sum.flows_moved,
-                control
-                    .as_deref()
-                    .map(|c| format!("  {}", c.summary()))
-                    .unwrap_or_default()
-            );
+            if !quiet {
+                eprintln!(
+                    "[{:7.1} s] rx {:.3} Mpps  tx {:.3} Mpps  in {}  out {}  dropped {}  flows {}  moved {}{}",
+                    shared.start.elapsed().as_secs_f64(),
+                    (sum.packets_in - last_in) as f64 / dt / 1e6,
+                    (sum.packets_out - last_out) as f64 / dt / 1e6,
+                    sum.packets_in,
+                    sum.packets_out,
+                    sum.dropped(),
+                    flows,
+                    sum.flows_moved,
+                    control
+                        .as_deref()
+                        .map(|c| format!("  {}", c.summary()))
+                        .unwrap_or_default()
+                );
+            }
+            if let Some(f) = live.json {
+                let j = stats_json(
+                    &sum,
+                    &p0.pipeline,
+                    json!({
+                        "running": true,
+                        "seconds": shared.start.elapsed().as_secs_f64(),
+                        "workers": shared.slots.len(),
+                        "live_flows": flows,
+                        "tx_refused": tx_refused,
+                        "dispatch_dropped": dispatch_dropped,
+                        "ports": port_stats_json(conf, live.ports),
+                    }),
+                    control.as_deref(),
+                );
+                // A monitoring file: a failed write is reported, the run goes on.
+                if let Err(e) = write_json(f, &j) {
+                    eprintln!("stats: {e:#}");
+                }
+            }
             last_in = sum.packets_in;
             last_out = sum.packets_out;
         }
     }
     let _ = sum;
     shared.stop.store(true, Relaxed);
+}
+
+/// The stats JSON: the counters in `total` (as `flowgate replay --stats-json` writes
+/// them), `runtime`, and the control plane's view when there is one.
+fn stats_json(
+    total: &Stats,
+    p: &Pipeline,
+    runtime: serde_json::Value,
+    control: Option<&ControlRt>,
+) -> serde_json::Value {
+    let mut j = total.to_json(p);
+    if let Some(o) = j.as_object_mut() {
+        o.insert("runtime".into(), runtime);
+        if let Some(c) = control {
+            o.insert("control".into(), c.to_json());
+        }
+    }
+    j
+}
+
+/// Each port's counters by conf name (`rte_eth_stats_get`, which DPDK applications also
+/// call while their data cores run); a port whose driver refuses shows zeros.
+fn port_stats_json(conf: &RunConf, ports: &[Port<'_>]) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for (i, port) in ports.iter().enumerate() {
+        let st = port.stats().unwrap_or_default();
+        m.insert(
+            conf.ports[i].name.clone(),
+            json!({ "ipackets": st.ipackets, "opackets": st.opackets, "imissed": st.imissed,
+                    "ierrors": st.ierrors, "oerrors": st.oerrors, "rx_nombuf": st.rx_nombuf }),
+        );
+    }
+    serde_json::Value::Object(m)
+}
+
+/// Writes `j` to `path` whole: into `path` + `.tmp` beside it, then renamed over `path`,
+/// so that a reader never sees half a file.
+fn write_json(path: &std::path::Path, j: &serde_json::Value) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, serde_json::to_string_pretty(j)? + "\n")
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
 /// SIGHUP: reload the pipeline and publish new tables when its shape is unchanged (with
