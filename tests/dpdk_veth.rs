@@ -19,6 +19,12 @@
 //! flowgate's conf with `unheard: down`: no request is answered until the agents are
 //! heard; after `ctl drain s2`, every new request goes to s1.
 //!
+//! IPv6 (fourth test): the same namespaces also carry IPv6 (client 2001:db8:1::2 with
+//! the VIP 2001:db8:10::10 via 2001:db8:1::1; servers fd00::11 and fd00::12, the VIP on
+//! lo, default router fd00::1), and a second service `web6` on the IPv6 VIP: the kernels
+//! find flowgate by neighbour discovery, every request is answered, both servers serve,
+//! and a 1 MB download (full-size segments) arrives intact.
+//!
 //! An advertised flow (third test): a UDP echo service beside the HTTP servers, one UDP
 //! flow from the client answered by the server it was placed on; the other server's agent
 //! advertises that flow to itself, and the open flow's next datagrams are answered by it.
@@ -165,6 +171,12 @@ fn build(t: &mut Topo, www: &Path) {
         &c,
         &["route", "add", "203.0.113.10/32", "via", "198.51.100.1"],
     );
+    // IPv6 beside IPv4 (no duplicate address detection: addresses usable at once).
+    ip_in(
+        &c,
+        &["addr", "add", "2001:db8:1::2/64", "dev", "eth0", "nodad"],
+    );
+    ip_in(&c, &["route", "add", VIP6_ROUTE, "via", "2001:db8:1::1"]);
     must(&[
         "ip", "netns", "exec", &c, "ethtool", "-K", "eth0", "tx", "off", "tso", "off",
     ]);
@@ -187,45 +199,64 @@ fn build(t: &mut Topo, www: &Path) {
         ip_in(s, &["link", "set", "lo", "up"]);
         ip_in(s, &["addr", "add", "203.0.113.10/32", "dev", "lo"]);
         ip_in(s, &["route", "add", "default", "via", "10.0.0.1"]);
+        ip_in(
+            s,
+            &[
+                "addr",
+                "add",
+                &format!("fd00::1{i}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        );
+        ip_in(s, &["addr", "add", VIP6_ROUTE, "dev", "lo"]);
+        ip_in(s, &["-6", "route", "add", "default", "via", "fd00::1"]);
         must(&[
             "ip", "netns", "exec", s, "ethtool", "-K", "eth0", "tx", "off", "tso", "off",
         ]);
         let dir = www.join(format!("s{i}"));
         std::fs::create_dir(&dir).expect("mkdir");
         std::fs::write(dir.join("index.html"), format!("server-s{i}\n")).expect("index");
-        let child = t
-            .exec(
-                &format!("s{i}"),
-                &[
-                    "python3",
-                    "-m",
-                    "http.server",
-                    "80",
-                    "--bind",
-                    "203.0.113.10",
-                    "--directory",
-                ],
-            )
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("http.server");
-        t.children.push(child);
+        // A file of full-size segments, different on each server.
+        let big: Vec<u8> = (0..BIG_LEN).map(|k| (k * 7 + k / 251 + i) as u8).collect();
+        std::fs::write(dir.join("big.bin"), big).expect("big.bin");
+        // One server per address family: http.server binds one address.
+        for vip in ["203.0.113.10", VIP6] {
+            let child = t
+                .exec(
+                    &format!("s{i}"),
+                    &[
+                        "python3",
+                        "-m",
+                        "http.server",
+                        "80",
+                        "--bind",
+                        vip,
+                        "--directory",
+                    ],
+                )
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("http.server");
+            t.children.push(child);
+        }
     }
     // Both servers listening before any request: a request balanced to a server whose
     // python has not bound its socket yet would be refused (a slow start on a loaded CI
     // machine made a request fail that way). Asked inside each server's namespace, where
     // the VIP is local, so flowgate is not involved.
     let t0 = Instant::now();
-    for i in 1..=2 {
+    for (i, url) in [1, 2].into_iter().flat_map(|i| [(i, URL4), (i, URL6)]) {
         let ns = format!("s{i}");
         while !t
             .exec(
                 &ns,
                 &["curl", "-s", "-o", "/dev/null", "--noproxy", "*", "-m", "1"],
             )
-            .arg("http://203.0.113.10/index.html")
+            .arg(url)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -240,21 +271,23 @@ fn build(t: &mut Topo, www: &Path) {
     }
 }
 
-/// `curl` of the VIP from the client namespace: the body, or `None`.
+/// The IPv6 VIP, its host route, and the two VIPs' index URLs.
+const VIP6: &str = "2001:db8:10::10";
+const VIP6_ROUTE: &str = "2001:db8:10::10/128";
+const URL4: &str = "http://203.0.113.10/index.html";
+const URL6: &str = "http://[2001:db8:10::10]/index.html";
+/// Bytes of each server's `big.bin`.
+const BIG_LEN: usize = 1 << 20;
+
+/// `curl` of the IPv4 VIP from the client namespace: the body, or `None`.
 fn get(t: &Topo) -> Option<String> {
+    get_url(t, URL4)
+}
+
+/// `curl` of `url` from the client namespace: the body, or `None`.
+fn get_url(t: &Topo, url: &str) -> Option<String> {
     let o = t
-        .exec(
-            "c",
-            &[
-                "curl",
-                "-s",
-                "--noproxy",
-                "*",
-                "-m",
-                "3",
-                "http://203.0.113.10/index.html",
-            ],
-        )
+        .exec("c", &["curl", "-s", "--noproxy", "*", "-m", "3", url])
         .output()
         .ok()?;
     o.status
@@ -310,7 +343,7 @@ fn start_flowgate(t: &mut Topo, dir: &Path, services: &str, extra: &str) -> Path
     let (out_if, in_if) = (t.out_if(), t.in_if());
     std::fs::write(
         dir.join("pipeline.yaml"),
-        "system:\n  mac: \"02:00:00:00:00:01\"\n  addresses: [198.51.100.1, 10.0.0.1]\n  \
+        "system:\n  mac: \"02:00:00:00:00:01\"\n  addresses: [198.51.100.1, 10.0.0.1, \"2001:db8:1::1\", \"fd00::1\"]\n  \
          gateway: { mac: \"02:00:00:00:00:fe\", port: outside }\n\
          services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]\n    servers:\n      \
          - { name: s1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, weight: 100, port: inside }\n      \
@@ -408,6 +441,84 @@ fn run_af_packet_namespaces_http() {
     );
     assert!(
         j["services"]["web"]["flows"].as_u64().unwrap_or(0) >= answers.len() as u64,
+        "{j}"
+    );
+    assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
+}
+
+#[test]
+fn run_af_packet_namespaces_http_over_ipv6() {
+    let Some((_one, mut t, www)) = setup(3) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let web6 = format!(
+        "  - name: web6\n    vip: \"{VIP6}\"\n    proto: tcp\n    ports: [80]\n    servers:\n      \
+         - {{ name: s1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, weight: 100, port: inside }}\n      \
+         - {{ name: s2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, weight: 100, port: inside }}\n"
+    );
+    // The same servers as `web` (a server is declared once; its `ip` is informational),
+    // reached over IPv6 at their MAC addresses.
+    let stats = start_flowgate(&mut t, dir.path(), &web6, "");
+    // The client's kernel finds its next hop (2001:db8:1::1) by neighbour discovery, the
+    // servers' kernels their default router (fd00::1): flowgate answers both.
+    let t0 = Instant::now();
+    let mut answers = loop {
+        if let Some(b) = get_url(&t, URL6) {
+            break vec![b];
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            fail(&mut t, "no answer over IPv6 within 30 s", &stats);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    for _ in 0..30 {
+        let a = get_url(&t, URL6)
+            .unwrap_or_else(|| fail(&mut t, "every IPv6 request is answered", &stats));
+        answers.push(a);
+    }
+    let (n1, n2) = (count(&answers, "server-s1"), count(&answers, "server-s2"));
+    assert_eq!(n1 + n2, answers.len(), "unexpected bodies: {answers:?}");
+    assert!(
+        n1 > 0 && n2 > 0,
+        "both servers used over IPv6: s1 {n1}, s2 {n2}"
+    );
+    // Full-size segments both ways: 1 MB arrives whole, from one of the servers.
+    let out = dir.path().join("big.bin");
+    let ok = t
+        .exec("c", &["curl", "-s", "--noproxy", "*", "-m", "20", "-o"])
+        .arg(&out)
+        .arg(format!("http://[{VIP6}]/big.bin"))
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        fail(&mut t, "the 1 MB download over IPv6", &stats);
+    }
+    let got = std::fs::read(&out).expect("downloaded file");
+    let from: Vec<bool> = [1, 2]
+        .iter()
+        .map(|i| std::fs::read(www.path().join(format!("s{i}/big.bin"))).expect("served") == got)
+        .collect();
+    assert_eq!(got.len(), BIG_LEN);
+    assert!(
+        from.contains(&true),
+        "the download is one server's file, intact"
+    );
+    stop(&mut t);
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    assert!(
+        j["nd_replies"].as_u64().unwrap_or(0) >= 2,
+        "neighbour discovery answered on both sides: {j}"
+    );
+    let srv = &j["services"]["web6"]["servers"];
+    assert!(
+        srv["s1"].as_u64().unwrap_or(0) > 0 && srv["s2"].as_u64().unwrap_or(0) > 0,
+        "{j}"
+    );
+    assert!(
+        // A flow per request, and one more for the download.
+        j["services"]["web6"]["flows"].as_u64().unwrap_or(0) > answers.len() as u64,
         "{j}"
     );
     assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");

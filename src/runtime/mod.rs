@@ -39,8 +39,9 @@
 //! 0, stats JSON and `mempool_in_use == 0` (two workers, RSS on `net_null`); the stats
 //! file read while running counts every frame and always parses; a vdev that
 //! fails to probe is named in the error; curl in one namespace gets answers from both
-//! `python3 -m http.server` namespaces through the VIP on `net_af_packet` veths, ARP
-//! answered on both sides.
+//! `python3 -m http.server` namespaces through the VIP on `net_af_packet` veths, over
+//! IPv4 (ARP answered on both sides) and IPv6 (neighbour discovery, a 1 MB download
+//! intact).
 //!
 //! With a `control:` section in the conf the management core also runs the control
 //! plane ([`control`]): tables follow what the end systems' agents advertise
