@@ -340,6 +340,19 @@ fn setup(offset: u32) -> Option<(std::sync::MutexGuard<'static, ()>, Topo, tempf
 /// `extra` conf lines) into `dir` and starts `flowgate run` as the last child of `t`;
 /// returns the stats JSON path.
 fn start_flowgate(t: &mut Topo, dir: &Path, services: &str, extra: &str) -> PathBuf {
+    start_flowgate_with(t, dir, services, extra, "[1]", "")
+}
+
+/// [`start_flowgate`] with the worker lcores (`workers`, a YAML list) and arguments
+/// appended to both ports' device strings (`devargs`, e.g. `,qpairs=2`).
+fn start_flowgate_with(
+    t: &mut Topo,
+    dir: &Path,
+    services: &str,
+    extra: &str,
+    workers: &str,
+    devargs: &str,
+) -> PathBuf {
     let (out_if, in_if) = (t.out_if(), t.in_if());
     std::fs::write(
         dir.join("pipeline.yaml"),
@@ -360,9 +373,9 @@ fn start_flowgate(t: &mut Topo, dir: &Path, services: &str, extra: &str) -> Path
         format!(
             "pipeline: pipeline.yaml\n\
              eal: [\"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-telemetry\", \"--file-prefix\", \"fgt-veth-{}\"]\n\
-             lcores: {{ management: 0, workers: [1], cpus: \"0-1\" }}\n\
-             ports:\n  - {{ name: inside, device: \"net_af_packet1,iface={in_if}\" }}\n  \
-             - {{ name: outside, device: \"net_af_packet0,iface={out_if}\" }}\n\
+             lcores: {{ management: 0, workers: {workers}, cpus: \"0-1\" }}\n\
+             ports:\n  - {{ name: inside, device: \"net_af_packet1,iface={in_if}{devargs}\" }}\n  \
+             - {{ name: outside, device: \"net_af_packet0,iface={out_if}{devargs}\" }}\n\
              flows: {{ capacity: 65536 }}\nstats: {{ interval_ms: 1000, json: {} }}\n{extra}",
             t.id,
             stats.display()
@@ -439,6 +452,33 @@ fn run_af_packet_namespaces_http() {
         srv["s1"].as_u64().unwrap_or(0) > 0 && srv["s2"].as_u64().unwrap_or(0) > 0,
         "{j}"
     );
+    assert!(
+        j["services"]["web"]["flows"].as_u64().unwrap_or(0) >= answers.len() as u64,
+        "{j}"
+    );
+    assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
+}
+
+#[test]
+fn run_af_packet_two_workers_on_qpairs() {
+    // net_af_packet with qpairs=2 (two TX queues, one per worker) fans received frames out
+    // over two sockets by the kernel's hash, and has no RSS: flowgate must poll both RX
+    // queues (worker 0, which dispatches) or it loses the frames of the second.
+    let Some((_one, mut t, _www)) = setup(4) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stats = start_flowgate_with(&mut t, dir.path(), "", "", "[1, 2]", ",qpairs=2");
+    let answers = both_serve(&mut t, 30, &stats);
+    let err = stop(&mut t);
+    assert!(
+        err.matches("2 rx / 2 tx queues, software dispatch").count() == 2,
+        "both ports: both RX queues polled, software dispatch:\n{err}"
+    );
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    assert_eq!(j["runtime"]["workers"].as_u64(), Some(2), "{j}");
+    assert_eq!(j["runtime"]["dispatch_dropped"].as_u64(), Some(0), "{j}");
     assert!(
         j["services"]["web"]["flows"].as_u64().unwrap_or(0) >= answers.len() as u64,
         "{j}"

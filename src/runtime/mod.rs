@@ -15,9 +15,11 @@
 //! - Worker `i` owns queue `i` of every port and its own [`crate::pipeline::Worker`] (flow
 //!   table, counters): nothing is shared on the packet path. Several workers need either
 //!   RSS (symmetric key, both directions of a flow reach the same worker) or, on ports
-//!   without it, the software dispatcher: worker 0 polls the single RX queue and hands
-//!   each frame to the worker chosen by a symmetric hash of its IP addresses, through a
-//!   bounded lock-free queue (a full queue drops and counts the frame).
+//!   without it, the software dispatcher: worker 0 polls the port's RX queues (one, or
+//!   every queue of a PMD without RSS, such as `net_af_packet` with `qpairs=N`, which
+//!   spreads frames over all of them) and hands each frame to the worker chosen by a
+//!   symmetric hash of its IP addresses, through a bounded lock-free queue (a full queue
+//!   drops and counts the frame).
 //! - Frames are processed in the mbuf (no copy) and sent on the output port's queue of
 //!   the worker. Pipeline port indices (`port:` names in the pipeline, first-seen order)
 //!   are mapped to the conf's ports by name ([`conf::map_ports`]).

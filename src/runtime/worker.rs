@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 
 /// How often a worker copies its counters for the management lcore (ns).
 pub const PUBLISH_NS: u64 = 50_000_000;
+/// RX queues configured and polled on a port without RSS (all of the PMD's, up to this).
+pub const MAX_POLLED_RXQ: u16 = 16;
 /// Frames one software-dispatch queue holds.
 pub const DISPATCH_QUEUE: usize = 4096;
 /// Expiry work per poll loop (flows examined at most).
@@ -152,8 +154,15 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
         })?;
         ports.push(port);
     }
-    // Queues: RSS when the PMD has it, else one RX queue and software dispatch.
+    // Queues: RSS when the PMD has it and several workers need it. Else one RX queue on a
+    // PMD with RSS; on a PMD without, every RX queue it has (up to MAX_POLLED_RXQ). Worker
+    // 0 polls them all and, with several workers, hands frames to the others (software
+    // dispatch). A PMD without RSS may spread frames over its queues by its own rule:
+    // net_af_packet with qpairs=N fans them out over N sockets, configured or not. A queue
+    // nobody polls would lose frames, and that rule need not keep a flow's two directions,
+    // fragments and ICMP errors together as the dispatcher's hash does.
     let mut dispatched = vec![false; ports.len()];
+    let mut rss_used = vec![false; ports.len()];
     for (i, port) in ports.iter_mut().enumerate() {
         let spec = &conf.ports[i];
         let info = port.info().with_context(|| format!("port {}", spec.name))?;
@@ -168,8 +177,17 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
             );
         }
         let rss = n_workers > 1 && info.rss_offloads != 0 && info.max_rx_queues >= nw;
+        // Without RSS, the queues the PMD may spread frames over.
+        let all_rxq = info.max_rx_queues.clamp(1, MAX_POLLED_RXQ);
         let mut pc = PortConf {
-            n_rxq: if rss { nw } else { 1 },
+            // A PMD with RSS sends everything to the one queue configured.
+            n_rxq: if rss {
+                nw
+            } else if info.rss_offloads != 0 {
+                1
+            } else {
+                all_rxq
+            },
             n_txq: nw,
             rx_desc: spec.rx_desc,
             tx_desc: spec.tx_desc,
@@ -183,12 +201,14 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
             )
         };
         let hf = port.start(&pc, &pool).with_context(start_ctx)?;
+        rss_used[i] = rss;
         if rss && hf == 0 {
-            // The PMD advertised RSS but applied none: one RX queue and software dispatch.
-            pc.n_rxq = 1;
+            // The PMD advertised RSS but applied none: software dispatch.
+            pc.n_rxq = all_rxq;
             port.start(&pc, &pool).with_context(start_ctx)?;
+            rss_used[i] = false;
         }
-        dispatched[i] = n_workers > 1 && pc.n_rxq == 1;
+        dispatched[i] = n_workers > 1 && !rss_used[i];
         eprintln!(
             "port {} = {} ({}): {} rx / {} tx queues, {}",
             spec.name,
@@ -243,7 +263,9 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
         for (ci, port) in ports.iter().enumerate() {
             let (rxs, txs) = port.queues()?;
             for (q, rxq) in rxs.into_iter().enumerate() {
-                ios[q].rx.push((to_pipe[ci], rxq, dispatched[ci]));
+                // RSS: worker q owns queue q. Otherwise worker 0 polls them all.
+                let w = if rss_used[ci] { q } else { 0 };
+                ios[w].rx.push((to_pipe[ci], rxq, dispatched[ci]));
             }
             for (q, txq) in txs.into_iter().enumerate() {
                 ios[q].tx.push(txq);
