@@ -25,6 +25,12 @@
 //! find flowgate by neighbour discovery, every request is answered, both servers serve,
 //! and a 1 MB download (full-size segments) arrives intact.
 //!
+//! FTP: two pyftpdlib daemons bound to the VIP, each with its own passive port range and
+//! a flow rule sending that range to it (as `pipelines/ftp.yaml` does); curl's passive
+//! transfers all complete, on both servers.
+//!
+//! Two workers on `net_af_packet` with `qpairs=2`: the requests are all answered.
+//!
 //! An advertised flow (third test): a UDP echo service beside the HTTP servers, one UDP
 //! flow from the client answered by the server it was placed on; the other server's agent
 //! advertises that flow to itself, and the open flow's next datagrams are answered by it.
@@ -276,6 +282,8 @@ const VIP6: &str = "2001:db8:10::10";
 const VIP6_ROUTE: &str = "2001:db8:10::10/128";
 const URL4: &str = "http://203.0.113.10/index.html";
 const URL6: &str = "http://[2001:db8:10::10]/index.html";
+/// A file on the FTP servers of the FTP test (curl: passive mode, anonymous).
+const FTP_URL: &str = "ftp://203.0.113.10/hello.txt";
 /// Bytes of each server's `big.bin`.
 const BIG_LEN: usize = 1 << 20;
 
@@ -484,6 +492,104 @@ fn run_af_packet_two_workers_on_qpairs() {
         "{j}"
     );
     assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
+}
+
+#[test]
+fn run_af_packet_ftp_passive_on_both_servers() {
+    // Passive FTP behind one VIP: the control connection (port 21) is balanced, and each
+    // server's FTP daemon hands out passive ports from its own range, which a flow rule
+    // sends to that server. So every data connection reaches the server whose control
+    // connection announced its port.
+    if !sh(&["/usr/bin/python3", "-c", "import pyftpdlib"]) {
+        assert!(!in_ci(), "the FTP test needs python3-pyftpdlib in CI");
+        eprintln!("SKIP: needs python3-pyftpdlib");
+        return;
+    }
+    let Some((_one, mut t, _www)) = setup(5) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (i, range) in [(1, "30000-30499"), (2, "30500-30999")] {
+        let root = dir.path().join(format!("ftp{i}"));
+        std::fs::create_dir(&root).expect("mkdir");
+        std::fs::write(root.join("hello.txt"), format!("ftp-s{i}\n")).expect("file");
+        let child = t
+            .exec(
+                &format!("s{i}"),
+                &[
+                    "/usr/bin/python3",
+                    "-m",
+                    "pyftpdlib",
+                    "-i",
+                    "203.0.113.10",
+                    "-p",
+                    "21",
+                    "-r",
+                    range,
+                    "-d",
+                ],
+            )
+            .arg(&root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pyftpdlib");
+        t.children.push(child);
+    }
+    // Both daemons answering, asked inside their namespaces (no flowgate involved).
+    let t0 = Instant::now();
+    for i in 1..=2 {
+        while !t
+            .exec(
+                &format!("s{i}"),
+                &["curl", "-s", "-o", "/dev/null", "-m", "1", FTP_URL],
+            )
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "FTP daemon in s{i} not answering after 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let ftp = "  - name: ftp\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [21]\n    servers:\n      \
+         - { name: s1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, weight: 100, port: inside }\n      \
+         - { name: s2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, weight: 100, port: inside }\n\
+         flows:\n  \
+         - { name: pasv-s1, match: { dst: 203.0.113.10, proto: tcp, dst_port: \"30000-30499\" }, to: s1 }\n  \
+         - { name: pasv-s2, match: { dst: 203.0.113.10, proto: tcp, dst_port: \"30500-30999\" }, to: s2 }\n";
+    let stats = start_flowgate(&mut t, dir.path(), ftp, "");
+    let t0 = Instant::now();
+    let mut answers = loop {
+        if let Some(b) = get_url(&t, FTP_URL) {
+            break vec![b];
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            fail(
+                &mut t,
+                "no FTP transfer through flowgate within 30 s",
+                &stats,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    for _ in 0..20 {
+        let a = get_url(&t, FTP_URL)
+            .unwrap_or_else(|| fail(&mut t, "every FTP transfer completes", &stats));
+        answers.push(a);
+    }
+    let (n1, n2) = (count(&answers, "ftp-s1"), count(&answers, "ftp-s2"));
+    assert_eq!(n1 + n2, answers.len(), "unexpected files: {answers:?}");
+    assert!(n1 > 0 && n2 > 0, "both FTP servers used: s1 {n1}, s2 {n2}");
+    stop(&mut t);
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    // A data connection per transfer, each through its server's rule.
+    let rules = &j["flow_rules"];
+    assert_eq!(rules["pasv-s1"]["flows"].as_u64(), Some(n1 as u64), "{j}");
+    assert_eq!(rules["pasv-s2"]["flows"].as_u64(), Some(n2 as u64), "{j}");
 }
 
 #[test]

@@ -626,8 +626,8 @@ fn ftp_udp_esp_tagged_scenarios() {
     let ftp_servers = ["02:00:00:00:04:01", "02:00:00:00:04:02"];
 
     // FTP: the control connection (to port 21) goes to an FTP server, passive data
-    // connections (to the VIP's 30000-30999) to ftp1, active data (from port 20) to the
-    // gateway.
+    // connections to the server owning their port (30000-30499 ftp1, 30500-30999 ftp2),
+    // active data (from port 20) to the gateway.
     let out = scenario_checks(&ftp, Some(&ftp), "ftp", 200, &[], dir.path());
     let vip = "198.51.100.21";
     let ctl: Vec<&Frame> = out
@@ -650,12 +650,22 @@ fn ftp_udp_esp_tagged_scenarios() {
             "responses from the VIP go to the gateway"
         );
     }
+    let mut pasv = [0; 2];
     for f in out.iter().filter(|f| f.dst == vip && f.proto == "6") {
         let port: u32 = f.dport.parse().unwrap_or(0);
         if (30000..=30999).contains(&port) {
-            assert_eq!(f.eth_dst, ftp_servers[0], "passive data connection to ftp1");
+            let owner = usize::from(port >= 30500);
+            assert_eq!(
+                f.eth_dst, ftp_servers[owner],
+                "passive data connection to port {port}"
+            );
+            pasv[owner] += 1;
         }
     }
+    assert!(
+        pasv[0] > 0 && pasv[1] > 0,
+        "passive data frames for both ranges: {pasv:?}"
+    );
     for f in out.iter().filter(|f| f.sport == "20" && f.proto == "6") {
         assert_eq!(
             f.eth_dst, GATEWAY,
