@@ -307,3 +307,61 @@ fn hmac_tag(data: &[u8]) -> [u8; 32] {
     t.copy_from_slice(&out);
     t
 }
+
+/// A FlowAdd copy delayed past its FlowDel (UDP reorders; the requester retransmitted
+/// it) does not bring the flow back at the supervisor; the same flow id is usable again
+/// once its origin registers anew (a restarted agent counts from 1).
+#[test]
+fn a_late_flow_add_does_not_undo_its_flow_del() {
+    let now = Instant::now();
+    let mut s = sup(now);
+    let k = key();
+    let sender = 77;
+    let mut seq = 0u64;
+    let mut send = |s: &mut Supervisor, body: &Body| {
+        seq += 1;
+        s.handle(now, from(), &k.seal(sender, seq, body));
+        while s.poll_transmit(now).is_some() {}
+    };
+    let reg = Body::Register(Register {
+        kind: SystemKind::End,
+        name: "a".into(),
+        mac: [2, 0, 0, 0, 0, 7],
+        addrs: vec![],
+        capabilities: 0,
+        lease_ms: 0,
+    });
+    let add = Body::FlowAdd(FlowAdvert {
+        origin: sender,
+        flow_id: 1,
+        target: sender,
+        matcher: FlowMatch {
+            proto: 17,
+            src: "0.0.0.0".parse().unwrap(),
+            src_plen: 0,
+            dst: "10.9.9.1".parse().unwrap(),
+            dst_plen: 32,
+            sport: (0, 65535),
+            dport: (100, 199),
+        },
+        qos: vec![],
+        lifetime_ms: 0,
+    });
+    let del = Body::FlowDel(FlowWithdraw {
+        origin: sender,
+        flow_id: 1,
+    });
+    send(&mut s, &reg);
+    send(&mut s, &add);
+    assert_eq!(s.flows().count(), 1);
+    send(&mut s, &del);
+    send(&mut s, &add); // the late copy
+    assert_eq!(s.flows().count(), 0, "a withdrawn flow stays withdrawn");
+    send(&mut s, &reg);
+    send(&mut s, &add);
+    assert_eq!(
+        s.flows().count(),
+        1,
+        "after a new registration the id is new"
+    );
+}

@@ -55,6 +55,10 @@ struct Server {
 struct FlowRec {
     adv: FlowAdvert,
     expires: Option<Instant>,
+    /// When a FlowAdd for it last arrived: the supervisor (relay mode) or the origin
+    /// (multicast) repeats every live flow once an interval, so a flow not heard of for
+    /// the dead interval is gone (its FlowDel was lost, or came before the FlowAdd).
+    heard: Instant,
 }
 
 pub struct Listener {
@@ -211,7 +215,14 @@ impl Listener {
                     if changed {
                         self.events.push_back(TableEvent::FlowAdded(f.clone()));
                     }
-                    self.flows.insert(key, FlowRec { adv: f, expires });
+                    self.flows.insert(
+                        key,
+                        FlowRec {
+                            adv: f,
+                            expires,
+                            heard: now,
+                        },
+                    );
                 }
                 Body::FlowDel(f) if trusted(f.origin) => {
                     if self.flows.remove(&(f.origin, f.flow_id)).is_some() {
@@ -267,7 +278,7 @@ impl Listener {
         let expired: Vec<(u64, u64)> = self
             .flows
             .iter()
-            .filter(|(_, f)| f.expires.is_some_and(|e| e <= now))
+            .filter(|(_, f)| f.expires.is_some_and(|e| e <= now) || f.heard + dead <= now)
             .map(|(k, _)| *k)
             .collect();
         for k in expired {
@@ -287,7 +298,11 @@ impl Listener {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let dead = self.sess.dead_interval;
         let s = self.servers.values().map(|s| s.last_heard + dead).min();
-        let f = self.flows.values().filter_map(|f| f.expires).min();
+        let f = self
+            .flows
+            .values()
+            .map(|f| f.expires.map_or(f.heard + dead, |e| e.min(f.heard + dead)))
+            .min();
         let k = self.sess.registered.then_some(self.next_keepalive);
         [self.sess.poll_timeout(), s, f, k]
             .into_iter()

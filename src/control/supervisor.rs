@@ -181,6 +181,12 @@ pub struct Supervisor {
     events: VecDeque<SupEvent>,
     /// Extra relays of a new or changed advertisement: (when, system, how many more).
     bursts: Vec<(Instant, u64, u8)>,
+    /// Relay mode: when every live flow is next relayed again (see `handle_timeout`).
+    next_flow_refresh: Instant,
+    /// Flows withdrawn in the last dead interval, by (origin, flow id): a FlowAdd for one
+    /// of them is a copy delayed past its FlowDel (UDP reorders) and must not bring it
+    /// back. Cleared for an origin that registers again (its flow ids start over).
+    withdrawn: BTreeMap<(u64, u64), Instant>,
     pub stats: Stats,
 }
 
@@ -231,6 +237,8 @@ impl Supervisor {
                 }
                 Record::SystemGone { id } => {
                     systems.remove(&id);
+                    // Its flows went with it (a later registration starts without them).
+                    flows.retain(|k, _| k.0 != id);
                 }
                 Record::Grant {
                     id,
@@ -298,6 +306,8 @@ impl Supervisor {
             out: VecDeque::new(),
             events: VecDeque::new(),
             bursts: Vec::new(),
+            next_flow_refresh: now,
+            withdrawn: BTreeMap::new(),
             stats: Stats::default(),
         };
         store
@@ -345,6 +355,11 @@ impl Supervisor {
 
     pub fn grants(&self) -> impl Iterator<Item = &Grant> {
         self.ana.grants.values()
+    }
+
+    /// Live advertised flows, in (origin, flow id) order.
+    pub fn flows(&self) -> impl Iterator<Item = &FlowAdvert> {
+        self.flows.values().map(|f| &f.adv)
     }
 
     pub fn poll_transmit(&mut self, _now: Instant) -> Option<Transmit> {
@@ -513,6 +528,10 @@ impl Supervisor {
                 }
                 self.ack(from, seq, status::OK)
             }
+            Body::FlowAdd(f) if self.withdrawn.contains_key(&(f.origin, f.flow_id)) => {
+                // A late copy of a FlowAdd its origin has withdrawn since.
+                self.ack(from, seq, status::OK);
+            }
             Body::FlowAdd(f) => {
                 let expires =
                     (f.lifetime_ms > 0).then(|| now + Duration::from_millis(f.lifetime_ms as u64));
@@ -547,6 +566,7 @@ impl Supervisor {
                     }
                     self.flows.remove(&(f.origin, f.flow_id));
                 }
+                self.withdrawn.insert((f.origin, f.flow_id), now);
                 self.ack(from, seq, status::OK);
                 if self.cfg.relay {
                     self.relay(&Body::FlowDel(f));
@@ -670,7 +690,9 @@ impl Supervisor {
             }
             let kind = rec.kind;
             self.systems.insert(sender, rec);
-            // A (re-)registering system starts over: its old flows are withdrawn.
+            // A (re-)registering system starts over: its old flows are withdrawn, and its
+            // flow ids may be used again.
+            self.withdrawn.retain(|k, _| k.0 != sender);
             let stale: Vec<(u64, u64)> = self
                 .flows
                 .keys()
@@ -839,6 +861,22 @@ impl Supervisor {
             self.stats.expired += 1;
         }
         self.flows.retain(|_, f| f.expires.is_none_or(|e| e > now));
+        let keep = self.cfg.dead_interval;
+        self.withdrawn.retain(|_, t| *t + keep > now);
+        // Relay mode: every live flow again, once an interval. A listener drops a flow not
+        // heard of for the dead interval, so a lost or reordered FlowAdd or FlowDel (or
+        // one sent before a listener restarted) is mended within that time.
+        if self.cfg.relay && now >= self.next_flow_refresh {
+            self.next_flow_refresh = now + self.cfg.advert_interval;
+            let flows: Vec<Body> = self
+                .flows
+                .values()
+                .map(|f| Body::FlowAdd(f.adv.clone()))
+                .collect();
+            for b in flows {
+                self.relay(&b);
+            }
+        }
     }
 
     /// The earliest instant at which `handle_timeout` has work.
@@ -851,7 +889,8 @@ impl Supervisor {
         let b = self.ana.next_deadline();
         let c = self.flows.values().filter_map(|f| f.expires).min();
         let d = self.bursts.iter().map(|b| b.0).min();
-        [a, b, c, d].into_iter().flatten().min()
+        let e = (self.cfg.relay && !self.flows.is_empty()).then_some(self.next_flow_refresh);
+        [a, b, c, d, e].into_iter().flatten().min()
     }
 
     fn server_list(&self, service: &str) -> Vec<ServerEntry> {
