@@ -380,3 +380,100 @@ fn agent_sigterm_drains_and_leaves_and_flows_travel() {
     assert_eq!(env.stat("deaths"), 0);
     assert_eq!(env.stat("releases"), 1);
 }
+
+/// An agent that routes its number block (`numbers: [{pool, route}]`): it advertises the
+/// block's ports at the shared address as flows to itself (TCP and UDP), writes what it
+/// holds to `numbers_file`, and on SIGTERM leaves at once (those standing flows do not
+/// hold its drain), withdrawing the flows and releasing the block.
+#[test]
+fn an_agent_routes_its_number_block_and_writes_it_down() {
+    let env = Env::new();
+    let _sup = env.supervisor();
+    let file = env.p("numbers.json");
+    let conf = env.p("nat.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "name: nat\nmac: \"02:00:00:00:00:09\"\naddrs: [127.0.0.1]\n\
+             load: {{source: static, value: 100}}\n\
+             numbers:\n  - {{pool: nat-ports, route: {{dst: 203.0.113.1, proto: [tcp, udp]}}}}\n\
+             numbers_file: {}\n",
+            file.display()
+        ),
+    )
+    .unwrap();
+    let mut agent = Proc(
+        Command::new(BIN)
+            .args(["agent", "--conf"])
+            .arg(&conf)
+            .args(["--supervisor", &env.addr(), "--key-file"])
+            .arg(env.p("key"))
+            .arg("--control-socket")
+            .arg(env.p("nat.sock"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let read =
+        || -> Option<Value> { serde_json::from_str(&std::fs::read_to_string(&file).ok()?).ok() };
+    env.wait_for(
+        || read().is_some_and(|j| j["nat-ports"].is_object()),
+        "numbers file",
+    );
+    let j = read().unwrap();
+    let (first, last) = (
+        j["nat-ports"]["first"].as_u64().unwrap(),
+        j["nat-ports"]["last"].as_u64().unwrap(),
+    );
+    // The supervisor's view agrees with the file.
+    let g = grants(&env);
+    assert_eq!(g.len(), 1);
+    assert_eq!(
+        (g[0].1.as_str(), g[0].2, g[0].3),
+        ("nat", first, last - first + 1)
+    );
+    assert_eq!(j["nat-ports"]["grant"].as_u64(), Some(g[0].0));
+    // Two flows route the block to the agent's system.
+    env.wait_for(|| env.ctl(&["flows"]).len() == 2, "the block routed");
+    let mut protos = Vec::new();
+    for f in env.ctl(&["flows"]) {
+        assert_eq!(
+            (f["origin"].as_str(), f["target"].as_str()),
+            (Some("nat"), Some("nat"))
+        );
+        let m = &f["match"];
+        assert_eq!(m["dst"], "203.0.113.1", "{f}");
+        assert_eq!(m["dst_plen"], 32, "{f}");
+        assert_eq!(m["dport"], serde_json::json!([first, last]), "{f}");
+        protos.push(m["proto"].as_u64().unwrap());
+    }
+    protos.sort();
+    assert_eq!(protos, vec![6, 17]);
+    // SIGTERM: drained and gone well before the agent's 10 s drain timeout.
+    let t0 = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &agent.0.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = loop {
+        if let Some(s) = agent.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the agent still draining after 5 s: its routes held it back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+    env.wait_for(|| env.ctl(&["flows"]).is_empty(), "routes withdrawn");
+    env.wait_for(|| grants(&env).is_empty(), "block released");
+    assert_eq!(
+        read(),
+        Some(serde_json::json!({})),
+        "the file says nothing is held"
+    );
+}

@@ -12,7 +12,7 @@
 //!   the dead interval (plus network delay) of its last datagram, and not before.
 
 use flowgate::control::agent::FlowSpec;
-use flowgate::control::agent::{Agent, AgentConfig};
+use flowgate::control::agent::{Agent, AgentConfig, NumberRoute};
 use flowgate::control::ana::PoolConf;
 use flowgate::control::driver::Endpoint;
 use flowgate::control::listener::{Listener, ListenerConfig, TableEvent};
@@ -55,7 +55,12 @@ struct Faults {
     strict: bool,
     /// Advertisements by multicast (supervisor does not relay) instead of relay.
     multicast: bool,
+    /// Agents route their `nat` blocks (UDP to [`ROUTE_DST`], the block's ports).
+    route_numbers: bool,
 }
+
+/// The shared address the agents' `nat` blocks are routed for.
+const ROUTE_DST: &str = "10.9.9.1";
 
 fn group() -> SocketAddr {
     "239.255.70.71:7701".parse().unwrap()
@@ -249,6 +254,15 @@ impl Sim {
                     response_time_us: 0,
                 }],
                 pools: vec!["nat".into()],
+                routes: if self.f.route_numbers {
+                    vec![NumberRoute {
+                        pool: "nat".into(),
+                        dst: ROUTE_DST.parse().unwrap(),
+                        protos: vec![17],
+                    }]
+                } else {
+                    vec![]
+                },
                 drain_timeout: Duration::from_secs(3),
             },
             self.key.clone(),
@@ -635,7 +649,62 @@ fn scenario(seed: u64, f: Faults) -> Checks {
             sim.heal_check();
         }
     }
+    if f.route_numbers {
+        // Every agent back and the network quiet: each listener routes exactly the
+        // blocks the agents hold, each to its holder, and nothing else.
+        for i in agents(&sim) {
+            if sim.nodes[i].kind.is_none() {
+                sim.restart_agent(i);
+            }
+        }
+        let end = sim.now + Duration::from_secs(15);
+        while sim.now < end {
+            sim.step(Duration::from_millis(50));
+            sim.heal_check();
+        }
+        check_routes(&sim);
+    }
     sim.checks
+}
+
+/// The routed `nat` blocks each listener knows equal the grants the agents hold.
+fn check_routes(sim: &Sim) {
+    let dst: std::net::IpAddr = ROUTE_DST.parse().unwrap();
+    let mut want: Vec<(u64, (u16, u16))> = Vec::new();
+    for i in agents(sim) {
+        if let Some(Kind::Agent(a)) = &sim.nodes[i].kind {
+            for g in a.grants(sim.now) {
+                let last = (g.first + g.count as u64 - 1) as u16;
+                want.push((a.id(), (g.first as u16, last)));
+            }
+        }
+    }
+    want.sort_unstable();
+    assert!(!want.is_empty(), "some blocks are held");
+    if let Some(sup) = sim.sup() {
+        let mut got: Vec<(u64, (u16, u16))> = sup
+            .flows()
+            .filter(|f| f.matcher.dst == dst)
+            .map(|f| (f.origin, f.matcher.dport))
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, want, "the supervisor's routed blocks");
+    }
+    for n in &sim.nodes {
+        if let Some(Kind::Listener(l)) = &n.kind {
+            let mut got: Vec<(u64, (u16, u16))> = l
+                .flows()
+                .filter(|f| f.matcher.dst == dst)
+                .map(|f| {
+                    assert_eq!(f.target, f.origin, "a block routes to its holder");
+                    assert_eq!((f.matcher.proto, f.matcher.dst_plen), (17, 32));
+                    (f.origin, f.matcher.dport)
+                })
+                .collect();
+            got.sort_unstable();
+            assert_eq!(got, want, "{}: routed blocks", n.name);
+        }
+    }
 }
 
 fn faults(loss: f64) -> Faults {
@@ -646,6 +715,7 @@ fn faults(loss: f64) -> Faults {
         jitter: Duration::from_millis(20),
         strict: loss < 0.1,
         multicast: false,
+        route_numbers: false,
     }
 }
 
@@ -688,6 +758,38 @@ fn very_lossy_network_keeps_numbers_safe() {
     }
 }
 
+/// Agents route their `nat` blocks (NumberRoute): after kills, restarts, partitions,
+/// supervisor and listener restarts and clock jumps, on a network that loses 2 %,
+/// duplicates 5 % and reorders datagrams, then a quiet spell, the supervisor and every
+/// listener route exactly the blocks the agents hold, each to its holder. A lost or
+/// reordered FlowAdd or FlowDel is mended by the once-an-interval relay of every live
+/// flow and the listeners' expiry of flows not heard of for the dead interval; a flow
+/// of a system that died does not come back when the supervisor restarts. (The timing
+/// bounds of `scenario` are not asserted here: with other seeds than those above they
+/// are not always met, which the notes of this change record.)
+#[test]
+fn routed_numbers_follow_their_grants() {
+    for seed in 40..=45 {
+        let f = Faults {
+            loss: 0.02,
+            strict: false,
+            route_numbers: true,
+            ..faults(0.02)
+        };
+        let c = scenario(seed, f);
+        assert!(c.grant_pairs > 1000 && c.handovers > 0, "{c:?}");
+    }
+    for seed in 50..=52 {
+        let f = Faults {
+            multicast: true,
+            strict: false,
+            route_numbers: true,
+            ..faults(0.02)
+        };
+        scenario(seed, f);
+    }
+}
+
 #[test]
 fn multicast_advertisements() {
     for seed in 30..=32 {
@@ -718,6 +820,7 @@ fn listener_table_events() {
         jitter: Duration::ZERO,
         strict: true,
         multicast: false,
+        route_numbers: false,
     };
     let mut sim = Sim::new(7, f, 1, 2);
     sim.run_for(Duration::from_secs(2));

@@ -8,8 +8,16 @@
 //! (Leave acknowledged, or timeout) → `Left`. A supervisor that answers NOT_REGISTERED
 //! (e.g. it declared this agent dead) triggers a new registration; held numbers are
 //! dropped at once (see [`super::session`] for the validity rule).
+//!
+//! Routed numbers ([`NumberRoute`]): while the agent holds a block of a port pool (a
+//! NAT server's source ports behind a shared public address, say), it advertises the
+//! traffic to that address and those destination ports as a flow to its own system, so
+//! the intermediate systems send the returning traffic to it; the flow is withdrawn when
+//! the grant ends. Such standing flows do not hold a drain back: the agent leaves once
+//! its other flows and connections are gone.
 
 use std::collections::{BTreeMap, VecDeque};
+
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -34,7 +42,54 @@ pub struct AgentConfig {
     pub services: Vec<Service>,
     /// Pools to hold one grant from each.
     pub pools: Vec<String>,
+    /// Held blocks to advertise as flows to this system.
+    pub routes: Vec<NumberRoute>,
     pub drain_timeout: Duration,
+}
+
+/// Traffic to `dst` with protocol `protos[i]` and a destination port in a held block of
+/// `pool` goes to this end system (one flow advertisement per protocol).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NumberRoute {
+    pub pool: String,
+    pub dst: IpAddr,
+    pub protos: Vec<u8>,
+}
+
+impl NumberRoute {
+    /// The flows that route grant `g`, or why it cannot be routed (a block past port
+    /// 65535: the pool is not a port pool).
+    pub fn specs(&self, g: &HeldGrant) -> Result<Vec<FlowSpec>, String> {
+        let last = g.first + u64::from(g.count.max(1)) - 1;
+        if g.count == 0 || last > u64::from(u16::MAX) {
+            return Err(format!(
+                "pool {}: block {}..{} is not a port range",
+                g.pool, g.first, last
+            ));
+        }
+        let (any, full) = match self.dst {
+            IpAddr::V4(_) => (IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 32),
+            IpAddr::V6(_) => (IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 128),
+        };
+        Ok(self
+            .protos
+            .iter()
+            .map(|&proto| FlowSpec {
+                target: None,
+                matcher: FlowMatch {
+                    proto,
+                    src: any,
+                    src_plen: 0,
+                    dst: self.dst,
+                    dst_plen: full,
+                    sport: (0, u16::MAX),
+                    dport: (g.first as u16, last as u16),
+                },
+                qos: Vec::new(),
+                lifetime_ms: 0,
+            })
+            .collect())
+    }
 }
 
 /// What the agent reports to its driver.
@@ -44,8 +99,19 @@ pub enum AgentEvent {
     Unregistered,
     Granted(HeldGrant),
     NumberLost(HeldGrant),
-    NumberRefused { pool: String, status: u8 },
-    FlowAcked { flow_id: u64, status: u8 },
+    NumberRefused {
+        pool: String,
+        status: u8,
+    },
+    /// A grant of a routed pool that cannot be routed (see [`NumberRoute::specs`]).
+    RouteRefused {
+        pool: String,
+        reason: String,
+    },
+    FlowAcked {
+        flow_id: u64,
+        status: u8,
+    },
     RequestFailed(ReqKey),
     Draining,
     Left,
@@ -80,6 +146,8 @@ pub struct Agent {
     next_flow_id: u64,
     active: u64,
     events: VecDeque<AgentEvent>,
+    /// Per held grant id: the flows that route it ([`NumberRoute`]).
+    routed: BTreeMap<u64, Vec<u64>>,
 }
 
 impl Agent {
@@ -113,6 +181,7 @@ impl Agent {
             next_flow_id: 1,
             active: 0,
             events: VecDeque::new(),
+            routed: BTreeMap::new(),
         }
     }
 
@@ -145,6 +214,11 @@ impl Agent {
     }
     pub fn flows(&self) -> impl Iterator<Item = &FlowAdvert> {
         self.flows.values()
+    }
+
+    /// True for a flow that routes a held number block (it does not hold a drain back).
+    fn is_standing(&self, flow_id: u64) -> bool {
+        self.routed.values().any(|v| v.contains(&flow_id))
     }
 
     /// Sets the load figures of every service for the next advertisement.
@@ -269,7 +343,8 @@ impl Agent {
     fn step(&mut self, now: Instant) {
         match self.phase {
             Phase::Draining { deadline }
-                if ((self.flows.is_empty() && self.active == 0) || now >= deadline) =>
+                if ((self.flows.keys().all(|&id| self.is_standing(id)) && self.active == 0)
+                    || now >= deadline) =>
             {
                 self.sess.release_all(now);
                 self.sess.request(
@@ -310,8 +385,16 @@ impl Agent {
                     self.next_advert = now;
                 }
                 SessEvent::Unregistered => self.events.push_back(AgentEvent::Unregistered),
-                SessEvent::Granted(g) => self.events.push_back(AgentEvent::Granted(g)),
-                SessEvent::Lost(g) => self.events.push_back(AgentEvent::NumberLost(g)),
+                SessEvent::Granted(g) => {
+                    self.route(now, &g);
+                    self.events.push_back(AgentEvent::Granted(g));
+                }
+                SessEvent::Lost(g) => {
+                    for id in self.routed.remove(&g.grant_id).unwrap_or_default() {
+                        self.del_flow(now, id);
+                    }
+                    self.events.push_back(AgentEvent::NumberLost(g));
+                }
                 SessEvent::Refused { pool, status } => self
                     .events
                     .push_back(AgentEvent::NumberRefused { pool, status }),
@@ -330,6 +413,29 @@ impl Agent {
                     }
                     self.events.push_back(AgentEvent::RequestFailed(k));
                 }
+            }
+        }
+    }
+
+    /// Advertises the flows that route grant `g` when its pool is routed.
+    fn route(&mut self, now: Instant, g: &HeldGrant) {
+        let routes: Vec<NumberRoute> = self
+            .cfg
+            .routes
+            .iter()
+            .filter(|r| r.pool == g.pool)
+            .cloned()
+            .collect();
+        for r in routes {
+            match r.specs(g) {
+                Ok(specs) => {
+                    let ids: Vec<u64> = specs.into_iter().map(|f| self.add_flow(now, f)).collect();
+                    self.routed.entry(g.grant_id).or_default().extend(ids);
+                }
+                Err(reason) => self.events.push_back(AgentEvent::RouteRefused {
+                    pool: g.pool.clone(),
+                    reason,
+                }),
             }
         }
     }
@@ -402,5 +508,61 @@ impl Agent {
 
     pub fn poll_event(&mut self) -> Option<AgentEvent> {
         self.events.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(pool: &str, first: u64, count: u32) -> HeldGrant {
+        HeldGrant {
+            grant_id: 7,
+            pool: pool.into(),
+            first,
+            count,
+            lease_ms: 1000,
+            valid_from: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_port_block_becomes_one_flow_per_protocol() {
+        let r = NumberRoute {
+            pool: "nat-ports".into(),
+            dst: "203.0.113.1".parse().unwrap(),
+            protos: vec![6, 17],
+        };
+        let specs = r
+            .specs(&grant("nat-ports", 3072, 1024))
+            .expect("a port block");
+        assert_eq!(specs.len(), 2);
+        for (s, proto) in specs.iter().zip([6, 17]) {
+            let m = &s.matcher;
+            assert_eq!(
+                (m.proto, m.dport, m.sport),
+                (proto, (3072, 4095), (0, 65535))
+            );
+            assert_eq!((m.dst, m.dst_plen, m.src_plen), (r.dst, 32, 0));
+            assert_eq!(
+                (s.target, s.lifetime_ms),
+                (None, 0),
+                "to this system, until withdrawn"
+            );
+        }
+        // IPv6: a /128 and an unspecified IPv6 source.
+        let r6 = NumberRoute {
+            dst: "2001:db8::1".parse().unwrap(),
+            ..r.clone()
+        };
+        let m = &r6.specs(&grant("nat-ports", 1024, 1)).expect("one port")[0].matcher;
+        assert_eq!(
+            (m.dst_plen, m.dport, m.src.is_ipv6()),
+            (128, (1024, 1024), true)
+        );
+        // Numbers that are not ports (an SPI range, say) are refused, not truncated.
+        assert!(r.specs(&grant("nat-ports", 65_000, 1024)).is_err());
+        assert!(r.specs(&grant("nat-ports", 0x1_0000, 16)).is_err());
+        assert!(r.specs(&grant("nat-ports", 10, 0)).is_err());
     }
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::agent::{Agent, AgentConfig, AgentEvent, FlowSpec};
+use super::agent::{Agent, AgentConfig, AgentEvent, FlowSpec, NumberRoute};
 use super::ana::PoolConf;
 use super::driver::Driver;
 use super::proto::*;
@@ -163,9 +163,51 @@ pub struct AgentConf {
     pub load: LoadConf,
     #[serde(default)]
     pub services: Vec<ServiceConf>,
-    /// Pools to hold one grant from each (e.g. `nat-ports`).
+    /// Pools to hold one grant from each (e.g. `nat-ports`), each a name or a name with
+    /// a route (`{pool: nat-ports, route: {dst: 203.0.113.1, proto: [tcp, udp]}}`).
     #[serde(default)]
-    pub numbers: Vec<String>,
+    pub numbers: Vec<NumberConf>,
+    /// Where the agent writes the numbers it holds (JSON, rewritten on every change).
+    #[serde(default)]
+    pub numbers_file: Option<PathBuf>,
+}
+
+/// One entry of `numbers:` in `conf/agent.yaml`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum NumberConf {
+    Pool(String),
+    Routed { pool: String, route: RouteConf },
+}
+
+impl NumberConf {
+    pub fn pool(&self) -> &str {
+        match self {
+            NumberConf::Pool(p) | NumberConf::Routed { pool: p, .. } => p,
+        }
+    }
+}
+
+/// Where a held port block is routed: traffic to `dst` with protocol `proto` (one or a
+/// list) and a destination port in the block.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConf {
+    pub dst: IpAddr,
+    #[serde(default = "d_route_proto")]
+    pub proto: OneOrMany,
+}
+
+fn d_route_proto() -> OneOrMany {
+    OneOrMany::One("tcp".into())
+}
+
+/// A string or a list of strings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 fn d_agent_listen() -> String {
@@ -636,6 +678,61 @@ fn sample_load(src: &LoadConf) -> u32 {
     }
 }
 
+/// The routes of `numbers:` entries that have one.
+fn number_routes(numbers: &[NumberConf]) -> Result<Vec<NumberRoute>> {
+    let mut out = Vec::new();
+    for n in numbers {
+        if let NumberConf::Routed { pool, route } = n {
+            let names = match &route.proto {
+                OneOrMany::One(p) => vec![p.clone()],
+                OneOrMany::Many(v) => v.clone(),
+            };
+            let protos = names
+                .iter()
+                .map(|p| parse_proto(p))
+                .collect::<Result<Vec<u8>>>()
+                .with_context(|| format!("numbers: {pool}: route.proto"))?;
+            if protos.is_empty() {
+                bail!("numbers: {pool}: route.proto lists no protocol");
+            }
+            out.push(NumberRoute {
+                pool: pool.clone(),
+                dst: route.dst,
+                protos,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The numbers `agent` holds at `now`, by pool: what `numbers_file` holds.
+pub fn numbers_json(agent: &Agent, now: Instant) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for g in agent.grants(now) {
+        m.insert(
+            g.pool.clone(),
+            serde_json::json!({
+                "first": g.first,
+                "last": g.first + u64::from(g.count.max(1)) - 1,
+                "count": g.count,
+                "grant": g.grant_id,
+                "lease_ms": g.lease_ms,
+            }),
+        );
+    }
+    serde_json::Value::Object(m)
+}
+
+/// Writes `j` to `path` whole (into `path.tmp`, then renamed).
+fn write_json_file(path: &Path, j: &serde_json::Value) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, format!("{j:#}\n"))
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
 fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()> {
     let key = load_key(&conf.key_file)?;
     let supervisor = resolve(&conf.supervisor)?;
@@ -691,7 +788,16 @@ fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()
         advert_interval: Duration::from_millis(conf.advert_interval_ms.max(1)),
         dead_interval: Duration::from_millis(conf.dead_interval_ms.max(2)),
         services,
-        pools: conf.numbers.clone(),
+        pools: {
+            let mut p: Vec<String> = Vec::new();
+            for n in &conf.numbers {
+                if !p.iter().any(|x| x == n.pool()) {
+                    p.push(n.pool().to_string());
+                }
+            }
+            p
+        },
+        routes: number_routes(&conf.numbers)?,
         drain_timeout: Duration::from_millis(conf.drain_timeout_ms),
     };
     // On one machine the agent stays on loopback, unless it sends to a multicast group:
@@ -734,6 +840,7 @@ fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()
         while let Ok((stream, _)) = ctl.accept() {
             serve_local(ag, now, stream);
         }
+        let mut numbers_changed = false;
         while let Some(e) = ag.poll_event() {
             match &e {
                 AgentEvent::Granted(g) => eprintln!(
@@ -746,6 +853,16 @@ fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()
                 ),
                 other => eprintln!("agent: {other:?}"),
             }
+            numbers_changed |= matches!(
+                e,
+                AgentEvent::Granted(_) | AgentEvent::NumberLost(_) | AgentEvent::Left
+            );
+        }
+        if numbers_changed
+            && let Some(f) = &conf.numbers_file
+            && let Err(e) = write_json_file(f, &numbers_json(ag, now))
+        {
+            eprintln!("agent: numbers_file: {e:#}");
         }
         !ag.is_left()
     });
@@ -951,5 +1068,40 @@ fn print_json(v: &serde_json::Value, json: bool) {
             }
             None => println!("{it}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_pool_names_or_routed_pools() {
+        let c: AgentConf = serde_yaml_ng::from_str(
+            "name: a\nnumbers:\n  - ipsec-spi\n  - {pool: nat-ports, route: {dst: 203.0.113.1, proto: [tcp, udp]}}\n  \
+             - {pool: nat-ports, route: {dst: \"2001:db8::1\"}}\nnumbers_file: /run/n.json\n",
+        )
+        .expect("valid");
+        let pools: Vec<&str> = c.numbers.iter().map(NumberConf::pool).collect();
+        assert_eq!(pools, ["ipsec-spi", "nat-ports", "nat-ports"]);
+        let r = number_routes(&c.numbers).expect("routes");
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].protos, vec![6, 17]);
+        assert_eq!(r[1].protos, vec![6], "tcp by default");
+        assert_eq!(c.numbers_file.as_deref(), Some(Path::new("/run/n.json")));
+        // A protocol that is not one is an error naming the pool.
+        let bad: AgentConf = serde_yaml_ng::from_str(
+            "name: a\nnumbers: [{pool: nat-ports, route: {dst: 203.0.113.1, proto: tcpp}}]\n",
+        )
+        .expect("parses");
+        let e = format!("{:#}", number_routes(&bad.numbers).unwrap_err());
+        assert!(e.contains("nat-ports") && e.contains("tcpp"), "{e}");
+        // An unknown key in a route is refused.
+        assert!(
+            serde_yaml_ng::from_str::<AgentConf>(
+                "name: a\nnumbers: [{pool: p, route: {dst: 10.0.0.1, port: 5}}]\n"
+            )
+            .is_err()
+        );
     }
 }

@@ -11,7 +11,8 @@
 //!   `poll_transmit(now)`, `poll_timeout()` and `poll_event()`. No sockets, no clock:
 //!   simulation tests drive them with a fake clock and a lossy network.
 //! - [`session`]: the client half shared by agent and listener (registration,
-//!   reliable requests, number leases).
+//!   reliable requests, number leases). An agent can route the number blocks it holds
+//!   to itself as flow advertisements ([`agent::NumberRoute`]).
 //! - [`ana`]: number pools and grants; [`store`]: the supervisor's crash-safe log.
 //! - [`conns`]: the open TCP connections on the service ports, which an agent's drain
 //!   waits for before it leaves.
