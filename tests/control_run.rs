@@ -632,18 +632,43 @@ fn a_broken_path_to_the_supervisor_holds_the_view() {
     let _a2 = env.agent("s2", 2, free_port(), "");
     let relay = Relay::new(env.sup.parse().unwrap());
     let base = Pipeline::from_str(PIPELINE, Path::new("p.yaml")).unwrap();
-    let mut conf = env.control(Unheard::Keep, 0, None);
+    let mut conf = env.control(Unheard::Keep, 2, None);
     conf.supervisor = relay.addr;
     let mut c = ControlRt::start(&conf, base).expect("control starts");
     turn_until(&mut c, "both agents heard through the relay", |p| {
         p.servers[..2].iter().all(|s| s.load == 0.25)
     });
     assert!(c.registered());
+    // s2's agent advertises a flow to itself; it must outlive the cut too (the listener
+    // stops hearing the supervisor's once-an-interval repeats of it, and drops it).
+    env.agent_req(
+        "s2",
+        &[
+            "flow",
+            "add",
+            "--src",
+            "100.64.3.0/24",
+            "--dst",
+            "203.0.113.10",
+            "--dport",
+            "80",
+        ],
+    );
+    let to_s2 = |p: &Pipeline| {
+        p.flow_rules
+            .iter()
+            .any(|r| r.target == flowgate::config::Target::Server(1))
+    };
+    turn_until(&mut c, "advertised flow applied", to_s2);
 
     relay.cut(true);
     let _ = a1.0.kill();
     let _ = a1.0.wait();
     all_up_for(&mut c, "the path was cut");
+    assert!(
+        to_s2(&c.effective()),
+        "the advertised flow held through the cut"
+    );
 
     relay.cut(false);
     let e = turn_until(&mut c, "s1's death applies once the path heals", |p| {
@@ -654,6 +679,10 @@ fn a_broken_path_to_the_supervisor_holds_the_view() {
         state(&e, "s3"),
         ServerState::Up,
         "s3 has no agent: unheard, kept"
+    );
+    assert!(
+        to_s2(&e),
+        "the advertised flow is still applied after the cut"
     );
     assert_eq!(c.to_json()["holding"], false);
 }

@@ -12,7 +12,9 @@
 //!
 //! Fail static: in relay mode every advertisement comes through the supervisor, so an
 //! end system that falls silent may just be a supervisor that did. So when a system of
-//! the published view vanishes from the listener, nothing changes until the supervisor
+//! the published view, or one of its advertised flows (the supervisor repeats them once
+//! an interval, and the listener drops those it stops hearing of), vanishes from the
+//! listener, nothing changes until the supervisor
 //! answers a keepalive sent after that moment (within an advertisement interval when it
 //! is up). If it does not answer for a dead interval, the last view is held (the log says
 //! so, the stats JSON counts it) and, once it answers again, held one dead interval more
@@ -216,6 +218,14 @@ impl ControlRt {
             return false;
         }
         let live: Vec<u64> = self.listener.systems().map(|(i, _)| i.id).collect();
+        // A flow the listener no longer has is a disappearance too: without word from the
+        // supervisor for a dead interval the listener drops every flow (their refreshes
+        // stop), and that must not undo them any more than the servers' silence does.
+        let flows: Vec<(u64, u64)> = self
+            .listener
+            .flows()
+            .map(|f| (f.origin, f.flow_id))
+            .collect();
         let vanished = self
             .view
             .servers
@@ -229,7 +239,14 @@ impl ControlRt {
                     .flatten()
                     .map(|(f, _)| f.origin),
             )
-            .any(|id| !live.contains(&id));
+            .any(|id| !live.contains(&id))
+            || self
+                .view
+                .flows
+                .slots
+                .iter()
+                .flatten()
+                .any(|(f, _)| !flows.contains(&(f.origin, f.flow_id)));
         if !vanished {
             self.vanished_at = None;
             return false;
