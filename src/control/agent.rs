@@ -17,7 +17,6 @@
 //! its other flows and connections are gone.
 
 use std::collections::{BTreeMap, VecDeque};
-
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
