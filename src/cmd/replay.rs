@@ -87,8 +87,7 @@ pub fn run(o: &ReplayOpts) -> Result<ReplayResult> {
     let p = &tables.pipeline;
     let stats_json = w.stats.to_json(p);
     if let Some(f) = &o.stats_json {
-        std::fs::write(f, serde_json::to_string_pretty(&stats_json)? + "\n")
-            .with_context(|| format!("writing {}", f.display()))?;
+        super::write_json(f, &stats_json)?;
     }
     let summary = render_summary(&w, p, seconds);
     Ok(ReplayResult {

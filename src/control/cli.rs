@@ -723,16 +723,6 @@ pub fn numbers_json(agent: &Agent, now: Instant) -> serde_json::Value {
     serde_json::Value::Object(m)
 }
 
-/// Writes `j` to `path` whole (into `path.tmp`, then renamed).
-fn write_json_file(path: &Path, j: &serde_json::Value) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, format!("{j:#}\n"))
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
-}
-
 fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()> {
     let key = load_key(&conf.key_file)?;
     let supervisor = resolve(&conf.supervisor)?;
@@ -860,7 +850,7 @@ fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()
         }
         if numbers_changed
             && let Some(f) = &conf.numbers_file
-            && let Err(e) = write_json_file(f, &numbers_json(ag, now))
+            && let Err(e) = crate::cmd::write_json(f, &numbers_json(ag, now))
         {
             eprintln!("agent: numbers_file: {e:#}");
         }

@@ -349,7 +349,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
     );
     let out = opts.stats_json.clone().or_else(|| conf.stats_json.clone());
     if let Some(f) = &out {
-        write_json(f, &j)?;
+        crate::cmd::write_json(f, &j)?;
     }
     let summary = format!(
         "packets in {}  out {}  dropped {}  ({:.3} s)\nflows created {}  live {}  moved {}  tx refused {}  dispatch dropped {}\n\
@@ -480,7 +480,7 @@ fn manage(
                     control.as_deref(),
                 );
                 // A monitoring file: a failed write is reported, the run goes on.
-                if let Err(e) = write_json(f, &j) {
+                if let Err(e) = crate::cmd::write_json(f, &j) {
                     eprintln!("stats: {e:#}");
                 }
             }
@@ -523,18 +523,6 @@ fn port_stats_json(conf: &RunConf, ports: &[Port<'_>]) -> serde_json::Value {
         );
     }
     serde_json::Value::Object(m)
-}
-
-/// Writes `j` to `path` whole: into `path` + `.tmp` beside it, then renamed over `path`,
-/// so that a reader never sees half a file.
-fn write_json(path: &std::path::Path, j: &serde_json::Value) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, serde_json::to_string_pretty(j)? + "\n")
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
 /// SIGHUP: reload the pipeline and publish new tables when its shape is unchanged (with
