@@ -400,16 +400,17 @@ fn start_flowgate_with(
     stats
 }
 
-/// The first answer through flowgate (waits up to 30 s for flowgate and the servers).
-fn first_answer(t: &Topo) -> String {
+/// The first answer from `url` through flowgate (waits up to 30 s for flowgate and the
+/// servers).
+fn first_answer(t: &Topo, url: &str) -> String {
     let t0 = Instant::now();
     loop {
-        if let Some(b) = get(t) {
+        if let Some(b) = get_url(t, url) {
             return b;
         }
         assert!(
             t0.elapsed() < Duration::from_secs(30),
-            "no answer through flowgate within 30 s"
+            "no answer from {url} through flowgate within 30 s"
         );
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -426,18 +427,43 @@ fn count(answers: &[String], body: &str) -> usize {
     answers.iter().filter(|a| *a == body).count()
 }
 
-/// The first answer and `n` more, every request answered and both servers used; returns
-/// the bodies.
+/// The first answer and `n` more from the IPv4 VIP, every request answered and both
+/// servers used; returns the bodies.
 fn both_serve(t: &mut Topo, n: usize, stats: &Path) -> Vec<String> {
-    let mut answers = vec![first_answer(t)];
+    both_serve_url(t, URL4, "server-", n, stats)
+}
+
+/// [`both_serve`] for `url`, whose servers answer `{prefix}s1` and `{prefix}s2`.
+fn both_serve_url(t: &mut Topo, url: &str, prefix: &str, n: usize, stats: &Path) -> Vec<String> {
+    let mut answers = vec![first_answer(t, url)];
     for _ in 0..n {
-        let a = get(t).unwrap_or_else(|| fail(t, "every request is answered", stats));
+        let a = get_url(t, url)
+            .unwrap_or_else(|| fail(t, &format!("every request to {url} is answered"), stats));
         answers.push(a);
     }
-    let (n1, n2) = (count(&answers, "server-s1"), count(&answers, "server-s2"));
+    let (s1, s2) = (format!("{prefix}s1"), format!("{prefix}s2"));
+    let (n1, n2) = (count(&answers, &s1), count(&answers, &s2));
     assert_eq!(n1 + n2, answers.len(), "unexpected bodies: {answers:?}");
     assert!(n1 > 0 && n2 > 0, "both servers used: s1 {n1}, s2 {n2}");
     answers
+}
+
+/// The stats JSON flowgate wrote at its stop, checked for what every test expects:
+/// service `svc` spread over both servers with at least `flows` flows, no mbuf leaked.
+fn final_stats(stats: &Path, svc: &str, flows: usize) -> serde_json::Value {
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(stats).expect("stats")).expect("json");
+    let srv = &j["services"][svc]["servers"];
+    assert!(
+        srv["s1"].as_u64().unwrap_or(0) > 0 && srv["s2"].as_u64().unwrap_or(0) > 0,
+        "{svc} on both servers: {j}"
+    );
+    assert!(
+        j["services"][svc]["flows"].as_u64().unwrap_or(0) >= flows as u64,
+        "{svc}: at least {flows} flows: {j}"
+    );
+    assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
+    j
 }
 
 #[test]
@@ -449,22 +475,11 @@ fn run_af_packet_namespaces_http() {
     let stats = start_flowgate(&mut t, dir.path(), "", "");
     let answers = both_serve(&mut t, 30, &stats);
     stop(&mut t);
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    let j = final_stats(&stats, "web", answers.len());
     assert!(
         j["arp_replies"].as_u64().unwrap_or(0) >= 2,
         "ARP answered on both sides: {j}"
     );
-    let srv = &j["services"]["web"]["servers"];
-    assert!(
-        srv["s1"].as_u64().unwrap_or(0) > 0 && srv["s2"].as_u64().unwrap_or(0) > 0,
-        "{j}"
-    );
-    assert!(
-        j["services"]["web"]["flows"].as_u64().unwrap_or(0) >= answers.len() as u64,
-        "{j}"
-    );
-    assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
 }
 
 #[test]
@@ -483,15 +498,9 @@ fn run_af_packet_two_workers_on_qpairs() {
         err.matches("2 rx / 2 tx queues, software dispatch").count() == 2,
         "both ports: both RX queues polled, software dispatch:\n{err}"
     );
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    let j = final_stats(&stats, "web", answers.len());
     assert_eq!(j["runtime"]["workers"].as_u64(), Some(2), "{j}");
     assert_eq!(j["runtime"]["dispatch_dropped"].as_u64(), Some(0), "{j}");
-    assert!(
-        j["services"]["web"]["flows"].as_u64().unwrap_or(0) >= answers.len() as u64,
-        "{j}"
-    );
-    assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
 }
 
 #[test]
@@ -561,31 +570,10 @@ fn run_af_packet_ftp_passive_on_both_servers() {
          - { name: pasv-s1, match: { dst: 203.0.113.10, proto: tcp, dst_port: \"30000-30499\" }, to: s1 }\n  \
          - { name: pasv-s2, match: { dst: 203.0.113.10, proto: tcp, dst_port: \"30500-30999\" }, to: s2 }\n";
     let stats = start_flowgate(&mut t, dir.path(), ftp, "");
-    let t0 = Instant::now();
-    let mut answers = loop {
-        if let Some(b) = get_url(&t, FTP_URL) {
-            break vec![b];
-        }
-        if t0.elapsed() > Duration::from_secs(30) {
-            fail(
-                &mut t,
-                "no FTP transfer through flowgate within 30 s",
-                &stats,
-            );
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    };
-    for _ in 0..20 {
-        let a = get_url(&t, FTP_URL)
-            .unwrap_or_else(|| fail(&mut t, "every FTP transfer completes", &stats));
-        answers.push(a);
-    }
+    let answers = both_serve_url(&mut t, FTP_URL, "ftp-", 20, &stats);
     let (n1, n2) = (count(&answers, "ftp-s1"), count(&answers, "ftp-s2"));
-    assert_eq!(n1 + n2, answers.len(), "unexpected files: {answers:?}");
-    assert!(n1 > 0 && n2 > 0, "both FTP servers used: s1 {n1}, s2 {n2}");
     stop(&mut t);
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    let j = final_stats(&stats, "ftp", answers.len());
     // A data connection per transfer, each through its server's rule.
     let rules = &j["flow_rules"];
     assert_eq!(rules["pasv-s1"]["flows"].as_u64(), Some(n1 as u64), "{j}");
@@ -608,27 +596,7 @@ fn run_af_packet_namespaces_http_over_ipv6() {
     let stats = start_flowgate(&mut t, dir.path(), &web6, "");
     // The client's kernel finds its next hop (2001:db8:1::1) by neighbour discovery, the
     // servers' kernels their default router (fd00::1): flowgate answers both.
-    let t0 = Instant::now();
-    let mut answers = loop {
-        if let Some(b) = get_url(&t, URL6) {
-            break vec![b];
-        }
-        if t0.elapsed() > Duration::from_secs(30) {
-            fail(&mut t, "no answer over IPv6 within 30 s", &stats);
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    };
-    for _ in 0..30 {
-        let a = get_url(&t, URL6)
-            .unwrap_or_else(|| fail(&mut t, "every IPv6 request is answered", &stats));
-        answers.push(a);
-    }
-    let (n1, n2) = (count(&answers, "server-s1"), count(&answers, "server-s2"));
-    assert_eq!(n1 + n2, answers.len(), "unexpected bodies: {answers:?}");
-    assert!(
-        n1 > 0 && n2 > 0,
-        "both servers used over IPv6: s1 {n1}, s2 {n2}"
-    );
+    let answers = both_serve_url(&mut t, URL6, "server-", 30, &stats);
     // Full-size segments both ways: 1 MB arrives whole, from one of the servers.
     let out = dir.path().join("big.bin");
     let ok = t
@@ -651,23 +619,12 @@ fn run_af_packet_namespaces_http_over_ipv6() {
         "the download is one server's file, intact"
     );
     stop(&mut t);
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    // A flow per request, and one more for the download.
+    let j = final_stats(&stats, "web6", answers.len() + 1);
     assert!(
         j["nd_replies"].as_u64().unwrap_or(0) >= 2,
         "neighbour discovery answered on both sides: {j}"
     );
-    let srv = &j["services"]["web6"]["servers"];
-    assert!(
-        srv["s1"].as_u64().unwrap_or(0) > 0 && srv["s2"].as_u64().unwrap_or(0) > 0,
-        "{j}"
-    );
-    assert!(
-        // A flow per request, and one more for the download.
-        j["services"]["web6"]["flows"].as_u64().unwrap_or(0) > answers.len() as u64,
-        "{j}"
-    );
-    assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
 }
 
 #[test]
