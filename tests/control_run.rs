@@ -224,6 +224,25 @@ fn all_up_for(c: &mut ControlRt, while_: &str) {
     assert_eq!(j["holding"], true, "{j}");
 }
 
+/// s2's agent advertises the clients 100.64.3.0/24 → the VIP's port 80 to s2 (with
+/// `extra` options such as a DSCP); the agent's reply.
+fn advertise_clients_to_s2(env: &Env, extra: &[&str]) -> serde_json::Value {
+    let args: Vec<&str> = [
+        "flow",
+        "add",
+        "--src",
+        "100.64.3.0/24",
+        "--dst",
+        "203.0.113.10",
+        "--dport",
+        "80",
+    ]
+    .into_iter()
+    .chain(extra.iter().copied())
+    .collect();
+    env.agent_req("s2", &args)
+}
+
 fn state(p: &Pipeline, name: &str) -> ServerState {
     p.servers[p.server_index(name).unwrap() as usize].state
 }
@@ -279,20 +298,7 @@ fn run_follows_agents_drain_and_death() {
         before.iter().any(|&(_, s)| s != 1),
         "some of them start elsewhere: {before:?}"
     );
-    let reply = env.agent_req(
-        "s2",
-        &[
-            "flow",
-            "add",
-            "--src",
-            "100.64.3.0/24",
-            "--dst",
-            "203.0.113.10",
-        ]
-        .into_iter()
-        .chain(["--dport", "80", "--dscp", "46"])
-        .collect::<Vec<_>>(),
-    );
+    let reply = advertise_clients_to_s2(&env, &["--dscp", "46"]);
     let flow_id = reply["flow_id"].as_u64().expect("flow id");
     let pf = turn_until(&mut c, "advertised flow applied", |p| {
         p.flow_rules
@@ -641,19 +647,7 @@ fn a_broken_path_to_the_supervisor_holds_the_view() {
     assert!(c.registered());
     // s2's agent advertises a flow to itself; it must outlive the cut too (the listener
     // stops hearing the supervisor's once-an-interval repeats of it, and drops it).
-    env.agent_req(
-        "s2",
-        &[
-            "flow",
-            "add",
-            "--src",
-            "100.64.3.0/24",
-            "--dst",
-            "203.0.113.10",
-            "--dport",
-            "80",
-        ],
-    );
+    advertise_clients_to_s2(&env, &[]);
     let to_s2 = |p: &Pipeline| {
         p.flow_rules
             .iter()
