@@ -7,9 +7,17 @@
 //! - no number is usable by two systems at once (each agent's *own* view of its valid
 //!   grants, see PROTOCOL.md §6.4), and the supervisor never holds overlapping grants;
 //! - every live, connected, registered end system is known to every registered
-//!   listener within two advertisement intervals of its registration;
+//!   listener within two advertisement intervals of its registration; without loss it
+//!   stays known, and with loss it is never missing for more than two intervals beyond
+//!   that (a listener drops a server whose relays of a whole dead interval were lost,
+//!   and has it again with the next relay that arrives);
 //! - a killed or cut-off system is gone from the supervisor and every listener within
-//!   the dead interval (plus network delay) of its last datagram, and not before.
+//!   the dead interval (plus network delay) of its last datagram, and not before (when
+//!   the supervisor listed it as it went).
+//!
+//! Each test runs a few fixed seeds; `SIM_SEEDS=1-200 cargo test --release --test
+//! control_sim` runs others (the scenario tests passed seeds 1–200 when this was
+//! written).
 
 use flowgate::control::agent::FlowSpec;
 use flowgate::control::agent::{Agent, AgentConfig, NumberRoute};
@@ -82,6 +90,9 @@ struct Node {
     gone_since: Option<Instant>,
     /// When the supervisor started listing it (end systems).
     listed_since: Option<Instant>,
+    /// Whether the supervisor listed it at `gone_since`: one that was not (it went while
+    /// still registering again after a partition, say) may be missing there at once.
+    listed_when_gone: bool,
     /// Disturbed (restart, partition end, clock jump) at this time.
     disturbed: Instant,
 }
@@ -119,6 +130,8 @@ struct Sim {
     stuck: u32,
     /// Every table event any listener emitted: (listener name, event).
     table: Vec<(String, TableEvent)>,
+    /// (end system, listener) → when the listener last had it (convergence check).
+    seen: std::collections::HashMap<(String, String), Instant>,
 }
 
 #[derive(Default, Debug)]
@@ -174,6 +187,7 @@ impl Sim {
             checks: Checks::default(),
             stuck: 0,
             table: Vec::new(),
+            seen: std::collections::HashMap::new(),
         };
         let sup = s.make_sup(Vec::new());
         s.nodes.push(Node {
@@ -183,6 +197,7 @@ impl Sim {
             cut_until: None,
             gone_since: None,
             listed_since: None,
+            listed_when_gone: false,
             disturbed: now,
         });
         for i in 0..agents {
@@ -208,6 +223,7 @@ impl Sim {
             cut_until: None,
             gone_since: None,
             listed_since: None,
+            listed_when_gone: false,
             disturbed: self.now,
         });
     }
@@ -470,6 +486,7 @@ impl Sim {
         // 2. Convergence within two advertisement intervals.
         let quiet_since = self.last_jump.max(self.sup_restarted);
         let slack = I * 2 + self.f.delay * 2 + self.f.jitter * 2;
+        let mut seen_now = Vec::new();
         for a in self.nodes.iter().filter(|_| self.f.strict) {
             let Some(Kind::Agent(ag)) = &a.kind else {
                 continue;
@@ -489,18 +506,34 @@ impl Sim {
                     continue;
                 }
                 let from = from.max(l.disturbed);
-                if now >= from + slack {
-                    self.checks.convergence += 1;
+                let key = (a.name.clone(), l.name.clone());
+                if li.servers().any(|s| s.id == ag.id()) {
+                    seen_now.push(key);
+                } else if now >= from + slack {
+                    // Without loss a listener never loses a live server. With loss, the
+                    // relays of a whole dead interval can all be lost (p = loss^3 per
+                    // interval): the listener drops the server and has it again with the
+                    // next relay that arrives. So it may miss it for a while, but not for
+                    // more than two intervals beyond the bound (two more relays lost in a
+                    // row after the drop; p = loss^5 in all).
+                    let last = self.seen.get(&key).copied().unwrap_or(from).max(from);
                     assert!(
-                        li.servers().any(|s| s.id == ag.id()),
-                        "{} not seen by {} at {:?} (listed since {:?})",
+                        self.f.loss > 0.0 && now < last + slack + I * 2,
+                        "{} not seen by {} at {:?} (listed since {:?}, last seen {:?})",
                         a.name,
                         l.name,
                         now - self.start,
-                        since - self.start
+                        since - self.start,
+                        last - self.start
                     );
                 }
+                if now >= from + slack {
+                    self.checks.convergence += 1;
+                }
             }
+        }
+        for k in seen_now {
+            self.seen.insert(k, now);
         }
         // 3. Deaths: gone from supervisor and listeners after dead interval + delays.
         let max_delay = self.f.delay + self.f.jitter;
@@ -525,10 +558,17 @@ impl Sim {
                         );
                     }
                 }
-            } else if now + I + max_delay * 2 < g + DEAD && self.f.loss == 0.0 {
+            } else if now + I + max_delay * 2 < g + DEAD && self.f.loss == 0.0 && a.listed_when_gone
+            {
                 // It advertised at most one interval before going, so the supervisor
                 // heard it then: it must not be removed before that + DEAD.
-                assert!(listed.contains(&id), "{} removed early", a.name);
+                assert!(
+                    listed.contains(&id),
+                    "{} removed early (gone at {:?}, now {:?})",
+                    a.name,
+                    g - self.start,
+                    now - self.start
+                );
             }
         }
     }
@@ -536,6 +576,13 @@ impl Sim {
     fn kill(&mut self, i: usize) {
         self.nodes[i].kind = None;
         self.nodes[i].gone_since = Some(self.now);
+        self.nodes[i].listed_when_gone = self.listed(i);
+    }
+
+    /// Whether the supervisor lists node `i` now.
+    fn listed(&self, i: usize) -> bool {
+        let id = system_id(&self.nodes[i].name);
+        self.sup().is_some_and(|s| s.systems().any(|x| x.id == id))
     }
 
     fn restart_agent(&mut self, i: usize) {
@@ -557,8 +604,10 @@ impl Sim {
 
     fn cut(&mut self, i: usize, d: Duration) {
         self.nodes[i].cut_until = Some(self.now + d);
-        if d > DEAD {
+        // A node already dead (killed, not restarted) stays gone since its death.
+        if d > DEAD && self.nodes[i].kind.is_some() && self.nodes[i].gone_since.is_none() {
             self.nodes[i].gone_since = Some(self.now);
+            self.nodes[i].listed_when_gone = self.listed(i);
         }
     }
 
@@ -567,7 +616,10 @@ impl Sim {
         for n in self.nodes.iter_mut() {
             if n.cut_until.is_some_and(|t| t <= now) {
                 n.cut_until = None;
-                n.gone_since = None;
+                // A healed path brings back a live node, not a killed one.
+                if n.kind.is_some() {
+                    n.gone_since = None;
+                }
                 n.disturbed = now;
             }
         }
@@ -657,19 +709,51 @@ fn scenario(seed: u64, f: Faults) -> Checks {
                 sim.restart_agent(i);
             }
         }
-        let end = sim.now + Duration::from_secs(15);
-        while sim.now < end {
+        // Then wait until the grants have not changed for a dead interval and two
+        // advertisement intervals (a block freed late is granted again late, and its
+        // route needs that long to reach everyone), at least 15 s and at most 60 s.
+        let start = sim.now;
+        let mut last: Vec<(u64, u64)> = Vec::new();
+        let mut changed = sim.now;
+        while sim.now < start + Duration::from_secs(60) {
             sim.step(Duration::from_millis(50));
             sim.heal_check();
+            let mut g: Vec<(u64, u64)> = sim
+                .sup()
+                .map(|s| s.grants().map(|g| (g.holder, g.first)).collect())
+                .unwrap_or_default();
+            g.sort_unstable();
+            if g != last {
+                last = g;
+                changed = sim.now;
+            }
+            if sim.now >= start + Duration::from_secs(15) && sim.now >= changed + DEAD + I * 2 {
+                break;
+            }
         }
-        check_routes(&sim);
+        check_routes(&mut sim);
     }
     sim.checks
 }
 
-/// The routed `nat` blocks each listener knows equal the grants the agents hold.
-fn check_routes(sim: &Sim) {
+/// The routed `nat` blocks equal the grants the agents hold: at the supervisor now, and
+/// at every listener within three intervals, never with a block that is not held. (A
+/// listener drops a flow whose once-an-interval repeats were all lost for a dead
+/// interval, p = loss^3 per interval, and has it again with the next one that arrives.)
+fn check_routes(sim: &mut Sim) {
     let dst: std::net::IpAddr = ROUTE_DST.parse().unwrap();
+    let routed = |flows: &mut dyn Iterator<Item = &flowgate::control::proto::FlowAdvert>| {
+        let mut v: Vec<(u64, (u16, u16))> = flows
+            .filter(|f| f.matcher.dst == dst)
+            .map(|f| {
+                assert_eq!(f.target, f.origin, "a block routes to its holder");
+                assert_eq!((f.matcher.proto, f.matcher.dst_plen), (17, 32));
+                (f.origin, f.matcher.dport)
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    };
     let mut want: Vec<(u64, (u16, u16))> = Vec::new();
     for i in agents(sim) {
         if let Some(Kind::Agent(a)) = &sim.nodes[i].kind {
@@ -682,29 +766,60 @@ fn check_routes(sim: &Sim) {
     want.sort_unstable();
     assert!(!want.is_empty(), "some blocks are held");
     if let Some(sup) = sim.sup() {
-        let mut got: Vec<(u64, (u16, u16))> = sup
-            .flows()
-            .filter(|f| f.matcher.dst == dst)
-            .map(|f| (f.origin, f.matcher.dport))
-            .collect();
-        got.sort_unstable();
-        assert_eq!(got, want, "the supervisor's routed blocks");
+        assert_eq!(
+            routed(&mut sup.flows()),
+            want,
+            "the supervisor's routed blocks"
+        );
     }
-    for n in &sim.nodes {
-        if let Some(Kind::Listener(l)) = &n.kind {
-            let mut got: Vec<(u64, (u16, u16))> = l
-                .flows()
-                .filter(|f| f.matcher.dst == dst)
-                .map(|f| {
-                    assert_eq!(f.target, f.origin, "a block routes to its holder");
-                    assert_eq!((f.matcher.proto, f.matcher.dst_plen), (17, 32));
-                    (f.origin, f.matcher.dport)
-                })
-                .collect();
-            got.sort_unstable();
-            assert_eq!(got, want, "{}: routed blocks", n.name);
+    let end = sim.now + I * 3;
+    loop {
+        let mut behind = Vec::new();
+        for n in &sim.nodes {
+            if let Some(Kind::Listener(l)) = &n.kind {
+                let got = routed(&mut l.flows());
+                assert!(
+                    got.iter().all(|r| want.contains(r)),
+                    "{}: a block routed that is not held: {got:?}, held {want:?}",
+                    n.name
+                );
+                if got != want {
+                    behind.push((n.name.clone(), got));
+                }
+            }
         }
+        if behind.is_empty() {
+            return;
+        }
+        assert!(
+            sim.now < end,
+            "listeners still missing routes: {behind:?}, held {want:?}"
+        );
+        sim.step(Duration::from_millis(50));
     }
+}
+
+/// The seeds a test runs: `default`, or `SIM_SEEDS=FIRST-LAST` from the environment to
+/// run many more (e.g. `SIM_SEEDS=1-200 cargo test --release --test control_sim`; a
+/// seed that fails prints in the panic message's test, rerun it alone to look closer).
+fn seeds(default: std::ops::RangeInclusive<u64>) -> std::ops::RangeInclusive<u64> {
+    let Ok(v) = std::env::var("SIM_SEEDS") else {
+        return default;
+    };
+    let (a, b) = v.split_once('-').unwrap_or((&v, &v));
+    match (a.trim().parse(), b.trim().parse()) {
+        (Ok(a), Ok(b)) => {
+            eprintln!("SIM_SEEDS: seeds {a}..={b}");
+            a..=b
+        }
+        _ => panic!("SIM_SEEDS={v:?}: expected FIRST-LAST"),
+    }
+}
+
+/// Whether `SIM_SEEDS` asks for other seeds than the tests' own (then the checks of
+/// what a default seed exercises, deaths and handovers, do not apply).
+fn soaking() -> bool {
+    std::env::var("SIM_SEEDS").is_ok()
 }
 
 fn faults(loss: f64) -> Faults {
@@ -721,19 +836,22 @@ fn faults(loss: f64) -> Faults {
 
 #[test]
 fn lossless_with_reordering_and_duplication() {
-    for seed in 1..=4 {
+    for seed in seeds(1..=4) {
         let c = scenario(seed, faults(0.0));
-        assert!(
-            c.convergence > 1000 && c.deaths > 0 && c.grant_pairs > 1000,
-            "{c:?}"
-        );
-        assert!(c.handovers > 0, "a reclaimed block was re-granted: {c:?}");
+        // The default seeds are chosen to exercise deaths and handovers.
+        if !soaking() {
+            assert!(
+                c.convergence > 1000 && c.deaths > 0 && c.grant_pairs > 1000,
+                "{c:?}"
+            );
+            assert!(c.handovers > 0, "a reclaimed block was re-granted: {c:?}");
+        }
     }
 }
 
 #[test]
 fn lossy_network() {
-    for seed in 10..=13 {
+    for seed in seeds(10..=13) {
         let c = scenario(seed, faults(0.05));
         assert!(c.convergence > 1000 && c.grant_pairs > 1000, "{c:?}");
     }
@@ -764,25 +882,23 @@ fn very_lossy_network_keeps_numbers_safe() {
 /// listener route exactly the blocks the agents hold, each to its holder. A lost or
 /// reordered FlowAdd or FlowDel is mended by the once-an-interval relay of every live
 /// flow and the listeners' expiry of flows not heard of for the dead interval; a flow
-/// of a system that died does not come back when the supervisor restarts. (The timing
-/// bounds of `scenario` are not asserted here: with other seeds than those above they
-/// are not always met, which the notes of this change record.)
+/// of a system that died does not come back when the supervisor restarts. The timing
+/// bounds of `scenario` hold throughout.
 #[test]
 fn routed_numbers_follow_their_grants() {
-    for seed in 40..=45 {
+    for seed in seeds(40..=45) {
         let f = Faults {
-            loss: 0.02,
-            strict: false,
             route_numbers: true,
             ..faults(0.02)
         };
         let c = scenario(seed, f);
-        assert!(c.grant_pairs > 1000 && c.handovers > 0, "{c:?}");
+        if !soaking() {
+            assert!(c.grant_pairs > 1000 && c.handovers > 0, "{c:?}");
+        }
     }
-    for seed in 50..=52 {
+    for seed in seeds(50..=52) {
         let f = Faults {
             multicast: true,
-            strict: false,
             route_numbers: true,
             ..faults(0.02)
         };
@@ -792,7 +908,7 @@ fn routed_numbers_follow_their_grants() {
 
 #[test]
 fn multicast_advertisements() {
-    for seed in 30..=32 {
+    for seed in seeds(30..=32) {
         let f = Faults {
             multicast: true,
             ..faults(0.03)
