@@ -172,12 +172,47 @@ pub struct AgentConf {
     pub numbers_file: Option<PathBuf>,
 }
 
-/// One entry of `numbers:` in `conf/agent.yaml`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// One entry of `numbers:` in `conf/agent.yaml`: a pool name, or a pool with a route.
+#[derive(Clone, Debug, Serialize)]
 #[serde(untagged)]
 pub enum NumberConf {
     Pool(String),
     Routed { pool: String, route: RouteConf },
+}
+
+/// The map form of a `numbers:` entry (its errors name the key at fault, where an
+/// untagged enum would only say that no form matched).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoutedNumber {
+    pool: String,
+    route: RouteConf,
+}
+
+impl<'de> Deserialize<'de> for NumberConf {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = NumberConf;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a pool name, or {pool: NAME, route: {dst: ADDRESS, proto: …}}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<NumberConf, E> {
+                Ok(NumberConf::Pool(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                m: A,
+            ) -> std::result::Result<NumberConf, A::Error> {
+                let r = RoutedNumber::deserialize(serde::de::value::MapAccessDeserializer::new(m))?;
+                Ok(NumberConf::Routed {
+                    pool: r.pool,
+                    route: r.route,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl NumberConf {
@@ -1086,12 +1121,19 @@ mod tests {
         .expect("parses");
         let e = format!("{:#}", number_routes(&bad.numbers).unwrap_err());
         assert!(e.contains("nat-ports") && e.contains("tcpp"), "{e}");
-        // An unknown key in a route is refused.
-        assert!(
-            serde_yaml_ng::from_str::<AgentConf>(
-                "name: a\nnumbers: [{pool: p, route: {dst: 10.0.0.1, port: 5}}]\n"
-            )
-            .is_err()
-        );
+        // Unknown keys are refused, by name.
+        for (yaml, key) in [
+            ("{pool: p, route: {dst: 10.0.0.1, port: 5}}", "port"),
+            ("{pool: p, rout: {dst: 10.0.0.1}}", "rout"),
+        ] {
+            let e = serde_yaml_ng::from_str::<AgentConf>(&format!("name: a\nnumbers: [{yaml}]\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("unknown field `{key}`")), "{e}");
+        }
+        let e = serde_yaml_ng::from_str::<AgentConf>("name: a\nnumbers: [[1]]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a pool name"), "{e}");
     }
 }
