@@ -141,6 +141,9 @@ struct Checks {
     grant_pairs: u64,
     /// Times a block went from one agent to another.
     handovers: u64,
+    /// Times a listener lost a live end system it had (its relays all lost for a dead
+    /// interval).
+    gaps: u64,
     owner: std::collections::HashMap<u64, String>,
 }
 
@@ -510,6 +513,13 @@ impl Sim {
                 if li.servers().any(|s| s.id == ag.id()) {
                     seen_now.push(key);
                 } else if now >= from + slack {
+                    if self
+                        .seen
+                        .get(&key)
+                        .is_some_and(|t| *t > from && *t + Duration::from_millis(60) >= now)
+                    {
+                        self.checks.gaps += 1;
+                    }
                     // Without loss a listener never loses a live server. With loss, the
                     // relays of a whole dead interval can all be lost (p = loss^3 per
                     // interval): the listener drops the server and has it again with the
@@ -854,6 +864,9 @@ fn lossy_network() {
     for seed in seeds(10..=13) {
         let c = scenario(seed, faults(0.05));
         assert!(c.convergence > 1000 && c.grant_pairs > 1000, "{c:?}");
+        // Relay mode repeats every advert half an interval later: no listener lost a
+        // live server here (without that repeat, seeds 1-60 had 5 such gaps).
+        assert_eq!(c.gaps, 0, "a listener lost a live server: {c:?}");
     }
 }
 
@@ -886,16 +899,23 @@ fn very_lossy_network_keeps_numbers_safe() {
 /// bounds of `scenario` hold throughout.
 #[test]
 fn routed_numbers_follow_their_grants() {
+    let mut handovers = 0;
     for seed in seeds(40..=45) {
         let f = Faults {
             route_numbers: true,
             ..faults(0.02)
         };
         let c = scenario(seed, f);
+        handovers += c.handovers;
         if !soaking() {
-            assert!(c.grant_pairs > 1000 && c.handovers > 0, "{c:?}");
+            assert!(c.grant_pairs > 1000, "{c:?}");
         }
     }
+    // Blocks moved from one agent to another (so routes were withdrawn and re-made).
+    assert!(
+        soaking() || handovers > 0,
+        "no handover in the default seeds"
+    );
     for seed in seeds(50..=52) {
         let f = Faults {
             multicast: true,
