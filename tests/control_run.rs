@@ -646,7 +646,7 @@ fn a_broken_path_to_the_supervisor_holds_the_view() {
     });
     assert!(c.registered());
     // s2's agent advertises a flow to itself; it must outlive the cut too (the listener
-    // stops hearing the supervisor's once-an-interval repeats of it, and drops it).
+    // stops hearing the supervisor's repeats of it, and drops it).
     advertise_clients_to_s2(&env, &[]);
     let to_s2 = |p: &Pipeline| {
         p.flow_rules

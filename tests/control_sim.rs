@@ -748,7 +748,7 @@ fn scenario(seed: u64, f: Faults) -> Checks {
 
 /// The routed `nat` blocks equal the grants the agents hold: at the supervisor now, and
 /// at every listener within three intervals, never with a block that is not held. (A
-/// listener drops a flow whose once-an-interval repeats were all lost for a dead
+/// listener drops a flow whose repeats were all lost for a dead
 /// interval, p = loss^3 per interval, and has it again with the next one that arrives.)
 fn check_routes(sim: &mut Sim) {
     let dst: std::net::IpAddr = ROUTE_DST.parse().unwrap();
@@ -893,7 +893,7 @@ fn very_lossy_network_keeps_numbers_safe() {
 /// supervisor and listener restarts and clock jumps, on a network that loses 2 %,
 /// duplicates 5 % and reorders datagrams, then a quiet spell, the supervisor and every
 /// listener route exactly the blocks the agents hold, each to its holder. A lost or
-/// reordered FlowAdd or FlowDel is mended by the once-an-interval relay of every live
+/// reordered FlowAdd or FlowDel is mended by the repeated relay of every live
 /// flow and the listeners' expiry of flows not heard of for the dead interval; a flow
 /// of a system that died does not come back when the supervisor restarts. The timing
 /// bounds of `scenario` hold throughout.

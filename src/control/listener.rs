@@ -56,8 +56,9 @@ struct FlowRec {
     adv: FlowAdvert,
     expires: Option<Instant>,
     /// When a FlowAdd for it last arrived: the supervisor (relay mode) or the origin
-    /// (multicast) repeats every live flow once an interval, so a flow not heard of for
-    /// the dead interval is gone (its FlowDel was lost, or came before the FlowAdd).
+    /// (multicast) repeats every live flow at least once an interval, so a flow not
+    /// heard of for the dead interval is gone (its FlowDel was lost, or came before the
+    /// FlowAdd).
     heard: Instant,
 }
 

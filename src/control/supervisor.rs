@@ -181,7 +181,8 @@ pub struct Supervisor {
     events: VecDeque<SupEvent>,
     /// Extra relays of a new or changed advertisement: (when, system, how many more).
     bursts: Vec<(Instant, u64, u8)>,
-    /// Relay mode: when every live flow is next relayed again (see `handle_timeout`).
+    /// Relay mode: when every live flow is next relayed again, twice an interval (see
+    /// `handle_timeout`).
     next_flow_refresh: Instant,
     /// Flows withdrawn in the last dead interval, by (origin, flow id): a FlowAdd for one
     /// of them is a copy delayed past its FlowDel (UDP reorders) and must not bring it
@@ -870,11 +871,12 @@ impl Supervisor {
         self.flows.retain(|_, f| f.expires.is_none_or(|e| e > now));
         let keep = self.cfg.dead_interval;
         self.withdrawn.retain(|_, t| *t + keep > now);
-        // Relay mode: every live flow again, once an interval. A listener drops a flow not
+        // Relay mode: every live flow again, twice an interval. A listener drops a flow not
         // heard of for the dead interval, so a lost or reordered FlowAdd or FlowDel (or
-        // one sent before a listener restarted) is mended within that time.
+        // one sent before a listener restarted) is mended within that time, and a live
+        // flow is dropped only when about six repeats in a row are lost (as for adverts).
         if self.cfg.relay && now >= self.next_flow_refresh {
-            self.next_flow_refresh = now + self.cfg.advert_interval;
+            self.next_flow_refresh = now + self.cfg.advert_interval / 2;
             let flows: Vec<Body> = self
                 .flows
                 .values()
