@@ -768,8 +768,7 @@ fn check_routes(sim: &mut Sim) {
     for i in agents(sim) {
         if let Some(Kind::Agent(a)) = &sim.nodes[i].kind {
             for g in a.grants(sim.now) {
-                let last = (g.first + g.count as u64 - 1) as u16;
-                want.push((a.id(), (g.first as u16, last)));
+                want.push((a.id(), (g.first as u16, g.last() as u16)));
             }
         }
     }

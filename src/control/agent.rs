@@ -59,7 +59,7 @@ impl NumberRoute {
     /// The flows that route grant `g`, or why it cannot be routed (a block past port
     /// 65535: the pool is not a port pool).
     pub fn specs(&self, g: &HeldGrant) -> Result<Vec<FlowSpec>, String> {
-        let last = g.first + u64::from(g.count.max(1)) - 1;
+        let last = g.last();
         if g.count == 0 || last > u64::from(u16::MAX) {
             return Err(format!(
                 "pool {}: block {}..{} is not a port range",

@@ -748,7 +748,7 @@ pub fn numbers_json(agent: &Agent, now: Instant) -> serde_json::Value {
             g.pool.clone(),
             serde_json::json!({
                 "first": g.first,
-                "last": g.first + u64::from(g.count.max(1)) - 1,
+                "last": g.last(),
                 "count": g.count,
                 "grant": g.grant_id,
                 "lease_ms": g.lease_ms,
@@ -872,7 +872,7 @@ fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()
                     "agent: granted {} [{}..{}] (grant {}, lease {} ms)",
                     g.pool,
                     g.first,
-                    g.first + g.count as u64 - 1,
+                    g.last(),
                     g.grant_id,
                     g.lease_ms
                 ),

@@ -53,6 +53,14 @@ pub struct HeldGrant {
     pub valid_from: Instant,
 }
 
+impl HeldGrant {
+    /// The last number of the block (`first` for an empty grant, which the ANA never
+    /// hands out).
+    pub fn last(&self) -> u64 {
+        self.first + u64::from(self.count.max(1)) - 1
+    }
+}
+
 /// Session-level happenings, for the wrapper to turn into its own events.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SessEvent {
