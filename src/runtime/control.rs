@@ -12,7 +12,7 @@
 //!
 //! Fail static: in relay mode every advertisement comes through the supervisor, so an
 //! end system that falls silent may just be a supervisor that did. So when a system of
-//! the published view, or one of its advertised flows (the supervisor repeats them once
+//! the published view, or one of its advertised flows (the supervisor repeats them twice
 //! an interval, and the listener drops those it stops hearing of), vanishes from the
 //! listener, nothing changes until the supervisor
 //! answers a keepalive sent after that moment (within an advertisement interval when it
@@ -218,9 +218,10 @@ impl ControlRt {
             return false;
         }
         let live: Vec<u64> = self.listener.systems().map(|(i, _)| i.id).collect();
-        // A flow the listener no longer has is a disappearance too: without word from the
-        // supervisor for a dead interval the listener drops every flow (their refreshes
-        // stop), and that must not undo them any more than the servers' silence does.
+        // A flow the listener no longer has is a disappearance too: its origin went (the
+        // listener drops a server's flows with it), or the supervisor's repeats of it
+        // stopped, which a silent supervisor must not be taken for any more than for the
+        // servers' silence.
         let flows: Vec<(u64, u64)> = self
             .listener
             .flows()
@@ -231,14 +232,6 @@ impl ControlRt {
             .servers
             .iter()
             .filter_map(|v| v.system)
-            .chain(
-                self.view
-                    .flows
-                    .slots
-                    .iter()
-                    .flatten()
-                    .map(|(f, _)| f.origin),
-            )
             .any(|id| !live.contains(&id))
             || self
                 .view

@@ -161,7 +161,6 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
     // net_af_packet with qpairs=N fans them out over N sockets, configured or not. A queue
     // nobody polls would lose frames, and that rule need not keep a flow's two directions,
     // fragments and ICMP errors together as the dispatcher's hash does.
-    let mut dispatched = vec![false; ports.len()];
     let mut rss_used = vec![false; ports.len()];
     for (i, port) in ports.iter_mut().enumerate() {
         let spec = &conf.ports[i];
@@ -201,14 +200,12 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
             )
         };
         let hf = port.start(&pc, &pool).with_context(start_ctx)?;
-        rss_used[i] = rss;
         if rss && hf == 0 {
             // The PMD advertised RSS but applied none: software dispatch.
             pc.n_rxq = all_rxq;
             port.start(&pc, &pool).with_context(start_ctx)?;
-            rss_used[i] = false;
         }
-        dispatched[i] = n_workers > 1 && !rss_used[i];
+        rss_used[i] = rss && hf != 0;
         eprintln!(
             "port {} = {} ({}): {} rx / {} tx queues, {}",
             spec.name,
@@ -218,10 +215,10 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
             pc.n_txq,
             if n_workers == 1 {
                 "one worker"
-            } else if dispatched[i] {
-                "software dispatch"
-            } else {
+            } else if rss_used[i] {
                 "symmetric RSS"
+            } else {
+                "software dispatch"
             }
         );
     }
@@ -245,7 +242,9 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
             .collect(),
         start: Instant::now(),
     };
-    let inboxes: Vec<ArrayQueue<(u16, Mbuf<'_>)>> = if dispatched.iter().any(|&d| d) {
+    // A port without RSS is dispatched in software when there are several workers.
+    let dispatched = |ci: usize| n_workers > 1 && !rss_used[ci];
+    let inboxes: Vec<ArrayQueue<(u16, Mbuf<'_>)>> = if (0..ports.len()).any(dispatched) {
         (0..n_workers)
             .map(|_| ArrayQueue::new(DISPATCH_QUEUE))
             .collect()
@@ -265,7 +264,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
             for (q, rxq) in rxs.into_iter().enumerate() {
                 // RSS: worker q owns queue q. Otherwise worker 0 polls them all.
                 let w = if rss_used[ci] { q } else { 0 };
-                ios[w].rx.push((to_pipe[ci], rxq, dispatched[ci]));
+                ios[w].rx.push((to_pipe[ci], rxq, dispatched(ci)));
             }
             for (q, txq) in txs.into_iter().enumerate() {
                 ios[q].tx.push(txq);
