@@ -72,9 +72,15 @@ impl Env {
             ),
         )
         .unwrap();
+        self.spawn_agent(&conf, name, key)
+    }
+
+    /// `flowgate agent` on `conf` with this supervisor, key file `key` and the control
+    /// socket `NAME.sock`.
+    fn spawn_agent(&self, conf: &std::path::Path, name: &str, key: &str) -> Proc {
         let c = Command::new(BIN)
             .args(["agent", "--conf"])
-            .arg(&conf)
+            .arg(conf)
             .args(["--supervisor", &self.addr(), "--key-file"])
             .arg(self.p(key))
             .arg("--control-socket")
@@ -402,18 +408,7 @@ fn an_agent_routes_its_number_block_and_writes_it_down() {
         ),
     )
     .unwrap();
-    let mut agent = Proc(
-        Command::new(BIN)
-            .args(["agent", "--conf"])
-            .arg(&conf)
-            .args(["--supervisor", &env.addr(), "--key-file"])
-            .arg(env.p("key"))
-            .arg("--control-socket")
-            .arg(env.p("nat.sock"))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut agent = env.spawn_agent(&conf, "nat", "key");
     let read =
         || -> Option<Value> { serde_json::from_str(&std::fs::read_to_string(&file).ok()?).ok() };
     env.wait_for(

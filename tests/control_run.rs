@@ -202,21 +202,22 @@ fn publish(w: &mut Worker, g: &mut u64, now: &mut u64, p: Pipeline) {
 /// Turns the control plane for 3.5 s (over three dead intervals) while its supervisor is
 /// silent (`while_`): every server stays up, in what it publishes and in its view, and it
 /// ends holding the last view.
+fn all_up(p: &Pipeline) -> bool {
+    p.servers.iter().all(|s| s.state == ServerState::Up)
+}
+
 fn all_up_for(c: &mut ControlRt, while_: &str) {
     let end = Instant::now() + Duration::from_millis(3500);
     while Instant::now() < end {
         if let Some(p) = c.turn(Duration::from_millis(10)) {
             assert!(
-                p.servers.iter().all(|s| s.state == ServerState::Up),
+                all_up(&p),
                 "a server went down while {while_}: {:?}",
                 p.servers.iter().map(|s| s.state).collect::<Vec<_>>()
             );
         }
         assert!(
-            c.effective()
-                .servers
-                .iter()
-                .all(|s| s.state == ServerState::Up),
+            all_up(&c.effective()),
             "a server is down in the view while {while_}"
         );
     }
@@ -532,7 +533,7 @@ fn a_supervisor_outage_holds_the_view() {
     let end = Instant::now() + Duration::from_secs(15);
     while c.to_json()["holding"] == true {
         if let Some(p) = c.turn(Duration::from_millis(10)) {
-            assert!(p.servers.iter().all(|s| s.state == ServerState::Up));
+            assert!(all_up(&p));
         }
         assert!(
             Instant::now() < end,
@@ -542,10 +543,7 @@ fn a_supervisor_outage_holds_the_view() {
     for _ in 0..50 {
         c.turn(Duration::from_millis(10));
         assert!(
-            c.effective()
-                .servers
-                .iter()
-                .all(|s| s.state == ServerState::Up),
+            all_up(&c.effective()),
             "no server goes down after the outage"
         );
     }

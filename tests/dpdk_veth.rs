@@ -229,51 +229,75 @@ fn build(t: &mut Topo, www: &Path) {
         std::fs::write(dir.join("big.bin"), big).expect("big.bin");
         // One server per address family: http.server binds one address.
         for vip in ["203.0.113.10", VIP6] {
-            let child = t
-                .exec(
-                    &format!("s{i}"),
-                    &[
-                        "python3",
-                        "-m",
-                        "http.server",
-                        "80",
-                        "--bind",
-                        vip,
-                        "--directory",
-                    ],
-                )
-                .arg(&dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("http.server");
-            t.children.push(child);
+            daemon(
+                t,
+                &format!("s{i}"),
+                &[
+                    "python3",
+                    "-m",
+                    "http.server",
+                    "80",
+                    "--bind",
+                    vip,
+                    "--directory",
+                ],
+                &dir,
+            );
         }
     }
     // Both servers listening before any request: a request balanced to a server whose
     // python has not bound its socket yet would be refused (a slow start on a loaded CI
     // machine made a request fail that way). Asked inside each server's namespace, where
     // the VIP is local, so flowgate is not involved.
-    let t0 = Instant::now();
-    for (i, url) in [1, 2].into_iter().flat_map(|i| [(i, URL4), (i, URL6)]) {
-        let ns = format!("s{i}");
-        while !t
-            .exec(
-                &ns,
-                &["curl", "-s", "-o", "/dev/null", "--noproxy", "*", "-m", "1"],
-            )
-            .arg(url)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "http.server in {ns} not listening after 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
+    for i in 1..=2 {
+        for url in [URL4, URL6] {
+            wait_served(t, &format!("s{i}"), url);
         }
+    }
+}
+
+/// Starts `args` followed by `dir` in namespace `ns` as a child of `t` (a server daemon,
+/// its output discarded).
+fn daemon(t: &mut Topo, ns: &str, args: &[&str], dir: &Path) {
+    let child = t
+        .exec(ns, args)
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{args:?} in {ns}: {e}"));
+    t.children.push(child);
+}
+
+/// Waits (up to 30 s) until curl inside namespace `ns` gets `url`: the server there is
+/// listening. Inside its namespace the VIP is local, so flowgate is not involved.
+fn wait_served(t: &Topo, ns: &str, url: &str) {
+    let t0 = Instant::now();
+    while !t
+        .exec(
+            ns,
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "--noproxy",
+                "*",
+                "-m",
+                "1",
+                url,
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "nothing serves {url} in {ns} after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -522,46 +546,26 @@ fn run_af_packet_ftp_passive_on_both_servers() {
         let root = dir.path().join(format!("ftp{i}"));
         std::fs::create_dir(&root).expect("mkdir");
         std::fs::write(root.join("hello.txt"), format!("ftp-s{i}\n")).expect("file");
-        let child = t
-            .exec(
-                &format!("s{i}"),
-                &[
-                    "/usr/bin/python3",
-                    "-m",
-                    "pyftpdlib",
-                    "-i",
-                    "203.0.113.10",
-                    "-p",
-                    "21",
-                    "-r",
-                    range,
-                    "-d",
-                ],
-            )
-            .arg(&root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("pyftpdlib");
-        t.children.push(child);
+        daemon(
+            &mut t,
+            &format!("s{i}"),
+            &[
+                "/usr/bin/python3",
+                "-m",
+                "pyftpdlib",
+                "-i",
+                "203.0.113.10",
+                "-p",
+                "21",
+                "-r",
+                range,
+                "-d",
+            ],
+            &root,
+        );
     }
-    // Both daemons answering, asked inside their namespaces (no flowgate involved).
-    let t0 = Instant::now();
     for i in 1..=2 {
-        while !t
-            .exec(
-                &format!("s{i}"),
-                &["curl", "-s", "-o", "/dev/null", "-m", "1", FTP_URL],
-            )
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "FTP daemon in s{i} not answering after 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_served(&t, &format!("s{i}"), FTP_URL);
     }
     let ftp = "  - name: ftp\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [21]\n    servers:\n      \
          - { name: s1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, weight: 100, port: inside }\n      \
