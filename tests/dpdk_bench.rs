@@ -1,6 +1,7 @@
 //! `flowgate bench` end to end (feature `dpdk`, root): a short run with few flows prints
 //! the JSON the issue specifies, with positive rates and `ratio == flowgate / testpmd`,
-//! and the page-walk probe's two timings.
+//! the second testpmd run with a packed pool (`--no-huge`), and the page-walk probe's two
+//! timings.
 //! (The bench itself refuses to report when a measured packet was dropped or created a
 //! flow, so a success also says every packet took the established-flow path.)
 #![cfg(feature = "dpdk")]
@@ -42,6 +43,14 @@ fn bench_prints_rates_and_ratio() {
     let r = j["ratio"].as_f64().expect("ratio");
     assert!(f > 0.0 && t > 0.0, "{j}");
     assert!((r - f / t).abs() < 1e-9, "{j}");
+    // Without hugepages flowgate's pool is packed, and testpmd ran a second time with a
+    // packed pool of its own.
+    assert_eq!(j["pool"], "packed", "{j}");
+    let tp = j["testpmd_packed_mpps"]
+        .as_f64()
+        .expect("testpmd_packed_mpps");
+    let rp = j["ratio_packed"].as_f64().expect("ratio_packed");
+    assert!(tp > 0.0 && (rp - f / tp).abs() < 1e-9, "{j}");
     assert_eq!(j["io_only"], serde_json::Value::Bool(false), "{j}");
     // The page-walk probe ran: both layouts timed over the same lines.
     let w = &j["page_walk"];
@@ -68,7 +77,14 @@ fn bench_prints_rates_and_ratio() {
         "{j}"
     );
     assert_eq!(j["io_only"], serde_json::Value::Bool(true), "{j}");
-    assert!(j["testpmd_mpps"].is_null() && j["ratio"].is_null(), "{j}");
+    for k in [
+        "testpmd_mpps",
+        "ratio",
+        "testpmd_packed_mpps",
+        "ratio_packed",
+    ] {
+        assert!(j[k].is_null(), "{k}: {j}");
+    }
 }
 
 /// Runs `flowgate bench --json --conf conf ARGS`; its JSON line, after checking it exited 0.

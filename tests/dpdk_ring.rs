@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use flowgate::port::dpdk::{
-    BURST, DpdkError, Eal, Mbuf, MbufBatch, Mempool, Port, PortConf, SYMMETRIC_RSS_KEY,
+    BURST, DpdkError, Eal, Mbuf, MbufBatch, Mempool, PoolLayout, Port, PortConf, SYMMETRIC_RSS_KEY,
     current_lcore, toeplitz_v4,
 };
 
@@ -63,6 +63,33 @@ fn dpdk_ring_and_null() {
 
     let pool = Mempool::new(&eal, "fg_ring_pool", 4095, 32, 2176, None).expect("pool");
     assert_eq!(pool.avail_count(), 4095);
+    assert_eq!(pool.in_use_count(), 0);
+
+    // ---- without hugepages the pool is packed, and its IO addresses are EAL's ----
+    assert!(!eal.has_hugepages());
+    assert_eq!(pool.layout(), PoolLayout::Packed);
+    {
+        let mut all = MbufBatch::new();
+        let mut offsets = std::collections::HashSet::new();
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            assert!(pool.alloc_bulk(&mut all, BURST));
+            all.drain_each(|m| held.push(m));
+        }
+        for m in &held {
+            let p = m.data().as_ptr();
+            // A NIC would DMA to the address EAL translates the frame's start to.
+            let iova = m.data_iova();
+            assert_eq!(iova, eal.virt2iova(p), "IOVA of {p:p}");
+            if eal.iova_is_va() {
+                assert_eq!(iova, p as u64);
+            }
+            offsets.insert(p as usize % 4096);
+        }
+        // DPDK's default puts one mbuf in each 4 KB page, all at one page offset; packed,
+        // 256 consecutive mbufs (~2.4 KB apart) start at many offsets.
+        assert!(offsets.len() > 32, "{} page offsets", offsets.len());
+    }
     assert_eq!(pool.in_use_count(), 0);
 
     // ---- mbuf header push/pop in the headroom ----

@@ -25,13 +25,19 @@
 //!   cores), on the same lcores, `--nb-cores` = number of workers, two `net_null` ports,
 //!   for the same duration; its rate is its accumulated RX count over the time between
 //!   "Press enter to exit" and the stop.
+//! - Without hugepages flowgate's mbuf pool is packed ([`PoolLayout::Packed`]) and
+//!   testpmd's default pool is not: one mbuf per 4 KB page, every frame at the same page
+//!   offset, which costs testpmd about two thirds of its rate on `net_null`. So the bench
+//!   then runs testpmd a second time with `--mbuf-size=4096`: an mbuf larger than a page,
+//!   which DPDK places back to back. `ratio` is against testpmd as it runs by default,
+//!   `ratio_packed` against that second run, where both pools are packed.
 
 use super::conf::RunConf;
 use super::copy_stats;
 use crate::r#gen::ack::{AckStamp, Template, frame, handshake, shuffle};
 use crate::pipeline::stats::Stats;
 use crate::pipeline::{Outcome, Tables, Worker};
-use crate::port::dpdk::{Eal, MbufBatch, Mempool, Port, PortConf, SYMMETRIC_RSS_KEY};
+use crate::port::dpdk::{Eal, MbufBatch, Mempool, PoolLayout, Port, PortConf, SYMMETRIC_RSS_KEY};
 use anyhow::{Context, Result, anyhow, bail};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -58,6 +64,13 @@ pub struct BenchResult {
     /// Million packets per second per forwarding core, testpmd macswap.
     pub testpmd_mpps: Option<f64>,
     pub ratio: Option<f64>,
+    /// flowgate's mbuf pool layout.
+    pub pool: PoolLayout,
+    /// testpmd macswap with `--mbuf-size=4096`, whose pool DPDK packs (run only when
+    /// EAL has no hugepages; with them testpmd's default pool is packed already).
+    pub testpmd_packed_mpps: Option<f64>,
+    /// `flowgate_mpps / testpmd_packed_mpps`.
+    pub ratio_packed: Option<f64>,
     pub workers: usize,
     pub flows: usize,
     pub seconds: f64,
@@ -196,6 +209,8 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
         None,
     )
     .context("creating the mbuf pool")?;
+    let pool_layout = pool.layout();
+    let hugepages = eal.has_hugepages();
     let mut rx_port = Port::by_name(&eal, conf.ports[0].dpdk_name()).map_err(|e| {
         anyhow!(
             "port {:?} ({}): {e}",
@@ -399,12 +414,20 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
     let testpmd_mpps = if o.no_testpmd {
         None
     } else {
-        Some(testpmd(conf, o.seconds)?)
+        Some(testpmd(conf, o.seconds, None)?)
+    };
+    let testpmd_packed_mpps = if o.no_testpmd || hugepages {
+        None
+    } else {
+        Some(testpmd(conf, o.seconds, Some(4096))?)
     };
     Ok(BenchResult {
         flowgate_mpps,
         testpmd_mpps,
         ratio: testpmd_mpps.map(|t| flowgate_mpps / t),
+        pool: pool_layout,
+        testpmd_packed_mpps,
+        ratio_packed: testpmd_packed_mpps.map(|t| flowgate_mpps / t),
         workers: n_workers,
         flows: live,
         seconds: o.seconds,
@@ -432,7 +455,9 @@ fn anon_huge_mb() -> Option<f64> {
 
 /// `dpdk-testpmd --forward-mode=macswap` on two `net_null` ports with the conf's lcores and
 /// EAL memory options; Mpps per forwarding core.
-fn testpmd(conf: &RunConf, seconds: f64) -> Result<f64> {
+/// testpmd macswap on the conf's lcores and two `net_null` ports for `seconds`; its Mpps
+/// per forwarding core. `mbuf_size`: testpmd's `--mbuf-size` (default 2176).
+fn testpmd(conf: &RunConf, seconds: f64, mbuf_size: Option<u16>) -> Result<f64> {
     let n = conf.worker_lcores.len();
     let mut args: Vec<String> = Vec::new();
     let mut skip = false;
@@ -464,6 +489,7 @@ fn testpmd(conf: &RunConf, seconds: f64) -> Result<f64> {
         format!("--txq={n}"),
         format!("--total-num-mbufs={}", conf.mbufs.max(16384)),
     ]);
+    args.extend(mbuf_size.map(|m| format!("--mbuf-size={m}")));
     // testpmd's stdout is a pipe here, hence fully buffered: stdbuf makes it line buffered
     // so that "Press enter to exit" arrives when forwarding starts.
     let mut child = Command::new("stdbuf")

@@ -14,8 +14,8 @@ use crate::config::Pipeline;
 use crate::pipeline::stats::Stats;
 use crate::pipeline::{Outcome, Tables, Worker};
 use crate::port::dpdk::{
-    BURST, DpdkError, Eal, Mbuf, MbufBatch, Mempool, Port, PortConf, RxQueue, SYMMETRIC_RSS_KEY,
-    TxQueue,
+    BURST, DpdkError, Eal, Mbuf, MbufBatch, Mempool, PoolLayout, Port, PortConf, RxQueue,
+    SYMMETRIC_RSS_KEY, TxQueue,
 };
 use anyhow::{Context, Result, anyhow, bail};
 use crossbeam::queue::ArrayQueue;
@@ -140,6 +140,14 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
     }
     let pool = Mempool::new(&eal, "flowgate", conf.mbufs, conf.mbuf_cache, 2176, None)
         .context("creating the mbuf pool (in --no-huge mode, raise -m; else reserve hugepages)")?;
+    eprintln!(
+        "mbuf pool: {} mbufs, {} layout",
+        pool.size(),
+        match pool.layout() {
+            PoolLayout::Packed => "packed (no hugepages)",
+            PoolLayout::Default => "DPDK's default",
+        }
+    );
 
     let mut ports = Vec::new();
     for spec in &conf.ports {

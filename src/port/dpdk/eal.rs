@@ -108,6 +108,26 @@ impl Eal {
         // SAFETY: the EAL is initialised.
         unsafe { ffi::rte_socket_id() }
     }
+
+    /// Whether EAL runs on hugepages (false with `--no-huge`).
+    pub fn has_hugepages(&self) -> bool {
+        // SAFETY: the EAL is initialised.
+        unsafe { ffi::fg_has_hugepages() != 0 }
+    }
+
+    /// Whether IO addresses are virtual addresses (`RTE_IOVA_VA`).
+    pub fn iova_is_va(&self) -> bool {
+        // SAFETY: the EAL is initialised.
+        unsafe { ffi::fg_iova_is_va() != 0 }
+    }
+
+    /// EAL's IO address of `p` (`rte_mem_virt2iova`); `u64::MAX` (`RTE_BAD_IOVA`) when EAL
+    /// cannot tell.
+    pub fn virt2iova(&self, p: *const u8) -> u64 {
+        // SAFETY: the EAL is initialised; the call only looks `p` up in EAL's memory map
+        // (or the process's page map), it never dereferences it.
+        unsafe { ffi::fg_virt2iova(p.cast()) }
+    }
 }
 
 impl Drop for Eal {

@@ -84,6 +84,17 @@ unsafe extern "C" {
     pub(crate) fn fg_max_lcore() -> c_uint;
     pub(crate) fn fg_rss_hf_default() -> u64;
     pub(crate) fn fg_heap_alloc_bytes(socket: c_int) -> usize;
+    pub(crate) fn fg_has_hugepages() -> c_int;
+    pub(crate) fn fg_iova_is_va() -> c_int;
+    pub(crate) fn fg_mbuf_iova(m: *const RteMbuf) -> u64;
+    pub(crate) fn fg_virt2iova(p: *const c_void) -> u64;
+    pub(crate) fn fg_pktmbuf_pool_create_packed(
+        name: *const c_char,
+        n: c_uint,
+        cache: c_uint,
+        data_room: u16,
+        socket: c_int,
+    ) -> *mut RteMempool;
 
     pub(crate) fn fg_mbuf_layout(out: *mut usize);
     pub(crate) fn fg_pktmbuf_alloc(mp: *mut RteMempool) -> *mut RteMbuf;

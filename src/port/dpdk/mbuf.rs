@@ -84,6 +84,15 @@ impl Mbuf<'_> {
         unsafe { self.field::<u16>(ffi::MBUF_NB_SEGS) }
     }
 
+    /// The IO address of the frame's first byte (`rte_mbuf_data_iova`): what a NIC reads
+    /// or writes by DMA.
+    pub fn data_iova(&self) -> u64 {
+        // SAFETY: ptr is a live mbuf we own.
+        let buf = unsafe { ffi::fg_mbuf_iova(self.ptr.as_ptr()) };
+        // SAFETY: as above; the offset is checked against the C headers at init.
+        buf + u64::from(unsafe { self.field::<u16>(ffi::MBUF_DATA_OFF) })
+    }
+
     /// Free bytes before the frame.
     #[inline]
     pub fn headroom(&self) -> usize {

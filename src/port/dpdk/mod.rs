@@ -96,7 +96,7 @@ pub use ethdev::{
 pub use lcore::Scope;
 pub use mbuf::{BURST, Mbuf, MbufBatch};
 pub use memory::advise_huge_pages;
-pub use mempool::{Mempool, leaked_pools};
+pub use mempool::{Mempool, PoolLayout, leaked_pools};
 
 /// Errors of the DPDK binding.
 #[derive(Debug, thiserror::Error)]

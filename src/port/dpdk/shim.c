@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <rte_acl.h>
@@ -19,6 +20,8 @@
 #include <rte_lcore.h>
 #include <rte_malloc.h>
 #include <rte_mbuf.h>
+#include <rte_mbuf_pool_ops.h>
+#include <rte_memzone.h>
 #include <rte_mempool.h>
 #include <rte_thash.h>
 
@@ -62,6 +65,84 @@ uint16_t fg_headroom(const struct rte_mbuf *m) { return rte_pktmbuf_headroom(m);
 uint16_t fg_tailroom(const struct rte_mbuf *m) { return rte_pktmbuf_tailroom(m); }
 uint8_t *fg_append(struct rte_mbuf *m, uint16_t n) { return (uint8_t *)rte_pktmbuf_append(m, n); }
 int fg_trim(struct rte_mbuf *m, uint16_t n) { return rte_pktmbuf_trim(m, n); }
+
+int fg_has_hugepages(void) { return rte_eal_has_hugepages(); }
+int fg_iova_is_va(void) { return rte_eal_iova_mode() == RTE_IOVA_VA; }
+uint64_t fg_mbuf_iova(const struct rte_mbuf *m) { return m->buf_iova; }
+uint64_t fg_virt2iova(const void *p) { return rte_mem_virt2iova(p); }
+
+static void fg_memzone_free(struct rte_mempool_memhdr *memhdr, void *opaque)
+{
+	(void)memhdr;
+	rte_memzone_free(opaque);
+}
+
+/*
+ * rte_pktmbuf_pool_create, but with the mbufs packed back to back in one IOVA-contiguous
+ * memzone. Why: without hugepages, DPDK's default populate keeps every object inside one
+ * 4 KB page (so that it is IOVA-contiguous), and a 2.4 KB mbuf then takes a page of its
+ * own. Every mbuf header and every frame's first bytes sit at the same page offset, i.e. in
+ * the same L1 set: 8 ways for all the mbufs of a burst. Here the whole zone is
+ * IOVA-contiguous (the memzone flag), so an object crossing a page is still contiguous,
+ * and each mbuf gets the zone's IOVA plus its offset, as the default would give it.
+ * Returns NULL with rte_errno set when the zone or the pool cannot be made (the caller
+ * then falls back to rte_pktmbuf_pool_create).
+ */
+struct rte_mempool *fg_pktmbuf_pool_create_packed(const char *name, unsigned n, unsigned cache,
+						  uint16_t data_room, int socket)
+{
+	struct rte_pktmbuf_pool_private priv;
+	char mz_name[RTE_MEMZONE_NAMESIZE];
+	const struct rte_memzone *mz;
+	struct rte_mempool *mp;
+	size_t total;
+	int ret;
+
+	if (snprintf(mz_name, sizeof(mz_name), "fgp_%s", name) >= (int)sizeof(mz_name)) {
+		rte_errno = ENAMETOOLONG;
+		return NULL;
+	}
+	memset(&priv, 0, sizeof(priv));
+	priv.mbuf_data_room_size = data_room;
+	priv.mbuf_priv_size = 0;
+	mp = rte_mempool_create_empty(name, n, sizeof(struct rte_mbuf) + data_room, cache,
+				      sizeof(priv), socket, RTE_MEMPOOL_F_NO_IOVA_CONTIG);
+	if (mp == NULL)
+		return NULL;
+	ret = rte_mempool_set_ops_byname(mp, rte_mbuf_best_mempool_ops(), NULL);
+	if (ret != 0)
+		goto fail;
+	rte_pktmbuf_pool_init(mp, &priv);
+	total = (size_t)(mp->header_size + mp->elt_size + mp->trailer_size) * n;
+	mz = rte_memzone_reserve_aligned(mz_name, total, socket, RTE_MEMZONE_IOVA_CONTIG,
+					 RTE_CACHE_LINE_SIZE);
+	if (mz == NULL) {
+		ret = -rte_errno;
+		goto fail;
+	}
+	if (mz->iova == RTE_BAD_IOVA) {
+		rte_memzone_free(mz);
+		ret = -EINVAL;
+		goto fail;
+	}
+	/* From here the pool owns the zone: rte_mempool_free frees it through the callback. */
+	ret = rte_mempool_populate_iova(mp, mz->addr, mz->iova, mz->len, fg_memzone_free,
+					(void *)(uintptr_t)mz);
+	if (ret < 0) {
+		rte_memzone_free(mz);
+		goto fail;
+	}
+	if ((unsigned)ret != n) {
+		ret = -ENOSPC;
+		goto fail;
+	}
+	rte_mempool_obj_iter(mp, rte_pktmbuf_init, NULL);
+	return mp;
+fail:
+	rte_mempool_free(mp);
+	rte_errno = -ret;
+	return NULL;
+}
 
 /* ---- ethdev ---- */
 
