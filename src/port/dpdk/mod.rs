@@ -65,6 +65,9 @@
 //!   per test binary. It pins the calling thread to the first lcore of `-l`.
 //! - `net_pcap` never signals end of file: stop after an idle period. Its `tx_pcap` file is
 //!   complete once the port is closed.
+//! - In `--no-huge` mode `rte_pktmbuf_pool_create` gives every mbuf its own 4 KB page (an
+//!   object may not cross a page), so all mbufs alias in one L1 set and `net_null` I/O
+//!   runs at about half speed: [`Mempool::new`] packs the pool there ([`PoolLayout`]).
 //! - `--no-huge` and `--in-memory` are refused together; in `--no-huge`, `-m` caps the
 //!   pools (testpmd's default pool needs more than `-m 512`: `--total-num-mbufs=16384`).
 //! - Threads not launched by EAL have no lcore id, hence no mempool cache: run workers
