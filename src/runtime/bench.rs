@@ -82,7 +82,7 @@ pub struct BenchResult {
     /// The process's anonymous memory backed by huge pages once the flows were created
     /// (`AnonHugePages` of /proc/self/smaps_rollup), MB; `None` when unreadable.
     pub anon_huge_mb: Option<f64>,
-    /// What a page walk costs on this machine ([`page_walk_probe`]).
+    /// What a page walk costs on this machine (`page_walk_probe`).
     pub page_walk: PageWalkProbe,
 }
 
