@@ -146,21 +146,24 @@ fn body() -> impl Strategy<Value = Body> {
             0u8..=32,
             any::<[u8; 4]>(),
             proptest::collection::vec(qos(), 0..5),
-            any::<u32>()
+            any::<u32>(),
+            any::<Option<(u32, u32)>>()
         )
             .prop_map(
-                |((o, f, t), s, sp, d, qos, life)| Body::FlowAdd(FlowAdvert {
+                |((o, f, t), s, sp, d, qos, life, spi)| Body::FlowAdd(FlowAdvert {
                     origin: o,
                     flow_id: f,
                     target: t,
+                    // With an SPI range (the FlowAdd extension): ESP, any ports.
                     matcher: FlowMatch {
-                        proto: 6,
+                        proto: if spi.is_some() { 50 } else { 6 },
                         src: IpAddr::from(s),
                         src_plen: sp,
                         dst: IpAddr::from(d),
                         dst_plen: 32,
-                        sport: (1, 2),
-                        dport: (3, 3)
+                        sport: if spi.is_some() { (0, 65535) } else { (1, 2) },
+                        dport: if spi.is_some() { (0, 65535) } else { (3, 3) },
+                        spi: spi.map(|(a, b)| (a.min(b), a.max(b))),
                     },
                     qos,
                     lifetime_ms: life
@@ -343,6 +346,7 @@ fn a_late_flow_add_does_not_undo_its_flow_del() {
             dst_plen: 32,
             sport: (0, 65535),
             dport: (100, 199),
+            spi: None,
         },
         qos: vec![],
         lifetime_ms: 0,

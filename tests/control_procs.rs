@@ -28,7 +28,8 @@ impl Env {
         std::fs::write(
             dir.path().join("sup.yaml"),
             "name: sup\nadvert_interval_ms: 200\ndead_interval_ms: 1000\n\
-             pools:\n  - {name: nat-ports, first: 1024, last: 65535, block: 1024, lease_ms: 5000}\n",
+             pools:\n  - {name: nat-ports, first: 1024, last: 65535, block: 1024, lease_ms: 5000}\n  \
+             - {name: ipsec-spi, first: 0x100, last: 0xffffffff, block: 65536, lease_ms: 5000}\n",
         )
         .unwrap();
         Env {
@@ -402,7 +403,8 @@ fn an_agent_routes_its_number_block_and_writes_it_down() {
         format!(
             "name: nat\nmac: \"02:00:00:00:00:09\"\naddrs: [127.0.0.1]\n\
              load: {{source: static, value: 100}}\n\
-             numbers:\n  - {{pool: nat-ports, route: {{dst: 203.0.113.1, proto: [tcp, udp]}}}}\n\
+             numbers:\n  - {{pool: nat-ports, route: {{dst: 203.0.113.1, proto: [tcp, udp]}}}}\n  \
+             - {{pool: ipsec-spi, route: {{dst: 203.0.113.1, proto: esp}}}}\n\
              numbers_file: {}\n",
             file.display()
         ),
@@ -412,24 +414,32 @@ fn an_agent_routes_its_number_block_and_writes_it_down() {
     let read =
         || -> Option<Value> { serde_json::from_str(&std::fs::read_to_string(&file).ok()?).ok() };
     env.wait_for(
-        || read().is_some_and(|j| j["nat-ports"].is_object()),
+        || read().is_some_and(|j| j["nat-ports"].is_object() && j["ipsec-spi"].is_object()),
         "numbers file",
     );
     let j = read().unwrap();
-    let (first, last) = (
-        j["nat-ports"]["first"].as_u64().unwrap(),
-        j["nat-ports"]["last"].as_u64().unwrap(),
-    );
+    let block = |pool: &str| {
+        (
+            j[pool]["first"].as_u64().unwrap(),
+            j[pool]["last"].as_u64().unwrap(),
+        )
+    };
+    let ((first, last), (spi_first, spi_last)) = (block("nat-ports"), block("ipsec-spi"));
+    assert_eq!(spi_last - spi_first + 1, 65536);
     // The supervisor's view agrees with the file.
     let g = grants(&env);
-    assert_eq!(g.len(), 1);
-    assert_eq!(
-        (g[0].1.as_str(), g[0].2, g[0].3),
-        ("nat", first, last - first + 1)
-    );
-    assert_eq!(j["nat-ports"]["grant"].as_u64(), Some(g[0].0));
-    // Two flows route the block to the agent's system.
-    env.wait_for(|| env.ctl(&["flows"]).len() == 2, "the block routed");
+    assert_eq!(g.len(), 2);
+    for (pool, (f, l)) in [
+        ("nat-ports", (first, last)),
+        ("ipsec-spi", (spi_first, spi_last)),
+    ] {
+        let id = j[pool]["grant"].as_u64();
+        let held = g.iter().find(|x| Some(x.0) == id).expect(pool);
+        assert_eq!((held.1.as_str(), held.2, held.3), ("nat", f, l - f + 1));
+    }
+    // Three flows route the blocks to the agent's system: the ports for TCP and UDP,
+    // the SPIs for ESP (any ports).
+    env.wait_for(|| env.ctl(&["flows"]).len() == 3, "the blocks routed");
     let mut protos = Vec::new();
     for f in env.ctl(&["flows"]) {
         assert_eq!(
@@ -439,11 +449,18 @@ fn an_agent_routes_its_number_block_and_writes_it_down() {
         let m = &f["match"];
         assert_eq!(m["dst"], "203.0.113.1", "{f}");
         assert_eq!(m["dst_plen"], 32, "{f}");
-        assert_eq!(m["dport"], serde_json::json!([first, last]), "{f}");
-        protos.push(m["proto"].as_u64().unwrap());
+        let proto = m["proto"].as_u64().unwrap();
+        if proto == 50 {
+            assert_eq!(m["spi"], serde_json::json!([spi_first, spi_last]), "{f}");
+            assert_eq!(m["dport"], serde_json::json!([0, 65535]), "{f}");
+        } else {
+            assert_eq!(m["dport"], serde_json::json!([first, last]), "{f}");
+            assert!(m.get("spi").is_none(), "{f}");
+        }
+        protos.push(proto);
     }
     protos.sort();
-    assert_eq!(protos, vec![6, 17]);
+    assert_eq!(protos, vec![6, 17, 50]);
     // SIGTERM: drained and gone well before the agent's 10 s drain timeout.
     let t0 = Instant::now();
     assert!(

@@ -983,6 +983,7 @@ fn listener_table_events() {
             dst_plen: 32,
             sport: (40000, 40000),
             dport: (30001, 30001),
+            spi: None,
         },
         qos: vec![
             Qos::Dscp(46),

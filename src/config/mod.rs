@@ -499,7 +499,8 @@ pub fn parse_dscp(s: &str) -> Option<u8> {
     None
 }
 
-fn parse_proto(s: &str) -> Option<u8> {
+/// An IP protocol by name (tcp, udp, icmp, icmpv6, esp, ah, gre, sctp, any) or number.
+pub(crate) fn parse_proto(s: &str) -> Option<u8> {
     match s.to_ascii_lowercase().as_str() {
         "tcp" => Some(6),
         "udp" => Some(17),

@@ -46,8 +46,9 @@ pub struct AgentConfig {
     pub drain_timeout: Duration,
 }
 
-/// Traffic to `dst` with protocol `protos[i]` and a destination port in a held block of
-/// `pool` goes to this end system (one flow advertisement per protocol).
+/// Traffic to `dst` with protocol `protos[i]` and, for TCP, UDP and the like, a
+/// destination port in a held block of `pool`, or, for ESP and AH, an SPI in it, goes to
+/// this end system (one flow advertisement per protocol).
 #[derive(Clone, Debug, PartialEq)]
 pub struct NumberRoute {
     pub pool: String,
@@ -56,38 +57,47 @@ pub struct NumberRoute {
 }
 
 impl NumberRoute {
-    /// The flows that route grant `g`, or why it cannot be routed (a block past port
-    /// 65535: the pool is not a port pool).
+    /// The flows that route grant `g`, or why it cannot be routed: a block past port
+    /// 65535 for a port protocol, or past 2^32 - 1 for ESP and AH.
     pub fn specs(&self, g: &HeldGrant) -> Result<Vec<FlowSpec>, String> {
         let last = g.last();
-        if g.count == 0 || last > u64::from(u16::MAX) {
-            return Err(format!(
-                "pool {}: block {}..{} is not a port range",
-                g.pool, g.first, last
-            ));
+        if g.count == 0 {
+            return Err(format!("pool {}: empty block", g.pool));
         }
         let (any, full) = match self.dst {
             IpAddr::V4(_) => (IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 32),
             IpAddr::V6(_) => (IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 128),
         };
-        Ok(self
-            .protos
+        let all = (0, u16::MAX);
+        let not = |what: &str| format!("pool {}: block {}..{last} is not {what}", g.pool, g.first);
+        self.protos
             .iter()
-            .map(|&proto| FlowSpec {
-                target: None,
-                matcher: FlowMatch {
-                    proto,
-                    src: any,
-                    src_plen: 0,
-                    dst: self.dst,
-                    dst_plen: full,
-                    sport: (0, u16::MAX),
-                    dport: (g.first as u16, last as u16),
-                },
-                qos: Vec::new(),
-                lifetime_ms: 0,
+            .map(|&proto| {
+                // `first <= last`, so `first` fits wherever `last` does.
+                let (dport, spi) = if matches!(proto, IPPROTO_ESP | IPPROTO_AH) {
+                    let l = u32::try_from(last).map_err(|_| not("an SPI range"))?;
+                    (all, Some((g.first as u32, l)))
+                } else {
+                    let l = u16::try_from(last).map_err(|_| not("a port range"))?;
+                    ((g.first as u16, l), None)
+                };
+                Ok(FlowSpec {
+                    target: None,
+                    matcher: FlowMatch {
+                        proto,
+                        src: any,
+                        src_plen: 0,
+                        dst: self.dst,
+                        dst_plen: full,
+                        sport: all,
+                        dport,
+                        spi,
+                    },
+                    qos: Vec::new(),
+                    lifetime_ms: 0,
+                })
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -563,5 +573,46 @@ mod tests {
         assert!(r.specs(&grant("nat-ports", 65_000, 1024)).is_err());
         assert!(r.specs(&grant("nat-ports", 0x1_0000, 16)).is_err());
         assert!(r.specs(&grant("nat-ports", 10, 0)).is_err());
+    }
+
+    #[test]
+    fn an_spi_block_becomes_an_spi_range_for_esp_and_ah() {
+        let r = NumberRoute {
+            pool: "ipsec-spi".into(),
+            dst: "203.0.113.1".parse().unwrap(),
+            protos: vec![IPPROTO_ESP, IPPROTO_AH],
+        };
+        let specs = r
+            .specs(&grant("ipsec-spi", 0x0002_0000, 65536))
+            .expect("an SPI block");
+        assert_eq!(specs.len(), 2);
+        for (s, proto) in specs.iter().zip([50, 51]) {
+            let m = &s.matcher;
+            assert_eq!(
+                (m.proto, m.spi, m.sport, m.dport),
+                (
+                    proto,
+                    Some((0x0002_0000, 0x0002_ffff)),
+                    (0, 65535),
+                    (0, 65535)
+                )
+            );
+            assert_eq!(m.check(), Ok(()));
+            assert!(!m.is_exact());
+        }
+        // The last SPI, 2^32 - 1, is a number of the block; past it is not.
+        let top = r
+            .specs(&grant("ipsec-spi", 0xffff_0000, 65536))
+            .expect("top");
+        assert_eq!(top[0].matcher.spi, Some((0xffff_0000, u32::MAX)));
+        assert!(r.specs(&grant("ipsec-spi", 0xffff_0001, 65536)).is_err());
+        // One route may mix both kinds: the ports of a NAT block for UDP, fine; an SPI
+        // block for UDP is refused as a port range.
+        let mixed = NumberRoute {
+            protos: vec![17, IPPROTO_ESP],
+            ..r.clone()
+        };
+        assert_eq!(mixed.specs(&grant("p", 4096, 256)).expect("both").len(), 2);
+        assert!(mixed.specs(&grant("p", 0x10_0000, 256)).is_err());
     }
 }

@@ -223,8 +223,8 @@ impl NumberConf {
     }
 }
 
-/// Where a held port block is routed: traffic to `dst` with protocol `proto` (one or a
-/// list) and a destination port in the block.
+/// Where a held block is routed: traffic to `dst` with protocol `proto` (one or a list)
+/// and a destination port in the block, or for `esp` and `ah` an SPI in it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConf {
@@ -294,11 +294,8 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6]> {
 }
 
 fn parse_proto(s: &str) -> Result<u8> {
-    Ok(match s {
-        "tcp" => 6,
-        "udp" => 17,
-        "any" | "" => 0,
-        n => n.parse().with_context(|| format!("protocol {n}"))?,
+    crate::config::parse_proto(s).ok_or_else(|| {
+        anyhow!("protocol {s:?}: tcp, udp, icmp, icmpv6, esp, ah, gre, sctp, any or a number")
     })
 }
 
@@ -484,7 +481,7 @@ pub enum FlowCmd {
 /// A flow as given on the command line (and sent to the agent as JSON).
 #[derive(Args, Debug, Clone, Serialize, Deserialize)]
 pub struct FlowAddArgs {
-    /// tcp, udp, any or a number.
+    /// tcp, udp, esp, ah, any, another name or a number.
     #[arg(long, default_value = "tcp")]
     pub proto: String,
     /// Source address or prefix (a.b.c.d[/len]).
@@ -497,6 +494,10 @@ pub struct FlowAddArgs {
     pub sport: String,
     #[arg(long, default_value = "0-65535")]
     pub dport: String,
+    /// ESP/AH security parameter index or range (N or N-M, decimal or 0x hex); needs
+    /// --proto esp or ah.
+    #[arg(long)]
+    pub spi: Option<String>,
     /// End system the flow goes to (name); default: this agent.
     #[arg(long)]
     pub target: Option<String>,
@@ -521,6 +522,19 @@ pub struct FlowAddArgs {
     /// 0 = until withdrawn.
     #[arg(long, default_value_t = 0)]
     pub lifetime_ms: u32,
+}
+
+/// "N" or "N-M", each decimal or 0x hex.
+fn parse_spi_range(s: &str) -> Result<(u32, u32)> {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let (a, b) = (
+        num(a).with_context(|| format!("spi {s}"))?,
+        num(b).with_context(|| format!("spi {s}"))?,
+    );
+    if a > b {
+        bail!("spi {s}: empty range");
+    }
+    Ok((a, b))
 }
 
 fn num(s: &str) -> Result<u32> {
@@ -548,7 +562,9 @@ impl FlowAddArgs {
             dst_plen,
             sport: parse_range(&self.sport)?,
             dport: parse_range(&self.dport)?,
+            spi: self.spi.as_deref().map(parse_spi_range).transpose()?,
         };
+        matcher.check().map_err(|e| anyhow!("flow: {e}"))?;
         let mut qos = Vec::new();
         if let Some(v) = self.dscp {
             if v > 63 {
@@ -620,7 +636,7 @@ impl FlowAddArgs {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 enum LocalReq {
-    FlowAdd(FlowAddArgs),
+    FlowAdd(Box<FlowAddArgs>),
     FlowDel { id: u64 },
     Drain { timeout_ms: Option<u64> },
 }
@@ -652,7 +668,7 @@ pub fn run_agent(a: &AgentArgs) -> Result<()> {
             cmd: FlowCmd::Add(f),
         }) => {
             f.to_spec()?;
-            local_call(&sock_path, &LocalReq::FlowAdd((**f).clone()))
+            local_call(&sock_path, &LocalReq::FlowAdd(f.clone()))
         }
         Some(AgentCmd::Flow {
             cmd: FlowCmd::Del { id },
@@ -1135,5 +1151,51 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("a pool name"), "{e}");
+        // IPsec: SPI blocks routed for ESP and AH.
+        let c: AgentConf = serde_yaml_ng::from_str(
+            "name: a\nnumbers: [{pool: ipsec-spi, route: {dst: 203.0.113.1, proto: [esp, ah]}}]\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            number_routes(&c.numbers).expect("routes")[0].protos,
+            [50, 51]
+        );
+    }
+
+    /// `flowgate agent flow add` as typed.
+    fn flow_args(args: &[&str]) -> Result<FlowSpec> {
+        #[derive(clap::Parser)]
+        struct P {
+            #[command(flatten)]
+            f: FlowAddArgs,
+        }
+        use clap::Parser;
+        let p = P::try_parse_from(std::iter::once("add").chain(args.iter().copied()))?;
+        p.f.to_spec()
+    }
+
+    #[test]
+    fn flow_add_takes_an_spi_range_for_esp_and_ah_only() {
+        let s = flow_args(&[
+            "--proto",
+            "esp",
+            "--dst",
+            "203.0.113.1/32",
+            "--spi",
+            "0x100-0x1ff",
+        ])
+        .expect("valid");
+        assert_eq!((s.matcher.proto, s.matcher.spi), (50, Some((0x100, 0x1ff))));
+        let s = flow_args(&["--proto", "ah", "--spi", "4096"]).expect("one SPI");
+        assert_eq!(s.matcher.spi, Some((4096, 4096)));
+        for (args, why) in [
+            (&["--spi", "5"][..], "needs protocol esp"),
+            (&["--proto", "esp", "--spi", "9-5"][..], "empty range"),
+            (&["--proto", "esp", "--spi", "x"][..], "spi x"),
+            (&["--proto", "espp"][..], "espp"),
+        ] {
+            let e = format!("{:#}", flow_args(args).unwrap_err());
+            assert!(e.contains(why), "{args:?}: {e}");
+        }
     }
 }

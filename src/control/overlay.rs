@@ -137,6 +137,9 @@ fn advert_rule(m: &FlowMatch, d: Decision) -> Rule {
     r.dst = prefix(m.dst, m.dst_plen);
     r.src_port = Range::new(m.sport.0, m.sport.1);
     r.dst_port = Range::new(m.dport.0, m.dport.1);
+    if let Some((lo, hi)) = m.spi {
+        r.spi = Range::new(lo, hi);
+    }
     r
 }
 
@@ -590,6 +593,7 @@ services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]
                 dst_plen: 32,
                 sport: (0, 65535),
                 dport: (80, 80),
+                spi: None,
             },
             qos,
             lifetime_ms: 0,
@@ -683,6 +687,101 @@ services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]
         assert_eq!(
             t.classifier.classify(&key([192, 0, 2, 9])),
             Decision::Service(0)
+        );
+    }
+
+    /// An Ethernet/IPv4/ESP frame from `src` to the VIP with `spi` (IPv4 checksum 0: the
+    /// pipeline does not check it).
+    fn esp_frame(src: [u8; 4], spi: u32) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 0xfe, 0x08, 0x00]);
+        f.extend_from_slice(&[0x45, 0, 0, 44, 0, 1, 0, 0, 64, 50, 0, 0]);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&[203, 0, 113, 10]);
+        f.extend_from_slice(&spi.to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0, 1]);
+        f.extend_from_slice(&[0; 16]);
+        f
+    }
+
+    #[test]
+    fn spi_adverts_steer_esp_by_spi() {
+        let mut p = base();
+        let static_rules = p.flow_rules.len();
+        reserve_flow_slots(&mut p, 2);
+        let a = sys(1, "s1", 1, SysState::Up);
+        let b = sys(2, "s2", 2, SysState::Up);
+        let systems = [(&a, &[][..]), (&b, &[][..])];
+        let mut o = Overlay::new(3, Unheard::Keep, 2);
+        // What two agents routing their `ipsec-spi` blocks advertise (NumberRoute::specs).
+        let route = |origin: u64, first: u64| {
+            let r = crate::control::agent::NumberRoute {
+                pool: "ipsec-spi".into(),
+                dst: "203.0.113.10".parse().unwrap(),
+                protos: vec![crate::control::proto::IPPROTO_ESP],
+            };
+            let g = crate::control::session::HeldGrant {
+                grant_id: 1,
+                pool: "ipsec-spi".into(),
+                first,
+                count: 65536,
+                lease_ms: 1000,
+                valid_from: std::time::Instant::now(),
+            };
+            let s = r.specs(&g).expect("an SPI block").remove(0);
+            FlowAdvert {
+                origin,
+                flow_id: 1,
+                target: origin,
+                matcher: s.matcher,
+                qos: s.qos,
+                lifetime_ms: 0,
+            }
+        };
+        let (fa, fb) = (route(1, 0x1_0000), route(2, 0x2_0000));
+        let sv = o.server_views(&p, systems);
+        let fv = o.flows_view(&sv, [&fa, &fb]);
+        assert!(fv.refused.is_empty(), "{:?}", fv.refused);
+        let q = apply(
+            &p,
+            &View {
+                servers: sv,
+                flows: fv,
+            },
+        );
+        let mut w =
+            crate::pipeline::Worker::new(std::sync::Arc::new(crate::pipeline::Tables::build(q, 1)));
+        let mut buf = crate::action::FrameBuf::new(2048);
+        let mut send = |src: [u8; 4], spi: u32| {
+            assert!(buf.load(&esp_frame(src, spi)));
+            w.process(&mut buf, 0, 1)
+        };
+        // Each client's first ESP packet goes by its SPI: the block's holder.
+        for (i, (spi, server, rule)) in [
+            (0x1_0005, 0, static_rules),
+            (0x2_fffe, 1, static_rules + 1),
+            (0x1_ffff, 0, static_rules),
+            (0x2_0000, 1, static_rules + 1),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let out = send([198, 51, 100, i as u8 + 1], spi);
+            assert_eq!(out.kind, crate::pipeline::Kind::NewFlow, "{spi:#x}");
+            assert_eq!(
+                out.decision,
+                Some(Decision::FlowRule(rule as u32)),
+                "{spi:#x}"
+            );
+            let r = out.route.expect("routed");
+            assert_eq!(r.mac, [2, 0, 0, 0, 1, server as u8 + 1], "{spi:#x}");
+        }
+        // An SPI in neither block matches no advert.
+        let out = send([198, 51, 100, 9], 0x3_0000);
+        assert_ne!(out.decision, Some(Decision::FlowRule(static_rules as u32)));
+        assert_ne!(
+            out.decision,
+            Some(Decision::FlowRule(static_rules as u32 + 1))
         );
     }
 

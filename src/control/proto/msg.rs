@@ -164,8 +164,8 @@ pub struct ServiceAdvert {
     pub services: Vec<Service>,
 }
 
-/// A flow pattern; exact when proto != 0, both prefixes full length and both port
-/// ranges single ports.
+/// A flow pattern; exact when proto != 0, both prefixes full length, both port ranges
+/// single ports and no SPI range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct FlowMatch {
     pub proto: u8,
@@ -175,6 +175,10 @@ pub struct FlowMatch {
     pub dst_plen: u8,
     pub sport: (u16, u16),
     pub dport: (u16, u16),
+    /// Inclusive range of the ESP or AH security parameter index; only with proto 50 or
+    /// 51 (PROTOCOL.md §4.4, extension 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spi: Option<(u32, u32)>,
 }
 
 impl FlowMatch {
@@ -185,8 +189,38 @@ impl FlowMatch {
             && self.dst_plen == full
             && self.sport.0 == self.sport.1
             && self.dport.0 == self.dport.1
+            && self.spi.is_none()
+    }
+
+    /// Why the match is invalid, if it is: mixed families, prefixes past the address, an
+    /// empty range, or an SPI range on a protocol without one.
+    pub fn check(&self) -> Result<(), &'static str> {
+        let full = if self.src.is_ipv4() { 32 } else { 128 };
+        if self.src.is_ipv4() != self.dst.is_ipv4() {
+            return Err("src and dst are of different address families");
+        }
+        if self.src_plen > full || self.dst_plen > full {
+            return Err("prefix longer than the address");
+        }
+        if self.sport.0 > self.sport.1 || self.dport.0 > self.dport.1 {
+            return Err("empty port range");
+        }
+        match self.spi {
+            Some((lo, hi)) if lo > hi => Err("empty SPI range"),
+            Some(_) if !matches!(self.proto, IPPROTO_ESP | IPPROTO_AH) => {
+                Err("an SPI range needs protocol esp (50) or ah (51)")
+            }
+            _ => Ok(()),
+        }
     }
 }
+
+/// IP protocol numbers of the two IPsec headers, which carry an SPI.
+pub const IPPROTO_ESP: u8 = 50;
+pub const IPPROTO_AH: u8 = 51;
+
+/// FlowAdd extension types (PROTOCOL.md §4.4).
+const EXT_SPI: u8 = 1;
 
 /// QoS actions, as in the pipeline YAML.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -555,7 +589,9 @@ fn dec_match(r: &mut Rd) -> R<FlowMatch> {
     let src_plen = r.u8()?;
     let dst = r.addr()?;
     let dst_plen = r.u8()?;
-    let m = FlowMatch {
+    // The SPI range, if any, comes in an extension at the end of the FlowAdd body: the
+    // caller checks the whole match once it has read that.
+    Ok(FlowMatch {
         proto,
         src,
         src_plen,
@@ -563,17 +599,8 @@ fn dec_match(r: &mut Rd) -> R<FlowMatch> {
         dst_plen,
         sport: (r.u16()?, r.u16()?),
         dport: (r.u16()?, r.u16()?),
-    };
-    let full = if src.is_ipv4() { 32 } else { 128 };
-    if src.is_ipv4() != dst.is_ipv4()
-        || src_plen > full
-        || dst_plen > full
-        || m.sport.0 > m.sport.1
-        || m.dport.0 > m.dport.1
-    {
-        return Err(ProtoError::Malformed);
-    }
-    Ok(m)
+        spi: None,
+    })
 }
 
 fn enc_qos(w: &mut W, q: &Qos) {
@@ -769,6 +796,12 @@ impl Body {
                     enc_qos(&mut w, q);
                 }
                 w.u32(m.lifetime_ms);
+                if let Some((lo, hi)) = m.matcher.spi {
+                    w.u8(EXT_SPI);
+                    w.u8(8);
+                    w.u32(lo);
+                    w.u32(hi);
+                }
             }
             Body::FlowDel(m) => {
                 w.u64(m.origin);
@@ -878,16 +911,28 @@ impl Body {
                 let origin = r.u64()?;
                 let flow_id = r.u64()?;
                 let target = r.u64()?;
-                let matcher = dec_match(&mut r)?;
+                let mut matcher = dec_match(&mut r)?;
                 let n = r.u8()? as usize;
                 let qos = (0..n).map(|_| dec_qos(&mut r)).collect::<R<Vec<_>>>()?;
+                let lifetime_ms = r.u32()?;
+                // Extensions to the end of the body. An unknown one is malformed: a
+                // receiver must not apply a match it does not wholly understand.
+                while r.end().is_err() {
+                    match (r.u8()?, r.u8()?) {
+                        (EXT_SPI, 8) if matcher.spi.is_none() => {
+                            matcher.spi = Some((r.u32()?, r.u32()?));
+                        }
+                        _ => return Err(ProtoError::Malformed),
+                    }
+                }
+                matcher.check().map_err(|_| ProtoError::Malformed)?;
                 Body::FlowAdd(FlowAdvert {
                     origin,
                     flow_id,
                     target,
                     matcher,
                     qos,
-                    lifetime_ms: r.u32()?,
+                    lifetime_ms,
                 })
             }
             ty::FLOW_DEL => Body::FlowDel(FlowWithdraw {
@@ -1033,6 +1078,81 @@ mod tests {
     }
 
     #[test]
+    fn spi_extension() {
+        let esp = FlowMatch {
+            proto: IPPROTO_ESP,
+            src: "0.0.0.0".parse().unwrap(),
+            src_plen: 0,
+            dst: "203.0.113.1".parse().unwrap(),
+            dst_plen: 32,
+            sport: (0, 65535),
+            dport: (0, 65535),
+            spi: Some((0x1_0000, 0x1_ffff)),
+        };
+        let add = |matcher| {
+            Body::FlowAdd(FlowAdvert {
+                origin: 1,
+                flow_id: 2,
+                target: 1,
+                matcher,
+                qos: vec![],
+                lifetime_ms: 0,
+            })
+        };
+        let enc = |b: &Body| {
+            let mut v = Vec::new();
+            b.encode(&mut v);
+            v
+        };
+        let b = add(esp);
+        let v = enc(&b);
+        // Without the SPI the body ends with the lifetime: the extension is type 1,
+        // length 8, first and last SPI.
+        let plain = enc(&add(FlowMatch { spi: None, ..esp }));
+        assert_eq!(v.len(), plain.len() + 10);
+        assert_eq!(&v[..plain.len()], &plain[..]);
+        assert_eq!(&v[plain.len()..], &[1, 8, 0, 1, 0, 0, 0, 1, 0xff, 0xff]);
+        assert_eq!(Body::decode(ty::FLOW_ADD, &v).unwrap(), b);
+        assert_eq!(
+            Body::decode(ty::FLOW_ADD, &plain).unwrap(),
+            add(FlowMatch { spi: None, ..esp }),
+            "a FlowAdd without extensions reads as before"
+        );
+        // Malformed: an unknown extension, a wrong length, the SPI twice, an empty range,
+        // an SPI range for TCP, a cut extension.
+        let mut unknown = v.clone();
+        unknown[plain.len()] = 2;
+        let mut long = plain.clone();
+        long.extend_from_slice(&[1, 9, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+        let mut twice = v.clone();
+        twice.extend_from_slice(&v[plain.len()..]);
+        let empty = enc(&add(FlowMatch {
+            spi: Some((5, 4)),
+            ..esp
+        }));
+        let tcp = enc(&add(FlowMatch { proto: 6, ..esp }));
+        for bad in [
+            &unknown,
+            &long,
+            &twice,
+            &empty,
+            &tcp,
+            &v[..v.len() - 1].to_vec(),
+        ] {
+            assert!(Body::decode(ty::FLOW_ADD, bad).is_err(), "{bad:x?}");
+        }
+        assert!(FlowMatch { proto: 6, ..esp }.check().is_err());
+        assert!(
+            FlowMatch {
+                proto: IPPROTO_AH,
+                ..esp
+            }
+            .check()
+            .is_ok()
+        );
+    }
+
+    #[test]
     fn qos_vector() {
         let b = Body::FlowAdd(FlowAdvert {
             origin: 1,
@@ -1046,6 +1166,7 @@ mod tests {
                 dst_plen: 32,
                 sport: (1000, 1000),
                 dport: (21, 21),
+                spi: None,
             },
             qos: vec![
                 Qos::Dscp(46),
