@@ -47,8 +47,8 @@ pub struct AgentConfig {
 }
 
 /// Traffic to `dst` with protocol `protos[i]` and, for TCP, UDP and the like, a
-/// destination port in a held block of `pool`, or, for ESP and AH, an SPI in it, goes to
-/// this end system (one flow advertisement per protocol).
+/// destination port in a held block of `pool`, or, for ESP, an SPI in it, goes to this
+/// end system (one flow advertisement per protocol).
 #[derive(Clone, Debug, PartialEq)]
 pub struct NumberRoute {
     pub pool: String,
@@ -58,7 +58,9 @@ pub struct NumberRoute {
 
 impl NumberRoute {
     /// The flows that route grant `g`, or why it cannot be routed: a block past port
-    /// 65535 for a port protocol, or past 2^32 - 1 for ESP and AH.
+    /// 65535 for a port protocol, or past 2^32 - 1 for ESP; AH (51), whose packets
+    /// flowgate's data plane keys by the transport inside (IPv6) or not at all (IPv4),
+    /// is refused.
     pub fn specs(&self, g: &HeldGrant) -> Result<Vec<FlowSpec>, String> {
         let last = g.last();
         if g.count == 0 {
@@ -74,7 +76,13 @@ impl NumberRoute {
             .iter()
             .map(|&proto| {
                 // `first <= last`, so `first` fits wherever `last` does.
-                let (dport, spi) = if matches!(proto, IPPROTO_ESP | IPPROTO_AH) {
+                if proto == 51 {
+                    return Err(format!(
+                        "pool {}: AH is not routed by SPI (route esp)",
+                        g.pool
+                    ));
+                }
+                let (dport, spi) = if proto == IPPROTO_ESP {
                     let l = u32::try_from(last).map_err(|_| not("an SPI range"))?;
                     (all, Some((g.first as u32, l)))
                 } else {
@@ -576,30 +584,30 @@ mod tests {
     }
 
     #[test]
-    fn an_spi_block_becomes_an_spi_range_for_esp_and_ah() {
+    fn an_spi_block_becomes_an_spi_range_for_esp() {
         let r = NumberRoute {
             pool: "ipsec-spi".into(),
             dst: "203.0.113.1".parse().unwrap(),
-            protos: vec![IPPROTO_ESP, IPPROTO_AH],
+            protos: vec![IPPROTO_ESP],
         };
         let specs = r
             .specs(&grant("ipsec-spi", 0x0002_0000, 65536))
             .expect("an SPI block");
-        assert_eq!(specs.len(), 2);
-        for (s, proto) in specs.iter().zip([50, 51]) {
-            let m = &s.matcher;
-            assert_eq!(
-                (m.proto, m.spi, m.sport, m.dport),
-                (
-                    proto,
-                    Some((0x0002_0000, 0x0002_ffff)),
-                    (0, 65535),
-                    (0, 65535)
-                )
-            );
-            assert_eq!(m.check(), Ok(()));
-            assert!(!m.is_exact());
-        }
+        assert_eq!(specs.len(), 1);
+        let m = &specs[0].matcher;
+        assert_eq!(
+            (m.proto, m.spi, m.sport, m.dport),
+            (50, Some((0x0002_0000, 0x0002_ffff)), (0, 65535), (0, 65535))
+        );
+        assert_eq!(m.check(), Ok(()));
+        assert!(!m.is_exact());
+        // AH is refused, with the reason.
+        let ah = NumberRoute {
+            protos: vec![51],
+            ..r.clone()
+        };
+        let e = ah.specs(&grant("ipsec-spi", 0x0002_0000, 16)).unwrap_err();
+        assert!(e.contains("AH"), "{e}");
         // The last SPI, 2^32 - 1, is a number of the block; past it is not.
         let top = r
             .specs(&grant("ipsec-spi", 0xffff_0000, 65536))

@@ -494,8 +494,8 @@ pub struct FlowAddArgs {
     pub sport: String,
     #[arg(long, default_value = "0-65535")]
     pub dport: String,
-    /// ESP/AH security parameter index or range (N or N-M, decimal or 0x hex); needs
-    /// --proto esp or ah.
+    /// ESP security parameter index or range (N or N-M, decimal or 0x hex); needs
+    /// --proto esp.
     #[arg(long)]
     pub spi: Option<String>,
     /// End system the flow goes to (name); default: this agent.
@@ -1151,15 +1151,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("a pool name"), "{e}");
-        // IPsec: SPI blocks routed for ESP and AH.
+        // IPsec: SPI blocks routed for ESP.
         let c: AgentConf = serde_yaml_ng::from_str(
-            "name: a\nnumbers: [{pool: ipsec-spi, route: {dst: 203.0.113.1, proto: [esp, ah]}}]\n",
+            "name: a\nnumbers: [{pool: ipsec-spi, route: {dst: 203.0.113.1, proto: esp}}]\n",
         )
         .expect("valid");
-        assert_eq!(
-            number_routes(&c.numbers).expect("routes")[0].protos,
-            [50, 51]
-        );
+        assert_eq!(number_routes(&c.numbers).expect("routes")[0].protos, [50]);
     }
 
     /// `flowgate agent flow add` as typed.
@@ -1175,7 +1172,7 @@ mod tests {
     }
 
     #[test]
-    fn flow_add_takes_an_spi_range_for_esp_and_ah_only() {
+    fn flow_add_takes_an_spi_range_for_esp_only() {
         let s = flow_args(&[
             "--proto",
             "esp",
@@ -1186,9 +1183,10 @@ mod tests {
         ])
         .expect("valid");
         assert_eq!((s.matcher.proto, s.matcher.spi), (50, Some((0x100, 0x1ff))));
-        let s = flow_args(&["--proto", "ah", "--spi", "4096"]).expect("one SPI");
+        let s = flow_args(&["--proto", "esp", "--spi", "4096"]).expect("one SPI");
         assert_eq!(s.matcher.spi, Some((4096, 4096)));
         for (args, why) in [
+            (&["--proto", "ah", "--spi", "5"][..], "needs protocol esp"),
             (&["--spi", "5"][..], "needs protocol esp"),
             (&["--proto", "esp", "--spi", "9-5"][..], "empty range"),
             (&["--proto", "esp", "--spi", "x"][..], "spi x"),

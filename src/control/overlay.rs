@@ -742,6 +742,7 @@ services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]
         let sv = o.server_views(&p, systems);
         let fv = o.flows_view(&sv, [&fa, &fb]);
         assert!(fv.refused.is_empty(), "{:?}", fv.refused);
+        use crate::pipeline::Kind;
         let q = apply(
             &p,
             &View {
@@ -752,10 +753,11 @@ services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]
         let mut w =
             crate::pipeline::Worker::new(std::sync::Arc::new(crate::pipeline::Tables::build(q, 1)));
         let mut buf = crate::action::FrameBuf::new(2048);
-        let mut send = |src: [u8; 4], spi: u32| {
+        let mut send = |w: &mut crate::pipeline::Worker, src: [u8; 4], spi: u32| {
             assert!(buf.load(&esp_frame(src, spi)));
             w.process(&mut buf, 0, 1)
         };
+        let mac = |server: u8| [2, 0, 0, 0, 1, server + 1];
         // Each client's first ESP packet goes by its SPI: the block's holder.
         for (i, (spi, server, rule)) in [
             (0x1_0005, 0, static_rules),
@@ -766,23 +768,55 @@ services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]
         .into_iter()
         .enumerate()
         {
-            let out = send([198, 51, 100, i as u8 + 1], spi);
-            assert_eq!(out.kind, crate::pipeline::Kind::NewFlow, "{spi:#x}");
+            let out = send(&mut w, [198, 51, 100, i as u8 + 1], spi);
+            assert_eq!(out.kind, Kind::NewFlow, "{spi:#x}");
             assert_eq!(
                 out.decision,
                 Some(Decision::FlowRule(rule as u32)),
                 "{spi:#x}"
             );
-            let r = out.route.expect("routed");
-            assert_eq!(r.mac, [2, 0, 0, 0, 1, server as u8 + 1], "{spi:#x}");
+            assert_eq!(out.route.expect("routed").mac, mac(server), "{spi:#x}");
         }
         // An SPI in neither block matches no advert.
-        let out = send([198, 51, 100, 9], 0x3_0000);
+        let out = send(&mut w, [198, 51, 100, 9], 0x3_0000);
         assert_ne!(out.decision, Some(Decision::FlowRule(static_rules as u32)));
         assert_ne!(
             out.decision,
             Some(Decision::FlowRule(static_rules as u32 + 1))
         );
+        // One client with security associations on both servers (after a failover, say):
+        // each SPI is a flow of its own and goes to its own block's holder.
+        let c = [198, 51, 100, 20];
+        let to = |o: crate::pipeline::Outcome| (o.kind, o.route.expect("routed").mac);
+        let fwd = Kind::Flow { reverse: false };
+        assert_eq!(to(send(&mut w, c, 0x1_0100)), (Kind::NewFlow, mac(0)));
+        assert_eq!(to(send(&mut w, c, 0x2_0100)), (Kind::NewFlow, mac(1)));
+        assert_eq!(to(send(&mut w, c, 0x1_0100)), (fwd, mac(0)));
+        assert_eq!(to(send(&mut w, c, 0x2_0100)), (fwd, mac(1)));
+        // s1 hands its block to s2 (its advert now targets s2): the open associations in
+        // the block move with it, because the sweep matches an ESP flow's SPI.
+        let handed = FlowAdvert {
+            target: 2,
+            ..fa.clone()
+        };
+        let sv = o.server_views(&p, systems);
+        let fv = o.flows_view(&sv, [&handed, &fb]);
+        let q = apply(
+            &p,
+            &View {
+                servers: sv,
+                flows: fv,
+            },
+        );
+        w.set_tables(std::sync::Arc::new(crate::pipeline::Tables::build(q, 2)))
+            .expect("same shape");
+        let mut moved = 0;
+        while w.sweep_due() {
+            moved += w.sweep(64);
+        }
+        assert_eq!(moved, 3, "the three flows with an SPI in s1's block");
+        assert_eq!(to(send(&mut w, c, 0x1_0100)), (fwd, mac(1)));
+        assert_eq!(to(send(&mut w, [198, 51, 100, 1], 0x1_0005)), (fwd, mac(1)));
     }
 
     use proptest::prelude::*;

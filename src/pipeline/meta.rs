@@ -83,7 +83,8 @@ pub struct Meta {
     /// protocol after the extension headers.
     pub tuple: Tuple,
     /// For ICMP/ICMPv6 errors: the tuple of the quoted packet (as it was sent), which
-    /// ties the error to the flow of that packet.
+    /// ties the error to the flow of that packet (a quoted ESP header's SPI in the ports,
+    /// as [`Meta::flow_tuple`] keys ESP).
     pub quoted: Option<Tuple>,
     /// True for IPv6.
     pub v6: bool,
@@ -102,6 +103,23 @@ pub struct Meta {
 }
 
 impl Meta {
+    /// The tuple that keys this frame's flow: the quoted packet's for an ICMP error, else
+    /// the frame's own. ESP has no ports: its SPI takes their place (high half as the
+    /// source port, as for a quoted ESP header), so each security association is a flow
+    /// of its own, steered by the SPI of its first packet.
+    #[inline]
+    pub fn flow_tuple(&self) -> Tuple {
+        match self.quoted {
+            Some(q) => q,
+            None if self.tuple.proto == crate::wire::ipv4::proto::ESP => Tuple {
+                src_port: (self.spi >> 16) as u16,
+                dst_port: self.spi as u16,
+                ..self.tuple
+            },
+            None => self.tuple,
+        }
+    }
+
     /// Outermost VLAN tag, if any.
     #[inline]
     pub fn outer_vlan(&self) -> Option<VlanTag> {

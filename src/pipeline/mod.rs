@@ -271,13 +271,18 @@ fn reconsider(
     } else {
         ((k.a, k.pa), (k.b, k.pb))
     };
-    let key = crate::classify::Key::of_five_tuple(
+    let mut key = crate::classify::Key::of_five_tuple(
         u128::from_be_bytes(src),
         u128::from_be_bytes(dst),
         k.proto,
         sp,
         dp,
     );
+    if k.proto == crate::wire::ipv4::proto::ESP {
+        // The key's ports hold the SPI (`Meta::flow_tuple`).
+        key.spi = u32::from(sp) << 16 | u32::from(dp);
+        (key.src_port, key.dst_port) = (0, 0);
+    }
     let first = claiming
         .iter()
         .copied()
@@ -439,7 +444,7 @@ impl Worker {
         let mut out = Outcome::default();
         match parse::parse(buf.data()) {
             Ok(m) => {
-                let (key, swapped) = FlowKey::of(&m.quoted.unwrap_or(m.tuple));
+                let (key, swapped) = FlowKey::of(&m.flow_tuple());
                 let hash = self.flows.table.hash(&key);
                 let k = (key, swapped, hash);
                 self.decide(&tables, buf, &m, &k, in_port, now, &mut out);
@@ -561,7 +566,7 @@ impl Worker {
         *out = Outcome::default();
         match parse::parse_into(d, m) {
             Ok(()) => {
-                let (k, swapped) = FlowKey::of(&m.quoted.unwrap_or(m.tuple));
+                let (k, swapped) = FlowKey::of(&m.flow_tuple());
                 *key = (k, swapped, self.flows.table.hash(&k));
             }
             Err(r) => drop_into(out, r),

@@ -342,12 +342,13 @@ fn parse_l4(p: u8, l4: &[u8], l4_off: usize, v6: bool, m: &mut Meta) -> Result<(
     Ok(())
 }
 
-/// Ports of a quoted L4 header: the first 4 bytes for TCP/UDP/SCTP, the identifier
-/// (as both ports, like the flow key of the echo itself) for an ICMP echo; 0 when
-/// the quote is too short or the protocol has no ports.
+/// Ports of a quoted L4 header: the first 4 bytes for TCP/UDP/SCTP, and for ESP, whose
+/// SPI they are (high half as the source port, as `Meta::flow_tuple` keys ESP); the
+/// identifier (as both ports, like the flow key of the echo itself) for an ICMP echo; 0
+/// when the quote is too short or the protocol has no ports.
 fn quoted_ports(p: u8, l4: &[u8], t: &mut Tuple) {
     match p {
-        proto::TCP | proto::UDP | proto::SCTP => {
+        proto::TCP | proto::UDP | proto::SCTP | proto::ESP => {
             if let Some(h) = l4.get(..4) {
                 t.src_port = u16::from_be_bytes([h[0], h[1]]);
                 t.dst_port = u16::from_be_bytes([h[2], h[3]]);
@@ -452,6 +453,8 @@ mod tests {
     const ICMP4ERR_TCP: &str = "00112233445566778899aabb0800450000440001000040017cadcb007109c00002010b00e1510000000045000028000100000106cd98c0000201c633640280e801bb00000000000000005002200021080000";
     // E()/IP(src="203.0.113.9", dst="192.0.2.1")/ICMP(type=3, code=4, nexthopmtu=1400)/IP(**V4)/UDP(sport=33001, dport=53)
     const ICMP4ERR_UDP: &str = "00112233445566778899aabb0800450000380001000040017cb9cb007109c00002010304e3d4000005784500001c0001000040118e99c0000201c633640280e9003500089288";
+    // E()/IP(src="203.0.113.9", dst="192.0.2.1")/ICMP(type=3, code=4, nexthopmtu=1400)/IP(**V4)/ESP(spi=0xcafe0001, seq=42, data=b"\x00"*16)
+    const ICMP4ERR_ESP: &str = "00112233445566778899aabb0800450000480001000040017ca9cb007109c000020103042c5a000005784500002c0001000040328e68c0000201c6336402cafe00010000002a00000000000000000000000000000000";
     // E()/IP(src="203.0.113.9", dst="192.0.2.1")/ICMP(type=3, code=1)/Raw(bytes(IP(**V4, proto=6, len=60))[:20]+b"\x80\xe8")
     const ICMP4ERR_SHORT: &str = "00112233445566778899aabb0800450000320001000040017cbfcb007109c000020103017c16000000004500003c0001000040068e84c0000201c633640280e8";
     // E()/IP(src="203.0.113.9", dst="192.0.2.1")/ICMP(type=12, code=0)/Raw(b"\x99"*28)
@@ -494,6 +497,7 @@ mod tests {
         ICMP4ECHO,
         ICMP4ERR_TCP,
         ICMP4ERR_UDP,
+        ICMP4ERR_ESP,
         ICMP4ERR_SHORT,
         ICMP4ERR_GARBAGE,
         ICMP6ECHO,
@@ -834,6 +838,14 @@ mod tests {
         let m = p(ICMP4ERR_UDP);
         assert_eq!((m.icmp_type, m.icmp_code), (3, 4));
         assert_eq!(m.quoted, Some(v4t(S4, D4, 17, 33001, 53)));
+
+        // A quoted ESP header: its SPI where the ports go, so the error keys the flow
+        // of the security association it quotes (ESP4 is that packet).
+        let m = p(ICMP4ERR_ESP);
+        assert_eq!(m.quoted, Some(v4t(S4, D4, 50, 0xcafe, 0x0001)));
+        let esp = p(ESP4);
+        assert_eq!(esp.tuple, v4t(S4, D4, 50, 0, 0), "ESP has no ports");
+        assert_eq!(m.flow_tuple(), esp.flow_tuple());
 
         // Quoted TCP header cut to 2 bytes: ports unknown.
         let m = p(ICMP4ERR_SHORT);

@@ -175,8 +175,8 @@ pub struct FlowMatch {
     pub dst_plen: u8,
     pub sport: (u16, u16),
     pub dport: (u16, u16),
-    /// Inclusive range of the ESP or AH security parameter index; only with proto 50 or
-    /// 51 (PROTOCOL.md §4.4, extension 1).
+    /// Inclusive range of the ESP security parameter index; only with proto 50
+    /// (PROTOCOL.md §4.4, extension 1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spi: Option<(u32, u32)>,
 }
@@ -207,17 +207,14 @@ impl FlowMatch {
         }
         match self.spi {
             Some((lo, hi)) if lo > hi => Err("empty SPI range"),
-            Some(_) if !matches!(self.proto, IPPROTO_ESP | IPPROTO_AH) => {
-                Err("an SPI range needs protocol esp (50) or ah (51)")
-            }
+            Some(_) if self.proto != IPPROTO_ESP => Err("an SPI range needs protocol esp (50)"),
             _ => Ok(()),
         }
     }
 }
 
-/// IP protocol numbers of the two IPsec headers, which carry an SPI.
+/// IP protocol number of ESP, whose packets carry an SPI.
 pub const IPPROTO_ESP: u8 = 50;
-pub const IPPROTO_AH: u8 = 51;
 
 /// FlowAdd extension types (PROTOCOL.md §4.4).
 const EXT_SPI: u8 = 1;
@@ -1142,14 +1139,7 @@ mod tests {
             assert!(Body::decode(ty::FLOW_ADD, bad).is_err(), "{bad:x?}");
         }
         assert!(FlowMatch { proto: 6, ..esp }.check().is_err());
-        assert!(
-            FlowMatch {
-                proto: IPPROTO_AH,
-                ..esp
-            }
-            .check()
-            .is_ok()
-        );
+        assert!(FlowMatch { proto: 51, ..esp }.check().is_err(), "AH");
     }
 
     #[test]
