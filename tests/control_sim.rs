@@ -934,6 +934,10 @@ fn multicast_advertisements() {
         };
         let c = scenario(seed, f);
         assert!(c.convergence > 1000 && c.grant_pairs > 1000, "{c:?}");
+        // Agents send their group datagrams once more half an interval later: no
+        // listener lost a live server here (without that repeat, 5 % loss on seeds 1-200
+        // gave 39 such gaps).
+        assert_eq!(c.gaps, 0, "a listener lost a live server: {c:?}");
     }
 }
 
@@ -1052,3 +1056,4 @@ fn listener_table_events() {
         "drained agent released its block"
     );
 }
+

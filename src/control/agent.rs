@@ -157,6 +157,8 @@ pub struct Agent {
     sess: Session,
     phase: Phase,
     next_advert: Instant,
+    /// Multicast mode: when to send the last advertisement's group datagrams once more.
+    group_repeat: Option<Instant>,
     flows: BTreeMap<u64, FlowAdvert>,
     /// Flows with a lifetime end on their own (everywhere) at these instants.
     flow_expiry: BTreeMap<u64, Instant>,
@@ -193,6 +195,7 @@ impl Agent {
             sess,
             phase: Phase::Running,
             next_advert: now,
+            group_repeat: None,
             flows: BTreeMap::new(),
             flow_expiry: BTreeMap::new(),
             next_flow_id: 1,
@@ -322,12 +325,27 @@ impl Agent {
     }
 
     fn advertise(&mut self, now: Instant) {
+        let body = self.advert_body();
+        // Reliable until acknowledged or replaced by the next one: a lost first
+        // advertisement would otherwise delay the server by a whole interval.
+        self.sess.request(now, ReqKey::Advert, body);
+        if self.cfg.group.is_some() {
+            self.send_group();
+            // Once more half an interval later, as the supervisor repeats its relays: a
+            // listener then drops this system (or a flow) only when about six datagrams
+            // in a row are lost, not three (PROTOCOL.md §6.2).
+            self.group_repeat = Some(now + self.sess.advert_interval / 2);
+        }
+    }
+
+    /// This system's advertisement as it stands.
+    fn advert_body(&self) -> Body {
         let state = if matches!(self.phase, Phase::Running) {
             SysState::Up
         } else {
             SysState::Draining
         };
-        let body = if self.cfg.services.is_empty() {
+        if self.cfg.services.is_empty() {
             Body::Keepalive(Keepalive { state: state as u8 })
         } else {
             Body::ServiceAdvert(ServiceAdvert {
@@ -342,18 +360,22 @@ impl Agent {
                 age_ms: 0,
                 services: self.cfg.services.clone(),
             })
+        }
+    }
+
+    /// Multicast mode: the advertisement (if this system has services) and every live
+    /// flow, to the group.
+    fn send_group(&mut self) {
+        let Some(g) = self.cfg.group else {
+            return;
         };
-        // Reliable until acknowledged or replaced by the next one: a lost first
-        // advertisement would otherwise delay the server by a whole interval.
-        self.sess.request(now, ReqKey::Advert, body.clone());
-        if let Some(g) = self.cfg.group {
-            if matches!(body, Body::ServiceAdvert(_)) {
-                self.sess.send_to(g, &body);
-            }
-            let flows: Vec<Body> = self.flows.values().cloned().map(Body::FlowAdd).collect();
-            for f in flows {
-                self.sess.send_to(g, &f);
-            }
+        let body = self.advert_body();
+        if matches!(body, Body::ServiceAdvert(_)) {
+            self.sess.send_to(g, &body);
+        }
+        let flows: Vec<Body> = self.flows.values().cloned().map(Body::FlowAdd).collect();
+        for f in flows {
+            self.sess.send_to(g, &f);
         }
     }
 
@@ -483,6 +505,12 @@ impl Agent {
         if self.sess.registered && now >= self.next_advert {
             self.advertise(now);
             self.next_advert = now + self.sess.advert_interval;
+        } else if self.group_repeat.is_some_and(|t| now >= t) {
+            self.group_repeat = None;
+            if self.sess.registered && matches!(self.phase, Phase::Running | Phase::Draining { .. })
+            {
+                self.send_group();
+            }
         }
         // Flows with a lifetime lapse on their own.
         let lapsed: Vec<u64> = self
@@ -514,6 +542,9 @@ impl Agent {
         }
         if self.sess.registered {
             t = Some(t.map_or(self.next_advert, |x| x.min(self.next_advert)));
+        }
+        if let Some(r) = self.group_repeat {
+            t = Some(t.map_or(r, |x| x.min(r)));
         }
         match self.phase {
             Phase::Draining { deadline } | Phase::Leaving { deadline } => {
