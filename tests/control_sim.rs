@@ -277,7 +277,8 @@ impl Sim {
                     vec![NumberRoute {
                         pool: "nat".into(),
                         dst: ROUTE_DST.parse().unwrap(),
-                        protos: vec![17],
+                        // The block as UDP ports and as ESP SPIs (FlowAdd's extension).
+                        protos: vec![17, 50],
                     }]
                 } else {
                     vec![]
@@ -752,23 +753,33 @@ fn scenario(seed: u64, f: Faults) -> Checks {
 /// interval, p = loss^3 per interval, and has it again with the next one that arrives.)
 fn check_routes(sim: &mut Sim) {
     let dst: std::net::IpAddr = ROUTE_DST.parse().unwrap();
+    // (holder, protocol, block): UDP routes by destination port, ESP by SPI.
+    type Routed = (u64, u8, (u32, u32));
     let routed = |flows: &mut dyn Iterator<Item = &flowgate::control::proto::FlowAdvert>| {
-        let mut v: Vec<(u64, (u16, u16))> = flows
+        let mut v: Vec<Routed> = flows
             .filter(|f| f.matcher.dst == dst)
             .map(|f| {
+                let m = &f.matcher;
                 assert_eq!(f.target, f.origin, "a block routes to its holder");
-                assert_eq!((f.matcher.proto, f.matcher.dst_plen), (17, 32));
-                (f.origin, f.matcher.dport)
+                assert_eq!(m.dst_plen, 32);
+                let block = match (m.proto, m.spi) {
+                    (17, None) => (u32::from(m.dport.0), u32::from(m.dport.1)),
+                    (50, Some(spi)) => spi,
+                    _ => panic!("not a route of this sim: {f:?}"),
+                };
+                (f.origin, m.proto, block)
             })
             .collect();
         v.sort_unstable();
         v
     };
-    let mut want: Vec<(u64, (u16, u16))> = Vec::new();
+    let mut want: Vec<Routed> = Vec::new();
     for i in agents(sim) {
         if let Some(Kind::Agent(a)) = &sim.nodes[i].kind {
             for g in a.grants(sim.now) {
-                want.push((a.id(), (g.first as u16, g.last() as u16)));
+                for proto in [17, 50] {
+                    want.push((a.id(), proto, (g.first as u32, g.last() as u32)));
+                }
             }
         }
     }
@@ -888,10 +899,11 @@ fn very_lossy_network_keeps_numbers_safe() {
     }
 }
 
-/// Agents route their `nat` blocks (NumberRoute): after kills, restarts, partitions,
-/// supervisor and listener restarts and clock jumps, on a network that loses 2 %,
-/// duplicates 5 % and reorders datagrams, then a quiet spell, the supervisor and every
-/// listener route exactly the blocks the agents hold, each to its holder. A lost or
+/// Agents route their `nat` blocks (NumberRoute), as UDP ports and as ESP SPIs: after
+/// kills, restarts, partitions, supervisor and listener restarts and clock jumps, on a
+/// network that loses 2 %, duplicates 5 % and reorders datagrams, then a quiet spell,
+/// the supervisor and every listener route exactly the blocks the agents hold, each to
+/// its holder. A lost or
 /// reordered FlowAdd or FlowDel is mended by the repeated relay of every live
 /// flow and the listeners' expiry of flows not heard of for the dead interval; a flow
 /// of a system that died does not come back when the supervisor restarts. The timing
@@ -1056,4 +1068,3 @@ fn listener_table_events() {
         "drained agent released its block"
     );
 }
-
