@@ -75,8 +75,9 @@ impl<'e> Mempool<'e> {
             }
         };
         let packed = if !eal.has_hugepages() {
-            // SAFETY: as above; cname outlives the call (DPDK copies it). On failure the
-            // shim has freed whatever it made, so the name is free again.
+            // SAFETY: the EAL is initialised (we hold &Eal); cname outlives the call (DPDK
+            // copies it). On failure the shim has freed whatever it made, so the name is
+            // free again for the fallback below.
             unsafe {
                 ffi::fg_pktmbuf_pool_create_packed(
                     cname.as_ptr(),
@@ -91,7 +92,7 @@ impl<'e> Mempool<'e> {
         };
         let (p, layout) = match NonNull::new(packed) {
             Some(p) => (p.as_ptr(), PoolLayout::Packed),
-            // SAFETY: as above.
+            // SAFETY: the EAL is initialised; cname outlives the call (DPDK copies it).
             None => (
                 unsafe {
                     ffi::rte_pktmbuf_pool_create(

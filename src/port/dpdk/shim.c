@@ -125,11 +125,14 @@ struct rte_mempool *fg_pktmbuf_pool_create_packed(const char *name, unsigned n, 
 		ret = -EINVAL;
 		goto fail;
 	}
-	/* From here the pool owns the zone: rte_mempool_free frees it through the callback. */
+	/* Once populated, the pool owns the zone: rte_mempool_free frees it (callback). */
 	ret = rte_mempool_populate_iova(mp, mz->addr, mz->iova, mz->len, fg_memzone_free,
 					(void *)(uintptr_t)mz);
-	if (ret < 0) {
+	if (ret <= 0) {
+		/* Nothing populated: the zone was not taken (0 means not one object fitted). */
 		rte_memzone_free(mz);
+		if (ret == 0)
+			ret = -ENOSPC;
 		goto fail;
 	}
 	if ((unsigned)ret != n) {
