@@ -34,6 +34,11 @@
 //! An advertised flow (third test): a UDP echo service beside the HTTP servers, one UDP
 //! flow from the client answered by the server it was placed on; the other server's agent
 //! advertises that flow to itself, and the open flow's next datagrams are answered by it.
+//!
+//! IPsec servers behind one address: each agent routes the SPI block the supervisor's
+//! ANA granted it; ESP packets the client's kernel sends to the VIP, two security
+//! associations from the one client address, reach the server whose block holds their
+//! SPI (a raw socket in each server namespace records what arrives).
 #![cfg(feature = "dpdk")]
 
 mod common;
@@ -730,9 +735,11 @@ fn control_plane(t: &mut Topo, d: &Path, services: &str) -> (String, PathBuf) {
         "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
     )
     .expect("key");
+    // Two SPI blocks for the IPsec test (no other test asks for numbers).
     std::fs::write(
         d.join("sup.yaml"),
-        "name: sup\nadvert_interval_ms: 200\ndead_interval_ms: 1000\n",
+        "name: sup\nadvert_interval_ms: 200\ndead_interval_ms: 1000\n\
+         pools:\n  - {name: ipsec-spi, first: 0x10000, last: 0x2ffff, block: 0x10000, lease_ms: 5000}\n",
     )
     .expect("sup.yaml");
     let bin = env!("CARGO_BIN_EXE_flowgate");
@@ -830,6 +837,143 @@ fn udp_ask(t: &Topo, sport: u16) -> Option<String> {
     o.status
         .success()
         .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// A raw ESP socket in each server namespace: appends "SPI" lines for every ESP packet
+/// to the VIP to `d/esp-sN.log`.
+fn esp_sinks(t: &mut Topo, d: &Path) {
+    for i in 1..=2 {
+        let child = t
+            .exec(
+                &format!("s{i}"),
+                &[
+                    "python3",
+                    "-c",
+                    "import socket,sys\n\
+                     s=socket.socket(socket.AF_INET,socket.SOCK_RAW,50)\n\
+                     f=open(sys.argv[1],'a',buffering=1)\n\
+                     while True:\n  d,a=s.recvfrom(4096)\n  h=(d[0]&15)*4\n  \
+                     if d[16:20]==bytes([203,0,113,10]): f.write('%d\\n'%int.from_bytes(d[h:h+4],'big'))\n",
+                ],
+            )
+            .arg(d.join(format!("esp-s{i}.log")))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("esp sink");
+        t.children.push(child);
+    }
+}
+
+/// The SPIs server `i`'s sink recorded.
+fn esp_seen(d: &Path, i: u32) -> Vec<u32> {
+    std::fs::read_to_string(d.join(format!("esp-s{i}.log")))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// One ESP packet per SPI from the client (198.51.100.2) to the VIP, by its kernel.
+fn esp_send(t: &Topo, spis: &[u32]) {
+    let mut args = vec![
+        "python3".to_string(),
+        "-c".into(),
+        "import socket,sys\n\
+         s=socket.socket(socket.AF_INET,socket.SOCK_RAW,50)\n\
+         for x in sys.argv[1:]:\n  \
+         s.sendto(int(x).to_bytes(4,'big')+(1).to_bytes(4,'big')+bytes(16),('203.0.113.10',0))\n"
+            .into(),
+    ];
+    args.extend(spis.iter().map(u32::to_string));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let ok = t.exec("c", &args).status().is_ok_and(|s| s.success());
+    assert!(ok, "sending ESP from the client");
+}
+
+#[test]
+fn run_af_packet_routes_esp_by_spi_blocks() {
+    let Some((_one, mut t, _www)) = setup(6) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    esp_sinks(&mut t, d);
+    let (sup_ip, key) = control_plane(
+        &mut t,
+        d,
+        "numbers:\n  - {pool: ipsec-spi, route: {dst: 203.0.113.10, proto: esp}}\n",
+    );
+    let stats = start_flowgate(&mut t, d, "", &control_conf(&sup_ip));
+    // The blocks the ANA granted: s1's and s2's.
+    let bin = env!("CARGO_BIN_EXE_flowgate");
+    let t0 = Instant::now();
+    let blocks: Vec<(u32, u32)> = loop {
+        let out = Command::new(bin)
+            .args([
+                "ctl",
+                "--supervisor",
+                &format!("{sup_ip}:7700"),
+                "--key-file",
+            ])
+            .arg(&key)
+            .args(["--timeout-ms", "1000", "--json", "numbers"])
+            .output()
+            .expect("ctl numbers");
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let mut held: Vec<(String, u32, u32)> = j
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|g| {
+                        Some((
+                            g["holder"].as_str()?.to_string(),
+                            g["first"].as_u64()? as u32,
+                            g["count"].as_u64()? as u32,
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        held.sort();
+        if held.len() == 2 {
+            assert_eq!((held[0].0.as_str(), held[1].0.as_str()), ("s1", "s2"));
+            break held.iter().map(|(_, f, n)| (*f, f + (n - 1))).collect();
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            fail(&mut t, "both agents hold an SPI block within 30 s", &stats);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let spi = [blocks[0].0 + 5, blocks[1].1 - 5];
+    // The one client address sends on both SAs until each has reached a server (the
+    // routes take an advert interval or two to reach flowgate; before that ESP matches
+    // nothing and goes back to the gateway, without a flow).
+    let t0 = Instant::now();
+    while !(1..=2).all(|i| !esp_seen(d, i).is_empty()) {
+        esp_send(&t, &spi);
+        if t0.elapsed() > Duration::from_secs(30) {
+            fail(&mut t, "ESP reaches both servers within 30 s", &stats);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    esp_send(&t, &[spi[0], spi[1], spi[0], spi[1]]);
+    std::thread::sleep(Duration::from_millis(300));
+    for (i, want) in [(1, spi[0]), (2, spi[1])] {
+        let seen = esp_seen(d, i);
+        assert!(
+            seen.iter().all(|&x| x == want),
+            "s{i} got only SPI {want:#x} (its block {:?}): {seen:x?}",
+            blocks[i as usize - 1]
+        );
+        assert!(seen.len() >= 3, "s{i}: {seen:x?}");
+    }
+    let err = stop(&mut t);
+    assert!(err.contains("control: tables published"), "{err}");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    assert!(j["flows_created"].as_u64() >= Some(2), "{j}");
+    assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
 }
 
 #[test]
