@@ -75,13 +75,13 @@ impl NumberRoute {
         self.protos
             .iter()
             .map(|&proto| {
-                // `first <= last`, so `first` fits wherever `last` does.
                 if proto == 51 {
                     return Err(format!(
                         "pool {}: AH is not routed by SPI (route esp)",
                         g.pool
                     ));
                 }
+                // `first <= last`, so `first` fits wherever `last` does.
                 let (dport, spi) = if proto == IPPROTO_ESP {
                     let l = u32::try_from(last).map_err(|_| not("an SPI range"))?;
                     (all, Some((g.first as u32, l)))
