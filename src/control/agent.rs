@@ -12,8 +12,9 @@
 //! Routed numbers ([`NumberRoute`]): while the agent holds a block of a port pool (a
 //! NAT server's source ports behind a shared public address, say), it advertises the
 //! traffic to that address and those destination ports as a flow to its own system, so
-//! the intermediate systems send the returning traffic to it; the flow is withdrawn when
-//! the grant ends. Such standing flows do not hold a drain back: the agent leaves once
+//! the intermediate systems send the returning traffic to it (for ESP, the packets whose
+//! SPI lies in the block: an IPsec server's SPIs); the flow is withdrawn when the grant
+//! ends. Such standing flows do not hold a drain back: the agent leaves once
 //! its other flows and connections are gone.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -24,6 +25,7 @@ use super::Transmit;
 use super::proto::*;
 use super::session::{HeldGrant, ReqKey, SessEvent, Session};
 use super::supervisor::Stats;
+use crate::wire::ipv4::proto as ip_proto;
 
 /// Agent settings (from `conf/agent.yaml`).
 #[derive(Clone, Debug)]
@@ -75,14 +77,14 @@ impl NumberRoute {
         self.protos
             .iter()
             .map(|&proto| {
-                if proto == 51 {
+                if proto == ip_proto::AH {
                     return Err(format!(
                         "pool {}: AH is not routed by SPI (route esp)",
                         g.pool
                     ));
                 }
                 // `first <= last`, so `first` fits wherever `last` does.
-                let (dport, spi) = if proto == IPPROTO_ESP {
+                let (dport, spi) = if proto == ip_proto::ESP {
                     let l = u32::try_from(last).map_err(|_| not("an SPI range"))?;
                     (all, Some((g.first as u32, l)))
                 } else {
@@ -619,7 +621,7 @@ mod tests {
         let r = NumberRoute {
             pool: "ipsec-spi".into(),
             dst: "203.0.113.1".parse().unwrap(),
-            protos: vec![IPPROTO_ESP],
+            protos: vec![ip_proto::ESP],
         };
         let specs = r
             .specs(&grant("ipsec-spi", 0x0002_0000, 65536))
@@ -648,7 +650,7 @@ mod tests {
         // One route may mix both kinds: the ports of a NAT block for UDP, fine; an SPI
         // block for UDP is refused as a port range.
         let mixed = NumberRoute {
-            protos: vec![17, IPPROTO_ESP],
+            protos: vec![17, ip_proto::ESP],
             ..r.clone()
         };
         assert_eq!(mixed.specs(&grant("p", 4096, 256)).expect("both").len(), 2);

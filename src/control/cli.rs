@@ -224,7 +224,7 @@ impl NumberConf {
 }
 
 /// Where a held block is routed: traffic to `dst` with protocol `proto` (one or a list)
-/// and a destination port in the block, or for `esp` and `ah` an SPI in it.
+/// and a destination port in the block, or for `esp` an SPI in it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConf {

@@ -718,7 +718,7 @@ services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]
             let r = crate::control::agent::NumberRoute {
                 pool: "ipsec-spi".into(),
                 dst: "203.0.113.10".parse().unwrap(),
-                protos: vec![crate::control::proto::IPPROTO_ESP],
+                protos: vec![crate::wire::ipv4::proto::ESP],
             };
             let g = crate::control::session::HeldGrant {
                 grant_id: 1,

@@ -4,6 +4,7 @@
 //! Lists carry a `u8` count (server lists: `u16`). Decoding refuses trailing bytes.
 
 use super::{MAX_BODY, ProtoError};
+use crate::wire::ipv4::proto as ip_proto;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 type R<T> = Result<T, ProtoError>;
@@ -207,14 +208,11 @@ impl FlowMatch {
         }
         match self.spi {
             Some((lo, hi)) if lo > hi => Err("empty SPI range"),
-            Some(_) if self.proto != IPPROTO_ESP => Err("an SPI range needs protocol esp (50)"),
+            Some(_) if self.proto != ip_proto::ESP => Err("an SPI range needs protocol esp (50)"),
             _ => Ok(()),
         }
     }
 }
-
-/// IP protocol number of ESP, whose packets carry an SPI.
-pub const IPPROTO_ESP: u8 = 50;
 
 /// FlowAdd extension types (PROTOCOL.md §4.4).
 const EXT_SPI: u8 = 1;
@@ -1077,7 +1075,7 @@ mod tests {
     #[test]
     fn spi_extension() {
         let esp = FlowMatch {
-            proto: IPPROTO_ESP,
+            proto: ip_proto::ESP,
             src: "0.0.0.0".parse().unwrap(),
             src_plen: 0,
             dst: "203.0.113.1".parse().unwrap(),
