@@ -102,6 +102,19 @@ pub struct Meta {
     pub frag_id: u32,
 }
 
+/// The ports an ESP flow's key holds for `spi` (high half, low half: the order of a
+/// quoted ESP header's first four bytes, read as ports).
+#[inline]
+pub fn esp_ports(spi: u32) -> (u16, u16) {
+    ((spi >> 16) as u16, spi as u16)
+}
+
+/// The SPI of an ESP flow key's ports ([`esp_ports`] undone).
+#[inline]
+pub fn esp_spi(src_port: u16, dst_port: u16) -> u32 {
+    u32::from(src_port) << 16 | u32::from(dst_port)
+}
+
 impl Meta {
     /// The tuple that keys this frame's flow: the quoted packet's for an ICMP error, else
     /// the frame's own. ESP has no ports: its SPI takes their place (high half as the
@@ -111,11 +124,14 @@ impl Meta {
     pub fn flow_tuple(&self) -> Tuple {
         match self.quoted {
             Some(q) => q,
-            None if self.tuple.proto == crate::wire::ipv4::proto::ESP => Tuple {
-                src_port: (self.spi >> 16) as u16,
-                dst_port: self.spi as u16,
-                ..self.tuple
-            },
+            None if self.tuple.proto == crate::wire::ipv4::proto::ESP => {
+                let (src_port, dst_port) = esp_ports(self.spi);
+                Tuple {
+                    src_port,
+                    dst_port,
+                    ..self.tuple
+                }
+            }
             None => self.tuple,
         }
     }

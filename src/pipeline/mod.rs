@@ -280,7 +280,7 @@ fn reconsider(
     );
     if k.proto == crate::wire::ipv4::proto::ESP {
         // The key's ports hold the SPI (`Meta::flow_tuple`).
-        key.spi = u32::from(sp) << 16 | u32::from(dp);
+        key.spi = meta::esp_spi(sp, dp);
         (key.src_port, key.dst_port) = (0, 0);
     }
     let first = claiming
