@@ -250,6 +250,8 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
             .collect(),
         start: Instant::now(),
     };
+    // Where the stats JSON goes: rewritten every interval while running, and at the stop.
+    let stats_path = opts.stats_json.as_deref().or(conf.stats_json.as_deref());
     // A port without RSS is dispatched in software when there are several workers.
     let dispatched = |ci: usize| n_workers > 1 && !rss_used[ci];
     let inboxes: Vec<ArrayQueue<(u16, Mbuf<'_>)>> = if (0..ports.len()).any(dispatched) {
@@ -292,7 +294,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
             }
             let live = Live {
                 ports: &ports,
-                json: opts.stats_json.as_deref().or(conf.stats_json.as_deref()),
+                json: stats_path,
             };
             manage(
                 conf,
@@ -354,8 +356,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
         }),
         control.as_ref(),
     );
-    let out = opts.stats_json.clone().or_else(|| conf.stats_json.clone());
-    if let Some(f) = &out {
+    if let Some(f) = stats_path {
         crate::cmd::write_json(f, &j)?;
     }
     let summary = format!(
