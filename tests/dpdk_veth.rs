@@ -261,12 +261,12 @@ fn build(t: &mut Topo, www: &Path) {
     }
 }
 
-/// Starts `args` followed by `dir` in namespace `ns` as a child of `t` (a server daemon,
-/// its output discarded).
-fn daemon(t: &mut Topo, ns: &str, args: &[&str], dir: &Path) {
+/// Starts `args` followed by `last` (a directory, a file, a name) in namespace `ns` as a
+/// child of `t` (a server daemon, its output discarded).
+fn daemon(t: &mut Topo, ns: &str, args: &[&str], last: impl AsRef<std::ffi::OsStr>) {
     let child = t
         .exec(ns, args)
-        .arg(dir)
+        .arg(last)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -644,23 +644,12 @@ fn run_af_packet_follows_the_control_plane() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let (sup_ip, key) = control_plane(&mut t, d, "");
-    let bin = env!("CARGO_BIN_EXE_flowgate");
     let stats = start_flowgate(&mut t, d, "", &control_conf(&sup_ip));
     // Answers only once the agents are heard (unheard: down); then both servers serve.
     both_serve(&mut t, 20, &stats);
 
     // The operator drains s2 through the supervisor: new requests go to s1 only.
-    let out = Command::new(bin)
-        .args([
-            "ctl",
-            "--supervisor",
-            &format!("{sup_ip}:7700"),
-            "--key-file",
-        ])
-        .arg(&key)
-        .args(["drain", "s2"])
-        .output()
-        .expect("ctl");
+    let out = ctl(&sup_ip, &key, &["drain", "s2"]);
     assert!(
         out.status.success(),
         "{}",
@@ -780,6 +769,21 @@ fn control_plane(t: &mut Topo, d: &Path, services: &str) -> (String, PathBuf) {
     (sup_ip, key)
 }
 
+/// `flowgate ctl ARGS` against the supervisor at `sup_ip`.
+fn ctl(sup_ip: &str, key: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_flowgate"))
+        .args([
+            "ctl",
+            "--supervisor",
+            &format!("{sup_ip}:7700"),
+            "--key-file",
+        ])
+        .arg(key)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("ctl {args:?}: {e}"))
+}
+
 /// The run conf's `control:` line for the supervisor at `sup_ip`.
 fn control_conf(sup_ip: &str) -> String {
     format!(
@@ -792,24 +796,19 @@ fn control_conf(sup_ip: &str) -> String {
 /// 7 with its server's name.
 fn udp_echo(t: &mut Topo) {
     for i in 1..=2 {
-        let child = t
-            .exec(
-                &format!("s{i}"),
-                &[
-                    "python3",
-                    "-c",
-                    "import socket,sys\n\
-                     s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
-                     s.bind(('203.0.113.10',7))\n\
-                     while True:\n  d,a=s.recvfrom(2048)\n  s.sendto(sys.argv[1].encode(),a)\n",
-                    &format!("server-s{i}"),
-                ],
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("udp echo");
-        t.children.push(child);
+        daemon(
+            t,
+            &format!("s{i}"),
+            &[
+                "python3",
+                "-c",
+                "import socket,sys\n\
+                 s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+                 s.bind(('203.0.113.10',7))\n\
+                 while True:\n  d,a=s.recvfrom(2048)\n  s.sendto(sys.argv[1].encode(),a)\n",
+            ],
+            format!("server-s{i}"),
+        );
     }
 }
 
@@ -843,25 +842,20 @@ fn udp_ask(t: &Topo, sport: u16) -> Option<String> {
 /// to the VIP to `d/esp-sN.log`.
 fn esp_sinks(t: &mut Topo, d: &Path) {
     for i in 1..=2 {
-        let child = t
-            .exec(
-                &format!("s{i}"),
-                &[
-                    "python3",
-                    "-c",
-                    "import socket,sys\n\
-                     s=socket.socket(socket.AF_INET,socket.SOCK_RAW,50)\n\
-                     f=open(sys.argv[1],'a',buffering=1)\n\
-                     while True:\n  d,a=s.recvfrom(4096)\n  h=(d[0]&15)*4\n  \
-                     if d[16:20]==bytes([203,0,113,10]): f.write('%d\\n'%int.from_bytes(d[h:h+4],'big'))\n",
-                ],
-            )
-            .arg(d.join(format!("esp-s{i}.log")))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("esp sink");
-        t.children.push(child);
+        daemon(
+            t,
+            &format!("s{i}"),
+            &[
+                "python3",
+                "-c",
+                "import socket,sys\n\
+                 s=socket.socket(socket.AF_INET,socket.SOCK_RAW,50)\n\
+                 f=open(sys.argv[1],'a',buffering=1)\n\
+                 while True:\n  d,a=s.recvfrom(4096)\n  h=(d[0]&15)*4\n  \
+                 if d[16:20]==bytes([203,0,113,10]): f.write('%d\\n'%int.from_bytes(d[h:h+4],'big'))\n",
+            ],
+            d.join(format!("esp-s{i}.log")),
+        );
     }
 }
 
@@ -906,20 +900,13 @@ fn run_af_packet_routes_esp_by_spi_blocks() {
     );
     let stats = start_flowgate(&mut t, d, "", &control_conf(&sup_ip));
     // The blocks the ANA granted: s1's and s2's.
-    let bin = env!("CARGO_BIN_EXE_flowgate");
     let t0 = Instant::now();
     let blocks: Vec<(u32, u32)> = loop {
-        let out = Command::new(bin)
-            .args([
-                "ctl",
-                "--supervisor",
-                &format!("{sup_ip}:7700"),
-                "--key-file",
-            ])
-            .arg(&key)
-            .args(["--timeout-ms", "1000", "--json", "numbers"])
-            .output()
-            .expect("ctl numbers");
+        let out = ctl(
+            &sup_ip,
+            &key,
+            &["--timeout-ms", "1000", "--json", "numbers"],
+        );
         let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         let mut held: Vec<(String, u32, u32)> = j
             .as_array()
