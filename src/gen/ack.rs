@@ -4,9 +4,9 @@
 //! Layer: tooling (`gen`), reads a [`Pipeline`] for its service and MACs. Flow `k` is the
 //! client `100.64.0.0/10` host `k mod 2^22` with port `1024 + k / 2^22` talking to the
 //! pipeline's first IPv4 TCP service: [`frame`] builds any of its packets, [`handshake`]
-//! its opening SYN, SYN-ACK and ACK, [`AckStamp`] writes its forward ACK into a buffer with a 60-byte copy and an
-//! incremental checksum (what a NIC's DMA stands for in the bench), and [`shuffle`] gives
-//! the fixed random order the benches visit flows in.
+//! its opening SYN, SYN-ACK and ACK, [`AckStamp`] writes its forward ACK into a buffer
+//! with a 60-byte copy and an incremental checksum (what a NIC's DMA stands for in the
+//! bench), and [`shuffle`] gives the fixed random order the benches visit flows in.
 
 use crate::config::Pipeline;
 
