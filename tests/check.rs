@@ -394,6 +394,46 @@ fn bads() -> Vec<Bad> {
             "fastest",
         ),
         bad(
+            "a tcp service without ports",
+            12,
+            "",
+            9,
+            "services[0].name",
+            "a tcp service needs `ports`",
+        ),
+        bad(
+            "unknown affinity",
+            11,
+            "    proto: tcp\n    affinity: sticky",
+            12,
+            "services[0].affinity",
+            "unknown affinity \"sticky\" (connection, source)",
+        ),
+        bad(
+            "unknown key in an affinity map",
+            11,
+            "    proto: tcp\n    affinity: { by: source, ipv4_prefx: 24 }",
+            12,
+            "services[0].affinity.ipv4_prefx",
+            "unknown field",
+        ),
+        bad(
+            "affinity prefix out of range",
+            11,
+            "    proto: tcp\n    affinity:\n      by: source\n      ipv6_prefix: 129",
+            14,
+            "services[0].affinity.ipv6_prefix",
+            "ipv6_prefix 129 is not in 1..=128",
+        ),
+        bad(
+            "prefixes with connection affinity",
+            11,
+            "    proto: tcp\n    affinity: { by: connection, ipv4_prefix: 24 }",
+            12,
+            "services[0].affinity",
+            "prefixes apply to `by: source` only",
+        ),
+        bad(
             "unknown server state",
             16,
             "        mac: \"02:00:00:00:01:01\"\n        state: asleep",
@@ -573,6 +613,36 @@ fn bad_pipelines_exit_2_and_point_at_line_and_key() {
         bads().len(),
         errors.join("\n")
     );
+}
+
+#[test]
+fn affinity_is_summarised() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (line, want) in [
+        ("    proto: tcp", "affinity connection"),
+        (
+            "    proto: tcp\n    affinity: source",
+            "affinity source (IPv4 /32, IPv6 /64)",
+        ),
+        (
+            "    proto: tcp\n    affinity: { by: source, ipv4_prefix: 24, ipv6_prefix: 56 }",
+            "affinity source (IPv4 /24, IPv6 /56)",
+        ),
+        (
+            "    proto: tcp\n    affinity: connection",
+            "affinity connection",
+        ),
+    ] {
+        let f = tmp.path().join("a.yaml");
+        std::fs::write(&f, mutate(11, line)).unwrap();
+        let (code, out, err) = run_check(&f);
+        assert_eq!(code, 0, "{line}: {err}");
+        let web = out
+            .lines()
+            .find(|l| l.starts_with("service web "))
+            .expect("the web service line");
+        assert!(web.contains(want), "{line}: {web}");
+    }
 }
 
 #[test]

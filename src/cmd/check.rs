@@ -1,7 +1,7 @@
 //! `flowgate check`: validate a pipeline and print what it compiles to.
 
 use super::summary::{mac, qos, target};
-use crate::config::Pipeline;
+use crate::config::{Affinity, Pipeline};
 use crate::pipeline::Tables;
 use std::fmt::Write as _;
 
@@ -34,12 +34,19 @@ pub fn render(p: &Pipeline) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "service {} vip {} proto {} ports [{}] policy {:?} qos [{}] reply_qos [{}] table {}",
+            "service {} vip {} proto {} ports [{}] policy {:?} affinity {} qos [{}] reply_qos [{}] table {}",
             svc.name,
             svc.vip,
             svc.proto,
             ports.join(","),
             svc.policy,
+            match svc.affinity {
+                Affinity::Connection => "connection".to_string(),
+                Affinity::Source {
+                    v4_prefix,
+                    v6_prefix,
+                } => format!("source (IPv4 /{v4_prefix}, IPv6 /{v6_prefix})"),
+            },
             qos(&svc.qos),
             qos(&svc.reply_qos),
             svc.table_size

@@ -12,7 +12,7 @@ pub mod locate;
 pub mod raw;
 
 use crate::classify::{self, Decision, Range, Rule};
-use raw::{RawMatch, RawPipeline, RawQos, RawQosRef, RawRange};
+use raw::{RawAffinity, RawMatch, RawPipeline, RawQos, RawQosRef, RawRange};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -191,6 +191,29 @@ pub enum Policy {
     ResponseTime,
 }
 
+/// Which new flows of a service go to the same server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Affinity {
+    /// Each new flow is placed by its own addresses, ports and protocol: one client's
+    /// connections spread over the servers.
+    #[default]
+    Connection,
+    /// Every new flow from one client network goes to one server: placed by the source
+    /// address cut to `v4_prefix` (IPv4) or `v6_prefix` (IPv6) bits. The placement is a
+    /// function of that prefix and the Maglev table only, so services with the same
+    /// servers and weights place a client on the same server (IKE on UDP 500 and 4500
+    /// with the ESP it keys, HTTP beside HTTPS), on every worker and every intermediate
+    /// system, without shared state.
+    Source { v4_prefix: u8, v6_prefix: u8 },
+}
+
+impl Affinity {
+    /// `affinity: source`'s prefixes when none are given: one IPv4 address, one IPv6 /64
+    /// (a host's temporary addresses rotate within its /64, RFC 8981).
+    pub const SOURCE_V4_PREFIX: u8 = 32;
+    pub const SOURCE_V6_PREFIX: u8 = 64;
+}
+
 /// Administrative state of a server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServerState {
@@ -266,6 +289,8 @@ pub struct Service {
     pub proto: u8,
     pub ports: Vec<Range<u16>>,
     pub policy: Policy,
+    /// What keeps new flows together on one server.
+    pub affinity: Affinity,
     pub qos: QosActions,
     pub reply_qos: QosActions,
     pub members: Vec<Member>,
@@ -620,11 +645,25 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
             .map_err(|_| cx.err(&at("vip"), format!("bad IP address {:?}", s.vip)))?;
         let proto = parse_proto(&s.proto.0)
             .ok_or_else(|| cx.err(&at("proto"), format!("unknown protocol {:?}", s.proto.0)))?;
-        if s.ports.is_empty() {
+        let ports = match &s.ports {
+            Some(p) => p.as_slice(),
+            // ESP, AH, GRE and ICMP carry no ports (their tuples' are 0): the whole range.
+            None if ![0, 6, 17, 132].contains(&proto) => &[RawRange {
+                lo: 0,
+                hi: u64::from(u16::MAX),
+            }],
+            None => {
+                return Err(cx.err(
+                    &at("name"),
+                    format!("a {} service needs `ports`", s.proto.0),
+                ));
+            }
+        };
+        if ports.is_empty() {
             return Err(cx.err(&at("ports"), "a service needs at least one port"));
         }
         let mut pr = Vec::new();
-        for (pi, p) in s.ports.iter().enumerate() {
+        for (pi, p) in ports.iter().enumerate() {
             pr.push(range16(
                 cx,
                 p,
@@ -642,6 +681,7 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
                 ));
             }
         };
+        let affinity = affinity(cx, s.affinity.as_ref(), &at("affinity"))?;
         let qos = qos_ref(&s.qos, &at("qos"))?;
         let reply_qos = qos_ref(&s.reply_qos, &at("reply_qos"))?;
         let table_size = s.table_size.unwrap_or(DEFAULT_TABLE_SIZE);
@@ -739,6 +779,7 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
             proto,
             ports: pr,
             policy,
+            affinity,
             qos,
             reply_qos,
             members,
@@ -860,6 +901,44 @@ fn secs_to_ns(cx: &Ctx, s: u64, path: &[locate::Seg]) -> Result<u64, ConfigError
             format!("{s} s is too long (at most {} s)", u64::MAX / 1_000_000_000),
         )
     })
+}
+
+/// A service's `affinity:` (absent: [`Affinity::Connection`]).
+fn affinity(
+    cx: &Ctx,
+    a: Option<&RawAffinity>,
+    path: &[locate::Seg],
+) -> Result<Affinity, ConfigError> {
+    let sub = |k: &'static str| {
+        let mut v = path.to_vec();
+        v.push(Key(k));
+        v
+    };
+    let (by, v4, v6, at) = match a {
+        None => return Ok(Affinity::Connection),
+        Some(RawAffinity::Name(n)) => (n.as_str(), None, None, path.to_vec()),
+        Some(RawAffinity::Spec(s)) => (s.by.as_str(), s.ipv4_prefix, s.ipv6_prefix, sub("by")),
+    };
+    let prefix = |v: Option<u64>, default: u8, max: u8, k: &'static str| match v {
+        None => Ok(default),
+        Some(n) if (1..=u64::from(max)).contains(&n) => Ok(n as u8),
+        Some(n) => Err(cx.err(&sub(k), format!("{k} {n} is not in 1..={max}"))),
+    };
+    match by {
+        "connection" if v4.is_none() && v6.is_none() => Ok(Affinity::Connection),
+        "connection" => Err(cx.err(
+            path,
+            "prefixes apply to `by: source` only (connection affinity places each flow by its own addresses and ports)",
+        )),
+        "source" => Ok(Affinity::Source {
+            v4_prefix: prefix(v4, Affinity::SOURCE_V4_PREFIX, 32, "ipv4_prefix")?,
+            v6_prefix: prefix(v6, Affinity::SOURCE_V6_PREFIX, 128, "ipv6_prefix")?,
+        }),
+        x => Err(cx.err(
+            &at,
+            format!("unknown affinity {x:?} (connection, source)"),
+        )),
+    }
 }
 
 fn range16(cx: &Ctx, r: &RawRange, path: &[locate::Seg]) -> Result<Range<u16>, ConfigError> {

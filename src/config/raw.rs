@@ -54,9 +54,13 @@ pub struct RawService {
     pub name: String,
     pub vip: String,
     pub proto: Text,
-    pub ports: Vec<RawRange>,
+    /// Absent: every port (allowed only for protocols without ports).
+    #[serde(default)]
+    pub ports: Option<Vec<RawRange>>,
     #[serde(default)]
     pub policy: Option<String>,
+    #[serde(default)]
+    pub affinity: Option<RawAffinity>,
     #[serde(default)]
     pub qos: Option<RawQosRef>,
     #[serde(default)]
@@ -119,6 +123,50 @@ pub struct RawMatch {
     pub dst_port: Option<RawRange>,
     pub dscp: Option<Text>,
     pub spi: Option<RawRange>,
+}
+
+/// `affinity: source` (or `connection`), or `{ by: source, ipv4_prefix, ipv6_prefix }`.
+///
+/// Deserialized by hand rather than as an untagged enum, so that a mistake inside the
+/// map keeps serde's own message and key (`services[0].affinity.ipv4_prefx: unknown
+/// field`) instead of "did not match any variant".
+#[derive(Debug)]
+pub enum RawAffinity {
+    Name(String),
+    Spec(RawAffinitySpec),
+}
+
+impl<'de> Deserialize<'de> for RawAffinity {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawAffinity;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`connection`, `source`, or a map with `by` and prefixes")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawAffinity, E> {
+                Ok(RawAffinity::Name(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                m: A,
+            ) -> Result<RawAffinity, A::Error> {
+                RawAffinitySpec::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(RawAffinity::Spec)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAffinitySpec {
+    pub by: String,
+    #[serde(default)]
+    pub ipv4_prefix: Option<u64>,
+    #[serde(default)]
+    pub ipv6_prefix: Option<u64>,
 }
 
 /// A QoS class name or inline attributes.

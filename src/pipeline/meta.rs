@@ -56,6 +56,20 @@ pub struct Tuple {
     pub proto: u8,
 }
 
+impl Tuple {
+    /// The same flow seen from the other end.
+    #[inline]
+    pub fn reversed(&self) -> Tuple {
+        Tuple {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            proto: self.proto,
+        }
+    }
+}
+
 /// Everything the later stages need to know about a frame.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Meta {

@@ -31,14 +31,14 @@ pub mod reply;
 pub mod stats;
 
 use crate::action::{self, PacketBuf};
-use crate::balance::{maglev::Maglev, tuple_hash};
+use crate::balance::{maglev::Maglev, source_hash, tuple_hash};
 use crate::classify::{self, Classifier, Decision, Key};
-use crate::config::{Mac, Pipeline, Policy, QosActions, ServerState, Target};
+use crate::config::{Affinity, Mac, Pipeline, Policy, QosActions, ServerState, Target};
 use crate::flow::{
     FlowKey, FlowTable, FragKey, Inserted, LruTable, Owner, TcpState, tcp_class, tcp_flags,
     tcp_next,
 };
-use meta::{DropReason, Frag, L3, Meta};
+use meta::{DropReason, Frag, L3, Meta, Tuple};
 use stats::Stats;
 use std::sync::Arc;
 
@@ -121,6 +121,21 @@ pub struct Tables {
 }
 
 impl Tables {
+    /// The member of service `i` that a new flow goes to, `t` being the flow's tuple in
+    /// its creating direction (client to service), by the service's
+    /// [`Affinity`]; `None` when no server takes new flows.
+    #[inline]
+    pub fn choose(&self, i: usize, t: &Tuple) -> Option<u16> {
+        let h = match self.pipeline.services[i].affinity {
+            Affinity::Connection => tuple_hash(t),
+            Affinity::Source {
+                v4_prefix,
+                v6_prefix,
+            } => source_hash(&t.src, v4_prefix, v6_prefix),
+        };
+        self.maglev[i].lookup(h)
+    }
+
     /// The QoS actions a route's selector names.
     #[inline]
     pub fn qos(&self, sel: QosSel) -> &QosActions {
@@ -775,7 +790,7 @@ impl Worker {
         match d {
             Decision::Service(i) if create => {
                 let i = i as u16;
-                let Some(member) = tables.maglev[i as usize].lookup(tuple_hash(&m.tuple)) else {
+                let Some(member) = tables.choose(i as usize, &m.tuple) else {
                     drop_into(out, DropReason::NoServer);
                     return None;
                 };
@@ -876,12 +891,16 @@ impl Worker {
         let mut f = *self.flows.table.get(h);
         out.kind = Kind::Flow { reverse: !forward };
         if m.quoted.is_none() {
-            // A server that went down: move the flow (its connections are lost anyway).
+            // A server that went down: move the flow (its connections are lost anyway), to
+            // where a new flow of this client would go, whichever way this packet goes.
             if let (Target::Server(s), Owner::Service(i)) = (f.target, f.owner)
                 && p.servers
                     .get(s as usize)
                     .is_some_and(|x| x.state == ServerState::Down)
-                && let Some(mb) = tables.maglev[i as usize].lookup(tuple_hash(&m.tuple))
+                && let Some(mb) = tables.choose(
+                    i as usize,
+                    &if forward { m.tuple } else { m.tuple.reversed() },
+                )
             {
                 f.target = Target::Server(p.services[i as usize].members[mb as usize].server);
             }
