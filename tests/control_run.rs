@@ -359,6 +359,34 @@ fn run_follows_agents_drain_and_death() {
     }
     assert!(after.iter().all(|&n| n > 0), "balanced again: {after:?}");
 
+    // Weighted to 0 by the operator at the supervisor: s1 keeps its connections and takes no new ones; weighted back
+    // to 100, it takes new ones again.
+    env.ctl(&["weight", "s1", "0"]);
+    let pz = turn_until(&mut c, "s1 at weight 0", |p| {
+        p.services[0].members[0].weight == 0
+    });
+    assert_eq!(state(&pz, "s1"), ServerState::Up);
+    publish(&mut w, &mut g, &mut now, pz);
+    for &k in &on[0] {
+        assert_eq!(ack(&mut w, tpl, k, now), 0, "s1 keeps connection {k}");
+    }
+    for k in 1000..1100 {
+        assert_ne!(open(&mut w, tpl, k, now), 0, "no new connection on s1");
+    }
+    env.ctl(&["weight", "s1", "100"]);
+    let pb = turn_until(&mut c, "s1 at weight 100", |p| {
+        p.services[0].members[0].weight == 100
+    });
+    publish(&mut w, &mut g, &mut now, pb);
+    let mut back = [0usize; 3];
+    for k in 1100..1160 {
+        back[open(&mut w, tpl, k, now) as usize] += 1;
+    }
+    assert!(
+        back.iter().all(|&n| n > 0),
+        "s1 takes new ones again: {back:?}"
+    );
+
     // Drained by the supervisor: s2 keeps its connections, takes no new ones.
     env.ctl(&["drain", "s2"]);
     let p2 = turn_until(&mut c, "s2 draining", |p| {

@@ -25,6 +25,11 @@
 //! - Membership: a live server that advertises services but none matching a pipeline
 //!   service it is a member of does not offer it: its weight there becomes 0 (no new
 //!   flows of that service, existing ones stay).
+//! - Weight: an advertised service's weight scales the member's pipeline weight, in
+//!   percent: 100 (the agent's default) keeps it, 50 halves it, 0 takes no new flows of
+//!   that service (`flowgate ctl weight NAME 0` at the supervisor, which relays that
+//!   weight). Adverts that match the pipeline service
+//!   by name decide; without one, those that match by VIP; of several, the smallest.
 //!
 //! Advertised flows (`FlowAdd`) become pattern rules in slots reserved after the
 //! pipeline's own rules ([`reserve_flow_slots`]; the number of slots is part of the
@@ -56,7 +61,7 @@ pub enum Unheard {
 }
 
 /// The control plane's word on one server: its state, load, response time, and per
-/// service it is a member of (pipeline order), whether it offers that service.
+/// service it is a member of (pipeline order), the weight it advertises there.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServerView {
     pub state: ServerState,
@@ -64,9 +69,10 @@ pub struct ServerView {
     pub response_ms: f64,
     /// The system it was matched with (`None`: not live).
     pub system: Option<u64>,
-    /// Per pipeline service (index): false when the server is a member that does not
-    /// offer it.
-    pub offers: Vec<bool>,
+    /// Per pipeline service (index): the advertised weight, in percent of the member's
+    /// pipeline weight (100 when nothing matching is advertised); `None` when the server
+    /// advertises services but not this one (weight 0 there).
+    pub weights: Vec<Option<u32>>,
 }
 
 /// What the control plane's advertised flows do: per reserved slot, the advert it holds
@@ -304,7 +310,7 @@ impl Overlay {
                     load: srv.load,
                     response_ms: srv.response_ms,
                     system: None,
-                    offers: vec![true; base.services.len()],
+                    weights: vec![Some(100); base.services.len()],
                 };
                 match sys {
                     Some((info, adverts)) => {
@@ -323,7 +329,16 @@ impl Overlay {
                                 .filter(|a| a.name == svc.name || a.vip == svc.vip)
                                 .collect();
                             if m.is_empty() && !adverts.is_empty() {
-                                v.offers[k] = false;
+                                v.weights[k] = None;
+                            }
+                            let by_name = m.iter().filter(|a| a.name == svc.name);
+                            let w = if m.iter().any(|a| a.name == svc.name) {
+                                by_name.map(|a| a.weight).min()
+                            } else {
+                                m.iter().map(|a| a.weight).min()
+                            };
+                            if let Some(w) = w {
+                                v.weights[k] = Some(w);
                             }
                             matched.extend(m);
                         }
@@ -354,6 +369,17 @@ impl Overlay {
     }
 }
 
+/// A member's pipeline weight scaled by an advertised weight in percent: within the
+/// pipeline's bounds (at most 1000000), and at least 1 unless either is 0 (a server that
+/// takes new flows keeps a share).
+fn scaled_weight(weight: u32, pct: u32) -> u32 {
+    if weight == 0 || pct == 0 {
+        return 0;
+    }
+    let w = (u64::from(weight) * u64::from(pct) + 50) / 100;
+    w.clamp(1, 1_000_000) as u32
+}
+
 /// `base` (with its flow slots reserved) with `view` applied; same shape.
 pub fn apply(base: &Pipeline, view: &View) -> Pipeline {
     let views = &view.servers;
@@ -365,12 +391,10 @@ pub fn apply(base: &Pipeline, view: &View) -> Pipeline {
     }
     for (k, svc) in p.services.iter_mut().enumerate() {
         for m in &mut svc.members {
-            if views
-                .get(usize::from(m.server))
-                .is_some_and(|v| !v.offers.get(k).copied().unwrap_or(true))
-            {
-                m.weight = 0;
-            }
+            let pct = views.get(usize::from(m.server)).map_or(Some(100), |v| {
+                v.weights.get(k).copied().unwrap_or(Some(100))
+            });
+            m.weight = scaled_weight(m.weight, pct.unwrap_or(0));
         }
     }
     let first = first_slot(&p, view.flows.slots.len());
@@ -443,15 +467,21 @@ fn server_changes(base: &Pipeline, old: &[ServerView], new: &[ServerView]) -> Ve
             ));
         }
         for (k, svc) in base.services.iter().enumerate() {
-            let was = o.is_none_or(|o| o.offers.get(k).copied().unwrap_or(true));
-            let is = n.offers[k];
+            let was = o.map_or(Some(100), |o| {
+                o.weights.get(k).copied().unwrap_or(Some(100))
+            });
+            let is = n.weights[k];
             if was != is {
-                out.push(format!(
-                    "control: server {} {} service {}",
-                    srv.name,
-                    if is { "offers" } else { "does not advertise" },
-                    svc.name
-                ));
+                out.push(match is {
+                    None => format!(
+                        "control: server {} does not advertise service {} (weight 0)",
+                        srv.name, svc.name
+                    ),
+                    Some(w) => format!(
+                        "control: server {} advertises service {} at weight {w} ({w}% of the pipeline's)",
+                        srv.name, svc.name
+                    ),
+                });
             }
         }
     }
@@ -546,8 +576,8 @@ services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]
         let sb = [svc("ftp", "192.0.2.1", 0, 0, 0)];
         let v = o.server_views(&p, [(&a, &sa[..]), (&b, &sb[..])]);
         assert_eq!(v[0].load, 0.9, "congestion counts as load");
-        assert_eq!(v[0].offers, [true]);
-        assert_eq!(v[1].offers, [false]);
+        assert_eq!(v[0].weights, [Some(100)]);
+        assert_eq!(v[1].weights, [None]);
         let q = apply(
             &p,
             &View {
@@ -568,6 +598,60 @@ services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]
             lines.iter().any(|l| l.contains("server s1 is up")),
             "{lines:?}"
         );
+    }
+
+    #[test]
+    fn advertised_weights_scale_the_pipelines() {
+        let p = base();
+        let mut o = Overlay::new(3, Unheard::Keep, 0);
+        let (a, b, c) = (
+            sys(1, "s1", 1, SysState::Up),
+            sys(2, "s2", 2, SysState::Up),
+            sys(3, "s3", 3, SysState::Up),
+        );
+        let with_weight = |name: &str, vip: &str, w: u32| Service {
+            weight: w,
+            ..svc(name, vip, 0, 0, 0)
+        };
+        // s1: by name at 0, beside another service on the same
+        // VIP at 100, which does not decide: a match by name does. s2: by VIP only, two
+        // adverts, the smaller decides. s3: draining in the pipeline, advertises 300.
+        let sa = [
+            with_weight("web", "203.0.113.10", 0),
+            with_weight("api", "203.0.113.10", 100),
+        ];
+        let sb = [
+            with_weight("www", "203.0.113.10", 50),
+            with_weight("www2", "203.0.113.10", 80),
+        ];
+        let sc = [with_weight("web", "203.0.113.10", 300)];
+        let v = o.server_views(&p, [(&a, &sa[..]), (&b, &sb[..]), (&c, &sc[..])]);
+        let w: Vec<_> = v.iter().map(|v| v.weights[0]).collect();
+        assert_eq!(w, [Some(0), Some(50), Some(300)]);
+        let q = apply(
+            &p,
+            &View {
+                servers: v.clone(),
+                flows: FlowsView::default(),
+            },
+        );
+        assert!(q.same_shape(&p));
+        let w: Vec<u32> = q.services[0].members.iter().map(|m| m.weight).collect();
+        assert_eq!(w, [0, 50, 300]);
+        // Weight 0 keeps the server up (its open flows stay), and is logged.
+        assert_eq!(q.servers[0].state, ServerState::Up);
+        let lines = server_changes(&p, &[], &v);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("server s1 advertises service web at weight 0")),
+            "{lines:?}"
+        );
+        // Bounds: a positive weight keeps a share, the pipeline's maximum holds.
+        assert_eq!(scaled_weight(1, 10), 1);
+        assert_eq!(scaled_weight(1_000_000, u32::MAX), 1_000_000);
+        assert_eq!(scaled_weight(0, 100), 0);
+        assert_eq!(scaled_weight(200, 100), 200);
     }
 
     #[test]
