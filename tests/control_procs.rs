@@ -489,3 +489,64 @@ fn an_agent_routes_its_number_block_and_writes_it_down() {
         "the file says nothing is held"
     );
 }
+
+/// A service whose health check fails is advertised at weight 0 (the supervisor's view,
+/// which it relays to the intermediate systems), and at its own weight once the check
+/// passes again; an unchecked service beside it is untouched, and the operator's weight
+/// override does not revive a failing one.
+#[test]
+fn a_failing_health_check_advertises_weight_0() {
+    let env = Env::new();
+    let _sup = env.supervisor();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let conf = env.p("hc.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "name: hc\nmac: \"02:00:00:00:00:0a\"\naddrs: [127.0.0.1]\n\
+             load: {{source: static, value: 100}}\n\
+             services:\n  \
+             - name: web\n    vip: 10.0.0.100\n    ports: [80]\n    \
+             health: {{tcp: \"127.0.0.1:{port}\", interval_ms: 100, timeout_ms: 100, rise: 2, fall: 2}}\n  \
+             - {{name: api, vip: 10.0.0.101, ports: [81], weight: 60}}\n"
+        ),
+    )
+    .unwrap();
+    let _agent = env.spawn_agent(&conf, "hc", "key");
+    let weight = |svc: &str| -> Option<u64> {
+        env.try_ctl(&["services"])?
+            .as_array()?
+            .iter()
+            .find(|s| s["system"] == "hc" && s["name"] == svc)
+            .and_then(|s| s["weight"].as_u64())
+    };
+    env.wait_for(
+        || weight("web") == Some(100) && weight("api") == Some(60),
+        "healthy: both services at their weights",
+    );
+    drop(l);
+    let t0 = Instant::now();
+    env.wait_for(|| weight("web") == Some(0), "web at weight 0");
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "two failed 100 ms probes, then at once: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        weight("api"),
+        Some(60),
+        "the unchecked service keeps its weight"
+    );
+    env.ctl(&["weight", "hc", "50"]);
+    env.wait_for(|| weight("api") == Some(50), "override applied to api");
+    for _ in 0..5 {
+        assert_eq!(weight("web"), Some(0), "an override does not revive web");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _l = std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port again");
+    env.wait_for(
+        || weight("web") == Some(50),
+        "web healthy again (overridden)",
+    );
+}

@@ -169,6 +169,8 @@ pub struct Agent {
     events: VecDeque<AgentEvent>,
     /// Per held grant id: the flows that route it ([`NumberRoute`]).
     routed: BTreeMap<u64, Vec<u64>>,
+    /// Per service (conf order): failing its health check, so advertised at weight 0.
+    unhealthy: Vec<bool>,
 }
 
 impl Agent {
@@ -192,6 +194,7 @@ impl Agent {
         );
         sess.wanted = cfg.pools.clone();
         sess.start(now);
+        let cfg_services = cfg.services.len();
         Agent {
             cfg,
             sess,
@@ -204,7 +207,26 @@ impl Agent {
             active: 0,
             events: VecDeque::new(),
             routed: BTreeMap::new(),
+            unhealthy: vec![false; cfg_services],
         }
+    }
+
+    /// Takes service `i`'s health-check verdict ([`super::health`]): an unhealthy
+    /// service is advertised with weight 0, so the intermediate systems send it no new
+    /// flows and keep its open ones; healthy again, its configured weight. A change is
+    /// advertised at once. False when nothing changed (or there is no service `i`).
+    pub fn set_healthy(&mut self, now: Instant, i: usize, healthy: bool) -> bool {
+        let Some(u) = self.unhealthy.get_mut(i) else {
+            return false;
+        };
+        if *u != healthy {
+            return false;
+        }
+        *u = !healthy;
+        // Sent by the next timeout, at once when registered (with the registration's
+        // first advertisement otherwise).
+        self.next_advert = now;
+        true
     }
 
     pub fn id(&self) -> u64 {
@@ -360,7 +382,12 @@ impl Agent {
                     state,
                 },
                 age_ms: 0,
-                services: self.cfg.services.clone(),
+                services: (self.cfg.services.iter().zip(&self.unhealthy))
+                    .map(|(s, &sick)| Service {
+                        weight: if sick { 0 } else { s.weight },
+                        ..s.clone()
+                    })
+                    .collect(),
             })
         }
     }
@@ -574,6 +601,54 @@ mod tests {
             lease_ms: 1000,
             valid_from: Instant::now(),
         }
+    }
+
+    fn advertised_weights(a: &Agent) -> Vec<u32> {
+        match a.advert_body() {
+            Body::ServiceAdvert(s) => s.services.iter().map(|s| s.weight).collect(),
+            other => panic!("not an advert: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unhealthy_service_is_advertised_at_weight_0_at_once() {
+        let svc = |name: &str, weight| Service {
+            name: name.into(),
+            vip: "10.0.0.100".parse().unwrap(),
+            proto: 6,
+            ports: vec![(80, 80)],
+            capacity: 1000,
+            weight,
+            load: 0,
+            congestion: 0,
+            response_time_us: 0,
+        };
+        let t0 = Instant::now();
+        let cfg = AgentConfig {
+            name: "web1".into(),
+            mac: [2, 0, 0, 0, 0, 1],
+            addrs: vec![],
+            capabilities: cap::SERVICES,
+            supervisor: "127.0.0.1:7700".parse().unwrap(),
+            group: None,
+            advert_interval: Duration::from_secs(1),
+            dead_interval: Duration::from_secs(3),
+            services: vec![svc("web", 100), svc("api", 40)],
+            pools: vec![],
+            routes: vec![],
+            drain_timeout: Duration::from_secs(1),
+        };
+        let mut a = Agent::new(cfg, Key::new(&[7; 32]).unwrap(), SeqGen::new(1), t0);
+        assert_eq!(advertised_weights(&a), [100, 40]);
+        let later = t0 + Duration::from_millis(300);
+        a.next_advert = t0 + Duration::from_secs(1);
+        assert!(a.set_healthy(later, 1, false));
+        assert_eq!(advertised_weights(&a), [100, 0]);
+        assert_eq!(a.next_advert, later, "advertised at once");
+        assert!(!a.set_healthy(later, 1, false), "no change");
+        assert!(!a.set_healthy(later, 9, false), "no such service");
+        assert!(a.set_healthy(later, 1, true));
+        assert_eq!(advertised_weights(&a), [100, 40], "its own weight again");
     }
 
     #[test]

@@ -120,6 +120,10 @@ pub struct ServiceConf {
     pub capacity: u32,
     #[serde(default = "d_weight")]
     pub weight: u32,
+    /// A health check of the local daemon: failing, the service is advertised at
+    /// weight 0 ([`super::health`]).
+    #[serde(default)]
+    pub health: Option<super::health::HealthConf>,
 }
 
 fn d_proto() -> String {
@@ -786,7 +790,14 @@ fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()
         _ => None,
     };
     let mut services = Vec::new();
-    for s in &conf.services {
+    let mut checks = Vec::new();
+    for (i, s) in conf.services.iter().enumerate() {
+        if let Some(h) = &s.health {
+            let c = h
+                .check()
+                .with_context(|| format!("{}: services[{i}] ({})", conf_path.display(), s.name))?;
+            checks.push((i, c));
+        }
         let mut ports = Vec::new();
         for p in &s.ports {
             ports.push(match p {
@@ -865,6 +876,17 @@ fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()
         sock_path.display()
     );
     let mut agent = Agent::new(cfg, key, SeqGen::from_wall_clock(), Instant::now());
+    // Health checks: one probing thread each; the verdicts are kept here. A checked
+    // service starts unhealthy (weight 0) until its first probe passes.
+    let (health_tx, health_rx) = std::sync::mpsc::channel();
+    let mut checkers: Vec<Option<super::health::Checker>> = vec![None; conf.services.len()];
+    for (i, check) in checks {
+        checkers[i] = Some(super::health::Checker::new(check.rise, check.fall));
+        agent.set_healthy(Instant::now(), i, false);
+        super::health::spawn(i, check, health_tx.clone())
+            .context("starting a health-check thread")?;
+    }
+    drop(health_tx);
     let mut next_sample = Instant::now();
     let load_src = conf.load.clone();
     let interval = Duration::from_millis(conf.advert_interval_ms.max(1));
@@ -880,6 +902,19 @@ fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()
         }
         while let Ok((stream, _)) = ctl.accept() {
             serve_local(ag, now, stream);
+        }
+        while let Ok((i, r)) = health_rx.try_recv() {
+            let Some(c) = checkers.get_mut(i).and_then(Option::as_mut) else {
+                continue;
+            };
+            if let Some(healthy) = c.record(r.is_ok()) {
+                ag.set_healthy(now, i, healthy);
+                let name = &conf.services[i].name;
+                match r {
+                    Ok(()) => eprintln!("agent: service {name} is healthy"),
+                    Err(e) => eprintln!("agent: service {name} is unhealthy (weight 0): {e}"),
+                }
+            }
         }
         let mut numbers_changed = false;
         while let Some(e) = ag.poll_event() {

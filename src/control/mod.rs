@@ -42,6 +42,7 @@ pub mod ana;
 pub mod cli;
 pub mod conns;
 pub mod driver;
+pub mod health;
 pub mod listener;
 pub mod overlay;
 pub mod proto;

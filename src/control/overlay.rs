@@ -27,8 +27,8 @@
 //!   flows of that service, existing ones stay).
 //! - Weight: an advertised service's weight scales the member's pipeline weight, in
 //!   percent: 100 (the agent's default) keeps it, 50 halves it, 0 takes no new flows of
-//!   that service (`flowgate ctl weight NAME 0` at the supervisor, which relays that
-//!   weight). Adverts that match the pipeline service
+//!   that service (an agent's failing health check, or `flowgate ctl weight NAME 0` at
+//!   the supervisor, which relays that weight). Adverts that match the pipeline service
 //!   by name decide; without one, those that match by VIP; of several, the smallest.
 //!
 //! Advertised flows (`FlowAdd`) become pattern rules in slots reserved after the

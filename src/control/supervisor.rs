@@ -142,7 +142,13 @@ impl SystemRec {
         self.services
             .iter()
             .map(|s| Service {
-                weight: self.weight.unwrap_or(s.weight),
+                // An end system's own 0 (its health check fails) stands: the operator's
+                // weight cannot send flows to a service that says it cannot take them.
+                weight: if s.weight == 0 {
+                    0
+                } else {
+                    self.weight.unwrap_or(s.weight)
+                },
                 ..s.clone()
             })
             .collect()
