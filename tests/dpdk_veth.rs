@@ -35,6 +35,10 @@
 //! flow from the client answered by the server it was placed on; the other server's agent
 //! advertises that flow to itself, and the open flow's next datagrams are answered by it.
 //!
+//! A failed health check: s1's HTTP server is killed; its agent's HTTP probe fails, the
+//! service is advertised at weight 0, and every request goes to s2; restarted, s1
+//! serves again.
+//!
 //! IPsec servers behind one address: each agent routes the SPI block the supervisor's
 //! ANA granted it; ESP packets the client's kernel sends to the VIP, two security
 //! associations from the one client address, reach the server whose block holds their
@@ -694,9 +698,113 @@ fn run_af_packet_follows_the_control_plane() {
     assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
 }
 
+/// An HTTP server in ns S1 goes away: its agent's health check fails, the service is
+/// advertised at weight 0, and every request is answered by s2, within a few seconds and
+/// without a restart of anything; back, s1 serves again.
+#[test]
+fn run_af_packet_stops_sending_to_a_failed_health_check() {
+    let Some((_one, mut t, www)) = setup(7) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (sup_ip, _key) = control_plane(
+        &mut t,
+        d,
+        "    health: { http: \"http://203.0.113.10/index.html\", interval_ms: 200, timeout_ms: 200, rise: 2, fall: 2 }\n",
+    );
+    let stats = start_flowgate(&mut t, d, "", &control_conf(&sup_ip));
+    both_serve(&mut t, 20, &stats);
+
+    // s1's IPv4 HTTP server dies (its agent and its kernel stay).
+    let s1 = t.ns("s1");
+    let pids = Command::new("ip")
+        .args(["netns", "pids", &s1])
+        .output()
+        .expect("ip netns pids");
+    let mut killed = 0;
+    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("http.server") && cmd.contains("--bind 203.0.113.10 ") {
+            killed += sh(&["kill", pid]) as usize;
+        }
+    }
+    assert_eq!(killed, 1, "s1's IPv4 HTTP server");
+    // Requests placed on s1 fail until the agent's two failed probes are advertised and
+    // flowgate applies weight 0 (its stats file shows the view); from the next
+    // publication on, every request is answered by s2.
+    let t0 = Instant::now();
+    let weight = |stats: &Path| -> Option<u64> {
+        let j: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(stats).ok()?).ok()?;
+        j["control"]["servers"]["s1"]["weights"]["web"].as_u64()
+    };
+    while weight(&stats) != Some(0) {
+        if t0.elapsed() > Duration::from_secs(15) {
+            fail(&mut t, "s1 at weight 0 within 15 s of its failure", &stats);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = t0.elapsed();
+    let mut run = 0;
+    while run < 5 {
+        run = if get(&t).as_deref() == Some("server-s2") {
+            run + 1
+        } else {
+            0
+        };
+        if t0.elapsed() > Duration::from_secs(20) {
+            fail(&mut t, "s2 alone answers once s1 is at weight 0", &stats);
+        }
+    }
+    for _ in 0..30 {
+        if get(&t).as_deref() != Some("server-s2") {
+            fail(&mut t, "every request answered by s2", &stats);
+        }
+    }
+
+    // s1's server is back: its health check passes twice, and s1 takes requests again.
+    daemon(
+        &mut t,
+        "s1",
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "80",
+            "--bind",
+            "203.0.113.10",
+            "--directory",
+        ],
+        www.path().join("s1"),
+    );
+    // Kept before flowgate, which `stop` takes as the last child.
+    let server = t.children.pop().expect("the new server");
+    let at = t.children.len() - 1;
+    t.children.insert(at, server);
+    wait_served(&t, "s1", URL4);
+    let t1 = Instant::now();
+    while get(&t).as_deref() != Some("server-s1") {
+        if t1.elapsed() > Duration::from_secs(15) {
+            fail(&mut t, "s1 serves again within 15 s", &stats);
+        }
+    }
+    let err = stop(&mut t);
+    assert!(
+        err.contains("control: server s1 advertises service web at weight 0"),
+        "{err}"
+    );
+    eprintln!("s1 at weight 0 in flowgate's view {took:?} after its failure");
+    let j = final_stats(&stats, "web", 20);
+    assert_eq!(j["control"]["servers"]["s1"]["state"], "up", "{j}");
+    assert_eq!(j["control"]["servers"]["s1"]["weights"]["web"], 100, "{j}");
+}
+
 /// The control plane of the module docs in `t`, its files in `d`: the management veth, a
-/// supervisor in ns SW, an agent beside each server advertising `web` (and the
-/// `services` YAML list items). Returns the supervisor's address on the management veth
+/// supervisor in ns SW, an agent beside each server advertising `web` (followed by the
+/// YAML lines `services`: more keys of `web`, more list items, or top-level keys).
+/// Returns the supervisor's address on the management veth
 /// and the key file.
 fn control_plane(t: &mut Topo, d: &Path, services: &str) -> (String, PathBuf) {
     let sw = t.ns("sw");
@@ -750,7 +858,7 @@ fn control_plane(t: &mut Topo, d: &Path, services: &str) -> (String, PathBuf) {
             format!(
                 "name: s{i}\nmac: \"02:00:00:00:01:0{i}\"\naddrs: [10.0.0.1{i}]\n\
                  load: {{source: static, value: 100}}\n\
-                 services:\n  - {{name: web, vip: 203.0.113.10, proto: tcp, ports: [80]}}\n{services}"
+                 services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]\n{services}"
             ),
         )
         .expect("agent conf");

@@ -287,15 +287,24 @@ impl ControlRt {
             .servers
             .iter()
             .zip(&self.view.servers)
-            .map(|(s, v)| {
+            .enumerate()
+            .map(|(i, (s, v))| {
                 let state = match v.state {
                     ServerState::Up => "up",
                     ServerState::Draining => "draining",
                     ServerState::Down => "down",
                 };
+                // Per service it is a member of: the advertised weight, in percent of
+                // the pipeline's (0: not advertised, or advertised at 0).
+                let weights: serde_json::Map<String, serde_json::Value> = (self.base.services)
+                    .iter()
+                    .zip(&v.weights)
+                    .filter(|(svc, _)| svc.members.iter().any(|m| m.server as usize == i))
+                    .map(|(svc, w)| (svc.name.clone(), w.unwrap_or(0).into()))
+                    .collect();
                 (
                     s.name.clone(),
-                    serde_json::json!({ "state": state, "load": v.load,
+                    serde_json::json!({ "state": state, "load": v.load, "weights": weights,
                         "system": v.system.map(|id| format!("{id:016x}")) }),
                 )
             })
