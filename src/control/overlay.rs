@@ -331,13 +331,10 @@ impl Overlay {
                             if m.is_empty() && !adverts.is_empty() {
                                 v.weights[k] = None;
                             }
-                            let by_name = m.iter().filter(|a| a.name == svc.name);
-                            let w = if m.iter().any(|a| a.name == svc.name) {
-                                by_name.map(|a| a.weight).min()
-                            } else {
-                                m.iter().map(|a| a.weight).min()
-                            };
-                            if let Some(w) = w {
+                            let by_name = (m.iter().filter(|a| a.name == svc.name))
+                                .map(|a| a.weight)
+                                .min();
+                            if let Some(w) = by_name.or_else(|| m.iter().map(|a| a.weight).min()) {
                                 v.weights[k] = Some(w);
                             }
                             matched.extend(m);
@@ -613,9 +610,9 @@ services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]
             weight: w,
             ..svc(name, vip, 0, 0, 0)
         };
-        // s1: by name at 0, beside another service on the same
-        // VIP at 100, which does not decide: a match by name does. s2: by VIP only, two
-        // adverts, the smaller decides. s3: draining in the pipeline, advertises 300.
+        // s1: by name at 0, beside another service on the same VIP at 100, which does
+        // not decide: a match by name does. s2: by VIP only, two adverts, the smaller
+        // decides. s3: draining in the pipeline, advertises 300.
         let sa = [
             with_weight("web", "203.0.113.10", 0),
             with_weight("api", "203.0.113.10", 100),
