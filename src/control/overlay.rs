@@ -526,6 +526,25 @@ services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]
         Pipeline::from_str(P, Path::new("p.yaml")).expect("pipeline")
     }
 
+    /// `p` with the server views `v` applied (no advertised flows), checked to keep its
+    /// shape.
+    fn apply_servers(p: &Pipeline, v: &[ServerView]) -> Pipeline {
+        let q = apply(
+            p,
+            &View {
+                servers: v.to_vec(),
+                flows: FlowsView::default(),
+            },
+        );
+        assert!(q.same_shape(p));
+        q
+    }
+
+    /// The member weights of service `web`.
+    fn weights(q: &Pipeline) -> Vec<u32> {
+        q.services[0].members.iter().map(|m| m.weight).collect()
+    }
+
     #[test]
     fn states_follow_the_end_systems() {
         let p = base();
@@ -575,17 +594,9 @@ services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]
         assert_eq!(v[0].load, 0.9, "congestion counts as load");
         assert_eq!(v[0].weights, [Some(100)]);
         assert_eq!(v[1].weights, [None]);
-        let q = apply(
-            &p,
-            &View {
-                servers: v.clone(),
-                flows: FlowsView::default(),
-            },
-        );
-        assert!(q.same_shape(&p));
+        let q = apply_servers(&p, &v);
         assert_eq!(q.servers[0].load, 0.9);
-        let w: Vec<u32> = q.services[0].members.iter().map(|m| m.weight).collect();
-        assert_eq!(w, [100, 0, 100]);
+        assert_eq!(weights(&q), [100, 0, 100]);
         // Overload is clamped to 1.
         let sa = [svc("web", "198.51.100.1", 2500, 0, 0)];
         let v = o.server_views(&p, [(&a, &sa[..])]);
@@ -625,16 +636,8 @@ services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]
         let v = o.server_views(&p, [(&a, &sa[..]), (&b, &sb[..]), (&c, &sc[..])]);
         let w: Vec<_> = v.iter().map(|v| v.weights[0]).collect();
         assert_eq!(w, [Some(0), Some(50), Some(300)]);
-        let q = apply(
-            &p,
-            &View {
-                servers: v.clone(),
-                flows: FlowsView::default(),
-            },
-        );
-        assert!(q.same_shape(&p));
-        let w: Vec<u32> = q.services[0].members.iter().map(|m| m.weight).collect();
-        assert_eq!(w, [0, 50, 300]);
+        let q = apply_servers(&p, &v);
+        assert_eq!(weights(&q), [0, 50, 300]);
         // Weight 0 keeps the server up (its open flows stay), and is logged.
         assert_eq!(q.servers[0].state, ServerState::Up);
         let lines = server_changes(&p, &[], &v);
