@@ -32,6 +32,10 @@ enum Cmd {
         /// Write counters as JSON to this file.
         #[arg(long)]
         stats_json: Option<PathBuf>,
+        /// Write the same counters in the Prometheus text format to this file (for
+        /// node_exporter's textfile collector).
+        #[arg(long)]
+        prometheus: Option<PathBuf>,
         /// Print one line per packet: what it matched, where it went, the actions.
         #[arg(long)]
         trace: bool,
@@ -116,6 +120,7 @@ fn run(cli: Cli) -> Result<()> {
             input,
             output,
             stats_json,
+            prometheus,
             trace,
             quiet,
         } => {
@@ -124,6 +129,7 @@ fn run(cli: Cli) -> Result<()> {
                 input: &input,
                 output: &output,
                 stats_json,
+                prometheus,
                 trace,
                 progress: !quiet,
             })?;

@@ -361,6 +361,10 @@ fn run_rewrites_the_stats_file_while_running() {
     let n_in = frames(&input).len() as u64;
     let stats = dir.path().join("live.json");
     let conf = dir.path().join("live.yaml");
+    let prom = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        l.local_addr().expect("its address")
+    };
     std::fs::write(
         &conf,
         format!(
@@ -368,7 +372,7 @@ fn run_rewrites_the_stats_file_while_running() {
              lcores: {{ management: 0, workers: [1], cpus: \"0-1\" }}\n\
              ports:\n  - {{ name: outside, device: \"net_pcap0,rx_pcap={},tx_pcap={}\" }}\n\
              stop: {{ idle_ms: 3000 }}\n\
-             stats: {{ interval_ms: 100, json: {} }}\n",
+             stats: {{ interval_ms: 100, json: {}, prometheus: \"{prom}\" }}\n",
             root().join("pipelines/web-farm.yaml").display(),
             prefix("live"),
             input.display(),
@@ -388,10 +392,22 @@ fn run_rewrites_the_stats_file_while_running() {
     let t0 = Instant::now();
     let mut reads = 0;
     let mut live = None;
+    // And scrape the Prometheus endpoint, until it too counts every frame while running.
+    let mut scraped = None;
+    let want = [
+        format!("flowgate_packets_in_total {n_in}"),
+        "flowgate_running 1".to_string(),
+    ];
     while t0.elapsed() < Duration::from_secs(30)
-        && live.is_none()
+        && (live.is_none() || scraped.is_none())
         && child.try_wait().is_ok_and(|s| s.is_none())
     {
+        if scraped.is_none()
+            && let Some(text) = scrape(prom)
+            && want.iter().all(|w| text.lines().any(|l| l == w))
+        {
+            scraped = Some(text);
+        }
         if let Ok(text) = std::fs::read_to_string(&stats) {
             reads += 1;
             let j: serde_json::Value = serde_json::from_str(&text)
@@ -410,6 +426,27 @@ fn run_rewrites_the_stats_file_while_running() {
     let live = live.unwrap_or_else(|| {
         panic!("no snapshot while running counted all {n_in} frames ({reads} reads): {err}")
     });
+    let scraped = scraped.unwrap_or_else(|| {
+        panic!("no scrape of http://{prom}/metrics while running counted all {n_in} frames: {err}")
+    });
+    assert!(
+        err.contains(&format!(
+            "stats: Prometheus metrics on http://{prom}/metrics"
+        )),
+        "{err}"
+    );
+    // The Prometheus project's own parser reads it (python3-prometheus-client, in CI).
+    if common::have(common::SCAPY_PY, &["-c", "import prometheus_client"]) {
+        let f = dir.path().join("scrape.prom");
+        std::fs::write(&f, &scraped).expect("write scrape");
+        let out = common::scapy(&format!(
+            "from prometheus_client.parser import text_string_to_metric_families\n\
+             fams = list(text_string_to_metric_families(open({:?}).read()))\n\
+             print([s.value for f in fams for s in f.samples if s.name == 'flowgate_port_ipackets_total'])\n",
+            f.display().to_string()
+        ));
+        assert_eq!(out.trim(), format!("[{}.0]", n_in), "{scraped}");
+    }
     assert_eq!(live["runtime"]["workers"].as_u64(), Some(1));
     assert!(
         live["runtime"]["ports"]["outside"]["ipackets"].as_u64() == Some(n_in),
@@ -424,6 +461,18 @@ fn run_rewrites_the_stats_file_while_running() {
         !dir.path().join("live.json.tmp").exists(),
         "the temporary file is renamed, not left behind"
     );
+}
+
+/// `GET /metrics` from `flowgate run`'s exporter at `addr`: the body of a 200, if any.
+fn scrape(addr: std::net::SocketAddr) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut r = String::new();
+    c.read_to_string(&mut r).ok()?;
+    let (head, body) = r.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.0 200").then(|| body.to_string())
 }
 
 #[test]

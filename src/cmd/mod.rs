@@ -4,6 +4,7 @@
 //! errors.
 
 pub mod check;
+pub mod prom;
 pub mod replay;
 pub mod summary;
 
@@ -17,7 +18,11 @@ use std::path::{Path, PathBuf};
 /// that monitoring reads while they are rewritten, the agent's numbers file). A path that
 /// is not a regular file (`/dev/stdout`, a pipe) is written in place.
 pub fn write_json(path: &Path, j: &serde_json::Value) -> anyhow::Result<()> {
-    let text = serde_json::to_string_pretty(j)? + "\n";
+    write_whole(path, &(serde_json::to_string_pretty(j)? + "\n"))
+}
+
+/// Writes `text` to `path` whole, as [`write_json`] does.
+pub fn write_whole(path: &Path, text: &str) -> anyhow::Result<()> {
     // Not a regular file (`/dev/stdout`, a pipe): written in place, as there is no
     // file to replace.
     if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {

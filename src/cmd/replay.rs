@@ -33,6 +33,8 @@ pub struct ReplayOpts<'a> {
     pub input: &'a Path,
     pub output: &'a Path,
     pub stats_json: Option<PathBuf>,
+    /// The same counters in the Prometheus text format ([`super::prom`]).
+    pub prometheus: Option<PathBuf>,
     pub trace: bool,
     pub progress: bool,
 }
@@ -88,6 +90,9 @@ pub fn run(o: &ReplayOpts) -> Result<ReplayResult> {
     let stats_json = w.stats.to_json(p);
     if let Some(f) = &o.stats_json {
         super::write_json(f, &stats_json)?;
+    }
+    if let Some(f) = &o.prometheus {
+        super::write_whole(f, &super::prom::render(&stats_json))?;
     }
     let summary = render_summary(&w, p, seconds);
     Ok(ReplayResult {

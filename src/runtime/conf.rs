@@ -103,6 +103,8 @@ struct RawStats {
     interval_ms: Option<u64>,
     #[serde(default)]
     json: Option<PathBuf>,
+    #[serde(default)]
+    prometheus: Option<String>,
 }
 
 /// The `control:` section: where the supervisor is and how this intermediate system
@@ -181,6 +183,9 @@ pub struct RunConf {
     pub stats_interval_ms: u64,
     /// Where to write the stats JSON at exit (resolved against the conf's directory).
     pub stats_json: Option<PathBuf>,
+    /// Where to serve the stats for Prometheus (`GET /metrics`, refreshed every
+    /// `stats_interval_ms`).
+    pub stats_prometheus: Option<std::net::SocketAddr>,
     /// The control plane (`None`: the pipeline alone decides).
     pub control: Option<ControlConf>,
 }
@@ -370,6 +375,22 @@ impl RunConf {
                 s.json.as_deref().map(resolve),
             ),
         };
+        let stats_prometheus = match raw.stats.as_ref().and_then(|s| s.prometheus.as_deref()) {
+            None => None,
+            Some(a) => Some(a.parse::<std::net::SocketAddr>().map_err(|_| {
+                err(
+                    &[Key("stats"), Key("prometheus")],
+                    format!("{a:?} is not an address and port (e.g. 127.0.0.1:9464)"),
+                )
+            })?),
+        };
+        if stats_prometheus.is_some() && stats_interval_ms == 0 {
+            return Err(err(
+                &[Key("stats"), Key("interval_ms")],
+                "stats.prometheus needs interval_ms > 0 (the metrics are refreshed every interval)"
+                    .into(),
+            ));
+        }
         let control = match &raw.control {
             None => None,
             Some(c) => {
@@ -451,6 +472,7 @@ impl RunConf {
             idle_ms: raw.stop.map_or(0, |s| s.idle_ms),
             stats_interval_ms,
             stats_json,
+            stats_prometheus,
         })
     }
 
@@ -763,6 +785,18 @@ stop: { idle_ms: 0 }
             "",
             "missing field `pipeline`",
         );
+        bad(
+            &format!("{base}stats: {{prometheus: \"localhost\"}}\n"),
+            "stats.prometheus",
+            "not an address and port",
+        );
+        bad(
+            &format!("{base}stats: {{prometheus: \"127.0.0.1:9464\", interval_ms: 0}}\n"),
+            "stats.interval_ms",
+            "interval_ms > 0",
+        );
+        let c = parse(&format!("{base}stats: {{prometheus: \"[::1]:9464\"}}\n")).expect("valid");
+        assert_eq!(c.stats_prometheus, Some("[::1]:9464".parse().unwrap()));
     }
 
     #[test]

@@ -131,6 +131,17 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
         .context("installing SIGHUP")?;
 
+    // Before the EAL, so that an address in use fails fast.
+    let exporter = conf
+        .stats_prometheus
+        .map(crate::cmd::prom::Exporter::bind)
+        .transpose()?;
+    if let Some(e) = &exporter {
+        eprintln!(
+            "stats: Prometheus metrics on http://{}/metrics",
+            e.local_addr()
+        );
+    }
     let eal = Eal::init(&conf.eal_args()).context("EAL initialisation")?;
     let lcores = eal.worker_lcores();
     for l in &conf.worker_lcores {
@@ -295,6 +306,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
             let live = Live {
                 ports: &ports,
                 json: stats_path,
+                prometheus: exporter.as_ref(),
             };
             manage(
                 conf,
@@ -389,6 +401,8 @@ struct Live<'a> {
     ports: &'a [Port<'a>],
     /// Where the stats JSON goes (rewritten every interval, and at the stop).
     json: Option<&'a std::path::Path>,
+    /// Where the same stats are served for Prometheus (refreshed every interval).
+    prometheus: Option<&'a crate::cmd::prom::Exporter>,
 }
 
 /// The management loop on the main lcore: signals, idle stop, table publication, the
@@ -472,7 +486,7 @@ fn manage(
                         .unwrap_or_default()
                 );
             }
-            if let Some(f) = live.json {
+            if live.json.is_some() || live.prometheus.is_some() {
                 let j = stats_json(
                     &sum,
                     &p0.pipeline,
@@ -487,8 +501,13 @@ fn manage(
                     }),
                     control.as_deref(),
                 );
+                if let Some(e) = live.prometheus {
+                    e.set(crate::cmd::prom::render(&j));
+                }
                 // A monitoring file: a failed write is reported, the run goes on.
-                if let Err(e) = crate::cmd::write_json(f, &j) {
+                if let Some(f) = live.json
+                    && let Err(e) = crate::cmd::write_json(f, &j)
+                {
                     eprintln!("stats: {e:#}");
                 }
             }

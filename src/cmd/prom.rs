@@ -1,0 +1,443 @@
+//! The stats JSON in the Prometheus text exposition format (version 0.0.4): what
+//! `flowgate replay --prometheus FILE` writes (for node_exporter's textfile collector) and
+//! `flowgate run` serves on `stats.prometheus` (`GET /metrics`, [`Exporter`]).
+//!
+//! Rendered from the stats JSON itself, so the two never disagree: every counter of the
+//! JSON is a metric, keys become labels (service, server, rule, port, reason). Drop
+//! reasons the JSON leaves out (it lists only those that happened) are written as 0, so
+//! a rate over a reason that starts happening has a series to start from.
+
+use crate::pipeline::meta::DropReason;
+use parking_lot::Mutex;
+use serde_json::Value;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Builds the exposition text, one metric family at a time.
+struct Out {
+    s: String,
+}
+
+impl Out {
+    /// Starts family `name` (its `# HELP` and `# TYPE` lines).
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.s, "# HELP {name} {help}");
+        let _ = writeln!(self.s, "# TYPE {name} {kind}");
+    }
+
+    /// One sample of the current family.
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], v: f64) {
+        self.s.push_str(name);
+        if !labels.is_empty() {
+            self.s.push('{');
+            for (i, (k, val)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.s.push(',');
+                }
+                let _ = write!(self.s, "{k}=\"{}\"", escape(val));
+            }
+            self.s.push('}');
+        }
+        let _ = writeln!(self.s, " {v}");
+    }
+
+    /// A family of one unlabelled sample, when `v` is a number.
+    fn single(&mut self, name: &str, kind: &str, help: &str, v: &Value) {
+        if let Some(x) = num(v) {
+            self.family(name, kind, help);
+            self.sample(name, &[], x);
+        }
+    }
+}
+
+/// A label value as the format wants it: backslash, double quote and newline escaped.
+fn escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => o.push_str("\\\\"),
+            '"' => o.push_str("\\\""),
+            '\n' => o.push_str("\\n"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+fn num(v: &Value) -> Option<f64> {
+    match v {
+        Value::Bool(b) => Some(f64::from(u8::from(*b))),
+        v => v.as_f64(),
+    }
+}
+
+/// `j` (the stats JSON of `replay --stats-json` or `run`) as exposition text.
+pub fn render(j: &Value) -> String {
+    let mut o = Out { s: String::new() };
+    let counters: [(&str, &str); 8] = [
+        ("packets_in", "Frames received."),
+        ("packets_out", "Frames transmitted."),
+        ("flows_created", "Flows created."),
+        ("flows_evicted", "Flows evicted from a full flow table."),
+        ("flows_expired", "Flows expired by their timeout."),
+        (
+            "flows_moved",
+            "Open flows moved by advertised flows (flowgate run).",
+        ),
+        ("arp_replies", "ARP requests answered."),
+        ("nd_replies", "IPv6 neighbour solicitations answered."),
+    ];
+    for (k, help) in counters {
+        o.single(&format!("flowgate_{k}_total"), "counter", help, &j[k]);
+    }
+    if j["drops"].is_object() {
+        let name = "flowgate_drops_total";
+        o.family(name, "counter", "Frames dropped, by reason.");
+        for r in DropReason::ALL {
+            let n = num(&j["drops"][r.as_str()]).unwrap_or(0.0);
+            o.sample(name, &[("reason", r.as_str())], n);
+        }
+    }
+    if let Some(svcs) = j["services"].as_object() {
+        for (field, help) in [
+            ("flows", "Flows a service created."),
+            ("packets", "Frames of a service's flows, both directions."),
+        ] {
+            let name = format!("flowgate_service_{field}_total");
+            o.family(&name, "counter", help);
+            for (svc, v) in svcs {
+                o.sample(&name, &[("service", svc)], num(&v[field]).unwrap_or(0.0));
+            }
+        }
+        let name = "flowgate_service_server_packets_total";
+        o.family(
+            name,
+            "counter",
+            "Frames a service sent to each of its servers.",
+        );
+        for (svc, v) in svcs {
+            for (srv, n) in v["servers"].as_object().into_iter().flatten() {
+                let labels = [("service", svc.as_str()), ("server", srv.as_str())];
+                o.sample(name, &labels, num(n).unwrap_or(0.0));
+            }
+        }
+    }
+    if let Some(rules) = j["flow_rules"].as_object() {
+        for (field, help) in [
+            ("flows", "Flows a pattern rule created."),
+            ("packets", "Frames of a pattern rule's flows."),
+        ] {
+            let name = format!("flowgate_flow_rule_{field}_total");
+            o.family(&name, "counter", help);
+            for (rule, v) in rules {
+                o.sample(&name, &[("rule", rule)], num(&v[field]).unwrap_or(0.0));
+            }
+        }
+    }
+    runtime(&mut o, &j["runtime"]);
+    control(&mut o, &j["control"]);
+    o.s
+}
+
+/// `flowgate run`'s `runtime` object.
+fn runtime(o: &mut Out, r: &Value) {
+    if !r.is_object() {
+        return;
+    }
+    o.single(
+        "flowgate_running",
+        "gauge",
+        "1 while flowgate run forwards, 0 in the final stats.",
+        &r["running"],
+    );
+    o.single(
+        "flowgate_live_flows",
+        "gauge",
+        "Flows in the flow tables.",
+        &r["live_flows"],
+    );
+    o.single(
+        "flowgate_tx_refused_total",
+        "counter",
+        "Frames a port's TX queue refused (freed, counted).",
+        &r["tx_refused"],
+    );
+    o.single(
+        "flowgate_dispatch_dropped_total",
+        "counter",
+        "Frames the software dispatcher could not hand to a worker.",
+        &r["dispatch_dropped"],
+    );
+    if let Some(ports) = r["ports"].as_object() {
+        for (field, help) in [
+            ("ipackets", "Frames a port received (rte_eth_stats)."),
+            ("opackets", "Frames a port sent."),
+            (
+                "imissed",
+                "Frames a port dropped for want of RX descriptors.",
+            ),
+            ("ierrors", "Erroneous frames a port received."),
+            ("oerrors", "Frames a port failed to send."),
+            ("rx_nombuf", "RX mbuf allocation failures."),
+        ] {
+            let name = format!("flowgate_port_{field}_total");
+            o.family(&name, "counter", help);
+            for (port, v) in ports {
+                o.sample(&name, &[("port", port)], num(&v[field]).unwrap_or(0.0));
+            }
+        }
+    }
+}
+
+/// The control plane's view (`control`), when `flowgate run` follows one.
+fn control(o: &mut Out, c: &Value) {
+    if !c.is_object() {
+        return;
+    }
+    o.single(
+        "flowgate_control_registered",
+        "gauge",
+        "1 while registered with the supervisor.",
+        &c["registered"],
+    );
+    let Some(servers) = c["servers"].as_object() else {
+        return;
+    };
+    let name = "flowgate_server_state";
+    o.family(
+        name,
+        "gauge",
+        "1 for a server's state as the control plane sees it (up, draining, down).",
+    );
+    for (srv, v) in servers {
+        for st in ["up", "draining", "down"] {
+            let on = v["state"].as_str() == Some(st);
+            o.sample(
+                name,
+                &[("server", srv), ("state", st)],
+                f64::from(u8::from(on)),
+            );
+        }
+    }
+    let name = "flowgate_server_load";
+    o.family(name, "gauge", "A server's advertised load, 0 to 1.");
+    for (srv, v) in servers {
+        o.sample(name, &[("server", srv)], num(&v["load"]).unwrap_or(0.0));
+    }
+    let name = "flowgate_server_weight_percent";
+    o.family(
+        name,
+        "gauge",
+        "A server's advertised weight per service, in percent of the pipeline's.",
+    );
+    for (srv, v) in servers {
+        for (svc, w) in v["weights"].as_object().into_iter().flatten() {
+            let labels = [("server", srv.as_str()), ("service", svc.as_str())];
+            o.sample(name, &labels, num(w).unwrap_or(0.0));
+        }
+    }
+}
+
+/// A tiny HTTP server for Prometheus scrapes: `GET /metrics` answers the text last
+/// [`set`](Exporter::set). It runs on a thread of its own, one connection at a time, each
+/// bounded by a 1 s timeout, so a stuck client delays a scrape but never the data plane
+/// or the management loop (which only swaps the text under a lock). Stopped and joined
+/// on drop.
+pub struct Exporter {
+    addr: SocketAddr,
+    text: Arc<Mutex<String>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Exporter {
+    /// Listens on `addr` (a clear error when it cannot).
+    pub fn bind(addr: SocketAddr) -> anyhow::Result<Exporter> {
+        use anyhow::Context as _;
+        let l = TcpListener::bind(addr)
+            .with_context(|| format!("stats.prometheus: listening on {addr}"))?;
+        l.set_nonblocking(true)?;
+        let addr = l.local_addr()?;
+        let text = Arc::new(Mutex::new(String::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (t, st) = (Arc::clone(&text), Arc::clone(&stop));
+        let thread = std::thread::Builder::new()
+            .name("prometheus".into())
+            .spawn(move || {
+                while !st.load(Relaxed) {
+                    match l.accept() {
+                        Ok((c, _)) => {
+                            // A client that misbehaves only loses its own scrape.
+                            let _ = serve(c, &t);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            })?;
+        Ok(Exporter {
+            addr,
+            text,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Where it listens (the port the OS chose for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The text the next scrapes get.
+    pub fn set(&self, text: String) {
+        *self.text.lock() = text;
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Answers one HTTP/1.x request on `c`: the metrics for `GET /metrics` (or `/`), 404
+/// for other paths, 405 for other methods.
+fn serve(mut c: TcpStream, text: &Mutex<String>) -> std::io::Result<()> {
+    c.set_nonblocking(false)?;
+    c.set_read_timeout(Some(Duration::from_secs(1)))?;
+    c.set_write_timeout(Some(Duration::from_secs(1)))?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+        let n = c.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let mut parts = line.lines().next().unwrap_or("").split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    let (status, ctype, body) = match (method, path) {
+        ("GET" | "HEAD", "/metrics" | "/") => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            text.lock().clone(),
+        ),
+        ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "try /metrics\n".into()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET /metrics\n".into(),
+        ),
+    };
+    let mut resp = format!(
+        "HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if method != "HEAD" {
+        resp.push_str(&body);
+    }
+    c.write_all(resp.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn renders_counters_labels_and_escapes() {
+        let j = json!({
+            "packets_in": 10, "packets_out": 7, "drops": {"no_server": 3},
+            "flows_created": 4, "flows_evicted": 0, "flows_expired": 1, "flows_moved": 0,
+            "arp_replies": 2, "nd_replies": 0,
+            "services": {"web": {"flows": 4, "packets": 7, "servers": {"a\"b": 5, "c": 2}}},
+            "flow_rules": {"voice": {"flows": 0, "packets": 0}},
+            "runtime": {"running": true, "live_flows": 3, "tx_refused": 0, "dispatch_dropped": 0,
+                        "ports": {"outside": {"ipackets": 10, "opackets": 7, "imissed": 0,
+                                  "ierrors": 0, "oerrors": 0, "rx_nombuf": 0}}},
+            "control": {"registered": true,
+                        "servers": {"s1": {"state": "draining", "load": 0.25,
+                                           "weights": {"web": 100}}}},
+        });
+        let t = render(&j);
+        for line in [
+            "# TYPE flowgate_packets_in_total counter",
+            "flowgate_packets_in_total 10",
+            "flowgate_drops_total{reason=\"no_server\"} 3",
+            "flowgate_service_server_packets_total{service=\"web\",server=\"a\\\"b\"} 5",
+            "flowgate_flow_rule_flows_total{rule=\"voice\"} 0",
+            "flowgate_running 1",
+            "flowgate_port_ipackets_total{port=\"outside\"} 10",
+            "flowgate_control_registered 1",
+            "flowgate_server_state{server=\"s1\",state=\"draining\"} 1",
+            "flowgate_server_state{server=\"s1\",state=\"up\"} 0",
+            "flowgate_server_load{server=\"s1\"} 0.25",
+            "flowgate_server_weight_percent{server=\"s1\",service=\"web\"} 100",
+        ] {
+            assert!(t.lines().any(|l| l == line), "missing {line:?} in\n{t}");
+        }
+        // Every drop reason has a series; each family is declared once.
+        let drops = t
+            .lines()
+            .filter(|l| l.starts_with("flowgate_drops_total{"))
+            .count();
+        assert_eq!(drops, DropReason::ALL.len());
+        let mut types: Vec<&str> = t.lines().filter(|l| l.starts_with("# TYPE")).collect();
+        let n = types.len();
+        types.dedup();
+        assert_eq!(types.len(), n);
+        // Replay's JSON has no runtime or control: none of their families.
+        let r = render(&json!({"packets_in": 1, "drops": {}}));
+        assert!(!r.contains("flowgate_running") && !r.contains("flowgate_server_state"));
+        assert_eq!(escape("a\\b\n\"c\""), "a\\\\b\\n\\\"c\\\"");
+    }
+
+    /// Sends `req` to `addr`; the whole response.
+    fn ask(addr: SocketAddr, req: &str) -> String {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(req.as_bytes()).unwrap();
+        let mut r = String::new();
+        c.read_to_string(&mut r).unwrap();
+        r
+    }
+
+    #[test]
+    fn exporter_serves_the_latest_text() {
+        let e = Exporter::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let a = e.local_addr();
+        e.set("flowgate_packets_in_total 1\n".into());
+        let r = ask(a, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.0 200 OK\r\n"), "{r}");
+        assert!(r.contains("Content-Type: text/plain; version=0.0.4"), "{r}");
+        assert!(r.ends_with("\r\n\r\nflowgate_packets_in_total 1\n"), "{r}");
+        e.set("flowgate_packets_in_total 2\n".into());
+        assert!(ask(a, "GET /metrics HTTP/1.0\r\n\r\n").ends_with("total 2\n"));
+        assert!(ask(a, "GET /nope HTTP/1.0\r\n\r\n").starts_with("HTTP/1.0 404"));
+        assert!(ask(a, "POST /metrics HTTP/1.0\r\n\r\n").starts_with("HTTP/1.0 405"));
+        let h = ask(a, "HEAD /metrics HTTP/1.0\r\n\r\n");
+        assert!(
+            h.starts_with("HTTP/1.0 200") && h.ends_with("\r\n\r\n"),
+            "{h}"
+        );
+        // A client that sends nothing and hangs up does not stop the next scrape.
+        drop(TcpStream::connect(a).unwrap());
+        assert!(ask(a, "GET / HTTP/1.0\r\n\r\n").ends_with("total 2\n"));
+        // The address in use: a clear error.
+        let err = Exporter::bind(a).err().expect("in use").to_string();
+        assert!(err.contains("stats.prometheus"), "{err}");
+        drop(e);
+        assert!(TcpStream::connect(a).is_err(), "stopped on drop");
+    }
+}
