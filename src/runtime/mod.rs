@@ -28,7 +28,8 @@
 //!   stats JSON written (same shape as `replay`'s, plus a `runtime` object). While the run
 //!   goes on, the management lcore rewrites that file every `stats.interval_ms`
 //!   (`runtime.running` true; written beside it and renamed, so a reader never sees half
-//!   a file).
+//!   a file), and hands the same snapshot to the Prometheus exporter when
+//!   `stats.prometheus` is set ([`crate::cmd::prom::Exporter`]).
 //! - The clock is monotonic time since start, read once per poll loop (not per packet):
 //!   flow timeouts are in wall time, unlike `replay` which uses capture timestamps.
 //!

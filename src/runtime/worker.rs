@@ -137,6 +137,9 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
         .map(crate::cmd::prom::Exporter::bind)
         .transpose()?;
     if let Some(e) = &exporter {
+        // Zeros until the first interval's snapshot, rather than an empty page.
+        let zero = crate::pipeline::stats::Stats::new(&pipeline);
+        e.set(crate::cmd::prom::render(&zero.to_json(&pipeline)));
         eprintln!(
             "stats: Prometheus metrics on http://{}/metrics",
             e.local_addr()
