@@ -9,7 +9,7 @@
 
 use crate::pipeline::meta::DropReason;
 use parking_lot::Mutex;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -43,6 +43,44 @@ impl Out {
             self.s.push('}');
         }
         let _ = writeln!(self.s, " {v}");
+    }
+
+    /// Per `(field, help)`, the counter family `{prefix}_{field}_total` with one sample
+    /// per entry of `map`, labelled `label="KEY"`: the entry's `field`.
+    fn keyed(
+        &mut self,
+        prefix: &str,
+        label: &str,
+        map: &Map<String, Value>,
+        fields: &[(&str, &str)],
+    ) {
+        for (field, help) in fields {
+            let name = format!("{prefix}_{field}_total");
+            self.family(&name, "counter", help);
+            for (k, v) in map {
+                self.sample(&name, &[(label, k)], num(&v[*field]).unwrap_or(0.0));
+            }
+        }
+    }
+
+    /// The family `name` with one sample per entry of each entry's `inner` map, labelled
+    /// by both keys (`labels`: the outer's and the inner's names).
+    fn nested(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        labels: (&str, &str),
+        map: &Map<String, Value>,
+        inner: &str,
+    ) {
+        self.family(name, kind, help);
+        for (a, v) in map {
+            for (b, n) in v[inner].as_object().into_iter().flatten() {
+                let kv = [(labels.0, a.as_str()), (labels.1, b.as_str())];
+                self.sample(name, &kv, num(n).unwrap_or(0.0));
+            }
+        }
     }
 
     /// A family of one unlabelled sample, when `v` is a number.
@@ -103,40 +141,34 @@ pub fn render(j: &Value) -> String {
         }
     }
     if let Some(svcs) = j["services"].as_object() {
-        for (field, help) in [
-            ("flows", "Flows a service created."),
-            ("packets", "Frames of a service's flows, both directions."),
-        ] {
-            let name = format!("flowgate_service_{field}_total");
-            o.family(&name, "counter", help);
-            for (svc, v) in svcs {
-                o.sample(&name, &[("service", svc)], num(&v[field]).unwrap_or(0.0));
-            }
-        }
-        let name = "flowgate_service_server_packets_total";
-        o.family(
-            name,
+        o.keyed(
+            "flowgate_service",
+            "service",
+            svcs,
+            &[
+                ("flows", "Flows a service created."),
+                ("packets", "Frames of a service's flows, both directions."),
+            ],
+        );
+        o.nested(
+            "flowgate_service_server_packets_total",
             "counter",
             "Frames a service sent to each of its servers.",
+            ("service", "server"),
+            svcs,
+            "servers",
         );
-        for (svc, v) in svcs {
-            for (srv, n) in v["servers"].as_object().into_iter().flatten() {
-                let labels = [("service", svc.as_str()), ("server", srv.as_str())];
-                o.sample(name, &labels, num(n).unwrap_or(0.0));
-            }
-        }
     }
     if let Some(rules) = j["flow_rules"].as_object() {
-        for (field, help) in [
-            ("flows", "Flows a pattern rule created."),
-            ("packets", "Frames of a pattern rule's flows."),
-        ] {
-            let name = format!("flowgate_flow_rule_{field}_total");
-            o.family(&name, "counter", help);
-            for (rule, v) in rules {
-                o.sample(&name, &[("rule", rule)], num(&v[field]).unwrap_or(0.0));
-            }
-        }
+        o.keyed(
+            "flowgate_flow_rule",
+            "rule",
+            rules,
+            &[
+                ("flows", "Flows a pattern rule created."),
+                ("packets", "Frames of a pattern rule's flows."),
+            ],
+        );
     }
     runtime(&mut o, &j["runtime"]);
     control(&mut o, &j["control"]);
@@ -173,23 +205,22 @@ fn runtime(o: &mut Out, r: &Value) {
         &r["dispatch_dropped"],
     );
     if let Some(ports) = r["ports"].as_object() {
-        for (field, help) in [
-            ("ipackets", "Frames a port received (rte_eth_stats)."),
-            ("opackets", "Frames a port sent."),
-            (
-                "imissed",
-                "Frames a port dropped for want of RX descriptors.",
-            ),
-            ("ierrors", "Erroneous frames a port received."),
-            ("oerrors", "Frames a port failed to send."),
-            ("rx_nombuf", "RX mbuf allocation failures."),
-        ] {
-            let name = format!("flowgate_port_{field}_total");
-            o.family(&name, "counter", help);
-            for (port, v) in ports {
-                o.sample(&name, &[("port", port)], num(&v[field]).unwrap_or(0.0));
-            }
-        }
+        o.keyed(
+            "flowgate_port",
+            "port",
+            ports,
+            &[
+                ("ipackets", "Frames a port received (rte_eth_stats)."),
+                ("opackets", "Frames a port sent."),
+                (
+                    "imissed",
+                    "Frames a port dropped for want of RX descriptors.",
+                ),
+                ("ierrors", "Erroneous frames a port received."),
+                ("oerrors", "Frames a port failed to send."),
+                ("rx_nombuf", "RX mbuf allocation failures."),
+            ],
+        );
     }
 }
 
@@ -228,18 +259,14 @@ fn control(o: &mut Out, c: &Value) {
     for (srv, v) in servers {
         o.sample(name, &[("server", srv)], num(&v["load"]).unwrap_or(0.0));
     }
-    let name = "flowgate_server_weight_percent";
-    o.family(
-        name,
+    o.nested(
+        "flowgate_server_weight_percent",
         "gauge",
         "A server's advertised weight per service, in percent of the pipeline's.",
+        ("server", "service"),
+        servers,
+        "weights",
     );
-    for (srv, v) in servers {
-        for (svc, w) in v["weights"].as_object().into_iter().flatten() {
-            let labels = [("server", srv.as_str()), ("service", svc.as_str())];
-            o.sample(name, &labels, num(w).unwrap_or(0.0));
-        }
-    }
 }
 
 /// A tiny HTTP server for Prometheus scrapes: `GET /metrics` answers the text last
