@@ -483,6 +483,10 @@ fn run_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let stats = dir.path().join("stats.json");
     let conf = dir.path().join("null.yaml");
+    // A copy of the web farm, edited below for the reloads.
+    let pipe = dir.path().join("pipe.yaml");
+    let farm = std::fs::read_to_string(root().join("pipelines/web-farm.yaml")).expect("farm");
+    std::fs::write(&pipe, &farm).expect("write pipeline");
     std::fs::write(
         &conf,
         format!(
@@ -491,7 +495,7 @@ fn run_stops_cleanly_on_sigterm() {
              ports:\n  - {{ name: outside, device: \"net_null1\" }}\n  - {{ name: inside, device: \"net_null0,size=64\" }}\n\
              mempool: {{ mbufs: 4095, cache: 64 }}\n\
              stats: {{ interval_ms: 200, json: {} }}\n",
-            root().join("pipelines/web-farm.yaml").display(),
+            pipe.display(),
             prefix("term"),
             stats.display()
         ),
@@ -548,6 +552,26 @@ fn run_stops_cleanly_on_sigterm() {
         wait_for("pipeline reloaded (generation 2)", &mut err),
         "{err}"
     );
+    // A server added to a service: taken without a restart.
+    let web3 = "      - { name: web3, mac: \"02:00:00:00:01:03\", ip: 10.0.0.13, weight: 200 }\n";
+    let web4 = "      - { name: web4, mac: \"02:00:00:00:01:04\", ip: 10.0.0.14, weight: 100 }\n";
+    assert!(farm.contains(web3), "web-farm.yaml lists web3 as expected");
+    std::fs::write(&pipe, farm.replace(web3, &format!("{web3}{web4}"))).expect("grow");
+    kill("-HUP");
+    assert!(
+        wait_for("pipeline reloaded (generation 3)", &mut err),
+        "{err}"
+    );
+    // A server taken away: refused, the running tables stay.
+    std::fs::write(&pipe, farm.replace(web3, "")).expect("shrink");
+    kill("-HUP");
+    assert!(
+        wait_for(
+            "reload refused: server \"web3\" was removed (restart to apply)",
+            &mut err
+        ),
+        "{err}"
+    );
     kill("-TERM");
     let t0 = Instant::now();
     let status = loop {
@@ -570,6 +594,10 @@ fn run_stops_cleanly_on_sigterm() {
     );
     assert!(err.contains("] rx "), "periodic rate line: {err}");
     let j = json(&stats);
+    assert!(
+        j["services"]["http"]["servers"]["web4"].is_u64(),
+        "the final counters are the grown pipeline's: {j}"
+    );
     let pin = j["packets_in"].as_u64().expect("packets_in");
     let pout = j["packets_out"].as_u64().expect("packets_out");
     let drops: u64 = j["drops"]

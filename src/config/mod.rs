@@ -448,6 +448,98 @@ impl Pipeline {
             && self.ports == other.ports
     }
 
+    /// True when `new` only grows `self`, so that it can replace it under live flows
+    /// and counters: `self`'s servers (by name) are `new`'s first servers, in order;
+    /// `self`'s services are `new`'s first services (by name), each with its members
+    /// first, in order; the same pattern rules (by name) and ports. New servers, new
+    /// services after the old ones and new members at the end of a service may follow;
+    /// weights, states, QoS and matches may differ. (A flow holds server, service and
+    /// rule indices; a counter, service and member indices: all keep their meaning.)
+    pub fn grows_into(&self, new: &Pipeline) -> bool {
+        self.servers.len() <= new.servers.len()
+            && (self.servers.iter().zip(&new.servers)).all(|(a, b)| a.name == b.name)
+            && self.services.len() <= new.services.len()
+            && (self.services.iter().zip(&new.services)).all(|(a, b)| {
+                a.name == b.name
+                    && a.members.len() <= b.members.len()
+                    && (a.members.iter().zip(&b.members)).all(|(x, y)| x.server == y.server)
+            })
+            && self.flow_rules.len() == new.flow_rules.len()
+            && (self.flow_rules.iter().zip(&new.flow_rules)).all(|(a, b)| a.name == b.name)
+            && self.ports == new.ports
+    }
+
+    /// `new` (this pipeline's file loaded again, say) renumbered to grow `self`
+    /// ([`grows_into`](Self::grows_into)): its servers reordered so that `self`'s keep
+    /// their indices and new ones follow (server order means nothing else: Maglev
+    /// places by name). Services, members, rules and ports are not reordered, since
+    /// their order decides matches and Maglev ties; the error says what changed.
+    pub fn regrow(&self, mut new: Pipeline) -> Result<Pipeline, String> {
+        if self.ports != new.ports {
+            return Err(format!(
+                "ports changed ({:?} to {:?})",
+                self.ports, new.ports
+            ));
+        }
+        let names = |v: &[FlowRule]| v.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+        if names(&self.flow_rules) != names(&new.flow_rules) {
+            return Err("pattern rules were added, removed, renamed or reordered".into());
+        }
+        // Old servers first (in their order), then the new ones (in the file's order).
+        let mut order: Vec<usize> = Vec::with_capacity(new.servers.len());
+        for s in &self.servers {
+            match new.servers.iter().position(|n| n.name == s.name) {
+                Some(i) => order.push(i),
+                None => return Err(format!("server {:?} was removed", s.name)),
+            }
+        }
+        let mut taken = vec![false; new.servers.len()];
+        for &i in &order {
+            taken[i] = true;
+        }
+        order.extend((0..new.servers.len()).filter(|&i| !taken[i]));
+        let mut to = vec![0u16; new.servers.len()];
+        for (now, &was) in order.iter().enumerate() {
+            to[was] = now as u16;
+        }
+        let old_servers = std::mem::take(&mut new.servers);
+        new.servers = order.iter().map(|&i| old_servers[i].clone()).collect();
+        for svc in &mut new.services {
+            for m in &mut svc.members {
+                m.server = to[usize::from(m.server)];
+            }
+        }
+        for r in &mut new.flow_rules {
+            if let Target::Server(i) = r.target {
+                r.target = Target::Server(to[usize::from(i)]);
+            }
+        }
+        if let Target::Server(i) = new.default {
+            new.default = Target::Server(to[usize::from(i)]);
+        }
+        for (k, old) in self.services.iter().enumerate() {
+            let Some(n) = new.services.get(k) else {
+                return Err(format!("service {:?} was removed", old.name));
+            };
+            if n.name != old.name {
+                return Err(format!(
+                    "service {:?} is now {:?}: services may only be added after the existing ones",
+                    old.name, n.name
+                ));
+            }
+            let prefix = old.members.len() <= n.members.len()
+                && (old.members.iter().zip(&n.members)).all(|(a, b)| a.server == b.server);
+            if !prefix {
+                return Err(format!(
+                    "the servers of service {:?} changed: servers may only be added at the end of its list",
+                    old.name
+                ));
+            }
+        }
+        debug_assert!(self.grows_into(&new));
+        Ok(new)
+    }
+
     /// Index of server `name`.
     pub fn server_index(&self, name: &str) -> Option<u16> {
         self.servers

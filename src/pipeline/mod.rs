@@ -229,9 +229,11 @@ pub fn effective_weight(p: &Pipeline, i: usize, j: usize) -> u32 {
     }
 }
 
-/// [`Worker::set_tables`] refused tables whose servers, services, rules or ports differ.
+/// [`Worker::set_tables`] refused tables that do not only grow the current ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the new pipeline changes servers, services, flow rules or ports; restart to apply it")]
+#[error(
+    "the new pipeline removes or reorders servers, services or members, or changes flow rules or ports; restart to apply it"
+)]
 pub struct ShapeChanged;
 
 /// Where a non-first fragment goes: the route its first fragment took.
@@ -353,16 +355,19 @@ impl Worker {
 
     /// Switches to new tables between bursts. Flows keep their servers; new flows use the
     /// new Maglev tables; counters are kept. Refused (the old tables stay) unless the new
-    /// pipeline has the same shape ([`Pipeline::same_shape`]): flows and counters hold
-    /// indices into it.
+    /// pipeline only grows the current one ([`Pipeline::grows_into`]: servers, services
+    /// and members added after the existing ones): flows and counters hold indices into
+    /// it. The counters grow with it.
     ///
     /// A changed rule that [claims existing flows](crate::config::FlowRule::claims_existing)
     /// (an advertised flow) also starts a sweep of the flow table, done by
     /// [`sweep`](Worker::sweep) in bounded steps.
     pub fn set_tables(&mut self, t: Arc<Tables>) -> Result<(), ShapeChanged> {
-        if !self.tables.pipeline.same_shape(&t.pipeline) {
+        if !self.tables.pipeline.grows_into(&t.pipeline) {
             return Err(ShapeChanged);
         }
+        // Counters for what the pipeline gained (allocates only when it grew: a reload).
+        self.stats.grow_to(&t.pipeline);
         let old = &self.tables.pipeline.flow_rules;
         let mut changed = false;
         for ((pending, o), n) in self

@@ -57,7 +57,33 @@ impl Stats {
         }
     }
 
-    /// Adds `o` into `self` (same pipeline shape).
+    /// Makes room for the services and members `p` has beyond those counted so far (a
+    /// reloaded pipeline that grew, [`Pipeline::grows_into`]); never shrinks.
+    pub fn grow_to(&mut self, p: &Pipeline) {
+        let n = p.services.len();
+        for v in [&mut self.svc_flows, &mut self.svc_packets] {
+            if v.len() < n {
+                v.resize(n, 0);
+            }
+        }
+        if self.svc_server_packets.len() < n {
+            self.svc_server_packets.resize(n, Vec::new());
+        }
+        for (v, s) in self.svc_server_packets.iter_mut().zip(&p.services) {
+            if v.len() < s.members.len() {
+                v.resize(s.members.len(), 0);
+            }
+        }
+        let r = p.flow_rules.len();
+        for v in [&mut self.rule_flows, &mut self.rule_packets] {
+            if v.len() < r {
+                v.resize(r, 0);
+            }
+        }
+    }
+
+    /// Adds `o` into `self`, growing `self` where `o` counts more services, members or
+    /// rules (a worker that already took a grown pipeline).
     pub fn merge(&mut self, o: &Stats) {
         self.packets_in += o.packets_in;
         self.packets_out += o.packets_out;
@@ -70,7 +96,16 @@ impl Stats {
         self.flows_moved += o.flows_moved;
         self.arp_replies += o.arp_replies;
         self.nd_replies += o.nd_replies;
-        let add = |a: &mut Vec<u64>, b: &Vec<u64>| a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+        let add = |a: &mut Vec<u64>, b: &Vec<u64>| {
+            if a.len() < b.len() {
+                a.resize(b.len(), 0);
+            }
+            a.iter_mut().zip(b).for_each(|(x, y)| *x += y)
+        };
+        if self.svc_server_packets.len() < o.svc_server_packets.len() {
+            self.svc_server_packets
+                .resize(o.svc_server_packets.len(), Vec::new());
+        }
         add(&mut self.svc_flows, &o.svc_flows);
         add(&mut self.svc_packets, &o.svc_packets);
         add(&mut self.rule_flows, &o.rule_flows);

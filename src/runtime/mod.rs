@@ -8,7 +8,8 @@
 //! Shape of a run (see `docs/RUNNING.md`):
 //! - The main thread is the management lcore: it initialises the EAL, the mempool and the
 //!   ports, launches one worker per worker lcore with `rte_eal_remote_launch`, then
-//!   publishes tables (SIGHUP reloads the pipeline when its shape is unchanged; with
+//!   publishes tables (SIGHUP reloads the pipeline when it keeps or grows the running
+//!   one, [`crate::config::Pipeline::regrow`]; with
 //!   `control:`, the end systems' advertisements change server states and loads), sums the
 //!   per-worker counters into a one-line rate summary, and stops on SIGINT/SIGTERM or after
 //!   `stop.idle_ms` without a packet.
@@ -68,7 +69,7 @@ pub use worker::{RunOpts, RunResult, run};
 
 use crate::pipeline::stats::Stats;
 
-/// Copies `src` into `dst` (same pipeline shape) without allocating.
+/// Copies `src` into `dst`, without allocating unless `src` grew (a reload).
 pub fn copy_stats(dst: &mut Stats, src: &Stats) {
     dst.packets_in = src.packets_in;
     dst.packets_out = src.packets_out;
@@ -124,12 +125,6 @@ pub fn dispatch_hash(frame: &[u8]) -> Option<u64> {
         h ^= h >> 33;
     }
     Some(h)
-}
-
-/// True when `a` and `b` have the same shape (services, members, rules, servers), so
-/// tables built from `b` can replace `a`'s without resizing per-worker counters.
-pub fn same_shape(a: &crate::config::Pipeline, b: &crate::config::Pipeline) -> bool {
-    a.same_shape(b)
 }
 
 #[cfg(test)]
@@ -192,6 +187,5 @@ mod tests {
         let mut b = Stats::new(&p);
         copy_stats(&mut b, &a);
         assert_eq!(b.to_json(&p), a.to_json(&p));
-        assert!(same_shape(&p, &p));
     }
 }

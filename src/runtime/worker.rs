@@ -9,7 +9,7 @@
 
 use super::conf::{RunConf, map_ports};
 use super::control::ControlRt;
-use super::{copy_stats, dispatch_hash, same_shape};
+use super::{copy_stats, dispatch_hash};
 use crate::config::Pipeline;
 use crate::pipeline::stats::Stats;
 use crate::pipeline::{Outcome, Tables, Worker};
@@ -337,7 +337,9 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
     drop(inboxes);
 
     let seconds = shared.start.elapsed().as_secs_f64();
-    let p = &tables.pipeline;
+    // The last tables published (a reload may have added services and servers).
+    let latest = Arc::clone(&shared.tables.lock());
+    let p = &latest.pipeline;
     let mut total = Stats::new(p);
     let mut flows = 0u64;
     let mut tx_refused = 0u64;
@@ -464,7 +466,9 @@ fn manage(
         {
             let dt = last_print.elapsed().as_secs_f64();
             last_print = Instant::now();
-            sum = Stats::new(&p0.pipeline);
+            // The tables now published: a reload may have added services and servers.
+            let cur = Arc::clone(&shared.tables.lock());
+            sum = Stats::new(&cur.pipeline);
             let (mut flows, mut tx_refused, mut dispatch_dropped) = (0, 0, 0);
             for s in &shared.slots {
                 sum.merge(&s.stats.lock());
@@ -492,7 +496,7 @@ fn manage(
             if live.json.is_some() || live.prometheus.is_some() {
                 let j = stats_json(
                     &sum,
-                    &p0.pipeline,
+                    &cur.pipeline,
                     json!({
                         "running": true,
                         "seconds": shared.start.elapsed().as_secs_f64(),
@@ -555,8 +559,9 @@ fn port_stats_json(conf: &RunConf, ports: &[Port<'_>]) -> serde_json::Value {
     serde_json::Value::Object(m)
 }
 
-/// SIGHUP: reload the pipeline and publish new tables when its shape is unchanged (with
-/// the control plane's view applied on top, when there is one).
+/// SIGHUP: reload the pipeline and publish new tables when it only grows the running one
+/// ([`Pipeline::regrow`]: servers, services and members may be added), with the control
+/// plane's view applied on top when there is one.
 fn reload(conf: &RunConf, shared: &Shared, control: Option<&mut ControlRt>) {
     match load_pipeline(conf) {
         Err(e) => eprintln!("reload refused: {e:#}"),
@@ -566,12 +571,15 @@ fn reload(conf: &RunConf, shared: &Shared, control: Option<&mut ControlRt>) {
                 None => p,
             };
             let cur = Arc::clone(&shared.tables.lock());
-            if !same_shape(&cur.pipeline, &p) {
-                eprintln!(
-                    "reload refused: services, servers, rules or ports changed (restart to apply)"
-                );
-                return;
-            }
+            // New servers, services and members may join; nothing that flows or counters
+            // point at may go or move.
+            let p = match cur.pipeline.regrow(p) {
+                Ok(p) => p,
+                Err(why) => {
+                    eprintln!("reload refused: {why} (restart to apply)");
+                    return;
+                }
+            };
             let p = match control {
                 Some(c) => c.set_base(p),
                 None => p,
@@ -581,8 +589,8 @@ fn reload(conf: &RunConf, shared: &Shared, control: Option<&mut ControlRt>) {
     }
 }
 
-/// Builds and publishes tables for `p` (same shape as the current ones): workers take
-/// them at their next poll.
+/// Builds and publishes tables for `p` (the current ones' shape, or grown from it):
+/// workers take them at their next poll.
 fn publish_tables(shared: &Shared, p: Pipeline, why: &str) {
     let g = shared.generation.load(Relaxed) + 1;
     *shared.tables.lock() = Arc::new(Tables::build(p, g));
@@ -625,7 +633,9 @@ fn worker_loop<'q>(
         let g = shared.generation.load(Relaxed);
         if g != generation {
             generation = g;
-            // The management core only publishes same-shape tables (SIGHUP refuses others).
+            // The management core only publishes tables that keep or grow the shape (SIGHUP
+            // refuses others); a grown one resizes this worker's counters, here between
+            // two bursts (an allocation, once per reload that grew the pipeline).
             let _ = w.set_tables(Arc::clone(&shared.tables.lock()));
         }
         let mut got = 0usize;

@@ -1,0 +1,204 @@
+//! A reloaded pipeline that grows (servers, services and members added after the existing
+//! ones) replaces the running one under live flows: open flows keep their servers, new
+//! ones use the new servers, counters carry on and grow. Anything that would change what
+//! a flow or a counter points at is refused, with the reason, and the old tables stay.
+
+use flowgate::action::{FrameBuf, PacketBuf};
+use flowgate::config::Pipeline;
+use flowgate::pipeline::{Tables, Worker};
+use std::path::Path;
+use std::sync::Arc;
+
+const HEAD: &str = r#"system: { mac: "02:00:00:00:00:01", addresses: [203.0.113.1], gateway: "02:00:00:00:00:fe" }
+flows:
+  - { name: voice, match: { proto: udp, dst_port: 5060 }, to: gateway }
+services:
+"#;
+
+const HTTP: &str = r#"  - name: http
+    vip: 203.0.113.10
+    proto: tcp
+    ports: [80]
+    servers:
+      - { name: a, mac: "02:00:00:00:01:01" }
+      - { name: b, mac: "02:00:00:00:01:02" }
+"#;
+
+const DNS: &str = r#"  - name: dns
+    vip: 203.0.113.53
+    proto: udp
+    ports: [53]
+    servers:
+      - { name: d, mac: "02:00:00:00:03:01" }
+"#;
+
+fn load(services: &str) -> Pipeline {
+    Pipeline::from_str(&format!("{HEAD}{services}"), Path::new("p.yaml")).expect("valid")
+}
+
+/// The grown file: a server `c` added to `http` (declared first there, so it comes
+/// before `d` in the file's server order), and a new service `api` on `a` and a new `e`.
+fn grown() -> Pipeline {
+    let http_c = HTTP.to_string() + "      - { name: c, mac: \"02:00:00:00:01:03\" }\n";
+    let api = r#"  - name: api
+    vip: 203.0.113.20
+    proto: tcp
+    ports: [8080]
+    servers:
+      - { name: e, mac: "02:00:00:00:04:01" }
+      - { name: a, mac: "02:00:00:00:01:01" }
+"#;
+    load(&format!("{http_c}{DNS}{api}"))
+}
+
+fn names(p: &Pipeline) -> Vec<&str> {
+    p.servers.iter().map(|s| s.name.as_str()).collect()
+}
+
+#[test]
+fn regrow_keeps_indices_and_refuses_what_would_move_them() {
+    let old = load(&format!("{HTTP}{DNS}"));
+    assert_eq!(names(&old), ["a", "b", "d"]);
+    let new = grown();
+    assert_eq!(names(&new), ["a", "b", "c", "d", "e"], "the file's order");
+    assert!(!old.grows_into(&new), "d moved in the file's order");
+    let g = old.regrow(new).expect("it only grows");
+    assert_eq!(
+        names(&g),
+        ["a", "b", "d", "c", "e"],
+        "old servers keep their indices"
+    );
+    assert!(old.grows_into(&g));
+    let members = |svc: usize| -> Vec<&str> {
+        g.services[svc]
+            .members
+            .iter()
+            .map(|m| g.servers[m.server as usize].name.as_str())
+            .collect()
+    };
+    assert_eq!(members(0), ["a", "b", "c"]);
+    assert_eq!(members(1), ["d"]);
+    assert_eq!(members(2), ["e", "a"]);
+
+    let refused = |services: String, why: &str| {
+        let e = old.regrow(load(&services)).expect_err(why);
+        assert!(e.contains(why), "{e}");
+    };
+    // A server gone, a service gone, services reordered or one put before the others.
+    refused(
+        HTTP.replace("      - { name: b, mac: \"02:00:00:00:01:02\" }\n", "") + DNS,
+        "server \"b\" was removed",
+    );
+    let http_d = HTTP.to_string() + "      - { name: d, mac: \"02:00:00:00:03:01\" }\n";
+    refused(http_d, "service \"dns\" was removed");
+    refused(
+        format!("{HTTP}{}", DNS.replace("dns", "dns2")),
+        "service \"dns\" is now \"dns2\"",
+    );
+    refused(format!("{DNS}{HTTP}"), "services may only be added after");
+    // A member put before the existing ones.
+    let c_first = HTTP.replace(
+        "    servers:\n",
+        "    servers:\n      - { name: c, mac: \"02:00:00:00:01:03\" }\n",
+    );
+    refused(format!("{c_first}{DNS}"), "added at the end of its list");
+    // Pattern rules: their indices are in flows and counters.
+    let p = Pipeline::from_str(
+        &format!("{}{HTTP}{DNS}", HEAD.replace("voice", "sip")),
+        Path::new("p.yaml"),
+    )
+    .unwrap();
+    assert!(old.regrow(p).unwrap_err().contains("pattern rules"));
+}
+
+/// A TCP frame from client port `sp` (and an address derived from it) to the VIP and port, flags `flags`.
+fn tcp(sp: u16, vip: [u8; 4], dp: u16, flags: u8) -> Vec<u8> {
+    let mut f = vec![0u8; 54];
+    f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0xfe]);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&[198, 51, 100, (sp % 200) as u8 + 1]);
+    ip[16..20].copy_from_slice(&vip);
+    let ck = flowgate::wire::checksum::checksum(ip);
+    ip[10..12].copy_from_slice(&ck.to_be_bytes());
+    let t = &mut f[34..54];
+    t[0..2].copy_from_slice(&sp.to_be_bytes());
+    t[2..4].copy_from_slice(&dp.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = flags;
+    f
+}
+
+/// Runs `f` through `w`; the server it went to (by destination MAC).
+fn send(w: &mut Worker, p: &Pipeline, f: &[u8], now: u64) -> String {
+    let mut b = FrameBuf::new(256);
+    assert!(b.load(f));
+    let o = w.process(&mut b, 0, now);
+    assert!(o.route.is_some(), "{o:?}");
+    let mac = &b.data()[..6];
+    p.servers
+        .iter()
+        .find(|s| s.mac == mac)
+        .map(|s| s.name.clone())
+        .unwrap_or_else(|| format!("{mac:02x?}"))
+}
+
+#[test]
+fn a_grown_pipeline_replaces_the_running_one_under_live_flows() {
+    let old = load(&format!("{HTTP}{DNS}"));
+    let mut w = Worker::new(Arc::new(Tables::build(old.clone(), 1)));
+    let http = [203, 0, 113, 10];
+    let mut before = Vec::new();
+    for sp in 1000..1300u16 {
+        before.push((sp, send(&mut w, &old, &tcp(sp, http, 80, 0x02), 1_000)));
+    }
+    let (in_before, http_before) = (w.stats.packets_in, w.stats.svc_packets[0]);
+
+    // Not growing: refused, the old tables stay and still serve.
+    let shrunk = load(HTTP);
+    assert!(
+        w.set_tables(Arc::new(Tables::build(shrunk, 2))).is_err(),
+        "a service removed"
+    );
+
+    let g = old.regrow(grown()).expect("grows");
+    w.set_tables(Arc::new(Tables::build(g.clone(), 3)))
+        .expect("a grown pipeline is taken");
+    // Open flows keep their servers.
+    for (sp, srv) in &before {
+        assert_eq!(
+            &send(&mut w, &g, &tcp(*sp, http, 80, 0x10), 2_000),
+            srv,
+            "flow {sp}"
+        );
+    }
+    // New flows also reach the new server; the new service works.
+    let mut on_c = 0;
+    for sp in 2000..2300u16 {
+        on_c += usize::from(send(&mut w, &g, &tcp(sp, http, 80, 0x02), 3_000) == "c");
+    }
+    assert!(on_c > 50, "the new server takes about a third: {on_c}");
+    let api = send(&mut w, &g, &tcp(4000, [203, 0, 113, 20], 8080, 0x02), 3_000);
+    assert!(api == "e" || api == "a", "{api}");
+    // Counters carried on, and count the new service and member.
+    let j = w.stats.to_json(&g);
+    assert_eq!(w.stats.packets_in, in_before + 300 + 300 + 1);
+    assert_eq!(
+        j["services"]["http"]["packets"].as_u64(),
+        Some(http_before + 600)
+    );
+    assert_eq!(
+        j["services"]["http"]["servers"]["c"].as_u64(),
+        Some(on_c as u64)
+    );
+    assert_eq!(j["services"]["api"]["flows"].as_u64(), Some(1));
+    assert_eq!(
+        w.stats.packets_in,
+        w.stats.packets_out + w.stats.drops.iter().sum::<u64>()
+    );
+}
