@@ -78,6 +78,10 @@ enum Cmd {
     Check {
         #[arg(long)]
         pipeline: PathBuf,
+        /// Also say whether a `flowgate run` on this pipeline would take the new one on
+        /// SIGHUP (exit code 1 when it would refuse it).
+        #[arg(long, value_name = "RUNNING_PIPELINE")]
+        reload_from: Option<PathBuf>,
     },
     /// Supervisor: registrations, relay, server lists, numbers (ANA), management.
     Supervisor(flowgate::control::cli::SupervisorArgs),
@@ -164,9 +168,19 @@ fn run(cli: Cli) -> Result<()> {
             io_only,
         } => bench_dpdk(&conf, flows, seconds, json, no_testpmd, io_only),
         Cmd::Classbench(a) => classbench(&a),
-        Cmd::Check { pipeline } => {
+        Cmd::Check {
+            pipeline,
+            reload_from,
+        } => {
             let p = Pipeline::load(&pipeline)?;
             print!("{}", cmd::check::render(&p));
+            if let Some(old) = reload_from {
+                let o = Pipeline::load(&old)?;
+                let verdict = cmd::check::reload_verdict(&o, p).map_err(|why| {
+                    anyhow::anyhow!("reload from {}: refused: {why}", old.display())
+                })?;
+                println!("reload from {}: {verdict}", old.display());
+            }
             Ok(())
         }
     }

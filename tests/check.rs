@@ -646,6 +646,45 @@ fn affinity_is_summarised() {
 }
 
 #[test]
+fn reload_from_says_whether_a_run_would_take_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let old = tmp.path().join("old.yaml");
+    std::fs::write(&old, BASE).unwrap();
+    let check = |text: &str| {
+        let f = tmp.path().join("new.yaml");
+        std::fs::write(&f, text).unwrap();
+        let o = common::flowgate()
+            .args(["check", "--pipeline"])
+            .arg(&f)
+            .arg("--reload-from")
+            .arg(&old)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    // A server added to `web` (line 17 is its last) and a new service at the end.
+    let grown = mutate(17, "      - { name: w2, mac: \"02:00:00:00:01:02\" }\n      - { name: w3, mac: \"02:00:00:00:01:03\" }")
+        .replace(
+            "flows:\n",
+            "  - name: ntp\n    vip: 192.0.2.123\n    proto: udp\n    ports: [123]\n    servers:\n      - { name: n1, mac: \"02:00:00:00:05:01\" }\nflows:\n",
+        );
+    let (code, out, err) = check(&grown);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("accepted (adds servers 2, services 1, service members 2)"),
+        "{out}"
+    );
+    // w2 removed from `web`: refused, exit code 1, with the reason.
+    let (code, _, err) = check(&mutate(17, ""));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("refused: server \"w2\" was removed"), "{err}");
+}
+
+#[test]
 fn missing_file_exits_2_and_names_it() {
     let (code, out, err) = run_check(Path::new("/nonexistent/pipe.yaml"));
     assert_eq!(code, 2);

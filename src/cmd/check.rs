@@ -86,3 +86,16 @@ pub fn render(p: &Pipeline) -> String {
     );
     s
 }
+
+/// Whether a run on `old` takes `new` on SIGHUP ([`Pipeline::regrow`]): what it adds, or
+/// why it would be refused.
+pub fn reload_verdict(old: &Pipeline, new: Pipeline) -> Result<String, String> {
+    let g = old.regrow(new)?;
+    let members = |p: &Pipeline| p.services.iter().map(|s| s.members.len()).sum::<usize>();
+    Ok(format!(
+        "accepted (adds servers {}, services {}, service members {})",
+        g.servers.len() - old.servers.len(),
+        g.services.len() - old.services.len(),
+        members(&g) - members(old)
+    ))
+}
