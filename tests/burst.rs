@@ -66,8 +66,8 @@ fn compare_switching(
             let mut p = p.clone();
             p.flow_table.capacity = capacity;
             let t = Arc::new(Tables::build(p, 2 + next_switch as u64));
-            one.set_tables(Arc::clone(&t)).expect("same shape");
-            burst.set_tables(t).expect("same shape");
+            one.set_tables(Arc::clone(&t)).expect("same or grown shape");
+            burst.set_tables(t).expect("same or grown shape");
             next_switch += 1;
         }
         x ^= x << 13;
@@ -178,7 +178,8 @@ fn burst_path_equals_frame_by_frame_on_generated_traffic() {
 /// Server states and QoS that change while flows live: a server going down (its flows
 /// move on their next packet, in both directions), one draining (its flows stay), and a
 /// service whose QoS the express path cannot apply (MPLS push forward, tag pop in
-/// reply), then back. The express path must leave all of these to the general path.
+/// reply), then back; all after a reload that added a server to `http`. The express path
+/// must leave all of these to the general path, and take the grown tables as it does.
 #[test]
 fn burst_path_equals_frame_by_frame_when_tables_change() {
     use flowgate::config::ServerState;
@@ -198,7 +199,21 @@ fn burst_path_equals_frame_by_frame_when_tables_change() {
             .position(|s| s.name == name)
             .unwrap_or_else(|| panic!("no server {name}"))
     };
-    let mut down = base.clone();
+    // First a reload that grows the pipeline: a fourth server for `http`, so that most
+    // connections start under the grown tables.
+    let web3 = "      - { name: web3, mac: \"02:00:00:00:01:03\", ip: 10.0.0.13, weight: 200 }\n";
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(web3));
+    let grown = Pipeline::from_str(
+        &text.replace(
+            web3,
+            &format!("{web3}      - {{ name: web4, mac: \"02:00:00:00:01:04\", weight: 300 }}\n"),
+        ),
+        &path,
+    )
+    .expect("grown pipeline");
+    let grown = base.regrow(grown).expect("it grows");
+    let mut down = grown.clone();
     let (web2, web3) = (server(&down, "web2"), server(&down, "web3"));
     down.servers[web2].state = ServerState::Down;
     down.servers[web3].state = ServerState::Draining;
@@ -208,9 +223,10 @@ fn burst_path_equals_frame_by_frame_when_tables_change() {
         s.reply_qos.pop_vlan = true;
     }
     let switches = [
+        (n / 8, grown.clone()),
         (n / 4, down.clone()),
         (n / 2, mpls),
-        (3 * n / 4, base.clone()),
+        (3 * n / 4, grown.clone()),
     ];
     let total = compare_switching(&path, &input, 1 << 16, 3, &switches)
         + compare_switching(&path, &damage(&input, 9), 1 << 16, 4, &switches);
