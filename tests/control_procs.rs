@@ -364,6 +364,21 @@ fn agent_sigterm_drains_and_leaves_and_flows_travel() {
         },
         "weight override",
     );
+    // Cleared: the agent's own weight (100) again, and no override on record.
+    env.ctl(&["weight", "delta", "clear"]);
+    env.wait_for(
+        || {
+            env.ctl(&["services"])
+                .first()
+                .is_some_and(|s| s["weight"] == 100)
+        },
+        "weight override cleared",
+    );
+    assert!(
+        env.ctl(&["systems"])
+            .iter()
+            .any(|s| s["name"] == "delta" && s["weight"].is_null())
+    );
 
     // SIGTERM: drain (no flows left), release, leave, exit 0.
     let status = Command::new("kill")

@@ -645,6 +645,19 @@ enum LocalReq {
     Drain { timeout_ms: Option<u64> },
 }
 
+/// `ctl weight`'s value: a number, or `clear` ([`WEIGHT_CLEAR`]).
+fn parse_weight(s: &str) -> Result<u32, String> {
+    match s {
+        "clear" => Ok(WEIGHT_CLEAR),
+        n => match n.parse::<u32>() {
+            Ok(WEIGHT_CLEAR) | Err(_) => {
+                Err(format!("{n:?}: a weight below {WEIGHT_CLEAR}, or clear"))
+            }
+            Ok(w) => Ok(w),
+        },
+    }
+}
+
 fn socket_path(conf: &AgentConf, a: &AgentArgs, name: &str) -> PathBuf {
     a.control_socket
         .clone()
@@ -1010,8 +1023,12 @@ pub enum CtlCmd {
         #[arg(long, default_value_t = 0)]
         timeout_ms: u32,
     },
-    /// Override the weight of a system's services.
-    Weight { name: String, weight: u32 },
+    /// Override the weight of a system's services (`clear`: its own weights again).
+    Weight {
+        name: String,
+        #[arg(value_parser = parse_weight)]
+        weight: u32,
+    },
     /// Supervisor counters.
     Stats,
     /// Server-list query (the protocol's, not management).

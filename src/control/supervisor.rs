@@ -1065,9 +1065,11 @@ impl Supervisor {
                 let Some(id) = self.by_name(&m.arg) else {
                     return (status::NOT_FOUND, json!({"error": "no such system"}).to_string());
                 };
+                // u32::MAX clears the override: the system's own weights apply again.
+                let weight = (m.value != WEIGHT_CLEAR).then_some(m.value);
                 let advert = match self.systems.get_mut(&id) {
                     Some(s) => {
-                        s.weight = Some(m.value);
+                        s.weight = weight;
                         let s = s.clone();
                         self.advert_of(now, &s)
                     }
@@ -1076,7 +1078,7 @@ impl Supervisor {
                 if self.cfg.relay {
                     self.relay(&advert);
                 }
-                json!([{"name": m.arg, "weight": m.value, "state": "ok"}])
+                json!([{"name": m.arg, "weight": weight, "state": "ok"}])
             }
             op::STATS => {
                 let mut v = match serde_json::to_value(&self.stats) {

@@ -344,6 +344,10 @@ pub mod op {
     pub const STATS: u8 = 7;
 }
 
+/// A [`op::WEIGHT`] request's value that clears the override (the system's own
+/// advertised weights apply again).
+pub const WEIGHT_CLEAR: u32 = u32::MAX;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct MgmtRequest {
     pub op: u8,
