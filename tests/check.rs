@@ -678,10 +678,17 @@ fn reload_from_says_whether_a_run_would_take_it() {
         out.contains("accepted (adds servers 2, services 1, service members 2)"),
         "{out}"
     );
-    // w2 removed from `web`: refused, exit code 1, with the reason.
-    let (code, _, err) = check(&mutate(17, ""));
+    // w2 removed from `web` (and so from the file): taken, w2 kept down.
+    let (code, out, err) = check(&mutate(17, ""));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("removed servers [\"w2\"] kept down until a restart"),
+        "{out}"
+    );
+    // The pattern rule renamed: refused, exit code 1, with the reason.
+    let (code, _, err) = check(&BASE.replace("  - name: r\n", "  - name: r2\n"));
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("refused: server \"w2\" was removed"), "{err}");
+    assert!(err.contains("refused: pattern rules were"), "{err}");
 }
 
 #[test]

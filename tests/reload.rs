@@ -4,7 +4,7 @@
 //! a flow or a counter points at is refused, with the reason, and the old tables stay.
 
 use flowgate::action::{FrameBuf, PacketBuf};
-use flowgate::config::Pipeline;
+use flowgate::config::{Pipeline, ServerState};
 use flowgate::pipeline::{Tables, Worker};
 use std::path::Path;
 use std::sync::Arc;
@@ -39,6 +39,11 @@ fn load(services: &str) -> Pipeline {
 /// The grown file: a server `c` added to `http` (declared first there, so it comes
 /// before `d` in the file's server order), and a new service `api` on `a` and a new `e`.
 fn grown() -> Pipeline {
+    load(&grown_text())
+}
+
+/// The services of [`grown`].
+fn grown_text() -> String {
     let http_c = HTTP.to_string() + "      - { name: c, mac: \"02:00:00:00:01:03\" }\n";
     let api = r#"  - name: api
     vip: 203.0.113.20
@@ -48,7 +53,7 @@ fn grown() -> Pipeline {
       - { name: e, mac: "02:00:00:00:04:01" }
       - { name: a, mac: "02:00:00:00:01:01" }
 "#;
-    load(&format!("{http_c}{DNS}{api}"))
+    format!("{http_c}{DNS}{api}")
 }
 
 fn names(p: &Pipeline) -> Vec<&str> {
@@ -84,31 +89,69 @@ fn regrow_keeps_indices_and_refuses_what_would_move_them() {
         let e = old.regrow(load(&services)).expect_err(why);
         assert!(e.contains(why), "{e}");
     };
-    // A server gone, a service gone, services reordered or one put before the others.
+    // Services reordered, a new one put before a running one, a server put before the
+    // running ones of a service.
     refused(
-        HTTP.replace("      - { name: b, mac: \"02:00:00:00:01:02\" }\n", "") + DNS,
-        "server \"b\" was removed",
+        format!("{DNS}{HTTP}"),
+        "moved before another running service",
     );
-    let http_d = HTTP.to_string() + "      - { name: d, mac: \"02:00:00:00:03:01\" }\n";
-    refused(http_d, "service \"dns\" was removed");
+    let api = DNS
+        .replace("dns", "api")
+        .replace("203.0.113.53", "203.0.113.54");
     refused(
-        format!("{HTTP}{}", DNS.replace("dns", "dns2")),
-        "service \"dns\" is now \"dns2\"",
+        format!("{api}{HTTP}{DNS}"),
+        "new service \"api\" comes before",
     );
-    refused(format!("{DNS}{HTTP}"), "services may only be added after");
-    // A member put before the existing ones.
     let c_first = HTTP.replace(
         "    servers:\n",
         "    servers:\n      - { name: c, mac: \"02:00:00:00:01:03\" }\n",
     );
-    refused(format!("{c_first}{DNS}"), "added at the end of its list");
-    // Pattern rules: their indices are in flows and counters.
+    refused(
+        format!("{c_first}{DNS}"),
+        "new servers may only follow them",
+    );
+    let swapped = HTTP.replace(
+        "      - { name: a, mac: \"02:00:00:00:01:01\" }\n      - { name: b, mac: \"02:00:00:00:01:02\" }\n",
+        "      - { name: b, mac: \"02:00:00:00:01:02\" }\n      - { name: a, mac: \"02:00:00:00:01:01\" }\n",
+    );
+    refused(format!("{swapped}{DNS}"), "were reordered");
+    // Pattern rules and ports: their indices are in flows and counters.
     let p = Pipeline::from_str(
         &format!("{}{HTTP}{DNS}", HEAD.replace("voice", "sip")),
         Path::new("p.yaml"),
     )
     .unwrap();
     assert!(old.regrow(p).unwrap_err().contains("pattern rules"));
+}
+
+#[test]
+fn regrow_keeps_what_the_file_removed_until_a_restart() {
+    let old = load(&format!("{HTTP}{DNS}"));
+    // `b` gone from the file, and with it from `http`; `dns` gone, its server `d` too.
+    let new = load(&HTTP.replace("      - { name: b, mac: \"02:00:00:00:01:02\" }\n", ""));
+    let g = old.regrow(new).expect("removals are kept, not refused");
+    assert!(old.grows_into(&g));
+    assert_eq!(names(&g), ["a", "b", "d"], "every index kept");
+    let state = |n: &str| g.servers[g.server_index(n).unwrap() as usize].state;
+    assert_eq!(state("a"), ServerState::Up);
+    assert_eq!(state("b"), ServerState::Down, "its flows move");
+    assert_eq!(state("d"), ServerState::Down);
+    let w: Vec<u32> = g.services[0].members.iter().map(|m| m.weight).collect();
+    assert_eq!(w, [100, 0], "b stays a member at weight 0");
+    assert!(g.services[1].retired && !old.services[1].retired);
+    assert_eq!(
+        g.services[1].rules(1).count(),
+        0,
+        "a retired service matches nothing"
+    );
+    assert!(!g.owns("203.0.113.53".parse().unwrap()), "nor owns its VIP");
+    assert!(g.owns("203.0.113.10".parse().unwrap()));
+    // Kept entries come back when the file has them again.
+    let back = g.regrow(load(&format!("{HTTP}{DNS}"))).expect("back");
+    assert_eq!(state("b"), ServerState::Down);
+    assert_eq!(back.servers[1].state, ServerState::Up);
+    assert!(!back.services[1].retired);
+    assert_eq!(back.services[0].members[1].weight, 100);
 }
 
 /// A TCP frame from client port `sp` (and an address derived from it) to the VIP and port, flags `flags`.
@@ -201,4 +244,103 @@ fn a_grown_pipeline_replaces_the_running_one_under_live_flows() {
         w.stats.packets_in,
         w.stats.packets_out + w.stats.drops.iter().sum::<u64>()
     );
+
+    // Then `b` leaves the file: its flows move on their next packet, to where a new
+    // flow would go, and it takes no new ones; the others' flows stay.
+    let b_gone = grown_text().replace("      - { name: b, mac: \"02:00:00:00:01:02\" }\n", "");
+    let s = g.regrow(load(&b_gone)).expect("a removal is kept down");
+    w.set_tables(Arc::new(Tables::build(s.clone(), 4)))
+        .expect("taken");
+    for (sp, srv) in &before {
+        let now = send(&mut w, &s, &tcp(*sp, http, 80, 0x10), 4_000);
+        if srv == "b" {
+            assert!(now == "a" || now == "c", "flow {sp} left b for {now}");
+        } else {
+            assert_eq!(&now, srv, "flow {sp} stays");
+        }
+    }
+    for sp in 5000..5100u16 {
+        assert_ne!(send(&mut w, &s, &tcp(sp, http, 80, 0x02), 5_000), "b");
+    }
+    let j = w.stats.to_json(&s);
+    assert!(
+        j["services"]["http"]["servers"]["b"].as_u64() > Some(0),
+        "{j}"
+    );
+}
+
+/// A pipeline from a small universe: services `svc0..svc3` (in the given order, each on
+/// its own VIP) with the given member servers `s0..s5` (in the given order).
+fn universe(services: &[(u8, Vec<u8>)]) -> Pipeline {
+    let mut y = String::new();
+    for (k, members) in services {
+        y += &format!(
+            "  - name: svc{k}\n    vip: 203.0.113.{}\n    proto: tcp\n    ports: [80]\n    servers:\n",
+            100 + k
+        );
+        for m in members {
+            y += &format!("      - {{ name: s{m}, mac: \"02:00:00:00:09:0{m}\" }}\n");
+        }
+    }
+    load(&y)
+}
+
+fn services() -> impl proptest::strategy::Strategy<Value = Vec<(u8, Vec<u8>)>> {
+    use proptest::prelude::*;
+    // Up to four distinct services, each with one to four distinct servers.
+    (
+        Just((0u8..4).collect::<Vec<_>>()).prop_shuffle(),
+        1usize..=4,
+        prop::collection::vec(
+            (
+                Just((0u8..6).collect::<Vec<_>>()).prop_shuffle(),
+                1usize..=4,
+            ),
+            4,
+        ),
+    )
+        .prop_map(|(order, n, members)| {
+            (order.into_iter().take(n).zip(members))
+                .map(|(k, (m, len))| (k, m.into_iter().take(len).collect()))
+                .collect()
+        })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    /// Whatever two files are, regrow never panics, and what it accepts keeps every
+    /// index of the running pipeline and offers every service and member of the file.
+    #[test]
+    fn regrow_of_any_two_files(a in services(), b in services()) {
+        let (old, new) = (universe(&a), universe(&b));
+        if let Ok(g) = old.regrow(new.clone()) {
+            proptest::prop_assert!(old.grows_into(&g));
+            for s in &new.services {
+                let k = g.services.iter().position(|x| x.name == s.name).expect("service kept");
+                let gs = &g.services[k];
+                proptest::prop_assert!(!gs.retired);
+                for m in &s.members {
+                    let name = &new.servers[m.server as usize].name;
+                    let j = g.server_index(name).expect("server kept");
+                    proptest::prop_assert!(gs.members.iter().any(|x| x.server == j && x.weight == m.weight));
+                }
+            }
+            // Nothing the file dropped takes new flows: kept servers are down, kept
+            // members weight 0, kept services retired.
+            for (i, s) in g.servers.iter().enumerate() {
+                if new.server_index(&s.name).is_none() {
+                    proptest::prop_assert_eq!(s.state, ServerState::Down, "{}", i);
+                }
+            }
+            for s in &g.services {
+                if !new.services.iter().any(|x| x.name == s.name) {
+                    proptest::prop_assert!(s.retired);
+                }
+            }
+            // And a worker takes it.
+            let mut w = Worker::new(Arc::new(Tables::build(old.clone(), 1)));
+            proptest::prop_assert!(w.set_tables(Arc::new(Tables::build(g, 2))).is_ok());
+        }
+    }
 }

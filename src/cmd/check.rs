@@ -34,8 +34,13 @@ pub fn render(p: &Pipeline) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "service {} vip {} proto {} ports [{}] policy {:?} affinity {} qos [{}] reply_qos [{}] table {}",
+            "service {}{} vip {} proto {} ports [{}] policy {:?} affinity {} qos [{}] reply_qos [{}] table {}",
             svc.name,
+            if svc.retired {
+                " (removed: open flows only, until a restart)"
+            } else {
+                ""
+            },
             svc.vip,
             svc.proto,
             ports.join(","),
@@ -90,12 +95,33 @@ pub fn render(p: &Pipeline) -> String {
 /// Whether a run on `old` takes `new` on SIGHUP ([`Pipeline::regrow`]): what it adds, or
 /// why it would be refused.
 pub fn reload_verdict(old: &Pipeline, new: Pipeline) -> Result<String, String> {
+    let gone_servers: Vec<&str> = (old.servers.iter())
+        .filter(|o| !new.servers.iter().any(|n| n.name == o.name))
+        .map(|o| o.name.as_str())
+        .collect();
+    let gone_services: Vec<&str> = (old.services.iter())
+        .filter(|o| !new.services.iter().any(|n| n.name == o.name))
+        .map(|o| o.name.as_str())
+        .collect();
     let g = old.regrow(new)?;
     let members = |p: &Pipeline| p.services.iter().map(|s| s.members.len()).sum::<usize>();
-    Ok(format!(
+    let mut v = format!(
         "accepted (adds servers {}, services {}, service members {})",
         g.servers.len() - old.servers.len(),
         g.services.len() - old.services.len(),
         members(&g) - members(old)
-    ))
+    );
+    if !gone_servers.is_empty() {
+        let _ = write!(v, "; removed servers {gone_servers:?} kept down");
+    }
+    if !gone_services.is_empty() {
+        let _ = write!(
+            v,
+            "; removed services {gone_services:?} kept for their open flows"
+        );
+    }
+    if !gone_servers.is_empty() || !gone_services.is_empty() {
+        v.push_str(" until a restart");
+    }
+    Ok(v)
 }

@@ -296,6 +296,9 @@ pub struct Service {
     pub members: Vec<Member>,
     /// Maglev lookup table size (prime).
     pub table_size: usize,
+    /// Removed from the file by a reload ([`Pipeline::regrow`]) but kept so that its
+    /// open flows go on: it matches no new traffic and owns no address.
+    pub retired: bool,
 }
 
 impl Service {
@@ -303,7 +306,13 @@ impl Service {
     /// protocol, unless any).
     pub fn rules(&self, index: usize) -> impl Iterator<Item = Rule> + '_ {
         let (addr, len) = ip_to_u128(self.vip);
-        self.ports.iter().map(move |p| {
+        // A retired service matches nothing new.
+        let ports = if self.retired {
+            &[][..]
+        } else {
+            &self.ports[..]
+        };
+        ports.iter().map(move |p| {
             let mut r = Rule::any(Decision::Service(index as u32));
             r.dst = classify::prefix_range(addr, len);
             if self.proto != 0 {
@@ -469,11 +478,22 @@ impl Pipeline {
             && self.ports == new.ports
     }
 
-    /// `new` (this pipeline's file loaded again, say) renumbered to grow `self`
-    /// ([`grows_into`](Self::grows_into)): its servers reordered so that `self`'s keep
-    /// their indices and new ones follow (server order means nothing else: Maglev
-    /// places by name). Services, members, rules and ports are not reordered, since
-    /// their order decides matches and Maglev ties; the error says what changed.
+    /// `new` (this pipeline's file loaded again, say) made to grow `self`
+    /// ([`grows_into`](Self::grows_into)), so that a running system can take it under
+    /// live flows:
+    /// - servers: `self`'s keep their indices, new ones follow (server order means nothing
+    ///   else: Maglev places by name); one the file no longer has is kept, `down`, so
+    ///   its flows move to the other servers on their next packet;
+    /// - services: those `self` has must come first in the file, in the same order (their
+    ///   order decides overlapping matches); one the file no longer has is kept as
+    ///   [`Service::retired`]: it matches nothing new and owns no address, and its open
+    ///   flows go on until they end;
+    /// - a service's servers: those it had must come first, in the same order (their order
+    ///   decides Maglev ties); one it no longer lists is kept at weight 0, so its open
+    ///   flows stay and it takes no new ones;
+    /// - the pattern rules (by name) and ports must be the same.
+    ///
+    /// Kept entries stay until a restart. The error says what cannot be taken.
     pub fn regrow(&self, mut new: Pipeline) -> Result<Pipeline, String> {
         if self.ports != new.ports {
             return Err(format!(
@@ -485,25 +505,32 @@ impl Pipeline {
         if names(&self.flow_rules) != names(&new.flow_rules) {
             return Err("pattern rules were added, removed, renamed or reordered".into());
         }
-        // Old servers first (in their order), then the new ones (in the file's order).
-        let mut order: Vec<usize> = Vec::with_capacity(new.servers.len());
+        // Servers: the running ones at their indices (a removed one kept, down), then the
+        // file's new ones in its order.
+        let mut servers = Vec::with_capacity(self.servers.len() + new.servers.len());
+        let mut to: Vec<Option<u16>> = vec![None; new.servers.len()];
         for s in &self.servers {
             match new.servers.iter().position(|n| n.name == s.name) {
-                Some(i) => order.push(i),
-                None => return Err(format!("server {:?} was removed", s.name)),
+                Some(i) => {
+                    to[i] = Some(servers.len() as u16);
+                    servers.push(new.servers[i].clone());
+                }
+                None => servers.push(Server {
+                    state: ServerState::Down,
+                    ..s.clone()
+                }),
             }
         }
-        let mut taken = vec![false; new.servers.len()];
-        for &i in &order {
-            taken[i] = true;
+        for (i, s) in new.servers.iter().enumerate() {
+            if to[i].is_none() {
+                to[i] = Some(servers.len() as u16);
+                servers.push(s.clone());
+            }
         }
-        order.extend((0..new.servers.len()).filter(|&i| !taken[i]));
-        let mut to = vec![0u16; new.servers.len()];
-        for (now, &was) in order.iter().enumerate() {
-            to[was] = now as u16;
+        if servers.len() >= usize::from(u16::MAX) {
+            return Err("too many servers, with those kept (at most 65534)".into());
         }
-        let old_servers = std::mem::take(&mut new.servers);
-        new.servers = order.iter().map(|&i| old_servers[i].clone()).collect();
+        let to: Vec<u16> = to.into_iter().flatten().collect();
         for svc in &mut new.services {
             for m in &mut svc.members {
                 m.server = to[usize::from(m.server)];
@@ -517,25 +544,48 @@ impl Pipeline {
         if let Target::Server(i) = new.default {
             new.default = Target::Server(to[usize::from(i)]);
         }
-        for (k, old) in self.services.iter().enumerate() {
-            let Some(n) = new.services.get(k) else {
-                return Err(format!("service {:?} was removed", old.name));
+        // Services: the running ones at their indices (a removed one kept, retired),
+        // then the file's new ones, which must follow every running one.
+        let mut services = Vec::with_capacity(self.services.len() + new.services.len());
+        let mut next = 0;
+        for old in &self.services {
+            let Some(i) = new.services.iter().position(|n| n.name == old.name) else {
+                services.push(Service {
+                    retired: true,
+                    members: (old.members.iter())
+                        .map(|m| Member {
+                            weight: 0,
+                            ..m.clone()
+                        })
+                        .collect(),
+                    ..old.clone()
+                });
+                continue;
             };
-            if n.name != old.name {
+            if i < next {
                 return Err(format!(
-                    "service {:?} is now {:?}: services may only be added after the existing ones",
-                    old.name, n.name
-                ));
-            }
-            let prefix = old.members.len() <= n.members.len()
-                && (old.members.iter().zip(&n.members)).all(|(a, b)| a.server == b.server);
-            if !prefix {
-                return Err(format!(
-                    "the servers of service {:?} changed: servers may only be added at the end of its list",
+                    "service {:?} moved before another running service: their order decides overlapping matches",
                     old.name
                 ));
             }
+            if let Some(n) = new.services[next..i]
+                .iter()
+                .find(|n| !self.services.iter().any(|o| o.name == n.name))
+            {
+                return Err(format!(
+                    "new service {:?} comes before running service {:?}: new services may only follow the running ones",
+                    n.name, old.name
+                ));
+            }
+            next = i + 1;
+            services.push(regrow_members(old, new.services[i].clone())?);
         }
+        services.extend(new.services.drain(next..));
+        if services.len() >= usize::from(u16::MAX) {
+            return Err("too many services, with those kept (at most 65534)".into());
+        }
+        new.servers = servers;
+        new.services = services;
         debug_assert!(self.grows_into(&new));
         Ok(new)
     }
@@ -560,8 +610,37 @@ impl Pipeline {
 
     /// True when `ip` is a VIP or a system address.
     pub fn owns(&self, ip: IpAddr) -> bool {
-        self.addresses.contains(&ip) || self.services.iter().any(|s| s.vip == ip)
+        self.addresses.contains(&ip) || self.services.iter().any(|s| s.vip == ip && !s.retired)
     }
+}
+
+/// Service `n` (its member servers already renumbered) with the members of `old`, the
+/// running version, first and in their order (one `n` no longer lists kept at weight 0),
+/// then `n`'s new members ([`Pipeline::regrow`]).
+fn regrow_members(old: &Service, mut n: Service) -> Result<Service, String> {
+    let mut members = Vec::with_capacity(old.members.len() + n.members.len());
+    let mut next = 0;
+    for m in &old.members {
+        let Some(i) = n.members.iter().position(|x| x.server == m.server) else {
+            members.push(Member {
+                weight: 0,
+                ..m.clone()
+            });
+            continue;
+        };
+        let added = |x: &Member| !old.members.iter().any(|o| o.server == x.server);
+        if i < next || n.members[next..i].iter().any(added) {
+            return Err(format!(
+                "the servers of service {:?} were reordered, or one was added before the running ones: new servers may only follow them",
+                old.name
+            ));
+        }
+        next = i + 1;
+        members.push(n.members[i].clone());
+    }
+    members.extend(n.members.drain(next..));
+    n.members = members;
+    Ok(n)
 }
 
 /// An address as a full-length prefix in the mapped 128-bit space.
@@ -876,6 +955,7 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
             reply_qos,
             members,
             table_size,
+            retired: false,
         });
     }
 

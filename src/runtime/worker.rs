@@ -559,9 +559,9 @@ fn port_stats_json(conf: &RunConf, ports: &[Port<'_>]) -> serde_json::Value {
     serde_json::Value::Object(m)
 }
 
-/// SIGHUP: reload the pipeline and publish new tables when it only grows the running one
-/// ([`Pipeline::regrow`]: servers, services and members may be added), with the control
-/// plane's view applied on top when there is one.
+/// SIGHUP: reload the pipeline and publish new tables when it can replace the running one
+/// ([`Pipeline::regrow`]: servers, services and members may be added, removed ones are
+/// kept until a restart), with the control plane's view applied on top when there is one.
 fn reload(conf: &RunConf, shared: &Shared, control: Option<&mut ControlRt>) {
     match load_pipeline(conf) {
         Err(e) => eprintln!("reload refused: {e:#}"),
@@ -571,8 +571,8 @@ fn reload(conf: &RunConf, shared: &Shared, control: Option<&mut ControlRt>) {
                 None => p,
             };
             let cur = Arc::clone(&shared.tables.lock());
-            // New servers, services and members may join; nothing that flows or counters
-            // point at may go or move.
+            // New servers, services and members may join and removed ones are kept
+            // (down, weight 0, retired); nothing that flows or counters point at moves.
             let p = match cur.pipeline.regrow(p) {
                 Ok(p) => p,
                 Err(why) => {
