@@ -13,6 +13,18 @@
 //! Unsafe code is forbidden everywhere except the DPDK binding module.
 #![deny(unsafe_code)]
 
+/// `eprintln!` for the long-running processes (`run`, `supervisor`, `agent`): a stderr
+/// that cannot be written (a log pipe or terminal that went away) drops the line instead
+/// of panicking, which in `flowgate run`'s management loop would leave the workers
+/// polling with nobody to stop them.
+#[macro_export]
+macro_rules! logln {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::writeln!(::std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod action;
 pub mod balance;
 pub mod classify;

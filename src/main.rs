@@ -191,7 +191,8 @@ fn run_dpdk(conf: &std::path::Path, stats_json: Option<PathBuf>, quiet: bool) ->
     use flowgate::runtime;
     let c = runtime::conf::RunConf::load(conf)?;
     let r = runtime::run(&c, &runtime::RunOpts { stats_json, quiet })?;
-    eprint!("{}", r.summary);
+    // After a clean stop, a stderr that went away must not turn it into a failure.
+    flowgate::logln!("{}", r.summary.trim_end());
     Ok(())
 }
 

@@ -687,3 +687,76 @@ fn run_bad_port_is_a_clear_error() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("bad.yaml:2: lcores.workers[0]"), "{err}");
 }
+
+/// A stderr that goes away (a log pipe closed, a terminal gone) does not stop the run
+/// from logging on, nor from stopping cleanly on SIGTERM: before, the management loop
+/// panicked on its next log line and left the workers polling for ever.
+#[test]
+fn run_survives_a_closed_stderr() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stats = dir.path().join("stats.json");
+    let conf = dir.path().join("null.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "pipeline: {}\neal: [\"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-telemetry\", \"--file-prefix\", \"{}\"]\n\
+             lcores: {{ management: 0, workers: [1], cpus: \"0-1\" }}\n\
+             ports:\n  - {{ name: outside, device: \"net_null1\" }}\n  - {{ name: inside, device: \"net_null0,size=64\" }}\n\
+             mempool: {{ mbufs: 4095, cache: 64 }}\n\
+             stats: {{ interval_ms: 100, json: {} }}\n",
+            root().join("pipelines/web-farm.yaml").display(),
+            prefix("epipe"),
+            stats.display()
+        ),
+    )
+    .expect("write conf");
+    let mut child = flowgate()
+        .args(["run", "--conf"])
+        .arg(&conf)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn run");
+    {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let t0 = Instant::now();
+        while !lines
+            .next()
+            .and_then(Result::ok)
+            .is_some_and(|l| l.contains("] rx "))
+        {
+            assert!(t0.elapsed() < Duration::from_secs(30), "no rate line");
+        }
+        // The read end is dropped here: every later log line fails to write.
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "still running with its stderr gone"
+    );
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("flowgate run did not stop within 20 s of SIGTERM with its stderr closed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status:?}");
+    let j = json(&stats);
+    assert_eq!(j["runtime"]["running"], serde_json::Value::Bool(false));
+    assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
+}

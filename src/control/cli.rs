@@ -415,7 +415,7 @@ pub fn run_supervisor(a: &SupervisorArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
-    eprintln!(
+    crate::logln!(
         "supervisor {} listening on {} (state {}, {} records restored, {} systems, {} grants)",
         conf.name,
         drv.local_addr()?,
@@ -428,9 +428,9 @@ pub fn run_supervisor(a: &SupervisorArgs) -> Result<()> {
     drv.run(&mut sup, |s, _now| {
         while let Some(e) = s.poll_event() {
             if !quiet && !matches!(e, SupEvent::Refused { .. }) {
-                eprintln!("supervisor: {e:?}");
+                crate::logln!("supervisor: {e:?}");
             } else if !quiet && let SupEvent::Refused { from, error } = e {
-                eprintln!("supervisor: refused datagram from {from}: {error}");
+                crate::logln!("supervisor: refused datagram from {from}: {error}");
             }
         }
         !stop.load(Ordering::Relaxed)
@@ -881,7 +881,7 @@ fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()
     let term = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, term.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, term.clone())?;
-    eprintln!(
+    crate::logln!(
         "agent {} on {} -> supervisor {} (control socket {})",
         conf.name,
         drv.local_addr()?,
@@ -905,7 +905,7 @@ fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()
     let interval = Duration::from_millis(conf.advert_interval_ms.max(1));
     let res = drv.run(&mut agent, |ag, now| {
         if term.swap(false, Ordering::Relaxed) {
-            eprintln!("agent: SIGTERM, draining");
+            crate::logln!("agent: SIGTERM, draining");
             ag.drain(now, None);
         }
         if now >= next_sample {
@@ -924,15 +924,15 @@ fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()
                 ag.set_healthy(now, i, healthy);
                 let name = &conf.services[i].name;
                 match r {
-                    Ok(()) => eprintln!("agent: service {name} is healthy"),
-                    Err(e) => eprintln!("agent: service {name} is unhealthy (weight 0): {e}"),
+                    Ok(()) => crate::logln!("agent: service {name} is healthy"),
+                    Err(e) => crate::logln!("agent: service {name} is unhealthy (weight 0): {e}"),
                 }
             }
         }
         let mut numbers_changed = false;
         while let Some(e) = ag.poll_event() {
             match &e {
-                AgentEvent::Granted(g) => eprintln!(
+                AgentEvent::Granted(g) => crate::logln!(
                     "agent: granted {} [{}..{}] (grant {}, lease {} ms)",
                     g.pool,
                     g.first,
@@ -940,7 +940,7 @@ fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()
                     g.grant_id,
                     g.lease_ms
                 ),
-                other => eprintln!("agent: {other:?}"),
+                other => crate::logln!("agent: {other:?}"),
             }
             numbers_changed |= matches!(
                 e,
@@ -951,7 +951,7 @@ fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()
             && let Some(f) = &conf.numbers_file
             && let Err(e) = crate::cmd::write_json(f, &numbers_json(ag, now))
         {
-            eprintln!("agent: numbers_file: {e:#}");
+            crate::logln!("agent: numbers_file: {e:#}");
         }
         !ag.is_left()
     });

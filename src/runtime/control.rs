@@ -156,19 +156,19 @@ impl ControlRt {
     pub fn turn(&mut self, wait: Duration) -> Option<Pipeline> {
         if let Err(e) = self.driver.step(&mut self.listener, wait) {
             // A socket error is reported and retried next turn; the data plane goes on.
-            eprintln!("control: socket error: {e}");
+            crate::logln!("control: socket error: {e}");
             std::thread::sleep(wait);
         }
         while let Some(ev) = self.listener.poll_event() {
             match ev {
                 TableEvent::Registered => {
-                    eprintln!(
+                    crate::logln!(
                         "control: registered with the supervisor (id {:016x})",
                         self.listener.id()
                     );
                 }
                 TableEvent::ServerDown(id) => {
-                    eprintln!("control: end system {id:016x} left or went silent");
+                    crate::logln!("control: end system {id:016x} left or went silent");
                 }
                 _ => {}
             }
@@ -181,7 +181,7 @@ impl ControlRt {
             .view(&self.base, self.listener.systems(), self.listener.flows());
         if view != self.view {
             for line in overlay::changes(&self.base, &self.view, &view) {
-                eprintln!("{line}");
+                crate::logln!("{line}");
             }
             self.dirty |=
                 view.servers != self.view.servers || view.flows.slots != self.view.flows.slots;
@@ -214,7 +214,7 @@ impl ControlRt {
             self.holding = false;
             self.answering_since = None;
             self.vanished_at = None;
-            eprintln!("control: the supervisor answers again: following the agents");
+            crate::logln!("control: the supervisor answers again: following the agents");
             return false;
         }
         let live: Vec<u64> = self.listener.systems().map(|(i, _)| i.id).collect();
@@ -253,7 +253,7 @@ impl ControlRt {
         if now.saturating_duration_since(at) >= dead {
             self.holding = true;
             self.holds += 1;
-            eprintln!(
+            crate::logln!(
                 "control: no answer from the supervisor for {} ms: holding the last view \
                  (no server goes down for silence)",
                 dead.as_millis()

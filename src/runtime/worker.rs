@@ -112,9 +112,10 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
         Some(c) => {
             let rt = ControlRt::start(c, pipeline.clone())?;
             pipeline = rt.effective();
-            eprintln!(
+            crate::logln!(
                 "control: registering with the supervisor at {} as {:?}",
-                c.supervisor, c.name
+                c.supervisor,
+                c.name
             );
             Some(rt)
         }
@@ -140,7 +141,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
         // Zeros until the first interval's snapshot, rather than an empty page.
         let zero = crate::pipeline::stats::Stats::new(&pipeline);
         e.set(crate::cmd::prom::render(&zero.to_json(&pipeline)));
-        eprintln!(
+        crate::logln!(
             "stats: Prometheus metrics on http://{}/metrics",
             e.local_addr()
         );
@@ -154,7 +155,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
     }
     let pool = Mempool::new(&eal, "flowgate", conf.mbufs, conf.mbuf_cache, 2176, None)
         .context("creating the mbuf pool (in --no-huge mode, raise -m; else reserve hugepages)")?;
-    eprintln!(
+    crate::logln!(
         "mbuf pool: {} mbufs, {} layout",
         pool.size(),
         match pool.layout() {
@@ -228,7 +229,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
             port.start(&pc, &pool).with_context(start_ctx)?;
         }
         rss_used[i] = rss && hf != 0;
-        eprintln!(
+        crate::logln!(
             "port {} = {} ({}): {} rx / {} tx queues, {}",
             spec.name,
             spec.device,
@@ -421,6 +422,9 @@ fn manage(
     live: &Live<'_>,
     mut control: Option<&mut ControlRt>,
 ) {
+    // However the loop ends, a panic included, the workers are told to stop: nobody
+    // else would, and the run would never end.
+    let _stop = StopGuard(&shared.stop);
     let p0 = Arc::clone(&shared.tables.lock());
     let mut sum = Stats::new(&p0.pipeline);
     let mut last_print = Instant::now();
@@ -436,11 +440,11 @@ fn manage(
             None => std::thread::sleep(Duration::from_millis(10)),
         }
         if stop_sig.load(Relaxed) {
-            eprintln!("stopping (signal)");
+            crate::logln!("stopping (signal)");
             break;
         }
         if shared.slots.iter().any(|s| s.done.load(Relaxed)) {
-            eprintln!("stopping (a worker ended)");
+            crate::logln!("stopping (a worker ended)");
             break;
         }
         // The idle clock starts once every worker is polling (building a large flow table
@@ -454,7 +458,7 @@ fn manage(
                 .max()
                 .unwrap_or(0);
             if now.saturating_sub(last) > conf.idle_ms * 1_000_000 {
-                eprintln!("stopping (idle for {} ms)", conf.idle_ms);
+                crate::logln!("stopping (idle for {} ms)", conf.idle_ms);
                 break;
             }
         }
@@ -477,7 +481,7 @@ fn manage(
                 dispatch_dropped += s.dispatch_dropped.load(Relaxed);
             }
             if !quiet {
-                eprintln!(
+                crate::logln!(
                     "[{:7.1} s] rx {:.3} Mpps  tx {:.3} Mpps  in {}  out {}  dropped {}  flows {}  moved {}{}",
                     shared.start.elapsed().as_secs_f64(),
                     (sum.packets_in - last_in) as f64 / dt / 1e6,
@@ -515,7 +519,7 @@ fn manage(
                 if let Some(f) = live.json
                     && let Err(e) = crate::cmd::write_json(f, &j)
                 {
-                    eprintln!("stats: {e:#}");
+                    crate::logln!("stats: {e:#}");
                 }
             }
             last_in = sum.packets_in;
@@ -523,7 +527,14 @@ fn manage(
         }
     }
     let _ = sum;
-    shared.stop.store(true, Relaxed);
+}
+
+/// Sets the workers' stop flag when the management loop ends, also by a panic.
+struct StopGuard<'a>(&'a AtomicBool);
+impl Drop for StopGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Relaxed);
+    }
 }
 
 /// The stats JSON: the counters in `total` (as `flowgate replay --stats-json` writes
@@ -564,7 +575,7 @@ fn port_stats_json(conf: &RunConf, ports: &[Port<'_>]) -> serde_json::Value {
 /// kept until a restart), with the control plane's view applied on top when there is one.
 fn reload(conf: &RunConf, shared: &Shared, control: Option<&mut ControlRt>) {
     match load_pipeline(conf) {
-        Err(e) => eprintln!("reload refused: {e:#}"),
+        Err(e) => crate::logln!("reload refused: {e:#}"),
         Ok(p) => {
             let p = match &control {
                 Some(c) => c.with_slots(p),
@@ -576,7 +587,7 @@ fn reload(conf: &RunConf, shared: &Shared, control: Option<&mut ControlRt>) {
             let p = match cur.pipeline.regrow(p) {
                 Ok(p) => p,
                 Err(why) => {
-                    eprintln!("reload refused: {why} (restart to apply)");
+                    crate::logln!("reload refused: {why} (restart to apply)");
                     return;
                 }
             };
@@ -595,7 +606,7 @@ fn publish_tables(shared: &Shared, p: Pipeline, why: &str) {
     let g = shared.generation.load(Relaxed) + 1;
     *shared.tables.lock() = Arc::new(Tables::build(p, g));
     shared.generation.store(g, Relaxed);
-    eprintln!("{why} (generation {g})");
+    crate::logln!("{why} (generation {g})");
 }
 
 /// Marks the slot done when the worker leaves its loop, also by a panic.
