@@ -565,3 +565,60 @@ fn a_failing_health_check_advertises_weight_0() {
         "web healthy again (overridden)",
     );
 }
+
+/// An agent whose stderr went away (a closed log pipe) still drains, leaves and exits 0
+/// on SIGTERM: logging a line it cannot write used to panic it instead.
+#[test]
+fn an_agent_with_a_closed_stderr_still_drains_and_leaves() {
+    let env = Env::new();
+    let _sup = env.supervisor();
+    let conf = env.p("quiet.yaml");
+    std::fs::write(
+        &conf,
+        "name: quiet\nmac: \"02:00:00:00:00:0b\"\naddrs: [127.0.0.1]\n\
+         load: {source: static, value: 100}\n\
+         services:\n  - {name: web, vip: 10.0.0.100, ports: [80]}\n",
+    )
+    .unwrap();
+    let mut a = Command::new(BIN)
+        .args(["agent", "--conf"])
+        .arg(&conf)
+        .args(["--supervisor", &env.addr(), "--key-file"])
+        .arg(env.p("key"))
+        .arg("--control-socket")
+        .arg(env.p("quiet.sock"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(a.stderr.take().unwrap()).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        assert!(first.starts_with("agent quiet on "), "{first}");
+        // The read end is dropped here.
+    }
+    env.wait_for(
+        || env.names("systems", "name") == ["quiet"],
+        "the agent registered",
+    );
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &a.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let end = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(c) = a.try_wait().unwrap() {
+            break c;
+        }
+        if Instant::now() > end {
+            let _ = a.kill();
+            panic!("the agent did not exit after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(code.success(), "{code:?}");
+    assert_eq!(env.stat("leaves"), 1, "it left (Leave), not died");
+}
