@@ -428,33 +428,13 @@ impl Pipeline {
         resolve(&cx, raw, path)
     }
 
-    /// True when `other` can replace `self` under live flows: the same servers (by
-    /// name, in order), services (name and member servers), pattern rules and ports, so
-    /// every index a flow or a counter holds means the same thing. Weights, states,
-    /// loads, QoS and matches may differ.
+    /// True when `self` and `other` have exactly the same shape: the same servers (by
+    /// name, in order), services (name and member servers), pattern rules and ports.
+    /// Weights, states, loads, QoS and matches may differ. What the control plane's
+    /// overlay keeps (it never adds nor removes); a reload may also grow the shape
+    /// ([`grows_into`](Self::grows_into)).
     pub fn same_shape(&self, other: &Pipeline) -> bool {
-        self.servers.len() == other.servers.len()
-            && self
-                .servers
-                .iter()
-                .zip(&other.servers)
-                .all(|(a, b)| a.name == b.name)
-            && self.services.len() == other.services.len()
-            && self.services.iter().zip(&other.services).all(|(a, b)| {
-                a.name == b.name
-                    && a.members.len() == b.members.len()
-                    && a.members
-                        .iter()
-                        .zip(&b.members)
-                        .all(|(x, y)| x.server == y.server)
-            })
-            && self.flow_rules.len() == other.flow_rules.len()
-            && self
-                .flow_rules
-                .iter()
-                .zip(&other.flow_rules)
-                .all(|(a, b)| a.name == b.name)
-            && self.ports == other.ports
+        self.grows_into(other) && other.grows_into(self)
     }
 
     /// True when `new` only grows `self`, so that it can replace it under live flows
