@@ -154,26 +154,24 @@ fn regrow_keeps_what_the_file_removed_until_a_restart() {
     assert_eq!(back.services[0].members[1].weight, 100);
 }
 
-/// A TCP frame from client port `sp` (and an address derived from it) to the VIP and port, flags `flags`.
+/// A TCP frame from client port `sp` (and an address derived from it) to `vip`:`dp`,
+/// flags `flags`: the capture generator's frame builder, checksums filled.
 fn tcp(sp: u16, vip: [u8; 4], dp: u16, flags: u8) -> Vec<u8> {
-    let mut f = vec![0u8; 54];
-    f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
-    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0xfe]);
-    f[12..14].copy_from_slice(&[0x08, 0x00]);
-    let ip = &mut f[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 6;
-    ip[12..16].copy_from_slice(&[198, 51, 100, (sp % 200) as u8 + 1]);
-    ip[16..20].copy_from_slice(&vip);
-    let ck = flowgate::wire::checksum::checksum(ip);
-    ip[10..12].copy_from_slice(&ck.to_be_bytes());
-    let t = &mut f[34..54];
-    t[0..2].copy_from_slice(&sp.to_be_bytes());
-    t[2..4].copy_from_slice(&dp.to_be_bytes());
-    t[12] = 5 << 4;
-    t[13] = flags;
+    use flowgate::r#gen::frame;
+    let client = std::net::Ipv4Addr::new(198, 51, 100, (sp % 200) as u8 + 1);
+    let mut f = Vec::new();
+    let lay = frame::begin(
+        &mut f,
+        [2, 0, 0, 0, 0, 1],
+        [2, 0, 0, 0, 0, 0xfe],
+        &frame::Tags::NONE,
+        client.into(),
+        std::net::Ipv4Addr::from(vip).into(),
+        frame::TCP,
+        sp,
+    );
+    frame::tcp(&mut f, sp, dp, 1, 0, flags);
+    frame::finish(&mut f, lay);
     f
 }
 

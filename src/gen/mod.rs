@@ -38,7 +38,7 @@
 
 pub mod ack;
 mod flow;
-mod frame;
+pub mod frame;
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
