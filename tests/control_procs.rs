@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Proc, free_port};
+use common::{Proc, free_port, sigterm_and_wait};
 use serde_json::Value;
 use std::net::UdpSocket;
 use std::path::PathBuf;
@@ -381,19 +381,8 @@ fn agent_sigterm_drains_and_leaves_and_flows_travel() {
     );
 
     // SIGTERM: drain (no flows left), release, leave, exit 0.
-    let status = Command::new("kill")
-        .args(["-TERM", &a.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let end = Instant::now() + Duration::from_secs(10);
-    let code = loop {
-        if let Some(c) = a.0.try_wait().unwrap() {
-            break c;
-        }
-        assert!(Instant::now() < end, "agent did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let code = sigterm_and_wait(&mut a.0, Duration::from_secs(10))
+        .expect("agent did not exit after SIGTERM");
     assert!(code.success());
     // Gone at once (Leave), not after the dead interval; its block released.
     assert!(env.ctl(&["systems"]).is_empty());
@@ -477,24 +466,8 @@ fn an_agent_routes_its_number_block_and_writes_it_down() {
     protos.sort();
     assert_eq!(protos, vec![6, 17, 50]);
     // SIGTERM: drained and gone well before the agent's 10 s drain timeout.
-    let t0 = Instant::now();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &agent.0.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = loop {
-        if let Some(s) = agent.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "the agent still draining after 5 s: its routes held it back"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = sigterm_and_wait(&mut agent.0, Duration::from_secs(5))
+        .expect("the agent still draining after 5 s: its routes held it back");
     assert!(status.success());
     env.wait_for(|| env.ctl(&["flows"]).is_empty(), "routes withdrawn");
     env.wait_for(|| grants(&env).is_empty(), "block released");
@@ -601,24 +574,8 @@ fn an_agent_with_a_closed_stderr_still_drains_and_leaves() {
         || env.names("systems", "name") == ["quiet"],
         "the agent registered",
     );
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &a.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let end = Instant::now() + Duration::from_secs(10);
-    let code = loop {
-        if let Some(c) = a.try_wait().unwrap() {
-            break c;
-        }
-        if Instant::now() > end {
-            let _ = a.kill();
-            panic!("the agent did not exit after SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let code = sigterm_and_wait(&mut a, Duration::from_secs(10))
+        .expect("the agent did not exit after SIGTERM");
     assert!(code.success(), "{code:?}");
     assert_eq!(env.stat("leaves"), 1, "it left (Leave), not died");
 }

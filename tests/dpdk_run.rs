@@ -21,7 +21,7 @@
 
 mod common;
 
-use common::{flowgate, in_ci, root};
+use common::{flowgate, in_ci, root, sigterm_and_wait};
 use flowgate::port::pcap::PcapReader;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -586,18 +586,8 @@ fn run_stops_cleanly_on_sigterm() {
         wait_for("reload refused: service \"https6\" moved before", &mut err),
         "{err}"
     );
-    kill("-TERM");
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if t0.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            panic!("flowgate run did not stop within 20 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = sigterm_and_wait(&mut child, Duration::from_secs(20))
+        .expect("flowgate run did not stop within 20 s of SIGTERM");
     let _ = reader.join();
     err.extend(rx.try_iter().map(|l| l + "\n"));
     assert!(status.success(), "exit status {status:?}\n{err}");
@@ -737,24 +727,8 @@ fn run_survives_a_closed_stderr() {
         child.try_wait().expect("wait").is_none(),
         "still running with its stderr gone"
     );
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if t0.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            panic!("flowgate run did not stop within 20 s of SIGTERM with its stderr closed");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = sigterm_and_wait(&mut child, Duration::from_secs(20))
+        .expect("flowgate run did not stop within 20 s of SIGTERM with its stderr closed");
     assert!(status.success(), "exit status {status:?}");
     let j = json(&stats);
     assert_eq!(j["runtime"]["running"], serde_json::Value::Bool(false));

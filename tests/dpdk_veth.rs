@@ -47,7 +47,7 @@
 
 mod common;
 
-use common::{flowgate, in_ci};
+use common::{flowgate, in_ci, sigterm_and_wait};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -340,18 +340,8 @@ fn get_url(t: &Topo, url: &str) -> Option<String> {
 /// returns its stderr.
 fn stop(t: &mut Topo) -> String {
     let mut fg = t.children.pop().expect("flowgate child");
-    assert!(sh(&["kill", "-TERM", &fg.id().to_string()]));
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = fg.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "flowgate did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = sigterm_and_wait(&mut fg, Duration::from_secs(20))
+        .expect("flowgate did not stop on SIGTERM");
     let err = fg
         .wait_with_output()
         .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())

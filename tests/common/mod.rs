@@ -2,7 +2,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
 
 /// True when running in CI (`CI=true`): missing data or oracles must fail, not skip.
 pub fn in_ci() -> bool {
@@ -215,4 +216,26 @@ pub fn sweep_to_end(w: &mut flowgate::pipeline::Worker, step: usize) -> usize {
         assert!(calls < 10_000, "the sweep ends");
     }
     moved
+}
+
+/// Sends SIGTERM to `c` and waits at most `within` for it to exit: its exit status, or
+/// `None` (it is then killed) when it did not exit in time.
+pub fn sigterm_and_wait(c: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let sent = Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(sent, "kill -TERM {}", c.id());
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = c.try_wait().expect("wait") {
+            return Some(s);
+        }
+        if t0.elapsed() > within {
+            let _ = c.kill();
+            let _ = c.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
