@@ -355,25 +355,16 @@ fn agent_sigterm_drains_and_leaves_and_flows_travel() {
     env.wait_for(|| env.ctl(&["flows"]).is_empty(), "flow withdrawn");
 
     // ctl weight and drain change what is advertised.
+    let weight_is = |w: u64| {
+        env.ctl(&["services"])
+            .first()
+            .is_some_and(|s| s["weight"] == w)
+    };
     env.ctl(&["weight", "delta", "7"]);
-    env.wait_for(
-        || {
-            env.ctl(&["services"])
-                .first()
-                .is_some_and(|s| s["weight"] == 7)
-        },
-        "weight override",
-    );
+    env.wait_for(|| weight_is(7), "weight override");
     // Cleared: the agent's own weight (100) again, and no override on record.
     env.ctl(&["weight", "delta", "clear"]);
-    env.wait_for(
-        || {
-            env.ctl(&["services"])
-                .first()
-                .is_some_and(|s| s["weight"] == 100)
-        },
-        "weight override cleared",
-    );
+    env.wait_for(|| weight_is(100), "weight override cleared");
     assert!(
         env.ctl(&["systems"])
             .iter()

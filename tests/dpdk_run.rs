@@ -54,6 +54,33 @@ fn json(p: &Path) -> serde_json::Value {
 }
 
 /// A unique EAL file prefix per test run.
+/// A run conf at `conf`: `pipeline` on two `net_null` ports (outside, inside), worker
+/// lcores `workers` (a YAML list) sharing CPUs 0-1, the stats JSON at `stats` every
+/// `interval_ms`; EAL file prefix from `tag`.
+fn write_null_conf(
+    conf: &Path,
+    pipeline: &Path,
+    tag: &str,
+    workers: &str,
+    interval_ms: u64,
+    stats: &Path,
+) {
+    std::fs::write(
+        conf,
+        format!(
+            "pipeline: {}\neal: [\"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-telemetry\", \"--file-prefix\", \"{}\"]\n\
+             lcores: {{ management: 0, workers: {workers}, cpus: \"0-1\" }}\n\
+             ports:\n  - {{ name: outside, device: \"net_null1\" }}\n  - {{ name: inside, device: \"net_null0,size=64\" }}\n\
+             mempool: {{ mbufs: 4095, cache: 64 }}\n\
+             stats: {{ interval_ms: {interval_ms}, json: {} }}\n",
+            pipeline.display(),
+            prefix(tag),
+            stats.display()
+        ),
+    )
+    .expect("write conf");
+}
+
 fn prefix(tag: &str) -> String {
     format!("fgt-{tag}-{}", std::process::id())
 }
@@ -487,20 +514,7 @@ fn run_stops_cleanly_on_sigterm() {
     let pipe = dir.path().join("pipe.yaml");
     let farm = std::fs::read_to_string(root().join("pipelines/web-farm.yaml")).expect("farm");
     std::fs::write(&pipe, &farm).expect("write pipeline");
-    std::fs::write(
-        &conf,
-        format!(
-            "pipeline: {}\neal: [\"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-telemetry\", \"--file-prefix\", \"{}\"]\n\
-             lcores: {{ management: 0, workers: [1, 2], cpus: \"0-1\" }}\n\
-             ports:\n  - {{ name: outside, device: \"net_null1\" }}\n  - {{ name: inside, device: \"net_null0,size=64\" }}\n\
-             mempool: {{ mbufs: 4095, cache: 64 }}\n\
-             stats: {{ interval_ms: 200, json: {} }}\n",
-            pipe.display(),
-            prefix("term"),
-            stats.display()
-        ),
-    )
-    .expect("write conf");
+    write_null_conf(&conf, &pipe, "term", "[1, 2]", 200, &stats);
     let mut child = flowgate()
         .args(["run", "--conf"])
         .arg(&conf)
@@ -689,20 +703,8 @@ fn run_survives_a_closed_stderr() {
     let dir = tempfile::tempdir().expect("tempdir");
     let stats = dir.path().join("stats.json");
     let conf = dir.path().join("null.yaml");
-    std::fs::write(
-        &conf,
-        format!(
-            "pipeline: {}\neal: [\"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-telemetry\", \"--file-prefix\", \"{}\"]\n\
-             lcores: {{ management: 0, workers: [1], cpus: \"0-1\" }}\n\
-             ports:\n  - {{ name: outside, device: \"net_null1\" }}\n  - {{ name: inside, device: \"net_null0,size=64\" }}\n\
-             mempool: {{ mbufs: 4095, cache: 64 }}\n\
-             stats: {{ interval_ms: 100, json: {} }}\n",
-            root().join("pipelines/web-farm.yaml").display(),
-            prefix("epipe"),
-            stats.display()
-        ),
-    )
-    .expect("write conf");
+    let farm = root().join("pipelines/web-farm.yaml");
+    write_null_conf(&conf, &farm, "epipe", "[1]", 100, &stats);
     let mut child = flowgate()
         .args(["run", "--conf"])
         .arg(&conf)
