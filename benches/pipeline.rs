@@ -5,6 +5,8 @@
 //! second on one core. Frames stay cache-resident (as DDIO would leave them); before each
 //! packet its source address and port are set to one of 1M established flows, visited
 //! in a random order, so flow lookups miss the caches as they would under real load.
+//! `flow_hit_rewrite_1M_flows_burst32_ipv6` is the burst case over IPv6 (an IPv6 VIP with
+//! the same QoS and servers, 1M flows of its own in a second worker).
 //! `FLOWGATE_BENCH_FLOWS=1000 cargo bench --bench pipeline` runs the same path with every
 //! flow in cache: the difference is what the flow table's memory accesses cost.
 //!
@@ -70,54 +72,89 @@ services:
       - { name: web1, mac: "02:00:00:00:01:01", weight: 100 }
       - { name: web2, mac: "02:00:00:00:01:02", weight: 100 }
       - { name: web3, mac: "02:00:00:00:01:03", weight: 200 }
+  - name: http6
+    vip: "2001:db8::10"
+    proto: tcp
+    ports: [80]
+    qos: gold
+    servers:
+      - { name: web1, mac: "02:00:00:00:01:01", weight: 100 }
+      - { name: web2, mac: "02:00:00:00:01:02", weight: 100 }
+      - { name: web3, mac: "02:00:00:00:01:03", weight: 200 }
 flow_table: { capacity: 2000000 }
 "#;
 
-/// An Ethernet/IPv4/TCP frame (64 bytes) from a client to the VIP.
-fn frame(flags: u8) -> Vec<u8> {
-    let mut f = vec![0u8; 64];
+/// An Ethernet/IPv4/TCP frame (64 bytes) from a client to the IPv4 VIP, or with `v6` an
+/// Ethernet/IPv6/TCP frame (74 bytes) to the IPv6 VIP.
+fn frame(flags: u8, v6: bool) -> Vec<u8> {
+    let (l3, et) = if v6 { (40, 0x86dd_u16) } else { (20, 0x0800) };
+    let mut f = vec![0u8; (14 + l3 + 20).max(64)];
     f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
     f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0xfe]);
-    f[12..14].copy_from_slice(&[0x08, 0x00]);
-    let ip = &mut f[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 6;
-    ip[16..20].copy_from_slice(&[203, 0, 113, 10]);
-    let ck = flowgate::wire::checksum::checksum(ip);
-    ip[10..12].copy_from_slice(&ck.to_be_bytes());
-    let tcp = &mut f[34..54];
+    f[12..14].copy_from_slice(&et.to_be_bytes());
+    let ip = &mut f[14..14 + l3];
+    if v6 {
+        ip[0] = 0x60;
+        ip[4..6].copy_from_slice(&20u16.to_be_bytes());
+        ip[6] = 6;
+        ip[7] = 64;
+        ip[24..40].copy_from_slice(
+            &"2001:db8::10"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+    } else {
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+        ip[8] = 64;
+        ip[9] = 6;
+        ip[16..20].copy_from_slice(&[203, 0, 113, 10]);
+        let ck = flowgate::wire::checksum::checksum(ip);
+        ip[10..12].copy_from_slice(&ck.to_be_bytes());
+    }
+    let tcp = &mut f[14 + l3..14 + l3 + 20];
     tcp[2..4].copy_from_slice(&80u16.to_be_bytes());
     tcp[12] = 5 << 4;
     tcp[13] = flags;
     f
 }
 
-/// Client address and port of flow `i` written into a frame.
+/// Client address and port of flow `i` written into a frame: 198.18.0.0/15, or in an
+/// IPv6 frame (`v6`) 2001:db8:c612::/96.
 #[inline]
-fn set_client(f: &mut [u8], i: u32) {
-    let a = 0xc612_0000u32.wrapping_add(i >> 4); // 198.18.0.0/15
-    f[26..30].copy_from_slice(&a.to_be_bytes());
-    f[34..36].copy_from_slice(&(1024 + (i & 0xf) as u16 * 1000).to_be_bytes());
+fn set_client(f: &mut [u8], i: u32, v6: bool) {
+    let a = 0xc612_0000u32.wrapping_add(i >> 4);
+    let (addr, port) = if v6 { (34, 54) } else { (26, 34) };
+    f[addr..addr + 4].copy_from_slice(&a.to_be_bytes());
+    if v6 {
+        f[22..26].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+    }
+    f[port..port + 2].copy_from_slice(&(1024 + (i & 0xf) as u16 * 1000).to_be_bytes());
 }
 
-fn bench(c: &mut Criterion<ThreadCpu>) {
-    let flows = flows();
+/// A worker with `flows` established connections (SYN, then ACK) of the IPv4 or (`v6`)
+/// the IPv6 service, and the ACK frame their packets start from.
+fn open(flows: usize, v6: bool) -> (Worker, Vec<u8>) {
     let p = Pipeline::from_str(PIPELINE, Path::new("bench.yaml")).expect("pipeline");
     let mut w = Worker::new(Arc::new(Tables::build(p, 1)));
-    // Open 1M flows (SYN), then mark them established (ACK).
-    let syn = frame(0x02);
-    let ack = frame(0x10);
+    let syn = frame(0x02, v6);
+    let ack = frame(0x10, v6);
     let mut buf = FrameBuf::new(2048);
     for (tmpl, t) in [(&syn, 1u64), (&ack, 2)] {
         for i in 0..flows as u32 {
             buf.load(tmpl);
-            set_client(buf.data_mut(), i);
+            set_client(buf.data_mut(), i, v6);
             w.process(&mut buf, 0, t);
         }
     }
     assert_eq!(w.flow_count(), flows);
+    (w, ack)
+}
+
+fn bench(c: &mut Criterion<ThreadCpu>) {
+    let flows = flows();
+    let (mut w, ack) = open(flows, false);
     // A random visiting order (xorshift), so consecutive packets hit unrelated flows.
     let mut order: Vec<u32> = (0..flows as u32).collect();
     flowgate::r#gen::ack::shuffle(&mut order, 0x2545_f491_4f6c_dd1d);
@@ -138,7 +175,7 @@ fn bench(c: &mut Criterion<ThreadCpu>) {
     g.bench_function("flow_hit_rewrite_1M_flows_burst32", |b| {
         b.iter(|| {
             for fb in bufs.iter_mut() {
-                set_client(fb.data_mut(), order[pos]);
+                set_client(fb.data_mut(), order[pos], false);
                 pos = (pos + 1) % flows;
             }
             now += 100 * BURST as u64;
@@ -147,12 +184,38 @@ fn bench(c: &mut Criterion<ThreadCpu>) {
             black_box(&outs);
         })
     });
+    // The same with IPv6: the same QoS, the same servers, its own worker and flows.
+    {
+        let (mut w6, ack6) = open(flows, true);
+        let mut bufs6: Vec<FrameBuf> = (0..BURST)
+            .map(|_| {
+                let mut b = FrameBuf::new(2048);
+                b.load(&ack6);
+                b
+            })
+            .collect();
+        let mut pos = 0usize;
+        g.bench_function("flow_hit_rewrite_1M_flows_burst32_ipv6", |b| {
+            b.iter(|| {
+                for fb in bufs6.iter_mut() {
+                    set_client(fb.data_mut(), order[pos], true);
+                    pos = (pos + 1) % flows;
+                }
+                now += 100 * BURST as u64;
+                w6.expire(now, 64);
+                w6.process_burst(&mut bufs6, 0, now, &mut outs);
+                black_box(&outs);
+            })
+        });
+        assert_eq!(w6.stats.dropped(), 0, "IPv6 bench traffic was dropped");
+        assert_eq!(w6.stats.packets_out, w6.stats.packets_in);
+    }
     g.bench_function("flow_hit_rewrite_1M_flows_one_by_one", |b| {
         b.iter(|| {
             now += 100 * BURST as u64;
             w.expire(now, 64);
             for fb in bufs.iter_mut() {
-                set_client(fb.data_mut(), order[pos]);
+                set_client(fb.data_mut(), order[pos], false);
                 pos = (pos + 1) % flows;
                 black_box(w.process(fb, 0, now));
             }
@@ -176,7 +239,7 @@ fn bench(c: &mut Criterion<ThreadCpu>) {
             || (),
             |_| {
                 for fb in bufs.iter_mut() {
-                    set_client(fb.data_mut(), i);
+                    set_client(fb.data_mut(), i, false);
                     i = i.wrapping_add(1);
                     black_box(w.process(fb, 0, now));
                 }

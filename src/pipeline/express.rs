@@ -1,28 +1,29 @@
 //! The express path: the packet of a known load-balanced flow, in the common shape,
 //! handled without the general machinery.
 //!
-//! Layer: `pipeline`. Nearly every packet a load balancer sees is an untagged IPv4 TCP
-//! or UDP packet of a flow a service already placed on a server. For that case
+//! Layer: `pipeline`. Nearly every packet a load balancer sees is an untagged IPv4 or
+//! IPv6 TCP or UDP packet of a flow a service already placed on a server. For that case
 //! [`Worker::process_burst`](super::Worker::process_burst) skips the general parser
 //! ([`Meta`](super::meta::Meta)), the decision tree and the generic rewrite engine:
 //!
 //! - [`parse`] accepts only an untagged Ethernet frame carrying an IPv4 header without
-//!   options, not fragmented, with a TCP or UDP header; for every frame it accepts,
+//!   options, not fragmented, or an IPv6 header without extension headers (so not
+//!   fragmented either), with a TCP or UDP header; for every frame it accepts,
 //!   [`parse_into`](super::parse::parse_into) would succeed and find the same tuple and
 //!   TCP flags (a property test checks this on random and damaged frames).
 //! - [`Express`] is compiled with the tables: per (service, server) the route a forward
 //!   packet takes, per service the route a response takes, and each direction's QoS
 //!   reduced to "maybe push one tag, maybe rewrite the DSCP" (the actions an untagged
-//!   IPv4 frame can take without any check that could fail). A service whose QoS needs
+//!   IP frame can take without any check that could fail). A service whose QoS needs
 //!   anything else (MPLS, popping or rewriting a tag that is not there) has no express
 //!   route, and its packets take the general path.
 //! - The flow must be owned by a service and target one of its servers that is not
 //!   down, and must not be a closed TCP connection being reopened by a SYN; everything
 //!   else (misses, rule flows, down servers, ARP/ND, ICMP, fragments, VLAN or MPLS
-//!   frames, IPv6) takes the general path, decided before anything is changed. A frame
-//!   [`parse`] took whose flow then turns out not to be express (a new connection's SYN
-//!   is the common one) is parsed a second time, by the general parser, for the `Meta`
-//!   the general path reads; its flow key and hash are kept.
+//!   frames, IPv6 extension headers) takes the general path, decided before anything is
+//!   changed. A frame [`parse`] took whose flow then turns out not to be express (a new
+//!   connection's SYN is the common one) is parsed a second time, by the general parser,
+//!   for the `Meta` the general path reads; its flow key and hash are kept.
 //!
 //! The outcome, the flow's state, the frame's bytes and the counters are exactly what
 //! the general path gives: `tests/burst.rs` runs `process_burst` against
@@ -39,10 +40,13 @@ pub struct Fast {
     pub tuple: Tuple,
     /// TCP flags (0 for UDP).
     pub tcp_flags: u8,
+    /// An IPv6 frame (else IPv4).
+    pub v6: bool,
 }
 
-/// Parses an untagged IPv4 (no options, not fragmented) TCP or UDP frame; `None` for
-/// anything else, including anything the general parser would reject.
+/// Parses an untagged IPv4 (no options, not fragmented) or IPv6 (no extension headers)
+/// TCP or UDP frame; `None` for anything else, including anything the general parser
+/// would reject.
 #[inline]
 pub fn parse(d: &[u8]) -> Option<Fast> {
     // The general parser refuses frames longer than a u16 (TooBig).
@@ -51,17 +55,59 @@ pub fn parse(d: &[u8]) -> Option<Fast> {
     }
     let h: &[u8; 34] = d.get(..34)?.try_into().ok()?;
     // EtherType IPv4, version 4 with a 20-byte header.
-    if h[12] != 0x08 || h[13] != 0x00 || h[14] != 0x45 {
+    if h[12] == 0x08 && h[13] == 0x00 && h[14] == 0x45 {
+        let tl = usize::from(u16::from_be_bytes([h[16], h[17]]));
+        // Not a fragment: MF clear and offset 0 (DF may be set).
+        if h[20] & 0x3f != 0 || h[21] != 0 || 14 + tl > d.len() {
+            return None;
+        }
+        // The L4 header as the general parser sees it: bounded by the total length.
+        let (proto, l4) = (h[23], d.get(34..14 + tl)?);
+        let (src_port, dst_port, tcp_flags) = ports(proto, l4)?;
+        let addr = |o: usize| super::parse::v4_mapped([h[o], h[o + 1], h[o + 2], h[o + 3]]);
+        return Some(Fast {
+            tuple: Tuple {
+                src: addr(26),
+                dst: addr(30),
+                src_port,
+                dst_port,
+                proto,
+            },
+            tcp_flags,
+            v6: false,
+        });
+    }
+    // EtherType IPv6, version 6.
+    if h[12] != 0x86 || h[13] != 0xdd || h[14] >> 4 != 6 {
         return None;
     }
-    let tl = usize::from(u16::from_be_bytes([h[16], h[17]]));
-    // Not a fragment: MF clear and offset 0 (DF may be set).
-    if h[20] & 0x3f != 0 || h[21] != 0 || 14 + tl > d.len() {
+    let h: &[u8; 54] = d.get(..54)?.try_into().ok()?;
+    let plen = usize::from(u16::from_be_bytes([h[18], h[19]]));
+    // Payload length 0 is a jumbogram (refused by the general parser); the next header
+    // is the L4 header itself (TCP or UDP, checked by `ports`), bounded by the payload.
+    if plen == 0 || 54 + plen > d.len() {
         return None;
     }
-    // The L4 header as the general parser sees it: bounded by the total length.
-    let l4 = d.get(34..14 + tl)?;
-    let proto = h[23];
+    let (proto, l4) = (h[20], &d[54..54 + plen]);
+    let (src_port, dst_port, tcp_flags) = ports(proto, l4)?;
+    let addr = |o: usize| -> [u8; 16] { h[o..o + 16].try_into().unwrap_or_default() };
+    Some(Fast {
+        tuple: Tuple {
+            src: addr(22),
+            dst: addr(38),
+            src_port,
+            dst_port,
+            proto,
+        },
+        tcp_flags,
+        v6: true,
+    })
+}
+
+/// The ports and TCP flags of a TCP or UDP header `l4` (bounded by the IP payload), with
+/// the general parser's checks; `None` for any other protocol or a header it refuses.
+#[inline(always)]
+fn ports(proto: u8, l4: &[u8]) -> Option<(u16, u16, u8)> {
     let tcp_flags = match proto {
         6 => {
             let hl = usize::from(*l4.get(12)? >> 4) * 4;
@@ -80,20 +126,14 @@ pub fn parse(d: &[u8]) -> Option<Fast> {
         _ => return None,
     };
     let p = l4.get(..4)?;
-    let addr = |o: usize| super::parse::v4_mapped([h[o], h[o + 1], h[o + 2], h[o + 3]]);
-    Some(Fast {
-        tuple: Tuple {
-            src: addr(26),
-            dst: addr(30),
-            src_port: u16::from_be_bytes([p[0], p[1]]),
-            dst_port: u16::from_be_bytes([p[2], p[3]]),
-            proto,
-        },
+    Some((
+        u16::from_be_bytes([p[0], p[1]]),
+        u16::from_be_bytes([p[2], p[3]]),
         tcp_flags,
-    })
+    ))
 }
 
-/// A direction's QoS on an untagged IPv4 frame: the actions that cannot fail there.
+/// A direction's QoS on an untagged IP frame: the actions that cannot fail there.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FastQos {
     /// The 802.1Q tag pushed after the MACs (TPID and TCI bytes).
@@ -103,7 +143,7 @@ pub struct FastQos {
 
 impl FastQos {
     /// `q` reduced to a tag and a DSCP, as [`crate::action::apply_qos`] applies it to an
-    /// untagged IPv4 frame; `None` when `q` does anything else there.
+    /// untagged IPv4 or IPv6 frame; `None` when `q` does anything else there.
     pub fn of(q: &QosActions) -> Option<FastQos> {
         // On an untagged, unlabelled frame these fail (nothing to pop or rewrite), and a
         // pushed label changes the frame's shape: the general path handles them.
@@ -233,21 +273,23 @@ impl Express {
     }
 }
 
-/// Rewrites an express frame (validated by [`parse`]) for `r`: the tag, the DSCP, the
-/// MACs (`macs`: destination then source). `Err` when there is no room for the tag (the
-/// general path's `too_big`).
+/// Rewrites an express frame (validated by [`parse`], IPv6 when `v6`) for `r`: the tag,
+/// the DSCP, the MACs (`macs`: destination then source). `Err` when there is no room
+/// for the tag (the general path's `too_big`).
 #[inline]
 pub fn rewrite<B: crate::action::PacketBuf + ?Sized>(
     b: &mut B,
     r: &FastQos,
     macs: &[u8; 12],
+    v6: bool,
 ) -> Result<(), super::meta::DropReason> {
     if r.tag.is_some() && (b.data().len() + 4 > crate::action::MAX_FRAME || !b.prepend(4)) {
         return Err(super::meta::DropReason::TooBig);
     }
     // Every header byte rewritten below lies in the first 38 (MACs, a tag, 20 bytes of
-    // IPv4), which a frame `parse` accepted has, tag or not: one bounds check.
-    let Some(h) = b.data_mut().get_mut(..38) else {
+    // IPv4) or 58 (40 bytes of IPv6), which a frame `parse` accepted has, tag or not:
+    // one bounds check.
+    let Some(h) = b.data_mut().get_mut(..if v6 { 58 } else { 38 }) else {
         return Err(super::meta::DropReason::RewriteFailed);
     };
     let mut l3 = 14;
@@ -257,14 +299,24 @@ pub fn rewrite<B: crate::action::PacketBuf + ?Sized>(
         l3 = 18;
     }
     if let Some(dscp) = r.dscp {
-        // As `action::set_dscp`: keep ECN, incremental header checksum.
-        let ip = &mut h[l3..l3 + 20];
-        let old = u16::from_be_bytes([ip[0], ip[1]]);
-        let tos = (dscp << 2) | (ip[1] & 0x03);
-        let new = (old & 0xff00) | u16::from(tos);
-        let ck = crate::wire::checksum::update16(u16::from_be_bytes([ip[10], ip[11]]), old, new);
-        ip[1] = tos;
-        ip[10..12].copy_from_slice(&ck.to_be_bytes());
+        if v6 {
+            // As `action::set_dscp`: the traffic class spans the first two bytes (after
+            // the version, before the flow label); keep its ECN bits. No checksum.
+            let ip = &mut h[l3..l3 + 2];
+            let tc = (dscp << 2) | ((ip[1] >> 4) & 0x03);
+            ip[0] = (ip[0] & 0xf0) | (tc >> 4);
+            ip[1] = (ip[1] & 0x0f) | (tc << 4);
+        } else {
+            // As `action::set_dscp`: keep ECN, incremental header checksum.
+            let ip = &mut h[l3..l3 + 20];
+            let old = u16::from_be_bytes([ip[0], ip[1]]);
+            let tos = (dscp << 2) | (ip[1] & 0x03);
+            let new = (old & 0xff00) | u16::from(tos);
+            let ck =
+                crate::wire::checksum::update16(u16::from_be_bytes([ip[10], ip[11]]), old, new);
+            ip[1] = tos;
+            ip[10..12].copy_from_slice(&ck.to_be_bytes());
+        }
     }
     h[..12].copy_from_slice(macs);
     Ok(())
@@ -278,31 +330,51 @@ mod tests {
     use crate::pipeline::parse::parse_into;
     use proptest::prelude::*;
 
-    /// An untagged IPv4 frame: TCP (proto 6) or UDP (17), `pad` bytes of payload.
-    fn frame(proto: u8, pad: usize) -> Vec<u8> {
+    /// An untagged IPv4 (or with `v6` IPv6) frame: TCP (proto 6) or UDP (17), `pad`
+    /// bytes of payload.
+    fn frame_of(proto: u8, pad: usize, v6: bool) -> Vec<u8> {
         let l4 = if proto == 6 { 20 } else { 8 };
-        let tl = 20 + l4 + pad;
-        let mut f = vec![0u8; 14 + tl];
+        let l3 = if v6 { 40 } else { 20 };
+        let mut f = vec![0u8; 14 + l3 + l4 + pad];
         f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
         f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
-        f[12..14].copy_from_slice(&[0x08, 0x00]);
-        f[14] = 0x45;
-        f[15] = 0x2e;
-        f[16..18].copy_from_slice(&(tl as u16).to_be_bytes());
-        f[22] = 64;
-        f[23] = proto;
-        f[26..30].copy_from_slice(&[198, 51, 100, 7]);
-        f[30..34].copy_from_slice(&[203, 0, 113, 10]);
-        let ck = crate::wire::checksum::checksum(&f[14..34]);
-        f[24..26].copy_from_slice(&ck.to_be_bytes());
-        f[34..38].copy_from_slice(&[0x9c, 0x40, 0, 80]);
-        if proto == 6 {
-            f[46] = 5 << 4;
-            f[47] = 0x18;
+        if v6 {
+            f[12..14].copy_from_slice(&[0x86, 0xdd]);
+            // Traffic class 0x2e with ECN 2 set, flow label 0x12345.
+            f[14..18].copy_from_slice(&[0x62, 0xe1, 0x23, 0x45]);
+            f[18..20].copy_from_slice(&((l4 + pad) as u16).to_be_bytes());
+            f[20] = proto;
+            f[21] = 64;
+            f[22..38]
+                .copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]);
+            f[38..54]
+                .copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10]);
         } else {
-            f[38..40].copy_from_slice(&((8 + pad) as u16).to_be_bytes());
+            let tl = 20 + l4 + pad;
+            f[12..14].copy_from_slice(&[0x08, 0x00]);
+            f[14] = 0x45;
+            f[15] = 0x2e;
+            f[16..18].copy_from_slice(&(tl as u16).to_be_bytes());
+            f[22] = 64;
+            f[23] = proto;
+            f[26..30].copy_from_slice(&[198, 51, 100, 7]);
+            f[30..34].copy_from_slice(&[203, 0, 113, 10]);
+            let ck = crate::wire::checksum::checksum(&f[14..34]);
+            f[24..26].copy_from_slice(&ck.to_be_bytes());
+        }
+        let o = 14 + l3;
+        f[o..o + 4].copy_from_slice(&[0x9c, 0x40, 0, 80]);
+        if proto == 6 {
+            f[o + 12] = 5 << 4;
+            f[o + 13] = 0x18;
+        } else {
+            f[o + 4..o + 6].copy_from_slice(&((8 + pad) as u16).to_be_bytes());
         }
         f
+    }
+
+    fn frame(proto: u8, pad: usize) -> Vec<u8> {
+        frame_of(proto, pad, false)
     }
 
     #[test]
@@ -335,6 +407,34 @@ mod tests {
         let mut icmp = frame(6, 0);
         icmp[23] = 1;
         assert_eq!(parse(&icmp), None);
+
+        let t6 = parse(&frame_of(6, 0, true)).expect("tcp over ipv6");
+        assert_eq!(
+            (t6.tuple.src_port, t6.tuple.dst_port, t6.tcp_flags, t6.v6),
+            (40000, 80, 0x18, true)
+        );
+        assert_eq!(t6.tuple.src[15], 7);
+        assert_eq!(t6.tuple.dst[15], 10);
+        assert!(!t.v6);
+        let u6 = parse(&frame_of(17, 4, true)).expect("udp over ipv6");
+        assert_eq!((u6.tuple.proto, u6.tcp_flags), (17, 0));
+        // Any extension header (hop-by-hop 0, routing 43, fragment 44, destination
+        // options 60, AH 51) takes the general path, as do jumbograms and IPv4 inside an
+        // IPv6 EtherType.
+        for nh in [0u8, 43, 44, 60, 51, 58] {
+            let mut x = frame_of(6, 8, true);
+            x[20] = nh;
+            assert_eq!(parse(&x), None, "next header {nh}");
+        }
+        let mut jumbo = frame_of(6, 0, true);
+        jumbo[18..20].fill(0);
+        assert_eq!(parse(&jumbo), None);
+        let mut v4in6 = frame_of(6, 0, true);
+        v4in6[14] = 0x42;
+        assert_eq!(parse(&v4in6), None);
+        let mut short = frame_of(6, 0, true);
+        short[18..20].copy_from_slice(&19u16.to_be_bytes());
+        assert_eq!(parse(&short), None, "a TCP header longer than the payload");
     }
 
     proptest! {
@@ -344,10 +444,11 @@ mod tests {
         fn accepts_only_what_the_general_parser_accepts_alike(
             proto in prop::sample::select(vec![6u8, 17]),
             pad in 0usize..40,
+            v6 in any::<bool>(),
             edits in prop::collection::vec((0usize..80, any::<u8>()), 0..4),
-            cut in 0usize..90,
+            cut in 0usize..110,
         ) {
-            let mut f = frame(proto, pad);
+            let mut f = frame_of(proto, pad, v6);
             for (at, v) in edits {
                 if let Some(b) = f.get_mut(at) {
                     *b = v;
@@ -362,6 +463,7 @@ mod tests {
                 prop_assert_eq!(m.tcp_flags, x.tcp_flags);
                 prop_assert_eq!((m.n_vlans, m.n_mpls, m.l3_off), (0, 0, 14));
                 prop_assert_eq!(m.frag, crate::pipeline::meta::Frag::None);
+                prop_assert_eq!(m.v6, x.v6);
             }
         }
 
@@ -371,6 +473,7 @@ mod tests {
         #[test]
         fn rewrite_matches_apply_qos(
             proto in prop::sample::select(vec![6u8, 17]),
+            v6 in any::<bool>(),
             pop_mpls in any::<bool>(),
             swap in prop::option::weighted(0.1, 0u32..1 << 20),
             pop_vlan in prop::bool::weighted(0.1),
@@ -390,9 +493,10 @@ mod tests {
                 push_mpls,
                 dscp,
             };
-            let f = frame(proto, 6);
+            let f = frame_of(proto, 6, v6);
             let mut m = Meta::default();
             parse_into(&f, &mut m).expect("valid frame");
+            prop_assert_eq!(parse(&f).map(|x| x.v6), Some(v6));
             let (dst, src) = ([2, 0, 0, 0, 1, 1], [2, 0, 0, 0, 0, 1]);
             let mut general = FrameBuf::new(256);
             general.load(&f);
@@ -406,7 +510,7 @@ mod tests {
                     let mut macs = [0u8; 12];
                     macs[..6].copy_from_slice(&dst);
                     macs[6..].copy_from_slice(&src);
-                    prop_assert_eq!(rewrite(&mut fast, &fq, &macs), Ok(()));
+                    prop_assert_eq!(rewrite(&mut fast, &fq, &macs, v6), Ok(()));
                     prop_assert_eq!(fast.data(), general.data());
                 }
                 None => prop_assert!(

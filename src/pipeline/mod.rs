@@ -502,7 +502,7 @@ impl Worker {
             metas.resize(N, Meta::default());
             keys.resize(N, (FlowKey::default(), false, 0));
             let mut parsed = [false; N];
-            // Frames the express parser took, with their TCP flags.
+            // Frames the express parser took, with their TCP flags and IP version.
             let mut fast = [None; N];
             // Parse, hash, and start loading each packet's bucket; `LAG` packets later,
             // when that bucket has had the time of `LAG` parses to arrive, read it and
@@ -517,7 +517,7 @@ impl Worker {
                     let h = table.hash(&key);
                     table.prefetch_bucket(h);
                     keys[i] = (key, swapped, h);
-                    fast[i] = Some(x.tcp_flags);
+                    fast[i] = Some((x.tcp_flags, x.v6));
                     parsed[i] = true;
                 } else {
                     self.parse_one(b.data(), &mut metas[i], &mut keys[i], &mut outs[i]);
@@ -546,7 +546,7 @@ impl Worker {
             let changes = table.changes();
             self.stats.packets_in += n as u64;
             for (i, b) in bufs.iter_mut().enumerate() {
-                let done = fast[i].is_some_and(|f| {
+                let done = fast[i].is_some_and(|(flags, v6)| {
                     // An earlier frame of the burst may have inserted or removed a flow
                     // (an eviction can reuse the slot found): then look again.
                     let h = if self.flows.table.changes() == changes {
@@ -554,7 +554,7 @@ impl Worker {
                     } else {
                         self.flows.table.find_hashed(&keys[i].0, keys[i].2)
                     };
-                    self.express(&tables, b, &keys[i], h, f, now, &mut outs[i])
+                    self.express(&tables, b, &keys[i], h, flags, v6, now, &mut outs[i])
                 });
                 if !done {
                     if fast[i].is_some() {
@@ -604,6 +604,7 @@ impl Worker {
         &(fkey, swapped, _): &(FlowKey, bool, u64),
         found: Option<crate::flow::Handle>,
         tcp_flags: u8,
+        v6: bool,
         now: u64,
         out: &mut Outcome,
     ) -> bool {
@@ -637,7 +638,7 @@ impl Worker {
             kind: Kind::Flow { reverse: !forward },
             ..Outcome::default()
         };
-        match express::rewrite(buf, &r.qos, &r.macs) {
+        match express::rewrite(buf, &r.qos, &r.macs, v6) {
             Ok(()) => out.route = r.route,
             Err(e) => out.drop = Some(e),
         }
@@ -1216,5 +1217,77 @@ mod tests {
             Err(ShapeChanged)
         );
         assert_eq!(w.tables().generation, 2);
+    }
+
+    /// Established IPv4 and IPv6 TCP flows both take the express path in both
+    /// directions, with the QoS applied (`tests/burst.rs` checks that the express path
+    /// gives what the general path gives; this checks that it is taken).
+    #[test]
+    fn established_ipv4_and_ipv6_flows_take_the_express_path() {
+        use crate::r#gen::frame::{Layout, Tags, begin, finish, flags, tcp};
+        let y = P.replace("    servers:", "    qos: { dscp: af41 }\n    servers:")
+            + "  - name: s6\n    vip: \"2001:db8::10\"\n    proto: tcp\n    ports: [80]\n    qos: { dscp: af41 }\n    servers:\n      - { name: a, mac: \"02:00:00:00:01:01\" }\n";
+        let p = Pipeline::from_str(&y, Path::new("p.yaml")).unwrap();
+        let mut w = Worker::new(Arc::new(Tables::build(p, 1)));
+        let mut f = Vec::new();
+        for (client, vip) in [
+            ("198.51.100.7", "192.0.2.10"),
+            ("2001:db8:1::7", "2001:db8::10"),
+        ] {
+            let (c, v) = (client.parse().unwrap(), vip.parse().unwrap());
+            // (src, dst, src port, dst port, flags, from the server)
+            let pkts = [
+                (c, v, 40000, 80, flags::SYN, false),
+                (v, c, 80, 40000, flags::SYN | flags::ACK, true),
+                (c, v, 40000, 80, flags::ACK, false),
+                (v, c, 80, 40000, flags::ACK, true),
+            ];
+            for (k, &(src, dst, sp, dp, fl, from_server)) in pkts.iter().enumerate() {
+                let (dmac, smac) = if from_server {
+                    ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 1, 1])
+                } else {
+                    ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 0xfe])
+                };
+                let lay: Layout = begin(&mut f, dmac, smac, &Tags::NONE, src, dst, 6, 1);
+                tcp(&mut f, sp, dp, 1, 1, fl);
+                finish(&mut f, lay);
+                let mut b = crate::action::FrameBuf::new(256);
+                assert!(b.load(&f));
+                if k < 2 {
+                    // The handshake opens the flow (the SYN takes the general path).
+                    assert!(w.process(&mut b, 0, 10).route.is_some());
+                    continue;
+                }
+                let x = express::parse(b.data()).expect("express shape");
+                assert_eq!(x.v6, client.contains(':'));
+                let (key, swapped) = FlowKey::of(&x.tuple);
+                let hash = w.flows.table.hash(&key);
+                let found = w.flows.table.find_hashed(&key, hash);
+                let tables = Arc::clone(&w.tables);
+                let mut out = Outcome::default();
+                let taken = w.express(
+                    &tables,
+                    &mut b,
+                    &(key, swapped, hash),
+                    found,
+                    x.tcp_flags,
+                    x.v6,
+                    20,
+                    &mut out,
+                );
+                assert!(taken, "{client}: packet {k} not express");
+                assert_eq!(
+                    out.kind,
+                    Kind::Flow {
+                        reverse: from_server
+                    }
+                );
+                assert!(out.route.is_some() && out.drop.is_none());
+                if !from_server {
+                    let m = parse::parse(b.data()).unwrap();
+                    assert_eq!(m.dscp, 34, "{client}: af41 written");
+                }
+            }
+        }
     }
 }
