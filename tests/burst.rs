@@ -138,6 +138,28 @@ fn damage(input: &[(u64, Vec<u8>)], seed: u64) -> Vec<(u64, Vec<u8>)> {
         .collect()
 }
 
+/// `input` with the TTL (IPv4, header checksum updated) or hop limit (IPv6) of every
+/// fifth untagged IP frame set to 1 or 0.
+fn expiring(input: &[(u64, Vec<u8>)]) -> Vec<(u64, Vec<u8>)> {
+    let mut out = input.to_vec();
+    for (k, (_, f)) in out.iter_mut().enumerate().filter(|(k, _)| k % 5 == 0) {
+        let ttl = (k % 2) as u8;
+        match f.get(12..14) {
+            Some([0x08, 0x00]) if f.len() >= 34 => {
+                let old = u16::from_be_bytes([f[22], f[23]]);
+                f[22] = ttl;
+                let new = u16::from_be_bytes([f[22], f[23]]);
+                let ck = u16::from_be_bytes([f[24], f[25]]);
+                let ck = flowgate::wire::checksum::update16(ck, old, new);
+                f[24..26].copy_from_slice(&ck.to_be_bytes());
+            }
+            Some([0x86, 0xdd]) if f.len() >= 54 => f[21] = ttl,
+            _ => {}
+        }
+    }
+    out
+}
+
 #[test]
 fn burst_path_equals_frame_by_frame_on_generated_traffic() {
     let dir = tempfile::tempdir().unwrap();
@@ -170,6 +192,9 @@ fn burst_path_equals_frame_by_frame_on_generated_traffic() {
         // stateless frames and flow hits.
         let damaged = damage(&input, 5 + n as u64);
         total += compare(p, &damaged, 1 << 16, 7 + n as u64);
+        // Every fifth frame with its TTL or hop limit run out: a router answers those
+        // on the general path, in the middle of express bursts.
+        total += compare(p, &expiring(&input), 1 << 16, 11 + n as u64);
     }
     assert!(tested >= 3, "only {tested} pipelines with services");
     assert!(total > 0);

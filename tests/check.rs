@@ -386,6 +386,22 @@ fn bads() -> Vec<Bad> {
             "listed twice",
         ),
         bad(
+            "unknown forwarding mode",
+            4,
+            "  gateway: \"02:00:00:00:00:fe\"\n  mode: bridge",
+            5,
+            "system.mode",
+            "unknown mode \"bridge\" (switch, router)",
+        ),
+        bad(
+            "negative ICMP rate",
+            4,
+            "  gateway: \"02:00:00:00:00:fe\"\n  icmp_rate: -5",
+            5,
+            "system.icmp_rate",
+            "-5",
+        ),
+        bad(
             "unknown policy",
             11,
             "    proto: tcp\n    policy: fastest",

@@ -39,6 +39,11 @@
 //! service is advertised at weight 0, and every request goes to s2; restarted, s1
 //! serves again.
 //!
+//! Router mode: a UDP echo that reports the TTL its datagram arrived with shows one hop
+//! less each way, and a datagram with TTL (hop limit) 1 comes back to the client's socket
+//! as an ICMP (ICMPv6) Time Exceeded from flowgate's address, read from the socket's
+//! error queue (`IP_RECVERR`).
+//!
 //! IPsec servers behind one address: each agent routes the SPI block the supervisor's
 //! ANA granted it; ESP packets the client's kernel sends to the VIP, two security
 //! associations from the one client address, reach the server whose block holds their
@@ -371,11 +376,12 @@ fn setup(offset: u32) -> Option<(std::sync::MutexGuard<'static, ()>, Topo, tempf
 /// `extra` conf lines) into `dir` and starts `flowgate run` as the last child of `t`;
 /// returns the stats JSON path.
 fn start_flowgate(t: &mut Topo, dir: &Path, services: &str, extra: &str) -> PathBuf {
-    start_flowgate_with(t, dir, services, extra, "[1]", "")
+    start_flowgate_with(t, dir, services, extra, "[1]", "", "")
 }
 
-/// [`start_flowgate`] with the worker lcores (`workers`, a YAML list) and arguments
-/// appended to both ports' device strings (`devargs`, e.g. `,qpairs=2`).
+/// [`start_flowgate`] with the worker lcores (`workers`, a YAML list), arguments
+/// appended to both ports' device strings (`devargs`, e.g. `,qpairs=2`) and lines added
+/// to the pipeline's `system` (`system`, e.g. `  mode: router\n`).
 fn start_flowgate_with(
     t: &mut Topo,
     dir: &Path,
@@ -383,16 +389,18 @@ fn start_flowgate_with(
     extra: &str,
     workers: &str,
     devargs: &str,
+    system: &str,
 ) -> PathBuf {
     let (out_if, in_if) = (t.out_if(), t.in_if());
     std::fs::write(
         dir.join("pipeline.yaml"),
         "system:\n  mac: \"02:00:00:00:00:01\"\n  addresses: [198.51.100.1, 10.0.0.1, \"2001:db8:1::1\", \"fd00::1\"]\n  \
-         gateway: { mac: \"02:00:00:00:00:fe\", port: outside }\n\
-         services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]\n    servers:\n      \
+         gateway: { mac: \"02:00:00:00:00:fe\", port: outside }\n"
+            .to_string()
+            + system
+            + "services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]\n    servers:\n      \
          - { name: s1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, weight: 100, port: inside }\n      \
          - { name: s2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, weight: 100, port: inside }\n"
-            .to_string()
             + services
             + "default: gateway\n",
     )
@@ -514,7 +522,7 @@ fn run_af_packet_two_workers_on_qpairs() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let stats = start_flowgate_with(&mut t, dir.path(), "", "", "[1, 2]", ",qpairs=2");
+    let stats = start_flowgate_with(&mut t, dir.path(), "", "", "[1, 2]", ",qpairs=2", "");
     let answers = both_serve(&mut t, 30, &stats);
     let err = stop(&mut t);
     assert!(
@@ -1151,5 +1159,113 @@ fn run_af_packet_moves_an_open_flow_to_an_advertised_target() {
         format!("s{other}"),
         "{j}"
     );
+    assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
+}
+
+/// A UDP echo on the VIP's port 7 in each server namespace that answers with the TTL
+/// the datagram arrived with (`ttl=N`, from the kernel's `IP_RECVTTL`).
+fn udp_ttl_echo(t: &mut Topo) {
+    for i in 1..=2 {
+        daemon(
+            t,
+            &format!("s{i}"),
+            &[
+                "python3",
+                "-c",
+                "import socket,struct\n\
+                 s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+                 s.setsockopt(socket.IPPROTO_IP,12,1)\n\
+                 s.bind(('203.0.113.10',7))\n\
+                 while True:\n  d,anc,fl,a=s.recvmsg(2048,64)\n  \
+                 ttl=[struct.unpack('i',c[2][:4])[0] for c in anc if c[1]==2]\n  \
+                 s.sendto(('ttl=%d' % ttl[0]).encode(),a)\n",
+            ],
+            format!("server-s{i}"),
+        );
+    }
+}
+
+/// From the client, one datagram to `dst` port 7 sent with TTL (hop limit) `ttl`, the
+/// socket asking the kernel for ICMP errors (`IP_RECVERR`/`IPV6_RECVERR`). Prints
+/// `answer <text> ttl <N>` for an answer (N: the TTL it arrived with) or `error <origin>
+/// <type> <code> <offender>` for an ICMP error the kernel matched to the socket;
+/// `None` when nothing came within a second.
+fn udp_probe(t: &Topo, dst: &str, ttl: u8) -> Option<String> {
+    let o = t
+        .exec(
+            "c",
+            &[
+                "python3",
+                "-c",
+                "import socket,struct,sys,time\n\
+                 v6=':' in sys.argv[1]\n\
+                 s=socket.socket(socket.AF_INET6 if v6 else socket.AF_INET,socket.SOCK_DGRAM)\n\
+                 if v6:\n  s.setsockopt(41,25,1); s.setsockopt(41,16,int(sys.argv[2]))\n\
+                 else:\n  s.setsockopt(0,11,1); s.setsockopt(0,2,int(sys.argv[2])); s.setsockopt(0,12,1)\n\
+                 s.setblocking(False)\n\
+                 s.sendto(b'hi',(sys.argv[1],7))\n\
+                 t0=time.time()\n\
+                 while time.time()-t0<1:\n  \
+                 try:\n    d,anc,fl,a=s.recvmsg(2048,256,0x2000)\n  \
+                 except BlockingIOError:\n    d=None\n  \
+                 if d is not None:\n    \
+                 e=[c[2] for c in anc if c[1] in (11,25)][0]\n    \
+                 err,origin,typ,code=struct.unpack('=IBBB',e[:7])\n    \
+                 off=socket.inet_ntop(socket.AF_INET6,e[24:40]) if v6 else socket.inet_ntop(socket.AF_INET,e[20:24])\n    \
+                 print('error',origin,typ,code,off); sys.exit(0)\n  \
+                 try:\n    d,anc,fl,a=s.recvmsg(2048,64)\n    \
+                 ttl=[struct.unpack('i',c[2][:4])[0] for c in anc if c[1]==2]\n    \
+                 print('answer',d.decode(),'ttl',ttl[0] if ttl else '?'); sys.exit(0)\n  \
+                 except (BlockingIOError, ConnectionRefusedError):\n    time.sleep(0.02)\n\
+                 sys.exit(1)\n",
+                dst,
+                &ttl.to_string(),
+            ],
+        )
+        .output()
+        .ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+#[test]
+fn run_af_packet_routes_and_answers_expired_ttls() {
+    // `system.mode: router`: real kernels see the TTL one lower in each direction, and a
+    // client's datagram with TTL (hop limit) 1 comes back as an ICMP Time Exceeded from
+    // flowgate's address that the client's kernel checks and hands to the socket that
+    // sent it (it matches the quoted header to the socket).
+    let Some((_one, mut t, _www)) = setup(3) else {
+        return;
+    };
+    udp_ttl_echo(&mut t);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let echo = "  - name: echo\n    vip: 203.0.113.10\n    proto: udp\n    ports: [7]\n    servers:\n      \
+                - { name: s1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, weight: 100, port: inside }\n      \
+                - { name: s2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, weight: 100, port: inside }\n";
+    let stats = start_flowgate_with(&mut t, dir.path(), echo, "", "[1]", "", "  mode: router\n");
+    // Sent with TTL 5, the datagram reaches the server with 4; the server's answer (TTL
+    // 64) reaches the client with 63.
+    let t0 = Instant::now();
+    let answer = loop {
+        if let Some(a) = udp_probe(&t, "203.0.113.10", 5) {
+            break a;
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            fail(&mut t, "the UDP echo answers within 30 s", &stats);
+        }
+    };
+    assert_eq!(answer, "answer ttl=4 ttl 63");
+    // TTL 1: origin ICMP (2), type 11, code 0, from flowgate's 198.51.100.1.
+    let expired = udp_probe(&t, "203.0.113.10", 1);
+    // Hop limit 1 to the IPv6 VIP: origin ICMPv6 (3), type 3, code 0, from its first
+    // IPv6 address.
+    let expired6 = udp_probe(&t, VIP6, 1);
+    stop(&mut t);
+    assert_eq!(expired.as_deref(), Some("error 2 11 0 198.51.100.1"));
+    assert_eq!(expired6.as_deref(), Some("error 3 3 0 2001:db8:1::1"));
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    assert!(j["icmp_errors"].as_u64() >= Some(2), "{j}");
     assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
 }

@@ -284,6 +284,34 @@ pub fn set_dscp(d: &mut [u8], l3: L3, off: usize, dscp: u8) -> Result<(), DropRe
     }
 }
 
+/// Lowers the TTL (IPv4, with an incremental header checksum) or hop limit (IPv6) of the
+/// IP header at `off` by one, as a router forwarding the packet does; 0 stays 0 (a
+/// router never forwards such a packet: the caller answers it instead). Other frames
+/// are left as they are.
+pub fn dec_ttl(d: &mut [u8], l3: L3, off: usize) -> Result<(), DropReason> {
+    match l3 {
+        L3::Ipv4 => {
+            let Some(ip) = d.get_mut(off..off + 20) else {
+                return Err(DropReason::RewriteFailed);
+            };
+            let old = u16::from_be_bytes([ip[8], ip[9]]);
+            let new = u16::from_be_bytes([ip[8].saturating_sub(1), ip[9]]);
+            let ck = checksum::update16(u16::from_be_bytes([ip[10], ip[11]]), old, new);
+            ip[8] = ip[8].saturating_sub(1);
+            ip[10..12].copy_from_slice(&ck.to_be_bytes());
+            Ok(())
+        }
+        L3::Ipv6 => {
+            let Some(hl) = d.get_mut(off + 7) else {
+                return Err(DropReason::RewriteFailed);
+            };
+            *hl = hl.saturating_sub(1);
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,6 +331,40 @@ mod tests {
         ip[10..12].copy_from_slice(&ck.to_be_bytes());
         f[34..42].copy_from_slice(&[0x12, 0x34, 0x00, 0x35, 0, 26, 0, 0]);
         f
+    }
+
+    #[test]
+    fn dec_ttl_lowers_ttl_and_hop_limit_and_keeps_the_header_checksum() {
+        let mut f = v4_frame();
+        dec_ttl(&mut f, L3::Ipv4, 14).unwrap();
+        assert_eq!(f[14 + 8], 63);
+        assert_eq!(
+            checksum::checksum(&f[14..34]),
+            0,
+            "header checksum still valid"
+        );
+        for ttl in [1u8, 0, 255] {
+            let mut g = v4_frame();
+            g[14 + 8] = ttl;
+            g[24..26].fill(0);
+            let ck = checksum::checksum(&g[14..34]);
+            g[24..26].copy_from_slice(&ck.to_be_bytes());
+            dec_ttl(&mut g, L3::Ipv4, 14).unwrap();
+            assert_eq!(g[14 + 8], ttl.saturating_sub(1));
+            assert_eq!(checksum::checksum(&g[14..34]), 0, "ttl {ttl}");
+        }
+        let mut v6 = vec![0u8; 54];
+        v6[14] = 0x60;
+        v6[14 + 7] = 64;
+        dec_ttl(&mut v6, L3::Ipv6, 14).unwrap();
+        assert_eq!(v6[14 + 7], 63);
+        assert_eq!(
+            dec_ttl(&mut v6[..20], L3::Ipv4, 14),
+            Err(DropReason::RewriteFailed)
+        );
+        let mut arp = v6.clone();
+        dec_ttl(&mut arp, L3::Arp, 14).unwrap();
+        assert_eq!(arp, v6, "not IP: untouched");
     }
 
     fn buf(f: &[u8]) -> FrameBuf {

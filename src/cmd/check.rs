@@ -1,7 +1,7 @@
 //! `flowgate check`: validate a pipeline and print what it compiles to.
 
 use super::summary::{mac, qos, target};
-use crate::config::{Affinity, Pipeline};
+use crate::config::{Affinity, Forwarding, Pipeline};
 use crate::pipeline::Tables;
 use std::fmt::Write as _;
 
@@ -19,6 +19,29 @@ pub fn render(p: &Pipeline) -> String {
             .unwrap_or_default(),
         p.addresses
     );
+    match p.forwarding {
+        Forwarding::Switch => {
+            let _ = writeln!(s, "mode switch: TTLs and hop limits kept");
+        }
+        Forwarding::Router => {
+            let from = |v6: bool| {
+                p.addresses
+                    .iter()
+                    .find(|a| a.is_ipv6() == v6)
+                    .map_or("none: dropped unanswered".to_string(), |a| {
+                        format!("from {a}")
+                    })
+            };
+            let _ = writeln!(
+                s,
+                "mode router: TTLs and hop limits lowered by one; expired packets answered \
+                 with ICMP Time Exceeded (IPv4 {}, IPv6 {}), at most {} a second per worker",
+                from(false),
+                from(true),
+                p.icmp_rate
+            );
+        }
+    }
     let t = Tables::build(p.clone(), 0);
     for (i, svc) in p.services.iter().enumerate() {
         let ports: Vec<String> = svc

@@ -116,7 +116,7 @@ fn num(v: &Value) -> Option<f64> {
 /// `j` (the stats JSON of `replay --stats-json` or `run`) as exposition text.
 pub fn render(j: &Value) -> String {
     let mut o = Out { s: String::new() };
-    let counters: [(&str, &str); 8] = [
+    let counters: [(&str, &str); 9] = [
         ("packets_in", "Frames received."),
         ("packets_out", "Frames transmitted."),
         ("flows_created", "Flows created."),
@@ -128,6 +128,10 @@ pub fn render(j: &Value) -> String {
         ),
         ("arp_replies", "ARP requests answered."),
         ("nd_replies", "IPv6 neighbour solicitations answered."),
+        (
+            "icmp_errors",
+            "ICMP Time Exceeded sent for expired TTLs (router mode).",
+        ),
     ];
     for (k, help) in counters {
         o.single(&format!("flowgate_{k}_total"), "counter", help, &j[k]);

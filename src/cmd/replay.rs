@@ -143,13 +143,14 @@ fn render_summary(w: &Worker, p: &Pipeline, seconds: f64) -> String {
     }
     let _ = writeln!(
         o,
-        "flows created {}  evicted {}  expired {}  live {}  arp replies {}  nd replies {}",
+        "flows created {}  evicted {}  expired {}  live {}  arp replies {}  nd replies {}  icmp errors {}",
         s.flows_created,
         s.flows_evicted,
         s.flows_expired,
         w.flow_count(),
         s.arp_replies,
-        s.nd_replies
+        s.nd_replies,
+        s.icmp_errors
     );
     for (i, svc) in p.services.iter().enumerate() {
         let _ = writeln!(

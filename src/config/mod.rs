@@ -384,7 +384,28 @@ pub struct Pipeline {
     pub flow_rules: Vec<FlowRule>,
     pub default: Target,
     pub flow_table: FlowTableConf,
+    /// Switch or router (`system.mode`).
+    pub forwarding: Forwarding,
+    /// ICMP errors a worker may send per second in router mode (0: none).
+    pub icmp_rate: u32,
 }
+
+/// How the system forwards IP packets (`system.mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Forwarding {
+    /// A layer-2 hop (the default): MAC addresses and QoS are rewritten, the IP header's
+    /// TTL or hop limit is not.
+    #[default]
+    Switch,
+    /// An IP hop: every forwarded IPv4 or IPv6 packet (not inside MPLS) leaves with its
+    /// TTL or hop limit one lower, and one that arrives with 1 or 0 is not forwarded but
+    /// answered with an ICMP Time Exceeded, at most `icmp_rate` a second per worker.
+    Router,
+}
+
+/// Default `system.icmp_rate`: ICMP errors a worker sends per second (Linux's
+/// `icmp_msgs_per_sec` default).
+pub const DEFAULT_ICMP_RATE: u32 = 1000;
 
 /// Default Maglev table size: a prime well above 100 × the number of servers.
 pub const DEFAULT_TABLE_SIZE: usize = 65537;
@@ -760,6 +781,17 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
         )
     })?;
     let gateway_port = gw_port.as_deref().map(&mut port_index);
+    let forwarding = match raw.system.mode.as_deref().unwrap_or("switch") {
+        "switch" => Forwarding::Switch,
+        "router" => Forwarding::Router,
+        m => {
+            return Err(cx.err(
+                &[Key("system"), Key("mode")],
+                format!("unknown mode {m:?} (switch, router)"),
+            ));
+        }
+    };
+    let icmp_rate = raw.system.icmp_rate.unwrap_or(DEFAULT_ICMP_RATE);
 
     // QoS classes.
     let mut classes: BTreeMap<String, QosActions> = BTreeMap::new();
@@ -1042,6 +1074,8 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
         flow_rules,
         default: default_target,
         flow_table,
+        forwarding,
+        icmp_rate,
     })
 }
 

@@ -30,6 +30,12 @@ pub struct RawSystem {
     #[serde(default)]
     pub addresses: Vec<String>,
     pub gateway: RawGateway,
+    /// `switch` (default) or `router`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// ICMP errors a worker may send per second in router mode.
+    #[serde(default)]
+    pub icmp_rate: Option<u32>,
 }
 
 /// `gateway: "02:…"` or `gateway: { mac: "02:…", port: outside }`.

@@ -42,6 +42,8 @@ pub struct Fast {
     pub tcp_flags: u8,
     /// An IPv6 frame (else IPv4).
     pub v6: bool,
+    /// Its TTL or hop limit.
+    pub ttl: u8,
 }
 
 /// Parses an untagged IPv4 (no options, not fragmented) or IPv6 (no extension headers)
@@ -75,6 +77,7 @@ pub fn parse(d: &[u8]) -> Option<Fast> {
             },
             tcp_flags,
             v6: false,
+            ttl: h[22],
         });
     }
     // EtherType IPv6, version 6.
@@ -101,6 +104,7 @@ pub fn parse(d: &[u8]) -> Option<Fast> {
         },
         tcp_flags,
         v6: true,
+        ttl: h[21],
     })
 }
 
@@ -139,6 +143,8 @@ pub struct FastQos {
     /// The 802.1Q tag pushed after the MACs (TPID and TCI bytes).
     pub tag: Option<[u8; 4]>,
     pub dscp: Option<u8>,
+    /// Lower the TTL or hop limit by one (router mode; the frame's is above 1).
+    pub dec_ttl: bool,
 }
 
 impl FastQos {
@@ -168,7 +174,11 @@ impl FastQos {
                 None => [0x81, 0x00, pcp << 5, 0],
             });
         }
-        Some(FastQos { tag, dscp: q.dscp })
+        Some(FastQos {
+            tag,
+            dscp: q.dscp,
+            dec_ttl: false,
+        })
     }
 }
 
@@ -202,6 +212,9 @@ impl FastRoute {
 /// The express tables of one [`Tables`](super::Tables) snapshot.
 #[derive(Clone, Debug, Default)]
 pub struct Express {
+    /// Router mode: every route lowers the TTL, and a frame whose TTL is 1 or 0 is not
+    /// express (`process_burst` leaves it to the general path, which answers it).
+    pub router: bool,
     servers: usize,
     /// Index `service * servers + server`: the forward route of a flow of that service
     /// on that server; `None` when the server is not a member, is down, or the
@@ -216,11 +229,18 @@ impl Express {
     /// index of [`Tables`](super::Tables).
     pub fn build(p: &Pipeline, member_of: &[u16]) -> Express {
         let n = p.servers.len();
+        let router = p.forwarding == crate::config::Forwarding::Router;
+        let of = |q: &QosActions| {
+            FastQos::of(q).map(|f| FastQos {
+                dec_ttl: router,
+                ..f
+            })
+        };
         let mut forward = vec![None; p.services.len() * n];
         let mut reply = Vec::with_capacity(p.services.len());
         for (i, svc) in p.services.iter().enumerate() {
             let i16 = i as u16;
-            if let Some(qos) = FastQos::of(&svc.qos) {
+            if let Some(qos) = of(&svc.qos) {
                 for (s, srv) in p.servers.iter().enumerate() {
                     let member = member_of[i * n + s];
                     if member == NONE16 || srv.state == ServerState::Down {
@@ -237,7 +257,7 @@ impl Express {
                     forward[i * n + s] = Some(FastRoute::new(route, qos, p.mac));
                 }
             }
-            reply.push(FastQos::of(&svc.reply_qos).map(|qos| {
+            reply.push(of(&svc.reply_qos).map(|qos| {
                 let route = super::route_to(
                     p,
                     Target::Gateway,
@@ -250,6 +270,7 @@ impl Express {
             }));
         }
         Express {
+            router,
             servers: n,
             forward,
             reply,
@@ -298,17 +319,32 @@ pub fn rewrite<B: crate::action::PacketBuf + ?Sized>(
         h[12..16].copy_from_slice(&tag);
         l3 = 18;
     }
-    if let Some(dscp) = r.dscp {
-        if v6 {
+    if v6 {
+        let ip = &mut h[l3..l3 + 40];
+        if r.dec_ttl {
+            // As `action::dec_ttl`.
+            ip[7] = ip[7].saturating_sub(1);
+        }
+        if let Some(dscp) = r.dscp {
             // As `action::set_dscp`: the traffic class spans the first two bytes (after
             // the version, before the flow label); keep its ECN bits. No checksum.
-            let ip = &mut h[l3..l3 + 2];
             let tc = (dscp << 2) | ((ip[1] >> 4) & 0x03);
             ip[0] = (ip[0] & 0xf0) | (tc >> 4);
             ip[1] = (ip[1] & 0x0f) | (tc << 4);
-        } else {
+        }
+    } else {
+        let ip = &mut h[l3..l3 + 20];
+        if r.dec_ttl {
+            // As `action::dec_ttl`: incremental header checksum.
+            let old = u16::from_be_bytes([ip[8], ip[9]]);
+            ip[8] = ip[8].saturating_sub(1);
+            let new = u16::from_be_bytes([ip[8], ip[9]]);
+            let ck =
+                crate::wire::checksum::update16(u16::from_be_bytes([ip[10], ip[11]]), old, new);
+            ip[10..12].copy_from_slice(&ck.to_be_bytes());
+        }
+        if let Some(dscp) = r.dscp {
             // As `action::set_dscp`: keep ECN, incremental header checksum.
-            let ip = &mut h[l3..l3 + 20];
             let old = u16::from_be_bytes([ip[0], ip[1]]);
             let tos = (dscp << 2) | (ip[1] & 0x03);
             let new = (old & 0xff00) | u16::from(tos);
@@ -474,6 +510,7 @@ mod tests {
         fn rewrite_matches_apply_qos(
             proto in prop::sample::select(vec![6u8, 17]),
             v6 in any::<bool>(),
+            dec_ttl in any::<bool>(),
             pop_mpls in any::<bool>(),
             swap in prop::option::weighted(0.1, 0u32..1 << 20),
             pop_vlan in prop::bool::weighted(0.1),
@@ -500,11 +537,17 @@ mod tests {
             let (dst, src) = ([2, 0, 0, 0, 1, 1], [2, 0, 0, 0, 0, 1]);
             let mut general = FrameBuf::new(256);
             general.load(&f);
+            if dec_ttl {
+                // What `Worker::emit` does in router mode, before the QoS.
+                let off = usize::from(m.l3_off);
+                prop_assert_eq!(crate::action::dec_ttl(general.data_mut(), m.l3, off), Ok(()));
+            }
             let ok = apply_qos(&mut general, &m, &q).is_ok();
             crate::action::set_macs(&mut general, dst, src);
             match FastQos::of(&q) {
                 Some(fq) => {
                     prop_assert!(ok);
+                    let fq = FastQos { dec_ttl, ..fq };
                     let mut fast = FrameBuf::new(256);
                     fast.load(&f);
                     let mut macs = [0u8; 12];

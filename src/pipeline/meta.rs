@@ -104,6 +104,8 @@ pub struct Meta {
     pub v6: bool,
     /// DSCP (6 bits) of the outer IP header.
     pub dscp: u8,
+    /// IPv4 TTL or IPv6 hop limit (0 for other frames).
+    pub ttl: u8,
     /// TCP flags byte (FIN=0x01 SYN=0x02 RST=0x04 PSH=0x08 ACK=0x10).
     pub tcp_flags: u8,
     /// ICMP/ICMPv6 type and code (when `tuple.proto` is 1 or 58).
@@ -216,6 +218,10 @@ drop_reasons! {
     TooBig => "too_big",
     /// A pop/swap rewrite did not apply (no tag/label to pop).
     RewriteFailed => "rewrite_failed",
+    /// Router mode: TTL or hop limit 1 or 0 on arrival, and no ICMP Time Exceeded went
+    /// back (the packet was an ICMP error or a non-first fragment, its source cannot
+    /// be answered, the system has no address of its family, or the rate limit).
+    TtlExceeded => "ttl_exceeded",
     /// ARP/ND not for an address the system owns, or not a request.
     NotForUs => "not_for_us",
     /// The output port refused the frame (ring full).

@@ -33,7 +33,7 @@ pub mod stats;
 use crate::action::{self, PacketBuf};
 use crate::balance::{maglev::Maglev, source_hash, tuple_hash};
 use crate::classify::{self, Classifier, Decision, Key};
-use crate::config::{Affinity, Mac, Pipeline, Policy, QosActions, ServerState, Target};
+use crate::config::{Affinity, Forwarding, Mac, Pipeline, Policy, QosActions, ServerState, Target};
 use crate::flow::{
     FlowKey, FlowTable, FragKey, Inserted, LruTable, Owner, TcpState, tcp_class, tcp_flags,
     tcp_next,
@@ -87,7 +87,8 @@ pub enum Kind {
     Fragment,
     /// No flow: sent to the gateway or `default` without state.
     Stateless,
-    /// An ARP reply or IPv6 neighbour advertisement was sent.
+    /// An ARP reply, an IPv6 neighbour advertisement or (router mode) an ICMP Time
+    /// Exceeded was sent in the frame's place.
     Reply,
 }
 
@@ -249,6 +250,10 @@ pub struct Worker {
     frags: LruTable<FragKey, FragRec>,
     pub stats: Stats,
     scratch: Vec<u8>,
+    /// Router mode's ICMP error budget: tokens left (a burst of at most
+    /// [`ICMP_BURST`]) and when the last one was earned (ns).
+    icmp_tokens: u64,
+    icmp_earned_at: u64,
     /// `process_burst`'s per-frame parse results, reused from burst to burst.
     burst_metas: Vec<Meta>,
     burst_keys: Vec<(FlowKey, bool, u64)>,
@@ -328,6 +333,9 @@ fn reconsider(
 /// Fragment records kept per worker, and how long (ns) they live.
 pub const FRAG_CAPACITY: usize = 65536;
 pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;
+/// The most ICMP errors a worker sends at once, however long it was quiet (Linux's
+/// `icmp_msgs_burst`; fewer when `system.icmp_rate` is lower); `icmp_rate` refills them.
+pub const ICMP_BURST: u64 = 50;
 
 impl Worker {
     /// A worker over `tables`, with its own flow table sized by the pipeline.
@@ -338,7 +346,9 @@ impl Worker {
             flows: FlowTable::new(&p.flow_table, &rule_idle),
             frags: LruTable::new(FRAG_CAPACITY, &[FRAG_TIMEOUT_NS]),
             stats: Stats::new(p),
-            scratch: vec![0; 256],
+            scratch: vec![0; reply::TIME_EXCEEDED_MAX],
+            icmp_tokens: u64::MAX,
+            icmp_earned_at: 0,
             burst_metas: Vec::new(),
             burst_keys: Vec::new(),
             sweep_pending: vec![false; p.flow_rules.len()],
@@ -511,8 +521,10 @@ impl Worker {
             const LAG: usize = 12;
             let table = &self.flows.table;
             let n = bufs.len();
+            // A router answers a frame whose TTL runs out on the general path.
+            let min_ttl = if tables.express.router { 2 } else { 0 };
             for (i, b) in bufs.iter().enumerate() {
-                if let Some(x) = express::parse(b.data()) {
+                if let Some(x) = express::parse(b.data()).filter(|x| x.ttl >= min_ttl) {
                     let (key, swapped) = FlowKey::of(&x.tuple);
                     let h = table.hash(&key);
                     table.prefetch_bucket(h);
@@ -546,7 +558,7 @@ impl Worker {
             let changes = table.changes();
             self.stats.packets_in += n as u64;
             for (i, b) in bufs.iter_mut().enumerate() {
-                let done = fast[i].is_some_and(|(flags, v6)| {
+                let done = fast[i].is_some_and(|shape| {
                     // An earlier frame of the burst may have inserted or removed a flow
                     // (an eviction can reuse the slot found): then look again.
                     let h = if self.flows.table.changes() == changes {
@@ -554,7 +566,7 @@ impl Worker {
                     } else {
                         self.flows.table.find_hashed(&keys[i].0, keys[i].2)
                     };
-                    self.express(&tables, b, &keys[i], h, flags, v6, now, &mut outs[i])
+                    self.express(&tables, b, &keys[i], h, shape, now, &mut outs[i])
                 });
                 if !done {
                     if fast[i].is_some() {
@@ -603,8 +615,7 @@ impl Worker {
         buf: &mut B,
         &(fkey, swapped, _): &(FlowKey, bool, u64),
         found: Option<crate::flow::Handle>,
-        tcp_flags: u8,
-        v6: bool,
+        (tcp_flags, v6): (u8, bool),
         now: u64,
         out: &mut Outcome,
     ) -> bool {
@@ -712,6 +723,16 @@ impl Worker {
             || (m.v6 && m.tuple.proto == 58 && (m.icmp_type == 135 || m.icmp_type == 136))
         {
             *out = self.answer(tables, buf, m, in_port, *out);
+            return;
+        }
+
+        // A router does not forward a packet whose TTL or hop limit runs out here.
+        if tables.pipeline.forwarding == Forwarding::Router
+            && m.ttl <= 1
+            && m.n_mpls == 0
+            && matches!(m.l3, L3::Ipv4 | L3::Ipv6)
+        {
+            *out = self.expired(tables, buf, m, in_port, now, *out);
             return;
         }
 
@@ -1024,12 +1045,67 @@ impl Worker {
         out: &mut Outcome,
     ) {
         let q = tables.qos(route.qos);
+        // A router lowers the TTL (the IP header is still where the parser found it).
+        if tables.pipeline.forwarding == Forwarding::Router && m.n_mpls == 0 {
+            let off = usize::from(m.l3_off);
+            if let Err(r) = action::dec_ttl(buf.data_mut(), m.l3, off) {
+                drop_into(out, r);
+                return;
+            }
+        }
         if let Err(r) = action::apply_qos(buf, m, q) {
             drop_into(out, r);
             return;
         }
         action::set_macs(buf, route.mac, tables.pipeline.mac);
         out.route = Some(route);
+    }
+
+    /// Router mode, a packet whose TTL or hop limit ran out: answered with an ICMP Time
+    /// Exceeded from the system's first address of its family, sent back out of its
+    /// input port (see [`reply::time_exceeded`]), within `system.icmp_rate`; else
+    /// dropped as `ttl_exceeded`.
+    fn expired<B: PacketBuf + ?Sized>(
+        &mut self,
+        tables: &Tables,
+        buf: &mut B,
+        m: &Meta,
+        in_port: u16,
+        now: u64,
+        mut out: Outcome,
+    ) -> Outcome {
+        let p = &tables.pipeline;
+        let Some(src) = p.addresses.iter().find(|a| a.is_ipv6() == m.v6) else {
+            return drop_with(out, DropReason::TtlExceeded);
+        };
+        match reply::time_exceeded(buf.data(), m, p.mac, *src, &mut self.scratch) {
+            Some(n) if self.icmp_token(p.icmp_rate, now) && buf.set(&self.scratch[..n]) => {
+                self.stats.icmp_errors += 1;
+                out.kind = Kind::Reply;
+                out.route = Some(reply_route(mac_at(buf.data(), 0), in_port));
+                out
+            }
+            _ => drop_with(out, DropReason::TtlExceeded),
+        }
+    }
+
+    /// Takes one ICMP error token, earning `rate` a second up to a burst of
+    /// [`ICMP_BURST`] or `rate`, the smaller (the bucket starts full); false when none
+    /// is left (or `rate` is 0).
+    fn icmp_token(&mut self, rate: u32, now: u64) -> bool {
+        if rate == 0 {
+            return false;
+        }
+        let period = 1_000_000_000 / u64::from(rate).min(1_000_000_000);
+        let earned = now.saturating_sub(self.icmp_earned_at) / period;
+        self.icmp_earned_at += earned * period;
+        let burst = ICMP_BURST.min(u64::from(rate));
+        self.icmp_tokens = self.icmp_tokens.saturating_add(earned).min(burst);
+        if self.icmp_tokens == 0 {
+            return false;
+        }
+        self.icmp_tokens -= 1;
+        true
     }
 
     fn answer<B: PacketBuf + ?Sized>(
@@ -1065,16 +1141,7 @@ impl Worker {
                     self.stats.nd_replies += 1;
                 }
                 out.kind = Kind::Reply;
-                let dst = mac_at(buf.data(), 0);
-                out.route = Some(Route {
-                    mac: dst,
-                    port: in_port,
-                    qos: QosSel::None,
-                    svc: NONE16,
-                    member: NONE16,
-                    rule: NONE16,
-                    server: NONE16,
-                });
+                out.route = Some(reply_route(mac_at(buf.data(), 0), in_port));
                 out
             }
             _ => drop_with(out, DropReason::NotForUs),
@@ -1114,6 +1181,20 @@ fn route_to(p: &Pipeline, t: Target, qos: QosSel, svc: u16, member: u16, rule: u
 #[inline]
 fn syn_only(flags: u8) -> bool {
     flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
+}
+
+/// The route of a frame this system wrote in answer to one from `port`: back out of it
+/// to `mac`, with no QoS.
+fn reply_route(mac: Mac, port: u16) -> Route {
+    Route {
+        mac,
+        port,
+        qos: QosSel::None,
+        svc: NONE16,
+        member: NONE16,
+        rule: NONE16,
+        server: NONE16,
+    }
 }
 
 fn drop_with(mut out: Outcome, r: DropReason) -> Outcome {
@@ -1270,8 +1351,7 @@ mod tests {
                     &mut b,
                     &(key, swapped, hash),
                     found,
-                    x.tcp_flags,
-                    x.v6,
+                    (x.tcp_flags, x.v6),
                     20,
                     &mut out,
                 );

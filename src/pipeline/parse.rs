@@ -187,6 +187,7 @@ fn parse_ipv4(b: &[u8], off: usize, m: &mut Meta) -> Result<(), DropReason> {
     let ip = Ipv4Packet::new_checked(b).map_err(|e| wire_err(e, DropReason::BadIpv4))?;
     m.v6 = false;
     m.dscp = ip.dscp();
+    m.ttl = ip.ttl();
     m.tuple.src = v4_mapped(ip.src_addr());
     m.tuple.dst = v4_mapped(ip.dst_addr());
     m.tuple.proto = ip.proto();
@@ -214,6 +215,7 @@ fn parse_ipv6(b: &[u8], off: usize, m: &mut Meta) -> Result<(), DropReason> {
     }
     m.v6 = true;
     m.dscp = ip.dscp();
+    m.ttl = ip.hop_limit();
     m.tuple.src = ip.src_addr();
     m.tuple.dst = ip.dst_addr();
     let payload = ip.payload();

@@ -1,10 +1,13 @@
-//! Answers for ARP requests and IPv6 Neighbor Solicitations.
+//! Answers for ARP requests and IPv6 Neighbor Solicitations, and the ICMP Time Exceeded
+//! a router sends for a packet whose TTL or hop limit ran out.
 //!
 //! Layer: `pipeline`, on the `wire` views. Pure functions: a parsed request frame
 //! and [`Meta`] in, a reply frame written into a caller's buffer out. Nothing here
-//! decides *whether* to answer: the caller asks [`arp_request_target`] /
-//! [`ns_target`] which address is wanted, checks that the system owns it, then calls
-//! [`arp_reply`] / [`nd_advert`]. No allocation, no panics.
+//! decides *whether* to answer an ARP or ND request: the caller asks
+//! [`arp_request_target`] / [`ns_target`] which address is wanted, checks that the
+//! system owns it, then calls [`arp_reply`] / [`nd_advert`]. [`time_exceeded`] refuses
+//! the packets RFC 1812 and RFC 4443 say must not get an ICMP error; the caller decides
+//! that the TTL ran out and applies the rate limit. No allocation, no panics.
 //!
 //! Replies keep the request's VLAN tags (the bytes between the MAC addresses and the
 //! L3 header are copied as they are). Requests inside MPLS are not answered.
@@ -185,6 +188,123 @@ pub fn nd_advert(frame: &[u8], meta: &Meta, our_mac: [u8; 6], out: &mut [u8]) ->
     Some(len)
 }
 
+/// The most of the expired packet an ICMPv4 Time Exceeded quotes: the error stays within
+/// 576 bytes of IP (RFC 1812 §4.3.2.3).
+const QUOTE_V4: usize = 576 - 20 - 8;
+/// The most an ICMPv6 Time Exceeded quotes: the error stays within the minimum IPv6 MTU,
+/// 1280 bytes (RFC 4443 §2.4 (c)).
+const QUOTE_V6: usize = 1280 - 40 - 8;
+/// Room [`time_exceeded`] may need in its output buffer (Ethernet with the most VLAN
+/// tags the parser takes, IPv6, ICMPv6, the longest quote).
+pub const TIME_EXCEEDED_MAX: usize = 14 + 4 * crate::pipeline::meta::MAX_VLANS + 1280;
+
+/// Whether an ICMP error may be sent about the IP packet `m` describes (RFC 1812
+/// §4.3.2.7, RFC 4443 §2.4 (e)): not about an ICMP error, a non-first fragment, a
+/// link-layer broadcast or multicast, an IP multicast or broadcast destination, or a
+/// source that does not name one host (unspecified, multicast, broadcast, loopback).
+fn may_send_error(frame: &[u8], m: &Meta) -> bool {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    let icmp_error = if m.v6 {
+        m.tuple.proto == proto::ICMPV6 && m.icmp_type < 128
+    } else {
+        m.tuple.proto == proto::ICMP && matches!(m.icmp_type, 3 | 4 | 5 | 11 | 12)
+    };
+    if icmp_error || m.frag == Frag::Later || frame.first().is_none_or(|b| b & 1 != 0) {
+        return false;
+    }
+    if m.v6 {
+        let (s, d) = (Ipv6Addr::from(m.tuple.src), Ipv6Addr::from(m.tuple.dst));
+        !(s.is_unspecified() || s.is_multicast() || s.is_loopback() || d.is_multicast())
+    } else {
+        let Some(s) = super::parse::v4_unmapped(&m.tuple.src).map(Ipv4Addr::from) else {
+            return false;
+        };
+        let Some(d) = super::parse::v4_unmapped(&m.tuple.dst).map(Ipv4Addr::from) else {
+            return false;
+        };
+        !(s.is_unspecified()
+            || s.is_multicast()
+            || s.is_broadcast()
+            || s.is_loopback()
+            || d.is_multicast()
+            || d.is_broadcast())
+    }
+}
+
+/// Writes the ICMP Time Exceeded (code 0, TTL exceeded in transit) for the IP packet in
+/// `frame` into `out`: Ethernet back to the frame's source MAC from `our_mac`, with the
+/// frame's VLAN tags; IP from `src` (an address of the system, in the packet's family)
+/// to the packet's source, TTL/hop limit 64 (IPv4 with precedence 6, "internetwork
+/// control"); then the start of the packet as it arrived, up to 548 bytes (IPv4) or
+/// 1232 (IPv6). Checksums filled; zero-padded to 60 bytes. Returns the length written,
+/// or `None` when the packet must not be answered (see [`may_send_error`]; also inside
+/// MPLS), `src` is of the other family, or `out` is too small.
+pub fn time_exceeded(
+    frame: &[u8],
+    m: &Meta,
+    our_mac: [u8; 6],
+    src: std::net::IpAddr,
+    out: &mut [u8],
+) -> Option<usize> {
+    use crate::wire::checksum;
+    use std::net::IpAddr;
+    if !matches!(m.l3, L3::Ipv4 | L3::Ipv6) || m.n_mpls != 0 || !may_send_error(frame, m) {
+        return None;
+    }
+    let l3 = usize::from(m.l3_off);
+    let packet = frame.get(l3..)?;
+    // The packet as its IP header bounds it (not the Ethernet padding after it).
+    let ip_len = if m.v6 {
+        ipv6::HEADER_LEN + usize::from(u16::from_be_bytes([*packet.get(4)?, *packet.get(5)?]))
+    } else {
+        usize::from(u16::from_be_bytes([*packet.get(2)?, *packet.get(3)?]))
+    };
+    let (hdr, quote_max) = if m.v6 { (40, QUOTE_V6) } else { (20, QUOTE_V4) };
+    let quote = packet.get(..ip_len.min(packet.len()).min(quote_max))?;
+    let len = (l3 + hdr + 8 + quote.len()).max(MIN_FRAME_LEN);
+    let out = out.get_mut(..len)?;
+    out.fill(0);
+    out[..l3].copy_from_slice(frame.get(..l3)?);
+    out[..6].copy_from_slice(frame.get(6..12)?);
+    out[6..12].copy_from_slice(&our_mac);
+    let icmp_len = 8 + quote.len();
+    let (ip, icmp) = out[l3..].split_at_mut(hdr);
+    let icmp = &mut icmp[..icmp_len];
+    icmp[8..].copy_from_slice(quote);
+    match (src, m.v6) {
+        (IpAddr::V4(s), false) => {
+            let dst = super::parse::v4_unmapped(&m.tuple.src)?;
+            ip[0] = 0x45;
+            ip[1] = 0xc0;
+            ip[2..4].copy_from_slice(&((hdr + icmp_len) as u16).to_be_bytes());
+            ip[8] = 64;
+            ip[9] = proto::ICMP;
+            ip[12..16].copy_from_slice(&s.octets());
+            ip[16..20].copy_from_slice(&dst);
+            let ck = checksum::checksum(ip);
+            ip[10..12].copy_from_slice(&ck.to_be_bytes());
+            icmp[0] = 11;
+            let ck = checksum::checksum(icmp);
+            icmp[2..4].copy_from_slice(&ck.to_be_bytes());
+        }
+        (IpAddr::V6(s), true) => {
+            let (s, dst) = (s.octets(), m.tuple.src);
+            ip[0] = 0x60;
+            ip[4..6].copy_from_slice(&(icmp_len as u16).to_be_bytes());
+            ip[6] = proto::ICMPV6;
+            ip[7] = 64;
+            ip[8..24].copy_from_slice(&s);
+            ip[24..40].copy_from_slice(&dst);
+            icmp[0] = 3;
+            let pseudo = checksum::pseudo_v6(&s, &dst, proto::ICMPV6, icmp_len as u32);
+            let ck = !checksum::fold(checksum::add(pseudo, icmp));
+            icmp[2..4].copy_from_slice(&ck.to_be_bytes());
+        }
+        _ => return None,
+    }
+    Some(len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,6 +477,141 @@ mod tests {
                 .fill_checksum(ps);
         }
         assert_eq!(ns_target(&d2, &meta(&d2)), Some(T6));
+    }
+
+    /// Frame bytes built by scapy from `expr` (None without scapy, outside CI).
+    fn scapy_frame(expr: &str) -> Option<Vec<u8>> {
+        scapy(&format!("print(bytes({expr}).hex())")).map(|h| hex(&h))
+    }
+
+    /// scapy's reading of an ICMP Time Exceeded: addresses, TTL, ICMP type/code, whether
+    /// both checksums are what scapy computes, and the quoted packet's length and
+    /// source.
+    fn scapy_reads_error(r: &[u8], v6: bool) -> Option<String> {
+        let (ip, icmp, quote) = if v6 {
+            ("IPv6", "ICMPv6TimeExceeded", "IPerror6")
+        } else {
+            ("IP", "ICMP", "IPerror")
+        };
+        let ck = if v6 {
+            "del q[ICMPv6TimeExceeded].cksum"
+        } else {
+            "del q[IP].chksum; del q[ICMP].chksum"
+        };
+        let ck_eq = if v6 {
+            "q[ICMPv6TimeExceeded].cksum == p[ICMPv6TimeExceeded].cksum"
+        } else {
+            "q[IP].chksum == p[IP].chksum and q[ICMP].chksum == p[ICMP].chksum"
+        };
+        let ttl = if v6 { "hlim" } else { "ttl" };
+        scapy(&format!(
+            "p=Ether(bytes.fromhex('{}'))\nq=p.copy(); {ck}; q=Ether(bytes(q))\n\
+             e=p[{icmp}]\n\
+             print(p.dst, p.src, p[Dot1Q].vlan if Dot1Q in p else '-', p[{ip}].src, p[{ip}].dst, \
+             p[{ip}].{ttl}, e.type, e.code, {ck_eq}, len(bytes(p[{quote}])), p[{quote}].src)",
+            to_hex(r)
+        ))
+    }
+
+    #[test]
+    fn time_exceeded_v4_quotes_548_bytes_and_checks_out() {
+        let Some(f) = scapy_frame(
+            "Ether(dst='02:00:00:00:00:01', src='66:77:88:99:aa:bb')/Dot1Q(vlan=7)\
+             /IP(src='198.51.100.7', dst='203.0.113.10', ttl=1)/UDP(sport=1234, dport=53)\
+             /Raw(b'x'*700)",
+        ) else {
+            return;
+        };
+        let m = parse(&f).unwrap();
+        assert_eq!(m.ttl, 1);
+        let mut out = vec![0u8; TIME_EXCEEDED_MAX];
+        let src = "192.0.2.1".parse().unwrap();
+        let n = time_exceeded(&f, &m, OUR, src, &mut out).expect("answered");
+        // Ethernet + tag + IPv4 + ICMP + 548 quoted bytes: 576 bytes of IP.
+        assert_eq!(n, 18 + 576);
+        let r = &out[..n];
+        assert_eq!(
+            scapy_reads_error(r, false).unwrap(),
+            "66:77:88:99:aa:bb 02:00:00:00:00:99 7 192.0.2.1 198.51.100.7 64 11 0 True 548 198.51.100.7"
+        );
+        assert_eq!(&r[18 + 28..], &f[18..18 + 548], "the packet as it arrived");
+        // An IPv6 address of the system cannot answer an IPv4 packet.
+        let v6src = "2001:db8::1".parse().unwrap();
+        assert_eq!(time_exceeded(&f, &m, OUR, v6src, &mut out), None);
+        assert_eq!(time_exceeded(&f, &m, OUR, src, &mut out[..n - 1]), None);
+    }
+
+    #[test]
+    fn time_exceeded_v6_quotes_up_to_the_minimum_mtu() {
+        let Some(f) = scapy_frame(
+            "Ether(dst='02:00:00:00:00:01', src='66:77:88:99:aa:bb')\
+             /IPv6(src='2001:db8:1::7', dst='2001:db8::10', hlim=1)/TCP(sport=40000, dport=80, flags='A')\
+             /Raw(b'y'*1400)",
+        ) else {
+            return;
+        };
+        let m = parse(&f).unwrap();
+        let mut out = vec![0u8; TIME_EXCEEDED_MAX];
+        let src = "2001:db8::1".parse().unwrap();
+        let n = time_exceeded(&f, &m, OUR, src, &mut out).expect("answered");
+        assert_eq!(n, 14 + 1280);
+        assert_eq!(
+            scapy_reads_error(&out[..n], true).unwrap(),
+            "66:77:88:99:aa:bb 02:00:00:00:00:99 - 2001:db8::1 2001:db8:1::7 64 3 0 True 1232 2001:db8:1::7"
+        );
+        // A short packet is quoted whole, without the Ethernet padding after it.
+        let Some(g) = scapy_frame(
+            "Ether(dst='02:00:00:00:00:01', src='66:77:88:99:aa:bb')\
+             /IPv6(src='2001:db8:1::7', dst='2001:db8::10', hlim=0)/UDP(sport=5, dport=6)",
+        ) else {
+            return;
+        };
+        let mut padded = g.clone();
+        padded.extend_from_slice(&[0xee; 10]);
+        let m = parse(&padded).unwrap();
+        let n = time_exceeded(&padded, &m, OUR, src, &mut out).expect("answered");
+        assert_eq!(n, 14 + 48 + (g.len() - 14));
+        assert_eq!(&out[14 + 48..n], &g[14..]);
+    }
+
+    #[test]
+    fn time_exceeded_refusals() {
+        let src4: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let src6: std::net::IpAddr = "2001:db8::1".parse().unwrap();
+        let mut out = vec![0u8; TIME_EXCEEDED_MAX];
+        let e = "Ether(dst='02:00:00:00:00:01', src='66:77:88:99:aa:bb')";
+        let cases = [
+            // An ICMP error is never answered with one.
+            (format!("{e}/IP(src='198.51.100.7', dst='203.0.113.10', ttl=1)/ICMP(type=3, code=1)/IPerror(src='203.0.113.10', dst='198.51.100.7')/UDPerror()"), false),
+            (format!("{e}/IPv6(src='2001:db8:1::7', dst='2001:db8::10', hlim=1)/ICMPv6DestUnreach()/IPerror6()/UDPerror()"), false),
+            // Nor a non-first fragment, a link-layer broadcast, a multicast destination,
+            // a source that is no one host.
+            (format!("{e}/IP(src='198.51.100.7', dst='203.0.113.10', ttl=1, frag=100)/Raw(b'z'*16)"), false),
+            ("Ether(dst='ff:ff:ff:ff:ff:ff', src='66:77:88:99:aa:bb')/IP(src='198.51.100.7', dst='203.0.113.10', ttl=1)/UDP()".to_string(), false),
+            (format!("{e}/IP(src='198.51.100.7', dst='239.1.2.3', ttl=1)/UDP()"), false),
+            (format!("{e}/IP(src='0.0.0.0', dst='203.0.113.10', ttl=1)/UDP()"), false),
+            (format!("{e}/IP(src='127.0.0.1', dst='203.0.113.10', ttl=1)/UDP()"), false),
+            (format!("{e}/IPv6(src='ff02::1', dst='2001:db8::10', hlim=1)/UDP()"), false),
+            (format!("{e}/IPv6(src='2001:db8:1::7', dst='ff02::1', hlim=1)/UDP()"), false),
+            // Inside MPLS: not answered.
+            (format!("{e}/__import__('scapy.contrib.mpls', fromlist=['MPLS']).MPLS(label=100, s=1, ttl=1)/IP(src='198.51.100.7', dst='203.0.113.10', ttl=1)/UDP()"), false),
+            // An echo request and a first fragment are.
+            (format!("{e}/IP(src='198.51.100.7', dst='203.0.113.10', ttl=1)/ICMP(type=8)"), true),
+            (format!("{e}/IP(src='198.51.100.7', dst='203.0.113.10', ttl=1, flags='MF')/UDP()/Raw(b'q'*40)"), true),
+            (format!("{e}/IPv6(src='2001:db8:1::7', dst='2001:db8::10', hlim=1)/ICMPv6EchoRequest()"), true),
+        ];
+        for (expr, answered) in cases {
+            let Some(f) = scapy_frame(&expr) else {
+                return;
+            };
+            let m = parse(&f).unwrap_or_else(|e| panic!("{expr}: {e:?}"));
+            let src = if m.v6 { src6 } else { src4 };
+            assert_eq!(
+                time_exceeded(&f, &m, OUR, src, &mut out).is_some(),
+                answered,
+                "{expr}"
+            );
+        }
     }
 
     proptest::proptest! {

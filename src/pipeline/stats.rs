@@ -22,6 +22,8 @@ pub struct Stats {
     pub flows_moved: u64,
     pub arp_replies: u64,
     pub nd_replies: u64,
+    /// ICMP Time Exceeded sent for packets whose TTL or hop limit ran out (router mode).
+    pub icmp_errors: u64,
     /// Per service: flows created, packets (both directions).
     pub svc_flows: Vec<u64>,
     pub svc_packets: Vec<u64>,
@@ -45,6 +47,7 @@ impl Stats {
             flows_moved: 0,
             arp_replies: 0,
             nd_replies: 0,
+            icmp_errors: 0,
             svc_flows: vec![0; p.services.len()],
             svc_packets: vec![0; p.services.len()],
             svc_server_packets: p
@@ -96,6 +99,7 @@ impl Stats {
         self.flows_moved += o.flows_moved;
         self.arp_replies += o.arp_replies;
         self.nd_replies += o.nd_replies;
+        self.icmp_errors += o.icmp_errors;
         let add = |a: &mut Vec<u64>, b: &Vec<u64>| {
             if a.len() < b.len() {
                 a.resize(b.len(), 0);
@@ -164,6 +168,7 @@ impl Stats {
             "flows_moved": self.flows_moved,
             "arp_replies": self.arp_replies,
             "nd_replies": self.nd_replies,
+            "icmp_errors": self.icmp_errors,
             "services": services,
             "flow_rules": rules,
         })

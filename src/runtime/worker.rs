@@ -379,7 +379,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
     }
     let summary = format!(
         "packets in {}  out {}  dropped {}  ({:.3} s)\nflows created {}  live {}  moved {}  tx refused {}  dispatch dropped {}\n\
-         arp replies {}  nd replies {}\nmempool in use after stop: {in_use} of {}\n",
+         arp replies {}  nd replies {}  icmp errors {}\nmempool in use after stop: {in_use} of {}\n",
         total.packets_in,
         total.packets_out,
         total.dropped(),
@@ -391,6 +391,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
         dispatch_dropped,
         total.arp_replies,
         total.nd_replies,
+        total.icmp_errors,
         pool.size()
     );
     drop(pool);

@@ -1,0 +1,312 @@
+//! `system.mode: router`: every forwarded IP packet leaves with its TTL or hop limit one
+//! lower (IPv4 header checksum still good), and one that arrives with 1 or 0 is answered
+//! with an ICMP Time Exceeded from the system's address instead of being forwarded,
+//! within `system.icmp_rate`; `mode: switch` (the default) leaves TTLs alone.
+//!
+//! Frames are built by scapy, run through `flowgate replay` (the CLI a user runs), and
+//! read back by tshark, the independent oracle for TTLs, checksums, ICMP types and the
+//! quoted packet.
+
+mod common;
+
+use std::path::Path;
+
+fn pipeline(mode: &str) -> String {
+    format!(
+        r#"system:
+  mac: "02:00:00:00:00:01"
+  addresses: [203.0.113.1, "2001:db8::1"]
+  gateway: "02:00:00:00:00:fe"
+  mode: {mode}
+  icmp_rate: 10
+qos: {{ gold: {{ dscp: af41 }} }}
+services:
+  - name: web
+    vip: 203.0.113.10
+    proto: tcp
+    ports: [80]
+    qos: gold
+    servers: [{{ name: s1, mac: "02:00:00:00:01:01" }}]
+  - name: web6
+    vip: "2001:db8::10"
+    proto: tcp
+    ports: [80]
+    servers: [{{ name: s1, mac: "02:00:00:00:01:01" }}]
+default: gateway
+"#
+    )
+}
+
+/// The input: nine frames at t = 1 s (see `expect` below for each), then 30 TCP ACKs with
+/// TTL 1 at t = 10 s and 30 more at t = 11 s (the rate limit).
+const INPUT: &str = r#"
+from scapy.contrib.mpls import MPLS
+conf.verb = 0
+GW, SYS, S1 = "02:00:00:00:00:fe", "02:00:00:00:00:01", "02:00:00:00:01:01"
+C, V, C6, V6 = "198.51.100.7", "203.0.113.10", "2001:db8:1::7", "2001:db8::10"
+def E(): return Ether(src=GW, dst=SYS)
+fs = [
+  E()/IP(src=C, dst=V, ttl=64, id=1)/TCP(sport=40000, dport=80, flags="S"),
+  Ether(src=S1, dst=SYS)/IP(src=V, dst=C, ttl=64, id=2)/TCP(sport=80, dport=40000, flags="SA"),
+  E()/IP(src=C, dst=V, ttl=1, id=3)/TCP(sport=40000, dport=80, flags="A"),
+  E()/IP(src=C, dst=V, ttl=0, id=4)/TCP(sport=40000, dport=80, flags="A"),
+  E()/IP(src=C, dst=V, ttl=1, id=5)/ICMP(type=3, code=3)/IPerror(src=V, dst=C)/UDPerror(sport=53, dport=9),
+  E()/IPv6(src=C6, dst=V6, hlim=64)/TCP(sport=40001, dport=80, flags="S"),
+  E()/IPv6(src=C6, dst=V6, hlim=1)/TCP(sport=40001, dport=80, flags="A"),
+  E()/IP(src=C, dst="192.0.2.99", ttl=2, id=8)/UDP(sport=5000, dport=5001)/Raw(b"ok"),
+  E()/MPLS(label=100, s=1, ttl=9)/IP(src=C, dst="192.0.2.99", ttl=1, id=9)/UDP(sport=5000, dport=5001),
+]
+for p in fs: p.time = 1.0
+for t in (10.0, 11.0):
+  for i in range(30):
+    p = E()/IP(src=C, dst=V, ttl=1, id=100 + i)/TCP(sport=40000, dport=80, flags="A")
+    p.time = t
+    fs.append(p)
+wrpcap(OUT, fs)
+"#;
+
+/// tshark's view of each output frame: eth.dst, ip.ttl, ipv6.hlim, ip.checksum.status,
+/// icmp.type, icmp.checksum.status, icmpv6.type, icmpv6.checksum.status, ip.src,
+/// ipv6.src, ip.dsfield.dscp, ip.id (fields that occur twice, outer then quoted, are
+/// comma-separated).
+fn tshark_rows(out: &Path) -> Vec<Vec<String>> {
+    let mut args = vec!["-o", "ip.check_checksum:TRUE", "-T", "fields"];
+    for f in [
+        "eth.dst",
+        "ip.ttl",
+        "ipv6.hlim",
+        "ip.checksum.status",
+        "icmp.type",
+        "icmp.checksum.status",
+        "icmpv6.type",
+        "icmpv6.checksum.status",
+        "ip.src",
+        "ipv6.src",
+        "ip.dsfield.dscp",
+        "ip.id",
+    ] {
+        args.extend(["-e", f]);
+    }
+    args.extend(["-E", "separator=;"]);
+    common::tshark(out, &args)
+        .into_iter()
+        .map(|l| l.split(';').map(str::to_string).collect())
+        .collect()
+}
+
+/// Replays the input through the pipeline in `mode`; returns tshark's rows of the output
+/// and the stats JSON.
+fn replay(mode: &str) -> (Vec<Vec<String>>, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, inp, out, stats) = (
+        dir.path().join("router.yaml"),
+        dir.path().join("in.pcap"),
+        dir.path().join("out.pcap"),
+        dir.path().join("stats.json"),
+    );
+    std::fs::write(&p, pipeline(mode)).unwrap();
+    common::scapy(&format!(
+        "from scapy.all import *\nOUT = {:?}\n{INPUT}",
+        inp.to_str().unwrap()
+    ));
+    let st = common::flowgate()
+        .args(["replay", "--quiet", "--pipeline"])
+        .arg(&p)
+        .arg("--input")
+        .arg(&inp)
+        .arg("--output")
+        .arg(&out)
+        .arg("--stats-json")
+        .arg(&stats)
+        .status()
+        .unwrap();
+    assert!(st.success(), "replay failed");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    (tshark_rows(&out), j)
+}
+
+const GW: &str = "02:00:00:00:00:fe";
+const S1: &str = "02:00:00:00:01:01";
+
+#[test]
+fn router_mode_lowers_ttls_and_answers_expired_packets() {
+    if !(common::have_scapy() && common::have_tshark()) {
+        assert!(!common::in_ci(), "CI must have scapy and tshark");
+        return;
+    }
+    let (rows, j) = replay("router");
+    let row = |i: usize| rows[i].iter().map(String::as_str).collect::<Vec<_>>();
+    // (eth.dst, ip.ttl, ipv6.hlim, ip ck, icmp type, icmp ck, icmpv6 type, icmpv6 ck,
+    //  ip.src, ipv6.src, dscp, ip.id), one output frame per input frame that was not
+    // dropped; checksum statuses are tshark's (1: good).
+    let expect: Vec<[&str; 12]> = vec![
+        // SYN to the VIP: to s1, TTL 63, header checksum good, the service's DSCP.
+        [
+            S1,
+            "63",
+            "",
+            "1",
+            "",
+            "",
+            "",
+            "",
+            "198.51.100.7",
+            "",
+            "34",
+            "0x0001",
+        ],
+        // The server's SYN-ACK: to the gateway, TTL 63.
+        [
+            GW,
+            "63",
+            "",
+            "1",
+            "",
+            "",
+            "",
+            "",
+            "203.0.113.10",
+            "",
+            "0",
+            "0x0002",
+        ],
+        // ACK with TTL 1, then 0: answered with Time Exceeded from the system's address,
+        // quoting the packet as it came (TTL 1, id 3).
+        [
+            GW,
+            "64,1",
+            "",
+            "1,1",
+            "11",
+            "1",
+            "",
+            "",
+            "203.0.113.1,198.51.100.7",
+            "",
+            "48,0",
+            "0x0000,0x0003",
+        ],
+        [
+            GW,
+            "64,0",
+            "",
+            "1,1",
+            "11",
+            "1",
+            "",
+            "",
+            "203.0.113.1,198.51.100.7",
+            "",
+            "48,0",
+            "0x0000,0x0004",
+        ],
+        // (An ICMP error with TTL 1 is dropped: no error about an error.)
+        // IPv6 SYN: hop limit 63.
+        [
+            S1,
+            "",
+            "63",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "2001:db8:1::7",
+            "",
+            "",
+        ],
+        // IPv6 ACK with hop limit 1: ICMPv6 Time Exceeded (type 3) from 2001:db8::1.
+        [
+            GW,
+            "",
+            "64,1",
+            "",
+            "",
+            "",
+            "3",
+            "1",
+            "",
+            "2001:db8::1,2001:db8:1::7",
+            "",
+            "",
+        ],
+        // Unmatched, to the default gateway: TTL 2 leaves as 1.
+        [
+            GW,
+            "1",
+            "",
+            "1",
+            "",
+            "",
+            "",
+            "",
+            "198.51.100.7",
+            "",
+            "0",
+            "0x0008",
+        ],
+        // Inside MPLS: forwarded as it is (the label's TTL is the LSR's business).
+        [
+            GW,
+            "1",
+            "",
+            "1",
+            "",
+            "",
+            "",
+            "",
+            "198.51.100.7",
+            "",
+            "0",
+            "0x0009",
+        ],
+    ];
+    for (i, e) in expect.iter().enumerate() {
+        assert_eq!(row(i), e.to_vec(), "output frame {}", i + 1);
+    }
+    // The rate limit, 10 a second: 10 of each 30 expired ACKs at t = 10 s and 11 s are
+    // answered.
+    assert_eq!(rows.len(), expect.len() + 20, "{rows:?}");
+    for i in expect.len()..rows.len() {
+        assert_eq!(row(i)[4], "11", "output frame {}", i + 1);
+        assert_eq!(row(i)[5], "1", "output frame {}", i + 1);
+    }
+    assert_eq!(j["icmp_errors"], 2 + 1 + 20);
+    assert_eq!(j["drops"]["ttl_exceeded"], 1 + 20 + 20);
+    assert_eq!(
+        j["packets_in"].as_u64().unwrap(),
+        j["packets_out"].as_u64().unwrap() + 41
+    );
+}
+
+#[test]
+fn switch_mode_keeps_ttls() {
+    if !(common::have_scapy() && common::have_tshark()) {
+        assert!(!common::in_ci(), "CI must have scapy and tshark");
+        return;
+    }
+    let (rows, j) = replay("switch");
+    assert_eq!(j["icmp_errors"], 0);
+    assert_eq!(
+        j["drops"].get("ttl_exceeded"),
+        None,
+        "only reasons that occurred"
+    );
+    // SYN, SYN-ACK, the two expired ACKs: forwarded with their TTLs as they came.
+    let ttls: Vec<&str> = rows[..4].iter().map(|r| r[1].as_str()).collect();
+    assert_eq!(ttls, ["64", "64", "1", "0"]);
+    let dst: Vec<&str> = rows[..4].iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(dst, [S1, GW, S1, S1]);
+    // Every one of the 60 expired ACKs of the rate-limit phase goes to the server.
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r[0] == S1
+                && r[1] == "1"
+                && u32::from_str_radix(r[11].trim_start_matches("0x"), 16)
+                    .is_ok_and(|id| id >= 100))
+            .count(),
+        60
+    );
+}
