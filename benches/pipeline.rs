@@ -59,30 +59,32 @@ fn flows() -> usize {
 }
 const BURST: usize = 32;
 
-const PIPELINE: &str = r#"
-system: { mac: "02:00:00:00:00:01", addresses: [203.0.113.1], gateway: "02:00:00:00:00:fe" }
-qos: { gold: { dscp: af41 } }
+/// One IPv4 and one IPv6 service over the same three servers, with the same QoS.
+fn pipeline() -> Pipeline {
+    let servers = r#"
+    qos: gold
+    servers:
+      - { name: web1, mac: "02:00:00:00:01:01", weight: 100 }
+      - { name: web2, mac: "02:00:00:00:01:02", weight: 100 }
+      - { name: web3, mac: "02:00:00:00:01:03", weight: 200 }"#;
+    let yaml = format!(
+        r#"
+system: {{ mac: "02:00:00:00:00:01", addresses: [203.0.113.1], gateway: "02:00:00:00:00:fe" }}
+qos: {{ gold: {{ dscp: af41 }} }}
 services:
   - name: http
     vip: 203.0.113.10
     proto: tcp
-    ports: [80]
-    qos: gold
-    servers:
-      - { name: web1, mac: "02:00:00:00:01:01", weight: 100 }
-      - { name: web2, mac: "02:00:00:00:01:02", weight: 100 }
-      - { name: web3, mac: "02:00:00:00:01:03", weight: 200 }
+    ports: [80]{servers}
   - name: http6
     vip: "2001:db8::10"
     proto: tcp
-    ports: [80]
-    qos: gold
-    servers:
-      - { name: web1, mac: "02:00:00:00:01:01", weight: 100 }
-      - { name: web2, mac: "02:00:00:00:01:02", weight: 100 }
-      - { name: web3, mac: "02:00:00:00:01:03", weight: 200 }
-flow_table: { capacity: 2000000 }
-"#;
+    ports: [80]{servers}
+flow_table: {{ capacity: 2000000 }}
+"#
+    );
+    Pipeline::from_str(&yaml, Path::new("bench.yaml")).expect("pipeline")
+}
 
 /// An Ethernet/IPv4/TCP frame (64 bytes) from a client to the IPv4 VIP, or with `v6` an
 /// Ethernet/IPv6/TCP frame (74 bytes) to the IPv6 VIP.
@@ -134,10 +136,9 @@ fn set_client(f: &mut [u8], i: u32, v6: bool) {
 }
 
 /// A worker with `flows` established connections (SYN, then ACK) of the IPv4 or (`v6`)
-/// the IPv6 service, and the ACK frame their packets start from.
-fn open(flows: usize, v6: bool) -> (Worker, Vec<u8>) {
-    let p = Pipeline::from_str(PIPELINE, Path::new("bench.yaml")).expect("pipeline");
-    let mut w = Worker::new(Arc::new(Tables::build(p, 1)));
+/// the IPv6 service, and a burst of buffers holding their ACK frame.
+fn open(flows: usize, v6: bool) -> (Worker, Vec<FrameBuf>) {
+    let mut w = Worker::new(Arc::new(Tables::build(pipeline(), 1)));
     let syn = frame(0x02, v6);
     let ack = frame(0x10, v6);
     let mut buf = FrameBuf::new(2048);
@@ -149,22 +150,22 @@ fn open(flows: usize, v6: bool) -> (Worker, Vec<u8>) {
         }
     }
     assert_eq!(w.flow_count(), flows);
-    (w, ack)
-}
-
-fn bench(c: &mut Criterion<ThreadCpu>) {
-    let flows = flows();
-    let (mut w, ack) = open(flows, false);
-    // A random visiting order (xorshift), so consecutive packets hit unrelated flows.
-    let mut order: Vec<u32> = (0..flows as u32).collect();
-    flowgate::r#gen::ack::shuffle(&mut order, 0x2545_f491_4f6c_dd1d);
-    let mut bufs: Vec<FrameBuf> = (0..BURST)
+    let bufs = (0..BURST)
         .map(|_| {
             let mut b = FrameBuf::new(2048);
             b.load(&ack);
             b
         })
         .collect();
+    (w, bufs)
+}
+
+fn bench(c: &mut Criterion<ThreadCpu>) {
+    let flows = flows();
+    let (mut w, mut bufs) = open(flows, false);
+    // A random visiting order (xorshift), so consecutive packets hit unrelated flows.
+    let mut order: Vec<u32> = (0..flows as u32).collect();
+    flowgate::r#gen::ack::shuffle(&mut order, 0x2545_f491_4f6c_dd1d);
     let mut g = c.benchmark_group("pipeline");
     g.throughput(Throughput::Elements(BURST as u64));
     let mut pos = 0usize;
@@ -172,37 +173,29 @@ fn bench(c: &mut Criterion<ThreadCpu>) {
     // The clock advances 100 ns per packet (a 10 Mpps pace), and expiry runs once per
     // burst as in the data path.
     let mut now = 1_000_000_000u64;
+    // Readies a burst: the next 32 flows of `order` in its frames, the clock on, expiry.
+    let burst = |w: &mut Worker, bufs: &mut [FrameBuf], pos: &mut usize, now: &mut u64, v6| {
+        for fb in bufs.iter_mut() {
+            set_client(fb.data_mut(), order[*pos], v6);
+            *pos = (*pos + 1) % flows;
+        }
+        *now += 100 * BURST as u64;
+        w.expire(*now, 64);
+    };
     g.bench_function("flow_hit_rewrite_1M_flows_burst32", |b| {
         b.iter(|| {
-            for fb in bufs.iter_mut() {
-                set_client(fb.data_mut(), order[pos], false);
-                pos = (pos + 1) % flows;
-            }
-            now += 100 * BURST as u64;
-            w.expire(now, 64);
+            burst(&mut w, &mut bufs, &mut pos, &mut now, false);
             w.process_burst(&mut bufs, 0, now, &mut outs);
             black_box(&outs);
         })
     });
     // The same with IPv6: the same QoS, the same servers, its own worker and flows.
     {
-        let (mut w6, ack6) = open(flows, true);
-        let mut bufs6: Vec<FrameBuf> = (0..BURST)
-            .map(|_| {
-                let mut b = FrameBuf::new(2048);
-                b.load(&ack6);
-                b
-            })
-            .collect();
+        let (mut w6, mut bufs6) = open(flows, true);
         let mut pos = 0usize;
         g.bench_function("flow_hit_rewrite_1M_flows_burst32_ipv6", |b| {
             b.iter(|| {
-                for fb in bufs6.iter_mut() {
-                    set_client(fb.data_mut(), order[pos], true);
-                    pos = (pos + 1) % flows;
-                }
-                now += 100 * BURST as u64;
-                w6.expire(now, 64);
+                burst(&mut w6, &mut bufs6, &mut pos, &mut now, true);
                 w6.process_burst(&mut bufs6, 0, now, &mut outs);
                 black_box(&outs);
             })

@@ -1082,10 +1082,7 @@ fn run_af_packet_moves_an_open_flow_to_an_advertised_target() {
         d,
         "  - {name: echo, vip: 203.0.113.10, proto: udp, ports: [7]}\n",
     );
-    let echo = "  - name: echo\n    vip: 203.0.113.10\n    proto: udp\n    ports: [7]\n    servers:\n      \
-                - { name: s1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, weight: 100, port: inside }\n      \
-                - { name: s2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, weight: 100, port: inside }\n";
-    let stats = start_flowgate(&mut t, d, echo, &control_conf(&sup_ip));
+    let stats = start_flowgate(&mut t, d, ECHO, &control_conf(&sup_ip));
     // One UDP flow (client port 40000): answered (once the agents are heard) by the
     // server Maglev placed it on, every time.
     let t0 = Instant::now();
@@ -1161,6 +1158,12 @@ fn run_af_packet_moves_an_open_flow_to_an_advertised_target() {
     );
     assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
 }
+
+/// The pipeline's UDP echo service (port 7 on the VIP, both servers), for `udp_echo` and
+/// `udp_ttl_echo`.
+const ECHO: &str = "  - name: echo\n    vip: 203.0.113.10\n    proto: udp\n    ports: [7]\n    servers:\n      \
+                    - { name: s1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, weight: 100, port: inside }\n      \
+                    - { name: s2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, weight: 100, port: inside }\n";
 
 /// A UDP echo on the VIP's port 7 in each server namespace that answers with the TTL
 /// the datagram arrived with (`ttl=N`, from the kernel's `IP_RECVTTL`).
@@ -1240,10 +1243,7 @@ fn run_af_packet_routes_and_answers_expired_ttls() {
     };
     udp_ttl_echo(&mut t);
     let dir = tempfile::tempdir().expect("tempdir");
-    let echo = "  - name: echo\n    vip: 203.0.113.10\n    proto: udp\n    ports: [7]\n    servers:\n      \
-                - { name: s1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, weight: 100, port: inside }\n      \
-                - { name: s2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, weight: 100, port: inside }\n";
-    let stats = start_flowgate_with(&mut t, dir.path(), echo, "", "[1]", "", "  mode: router\n");
+    let stats = start_flowgate_with(&mut t, dir.path(), ECHO, "", "[1]", "", "  mode: router\n");
     // Sent with TTL 5, the datagram reaches the server with 4; the server's answer (TTL
     // 64) reaches the client with 63.
     let t0 = Instant::now();

@@ -136,142 +136,43 @@ fn router_mode_lowers_ttls_and_answers_expired_packets() {
         return;
     }
     let (rows, j) = replay("router");
-    let row = |i: usize| rows[i].iter().map(String::as_str).collect::<Vec<_>>();
-    // (eth.dst, ip.ttl, ipv6.hlim, ip ck, icmp type, icmp ck, icmpv6 type, icmpv6 ck,
-    //  ip.src, ipv6.src, dscp, ip.id), one output frame per input frame that was not
-    // dropped; checksum statuses are tshark's (1: good).
-    let expect: Vec<[&str; 12]> = vec![
+    let row = |i: usize| rows[i].join(";");
+    // eth.dst; ip.ttl; ipv6.hlim; ip ck; icmp type; icmp ck; icmpv6 type; icmpv6 ck;
+    // ip.src; ipv6.src; dscp; ip.id (see `tshark_rows`): one output frame per input
+    // frame that was not dropped; checksum statuses are tshark's (1: good).
+    let expect = [
         // SYN to the VIP: to s1, TTL 63, header checksum good, the service's DSCP.
-        [
-            S1,
-            "63",
-            "",
-            "1",
-            "",
-            "",
-            "",
-            "",
-            "198.51.100.7",
-            "",
-            "34",
-            "0x0001",
-        ],
+        format!("{S1};63;;1;;;;;198.51.100.7;;34;0x0001"),
         // The server's SYN-ACK: to the gateway, TTL 63.
-        [
-            GW,
-            "63",
-            "",
-            "1",
-            "",
-            "",
-            "",
-            "",
-            "203.0.113.10",
-            "",
-            "0",
-            "0x0002",
-        ],
-        // ACK with TTL 1, then 0: answered with Time Exceeded from the system's address,
-        // quoting the packet as it came (TTL 1, id 3).
-        [
-            GW,
-            "64,1",
-            "",
-            "1,1",
-            "11",
-            "1",
-            "",
-            "",
-            "203.0.113.1,198.51.100.7",
-            "",
-            "48,0",
-            "0x0000,0x0003",
-        ],
-        [
-            GW,
-            "64,0",
-            "",
-            "1,1",
-            "11",
-            "1",
-            "",
-            "",
-            "203.0.113.1,198.51.100.7",
-            "",
-            "48,0",
-            "0x0000,0x0004",
-        ],
+        format!("{GW};63;;1;;;;;203.0.113.10;;0;0x0002"),
+        // ACK with TTL 1, then 0: answered with Time Exceeded (type 11, checksum good)
+        // from the system's address, quoting the packet as it came (TTL 1, id 3; its
+        // header checksum good too).
+        format!("{GW};64,1;;1,1;11;1;;;203.0.113.1,198.51.100.7;;48,0;0x0000,0x0003"),
+        format!("{GW};64,0;;1,1;11;1;;;203.0.113.1,198.51.100.7;;48,0;0x0000,0x0004"),
         // (An ICMP error with TTL 1 is dropped: no error about an error.)
         // IPv6 SYN: hop limit 63.
-        [
-            S1,
-            "",
-            "63",
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
-            "2001:db8:1::7",
-            "",
-            "",
-        ],
+        format!("{S1};;63;;;;;;;2001:db8:1::7;;"),
         // IPv6 ACK with hop limit 1: ICMPv6 Time Exceeded (type 3) from 2001:db8::1.
-        [
-            GW,
-            "",
-            "64,1",
-            "",
-            "",
-            "",
-            "3",
-            "1",
-            "",
-            "2001:db8::1,2001:db8:1::7",
-            "",
-            "",
-        ],
+        format!("{GW};;64,1;;;;3;1;;2001:db8::1,2001:db8:1::7;;"),
         // Unmatched, to the default gateway: TTL 2 leaves as 1.
-        [
-            GW,
-            "1",
-            "",
-            "1",
-            "",
-            "",
-            "",
-            "",
-            "198.51.100.7",
-            "",
-            "0",
-            "0x0008",
-        ],
+        format!("{GW};1;;1;;;;;198.51.100.7;;0;0x0008"),
         // Inside MPLS: forwarded as it is (the label's TTL is the LSR's business).
-        [
-            GW,
-            "1",
-            "",
-            "1",
-            "",
-            "",
-            "",
-            "",
-            "198.51.100.7",
-            "",
-            "0",
-            "0x0009",
-        ],
+        format!("{GW};1;;1;;;;;198.51.100.7;;0;0x0009"),
     ];
     for (i, e) in expect.iter().enumerate() {
-        assert_eq!(row(i), e.to_vec(), "output frame {}", i + 1);
+        assert_eq!(&row(i), e, "output frame {}", i + 1);
     }
     // The rate limit, 10 a second: 10 of each 30 expired ACKs at t = 10 s and 11 s are
     // answered.
     assert_eq!(rows.len(), expect.len() + 20, "{rows:?}");
-    for i in expect.len()..rows.len() {
-        assert_eq!(row(i)[4], "11", "output frame {}", i + 1);
-        assert_eq!(row(i)[5], "1", "output frame {}", i + 1);
+    for (i, r) in rows.iter().enumerate().skip(expect.len()) {
+        assert_eq!(
+            (r[4].as_str(), r[5].as_str()),
+            ("11", "1"),
+            "output frame {}",
+            i + 1
+        );
     }
     assert_eq!(j["icmp_errors"], 2 + 1 + 20);
     assert_eq!(j["drops"]["ttl_exceeded"], 1 + 20 + 20);

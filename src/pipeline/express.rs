@@ -14,16 +14,19 @@
 //! - [`Express`] is compiled with the tables: per (service, server) the route a forward
 //!   packet takes, per service the route a response takes, and each direction's QoS
 //!   reduced to "maybe push one tag, maybe rewrite the DSCP" (the actions an untagged
-//!   IP frame can take without any check that could fail). A service whose QoS needs
+//!   IP frame can take without any check that could fail), plus in router mode
+//!   (`system.mode: router`) "lower the TTL or hop limit". A service whose QoS needs
 //!   anything else (MPLS, popping or rewriting a tag that is not there) has no express
 //!   route, and its packets take the general path.
 //! - The flow must be owned by a service and target one of its servers that is not
 //!   down, and must not be a closed TCP connection being reopened by a SYN; everything
 //!   else (misses, rule flows, down servers, ARP/ND, ICMP, fragments, VLAN or MPLS
-//!   frames, IPv6 extension headers) takes the general path, decided before anything is
-//!   changed. A frame [`parse`] took whose flow then turns out not to be express (a new
-//!   connection's SYN is the common one) is parsed a second time, by the general parser,
-//!   for the `Meta` the general path reads; its flow key and hash are kept.
+//!   frames, IPv6 extension headers, and in router mode a TTL or hop limit of 1 or 0,
+//!   which is answered with an ICMP error) takes the general path, decided before
+//!   anything is changed. A frame [`parse`] took whose flow then turns out not to be
+//!   express (a new connection's SYN is the common one) is parsed a second time, by the
+//!   general parser, for the `Meta` the general path reads; its flow key and hash are
+//!   kept.
 //!
 //! The outcome, the flow's state, the frame's bytes and the counters are exactly what
 //! the general path gives: `tests/burst.rs` runs `process_burst` against
