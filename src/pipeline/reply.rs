@@ -615,6 +615,81 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Any IP frame with its TTL (hop limit) run out, damaged or not: `time_exceeded`
+        /// never panics, never writes past what it returns, and what it writes parses as
+        /// an ICMP error from the system to the packet's source whose quote keys the same
+        /// flow as the packet (for TCP and UDP, whose ports the quote holds), so it
+        /// follows that flow back.
+        #[test]
+        fn time_exceeded_parses_and_quotes_the_flow(
+            v6 in proptest::prelude::any::<bool>(),
+            tagged in proptest::prelude::any::<bool>(),
+            proto in proptest::sample::select(vec![6u8, 17, 1, 58, 50, 47]),
+            payload in 0usize..1500,
+            flips in proptest::collection::vec((0usize..80, 0u8..=255), 0..3),
+            out_len in 0usize..1400,
+        ) {
+            let mut f = vec![0u8; 12];
+            f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+            f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0xfe]);
+            if tagged {
+                f.extend_from_slice(&[0x81, 0x00, 0x00, 0x07]);
+            }
+            let l4 = vec![0x40u8; 20 + payload];
+            let l3 = f.len() + 2;
+            if v6 {
+                f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+                f.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+                f.extend_from_slice(&[proto, 1]);
+                f.extend_from_slice(&[0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]);
+                f.extend_from_slice(&[0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10]);
+            } else {
+                f.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
+                f.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+                f.extend_from_slice(&[0, 1, 0, 0, 1, proto, 0, 0, 198, 51, 100, 7, 203, 0, 113, 10]);
+                let ck = crate::wire::checksum::checksum(&f[l3..l3 + 20]);
+                f[l3 + 10..l3 + 12].copy_from_slice(&ck.to_be_bytes());
+            }
+            f.extend_from_slice(&l4);
+            // A TCP header's data offset, a UDP header's length: valid unless flipped.
+            let o = l3 + if v6 { 40 } else { 20 };
+            f[o + 12] = 5 << 4;
+            if proto == 17 {
+                f[o + 4..o + 6].copy_from_slice(&((20 + payload) as u16).to_be_bytes());
+            }
+            if proto == 1 || proto == 58 {
+                f[o] = if proto == 1 { 8 } else { 128 }; // echo request
+            }
+            for (at, x) in flips {
+                if let Some(b) = f.get_mut(at) {
+                    *b ^= x;
+                }
+            }
+            let Ok(m) = parse(&f) else { return Ok(()) };
+            let src: std::net::IpAddr = if m.v6 {
+                "2001:db8::1".parse().unwrap()
+            } else {
+                "192.0.2.1".parse().unwrap()
+            };
+            let mut out = vec![0xa5u8; out_len + 8];
+            let Some(n) = time_exceeded(&f, &m, OUR, src, &mut out[..out_len]) else {
+                return Ok(());
+            };
+            proptest::prop_assert!(n <= out_len);
+            proptest::prop_assert_eq!(&out[out_len..], &[0xa5u8; 8][..]);
+            let e = parse(&out[..n]).expect("the error parses");
+            let from = match src {
+                std::net::IpAddr::V4(a) => crate::pipeline::parse::v4_mapped(a.octets()),
+                std::net::IpAddr::V6(a) => a.octets(),
+            };
+            proptest::prop_assert_eq!(e.tuple.src, from);
+            proptest::prop_assert_eq!(e.tuple.dst, m.tuple.src);
+            proptest::prop_assert_eq!((e.n_vlans, e.v6), (m.n_vlans, m.v6));
+            if matches!(m.tuple.proto, 6 | 17) {
+                proptest::prop_assert_eq!(e.quoted, Some(m.tuple), "quotes the flow");
+            }
+        }
+
         #[test]
         fn never_panics_and_replies_parse(
             which in 0usize..5,
