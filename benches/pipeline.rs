@@ -6,7 +6,8 @@
 //! packet its source address and port are set to one of 1M established flows, visited
 //! in a random order, so flow lookups miss the caches as they would under real load.
 //! `flow_hit_rewrite_1M_flows_burst32_ipv6` is the burst case over IPv6 (an IPv6 VIP with
-//! the same QoS and servers, 1M flows of its own in a second worker).
+//! the same QoS and servers, 1M flows of its own in a second worker), `..._vlan` over
+//! IPv4 frames with one 802.1Q tag (a third worker).
 //! `FLOWGATE_BENCH_FLOWS=1000 cargo bench --bench pipeline` runs the same path with every
 //! flow in cache: the difference is what the flow table's memory accesses cost.
 //!
@@ -86,9 +87,17 @@ flow_table: {{ capacity: 2000000 }}
     Pipeline::from_str(&yaml, Path::new("bench.yaml")).expect("pipeline")
 }
 
+/// The frames of a case: IPv4 or IPv6, untagged or with one 802.1Q tag.
+#[derive(Clone, Copy)]
+struct Shape {
+    v6: bool,
+    vlan: bool,
+}
+
 /// An Ethernet/IPv4/TCP frame (64 bytes) from a client to the IPv4 VIP, or with `v6` an
-/// Ethernet/IPv6/TCP frame (74 bytes) to the IPv6 VIP.
-fn frame(flags: u8, v6: bool) -> Vec<u8> {
+/// Ethernet/IPv6/TCP frame (74 bytes) to the IPv6 VIP; with `vlan` a tag (VID 7) after the
+/// MAC addresses.
+fn frame(flags: u8, Shape { v6, vlan }: Shape) -> Vec<u8> {
     let (l3, et) = if v6 { (40, 0x86dd_u16) } else { (20, 0x0800) };
     let mut f = vec![0u8; (14 + l3 + 20).max(64)];
     f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
@@ -119,33 +128,41 @@ fn frame(flags: u8, v6: bool) -> Vec<u8> {
     tcp[2..4].copy_from_slice(&80u16.to_be_bytes());
     tcp[12] = 5 << 4;
     tcp[13] = flags;
+    if vlan {
+        f.splice(12..12, [0x81, 0x00, 0x00, 0x07]);
+    }
     f
 }
 
 /// Client address and port of flow `i` written into a frame: 198.18.0.0/15, or in an
-/// IPv6 frame (`v6`) 2001:db8:c612::/96.
+/// IPv6 frame 2001:db8:c612::/96.
 #[inline]
-fn set_client(f: &mut [u8], i: u32, v6: bool) {
+fn set_client(f: &mut [u8], i: u32, Shape { v6, vlan }: Shape) {
     let a = 0xc612_0000u32.wrapping_add(i >> 4);
-    let (addr, port) = if v6 { (34, 54) } else { (26, 34) };
+    let t = if vlan { 4 } else { 0 };
+    let (addr, port) = if v6 {
+        (t + 34, t + 54)
+    } else {
+        (t + 26, t + 34)
+    };
     f[addr..addr + 4].copy_from_slice(&a.to_be_bytes());
     if v6 {
-        f[22..26].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        f[t + 22..t + 26].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
     }
     f[port..port + 2].copy_from_slice(&(1024 + (i & 0xf) as u16 * 1000).to_be_bytes());
 }
 
-/// A worker with `flows` established connections (SYN, then ACK) of the IPv4 or (`v6`)
-/// the IPv6 service, and a burst of buffers holding their ACK frame.
-fn open(flows: usize, v6: bool) -> (Worker, Vec<FrameBuf>) {
+/// A worker with `flows` established connections (SYN, then ACK) of the IPv4 or the IPv6
+/// service in frames of that shape, and a burst of buffers holding their ACK frame.
+fn open(flows: usize, shape: Shape) -> (Worker, Vec<FrameBuf>) {
     let mut w = Worker::new(Arc::new(Tables::build(pipeline(), 1)));
-    let syn = frame(0x02, v6);
-    let ack = frame(0x10, v6);
+    let syn = frame(0x02, shape);
+    let ack = frame(0x10, shape);
     let mut buf = FrameBuf::new(2048);
     for (tmpl, t) in [(&syn, 1u64), (&ack, 2)] {
         for i in 0..flows as u32 {
             buf.load(tmpl);
-            set_client(buf.data_mut(), i, v6);
+            set_client(buf.data_mut(), i, shape);
             w.process(&mut buf, 0, t);
         }
     }
@@ -160,9 +177,14 @@ fn open(flows: usize, v6: bool) -> (Worker, Vec<FrameBuf>) {
     (w, bufs)
 }
 
+const V4: Shape = Shape {
+    v6: false,
+    vlan: false,
+};
+
 fn bench(c: &mut Criterion<ThreadCpu>) {
     let flows = flows();
-    let (mut w, mut bufs) = open(flows, false);
+    let (mut w, mut bufs) = open(flows, V4);
     // A random visiting order (xorshift), so consecutive packets hit unrelated flows.
     let mut order: Vec<u32> = (0..flows as u32).collect();
     flowgate::r#gen::ack::shuffle(&mut order, 0x2545_f491_4f6c_dd1d);
@@ -174,9 +196,9 @@ fn bench(c: &mut Criterion<ThreadCpu>) {
     // burst as in the data path.
     let mut now = 1_000_000_000u64;
     // Readies a burst: the next 32 flows of `order` in its frames, the clock on, expiry.
-    let burst = |w: &mut Worker, bufs: &mut [FrameBuf], pos: &mut usize, now: &mut u64, v6| {
+    let burst = |w: &mut Worker, bufs: &mut [FrameBuf], pos: &mut usize, now: &mut u64, sh| {
         for fb in bufs.iter_mut() {
-            set_client(fb.data_mut(), order[*pos], v6);
+            set_client(fb.data_mut(), order[*pos], sh);
             *pos = (*pos + 1) % flows;
         }
         *now += 100 * BURST as u64;
@@ -184,31 +206,47 @@ fn bench(c: &mut Criterion<ThreadCpu>) {
     };
     g.bench_function("flow_hit_rewrite_1M_flows_burst32", |b| {
         b.iter(|| {
-            burst(&mut w, &mut bufs, &mut pos, &mut now, false);
+            burst(&mut w, &mut bufs, &mut pos, &mut now, V4);
             w.process_burst(&mut bufs, 0, now, &mut outs);
             black_box(&outs);
         })
     });
-    // The same with IPv6: the same QoS, the same servers, its own worker and flows.
-    {
-        let (mut w6, mut bufs6) = open(flows, true);
+    // The same with IPv6 (the same QoS, the same servers), and with IPv4 frames that carry
+    // an 802.1Q tag: each its own worker and flows.
+    for (name, shape) in [
+        (
+            "ipv6",
+            Shape {
+                v6: true,
+                vlan: false,
+            },
+        ),
+        (
+            "vlan",
+            Shape {
+                v6: false,
+                vlan: true,
+            },
+        ),
+    ] {
+        let (mut w, mut bufs) = open(flows, shape);
         let mut pos = 0usize;
-        g.bench_function("flow_hit_rewrite_1M_flows_burst32_ipv6", |b| {
+        g.bench_function(format!("flow_hit_rewrite_1M_flows_burst32_{name}"), |b| {
             b.iter(|| {
-                burst(&mut w6, &mut bufs6, &mut pos, &mut now, true);
-                w6.process_burst(&mut bufs6, 0, now, &mut outs);
+                burst(&mut w, &mut bufs, &mut pos, &mut now, shape);
+                w.process_burst(&mut bufs, 0, now, &mut outs);
                 black_box(&outs);
             })
         });
-        assert_eq!(w6.stats.dropped(), 0, "IPv6 bench traffic was dropped");
-        assert_eq!(w6.stats.packets_out, w6.stats.packets_in);
+        assert_eq!(w.stats.dropped(), 0, "{name} bench traffic was dropped");
+        assert_eq!(w.stats.packets_out, w.stats.packets_in);
     }
     g.bench_function("flow_hit_rewrite_1M_flows_one_by_one", |b| {
         b.iter(|| {
             now += 100 * BURST as u64;
             w.expire(now, 64);
             for fb in bufs.iter_mut() {
-                set_client(fb.data_mut(), order[pos], false);
+                set_client(fb.data_mut(), order[pos], V4);
                 pos = (pos + 1) % flows;
                 black_box(w.process(fb, 0, now));
             }
@@ -232,7 +270,7 @@ fn bench(c: &mut Criterion<ThreadCpu>) {
             || (),
             |_| {
                 for fb in bufs.iter_mut() {
-                    set_client(fb.data_mut(), i, false);
+                    set_client(fb.data_mut(), i, V4);
                     i = i.wrapping_add(1);
                     black_box(w.process(fb, 0, now));
                 }

@@ -1,14 +1,15 @@
 //! The express path: the packet of a known load-balanced flow, in the common shape,
 //! handled without the general machinery.
 //!
-//! Layer: `pipeline`. Nearly every packet a load balancer sees is an untagged IPv4 or
-//! IPv6 TCP or UDP packet of a flow a service already placed on a server. For that case
-//! [`Worker::process_burst`](super::Worker::process_burst) skips the general parser
-//! ([`Meta`](super::meta::Meta)), the decision tree and the generic rewrite engine:
+//! Layer: `pipeline`. Nearly every packet a load balancer sees is an IPv4 or IPv6 TCP or
+//! UDP packet, untagged or with one VLAN tag, of a flow a service already placed on a
+//! server. For that case [`Worker::process_burst`](super::Worker::process_burst) skips
+//! the general parser ([`Meta`](super::meta::Meta)), the decision tree and the generic
+//! rewrite engine:
 //!
-//! - [`parse`] accepts only an untagged Ethernet frame carrying an IPv4 header without
-//!   options, not fragmented, or an IPv6 header without extension headers (so not
-//!   fragmented either), with a TCP or UDP header; for every frame it accepts,
+//! - [`parse`] accepts only an Ethernet frame with no VLAN tag or one, carrying an IPv4
+//!   header without options, not fragmented, or an IPv6 header without extension headers
+//!   (so not fragmented either), with a TCP or UDP header; for every frame it accepts,
 //!   [`parse_into`](super::parse::parse_into) would succeed and find the same tuple and
 //!   TCP flags (a property test checks this on random and damaged frames).
 //! - [`Express`] is compiled with the tables: per (service, server) the route a forward
@@ -17,11 +18,12 @@
 //!   IP frame can take without any check that could fail), plus in router mode
 //!   (`system.mode: router`) "lower the TTL or hop limit". A service whose QoS needs
 //!   anything else (MPLS, popping or rewriting a tag that is not there) has no express
-//!   route, and its packets take the general path.
+//!   route, and its packets take the general path. A tagged frame keeps its tag: it is
+//!   express only on a route that pushes no tag and sets no priority.
 //! - The flow must be owned by a service and target one of its servers that is not
 //!   down, and must not be a closed TCP connection being reopened by a SYN; everything
-//!   else (misses, rule flows, down servers, ARP/ND, ICMP, fragments, VLAN or MPLS
-//!   frames, IPv6 extension headers, and in router mode a TTL or hop limit of 1 or 0,
+//!   else (misses, rule flows, down servers, ARP/ND, ICMP, fragments, two VLAN tags,
+//!   MPLS, IPv6 extension headers, and in router mode a TTL or hop limit of 1 or 0,
 //!   which is answered with an ICMP error) takes the general path, decided before
 //!   anything is changed. A frame [`parse`] took whose flow then turns out not to be
 //!   express (a new connection's SYN is the common one) is parsed a second time, by the
@@ -47,67 +49,90 @@ pub struct Fast {
     pub v6: bool,
     /// Its TTL or hop limit.
     pub ttl: u8,
+    /// It carries one VLAN tag (the IP header starts at byte 18, not 14).
+    pub tagged: bool,
 }
 
-/// Parses an untagged IPv4 (no options, not fragmented) or IPv6 (no extension headers)
-/// TCP or UDP frame; `None` for anything else, including anything the general parser
-/// would reject.
+/// Parses an IPv4 (no options, not fragmented) or IPv6 (no extension headers) TCP or UDP
+/// frame, untagged or with one VLAN tag; `None` for anything else, including anything the
+/// general parser would reject.
 #[inline]
 pub fn parse(d: &[u8]) -> Option<Fast> {
     // The general parser refuses frames longer than a u16 (TooBig).
     if d.len() > usize::from(u16::MAX) {
         return None;
     }
-    let h: &[u8; 34] = d.get(..34)?.try_into().ok()?;
-    // EtherType IPv4, version 4 with a 20-byte header.
-    if h[12] == 0x08 && h[13] == 0x00 && h[14] == 0x45 {
-        let tl = usize::from(u16::from_be_bytes([h[16], h[17]]));
-        // Not a fragment: MF clear and offset 0 (DF may be set).
-        if h[20] & 0x3f != 0 || h[21] != 0 || 14 + tl > d.len() {
-            return None;
+    match d.get(12..14)? {
+        [0x08, 0x00] => ipv4::<14>(d),
+        [0x86, 0xdd] => ipv6::<14>(d),
+        &[t0, t1]
+            if crate::wire::ethernet::ethertype::is_vlan_tpid(u16::from_be_bytes([t0, t1])) =>
+        {
+            match d.get(16..18)? {
+                [0x08, 0x00] => ipv4::<18>(d),
+                [0x86, 0xdd] => ipv6::<18>(d),
+                _ => None,
+            }
         }
-        // The L4 header as the general parser sees it: bounded by the total length.
-        let (proto, l4) = (h[23], d.get(34..14 + tl)?);
-        let (src_port, dst_port, tcp_flags) = ports(proto, l4)?;
-        let addr = |o: usize| super::parse::v4_mapped([h[o], h[o + 1], h[o + 2], h[o + 3]]);
-        return Some(Fast {
-            tuple: Tuple {
-                src: addr(26),
-                dst: addr(30),
-                src_port,
-                dst_port,
-                proto,
-            },
-            tcp_flags,
-            v6: false,
-            ttl: h[22],
-        });
+        _ => None,
     }
-    // EtherType IPv6, version 6.
-    if h[12] != 0x86 || h[13] != 0xdd || h[14] >> 4 != 6 {
+}
+
+/// The IPv4 header at `L3` (20 bytes: version 4, no options; not a fragment; at 18 after
+/// a VLAN tag) and its TCP or UDP header.
+#[inline(always)]
+fn ipv4<const L3: usize>(d: &[u8]) -> Option<Fast> {
+    let h: &[u8; 20] = d.get(L3..L3 + 20)?.try_into().ok()?;
+    let tl = usize::from(u16::from_be_bytes([h[2], h[3]]));
+    // Not a fragment: MF clear and offset 0 (DF may be set).
+    if h[0] != 0x45 || h[6] & 0x3f != 0 || h[7] != 0 || L3 + tl > d.len() {
         return None;
     }
-    let h: &[u8; 54] = d.get(..54)?.try_into().ok()?;
-    let plen = usize::from(u16::from_be_bytes([h[18], h[19]]));
+    // The L4 header as the general parser sees it: bounded by the total length.
+    let (proto, l4) = (h[9], d.get(L3 + 20..L3 + tl)?);
+    let (src_port, dst_port, tcp_flags) = ports(proto, l4)?;
+    let addr = |o: usize| super::parse::v4_mapped([h[o], h[o + 1], h[o + 2], h[o + 3]]);
+    Some(Fast {
+        tuple: Tuple {
+            src: addr(12),
+            dst: addr(16),
+            src_port,
+            dst_port,
+            proto,
+        },
+        tcp_flags,
+        v6: false,
+        ttl: h[8],
+        tagged: L3 == 18,
+    })
+}
+
+/// The IPv6 header at `L3` (version 6, no extension header; at 18 after a VLAN tag) and
+/// its TCP or UDP header.
+#[inline(always)]
+fn ipv6<const L3: usize>(d: &[u8]) -> Option<Fast> {
+    let h: &[u8; 40] = d.get(L3..L3 + 40)?.try_into().ok()?;
+    let plen = usize::from(u16::from_be_bytes([h[4], h[5]]));
     // Payload length 0 is a jumbogram (refused by the general parser); the next header
     // is the L4 header itself (TCP or UDP, checked by `ports`), bounded by the payload.
-    if plen == 0 || 54 + plen > d.len() {
+    if h[0] >> 4 != 6 || plen == 0 || L3 + 40 + plen > d.len() {
         return None;
     }
-    let (proto, l4) = (h[20], &d[54..54 + plen]);
+    let (proto, l4) = (h[6], d.get(L3 + 40..L3 + 40 + plen)?);
     let (src_port, dst_port, tcp_flags) = ports(proto, l4)?;
     let addr = |o: usize| -> [u8; 16] { h[o..o + 16].try_into().unwrap_or_default() };
     Some(Fast {
         tuple: Tuple {
-            src: addr(22),
-            dst: addr(38),
+            src: addr(8),
+            dst: addr(24),
             src_port,
             dst_port,
             proto,
         },
         tcp_flags,
         v6: true,
-        ttl: h[21],
+        ttl: h[7],
+        tagged: L3 == 18,
     })
 }
 
@@ -297,26 +322,28 @@ impl Express {
     }
 }
 
-/// Rewrites an express frame (validated by [`parse`], IPv6 when `v6`) for `r`: the tag,
-/// the DSCP, the MACs (`macs`: destination then source). `Err` when there is no room
-/// for the tag (the general path's `too_big`).
+/// Rewrites an express frame (validated by [`parse`]; IPv6 when `v6`, with one VLAN tag
+/// when `tagged`) for `r`: the TTL, the tag, the DSCP, the MACs (`macs`: destination then
+/// source). A tagged frame keeps its tag, and `r` must push none (the caller checks).
+/// `Err` when there is no room for the tag (the general path's `too_big`).
 #[inline]
 pub fn rewrite<B: crate::action::PacketBuf + ?Sized>(
     b: &mut B,
     r: &FastQos,
     macs: &[u8; 12],
     v6: bool,
+    tagged: bool,
 ) -> Result<(), super::meta::DropReason> {
     if r.tag.is_some() && (b.data().len() + 4 > crate::action::MAX_FRAME || !b.prepend(4)) {
         return Err(super::meta::DropReason::TooBig);
     }
-    // Every header byte rewritten below lies in the first 38 (MACs, a tag, 20 bytes of
-    // IPv4) or 58 (40 bytes of IPv6), which a frame `parse` accepted has, tag or not:
-    // one bounds check.
+    // Every header byte rewritten below lies in the first 38 (MACs, a tag pushed or
+    // carried, 20 bytes of IPv4) or 58 (40 bytes of IPv6), which a frame `parse`
+    // accepted has: one bounds check.
     let Some(h) = b.data_mut().get_mut(..if v6 { 58 } else { 38 }) else {
         return Err(super::meta::DropReason::RewriteFailed);
     };
-    let mut l3 = 14;
+    let mut l3 = if tagged { 18 } else { 14 };
     if let Some(tag) = r.tag {
         h.copy_within(4..16, 0);
         h[12..16].copy_from_slice(&tag);
@@ -434,9 +461,21 @@ mod tests {
         );
         let u = parse(&frame(17, 4)).expect("udp");
         assert_eq!((u.tuple.proto, u.tcp_flags), (17, 0));
-        let mut tagged = frame(6, 0);
-        tagged.splice(12..12, [0x81, 0x00, 0x00, 0x07]);
-        assert_eq!(parse(&tagged), None, "tagged frames take the general path");
+        // One VLAN tag (any of the three TPIDs) is taken; two are not.
+        for (tpid, v6) in [(0x8100u16, false), (0x88a8, true), (0x9100, false)] {
+            let mut tagged = frame_of(6, 0, v6);
+            let [t0, t1] = tpid.to_be_bytes();
+            tagged.splice(12..12, [t0, t1, 0x00, 0x07]);
+            let x = parse(&tagged).expect("one tag");
+            assert_eq!((x.tagged, x.v6, x.tuple.dst_port), (true, v6, 80));
+            let mut qinq = tagged.clone();
+            qinq.splice(12..12, [0x88, 0xa8, 0x00, 0x08]);
+            assert_eq!(parse(&qinq), None, "two tags take the general path");
+        }
+        let mut tagged_arp = frame(6, 0);
+        tagged_arp.splice(12..12, [0x81, 0x00, 0x00, 0x07]);
+        tagged_arp[16..18].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(parse(&tagged_arp), None);
         let mut frag = frame(17, 4);
         frag[20] = 0x20; // more fragments
         assert_eq!(parse(&frag), None);
@@ -484,10 +523,15 @@ mod tests {
             proto in prop::sample::select(vec![6u8, 17]),
             pad in 0usize..40,
             v6 in any::<bool>(),
+            tpid in prop::option::of(prop::sample::select(vec![0x8100u16, 0x88a8, 0x9100])),
             edits in prop::collection::vec((0usize..80, any::<u8>()), 0..4),
             cut in 0usize..110,
         ) {
             let mut f = frame_of(proto, pad, v6);
+            if let Some(t) = tpid {
+                let [t0, t1] = t.to_be_bytes();
+                f.splice(12..12, [t0, t1, 0x20, 0x07]);
+            }
             for (at, v) in edits {
                 if let Some(b) = f.get_mut(at) {
                     *b = v;
@@ -500,7 +544,8 @@ mod tests {
                 prop_assert_eq!(m.tuple, x.tuple);
                 prop_assert_eq!(m.quoted, None);
                 prop_assert_eq!(m.tcp_flags, x.tcp_flags);
-                prop_assert_eq!((m.n_vlans, m.n_mpls, m.l3_off), (0, 0, 14));
+                let tags = u8::from(x.tagged);
+                prop_assert_eq!((m.n_vlans, m.n_mpls, m.l3_off), (tags, 0, 14 + 4 * u16::from(tags)));
                 prop_assert_eq!(m.frag, crate::pipeline::meta::Frag::None);
                 prop_assert_eq!(m.v6, x.v6);
             }
@@ -513,6 +558,7 @@ mod tests {
         fn rewrite_matches_apply_qos(
             proto in prop::sample::select(vec![6u8, 17]),
             v6 in any::<bool>(),
+            tagged in any::<bool>(),
             dec_ttl in any::<bool>(),
             pop_mpls in any::<bool>(),
             swap in prop::option::weighted(0.1, 0u32..1 << 20),
@@ -533,10 +579,13 @@ mod tests {
                 push_mpls,
                 dscp,
             };
-            let f = frame_of(proto, 6, v6);
+            let mut f = frame_of(proto, 6, v6);
+            if tagged {
+                f.splice(12..12, [0x81, 0x00, 0xa0, 0x07]);
+            }
             let mut m = Meta::default();
             parse_into(&f, &mut m).expect("valid frame");
-            prop_assert_eq!(parse(&f).map(|x| x.v6), Some(v6));
+            prop_assert_eq!(parse(&f).map(|x| (x.v6, x.tagged)), Some((v6, tagged)));
             let (dst, src) = ([2, 0, 0, 0, 1, 1], [2, 0, 0, 0, 0, 1]);
             let mut general = FrameBuf::new(256);
             general.load(&f);
@@ -548,6 +597,9 @@ mod tests {
             let ok = apply_qos(&mut general, &m, &q).is_ok();
             crate::action::set_macs(&mut general, dst, src);
             match FastQos::of(&q) {
+                // A tagged frame is express only when its QoS pushes no tag (the worker
+                // checks `tag`), and then these actions apply to it as to an untagged one.
+                Some(fq) if tagged && fq.tag.is_some() => {}
                 Some(fq) => {
                     prop_assert!(ok);
                     let fq = FastQos { dec_ttl, ..fq };
@@ -556,11 +608,12 @@ mod tests {
                     let mut macs = [0u8; 12];
                     macs[..6].copy_from_slice(&dst);
                     macs[6..].copy_from_slice(&src);
-                    prop_assert_eq!(rewrite(&mut fast, &fq, &macs, v6), Ok(()));
+                    prop_assert_eq!(rewrite(&mut fast, &fq, &macs, v6, tagged), Ok(()));
                     prop_assert_eq!(fast.data(), general.data());
                 }
+                // (On a tagged frame a pop or set applies; the general path takes it.)
                 None => prop_assert!(
-                    !ok || q.push_mpls.is_some(),
+                    tagged || !ok || q.push_mpls.is_some(),
                     "refused {:?}, which apply_qos applies", q
                 ),
             }

@@ -512,7 +512,7 @@ impl Worker {
             metas.resize(N, Meta::default());
             keys.resize(N, (FlowKey::default(), false, 0));
             let mut parsed = [false; N];
-            // Frames the express parser took, with their TCP flags and IP version.
+            // Frames the express parser took: their TCP flags, IP version, VLAN tag.
             let mut fast = [None; N];
             // Parse, hash, and start loading each packet's bucket; `LAG` packets later,
             // when that bucket has had the time of `LAG` parses to arrive, read it and
@@ -524,12 +524,14 @@ impl Worker {
             // A router answers a frame whose TTL runs out on the general path.
             let min_ttl = if tables.express.router { 2 } else { 0 };
             for (i, b) in bufs.iter().enumerate() {
-                if let Some(x) = express::parse(b.data()).filter(|x| x.ttl >= min_ttl) {
+                if let Some(x) = express::parse(b.data())
+                    && x.ttl >= min_ttl
+                {
                     let (key, swapped) = FlowKey::of(&x.tuple);
                     let h = table.hash(&key);
                     table.prefetch_bucket(h);
                     keys[i] = (key, swapped, h);
-                    fast[i] = Some((x.tcp_flags, x.v6));
+                    fast[i] = Some((x.tcp_flags, x.v6, x.tagged));
                     parsed[i] = true;
                 } else {
                     self.parse_one(b.data(), &mut metas[i], &mut keys[i], &mut outs[i]);
@@ -615,7 +617,7 @@ impl Worker {
         buf: &mut B,
         &(fkey, swapped, _): &(FlowKey, bool, u64),
         found: Option<crate::flow::Handle>,
-        (tcp_flags, v6): (u8, bool),
+        (tcp_flags, v6, tagged): (u8, bool, bool),
         now: u64,
         out: &mut Outcome,
     ) -> bool {
@@ -644,12 +646,17 @@ impl Worker {
                 None => return false,
             }
         };
+        // A tagged frame keeps its tag: QoS that pushes one or sets a priority (which
+        // would rewrite the tag's) is the general path's.
+        if tagged && r.qos.tag.is_some() {
+            return false;
+        }
         self.step(h, f, tcp.then_some(tcp_flags), forward, now);
         *out = Outcome {
             kind: Kind::Flow { reverse: !forward },
             ..Outcome::default()
         };
-        match express::rewrite(buf, &r.qos, &r.macs, v6) {
+        match express::rewrite(buf, &r.qos, &r.macs, v6, tagged) {
             Ok(()) => out.route = r.route,
             Err(e) => out.drop = Some(e),
         }
@@ -1300,20 +1307,27 @@ mod tests {
         assert_eq!(w.tables().generation, 2);
     }
 
-    /// Established IPv4 and IPv6 TCP flows both take the express path in both
-    /// directions, with the QoS applied (`tests/burst.rs` checks that the express path
+    /// Established IPv4 and IPv6 TCP flows, untagged or with one VLAN tag, take the
+    /// express path in both directions, with the QoS applied (`tests/burst.rs` checks that the express path
     /// gives what the general path gives; this checks that it is taken).
     #[test]
     fn established_ipv4_and_ipv6_flows_take_the_express_path() {
-        use crate::r#gen::frame::{Layout, Tags, begin, finish, flags, tcp};
+        use crate::r#gen::frame::{Layout, Tag, Tags, begin, finish, flags, tcp};
         let y = P.replace("    servers:", "    qos: { dscp: af41 }\n    servers:")
             + "  - name: s6\n    vip: \"2001:db8::10\"\n    proto: tcp\n    ports: [80]\n    qos: { dscp: af41 }\n    servers:\n      - { name: a, mac: \"02:00:00:00:01:01\" }\n";
         let p = Pipeline::from_str(&y, Path::new("p.yaml")).unwrap();
         let mut w = Worker::new(Arc::new(Tables::build(p, 1)));
         let mut f = Vec::new();
-        for (client, vip) in [
-            ("198.51.100.7", "192.0.2.10"),
-            ("2001:db8:1::7", "2001:db8::10"),
+        let vlan = Tags::from_slice(&[Tag::Vlan {
+            tpid: 0x8100,
+            pcp: 3,
+            vid: 7,
+        }]);
+        for (client, vip, tags) in [
+            ("198.51.100.7", "192.0.2.10", Tags::NONE),
+            ("2001:db8:1::7", "2001:db8::10", Tags::NONE),
+            ("198.51.100.8", "192.0.2.10", vlan),
+            ("2001:db8:1::8", "2001:db8::10", vlan),
         ] {
             let (c, v) = (client.parse().unwrap(), vip.parse().unwrap());
             // (src, dst, src port, dst port, flags, from the server)
@@ -1329,7 +1343,7 @@ mod tests {
                 } else {
                     ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 0xfe])
                 };
-                let lay: Layout = begin(&mut f, dmac, smac, &Tags::NONE, src, dst, 6, 1);
+                let lay: Layout = begin(&mut f, dmac, smac, &tags, src, dst, 6, 1);
                 tcp(&mut f, sp, dp, 1, 1, fl);
                 finish(&mut f, lay);
                 let mut b = crate::action::FrameBuf::new(256);
@@ -1340,7 +1354,7 @@ mod tests {
                     continue;
                 }
                 let x = express::parse(b.data()).expect("express shape");
-                assert_eq!(x.v6, client.contains(':'));
+                assert_eq!((x.v6, x.tagged), (client.contains(':'), tags.n == 1));
                 let (key, swapped) = FlowKey::of(&x.tuple);
                 let hash = w.flows.table.hash(&key);
                 let found = w.flows.table.find_hashed(&key, hash);
@@ -1351,7 +1365,7 @@ mod tests {
                     &mut b,
                     &(key, swapped, hash),
                     found,
-                    (x.tcp_flags, x.v6),
+                    (x.tcp_flags, x.v6, x.tagged),
                     20,
                     &mut out,
                 );
@@ -1363,8 +1377,9 @@ mod tests {
                     }
                 );
                 assert!(out.route.is_some() && out.drop.is_none());
+                let m = parse::parse(b.data()).unwrap();
+                assert_eq!(m.n_vlans, tags.n, "{client}: the tag is kept");
                 if !from_server {
-                    let m = parse::parse(b.data()).unwrap();
                     assert_eq!(m.dscp, 34, "{client}: af41 written");
                 }
             }

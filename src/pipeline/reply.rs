@@ -237,8 +237,10 @@ fn may_send_error(frame: &[u8], m: &Meta) -> bool {
 /// to the packet's source, TTL/hop limit 64 (IPv4 with precedence 6, "internetwork
 /// control"); then the start of the packet as it arrived, up to 548 bytes (IPv4) or
 /// 1232 (IPv6). Checksums filled; zero-padded to 60 bytes. Returns the length written,
-/// or `None` when the packet must not be answered (see [`may_send_error`]; also inside
-/// MPLS), `src` is of the other family, or `out` is too small.
+/// or `None` when the packet must not be answered (an ICMP error, a non-first fragment,
+/// a link-layer broadcast or multicast, an IP multicast or broadcast destination, a
+/// source that names no single host, or a packet inside MPLS), `src` is of the other
+/// family, or `out` is too small.
 pub fn time_exceeded(
     frame: &[u8],
     m: &Meta,
