@@ -42,7 +42,8 @@
 //! Router mode: a UDP echo that reports the TTL its datagram arrived with shows one hop
 //! less each way, and a datagram with TTL (hop limit) 1 comes back to the client's socket
 //! as an ICMP (ICMPv6) Time Exceeded from flowgate's address, read from the socket's
-//! error queue (`IP_RECVERR`).
+//! error queue (`IP_RECVERR`); `ping` and `ping -6` of flowgate's addresses are
+//! answered.
 //!
 //! IPsec servers behind one address: each agent routes the SPI block the supervisor's
 //! ANA granted it; ESP packets the client's kernel sends to the VIP, two security
@@ -1261,11 +1262,22 @@ fn run_af_packet_routes_and_answers_expired_ttls() {
     // Hop limit 1 to the IPv6 VIP: origin ICMPv6 (3), type 3, code 0, from its first
     // IPv6 address.
     let expired6 = udp_probe(&t, VIP6, 1);
+    // The client pings its next hop, flowgate's own addresses: the kernel's ping checks
+    // the replies (checksum, identifier, sequence) and counts them.
+    let ping = |args: &[&str]| {
+        let o = t.exec("c", args).output().expect("ping");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let ping4 = ping(&["ping", "-n", "-c", "2", "-W", "2", "198.51.100.1"]);
+    let ping6 = ping(&["ping", "-n", "-6", "-c", "2", "-W", "2", "2001:db8:1::1"]);
     stop(&mut t);
+    assert!(ping4.contains(" 2 received"), "{ping4}");
+    assert!(ping6.contains(" 2 received"), "{ping6}");
     assert_eq!(expired.as_deref(), Some("error 2 11 0 198.51.100.1"));
     assert_eq!(expired6.as_deref(), Some("error 3 3 0 2001:db8:1::1"));
     let j: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
     assert!(j["icmp_errors"].as_u64() >= Some(2), "{j}");
+    assert_eq!(j["echo_replies"].as_u64(), Some(4), "{j}");
     assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
 }

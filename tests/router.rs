@@ -1,7 +1,8 @@
 //! `system.mode: router`: every forwarded IP packet leaves with its TTL or hop limit one
 //! lower (IPv4 header checksum still good), and one that arrives with 1 or 0 is answered
 //! with an ICMP Time Exceeded from the system's address instead of being forwarded,
-//! within `system.icmp_rate`; `mode: switch` (the default) leaves TTLs alone.
+//! within `system.icmp_rate`; `mode: switch` (the default) leaves TTLs alone. In both
+//! modes, pings to the system's own addresses are answered.
 //!
 //! Frames are built by scapy, run through `flowgate replay` (the CLI a user runs), and
 //! read back by tshark, the independent oracle for TTLs, checksums, ICMP types and the
@@ -94,9 +95,9 @@ fn tshark_rows(out: &Path) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// Replays the input through the pipeline in `mode`; returns tshark's rows of the output
-/// and the stats JSON.
-fn replay(mode: &str) -> (Vec<Vec<String>>, serde_json::Value) {
+/// Replays the frames the scapy program `input` writes to `OUT` through the pipeline in
+/// `mode`; returns tshark's rows of the output and the stats JSON.
+fn replay(mode: &str, input: &str) -> (Vec<Vec<String>>, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let (p, inp, out, stats) = (
         dir.path().join("router.yaml"),
@@ -106,7 +107,7 @@ fn replay(mode: &str) -> (Vec<Vec<String>>, serde_json::Value) {
     );
     std::fs::write(&p, pipeline(mode)).unwrap();
     common::scapy(&format!(
-        "from scapy.all import *\nOUT = {:?}\n{INPUT}",
+        "from scapy.all import *\nOUT = {:?}\n{input}",
         inp.to_str().unwrap()
     ));
     let st = common::flowgate()
@@ -135,7 +136,7 @@ fn router_mode_lowers_ttls_and_answers_expired_packets() {
         assert!(!common::in_ci(), "CI must have scapy and tshark");
         return;
     }
-    let (rows, j) = replay("router");
+    let (rows, j) = replay("router", INPUT);
     let row = |i: usize| rows[i].join(";");
     // eth.dst; ip.ttl; ipv6.hlim; ip ck; icmp type; icmp ck; icmpv6 type; icmpv6 ck;
     // ip.src; ipv6.src; dscp; ip.id (see `tshark_rows`): one output frame per input
@@ -188,7 +189,7 @@ fn switch_mode_keeps_ttls() {
         assert!(!common::in_ci(), "CI must have scapy and tshark");
         return;
     }
-    let (rows, j) = replay("switch");
+    let (rows, j) = replay("switch", INPUT);
     assert_eq!(j["icmp_errors"], 0);
     assert_eq!(
         j["drops"].get("ttl_exceeded"),
@@ -210,4 +211,52 @@ fn switch_mode_keeps_ttls() {
             .count(),
         60
     );
+}
+
+/// Pings: to the system's addresses (IPv4 with TTL 1, and IPv6), to a VIP, and one with a
+/// bad checksum to the system.
+const PINGS: &str = r#"
+conf.verb = 0
+def E(): return Ether(src="02:00:00:00:00:fe", dst="02:00:00:00:00:01")
+fs = [
+  E()/IP(src="198.51.100.7", dst="203.0.113.1", ttl=1, id=1)/ICMP(type=8, id=7, seq=1)/Raw(b"a"*56),
+  E()/IPv6(src="2001:db8:1::7", dst="2001:db8::1")/ICMPv6EchoRequest(id=7, seq=2, data=b"b"*56),
+  E()/IP(src="198.51.100.7", dst="203.0.113.10", id=3)/ICMP(type=8, id=7, seq=3),
+  E()/IP(src="198.51.100.7", dst="203.0.113.1", id=4)/ICMP(type=8, id=7, seq=4, chksum=0x1234),
+]
+wrpcap(OUT, fs)
+"#;
+
+#[test]
+fn pings_to_the_systems_addresses_are_answered_in_both_modes() {
+    if !(common::have_scapy() && common::have_tshark()) {
+        assert!(!common::in_ci(), "CI must have scapy and tshark");
+        return;
+    }
+    for mode in ["router", "switch"] {
+        let (rows, j) = replay(mode, PINGS);
+        let row = |i: usize| rows[i].join(";");
+        assert_eq!(rows.len(), 3, "{mode}: {rows:?}");
+        // The echo replies, back to the sender (checksums good, TTL 64, from the
+        // address asked); an echo to a VIP is not the system's to answer: forwarded to
+        // the default gateway as it came (one hop less in router mode).
+        assert_eq!(
+            row(0),
+            format!("{GW};64;;1;0;1;;;203.0.113.1;;0;0x0001"),
+            "{mode}"
+        );
+        assert_eq!(
+            row(1),
+            format!("{GW};;64;;;;129;1;;2001:db8::1;;"),
+            "{mode}"
+        );
+        let ttl = if mode == "router" { "63" } else { "64" };
+        assert_eq!(
+            row(2),
+            format!("{GW};{ttl};;1;8;1;;;198.51.100.7;;0;0x0003"),
+            "{mode}"
+        );
+        assert_eq!(j["echo_replies"], 2, "{mode}");
+        assert_eq!(j["drops"]["not_for_us"], 1, "{mode}: the bad checksum");
+    }
 }

@@ -116,7 +116,7 @@ fn num(v: &Value) -> Option<f64> {
 /// `j` (the stats JSON of `replay --stats-json` or `run`) as exposition text.
 pub fn render(j: &Value) -> String {
     let mut o = Out { s: String::new() };
-    let counters: [(&str, &str); 9] = [
+    let counters: [(&str, &str); 10] = [
         ("packets_in", "Frames received."),
         ("packets_out", "Frames transmitted."),
         ("flows_created", "Flows created."),
@@ -131,6 +131,10 @@ pub fn render(j: &Value) -> String {
         (
             "icmp_errors",
             "ICMP Time Exceeded sent for expired TTLs (router mode).",
+        ),
+        (
+            "echo_replies",
+            "Echo requests to the system's addresses answered.",
         ),
     ];
     for (k, help) in counters {

@@ -143,14 +143,15 @@ fn render_summary(w: &Worker, p: &Pipeline, seconds: f64) -> String {
     }
     let _ = writeln!(
         o,
-        "flows created {}  evicted {}  expired {}  live {}  arp replies {}  nd replies {}  icmp errors {}",
+        "flows created {}  evicted {}  expired {}  live {}  arp replies {}  nd replies {}  icmp errors {}  echo replies {}",
         s.flows_created,
         s.flows_evicted,
         s.flows_expired,
         w.flow_count(),
         s.arp_replies,
         s.nd_replies,
-        s.icmp_errors
+        s.icmp_errors,
+        s.echo_replies
     );
     for (i, svc) in p.services.iter().enumerate() {
         let _ = writeln!(

@@ -132,6 +132,14 @@ pub fn esp_spi(src_port: u16, dst_port: u16) -> u32 {
 }
 
 impl Meta {
+    /// The destination address as an `IpAddr` (IPv4 when the frame is IPv4).
+    pub fn tuple_dst_ip(&self) -> std::net::IpAddr {
+        match super::parse::v4_unmapped(&self.tuple.dst) {
+            Some(a) if !self.v6 => std::net::IpAddr::from(a),
+            _ => std::net::IpAddr::from(self.tuple.dst),
+        }
+    }
+
     /// The tuple that keys this frame's flow: the quoted packet's for an ICMP error, else
     /// the frame's own. ESP has no ports: its SPI takes their place (high half as the
     /// source port, as for a quoted ESP header), so each security association is a flow
@@ -222,7 +230,9 @@ drop_reasons! {
     /// back (the packet was an ICMP error or a non-first fragment, its source cannot
     /// be answered, the system has no address of its family, or the rate limit).
     TtlExceeded => "ttl_exceeded",
-    /// ARP/ND not for an address the system owns, or not a request.
+    /// ARP/ND not for an address the system owns, or not a request; or an echo request
+    /// to the system's address that is not answered (fragmented, a bad checksum, a
+    /// source that names no single host).
     NotForUs => "not_for_us",
     /// The output port refused the frame (ring full).
     TxFull => "tx_full",

@@ -87,8 +87,8 @@ pub enum Kind {
     Fragment,
     /// No flow: sent to the gateway or `default` without state.
     Stateless,
-    /// An ARP reply, an IPv6 neighbour advertisement or (router mode) an ICMP Time
-    /// Exceeded was sent in the frame's place.
+    /// An ARP reply, an IPv6 neighbour advertisement, an echo reply or (router mode) an
+    /// ICMP Time Exceeded was sent in the frame's place.
     Reply,
 }
 
@@ -733,6 +733,15 @@ impl Worker {
             return;
         }
 
+        // Pings to the system's own addresses are answered, whatever their TTL.
+        if (m.v6 && m.tuple.proto == 58 && m.icmp_type == 128
+            || !m.v6 && m.tuple.proto == 1 && m.icmp_type == 8)
+            && tables.pipeline.addresses.contains(&m.tuple_dst_ip())
+        {
+            *out = self.pong(tables, buf, m, in_port, *out);
+            return;
+        }
+
         // A router does not forward a packet whose TTL or hop limit runs out here.
         if tables.pipeline.forwarding == Forwarding::Router
             && m.ttl <= 1
@@ -1113,6 +1122,27 @@ impl Worker {
         }
         self.icmp_tokens -= 1;
         true
+    }
+
+    /// An echo request to one of the system's addresses: answered back out of its input
+    /// port (see [`reply::echo_reply`]), or dropped as `not_for_us`.
+    fn pong<B: PacketBuf + ?Sized>(
+        &mut self,
+        tables: &Tables,
+        buf: &mut B,
+        m: &Meta,
+        in_port: u16,
+        mut out: Outcome,
+    ) -> Outcome {
+        match reply::echo_reply(buf.data(), m, tables.pipeline.mac, &mut self.scratch) {
+            Some(n) if buf.set(&self.scratch[..n]) => {
+                self.stats.echo_replies += 1;
+                out.kind = Kind::Reply;
+                out.route = Some(reply_route(mac_at(buf.data(), 0), in_port));
+                out
+            }
+            _ => drop_with(out, DropReason::NotForUs),
+        }
     }
 
     fn answer<B: PacketBuf + ?Sized>(

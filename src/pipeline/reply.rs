@@ -188,6 +188,93 @@ pub fn nd_advert(frame: &[u8], meta: &Meta, our_mac: [u8; 6], out: &mut [u8]) ->
     Some(len)
 }
 
+/// Writes the echo reply to the ICMP (ICMPv6) echo request in `frame`, sent to an address
+/// of the system, into `out`: Ethernet back to the frame's source MAC from `our_mac`,
+/// with the frame's VLAN tags; IP from the address asked to the request's source, TTL
+/// or hop limit 64 (IPv4: a 20-byte header, no options); the request's identifier,
+/// sequence number and data, up to the IP payload's end (not the Ethernet padding).
+/// Returns the length written, or `None` when `frame` is not such a request (not an
+/// echo request with code 0 and a good checksum, a fragment, inside MPLS, from a source
+/// that names no single host; the caller checks that the destination is the system's)
+/// or `out` is too small.
+pub fn echo_reply(frame: &[u8], m: &Meta, our_mac: [u8; 6], out: &mut [u8]) -> Option<usize> {
+    use crate::wire::checksum;
+    let request = if m.v6 {
+        m.tuple.proto == proto::ICMPV6 && m.icmp_type == msg_type::ECHO_REQUEST
+    } else {
+        m.tuple.proto == proto::ICMP && m.icmp_type == 8
+    };
+    if !request
+        || m.icmp_code != 0
+        || m.frag != Frag::None
+        || m.n_mpls != 0
+        || m.l4_off == 0
+        || !may_send_error(frame, m)
+    {
+        return None;
+    }
+    let (l3, l4) = (usize::from(m.l3_off), usize::from(m.l4_off));
+    let packet = frame.get(l3..)?;
+    // The end of the IP packet as its header says (the parser checked it is in `frame`).
+    let end = l3
+        + if m.v6 {
+            ipv6::HEADER_LEN + usize::from(u16::from_be_bytes([*packet.get(4)?, *packet.get(5)?]))
+        } else {
+            usize::from(u16::from_be_bytes([*packet.get(2)?, *packet.get(3)?]))
+        };
+    let icmp_in = frame.get(l4..end)?;
+    // A request whose checksum is wrong is not answered (as a host's stack would not).
+    let sum = if m.v6 {
+        let len = u32::try_from(icmp_in.len()).ok()?;
+        checksum::add(
+            checksum::pseudo_v6(&m.tuple.src, &m.tuple.dst, proto::ICMPV6, len),
+            icmp_in,
+        )
+    } else {
+        checksum::add(0, icmp_in)
+    };
+    if checksum::fold(sum) != 0xffff {
+        return None;
+    }
+    let hdr = if m.v6 { ipv6::HEADER_LEN } else { 20 };
+    let len = (l3 + hdr + icmp_in.len()).max(MIN_FRAME_LEN);
+    let out = out.get_mut(..len)?;
+    out.fill(0);
+    out[..l3].copy_from_slice(frame.get(..l3)?);
+    out[..6].copy_from_slice(frame.get(6..12)?);
+    out[6..12].copy_from_slice(&our_mac);
+    let (ip, icmp) = out[l3..].split_at_mut(hdr);
+    let icmp = &mut icmp[..icmp_in.len()];
+    icmp.copy_from_slice(icmp_in);
+    // Only the type changes (8 to 0, 128 to 129), and swapping the addresses leaves the
+    // ICMPv6 pseudo-header's sum as it was: an incremental checksum update.
+    let (old, new) = if m.v6 {
+        (128u16 << 8, 129u16 << 8)
+    } else {
+        (8 << 8, 0)
+    };
+    let ck = checksum::update16(u16::from_be_bytes([icmp[2], icmp[3]]), old, new);
+    icmp[0] = (new >> 8) as u8;
+    icmp[2..4].copy_from_slice(&ck.to_be_bytes());
+    if m.v6 {
+        ip[..8].copy_from_slice(packet.get(..8)?);
+        ip[7] = 64;
+        ip[8..24].copy_from_slice(&m.tuple.dst);
+        ip[24..40].copy_from_slice(&m.tuple.src);
+    } else {
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&((hdr + icmp.len()) as u16).to_be_bytes());
+        ip[4..6].copy_from_slice(packet.get(4..6)?);
+        ip[8] = 64;
+        ip[9] = proto::ICMP;
+        ip[12..16].copy_from_slice(m.tuple.dst.get(12..)?);
+        ip[16..20].copy_from_slice(m.tuple.src.get(12..)?);
+        let ck = checksum::checksum(ip);
+        ip[10..12].copy_from_slice(&ck.to_be_bytes());
+    }
+    Some(len)
+}
+
 /// The most of the expired packet an ICMPv4 Time Exceeded quotes: the error stays within
 /// 576 bytes of IP (RFC 1812 §4.3.2.3).
 const QUOTE_V4: usize = 576 - 20 - 8;
@@ -513,6 +600,66 @@ mod tests {
              p[{ip}].{ttl}, e.type, e.code, {ck_eq}, len(bytes(p[{quote}])), p[{quote}].src)",
             to_hex(r)
         ))
+    }
+
+    #[test]
+    fn echo_replies_check_out_in_scapy() {
+        let e = "Ether(dst='02:00:00:00:00:01', src='66:77:88:99:aa:bb')";
+        let cases = [
+            (
+                format!(
+                    "{e}/Dot1Q(vlan=7)/IP(src='198.51.100.7', dst='192.0.2.1', ttl=1, id=77)/ICMP(type=8, id=0x1234, seq=9)/Raw(b'ping'*20)"
+                ),
+                "p=Ether(bytes.fromhex(H)); q=p.copy(); del q[IP].chksum; del q[ICMP].chksum; q=Ether(bytes(q))\n\
+                 print(p.dst, p.src, p[Dot1Q].vlan, p[IP].src, p[IP].dst, p[IP].ttl, p[ICMP].type, p[ICMP].code, \
+                 hex(p[ICMP].id), p[ICMP].seq, len(p[Raw].load), q[IP].chksum == p[IP].chksum and q[ICMP].chksum == p[ICMP].chksum)",
+                "66:77:88:99:aa:bb 02:00:00:00:00:99 7 192.0.2.1 198.51.100.7 64 0 0 0x1234 9 80 True",
+            ),
+            (
+                format!(
+                    "{e}/IPv6(src='2001:db8:1::7', dst='2001:db8::1', hlim=3)/ICMPv6EchoRequest(id=0x4321, seq=2, data=b'x'*1000)"
+                ),
+                "p=Ether(bytes.fromhex(H)); q=p.copy(); del q[ICMPv6EchoReply].cksum; q=Ether(bytes(q))\n\
+                 r=p[ICMPv6EchoReply]\n\
+                 print(p.dst, p.src, '-', p[IPv6].src, p[IPv6].dst, p[IPv6].hlim, r.type, r.code, hex(r.id), r.seq, len(r.data), \
+                 q[ICMPv6EchoReply].cksum == r.cksum)",
+                "66:77:88:99:aa:bb 02:00:00:00:00:99 - 2001:db8::1 2001:db8:1::7 64 129 0 0x4321 2 1000 True",
+            ),
+        ];
+        let mut out = vec![0u8; 2048];
+        for (frame, read, expect) in cases {
+            let Some(f) = scapy_frame(&frame) else {
+                return;
+            };
+            let m = parse(&f).unwrap();
+            let n = echo_reply(&f, &m, OUR, &mut out).expect("answered");
+            let got = scapy(&format!("H='{}'\n{read}", to_hex(&out[..n]))).unwrap();
+            assert_eq!(got, expect, "{frame}");
+            assert_eq!(
+                echo_reply(&f, &m, OUR, &mut out[..n - 1]),
+                None,
+                "too small"
+            );
+        }
+        // Not answered: a bad checksum, a reply, code 1, a fragment, a multicast source.
+        for frame in [
+            format!("{e}/IP(src='198.51.100.7', dst='192.0.2.1')/ICMP(type=8, chksum=0x1111)"),
+            format!("{e}/IP(src='198.51.100.7', dst='192.0.2.1')/ICMP(type=0)"),
+            format!("{e}/IP(src='198.51.100.7', dst='192.0.2.1')/ICMP(type=8, code=1)"),
+            format!(
+                "{e}/IP(src='198.51.100.7', dst='192.0.2.1', flags='MF')/ICMP(type=8)/Raw(b'z'*64)"
+            ),
+            format!("{e}/IP(src='224.0.0.9', dst='192.0.2.1')/ICMP(type=8)"),
+            format!(
+                "{e}/IPv6(src='2001:db8:1::7', dst='2001:db8::1')/ICMPv6EchoRequest(cksum=0x2222)"
+            ),
+        ] {
+            let Some(f) = scapy_frame(&frame) else {
+                return;
+            };
+            let m = parse(&f).unwrap();
+            assert_eq!(echo_reply(&f, &m, OUR, &mut out), None, "{frame}");
+        }
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub struct Stats {
     pub nd_replies: u64,
     /// ICMP Time Exceeded sent for packets whose TTL or hop limit ran out (router mode).
     pub icmp_errors: u64,
+    /// Echo requests to the system's own addresses answered.
+    pub echo_replies: u64,
     /// Per service: flows created, packets (both directions).
     pub svc_flows: Vec<u64>,
     pub svc_packets: Vec<u64>,
@@ -48,6 +50,7 @@ impl Stats {
             arp_replies: 0,
             nd_replies: 0,
             icmp_errors: 0,
+            echo_replies: 0,
             svc_flows: vec![0; p.services.len()],
             svc_packets: vec![0; p.services.len()],
             svc_server_packets: p
@@ -100,6 +103,7 @@ impl Stats {
         self.arp_replies += o.arp_replies;
         self.nd_replies += o.nd_replies;
         self.icmp_errors += o.icmp_errors;
+        self.echo_replies += o.echo_replies;
         let add = |a: &mut Vec<u64>, b: &Vec<u64>| {
             if a.len() < b.len() {
                 a.resize(b.len(), 0);
@@ -169,6 +173,7 @@ impl Stats {
             "arp_replies": self.arp_replies,
             "nd_replies": self.nd_replies,
             "icmp_errors": self.icmp_errors,
+            "echo_replies": self.echo_replies,
             "services": services,
             "flow_rules": rules,
         })

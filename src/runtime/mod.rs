@@ -81,6 +81,7 @@ pub fn copy_stats(dst: &mut Stats, src: &Stats) {
     dst.arp_replies = src.arp_replies;
     dst.nd_replies = src.nd_replies;
     dst.icmp_errors = src.icmp_errors;
+    dst.echo_replies = src.echo_replies;
     let cp = |d: &mut Vec<u64>, s: &Vec<u64>| {
         if d.len() == s.len() {
             d.copy_from_slice(s);

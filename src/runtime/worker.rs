@@ -379,7 +379,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
     }
     let summary = format!(
         "packets in {}  out {}  dropped {}  ({:.3} s)\nflows created {}  live {}  moved {}  tx refused {}  dispatch dropped {}\n\
-         arp replies {}  nd replies {}  icmp errors {}\nmempool in use after stop: {in_use} of {}\n",
+         arp replies {}  nd replies {}  icmp errors {}  echo replies {}\nmempool in use after stop: {in_use} of {}\n",
         total.packets_in,
         total.packets_out,
         total.dropped(),
@@ -392,6 +392,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
         total.arp_replies,
         total.nd_replies,
         total.icmp_errors,
+        total.echo_replies,
         pool.size()
     );
     drop(pool);
