@@ -213,9 +213,10 @@ fn switch_mode_keeps_ttls() {
     );
 }
 
-/// Pings: to the system's addresses (IPv4 with TTL 1, and IPv6), to a VIP, and one with a
-/// bad checksum to the system.
+/// Pings: to the system's addresses (IPv4 with TTL 1, and IPv6), to a VIP, one with a
+/// bad checksum to the system, and one to the system inside MPLS.
 const PINGS: &str = r#"
+from scapy.contrib.mpls import MPLS
 conf.verb = 0
 def E(): return Ether(src="02:00:00:00:00:fe", dst="02:00:00:00:00:01")
 fs = [
@@ -223,6 +224,7 @@ fs = [
   E()/IPv6(src="2001:db8:1::7", dst="2001:db8::1")/ICMPv6EchoRequest(id=7, seq=2, data=b"b"*56),
   E()/IP(src="198.51.100.7", dst="203.0.113.10", id=3)/ICMP(type=8, id=7, seq=3),
   E()/IP(src="198.51.100.7", dst="203.0.113.1", id=4)/ICMP(type=8, id=7, seq=4, chksum=0x1234),
+  E()/MPLS(label=100, s=1, ttl=9)/IP(src="198.51.100.7", dst="203.0.113.1", id=5)/ICMP(type=8, id=7, seq=5),
 ]
 wrpcap(OUT, fs)
 "#;
@@ -236,7 +238,7 @@ fn pings_to_the_systems_addresses_are_answered_in_both_modes() {
     for mode in ["router", "switch"] {
         let (rows, j) = replay(mode, PINGS);
         let row = |i: usize| rows[i].join(";");
-        assert_eq!(rows.len(), 3, "{mode}: {rows:?}");
+        assert_eq!(rows.len(), 4, "{mode}: {rows:?}");
         // The echo replies, back to the sender (checksums good, TTL 64, from the
         // address asked); an echo to a VIP is not the system's to answer: forwarded to
         // the default gateway as it came (one hop less in router mode).
@@ -254,6 +256,12 @@ fn pings_to_the_systems_addresses_are_answered_in_both_modes() {
         assert_eq!(
             row(2),
             format!("{GW};{ttl};;1;8;1;;;198.51.100.7;;0;0x0003"),
+            "{mode}"
+        );
+        // Inside MPLS: forwarded by its label, untouched.
+        assert_eq!(
+            row(3),
+            format!("{GW};64;;1;8;1;;;198.51.100.7;;0;0x0005"),
             "{mode}"
         );
         assert_eq!(j["echo_replies"], 2, "{mode}");

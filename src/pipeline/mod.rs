@@ -733,9 +733,11 @@ impl Worker {
             return;
         }
 
-        // Pings to the system's own addresses are answered, whatever their TTL.
+        // Pings to the system's own addresses are answered, whatever their TTL (inside
+        // MPLS they are forwarded by their label, as before).
         if (m.v6 && m.tuple.proto == 58 && m.icmp_type == 128
             || !m.v6 && m.tuple.proto == 1 && m.icmp_type == 8)
+            && m.n_mpls == 0
             && tables.pipeline.addresses.contains(&m.tuple_dst_ip())
         {
             *out = self.pong(tables, buf, m, in_port, *out);
