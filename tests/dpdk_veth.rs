@@ -136,13 +136,14 @@ fn can_run() -> bool {
     let tools = sh(&["ip", "-V"])
         && sh(&["curl", "--version"])
         && sh(&["ethtool", "--version"])
-        && sh(&["python3", "-V"]);
+        && sh(&["python3", "-V"])
+        && sh(&["ping", "-V"]);
     if !(root_user && tools) {
         assert!(
             !in_ci(),
-            "the veth test needs root, ip, curl, ethtool and python3 in CI"
+            "the veth test needs root, ip, curl, ethtool, python3 and ping in CI"
         );
-        eprintln!("SKIP: needs root, ip, curl, ethtool and python3");
+        eprintln!("SKIP: needs root, ip, curl, ethtool, python3 and ping (iputils-ping)");
         return false;
     }
     true
