@@ -132,11 +132,20 @@ pub fn esp_spi(src_port: u16, dst_port: u16) -> u32 {
 }
 
 impl Meta {
+    /// The source address as an `IpAddr` (IPv4 when the frame is IPv4).
+    pub fn src_ip(&self) -> std::net::IpAddr {
+        self.ip(&self.tuple.src)
+    }
+
     /// The destination address as an `IpAddr` (IPv4 when the frame is IPv4).
-    pub fn tuple_dst_ip(&self) -> std::net::IpAddr {
-        match super::parse::v4_unmapped(&self.tuple.dst) {
-            Some(a) if !self.v6 => std::net::IpAddr::from(a),
-            _ => std::net::IpAddr::from(self.tuple.dst),
+    pub fn dst_ip(&self) -> std::net::IpAddr {
+        self.ip(&self.tuple.dst)
+    }
+
+    fn ip(&self, a: &[u8; 16]) -> std::net::IpAddr {
+        match super::parse::v4_unmapped(a) {
+            Some(v4) if !self.v6 => std::net::IpAddr::from(v4),
+            _ => std::net::IpAddr::from(*a),
         }
     }
 

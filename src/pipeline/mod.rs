@@ -735,10 +735,9 @@ impl Worker {
 
         // Pings to the system's own addresses are answered, whatever their TTL (inside
         // MPLS they are forwarded by their label, as before).
-        if (m.v6 && m.tuple.proto == 58 && m.icmp_type == 128
-            || !m.v6 && m.tuple.proto == 1 && m.icmp_type == 8)
+        if reply::is_echo_request(m)
             && m.n_mpls == 0
-            && tables.pipeline.addresses.contains(&m.tuple_dst_ip())
+            && tables.pipeline.addresses.contains(&m.dst_ip())
         {
             *out = self.pong(tables, buf, m, in_port, *out);
             return;
@@ -1090,20 +1089,21 @@ impl Worker {
         m: &Meta,
         in_port: u16,
         now: u64,
-        mut out: Outcome,
+        out: Outcome,
     ) -> Outcome {
         let p = &tables.pipeline;
         let Some(src) = p.addresses.iter().find(|a| a.is_ipv6() == m.v6) else {
             return drop_with(out, DropReason::TtlExceeded);
         };
-        match reply::time_exceeded(buf.data(), m, p.mac, *src, &mut self.scratch) {
-            Some(n) if self.icmp_token(p.icmp_rate, now) && buf.set(&self.scratch[..n]) => {
+        let sent = reply::time_exceeded(buf.data(), m, p.mac, *src, &mut self.scratch)
+            .filter(|_| self.icmp_token(p.icmp_rate, now))
+            .and_then(|n| self.send_back(buf, n, in_port, out));
+        match sent {
+            Some(o) => {
                 self.stats.icmp_errors += 1;
-                out.kind = Kind::Reply;
-                out.route = Some(reply_route(mac_at(buf.data(), 0), in_port));
-                out
+                o
             }
-            _ => drop_with(out, DropReason::TtlExceeded),
+            None => drop_with(out, DropReason::TtlExceeded),
         }
     }
 
@@ -1134,17 +1134,35 @@ impl Worker {
         buf: &mut B,
         m: &Meta,
         in_port: u16,
-        mut out: Outcome,
+        out: Outcome,
     ) -> Outcome {
-        match reply::echo_reply(buf.data(), m, tables.pipeline.mac, &mut self.scratch) {
-            Some(n) if buf.set(&self.scratch[..n]) => {
+        let sent = reply::echo_reply(buf.data(), m, tables.pipeline.mac, &mut self.scratch)
+            .and_then(|n| self.send_back(buf, n, in_port, out));
+        match sent {
+            Some(o) => {
                 self.stats.echo_replies += 1;
-                out.kind = Kind::Reply;
-                out.route = Some(reply_route(mac_at(buf.data(), 0), in_port));
-                out
+                o
             }
-            _ => drop_with(out, DropReason::NotForUs),
+            None => drop_with(out, DropReason::NotForUs),
         }
+    }
+
+    /// Puts the `n` bytes of `scratch` (a reply written there) in the frame's place, to
+    /// go back out of `in_port` to the MAC they are addressed to: `out` as a reply, or
+    /// `None` when `buf` cannot hold them.
+    fn send_back<B: PacketBuf + ?Sized>(
+        &self,
+        buf: &mut B,
+        n: usize,
+        in_port: u16,
+        mut out: Outcome,
+    ) -> Option<Outcome> {
+        if !buf.set(&self.scratch[..n]) {
+            return None;
+        }
+        out.kind = Kind::Reply;
+        out.route = Some(reply_route(mac_at(buf.data(), 0), in_port));
+        Some(out)
     }
 
     fn answer<B: PacketBuf + ?Sized>(
@@ -1153,7 +1171,7 @@ impl Worker {
         buf: &mut B,
         m: &Meta,
         in_port: u16,
-        mut out: Outcome,
+        out: Outcome,
     ) -> Outcome {
         let p = &tables.pipeline;
         let mac = p.mac;
@@ -1172,18 +1190,16 @@ impl Worker {
                 _ => None,
             }
         };
-        match len {
-            Some(n) if buf.set(&self.scratch[..n]) => {
+        match len.and_then(|n| self.send_back(buf, n, in_port, out)) {
+            Some(o) => {
                 if m.l3 == L3::Arp {
                     self.stats.arp_replies += 1;
                 } else {
                     self.stats.nd_replies += 1;
                 }
-                out.kind = Kind::Reply;
-                out.route = Some(reply_route(mac_at(buf.data(), 0), in_port));
-                out
+                o
             }
-            _ => drop_with(out, DropReason::NotForUs),
+            None => drop_with(out, DropReason::NotForUs),
         }
     }
 }
@@ -1340,8 +1356,9 @@ mod tests {
     }
 
     /// Established IPv4 and IPv6 TCP flows, untagged or with one VLAN tag, take the
-    /// express path in both directions, with the QoS applied (`tests/burst.rs` checks that the express path
-    /// gives what the general path gives; this checks that it is taken).
+    /// express path in both directions, with the QoS applied (`tests/burst.rs` checks
+    /// that the express path gives what the general path gives; this checks that it is
+    /// taken).
     #[test]
     fn established_ipv4_and_ipv6_flows_take_the_express_path() {
         use crate::r#gen::frame::{Layout, Tag, Tags, begin, finish, flags, tcp};

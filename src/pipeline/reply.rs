@@ -199,12 +199,7 @@ pub fn nd_advert(frame: &[u8], meta: &Meta, our_mac: [u8; 6], out: &mut [u8]) ->
 /// or `out` is too small.
 pub fn echo_reply(frame: &[u8], m: &Meta, our_mac: [u8; 6], out: &mut [u8]) -> Option<usize> {
     use crate::wire::checksum;
-    let request = if m.v6 {
-        m.tuple.proto == proto::ICMPV6 && m.icmp_type == msg_type::ECHO_REQUEST
-    } else {
-        m.tuple.proto == proto::ICMP && m.icmp_type == 8
-    };
-    if !request
+    if !is_echo_request(m)
         || m.icmp_code != 0
         || m.frag != Frag::None
         || m.n_mpls != 0
@@ -290,7 +285,7 @@ pub const TIME_EXCEEDED_MAX: usize = 14 + 4 * crate::pipeline::meta::MAX_VLANS +
 /// link-layer broadcast or multicast, an IP multicast or broadcast destination, or a
 /// source that does not name one host (unspecified, multicast, broadcast, loopback).
 fn may_send_error(frame: &[u8], m: &Meta) -> bool {
-    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::net::IpAddr;
     let icmp_error = if m.v6 {
         m.tuple.proto == proto::ICMPV6 && m.icmp_type < 128
     } else {
@@ -299,22 +294,17 @@ fn may_send_error(frame: &[u8], m: &Meta) -> bool {
     if icmp_error || m.frag == Frag::Later || frame.first().is_none_or(|b| b & 1 != 0) {
         return false;
     }
+    let group = |a: IpAddr| a.is_multicast() || matches!(a, IpAddr::V4(v) if v.is_broadcast());
+    let (s, d) = (m.src_ip(), m.dst_ip());
+    !(s.is_unspecified() || s.is_loopback() || group(s) || group(d))
+}
+
+/// Whether `m` is an ICMP (ICMPv6) echo request.
+pub fn is_echo_request(m: &Meta) -> bool {
     if m.v6 {
-        let (s, d) = (Ipv6Addr::from(m.tuple.src), Ipv6Addr::from(m.tuple.dst));
-        !(s.is_unspecified() || s.is_multicast() || s.is_loopback() || d.is_multicast())
+        m.tuple.proto == proto::ICMPV6 && m.icmp_type == msg_type::ECHO_REQUEST
     } else {
-        let Some(s) = super::parse::v4_unmapped(&m.tuple.src).map(Ipv4Addr::from) else {
-            return false;
-        };
-        let Some(d) = super::parse::v4_unmapped(&m.tuple.dst).map(Ipv4Addr::from) else {
-            return false;
-        };
-        !(s.is_unspecified()
-            || s.is_multicast()
-            || s.is_broadcast()
-            || s.is_loopback()
-            || d.is_multicast()
-            || d.is_broadcast())
+        m.tuple.proto == proto::ICMP && m.icmp_type == 8
     }
 }
 
