@@ -16,6 +16,8 @@ mod common;
 use flowgate::action::{FrameBuf, PacketBuf};
 use flowgate::config::Pipeline;
 use flowgate::r#gen::{GenArgs, Scenario};
+use flowgate::pipeline::meta::DropReason;
+use flowgate::pipeline::stats::Stats;
 use flowgate::pipeline::{Outcome, Tables, Worker};
 use flowgate::port::pcap::PcapReader;
 use std::path::{Path, PathBuf};
@@ -31,30 +33,33 @@ fn frames(path: &Path) -> Vec<(u64, Vec<u8>)> {
     v
 }
 
-fn worker(p: &Path, capacity: usize) -> Worker {
+fn worker(p: &Path, capacity: usize, tweak: fn(&mut Pipeline)) -> Worker {
     let mut pl = Pipeline::load(p).expect("pipeline");
     pl.flow_table.capacity = capacity;
+    tweak(&mut pl);
     Worker::new(Arc::new(Tables::build(pl, 1)))
 }
 
 /// Runs `input` both ways through `pipeline`; panics on the first difference.
 /// Returns the number of frames compared.
 fn compare(pipeline: &Path, input: &[(u64, Vec<u8>)], capacity: usize, seed: u64) -> usize {
-    compare_switching(pipeline, input, capacity, seed, &[])
+    compare_switching(pipeline, input, capacity, seed, &[], |_| {}).0
 }
 
-/// [`compare`], with both workers switched to new tables built from `switches[k].1` at
-/// the first burst boundary at or after frame `switches[k].0` (as `Worker::set_tables`
-/// is used between bursts by the runtime).
+/// [`compare`], with `tweak` applied to the pipeline once loaded, and both workers
+/// switched to new tables built from `switches[k].1` at the first burst boundary at or
+/// after frame `switches[k].0` (as `Worker::set_tables` is used between bursts by the
+/// runtime). Returns the number of frames compared and the (equal) counters.
 fn compare_switching(
     pipeline: &Path,
     input: &[(u64, Vec<u8>)],
     capacity: usize,
     seed: u64,
     switches: &[(usize, Pipeline)],
-) -> usize {
-    let mut one = worker(pipeline, capacity);
-    let mut burst = worker(pipeline, capacity);
+    tweak: fn(&mut Pipeline),
+) -> (usize, Stats) {
+    let mut one = worker(pipeline, capacity, tweak);
+    let mut burst = worker(pipeline, capacity, tweak);
     let mut x = seed | 1;
     let mut i = 0;
     let mut now = 0u64;
@@ -107,7 +112,7 @@ fn compare_switching(
         pipeline.display()
     );
     assert_eq!(one.flow_count(), burst.flow_count());
-    input.len()
+    (input.len(), one.stats)
 }
 
 /// `input` with, in about half of the frames, a few bytes flipped (most in the headers)
@@ -165,6 +170,7 @@ fn burst_path_equals_frame_by_frame_on_generated_traffic() {
     let dir = tempfile::tempdir().unwrap();
     let mut total = 0;
     let mut tested = 0;
+    let mut too_big = 0;
     for (n, p) in common::shipped_pipelines().iter().enumerate() {
         let pl = Pipeline::load(p).expect("pipeline");
         if pl.services.is_empty() {
@@ -195,8 +201,15 @@ fn burst_path_equals_frame_by_frame_on_generated_traffic() {
         // Every fifth frame with its TTL or hop limit run out: a router answers those
         // on the general path, in the middle of express bursts.
         total += compare(p, &expiring(&input), 1 << 16, 11 + n as u64);
+        // Under the smallest MTU: the larger frames (some of them express flows' data,
+        // tagged or not) are answered or dropped on the general path, mid-burst.
+        let mtu = |p: &mut Pipeline| p.mtu = Some(1280);
+        let (n, stats) = compare_switching(p, &input, 1 << 16, 13 + n as u64, &[], mtu);
+        total += n;
+        too_big += stats.icmp_errors + stats.drops[DropReason::MtuExceeded as usize];
     }
     assert!(tested >= 3, "only {tested} pipelines with services");
+    assert!(too_big > 0, "no frame was over the MTU");
     assert!(total > 0);
 }
 
@@ -253,8 +266,8 @@ fn burst_path_equals_frame_by_frame_when_tables_change() {
         (n / 2, mpls),
         (3 * n / 4, grown.clone()),
     ];
-    let total = compare_switching(&path, &input, 1 << 16, 3, &switches)
-        + compare_switching(&path, &damage(&input, 9), 1 << 16, 4, &switches);
+    let total = compare_switching(&path, &input, 1 << 16, 3, &switches, |_| {}).0
+        + compare_switching(&path, &damage(&input, 9), 1 << 16, 4, &switches, |_| {}).0;
     assert_eq!(total, 2 * n);
 }
 

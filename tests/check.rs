@@ -82,6 +82,31 @@ fn base_is_valid() {
     );
     assert!(out.contains("service web vip 192.0.2.10"), "{out}");
     assert!(out.contains("flow rule r -> gateway"), "{out}");
+    assert!(
+        out.contains("mtu: none set (frames leave at any size)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_says_what_the_mtu_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("mtu.yaml");
+    std::fs::write(
+        &f,
+        mutate(4, "  gateway: \"02:00:00:00:00:fe\"\n  mtu: 1400"),
+    )
+    .unwrap();
+    let (code, out, err) = run_check(&f);
+    assert_eq!(code, 0, "stderr: {err}");
+    assert!(
+        out.contains(
+            "mtu 1400: larger packets dropped; IPv4 with DF and IPv6 answered with \
+             Fragmentation Needed / Packet Too Big (IPv4 from 192.0.2.1, IPv6 none: dropped \
+             unanswered), at most 1000 ICMP errors a second per worker"
+        ),
+        "{out}"
+    );
 }
 
 struct Bad {
@@ -400,6 +425,14 @@ fn bads() -> Vec<Bad> {
             5,
             "system.icmp_rate",
             "-5",
+        ),
+        bad(
+            "an MTU below IPv6's minimum",
+            4,
+            "  gateway: \"02:00:00:00:00:fe\"\n  mtu: 1000",
+            5,
+            "system.mtu",
+            "mtu 1000 is out of range (1280..=16000",
         ),
         bad(
             "unknown policy",

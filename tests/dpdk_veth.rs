@@ -45,6 +45,11 @@
 //! error queue (`IP_RECVERR`); `ping` and `ping -6` of flowgate's addresses are
 //! answered.
 //!
+//! Path MTU: with `system.mtu: 1400` on the 1500-byte veths, the servers' full-size
+//! segments are answered with ICMP Fragmentation Needed / Packet Too Big; the servers'
+//! kernels record the path MTU (`ip route get`) and 1 MB downloads over IPv4 and IPv6
+//! arrive intact.
+//!
 //! IPsec servers behind one address: each agent routes the SPI block the supervisor's
 //! ANA granted it; ESP packets the client's kernel sends to the VIP, two security
 //! associations from the one client address, reach the server whose block holds their
@@ -593,43 +598,58 @@ fn run_af_packet_ftp_passive_on_both_servers() {
     assert_eq!(rules["pasv-s2"]["flows"].as_u64(), Some(n2 as u64), "{j}");
 }
 
+/// Downloads `url` (a server's `big.bin`) from the client namespace within 20 s, and
+/// checks that it arrived whole, as one of the servers (documents under `www`) has it.
+fn download_intact(t: &mut Topo, url: &str, www: &Path, stats: &Path) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("big.bin");
+    let ok = t
+        .exec("c", &["curl", "-s", "--noproxy", "*", "-m", "20", "-o"])
+        .arg(&out)
+        .arg(url)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        fail(t, &format!("the 1 MB download of {url}"), stats);
+    }
+    let got = std::fs::read(&out).expect("downloaded file");
+    let from: Vec<bool> = [1, 2]
+        .iter()
+        .map(|i| std::fs::read(www.join(format!("s{i}/big.bin"))).expect("served") == got)
+        .collect();
+    assert_eq!(got.len(), BIG_LEN, "{url}");
+    assert!(
+        from.contains(&true),
+        "{url}: the download is one server's file, intact"
+    );
+}
+
+/// Service `web6`: the IPv6 VIP on the same servers as `web` (a server is declared
+/// once; its `ip` is informational), reached over IPv6 at their MAC addresses.
+fn web6() -> String {
+    format!(
+        "  - name: web6\n    vip: \"{VIP6}\"\n    proto: tcp\n    ports: [80]\n    servers:\n      \
+         - {{ name: s1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, weight: 100, port: inside }}\n      \
+         - {{ name: s2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, weight: 100, port: inside }}\n"
+    )
+}
+
 #[test]
 fn run_af_packet_namespaces_http_over_ipv6() {
     let Some((_one, mut t, www)) = setup(3) else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let web6 = format!(
-        "  - name: web6\n    vip: \"{VIP6}\"\n    proto: tcp\n    ports: [80]\n    servers:\n      \
-         - {{ name: s1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, weight: 100, port: inside }}\n      \
-         - {{ name: s2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, weight: 100, port: inside }}\n"
-    );
-    // The same servers as `web` (a server is declared once; its `ip` is informational),
-    // reached over IPv6 at their MAC addresses.
-    let stats = start_flowgate(&mut t, dir.path(), &web6, "");
+    let stats = start_flowgate(&mut t, dir.path(), &web6(), "");
     // The client's kernel finds its next hop (2001:db8:1::1) by neighbour discovery, the
     // servers' kernels their default router (fd00::1): flowgate answers both.
     let answers = both_serve_url(&mut t, URL6, "server-", 30, &stats);
     // Full-size segments both ways: 1 MB arrives whole, from one of the servers.
-    let out = dir.path().join("big.bin");
-    let ok = t
-        .exec("c", &["curl", "-s", "--noproxy", "*", "-m", "20", "-o"])
-        .arg(&out)
-        .arg(format!("http://[{VIP6}]/big.bin"))
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        fail(&mut t, "the 1 MB download over IPv6", &stats);
-    }
-    let got = std::fs::read(&out).expect("downloaded file");
-    let from: Vec<bool> = [1, 2]
-        .iter()
-        .map(|i| std::fs::read(www.path().join(format!("s{i}/big.bin"))).expect("served") == got)
-        .collect();
-    assert_eq!(got.len(), BIG_LEN);
-    assert!(
-        from.contains(&true),
-        "the download is one server's file, intact"
+    download_intact(
+        &mut t,
+        &format!("http://[{VIP6}]/big.bin"),
+        www.path(),
+        &stats,
     );
     stop(&mut t);
     // A flow per request, and one more for the download.
@@ -1280,5 +1300,51 @@ fn run_af_packet_routes_and_answers_expired_ttls() {
         serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
     assert!(j["icmp_errors"].as_u64() >= Some(2), "{j}");
     assert_eq!(j["echo_replies"].as_u64(), Some(4), "{j}");
+    assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
+}
+
+#[test]
+fn run_af_packet_teaches_real_servers_the_path_mtu() {
+    // `system.mtu: 1400` on 1500-byte veths: the servers' full-size segments (1500 bytes,
+    // DF set, as Linux sends TCP) do not fit. flowgate answers each with ICMP
+    // Fragmentation Needed (IPv4) or Packet Too Big (IPv6) naming 1400; the servers'
+    // kernels lower their path MTU to the client and resend smaller, so 1 MB downloads
+    // complete over both families. Were the packets dropped silently (a path MTU black
+    // hole), the downloads would stall.
+    let Some((_one, mut t, www)) = setup(8) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stats = start_flowgate_with(&mut t, dir.path(), &web6(), "", "[1]", "", "  mtu: 1400\n");
+    first_answer(&t, URL4);
+    first_answer(&t, URL6);
+    download_intact(&mut t, "http://203.0.113.10/big.bin", www.path(), &stats);
+    download_intact(
+        &mut t,
+        &format!("http://[{VIP6}]/big.bin"),
+        www.path(),
+        &stats,
+    );
+    // The kernels' own record: the route cache of the server that sent the file holds
+    // the path MTU flowgate named.
+    let learned = |args: &[&str]| {
+        ["s1", "s2"].iter().any(|s| {
+            let o = t.exec(s, args).output().expect("ip route get");
+            String::from_utf8_lossy(&o.stdout).contains("mtu 1400")
+        })
+    };
+    let v4 = learned(&["ip", "-4", "route", "get", "198.51.100.2"]);
+    let v6 = learned(&["ip", "-6", "route", "get", "2001:db8:1::2"]);
+    stop(&mut t);
+    assert!(v4, "an IPv4 server learned the path MTU 1400");
+    assert!(v6, "an IPv6 server learned the path MTU 1400");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    assert!(j["icmp_errors"].as_u64() >= Some(2), "{j}");
+    assert_eq!(
+        j["drops"].get("mtu_exceeded"),
+        None,
+        "every one answered: {j}"
+    );
     assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
 }

@@ -2,15 +2,14 @@
 //! lower (IPv4 header checksum still good), and one that arrives with 1 or 0 is answered
 //! with an ICMP Time Exceeded from the system's address instead of being forwarded,
 //! within `system.icmp_rate`; `mode: switch` (the default) leaves TTLs alone. In both
-//! modes, pings to the system's own addresses are answered.
+//! modes, pings to the system's own addresses are answered, and a packet over
+//! `system.mtu` is answered with ICMP Fragmentation Needed or Packet Too Big.
 //!
 //! Frames are built by scapy, run through `flowgate replay` (the CLI a user runs), and
 //! read back by tshark, the independent oracle for TTLs, checksums, ICMP types and the
 //! quoted packet.
 
 mod common;
-
-use std::path::Path;
 
 fn pipeline(mode: &str) -> String {
     format!(
@@ -66,38 +65,29 @@ for t in (10.0, 11.0):
 wrpcap(OUT, fs)
 "#;
 
-/// tshark's view of each output frame: eth.dst, ip.ttl, ipv6.hlim, ip.checksum.status,
-/// icmp.type, icmp.checksum.status, icmpv6.type, icmpv6.checksum.status, ip.src,
-/// ipv6.src, ip.dsfield.dscp, ip.id (fields that occur twice, outer then quoted, are
-/// comma-separated).
-fn tshark_rows(out: &Path) -> Vec<Vec<String>> {
-    let mut args = vec!["-o", "ip.check_checksum:TRUE", "-T", "fields"];
-    for f in [
-        "eth.dst",
-        "ip.ttl",
-        "ipv6.hlim",
-        "ip.checksum.status",
-        "icmp.type",
-        "icmp.checksum.status",
-        "icmpv6.type",
-        "icmpv6.checksum.status",
-        "ip.src",
-        "ipv6.src",
-        "ip.dsfield.dscp",
-        "ip.id",
-    ] {
-        args.extend(["-e", f]);
-    }
-    args.extend(["-E", "separator=;"]);
-    common::tshark(out, &args)
-        .into_iter()
-        .map(|l| l.split(';').map(str::to_string).collect())
-        .collect()
-}
+/// The tshark fields [`replay`] reads in the TTL and ping tests: eth.dst, ip.ttl,
+/// ipv6.hlim, ip.checksum.status, icmp.type, icmp.checksum.status, icmpv6.type,
+/// icmpv6.checksum.status, ip.src, ipv6.src, ip.dsfield.dscp, ip.id (fields that occur
+/// twice, outer then quoted, are comma-separated).
+const TTL_FIELDS: &[&str] = &[
+    "eth.dst",
+    "ip.ttl",
+    "ipv6.hlim",
+    "ip.checksum.status",
+    "icmp.type",
+    "icmp.checksum.status",
+    "icmpv6.type",
+    "icmpv6.checksum.status",
+    "ip.src",
+    "ipv6.src",
+    "ip.dsfield.dscp",
+    "ip.id",
+];
 
-/// Replays the frames the scapy program `input` writes to `OUT` through the pipeline in
-/// `mode`; returns tshark's rows of the output and the stats JSON.
-fn replay(mode: &str, input: &str) -> (Vec<Vec<String>>, serde_json::Value) {
+/// Replays the frames the scapy program `input` writes to `OUT` through the pipeline
+/// `yaml`; returns tshark's rows of the output (`fields` of each frame) and the stats
+/// JSON.
+fn replay(yaml: &str, input: &str, fields: &[&str]) -> (Vec<Vec<String>>, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let (p, inp, out, stats) = (
         dir.path().join("router.yaml"),
@@ -105,7 +95,7 @@ fn replay(mode: &str, input: &str) -> (Vec<Vec<String>>, serde_json::Value) {
         dir.path().join("out.pcap"),
         dir.path().join("stats.json"),
     );
-    std::fs::write(&p, pipeline(mode)).unwrap();
+    std::fs::write(&p, yaml).unwrap();
     common::scapy(&format!(
         "from scapy.all import *\nOUT = {:?}\n{input}",
         inp.to_str().unwrap()
@@ -124,7 +114,16 @@ fn replay(mode: &str, input: &str) -> (Vec<Vec<String>>, serde_json::Value) {
     assert!(st.success(), "replay failed");
     let j: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
-    (tshark_rows(&out), j)
+    let mut args = vec!["-o", "ip.check_checksum:TRUE", "-T", "fields"];
+    for f in fields {
+        args.extend(["-e", f]);
+    }
+    args.extend(["-E", "separator=;"]);
+    let rows = common::tshark(&out, &args)
+        .into_iter()
+        .map(|l| l.split(';').map(str::to_string).collect())
+        .collect();
+    (rows, j)
 }
 
 const GW: &str = "02:00:00:00:00:fe";
@@ -136,10 +135,10 @@ fn router_mode_lowers_ttls_and_answers_expired_packets() {
         assert!(!common::in_ci(), "CI must have scapy and tshark");
         return;
     }
-    let (rows, j) = replay("router", INPUT);
+    let (rows, j) = replay(&pipeline("router"), INPUT, TTL_FIELDS);
     let row = |i: usize| rows[i].join(";");
     // eth.dst; ip.ttl; ipv6.hlim; ip ck; icmp type; icmp ck; icmpv6 type; icmpv6 ck;
-    // ip.src; ipv6.src; dscp; ip.id (see `tshark_rows`): one output frame per input
+    // ip.src; ipv6.src; dscp; ip.id (see `TTL_FIELDS`): one output frame per input
     // frame that was not dropped; checksum statuses are tshark's (1: good).
     let expect = [
         // SYN to the VIP: to s1, TTL 63, header checksum good, the service's DSCP.
@@ -189,7 +188,7 @@ fn switch_mode_keeps_ttls() {
         assert!(!common::in_ci(), "CI must have scapy and tshark");
         return;
     }
-    let (rows, j) = replay("switch", INPUT);
+    let (rows, j) = replay(&pipeline("switch"), INPUT, TTL_FIELDS);
     assert_eq!(j["icmp_errors"], 0);
     assert_eq!(
         j["drops"].get("ttl_exceeded"),
@@ -236,7 +235,7 @@ fn pings_to_the_systems_addresses_are_answered_in_both_modes() {
         return;
     }
     for mode in ["router", "switch"] {
-        let (rows, j) = replay(mode, PINGS);
+        let (rows, j) = replay(&pipeline(mode), PINGS, TTL_FIELDS);
         let row = |i: usize| rows[i].join(";");
         assert_eq!(rows.len(), 4, "{mode}: {rows:?}");
         // The echo replies, back to the sender (checksums good, TTL 64, from the
@@ -266,5 +265,121 @@ fn pings_to_the_systems_addresses_are_answered_in_both_modes() {
         );
         assert_eq!(j["echo_replies"], 2, "{mode}");
         assert_eq!(j["drops"]["not_for_us"], 1, "{mode}: the bad checksum");
+    }
+}
+
+/// `system.mtu: 1400`, and a flow rule that pushes an MPLS label (4 bytes that count
+/// against the MTU, where a VLAN tag does not).
+fn mtu_pipeline(mode: &str) -> String {
+    format!(
+        r#"system:
+  mac: "02:00:00:00:00:01"
+  addresses: [203.0.113.1, "2001:db8::1"]
+  gateway: "02:00:00:00:00:fe"
+  mode: {mode}
+  mtu: 1400
+qos: {{ lsp: {{ push_mpls: {{ label: 1000, tc: 0, ttl: 64 }} }} }}
+services:
+  - name: web
+    vip: 203.0.113.10
+    proto: tcp
+    ports: [80]
+    servers: [{{ name: s1, mac: "02:00:00:00:01:01" }}]
+  - name: web6
+    vip: "2001:db8::10"
+    proto: tcp
+    ports: [80]
+    servers: [{{ name: s1, mac: "02:00:00:00:01:01" }}]
+flows:
+  - name: backup
+    match: {{ proto: tcp, dst_port: 873 }}
+    to: gateway
+    qos: lsp
+default: gateway
+"#
+    )
+}
+
+/// Packets around the MTU; `L` is each one's IP length (see `expect` in the test).
+const AROUND_THE_MTU: &str = r#"
+conf.verb = 0
+def E(): return Ether(src="02:00:00:00:00:fe", dst="02:00:00:00:00:01")
+C, V, C6, V6 = "198.51.100.7", "203.0.113.10", "2001:db8:1::7", "2001:db8::10"
+def v4(L, dport=80, df=True, flags="A"):
+  return IP(src=C, dst=V, flags="DF" if df else 0)/TCP(sport=40000, dport=dport, flags=flags)/Raw(b"x"*(L-40))
+def v6(L, dst=V6, flags="A"):
+  return IPv6(src=C6, dst=dst)/TCP(sport=40001, dport=80, flags=flags)/Raw(b"y"*(L-60))
+fs = [
+  E()/v4(40, flags="S"),
+  E()/v4(1400),
+  E()/v4(1401),
+  E()/v4(1401, df=False),
+  E()/Dot1Q(vlan=7)/v4(1400),
+  E()/v4(1396, dport=873),
+  E()/v4(1397, dport=873),
+  E()/v6(60, flags="S"),
+  E()/v6(1401),
+  E()/IPv6(src=C6, dst="ff0e::1")/UDP(sport=5000, dport=5001)/Raw(b"z"*1452),
+  E()/v6(1400),
+]
+wrpcap(OUT, fs)
+"#;
+
+#[test]
+fn packets_over_the_mtu_are_answered_with_fragmentation_needed_or_packet_too_big() {
+    if !(common::have_scapy() && common::have_tshark()) {
+        assert!(!common::in_ci(), "CI must have scapy and tshark");
+        return;
+    }
+    let fields = [
+        "eth.dst",
+        "vlan.id",
+        "mpls.label",
+        "ip.len",
+        "ipv6.plen",
+        "ip.src",
+        "ipv6.src",
+        "icmp.type",
+        "icmp.code",
+        "icmp.mtu",
+        "icmp.checksum.status",
+        "icmpv6.type",
+        "icmpv6.mtu",
+        "icmpv6.checksum.status",
+    ];
+    // eth.dst; vlan; label; ip.len; ipv6.plen; ip.src; ipv6.src; icmp type; code; mtu;
+    // checksum status; icmpv6 type; mtu; checksum status. Quoted headers' fields follow
+    // the outer ones, comma-separated.
+    let expect = [
+        // SYN, then an ACK of exactly 1400 bytes: to the server.
+        format!("{S1};;;40;;198.51.100.7;;;;;;;;"),
+        format!("{S1};;;1400;;198.51.100.7;;;;;;;;"),
+        // 1401 bytes with DF: Fragmentation Needed (3/4) from the system, next-hop MTU
+        // 1400, quoting 548 bytes of the packet (576 in all), checksums good.
+        format!("{GW};;;576,1401;;203.0.113.1,198.51.100.7;;3;4;1400;1;;;"),
+        // (1401 bytes without DF: dropped, not fragmented.)
+        // Tagged, 1400 bytes: the tag does not count.
+        format!("{S1};7;;1400;;198.51.100.7;;;;;;;;"),
+        // Into the LSP: 1396 bytes and a label fit; 1397 do not, and the MTU named is
+        // 1396.
+        format!("{GW};;1000;1396;;198.51.100.7;;;;;;;;"),
+        format!("{GW};;;576,1397;;203.0.113.1,198.51.100.7;;3;4;1396;1;;;"),
+        // IPv6: SYN forwarded; 1401 bytes answered with Packet Too Big (type 2, MTU
+        // 1400) from 2001:db8::1, quoting 1232 bytes; so is a multicast packet (RFC
+        // 4443 §2.4 (e.3)); 1400 bytes go through.
+        format!("{S1};;;;20;;2001:db8:1::7;;;;;;;"),
+        format!("{GW};;;;1240,1361;;2001:db8::1,2001:db8:1::7;;;;;2;1400;1"),
+        format!("{GW};;;;1240,1460;;2001:db8::1,2001:db8:1::7;;;;;2;1400;1"),
+        format!("{S1};;;;1360;;2001:db8:1::7;;;;;;;"),
+    ];
+    for mode in ["switch", "router"] {
+        let (rows, j) = replay(&mtu_pipeline(mode), AROUND_THE_MTU, &fields);
+        let got: Vec<String> = rows.iter().map(|r| r.join(";")).collect();
+        assert_eq!(got, expect, "{mode}");
+        assert_eq!(j["icmp_errors"], 4, "{mode}");
+        assert_eq!(
+            j["drops"]["mtu_exceeded"], 1,
+            "{mode}: the IPv4 packet without DF"
+        );
     }
 }

@@ -19,23 +19,39 @@ pub fn render(p: &Pipeline) -> String {
             .unwrap_or_default(),
         p.addresses
     );
+    let from = |v6: bool| {
+        p.addresses
+            .iter()
+            .find(|a| a.is_ipv6() == v6)
+            .map_or("none: dropped unanswered".to_string(), |a| {
+                format!("from {a}")
+            })
+    };
     match p.forwarding {
         Forwarding::Switch => {
             let _ = writeln!(s, "mode switch: TTLs and hop limits kept");
         }
         Forwarding::Router => {
-            let from = |v6: bool| {
-                p.addresses
-                    .iter()
-                    .find(|a| a.is_ipv6() == v6)
-                    .map_or("none: dropped unanswered".to_string(), |a| {
-                        format!("from {a}")
-                    })
-            };
             let _ = writeln!(
                 s,
                 "mode router: TTLs and hop limits lowered by one; expired packets answered \
                  with ICMP Time Exceeded (IPv4 {}, IPv6 {}), at most {} a second per worker",
+                from(false),
+                from(true),
+                p.icmp_rate
+            );
+        }
+    }
+    match p.mtu {
+        None => {
+            let _ = writeln!(s, "mtu: none set (frames leave at any size)");
+        }
+        Some(m) => {
+            let _ = writeln!(
+                s,
+                "mtu {m}: larger packets dropped; IPv4 with DF and IPv6 answered with \
+                 Fragmentation Needed / Packet Too Big (IPv4 {}, IPv6 {}), at most {} \
+                 ICMP errors a second per worker",
                 from(false),
                 from(true),
                 p.icmp_rate

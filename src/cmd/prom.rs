@@ -130,7 +130,7 @@ pub fn render(j: &Value) -> String {
         ("nd_replies", "IPv6 neighbour solicitations answered."),
         (
             "icmp_errors",
-            "ICMP Time Exceeded sent for expired TTLs (router mode).",
+            "ICMP errors sent: Time Exceeded (router mode), Fragmentation Needed and Packet Too Big (system.mtu).",
         ),
         (
             "echo_replies",

@@ -386,8 +386,12 @@ pub struct Pipeline {
     pub flow_table: FlowTableConf,
     /// Switch or router (`system.mode`).
     pub forwarding: Forwarding,
-    /// ICMP errors a worker may send per second in router mode (0: none).
+    /// ICMP errors a worker may send per second (0: none).
     pub icmp_rate: u32,
+    /// The links' MTU (`system.mtu`): the most bytes after the Ethernet header and VLAN
+    /// tags (MPLS labels and the IP packet) a forwarded frame may carry; `None`: no
+    /// limit but the frame buffer's.
+    pub mtu: Option<u16>,
 }
 
 /// How the system forwards IP packets (`system.mode`).
@@ -406,6 +410,11 @@ pub enum Forwarding {
 /// Default `system.icmp_rate`: ICMP errors a worker sends per second (Linux's
 /// `icmp_msgs_per_sec` default).
 pub const DEFAULT_ICMP_RATE: u32 = 1000;
+
+/// What `system.mtu` may be: at least the IPv6 minimum link MTU (RFC 8200 §5), at most
+/// what a frame of [`crate::action::MAX_FRAME`] bytes with the most VLAN tags the parser
+/// takes can carry.
+pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 1280..=16_000;
 
 /// Default Maglev table size: a prime well above 100 × the number of servers.
 pub const DEFAULT_TABLE_SIZE: usize = 65537;
@@ -792,6 +801,20 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
         }
     };
     let icmp_rate = raw.system.icmp_rate.unwrap_or(DEFAULT_ICMP_RATE);
+    let mtu = match raw.system.mtu {
+        None => None,
+        Some(m) if MTU_RANGE.contains(&m) => Some(m as u16),
+        Some(m) => {
+            return Err(cx.err(
+                &[Key("system"), Key("mtu")],
+                format!(
+                    "mtu {m} is out of range ({}..={}: at least IPv6's minimum link MTU)",
+                    MTU_RANGE.start(),
+                    MTU_RANGE.end()
+                ),
+            ));
+        }
+    };
 
     // QoS classes.
     let mut classes: BTreeMap<String, QosActions> = BTreeMap::new();
@@ -1076,6 +1099,7 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
         flow_table,
         forwarding,
         icmp_rate,
+        mtu,
     })
 }
 

@@ -33,9 +33,12 @@ pub struct RawSystem {
     /// `switch` (default) or `router`.
     #[serde(default)]
     pub mode: Option<String>,
-    /// ICMP errors a worker may send per second in router mode.
+    /// ICMP errors a worker may send per second.
     #[serde(default)]
     pub icmp_rate: Option<u32>,
+    /// The links' MTU: the largest IP packet (with its MPLS labels) a port sends.
+    #[serde(default)]
+    pub mtu: Option<u32>,
 }
 
 /// `gateway: "02:…"` or `gateway: { mac: "02:…", port: outside }`.

@@ -23,12 +23,12 @@
 //! - The flow must be owned by a service and target one of its servers that is not
 //!   down, and must not be a closed TCP connection being reopened by a SYN; everything
 //!   else (misses, rule flows, down servers, ARP/ND, ICMP, fragments, two VLAN tags,
-//!   MPLS, IPv6 extension headers, and in router mode a TTL or hop limit of 1 or 0,
-//!   which is answered with an ICMP error) takes the general path, decided before
-//!   anything is changed. A frame [`parse`] took whose flow then turns out not to be
-//!   express (a new connection's SYN is the common one) is parsed a second time, by the
-//!   general parser, for the `Meta` the general path reads; its flow key and hash are
-//!   kept.
+//!   MPLS, IPv6 extension headers, in router mode a TTL or hop limit of 1 or 0, and a
+//!   frame over `system.mtu`, both answered with an ICMP error) takes the general path,
+//!   decided before anything is changed. A frame [`parse`] took whose flow then turns
+//!   out not to be express (a new connection's SYN is the common one) is parsed a second
+//!   time, by the general parser, for the `Meta` the general path reads; its flow key
+//!   and hash are kept.
 //!
 //! The outcome, the flow's state, the frame's bytes and the counters are exactly what
 //! the general path gives: `tests/burst.rs` runs `process_burst` against
@@ -243,6 +243,9 @@ pub struct Express {
     /// Router mode: every route lowers the TTL, and a frame whose TTL is 1 or 0 is not
     /// express (`process_burst` leaves it to the general path, which answers it).
     pub router: bool,
+    /// The longest untagged frame that fits `system.mtu` (`usize::MAX` without one); a
+    /// longer one (4 bytes more with a tag) is not express: the general path answers it.
+    pub max_len: usize,
     servers: usize,
     /// Index `service * servers + server`: the forward route of a flow of that service
     /// on that server; `None` when the server is not a member, is down, or the
@@ -299,6 +302,7 @@ impl Express {
         }
         Express {
             router,
+            max_len: p.mtu.map_or(usize::MAX, |m| 14 + usize::from(m)),
             servers: n,
             forward,
             reply,

@@ -346,7 +346,7 @@ impl Worker {
             flows: FlowTable::new(&p.flow_table, &rule_idle),
             frags: LruTable::new(FRAG_CAPACITY, &[FRAG_TIMEOUT_NS]),
             stats: Stats::new(p),
-            scratch: vec![0; reply::TIME_EXCEEDED_MAX],
+            scratch: vec![0; reply::ICMP_ERROR_MAX],
             icmp_tokens: u64::MAX,
             icmp_earned_at: 0,
             burst_metas: Vec::new(),
@@ -521,11 +521,15 @@ impl Worker {
             const LAG: usize = 12;
             let table = &self.flows.table;
             let n = bufs.len();
-            // A router answers a frame whose TTL runs out on the general path.
+            // A router answers a frame whose TTL runs out on the general path, and so
+            // is a frame over the MTU (express routes push no label: a frame leaves with
+            // as many bytes after its tag as it came with).
             let min_ttl = if tables.express.router { 2 } else { 0 };
+            let max_len = tables.express.max_len;
             for (i, b) in bufs.iter().enumerate() {
                 if let Some(x) = express::parse(b.data())
                     && x.ttl >= min_ttl
+                    && b.data().len() - 4 * usize::from(x.tagged) <= max_len
                 {
                     let (key, swapped) = FlowKey::of(&x.tuple);
                     let h = table.hash(&key);
@@ -760,7 +764,7 @@ impl Worker {
                 Some(h) => {
                     let rec = *self.frags.get(h);
                     out.kind = Kind::Fragment;
-                    Self::emit(tables, buf, m, rec.route, out);
+                    self.emit(tables, buf, m, rec.route, in_port, now, out);
                 }
                 None => drop_into(out, DropReason::FragmentNoFirst),
             }
@@ -805,7 +809,7 @@ impl Worker {
                 }
             }
         }
-        Self::emit(tables, buf, m, route, out);
+        self.emit(tables, buf, m, route, in_port, now, out);
     }
 
     /// Routes a packet of flow `h`; updates its TCP state and timers.
@@ -1053,15 +1057,28 @@ impl Worker {
         }
     }
 
+    /// Rewrites the frame for `route` (TTL in router mode, QoS, MACs) into `out`, or,
+    /// when it would leave larger than `system.mtu`, answers or drops it (see
+    /// [`Worker::too_big`]).
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn emit<B: PacketBuf + ?Sized>(
+        &mut self,
         tables: &Tables,
         buf: &mut B,
         m: &Meta,
         route: Route,
+        in_port: u16,
+        now: u64,
         out: &mut Outcome,
     ) {
         let q = tables.qos(route.qos);
+        if let Some(mtu) = tables.pipeline.mtu
+            && mtu_bytes(buf.data().len(), m, q) > usize::from(mtu)
+        {
+            *out = self.too_big(tables, buf, m, q, mtu, in_port, now, *out);
+            return;
+        }
         // A router lowers the TTL (the IP header is still where the parser found it).
         if tables.pipeline.forwarding == Forwarding::Router && m.n_mpls == 0 {
             let off = usize::from(m.l3_off);
@@ -1079,9 +1096,7 @@ impl Worker {
     }
 
     /// Router mode, a packet whose TTL or hop limit ran out: answered with an ICMP Time
-    /// Exceeded from the system's first address of its family, sent back out of its
-    /// input port (see [`reply::time_exceeded`]), within `system.icmp_rate`; else
-    /// dropped as `ttl_exceeded`.
+    /// Exceeded (see [`Worker::icmp_error`]), or dropped as `ttl_exceeded`.
     fn expired<B: PacketBuf + ?Sized>(
         &mut self,
         tables: &Tables,
@@ -1091,20 +1106,56 @@ impl Worker {
         now: u64,
         out: Outcome,
     ) -> Outcome {
+        let kind = reply::IcmpError::TimeExceeded;
+        self.icmp_error(tables, buf, m, kind, in_port, now, out)
+            .unwrap_or_else(|| drop_with(out, DropReason::TtlExceeded))
+    }
+
+    /// A packet that would leave larger than `mtu` with QoS `q`: answered with an ICMP
+    /// Fragmentation Needed (IPv4 with DF) or Packet Too Big (IPv6) naming the largest
+    /// IP packet that fits, `mtu` less the label this route pushes (see
+    /// [`Worker::icmp_error`]), or dropped as `mtu_exceeded`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn too_big<B: PacketBuf + ?Sized>(
+        &mut self,
+        tables: &Tables,
+        buf: &mut B,
+        m: &Meta,
+        q: &crate::config::QosActions,
+        mtu: u16,
+        in_port: u16,
+        now: u64,
+        out: Outcome,
+    ) -> Outcome {
+        let label = if q.push_mpls.is_some() { 4 } else { 0 };
+        let kind = reply::IcmpError::TooBig { mtu: mtu - label };
+        self.icmp_error(tables, buf, m, kind, in_port, now, out)
+            .unwrap_or_else(|| drop_with(out, DropReason::MtuExceeded))
+    }
+
+    /// Puts the ICMP error `kind` about the packet in `buf` in its place, from the
+    /// system's first address of the packet's family, to go back out of its input port
+    /// (see [`reply::icmp_error`]), within `system.icmp_rate`: the outcome, or `None`
+    /// when no error may or can be sent.
+    #[allow(clippy::too_many_arguments)]
+    fn icmp_error<B: PacketBuf + ?Sized>(
+        &mut self,
+        tables: &Tables,
+        buf: &mut B,
+        m: &Meta,
+        kind: reply::IcmpError,
+        in_port: u16,
+        now: u64,
+        out: Outcome,
+    ) -> Option<Outcome> {
         let p = &tables.pipeline;
-        let Some(src) = p.addresses.iter().find(|a| a.is_ipv6() == m.v6) else {
-            return drop_with(out, DropReason::TtlExceeded);
-        };
-        let sent = reply::time_exceeded(buf.data(), m, p.mac, *src, &mut self.scratch)
+        let src = p.addresses.iter().find(|a| a.is_ipv6() == m.v6)?;
+        let o = reply::icmp_error(buf.data(), m, p.mac, *src, kind, &mut self.scratch)
             .filter(|_| self.icmp_token(p.icmp_rate, now))
-            .and_then(|n| self.send_back(buf, n, in_port, out));
-        match sent {
-            Some(o) => {
-                self.stats.icmp_errors += 1;
-                o
-            }
-            None => drop_with(out, DropReason::TtlExceeded),
-        }
+            .and_then(|n| self.send_back(buf, n, in_port, out))?;
+        self.stats.icmp_errors += 1;
+        Some(o)
     }
 
     /// Takes one ICMP error token, earning `rate` a second up to a burst of
@@ -1230,6 +1281,15 @@ fn route_to(p: &Pipeline, t: Target, qos: QosSel, svc: u16, member: u16, rule: u
             server: NONE16,
         },
     }
+}
+
+/// The bytes of the frame `m` describes (`len` long) that count against an MTU once QoS
+/// `q` applied: what follows the Ethernet header and VLAN tags (tags are the link's, as
+/// 802.1Q frames may be 4 bytes longer), so MPLS labels and the packet.
+#[inline]
+fn mtu_bytes(len: usize, m: &Meta, q: &crate::config::QosActions) -> usize {
+    let grown = len + 4 * usize::from(q.push_mpls.is_some());
+    grown.saturating_sub(14 + 4 * usize::from(m.n_vlans) + 4 * usize::from(q.pop_mpls))
 }
 
 /// A SYN without ACK: what opens a connection.

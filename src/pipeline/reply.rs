@@ -1,13 +1,15 @@
-//! Answers for ARP requests and IPv6 Neighbor Solicitations, and the ICMP Time Exceeded
-//! a router sends for a packet whose TTL or hop limit ran out.
+//! Answers for ARP requests, IPv6 Neighbor Solicitations and pings to the system, and
+//! the ICMP errors it sends: Time Exceeded (a router, for a packet whose TTL or hop limit
+//! ran out) and Fragmentation Needed / Packet Too Big (for a packet over `system.mtu`).
 //!
 //! Layer: `pipeline`, on the `wire` views. Pure functions: a parsed request frame
 //! and [`Meta`] in, a reply frame written into a caller's buffer out. Nothing here
 //! decides *whether* to answer an ARP or ND request: the caller asks
 //! [`arp_request_target`] / [`ns_target`] which address is wanted, checks that the
-//! system owns it, then calls [`arp_reply`] / [`nd_advert`]. [`time_exceeded`] refuses
-//! the packets RFC 1812 and RFC 4443 say must not get an ICMP error; the caller decides
-//! that the TTL ran out and applies the rate limit. No allocation, no panics.
+//! system owns it, then calls [`arp_reply`] / [`nd_advert`]. [`icmp_error`] refuses the
+//! packets RFC 1812 and RFC 4443 say must not get an ICMP error; the caller decides that
+//! the TTL ran out or the packet is too big, and applies the rate limit. No allocation,
+//! no panics.
 //!
 //! Replies keep the request's VLAN tags (the bytes between the MAC addresses and the
 //! L3 header are copied as they are). Requests inside MPLS are not answered.
@@ -204,7 +206,7 @@ pub fn echo_reply(frame: &[u8], m: &Meta, our_mac: [u8; 6], out: &mut [u8]) -> O
         || m.frag != Frag::None
         || m.n_mpls != 0
         || m.l4_off == 0
-        || !may_send_error(frame, m)
+        || !may_send_error(frame, m, false)
     {
         return None;
     }
@@ -270,33 +272,51 @@ pub fn echo_reply(frame: &[u8], m: &Meta, our_mac: [u8; 6], out: &mut [u8]) -> O
     Some(len)
 }
 
-/// The most of the expired packet an ICMPv4 Time Exceeded quotes: the error stays within
-/// 576 bytes of IP (RFC 1812 §4.3.2.3).
+/// The most of the packet an ICMPv4 error quotes: the error stays within 576 bytes of IP
+/// (RFC 1812 §4.3.2.3).
 const QUOTE_V4: usize = 576 - 20 - 8;
-/// The most an ICMPv6 Time Exceeded quotes: the error stays within the minimum IPv6 MTU,
-/// 1280 bytes (RFC 4443 §2.4 (c)).
+/// The most an ICMPv6 error quotes: the error stays within the minimum IPv6 MTU, 1280
+/// bytes (RFC 4443 §2.4 (c)).
 const QUOTE_V6: usize = 1280 - 40 - 8;
-/// Room [`time_exceeded`] may need in its output buffer (Ethernet with the most VLAN
-/// tags the parser takes, IPv6, ICMPv6, the longest quote).
-pub const TIME_EXCEEDED_MAX: usize = 14 + 4 * crate::pipeline::meta::MAX_VLANS + 1280;
+/// The IPv6 minimum link MTU (RFC 8200 §5): no Packet Too Big reports less.
+pub const MIN_MTU_V6: u16 = 1280;
+/// Room [`icmp_error`] may need in its output buffer (Ethernet with the most VLAN tags
+/// the parser takes, IPv6, ICMPv6, the longest quote).
+pub const ICMP_ERROR_MAX: usize = 14 + 4 * crate::pipeline::meta::MAX_VLANS + 1280;
+
+/// Which ICMP error [`icmp_error`] writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IcmpError {
+    /// Time Exceeded, code 0: the TTL or hop limit ran out in transit.
+    TimeExceeded,
+    /// The packet does not fit the next hop's MTU, `mtu` (the largest IP packet, with
+    /// any label stack this system adds taken off): IPv4 Destination Unreachable code 4,
+    /// "fragmentation needed and DF set", with the next-hop MTU (RFC 1191 §4), only for
+    /// a packet with DF set (one without may be fragmented); ICMPv6 Packet Too Big (RFC
+    /// 4443 §3.2) with `mtu`, never less than [`MIN_MTU_V6`] (RFC 8201 §4).
+    TooBig { mtu: u16 },
+}
 
 /// Whether an ICMP error may be sent about the IP packet `m` describes (RFC 1812
 /// §4.3.2.7, RFC 4443 §2.4 (e)): not about an ICMP error, a non-first fragment, a
 /// link-layer broadcast or multicast, an IP multicast or broadcast destination, or a
 /// source that does not name one host (unspecified, multicast, broadcast, loopback).
-fn may_send_error(frame: &[u8], m: &Meta) -> bool {
+/// `group_ok`: an IPv6 Packet Too Big, which RFC 4443 §2.4 (e.3) and (e.4) allow about a
+/// multicast packet (so that path MTU discovery works for multicast).
+fn may_send_error(frame: &[u8], m: &Meta, group_ok: bool) -> bool {
     use std::net::IpAddr;
     let icmp_error = if m.v6 {
         m.tuple.proto == proto::ICMPV6 && m.icmp_type < 128
     } else {
         m.tuple.proto == proto::ICMP && matches!(m.icmp_type, 3 | 4 | 5 | 11 | 12)
     };
-    if icmp_error || m.frag == Frag::Later || frame.first().is_none_or(|b| b & 1 != 0) {
+    let l2_group = frame.first().is_none_or(|b| b & 1 != 0);
+    if icmp_error || m.frag == Frag::Later || (l2_group && !group_ok) {
         return false;
     }
     let group = |a: IpAddr| a.is_multicast() || matches!(a, IpAddr::V4(v) if v.is_broadcast());
     let (s, d) = (m.src_ip(), m.dst_ip());
-    !(s.is_unspecified() || s.is_loopback() || group(s) || group(d))
+    !(s.is_unspecified() || s.is_loopback() || group(s) || (group(d) && !group_ok))
 }
 
 /// Whether `m` is an ICMP (ICMPv6) echo request.
@@ -308,30 +328,40 @@ pub fn is_echo_request(m: &Meta) -> bool {
     }
 }
 
-/// Writes the ICMP Time Exceeded (code 0, TTL exceeded in transit) for the IP packet in
-/// `frame` into `out`: Ethernet back to the frame's source MAC from `our_mac`, with the
-/// frame's VLAN tags; IP from `src` (an address of the system, in the packet's family)
-/// to the packet's source, TTL/hop limit 64 (IPv4 with precedence 6, "internetwork
-/// control"); then the start of the packet as it arrived, up to 548 bytes (IPv4) or
-/// 1232 (IPv6). Checksums filled; zero-padded to 60 bytes. Returns the length written,
-/// or `None` when the packet must not be answered (an ICMP error, a non-first fragment,
-/// a link-layer broadcast or multicast, an IP multicast or broadcast destination, a
-/// source that names no single host, or a packet inside MPLS), `src` is of the other
-/// family, or `out` is too small.
-pub fn time_exceeded(
+/// Writes the ICMP error `kind` about the IP packet in `frame` into `out`: Ethernet back
+/// to the frame's source MAC from `our_mac`, with the frame's VLAN tags; IP from `src`
+/// (an address of the system, in the packet's family) to the packet's source, TTL/hop
+/// limit 64 (IPv4 with precedence 6, "internetwork control"); then the start of the
+/// packet as it arrived, up to 548 bytes (IPv4) or 1232 (IPv6). Checksums filled;
+/// zero-padded to 60 bytes. Returns the length written, or `None` when the packet must
+/// not be answered (an ICMP error, a non-first fragment, a link-layer broadcast or
+/// multicast, an IP multicast or broadcast destination — both allowed for an IPv6
+/// Packet Too Big —, a source that names no single host, a packet inside MPLS, or for
+/// [`IcmpError::TooBig`] an IPv4 packet without DF), `src` is of the other family, or
+/// `out` is too small.
+pub fn icmp_error(
     frame: &[u8],
     m: &Meta,
     our_mac: [u8; 6],
     src: std::net::IpAddr,
+    kind: IcmpError,
     out: &mut [u8],
 ) -> Option<usize> {
     use crate::wire::checksum;
     use std::net::IpAddr;
-    if !matches!(m.l3, L3::Ipv4 | L3::Ipv6) || m.n_mpls != 0 || !may_send_error(frame, m) {
+    let group_ok = m.v6 && matches!(kind, IcmpError::TooBig { .. });
+    if !matches!(m.l3, L3::Ipv4 | L3::Ipv6) || m.n_mpls != 0 || !may_send_error(frame, m, group_ok)
+    {
         return None;
     }
     let l3 = usize::from(m.l3_off);
     let packet = frame.get(l3..)?;
+    if let IcmpError::TooBig { .. } = kind
+        && !m.v6
+        && packet.get(6)? & 0x40 == 0
+    {
+        return None;
+    }
     // The packet as its IP header bounds it (not the Ethernet padding after it).
     let ip_len = if m.v6 {
         ipv6::HEADER_LEN + usize::from(u16::from_be_bytes([*packet.get(4)?, *packet.get(5)?]))
@@ -362,7 +392,13 @@ pub fn time_exceeded(
             ip[16..20].copy_from_slice(&dst);
             let ck = checksum::checksum(ip);
             ip[10..12].copy_from_slice(&ck.to_be_bytes());
-            icmp[0] = 11;
+            match kind {
+                IcmpError::TimeExceeded => icmp[0] = 11,
+                IcmpError::TooBig { mtu } => {
+                    icmp[..2].copy_from_slice(&[3, 4]);
+                    icmp[6..8].copy_from_slice(&mtu.to_be_bytes());
+                }
+            }
             let ck = checksum::checksum(icmp);
             icmp[2..4].copy_from_slice(&ck.to_be_bytes());
         }
@@ -374,7 +410,14 @@ pub fn time_exceeded(
             ip[7] = 64;
             ip[8..24].copy_from_slice(&s);
             ip[24..40].copy_from_slice(&dst);
-            icmp[0] = 3;
+            match kind {
+                IcmpError::TimeExceeded => icmp[0] = msg_type::TIME_EXCEEDED,
+                IcmpError::TooBig { mtu } => {
+                    icmp[0] = msg_type::PKT_TOO_BIG;
+                    let mtu = u32::from(mtu.max(MIN_MTU_V6));
+                    icmp[4..8].copy_from_slice(&mtu.to_be_bytes());
+                }
+            }
             let pseudo = checksum::pseudo_v6(&s, &dst, proto::ICMPV6, icmp_len as u32);
             let ck = !checksum::fold(checksum::add(pseudo, icmp));
             icmp[2..4].copy_from_slice(&ck.to_be_bytes());
@@ -391,6 +434,7 @@ mod tests {
     use crate::wire::{hex, scapy, to_hex};
 
     const OUR: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
+    const TTL: IcmpError = IcmpError::TimeExceeded;
 
     // Ether(dst="ff:ff:ff:ff:ff:ff", src="66:77:88:99:aa:bb")/Dot1Q(vlan=7)/ARP(op=1,
     //   hwsrc="66:77:88:99:aa:bb", psrc="192.0.2.1", pdst="192.0.2.254")
@@ -663,9 +707,9 @@ mod tests {
         };
         let m = parse(&f).unwrap();
         assert_eq!(m.ttl, 1);
-        let mut out = vec![0u8; TIME_EXCEEDED_MAX];
+        let mut out = vec![0u8; ICMP_ERROR_MAX];
         let src = "192.0.2.1".parse().unwrap();
-        let n = time_exceeded(&f, &m, OUR, src, &mut out).expect("answered");
+        let n = icmp_error(&f, &m, OUR, src, TTL, &mut out).expect("answered");
         // Ethernet + tag + IPv4 + ICMP + 548 quoted bytes: 576 bytes of IP.
         assert_eq!(n, 18 + 576);
         let r = &out[..n];
@@ -676,8 +720,8 @@ mod tests {
         assert_eq!(&r[18 + 28..], &f[18..18 + 548], "the packet as it arrived");
         // An IPv6 address of the system cannot answer an IPv4 packet.
         let v6src = "2001:db8::1".parse().unwrap();
-        assert_eq!(time_exceeded(&f, &m, OUR, v6src, &mut out), None);
-        assert_eq!(time_exceeded(&f, &m, OUR, src, &mut out[..n - 1]), None);
+        assert_eq!(icmp_error(&f, &m, OUR, v6src, TTL, &mut out), None);
+        assert_eq!(icmp_error(&f, &m, OUR, src, TTL, &mut out[..n - 1]), None);
     }
 
     #[test]
@@ -690,9 +734,9 @@ mod tests {
             return;
         };
         let m = parse(&f).unwrap();
-        let mut out = vec![0u8; TIME_EXCEEDED_MAX];
+        let mut out = vec![0u8; ICMP_ERROR_MAX];
         let src = "2001:db8::1".parse().unwrap();
-        let n = time_exceeded(&f, &m, OUR, src, &mut out).expect("answered");
+        let n = icmp_error(&f, &m, OUR, src, TTL, &mut out).expect("answered");
         assert_eq!(n, 14 + 1280);
         assert_eq!(
             scapy_reads_error(&out[..n], true).unwrap(),
@@ -708,7 +752,7 @@ mod tests {
         let mut padded = g.clone();
         padded.extend_from_slice(&[0xee; 10]);
         let m = parse(&padded).unwrap();
-        let n = time_exceeded(&padded, &m, OUR, src, &mut out).expect("answered");
+        let n = icmp_error(&padded, &m, OUR, src, TTL, &mut out).expect("answered");
         assert_eq!(n, 14 + 48 + (g.len() - 14));
         assert_eq!(&out[14 + 48..n], &g[14..]);
     }
@@ -717,7 +761,7 @@ mod tests {
     fn time_exceeded_refusals() {
         let src4: std::net::IpAddr = "192.0.2.1".parse().unwrap();
         let src6: std::net::IpAddr = "2001:db8::1".parse().unwrap();
-        let mut out = vec![0u8; TIME_EXCEEDED_MAX];
+        let mut out = vec![0u8; ICMP_ERROR_MAX];
         let e = "Ether(dst='02:00:00:00:00:01', src='66:77:88:99:aa:bb')";
         let cases = [
             // An ICMP error is never answered with one.
@@ -746,27 +790,114 @@ mod tests {
             let m = parse(&f).unwrap_or_else(|e| panic!("{expr}: {e:?}"));
             let src = if m.v6 { src6 } else { src4 };
             assert_eq!(
-                time_exceeded(&f, &m, OUR, src, &mut out).is_some(),
+                icmp_error(&f, &m, OUR, src, TTL, &mut out).is_some(),
                 answered,
                 "{expr}"
             );
         }
     }
 
+    #[test]
+    fn too_big_names_the_mtu_and_checks_out_in_scapy() {
+        let e = "Ether(dst='02:00:00:00:00:01', src='66:77:88:99:aa:bb')";
+        let read4 = "p=Ether(bytes.fromhex(H)); q=p.copy(); del q[IP].chksum; del q[ICMP].chksum; q=Ether(bytes(q))\n\
+             print(p.dst, p.src, p[Dot1Q].vlan if Dot1Q in p else '-', p[IP].src, p[IP].dst, p[IP].ttl, p[ICMP].type, p[ICMP].code, \
+             p[ICMP].nexthopmtu, q[IP].chksum == p[IP].chksum and q[ICMP].chksum == p[ICMP].chksum, len(bytes(p[IPerror])), p[IPerror].dst)";
+        let read6 = "p=Ether(bytes.fromhex(H)); q=p.copy(); del q[ICMPv6PacketTooBig].cksum; q=Ether(bytes(q))\n\
+             r=p[ICMPv6PacketTooBig]\n\
+             print(p.dst, p.src, '-', p[IPv6].src, p[IPv6].dst, p[IPv6].hlim, r.type, r.code, r.mtu, \
+             q[ICMPv6PacketTooBig].cksum == r.cksum, len(bytes(p[IPerror6])), p[IPerror6].dst)";
+        let cases = [
+            // IPv4 with DF, tagged: Fragmentation Needed with the next-hop MTU.
+            (
+                format!(
+                    "{e}/Dot1Q(vlan=7)/IP(src='198.51.100.7', dst='203.0.113.10', flags='DF')/TCP(sport=40000, dport=80, flags='A')/Raw(b'x'*1460)"
+                ),
+                "192.0.2.1",
+                1400,
+                read4,
+                "66:77:88:99:aa:bb 02:00:00:00:00:99 7 192.0.2.1 198.51.100.7 64 3 4 1400 True 548 203.0.113.10",
+            ),
+            // IPv6: Packet Too Big with the MTU...
+            (
+                format!(
+                    "{e}/IPv6(src='2001:db8:1::7', dst='2001:db8::10')/TCP(sport=40000, dport=80, flags='A')/Raw(b'y'*1440)"
+                ),
+                "2001:db8::1",
+                1396,
+                read6,
+                "66:77:88:99:aa:bb 02:00:00:00:00:99 - 2001:db8::1 2001:db8:1::7 64 2 0 1396 True 1232 2001:db8::10",
+            ),
+            // ... never below 1280, and also about a multicast packet (RFC 4443 §2.4 (e.3)).
+            (
+                "Ether(dst='33:33:00:00:00:01', src='66:77:88:99:aa:bb')/IPv6(src='2001:db8:1::7', dst='ff0e::1')/UDP(sport=5000, dport=5001)/Raw(b'z'*1300)".to_string(),
+                "2001:db8::1",
+                1276,
+                read6,
+                "66:77:88:99:aa:bb 02:00:00:00:00:99 - 2001:db8::1 2001:db8:1::7 64 2 0 1280 True 1232 ff0e::1",
+            ),
+        ];
+        let mut out = vec![0u8; ICMP_ERROR_MAX];
+        for (frame, src, mtu, read, expect) in cases {
+            let Some(f) = scapy_frame(&frame) else {
+                return;
+            };
+            let m = parse(&f).unwrap();
+            let kind = IcmpError::TooBig { mtu };
+            let src = src.parse().unwrap();
+            let n = icmp_error(&f, &m, OUR, src, kind, &mut out).expect("answered");
+            let got = scapy(&format!("H='{}'\n{read}", to_hex(&out[..n]))).unwrap();
+            assert_eq!(got, expect, "{frame}");
+        }
+        // Not answered: IPv4 without DF (it may be fragmented), an IPv4 multicast, an
+        // ICMP error; while a Time Exceeded about the IPv6 multicast is not sent either.
+        let src4: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let kind = IcmpError::TooBig { mtu: 1400 };
+        for frame in [
+            format!("{e}/IP(src='198.51.100.7', dst='203.0.113.10')/UDP()/Raw(b'x'*1460)"),
+            format!("{e}/IP(src='198.51.100.7', dst='239.1.2.3', flags='DF')/UDP()/Raw(b'x'*1460)"),
+            format!(
+                "{e}/IP(src='198.51.100.7', dst='203.0.113.10', flags='DF')/ICMP(type=11)/IPerror()/Raw(b'x'*1460)"
+            ),
+        ] {
+            let Some(f) = scapy_frame(&frame) else {
+                return;
+            };
+            let m = parse(&f).unwrap();
+            assert_eq!(
+                icmp_error(&f, &m, OUR, src4, kind, &mut out),
+                None,
+                "{frame}"
+            );
+        }
+        let Some(f) = scapy_frame(
+            "Ether(dst='33:33:00:00:00:01', src='66:77:88:99:aa:bb')/IPv6(src='2001:db8:1::7', dst='ff0e::1', hlim=1)/UDP()",
+        ) else {
+            return;
+        };
+        let src6 = "2001:db8::1".parse().unwrap();
+        assert_eq!(
+            icmp_error(&f, &parse(&f).unwrap(), OUR, src6, TTL, &mut out),
+            None
+        );
+    }
+
     proptest::proptest! {
-        /// Any IP frame with its TTL (hop limit) run out, damaged or not: `time_exceeded`
-        /// never panics, never writes past what it returns, and what it writes parses as
+        /// Any IP frame with its TTL (hop limit) run out or too big, damaged or not:
+        /// `icmp_error` never panics, never writes past what it returns, and what it writes parses as
         /// an ICMP error from the system to the packet's source whose quote keys the same
         /// flow as the packet (for TCP and UDP, whose ports the quote holds), so it
         /// follows that flow back.
         #[test]
-        fn time_exceeded_parses_and_quotes_the_flow(
+        fn icmp_errors_parse_and_quote_the_flow(
             v6 in proptest::prelude::any::<bool>(),
             tagged in proptest::prelude::any::<bool>(),
             proto in proptest::sample::select(vec![6u8, 17, 1, 58, 50, 47]),
             payload in 0usize..1500,
             flips in proptest::collection::vec((0usize..80, 0u8..=255), 0..3),
             out_len in 0usize..1400,
+            too_big in proptest::prelude::any::<bool>(),
+            df in proptest::prelude::any::<bool>(),
         ) {
             let mut f = vec![0u8; 12];
             f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
@@ -785,7 +916,8 @@ mod tests {
             } else {
                 f.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
                 f.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-                f.extend_from_slice(&[0, 1, 0, 0, 1, proto, 0, 0, 198, 51, 100, 7, 203, 0, 113, 10]);
+                let flags = if df { 0x40 } else { 0 };
+                f.extend_from_slice(&[0, 1, flags, 0, 1, proto, 0, 0, 198, 51, 100, 7, 203, 0, 113, 10]);
                 let ck = crate::wire::checksum::checksum(&f[l3..l3 + 20]);
                 f[l3 + 10..l3 + 12].copy_from_slice(&ck.to_be_bytes());
             }
@@ -811,7 +943,8 @@ mod tests {
                 "192.0.2.1".parse().unwrap()
             };
             let mut out = vec![0xa5u8; out_len + 8];
-            let Some(n) = time_exceeded(&f, &m, OUR, src, &mut out[..out_len]) else {
+            let kind = if too_big { IcmpError::TooBig { mtu: 1280 } } else { TTL };
+            let Some(n) = icmp_error(&f, &m, OUR, src, kind, &mut out[..out_len]) else {
                 return Ok(());
             };
             proptest::prop_assert!(n <= out_len);

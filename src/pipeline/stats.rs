@@ -22,7 +22,8 @@ pub struct Stats {
     pub flows_moved: u64,
     pub arp_replies: u64,
     pub nd_replies: u64,
-    /// ICMP Time Exceeded sent for packets whose TTL or hop limit ran out (router mode).
+    /// ICMP errors sent: Time Exceeded for packets whose TTL or hop limit ran out (router
+    /// mode), Fragmentation Needed or Packet Too Big for packets over `system.mtu`.
     pub icmp_errors: u64,
     /// Echo requests to the system's own addresses answered.
     pub echo_replies: u64,
