@@ -54,23 +54,24 @@ pub struct Fast {
 }
 
 /// Parses an IPv4 (no options, not fragmented) or IPv6 (no extension headers) TCP or UDP
-/// frame, untagged or with one VLAN tag; `None` for anything else, including anything the
-/// general parser would reject.
+/// frame, untagged or with one VLAN tag, with at most `mtu` bytes after the Ethernet
+/// header and tag; `None` for anything else, including anything the general parser would
+/// reject.
 #[inline]
-pub fn parse(d: &[u8]) -> Option<Fast> {
+pub fn parse(d: &[u8], mtu: usize) -> Option<Fast> {
     // The general parser refuses frames longer than a u16 (TooBig).
     if d.len() > usize::from(u16::MAX) {
         return None;
     }
     match d.get(12..14)? {
-        [0x08, 0x00] => ipv4::<14>(d),
-        [0x86, 0xdd] => ipv6::<14>(d),
+        [0x08, 0x00] => ipv4::<14>(d, mtu),
+        [0x86, 0xdd] => ipv6::<14>(d, mtu),
         &[t0, t1]
             if crate::wire::ethernet::ethertype::is_vlan_tpid(u16::from_be_bytes([t0, t1])) =>
         {
             match d.get(16..18)? {
-                [0x08, 0x00] => ipv4::<18>(d),
-                [0x86, 0xdd] => ipv6::<18>(d),
+                [0x08, 0x00] => ipv4::<18>(d, mtu),
+                [0x86, 0xdd] => ipv6::<18>(d, mtu),
                 _ => None,
             }
         }
@@ -81,11 +82,11 @@ pub fn parse(d: &[u8]) -> Option<Fast> {
 /// The IPv4 header at `L3` (20 bytes: version 4, no options; not a fragment; at 18 after
 /// a VLAN tag) and its TCP or UDP header.
 #[inline(always)]
-fn ipv4<const L3: usize>(d: &[u8]) -> Option<Fast> {
+fn ipv4<const L3: usize>(d: &[u8], mtu: usize) -> Option<Fast> {
     let h: &[u8; 20] = d.get(L3..L3 + 20)?.try_into().ok()?;
     let tl = usize::from(u16::from_be_bytes([h[2], h[3]]));
     // Not a fragment: MF clear and offset 0 (DF may be set).
-    if h[0] != 0x45 || h[6] & 0x3f != 0 || h[7] != 0 || L3 + tl > d.len() {
+    if h[0] != 0x45 || h[6] & 0x3f != 0 || h[7] != 0 || L3 + tl > d.len() || d.len() - L3 > mtu {
         return None;
     }
     // The L4 header as the general parser sees it: bounded by the total length.
@@ -110,12 +111,12 @@ fn ipv4<const L3: usize>(d: &[u8]) -> Option<Fast> {
 /// The IPv6 header at `L3` (version 6, no extension header; at 18 after a VLAN tag) and
 /// its TCP or UDP header.
 #[inline(always)]
-fn ipv6<const L3: usize>(d: &[u8]) -> Option<Fast> {
+fn ipv6<const L3: usize>(d: &[u8], mtu: usize) -> Option<Fast> {
     let h: &[u8; 40] = d.get(L3..L3 + 40)?.try_into().ok()?;
     let plen = usize::from(u16::from_be_bytes([h[4], h[5]]));
     // Payload length 0 is a jumbogram (refused by the general parser); the next header
     // is the L4 header itself (TCP or UDP, checked by `ports`), bounded by the payload.
-    if h[0] >> 4 != 6 || plen == 0 || L3 + 40 + plen > d.len() {
+    if h[0] >> 4 != 6 || plen == 0 || L3 + 40 + plen > d.len() || d.len() - L3 > mtu {
         return None;
     }
     let (proto, l4) = (h[6], d.get(L3 + 40..L3 + 40 + plen)?);
@@ -243,9 +244,10 @@ pub struct Express {
     /// Router mode: every route lowers the TTL, and a frame whose TTL is 1 or 0 is not
     /// express (`process_burst` leaves it to the general path, which answers it).
     pub router: bool,
-    /// The longest untagged frame that fits `system.mtu` (`usize::MAX` without one); a
-    /// longer one (4 bytes more with a tag) is not express: the general path answers it.
-    pub max_len: usize,
+    /// `system.mtu` (`usize::MAX` without one): a frame with more bytes after its
+    /// Ethernet header and tag is not express (see [`parse`]); the general path answers
+    /// it (express routes push no label, so a frame leaves with as many).
+    pub mtu: usize,
     servers: usize,
     /// Index `service * servers + server`: the forward route of a flow of that service
     /// on that server; `None` when the server is not a member, is down, or the
@@ -302,7 +304,7 @@ impl Express {
         }
         Express {
             router,
-            max_len: p.mtu.map_or(usize::MAX, |m| 14 + usize::from(m)),
+            mtu: p.mtu.map_or(usize::MAX, usize::from),
             servers: n,
             forward,
             reply,
@@ -445,6 +447,31 @@ mod tests {
 
     fn frame(proto: u8, pad: usize) -> Vec<u8> {
         frame_of(proto, pad, false)
+    }
+
+    /// [`super::parse`] with no MTU.
+    fn parse(d: &[u8]) -> Option<Fast> {
+        super::parse(d, usize::MAX)
+    }
+
+    #[test]
+    fn frames_over_the_mtu_are_not_express() {
+        for v6 in [false, true] {
+            // 1400 bytes after the Ethernet header: IPv4 or IPv6, TCP, and padding.
+            let f = frame_of(6, 1400 - 20 - if v6 { 40 } else { 20 }, v6);
+            assert_eq!(f.len(), 14 + 1400);
+            assert!(super::parse(&f, 1400).is_some(), "v6 {v6}: fits");
+            assert_eq!(super::parse(&f, 1399), None, "v6 {v6}: one over");
+            // A tag does not count.
+            let mut tagged = f[..12].to_vec();
+            tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x07]);
+            tagged.extend_from_slice(&f[12..]);
+            assert!(
+                super::parse(&tagged, 1400).is_some(),
+                "v6 {v6}: tagged fits"
+            );
+            assert_eq!(super::parse(&tagged, 1399), None, "v6 {v6}: tagged, over");
+        }
     }
 
     #[test]

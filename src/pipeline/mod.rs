@@ -522,14 +522,12 @@ impl Worker {
             let table = &self.flows.table;
             let n = bufs.len();
             // A router answers a frame whose TTL runs out on the general path, and so
-            // is a frame over the MTU (express routes push no label: a frame leaves with
-            // as many bytes after its tag as it came with).
+            // is a frame over the MTU (which `express::parse` refuses).
             let min_ttl = if tables.express.router { 2 } else { 0 };
-            let max_len = tables.express.max_len;
+            let mtu = tables.express.mtu;
             for (i, b) in bufs.iter().enumerate() {
-                if let Some(x) = express::parse(b.data())
+                if let Some(x) = express::parse(b.data(), mtu)
                     && x.ttl >= min_ttl
-                    && b.data().len() - 4 * usize::from(x.tagged) <= max_len
                 {
                     let (key, swapped) = FlowKey::of(&x.tuple);
                     let h = table.hash(&key);
@@ -1462,7 +1460,7 @@ mod tests {
                     assert!(w.process(&mut b, 0, 10).route.is_some());
                     continue;
                 }
-                let x = express::parse(b.data()).expect("express shape");
+                let x = express::parse(b.data(), usize::MAX).expect("express shape");
                 assert_eq!((x.v6, x.tagged), (client.contains(':'), tags.n == 1));
                 let (key, swapped) = FlowKey::of(&x.tuple);
                 let hash = w.flows.table.hash(&key);
