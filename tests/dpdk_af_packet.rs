@@ -1,5 +1,6 @@
 //! DPDK binding on `net_af_packet` over a veth pair (`fgdpv0` <-> `fgdpv1`): frames sent
-//! on one port arrive byte for byte on the other. Needs root (creates and deletes the
+//! on one port arrive byte for byte on the other; a port's MTU set at start reaches the
+//! interface (and one the device cannot take is refused). Needs root (creates and deletes the
 //! veth pair); skips with a note when `ip` cannot create it. One EAL per process.
 #![cfg(feature = "dpdk")]
 
@@ -113,6 +114,61 @@ fn dpdk_af_packet_veth() {
         "veth delivers the frames byte for byte, in order"
     );
     assert_eq!(pa.stats().expect("stats").opackets, want.len() as u64);
+
+    // The port's MTU: restarted with `mtu` 1400, net_af_packet sets the interface's
+    // (the kernel's record, `ip link`, says so), and a frame of 1400 bytes after the
+    // Ethernet header still crosses whole.
+    let lower = PortConf {
+        mtu: Some(1400),
+        ..PortConf::default()
+    };
+    pa.start(&lower, &pool).expect("restart a with mtu 1400");
+    pb.start(&lower, &pool).expect("restart b with mtu 1400");
+    for i in [A, B] {
+        let o = Command::new("ip")
+            .args(["link", "show", i])
+            .output()
+            .unwrap();
+        let s = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(s.contains(" mtu 1400 "), "{i}: {s}");
+    }
+    let mut f: Vec<u8> = (0..1414u32).map(|j| (j * 7) as u8).collect();
+    f[..14].copy_from_slice(&want[0][..14]);
+    {
+        let (_ra, mut ta) = pa.queues().expect("queues a");
+        let (mut rb, _tb) = pb.queues().expect("queues b");
+        let mut batch = MbufBatch::new();
+        let mut m = pool.alloc().expect("mbuf");
+        assert!(m.set_data(&f));
+        batch.push(m).expect("room");
+        assert_eq!(ta[0].tx_burst(&mut batch), 1);
+        let start = Instant::now();
+        let mut got = None;
+        while got.is_none() && start.elapsed() < Duration::from_secs(5) {
+            if rb[0].rx_burst(&mut batch) == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            got = batch
+                .iter()
+                .map(|m| m.data().to_vec())
+                .find(|d| d.len() >= 14 && d[12..14] == [0x88, 0xb5]);
+            batch.clear();
+        }
+        assert_eq!(got.as_deref(), Some(&f[..]), "the full-size frame, whole");
+    }
+    // An MTU the device cannot take (net_af_packet: frames of 1518 bytes at most) is
+    // refused, by name.
+    let e = pa
+        .start(
+            &PortConf {
+                mtu: Some(9000),
+                ..PortConf::default()
+            },
+            &pool,
+        )
+        .expect_err("mtu 9000 on net_af_packet");
+    assert!(e.to_string().contains("rte_eth_dev_set_mtu"), "{e}");
     drop((pa, pb));
     assert_eq!(pool.in_use_count(), 0, "no mbuf leaked");
 }

@@ -233,6 +233,7 @@ pub fn bench(conf: &RunConf, o: &BenchOpts) -> Result<BenchResult> {
         tx_desc: 1024,
         rss_key: Some(SYMMETRIC_RSS_KEY),
         promiscuous: true,
+        mtu: None,
     };
     rx_port.start(&pc, &pool).context("starting the RX port")?;
     tx_port.start(&pc, &pool).context("starting the TX port")?;

@@ -73,6 +73,8 @@ struct RawPort {
     rx_desc: Option<u16>,
     #[serde(default)]
     tx_desc: Option<u16>,
+    #[serde(default)]
+    mtu: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +143,9 @@ pub struct PortSpec {
     pub device: String,
     pub rx_desc: u16,
     pub tx_desc: u16,
+    /// The port's own MTU, set on the NIC (`rte_eth_dev_set_mtu`) at start; `None`
+    /// leaves the PMD's (1500 on Ethernet NICs).
+    pub mtu: Option<u16>,
 }
 
 impl PortSpec {
@@ -196,6 +201,18 @@ pub const DEFAULT_MBUFS: u32 = 8191;
 pub const DEFAULT_CACHE: u32 = 256;
 /// Default descriptors per queue.
 pub const DEFAULT_DESC: u16 = 1024;
+
+/// What `ports[].mtu` may be: IPv4's minimum link MTU (RFC 791) to the frame size the
+/// mbufs are made for at most (see [`RunConf::mbuf_data_room`]).
+pub const PORT_MTU_RANGE: std::ops::RangeInclusive<u32> = 68..=16_000;
+
+/// Bytes an mbuf keeps in front of the frame (DPDK's `RTE_PKTMBUF_HEADROOM`): pushed tags
+/// and labels go there.
+pub const MBUF_HEADROOM: u16 = 128;
+
+/// The data room of mbufs for frames up to 1500 bytes of MTU and a little more (DPDK's
+/// `RTE_MBUF_DEFAULT_BUF_SIZE`: 2048 bytes and the headroom).
+pub const DEFAULT_DATA_ROOM: u16 = 2048 + MBUF_HEADROOM;
 
 impl RunConf {
     /// Reads and validates a conf file.
@@ -300,6 +317,20 @@ impl RunConf {
                 device: p.device.clone(),
                 rx_desc: p.rx_desc.unwrap_or(DEFAULT_DESC),
                 tx_desc: p.tx_desc.unwrap_or(DEFAULT_DESC),
+                mtu: match p.mtu {
+                    None => None,
+                    Some(m) if PORT_MTU_RANGE.contains(&m) => Some(m as u16),
+                    Some(m) => {
+                        return Err(err(
+                            &[Key("ports"), Idx(i), Key("mtu")],
+                            format!(
+                                "mtu {m} is out of {}..={}",
+                                PORT_MTU_RANGE.start(),
+                                PORT_MTU_RANGE.end()
+                            ),
+                        ));
+                    }
+                },
             };
             if spec.dpdk_name().is_empty() || spec.device.contains(char::is_whitespace) {
                 return Err(err(
@@ -506,6 +537,16 @@ impl RunConf {
         a
     }
 
+    /// The mbufs' data room: [`DEFAULT_DATA_ROOM`], or more when a port's `mtu` needs it:
+    /// the headroom and, rounded up to whole KB, an Ethernet header with two VLAN tags,
+    /// the MTU and the CRC a PMD may leave in place; so that every frame a port takes
+    /// fits one mbuf (flowgate does not chain segments).
+    pub fn mbuf_data_room(&self) -> u16 {
+        let most = self.ports.iter().filter_map(|p| p.mtu).max().unwrap_or(0);
+        let frame = (14 + 8 + most + 4).div_ceil(1024) * 1024;
+        DEFAULT_DATA_ROOM.max(MBUF_HEADROOM + frame)
+    }
+
     /// Index of port `name`.
     pub fn port_index(&self, name: &str) -> Option<usize> {
         self.ports.iter().position(|p| p.name == name)
@@ -629,6 +670,10 @@ stop: { idle_ms: 0 }
         );
         assert_eq!(c.stats_interval_ms, 0);
         assert_eq!(c.ports[0].rx_desc, DEFAULT_DESC);
+        assert_eq!(
+            (c.ports[0].mtu, c.mbuf_data_room()),
+            (None, DEFAULT_DATA_ROOM)
+        );
         assert_eq!(&c.eal_args()[..2], ["-l", "2,3,4"]);
         let c = parse(
             "pipeline: p.yaml\nlcores: {management: 0, workers: [1, 2], cpus: \"0-1\"}\nports: [{name: a, device: net_null0}]\n",
@@ -719,6 +764,34 @@ stop: { idle_ms: 0 }
         assert_eq!(e.key, key, "{e}");
         assert!(e.msg.contains(needle), "{e}");
         assert!(e.line >= 1, "{e}");
+    }
+
+    #[test]
+    fn port_mtus_size_the_mbufs() {
+        let conf = |a: &str, b: &str| {
+            parse(&format!(
+                "pipeline: p.yaml\nlcores: {{management: 0, workers: [1]}}\n\
+                 ports: [{{name: a, device: net_null0{a}}}, {{name: b, device: net_null1{b}}}]\n"
+            ))
+        };
+        // Up to 1500 bytes of MTU and more, the default 2 KB mbufs hold the frame.
+        let c = conf(", mtu: 1400", ", mtu: 1500").expect("valid");
+        assert_eq!(c.ports[0].mtu, Some(1400));
+        assert_eq!(c.mbuf_data_room(), DEFAULT_DATA_ROOM);
+        // Jumbo: the largest port's frame, in whole KB, and the headroom.
+        let c = conf(", mtu: 9000", "").expect("valid");
+        assert_eq!((c.ports[1].mtu, c.mbuf_data_room()), (None, 128 + 9216));
+        let c = conf("", ", mtu: 16000").expect("valid");
+        assert_eq!(c.mbuf_data_room(), 128 + 16 * 1024);
+        for m in ["67", "16001", "-1"] {
+            let e = conf(&format!(", mtu: {m}"), "").expect_err(m);
+            assert!(e.key.starts_with("ports[0]"), "{e}");
+        }
+        bad(
+            "pipeline: p.yaml\nlcores: {management: 0, workers: [1]}\nports: [{name: a, device: net_null0, mtu: 20000}]\n",
+            "ports[0].mtu",
+            "mtu 20000 is out of 68..=16000",
+        );
     }
 
     #[test]

@@ -153,11 +153,20 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
             bail!("worker lcore {l} is not enabled in the EAL (enabled workers: {lcores:?})");
         }
     }
-    let pool = Mempool::new(&eal, "flowgate", conf.mbufs, conf.mbuf_cache, 2176, None)
-        .context("creating the mbuf pool (in --no-huge mode, raise -m; else reserve hugepages)")?;
+    let data_room = conf.mbuf_data_room();
+    let pool = Mempool::new(
+        &eal,
+        "flowgate",
+        conf.mbufs,
+        conf.mbuf_cache,
+        data_room,
+        None,
+    )
+    .context("creating the mbuf pool (in --no-huge mode, raise -m; else reserve hugepages)")?;
     crate::logln!(
-        "mbuf pool: {} mbufs, {} layout",
+        "mbuf pool: {} mbufs of {} bytes, {} layout",
         pool.size(),
+        data_room,
         match pool.layout() {
             PoolLayout::Packed => "packed (no hugepages)",
             PoolLayout::Default => "DPDK's default",
@@ -215,6 +224,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
             tx_desc: spec.tx_desc,
             rss_key: Some(SYMMETRIC_RSS_KEY),
             promiscuous: true,
+            mtu: spec.mtu,
         };
         let start_ctx = || {
             format!(

@@ -51,6 +51,9 @@ pub struct PortConf {
     pub rss_key: Option<[u8; 40]>,
     /// Accept frames for any destination MAC.
     pub promiscuous: bool,
+    /// The MTU to set (`rte_eth_dev_set_mtu`); `None` keeps the PMD's. The pool's mbufs
+    /// must hold a frame of it (no scatter).
+    pub mtu: Option<u16>,
 }
 
 impl Default for PortConf {
@@ -62,6 +65,7 @@ impl Default for PortConf {
             tx_desc: 1024,
             rss_key: Some(SYMMETRIC_RSS_KEY),
             promiscuous: true,
+            mtu: None,
         }
     }
 }
@@ -222,6 +226,13 @@ impl<'a> Port<'a> {
                     &mut applied,
                 ),
             )?;
+        }
+        if let Some(mtu) = conf.mtu {
+            // SAFETY: valid, configured port (DPDK checks the MTU against the device's
+            // limits and refuses it with an error code).
+            check("rte_eth_dev_set_mtu", unsafe {
+                ffi::rte_eth_dev_set_mtu(self.id, mtu)
+            })?;
         }
         // SAFETY: valid port id.
         let socket = unsafe { ffi::rte_eth_dev_socket_id(self.id) };
