@@ -676,6 +676,30 @@ fn run_bad_port_is_a_clear_error() {
         "{err}"
     );
 
+    // A port MTU its device cannot take stops the start, naming the port and the call.
+    std::fs::write(
+        &conf,
+        format!(
+            "pipeline: {}\neal: [\"--no-huge\", \"-m\", \"256\", \"--no-pci\", \"--no-telemetry\", \"--file-prefix\", \"{}\"]\n\
+             lcores: {{ management: 0, workers: [1], cpus: \"0-1\" }}\n\
+             ports:\n  - {{ name: outside, device: \"net_ring0\", mtu: 9000 }}\n",
+            root().join("pipelines/web-farm.yaml").display(),
+            prefix("badmtu"),
+        ),
+    )
+    .expect("write conf");
+    let o = flowgate()
+        .args(["run", "--conf"])
+        .arg(&conf)
+        .output()
+        .expect("run");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("starting port \"outside\"") && err.contains("rte_eth_dev_set_mtu"),
+        "{err}"
+    );
+
     // A conf error names the file and key (exit code 2).
     std::fs::write(
         &conf,

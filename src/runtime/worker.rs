@@ -226,17 +226,32 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
             promiscuous: true,
             mtu: spec.mtu,
         };
-        let start_ctx = || {
-            format!(
-                "starting port {:?} ({}); the pool needs more than ports × RX queues × rx_desc mbufs ({}) plus caches",
-                spec.name, spec.device, conf.mbufs
-            )
+        // What went wrong starting the port, with a hint where one helps.
+        let start_err = |e: DpdkError| {
+            let hint = match &e {
+                DpdkError::Call {
+                    what: "rte_eth_rx_queue_setup",
+                    ..
+                } => format!(
+                    "; the pool needs more than ports × RX queues × rx_desc mbufs ({}) plus caches",
+                    conf.mbufs
+                ),
+                DpdkError::Call {
+                    what: "rte_eth_dev_set_mtu",
+                    ..
+                } => format!("; the device does not take mtu {}", spec.mtu.unwrap_or(0)),
+                _ => String::new(),
+            };
+            anyhow!(e).context(format!(
+                "starting port {:?} ({}){hint}",
+                spec.name, spec.device
+            ))
         };
-        let hf = port.start(&pc, &pool).with_context(start_ctx)?;
+        let hf = port.start(&pc, &pool).map_err(start_err)?;
         if rss && hf == 0 {
             // The PMD advertised RSS but applied none: software dispatch.
             pc.n_rxq = all_rxq;
-            port.start(&pc, &pool).with_context(start_ctx)?;
+            port.start(&pc, &pool).map_err(start_err)?;
         }
         rss_used[i] = rss && hf != 0;
         crate::logln!(
