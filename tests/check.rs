@@ -89,6 +89,26 @@ fn base_is_valid() {
 }
 
 #[test]
+fn check_says_what_a_service_does_without_servers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("reject.yaml");
+    std::fs::write(&f, mutate(13, "    qos: gold\n    no_server: reject")).unwrap();
+    let (code, out, err) = run_check(&f);
+    assert_eq!(code, 0, "stderr: {err}");
+    let line = |name: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("service {name} ")))
+            .unwrap_or_else(|| panic!("{out}"))
+            .to_string()
+    };
+    assert!(
+        line("web").ends_with(" no_server reject (ICMP port unreachable from the VIP)"),
+        "{out}"
+    );
+    assert!(line("dns").ends_with(" no_server drop"), "{out}");
+}
+
+#[test]
 fn check_says_what_the_mtu_does() {
     let tmp = tempfile::tempdir().unwrap();
     let f = tmp.path().join("mtu.yaml");
@@ -433,6 +453,14 @@ fn bads() -> Vec<Bad> {
             5,
             "system.mtu",
             "mtu 1000 is out of range (1280..=16000",
+        ),
+        bad(
+            "unknown no_server",
+            13,
+            "    qos: gold\n    no_server: refuse",
+            14,
+            "services[0].no_server",
+            "unknown no_server \"refuse\" (drop, reject)",
         ),
         bad(
             "unknown policy",

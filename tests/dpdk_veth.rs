@@ -50,6 +50,10 @@
 //! kernels record the path MTU (`ip route get`) and 1 MB downloads over IPv4 and IPv6
 //! arrive intact.
 //!
+//! No server: services whose only server is down; with `no_server: reject` curl's
+//! connection is refused at once (flowgate's ICMP port unreachable, IPv4 and IPv6),
+//! without it curl times out.
+//!
 //! IPsec servers behind one address: each agent routes the SPI block the supervisor's
 //! ANA granted it; ESP packets the client's kernel sends to the VIP, two security
 //! associations from the one client address, reach the server whose block holds their
@@ -1346,5 +1350,53 @@ fn run_af_packet_teaches_real_servers_the_path_mtu() {
         None,
         "every one answered: {j}"
     );
+    assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
+}
+
+#[test]
+fn run_af_packet_refuses_connections_no_server_can_take() {
+    // Services whose only server (s3) is down: `no_server: reject` on port 81 of both
+    // VIPs, the default (`drop`) on port 82. The client's kernel takes flowgate's ICMP
+    // port unreachable as a refused connection, so curl fails at once (exit code 7); a
+    // dropped SYN leaves it waiting out its timeout (exit code 28).
+    let Some((_one, mut t, _www)) = setup(9) else {
+        return;
+    };
+    let s3 = "servers: [{ name: s3, mac: \"02:00:00:00:01:03\", state: down, port: inside }]";
+    let svc = |name: &str, vip: &str, port: u16, extra: &str| {
+        format!(
+            "  - name: {name}\n    vip: \"{vip}\"\n    proto: tcp\n    ports: [{port}]\n{extra}    {s3}\n"
+        )
+    };
+    let services = svc("closed", "203.0.113.10", 81, "    no_server: reject\n")
+        + &svc("closed6", VIP6, 81, "    no_server: reject\n")
+        + &svc("dark", "203.0.113.10", 82, "");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stats = start_flowgate(&mut t, dir.path(), &services, "");
+    first_answer(&t, URL4);
+    let curl = |url: &str| {
+        let t0 = Instant::now();
+        let st = t
+            .exec("c", &["curl", "-s", "--noproxy", "*", "-m", "3", url])
+            .status()
+            .expect("curl");
+        (st.code(), t0.elapsed())
+    };
+    let refused = curl("http://203.0.113.10:81/");
+    let refused6 = curl(&format!("http://[{VIP6}]:81/"));
+    let dropped = curl("http://203.0.113.10:82/");
+    stop(&mut t);
+    for (what, (code, took)) in [("IPv4", refused), ("IPv6", refused6)] {
+        assert_eq!(code, Some(7), "{what}: curl could not connect");
+        assert!(
+            took < Duration::from_secs(1),
+            "{what}: at once, not {took:?}"
+        );
+    }
+    assert_eq!(dropped.0, Some(28), "a dropped SYN: curl's timeout");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    assert!(j["icmp_errors"].as_u64() >= Some(2), "{j}");
+    assert!(j["drops"]["no_server"].as_u64() >= Some(1), "{j}");
     assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
 }

@@ -3,7 +3,8 @@
 //! with an ICMP Time Exceeded from the system's address instead of being forwarded,
 //! within `system.icmp_rate`; `mode: switch` (the default) leaves TTLs alone. In both
 //! modes, pings to the system's own addresses are answered, and a packet over
-//! `system.mtu` is answered with ICMP Fragmentation Needed or Packet Too Big.
+//! `system.mtu` is answered with ICMP Fragmentation Needed or Packet Too Big, and a new
+//! flow of a `no_server: reject` service with no server left with port unreachable.
 //!
 //! Frames are built by scapy, run through `flowgate replay` (the CLI a user runs), and
 //! read back by tshark, the independent oracle for TTLs, checksums, ICMP types and the
@@ -382,4 +383,79 @@ fn packets_over_the_mtu_are_answered_with_fragmentation_needed_or_packet_too_big
             "{mode}: the IPv4 packet without DF"
         );
     }
+}
+
+/// Services whose only server is down: two that reject (IPv4 and IPv6), one that drops.
+const NO_SERVER: &str = r#"system:
+  mac: "02:00:00:00:00:01"
+  addresses: [203.0.113.1, "2001:db8::1"]
+  gateway: "02:00:00:00:00:fe"
+services:
+  - name: closed
+    vip: 203.0.113.10
+    proto: tcp
+    ports: [80]
+    no_server: reject
+    servers: [{ name: s1, mac: "02:00:00:00:01:01", state: down }]
+  - name: closed6
+    vip: "2001:db8::10"
+    proto: tcp
+    ports: [80]
+    no_server: reject
+    servers: [{ name: s1, mac: "02:00:00:00:01:01", state: down }]
+  - name: dark
+    vip: 203.0.113.10
+    proto: udp
+    ports: [53]
+    servers: [{ name: s1, mac: "02:00:00:00:01:01", state: down }]
+default: gateway
+"#;
+
+const TO_NO_SERVER: &str = r#"
+conf.verb = 0
+def E(): return Ether(src="02:00:00:00:00:fe", dst="02:00:00:00:00:01")
+fs = [
+  E()/IP(src="198.51.100.7", dst="203.0.113.10")/TCP(sport=40000, dport=80, flags="S"),
+  E()/IPv6(src="2001:db8:1::7", dst="2001:db8::10")/TCP(sport=40001, dport=80, flags="S"),
+  E()/IP(src="198.51.100.7", dst="203.0.113.10")/UDP(sport=5000, dport=53)/Raw(b"q"),
+  E()/Dot1Q(vlan=7)/IP(src="198.51.100.7", dst="203.0.113.10")/TCP(sport=40002, dport=80, flags="S"),
+]
+wrpcap(OUT, fs)
+"#;
+
+#[test]
+fn a_service_with_no_server_rejects_new_flows_when_told_to() {
+    if !(common::have_scapy() && common::have_tshark()) {
+        assert!(!common::in_ci(), "CI must have scapy and tshark");
+        return;
+    }
+    let fields = [
+        "eth.dst",
+        "vlan.id",
+        "ip.src",
+        "ipv6.src",
+        "icmp.type",
+        "icmp.code",
+        "icmp.checksum.status",
+        "icmpv6.type",
+        "icmpv6.code",
+        "icmpv6.checksum.status",
+        "tcp.dstport",
+    ];
+    let (rows, j) = replay(NO_SERVER, TO_NO_SERVER, &fields);
+    let got: Vec<String> = rows.iter().map(|r| r.join(";")).collect();
+    // eth.dst; vlan; ip.src; ipv6.src; icmp type; code; checksum; icmpv6 type; code;
+    // checksum; the quoted TCP header's port: port unreachable from the VIP, back to
+    // the client (with its tag); the UDP datagram to `dark` (no_server: drop) is dropped.
+    assert_eq!(
+        got,
+        [
+            format!("{GW};;203.0.113.10,198.51.100.7;;3;3;1;;;;80"),
+            format!("{GW};;;2001:db8::10,2001:db8:1::7;;;;1;4;1;80"),
+            format!("{GW};7;203.0.113.10,198.51.100.7;;3;3;1;;;;80"),
+        ]
+    );
+    assert_eq!(j["icmp_errors"], 3);
+    assert_eq!(j["drops"]["no_server"], 1, "{j}");
+    assert_eq!(j["services"]["closed"]["flows"], 0, "no flow created: {j}");
 }

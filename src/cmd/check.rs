@@ -73,7 +73,7 @@ pub fn render(p: &Pipeline) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "service {}{} vip {} proto {} ports [{}] policy {:?} affinity {} qos [{}] reply_qos [{}] table {}",
+            "service {}{} vip {} proto {} ports [{}] policy {:?} affinity {} qos [{}] reply_qos [{}] table {} no_server {}",
             svc.name,
             if svc.retired {
                 " (removed: open flows only, until a restart)"
@@ -93,7 +93,12 @@ pub fn render(p: &Pipeline) -> String {
             },
             qos(&svc.qos),
             qos(&svc.reply_qos),
-            svc.table_size
+            svc.table_size,
+            if svc.reject {
+                "reject (ICMP port unreachable from the VIP)"
+            } else {
+                "drop"
+            }
         );
         let shares = t.maglev[i].shares(svc.members.len());
         for (j, m) in svc.members.iter().enumerate() {

@@ -130,7 +130,7 @@ pub fn render(j: &Value) -> String {
         ("nd_replies", "IPv6 neighbour solicitations answered."),
         (
             "icmp_errors",
-            "ICMP errors sent: Time Exceeded (router mode), Fragmentation Needed and Packet Too Big (system.mtu).",
+            "ICMP errors sent: Time Exceeded (router mode), Fragmentation Needed and Packet Too Big (system.mtu), port unreachable (no_server: reject).",
         ),
         (
             "echo_replies",

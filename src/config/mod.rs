@@ -296,6 +296,10 @@ pub struct Service {
     pub members: Vec<Member>,
     /// Maglev lookup table size (prime).
     pub table_size: usize,
+    /// `no_server: reject`: a new flow no server can take is answered with an ICMP
+    /// (ICMPv6) port unreachable from the VIP, so its client fails at once; else (`drop`,
+    /// the default) it is dropped.
+    pub reject: bool,
     /// Removed from the file by a reload ([`Pipeline::regrow`]) but kept so that its
     /// open flows go on: it matches no new traffic and owns no address.
     pub retired: bool,
@@ -890,6 +894,16 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
         let affinity = affinity(cx, s.affinity.as_ref(), &at("affinity"))?;
         let qos = qos_ref(&s.qos, &at("qos"))?;
         let reply_qos = qos_ref(&s.reply_qos, &at("reply_qos"))?;
+        let reject = match s.no_server.as_deref().unwrap_or("drop") {
+            "drop" => false,
+            "reject" => true,
+            x => {
+                return Err(cx.err(
+                    &at("no_server"),
+                    format!("unknown no_server {x:?} (drop, reject)"),
+                ));
+            }
+        };
         let table_size = s.table_size.unwrap_or(DEFAULT_TABLE_SIZE);
         if !is_prime(table_size) || !(7..=16_777_259).contains(&table_size) {
             return Err(cx.err(
@@ -990,6 +1004,7 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
             reply_qos,
             members,
             table_size,
+            reject,
             retired: false,
         });
     }

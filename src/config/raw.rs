@@ -76,6 +76,9 @@ pub struct RawService {
     pub reply_qos: Option<RawQosRef>,
     #[serde(default)]
     pub table_size: Option<usize>,
+    /// `drop` (default) or `reject`: what a new flow gets when no server can take it.
+    #[serde(default)]
+    pub no_server: Option<String>,
     pub servers: Vec<RawServer>,
 }
 

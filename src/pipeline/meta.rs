@@ -227,7 +227,8 @@ drop_reasons! {
     Unmatched => "unmatched",
     /// A flow rule says `to: drop`.
     RuleDrop => "rule_drop",
-    /// The service has no server that can take a new flow.
+    /// The service has no server that can take a new flow (and `no_server: drop`, or no
+    /// ICMP error may be sent).
     NoServer => "no_server",
     /// A non-first fragment whose first fragment was not seen.
     FragmentNoFirst => "fragment_no_first",

@@ -791,7 +791,9 @@ impl Worker {
             Some(r) => r,
             None => {
                 let src_mac: Mac = mac_at(buf.data(), 6);
-                match self.miss(tables, m, fkey, hash, swapped, src_mac, in_port, now, out) {
+                match self.miss(
+                    tables, buf, m, fkey, hash, swapped, src_mac, in_port, now, out,
+                ) {
                     Some(r) => r,
                     None => return,
                 }
@@ -812,12 +814,14 @@ impl Worker {
 
     /// Routes a packet of flow `h`; updates its TCP state and timers.
     /// A frame no flow took: classify it, and create a flow when it starts one. `None`
-    /// when it is dropped (`out.drop` says why).
+    /// when it is dropped (`out.drop` says why) or answered in its place (`out.route`,
+    /// a service with `no_server: reject` and no server).
     #[allow(clippy::too_many_arguments)]
     #[inline(never)]
-    fn miss(
+    fn miss<B: PacketBuf + ?Sized>(
         &mut self,
         tables: &Tables,
+        buf: &mut B,
         m: &Meta,
         fkey: FlowKey,
         hash: u64,
@@ -837,7 +841,7 @@ impl Worker {
             Decision::Service(i) if create => {
                 let i = i as u16;
                 let Some(member) = tables.choose(i as usize, &m.tuple) else {
-                    drop_into(out, DropReason::NoServer);
+                    *out = self.no_server(tables, buf, m, i, in_port, now, *out);
                     return None;
                 };
                 let server = p.services[i as usize].members[member as usize].server;
@@ -1132,6 +1136,30 @@ impl Worker {
             .unwrap_or_else(|| drop_with(out, DropReason::MtuExceeded))
     }
 
+    /// A new flow of service `svc` that no server can take: with `no_server: reject`,
+    /// answered with an ICMP port unreachable from the VIP (see [`Worker::icmp_error`]);
+    /// else, or when no error may be sent, dropped as `no_server`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn no_server<B: PacketBuf + ?Sized>(
+        &mut self,
+        tables: &Tables,
+        buf: &mut B,
+        m: &Meta,
+        svc: u16,
+        in_port: u16,
+        now: u64,
+        out: Outcome,
+    ) -> Outcome {
+        let s = &tables.pipeline.services[usize::from(svc)];
+        if !s.reject {
+            return drop_with(out, DropReason::NoServer);
+        }
+        let (vip, kind) = (s.vip, reply::IcmpError::PortUnreachable);
+        self.icmp_error_from(tables, buf, m, vip, kind, in_port, now, out)
+            .unwrap_or_else(|| drop_with(out, DropReason::NoServer))
+    }
+
     /// Puts the ICMP error `kind` about the packet in `buf` in its place, from the
     /// system's first address of the packet's family, to go back out of its input port
     /// (see [`reply::icmp_error`]), within `system.icmp_rate`: the outcome, or `None`
@@ -1148,8 +1176,25 @@ impl Worker {
         out: Outcome,
     ) -> Option<Outcome> {
         let p = &tables.pipeline;
-        let src = p.addresses.iter().find(|a| a.is_ipv6() == m.v6)?;
-        let o = reply::icmp_error(buf.data(), m, p.mac, *src, kind, &mut self.scratch)
+        let src = *p.addresses.iter().find(|a| a.is_ipv6() == m.v6)?;
+        self.icmp_error_from(tables, buf, m, src, kind, in_port, now, out)
+    }
+
+    /// [`Worker::icmp_error`] from address `src`.
+    #[allow(clippy::too_many_arguments)]
+    fn icmp_error_from<B: PacketBuf + ?Sized>(
+        &mut self,
+        tables: &Tables,
+        buf: &mut B,
+        m: &Meta,
+        src: std::net::IpAddr,
+        kind: reply::IcmpError,
+        in_port: u16,
+        now: u64,
+        out: Outcome,
+    ) -> Option<Outcome> {
+        let p = &tables.pipeline;
+        let o = reply::icmp_error(buf.data(), m, p.mac, src, kind, &mut self.scratch)
             .filter(|_| self.icmp_token(p.icmp_rate, now))
             .and_then(|n| self.send_back(buf, n, in_port, out))?;
         self.stats.icmp_errors += 1;

@@ -1,14 +1,15 @@
 //! Answers for ARP requests, IPv6 Neighbor Solicitations and pings to the system, and
 //! the ICMP errors it sends: Time Exceeded (a router, for a packet whose TTL or hop limit
-//! ran out) and Fragmentation Needed / Packet Too Big (for a packet over `system.mtu`).
+//! ran out), Fragmentation Needed / Packet Too Big (for a packet over `system.mtu`) and
+//! port unreachable (for a new flow of a `no_server: reject` service no server can take).
 //!
 //! Layer: `pipeline`, on the `wire` views. Pure functions: a parsed request frame
 //! and [`Meta`] in, a reply frame written into a caller's buffer out. Nothing here
 //! decides *whether* to answer an ARP or ND request: the caller asks
 //! [`arp_request_target`] / [`ns_target`] which address is wanted, checks that the
 //! system owns it, then calls [`arp_reply`] / [`nd_advert`]. [`icmp_error`] refuses the
-//! packets RFC 1812 and RFC 4443 say must not get an ICMP error; the caller decides that
-//! the TTL ran out or the packet is too big, and applies the rate limit. No allocation,
+//! packets RFC 1812 and RFC 4443 say must not get an ICMP error; the caller decides which
+//! error is due, and applies the rate limit. No allocation,
 //! no panics.
 //!
 //! Replies keep the request's VLAN tags (the bytes between the MAC addresses and the
@@ -295,6 +296,11 @@ pub enum IcmpError {
     /// a packet with DF set (one without may be fragmented); ICMPv6 Packet Too Big (RFC
     /// 4443 §3.2) with `mtu`, never less than [`MIN_MTU_V6`] (RFC 8201 §4).
     TooBig { mtu: u16 },
+    /// Destination Unreachable, port unreachable (IPv4 code 3, ICMPv6 code 4): nothing
+    /// takes the packet at its destination (a service with no server left, answering
+    /// from its VIP); a TCP or UDP client's kernel fails the connection at once
+    /// ("connection refused").
+    PortUnreachable,
 }
 
 /// Whether an ICMP error may be sent about the IP packet `m` describes (RFC 1812
@@ -398,6 +404,7 @@ pub fn icmp_error(
                     icmp[..2].copy_from_slice(&[3, 4]);
                     icmp[6..8].copy_from_slice(&mtu.to_be_bytes());
                 }
+                IcmpError::PortUnreachable => icmp[..2].copy_from_slice(&[3, 3]),
             }
             let ck = checksum::checksum(icmp);
             icmp[2..4].copy_from_slice(&ck.to_be_bytes());
@@ -416,6 +423,9 @@ pub fn icmp_error(
                     icmp[0] = msg_type::PKT_TOO_BIG;
                     let mtu = u32::from(mtu.max(MIN_MTU_V6));
                     icmp[4..8].copy_from_slice(&mtu.to_be_bytes());
+                }
+                IcmpError::PortUnreachable => {
+                    icmp[..2].copy_from_slice(&[msg_type::DST_UNREACH, 4]);
                 }
             }
             let pseudo = checksum::pseudo_v6(&s, &dst, proto::ICMPV6, icmp_len as u32);
@@ -882,8 +892,48 @@ mod tests {
         );
     }
 
+    #[test]
+    fn port_unreachable_checks_out_in_scapy() {
+        let e = "Ether(dst='02:00:00:00:00:01', src='66:77:88:99:aa:bb')";
+        let cases = [
+            (
+                format!(
+                    "{e}/IP(src='198.51.100.7', dst='203.0.113.10')/TCP(sport=40000, dport=80, flags='S')"
+                ),
+                "203.0.113.10",
+                "p=Ether(bytes.fromhex(H)); q=p.copy(); del q[IP].chksum; del q[ICMP].chksum; q=Ether(bytes(q))\n\
+                 print(p.dst, p[IP].src, p[IP].dst, p[ICMP].type, p[ICMP].code, \
+                 q[IP].chksum == p[IP].chksum and q[ICMP].chksum == p[ICMP].chksum, p[TCPerror].dport, p[TCPerror].flags)",
+                "66:77:88:99:aa:bb 203.0.113.10 198.51.100.7 3 3 True 80 S",
+            ),
+            (
+                format!(
+                    "{e}/IPv6(src='2001:db8:1::7', dst='2001:db8::10')/UDP(sport=5000, dport=53)/Raw(b'q'*30)"
+                ),
+                "2001:db8::10",
+                "p=Ether(bytes.fromhex(H)); q=p.copy(); del q[ICMPv6DestUnreach].cksum; q=Ether(bytes(q))\n\
+                 r=p[ICMPv6DestUnreach]\n\
+                 print(p.dst, p[IPv6].src, p[IPv6].dst, r.type, r.code, q[ICMPv6DestUnreach].cksum == r.cksum, \
+                 p[UDPerror].dport, len(p[UDPerror].payload))",
+                "66:77:88:99:aa:bb 2001:db8::10 2001:db8:1::7 1 4 True 53 30",
+            ),
+        ];
+        let mut out = vec![0u8; ICMP_ERROR_MAX];
+        for (frame, src, read, expect) in cases {
+            let Some(f) = scapy_frame(&frame) else {
+                return;
+            };
+            let m = parse(&f).unwrap();
+            let kind = IcmpError::PortUnreachable;
+            let n =
+                icmp_error(&f, &m, OUR, src.parse().unwrap(), kind, &mut out).expect("answered");
+            let got = scapy(&format!("H='{}'\n{read}", to_hex(&out[..n]))).unwrap();
+            assert_eq!(got, expect, "{frame}");
+        }
+    }
+
     proptest::proptest! {
-        /// Any IP frame with its TTL (hop limit) run out or too big, damaged or not:
+        /// Any IP frame (its TTL or hop limit run out, too big, or unwanted), damaged or not:
         /// `icmp_error` never panics, never writes past what it returns, and what it writes parses as
         /// an ICMP error from the system to the packet's source whose quote keys the same
         /// flow as the packet (for TCP and UDP, whose ports the quote holds), so it
@@ -896,7 +946,7 @@ mod tests {
             payload in 0usize..1500,
             flips in proptest::collection::vec((0usize..80, 0u8..=255), 0..3),
             out_len in 0usize..1400,
-            too_big in proptest::prelude::any::<bool>(),
+            kind in 0u8..3,
             df in proptest::prelude::any::<bool>(),
         ) {
             let mut f = vec![0u8; 12];
@@ -943,7 +993,11 @@ mod tests {
                 "192.0.2.1".parse().unwrap()
             };
             let mut out = vec![0xa5u8; out_len + 8];
-            let kind = if too_big { IcmpError::TooBig { mtu: 1280 } } else { TTL };
+            let kind = match kind {
+                0 => TTL,
+                1 => IcmpError::TooBig { mtu: 1280 },
+                _ => IcmpError::PortUnreachable,
+            };
             let Some(n) = icmp_error(&f, &m, OUR, src, kind, &mut out[..out_len]) else {
                 return Ok(());
             };

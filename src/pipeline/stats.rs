@@ -23,7 +23,8 @@ pub struct Stats {
     pub arp_replies: u64,
     pub nd_replies: u64,
     /// ICMP errors sent: Time Exceeded for packets whose TTL or hop limit ran out (router
-    /// mode), Fragmentation Needed or Packet Too Big for packets over `system.mtu`.
+    /// mode), Fragmentation Needed or Packet Too Big for packets over `system.mtu`, port
+    /// unreachable for new flows of a `no_server: reject` service with no server.
     pub icmp_errors: u64,
     /// Echo requests to the system's own addresses answered.
     pub echo_replies: u64,
