@@ -716,6 +716,63 @@ fn run_bad_port_is_a_clear_error() {
     assert!(err.contains("bad.yaml:2: lcores.workers[0]"), "{err}");
 }
 
+/// `system.mtu` above a port's own MTU is a misconfiguration `flowgate run` names at
+/// start; within the port's MTU there is no warning.
+#[test]
+fn run_warns_when_a_port_mtu_is_below_system_mtu() {
+    if !is_root() {
+        return;
+    }
+    let Some(cap) = common::shared("captures/packetlife_MPLS_encapsulation.pcap") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let web = std::fs::read_to_string(root().join("pipelines/web-farm.yaml")).unwrap();
+    let pipeline = dir.path().join("jumbo.yaml");
+    std::fs::write(
+        &pipeline,
+        web.replacen("system:\n", "system:\n  mtu: 9000\n", 1),
+    )
+    .unwrap();
+    let run = |port_extra: &str, tag: &str| {
+        let conf = dir.path().join(format!("{tag}.yaml"));
+        std::fs::write(
+            &conf,
+            format!(
+                "pipeline: {}\neal: [\"--no-huge\", \"-m\", \"256\", \"--no-pci\", \"--no-telemetry\", \"--file-prefix\", \"{}\"]\n\
+                 lcores: {{ management: 0, workers: [1], cpus: \"0-1\" }}\n\
+                 ports:\n  - {{ name: outside, device: \"net_pcap0,rx_pcap={},tx_pcap={}\"{port_extra} }}\n\
+                 stop: {{ idle_ms: 500 }}\n",
+                pipeline.display(),
+                prefix(tag),
+                cap.display(),
+                dir.path().join(format!("{tag}.pcap")).display()
+            ),
+        )
+        .expect("write conf");
+        let o = flowgate()
+            .args(["run", "--conf"])
+            .arg(&conf)
+            .output()
+            .expect("run");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let err = run("", "mtu-low");
+    assert!(
+        err.contains("warning: port outside has MTU 1500, below system.mtu 9000"),
+        "{err}"
+    );
+    // net_pcap cannot change its MTU, so the silent case is a pipeline within it.
+    std::fs::write(
+        &pipeline,
+        web.replacen("system:\n", "system:\n  mtu: 1500\n", 1),
+    )
+    .unwrap();
+    let err = run("", "mtu-ok");
+    assert!(!err.contains("warning: port"), "{err}");
+}
+
 /// A stderr that goes away (a log pipe closed, a terminal gone) does not stop the run
 /// from logging on, nor from stopping cleanly on SIGTERM: before, the management loop
 /// panicked on its next log line and left the workers polling for ever.

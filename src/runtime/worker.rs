@@ -269,6 +269,19 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
                 "software dispatch"
             }
         );
+        // Packets up to `system.mtu` pass the pipeline's check; a port whose own MTU is
+        // lower would be handed frames larger than its link takes.
+        if let (Some(sys), Ok(m)) = (pipeline.mtu, port.mtu())
+            && m < sys
+        {
+            crate::logln!(
+                "warning: port {} has MTU {m}, below system.mtu {sys}: packets of {}..={sys} \
+                 bytes would leave larger than its link takes (set the port's mtu: {sys}, or \
+                 lower system.mtu)",
+                spec.name,
+                m + 1
+            );
+        }
     }
 
     let tables = Arc::new(Tables::build(pipeline, 1));

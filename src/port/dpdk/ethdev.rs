@@ -335,6 +335,16 @@ impl<'a> Port<'a> {
         Ok((key, hf))
     }
 
+    /// The port's MTU (`rte_eth_dev_get_mtu`).
+    pub fn mtu(&self) -> Result<u16, DpdkError> {
+        let mut m = 0u16;
+        // SAFETY: valid port; m is a live u16 DPDK writes once.
+        check("rte_eth_dev_get_mtu", unsafe {
+            ffi::rte_eth_dev_get_mtu(self.id, &mut m)
+        })?;
+        Ok(m)
+    }
+
     /// The port's MAC address.
     pub fn mac_addr(&self) -> Result<[u8; 6], DpdkError> {
         let mut m = [0u8; 6];

@@ -189,6 +189,7 @@ unsafe extern "C" {
     pub(crate) fn rte_eth_dev_close(port: u16) -> c_int;
     pub(crate) fn rte_eth_promiscuous_enable(port: u16) -> c_int;
     pub(crate) fn rte_eth_dev_set_mtu(port: u16, mtu: u16) -> c_int;
+    pub(crate) fn rte_eth_dev_get_mtu(port: u16, mtu: *mut u16) -> c_int;
     pub(crate) fn rte_eth_stats_reset(port: u16) -> c_int;
 
     // librte_acl
