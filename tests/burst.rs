@@ -93,6 +93,8 @@ fn compare_switching(
             .collect();
         let mut outs = vec![Outcome::default(); n];
         burst.process_burst(&mut bufs, 0, now, &mut outs);
+        let extra: Vec<(usize, Vec<u8>)> =
+            burst.extra_frames().map(|(k, f)| (k, f.to_vec())).collect();
         for (k, (_, f)) in chunk.iter().enumerate() {
             let mut b = FrameBuf::new(f.len().max(64) + 64);
             assert!(b.load(f));
@@ -102,6 +104,13 @@ fn compare_switching(
             if o.route.is_some() && o.drop.is_none() {
                 assert_eq!(b.data(), bufs[k].data(), "{at}: bytes out");
             }
+            // Fragments made beyond the first: the same, after the same frame.
+            let mine: Vec<&[u8]> = one.extra_frames().map(|(_, f)| f).collect();
+            let theirs: Vec<&[u8]> = (extra.iter())
+                .filter(|(j, _)| *j == k)
+                .map(|(_, f)| &f[..])
+                .collect();
+            assert_eq!(mine, theirs, "{at}: fragments");
         }
         i += n;
     }
@@ -165,12 +174,36 @@ fn expiring(input: &[(u64, Vec<u8>)]) -> Vec<(u64, Vec<u8>)> {
     out
 }
 
+/// `input` with DF cleared (IPv4 header checksum updated) in every IPv4 frame, untagged
+/// or with one tag: over an MTU, those are cut into fragments.
+fn fragmentable(input: &[(u64, Vec<u8>)]) -> Vec<(u64, Vec<u8>)> {
+    let mut out = input.to_vec();
+    for (_, f) in out.iter_mut() {
+        let l3 = match f.get(12..14) {
+            Some([0x08, 0x00]) => 14,
+            Some([0x81, 0x00]) if f.get(16..18) == Some(&[0x08, 0x00]) => 18,
+            _ => continue,
+        };
+        if f.len() < l3 + 20 {
+            continue;
+        }
+        let old = u16::from_be_bytes([f[l3 + 6], f[l3 + 7]]);
+        f[l3 + 6] &= !0x40;
+        let new = u16::from_be_bytes([f[l3 + 6], f[l3 + 7]]);
+        let ck = u16::from_be_bytes([f[l3 + 10], f[l3 + 11]]);
+        let ck = flowgate::wire::checksum::update16(ck, old, new);
+        f[l3 + 10..l3 + 12].copy_from_slice(&ck.to_be_bytes());
+    }
+    out
+}
+
 #[test]
 fn burst_path_equals_frame_by_frame_on_generated_traffic() {
     let dir = tempfile::tempdir().unwrap();
     let mut total = 0;
     let mut tested = 0;
     let mut too_big = 0;
+    let mut fragments = 0;
     for (n, p) in common::shipped_pipelines().iter().enumerate() {
         let pl = Pipeline::load(p).expect("pipeline");
         if pl.services.is_empty() {
@@ -202,14 +235,21 @@ fn burst_path_equals_frame_by_frame_on_generated_traffic() {
         // on the general path, in the middle of express bursts.
         total += compare(p, &expiring(&input), 1 << 16, 11 + n as u64);
         // Under the smallest MTU: the larger frames (some of them express flows' data,
-        // tagged or not) are answered or dropped on the general path, mid-burst.
+        // tagged or not) are answered, cut into fragments or dropped on the general
+        // path, mid-burst.
         let mtu = |p: &mut Pipeline| p.mtu = Some(1280);
-        let (n, stats) = compare_switching(p, &input, 1 << 16, 13 + n as u64, &[], mtu);
-        total += n;
+        let (k, stats) = compare_switching(p, &input, 1 << 16, 13 + n as u64, &[], mtu);
+        total += k;
         too_big += stats.icmp_errors + stats.drops[DropReason::MtuExceeded as usize];
+        // Without DF, IPv4 packets are cut into fragments instead.
+        let input = fragmentable(&input);
+        let (k, stats) = compare_switching(p, &input, 1 << 16, 17 + n as u64, &[], mtu);
+        total += k;
+        fragments += stats.fragments_out;
     }
     assert!(tested >= 3, "only {tested} pipelines with services");
     assert!(too_big > 0, "no frame was over the MTU");
+    assert!(fragments > 0, "no frame was cut into fragments");
     assert!(total > 0);
 }
 

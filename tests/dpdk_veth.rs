@@ -50,6 +50,9 @@
 //! kernels record the path MTU (`ip route get`) and 1 MB downloads over IPv4 and IPv6
 //! arrive intact.
 //!
+//! Fragments: with `system.mtu: 1400`, UDP datagrams of 1500 bytes without DF are cut
+//! into fragments both ways; the kernels reassemble them and the echoes come back whole.
+//!
 //! No server: services whose only server is down; with `no_server: reject` curl's
 //! connection is refused at once (flowgate's ICMP port unreachable, IPv4 and IPv6),
 //! without it curl times out.
@@ -1398,5 +1401,79 @@ fn run_af_packet_refuses_connections_no_server_can_take() {
         serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
     assert!(j["icmp_errors"].as_u64() >= Some(2), "{j}");
     assert!(j["drops"]["no_server"].as_u64() >= Some(1), "{j}");
+    assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
+}
+
+#[test]
+fn run_af_packet_fragments_datagrams_without_df() {
+    // `system.mtu: 1400` on 1500-byte veths, and UDP datagrams of 1500 bytes of IP with
+    // DF clear (IP_PMTUDISC_DONT) both ways: flowgate cuts each into two fragments, and
+    // the server's and then the client's kernel reassemble them; every echo is one of
+    // the datagrams sent, byte for byte (a late one may answer an earlier datagram).
+    let Some((_one, mut t, _www)) = setup(10) else {
+        return;
+    };
+    for i in 1..=2 {
+        daemon(
+            &mut t,
+            &format!("s{i}"),
+            &[
+                "python3",
+                "-c",
+                "import socket\n\
+                 s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+                 s.setsockopt(socket.IPPROTO_IP,10,0)\n\
+                 s.bind(('203.0.113.10',7000))\n\
+                 while True:\n  d,a=s.recvfrom(65535)\n  s.sendto(d,a)\n",
+            ],
+            "echo",
+        );
+    }
+    let big = "  - name: big\n    vip: 203.0.113.10\n    proto: udp\n    ports: [7000]\n    servers:\n      \
+               - { name: s1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, weight: 100, port: inside }\n      \
+               - { name: s2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, weight: 100, port: inside }\n";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stats = start_flowgate_with(&mut t, dir.path(), big, "", "[1]", "", "  mtu: 1400\n");
+    let o = t
+        .exec(
+            "c",
+            &[
+                "python3",
+                "-c",
+                "import os,socket,time\n\
+                 s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+                 s.setsockopt(socket.IPPROTO_IP,10,0)\n\
+                 s.settimeout(0.5)\n\
+                 ok=0\n\
+                 sent=set()\n\
+                 t0=time.time()\n\
+                 while ok<5 and time.time()-t0<30:\n  \
+                 d=os.urandom(1472)\n  \
+                 sent.add(d)\n  \
+                 s.sendto(d,('203.0.113.10',7000))\n  \
+                 try:\n    e=s.recv(65535)\n  \
+                 except socket.timeout:\n    continue\n  \
+                 assert e in sent, len(e)\n  \
+                 ok+=1\n\
+                 print(ok)\n",
+            ],
+        )
+        .output()
+        .expect("client");
+    let answered = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    if answered != "5" {
+        let e = String::from_utf8_lossy(&o.stderr).into_owned();
+        fail(
+            &mut t,
+            &format!("five 1472-byte echoes, got {answered:?}: {e}"),
+            &stats,
+        );
+    }
+    stop(&mut t);
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    // Each echo: one fragment beyond the first each way.
+    assert!(j["fragments_out"].as_u64() >= Some(10), "{j}");
+    assert_eq!(j["fragments_unsent"].as_u64(), Some(0), "{j}");
     assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
 }

@@ -41,6 +41,8 @@ pub trait PacketBuf {
     fn adj(&mut self, n: usize) -> bool;
     /// Replaces the frame with `bytes`; false when it does not fit.
     fn set(&mut self, bytes: &[u8]) -> bool;
+    /// Drops `n` bytes from the end; false when the frame is shorter.
+    fn trim(&mut self, n: usize) -> bool;
 }
 
 /// A heap buffer with headroom, reused for every frame (replay, tests, benches).
@@ -103,6 +105,14 @@ impl PacketBuf for FrameBuf {
     }
     fn set(&mut self, bytes: &[u8]) -> bool {
         self.load(bytes)
+    }
+    #[inline]
+    fn trim(&mut self, n: usize) -> bool {
+        if n > self.len {
+            return false;
+        }
+        self.len -= n;
+        true
     }
 }
 

@@ -116,7 +116,7 @@ fn num(v: &Value) -> Option<f64> {
 /// `j` (the stats JSON of `replay --stats-json` or `run`) as exposition text.
 pub fn render(j: &Value) -> String {
     let mut o = Out { s: String::new() };
-    let counters: [(&str, &str); 10] = [
+    let counters: [(&str, &str); 12] = [
         ("packets_in", "Frames received."),
         ("packets_out", "Frames transmitted."),
         ("flows_created", "Flows created."),
@@ -135,6 +135,14 @@ pub fn render(j: &Value) -> String {
         (
             "echo_replies",
             "Echo requests to the system's addresses answered.",
+        ),
+        (
+            "fragments_out",
+            "IPv4 fragments made beyond the first, for packets without DF over system.mtu.",
+        ),
+        (
+            "fragments_unsent",
+            "Of those, fragments flowgate run could not send (no mbuf left).",
         ),
     ];
     for (k, help) in counters {

@@ -71,6 +71,10 @@ pub fn run(o: &ReplayOpts) -> Result<ReplayResult> {
         let outcome = w.process(&mut buf, 0, last_ts);
         if outcome.route.is_some() && outcome.drop.is_none() {
             wr.write(ts, crate::action::PacketBuf::data(&buf))?;
+            // The rest of a packet cut into fragments, after its first.
+            for (_, f) in w.extra_frames() {
+                wr.write(ts, f)?;
+            }
         }
         if o.trace {
             writeln!(out, "{}", summary::trace_line(&tables, n, len, &outcome))?;

@@ -240,9 +240,10 @@ drop_reasons! {
     /// back (the packet was an ICMP error or a non-first fragment, its source cannot
     /// be answered, the system has no address of its family, or the rate limit).
     TtlExceeded => "ttl_exceeded",
-    /// Larger than `system.mtu` on its way out, and no ICMP Fragmentation Needed or
-    /// Packet Too Big went back (an IPv4 packet without DF, which is not fragmented
-    /// here; the refusals and limits of `ttl_exceeded`; a packet inside MPLS).
+    /// Larger than `system.mtu` on its way out, and neither cut into fragments (IPv4
+    /// without DF: not with IP options, nor when the worker's room for fragments is
+    /// full) nor answered with an ICMP Fragmentation Needed or Packet Too Big (the
+    /// refusals and limits of `ttl_exceeded`; a packet inside MPLS).
     MtuExceeded => "mtu_exceeded",
     /// ARP/ND not for an address the system owns, or not a request; or an echo request
     /// to the system's address that is not answered (fragmented, a bad checksum, a

@@ -254,6 +254,13 @@ pub struct Worker {
     /// [`ICMP_BURST`]) and when the last one was earned (ns).
     icmp_tokens: u64,
     icmp_earned_at: u64,
+    /// Frames the last `process`/`process_burst` call made beyond those it was given
+    /// (IPv4 fragments after the first), back to back, within [`EXTRA_CAPACITY`]...
+    extra: Vec<u8>,
+    /// ... and each one's (index of the frame it follows, end offset in `extra`).
+    extra_ends: Vec<(u32, u32)>,
+    /// The index (in the call's `bufs`) of the frame being processed.
+    current: u32,
     /// `process_burst`'s per-frame parse results, reused from burst to burst.
     burst_metas: Vec<Meta>,
     burst_keys: Vec<(FlowKey, bool, u64)>,
@@ -333,6 +340,11 @@ fn reconsider(
 /// Fragment records kept per worker, and how long (ns) they live.
 pub const FRAG_CAPACITY: usize = 65536;
 pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;
+/// Bytes of extra frames (fragments) one `process_burst` call may make: room for every
+/// frame of a 32-frame burst of the largest frames cut at the smallest MTU; a packet
+/// whose fragments would not fit is dropped (`mtu_exceeded`).
+pub const EXTRA_CAPACITY: usize = 1 << 20;
+
 /// The most ICMP errors a worker sends at once, however long it was quiet (Linux's
 /// `icmp_msgs_burst`; fewer when `system.icmp_rate` is lower); `icmp_rate` refills them.
 pub const ICMP_BURST: u64 = 50;
@@ -349,6 +361,9 @@ impl Worker {
             scratch: vec![0; reply::ICMP_ERROR_MAX],
             icmp_tokens: u64::MAX,
             icmp_earned_at: 0,
+            extra: Vec::with_capacity(EXTRA_CAPACITY),
+            extra_ends: Vec::with_capacity(EXTRA_CAPACITY / 512),
+            current: 0,
             burst_metas: Vec::new(),
             burst_keys: Vec::new(),
             sweep_pending: vec![false; p.flow_rules.len()],
@@ -461,6 +476,20 @@ impl Worker {
         self.frags.expire(now, max, |_, _| {});
     }
 
+    /// The frames the last [`process`](Worker::process) or
+    /// [`process_burst`](Worker::process_burst) call made beyond the ones it was given,
+    /// in order: each with the index of the frame it follows (0 for `process`) and goes
+    /// out with, on that frame's route. Today these are IPv4 fragments: a frame cut to
+    /// fit `system.mtu` leaves as its first fragment, and the rest are here.
+    pub fn extra_frames(&self) -> impl Iterator<Item = (usize, &[u8])> + '_ {
+        let mut start = 0;
+        self.extra_ends.iter().map(move |&(i, end)| {
+            let f = &self.extra[start..end as usize];
+            start = end as usize;
+            (i as usize, f)
+        })
+    }
+
     /// Processes one frame in place. On `Outcome::route` the frame in `buf` is ready to
     /// send on `route.port`; on `Outcome::drop` it must be freed. Counters are updated.
     pub fn process<B: PacketBuf + ?Sized>(
@@ -470,6 +499,9 @@ impl Worker {
         now: u64,
     ) -> Outcome {
         self.stats.packets_in += 1;
+        self.extra.clear();
+        self.extra_ends.clear();
+        self.current = 0;
         let tables = Arc::clone(&self.tables);
         let mut out = Outcome::default();
         match parse::parse(buf.data()) {
@@ -504,7 +536,9 @@ impl Worker {
         );
         const N: usize = 32;
         let tables = Arc::clone(&self.tables);
-        for (bufs, outs) in bufs.chunks_mut(N).zip(outs.chunks_mut(N)) {
+        self.extra.clear();
+        self.extra_ends.clear();
+        for (c, (bufs, outs)) in bufs.chunks_mut(N).zip(outs.chunks_mut(N)).enumerate() {
             // Kept between bursts (every entry a frame uses is written first), so that a
             // burst does not start by clearing 32 `Meta`s.
             let mut metas = std::mem::take(&mut self.burst_metas);
@@ -585,6 +619,8 @@ impl Worker {
                         }
                     }
                     if parsed[i] {
+                        // (Only the general path makes extra frames.)
+                        self.current = (c * N + i) as u32;
                         self.decide(&tables, b, &metas[i], &keys[i], in_port, now, &mut outs[i]);
                     }
                 }
@@ -1075,11 +1111,19 @@ impl Worker {
         out: &mut Outcome,
     ) {
         let q = tables.qos(route.qos);
+        let mut cut = None;
         if let Some(mtu) = tables.pipeline.mtu
             && mtu_bytes(buf.data().len(), m, q) > usize::from(mtu)
         {
-            *out = self.too_big(tables, buf, m, q, mtu, in_port, now, *out);
-            return;
+            // An IPv4 packet without DF is cut into fragments once rewritten; anything
+            // else is answered or dropped.
+            match fragmentable(buf.data(), m, q, mtu) {
+                Some(c) => cut = Some(c),
+                None => {
+                    *out = self.too_big(tables, buf, m, q, mtu, in_port, now, *out);
+                    return;
+                }
+            }
         }
         // A router lowers the TTL (the IP header is still where the parser found it).
         if tables.pipeline.forwarding == Forwarding::Router && m.n_mpls == 0 {
@@ -1089,12 +1133,62 @@ impl Worker {
                 return;
             }
         }
+        let before = buf.data().len();
         if let Err(r) = action::apply_qos(buf, m, q) {
             drop_into(out, r);
             return;
         }
         action::set_macs(buf, route.mac, tables.pipeline.mac);
+        if let Some(c) = cut {
+            // The rewrite added or removed tags and labels in front of the IP header.
+            let l3 = (usize::from(m.l3_off) + buf.data().len()).checked_sub(before);
+            if !l3.is_some_and(|l3| self.fragment(buf, l3, c)) {
+                drop_into(out, DropReason::MtuExceeded);
+                return;
+            }
+        }
         out.route = Some(route);
+    }
+
+    /// Cuts the rewritten IPv4 packet in `buf`, whose IP header is at `l3`, as `c` says:
+    /// fragments of at most `c.chunk` bytes of payload, the first staying in `buf`, the
+    /// others going to the extra frames, each with the frame's headers before the IP
+    /// header and an IP header with its length, offset, MF flag and checksum. False,
+    /// with nothing changed, when they do not fit what is left of [`EXTRA_CAPACITY`].
+    fn fragment<B: PacketBuf + ?Sized>(&mut self, buf: &mut B, l3: usize, c: Cut) -> bool {
+        let payload = c.ip_len - 20;
+        let pieces = payload.div_ceil(c.chunk);
+        let room = self.extra.len() + payload + (pieces - 1) * (l3 + 20) <= EXTRA_CAPACITY
+            && self.extra_ends.len() + pieces <= self.extra_ends.capacity();
+        let d = buf.data_mut();
+        if !room || d.len() < l3 + c.ip_len {
+            return false;
+        }
+        let flags = u16::from_be_bytes([d[l3 + 6], d[l3 + 7]]);
+        let (base, last_mf) = (flags & 0x1fff, flags & 0x2000 != 0);
+        let mut off = c.chunk;
+        while off < payload {
+            let n = c.chunk.min(payload - off);
+            let more = off + n < payload || last_mf;
+            let start = self.extra.len();
+            self.extra.extend_from_slice(&d[..l3 + 20]);
+            let data = l3 + 20 + off;
+            self.extra.extend_from_slice(&d[data..data + n]);
+            set_fragment(
+                &mut self.extra[start + l3..start + l3 + 20],
+                n,
+                base,
+                off,
+                more,
+            );
+            self.extra_ends
+                .push((self.current, self.extra.len() as u32));
+            self.stats.fragments_out += 1;
+            off += n;
+        }
+        set_fragment(&mut d[l3..l3 + 20], c.chunk, base, 0, true);
+        let len = d.len();
+        buf.trim(len - (l3 + 20 + c.chunk))
     }
 
     /// Router mode, a packet whose TTL or hop limit ran out: answered with an ICMP Time
@@ -1333,6 +1427,46 @@ fn route_to(p: &Pipeline, t: Target, qos: QosSel, svc: u16, member: u16, rule: u
 fn mtu_bytes(len: usize, m: &Meta, q: &crate::config::QosActions) -> usize {
     let grown = len + 4 * usize::from(q.push_mpls.is_some());
     grown.saturating_sub(14 + 4 * usize::from(m.n_vlans) + 4 * usize::from(q.pop_mpls))
+}
+
+/// How [`Worker::fragment`] cuts a packet: its IP length and the payload bytes of each
+/// fragment (a multiple of 8).
+#[derive(Clone, Copy, Debug)]
+struct Cut {
+    ip_len: usize,
+    chunk: usize,
+}
+
+/// How to cut the packet `m` describes in `d` so that each piece leaves within `mtu`
+/// with QoS `q`: `Some` for an IPv4 packet without DF or options; `None` for anything
+/// else (answered with an ICMP error or dropped).
+fn fragmentable(d: &[u8], m: &Meta, q: &crate::config::QosActions, mtu: u16) -> Option<Cut> {
+    if m.l3 != L3::Ipv4 {
+        return None;
+    }
+    let l3 = usize::from(m.l3_off);
+    let ip = d.get(l3..l3 + 20)?;
+    if ip[0] != 0x45 || ip[6] & 0x40 != 0 {
+        return None;
+    }
+    let ip_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    // The labels in front of the IP header once rewritten count against the MTU.
+    let labels = (l3 + 4 * usize::from(q.push_mpls.is_some()))
+        .checked_sub(14 + 4 * usize::from(m.n_vlans) + 4 * usize::from(q.pop_mpls))?;
+    let chunk = (usize::from(mtu).checked_sub(labels + 20)? / 8) * 8;
+    (chunk > 0 && ip_len > 20 + chunk).then_some(Cut { ip_len, chunk })
+}
+
+/// Writes a fragment's length (`n` bytes of payload), offset (`base` + `off` bytes, in
+/// 8-byte units) and MF flag into the IPv4 header `ip`, and its checksum.
+fn set_fragment(ip: &mut [u8], n: usize, base: u16, off: usize, more: bool) {
+    ip[2..4].copy_from_slice(&((20 + n) as u16).to_be_bytes());
+    // (An offset past 13 bits only comes of a packet already past 64 KB: kept in them.)
+    let f = ((base + (off / 8) as u16) & 0x1fff) | if more { 0x2000 } else { 0 };
+    ip[6..8].copy_from_slice(&f.to_be_bytes());
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let ck = crate::wire::checksum::checksum(ip);
+    ip[10..12].copy_from_slice(&ck.to_be_bytes());
 }
 
 /// A SYN without ACK: what opens a connection.

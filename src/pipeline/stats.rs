@@ -28,6 +28,10 @@ pub struct Stats {
     pub icmp_errors: u64,
     /// Echo requests to the system's own addresses answered.
     pub echo_replies: u64,
+    /// IPv4 fragments made beyond the first, for packets without DF over `system.mtu`.
+    pub fragments_out: u64,
+    /// Of those, fragments `flowgate run` could not send (no mbuf left in the pool).
+    pub fragments_unsent: u64,
     /// Per service: flows created, packets (both directions).
     pub svc_flows: Vec<u64>,
     pub svc_packets: Vec<u64>,
@@ -53,6 +57,8 @@ impl Stats {
             nd_replies: 0,
             icmp_errors: 0,
             echo_replies: 0,
+            fragments_out: 0,
+            fragments_unsent: 0,
             svc_flows: vec![0; p.services.len()],
             svc_packets: vec![0; p.services.len()],
             svc_server_packets: p
@@ -106,6 +112,8 @@ impl Stats {
         self.nd_replies += o.nd_replies;
         self.icmp_errors += o.icmp_errors;
         self.echo_replies += o.echo_replies;
+        self.fragments_out += o.fragments_out;
+        self.fragments_unsent += o.fragments_unsent;
         let add = |a: &mut Vec<u64>, b: &Vec<u64>| {
             if a.len() < b.len() {
                 a.resize(b.len(), 0);
@@ -176,6 +184,8 @@ impl Stats {
             "nd_replies": self.nd_replies,
             "icmp_errors": self.icmp_errors,
             "echo_replies": self.echo_replies,
+            "fragments_out": self.fragments_out,
+            "fragments_unsent": self.fragments_unsent,
             "services": services,
             "flow_rules": rules,
         })

@@ -82,6 +82,8 @@ pub fn copy_stats(dst: &mut Stats, src: &Stats) {
     dst.nd_replies = src.nd_replies;
     dst.icmp_errors = src.icmp_errors;
     dst.echo_replies = src.echo_replies;
+    dst.fragments_out = src.fragments_out;
+    dst.fragments_unsent = src.fragments_unsent;
     let cp = |d: &mut Vec<u64>, s: &Vec<u64>| {
         if d.len() == s.len() {
             d.copy_from_slice(s);

@@ -91,6 +91,9 @@ impl Shared {
 struct WorkerIo<'q> {
     rx: Vec<(u16, RxQueue<'q>, bool)>,
     tx: Vec<TxQueue<'q>>,
+    /// The pool the queues' mbufs come from (fragments beyond the first go out in
+    /// mbufs taken from it).
+    pool: &'q Mempool<'q>,
 }
 
 /// Loads the pipeline and sizes its flow table for one worker.
@@ -320,6 +323,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
             .map(|_| WorkerIo {
                 rx: Vec::new(),
                 tx: Vec::new(),
+                pool: &pool,
             })
             .collect();
         for (ci, port) in ports.iter().enumerate() {
@@ -712,12 +716,12 @@ fn worker_loop<'q>(
                     }
                 });
                 run_burst(
-                    &mut w, &mut mine, in_port, now, to_conf, &mut txb, &mut io.tx,
+                    &mut w, io.pool, &mut mine, in_port, now, to_conf, &mut txb, &mut io.tx,
                 );
             } else {
                 // The whole burst at once: its flow-table misses overlap.
                 run_burst(
-                    &mut w, &mut rxb, in_port, now, to_conf, &mut txb, &mut io.tx,
+                    &mut w, io.pool, &mut rxb, in_port, now, to_conf, &mut txb, &mut io.tx,
                 );
             }
         }
@@ -730,12 +734,16 @@ fn worker_loop<'q>(
                 };
                 got += 1;
                 if !mine.is_empty() && in_port != port {
-                    run_burst(&mut w, &mut mine, port, now, to_conf, &mut txb, &mut io.tx);
+                    run_burst(
+                        &mut w, io.pool, &mut mine, port, now, to_conf, &mut txb, &mut io.tx,
+                    );
                 }
                 port = in_port;
                 let _ = mine.push(m); // emptied above whenever it could be full
             }
-            run_burst(&mut w, &mut mine, port, now, to_conf, &mut txb, &mut io.tx);
+            run_burst(
+                &mut w, io.pool, &mut mine, port, now, to_conf, &mut txb, &mut io.tx,
+            );
         }
         for (c, b) in txb.iter_mut().enumerate() {
             flush(&mut io.tx[c], b);
@@ -792,10 +800,13 @@ fn publish(slot: &Slot, w: &Worker, io: &WorkerIo<'_>, dispatch_dropped: u64) {
 }
 
 /// Runs the frames of `b` (all from `in_port`) through the pipeline as one burst and
-/// queues each on its output port (or frees it when dropped); `b` is left empty.
+/// queues each on its output port (or frees it when dropped), followed by the fragments
+/// the pipeline cut from it, copied into mbufs from `pool`; `b` is left empty.
 #[inline]
+#[allow(clippy::too_many_arguments)]
 fn run_burst<'q>(
     w: &mut Worker,
+    pool: &'q Mempool<'_>,
     b: &mut MbufBatch<'q>,
     in_port: u16,
     now: u64,
@@ -810,10 +821,24 @@ fn run_burst<'q>(
     let n = b.len();
     w.process_burst(b.as_mut_slice(), in_port, now, &mut outs[..n]);
     let mut k = 0;
-    b.drain_each(|m| {
-        send(outs[k], m, to_conf, txb, tx);
-        k += 1;
-    });
+    let mut unsent = 0;
+    {
+        let mut extra = w.extra_frames().peekable();
+        b.drain_each(|m| {
+            send(outs[k], m, to_conf, txb, tx);
+            // The rest of a packet cut into fragments, right after its first, in fresh
+            // mbufs (none left: the fragment is lost, and counted).
+            while let Some((_, f)) = extra.next_if(|&(i, _)| i == k) {
+                let x = pool.alloc().and_then(|mut x| x.set_data(f).then_some(x));
+                match x {
+                    Some(x) => send(outs[k], x, to_conf, txb, tx),
+                    None => unsent += 1,
+                }
+            }
+            k += 1;
+        });
+    }
+    w.stats.fragments_unsent += unsent;
 }
 
 /// Queues a processed frame on its output port (or frees it when it was dropped).

@@ -470,6 +470,10 @@ impl crate::action::PacketBuf for Mbuf<'_> {
     fn set(&mut self, bytes: &[u8]) -> bool {
         self.set_data(bytes)
     }
+    #[inline]
+    fn trim(&mut self, n: usize) -> bool {
+        Mbuf::trim(self, n)
+    }
 }
 
 impl Drop for MbufBatch<'_> {
