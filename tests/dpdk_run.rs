@@ -691,49 +691,39 @@ fn run_bad_port_is_a_clear_error() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let conf = dir.path().join("bad.yaml");
-    std::fs::write(
-        &conf,
-        format!(
-            "pipeline: {}\neal: [\"--no-huge\", \"-m\", \"256\", \"--no-pci\", \"--no-telemetry\", \"--file-prefix\", \"{}\"]\n\
-             lcores: {{ management: 0, workers: [1], cpus: \"0-1\" }}\n\
-             ports:\n  - {{ name: outside, device: \"net_pcap0,rx_pcap={}\" }}\n",
-            root().join("pipelines/web-farm.yaml").display(),
-            prefix("bad"),
-            dir.path().join("missing.pcap").display()
-        ),
-    )
-    .expect("write conf");
-    let o = flowgate()
-        .args(["run", "--conf"])
-        .arg(&conf)
-        .output()
-        .expect("run");
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    // `flowgate run` with one port (`port`, the YAML inside its braces): its stderr,
+    // once it has failed.
+    let fails = |port: &str, tag: &str| {
+        std::fs::write(
+            &conf,
+            format!(
+                "pipeline: {}\neal: [\"--no-huge\", \"-m\", \"256\", \"--no-pci\", \"--no-telemetry\", \"--file-prefix\", \"{}\"]\n\
+                 lcores: {{ management: 0, workers: [1], cpus: \"0-1\" }}\n\
+                 ports:\n  - {{ name: outside, {port} }}\n",
+                root().join("pipelines/web-farm.yaml").display(),
+                prefix(tag),
+            ),
+        )
+        .expect("write conf");
+        let o = flowgate()
+            .args(["run", "--conf"])
+            .arg(&conf)
+            .output()
+            .expect("run");
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let missing = dir.path().join("missing.pcap");
+    let err = fails(
+        &format!("device: \"net_pcap0,rx_pcap={}\"", missing.display()),
+        "bad",
+    );
     assert!(
         err.contains("port \"outside\"") && err.contains("did not probe"),
         "{err}"
     );
-
     // A port MTU its device cannot take stops the start, naming the port and the call.
-    std::fs::write(
-        &conf,
-        format!(
-            "pipeline: {}\neal: [\"--no-huge\", \"-m\", \"256\", \"--no-pci\", \"--no-telemetry\", \"--file-prefix\", \"{}\"]\n\
-             lcores: {{ management: 0, workers: [1], cpus: \"0-1\" }}\n\
-             ports:\n  - {{ name: outside, device: \"net_ring0\", mtu: 9000 }}\n",
-            root().join("pipelines/web-farm.yaml").display(),
-            prefix("badmtu"),
-        ),
-    )
-    .expect("write conf");
-    let o = flowgate()
-        .args(["run", "--conf"])
-        .arg(&conf)
-        .output()
-        .expect("run");
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = fails("device: \"net_ring0\", mtu: 9000", "badmtu");
     assert!(
         err.contains("starting port \"outside\"") && err.contains("rte_eth_dev_set_mtu"),
         "{err}"
