@@ -147,7 +147,7 @@ fn render_summary(w: &Worker, p: &Pipeline, seconds: f64) -> String {
     }
     let _ = writeln!(
         o,
-        "flows created {}  evicted {}  expired {}  live {}  arp replies {}  nd replies {}  icmp errors {}  echo replies {}",
+        "flows created {}  evicted {}  expired {}  live {}  arp replies {}  nd replies {}  icmp errors {}  echo replies {}  fragments out {}",
         s.flows_created,
         s.flows_evicted,
         s.flows_expired,
@@ -155,7 +155,8 @@ fn render_summary(w: &Worker, p: &Pipeline, seconds: f64) -> String {
         s.arp_replies,
         s.nd_replies,
         s.icmp_errors,
-        s.echo_replies
+        s.echo_replies,
+        s.fragments_out
     );
     for (i, svc) in p.services.iter().enumerate() {
         let _ = writeln!(

@@ -421,7 +421,8 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
     }
     let summary = format!(
         "packets in {}  out {}  dropped {}  ({:.3} s)\nflows created {}  live {}  moved {}  tx refused {}  dispatch dropped {}\n\
-         arp replies {}  nd replies {}  icmp errors {}  echo replies {}\nmempool in use after stop: {in_use} of {}\n",
+         arp replies {}  nd replies {}  icmp errors {}  echo replies {}  fragments out {} (unsent {})\n\
+         mempool in use after stop: {in_use} of {}\n",
         total.packets_in,
         total.packets_out,
         total.dropped(),
@@ -435,6 +436,8 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
         total.nd_replies,
         total.icmp_errors,
         total.echo_replies,
+        total.fragments_out,
+        total.fragments_unsent,
         pool.size()
     );
     drop(pool);
