@@ -1209,7 +1209,7 @@ impl Worker {
 
     /// A packet that would leave larger than `mtu` with QoS `q`: answered with an ICMP
     /// Fragmentation Needed (IPv4 with DF) or Packet Too Big (IPv6) naming the largest
-    /// IP packet that fits, `mtu` less the label this route pushes (see
+    /// IP packet that fits, `mtu` less the labels it would leave under (see
     /// [`Worker::icmp_error`]), or dropped as `mtu_exceeded`.
     #[allow(clippy::too_many_arguments)]
     #[inline(never)]
@@ -1224,8 +1224,11 @@ impl Worker {
         now: u64,
         out: Outcome,
     ) -> Outcome {
-        let label = if q.push_mpls.is_some() { 4 } else { 0 };
-        let kind = reply::IcmpError::TooBig { mtu: mtu - label };
+        // (An error goes only about a packet without labels of its own.)
+        let labels = labels_out(m, q).unwrap_or(0) as u16;
+        let kind = reply::IcmpError::TooBig {
+            mtu: mtu.saturating_sub(labels),
+        };
         self.icmp_error(tables, buf, m, kind, in_port, now, out)
             .unwrap_or_else(|| drop_with(out, DropReason::MtuExceeded))
     }
@@ -1429,6 +1432,14 @@ fn mtu_bytes(len: usize, m: &Meta, q: &crate::config::QosActions) -> usize {
     grown.saturating_sub(14 + 4 * usize::from(m.n_vlans) + 4 * usize::from(q.pop_mpls))
 }
 
+/// The bytes of MPLS labels in front of the IP header of the packet `m` describes once
+/// QoS `q` applied (its own, plus a label `q` pushes, less one it pops): what counts
+/// against an MTU besides the packet. `None` when `q` pops a label it does not have.
+fn labels_out(m: &Meta, q: &crate::config::QosActions) -> Option<usize> {
+    (usize::from(m.l3_off) + 4 * usize::from(q.push_mpls.is_some()))
+        .checked_sub(14 + 4 * usize::from(m.n_vlans) + 4 * usize::from(q.pop_mpls))
+}
+
 /// How [`Worker::fragment`] cuts a packet: its IP length and the payload bytes of each
 /// fragment (a multiple of 8).
 #[derive(Clone, Copy, Debug)]
@@ -1450,10 +1461,7 @@ fn fragmentable(d: &[u8], m: &Meta, q: &crate::config::QosActions, mtu: u16) -> 
         return None;
     }
     let ip_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    // The labels in front of the IP header once rewritten count against the MTU.
-    let labels = (l3 + 4 * usize::from(q.push_mpls.is_some()))
-        .checked_sub(14 + 4 * usize::from(m.n_vlans) + 4 * usize::from(q.pop_mpls))?;
-    let chunk = (usize::from(mtu).checked_sub(labels + 20)? / 8) * 8;
+    let chunk = (usize::from(mtu).checked_sub(labels_out(m, q)? + 20)? / 8) * 8;
     (chunk > 0 && ip_len > 20 + chunk).then_some(Cut { ip_len, chunk })
 }
 
