@@ -157,7 +157,7 @@ fn dpdk_af_packet_veth() {
         }
         assert_eq!(got.as_deref(), Some(&f[..]), "the full-size frame, whole");
     }
-    // An MTU the device cannot take (net_af_packet: frames of 1518 bytes at most) is
+    // An MTU the device cannot take (net_af_packet here refused 4000 and 9000) is
     // refused, by name.
     let e = pa
         .start(

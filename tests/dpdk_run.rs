@@ -272,6 +272,16 @@ fn run_pcap_qos_mpls_matches_replay() {
     }
 }
 
+/// `pipelines/web-farm.yaml` with `system.mtu: mtu`, written into `dir` (the same file
+/// each time); its path.
+fn web_farm_with_mtu(dir: &Path, mtu: u16) -> std::path::PathBuf {
+    let web = std::fs::read_to_string(root().join("pipelines/web-farm.yaml")).unwrap();
+    let p = dir.join("web-farm-mtu.yaml");
+    let text = web.replacen("system:\n", &format!("system:\n  mtu: {mtu}\n"), 1);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
 /// Packets cut into fragments (`system.mtu` 1280, IPv4 without DF) and answered (with
 /// DF: Fragmentation Needed), mixed with others in the same bursts: each fragment leaves
 /// right after its first, as replay writes them. (Frames within the default mbufs'
@@ -284,13 +294,7 @@ fn run_pcap_fragments_match_replay() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let web = std::fs::read_to_string(root().join("pipelines/web-farm.yaml")).unwrap();
-    let pipeline = dir.path().join("mtu.yaml");
-    std::fs::write(
-        &pipeline,
-        web.replacen("system:\n", "system:\n  mtu: 1280\n", 1),
-    )
-    .unwrap();
+    let pipeline = web_farm_with_mtu(dir.path(), 1280);
     let input = dir.path().join("big.pcap");
     common::scapy(&format!(
         "from scapy.all import *\n\
@@ -756,13 +760,7 @@ fn run_warns_when_a_port_mtu_is_below_system_mtu() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let web = std::fs::read_to_string(root().join("pipelines/web-farm.yaml")).unwrap();
-    let pipeline = dir.path().join("jumbo.yaml");
-    std::fs::write(
-        &pipeline,
-        web.replacen("system:\n", "system:\n  mtu: 9000\n", 1),
-    )
-    .unwrap();
+    let pipeline = web_farm_with_mtu(dir.path(), 9000);
     let run = |port_extra: &str, tag: &str| {
         let conf = dir.path().join(format!("{tag}.yaml"));
         std::fs::write(
@@ -793,11 +791,7 @@ fn run_warns_when_a_port_mtu_is_below_system_mtu() {
         "{err}"
     );
     // net_pcap cannot change its MTU, so the silent case is a pipeline within it.
-    std::fs::write(
-        &pipeline,
-        web.replacen("system:\n", "system:\n  mtu: 1500\n", 1),
-    )
-    .unwrap();
+    web_farm_with_mtu(dir.path(), 1500);
     let err = run("", "mtu-ok");
     assert!(!err.contains("warning: port"), "{err}");
 }
