@@ -116,11 +116,15 @@ fn num(v: &Value) -> Option<f64> {
 /// `j` (the stats JSON of `replay --stats-json` or `run`) as exposition text.
 pub fn render(j: &Value) -> String {
     let mut o = Out { s: String::new() };
-    let counters: [(&str, &str); 12] = [
+    let counters: [(&str, &str); 13] = [
         ("packets_in", "Frames received."),
         ("packets_out", "Frames transmitted."),
         ("flows_created", "Flows created."),
         ("flows_evicted", "Flows evicted from a full flow table."),
+        (
+            "flows_evicted_answered",
+            "Of those, answered flows (open connections): unanswered flows go first.",
+        ),
         ("flows_expired", "Flows expired by their timeout."),
         (
             "flows_moved",

@@ -1088,15 +1088,19 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
         return Err(cx.err(&[Key("flows")], "too many flow rules (at most 65534)"));
     }
 
-    // Each distinct idle timeout is a timeout class of the flow table (at most 250).
+    // Each distinct idle timeout is a timeout class of the flow table (a bounded number).
     let mut idle: Vec<u64> = flow_rules.iter().map(|r| r.idle_timeout_ns).collect();
     idle.push(flow_table.idle_ns);
     idle.sort_unstable();
     idle.dedup();
-    if idle.len() > 250 {
+    if idle.len() > crate::flow::MAX_IDLE_CLASSES {
         return Err(cx.err(
             &[Key("flows")],
-            format!("{} distinct idle_timeout values; at most 250", idle.len()),
+            format!(
+                "{} distinct idle_timeout values; at most {}",
+                idle.len(),
+                crate::flow::MAX_IDLE_CLASSES
+            ),
         ));
     }
 

@@ -6,6 +6,13 @@
 //! end system's response finds the flow its request created. Each flow remembers which
 //! orientation created it, so the pipeline knows request from response.
 //!
+//! A flow is *answered* once a packet has travelled against its creating direction (the
+//! end system, or whoever the flow leads to, replied). Until then it sits in the
+//! unanswered twin of its timeout class (same timeout), and a full table evicts the
+//! unanswered flow idle the longest before any answered one (as Linux conntrack's early
+//! drop spares assured connections): a flood of spoofed SYNs or datagrams, which nobody
+//! answers, replaces its own flows and not the open connections.
+//!
 //! Non-first IP fragments carry no ports; [`FragKey`] records map (src, dst, proto, id)
 //! of a first fragment to its flow's decision, so later fragments follow it.
 
@@ -24,6 +31,11 @@ pub const CLASS_CLOSING: u8 = 2;
 /// First idle class (non-TCP flows); pattern rules with their own idle timeout get
 /// classes after it (see [`FlowTable::idle_class`]).
 pub const CLASS_IDLE: u8 = 3;
+
+/// Most idle classes a flow table has (distinct idle timeouts; the pipeline refuses more):
+/// with the three TCP classes and every class's unanswered twin, the classes stay below
+/// the table's limit of 255.
+pub const MAX_IDLE_CLASSES: usize = 120;
 
 /// A direction-free 5-tuple: the (address, port) ends sorted.
 #[derive(Clone, Copy, Debug, Default, Eq)]
@@ -137,11 +149,12 @@ pub struct Flow {
     pub origin_port: u16,
     /// The timeout class the flow is in (the table's class of its entry).
     pub class: u8,
-    /// [`TcpState`] in bits 0–1, `swapped` in bit 7.
+    /// [`TcpState`] in bits 0–1, answered in bit 6, `swapped` in bit 7.
     bits: u8,
 }
 
 const SWAPPED: u8 = 0x80;
+const ANSWERED: u8 = 0x40;
 
 impl Flow {
     /// A flow; `swapped` is the orientation of the creating packet relative to the key
@@ -171,6 +184,18 @@ impl Flow {
         self.bits & SWAPPED != 0
     }
 
+    /// Whether a packet has travelled against the creating direction.
+    #[inline]
+    pub fn answered(&self) -> bool {
+        self.bits & ANSWERED != 0
+    }
+
+    /// Marks the flow answered.
+    #[inline]
+    pub fn set_answered(&mut self) {
+        self.bits |= ANSWERED;
+    }
+
     /// The TCP state.
     #[inline]
     pub fn tcp(&self) -> TcpState {
@@ -195,9 +220,15 @@ pub const HOT_SLOT_BYTES: usize = table::hot_slot_bytes::<FlowKey, Flow>();
 const _: () = assert!(HOT_SLOT_BYTES == 64);
 
 /// Flows of one worker: a fixed-capacity [`LruTable`] with the TCP timeout classes.
+///
+/// Class numbers: the *base* classes (SYN, established, closing, then the idle classes)
+/// hold answered flows; base class `c`'s unanswered twin is `c + twins`, with the same
+/// timeout, and the table evicts from the twins first (see the module docs).
 pub struct FlowTable {
     pub table: LruTable<FlowKey, Flow>,
     idle: Vec<u64>,
+    /// The number of base classes: the offset of each one's unanswered twin.
+    twins: u8,
 }
 
 impl FlowTable {
@@ -206,7 +237,7 @@ impl FlowTable {
     pub fn new(conf: &FlowTableConf, rule_idle_ns: &[u64]) -> Self {
         let mut idle = vec![conf.idle_ns];
         for &t in rule_idle_ns {
-            if !idle.contains(&t) && idle.len() < 250 {
+            if !idle.contains(&t) && idle.len() < MAX_IDLE_CLASSES {
                 idle.push(t);
             }
         }
@@ -216,20 +247,37 @@ impl FlowTable {
             conf.tcp_closing_ns,
         ];
         timeouts.extend_from_slice(&idle);
-        FlowTable {
-            table: LruTable::new(conf.capacity, &timeouts),
-            idle,
-        }
+        let twins = timeouts.len() as u8;
+        timeouts.extend_from_within(..);
+        let mut table = LruTable::new(conf.capacity, &timeouts);
+        table.set_evict_first(&(twins..2 * twins).collect::<Vec<u8>>());
+        FlowTable { table, idle, twins }
     }
 
-    /// The class for a non-TCP flow with idle timeout `ns` (the default class when the
-    /// value was not declared at construction).
+    /// The base class for a non-TCP flow with idle timeout `ns` (the default class when
+    /// the value was not declared at construction).
     pub fn idle_class(&self, ns: u64) -> u8 {
         CLASS_IDLE + self.idle.iter().position(|&t| t == ns).unwrap_or(0) as u8
     }
+
+    /// The table class of a flow in base class `base`, answered or not.
+    #[inline]
+    pub fn class(&self, base: u8, answered: bool) -> u8 {
+        if answered { base } else { base + self.twins }
+    }
+
+    /// The base class of table class `class`.
+    #[inline]
+    pub fn base_class(&self, class: u8) -> u8 {
+        if class >= self.twins {
+            class - self.twins
+        } else {
+            class
+        }
+    }
 }
 
-/// The class a TCP state belongs to.
+/// The base class a TCP state belongs to.
 pub fn tcp_class(s: TcpState) -> u8 {
     match s {
         TcpState::Syn => CLASS_SYN,

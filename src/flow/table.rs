@@ -41,8 +41,11 @@
 //!   of every lookup in a burst before it needs any of them; prefetches do not hold the
 //!   CPU's reorder buffer the way loads do, so the misses of a whole burst overlap with
 //!   each other and with parsing.
-//! - When the slab is full, `insert` evicts the entry idle the longest across all lists
-//!   (the oldest head) and reports it.
+//! - When the slab is full, `insert` evicts the entry idle the longest in the classes
+//!   named by [`set_evict_first`](LruTable::set_evict_first) (flows: those not answered
+//!   yet), and only when they are all empty the entry idle the longest in any class (the
+//!   oldest head), and reports it. A flood of new entries then replaces its own kind
+//!   instead of the entries that matter.
 //!
 //! Hashing uses hashbrown's default (randomly seeded foldhash), so flow keys chosen by an
 //! attacker cannot aim at one probe chain.
@@ -128,6 +131,8 @@ pub struct LruTable<K, V> {
     slot_bits: u32,
     mask: usize,
     classes: Vec<Class>,
+    /// Classes whose entries a full table evicts before any other's.
+    evict_first: Vec<u8>,
     len: usize,
     /// Inserts and removals so far: a handle found before stays valid while this holds.
     changes: u64,
@@ -167,10 +172,21 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
                     }; WINDOWS],
                 })
                 .collect(),
+            evict_first: Vec::new(),
             len: 0,
             changes: 0,
             hasher: hashbrown::DefaultHashBuilder::default(),
         }
+    }
+
+    /// Makes a full table evict the entry idle the longest in `classes` while any of them
+    /// holds one, before considering the other classes (by default all classes are equal).
+    ///
+    /// # Panics
+    /// If a class is not one of the table's.
+    pub fn set_evict_first(&mut self, classes: &[u8]) {
+        assert!(classes.iter().all(|&c| (c as usize) < self.classes.len()));
+        self.evict_first = classes.to_vec();
     }
 
     /// How many inserts and removals the table has seen: a handle found while this was
@@ -336,7 +352,7 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
             });
         }
         if self.free.is_empty() {
-            let Some(victim) = self.oldest() else {
+            let Some(victim) = self.victim() else {
                 unreachable!("a full table has entries")
             };
             let (k, v) = (self.hot[victim as usize].key, self.hot[victim as usize].val);
@@ -508,10 +524,19 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
         n
     }
 
-    /// About the entry idle the longest: the head of the oldest non-empty window.
-    fn oldest(&self) -> Option<Handle> {
+    /// What a full table evicts: the entry idle the longest in the evict-first classes,
+    /// or, when they hold none, in any class.
+    fn victim(&self) -> Option<Handle> {
+        self.oldest(self.evict_first.iter().copied())
+            .or_else(|| self.oldest(0..self.classes.len() as u8))
+    }
+
+    /// About the entry idle the longest in `classes`: the head of their oldest non-empty
+    /// window.
+    fn oldest(&self, classes: impl Iterator<Item = u8>) -> Option<Handle> {
         let mut best: Option<(u64, Handle)> = None;
-        for cl in &self.classes {
+        for c in classes {
+            let cl = &self.classes[c as usize];
             for k in 0..WINDOWS as u64 {
                 let h = cl.lists[((cl.next_window + k) % WINDOWS as u64) as usize].head;
                 if h != NIL {
@@ -692,6 +717,43 @@ mod tests {
         assert_eq!(t.expire(490, 4, |_, _| {}), 1);
     }
 
+    #[test]
+    fn a_full_table_evicts_from_the_evict_first_classes_first() {
+        // class 0: long-lived entries; class 1: entries to lose first.
+        let mut t: LruTable<u64, u64> = LruTable::new(4, &[1000, 1000]);
+        t.set_evict_first(&[1]);
+        t.insert(1, 0, 0, 1); // the oldest entry of all
+        t.insert(2, 0, 1, 500);
+        t.insert(3, 0, 0, 600);
+        t.insert(4, 0, 1, 700);
+        // Full: each insert takes the oldest class-1 entry while there is one ...
+        for (k, gone) in [(5, 2), (6, 4), (7, 5)] {
+            match t.insert(k, 0, 1, 800 + k) {
+                Inserted::Evicted(_, ek, _) => assert_eq!(ek, gone),
+                Inserted::Fresh(_) => panic!("expected an eviction"),
+            }
+        }
+        // ... and the oldest of any class once class 1 is empty.
+        let h = t.find(&6).unwrap();
+        t.remove(h);
+        let h = t.find(&7).unwrap();
+        t.remove(h);
+        t.insert(8, 0, 0, 900);
+        t.insert(9, 0, 0, 901);
+        match t.insert(10, 0, 0, 902) {
+            Inserted::Evicted(_, ek, _) => assert_eq!(ek, 1),
+            Inserted::Fresh(_) => panic!("expected an eviction"),
+        }
+        // Without the setting, the oldest of all goes, whatever its class.
+        let mut t: LruTable<u64, u64> = LruTable::new(2, &[1000, 1000]);
+        t.insert(1, 0, 0, 1);
+        t.insert(2, 0, 1, 500);
+        match t.insert(3, 0, 1, 600) {
+            Inserted::Evicted(_, ek, _) => assert_eq!(ek, 1),
+            Inserted::Fresh(_) => panic!("expected an eviction"),
+        }
+    }
+
     proptest! {
         // The table agrees with a HashMap model under random insert/remove/touch.
         #[test]
@@ -717,6 +779,38 @@ mod tests {
                     let h = t.find(k);
                     prop_assert!(h.is_some());
                     prop_assert_eq!(*t.get(h.unwrap()), *v);
+                }
+            }
+        }
+
+        // With evict-first classes, a full table never evicts an entry of another class
+        // while one of theirs is live, and the table still agrees with the model.
+        #[test]
+        fn evicts_first_classes_first(ops in proptest::collection::vec((0u8..4, 0u64..64), 1..400)) {
+            let mut t: LruTable<u64, u64> = LruTable::new(24, &[1000, 1000, 50]);
+            t.set_evict_first(&[1, 2]);
+            let mut m: HashMap<u64, u8> = HashMap::new();
+            for (i, (op, k)) in ops.into_iter().enumerate() {
+                let now = i as u64;
+                let class = (k % 3) as u8;
+                match op {
+                    0 | 1 => if t.find(&k).is_none() {
+                        let first_live = m.values().any(|&c| c != 0);
+                        if let Inserted::Evicted(_, ek, _) = t.insert(k, 0, class, now) {
+                            let c = m.remove(&ek);
+                            prop_assert!(c.is_some());
+                            prop_assert!(!first_live || c != Some(0), "evicted {} of class 0", ek);
+                        }
+                        m.insert(k, class);
+                    },
+                    2 => if let Some(h) = t.find(&k) { t.remove(h); m.remove(&k); },
+                    _ => if let Some(h) = t.find(&k) { t.touch(h, class, now); },
+                }
+                prop_assert_eq!(t.len(), m.len());
+                for (k, c) in &m {
+                    let h = t.find(k);
+                    prop_assert!(h.is_some());
+                    prop_assert_eq!(t.class(h.unwrap()), *c);
                 }
             }
         }

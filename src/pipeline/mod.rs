@@ -713,11 +713,20 @@ impl Worker {
         now: u64,
     ) {
         let class = f.class;
+        // The first packet against the creating direction: the flow leaves its class's
+        // unanswered twin (the first to go from a full table).
+        if !forward && !f.answered() {
+            f.set_answered();
+            f.class = self.flows.base_class(f.class);
+        }
         if let Some(flags) = tcp_flags
             && f.tcp() != TcpState::None
         {
-            f.set_tcp(tcp_next(f.tcp(), flags, forward));
-            f.class = tcp_class(f.tcp());
+            let next = tcp_next(f.tcp(), flags, forward);
+            if next != f.tcp() {
+                f.set_tcp(next);
+                f.class = self.flows.class(tcp_class(next), f.answered());
+            }
         }
         *self.flows.table.get_mut(h) = f;
         if f.class == class {
@@ -1073,10 +1082,17 @@ impl Worker {
             (TcpState::None, _) => self.flows.idle_class(tables.pipeline.flow_table.idle_ns),
             (s, _) => tcp_class(s),
         };
+        // Unanswered until a packet comes back.
+        let class = self.flows.class(class, false);
         let flow = crate::flow::Flow::new(target, owner, src_mac, in_port, swapped, tcp, class);
         self.stats.flows_created += 1;
-        if let Inserted::Evicted(..) = self.flows.table.insert_hashed(key, hash, flow, class, now) {
+        if let Inserted::Evicted(_, _, gone) =
+            self.flows.table.insert_hashed(key, hash, flow, class, now)
+        {
             self.stats.flows_evicted += 1;
+            if gone.answered() {
+                self.stats.flows_evicted_answered += 1;
+            }
         }
     }
 
