@@ -689,7 +689,7 @@ impl Worker {
         if tagged && r.qos.tag.is_some() {
             return false;
         }
-        self.step(h, f, tcp.then_some(tcp_flags), forward, now);
+        self.step(h, f, false, tcp.then_some(tcp_flags), forward, now);
         *out = Outcome {
             kind: Kind::Flow { reverse: !forward },
             ..Outcome::default()
@@ -701,33 +701,59 @@ impl Worker {
         true
     }
 
-    /// Advances flow `h` (whose value was `f`) by one packet: its TCP state when
-    /// `tcp_flags` is given, its timer.
+    /// Advances flow `h` by one packet: `f` is its value, changed by the caller when
+    /// `dirty`; its answered mark, its TCP state when `tcp_flags` is given, its timer.
+    /// A hit that changes neither writes only the last-seen time (and the value when
+    /// `dirty`); the rest is out of line.
     #[inline(always)]
     fn step(
         &mut self,
         h: u32,
-        mut f: crate::flow::Flow,
+        f: crate::flow::Flow,
+        dirty: bool,
         tcp_flags: Option<u8>,
         forward: bool,
         now: u64,
     ) {
-        let class = f.class;
-        // The first packet against the creating direction: the flow leaves its class's
-        // unanswered twin (the first to go from a full table).
-        if !forward && !f.answered() {
-            f.set_answered();
-            f.class = self.flows.base_class(f.class);
-        }
-        if let Some(flags) = tcp_flags
-            && f.tcp() != TcpState::None
-        {
-            let next = tcp_next(f.tcp(), flags, forward);
-            if next != f.tcp() {
-                f.set_tcp(next);
-                f.class = self.flows.class(tcp_class(next), f.answered());
+        let next = match tcp_flags {
+            Some(flags) if f.tcp() != TcpState::None => tcp_next(f.tcp(), flags, forward),
+            _ => f.tcp(),
+        };
+        if next != f.tcp() || !forward && !f.answered() {
+            self.step_changed(h, f, next, forward, now);
+        } else {
+            if dirty {
+                *self.flows.table.get_mut(h) = f;
             }
+            self.flows.table.touch(h, f.class, now);
         }
+    }
+
+    /// [`step`](Self::step) for a packet that moves flow `h` to TCP state `next` or is
+    /// its first answer (against the creating direction): the flow leaves its class's
+    /// unanswered twin (the first to go from a full table), or changes class with its
+    /// TCP state.
+    #[cold]
+    #[inline(never)]
+    fn step_changed(
+        &mut self,
+        h: u32,
+        mut f: crate::flow::Flow,
+        next: TcpState,
+        forward: bool,
+        now: u64,
+    ) {
+        if !forward {
+            f.set_answered();
+        }
+        let base = if next != f.tcp() {
+            f.set_tcp(next);
+            tcp_class(next)
+        } else {
+            self.flows.base_class(f.class)
+        };
+        let class = f.class;
+        f.class = self.flows.class(base, f.answered());
         *self.flows.table.get_mut(h) = f;
         if f.class == class {
             self.flows.table.touch(h, class, now);
@@ -986,6 +1012,7 @@ impl Worker {
         let mut f = *self.flows.table.get(h);
         out.kind = Kind::Flow { reverse: !forward };
         if m.quoted.is_none() {
+            let mut moved = false;
             // A server that went down: move the flow (its connections are lost anyway), to
             // where a new flow of this client would go, whichever way this packet goes.
             if let (Target::Server(s), Owner::Service(i)) = (f.target, f.owner)
@@ -998,10 +1025,12 @@ impl Worker {
                 )
             {
                 f.target = Target::Server(p.services[i as usize].members[mb as usize].server);
+                moved = true;
             }
             self.step(
                 h,
                 f,
+                moved,
                 (m.tuple.proto == 6).then_some(m.tcp_flags),
                 forward,
                 now,
