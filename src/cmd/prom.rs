@@ -122,8 +122,8 @@ pub fn render(j: &Value) -> String {
         ("flows_created", "Flows created."),
         ("flows_evicted", "Flows evicted from a full flow table."),
         (
-            "flows_evicted_answered",
-            "Of those, answered flows (open connections): unanswered flows go first.",
+            "flows_evicted_assured",
+            "Of those, assured flows (open connections): unassured flows go first.",
         ),
         ("flows_expired", "Flows expired by their timeout."),
         (

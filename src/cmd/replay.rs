@@ -147,10 +147,10 @@ fn render_summary(w: &Worker, p: &Pipeline, seconds: f64) -> String {
     }
     let _ = writeln!(
         o,
-        "flows created {}  evicted {} ({} answered)  expired {}  live {}  arp replies {}  nd replies {}  icmp errors {}  echo replies {}  fragments out {}",
+        "flows created {}  evicted {} ({} assured)  expired {}  live {}  arp replies {}  nd replies {}  icmp errors {}  echo replies {}  fragments out {}",
         s.flows_created,
         s.flows_evicted,
-        s.flows_evicted_answered,
+        s.flows_evicted_assured,
         s.flows_expired,
         w.flow_count(),
         s.arp_replies,

@@ -6,12 +6,14 @@
 //! end system's response finds the flow its request created. Each flow remembers which
 //! orientation created it, so the pipeline knows request from response.
 //!
-//! A flow is *answered* once a packet has travelled against its creating direction (the
-//! end system, or whoever the flow leads to, replied). Until then it sits in the
-//! unanswered twin of its timeout class (same timeout), and a full table evicts the
-//! unanswered flow idle the longest before any answered one (as Linux conntrack's early
-//! drop spares assured connections): a flood of spoofed SYNs or datagrams, which nobody
-//! answers, replaces its own flows and not the open connections.
+//! A flow is *assured* (Linux conntrack's word) once its creator has spoken again after
+//! an answer: a packet in the creating direction after one against it, e.g. the ACK that
+//! completes a TCP handshake. Until then it sits in the unassured twin of its timeout
+//! class (same timeout), and a full table evicts the unassured flow idle the longest
+//! before any assured one, as conntrack's early drop does. A flood from spoofed sources
+//! never gets assured — the servers answer the spoofed SYNs or datagrams, but the
+//! spoofed clients never see the answers — so it replaces its own flows and not the
+//! open connections.
 //!
 //! Non-first IP fragments carry no ports; [`FragKey`] records map (src, dst, proto, id)
 //! of a first fragment to its flow's decision, so later fragments follow it.
@@ -33,7 +35,7 @@ pub const CLASS_CLOSING: u8 = 2;
 pub const CLASS_IDLE: u8 = 3;
 
 /// Most idle classes a flow table has (distinct idle timeouts; the pipeline refuses more):
-/// with the three TCP classes and every class's unanswered twin, the classes stay below
+/// with the three TCP classes and every class's unassured twin, the classes stay below
 /// the table's limit of 255.
 pub const MAX_IDLE_CLASSES: usize = 120;
 
@@ -149,12 +151,13 @@ pub struct Flow {
     pub origin_port: u16,
     /// The timeout class the flow is in (the table's class of its entry).
     pub class: u8,
-    /// [`TcpState`] in bits 0–1, answered in bit 6, `swapped` in bit 7.
+    /// [`TcpState`] in bits 0–1, replied in bit 5, assured in bit 6, `swapped` in bit 7.
     bits: u8,
 }
 
 const SWAPPED: u8 = 0x80;
-const ANSWERED: u8 = 0x40;
+const ASSURED: u8 = 0x40;
+const REPLIED: u8 = 0x20;
 
 impl Flow {
     /// A flow; `swapped` is the orientation of the creating packet relative to the key
@@ -186,14 +189,32 @@ impl Flow {
 
     /// Whether a packet has travelled against the creating direction.
     #[inline]
-    pub fn answered(&self) -> bool {
-        self.bits & ANSWERED != 0
+    pub fn replied(&self) -> bool {
+        self.bits & REPLIED != 0
     }
 
-    /// Marks the flow answered.
+    /// Whether a packet has travelled in the creating direction after a reply (see the
+    /// module docs).
     #[inline]
-    pub fn set_answered(&mut self) {
-        self.bits |= ANSWERED;
+    pub fn assured(&self) -> bool {
+        self.bits & ASSURED != 0
+    }
+
+    /// Whether a packet going `forward` (in the creating direction) or not changes the
+    /// flow's replied or assured mark: a first reply, or the creator's next packet.
+    #[inline]
+    pub fn marks_change(&self, forward: bool) -> bool {
+        self.bits & ASSURED == 0 && forward == self.replied()
+    }
+
+    /// Records a packet going `forward` or not in the replied and assured marks.
+    #[inline]
+    pub fn mark(&mut self, forward: bool) {
+        if !forward {
+            self.bits |= REPLIED;
+        } else if self.replied() {
+            self.bits |= ASSURED;
+        }
     }
 
     /// The TCP state.
@@ -222,12 +243,12 @@ const _: () = assert!(HOT_SLOT_BYTES == 64);
 /// Flows of one worker: a fixed-capacity [`LruTable`] with the TCP timeout classes.
 ///
 /// Class numbers: the *base* classes (SYN, established, closing, then the idle classes)
-/// hold answered flows; base class `c`'s unanswered twin is `c + twins`, with the same
+/// hold assured flows; base class `c`'s unassured twin is `c + twins`, with the same
 /// timeout, and the table evicts from the twins first (see the module docs).
 pub struct FlowTable {
     pub table: LruTable<FlowKey, Flow>,
     idle: Vec<u64>,
-    /// The number of base classes: the offset of each one's unanswered twin.
+    /// The number of base classes: the offset of each one's unassured twin.
     twins: u8,
 }
 
@@ -260,10 +281,10 @@ impl FlowTable {
         CLASS_IDLE + self.idle.iter().position(|&t| t == ns).unwrap_or(0) as u8
     }
 
-    /// The table class of a flow in base class `base`, answered or not.
+    /// The table class of a flow in base class `base`, assured or not.
     #[inline]
-    pub fn class(&self, base: u8, answered: bool) -> u8 {
-        if answered { base } else { base + self.twins }
+    pub fn class(&self, base: u8, assured: bool) -> u8 {
+        if assured { base } else { base + self.twins }
     }
 
     /// The base class of table class `class`.
@@ -350,6 +371,36 @@ mod tests {
             TcpState::Closing
         );
         assert_eq!(tcp_next(TcpState::Closing, ACK, true), TcpState::Closing);
+    }
+
+    #[test]
+    fn a_flow_is_assured_when_its_creator_speaks_after_a_reply() {
+        let mut f = Flow::new(
+            Target::Gateway,
+            Owner::Rule(1),
+            [1; 6],
+            0,
+            true,
+            TcpState::Syn,
+            0,
+        );
+        assert!(!f.replied() && !f.assured());
+        // More from the creator changes nothing before a reply ...
+        assert!(!f.marks_change(true));
+        // ... a reply is recorded, once ...
+        assert!(f.marks_change(false));
+        f.mark(false);
+        assert!(f.replied() && !f.assured());
+        assert!(!f.marks_change(false), "a second reply changes nothing");
+        // ... and the creator's next packet assures the flow.
+        assert!(f.marks_change(true));
+        f.mark(true);
+        assert!(f.assured());
+        assert!(!f.marks_change(true) && !f.marks_change(false));
+        // The marks live beside the TCP state and the orientation.
+        f.set_tcp(TcpState::Closing);
+        assert!(f.replied() && f.assured() && f.swapped());
+        assert_eq!(f.tcp(), TcpState::Closing);
     }
 
     #[test]

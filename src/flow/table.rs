@@ -42,7 +42,7 @@
 //!   CPU's reorder buffer the way loads do, so the misses of a whole burst overlap with
 //!   each other and with parsing.
 //! - When the slab is full, `insert` evicts the entry idle the longest in the classes
-//!   named by [`set_evict_first`](LruTable::set_evict_first) (flows: those not answered
+//!   named by [`set_evict_first`](LruTable::set_evict_first) (flows: those not assured
 //!   yet), and only when they are all empty the entry idle the longest in any class (the
 //!   oldest head), and reports it. A flood of new entries then replaces its own kind
 //!   instead of the entries that matter.

@@ -702,7 +702,8 @@ impl Worker {
     }
 
     /// Advances flow `h` by one packet: `f` is its value, changed by the caller when
-    /// `dirty`; its answered mark, its TCP state when `tcp_flags` is given, its timer.
+    /// `dirty`; its replied and assured marks, its TCP state when `tcp_flags` is given,
+    /// its timer.
     /// A hit that changes neither writes only the last-seen time (and the value when
     /// `dirty`); the rest is out of line.
     #[inline(always)]
@@ -719,7 +720,7 @@ impl Worker {
             Some(flags) if f.tcp() != TcpState::None => tcp_next(f.tcp(), flags, forward),
             _ => f.tcp(),
         };
-        if next != f.tcp() || !forward && !f.answered() {
+        if next != f.tcp() || f.marks_change(forward) {
             self.step_changed(h, f, next, forward, now);
         } else {
             if dirty {
@@ -729,10 +730,9 @@ impl Worker {
         }
     }
 
-    /// [`step`](Self::step) for a packet that moves flow `h` to TCP state `next` or is
-    /// its first answer (against the creating direction): the flow leaves its class's
-    /// unanswered twin (the first to go from a full table), or changes class with its
-    /// TCP state.
+    /// [`step`](Self::step) for a packet that moves flow `h` to TCP state `next` or
+    /// changes its marks: a first reply, or the creator's next packet, which assures the
+    /// flow (it leaves its class's unassured twin, the first to go from a full table).
     #[cold]
     #[inline(never)]
     fn step_changed(
@@ -743,9 +743,7 @@ impl Worker {
         forward: bool,
         now: u64,
     ) {
-        if !forward {
-            f.set_answered();
-        }
+        f.mark(forward);
         let base = if next != f.tcp() {
             f.set_tcp(next);
             tcp_class(next)
@@ -753,7 +751,7 @@ impl Worker {
             self.flows.base_class(f.class)
         };
         let class = f.class;
-        f.class = self.flows.class(base, f.answered());
+        f.class = self.flows.class(base, f.assured());
         *self.flows.table.get_mut(h) = f;
         if f.class == class {
             self.flows.table.touch(h, class, now);
@@ -1111,7 +1109,7 @@ impl Worker {
             (TcpState::None, _) => self.flows.idle_class(tables.pipeline.flow_table.idle_ns),
             (s, _) => tcp_class(s),
         };
-        // Unanswered until a packet comes back.
+        // Unassured until its creator speaks again after a reply.
         let class = self.flows.class(class, false);
         let flow = crate::flow::Flow::new(target, owner, src_mac, in_port, swapped, tcp, class);
         self.stats.flows_created += 1;
@@ -1119,8 +1117,8 @@ impl Worker {
             self.flows.table.insert_hashed(key, hash, flow, class, now)
         {
             self.stats.flows_evicted += 1;
-            if gone.answered() {
-                self.stats.flows_evicted_answered += 1;
+            if gone.assured() {
+                self.stats.flows_evicted_assured += 1;
             }
         }
     }

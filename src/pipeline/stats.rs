@@ -16,9 +16,9 @@ pub struct Stats {
     pub drops: [u64; DropReason::COUNT],
     pub flows_created: u64,
     pub flows_evicted: u64,
-    /// Of those, flows that had been answered: open connections lost to a full table
-    /// (unanswered flows go first, see [`crate::flow`]).
-    pub flows_evicted_answered: u64,
+    /// Of those, assured flows: open connections lost to a full table (unassured flows
+    /// go first, see [`crate::flow`]).
+    pub flows_evicted_assured: u64,
     pub flows_expired: u64,
     /// Flows moved to another server or owner by a changed advertised flow (see
     /// [`Worker::sweep`](super::Worker::sweep)).
@@ -54,7 +54,7 @@ impl Stats {
             drops: [0; DropReason::COUNT],
             flows_created: 0,
             flows_evicted: 0,
-            flows_evicted_answered: 0,
+            flows_evicted_assured: 0,
             flows_expired: 0,
             flows_moved: 0,
             arp_replies: 0,
@@ -110,7 +110,7 @@ impl Stats {
         }
         self.flows_created += o.flows_created;
         self.flows_evicted += o.flows_evicted;
-        self.flows_evicted_answered += o.flows_evicted_answered;
+        self.flows_evicted_assured += o.flows_evicted_assured;
         self.flows_expired += o.flows_expired;
         self.flows_moved += o.flows_moved;
         self.arp_replies += o.arp_replies;
@@ -183,7 +183,7 @@ impl Stats {
             "drops": drops,
             "flows_created": self.flows_created,
             "flows_evicted": self.flows_evicted,
-            "flows_evicted_answered": self.flows_evicted_answered,
+            "flows_evicted_assured": self.flows_evicted_assured,
             "flows_expired": self.flows_expired,
             "flows_moved": self.flows_moved,
             "arp_replies": self.arp_replies,

@@ -76,7 +76,7 @@ pub fn copy_stats(dst: &mut Stats, src: &Stats) {
     dst.drops = src.drops;
     dst.flows_created = src.flows_created;
     dst.flows_evicted = src.flows_evicted;
-    dst.flows_evicted_answered = src.flows_evicted_answered;
+    dst.flows_evicted_assured = src.flows_evicted_assured;
     dst.flows_expired = src.flows_expired;
     dst.flows_moved = src.flows_moved;
     dst.arp_replies = src.arp_replies;
