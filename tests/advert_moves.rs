@@ -292,6 +292,12 @@ proptest::proptest! {
             }
         }
         sweep_to_end(&mut r.w, 16);
+        // Where every flow goes now, per server: what the live-flow gauge must say.
+        let mut on = vec![0u64; 3];
+        for &k in open.iter().chain(PINNED.iter()) {
+            on[r.ack(k).0 as usize] += 1;
+        }
+        proptest::prop_assert_eq!(&r.w.stats.server_flows, &on, "live flows per server");
         for &k in &open {
             let client = 0x6440_0000 | k;
             let first = slots.iter().enumerate().find_map(|(s, a)| {

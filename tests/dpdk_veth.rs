@@ -1593,5 +1593,11 @@ fn run_af_packet_keeps_open_connections_through_a_syn_flood() {
     assert!(j["flows_evicted"].as_u64() >= Some(2500), "{j}");
     assert_eq!(j["flows_evicted_assured"].as_u64(), Some(0), "{j}");
     assert!(j["services"]["echo"]["flows"].as_u64() >= Some(3040), "{j}");
+    // Every flow here goes to a server: the per-server gauge adds up to the live flows.
+    let on_servers: u64 = (j["server_flows"].as_object().expect("server_flows"))
+        .values()
+        .filter_map(|v| v.as_u64())
+        .sum();
+    assert_eq!(Some(on_servers), j["runtime"]["live_flows"].as_u64(), "{j}");
     assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
 }

@@ -126,6 +126,17 @@ fn replay_prometheus_agrees_with_the_stats_json() {
                 assert_eq!(got, n.as_f64().unwrap());
             }
         }
+        // The live-flow gauge per server, and no more live flows than the flows made.
+        let mut live = 0.0;
+        for (srv, n) in j["server_flows"].as_object().unwrap() {
+            assert_eq!(
+                get("flowgate_server_flows", &[("server", srv)]),
+                n.as_f64().unwrap()
+            );
+            live += n.as_f64().unwrap();
+        }
+        assert_eq!(types["flowgate_server_flows"], "gauge");
+        assert!(live <= j["flows_created"].as_f64().unwrap());
     }
     if inputs.len() > 1 {
         assert!(

@@ -179,6 +179,13 @@ pub fn render(j: &Value) -> String {
             "servers",
         );
     }
+    if let Some(servers) = j["server_flows"].as_object() {
+        let name = "flowgate_server_flows";
+        o.family(name, "gauge", "Live flows whose target is a server.");
+        for (k, v) in servers {
+            o.sample(name, &[("server", k)], num(v).unwrap_or(0.0));
+        }
+    }
     if let Some(rules) = j["flow_rules"].as_object() {
         o.keyed(
             "flowgate_flow_rule",

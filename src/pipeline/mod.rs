@@ -445,8 +445,13 @@ impl Worker {
         let p = &self.tables.pipeline;
         let (claiming, pending) = (&self.sweep_rules, &self.sweep_pending);
         let mut moved = 0;
+        let stats = &mut self.stats;
         self.sweep_at = self.flows.table.visit_mut(from, max, |k, f| {
             if let Some(g) = reconsider(p, claiming, pending, k, *f) {
+                if g.target != f.target {
+                    stats.flow_out(f.target);
+                    stats.flow_in(g.target);
+                }
                 *f = g;
                 moved += 1;
             }
@@ -471,7 +476,11 @@ impl Worker {
 
     /// Expires idle flows and fragment records (call once per burst; bounded work).
     pub fn expire(&mut self, now: u64, max: usize) {
-        let n = self.flows.table.expire(now, max, |_, _| {});
+        let stats = &mut self.stats;
+        let n = self
+            .flows
+            .table
+            .expire(now, max, |_, f| stats.flow_out(f.target));
         self.stats.flows_expired += n as u64;
         self.frags.expire(now, max, |_, _| {});
     }
@@ -825,6 +834,7 @@ impl Worker {
             if f.tcp() == TcpState::Closing && forward && syn_only && m.quoted.is_none() {
                 // A new connection reusing the tuple of a closed one: start afresh.
                 self.flows.table.remove(h);
+                self.stats.flow_out(f.target);
             } else {
                 route = self.follow(tables, h, m, forward, now, out);
                 if route.is_none() && out.drop.is_some() {
@@ -998,7 +1008,9 @@ impl Worker {
                     &if forward { m.tuple } else { m.tuple.reversed() },
                 )
             {
+                self.stats.flow_out(f.target);
                 f.target = Target::Server(p.services[i as usize].members[mb as usize].server);
+                self.stats.flow_in(f.target);
             }
             self.step(
                 h,
@@ -1087,9 +1099,11 @@ impl Worker {
         let class = self.flows.class(class, false);
         let flow = crate::flow::Flow::new(target, owner, src_mac, in_port, swapped, tcp, class);
         self.stats.flows_created += 1;
+        self.stats.flow_in(target);
         if let Inserted::Evicted(_, _, gone) =
             self.flows.table.insert_hashed(key, hash, flow, class, now)
         {
+            self.stats.flow_out(gone.target);
             self.stats.flows_evicted += 1;
             if gone.assured() {
                 self.stats.flows_evicted_assured += 1;
@@ -1693,6 +1707,88 @@ mod tests {
                 if !from_server {
                     assert_eq!(m.dscp, 34, "{client}: af41 written");
                 }
+            }
+        }
+    }
+
+    /// Live flows per server, counted by walking the flow table.
+    fn census(w: &mut Worker) -> Vec<u64> {
+        let mut n = vec![0u64; w.tables.pipeline.servers.len()];
+        let mut at = Some(0);
+        while let Some(from) = at {
+            at = w.flows.table.visit_mut(from, 1024, |_, f| {
+                if let Target::Server(s) = f.target {
+                    n[s as usize] += 1;
+                }
+            });
+        }
+        n
+    }
+
+    proptest::proptest! {
+        /// The per-server live-flow gauge equals a census of the flow table through
+        /// creation, handshakes, closing and reuse of a tuple, eviction from a small
+        /// table, expiry, and flows moved off a server that went down.
+        #[test]
+        fn server_flows_follow_the_table(
+            ops in proptest::collection::vec((0u8..7, 0u16..40), 1..300)
+        ) {
+            use crate::r#gen::frame::{Tags, begin, finish, flags, tcp, udp};
+            let y = P.replace("      - { name: b, mac: \"02:00:00:00:01:02\" }\n",
+                "      - { name: b, mac: \"02:00:00:00:01:02\" }\n      - { name: c, mac: \"02:00:00:00:01:03\" }\n")
+                + "flows:\n  - name: r\n    match: { proto: udp, dst_port: 53 }\n    to: c\n    idle_timeout: 2\n\
+                   flow_table: { capacity: 16, tcp_syn_timeout: 1, tcp_closing_timeout: 1 }\n";
+            let p = Pipeline::from_str(&y, Path::new("p.yaml")).unwrap();
+            let down = Pipeline::from_str(
+                &y.replace("01:01\" }", "01:01\", state: down }"),
+                Path::new("q.yaml"),
+            )
+            .unwrap();
+            let mut w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
+            let mut now = 1_000_000_000u64;
+            let mut f = Vec::new();
+            let v: std::net::IpAddr = "192.0.2.10".parse().unwrap();
+            let (sys, gw, srv) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 0xfe], [2, 0, 0, 0, 1, 1]);
+            for (i, (op, c)) in ops.into_iter().enumerate() {
+                let client: std::net::IpAddr = format!("198.51.100.{}", c % 20).parse().unwrap();
+                let port = 40000 + c;
+                now += 1_000_000;
+                let mut frame = |from_server: bool, fl: u8, is_udp: bool| {
+                    let (s, d, sm) = if from_server { (v, client, srv) } else { (client, v, gw) };
+                    let lay = begin(&mut f, sys, sm, &Tags::NONE, s, d, if is_udp { 17 } else { 6 }, 1);
+                    match (is_udp, from_server) {
+                        (true, false) => udp(&mut f, port, 53),
+                        (true, true) => udp(&mut f, 53, port),
+                        (false, false) => tcp(&mut f, port, 80, 1, 1, fl),
+                        (false, true) => tcp(&mut f, 80, port, 1, 1, fl),
+                    }
+                    finish(&mut f, lay);
+                    let mut b = crate::action::FrameBuf::new(256);
+                    assert!(b.load(&f));
+                    b
+                };
+                let mut b = match op {
+                    0 => frame(false, flags::SYN, false),
+                    1 => frame(true, flags::SYN | flags::ACK, false),
+                    2 => frame(false, flags::ACK, false),
+                    3 => frame(false, flags::FIN | flags::ACK, false),
+                    4 => frame(false, 0, true),
+                    5 => {
+                        // Time passes: flows expire.
+                        now += 3_000_000_000;
+                        w.expire(now, 1000);
+                        proptest::prop_assert_eq!(census(&mut w), w.stats.server_flows.clone());
+                        continue;
+                    }
+                    _ => {
+                        // Server a goes down or comes back (same shape).
+                        let t = if i % 2 == 0 { down.clone() } else { p.clone() };
+                        w.set_tables(Arc::new(Tables::build(t, i as u64 + 2))).unwrap();
+                        continue;
+                    }
+                };
+                w.process(&mut b, 0, now);
+                proptest::prop_assert_eq!(census(&mut w), w.stats.server_flows.clone());
             }
         }
     }

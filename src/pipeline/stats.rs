@@ -5,7 +5,7 @@
 //! `packets_in == packets_out + sum(drops)`.
 
 use super::meta::DropReason;
-use crate::config::Pipeline;
+use crate::config::{Pipeline, Target};
 use serde_json::{Map, Value, json};
 
 /// Counters of one worker.
@@ -43,6 +43,10 @@ pub struct Stats {
     /// Per pattern rule: flows created, packets.
     pub rule_flows: Vec<u64>,
     pub rule_packets: Vec<u64>,
+    /// Per server (pipeline index): live flows whose target it is, a gauge (what
+    /// `ipvsadm -L` shows as a real server's connections), kept as flows are created,
+    /// moved, evicted, expired and removed.
+    pub server_flows: Vec<u64>,
 }
 
 impl Stats {
@@ -72,6 +76,7 @@ impl Stats {
                 .collect(),
             rule_flows: vec![0; p.flow_rules.len()],
             rule_packets: vec![0; p.flow_rules.len()],
+            server_flows: vec![0; p.servers.len()],
         }
     }
 
@@ -97,6 +102,9 @@ impl Stats {
             if v.len() < r {
                 v.resize(r, 0);
             }
+        }
+        if self.server_flows.len() < p.servers.len() {
+            self.server_flows.resize(p.servers.len(), 0);
         }
     }
 
@@ -133,12 +141,33 @@ impl Stats {
         add(&mut self.svc_packets, &o.svc_packets);
         add(&mut self.rule_flows, &o.rule_flows);
         add(&mut self.rule_packets, &o.rule_packets);
+        add(&mut self.server_flows, &o.server_flows);
         for (a, b) in self
             .svc_server_packets
             .iter_mut()
             .zip(&o.svc_server_packets)
         {
             add(a, b);
+        }
+    }
+
+    /// A flow to `target` entered the flow table (or moved there): the server's gauge.
+    #[inline]
+    pub fn flow_in(&mut self, target: Target) {
+        if let Target::Server(s) = target
+            && let Some(n) = self.server_flows.get_mut(s as usize)
+        {
+            *n += 1;
+        }
+    }
+
+    /// A flow to `target` left the flow table (or moved away).
+    #[inline]
+    pub fn flow_out(&mut self, target: Target) {
+        if let Target::Server(s) = target
+            && let Some(n) = self.server_flows.get_mut(s as usize)
+        {
+            *n = n.saturating_sub(1);
         }
     }
 
@@ -177,6 +206,13 @@ impl Stats {
                 json!({ "flows": self.rule_flows[i], "packets": self.rule_packets[i] }),
             );
         }
+        // Live flows per server, by name (a server in several services counted once).
+        let server_flows: Map<String, Value> = p
+            .servers
+            .iter()
+            .zip(&self.server_flows)
+            .map(|(s, n)| (s.name.clone(), json!(n)))
+            .collect();
         json!({
             "packets_in": self.packets_in,
             "packets_out": self.packets_out,
@@ -193,6 +229,7 @@ impl Stats {
             "fragments_out": self.fragments_out,
             "fragments_unsent": self.fragments_unsent,
             "services": services,
+            "server_flows": server_flows,
             "flow_rules": rules,
         })
     }
