@@ -101,7 +101,6 @@ fn run_pcap_case_eal(dir: &Path, input: &Path, tag: &str, eal: &str, pipeline: &
     let out_run = dir.join(format!("{tag}-run.pcap"));
     let out_replay = dir.join(format!("{tag}-replay.pcap"));
     let stats_run = dir.join(format!("{tag}-run.json"));
-    let stats_replay = dir.join(format!("{tag}-replay.json"));
     let conf = dir.join(format!("{tag}.yaml"));
     std::fs::write(
         &conf,
@@ -128,22 +127,7 @@ fn run_pcap_case_eal(dir: &Path, input: &Path, tag: &str, eal: &str, pipeline: &
         "flowgate run failed: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let o = flowgate()
-        .args(["replay", "-q", "--pipeline"])
-        .arg(pipeline)
-        .arg("--input")
-        .arg(input)
-        .arg("--output")
-        .arg(&out_replay)
-        .arg("--stats-json")
-        .arg(&stats_replay)
-        .output()
-        .expect("replay");
-    assert!(
-        o.status.success(),
-        "replay failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let jp = common::replay_stats(pipeline, input, &out_replay);
 
     let got = frames(&out_run);
     let want = frames(&out_replay);
@@ -161,7 +145,6 @@ fn run_pcap_case_eal(dir: &Path, input: &Path, tag: &str, eal: &str, pipeline: &
         );
     }
     let jr = json(&stats_run);
-    let jp = json(&stats_replay);
     for k in [
         "packets_in",
         "packets_out",
@@ -334,12 +317,11 @@ fn run_two_workers_dispatch_matches_replay() {
         "gen failed: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let (out0, out1, stats_run, out_replay, stats_replay) = (
+    let (out0, out1, stats_run, out_replay) = (
         d.join("o0.pcap"),
         d.join("o1.pcap"),
         d.join("run.json"),
         d.join("replay.pcap"),
-        d.join("replay.json"),
     );
     let conf = d.join("two.yaml");
     std::fs::write(
@@ -367,22 +349,7 @@ fn run_two_workers_dispatch_matches_replay() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "flowgate run failed: {err}");
     assert!(err.contains("software dispatch"), "{err}");
-    let o = flowgate()
-        .args(["replay", "-q", "--pipeline"])
-        .arg(&pipeline)
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(&out_replay)
-        .arg("--stats-json")
-        .arg(&stats_replay)
-        .output()
-        .expect("replay");
-    assert!(
-        o.status.success(),
-        "replay failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let jp = common::replay_stats(&pipeline, &input, &out_replay);
     let (a, b, want) = (frames(&out0), frames(&out1), frames(&out_replay));
     assert!(
         !a.is_empty() && !b.is_empty(),
@@ -407,7 +374,7 @@ fn run_two_workers_dispatch_matches_replay() {
             assert!(it.any(|x| x == f), "{name}: frame {i} out of order");
         }
     }
-    let (jr, jp) = (json(&stats_run), json(&stats_replay));
+    let jr = json(&stats_run);
     for k in [
         "packets_in",
         "packets_out",

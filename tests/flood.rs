@@ -126,11 +126,10 @@ struct Row {
 /// [`PIPELINE`]; returns tshark's reading of the output and the stats JSON.
 fn replay(answer: &HashMap<String, String>) -> (Vec<Row>, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
-    let (p, inp, out, stats) = (
+    let (p, inp, out) = (
         dir.path().join("flood.yaml"),
         dir.path().join("in.pcap"),
         dir.path().join("out.pcap"),
-        dir.path().join("stats.json"),
     );
     std::fs::write(&p, PIPELINE).unwrap();
     let answers = dir.path().join("answer.json");
@@ -141,19 +140,7 @@ fn replay(answer: &HashMap<String, String>) -> (Vec<Row>, serde_json::Value) {
         inp.to_str().unwrap(),
         answers.to_str().unwrap()
     ));
-    let st = common::flowgate()
-        .args(["replay", "--quiet", "--pipeline"])
-        .arg(&p)
-        .arg("--input")
-        .arg(&inp)
-        .arg("--output")
-        .arg(&out)
-        .arg("--stats-json")
-        .arg(&stats)
-        .status()
-        .unwrap();
-    assert!(st.success(), "replay failed");
-    let j = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    let j = common::replay_stats(&p, &inp, &out);
     let mut args = vec!["-T", "fields"];
     for f in ["eth.dst", "ip.src", "ip.dst", "tcp.srcport", "udp.srcport"] {
         args.extend(["-e", f]);

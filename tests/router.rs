@@ -90,31 +90,17 @@ const TTL_FIELDS: &[&str] = &[
 /// JSON.
 fn replay(yaml: &str, input: &str, fields: &[&str]) -> (Vec<Vec<String>>, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
-    let (p, inp, out, stats) = (
+    let (p, inp, out) = (
         dir.path().join("router.yaml"),
         dir.path().join("in.pcap"),
         dir.path().join("out.pcap"),
-        dir.path().join("stats.json"),
     );
     std::fs::write(&p, yaml).unwrap();
     common::scapy(&format!(
         "from scapy.all import *\nOUT = {:?}\n{input}",
         inp.to_str().unwrap()
     ));
-    let st = common::flowgate()
-        .args(["replay", "--quiet", "--pipeline"])
-        .arg(&p)
-        .arg("--input")
-        .arg(&inp)
-        .arg("--output")
-        .arg(&out)
-        .arg("--stats-json")
-        .arg(&stats)
-        .status()
-        .unwrap();
-    assert!(st.success(), "replay failed");
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    let j = common::replay_stats(&p, &inp, &out);
     let mut args = vec!["-o", "ip.check_checksum:TRUE", "-T", "fields"];
     for f in fields {
         args.extend(["-e", f]);

@@ -188,6 +188,30 @@ pub fn flowgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flowgate"))
 }
 
+/// `flowgate replay --quiet` of `input` through `pipeline` into `output`, with the stats
+/// JSON written beside the output (`OUTPUT.json`): that JSON. Panics with replay's stderr
+/// when it fails.
+pub fn replay_stats(pipeline: &Path, input: &Path, output: &Path) -> serde_json::Value {
+    let stats = output.with_extension("json");
+    let o = flowgate()
+        .args(["replay", "--quiet", "--pipeline"])
+        .arg(pipeline)
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .arg("--stats-json")
+        .arg(&stats)
+        .output()
+        .expect("replay");
+    assert!(
+        o.status.success(),
+        "replay failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats JSON")).expect("JSON")
+}
+
 /// A child process killed (and reaped) when dropped, also when the test fails.
 pub struct Proc(pub std::process::Child);
 
