@@ -1586,8 +1586,19 @@ fn run_af_packet_keeps_open_connections_through_a_syn_flood() {
             &stats,
         );
     }
-    stop(&mut t);
+    let log = stop(&mut t);
     assert!(n[2] > 0 && n[3] > 0, "connections on both servers: {seen}");
+    // The periodic line shows the flood: evictions, none of them assured.
+    let shown = log.lines().any(|l| {
+        l.split("  evicted ")
+            .nth(1)
+            .and_then(|r| r.split_once(" (0 assured)"))
+            .is_some_and(|(n, _)| n.parse::<u64>().is_ok_and(|n| n > 0))
+    });
+    assert!(
+        shown,
+        "no periodic line with evictions and none assured:\n{log}"
+    );
     let j: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
     assert!(j["flows_evicted"].as_u64() >= Some(2500), "{j}");

@@ -529,7 +529,7 @@ fn manage(
             }
             if !quiet {
                 crate::logln!(
-                    "[{:7.1} s] rx {:.3} Mpps  tx {:.3} Mpps  in {}  out {}  dropped {}  flows {}  moved {}{}",
+                    "[{:7.1} s] rx {:.3} Mpps  tx {:.3} Mpps  in {}  out {}  dropped {}  flows {}  evicted {} ({} assured)  moved {}{}",
                     shared.start.elapsed().as_secs_f64(),
                     (sum.packets_in - last_in) as f64 / dt / 1e6,
                     (sum.packets_out - last_out) as f64 / dt / 1e6,
@@ -537,6 +537,8 @@ fn manage(
                     sum.packets_out,
                     sum.dropped(),
                     flows,
+                    sum.flows_evicted,
+                    sum.flows_evicted_assured,
                     sum.flows_moved,
                     control
                         .as_deref()
