@@ -60,7 +60,9 @@
 //! A SYN flood: 40 open TCP connections to an echo service on both servers, then 3000
 //! SYNs from spoofed sources against a 256-flow table; the servers' kernels answer every
 //! SYN, no spoofed client speaks again, and flowgate evicts only the flood's flows: every
-//! connection is answered by its server afterwards and no assured flow was evicted.
+//! connection is answered by its server afterwards and no assured flow was evicted; the
+//! periodic line shows evictions with none assured, and the live flows per server add up
+//! to the flow table's.
 //!
 //! IPsec servers behind one address: each agent routes the SPI block the supervisor's
 //! ANA granted it; ESP packets the client's kernel sends to the VIP, two security
