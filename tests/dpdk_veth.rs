@@ -304,6 +304,18 @@ fn daemon(t: &mut Topo, ns: &str, args: &[&str], last: impl AsRef<std::ffi::OsSt
     t.children.push(child);
 }
 
+/// Starts the python program `script` in both server namespaces (a daemon each), with
+/// `arg(i)` as its argument (`sys.argv[1]`) in server `i`'s.
+fn python_on_servers<A: AsRef<std::ffi::OsStr>>(
+    t: &mut Topo,
+    script: &str,
+    arg: impl Fn(u32) -> A,
+) {
+    for i in 1..=2 {
+        daemon(t, &format!("s{i}"), &["python3", "-c", script], arg(i));
+    }
+}
+
 /// Waits (up to 30 s) until curl inside namespace `ns` gets `url`: the server there is
 /// listening. Inside its namespace the VIP is local, so flowgate is not involved.
 fn wait_served(t: &Topo, ns: &str, url: &str) {
@@ -943,21 +955,14 @@ fn control_conf(sup_ip: &str) -> String {
 /// A UDP echo service in each server namespace: answers every datagram to the VIP's port
 /// 7 with its server's name.
 fn udp_echo(t: &mut Topo) {
-    for i in 1..=2 {
-        daemon(
-            t,
-            &format!("s{i}"),
-            &[
-                "python3",
-                "-c",
-                "import socket,sys\n\
-                 s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
-                 s.bind(('203.0.113.10',7))\n\
-                 while True:\n  d,a=s.recvfrom(2048)\n  s.sendto(sys.argv[1].encode(),a)\n",
-            ],
-            format!("server-s{i}"),
-        );
-    }
+    python_on_servers(
+        t,
+        "import socket,sys\n\
+         s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+         s.bind(('203.0.113.10',7))\n\
+         while True:\n  d,a=s.recvfrom(2048)\n  s.sendto(sys.argv[1].encode(),a)\n",
+        |i| format!("server-s{i}"),
+    );
 }
 
 /// One datagram from the client's UDP port `sport` to the VIP's port 7: the answer, or
@@ -989,22 +994,15 @@ fn udp_ask(t: &Topo, sport: u16) -> Option<String> {
 /// A raw ESP socket in each server namespace: appends "SPI" lines for every ESP packet
 /// to the VIP to `d/esp-sN.log`.
 fn esp_sinks(t: &mut Topo, d: &Path) {
-    for i in 1..=2 {
-        daemon(
-            t,
-            &format!("s{i}"),
-            &[
-                "python3",
-                "-c",
-                "import socket,sys\n\
-                 s=socket.socket(socket.AF_INET,socket.SOCK_RAW,50)\n\
-                 f=open(sys.argv[1],'a',buffering=1)\n\
-                 while True:\n  d,a=s.recvfrom(4096)\n  h=(d[0]&15)*4\n  \
-                 if d[16:20]==bytes([203,0,113,10]): f.write('%d\\n'%int.from_bytes(d[h:h+4],'big'))\n",
-            ],
-            d.join(format!("esp-s{i}.log")),
-        );
-    }
+    python_on_servers(
+        t,
+        "import socket,sys\n\
+         s=socket.socket(socket.AF_INET,socket.SOCK_RAW,50)\n\
+         f=open(sys.argv[1],'a',buffering=1)\n\
+         while True:\n  d,a=s.recvfrom(4096)\n  h=(d[0]&15)*4\n  \
+         if d[16:20]==bytes([203,0,113,10]): f.write('%d\\n'%int.from_bytes(d[h:h+4],'big'))\n",
+        |i| d.join(format!("esp-s{i}.log")),
+    );
 }
 
 /// The SPIs server `i`'s sink recorded.
@@ -1210,24 +1208,17 @@ const ECHO: &str = "  - name: echo\n    vip: 203.0.113.10\n    proto: udp\n    p
 /// A UDP echo on the VIP's port 7 in each server namespace that answers with the TTL
 /// the datagram arrived with (`ttl=N`, from the kernel's `IP_RECVTTL`).
 fn udp_ttl_echo(t: &mut Topo) {
-    for i in 1..=2 {
-        daemon(
-            t,
-            &format!("s{i}"),
-            &[
-                "python3",
-                "-c",
-                "import socket,struct\n\
-                 s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
-                 s.setsockopt(socket.IPPROTO_IP,12,1)\n\
-                 s.bind(('203.0.113.10',7))\n\
-                 while True:\n  d,anc,fl,a=s.recvmsg(2048,64)\n  \
-                 ttl=[struct.unpack('i',c[2][:4])[0] for c in anc if c[1]==2]\n  \
-                 s.sendto(('ttl=%d' % ttl[0]).encode(),a)\n",
-            ],
-            format!("server-s{i}"),
-        );
-    }
+    python_on_servers(
+        t,
+        "import socket,struct\n\
+         s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+         s.setsockopt(socket.IPPROTO_IP,12,1)\n\
+         s.bind(('203.0.113.10',7))\n\
+         while True:\n  d,anc,fl,a=s.recvmsg(2048,64)\n  \
+         ttl=[struct.unpack('i',c[2][:4])[0] for c in anc if c[1]==2]\n  \
+         s.sendto(('ttl=%d' % ttl[0]).encode(),a)\n",
+        |i| format!("server-s{i}"),
+    );
 }
 
 /// From the client, one datagram to `dst` port 7 sent with TTL (hop limit) `ttl`, the
@@ -1426,22 +1417,15 @@ fn run_af_packet_fragments_datagrams_without_df() {
     let Some((_one, mut t, _www)) = setup(10) else {
         return;
     };
-    for i in 1..=2 {
-        daemon(
-            &mut t,
-            &format!("s{i}"),
-            &[
-                "python3",
-                "-c",
-                "import socket\n\
-                 s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
-                 s.setsockopt(socket.IPPROTO_IP,10,0)\n\
-                 s.bind(('203.0.113.10',7000))\n\
-                 while True:\n  d,a=s.recvfrom(65535)\n  s.sendto(d,a)\n",
-            ],
-            "echo",
-        );
-    }
+    python_on_servers(
+        &mut t,
+        "import socket\n\
+         s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+         s.setsockopt(socket.IPPROTO_IP,10,0)\n\
+         s.bind(('203.0.113.10',7000))\n\
+         while True:\n  d,a=s.recvfrom(65535)\n  s.sendto(d,a)\n",
+        |_| "echo",
+    );
     let big = "  - name: big\n    vip: 203.0.113.10\n    proto: udp\n    ports: [7000]\n    servers:\n      \
                - { name: s1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, weight: 100, port: inside }\n      \
                - { name: s2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, weight: 100, port: inside }\n";
@@ -1507,29 +1491,20 @@ fn run_af_packet_keeps_open_connections_through_a_syn_flood() {
     let Some((_one, mut t, _www)) = setup(11) else {
         return;
     };
-    for i in 1..=2 {
-        daemon(
-            &mut t,
-            &format!("s{i}"),
-            &[
-                "python3",
-                "-c",
-                &format!(
-                    "import socketserver\n\
-                     class H(socketserver.BaseRequestHandler):\n  \
-                     def handle(self):\n    \
-                     while True:\n      \
-                     d=self.request.recv(100)\n      \
-                     if not d: return\n      \
-                     self.request.sendall(b's{i}:'+d)\n\
-                     socketserver.ThreadingTCPServer.allow_reuse_address=True\n\
-                     socketserver.ThreadingTCPServer.daemon_threads=True\n\
-                     socketserver.ThreadingTCPServer(('203.0.113.10',7001),H).serve_forever()\n"
-                ),
-            ],
-            "echo",
-        );
-    }
+    python_on_servers(
+        &mut t,
+        "import socketserver,sys\n\
+         class H(socketserver.BaseRequestHandler):\n  \
+         def handle(self):\n    \
+         while True:\n      \
+         d=self.request.recv(100)\n      \
+         if not d: return\n      \
+         self.request.sendall(sys.argv[1].encode()+b':'+d)\n\
+         socketserver.ThreadingTCPServer.allow_reuse_address=True\n\
+         socketserver.ThreadingTCPServer.daemon_threads=True\n\
+         socketserver.ThreadingTCPServer(('203.0.113.10',7001),H).serve_forever()\n",
+        |i| format!("s{i}"),
+    );
     let echo = "  - name: echo\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [7001]\n    servers:\n      \
                 - { name: s1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, weight: 100, port: inside }\n      \
                 - { name: s2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, weight: 100, port: inside }\n";

@@ -669,10 +669,6 @@ fn rule_pipeline(qos: &str) -> Pipeline {
     Pipeline::from_str(&yaml, Path::new("case.yaml")).unwrap_or_else(|e| panic!("{qos}: {e}"))
 }
 
-fn oracles() -> bool {
-    common::have_scapy() && common::have_tshark()
-}
-
 /// Writes inputs and outputs, runs both oracles, compares with `expected` (full stacks,
 /// Ethernet included).
 fn verify(names: &[String], inputs: &[Vec<u8>], outputs: &[Vec<u8>], expected: &[String]) {
@@ -739,7 +735,7 @@ fn verify(names: &[String], inputs: &[Vec<u8>], outputs: &[Vec<u8>], expected: &
 
 #[test]
 fn every_qos_attribute_and_edge_case() {
-    if !oracles() {
+    if !common::have_oracles() {
         return;
     }
     let cases = cases();
@@ -792,7 +788,7 @@ fn mac_str(m: [u8; 6]) -> String {
 /// server goes to the gateway with the reply QoS; the source MAC is always the system's.
 #[test]
 fn services_rewrite_macs_and_apply_reply_qos() {
-    if !oracles() {
+    if !common::have_oracles() {
         return;
     }
     struct Flow {
@@ -877,7 +873,7 @@ fn services_rewrite_macs_and_apply_reply_qos() {
 /// and for a system address (on a tagged frame too), dropped as `not_for_us` otherwise.
 #[test]
 fn arp_and_nd_answers_through_the_pipeline() {
-    if !oracles() {
+    if !common::have_oracles() {
         return;
     }
     // (request, expected reply stack after eth, or None for not_for_us)
@@ -951,7 +947,7 @@ fn arp_and_nd_answers_through_the_pipeline() {
 /// flow (learned) with `reply_qos`, on the port it came from.
 #[test]
 fn rule_flows_reply_to_the_learned_mac_with_reply_qos() {
-    if !oracles() {
+    if !common::have_oracles() {
         return;
     }
     let pairs = [

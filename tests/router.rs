@@ -113,19 +113,12 @@ fn replay(yaml: &str, input: &str, fields: &[&str]) -> (Vec<Vec<String>>, serde_
     (rows, j)
 }
 
-/// Whether scapy and tshark, the tests' oracles, are here (CI must have them).
-fn have_oracles() -> bool {
-    let ok = common::have_scapy() && common::have_tshark();
-    assert!(ok || !common::in_ci(), "CI must have scapy and tshark");
-    ok
-}
-
 const GW: &str = "02:00:00:00:00:fe";
 const S1: &str = "02:00:00:00:01:01";
 
 #[test]
 fn router_mode_lowers_ttls_and_answers_expired_packets() {
-    if !have_oracles() {
+    if !common::have_oracles() {
         return;
     }
     let (rows, j) = replay(&pipeline("router"), INPUT, TTL_FIELDS);
@@ -177,7 +170,7 @@ fn router_mode_lowers_ttls_and_answers_expired_packets() {
 
 #[test]
 fn switch_mode_keeps_ttls() {
-    if !have_oracles() {
+    if !common::have_oracles() {
         return;
     }
     let (rows, j) = replay(&pipeline("switch"), INPUT, TTL_FIELDS);
@@ -222,7 +215,7 @@ wrpcap(OUT, fs)
 
 #[test]
 fn pings_to_the_systems_addresses_are_answered_in_both_modes() {
-    if !have_oracles() {
+    if !common::have_oracles() {
         return;
     }
     for mode in ["router", "switch"] {
@@ -317,7 +310,7 @@ wrpcap(OUT, fs)
 
 #[test]
 fn packets_over_the_mtu_are_answered_with_fragmentation_needed_or_packet_too_big() {
-    if !have_oracles() {
+    if !common::have_oracles() {
         return;
     }
     let fields = [
@@ -409,7 +402,7 @@ wrpcap(OUT, fs)
 
 #[test]
 fn a_service_with_no_server_rejects_new_flows_when_told_to() {
-    if !have_oracles() {
+    if !common::have_oracles() {
         return;
     }
     let fields = [
@@ -465,7 +458,7 @@ wrpcap(OUT, fs)
 
 #[test]
 fn ipv4_packets_without_df_are_cut_into_fragments() {
-    if !have_oracles() {
+    if !common::have_oracles() {
         return;
     }
     let fields = [

@@ -53,6 +53,13 @@ pub fn have_scapy() -> bool {
     have(SCAPY_PY, &["-c", "import scapy.all"])
 }
 
+/// Whether scapy and tshark, the tests' packet oracles, are here; CI must have them.
+pub fn have_oracles() -> bool {
+    let ok = have_scapy() && have_tshark();
+    assert!(ok || !in_ci(), "CI must have scapy and tshark");
+    ok
+}
+
 /// Runs tshark on `file` with `args`, returns stdout lines.
 pub fn tshark(file: &Path, args: &[&str]) -> Vec<String> {
     tshark_text(file, args)
