@@ -149,7 +149,8 @@ pub struct Flow {
     /// when the forward target is not a server (learned, as a switch would).
     pub origin_mac: Mac,
     pub origin_port: u16,
-    /// The timeout class the flow is in (the table's class of its entry).
+    /// The timeout class the flow is in (the table's class of its entry): an unassured
+    /// twin exactly while the assured mark is clear (see [`FlowTable`]).
     pub class: u8,
     /// [`TcpState`] in bits 0–1, replied in bit 5, assured in bit 6, `swapped` in bit 7.
     bits: u8,
