@@ -3,6 +3,9 @@
 //! established flows, one slot then filled with an advert matching 256 of them, and the
 //! sweep run to its end in steps of 256 slots, as `flowgate run`'s workers do once per
 //! poll loop. Prints the steps, the flows moved, the total and the mean and worst step.
+//! Then the same for a flow listing (`GET /flows` in `flowgate run`) over that table, in
+//! steps of `LIST_PER_STEP` slots: all flows (the default limit of 10000 listed), and
+//! those of one server.
 //!
 //! `cargo run --release --example sweeptime`
 use flowgate::action::FrameBuf;
@@ -10,6 +13,7 @@ use flowgate::classify::{Decision, Range, Rule, prefix_range, v4_mapped};
 use flowgate::config::{Pipeline, Target};
 use flowgate::control::overlay::{first_slot, reserve_flow_slots};
 use flowgate::r#gen::ack::{Template, handshake};
+use flowgate::pipeline::listing::{DEFAULT_LIMIT, FlowFilter, LIST_PER_STEP, Listing};
 use flowgate::pipeline::{Tables, Worker};
 use std::sync::Arc;
 use std::time::Instant;
@@ -50,4 +54,26 @@ fn main() {
         dt * 1e6 / steps as f64,
         worst * 1e6
     );
+    let p = w.tables().pipeline.clone();
+    for q in ["", "to=web1"] {
+        let (filter, _) = FlowFilter::parse(q, &p).unwrap();
+        let mut out = Listing::with_limit(DEFAULT_LIMIT);
+        let t0 = Instant::now();
+        let (mut at, mut steps, mut worst) = (Some(0), 0, 0f64);
+        while let Some(from) = at {
+            let s = Instant::now();
+            at = w.list_flows(from, LIST_PER_STEP, 1, &filter, 0, &mut out);
+            worst = worst.max(s.elapsed().as_secs_f64());
+            steps += 1;
+        }
+        let dt = t0.elapsed().as_secs_f64();
+        println!(
+            "listing {q:?}: {steps} steps, {} matched, {} listed, {:.2} ms in all, {:.2} us a step on average, worst {:.1} us",
+            out.matched,
+            out.records.len(),
+            dt * 1e3,
+            dt * 1e6 / steps as f64,
+            worst * 1e6
+        );
+    }
 }

@@ -36,6 +36,14 @@ enum Cmd {
         /// node_exporter's textfile collector).
         #[arg(long)]
         prometheus: Option<PathBuf>,
+        /// Write the flows live at the end of the capture as JSON to this file (what
+        /// `flowgate flows` shows; `flowgate run` serves it at GET /flows).
+        #[arg(long)]
+        flows: Option<PathBuf>,
+        /// Only the flows this query accepts, e.g. `to=web1&proto=tcp&assured=true`
+        /// (keys: to, service, rule, addr, port, proto, assured, limit).
+        #[arg(long, requires = "flows")]
+        flows_filter: Option<String>,
         /// Print one line per packet: what it matched, where it went, the actions.
         #[arg(long)]
         trace: bool,
@@ -89,6 +97,9 @@ enum Cmd {
     Agent(flowgate::control::cli::AgentArgs),
     /// Talk to a supervisor (systems, services, flows, numbers, drain, weight, stats).
     Ctl(flowgate::control::cli::CtlArgs),
+    /// List live flows: of a running `flowgate run` (its stats.prometheus address) or of
+    /// a `flowgate replay --flows` file.
+    Flows(cmd::flows::FlowsArgs),
     /// Benchmark classifiers on ClassBench filter and trace files.
     Classbench(flowgate::classify::bench_cmd::ClassbenchArgs),
     /// Write a synthetic capture (clients to VIPs, FTP, UDP, ESP, tagged traffic).
@@ -125,6 +136,8 @@ fn run(cli: Cli) -> Result<()> {
             output,
             stats_json,
             prometheus,
+            flows,
+            flows_filter,
             trace,
             quiet,
         } => {
@@ -134,6 +147,8 @@ fn run(cli: Cli) -> Result<()> {
                 output: &output,
                 stats_json,
                 prometheus,
+                flows,
+                flows_filter,
                 trace,
                 progress: !quiet,
             })?;
@@ -154,6 +169,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Supervisor(a) => flowgate::control::cli::run_supervisor(&a),
         Cmd::Agent(a) => flowgate::control::cli::run_agent(&a),
         Cmd::Ctl(a) => flowgate::control::cli::run_ctl(&a),
+        Cmd::Flows(a) => cmd::flows::run(&a),
         Cmd::Run {
             conf,
             stats_json,

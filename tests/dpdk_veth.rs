@@ -73,6 +73,7 @@
 mod common;
 
 use common::{flowgate, in_ci, sigterm_and_wait};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -406,8 +407,8 @@ fn setup(offset: u32) -> Option<(std::sync::MutexGuard<'static, ()>, Topo, tempf
 }
 
 /// Writes the pipeline (service `web`, plus `services` YAML list items) and run conf (plus
-/// `extra` conf lines, which may replace its `flows:` line) into `dir` and starts `flowgate run` as the last child of `t`;
-/// returns the stats JSON path.
+/// `extra` conf lines, which may replace its `flows:` and `stats:` lines) into `dir` and
+/// starts `flowgate run` as the last child of `t`; returns the stats JSON path.
 fn start_flowgate(t: &mut Topo, dir: &Path, services: &str, extra: &str) -> PathBuf {
     start_flowgate_with(t, dir, services, extra, "[1]", "", "")
 }
@@ -440,11 +441,21 @@ fn start_flowgate_with(
     .expect("pipeline");
     let stats = dir.join("stats.json");
     let conf = dir.join("veth.yaml");
-    // 65536 flows unless `extra` sizes the table itself.
+    // 65536 flows unless `extra` sizes the table itself; the stats JSON written every
+    // second unless `extra` says where the stats go (it must write them to `stats.json`
+    // in `dir` too).
     let flows = if extra.contains("flows:") {
         ""
     } else {
         "flows: { capacity: 65536 }\n"
+    };
+    let stats_line = if extra.contains("stats:") {
+        String::new()
+    } else {
+        format!(
+            "stats: {{ interval_ms: 1000, json: {} }}\n",
+            stats.display()
+        )
     };
     std::fs::write(
         &conf,
@@ -454,9 +465,8 @@ fn start_flowgate_with(
              lcores: {{ management: 0, workers: {workers}, cpus: \"0-1\" }}\n\
              ports:\n  - {{ name: inside, device: \"net_af_packet1,iface={in_if}{devargs}\" }}\n  \
              - {{ name: outside, device: \"net_af_packet0,iface={out_if}{devargs}\" }}\n\
-             {flows}stats: {{ interval_ms: 1000, json: {} }}\n{extra}",
+             {flows}{stats_line}{extra}",
             t.id,
-            stats.display()
         ),
     )
     .expect("conf");
@@ -1475,6 +1485,24 @@ fn run_af_packet_fragments_datagrams_without_df() {
     assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
 }
 
+/// A TCP echo server on the VIP's port 7001 (run in each server namespace with its name
+/// as the argument): each answer is the server's name, a colon, and what it heard.
+const ECHO_SERVER: &str = "import socketserver,sys\n\
+     class H(socketserver.BaseRequestHandler):\n  \
+     def handle(self):\n    \
+     while True:\n      \
+     d=self.request.recv(100)\n      \
+     if not d: return\n      \
+     self.request.sendall(sys.argv[1].encode()+b':'+d)\n\
+     socketserver.ThreadingTCPServer.allow_reuse_address=True\n\
+     socketserver.ThreadingTCPServer.daemon_threads=True\n\
+     socketserver.ThreadingTCPServer(('203.0.113.10',7001),H).serve_forever()\n";
+
+/// The pipeline service of [`ECHO_SERVER`]: both servers, behind the inside port.
+const ECHO_SERVICE: &str = "  - name: echo\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [7001]\n    servers:\n      \
+    - { name: s1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, weight: 100, port: inside }\n      \
+    - { name: s2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, weight: 100, port: inside }\n";
+
 #[test]
 fn run_af_packet_keeps_open_connections_through_a_syn_flood() {
     // A TCP echo service (each server prefixes its name) and a 256-flow table. The client
@@ -1491,25 +1519,14 @@ fn run_af_packet_keeps_open_connections_through_a_syn_flood() {
     let Some((_one, mut t, _www)) = setup(11) else {
         return;
     };
-    python_on_servers(
-        &mut t,
-        "import socketserver,sys\n\
-         class H(socketserver.BaseRequestHandler):\n  \
-         def handle(self):\n    \
-         while True:\n      \
-         d=self.request.recv(100)\n      \
-         if not d: return\n      \
-         self.request.sendall(sys.argv[1].encode()+b':'+d)\n\
-         socketserver.ThreadingTCPServer.allow_reuse_address=True\n\
-         socketserver.ThreadingTCPServer.daemon_threads=True\n\
-         socketserver.ThreadingTCPServer(('203.0.113.10',7001),H).serve_forever()\n",
-        |i| format!("s{i}"),
-    );
-    let echo = "  - name: echo\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [7001]\n    servers:\n      \
-                - { name: s1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, weight: 100, port: inside }\n      \
-                - { name: s2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, weight: 100, port: inside }\n";
+    python_on_servers(&mut t, ECHO_SERVER, |i| format!("s{i}"));
     let dir = tempfile::tempdir().expect("tempdir");
-    let stats = start_flowgate(&mut t, dir.path(), echo, "flows: { capacity: 256 }\n");
+    let stats = start_flowgate(
+        &mut t,
+        dir.path(),
+        ECHO_SERVICE,
+        "flows: { capacity: 256 }\n",
+    );
     first_answer(&t, URL4);
     let o = t
         .exec(
@@ -1588,4 +1605,154 @@ fn run_af_packet_keeps_open_connections_through_a_syn_flood() {
         .sum();
     assert_eq!(Some(on_servers), j["runtime"]["live_flows"].as_u64(), "{j}");
     assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
+}
+
+#[test]
+fn run_af_packet_lists_open_connections_with_their_servers() {
+    // 20 connections from a real client to the echo service, held open: `flowgate flows`
+    // against the running system's stats address lists each one (by the client's own
+    // address and port) on the server that answered it, established and assured; once
+    // the client closes them they are listed as closing; filters and bad filters work
+    // as a user types them.
+    let Some((_one, mut t, _www)) = setup(12) else {
+        return;
+    };
+    python_on_servers(&mut t, ECHO_SERVER, |i| format!("s{i}"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = common::free_port();
+    let from = format!("127.0.0.1:{port}");
+    let extra = format!(
+        "stats: {{ interval_ms: 1000, json: {}, prometheus: \"{from}\" }}\n",
+        dir.path().join("stats.json").display()
+    );
+    let stats = start_flowgate(&mut t, dir.path(), ECHO_SERVICE, &extra);
+    first_answer(&t, URL4);
+    // The client: each connection's local address and port and the server that answered,
+    // then READY; it holds them open until its stdin closes, then closes them.
+    let mut client = t
+        .exec(
+            "c",
+            &[
+                "python3",
+                "-c",
+                "import socket, sys, time\n\
+                 cs = []\n\
+                 t0 = time.time()\n\
+                 while len(cs) < 20 and time.time() - t0 < 30:\n  \
+                 try:\n    \
+                 c = socket.create_connection(('203.0.113.10', 7001), timeout=2)\n    \
+                 c.sendall(b'hi')\n    \
+                 who = c.recv(100).decode().split(':')[0]\n    \
+                 a, p = c.getsockname()[:2]\n    \
+                 print(a, p, who, flush=True)\n    \
+                 cs.append(c)\n  \
+                 except OSError:\n    \
+                 time.sleep(0.2)\n\
+                 print('READY', flush=True)\n\
+                 sys.stdin.read()\n\
+                 for c in cs:\n  \
+                 c.close()\n",
+            ],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("client");
+    let mut conns: HashMap<(String, u64), String> = HashMap::new();
+    {
+        use std::io::BufRead;
+        let out = std::io::BufReader::new(client.stdout.take().expect("stdout"));
+        for l in out.lines() {
+            let l = l.expect("client line");
+            if l == "READY" {
+                break;
+            }
+            let v: Vec<&str> = l.split(' ').collect();
+            conns.insert(
+                (v[0].to_owned(), v[1].parse().expect("port")),
+                v[2].to_owned(),
+            );
+        }
+    }
+    if conns.len() != 20 {
+        fail(
+            &mut t,
+            &format!("20 open connections, got {conns:?}"),
+            &stats,
+        );
+    }
+    let flows = |args: &[&str]| {
+        let o = flowgate()
+            .args(["flows", "--from", &from])
+            .args(args)
+            .output()
+            .expect("flowgate flows");
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let listed = |state: &str| -> Result<(), String> {
+        let (ok, out, err) = flows(&["--service", "echo", "--json"]);
+        if !ok {
+            return Err(err);
+        }
+        let j: serde_json::Value = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
+        let fl = j["flows"].as_array().ok_or(out.clone())?;
+        if fl.len() != 20 || j["matched"] != 20 {
+            return Err(format!("20 echo flows, got {out}"));
+        }
+        for f in fl {
+            let key = (
+                f["src"].as_str().unwrap_or("").to_owned(),
+                f["src_port"].as_u64().unwrap_or(0),
+            );
+            let who = conns
+                .get(&key)
+                .ok_or(format!("not a client connection: {f}"))?;
+            let want = serde_json::json!({"dst": "203.0.113.10", "dst_port": 7001, "to": who, "state": state, "assured": true});
+            for (k, v) in want.as_object().expect("object") {
+                if &f[k] != v {
+                    return Err(format!("{k}: {v} expected: {f}"));
+                }
+            }
+        }
+        Ok(())
+    };
+    if let Err(e) = listed("established") {
+        let _ = client.kill();
+        fail(&mut t, &format!("open connections listed: {e}"), &stats);
+    }
+    // The table, filtered by server: one line per connection that server answered.
+    let s1 = conns.values().filter(|w| *w == "s1").count();
+    assert!(s1 > 0 && s1 < 20, "both servers answered: {conns:?}");
+    let (ok, table, err) = flows(&["--service", "echo", "--to", "s1"]);
+    assert!(ok, "{err}");
+    assert_eq!(table.lines().count(), s1 + 2, "{table}");
+    assert!(
+        table.ends_with(&format!("{s1} flows listed of {s1} matched\n")),
+        "{table}"
+    );
+    let (ok, _, err) = flows(&["--to", "s9"]);
+    assert!(!ok && err.contains("no server named \"s9\""), "{err}");
+    // The client closes its connections: they are listed as closing.
+    drop(client.stdin.take());
+    let _ = client.wait();
+    let t0 = Instant::now();
+    while let Err(e) = listed("closing") {
+        if t0.elapsed() > Duration::from_secs(10) {
+            fail(
+                &mut t,
+                &format!("closed connections listed as closing: {e}"),
+                &stats,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = stop(&mut t);
+    assert!(
+        log.contains(&format!("live flows on http://{from}/flows")),
+        "{log}"
+    );
 }

@@ -4,6 +4,7 @@
 //! errors.
 
 pub mod check;
+pub mod flows;
 pub mod prom;
 pub mod replay;
 pub mod summary;

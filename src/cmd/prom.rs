@@ -6,6 +6,10 @@
 //! JSON is a metric, keys become labels (service, server, rule, port, reason). Drop
 //! reasons the JSON leaves out (it lists only those that happened) are written as 0, so
 //! a rate over a reason that starts happening has a series to start from.
+//!
+//! The same server answers `GET /flows?QUERY` when its owner hands it an [`Asks`] queue:
+//! the request waits there for the management loop of `flowgate run`, which lists the
+//! workers' flows ([`crate::pipeline::listing`]) and answers.
 
 use crate::pipeline::meta::DropReason;
 use parking_lot::Mutex;
@@ -296,8 +300,56 @@ fn control(o: &mut Out, c: &Value) {
     );
 }
 
+/// How long a `GET /flows` waits for the management loop before it is answered 503.
+pub const ASK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Requests the HTTP server hands to its owner's management loop (`GET /flows`), which
+/// takes them with [`next`](Asks::next) and answers each with [`Ask::answer`].
+#[derive(Default)]
+pub struct Asks {
+    pending: Mutex<std::collections::VecDeque<Ask>>,
+}
+
+/// One request: its path's query, and where its answer goes.
+pub struct Ask {
+    pub query: String,
+    reply: std::sync::mpsc::SyncSender<Answer>,
+}
+
+/// An answer: HTTP status line text (`"200 OK"`), content type, body.
+pub struct Answer {
+    pub status: &'static str,
+    pub ctype: &'static str,
+    pub body: String,
+}
+
+impl Asks {
+    /// The oldest request not taken yet.
+    pub fn next(&self) -> Option<Ask> {
+        self.pending.lock().pop_front()
+    }
+
+    /// Queues `query` and waits (at most [`ASK_TIMEOUT`]) for its answer.
+    fn ask(&self, query: &str) -> Option<Answer> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.pending.lock().push_back(Ask {
+            query: query.to_owned(),
+            reply: tx,
+        });
+        rx.recv_timeout(ASK_TIMEOUT).ok()
+    }
+}
+
+impl Ask {
+    /// Answers the request (nobody hears it when the client's wait timed out).
+    pub fn answer(self, a: Answer) {
+        let _ = self.reply.send(a);
+    }
+}
+
 /// A tiny HTTP server for Prometheus scrapes: `GET /metrics` answers the text last
-/// [`set`](Exporter::set). It runs on a thread of its own, one connection at a time, each
+/// [`set`](Exporter::set), and `GET /flows` the management loop's listing when there is
+/// an [`Asks`] queue. It runs on a thread of its own, one connection at a time, each
 /// bounded by a 1 s timeout, so a stuck client delays a scrape but never the data plane
 /// or the management loop (which only swaps the text under a lock). Stopped and joined
 /// on drop.
@@ -309,8 +361,9 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    /// Listens on `addr` (a clear error when it cannot).
-    pub fn bind(addr: SocketAddr) -> anyhow::Result<Exporter> {
+    /// Listens on `addr` (a clear error when it cannot); `GET /flows` goes to `asks`
+    /// (404 without).
+    pub fn bind(addr: SocketAddr, asks: Option<Arc<Asks>>) -> anyhow::Result<Exporter> {
         use anyhow::Context as _;
         let l = TcpListener::bind(addr)
             .with_context(|| format!("stats.prometheus: listening on {addr}"))?;
@@ -326,7 +379,7 @@ impl Exporter {
                     match l.accept() {
                         Ok((c, _)) => {
                             // A client that misbehaves only loses its own scrape.
-                            let _ = serve(c, &t);
+                            let _ = serve(c, &t, asks.as_deref());
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             std::thread::sleep(Duration::from_millis(20));
@@ -363,9 +416,9 @@ impl Drop for Exporter {
     }
 }
 
-/// Answers one HTTP/1.x request on `c`: the metrics for `GET /metrics` (or `/`), 404
-/// for other paths, 405 for other methods.
-fn serve(mut c: TcpStream, text: &Mutex<String>) -> std::io::Result<()> {
+/// Answers one HTTP/1.x request on `c`: the metrics for `GET /metrics` (or `/`), what
+/// `asks`' owner answers for `GET /flows`, 404 for other paths, 405 for other methods.
+fn serve(mut c: TcpStream, text: &Mutex<String>, asks: Option<&Asks>) -> std::io::Result<()> {
     c.set_nonblocking(false)?;
     c.set_read_timeout(Some(Duration::from_secs(1)))?;
     c.set_write_timeout(Some(Duration::from_secs(1)))?;
@@ -381,14 +434,22 @@ fn serve(mut c: TcpStream, text: &Mutex<String>) -> std::io::Result<()> {
     let line = String::from_utf8_lossy(&head);
     let mut parts = line.lines().next().unwrap_or("").split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
-    let (status, ctype, body) = match (method, path) {
-        ("GET" | "HEAD", "/metrics" | "/") => (
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    let (status, ctype, body) = match (method, path, asks) {
+        ("GET" | "HEAD", "/metrics" | "/", _) => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
             text.lock().clone(),
         ),
-        ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "try /metrics\n".into()),
+        ("GET", "/flows", Some(asks)) => match asks.ask(query) {
+            Some(a) => (a.status, a.ctype, a.body),
+            None => (
+                "503 Service Unavailable",
+                "text/plain",
+                "the management loop did not answer in time\n".into(),
+            ),
+        },
+        ("GET" | "HEAD", _, _) => ("404 Not Found", "text/plain", "try /metrics\n".into()),
         _ => (
             "405 Method Not Allowed",
             "text/plain",
@@ -469,7 +530,7 @@ mod tests {
 
     #[test]
     fn exporter_serves_the_latest_text() {
-        let e = Exporter::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let e = Exporter::bind("127.0.0.1:0".parse().unwrap(), None).unwrap();
         let a = e.local_addr();
         e.set("flowgate_packets_in_total 1\n".into());
         let r = ask(a, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -489,7 +550,7 @@ mod tests {
         drop(TcpStream::connect(a).unwrap());
         assert!(ask(a, "GET / HTTP/1.0\r\n\r\n").ends_with("total 2\n"));
         // The address in use: a clear error.
-        let err = Exporter::bind(a).err().expect("in use").to_string();
+        let err = Exporter::bind(a, None).err().expect("in use").to_string();
         assert!(err.contains("stats.prometheus"), "{err}");
         drop(e);
         assert!(TcpStream::connect(a).is_err(), "stopped on drop");

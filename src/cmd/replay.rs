@@ -7,6 +7,7 @@
 use super::summary;
 use crate::action::FrameBuf;
 use crate::config::Pipeline;
+use crate::pipeline::listing::FlowFilter;
 use crate::pipeline::meta::DropReason;
 use crate::pipeline::{Tables, Worker};
 use crate::port::pcap::{LinkType, PcapReader, PcapWriter};
@@ -35,6 +36,10 @@ pub struct ReplayOpts<'a> {
     pub stats_json: Option<PathBuf>,
     /// The same counters in the Prometheus text format ([`super::prom`]).
     pub prometheus: Option<PathBuf>,
+    /// Write the flows live at the end (see [`crate::pipeline::listing`]) as JSON here...
+    pub flows: Option<PathBuf>,
+    /// ... those this query accepts (`to=web1&proto=tcp`, as `GET /flows` takes it).
+    pub flows_filter: Option<String>,
     pub trace: bool,
     pub progress: bool,
 }
@@ -42,6 +47,10 @@ pub struct ReplayOpts<'a> {
 /// Runs a replay; prints the trace (if asked) to stdout.
 pub fn run(o: &ReplayOpts) -> Result<ReplayResult> {
     let p = Pipeline::load(o.pipeline)?;
+    let filter = match &o.flows_filter {
+        Some(q) => FlowFilter::parse(q, &p).map_err(|e| anyhow::anyhow!("--flows-filter: {e}"))?,
+        None => (FlowFilter::default(), None),
+    };
     let tables = Arc::new(Tables::build(p, 1));
     let mut w = Worker::new(Arc::clone(&tables));
     let mut rd =
@@ -97,6 +106,11 @@ pub fn run(o: &ReplayOpts) -> Result<ReplayResult> {
     }
     if let Some(f) = &o.prometheus {
         super::write_whole(f, &super::prom::render(&stats_json))?;
+    }
+    if let Some(f) = &o.flows {
+        let (filter, limit) = filter;
+        let listing = w.list_all_flows(last_ts, &filter, limit.unwrap_or(usize::MAX));
+        super::write_json(f, &listing.to_json(p))?;
     }
     let summary = render_summary(&w, p, seconds);
     Ok(ReplayResult {

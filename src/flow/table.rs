@@ -483,6 +483,33 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
         (end < self.hot.len()).then_some(end)
     }
 
+    /// Visits the live entries in slots `from..` in slot order, at most `max` slots (live
+    /// or not), calling `f` with each one's key, value, last-seen time and class timeout;
+    /// returns the slot to go on from, or `None` when every slot has been visited. Reads
+    /// both slabs sequentially: for bounded background work (listing flows), not for the
+    /// packet path.
+    pub fn visit(
+        &self,
+        from: usize,
+        max: usize,
+        mut f: impl FnMut(&K, &V, u64, u64),
+    ) -> Option<usize> {
+        let end = from.saturating_add(max).min(self.hot.len());
+        for s in from..end {
+            let class = self.cold[s].class;
+            if class != FREE {
+                let slot = &self.hot[s];
+                f(
+                    &slot.key,
+                    &slot.val,
+                    slot.last_seen,
+                    self.classes[usize::from(class)].timeout,
+                );
+            }
+        }
+        (end < self.hot.len()).then_some(end)
+    }
+
     /// Removes up to `max` entries not seen for their class timeout at `now`, calling
     /// `f` for each; returns how many. Whole windows are dropped, oldest first.
     pub fn expire(&mut self, now: u64, max: usize, mut f: impl FnMut(&K, &V)) -> usize {

@@ -25,6 +25,7 @@
 //!   (`fragment_no_first`).
 
 pub mod express;
+pub mod listing;
 pub mod meta;
 pub mod parse;
 pub mod reply;

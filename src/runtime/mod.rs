@@ -30,7 +30,8 @@
 //!   goes on, the management lcore rewrites that file every `stats.interval_ms`
 //!   (`runtime.running` true; written beside it and renamed, so a reader never sees half
 //!   a file), and hands the same snapshot to the Prometheus exporter when
-//!   `stats.prometheus` is set ([`crate::cmd::prom::Exporter`]).
+//!   `stats.prometheus` is set ([`crate::cmd::prom::Exporter`]), whose `GET /flows`
+//!   lists the workers' live flows ([`lister`]).
 //! - The clock is monotonic time since start, read once per poll loop (not per packet):
 //!   flow timeouts are in wall time, unlike `replay` which uses capture timestamps.
 //!
@@ -59,6 +60,7 @@ pub mod control;
 
 #[cfg(feature = "dpdk")]
 mod bench;
+pub mod lister;
 #[cfg(feature = "dpdk")]
 mod worker;
 

@@ -9,6 +9,7 @@
 
 use super::conf::{RunConf, map_ports};
 use super::control::ControlRt;
+use super::lister::{Board, Lister, WorkerSide};
 use super::{copy_stats, dispatch_hash};
 use crate::config::Pipeline;
 use crate::pipeline::stats::Stats;
@@ -78,6 +79,8 @@ struct Shared {
     tables: Mutex<Arc<Tables>>,
     slots: Vec<Slot>,
     start: Instant,
+    /// Flow listings (`GET /flows`) between the management loop and the workers.
+    board: Board,
 }
 
 impl Shared {
@@ -135,17 +138,21 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
         .context("installing SIGHUP")?;
 
-    // Before the EAL, so that an address in use fails fast.
+    // Before the EAL, so that an address in use fails fast. `GET /flows` requests wait in
+    // `asks` for the management loop.
+    let asks = conf
+        .stats_prometheus
+        .map(|_| Arc::new(crate::cmd::prom::Asks::default()));
     let exporter = conf
         .stats_prometheus
-        .map(crate::cmd::prom::Exporter::bind)
+        .map(|a| crate::cmd::prom::Exporter::bind(a, asks.clone()))
         .transpose()?;
     if let Some(e) = &exporter {
         // Zeros until the first interval's snapshot, rather than an empty page.
         let zero = crate::pipeline::stats::Stats::new(&pipeline);
         e.set(crate::cmd::prom::render(&zero.to_json(&pipeline)));
         crate::logln!(
-            "stats: Prometheus metrics on http://{}/metrics",
+            "stats: Prometheus metrics on http://{0}/metrics, live flows on http://{0}/flows",
             e.local_addr()
         );
     }
@@ -305,6 +312,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
             })
             .collect(),
         start: Instant::now(),
+        board: Board::new(n_workers),
     };
     // Where the stats JSON goes: rewritten every interval while running, and at the stop.
     let stats_path = opts.stats_json.as_deref().or(conf.stats_json.as_deref());
@@ -349,10 +357,11 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
                 s.launch(lcore, move || worker_loop(i, io, shared, to_conf, inboxes))
                     .with_context(|| format!("launching worker {i} on lcore {lcore}"))?;
             }
-            let live = Live {
+            let mut live = Live {
                 ports: &ports,
                 json: stats_path,
                 prometheus: exporter.as_ref(),
+                lister: asks.clone().map(Lister::new),
             };
             manage(
                 conf,
@@ -360,7 +369,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
                 stop_sig,
                 hup,
                 opts.quiet,
-                &live,
+                &mut live,
                 control.as_mut(),
             );
             Ok(())
@@ -456,6 +465,8 @@ struct Live<'a> {
     json: Option<&'a std::path::Path>,
     /// Where the same stats are served for Prometheus (refreshed every interval).
     prometheus: Option<&'a crate::cmd::prom::Exporter>,
+    /// Answers `GET /flows` on the same server.
+    lister: Option<Lister>,
 }
 
 /// The management loop on the main lcore: signals, idle stop, table publication, the
@@ -466,7 +477,7 @@ fn manage(
     stop_sig: &AtomicBool,
     hup: &AtomicBool,
     quiet: bool,
-    live: &Live<'_>,
+    live: &mut Live<'_>,
     mut control: Option<&mut ControlRt>,
 ) {
     // However the loop ends, a panic included, the workers are told to stop: nobody
@@ -511,6 +522,9 @@ fn manage(
         }
         if hup.swap(false, Relaxed) {
             reload(conf, shared, control.as_deref_mut());
+        }
+        if let Some(l) = &mut live.lister {
+            l.turn(&shared.board, &shared.tables);
         }
         if conf.stats_interval_ms > 0
             && last_print.elapsed() >= Duration::from_millis(conf.stats_interval_ms)
@@ -687,6 +701,7 @@ fn worker_loop<'q>(
     let mut txb: Vec<MbufBatch<'q>> = io.tx.iter().map(|_| MbufBatch::new()).collect();
     let mut last_pub = 0u64;
     let mut dispatch_dropped = 0u64;
+    let mut listing = WorkerSide::default();
     slot.last_rx_ns.store(shared.now_ns().max(1), Relaxed); // polling starts: idle clock on
     loop {
         let now = shared.now_ns();
@@ -758,6 +773,7 @@ fn worker_loop<'q>(
         }
         w.expire(now, EXPIRE_PER_LOOP);
         w.sweep(SWEEP_PER_LOOP);
+        listing.step(&shared.board, idx, &w, now);
         if now.wrapping_sub(last_pub) >= PUBLISH_NS {
             last_pub = now;
             publish(slot, &w, &io, dispatch_dropped);
