@@ -307,7 +307,8 @@ pub const ASK_TIMEOUT: Duration = Duration::from_secs(10);
 /// takes them with [`next`](Asks::next) and answers each with [`Ask::answer`].
 #[derive(Default)]
 pub struct Asks {
-    pending: Mutex<std::collections::VecDeque<Ask>>,
+    /// The requests not taken yet, and whether the owner has stopped taking them.
+    pending: Mutex<(std::collections::VecDeque<Ask>, bool)>,
 }
 
 /// One request: its path's query, and where its answer goes.
@@ -326,16 +327,33 @@ pub struct Answer {
 impl Asks {
     /// The oldest request not taken yet.
     pub fn next(&self) -> Option<Ask> {
-        self.pending.lock().pop_front()
+        self.pending.lock().0.pop_front()
     }
 
-    /// Queues `query` and waits (at most [`ASK_TIMEOUT`]) for its answer.
+    /// The owner takes no more requests: those waiting, and any later, are answered
+    /// `answer` (so a stopping run is not held up by a client's wait).
+    pub fn close(&self, answer: impl Fn() -> Answer) {
+        let mut q = self.pending.lock();
+        q.1 = true;
+        for a in q.0.drain(..) {
+            a.answer(answer());
+        }
+    }
+
+    /// Queues `query` and waits (at most [`ASK_TIMEOUT`]) for its answer; `None` when
+    /// it did not come in time or the owner has closed the queue.
     fn ask(&self, query: &str) -> Option<Answer> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.pending.lock().push_back(Ask {
-            query: query.to_owned(),
-            reply: tx,
-        });
+        {
+            let mut q = self.pending.lock();
+            if q.1 {
+                return None;
+            }
+            q.0.push_back(Ask {
+                query: query.to_owned(),
+                reply: tx,
+            });
+        }
         rx.recv_timeout(ASK_TIMEOUT).ok()
     }
 }
@@ -446,7 +464,7 @@ fn serve(mut c: TcpStream, text: &Mutex<String>, asks: Option<&Asks>) -> std::io
             None => (
                 "503 Service Unavailable",
                 "text/plain",
-                "the management loop did not answer in time\n".into(),
+                "the management loop did not answer in time, or is stopping\n".into(),
             ),
         },
         ("GET" | "HEAD", _, _) => ("404 Not Found", "text/plain", "try /metrics\n".into()),

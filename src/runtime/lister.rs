@@ -180,6 +180,27 @@ impl Lister {
     }
 }
 
+/// The answer to requests the run can no longer serve.
+fn stopping() -> Answer {
+    Answer {
+        status: "503 Service Unavailable",
+        ctype: "text/plain",
+        body: "flowgate is stopping\n".into(),
+    }
+}
+
+/// When the management loop ends, the request in progress and any later ones are
+/// answered at once: the exporter's thread (joined at the end of the run) never waits
+/// for a listing that will not come.
+impl Drop for Lister {
+    fn drop(&mut self) {
+        if let Some((ask, ..)) = self.current.take() {
+            ask.answer(stopping());
+        }
+        self.asks.close(stopping);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,6 +328,13 @@ mod tests {
             assert_eq!(status, "HTTP/1.0 200 OK");
             let j: serde_json::Value = serde_json::from_str(&body).unwrap();
             assert_eq!(j["matched"].as_u64(), Some(1500));
+            // The management loop ends (its Lister dropped): requests are refused at once.
+            stop.store(true, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(50));
+            let t0 = Instant::now();
+            let (status, _) = get(addr, "/flows");
+            assert_eq!(status, "HTTP/1.0 503 Service Unavailable");
+            assert!(t0.elapsed() < Duration::from_secs(2));
         });
         drop(exporter);
     }
