@@ -124,6 +124,49 @@ fn regrow_keeps_indices_and_refuses_what_would_move_them() {
     assert!(old.regrow(p).unwrap_err().contains("pattern rules"));
 }
 
+/// A worker's flow table is sized and given its timeout classes once, so a reload that
+/// changes `flow_table` or gives a rule an idle timeout the table has no class for is
+/// refused with the reason (it used to be taken, and the running table kept its old
+/// timeouts while the tables said otherwise); an idle timeout the table has is taken.
+#[test]
+fn a_reload_that_would_change_the_flow_tables_timeouts_is_refused() {
+    let old = load(HTTP);
+    let head = |extra: &str| HEAD.replace("services:\n", &format!("{extra}services:\n"));
+    let with = |h: String| Pipeline::from_str(&format!("{h}{HTTP}"), Path::new("p.yaml")).unwrap();
+    let longer = with(head("flow_table: { tcp_established_timeout: 3600 }\n"));
+    let e = old.regrow(longer.clone()).unwrap_err();
+    assert!(
+        e.contains("flow_table changed") && e.contains("tcp_established 300/3600 s"),
+        "{e}"
+    );
+    assert!(!old.grows_into(&longer));
+    let mut w = Worker::new(Arc::new(Tables::build(old.clone(), 1)));
+    assert!(w.set_tables(Arc::new(Tables::build(longer, 2))).is_err());
+    let bigger = with(head("flow_table: { capacity: 4096 }\n"));
+    assert!(
+        old.regrow(bigger)
+            .unwrap_err()
+            .contains("capacity 1048576 to 4096")
+    );
+    // A rule's idle timeout: a new value has no class; the table's default has one.
+    let rule = |t: u64| {
+        with(HEAD.replace(
+            "to: gateway }",
+            &format!("to: gateway, idle_timeout: {t} }}"),
+        ))
+    };
+    let e = old.regrow(rule(30)).unwrap_err();
+    assert!(e.contains("flow rule \"voice\": idle_timeout 30 s"), "{e}");
+    assert!(w.set_tables(Arc::new(Tables::build(rule(30), 3))).is_err());
+    let same = old
+        .regrow(rule(60))
+        .expect("60 s is the table's idle class");
+    assert!(w.set_tables(Arc::new(Tables::build(same, 4))).is_ok());
+    // ... and a table built with a 30 s rule takes a reload that moves it to 60 s or back.
+    let thirty = rule(30);
+    assert!(thirty.regrow(rule(60)).is_ok() && thirty.regrow(rule(30)).is_ok());
+}
+
 #[test]
 fn regrow_keeps_what_the_file_removed_until_a_restart() {
     let old = load(&format!("{HTTP}{DNS}"));

@@ -349,7 +349,7 @@ pub struct FlowRule {
 }
 
 /// Flow table sizing and timeouts (ns).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowTableConf {
     pub capacity: usize,
     pub tcp_syn_ns: u64,
@@ -490,6 +490,46 @@ impl Pipeline {
             && self.flow_rules.len() == new.flow_rules.len()
             && (self.flow_rules.iter().zip(&new.flow_rules)).all(|(a, b)| a.name == b.name)
             && self.ports == new.ports
+            && self.flow_table_change(new).is_none()
+    }
+
+    /// Why a flow table built for `self` cannot serve `new`, if it cannot: it is sized
+    /// and given its timeout classes once (`flow_table`, and one class per distinct idle
+    /// timeout of the pattern rules), so `new` must have the same `flow_table` and only
+    /// idle timeouts it already has.
+    pub fn flow_table_change(&self, new: &Pipeline) -> Option<String> {
+        let (a, b) = (&self.flow_table, &new.flow_table);
+        if a != b {
+            let s = |ns: u64| ns as f64 / 1e9;
+            return Some(format!(
+                "flow_table changed (capacity {} to {}, timeouts tcp_syn {}/{} s, \
+                 tcp_established {}/{} s, tcp_closing {}/{} s, idle {}/{} s): the running \
+                 flow table keeps the size and timeouts it was built with",
+                a.capacity,
+                b.capacity,
+                s(a.tcp_syn_ns),
+                s(b.tcp_syn_ns),
+                s(a.tcp_established_ns),
+                s(b.tcp_established_ns),
+                s(a.tcp_closing_ns),
+                s(b.tcp_closing_ns),
+                s(a.idle_ns),
+                s(b.idle_ns),
+            ));
+        }
+        let has =
+            |ns: u64| ns == a.idle_ns || self.flow_rules.iter().any(|r| r.idle_timeout_ns == ns);
+        new.flow_rules
+            .iter()
+            .find(|r| !has(r.idle_timeout_ns))
+            .map(|r| {
+                format!(
+                    "flow rule {:?}: idle_timeout {} s is not one of the running flow table's \
+                 timeouts (it has one class per idle timeout it was built with)",
+                    r.name,
+                    r.idle_timeout_ns as f64 / 1e9
+                )
+            })
     }
 
     /// `new` (this pipeline's file loaded again, say) made to grow `self`
@@ -505,10 +545,15 @@ impl Pipeline {
     /// - a service's servers: those it had must come first, in the same order (their order
     ///   decides Maglev ties); one it no longer lists is kept at weight 0, so its open
     ///   flows stay and it takes no new ones;
-    /// - the pattern rules (by name) and ports must be the same.
+    /// - the pattern rules (by name) and ports must be the same;
+    /// - so must `flow_table`, and a rule's idle timeout must be one the running table
+    ///   has ([`flow_table_change`](Self::flow_table_change)).
     ///
     /// Kept entries stay until a restart. The error says what cannot be taken.
     pub fn regrow(&self, mut new: Pipeline) -> Result<Pipeline, String> {
+        if let Some(why) = self.flow_table_change(&new) {
+            return Err(why);
+        }
         if self.ports != new.ports {
             return Err(format!(
                 "ports changed ({:?} to {:?})",
