@@ -251,4 +251,8 @@ drop_reasons! {
     NotForUs => "not_for_us",
     /// The output port refused the frame (ring full).
     TxFull => "tx_full",
+    /// `flowgate run`: the PMD chained the frame over several mbufs, because it is larger
+    /// than one mbuf's data room (a port's `mtu` in the conf sizes the mbufs for it);
+    /// flowgate reads a frame from one segment only, so it is not forwarded cut short.
+    Segmented => "segmented",
 }

@@ -12,6 +12,7 @@ use super::control::ControlRt;
 use super::lister::{Board, Lister, WorkerSide};
 use super::{copy_stats, dispatch_hash};
 use crate::config::Pipeline;
+use crate::pipeline::meta::DropReason;
 use crate::pipeline::stats::Stats;
 use crate::pipeline::{Outcome, Tables, Worker};
 use crate::port::dpdk::{
@@ -835,6 +836,15 @@ fn run_burst<'q>(
     txb: &mut [MbufBatch<'q>],
     tx: &mut [TxQueue<'q>],
 ) {
+    if b.is_empty() {
+        return;
+    }
+    // A frame chained over several mbufs is dropped and counted, not read in part.
+    let n = b.len();
+    b.retain(|m| m.segments() == 1);
+    for _ in b.len()..n {
+        w.count_drop(DropReason::Segmented);
+    }
     if b.is_empty() {
         return;
     }
