@@ -90,16 +90,28 @@ fn run_pcap_case(dir: &Path, input: &Path, tag: &str) {
 }
 
 fn run_pcap_case_with(dir: &Path, input: &Path, tag: &str, pipeline: &Path) {
-    let eal = format!(
-        "[\"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-telemetry\", \"--file-prefix\", \"{}\"]",
-        prefix(tag)
-    );
-    run_pcap_case_eal(dir, input, tag, &eal, pipeline);
+    run_pcap_case_eal(dir, input, tag, &no_huge_eal(tag), pipeline);
 }
 
-fn run_pcap_case_eal(dir: &Path, input: &Path, tag: &str, eal: &str, pipeline: &Path) {
+/// The EAL arguments of a run without hugepages, with its own file prefix.
+fn no_huge_eal(tag: &str) -> String {
+    format!(
+        "[\"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-telemetry\", \"--file-prefix\", \"{}\"]",
+        prefix(tag)
+    )
+}
+
+/// `flowgate run` of `input` through `pipeline` on a `net_pcap` port (EAL arguments
+/// `eal`, a YAML list), until idle: its output capture (`TAG-run.pcap` in `dir`) and its
+/// stats JSON. Panics with its stderr when it fails.
+fn run_pcap(
+    dir: &Path,
+    input: &Path,
+    tag: &str,
+    eal: &str,
+    pipeline: &Path,
+) -> (std::path::PathBuf, serde_json::Value) {
     let out_run = dir.join(format!("{tag}-run.pcap"));
-    let out_replay = dir.join(format!("{tag}-replay.pcap"));
     let stats_run = dir.join(format!("{tag}-run.json"));
     let conf = dir.join(format!("{tag}.yaml"));
     std::fs::write(
@@ -127,6 +139,12 @@ fn run_pcap_case_eal(dir: &Path, input: &Path, tag: &str, eal: &str, pipeline: &
         "flowgate run failed: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+    (out_run, json(&stats_run))
+}
+
+fn run_pcap_case_eal(dir: &Path, input: &Path, tag: &str, eal: &str, pipeline: &Path) {
+    let (out_run, jr) = run_pcap(dir, input, tag, eal, pipeline);
+    let out_replay = dir.join(format!("{tag}-replay.pcap"));
     let jp = common::replay_stats(pipeline, input, &out_replay);
 
     let got = frames(&out_run);
@@ -144,7 +162,6 @@ fn run_pcap_case_eal(dir: &Path, input: &Path, tag: &str, eal: &str, pipeline: &
             "{tag}: frame {i} differs\nrun    {g:02x?}\nreplay {w:02x?}"
         );
     }
-    let jr = json(&stats_run);
     for k in [
         "packets_in",
         "packets_out",
@@ -374,7 +391,6 @@ fn run_two_workers_dispatch_matches_replay() {
             assert!(it.any(|x| x == f), "{name}: frame {i} out of order");
         }
     }
-    let jr = json(&stats_run);
     for k in [
         "packets_in",
         "packets_out",
@@ -830,32 +846,7 @@ fn run_pcap_drops_frames_larger_than_an_mbuf_and_counts_them() {
         all.to_str().unwrap(),
         small.to_str().unwrap()
     ));
-    let out_run = dir.path().join("run.pcap");
-    let stats = dir.path().join("run.json");
-    let conf = dir.path().join("seg.yaml");
-    std::fs::write(
-        &conf,
-        format!(
-            "pipeline: {}\neal: [\"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-telemetry\", \"--file-prefix\", \"{}\"]\n\
-             lcores: {{ management: 0, workers: [1], cpus: \"0-1\" }}\n\
-             ports:\n  - {{ name: outside, device: \"net_pcap0,rx_pcap={},tx_pcap={}\" }}\n\
-             stop: {{ idle_ms: 700 }}\n",
-            pipeline.display(),
-            prefix("seg"),
-            all.display(),
-            out_run.display()
-        ),
-    )
-    .expect("conf");
-    let o = flowgate()
-        .args(["run", "--quiet", "--conf"])
-        .arg(&conf)
-        .arg("--stats-json")
-        .arg(&stats)
-        .output()
-        .expect("run");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let j = json(&stats);
+    let (out_run, j) = run_pcap(dir.path(), &all, "seg", &no_huge_eal("seg"), &pipeline);
     let n_small = frames(&small).len();
     assert_eq!(
         n_small, 20,

@@ -151,18 +151,12 @@ fn replay_lists_every_open_flow_as_tshark_sees_it() {
         .output()
         .unwrap();
     assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
-    let r = common::flowgate()
-        .args(["replay", "--quiet", "--pipeline"])
-        .arg(&pipeline)
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(&output)
-        .arg("--flows")
-        .arg(&flows)
-        .output()
-        .unwrap();
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    common::replay_with(
+        &pipeline,
+        &input,
+        &output,
+        &["--flows".as_ref(), flows.as_os_str()],
+    );
     let listing: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&flows).unwrap()).unwrap();
     let (convs, last) = conversations(&input, &output);
@@ -262,22 +256,20 @@ fn replay_lists_every_open_flow_as_tshark_sees_it() {
     );
 
     // replay's own filter: the IPv6 service's flows not assured yet.
-    let r = common::flowgate()
-        .args(["replay", "--quiet", "--pipeline"])
-        .arg(&pipeline)
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(&output)
-        .arg("--flows")
-        .arg(dir.path().join("some.json"))
-        .args(["--flows-filter", "service=https6&assured=false"])
-        .output()
-        .unwrap();
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let some_file = dir.path().join("some.json");
+    common::replay_with(
+        &pipeline,
+        &input,
+        &output,
+        &[
+            "--flows".as_ref(),
+            some_file.as_os_str(),
+            "--flows-filter".as_ref(),
+            "service=https6&assured=false".as_ref(),
+        ],
+    );
     let some: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("some.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(&some_file).unwrap()).unwrap();
     let want = count(&|c| c.creator.0.contains(':') && !c.assured);
     assert!(want > 0);
     assert_eq!(some["matched"].as_u64(), Some(want as u64));

@@ -200,6 +200,18 @@ pub fn flowgate() -> Command {
 /// when it fails.
 pub fn replay_stats(pipeline: &Path, input: &Path, output: &Path) -> serde_json::Value {
     let stats = output.with_extension("json");
+    replay_with(
+        pipeline,
+        input,
+        output,
+        &["--stats-json".as_ref(), stats.as_os_str()],
+    );
+    serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats JSON")).expect("JSON")
+}
+
+/// `flowgate replay --quiet` of `input` through `pipeline` into `output`, with `extra`
+/// arguments. Panics with replay's stderr when it fails.
+pub fn replay_with(pipeline: &Path, input: &Path, output: &Path, extra: &[&std::ffi::OsStr]) {
     let o = flowgate()
         .args(["replay", "--quiet", "--pipeline"])
         .arg(pipeline)
@@ -207,8 +219,7 @@ pub fn replay_stats(pipeline: &Path, input: &Path, output: &Path) -> serde_json:
         .arg(input)
         .arg("--output")
         .arg(output)
-        .arg("--stats-json")
-        .arg(&stats)
+        .args(extra)
         .output()
         .expect("replay");
     assert!(
@@ -216,7 +227,6 @@ pub fn replay_stats(pipeline: &Path, input: &Path, output: &Path) -> serde_json:
         "replay failed: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats JSON")).expect("JSON")
 }
 
 /// A child process killed (and reaped) when dropped, also when the test fails.
