@@ -489,17 +489,65 @@ fn ipv4_packets_without_df_are_cut_into_fragments() {
         // Into the LSP: each fragment under the label, 1396 + 124 (1400 with it).
         format!("{GW};;1000;1396;1;0;1;"),
         format!("{GW};;1000;124;0;172;1;1480"),
-        // (With IP options: dropped, not fragmented.)
+        // With Record Route (a 24-byte header): 1400 + 124, see the next test.
+        format!("{S1};;;1400;1;0;1;"),
+        format!("{S1};;;124;0;172;1;1476"),
     ];
     for mode in ["switch", "router"] {
         let (rows, j) = replay(&mtu_pipeline(mode), WITHOUT_DF, &fields);
         let got: Vec<String> = rows.iter().map(|r| r.join(";")).collect();
         assert_eq!(got, expect, "{mode}");
-        assert_eq!(j["fragments_out"], 5, "{mode}");
-        assert_eq!(
-            j["drops"]["mtu_exceeded"], 1,
-            "{mode}: the packet with options"
-        );
+        assert_eq!(j["fragments_out"], 6, "{mode}");
+        assert_eq!(j["drops"].get("mtu_exceeded"), None, "{mode}");
         assert_eq!(j["icmp_errors"], 0, "{mode}");
+    }
+}
+
+/// IPv4 packets with options, without DF, over the MTU (`mtu_pipeline`, 1400): one with
+/// Record Route (not copied into later fragments) and Router Alert (copied), a 28-byte
+/// header; and one whose Timestamp option claims more bytes than the header has.
+const WITH_OPTIONS: &str = r#"
+conf.verb = 0
+def E(): return Ether(src="02:00:00:00:00:fe", dst="02:00:00:00:00:01")
+C, V = "198.51.100.7", "203.0.113.10"
+rr = IP(src=C, dst=V, id=8, options=[IPOption_RR(), IPOption_Router_Alert()])/TCP(sport=40000, dport=80, flags="A")
+b = bytearray(bytes(IP(src=C, dst=V, id=10, options=[IPOption_NOP()]*4)/TCP(sport=40001, dport=80, flags="A")/Raw(b"q"*1500)))
+b[20:24] = bytes([0x44, 0x09, 0x05, 0x00])
+bad = IP(bytes(b))
+del bad.chksum
+wrpcap(OUT, [E()/rr/Raw(b"o"*(1500-len(rr))), E()/bad])
+"#;
+
+#[test]
+fn ipv4_packets_with_options_are_cut_with_copied_options_in_every_fragment() {
+    if !common::have_oracles() {
+        return;
+    }
+    let fields = [
+        "ip.hdr_len",
+        "ip.len",
+        "ip.flags.mf",
+        "ip.frag_offset",
+        "ip.checksum.status",
+        "ip.opt.type",
+        "ip.reassembled.length",
+        "tcp.payload",
+    ];
+    let payload = "6f".repeat(1500 - 48);
+    // Header 28 bytes: payload per fragment (1400 - 28) cut to a multiple of 8, 1368;
+    // 1472 bytes of payload: 1368 + 104. The first fragment has both options; the
+    // second Router Alert (type 148) after three no-operations where Record Route was;
+    // (type 0 is the end of the list) tshark reassembles the TCP segment whole. The
+    // malformed one is dropped.
+    let expect = [
+        "28;1396;1;0;1;7,148,0;;".to_string(),
+        format!("28;132;0;171;1;1,1,1,148,0;1472;{payload}"),
+    ];
+    for mode in ["switch", "router"] {
+        let (rows, j) = replay(&mtu_pipeline(mode), WITH_OPTIONS, &fields);
+        let got: Vec<String> = rows.iter().map(|r| r.join(";")).collect();
+        assert_eq!(got, expect, "{mode}");
+        assert_eq!(j["fragments_out"], 1, "{mode}");
+        assert_eq!(j["drops"]["mtu_exceeded"], 1, "{mode}: malformed options");
     }
 }

@@ -241,7 +241,7 @@ drop_reasons! {
     /// be answered, the system has no address of its family, or the rate limit).
     TtlExceeded => "ttl_exceeded",
     /// Larger than `system.mtu` on its way out, and neither cut into fragments (IPv4
-    /// without DF: not with IP options, nor when the worker's room for fragments is
+    /// without DF: not with malformed options, nor when the worker's room for fragments is
     /// full) nor answered with an ICMP Fragmentation Needed or Packet Too Big (the
     /// refusals and limits of `ttl_exceeded`; a packet inside MPLS).
     MtuExceeded => "mtu_exceeded",

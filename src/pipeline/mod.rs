@@ -1188,12 +1188,16 @@ impl Worker {
     /// Cuts the rewritten IPv4 packet in `buf`, whose IP header is at `l3`, as `c` says:
     /// fragments of at most `c.chunk` bytes of payload, the first staying in `buf`, the
     /// others going to the extra frames, each with the frame's headers before the IP
-    /// header and an IP header with its length, offset, MF flag and checksum. False,
-    /// with nothing changed, when they do not fit what is left of [`EXTRA_CAPACITY`].
+    /// header and an IP header with its length, offset, MF flag and checksum. Options
+    /// go whole into the first fragment; in the others those without the copied flag are
+    /// overwritten with no-operations (RFC 791, as Linux does), so every fragment's
+    /// header has the same length. False, with nothing changed, when they do not fit
+    /// what is left of [`EXTRA_CAPACITY`].
     fn fragment<B: PacketBuf + ?Sized>(&mut self, buf: &mut B, l3: usize, c: Cut) -> bool {
-        let payload = c.ip_len - 20;
+        let hl = c.header;
+        let payload = c.ip_len - hl;
         let pieces = payload.div_ceil(c.chunk);
-        let room = self.extra.len() + payload + (pieces - 1) * (l3 + 20) <= EXTRA_CAPACITY
+        let room = self.extra.len() + payload + (pieces - 1) * (l3 + hl) <= EXTRA_CAPACITY
             && self.extra_ends.len() + pieces <= self.extra_ends.capacity();
         let d = buf.data_mut();
         if !room || d.len() < l3 + c.ip_len {
@@ -1206,24 +1210,20 @@ impl Worker {
             let n = c.chunk.min(payload - off);
             let more = off + n < payload || last_mf;
             let start = self.extra.len();
-            self.extra.extend_from_slice(&d[..l3 + 20]);
-            let data = l3 + 20 + off;
+            self.extra.extend_from_slice(&d[..l3 + hl]);
+            let data = l3 + hl + off;
             self.extra.extend_from_slice(&d[data..data + n]);
-            set_fragment(
-                &mut self.extra[start + l3..start + l3 + 20],
-                n,
-                base,
-                off,
-                more,
-            );
+            let ip = &mut self.extra[start + l3..start + l3 + hl];
+            uncopied_options_to_nops(&mut ip[20..]);
+            set_fragment(ip, n, base, off, more);
             self.extra_ends
                 .push((self.current, self.extra.len() as u32));
             self.stats.fragments_out += 1;
             off += n;
         }
-        set_fragment(&mut d[l3..l3 + 20], c.chunk, base, 0, true);
+        set_fragment(&mut d[l3..l3 + hl], c.chunk, base, 0, true);
         let len = d.len();
-        buf.trim(len - (l3 + 20 + c.chunk))
+        buf.trim(len - (l3 + hl + c.chunk))
     }
 
     /// Router mode, a packet whose TTL or hop limit ran out: answered with an ICMP Time
@@ -1480,30 +1480,77 @@ fn labels_out(m: &Meta, q: &crate::config::QosActions) -> Option<usize> {
 #[derive(Clone, Copy, Debug)]
 struct Cut {
     ip_len: usize,
+    /// The IP header's length, options included.
+    header: usize,
     chunk: usize,
 }
 
 /// How to cut the packet `m` describes in `d` so that each piece leaves within `mtu`
-/// with QoS `q`: `Some` for an IPv4 packet without DF or options; `None` for anything
-/// else (answered with an ICMP error or dropped).
+/// with QoS `q`: `Some` for an IPv4 packet without DF whose options (if any) are well
+/// formed; `None` for anything else (answered with an ICMP error or dropped).
 fn fragmentable(d: &[u8], m: &Meta, q: &crate::config::QosActions, mtu: u16) -> Option<Cut> {
     if m.l3 != L3::Ipv4 {
         return None;
     }
     let l3 = usize::from(m.l3_off);
-    let ip = d.get(l3..l3 + 20)?;
-    if ip[0] != 0x45 || ip[6] & 0x40 != 0 {
+    let b0 = *d.get(l3)?;
+    let header = usize::from(b0 & 0x0f) * 4;
+    let ip = d.get(l3..l3 + header)?;
+    if b0 >> 4 != 4 || header < 20 || ip[6] & 0x40 != 0 || !options_valid(&ip[20..]) {
         return None;
     }
     let ip_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    let chunk = (usize::from(mtu).checked_sub(labels_out(m, q)? + 20)? / 8) * 8;
-    (chunk > 0 && ip_len > 20 + chunk).then_some(Cut { ip_len, chunk })
+    let chunk = (usize::from(mtu).checked_sub(labels_out(m, q)? + header)? / 8) * 8;
+    (chunk > 0 && ip_len > header + chunk).then_some(Cut {
+        ip_len,
+        header,
+        chunk,
+    })
+}
+
+/// Whether the IPv4 options `o` parse: end-of-list, no-operations, and options whose
+/// length byte (at least 2) stays inside them.
+fn options_valid(o: &[u8]) -> bool {
+    let mut i = 0;
+    while i < o.len() {
+        match o[i] {
+            0 => return true,
+            1 => i += 1,
+            _ => match o.get(i + 1) {
+                Some(&n) if n >= 2 && i + usize::from(n) <= o.len() => i += usize::from(n),
+                _ => return false,
+            },
+        }
+    }
+    true
+}
+
+/// Overwrites the options of `o` (well formed, see [`options_valid`]) whose copied flag
+/// (bit 7 of the type) is clear with no-operations: what a fragment after the first
+/// carries of them (RFC 791, 3.2).
+fn uncopied_options_to_nops(o: &mut [u8]) {
+    let mut i = 0;
+    while i < o.len() {
+        match o[i] {
+            0 => return,
+            1 => i += 1,
+            t => {
+                let n = usize::from(o.get(i + 1).copied().unwrap_or(2)).clamp(2, o.len() - i);
+                if t & 0x80 == 0 {
+                    o[i..i + n].fill(1);
+                }
+                i += n;
+            }
+        }
+    }
 }
 
 /// Writes a fragment's length (`n` bytes of payload), offset (`base` + `off` bytes, in
-/// 8-byte units) and MF flag into the IPv4 header `ip`, and its checksum.
+/// 8-byte units) and MF flag into the IPv4 header `ip` (options included), and its
+/// checksum.
 fn set_fragment(ip: &mut [u8], n: usize, base: u16, off: usize, more: bool) {
-    ip[2..4].copy_from_slice(&((20 + n) as u16).to_be_bytes());
+    let len = (ip.len() + n) as u16;
+    ip[2..4].copy_from_slice(&len.to_be_bytes());
     // (An offset past 13 bits only comes of a packet already past 64 KB: kept in them.)
     let f = ((base + (off / 8) as u16) & 0x1fff) | if more { 0x2000 } else { 0 };
     ip[6..8].copy_from_slice(&f.to_be_bytes());
@@ -1610,6 +1657,24 @@ mod tests {
     use std::path::Path;
 
     const P: &str = "system: { mac: \"02:00:00:00:00:01\", gateway: \"02:00:00:00:00:fe\" }\nservices:\n  - name: s\n    vip: 192.0.2.10\n    proto: tcp\n    ports: [80]\n    servers:\n      - { name: a, mac: \"02:00:00:00:01:01\" }\n      - { name: b, mac: \"02:00:00:00:01:02\" }\n";
+
+    #[test]
+    fn options_parse_and_only_copied_ones_stay_in_later_fragments() {
+        // Record Route (7, not copied; length 7), Router Alert (148, copied), NOP, EOL.
+        let mut o = [7, 7, 4, 0, 0, 0, 0, 148, 4, 0, 0, 1, 0, 0, 0, 0];
+        assert!(options_valid(&o));
+        uncopied_options_to_nops(&mut o);
+        assert_eq!(o, [1, 1, 1, 1, 1, 1, 1, 148, 4, 0, 0, 1, 0, 0, 0, 0]);
+        // Loose source route (131, copied) stays; security (130, copied) too.
+        let mut o = [131, 7, 4, 1, 2, 3, 4, 130, 3, 9, 1, 0];
+        uncopied_options_to_nops(&mut o);
+        assert_eq!(o, [131, 7, 4, 1, 2, 3, 4, 130, 3, 9, 1, 0]);
+        // A length past the end, below 2, or missing: malformed.
+        assert!(!options_valid(&[68, 9, 5, 0]));
+        assert!(!options_valid(&[7, 1, 0, 0]));
+        assert!(!options_valid(&[1, 1, 1, 7]));
+        assert!(options_valid(&[]) && options_valid(&[1, 1, 1, 1]));
+    }
 
     #[test]
     fn set_tables_refuses_a_different_shape() {
