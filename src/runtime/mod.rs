@@ -46,7 +46,8 @@
 //! fails to probe is named in the error; curl in one namespace gets answers from both
 //! `python3 -m http.server` namespaces through the VIP on `net_af_packet` veths, over
 //! IPv4 (ARP answered on both sides) and IPv6 (neighbour discovery, a 1 MB download
-//! intact).
+//! intact); `flowgate flows` lists a real client's open connections with the servers
+//! that answered them; frames chained over several mbufs are dropped as `segmented`.
 //!
 //! With a `control:` section in the conf the management core also runs the control
 //! plane ([`control`]): tables follow what the end systems' agents advertise
