@@ -391,6 +391,7 @@ fn run_two_workers_dispatch_matches_replay() {
             assert!(it.any(|x| x == f), "{name}: frame {i} out of order");
         }
     }
+    let jr = json(&stats_run);
     for k in [
         "packets_in",
         "packets_out",
