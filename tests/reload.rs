@@ -124,47 +124,114 @@ fn regrow_keeps_indices_and_refuses_what_would_move_them() {
     assert!(old.regrow(p).unwrap_err().contains("pattern rules"));
 }
 
-/// A worker's flow table is sized and given its timeout classes once, so a reload that
-/// changes `flow_table` or gives a rule an idle timeout the table has no class for is
-/// refused with the reason (it used to be taken, and the running table kept its old
-/// timeouts while the tables said otherwise); an idle timeout the table has is taken.
+/// A reload may change the flow table's timeouts: the flows already open take them (it
+/// used to be taken and ignored: the running table kept its old timeouts while the
+/// tables said otherwise). What the table was built with stays: its size, and its
+/// timeout classes (how many distinct idle timeouts, and which rules share one), so a
+/// reload that would change those is refused with the reason.
 #[test]
-fn a_reload_that_would_change_the_flow_tables_timeouts_is_refused() {
+fn a_reload_applies_changed_timeouts_to_the_flows_already_open() {
+    const S: u64 = 1_000_000_000;
     let old = load(HTTP);
     let head = |extra: &str| HEAD.replace("services:\n", &format!("{extra}services:\n"));
     let with = |h: String| Pipeline::from_str(&format!("{h}{HTTP}"), Path::new("p.yaml")).unwrap();
+    // A connection opened at 1 s (SYN, then the client's ACK: established, 300 s).
+    let open = || {
+        let mut w = Worker::new(Arc::new(Tables::build(old.clone(), 1)));
+        for flags in [0x02, 0x10] {
+            send(&mut w, &old, &tcp(40000, [203, 0, 113, 10], 80, flags), S);
+        }
+        w.expire(2 * S, usize::MAX);
+        assert_eq!(w.flow_count(), 1);
+        w
+    };
+    // Longer: the open connection outlives its old 300 s, and goes after 3600 s.
     let longer = with(head("flow_table: { tcp_established_timeout: 3600 }\n"));
-    let e = old.regrow(longer.clone()).unwrap_err();
+    let mut w = open();
+    let g = old.regrow(longer.clone()).expect("timeouts may change");
+    w.set_tables(Arc::new(Tables::build(g, 2)))
+        .expect("same classes");
+    w.expire(400 * S, usize::MAX);
+    assert_eq!(w.flow_count(), 1, "still open after 400 s");
+    w.expire(3590 * S, usize::MAX);
+    assert_eq!(w.flow_count(), 1);
+    // (A timeout of 3600 s has windows of 225 s: seen in [0, 225), gone at 3825 s.)
+    w.expire(3824 * S, usize::MAX);
+    assert_eq!(w.flow_count(), 1);
+    w.expire(3825 * S, usize::MAX);
+    assert_eq!(w.flow_count(), 0, "gone after 3600 s idle");
+    // Shorter: gone once 30 s have passed, not before.
+    let mut w = open();
+    let shorter = with(head("flow_table: { tcp_established_timeout: 30 }\n"));
+    w.set_tables(Arc::new(Tables::build(old.regrow(shorter).unwrap(), 2)))
+        .unwrap();
+    w.expire(25 * S, usize::MAX);
+    assert_eq!(w.flow_count(), 1);
+    w.expire(40 * S, usize::MAX);
+    assert_eq!(w.flow_count(), 0);
+    // The idle timeout of flow_table and a rule that follows it: one class, new value.
+    let rule = |t: &str| HEAD.replace("to: gateway }", &format!("to: gateway{t} }}"));
+    let idle = |ft: &str, r: &str| {
+        Pipeline::from_str(
+            &format!(
+                "{}{HTTP}",
+                rule(r).replace("services:\n", &format!("{ft}services:\n"))
+            ),
+            Path::new("p.yaml"),
+        )
+        .unwrap()
+    };
     assert!(
-        e.contains("flow_table changed") && e.contains("tcp_established 300/3600 s"),
+        old.regrow(idle("flow_table: { idle_timeout: 5 }\n", ""))
+            .is_ok()
+    );
+    // A rule taking a value of its own: one class more. Refused.
+    let e = old.regrow(idle("", ", idle_timeout: 30")).unwrap_err();
+    assert!(
+        e.contains("2 distinct values") && e.contains("(were 1)"),
         "{e}"
     );
-    assert!(!old.grows_into(&longer));
-    let mut w = Worker::new(Arc::new(Tables::build(old.clone(), 1)));
-    assert!(w.set_tables(Arc::new(Tables::build(longer, 2))).is_err());
-    let bigger = with(head("flow_table: { capacity: 4096 }\n"));
+    let mut w = open();
     assert!(
-        old.regrow(bigger)
-            .unwrap_err()
-            .contains("capacity 1048576 to 4096")
+        w.set_tables(Arc::new(Tables::build(idle("", ", idle_timeout: 30"), 3)))
+            .is_err()
     );
-    // A rule's idle timeout: a new value has no class; the table's default has one.
-    let rule = |t: u64| {
-        with(HEAD.replace(
-            "to: gateway }",
-            &format!("to: gateway, idle_timeout: {t} }}"),
+    // A table built with the rule on its own value may move that value...
+    let own = idle("", ", idle_timeout: 30");
+    assert!(own.regrow(idle("", ", idle_timeout: 90")).is_ok());
+    // ... and swap values with flow_table's (each class takes the other's value)...
+    assert!(
+        own.regrow(idle(
+            "flow_table: { idle_timeout: 30 }\n",
+            ", idle_timeout: 60"
         ))
+        .is_ok()
+    );
+    // ... but not join the default class.
+    let e = own.regrow(idle("", ", idle_timeout: 60")).unwrap_err();
+    assert!(e.contains("1 distinct values"), "{e}");
+    // Two rules sharing a value may not part (the same number of values, other classes).
+    let two = |a: u64, b: u64| {
+        let y = HEAD.replace(
+            "  - { name: voice, match: { proto: udp, dst_port: 5060 }, to: gateway }\n",
+            &format!(
+                "  - {{ name: voice, match: {{ proto: udp, dst_port: 5060 }}, to: gateway, idle_timeout: {a} }}\n  \
+                 - {{ name: rtp, match: {{ proto: udp, dst_port: 5004 }}, to: gateway, idle_timeout: {b} }}\n"
+            ),
+        );
+        Pipeline::from_str(&format!("{y}{HTTP}"), Path::new("p.yaml")).unwrap()
     };
-    let e = old.regrow(rule(30)).unwrap_err();
-    assert!(e.contains("flow rule \"voice\": idle_timeout 30 s"), "{e}");
-    assert!(w.set_tables(Arc::new(Tables::build(rule(30), 3))).is_err());
-    let same = old
-        .regrow(rule(60))
-        .expect("60 s is the table's idle class");
-    assert!(w.set_tables(Arc::new(Tables::build(same, 4))).is_ok());
-    // ... and a table built with a 30 s rule takes a reload that moves it to 60 s or back.
-    let thirty = rule(30);
-    assert!(thirty.regrow(rule(60)).is_ok() && thirty.regrow(rule(30)).is_ok());
+    let e = two(30, 30).regrow(two(30, 60)).unwrap_err();
+    assert!(
+        e.contains("flow rule \"rtp\": idle_timeout 60 s would move it"),
+        "{e}"
+    );
+    assert!(two(30, 30).regrow(two(45, 45)).is_ok());
+    // The size: refused.
+    let bigger = with(head("flow_table: { capacity: 4096 }\n"));
+    let e = old.regrow(bigger.clone()).unwrap_err();
+    assert!(e.contains("capacity changed (1048576 to 4096)"), "{e}");
+    assert!(!old.grows_into(&bigger));
 }
 
 #[test]

@@ -493,43 +493,51 @@ impl Pipeline {
             && self.flow_table_change(new).is_none()
     }
 
-    /// Why a flow table built for `self` cannot serve `new`, if it cannot: it is sized
-    /// and given its timeout classes once (`flow_table`, and one class per distinct idle
-    /// timeout of the pattern rules), so `new` must have the same `flow_table` and only
-    /// idle timeouts it already has.
+    /// Why a flow table built for `self` cannot serve `new`, if it cannot. Its size is
+    /// fixed when it is built, and so are its timeout classes: one per TCP state and one
+    /// per distinct idle timeout (`flow_table`'s, then the pattern rules'; see
+    /// [`crate::flow::idle_timeouts`]). The timeouts may change, each class taking its
+    /// new value under the flows it holds; the classes may not, so `new` must have the
+    /// same capacity, as many distinct idle timeouts, and each rule in the class of the
+    /// same position as before (rules that shared a timeout still share one, and one
+    /// that had the default still has it). Call with pipelines whose rules are the same
+    /// ([`grows_into`](Self::grows_into) checks names).
     pub fn flow_table_change(&self, new: &Pipeline) -> Option<String> {
         let (a, b) = (&self.flow_table, &new.flow_table);
-        if a != b {
-            let s = |ns: u64| ns as f64 / 1e9;
+        if a.capacity != b.capacity {
             return Some(format!(
-                "flow_table changed (capacity {} to {}, timeouts tcp_syn {}/{} s, \
-                 tcp_established {}/{} s, tcp_closing {}/{} s, idle {}/{} s): the running \
-                 flow table keeps the size and timeouts it was built with",
-                a.capacity,
-                b.capacity,
-                s(a.tcp_syn_ns),
-                s(b.tcp_syn_ns),
-                s(a.tcp_established_ns),
-                s(b.tcp_established_ns),
-                s(a.tcp_closing_ns),
-                s(b.tcp_closing_ns),
-                s(a.idle_ns),
-                s(b.idle_ns),
+                "flow_table.capacity changed ({} to {}): the running flow table keeps its size",
+                a.capacity, b.capacity
             ));
         }
-        let has =
-            |ns: u64| ns == a.idle_ns || self.flow_rules.iter().any(|r| r.idle_timeout_ns == ns);
-        new.flow_rules
-            .iter()
-            .find(|r| !has(r.idle_timeout_ns))
-            .map(|r| {
-                format!(
-                    "flow rule {:?}: idle_timeout {} s is not one of the running flow table's \
-                 timeouts (it has one class per idle timeout it was built with)",
-                    r.name,
-                    r.idle_timeout_ns as f64 / 1e9
-                )
-            })
+        let idle = |p: &Pipeline| {
+            let r: Vec<u64> = p.flow_rules.iter().map(|r| r.idle_timeout_ns).collect();
+            crate::flow::idle_timeouts(&p.flow_table, &r)
+        };
+        let (ia, ib) = (idle(self), idle(new));
+        let s = |ns: u64| ns as f64 / 1e9;
+        if ia.len() != ib.len() {
+            return Some(format!(
+                "the pattern rules' idle timeouts make {} distinct values with flow_table's \
+                 (were {}): the running flow table has one class per value it was built with",
+                ib.len(),
+                ia.len()
+            ));
+        }
+        let pos = |v: &[u64], t: u64| v.iter().position(|&x| x == t);
+        for (ra, rb) in self.flow_rules.iter().zip(&new.flow_rules) {
+            if pos(&ia, ra.idle_timeout_ns) != pos(&ib, rb.idle_timeout_ns) {
+                return Some(format!(
+                    "flow rule {:?}: idle_timeout {} s would move it to another timeout class \
+                     than its {} s (it would join or leave a value other rules or \
+                     flow_table.idle_timeout have): the running flow table's classes are fixed",
+                    rb.name,
+                    s(rb.idle_timeout_ns),
+                    s(ra.idle_timeout_ns)
+                ));
+            }
+        }
+        None
     }
 
     /// `new` (this pipeline's file loaded again, say) made to grow `self`
@@ -546,14 +554,11 @@ impl Pipeline {
     ///   decides Maglev ties); one it no longer lists is kept at weight 0, so its open
     ///   flows stay and it takes no new ones;
     /// - the pattern rules (by name) and ports must be the same;
-    /// - so must `flow_table`, and a rule's idle timeout must be one the running table
-    ///   has ([`flow_table_change`](Self::flow_table_change)).
+    /// - so must the flow table's capacity and timeout classes; the timeouts may change
+    ///   ([`flow_table_change`](Self::flow_table_change)).
     ///
     /// Kept entries stay until a restart. The error says what cannot be taken.
     pub fn regrow(&self, mut new: Pipeline) -> Result<Pipeline, String> {
-        if let Some(why) = self.flow_table_change(&new) {
-            return Err(why);
-        }
         if self.ports != new.ports {
             return Err(format!(
                 "ports changed ({:?} to {:?})",
@@ -563,6 +568,9 @@ impl Pipeline {
         let names = |v: &[FlowRule]| v.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
         if names(&self.flow_rules) != names(&new.flow_rules) {
             return Err("pattern rules were added, removed, renamed or reordered".into());
+        }
+        if let Some(why) = self.flow_table_change(&new) {
+            return Err(why);
         }
         // Servers: the running ones at their indices (a removed one kept, down), then the
         // file's new ones in its order.

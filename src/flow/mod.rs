@@ -253,27 +253,58 @@ pub struct FlowTable {
     twins: u8,
 }
 
+/// The distinct idle timeouts of a flow table for `conf` and pattern rules with idle
+/// timeouts `rule_idle_ns`, in class order: `conf.idle_ns` first, then each rule's in
+/// rule order when not seen before (at most [`MAX_IDLE_CLASSES`]).
+pub fn idle_timeouts(conf: &FlowTableConf, rule_idle_ns: &[u64]) -> Vec<u64> {
+    let mut idle = vec![conf.idle_ns];
+    for &t in rule_idle_ns {
+        if !idle.contains(&t) && idle.len() < MAX_IDLE_CLASSES {
+            idle.push(t);
+        }
+    }
+    idle
+}
+
+/// Every class's timeout, in class order: the TCP classes, the idle classes
+/// (`idle`, see [`idle_timeouts`]), then each one's unassured twin.
+fn class_timeouts(conf: &FlowTableConf, idle: &[u64]) -> Vec<u64> {
+    let mut timeouts = vec![
+        conf.tcp_syn_ns,
+        conf.tcp_established_ns,
+        conf.tcp_closing_ns,
+    ];
+    timeouts.extend_from_slice(idle);
+    timeouts.extend_from_within(..);
+    timeouts
+}
+
 impl FlowTable {
     /// A table for `conf.capacity` flows; `rule_idle_ns` lists the idle timeouts that
     /// pattern rules ask for (each distinct value gets its own class).
     pub fn new(conf: &FlowTableConf, rule_idle_ns: &[u64]) -> Self {
-        let mut idle = vec![conf.idle_ns];
-        for &t in rule_idle_ns {
-            if !idle.contains(&t) && idle.len() < MAX_IDLE_CLASSES {
-                idle.push(t);
-            }
-        }
-        let mut timeouts = vec![
-            conf.tcp_syn_ns,
-            conf.tcp_established_ns,
-            conf.tcp_closing_ns,
-        ];
-        timeouts.extend_from_slice(&idle);
-        let twins = timeouts.len() as u8;
-        timeouts.extend_from_within(..);
+        let idle = idle_timeouts(conf, rule_idle_ns);
+        let timeouts = class_timeouts(conf, &idle);
+        let twins = (timeouts.len() / 2) as u8;
         let mut table = LruTable::new(conf.capacity, &timeouts);
         table.set_evict_first(&(twins..2 * twins).collect::<Vec<u8>>());
         FlowTable { table, idle, twins }
+    }
+
+    /// Takes the timeouts of `conf` and `rule_idle_ns` (a reload), at `now`: the classes
+    /// keep their flows and change their timeouts ([`LruTable::set_timeouts`]). The
+    /// idle timeouts must map onto the classes the table has, one for one
+    /// ([`idle_timeouts`] of the same length; the caller checks that each rule keeps its
+    /// class, see [`Pipeline::flow_table_change`](crate::config::Pipeline::flow_table_change));
+    /// returns false, changing nothing, when they do not.
+    pub fn set_timeouts(&mut self, conf: &FlowTableConf, rule_idle_ns: &[u64], now: u64) -> bool {
+        let idle = idle_timeouts(conf, rule_idle_ns);
+        if idle.len() != self.idle.len() {
+            return false;
+        }
+        self.table.set_timeouts(&class_timeouts(conf, &idle), now);
+        self.idle = idle;
+        true
     }
 
     /// The base class for a non-TCP flow with idle timeout `ns` (the default class when

@@ -189,6 +189,47 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
         self.evict_first = classes.to_vec();
     }
 
+    /// Gives the classes the timeouts `timeouts` (one per class, in class order), at
+    /// `now`; returns whether any changed. A class whose timeout changes gets the grain of
+    /// the new one and its entries are linked again into the windows of their last-seen
+    /// times, in one pass over the slots (O(capacity) once: for a reload, not the packet
+    /// path). Entries the new timeout has already expired go into a window that `expire`
+    /// removes at its next call; the others expire as if the new timeout had always held.
+    ///
+    /// # Panics
+    /// If `timeouts` does not have one entry per class.
+    pub fn set_timeouts(&mut self, timeouts: &[u64], now: u64) -> bool {
+        assert_eq!(timeouts.len(), self.classes.len(), "one timeout per class");
+        let mut changed = [false; 256];
+        for (c, (cl, &t)) in self.classes.iter_mut().zip(timeouts).enumerate() {
+            if cl.timeout == t {
+                continue;
+            }
+            changed[c] = true;
+            cl.timeout = t;
+            cl.grain = (t / GRAINS).max(1);
+            cl.win_start = 0; // the next touch finds its window again
+            // Windows before `end` are wholly expired at `now` (see `expire`).
+            let end = now.saturating_sub(t) / cl.grain;
+            cl.next_window = end.saturating_sub(1);
+            cl.lists = [List {
+                head: NIL,
+                tail: NIL,
+            }; WINDOWS];
+        }
+        if !changed.contains(&true) {
+            return false;
+        }
+        for s in 0..self.hot.len() {
+            let c = self.cold[s].class;
+            if c != FREE && changed[usize::from(c)] {
+                let seen = self.hot[s].last_seen;
+                self.link(s as u32, c, seen);
+            }
+        }
+        true
+    }
+
     /// How many inserts and removals the table has seen: a handle found while this was
     /// `n` still names the same entry as long as it is `n`.
     #[inline]
@@ -706,6 +747,27 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_timeout_applies_to_the_entries_in_its_class() {
+        // Class 0: 160 (grain 10) -> 1600 (grain 100); class 1: 1600 -> 160.
+        let mut t: LruTable<u64, u64> = LruTable::new(16, &[160, 1600]);
+        t.insert(1, 0, 0, 5);
+        t.insert(2, 0, 1, 5);
+        t.insert(3, 0, 1, 400);
+        assert!(!t.set_timeouts(&[160, 1600], 450), "nothing changed");
+        assert!(t.set_timeouts(&[1600, 160], 450));
+        // Key 2 (seen at 5) is past 160 already: gone at the next call; key 3 (seen at
+        // 400, window [400, 410)) expires at 570; key 1 (window [0, 100)) at 1700.
+        let mut gone = Vec::new();
+        t.expire(450, 8, |k, _| gone.push(*k));
+        assert_eq!(gone, [2]);
+        assert_eq!(t.expire(569, 8, |_, _| {}), 0);
+        assert_eq!(t.expire(570, 8, |_, _| {}), 1);
+        assert_eq!(t.expire(1699, 8, |_, _| {}), 0);
+        assert_eq!(t.expire(1700, 8, |_, _| {}), 1);
+        assert!(t.is_empty());
+    }
+
+    #[test]
     fn a_clock_jump_expires_everything_old() {
         let mut t: LruTable<u64, u64> = LruTable::new(64, &[160, 16]);
         for k in 0..50u64 {
@@ -807,6 +869,52 @@ mod tests {
                     prop_assert!(h.is_some());
                     prop_assert_eq!(*t.get(h.unwrap()), *v);
                 }
+            }
+        }
+
+        // Timeouts changed at random moments, under live entries: every entry expires no
+        // earlier than its class's timeout at that moment after it was last seen, and no
+        // later than that timeout plus the class's grain (entries the new timeout has
+        // already expired go at the next expire call).
+        #[test]
+        fn changed_timeouts_hold_for_entries_already_in(
+            ops in proptest::collection::vec((0u8..6, 0u64..40, 1u64..40), 1..300),
+        ) {
+            let mut timeouts = [320u64, 64];
+            let mut t: LruTable<u64, u64> = LruTable::new(64, &timeouts);
+            // Model: key -> (class, last seen).
+            let mut m: HashMap<u64, (u8, u64)> = HashMap::new();
+            let mut now = 0u64;
+            for (op, k, x) in ops {
+                now += x % 7;
+                let class = (k % 2) as u8;
+                match op {
+                    0 | 1 if t.find(&k).is_none() && t.len() < 64 => {
+                        t.insert(k, 0, class, now);
+                        m.insert(k, (class, now));
+                    }
+                    2 | 3 => if let Some(h) = t.find(&k) {
+                        t.touch(h, class, now);
+                        m.insert(k, (class, now));
+                    },
+                    4 => {
+                        timeouts[class as usize] = x * 16;
+                        t.set_timeouts(&timeouts, now);
+                    }
+                    _ => {}
+                }
+                let mut gone = Vec::new();
+                t.expire(now, usize::MAX, |k, _| gone.push(*k));
+                for k in gone {
+                    let (c, seen) = m.remove(&k).expect("a live entry");
+                    prop_assert!(now - seen >= timeouts[c as usize], "{} expired early", k);
+                }
+                for (k, &(c, seen)) in &m {
+                    let grain = (timeouts[c as usize] / 16).max(1);
+                    prop_assert!(now - seen < timeouts[c as usize] + grain, "{} not expired", k);
+                    prop_assert!(t.find(k).is_some());
+                }
+                prop_assert_eq!(t.len(), m.len());
             }
         }
 

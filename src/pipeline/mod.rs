@@ -234,7 +234,7 @@ pub fn effective_weight(p: &Pipeline, i: usize, j: usize) -> u32 {
 /// [`Worker::set_tables`] refused tables that do not only grow the current ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "the new pipeline removes or reorders servers, services or members, or changes flow rules, ports or the flow table's size or timeouts; restart to apply it"
+    "the new pipeline removes or reorders servers, services or members, or changes flow rules, ports, or the flow table's size or timeout classes; restart to apply it"
 )]
 pub struct ShapeChanged;
 
@@ -273,6 +273,9 @@ pub struct Worker {
     /// The rules that claim existing flows and can match something, in priority order
     /// (capacity for all rules, so refilling it does not allocate).
     sweep_rules: Vec<u16>,
+    /// The latest time [`expire`](Worker::expire) was called with: when new timeouts
+    /// from [`set_tables`](Worker::set_tables) take effect.
+    clock: u64,
 }
 
 /// What a sweep does to flow `f` (key `k`): `Some` with its new value when it moves (see
@@ -370,6 +373,7 @@ impl Worker {
             sweep_pending: vec![false; p.flow_rules.len()],
             sweep_at: None,
             sweep_rules: Vec::with_capacity(p.flow_rules.len()),
+            clock: 0,
             tables,
         }
     }
@@ -382,8 +386,10 @@ impl Worker {
     /// Switches to new tables between bursts. Flows keep their servers; new flows use the
     /// new Maglev tables; counters are kept. Refused (the old tables stay) unless the new
     /// pipeline only grows the current one ([`Pipeline::grows_into`]: servers, services
-    /// and members added after the existing ones): flows and counters hold indices into
-    /// it. The counters grow with it.
+    /// and members added after the existing ones; the flow table's classes kept): flows
+    /// and counters hold indices into it. The counters grow with it; changed timeouts
+    /// apply to the flows already in the table, from the time of the last
+    /// [`expire`](Worker::expire) call.
     ///
     /// A changed rule that [claims existing flows](crate::config::FlowRule::claims_existing)
     /// (an advertised flow) also starts a sweep of the flow table, done by
@@ -394,6 +400,17 @@ impl Worker {
         }
         // Counters for what the pipeline gained (allocates only when it grew: a reload).
         self.stats.grow_to(&t.pipeline);
+        // New timeouts: the flow table's classes take them under the flows they hold (one
+        // pass over the table, and an allocation: a reload that changed them).
+        fn idle(p: &Pipeline) -> impl Iterator<Item = u64> + '_ {
+            p.flow_rules.iter().map(|r| r.idle_timeout_ns)
+        }
+        let (p0, p1) = (&self.tables.pipeline, &t.pipeline);
+        if p0.flow_table != p1.flow_table || idle(p0).ne(idle(p1)) {
+            let rules: Vec<u64> = idle(p1).collect();
+            let ok = self.flows.set_timeouts(&p1.flow_table, &rules, self.clock);
+            debug_assert!(ok, "grows_into checked the classes");
+        }
         let old = &self.tables.pipeline.flow_rules;
         let mut changed = false;
         for ((pending, o), n) in self
@@ -477,6 +494,7 @@ impl Worker {
 
     /// Expires idle flows and fragment records (call once per burst; bounded work).
     pub fn expire(&mut self, now: u64, max: usize) {
+        self.clock = self.clock.max(now);
         let stats = &mut self.stats;
         let n = self
             .flows
