@@ -762,6 +762,22 @@ fn reload_from_says_whether_a_run_would_take_it() {
         out.contains("removed servers [\"w2\"] kept down until a restart"),
         "{out}"
     );
+    // Timeouts changed: taken, and said to apply to the open flows.
+    let longer = BASE.replace(
+        "services:\n",
+        "flow_table: { tcp_established_timeout: 3600, idle_timeout: 30 }\nservices:\n",
+    );
+    let (code, out, err) = check(&longer);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("timeouts changed, open flows included: tcp_established_timeout 300 → 3600 s, idle_timeout 60 → 30 s"),
+        "{out}"
+    );
+    // The flow table's size: refused.
+    let (code, _, err) =
+        check(&BASE.replace("services:\n", "flow_table: { capacity: 1000 }\nservices:\n"));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("flow_table.capacity changed"), "{err}");
     // The pattern rule renamed: refused, exit code 1, with the reason.
     let (code, _, err) = check(&BASE.replace("  - name: r\n", "  - name: r2\n"));
     assert_eq!(code, Some(1), "{err}");

@@ -542,15 +542,18 @@ fn run_stops_cleanly_on_sigterm() {
     let farm = std::fs::read_to_string(root().join("pipelines/web-farm.yaml")).expect("farm");
     std::fs::write(&pipe, &farm).expect("write pipeline");
     write_null_conf(&conf, &pipe, "term", "[1, 2]", 200, &stats);
-    let mut child = flowgate()
-        .args(["run", "--conf"])
-        .arg(&conf)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn run");
+    // Killed if an assertion below fails, so that no run is left polling.
+    let mut child = common::Proc(
+        flowgate()
+            .args(["run", "--conf"])
+            .arg(&conf)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn run"),
+    );
     // Read stderr as it comes, to act on what the run says.
     let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stderr = child.stderr.take().expect("stderr");
+    let stderr = child.0.stderr.take().expect("stderr");
     let reader = std::thread::spawn(move || {
         use std::io::BufRead;
         for l in std::io::BufReader::new(stderr)
@@ -574,7 +577,7 @@ fn run_stops_cleanly_on_sigterm() {
         }
         false
     };
-    let pid = child.id().to_string();
+    let pid = child.0.id().to_string();
     let kill = |sig: &str| {
         assert!(
             Command::new("kill")
@@ -585,7 +588,7 @@ fn run_stops_cleanly_on_sigterm() {
         )
     };
     let polling = wait_for("] rx ", &mut err);
-    let _ = (!polling).then(|| child.kill());
+    let _ = (!polling).then(|| child.0.kill());
     assert!(polling, "periodic rate line within 30 s: {err}");
     // SIGHUP: the management lcore reloads the (unchanged) pipeline and publishes it.
     kill("-HUP");
@@ -610,6 +613,21 @@ fn run_stops_cleanly_on_sigterm() {
         wait_for("pipeline reloaded (generation 4)", &mut err),
         "{err}"
     );
+    // A longer established-TCP timeout: taken, for the open flows too (said in the log).
+    let longer = farm.replace(web3, "").replacen(
+        "services:\n",
+        "flow_table: { tcp_established_timeout: 900 }\nservices:\n",
+        1,
+    );
+    std::fs::write(&pipe, longer).expect("longer");
+    kill("-HUP");
+    assert!(
+        wait_for(
+            "pipeline reloaded; timeouts changed, open flows included: tcp_established_timeout 300 → 900 s (generation 5)",
+            &mut err
+        ),
+        "{err}"
+    );
     // The services swapped: refused (their order decides overlapping matches), the
     // running tables stay.
     let at = farm
@@ -627,7 +645,7 @@ fn run_stops_cleanly_on_sigterm() {
         wait_for("reload refused: service \"https6\" moved before", &mut err),
         "{err}"
     );
-    let status = sigterm_and_wait(&mut child, Duration::from_secs(20))
+    let status = sigterm_and_wait(&mut child.0, Duration::from_secs(20))
         .expect("flowgate run did not stop within 20 s of SIGTERM");
     let _ = reader.join();
     err.extend(rx.try_iter().map(|l| l + "\n"));

@@ -167,5 +167,45 @@ pub fn reload_verdict(old: &Pipeline, new: Pipeline) -> Result<String, String> {
     if !gone_servers.is_empty() || !gone_services.is_empty() {
         v.push_str(" until a restart");
     }
+    let changed = timeout_changes(old, &g);
+    if !changed.is_empty() {
+        let _ = write!(
+            v,
+            "; timeouts changed, open flows included: {}",
+            changed.join(", ")
+        );
+    }
     Ok(v)
+}
+
+/// The flow-table timeouts `new` changes from `old` (`name old → new s`), which a run
+/// applies to its open flows.
+pub fn timeout_changes(old: &Pipeline, new: &Pipeline) -> Vec<String> {
+    let s = |ns: u64| ns as f64 / 1e9;
+    let (a, b) = (&old.flow_table, &new.flow_table);
+    let mut v: Vec<String> = [
+        ("tcp_syn_timeout", a.tcp_syn_ns, b.tcp_syn_ns),
+        (
+            "tcp_established_timeout",
+            a.tcp_established_ns,
+            b.tcp_established_ns,
+        ),
+        ("tcp_closing_timeout", a.tcp_closing_ns, b.tcp_closing_ns),
+        ("idle_timeout", a.idle_ns, b.idle_ns),
+    ]
+    .into_iter()
+    .filter(|(_, x, y)| x != y)
+    .map(|(k, x, y)| format!("{k} {} → {} s", s(x), s(y)))
+    .collect();
+    for (ra, rb) in old.flow_rules.iter().zip(&new.flow_rules) {
+        if ra.idle_timeout_ns != rb.idle_timeout_ns {
+            v.push(format!(
+                "flow rule {:?} idle_timeout {} → {} s",
+                rb.name,
+                s(ra.idle_timeout_ns),
+                s(rb.idle_timeout_ns)
+            ));
+        }
+    }
+    v
 }

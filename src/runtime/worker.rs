@@ -655,11 +655,20 @@ fn reload(conf: &RunConf, shared: &Shared, control: Option<&mut ControlRt>) {
                     return;
                 }
             };
+            let changed = crate::cmd::check::timeout_changes(&cur.pipeline, &p);
             let p = match control {
                 Some(c) => c.set_base(p),
                 None => p,
             };
-            publish_tables(shared, p, "pipeline reloaded");
+            let why = if changed.is_empty() {
+                "pipeline reloaded".to_string()
+            } else {
+                format!(
+                    "pipeline reloaded; timeouts changed, open flows included: {}",
+                    changed.join(", ")
+                )
+            };
+            publish_tables(shared, p, &why);
         }
     }
 }
