@@ -502,6 +502,8 @@ fn run_rewrites_the_stats_file_while_running() {
         assert_eq!(out.trim(), format!("[{}.0]", n_in), "{scraped}");
     }
     assert_eq!(live["runtime"]["workers"].as_u64(), Some(1));
+    // web-farm.yaml's flow table (the default 1M) on one worker.
+    assert_eq!(live["runtime"]["flow_capacity"].as_u64(), Some(1 << 20));
     assert!(
         live["runtime"]["ports"]["outside"]["ipackets"].as_u64() == Some(n_in),
         "live port counters: {live}"

@@ -224,6 +224,12 @@ fn runtime(o: &mut Out, r: &Value) {
         &r["live_flows"],
     );
     o.single(
+        "flowgate_flow_capacity",
+        "gauge",
+        "Flows the flow tables hold at most, all workers together (live_flows over this is how full they are).",
+        &r["flow_capacity"],
+    );
+    o.single(
         "flowgate_tx_refused_total",
         "counter",
         "Frames a port's TX queue refused (freed, counted).",
@@ -497,7 +503,7 @@ mod tests {
             "arp_replies": 2, "nd_replies": 0,
             "services": {"web": {"flows": 4, "packets": 7, "servers": {"a\"b": 5, "c": 2}}},
             "flow_rules": {"voice": {"flows": 0, "packets": 0}},
-            "runtime": {"running": true, "live_flows": 3, "tx_refused": 0, "dispatch_dropped": 0,
+            "runtime": {"running": true, "live_flows": 3, "flow_capacity": 1024, "tx_refused": 0, "dispatch_dropped": 0,
                         "ports": {"outside": {"ipackets": 10, "opackets": 7, "imissed": 0,
                                   "ierrors": 0, "oerrors": 0, "rx_nombuf": 0}}},
             "control": {"registered": true,
@@ -512,6 +518,8 @@ mod tests {
             "flowgate_service_server_packets_total{service=\"web\",server=\"a\\\"b\"} 5",
             "flowgate_flow_rule_flows_total{rule=\"voice\"} 0",
             "flowgate_running 1",
+            "# TYPE flowgate_flow_capacity gauge",
+            "flowgate_flow_capacity 1024",
             "flowgate_port_ipackets_total{port=\"outside\"} 10",
             "flowgate_control_registered 1",
             "flowgate_server_state{server=\"s1\",state=\"draining\"} 1",
