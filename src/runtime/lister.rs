@@ -106,7 +106,15 @@ impl WorkerSide {
 /// The management loop's side: the request in progress.
 pub struct Lister {
     asks: Arc<Asks>,
-    current: Option<(Ask, u64, usize, Instant)>,
+    current: Option<Pending>,
+}
+
+/// A request the workers are listing for.
+struct Pending {
+    ask: Ask,
+    epoch: u64,
+    limit: usize,
+    since: Instant,
 }
 
 impl Lister {
@@ -120,16 +128,15 @@ impl Lister {
     /// One turn of the management loop: answers the request in progress when every
     /// worker is done with it (or it waited too long), else starts the next one.
     pub fn turn(&mut self, board: &Board, tables: &Mutex<Arc<Tables>>) {
-        if let Some((_, epoch, limit, since)) = &self.current {
+        if let Some(c) = &self.current {
             let done = board.parts.iter().all(|p| {
                 let p = p.lock();
-                p.epoch == *epoch && p.done
+                p.epoch == c.epoch && p.done
             });
-            if !done && since.elapsed() < WAIT {
+            if !done && c.since.elapsed() < WAIT {
                 return;
             }
-            let limit = *limit;
-            let (ask, ..) = self.current.take().expect("checked above");
+            let Pending { ask, limit, .. } = self.current.take().expect("checked above");
             if !done {
                 ask.answer(Answer {
                     status: "503 Service Unavailable",
@@ -176,7 +183,12 @@ impl Lister {
         }
         *board.filter.lock() = filter;
         board.epoch.store(epoch, Ordering::Release);
-        self.current = Some((ask, epoch, limit, Instant::now()));
+        self.current = Some(Pending {
+            ask,
+            epoch,
+            limit,
+            since: Instant::now(),
+        });
     }
 }
 
@@ -194,8 +206,8 @@ fn stopping() -> Answer {
 /// for a listing that will not come.
 impl Drop for Lister {
     fn drop(&mut self) {
-        if let Some((ask, ..)) = self.current.take() {
-            ask.answer(stopping());
+        if let Some(c) = self.current.take() {
+            c.ask.answer(stopping());
         }
         self.asks.close(stopping);
     }
