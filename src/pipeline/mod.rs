@@ -1221,8 +1221,8 @@ impl Worker {
         if !room || d.len() < l3 + c.ip_len {
             return false;
         }
-        let flags = u16::from_be_bytes([d[l3 + 6], d[l3 + 7]]);
-        let (base, last_mf) = (flags & 0x1fff, flags & 0x2000 != 0);
+        let v = crate::wire::ipv4::Packet::new_unchecked(&d[l3..l3 + hl]);
+        let (base, last_mf) = (v.frag_offset(), v.more_frags());
         let mut off = c.chunk;
         while off < payload {
             let n = c.chunk.min(payload - off);
@@ -1510,14 +1510,11 @@ fn fragmentable(d: &[u8], m: &Meta, q: &crate::config::QosActions, mtu: u16) -> 
     if m.l3 != L3::Ipv4 {
         return None;
     }
-    let l3 = usize::from(m.l3_off);
-    let b0 = *d.get(l3)?;
-    let header = usize::from(b0 & 0x0f) * 4;
-    let ip = d.get(l3..l3 + header)?;
-    if b0 >> 4 != 4 || header < 20 || ip[6] & 0x40 != 0 || !options_valid(&ip[20..]) {
+    let ip = crate::wire::ipv4::Packet::new_checked_header(d.get(usize::from(m.l3_off)..)?).ok()?;
+    if ip.dont_frag() || !options_valid(ip.options()) {
         return None;
     }
-    let ip_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let (header, ip_len) = (ip.header_len(), usize::from(ip.total_len()));
     let chunk = (usize::from(mtu).checked_sub(labels_out(m, q)? + header)? / 8) * 8;
     (chunk > 0 && ip_len > header + chunk).then_some(Cut {
         ip_len,
@@ -1563,18 +1560,14 @@ fn uncopied_options_to_nops(o: &mut [u8]) {
     }
 }
 
-/// Writes a fragment's length (`n` bytes of payload), offset (`base` + `off` bytes, in
-/// 8-byte units) and MF flag into the IPv4 header `ip` (options included), and its
-/// checksum.
+/// Writes a fragment's length (`n` bytes of payload), offset (`base` + `off` bytes) and
+/// MF flag into the IPv4 header `ip` (options included), and its checksum.
 fn set_fragment(ip: &mut [u8], n: usize, base: u16, off: usize, more: bool) {
-    let len = (ip.len() + n) as u16;
-    ip[2..4].copy_from_slice(&len.to_be_bytes());
+    let mut v = crate::wire::ipv4::Packet::new_unchecked(ip);
+    v.set_total_len((v.header_len() + n) as u16);
     // (An offset past 13 bits only comes of a packet already past 64 KB: kept in them.)
-    let f = ((base + (off / 8) as u16) & 0x1fff) | if more { 0x2000 } else { 0 };
-    ip[6..8].copy_from_slice(&f.to_be_bytes());
-    ip[10..12].copy_from_slice(&[0, 0]);
-    let ck = crate::wire::checksum::checksum(ip);
-    ip[10..12].copy_from_slice(&ck.to_be_bytes());
+    v.raw_set_frag(false, more, base.wrapping_add(off as u16));
+    v.fill_checksum();
 }
 
 /// A SYN without ACK: what opens a connection.
