@@ -762,20 +762,36 @@ pub fn parse_dscp(s: &str) -> Option<u8> {
     None
 }
 
-/// An IP protocol by name (tcp, udp, icmp, icmpv6, esp, ah, gre, sctp, any) or number.
+/// The IP protocols known by name.
+const PROTO_NAMES: &[(&str, u8)] = &[
+    ("tcp", 6),
+    ("udp", 17),
+    ("icmp", 1),
+    ("icmpv6", 58),
+    ("esp", 50),
+    ("ah", 51),
+    ("gre", 47),
+    ("sctp", 132),
+];
+
+/// An IP protocol by name (tcp, udp, icmp, icmpv6 or ipv6-icmp, esp, ah, gre, sctp, any)
+/// or number.
 pub(crate) fn parse_proto(s: &str) -> Option<u8> {
     match s.to_ascii_lowercase().as_str() {
-        "tcp" => Some(6),
-        "udp" => Some(17),
-        "icmp" => Some(1),
-        "icmpv6" | "ipv6-icmp" => Some(58),
-        "esp" => Some(50),
-        "ah" => Some(51),
-        "gre" => Some(47),
-        "sctp" => Some(132),
+        "ipv6-icmp" => Some(58),
         "any" => Some(0),
-        n => n.parse().ok(),
+        n => (PROTO_NAMES.iter().find(|(name, _)| *name == n))
+            .map(|&(_, v)| v)
+            .or_else(|| n.parse().ok()),
     }
+}
+
+/// The name of IP protocol `n`, where [`parse_proto`] knows one.
+pub(crate) fn proto_name(n: u8) -> Option<&'static str> {
+    PROTO_NAMES
+        .iter()
+        .find(|&&(_, v)| v == n)
+        .map(|&(name, _)| name)
 }
 
 fn parse_ethertype(s: &str) -> Option<u16> {

@@ -228,19 +228,9 @@ fn ip(a: &[u8; 16]) -> std::net::IpAddr {
     }
 }
 
-/// A protocol number's name, where it has one.
+/// A protocol number's name where it has one, else the number.
 pub fn proto_name(n: u8) -> Value {
-    match n {
-        proto::TCP => "tcp".into(),
-        proto::UDP => "udp".into(),
-        proto::ICMP => "icmp".into(),
-        proto::ICMPV6 => "icmpv6".into(),
-        proto::ESP => "esp".into(),
-        proto::AH => "ah".into(),
-        proto::GRE => "gre".into(),
-        proto::SCTP => "sctp".into(),
-        n => n.into(),
-    }
+    crate::config::proto_name(n).map_or(n.into(), Value::from)
 }
 
 impl FlowRecord {
