@@ -850,14 +850,17 @@ fn run_burst<'q>(
     if b.is_empty() {
         return;
     }
-    // A frame chained over several mbufs is dropped and counted, not read in part.
-    let n = b.len();
-    b.retain(|m| m.segments() == 1);
-    for _ in b.len()..n {
-        w.count_drop(DropReason::Segmented);
-    }
-    if b.is_empty() {
-        return;
+    // A frame chained over several mbufs is dropped and counted, not read in part (the
+    // burst is only rewritten when it holds one).
+    if b.iter().any(|m| m.segments() != 1) {
+        let n = b.len();
+        b.retain(|m| m.segments() == 1);
+        for _ in b.len()..n {
+            w.count_drop(DropReason::Segmented);
+        }
+        if b.is_empty() {
+            return;
+        }
     }
     let mut outs = [Outcome::default(); BURST];
     let n = b.len();
