@@ -68,6 +68,11 @@
 //! ANA granted it; ESP packets the client's kernel sends to the VIP, two security
 //! associations from the one client address, reach the server whose block holds their
 //! SPI (a raw socket in each server namespace records what arrives).
+//!
+//! Live flows: a client holds 20 connections to the echo service open; `flowgate flows
+//! --from` the run's stats address lists each (by the client's own address and port)
+//! established and assured on the server that answered it, filters by server, refuses
+//! an unknown one, and lists them as closing once the client closes them.
 #![cfg(feature = "dpdk")]
 
 mod common;
