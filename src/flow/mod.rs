@@ -243,14 +243,14 @@ const _: () = assert!(HOT_SLOT_BYTES == 64);
 
 /// Flows of one worker: a fixed-capacity [`LruTable`] with the TCP timeout classes.
 ///
-/// Class numbers: the *base* classes (SYN, established, closing, then the idle classes)
-/// hold assured flows; base class `c`'s unassured twin is `c + twins`, with the same
-/// timeout, and the table evicts from the twins first (see the module docs).
+/// Class numbers: each *base* class (SYN, established, closing, then the idle classes)
+/// is a pair of table classes with its timeout: `2c` holds base class `c`'s assured
+/// flows, `2c + 1` its unassured ones, and the table evicts from the odd classes first
+/// (see the module docs). Pairs so that a reload can append idle classes without
+/// renumbering the flows of the others.
 pub struct FlowTable {
     pub table: LruTable<FlowKey, Flow>,
     idle: Vec<u64>,
-    /// The number of base classes: the offset of each one's unassured twin.
-    twins: u8,
 }
 
 /// The distinct idle timeouts of a flow table for `conf` and pattern rules with idle
@@ -266,17 +266,20 @@ pub fn idle_timeouts(conf: &FlowTableConf, rule_idle_ns: &[u64]) -> Vec<u64> {
     idle
 }
 
-/// Every class's timeout, in class order: the TCP classes, the idle classes
-/// (`idle`, see [`idle_timeouts`]), then each one's unassured twin.
+/// Every table class's timeout, in class order: each base class (the TCP classes, then
+/// the idle classes `idle`, see [`idle_timeouts`]) twice, assured then unassured.
 fn class_timeouts(conf: &FlowTableConf, idle: &[u64]) -> Vec<u64> {
-    let mut timeouts = vec![
+    let tcp = [
         conf.tcp_syn_ns,
         conf.tcp_established_ns,
         conf.tcp_closing_ns,
     ];
-    timeouts.extend_from_slice(idle);
-    timeouts.extend_from_within(..);
-    timeouts
+    (tcp.iter().chain(idle)).flat_map(|&t| [t, t]).collect()
+}
+
+/// The unassured classes of a table with `classes` classes (see [`FlowTable`]).
+fn unassured(classes: usize) -> Vec<u8> {
+    (1..classes as u8).step_by(2).collect()
 }
 
 impl FlowTable {
@@ -285,24 +288,30 @@ impl FlowTable {
     pub fn new(conf: &FlowTableConf, rule_idle_ns: &[u64]) -> Self {
         let idle = idle_timeouts(conf, rule_idle_ns);
         let timeouts = class_timeouts(conf, &idle);
-        let twins = (timeouts.len() / 2) as u8;
         let mut table = LruTable::new(conf.capacity, &timeouts);
-        table.set_evict_first(&(twins..2 * twins).collect::<Vec<u8>>());
-        FlowTable { table, idle, twins }
+        table.set_evict_first(&unassured(timeouts.len()));
+        FlowTable { table, idle }
     }
 
     /// Takes the timeouts of `conf` and `rule_idle_ns` (a reload), at `now`: the classes
-    /// keep their flows and change their timeouts ([`LruTable::set_timeouts`]). The
-    /// idle timeouts must map onto the classes the table has, one for one
-    /// ([`idle_timeouts`] of the same length; the caller checks that each rule keeps its
+    /// keep their flows and change their timeouts ([`LruTable::set_timeouts`]), and idle
+    /// timeouts beyond those the table has get new classes (rules added by a reload).
+    /// The first idle timeouts must map onto the table's idle classes, one for one
+    /// ([`idle_timeouts`] at least as long; the caller checks that each rule keeps its
     /// class, see [`Pipeline::flow_table_change`](crate::config::Pipeline::flow_table_change));
     /// returns false, changing nothing, when they do not.
     pub fn set_timeouts(&mut self, conf: &FlowTableConf, rule_idle_ns: &[u64], now: u64) -> bool {
         let idle = idle_timeouts(conf, rule_idle_ns);
-        if idle.len() != self.idle.len() {
+        if idle.len() < self.idle.len() {
             return false;
         }
-        self.table.set_timeouts(&class_timeouts(conf, &idle), now);
+        let timeouts = class_timeouts(conf, &idle);
+        let have = class_timeouts(conf, &self.idle).len();
+        self.table.set_timeouts(&timeouts[..have], now);
+        if timeouts.len() > have {
+            self.table.add_classes(&timeouts[have..]);
+            self.table.set_evict_first(&unassured(timeouts.len()));
+        }
         self.idle = idle;
         true
     }
@@ -316,17 +325,19 @@ impl FlowTable {
     /// The table class of a flow in base class `base`, assured or not.
     #[inline]
     pub fn class(&self, base: u8, assured: bool) -> u8 {
-        if assured { base } else { base + self.twins }
+        base << 1 | u8::from(!assured)
     }
 
     /// The base class of table class `class`.
     #[inline]
     pub fn base_class(&self, class: u8) -> u8 {
-        if class >= self.twins {
-            class - self.twins
-        } else {
-            class
-        }
+        class >> 1
+    }
+
+    /// Whether table class `class` holds assured flows.
+    #[inline]
+    pub fn assured_class(&self, class: u8) -> bool {
+        class & 1 == 0
     }
 }
 
@@ -363,6 +374,66 @@ pub fn tcp_next(s: TcpState, flags: u8, forward: bool) -> TcpState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn key(n: u8) -> FlowKey {
+        FlowKey {
+            a: [n; 16],
+            ..FlowKey::default()
+        }
+    }
+
+    /// A reload that declares a new idle timeout gets a class for it, assured and
+    /// unassured, without touching the flows of the classes the table had; the new
+    /// unassured class is evicted first like the others.
+    #[test]
+    fn new_idle_timeouts_get_classes_beside_the_open_flows() {
+        let conf = FlowTableConf {
+            capacity: 4,
+            idle_ns: 60 * S,
+            ..FlowTableConf::default()
+        };
+        let mut t = FlowTable::new(&conf, &[30 * S]);
+        let (c30, c60) = (t.idle_class(30 * S), t.idle_class(60 * S));
+        assert_ne!(c30, c60);
+        let flow = Flow::default;
+        for (n, base) in [(1, c30), (2, c60), (3, CLASS_ESTABLISHED)] {
+            t.table.insert(key(n), flow(), t.class(base, true), 0);
+        }
+        // Unknown before the reload: the default idle class.
+        assert_eq!(t.idle_class(45 * S), c60);
+        assert!(t.set_timeouts(&conf, &[30 * S, 45 * S], 0));
+        let c45 = t.idle_class(45 * S);
+        assert!(![c30, c60, CLASS_SYN, CLASS_ESTABLISHED, CLASS_CLOSING].contains(&c45));
+        assert_eq!((t.idle_class(30 * S), t.idle_class(60 * S)), (c30, c60));
+        // Fewer idle timeouts than classes: refused, nothing changed.
+        assert!(!t.set_timeouts(&conf, &[], 0));
+        assert_eq!(t.idle_class(45 * S), c45);
+        // Flows in the new class expire at 45 s; the old ones at their own timeouts.
+        t.table.insert(key(4), flow(), t.class(c45, false), 0);
+        let gone = |t: &mut FlowTable, now: u64| {
+            let mut v = Vec::new();
+            t.table.expire(now, usize::MAX, |k, _| v.push(k.a[0]));
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(gone(&mut t, 29 * S), Vec::<u8>::new());
+        // (Never early, at most a grain, a sixteenth of the timeout, late.)
+        assert_eq!(gone(&mut t, 32 * S), vec![1]);
+        assert_eq!(gone(&mut t, 44 * S), Vec::<u8>::new());
+        assert_eq!(gone(&mut t, 48 * S), vec![4]);
+        assert_eq!(gone(&mut t, 59 * S), Vec::<u8>::new());
+        assert_eq!(gone(&mut t, 64 * S), vec![2]);
+        // A full table evicts the unassured flow of the new class before assured ones.
+        t.table.insert(key(5), flow(), t.class(c30, true), 100 * S);
+        t.table.insert(key(6), flow(), t.class(c45, false), 101 * S);
+        t.table.insert(key(7), flow(), t.class(c60, true), 102 * S);
+        match t.table.insert(key(8), flow(), t.class(c30, true), 103 * S) {
+            Inserted::Evicted(_, k, _) => assert_eq!(k.a[0], 6),
+            Inserted::Fresh(_) => panic!("the table was full"),
+        }
+    }
 
     #[test]
     fn keys_are_symmetric() {

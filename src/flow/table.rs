@@ -107,6 +107,22 @@ struct Class {
     lists: [List; WINDOWS],
 }
 
+impl Class {
+    /// An empty class with timeout `t` (ns).
+    fn new(t: u64) -> Class {
+        Class {
+            timeout: t,
+            grain: (t / GRAINS).max(1),
+            win_start: 0,
+            next_window: 0,
+            lists: [List {
+                head: NIL,
+                tail: NIL,
+            }; WINDOWS],
+        }
+    }
+}
+
 /// A handle to a live entry (slab index); valid until that entry is removed.
 pub type Handle = u32;
 
@@ -159,19 +175,7 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
             buckets: vec![0; buckets],
             slot_bits: (1u32 << (32 - (capacity as u32).leading_zeros())) - 1,
             mask: buckets - 1,
-            classes: timeouts
-                .iter()
-                .map(|&t| Class {
-                    timeout: t,
-                    grain: (t / GRAINS).max(1),
-                    win_start: 0,
-                    next_window: 0,
-                    lists: [List {
-                        head: NIL,
-                        tail: NIL,
-                    }; WINDOWS],
-                })
-                .collect(),
+            classes: timeouts.iter().map(|&t| Class::new(t)).collect(),
             evict_first: Vec::new(),
             len: 0,
             changes: 0,
@@ -187,6 +191,18 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
     pub fn set_evict_first(&mut self, classes: &[u8]) {
         assert!(classes.iter().all(|&c| (c as usize) < self.classes.len()));
         self.evict_first = classes.to_vec();
+    }
+
+    /// Appends one class per entry of `timeouts` (ns), empty (a reload that declares new
+    /// timeouts); allocates. Returns the number of the first new class.
+    ///
+    /// # Panics
+    /// If the table would have more than 255 classes.
+    pub fn add_classes(&mut self, timeouts: &[u64]) -> u8 {
+        let first = self.classes.len();
+        assert!(first + timeouts.len() < 256, "at most 255 classes");
+        self.classes.extend(timeouts.iter().map(|&t| Class::new(t)));
+        first as u8
     }
 
     /// Gives the classes the timeouts `timeouts` (one per class, in class order), at
