@@ -32,7 +32,7 @@ fn main() {
             w.process(&mut b, 0, 0);
         });
     }
-    let i = first_slot(&p, 64);
+    let i = first_slot(&p);
     let mut r = Rule::any(Decision::FlowRule(i as u32));
     r.proto = Range::exact(6);
     r.src = prefix_range(v4_mapped([100, 64, 0, 0]), 96 + 24);

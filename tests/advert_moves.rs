@@ -44,7 +44,7 @@ impl Rig {
     fn new() -> Rig {
         let mut p = Pipeline::from_str(P, Path::new("p.yaml")).unwrap();
         reserve_flow_slots(&mut p, 4);
-        let slot0 = first_slot(&p, 4);
+        let slot0 = first_slot(&p);
         let tpl = Template::for_pipeline(&p).unwrap();
         let w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
         Rig {

@@ -415,6 +415,22 @@ fn bads() -> Vec<Bad> {
         ),
         // Other values, and keys on an item's own `- ` line.
         bad(
+            "flow rule named like an advertised-flow slot",
+            25,
+            "  - name: advertised-0",
+            25,
+            "flows[0].name",
+            "the control plane's advertised-flow slots",
+        ),
+        bad(
+            "duplicate flow rule name",
+            30,
+            "    qos: { dscp: ef }\n  - { name: r, match: { proto: tcp }, to: gateway }",
+            31,
+            "flows[1].name",
+            "duplicate flow rule name \"r\"",
+        ),
+        bad(
             "duplicate service name",
             18,
             "  - name: web",
@@ -778,10 +794,44 @@ fn reload_from_says_whether_a_run_would_take_it() {
         check(&BASE.replace("services:\n", "flow_table: { capacity: 1000 }\nservices:\n"));
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("flow_table.capacity changed"), "{err}");
-    // The pattern rule renamed: refused, exit code 1, with the reason.
-    let (code, _, err) = check(&BASE.replace("  - name: r\n", "  - name: r2\n"));
+    // The pattern rule renamed: a new rule, the old one kept for its open flows.
+    let (code, out, err) = check(&BASE.replace("  - name: r\n", "  - name: r2\n"));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("; flow rules added: [\"r2\"]; flow rules removed: [\"r\"], kept for their open flows until a restart"),
+        "{out}"
+    );
+    // A rule added before it, with a timeout of its own (a new timeout class): taken,
+    // and the running rule's priority order is unchanged.
+    let ntp = "  - name: ntp\n    match: { proto: udp, dst_port: 123 }\n    to: gateway\n    idle_timeout: 45\n";
+    let (code, out, err) = check(&BASE.replace("flows:\n", &format!("flows:\n{ntp}")));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("; flow rules added: [\"ntp\"]") && !out.contains("reordered"),
+        "{out}"
+    );
+    // Two running rules swapped: said.
+    let two = BASE.replace("flows:\n", &format!("flows:\n{ntp}"));
+    std::fs::write(&old, &two).unwrap();
+    let swapped = BASE.replace("default: gateway", &format!("{ntp}default: gateway"));
+    let (code, out, err) = check(&swapped);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        !out.contains("added") && out.contains("; flow rules reordered: [\"r\", \"ntp\"]"),
+        "{out}"
+    );
+    // A running rule's timeout moved into another rule's class: refused, exit code 1,
+    // with the reason.
+    let joined = two.replace(
+        "    qos: { dscp: ef }\n",
+        "    qos: { dscp: ef }\n    idle_timeout: 45\n",
+    );
+    let (code, _, err) = check(&joined);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("refused: pattern rules were"), "{err}");
+    assert!(
+        err.contains("flow rule \"r\": idle_timeout 45 s would move it to another timeout class"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -621,11 +621,22 @@ fn run_stops_cleanly_on_sigterm() {
         "flow_table: { tcp_established_timeout: 900 }\nservices:\n",
         1,
     );
-    std::fs::write(&pipe, longer).expect("longer");
+    std::fs::write(&pipe, &longer).expect("longer");
     kill("-HUP");
     assert!(
         wait_for(
             "pipeline reloaded; timeouts changed, open flows included: tcp_established_timeout 300 → 900 s (generation 5)",
+            &mut err
+        ),
+        "{err}"
+    );
+    // A pattern rule added, with an idle timeout no class had: taken, and said.
+    let ntp = "flows:\n  - { name: ntp, match: { proto: udp, dst_port: 123 }, to: gateway, idle_timeout: 45 }\ndefault:";
+    std::fs::write(&pipe, longer.replacen("default:", ntp, 1)).expect("a rule");
+    kill("-HUP");
+    assert!(
+        wait_for(
+            "pipeline reloaded; flow rules added: [\"ntp\"] (generation 6)",
             &mut err
         ),
         "{err}"

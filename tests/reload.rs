@@ -1,9 +1,11 @@
 //! A reloaded pipeline that grows (servers, services and members added after the existing
-//! ones) replaces the running one under live flows: open flows keep their servers, new
-//! ones use the new servers, counters carry on and grow. Anything that would change what
-//! a flow or a counter points at is refused, with the reason, and the old tables stay.
+//! ones, pattern rules added, removed or reordered) replaces the running one under live
+//! flows: open flows keep their servers and rules, new ones use the new servers and
+//! rules, counters carry on and grow. Anything that would change what a flow or a counter
+//! points at is refused, with the reason, and the old tables stay.
 
 use flowgate::action::{FrameBuf, PacketBuf};
+use flowgate::classify::Decision;
 use flowgate::config::{Pipeline, ServerState};
 use flowgate::pipeline::{Tables, Worker};
 use std::path::Path;
@@ -115,20 +117,27 @@ fn regrow_keeps_indices_and_refuses_what_would_move_them() {
         "      - { name: b, mac: \"02:00:00:00:01:02\" }\n      - { name: a, mac: \"02:00:00:00:01:01\" }\n",
     );
     refused(format!("{swapped}{DNS}"), "were reordered");
-    // Pattern rules and ports: their indices are in flows and counters.
+    // A pattern rule renamed: a new rule after the running one, which is kept (out of
+    // the priority order) for its flows (see `pattern_rules_change_under_live_flows`).
     let p = Pipeline::from_str(
         &format!("{}{HTTP}{DNS}", HEAD.replace("voice", "sip")),
         Path::new("p.yaml"),
     )
     .unwrap();
-    assert!(old.regrow(p).unwrap_err().contains("pattern rules"));
+    let g = old.regrow(p).expect("rules may change");
+    let rules: Vec<&str> = g.flow_rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        (rules, g.rule_order.clone()),
+        (vec!["voice", "sip"], vec![1])
+    );
+    assert!(old.grows_into(&g));
 }
 
 /// A reload may change the flow table's timeouts: the flows already open take them (it
 /// used to be taken and ignored: the running table kept its old timeouts while the
-/// tables said otherwise). What the table was built with stays: its size, and its
-/// timeout classes (how many distinct idle timeouts, and which rules share one), so a
-/// reload that would change those is refused with the reason.
+/// tables said otherwise). What the table was built with stays: its size, and the class
+/// each running rule's flows are in (which rules share an idle timeout, which have the
+/// default), so a reload that would change those is refused with the reason.
 #[test]
 fn a_reload_applies_changed_timeouts_to_the_flows_already_open() {
     const S: u64 = 1_000_000_000;
@@ -185,10 +194,12 @@ fn a_reload_applies_changed_timeouts_to_the_flows_already_open() {
         old.regrow(idle("flow_table: { idle_timeout: 5 }\n", ""))
             .is_ok()
     );
-    // A rule taking a value of its own: one class more. Refused.
+    // A running rule leaving the default for a value of its own: its flows would change
+    // class. Refused. (A new rule may bring a value of its own: a new class, see
+    // `pattern_rules_change_under_live_flows`.)
     let e = old.regrow(idle("", ", idle_timeout: 30")).unwrap_err();
     assert!(
-        e.contains("2 distinct values") && e.contains("(were 1)"),
+        e.contains("flow rule \"voice\": idle_timeout 30 s would move it"),
         "{e}"
     );
     let mut w = open();
@@ -209,7 +220,10 @@ fn a_reload_applies_changed_timeouts_to_the_flows_already_open() {
     );
     // ... but not join the default class.
     let e = own.regrow(idle("", ", idle_timeout: 60")).unwrap_err();
-    assert!(e.contains("1 distinct values"), "{e}");
+    assert!(
+        e.contains("flow rule \"voice\": idle_timeout 60 s would move it"),
+        "{e}"
+    );
     // Two rules sharing a value may not part (the same number of values, other classes).
     let two = |a: u64, b: u64| {
         let y = HEAD.replace(
@@ -380,6 +394,11 @@ fn a_grown_pipeline_replaces_the_running_one_under_live_flows() {
 /// A pipeline from a small universe: services `svc0..svc3` (in the given order, each on
 /// its own VIP) with the given member servers `s0..s5` (in the given order).
 fn universe(services: &[(u8, Vec<u8>)]) -> Pipeline {
+    load(&services_yaml(services))
+}
+
+/// The `services:` entries of [`universe`].
+fn services_yaml(services: &[(u8, Vec<u8>)]) -> String {
     let mut y = String::new();
     for (k, members) in services {
         y += &format!(
@@ -390,7 +409,46 @@ fn universe(services: &[(u8, Vec<u8>)]) -> Pipeline {
             y += &format!("      - {{ name: s{m}, mac: \"02:00:00:00:09:0{m}\" }}\n");
         }
     }
-    load(&y)
+    y
+}
+
+/// [`universe`] with the pattern rules `rules` instead of `voice`: rule `r{k}` matches UDP
+/// to ports 5000 to 5000 + k (so that earlier rules shadow later ones), with idle timeout
+/// choice `t` (0: the default, else `15 t` s).
+fn universe_rules(services: &[(u8, Vec<u8>)], rules: &[(u8, u8)]) -> Pipeline {
+    let mut y = String::from("flows:\n");
+    for (k, t) in rules {
+        let idle = if *t == 0 {
+            String::new()
+        } else {
+            format!(", idle_timeout: {}", 15 * t)
+        };
+        y += &format!(
+            "  - {{ name: r{k}, match: {{ proto: udp, dst_port: \"5000-{}\" }}, to: gateway{idle} }}\n",
+            5000 + u16::from(*k),
+        );
+    }
+    let voice = "flows:\n  - { name: voice, match: { proto: udp, dst_port: 5060 }, to: gateway }\n";
+    let head = HEAD.replace(voice, if rules.is_empty() { "" } else { &y });
+    let text = format!("{head}{}", services_yaml(services));
+    Pipeline::from_str(&text, Path::new("p.yaml")).expect("valid")
+}
+
+fn rules() -> impl proptest::strategy::Strategy<Value = Vec<(u8, u8)>> {
+    use proptest::prelude::*;
+    // Up to six distinct rules in any order, each with one of three idle timeouts.
+    (
+        Just((0u8..6).collect::<Vec<_>>()).prop_shuffle(),
+        0usize..=6,
+        prop::collection::vec(0u8..3, 6),
+    )
+        .prop_map(|(order, n, t)| {
+            order
+                .into_iter()
+                .take(n)
+                .map(|k| (k, t[k as usize]))
+                .collect()
+        })
 }
 
 fn services() -> impl proptest::strategy::Strategy<Value = Vec<(u8, Vec<u8>)>> {
@@ -451,4 +509,205 @@ proptest::proptest! {
             proptest::prop_assert!(w.set_tables(Arc::new(Tables::build(g, 2))).is_ok());
         }
     }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    /// Whatever two rule lists are, regrow keeps every running rule at its index, ranks
+    /// the live rules as the new file does, and refuses only a running rule's flows
+    /// changing timeout class: the grouping of the running rules (and the default) by
+    /// idle timeout must stay the same, where a removed rule keeps its timeout.
+    #[test]
+    fn regrow_of_any_two_rule_lists(svc in services(), a in rules(), b in rules()) {
+        let (old, new) = (universe_rules(&svc, &a), universe_rules(&svc, &b));
+        // The oracle: old rules (and the default, `None`) grouped by idle timeout.
+        let idle = |list: &[(u8, u8)], k: u8| list.iter().find(|r| r.0 == k).map(|r| r.1);
+        let groups = |after: bool| -> Vec<Vec<Option<u8>>> {
+            let mut by: Vec<(u8, Vec<Option<u8>>)> = vec![(0, vec![None])];
+            for &(k, t) in &a {
+                let t = if after { idle(&b, k).unwrap_or(t) } else { t };
+                match by.iter_mut().find(|g| g.0 == t) {
+                    Some(g) => g.1.push(Some(k)),
+                    None => by.push((t, vec![Some(k)])),
+                }
+            }
+            let mut v: Vec<Vec<Option<u8>>> = by.into_iter().map(|g| g.1).collect();
+            v.sort();
+            v
+        };
+        let same_classes = groups(false) == groups(true);
+        match old.regrow(new.clone()) {
+            Err(e) => {
+                proptest::prop_assert!(!same_classes, "{}", e);
+                proptest::prop_assert!(e.contains("timeout class"), "{}", e);
+            }
+            Ok(g) => {
+                proptest::prop_assert!(same_classes);
+                proptest::prop_assert!(old.grows_into(&g));
+                let names: Vec<&str> = g.flow_rules.iter().map(|r| r.name.as_str()).collect();
+                for (i, r) in old.flow_rules.iter().enumerate() {
+                    proptest::prop_assert_eq!(&r.name, names[i]);
+                }
+                for (i, r) in g.flow_rules.iter().enumerate() {
+                    proptest::prop_assert_eq!(r.rule.decision, Decision::FlowRule(i as u32));
+                    proptest::prop_assert_eq!(names.iter().filter(|n| **n == r.name).count(), 1);
+                }
+                let live: Vec<&str> = g.rule_order.iter().map(|&i| names[usize::from(i)]).collect();
+                let file: Vec<String> = b.iter().map(|r| format!("r{}", r.0)).collect();
+                proptest::prop_assert_eq!(live, file.iter().map(String::as_str).collect::<Vec<_>>());
+                // New flows go by the file's order: to port 5000 + j, the first rule
+                // there with k >= j.
+                let t = Tables::build(g.clone(), 2);
+                for j in 0..7u16 {
+                    let key = flowgate::classify::Key {
+                        src: flowgate::classify::v4_mapped([198, 51, 100, 1]),
+                        dst: flowgate::classify::v4_mapped([192, 0, 2, 1]),
+                        proto: 17,
+                        src_port: 40000,
+                        dst_port: 5000 + j,
+                        ethertype: 0x0800,
+                        ..Default::default()
+                    };
+                    let want = (b.iter().find(|r| u16::from(r.0) >= j)).map_or(Decision::NoMatch, |r| {
+                        let i = names.iter().position(|n| *n == format!("r{}", r.0)).unwrap();
+                        Decision::FlowRule(i as u32)
+                    });
+                    proptest::prop_assert_eq!(t.classifier.classify(&key), want);
+                }
+                // And a worker takes it.
+                let mut w = Worker::new(Arc::new(Tables::build(old.clone(), 1)));
+                proptest::prop_assert!(w.set_tables(Arc::new(t)).is_ok());
+            }
+        }
+    }
+}
+
+/// A UDP frame from port `sp` of a client (its address derived from `sp`) to
+/// 203.0.113.99:`dp`.
+fn udp(sp: u16, dp: u16) -> Vec<u8> {
+    use flowgate::r#gen::frame;
+    let client = std::net::Ipv4Addr::new(198, 51, 100, (sp % 200) as u8 + 1);
+    let mut f = Vec::new();
+    let lay = frame::begin(
+        &mut f,
+        [2, 0, 0, 0, 0, 1],
+        [2, 0, 0, 0, 0, 0xfe],
+        &frame::Tags::NONE,
+        client.into(),
+        std::net::Ipv4Addr::new(203, 0, 113, 99).into(),
+        frame::UDP,
+        sp,
+    );
+    frame::udp(&mut f, sp, dp);
+    frame::finish(&mut f, lay);
+    f
+}
+
+/// Runs `f` through `w`: where it went (as [`send`]) and the DSCP it left with.
+fn send_dscp(w: &mut Worker, p: &Pipeline, f: &[u8], now: u64) -> (String, u8) {
+    let mut b = FrameBuf::new(256);
+    assert!(b.load(f));
+    let o = w.process(&mut b, 0, now);
+    assert!(o.route.is_some(), "{o:?}");
+    let d = b.data();
+    let to = (p.servers.iter().find(|s| s.mac == d[..6]))
+        .map_or_else(|| "gateway".to_string(), |s| s.name.clone());
+    (to, d[15] >> 2)
+}
+
+/// Pattern rules may be added, removed and reordered by a reload, under live flows: a
+/// rule's index is its identity (flows and counters hold it), its priority is the file's
+/// order. The flows a removed rule made keep its target and QoS until they end; new
+/// flows go by the new rules, a new rule may bring a timeout of its own (a new class of
+/// the running flow table), and a rule that comes back by name takes its old index.
+#[test]
+fn pattern_rules_change_under_live_flows() {
+    const S: u64 = 1_000_000_000;
+    let voice = "  - { name: voice, match: { proto: udp, dst_port: 5060 }, to: gateway, qos: { dscp: 46 } }\n";
+    let any = "  - { name: any-udp, match: { proto: udp }, to: a }\n";
+    let rtp = "  - { name: rtp, match: { proto: udp, dst_port: 5004 }, to: b, qos: { dscp: 34 }, idle_timeout: 45 }\n";
+    let file = |rules: &[&str]| {
+        let y = format!(
+            "system: {{ mac: \"02:00:00:00:00:01\", addresses: [203.0.113.1], gateway: \"02:00:00:00:00:fe\" }}\nflows:\n{}services:\n{HTTP}",
+            rules.concat()
+        );
+        Pipeline::from_str(&y, Path::new("p.yaml")).unwrap()
+    };
+    let names =
+        |p: &Pipeline| -> Vec<String> { p.flow_rules.iter().map(|r| r.name.clone()).collect() };
+    let p1 = file(&[voice, any]);
+    let mut w = Worker::new(Arc::new(Tables::build(p1.clone(), 1)));
+    assert_eq!(
+        send_dscp(&mut w, &p1, &udp(1000, 5060), S),
+        ("gateway".into(), 46)
+    );
+    assert_eq!(send_dscp(&mut w, &p1, &udp(1001, 7000), S), ("a".into(), 0));
+    assert_eq!(send_dscp(&mut w, &p1, &udp(1002, 5004), S), ("a".into(), 0));
+
+    // voice removed, rtp added before any-udp, with an idle timeout no rule had.
+    let p2 = p1.regrow(file(&[rtp, any])).expect("rules may change");
+    assert_eq!(
+        names(&p2),
+        ["voice", "any-udp", "rtp"],
+        "indices kept, new ones after"
+    );
+    assert_eq!(p2.rule_order, [2, 1], "the file's order; voice out of it");
+    assert!(p1.grows_into(&p2));
+    w.set_tables(Arc::new(Tables::build(p2.clone(), 2)))
+        .expect("taken");
+    // The open voice flow keeps voice's target and QoS; a new one goes by the new rules.
+    assert_eq!(
+        send_dscp(&mut w, &p2, &udp(1000, 5060), 2 * S),
+        ("gateway".into(), 46)
+    );
+    assert_eq!(
+        send_dscp(&mut w, &p2, &udp(2000, 5060), 2 * S),
+        ("a".into(), 0)
+    );
+    // Open flows keep their rule; new RTP flows take the new one, ahead of any-udp.
+    assert_eq!(
+        send_dscp(&mut w, &p2, &udp(1002, 5004), 2 * S),
+        ("a".into(), 0)
+    );
+    assert_eq!(
+        send_dscp(&mut w, &p2, &udp(2001, 5004), 2 * S),
+        ("b".into(), 34)
+    );
+    // rtp's flow goes after 45 s idle (not before; at most a sixteenth later), in a class
+    // of its own: the 60 s flows stay.
+    w.expire(46 * S, usize::MAX);
+    assert_eq!(w.flow_count(), 5);
+    w.expire(50 * S, usize::MAX);
+    assert_eq!(w.flow_count(), 4, "the rtp flow is gone");
+    let j = w.stats.to_json(&p2);
+    assert_eq!(j["flow_rules"]["voice"]["flows"].as_u64(), Some(1), "{j}");
+    assert_eq!(j["flow_rules"]["any-udp"]["flows"].as_u64(), Some(3), "{j}");
+    assert_eq!(j["flow_rules"]["rtp"]["flows"].as_u64(), Some(1), "{j}");
+    assert_eq!(j["flow_rules"]["voice"]["packets"].as_u64(), Some(2), "{j}");
+
+    // Reordered, and voice back: it takes its old index, and new flows take the new order.
+    let p3 = p2.regrow(file(&[voice, any, rtp])).expect("taken");
+    assert_eq!(names(&p3), ["voice", "any-udp", "rtp"]);
+    assert_eq!(p3.rule_order, [0, 1, 2]);
+    w.set_tables(Arc::new(Tables::build(p3.clone(), 3)))
+        .expect("taken");
+    assert_eq!(
+        send_dscp(&mut w, &p3, &udp(3000, 5004), 51 * S),
+        ("a".into(), 0)
+    );
+    assert_eq!(
+        send_dscp(&mut w, &p3, &udp(3001, 5060), 51 * S),
+        ("gateway".into(), 46)
+    );
+    assert_eq!(
+        send_dscp(&mut w, &p3, &udp(1000, 5060), 51 * S),
+        ("gateway".into(), 46)
+    );
+    let j = w.stats.to_json(&p3);
+    assert_eq!(j["flow_rules"]["voice"]["flows"].as_u64(), Some(2), "{j}");
+    assert_eq!(
+        w.stats.packets_in,
+        w.stats.packets_out + w.stats.drops.iter().sum::<u64>()
+    );
 }

@@ -114,7 +114,7 @@ pub fn render(p: &Pipeline) -> String {
             );
         }
     }
-    for r in &p.flow_rules {
+    for r in p.rule_order.iter().map(|&i| &p.flow_rules[usize::from(i)]) {
         let _ = writeln!(
             s,
             "flow rule {} -> {} qos [{}] reply_qos [{}] idle {}s",
@@ -155,6 +155,9 @@ pub fn reload_verdict(old: &Pipeline, new: Pipeline) -> Result<String, String> {
         g.services.len() - old.services.len(),
         members(&g) - members(old)
     );
+    for c in rule_changes(old, &g) {
+        let _ = write!(v, "; {c}");
+    }
     if !gone_servers.is_empty() {
         let _ = write!(v, "; removed servers {gone_servers:?} kept down");
     }
@@ -176,6 +179,36 @@ pub fn reload_verdict(old: &Pipeline, new: Pipeline) -> Result<String, String> {
         );
     }
     Ok(v)
+}
+
+/// What `g` ([`Pipeline::regrow`]n from `old`) changes in the pattern rules, one phrase
+/// each: rules added, the running ones' new priority order when it changed, and rules
+/// removed (kept for the flows they made).
+pub fn rule_changes(old: &Pipeline, g: &Pipeline) -> Vec<String> {
+    let was = |n: &str| live_rules(old).any(|o| o == n);
+    let is = |n: &str| live_rules(g).any(|o| o == n);
+    let added: Vec<&str> = live_rules(g).filter(|n| !was(n)).collect();
+    let gone: Vec<&str> = live_rules(old).filter(|n| !is(n)).collect();
+    // The running rules that stay, in their new priority order.
+    let kept: Vec<&str> = live_rules(g).filter(|n| was(n)).collect();
+    let mut v = Vec::new();
+    if !added.is_empty() {
+        v.push(format!("flow rules added: {added:?}"));
+    }
+    if live_rules(old).filter(|n| is(n)).ne(kept.iter().copied()) {
+        v.push(format!("flow rules reordered: {kept:?}"));
+    }
+    if !gone.is_empty() {
+        v.push(format!(
+            "flow rules removed: {gone:?}, kept for their open flows until a restart"
+        ));
+    }
+    v
+}
+
+/// The names of `p`'s live pattern rules, in priority order.
+fn live_rules(p: &Pipeline) -> impl Iterator<Item = &str> + Clone {
+    (p.rule_order.iter()).map(|&i| p.flow_rules[usize::from(i)].name.as_str())
 }
 
 /// The flow-table timeouts `new` changes from `old` (`name old → new s`), which a run

@@ -385,7 +385,18 @@ pub struct Pipeline {
     pub ports: Vec<String>,
     pub servers: Vec<Server>,
     pub services: Vec<Service>,
+    /// The pattern rules. A rule's index is its identity while the system runs (flows and
+    /// counters hold it); a reload appends new rules and keeps removed ones
+    /// ([`regrow`](Self::regrow)), so the order here is not their priority.
     pub flow_rules: Vec<FlowRule>,
+    /// The live pattern rules, as indices into `flow_rules`, in priority order: the file's
+    /// order, then the advertised-flow slots. A rule a reload removed is not here: it
+    /// matches nothing new, and the flows it made keep its target, QoS and timeout.
+    pub rule_order: Vec<u16>,
+    /// Index in `flow_rules` of the first advertised-flow slot; the slots are contiguous
+    /// (`crate::control::overlay::reserve_flow_slots`). The file's rule count when none is
+    /// reserved.
+    pub slots_at: usize,
     pub default: Target,
     pub flow_table: FlowTableConf,
     /// Switch or router (`system.mode`).
@@ -419,6 +430,10 @@ pub const DEFAULT_ICMP_RATE: u32 = 1000;
 /// what a frame of [`crate::action::MAX_FRAME`] bytes with the most VLAN tags the parser
 /// takes can carry.
 pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 1280..=16_000;
+
+/// How the names of the control plane's advertised-flow slots start (pattern rules the
+/// runtime appends; a file's rules may not use it).
+pub const SLOT_PREFIX: &str = "advertised-";
 
 /// Default Maglev table size: a prime well above 100 × the number of servers.
 pub const DEFAULT_TABLE_SIZE: usize = 65537;
@@ -474,10 +489,12 @@ impl Pipeline {
     /// True when `new` only grows `self`, so that it can replace it under live flows
     /// and counters: `self`'s servers (by name) are `new`'s first servers, in order;
     /// `self`'s services are `new`'s first services (by name), each with its members
-    /// first, in order; the same pattern rules (by name) and ports. New servers, new
-    /// services after the old ones and new members at the end of a service may follow;
-    /// weights, states, QoS and matches may differ. (A flow holds server, service and
-    /// rule indices; a counter, service and member indices: all keep their meaning.)
+    /// first, in order; `self`'s pattern rules (by name) are `new`'s first ones, with the
+    /// advertised-flow slots at the same place; the same ports. New servers, new services
+    /// after the old ones, new members at the end of a service and new pattern rules may
+    /// follow; weights, states, QoS, matches and the rules' priority order may differ. (A
+    /// flow holds server, service and rule indices; a counter, service, member and rule
+    /// indices: all keep their meaning.)
     pub fn grows_into(&self, new: &Pipeline) -> bool {
         self.servers.len() <= new.servers.len()
             && (self.servers.iter().zip(&new.servers)).all(|(a, b)| a.name == b.name)
@@ -487,21 +504,23 @@ impl Pipeline {
                     && a.members.len() <= b.members.len()
                     && (a.members.iter().zip(&b.members)).all(|(x, y)| x.server == y.server)
             })
-            && self.flow_rules.len() == new.flow_rules.len()
+            && self.flow_rules.len() <= new.flow_rules.len()
             && (self.flow_rules.iter().zip(&new.flow_rules)).all(|(a, b)| a.name == b.name)
+            && self.slots_at == new.slots_at
             && self.ports == new.ports
             && self.flow_table_change(new).is_none()
     }
 
     /// Why a flow table built for `self` cannot serve `new`, if it cannot. Its size is
     /// fixed when it is built, and so are its timeout classes: one per TCP state and one
-    /// per distinct idle timeout (`flow_table`'s, then the pattern rules'; see
-    /// [`crate::flow::idle_timeouts`]). The timeouts may change, each class taking its
-    /// new value under the flows it holds; the classes may not, so `new` must have the
-    /// same capacity, as many distinct idle timeouts, and each rule in the class of the
-    /// same position as before (rules that shared a timeout still share one, and one
-    /// that had the default still has it). Call with pipelines whose rules are the same
-    /// ([`grows_into`](Self::grows_into) checks names).
+    /// per distinct idle timeout (`flow_table`'s, then the pattern rules' in index order;
+    /// see [`crate::flow::idle_timeouts`]). The timeouts may change, each class taking its
+    /// new value under the flows it holds, and rules `new` adds may bring new values (new
+    /// classes, up to [`crate::flow::MAX_IDLE_CLASSES`]); the classes may not move, so
+    /// `new` must have the same capacity, and each of `self`'s rules in the class of the
+    /// same position as before (rules that shared a timeout still share one, and one that
+    /// had the default still has it). Call with `new` regrown from `self`, whose first
+    /// rules are `self`'s ([`grows_into`](Self::grows_into) checks names).
     pub fn flow_table_change(&self, new: &Pipeline) -> Option<String> {
         let (a, b) = (&self.flow_table, &new.flow_table);
         if a.capacity != b.capacity {
@@ -516,12 +535,17 @@ impl Pipeline {
         };
         let (ia, ib) = (idle(self), idle(new));
         let s = |ns: u64| ns as f64 / 1e9;
-        if ia.len() != ib.len() {
+        let mut distinct: Vec<u64> = (new.flow_rules.iter().map(|r| r.idle_timeout_ns))
+            .chain([b.idle_ns])
+            .collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.len() > crate::flow::MAX_IDLE_CLASSES {
             return Some(format!(
-                "the pattern rules' idle timeouts make {} distinct values with flow_table's \
-                 (were {}): the running flow table has one class per value it was built with",
-                ib.len(),
-                ia.len()
+                "the pattern rules' idle timeouts, with those of the rules kept for open \
+                 flows, make {} distinct values with flow_table's; at most {}",
+                distinct.len(),
+                crate::flow::MAX_IDLE_CLASSES
             ));
         }
         let pos = |v: &[u64], t: u64| v.iter().position(|&x| x == t);
@@ -553,9 +577,14 @@ impl Pipeline {
     /// - a service's servers: those it had must come first, in the same order (their order
     ///   decides Maglev ties); one it no longer lists is kept at weight 0, so its open
     ///   flows stay and it takes no new ones;
-    /// - the pattern rules (by name) and ports must be the same;
-    /// - so must the flow table's capacity and timeout classes; the timeouts may change
-    ///   ([`flow_table_change`](Self::flow_table_change)).
+    /// - pattern rules (by name): `self`'s keep their indices, new ones follow; their
+    ///   priority is the file's order ([`rule_order`](Self::rule_order)), so they may also
+    ///   be reordered; one the file no longer has is kept out of the order: it matches
+    ///   nothing new, and the flows it made keep its target, QoS and timeout class until
+    ///   they end (the same name in a later file takes its index back);
+    /// - the ports must be the same;
+    /// - so must the flow table's capacity and timeout classes; the timeouts may change,
+    ///   and new rules may bring new ones ([`flow_table_change`](Self::flow_table_change)).
     ///
     /// Kept entries stay until a restart. The error says what cannot be taken.
     pub fn regrow(&self, mut new: Pipeline) -> Result<Pipeline, String> {
@@ -564,13 +593,6 @@ impl Pipeline {
                 "ports changed ({:?} to {:?})",
                 self.ports, new.ports
             ));
-        }
-        let names = |v: &[FlowRule]| v.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
-        if names(&self.flow_rules) != names(&new.flow_rules) {
-            return Err("pattern rules were added, removed, renamed or reordered".into());
-        }
-        if let Some(why) = self.flow_table_change(&new) {
-            return Err(why);
         }
         // Servers: the running ones at their indices (a removed one kept, down), then the
         // file's new ones in its order.
@@ -610,6 +632,10 @@ impl Pipeline {
         }
         if let Target::Server(i) = new.default {
             new.default = Target::Server(to[usize::from(i)]);
+        }
+        self.regrow_rules(&mut new)?;
+        if let Some(why) = self.flow_table_change(&new) {
+            return Err(why);
         }
         // Services: the running ones at their indices (a removed one kept, retired),
         // then the file's new ones, which must follow every running one.
@@ -657,6 +683,48 @@ impl Pipeline {
         Ok(new)
     }
 
+    /// [`regrow`](Self::regrow)'s part for the pattern rules of `new` (its servers
+    /// already renumbered): `self`'s rules at their indices (one `new` lacks kept as it
+    /// was, out of the priority order), then `new`'s others; the priority order is
+    /// `new`'s.
+    fn regrow_rules(&self, new: &mut Pipeline) -> Result<(), String> {
+        let mut rules = Vec::with_capacity(self.flow_rules.len() + new.flow_rules.len());
+        let mut at: Vec<Option<u16>> = vec![None; new.flow_rules.len()];
+        for old in &self.flow_rules {
+            let i = rules.len() as u16;
+            match new.flow_rules.iter().position(|n| n.name == old.name) {
+                Some(j) => {
+                    at[j] = Some(i);
+                    rules.push(new.flow_rules[j].clone());
+                }
+                None => rules.push(old.clone()),
+            }
+        }
+        for (j, n) in new.flow_rules.iter().enumerate() {
+            if at[j].is_none() {
+                at[j] = Some(rules.len() as u16);
+                rules.push(n.clone());
+            }
+        }
+        if rules.len() >= usize::from(u16::MAX) {
+            return Err("too many pattern rules, with those kept (at most 65534)".into());
+        }
+        let at: Vec<u16> = at.into_iter().flatten().collect();
+        // The slots (the control plane's, the same count on both sides) are found by name.
+        if new.slots_at < new.flow_rules.len() && at[new.slots_at] as usize != self.slots_at {
+            return Err("the advertised-flow slots moved".into());
+        }
+        for (i, r) in rules.iter_mut().enumerate() {
+            r.rule.decision = crate::classify::Decision::FlowRule(i as u32);
+        }
+        new.rule_order = (new.rule_order.iter())
+            .map(|&j| at[usize::from(j)])
+            .collect();
+        new.flow_rules = rules;
+        new.slots_at = self.slots_at;
+        Ok(())
+    }
+
     /// Index of server `name`.
     pub fn server_index(&self, name: &str) -> Option<u16> {
         self.servers
@@ -665,10 +733,12 @@ impl Pipeline {
             .map(|i| i as u16)
     }
 
-    /// All classification rules in priority order: flow rules (file order), then the
-    /// services' ([`Service::rules`]).
+    /// All classification rules in priority order: the live flow rules
+    /// ([`rule_order`](Self::rule_order)), then the services' ([`Service::rules`]).
     pub fn rules(&self) -> Vec<Rule> {
-        let mut rules: Vec<Rule> = self.flow_rules.iter().map(|f| f.rule).collect();
+        let mut rules: Vec<Rule> = (self.rule_order.iter())
+            .map(|&i| self.flow_rules[usize::from(i)].rule)
+            .collect();
         for (i, s) in self.services.iter().enumerate() {
             rules.extend(s.rules(i));
         }
@@ -1124,6 +1194,22 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
     let mut flow_rules = Vec::new();
     for (fi, f) in raw.flows.iter().enumerate() {
         let at = |k: &'static str| [Key("flows"), Idx(fi), Key(k)];
+        // A rule's name is its identity across reloads.
+        if raw.flows[..fi].iter().any(|g| g.name == f.name) {
+            return Err(cx.err(
+                &at("name"),
+                format!("duplicate flow rule name {:?}", f.name),
+            ));
+        }
+        if f.name.starts_with(SLOT_PREFIX) {
+            return Err(cx.err(
+                &at("name"),
+                format!(
+                    "names starting with {SLOT_PREFIX:?} are the control plane's \
+                     advertised-flow slots"
+                ),
+            ));
+        }
         let mut rule = Rule::any(Decision::FlowRule(fi as u32));
         match_fields(cx, &f.matches, fi, &mut rule, &ports)?;
         let target = match f.to.as_str() {
@@ -1182,6 +1268,8 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
         ports,
         servers,
         services,
+        rule_order: (0..flow_rules.len() as u16).collect(),
+        slots_at: flow_rules.len(),
         flow_rules,
         default: default_target,
         flow_table,

@@ -92,13 +92,15 @@ pub struct View {
 
 /// Name of reserved slot `i` (the names are part of the pipeline's shape).
 fn slot_name(i: usize) -> String {
-    format!("advertised-{i}")
+    format!("{}{i}", crate::config::SLOT_PREFIX)
 }
 
 /// Appends `n` pattern-rule slots for advertised flows to `p`: rules that match
 /// nothing until [`apply`] fills them.
 pub fn reserve_flow_slots(p: &mut Pipeline, n: usize) {
     let first = p.flow_rules.len();
+    p.slots_at = first;
+    p.rule_order.extend((first..first + n).map(|i| i as u16));
     for i in 0..n {
         p.flow_rules.push(FlowRule {
             name: slot_name(i),
@@ -112,9 +114,10 @@ pub fn reserve_flow_slots(p: &mut Pipeline, n: usize) {
     }
 }
 
-/// Index of the first of the `slots` reserved rules of `p` (they are its last rules).
-pub fn first_slot(p: &Pipeline, slots: usize) -> usize {
-    p.flow_rules.len().saturating_sub(slots)
+/// Index of the first of the reserved rules of `p` (contiguous, and after the rules of
+/// the file it was loaded from, though a reload may add rules after them).
+pub fn first_slot(p: &Pipeline) -> usize {
+    p.slots_at
 }
 
 /// A rule that matches nothing (an empty protocol range).
@@ -394,7 +397,7 @@ pub fn apply(base: &Pipeline, view: &View) -> Pipeline {
             m.weight = scaled_weight(m.weight, pct.unwrap_or(0));
         }
     }
-    let first = first_slot(&p, view.flows.slots.len());
+    let first = first_slot(&p);
     for (k, slot) in view.flows.slots.iter().enumerate() {
         let Some(fr) = p.flow_rules.get_mut(first + k) else {
             break;
@@ -419,7 +422,7 @@ pub fn apply(base: &Pipeline, view: &View) -> Pipeline {
 /// One line per change from `old` to `new` (for the log).
 pub fn changes(base: &Pipeline, old: &View, new: &View) -> Vec<String> {
     let mut out = server_changes(base, &old.servers, &new.servers);
-    let first = first_slot(base, new.flows.slots.len());
+    let first = first_slot(base);
     for (k, (o, n)) in old.flows.slots.iter().zip(&new.flows.slots).enumerate() {
         if o != n {
             out.push(match n {
@@ -771,6 +774,74 @@ services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]
         assert_eq!(
             t.classifier.classify(&key([192, 0, 2, 9])),
             Decision::Service(0)
+        );
+    }
+
+    /// A reload that adds a pattern rule (`Pipeline::regrow`) puts it after the slots in
+    /// the rule table, so that their indices, which open flows and counters hold, stay,
+    /// and before them in priority; the adverts land in the same slots.
+    #[test]
+    fn a_reload_adds_rules_beside_the_slots() {
+        let with = |rules: &str| {
+            let y = format!("{P}flows:\n{rules}");
+            let mut p = Pipeline::from_str(&y, Path::new("p.yaml")).expect("pipeline");
+            reserve_flow_slots(&mut p, 2);
+            p
+        };
+        let r1 = "  - { name: r1, match: { proto: udp }, to: gateway }\n";
+        let r2 = "  - { name: r2, match: { proto: tcp, src: 192.0.2.0/25 }, to: s3 }\n";
+        let p = with(r1);
+        let mut o = Overlay::new(3, Unheard::Keep, 2);
+        let (a, b) = (sys(1, "s1", 1, SysState::Up), sys(2, "s2", 2, SysState::Up));
+        let sv = o.server_views(&p, [(&a, &[][..]), (&b, &[][..])]);
+        // From end system 1: its flows from 192.0.2.0/24 go to end system 2 (s2).
+        let f1 = advert(1, 1, 2, "192.0.2.0", vec![Qos::Dscp(46)]);
+        let view = View {
+            flows: o.flows_view(&sv, [&f1]),
+            servers: sv,
+        };
+        let running = apply(&p, &view);
+        assert_eq!(first_slot(&running), 1);
+        assert_eq!(running.flow_rules[1].target, Target::Server(1));
+
+        let g = running
+            .regrow(with(&format!("{r2}{r1}")))
+            .expect("a rule added");
+        let names: Vec<&str> = g.flow_rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["r1", "advertised-0", "advertised-1", "r2"]);
+        assert_eq!(
+            g.rule_order,
+            [3, 0, 1, 2],
+            "the file's order, then the slots"
+        );
+        assert!(running.grows_into(&g));
+        let q = apply(&g, &view);
+        assert!(q.same_shape(&g));
+        assert_eq!(first_slot(&q), 1);
+        assert_eq!(
+            q.flow_rules[1].target,
+            Target::Server(1),
+            "the advert kept its slot"
+        );
+        assert_eq!(q.flow_rules[1].qos.dscp, Some(46));
+        let t = crate::pipeline::Tables::build(q, 2);
+        let key = |src: [u8; 4]| crate::classify::Key {
+            src: crate::classify::v4_mapped(src),
+            dst: crate::classify::v4_mapped([203, 0, 113, 10]),
+            proto: 6,
+            src_port: 40000,
+            dst_port: 80,
+            ethertype: 0x0800,
+            ..Default::default()
+        };
+        // r2 ranks above the slots; the rest of the advert's prefix goes to its slot.
+        assert_eq!(
+            t.classifier.classify(&key([192, 0, 2, 9])),
+            Decision::FlowRule(3)
+        );
+        assert_eq!(
+            t.classifier.classify(&key([192, 0, 2, 200])),
+            Decision::FlowRule(1)
         );
     }
 

@@ -234,7 +234,7 @@ pub fn effective_weight(p: &Pipeline, i: usize, j: usize) -> u32 {
 /// [`Worker::set_tables`] refused tables that do not only grow the current ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "the new pipeline removes or reorders servers, services or members, or changes flow rules, ports, or the flow table's size or timeout classes; restart to apply it"
+    "the new pipeline removes or reorders servers, services, members or flow rules, or changes ports, or the flow table's size or timeout classes; restart to apply it"
 )]
 pub struct ShapeChanged;
 
@@ -411,6 +411,9 @@ impl Worker {
             let ok = self.flows.set_timeouts(&p1.flow_table, &rules, self.clock);
             debug_assert!(ok, "grows_into checked the classes");
         }
+        // A rule per new rule index (allocates only when rules were added: a reload).
+        self.sweep_pending
+            .resize(t.pipeline.flow_rules.len(), false);
         let old = &self.tables.pipeline.flow_rules;
         let mut changed = false;
         for ((pending, o), n) in self

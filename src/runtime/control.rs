@@ -309,7 +309,7 @@ impl ControlRt {
                 )
             })
             .collect();
-        let first = overlay::first_slot(&self.base, self.view.flows.slots.len());
+        let first = overlay::first_slot(&self.base);
         let flows: Vec<serde_json::Value> = self
             .view
             .flows

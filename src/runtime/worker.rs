@@ -657,18 +657,20 @@ fn reload(conf: &RunConf, shared: &Shared, control: Option<&mut ControlRt>) {
                     return;
                 }
             };
+            let mut why = "pipeline reloaded".to_string();
+            for c in crate::cmd::check::rule_changes(&cur.pipeline, &p) {
+                why += &format!("; {c}");
+            }
             let changed = crate::cmd::check::timeout_changes(&cur.pipeline, &p);
+            if !changed.is_empty() {
+                why += &format!(
+                    "; timeouts changed, open flows included: {}",
+                    changed.join(", ")
+                );
+            }
             let p = match control {
                 Some(c) => c.set_base(p),
                 None => p,
-            };
-            let why = if changed.is_empty() {
-                "pipeline reloaded".to_string()
-            } else {
-                format!(
-                    "pipeline reloaded; timeouts changed, open flows included: {}",
-                    changed.join(", ")
-                )
             };
             publish_tables(shared, p, &why);
         }
