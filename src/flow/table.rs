@@ -193,16 +193,17 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
         self.evict_first = classes.to_vec();
     }
 
-    /// Appends one class per entry of `timeouts` (ns), empty (a reload that declares new
-    /// timeouts); allocates. Returns the number of the first new class.
+    /// Appends one class per entry of `timeouts` (ns), empty, numbered after the table's
+    /// (a reload that declares new timeouts); allocates.
     ///
     /// # Panics
     /// If the table would have more than 255 classes.
-    pub fn add_classes(&mut self, timeouts: &[u64]) -> u8 {
-        let first = self.classes.len();
-        assert!(first + timeouts.len() < 256, "at most 255 classes");
+    pub fn add_classes(&mut self, timeouts: &[u64]) {
+        assert!(
+            self.classes.len() + timeouts.len() < 256,
+            "at most 255 classes"
+        );
         self.classes.extend(timeouts.iter().map(|&t| Class::new(t)));
-        first as u8
     }
 
     /// Gives the classes the timeouts `timeouts` (one per class, in class order), at

@@ -411,7 +411,7 @@ impl Worker {
             let ok = self.flows.set_timeouts(&p1.flow_table, &rules, self.clock);
             debug_assert!(ok, "grows_into checked the classes");
         }
-        // A rule per new rule index (allocates only when rules were added: a reload).
+        // One mark per rule (grows, allocating, only when a reload added rules).
         self.sweep_pending
             .resize(t.pipeline.flow_rules.len(), false);
         let old = &self.tables.pipeline.flow_rules;
@@ -758,8 +758,8 @@ impl Worker {
             f.set_tcp(tcp_next(f.tcp(), flags, forward));
             f.class = self.flows.class(tcp_class(f.tcp()), f.assured());
         }
-        // The class says what the assured mark says (the mark spares the hit path the
-        // twin offset).
+        // The class says what the assured mark says (the mark spares the hit path a
+        // look at the class).
         debug_assert_eq!(self.flows.assured_class(f.class), f.assured());
         // Written back whole even when nothing changed: measured faster on the hit path
         // than a skipped write with the changes out of line (ARCHITECTURE, flow table).
