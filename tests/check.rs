@@ -771,6 +771,22 @@ fn reload_from_says_whether_a_run_would_take_it() {
         out.contains("accepted (adds servers 2, services 1, service members 2)"),
         "{out}"
     );
+    // The services swapped: taken, and said.
+    let (at, end) = (BASE.find("  - name: dns").unwrap(), BASE.find("flows:").unwrap());
+    let web = BASE.find("  - name: web").unwrap();
+    let swapped = format!(
+        "{}{}{}{}",
+        &BASE[..web],
+        &BASE[at..end],
+        &BASE[web..at],
+        &BASE[end..]
+    );
+    let (code, out, err) = check(&swapped);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("accepted (adds servers 0, services 0, service members 0); services reordered: [\"dns\", \"web\"]"),
+        "{out}"
+    );
     // w2 removed from `web` (and so from the file): taken, w2 kept down.
     let (code, out, err) = check(&mutate(17, ""));
     assert_eq!(code, Some(0), "{err}");

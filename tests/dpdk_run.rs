@@ -641,8 +641,8 @@ fn run_stops_cleanly_on_sigterm() {
         ),
         "{err}"
     );
-    // The services swapped: refused (their order decides overlapping matches), the
-    // running tables stay.
+    // The services swapped: taken (a service is known by name; the file's order is
+    // their priority), and said.
     let at = farm
         .find("  - name: https6")
         .expect("https6 in web-farm.yaml");
@@ -655,7 +655,28 @@ fn run_stops_cleanly_on_sigterm() {
     .expect("swap");
     kill("-HUP");
     assert!(
-        wait_for("reload refused: service \"https6\" moved before", &mut err),
+        wait_for("services reordered: [\"https6\", \"http\"]", &mut err),
+        "{err}"
+    );
+    // Two servers of a service swapped: refused (their order decides Maglev ties), the
+    // running tables stay.
+    let web1 = "      - { name: web1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, weight: 100 }\n";
+    let web2 = "      - { name: web2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, weight: 100 }\n";
+    assert!(
+        farm.contains(&format!("{web1}{web2}")),
+        "web-farm.yaml lists web1, web2"
+    );
+    std::fs::write(
+        &pipe,
+        farm.replace(&format!("{web1}{web2}"), &format!("{web2}{web1}")),
+    )
+    .expect("members swapped");
+    kill("-HUP");
+    assert!(
+        wait_for(
+            "reload refused: the servers of service \"http\" were reordered",
+            &mut err
+        ),
         "{err}"
     );
     let status = sigterm_and_wait(&mut child.0, Duration::from_secs(20))

@@ -91,19 +91,22 @@ fn regrow_keeps_indices_and_refuses_what_would_move_them() {
         let e = old.regrow(load(&services)).expect_err(why);
         assert!(e.contains(why), "{e}");
     };
-    // Services reordered, a new one put before a running one, a server put before the
-    // running ones of a service.
-    refused(
-        format!("{DNS}{HTTP}"),
-        "moved before another running service",
-    );
+    // Services reordered and a new one put before the running ones: taken, the running
+    // ones at their indices, the file's order their priority (see
+    // `services_reorder_under_live_flows`).
     let api = DNS
         .replace("dns", "api")
         .replace("203.0.113.53", "203.0.113.54");
-    refused(
-        format!("{api}{HTTP}{DNS}"),
-        "new service \"api\" comes before",
+    let g = old
+        .regrow(load(&format!("{api}{DNS}{HTTP}")))
+        .expect("services may move");
+    let svcs: Vec<&str> = g.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        (svcs, g.service_order.clone()),
+        (vec!["http", "dns", "api"], vec![2, 1, 0])
     );
+    assert!(old.grows_into(&g));
+    // A server put before the running ones of a service, or two swapped: refused.
     let c_first = HTTP.replace(
         "    servers:\n",
         "    servers:\n      - { name: c, mac: \"02:00:00:00:01:03\" }\n",
@@ -475,13 +478,30 @@ fn services() -> impl proptest::strategy::Strategy<Value = Vec<(u8, Vec<u8>)>> {
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
 
-    /// Whatever two files are, regrow never panics, and what it accepts keeps every
-    /// index of the running pipeline and offers every service and member of the file.
+    /// Whatever two files are, regrow never panics; it refuses exactly when a service
+    /// of both lists the servers they share in another order, or a new server before one
+    /// it had; and what it accepts keeps every index of the running pipeline, offers
+    /// every service and member of the file, and ranks the services as the file does.
     #[test]
     fn regrow_of_any_two_files(a in services(), b in services()) {
         let (old, new) = (universe(&a), universe(&b));
-        if let Ok(g) = old.regrow(new.clone()) {
+        let members_keep_order = a.iter().all(|(k, om)| {
+            let Some((_, nm)) = b.iter().find(|(j, _)| j == k) else {
+                return true;
+            };
+            let kept: Vec<u8> = nm.iter().copied().filter(|m| om.contains(m)).collect();
+            let same = om.iter().copied().filter(|m| nm.contains(m)).eq(kept.iter().copied());
+            let last_kept = nm.iter().rposition(|m| om.contains(m));
+            let first_new = nm.iter().position(|m| !om.contains(m));
+            same && !matches!((last_kept, first_new), (Some(l), Some(f)) if f < l)
+        });
+        let regrown = old.regrow(new.clone());
+        proptest::prop_assert_eq!(regrown.is_ok(), members_keep_order, "{:?}", regrown.as_ref().err());
+        if let Ok(g) = regrown {
             proptest::prop_assert!(old.grows_into(&g));
+            let order: Vec<&str> = g.service_order.iter().map(|&i| g.services[usize::from(i)].name.as_str()).collect();
+            let file: Vec<&str> = new.services.iter().map(|s| s.name.as_str()).collect();
+            proptest::prop_assert_eq!(order, file);
             for s in &new.services {
                 let k = g.services.iter().position(|x| x.name == s.name).expect("service kept");
                 let gs = &g.services[k];
@@ -710,4 +730,43 @@ fn pattern_rules_change_under_live_flows() {
         w.stats.packets_in,
         w.stats.packets_out + w.stats.drops.iter().sum::<u64>()
     );
+}
+
+/// Services may be reordered and added anywhere by a reload, under live flows: a
+/// service's index is its identity, its priority the file's order. Where two overlap,
+/// new flows go to the first in the new file and open flows stay with theirs.
+#[test]
+fn services_reorder_under_live_flows() {
+    let web = "  - { name: web, vip: 203.0.113.10, proto: tcp, ports: [80], servers: [{ name: a, mac: \"02:00:00:00:01:01\" }] }\n";
+    let all = "  - { name: all, vip: 203.0.113.10, proto: tcp, ports: [\"1-65535\"], servers: [{ name: d, mac: \"02:00:00:00:03:01\" }] }\n";
+    let api = "  - { name: api, vip: 203.0.113.20, proto: tcp, ports: [80], servers: [{ name: e, mac: \"02:00:00:00:04:01\" }] }\n";
+    let vip = [203, 0, 113, 10];
+    let p1 = load(&format!("{web}{all}"));
+    let mut w = Worker::new(Arc::new(Tables::build(p1.clone(), 1)));
+    assert_eq!(send(&mut w, &p1, &tcp(1000, vip, 80, 0x02), 1_000), "a");
+    assert_eq!(send(&mut w, &p1, &tcp(1001, vip, 443, 0x02), 1_000), "d");
+    // `all` first, and `api` before both.
+    let p2 = p1
+        .regrow(load(&format!("{api}{all}{web}")))
+        .expect("services may move");
+    assert_eq!(p2.service_order, [2, 1, 0]);
+    w.set_tables(Arc::new(Tables::build(p2.clone(), 2)))
+        .expect("taken");
+    assert_eq!(
+        send(&mut w, &p2, &tcp(1000, vip, 80, 0x10), 2_000),
+        "a",
+        "open flow stays"
+    );
+    assert_eq!(
+        send(&mut w, &p2, &tcp(2000, vip, 80, 0x02), 2_000),
+        "d",
+        "new: all first"
+    );
+    let api_vip = [203, 0, 113, 20];
+    assert_eq!(send(&mut w, &p2, &tcp(2001, api_vip, 80, 0x02), 2_000), "e");
+    let j = w.stats.to_json(&p2);
+    assert_eq!(j["services"]["web"]["flows"].as_u64(), Some(1), "{j}");
+    assert_eq!(j["services"]["all"]["flows"].as_u64(), Some(2), "{j}");
+    assert_eq!(j["services"]["api"]["flows"].as_u64(), Some(1), "{j}");
+    assert_eq!(j["services"]["web"]["packets"].as_u64(), Some(2), "{j}");
 }

@@ -155,7 +155,7 @@ pub fn reload_verdict(old: &Pipeline, new: Pipeline) -> Result<String, String> {
         g.services.len() - old.services.len(),
         members(&g) - members(old)
     );
-    for c in rule_changes(old, &g) {
+    for c in order_changes(old, &g) {
         let _ = write!(v, "; {c}");
     }
     if !gone_servers.is_empty() {
@@ -181,21 +181,23 @@ pub fn reload_verdict(old: &Pipeline, new: Pipeline) -> Result<String, String> {
     Ok(v)
 }
 
-/// What `g` ([`Pipeline::regrow`]n from `old`) changes in the pattern rules, one phrase
-/// each: rules added, the running ones' new priority order when it changed, and rules
-/// removed (kept for the flows they made).
-pub fn rule_changes(old: &Pipeline, g: &Pipeline) -> Vec<String> {
+/// What `g` ([`Pipeline::regrow`]n from `old`) changes in the priority of services and in
+/// the pattern rules, one phrase each: the running services' new order when it changed,
+/// rules added, the running rules' new order when it changed, and rules removed (kept
+/// for the flows they made).
+pub fn order_changes(old: &Pipeline, g: &Pipeline) -> Vec<String> {
     let was = |n: &str| live_rules(old).any(|o| o == n);
     let is = |n: &str| live_rules(g).any(|o| o == n);
     let added: Vec<&str> = live_rules(g).filter(|n| !was(n)).collect();
     let gone: Vec<&str> = live_rules(old).filter(|n| !is(n)).collect();
-    // The running rules that stay, in their new priority order.
-    let kept: Vec<&str> = live_rules(g).filter(|n| was(n)).collect();
     let mut v = Vec::new();
+    if let Some(kept) = reordered(live_services(old), live_services(g)) {
+        v.push(format!("services reordered: {kept:?}"));
+    }
     if !added.is_empty() {
         v.push(format!("flow rules added: {added:?}"));
     }
-    if live_rules(old).filter(|n| is(n)).ne(kept.iter().copied()) {
+    if let Some(kept) = reordered(live_rules(old), live_rules(g)) {
         v.push(format!("flow rules reordered: {kept:?}"));
     }
     if !gone.is_empty() {
@@ -204,6 +206,22 @@ pub fn rule_changes(old: &Pipeline, g: &Pipeline) -> Vec<String> {
         ));
     }
     v
+}
+
+/// The names both `old` and `new` list, in `new`'s order, when it is not `old`'s.
+fn reordered<'a>(
+    old: impl Iterator<Item = &'a str> + Clone,
+    new: impl Iterator<Item = &'a str> + Clone,
+) -> Option<Vec<&'a str>> {
+    let kept: Vec<&str> = new.filter(|n| old.clone().any(|o| o == *n)).collect();
+    old.filter(|o| kept.contains(o))
+        .ne(kept.iter().copied())
+        .then_some(kept)
+}
+
+/// The names of `p`'s live services, in priority order.
+fn live_services(p: &Pipeline) -> impl Iterator<Item = &str> + Clone {
+    (p.service_order.iter()).map(|&i| p.services[usize::from(i)].name.as_str())
 }
 
 /// The names of `p`'s live pattern rules, in priority order.

@@ -384,7 +384,14 @@ pub struct Pipeline {
     /// Port names referenced (`port:` of servers and gateway), in first-seen order.
     pub ports: Vec<String>,
     pub servers: Vec<Server>,
+    /// The services. A service's index is its identity while the system runs (flows and
+    /// counters hold it); a reload appends new services and keeps removed ones as
+    /// [`Service::retired`] ([`regrow`](Self::regrow)), so the order here is not their
+    /// priority.
     pub services: Vec<Service>,
+    /// The live services, as indices into `services`, in priority order (the file's):
+    /// of two services whose addresses, protocols and ports overlap, the first matches.
+    pub service_order: Vec<u16>,
     /// The pattern rules. A rule's index is its identity while the system runs (flows and
     /// counters hold it); a reload appends new rules and keeps removed ones
     /// ([`regrow`](Self::regrow)), so the order here is not their priority.
@@ -570,10 +577,11 @@ impl Pipeline {
     /// - servers: `self`'s keep their indices, new ones follow (server order means nothing
     ///   else: Maglev places by name); one the file no longer has is kept, `down`, so
     ///   its flows move to the other servers on their next packet;
-    /// - services: those `self` has must come first in the file, in the same order (their
-    ///   order decides overlapping matches); one the file no longer has is kept as
-    ///   [`Service::retired`]: it matches nothing new and owns no address, and its open
-    ///   flows go on until they end;
+    /// - services (by name): `self`'s keep their indices, new ones follow; their priority
+    ///   (which of overlapping services matches) is the file's order
+    ///   ([`service_order`](Self::service_order)), so they may be added anywhere and
+    ///   reordered; one the file no longer has is kept as [`Service::retired`]: it matches
+    ///   nothing new and owns no address, and its open flows go on until they end;
     /// - a service's servers: those it had must come first, in the same order (their order
     ///   decides Maglev ties); one it no longer lists is kept at weight 0, so its open
     ///   flows stay and it takes no new ones;
@@ -638,12 +646,17 @@ impl Pipeline {
             return Err(why);
         }
         // Services: the running ones at their indices (a removed one kept, retired),
-        // then the file's new ones, which must follow every running one.
+        // then the file's new ones; their priority (which of two overlapping services
+        // matches) is the file's order.
         let mut services = Vec::with_capacity(self.services.len() + new.services.len());
-        let mut next = 0;
+        let mut at: Vec<Option<u16>> = vec![None; new.services.len()];
         for old in &self.services {
-            let Some(i) = new.services.iter().position(|n| n.name == old.name) else {
-                services.push(Service {
+            match new.services.iter().position(|n| n.name == old.name) {
+                Some(j) => {
+                    at[j] = Some(services.len() as u16);
+                    services.push(regrow_members(old, new.services[j].clone())?);
+                }
+                None => services.push(Service {
                     retired: true,
                     members: (old.members.iter())
                         .map(|m| Member {
@@ -652,31 +665,22 @@ impl Pipeline {
                         })
                         .collect(),
                     ..old.clone()
-                });
-                continue;
-            };
-            if i < next {
-                return Err(format!(
-                    "service {:?} moved before another running service: their order decides overlapping matches",
-                    old.name
-                ));
+                }),
             }
-            if let Some(n) = new.services[next..i]
-                .iter()
-                .find(|n| !self.services.iter().any(|o| o.name == n.name))
-            {
-                return Err(format!(
-                    "new service {:?} comes before running service {:?}: new services may only follow the running ones",
-                    n.name, old.name
-                ));
-            }
-            next = i + 1;
-            services.push(regrow_members(old, new.services[i].clone())?);
         }
-        services.extend(new.services.drain(next..));
+        for (j, n) in new.services.iter().enumerate() {
+            if at[j].is_none() {
+                at[j] = Some(services.len() as u16);
+                services.push(n.clone());
+            }
+        }
         if services.len() >= usize::from(u16::MAX) {
             return Err("too many services, with those kept (at most 65534)".into());
         }
+        let at: Vec<u16> = at.into_iter().flatten().collect();
+        new.service_order = (new.service_order.iter())
+            .map(|&j| at[usize::from(j)])
+            .collect();
         new.servers = servers;
         new.services = services;
         debug_assert!(self.grows_into(&new));
@@ -734,13 +738,15 @@ impl Pipeline {
     }
 
     /// All classification rules in priority order: the live flow rules
-    /// ([`rule_order`](Self::rule_order)), then the services' ([`Service::rules`]).
+    /// ([`rule_order`](Self::rule_order)), then the live services' ([`Service::rules`], in
+    /// [`service_order`](Self::service_order)).
     pub fn rules(&self) -> Vec<Rule> {
         let mut rules: Vec<Rule> = (self.rule_order.iter())
             .map(|&i| self.flow_rules[usize::from(i)].rule)
             .collect();
-        for (i, s) in self.services.iter().enumerate() {
-            rules.extend(s.rules(i));
+        for &i in &self.service_order {
+            let i = usize::from(i);
+            rules.extend(self.services[i].rules(i));
         }
         rules
     }
@@ -1267,6 +1273,7 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
         gateway_port,
         ports,
         servers,
+        service_order: (0..services.len() as u16).collect(),
         services,
         rule_order: (0..flow_rules.len() as u16).collect(),
         slots_at: flow_rules.len(),

@@ -333,9 +333,10 @@ fn reconsider(
         None => {
             // Let go: the flow keeps its server, under the service whose address and
             // port it went to (which moves it if that server goes down), if any.
-            let svc = (p.services.iter().enumerate())
-                .position(|(i, s)| s.rules(i).any(|r| r.matches(&key)));
-            g.owner = svc.map_or(Owner::Other, |i| Owner::Service(i as u16));
+            let svc = (p.service_order.iter().copied()).find(|&i| {
+                (p.services[usize::from(i)].rules(usize::from(i))).any(|r| r.matches(&key))
+            });
+            g.owner = svc.map_or(Owner::Other, Owner::Service);
         }
     }
     (g != f).then_some(g)

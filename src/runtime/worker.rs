@@ -658,7 +658,7 @@ fn reload(conf: &RunConf, shared: &Shared, control: Option<&mut ControlRt>) {
                 }
             };
             let mut why = "pipeline reloaded".to_string();
-            for c in crate::cmd::check::rule_changes(&cur.pipeline, &p) {
+            for c in crate::cmd::check::order_changes(&cur.pipeline, &p) {
                 why += &format!("; {c}");
             }
             let changed = crate::cmd::check::timeout_changes(&cur.pipeline, &p);
