@@ -6,7 +6,8 @@
 //! Then the same for a flow listing (`GET /flows` in `flowgate run`) over that table, in
 //! steps of `LIST_PER_STEP` slots: all flows (the default limit of 10000 listed), and
 //! those of one server. Last, how long a worker takes new tables whose established-TCP
-//! timeout changed (a reload): its table's entries of that class are linked again.
+//! timeout changed (a reload): its table's entries of that class are linked again; and
+//! whose idle timeout changed: every non-TCP flow moves to the class of its new timeout.
 //!
 //! `cargo run --release --example sweeptime`
 use flowgate::action::FrameBuf;
@@ -86,6 +87,19 @@ fn main() {
         w.set_tables(t).unwrap();
         println!(
             "tables with tcp_established_timeout {secs} s taken under {} flows in {:.2} ms",
+            w.flow_count(),
+            t0.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    // flow_table's idle timeout: every non-TCP flow is looked at, to move it to its
+    // new class (here every flow is TCP: the pass without the relinks).
+    for secs in [30, 60] {
+        q.flow_table.idle_ns = secs * 1_000_000_000;
+        let t = Arc::new(Tables::build(q.clone(), 4));
+        let t0 = Instant::now();
+        w.set_tables(t).unwrap();
+        println!(
+            "tables with idle_timeout {secs} s taken under {} flows in {:.2} ms",
             w.flow_count(),
             t0.elapsed().as_secs_f64() * 1e3
         );

@@ -772,7 +772,10 @@ fn reload_from_says_whether_a_run_would_take_it() {
         "{out}"
     );
     // The services swapped: taken, and said.
-    let (at, end) = (BASE.find("  - name: dns").unwrap(), BASE.find("flows:").unwrap());
+    let (at, end) = (
+        BASE.find("  - name: dns").unwrap(),
+        BASE.find("flows:").unwrap(),
+    );
     let web = BASE.find("  - name: web").unwrap();
     let swapped = format!(
         "{}{}{}{}",
@@ -836,17 +839,19 @@ fn reload_from_says_whether_a_run_would_take_it() {
         !out.contains("added") && out.contains("; flow rules reordered: [\"r\", \"ntp\"]"),
         "{out}"
     );
-    // A running rule's timeout moved into another rule's class: refused, exit code 1,
-    // with the reason.
+    // A running rule's timeout moved to another rule's value: taken, its open flows
+    // with it, and said.
     let joined = two.replace(
         "    qos: { dscp: ef }\n",
         "    qos: { dscp: ef }\n    idle_timeout: 45\n",
     );
-    let (code, _, err) = check(&joined);
-    assert_eq!(code, Some(1), "{err}");
+    let (code, out, err) = check(&joined);
+    assert_eq!(code, Some(0), "{err}");
     assert!(
-        err.contains("flow rule \"r\": idle_timeout 45 s would move it to another timeout class"),
-        "{err}"
+        out.contains(
+            "timeouts changed, open flows included: flow rule \"r\" idle_timeout 60 → 45 s"
+        ),
+        "{out}"
     );
 }
 

@@ -519,15 +519,13 @@ impl Pipeline {
     }
 
     /// Why a flow table built for `self` cannot serve `new`, if it cannot. Its size is
-    /// fixed when it is built, and so are its timeout classes: one per TCP state and one
-    /// per distinct idle timeout (`flow_table`'s, then the pattern rules' in index order;
-    /// see [`crate::flow::idle_timeouts`]). The timeouts may change, each class taking its
-    /// new value under the flows it holds, and rules `new` adds may bring new values (new
-    /// classes, up to [`crate::flow::MAX_IDLE_CLASSES`]); the classes may not move, so
-    /// `new` must have the same capacity, and each of `self`'s rules in the class of the
-    /// same position as before (rules that shared a timeout still share one, and one that
-    /// had the default still has it). Call with `new` regrown from `self`, whose first
-    /// rules are `self`'s ([`grows_into`](Self::grows_into) checks names).
+    /// fixed when it is built. Its timeout classes follow: the TCP timeouts may change
+    /// under the flows they hold, and each idle timeout is a class, so that a flow whose
+    /// idle timeout changes (`flow_table`'s, or its pattern rule's) moves to the class of
+    /// the new value ([`crate::flow::FlowTable::retime`]); the idle timeouts the open flows
+    /// may have (`self`'s) and those of `new` must then be at most
+    /// [`crate::flow::MAX_IDLE_CLASSES`] distinct values. Call with `new` regrown from
+    /// `self` ([`grows_into`](Self::grows_into)).
     pub fn flow_table_change(&self, new: &Pipeline) -> Option<String> {
         let (a, b) = (&self.flow_table, &new.flow_table);
         if a.capacity != b.capacity {
@@ -536,37 +534,22 @@ impl Pipeline {
                 a.capacity, b.capacity
             ));
         }
-        let idle = |p: &Pipeline| {
-            let r: Vec<u64> = p.flow_rules.iter().map(|r| r.idle_timeout_ns).collect();
-            crate::flow::idle_timeouts(&p.flow_table, &r)
-        };
-        let (ia, ib) = (idle(self), idle(new));
-        let s = |ns: u64| ns as f64 / 1e9;
-        let mut distinct: Vec<u64> = (new.flow_rules.iter().map(|r| r.idle_timeout_ns))
-            .chain([b.idle_ns])
+        let mut distinct: Vec<u64> = [self, new]
+            .iter()
+            .flat_map(|p| {
+                (p.flow_rules.iter().map(|r| r.idle_timeout_ns)).chain([p.flow_table.idle_ns])
+            })
             .collect();
         distinct.sort_unstable();
         distinct.dedup();
         if distinct.len() > crate::flow::MAX_IDLE_CLASSES {
             return Some(format!(
-                "the pattern rules' idle timeouts, with those of the rules kept for open \
-                 flows, make {} distinct values with flow_table's; at most {}",
+                "the idle timeouts of the running and the new pipeline (flow_table's and \
+                 the pattern rules', with those kept for open flows) make {} distinct \
+                 values; at most {}",
                 distinct.len(),
                 crate::flow::MAX_IDLE_CLASSES
             ));
-        }
-        let pos = |v: &[u64], t: u64| v.iter().position(|&x| x == t);
-        for (ra, rb) in self.flow_rules.iter().zip(&new.flow_rules) {
-            if pos(&ia, ra.idle_timeout_ns) != pos(&ib, rb.idle_timeout_ns) {
-                return Some(format!(
-                    "flow rule {:?}: idle_timeout {} s would move it to another timeout class \
-                     than its {} s (it would join or leave a value other rules or \
-                     flow_table.idle_timeout have): the running flow table's classes are fixed",
-                    rb.name,
-                    s(rb.idle_timeout_ns),
-                    s(ra.idle_timeout_ns)
-                ));
-            }
         }
         None
     }
@@ -588,11 +571,11 @@ impl Pipeline {
     /// - pattern rules (by name): `self`'s keep their indices, new ones follow; their
     ///   priority is the file's order ([`rule_order`](Self::rule_order)), so they may also
     ///   be reordered; one the file no longer has is kept out of the order: it matches
-    ///   nothing new, and the flows it made keep its target, QoS and timeout class until
+    ///   nothing new, and the flows it made keep its target, QoS and idle timeout until
     ///   they end (the same name in a later file takes its index back);
     /// - the ports must be the same;
-    /// - so must the flow table's capacity and timeout classes; the timeouts may change,
-    ///   and new rules may bring new ones ([`flow_table_change`](Self::flow_table_change)).
+    /// - so must the flow table's capacity; the timeouts may change, the open flows
+    ///   taking them ([`flow_table_change`](Self::flow_table_change)).
     ///
     /// Kept entries stay until a restart. The error says what cannot be taken.
     pub fn regrow(&self, mut new: Pipeline) -> Result<Pipeline, String> {

@@ -248,14 +248,23 @@ const _: () = assert!(HOT_SLOT_BYTES == 64);
 /// flows, `2c + 1` its unassured ones, and the table evicts from the odd classes first
 /// (see the module docs). Pairs so that a reload can append idle classes without
 /// renumbering the flows of the others.
+///
+/// An idle class *is* its timeout: a non-TCP flow sits in the class of its idle timeout
+/// (its pattern rule's, or `flow_table`'s), and a reload that changes the timeout moves
+/// the flows to the class of the new value ([`retime`](Self::retime)).
 pub struct FlowTable {
     pub table: LruTable<FlowKey, Flow>,
+    /// The idle classes' timeouts, from base class [`CLASS_IDLE`] on (distinct).
     idle: Vec<u64>,
+    /// The idle timeouts flows may have (`flow_table`'s and the rules', at construction
+    /// or the last reload): the classes of the other values hold no flow, and a reload
+    /// may give them new values.
+    used: Vec<u64>,
 }
 
 /// The distinct idle timeouts of a flow table for `conf` and pattern rules with idle
-/// timeouts `rule_idle_ns`, in class order: `conf.idle_ns` first, then each rule's in
-/// rule order when not seen before (at most [`MAX_IDLE_CLASSES`]).
+/// timeouts `rule_idle_ns`: `conf.idle_ns` first, then each rule's in rule order when
+/// not seen before (at most [`MAX_IDLE_CLASSES`]).
 pub fn idle_timeouts(conf: &FlowTableConf, rule_idle_ns: &[u64]) -> Vec<u64> {
     let mut idle = vec![conf.idle_ns];
     for &t in rule_idle_ns {
@@ -267,7 +276,7 @@ pub fn idle_timeouts(conf: &FlowTableConf, rule_idle_ns: &[u64]) -> Vec<u64> {
 }
 
 /// Every table class's timeout, in class order: each base class (the TCP classes, then
-/// the idle classes `idle`, see [`idle_timeouts`]) twice, assured then unassured.
+/// the idle classes `idle`) twice, assured then unassured.
 fn class_timeouts(conf: &FlowTableConf, idle: &[u64]) -> Vec<u64> {
     let tcp = [
         conf.tcp_syn_ns,
@@ -275,6 +284,12 @@ fn class_timeouts(conf: &FlowTableConf, idle: &[u64]) -> Vec<u64> {
         conf.tcp_closing_ns,
     ];
     (tcp.iter().chain(idle)).flat_map(|&t| [t, t]).collect()
+}
+
+/// The table class of a flow in base class `base`, assured or not ([`FlowTable::class`]).
+#[inline]
+fn table_class(base: u8, assured: bool) -> u8 {
+    base << 1 | u8::from(!assured)
 }
 
 /// The unassured classes of a table with `classes` classes (see [`FlowTable`]).
@@ -290,30 +305,70 @@ impl FlowTable {
         let timeouts = class_timeouts(conf, &idle);
         let mut table = LruTable::new(conf.capacity, &timeouts);
         table.set_evict_first(&unassured(timeouts.len()));
-        FlowTable { table, idle }
+        FlowTable {
+            table,
+            used: idle.clone(),
+            idle,
+        }
     }
 
-    /// Takes the timeouts of `conf` and `rule_idle_ns` (a reload), at `now`: the classes
-    /// keep their flows and change their timeouts ([`LruTable::set_timeouts`]), and idle
-    /// timeouts beyond those the table has get new classes (rules added by a reload).
-    /// The first idle timeouts must map onto the table's idle classes, one for one
-    /// ([`idle_timeouts`] at least as long; the caller checks that each rule keeps its
-    /// class, see [`Pipeline::flow_table_change`](crate::config::Pipeline::flow_table_change));
-    /// returns false, changing nothing, when they do not.
-    pub fn set_timeouts(&mut self, conf: &FlowTableConf, rule_idle_ns: &[u64], now: u64) -> bool {
-        let idle = idle_timeouts(conf, rule_idle_ns);
-        if idle.len() < self.idle.len() {
-            return false;
+    /// Takes the timeouts of `conf` and `rule_idle_ns` (a reload), at `now`. The TCP
+    /// classes take `conf`'s timeouts under the flows they hold ([`LruTable::retime`]).
+    /// Every idle timeout gets a class: one it had, one whose value no flow may have any
+    /// more, or a new one. With `idle_of` (what a non-TCP flow's idle timeout is now, from
+    /// its owner), every non-TCP flow moves to the class of its timeout, keeping its
+    /// last-seen time; without it (no flow's timeout changed, e.g. rules were only added)
+    /// no flow moves. One pass over the table when a TCP timeout changed or `idle_of` is
+    /// given. An error, changing nothing, when the idle timeouts the flows may have had
+    /// and may have now are more than [`MAX_IDLE_CLASSES`].
+    pub fn retime(
+        &mut self,
+        conf: &FlowTableConf,
+        rule_idle_ns: &[u64],
+        now: u64,
+        idle_of: Option<&dyn Fn(&Flow) -> u64>,
+    ) -> Result<bool, String> {
+        let used = idle_timeouts(conf, rule_idle_ns);
+        let mut idle = self.idle.clone();
+        for &t in &used {
+            if idle.contains(&t) {
+                continue;
+            }
+            // A class no flow is in (its value was not used, and is not wanted now).
+            match (idle.iter()).position(|v| !self.used.contains(v) && !used.contains(v)) {
+                Some(p) => idle[p] = t,
+                None if idle.len() < MAX_IDLE_CLASSES => idle.push(t),
+                None => {
+                    return Err(format!(
+                        "the idle timeouts of the open flows and of the new pipeline make \
+                         more than {MAX_IDLE_CLASSES} distinct values"
+                    ));
+                }
+            }
         }
         let timeouts = class_timeouts(conf, &idle);
-        let have = class_timeouts(conf, &self.idle).len();
-        self.table.set_timeouts(&timeouts[..have], now);
-        if timeouts.len() > have {
-            self.table.add_classes(&timeouts[have..]);
+        let grew = timeouts.len() > self.table.classes();
+        let changed = match idle_of {
+            Some(idle_of) => {
+                let mut to = |_: &FlowKey, f: &mut Flow, c: u8| {
+                    if f.tcp() != TcpState::None {
+                        return c;
+                    }
+                    let ns = idle_of(f);
+                    let p = idle.iter().position(|&v| v == ns).unwrap_or(0);
+                    f.class = table_class(CLASS_IDLE + p as u8, f.assured());
+                    f.class
+                };
+                self.table.retime(&timeouts, now, Some(&mut to))
+            }
+            None => self.table.retime(&timeouts, now, None),
+        };
+        if grew {
             self.table.set_evict_first(&unassured(timeouts.len()));
         }
         self.idle = idle;
-        true
+        self.used = used;
+        Ok(changed)
     }
 
     /// The base class for a non-TCP flow with idle timeout `ns` (the default class when
@@ -325,7 +380,7 @@ impl FlowTable {
     /// The table class of a flow in base class `base`, assured or not.
     #[inline]
     pub fn class(&self, base: u8, assured: bool) -> u8 {
-        base << 1 | u8::from(!assured)
+        table_class(base, assured)
     }
 
     /// The base class of table class `class`.
@@ -403,21 +458,18 @@ mod tests {
         }
         // Unknown before the reload: the default idle class.
         assert_eq!(t.idle_class(45 * S), c60);
-        assert!(t.set_timeouts(&conf, &[30 * S, 45 * S], 0));
+        let classes = t.table.classes();
+        assert_eq!(t.retime(&conf, &[30 * S, 45 * S], 0, None), Ok(false));
+        assert_eq!(
+            t.table.classes(),
+            classes + 2,
+            "a base class: two table classes"
+        );
         let c45 = t.idle_class(45 * S);
         assert!(![c30, c60, CLASS_SYN, CLASS_ESTABLISHED, CLASS_CLOSING].contains(&c45));
         assert_eq!((t.idle_class(30 * S), t.idle_class(60 * S)), (c30, c60));
-        // Fewer idle timeouts than classes: refused, nothing changed.
-        assert!(!t.set_timeouts(&conf, &[], 0));
-        assert_eq!(t.idle_class(45 * S), c45);
         // Flows in the new class expire at 45 s; the old ones at their own timeouts.
         t.table.insert(key(4), flow(), t.class(c45, false), 0);
-        let gone = |t: &mut FlowTable, now: u64| {
-            let mut v = Vec::new();
-            t.table.expire(now, usize::MAX, |k, _| v.push(k.a[0]));
-            v.sort_unstable();
-            v
-        };
         assert_eq!(gone(&mut t, 29 * S), Vec::<u8>::new());
         // (Never early, at most a grain, a sixteenth of the timeout, late.)
         assert_eq!(gone(&mut t, 32 * S), vec![1]);
@@ -433,6 +485,129 @@ mod tests {
             Inserted::Evicted(_, k, _) => assert_eq!(k.a[0], 6),
             Inserted::Fresh(_) => panic!("the table was full"),
         }
+    }
+
+    /// The keys `expire` removes at `now`, sorted.
+    fn gone(t: &mut FlowTable, now: u64) -> Vec<u8> {
+        let mut v = Vec::new();
+        t.table.expire(now, usize::MAX, |k, _| v.push(k.a[0]));
+        v.sort_unstable();
+        v
+    }
+
+    /// A reload that changes the idle timeout of flows (their rule's) moves them to the
+    /// class of the new value, keeping their last-seen time and assured mark; a class no
+    /// flow may be in any more is given to a new value at the next reload.
+    #[test]
+    fn flows_move_to_the_class_of_their_new_idle_timeout() {
+        let conf = FlowTableConf {
+            capacity: 8,
+            idle_ns: 60 * S,
+            ..FlowTableConf::default()
+        };
+        // Rule 0 at 30 s, rule 1 at 60 s (the default's class).
+        let mut t = FlowTable::new(&conf, &[30 * S, 60 * S]);
+        let classes = t.table.classes();
+        let add = |t: &mut FlowTable, n: u8, rule: u16, ns: u64, assured: bool| {
+            let mut f = Flow::new(
+                Target::Gateway,
+                Owner::Rule(rule),
+                [0; 6],
+                0,
+                false,
+                TcpState::None,
+                0,
+            );
+            if assured {
+                f.mark(true);
+                f.mark(false);
+                f.mark(true);
+            }
+            assert_eq!(f.assured(), assured);
+            f.class = t.class(t.idle_class(ns), assured);
+            t.table.insert(key(n), f, f.class, 10 * S);
+        };
+        add(&mut t, 1, 0, 30 * S, true);
+        add(&mut t, 2, 1, 60 * S, false);
+        add(&mut t, 3, 1, 60 * S, true);
+        let mut tcp = Flow::new(
+            Target::Gateway,
+            Owner::Rule(1),
+            [0; 6],
+            0,
+            false,
+            TcpState::Established,
+            0,
+        );
+        tcp.class = t.class(CLASS_ESTABLISHED, false);
+        t.table.insert(key(4), tcp, tcp.class, 10 * S);
+        // Rule 0 now at 60 s, rule 1 at 20 s (a new value: a new class; the 30 s one
+        // still holds rule 0's flow until the pass moves it).
+        let rules = [60 * S, 20 * S];
+        let idle_of = |f: &Flow| match f.owner {
+            Owner::Rule(i) => rules[usize::from(i)],
+            _ => 60 * S,
+        };
+        assert_eq!(t.retime(&conf, &rules, 11 * S, Some(&idle_of)), Ok(true));
+        assert_eq!(t.table.classes(), classes + 2);
+        let c20 = t.idle_class(20 * S);
+        let class_of = |t: &FlowTable, n: u8| {
+            let h = t.table.find(&key(n)).expect("live");
+            assert_eq!(
+                t.table.get(h).class,
+                t.table.class(h),
+                "value and table agree"
+            );
+            t.table.class(h)
+        };
+        assert_eq!(class_of(&t, 1), t.class(t.idle_class(60 * S), true));
+        assert_eq!(class_of(&t, 2), t.class(c20, false));
+        assert_eq!(class_of(&t, 3), t.class(c20, true));
+        assert_eq!(
+            class_of(&t, 4),
+            t.class(CLASS_ESTABLISHED, false),
+            "TCP stays"
+        );
+        // Seen at 10 s: rule 1's flows go 20 s after that, rule 0's 60 s after.
+        assert_eq!(gone(&mut t, 29 * S), Vec::<u8>::new());
+        assert_eq!(gone(&mut t, 32 * S), vec![2, 3]);
+        assert_eq!(gone(&mut t, 69 * S), Vec::<u8>::new());
+        assert_eq!(gone(&mut t, 74 * S), vec![1]);
+        // A rule added at 90 s: it takes the class 30 s had, which no flow may be in any
+        // more. Without `idle_of` nothing moves.
+        add(&mut t, 5, 1, 20 * S, true);
+        let c30 = t.idle_class(30 * S);
+        assert_eq!(
+            t.retime(&conf, &[60 * S, 20 * S, 90 * S], 75 * S, None),
+            Ok(true)
+        );
+        assert_eq!(
+            t.table.classes(),
+            classes + 2,
+            "the free class was taken again"
+        );
+        assert_eq!(t.idle_class(90 * S), c30);
+        assert_eq!(class_of(&t, 5), t.class(c20, true));
+    }
+
+    /// Too many idle timeouts between the open flows' and the new ones: refused,
+    /// changing nothing.
+    #[test]
+    fn too_many_idle_timeouts_are_refused() {
+        let conf = FlowTableConf::default();
+        let old: Vec<u64> = (1..MAX_IDLE_CLASSES as u64).map(|i| i * S).collect();
+        let mut t = FlowTable::new(&conf, &old);
+        let new: Vec<u64> = (1..MAX_IDLE_CLASSES as u64)
+            .map(|i| (i + 1000) * S)
+            .collect();
+        let e = t.retime(&conf, &new, 0, None).unwrap_err();
+        assert!(e.contains("more than 120 distinct values"), "{e}");
+        assert_eq!(
+            t.idle_class(1000 * S),
+            t.idle_class(conf.idle_ns),
+            "unknown: default"
+        );
+        assert_ne!(t.idle_class(S), t.idle_class(conf.idle_ns));
     }
 
     #[test]

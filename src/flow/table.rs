@@ -193,19 +193,6 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
         self.evict_first = classes.to_vec();
     }
 
-    /// Appends one class per entry of `timeouts` (ns), empty, numbered after the table's
-    /// (a reload that declares new timeouts); allocates.
-    ///
-    /// # Panics
-    /// If the table would have more than 255 classes.
-    pub fn add_classes(&mut self, timeouts: &[u64]) {
-        assert!(
-            self.classes.len() + timeouts.len() < 256,
-            "at most 255 classes"
-        );
-        self.classes.extend(timeouts.iter().map(|&t| Class::new(t)));
-    }
-
     /// Gives the classes the timeouts `timeouts` (one per class, in class order), at
     /// `now`; returns whether any changed. A class whose timeout changes gets the grain of
     /// the new one and its entries are linked again into the windows of their last-seen
@@ -217,6 +204,31 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
     /// If `timeouts` does not have one entry per class.
     pub fn set_timeouts(&mut self, timeouts: &[u64], now: u64) -> bool {
         assert_eq!(timeouts.len(), self.classes.len(), "one timeout per class");
+        self.retime(timeouts, now, None)
+    }
+
+    /// [`set_timeouts`](Self::set_timeouts) that may also add classes and move entries
+    /// between them (a reload): `timeouts` has one entry per class, and more for classes
+    /// to append (empty); `to`, when given, names each live entry's class from its key,
+    /// value and current class, and may change its value. A moved entry keeps its
+    /// last-seen time and expires by its new class's timeout from it, as a retimed one
+    /// does. One pass over the slots when a timeout changed or `to` is given; allocates
+    /// when classes are added. Returns whether a timeout changed or an entry moved.
+    ///
+    /// # Panics
+    /// If `timeouts` has fewer entries than the table has classes, or 256 or more, or
+    /// `to` names a class the table does not have.
+    #[allow(clippy::type_complexity)]
+    pub fn retime(
+        &mut self,
+        timeouts: &[u64],
+        now: u64,
+        mut to: Option<&mut dyn FnMut(&K, &mut V, u8) -> u8>,
+    ) -> bool {
+        assert!(timeouts.len() >= self.classes.len() && timeouts.len() < 256);
+        let have = self.classes.len();
+        self.classes
+            .extend(timeouts[have..].iter().map(|&t| Class::new(t)));
         let mut changed = [false; 256];
         for (c, (cl, &t)) in self.classes.iter_mut().zip(timeouts).enumerate() {
             if cl.timeout == t {
@@ -234,17 +246,49 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
                 tail: NIL,
             }; WINDOWS];
         }
-        if !changed.contains(&true) {
+        let retimed = changed.contains(&true);
+        if !retimed && to.is_none() {
             return false;
         }
-        for s in 0..self.hot.len() {
-            let c = self.cold[s].class;
-            if c != FREE && changed[usize::from(c)] {
-                let seen = self.hot[s].last_seen;
-                self.link(s as u32, c, seen);
+        if to.is_some() {
+            // An entry moved in may be past its new class's timeout: its window must be
+            // one `expire` still visits (as for a retimed class above).
+            for cl in &mut self.classes {
+                let end = now.saturating_sub(cl.timeout) / cl.grain;
+                cl.next_window = cl.next_window.min(end.saturating_sub(1));
             }
         }
-        true
+        let mut moved = false;
+        for s in 0..self.hot.len() {
+            let c = self.cold[s].class;
+            if c == FREE {
+                continue;
+            }
+            let n = match to.as_mut() {
+                Some(f) => {
+                    let slot = &mut self.hot[s];
+                    f(&slot.key, &mut slot.val, c)
+                }
+                None => c,
+            };
+            assert!(usize::from(n) < self.classes.len(), "no class {n}");
+            if n == c && !changed[usize::from(c)] {
+                continue;
+            }
+            moved |= n != c;
+            // A retimed class's lists were emptied: its entries are linked afresh.
+            if !changed[usize::from(c)] {
+                self.unlink(s as u32);
+            }
+            let seen = self.hot[s].last_seen;
+            self.link(s as u32, n, seen);
+        }
+        retimed || moved
+    }
+
+    /// How many classes the table has.
+    pub fn classes(&self) -> usize {
+        self.classes.len()
     }
 
     /// How many inserts and removals the table has seen: a handle found while this was
@@ -889,13 +933,13 @@ mod tests {
             }
         }
 
-        // Timeouts changed at random moments, under live entries: every entry expires no
-        // earlier than its class's timeout at that moment after it was last seen, and no
-        // later than that timeout plus the class's grain (entries the new timeout has
-        // already expired go at the next expire call).
+        // Timeouts changed and entries moved between classes at random moments, under
+        // live entries: every entry expires no earlier than its class's timeout at that
+        // moment after it was last seen, and no later than that timeout plus the class's
+        // grain (entries the new timeout has already expired go at the next expire call).
         #[test]
         fn changed_timeouts_hold_for_entries_already_in(
-            ops in proptest::collection::vec((0u8..6, 0u64..40, 1u64..40), 1..300),
+            ops in proptest::collection::vec((0u8..7, 0u64..40, 1u64..40), 1..300),
         ) {
             let mut timeouts = [320u64, 64];
             let mut t: LruTable<u64, u64> = LruTable::new(64, &timeouts);
@@ -911,12 +955,34 @@ mod tests {
                         m.insert(k, (class, now));
                     }
                     2 | 3 => if let Some(h) = t.find(&k) {
-                        t.touch(h, class, now);
-                        m.insert(k, (class, now));
+                        let c = t.class(h);
+                        t.touch(h, c, now);
+                        m.insert(k, (c, now));
                     },
                     4 => {
                         timeouts[class as usize] = x * 16;
                         t.set_timeouts(&timeouts, now);
+                    }
+                    5 => {
+                        // Entries whose key is x modulo 3 change class, values too; a
+                        // timeout may change in the same pass.
+                        if x % 2 == 0 {
+                            timeouts[class as usize] = x * 16;
+                        }
+                        let mut to = |key: &u64, v: &mut u64, c: u8| {
+                            if key % 3 == x % 3 {
+                                *v += 1;
+                                1 - c
+                            } else {
+                                c
+                            }
+                        };
+                        t.retime(&timeouts, now, Some(&mut to));
+                        for (key, (c, _)) in m.iter_mut() {
+                            if key % 3 == x % 3 {
+                                *c = 1 - *c;
+                            }
+                        }
                     }
                     _ => {}
                 }
@@ -929,7 +995,9 @@ mod tests {
                 for (k, &(c, seen)) in &m {
                     let grain = (timeouts[c as usize] / 16).max(1);
                     prop_assert!(now - seen < timeouts[c as usize] + grain, "{} not expired", k);
-                    prop_assert!(t.find(k).is_some());
+                    let h = t.find(k);
+                    prop_assert!(h.is_some());
+                    prop_assert_eq!(t.class(h.unwrap()), c);
                 }
                 prop_assert_eq!(t.len(), m.len());
             }

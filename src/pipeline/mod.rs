@@ -234,7 +234,7 @@ pub fn effective_weight(p: &Pipeline, i: usize, j: usize) -> u32 {
 /// [`Worker::set_tables`] refused tables that do not only grow the current ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "the new pipeline removes or reorders servers, services, members or flow rules, or changes ports, or the flow table's size or timeout classes; restart to apply it"
+    "the new pipeline removes or reorders servers, services, members or flow rules, or changes ports or the flow table's size, or has too many idle timeouts; restart to apply it"
 )]
 pub struct ShapeChanged;
 
@@ -386,11 +386,12 @@ impl Worker {
 
     /// Switches to new tables between bursts. Flows keep their servers; new flows use the
     /// new Maglev tables; counters are kept. Refused (the old tables stay) unless the new
-    /// pipeline only grows the current one ([`Pipeline::grows_into`]: servers, services
-    /// and members added after the existing ones; the flow table's classes kept): flows
-    /// and counters hold indices into it. The counters grow with it; changed timeouts
-    /// apply to the flows already in the table, from the time of the last
-    /// [`expire`](Worker::expire) call.
+    /// pipeline only grows the current one ([`Pipeline::grows_into`]: servers, services,
+    /// members and rules added after the existing ones; the flow table's size kept):
+    /// flows and counters hold indices into it. The counters grow with it; changed
+    /// timeouts apply to the flows already in the table, from the time of the last
+    /// [`expire`](Worker::expire) call (a non-TCP flow whose idle timeout changed moves
+    /// to its class, [`FlowTable::retime`](crate::flow::FlowTable::retime)).
     ///
     /// A changed rule that [claims existing flows](crate::config::FlowRule::claims_existing)
     /// (an advertised flow) also starts a sweep of the flow table, done by
@@ -399,19 +400,37 @@ impl Worker {
         if !self.tables.pipeline.grows_into(&t.pipeline) {
             return Err(ShapeChanged);
         }
-        // Counters for what the pipeline gained (allocates only when it grew: a reload).
-        self.stats.grow_to(&t.pipeline);
-        // New timeouts: the flow table's classes take them under the flows they hold (one
-        // pass over the table, and an allocation: a reload that changed them).
+        // New timeouts: the flow table's TCP classes take them under the flows they hold,
+        // and non-TCP flows whose idle timeout changed move to its class (one pass over
+        // the table, and an allocation: a reload that changed them).
         fn idle(p: &Pipeline) -> impl Iterator<Item = u64> + '_ {
             p.flow_rules.iter().map(|r| r.idle_timeout_ns)
         }
         let (p0, p1) = (&self.tables.pipeline, &t.pipeline);
         if p0.flow_table != p1.flow_table || idle(p0).ne(idle(p1)) {
             let rules: Vec<u64> = idle(p1).collect();
-            let ok = self.flows.set_timeouts(&p1.flow_table, &rules, self.clock);
-            debug_assert!(ok, "grows_into checked the classes");
+            // Flows move only when a timeout a flow may have changed: flow_table's, or
+            // that of a rule that was there (new rules have no flows yet).
+            let moved = p0.flow_table.idle_ns != p1.flow_table.idle_ns
+                || idle(p0).zip(idle(p1)).any(|(a, b)| a != b);
+            let default = p1.flow_table.idle_ns;
+            let idle_of = |f: &crate::flow::Flow| match f.owner {
+                Owner::Rule(i) => rules.get(usize::from(i)).copied().unwrap_or(default),
+                _ => default,
+            };
+            let r = self.flows.retime(
+                &p1.flow_table,
+                &rules,
+                self.clock,
+                moved.then_some(&idle_of as &dyn Fn(&crate::flow::Flow) -> u64),
+            );
+            debug_assert!(r.is_ok(), "grows_into checked the classes: {r:?}");
+            if r.is_err() {
+                return Err(ShapeChanged);
+            }
         }
+        // Counters for what the pipeline gained (allocates only when it grew: a reload).
+        self.stats.grow_to(&t.pipeline);
         // One mark per rule (grows, allocating, only when a reload added rules).
         self.sweep_pending
             .resize(t.pipeline.flow_rules.len(), false);
