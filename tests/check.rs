@@ -790,6 +790,27 @@ fn reload_from_says_whether_a_run_would_take_it() {
         out.contains("accepted (adds servers 0, services 0, service members 0); services reordered: [\"dns\", \"web\"]"),
         "{out}"
     );
+    // A server added before the running ones: taken, no running one reordered; w1 and
+    // w2 swapped: taken, and said.
+    let w0 = "      - { name: w0, mac: \"02:00:00:00:01:00\" }\n      - name: w1\n";
+    let (code, out, err) = check(&BASE.replacen("      - name: w1\n", w0, 1));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("accepted (adds servers 1, services 0, service members 1)")
+            && !out.contains("reordered"),
+        "{out}"
+    );
+    let swapped = BASE.replace(
+        "      - name: w1\n        mac: \"02:00:00:00:01:01\"\n      - { name: w2, mac: \"02:00:00:00:01:02\" }\n",
+        "      - { name: w2, mac: \"02:00:00:00:01:02\" }\n      - name: w1\n        mac: \"02:00:00:00:01:01\"\n",
+    );
+    assert_ne!(swapped, BASE);
+    let (code, out, err) = check(&swapped);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("; servers of service \"web\" reordered: [\"w2\", \"w1\"]"),
+        "{out}"
+    );
     // w2 removed from `web` (and so from the file): taken, w2 kept down.
     let (code, out, err) = check(&mutate(17, ""));
     assert_eq!(code, Some(0), "{err}");

@@ -19,6 +19,18 @@ pub struct Maglev {
 }
 
 impl Maglev {
+    /// Names backend `i` of the table `to[i]` instead (one pass over the table).
+    ///
+    /// # Panics
+    /// If `to` has fewer entries than the table has backends.
+    pub fn renumber(&mut self, to: &[u16]) {
+        for e in &mut self.table {
+            if *e != NONE {
+                *e = to[usize::from(*e)];
+            }
+        }
+    }
+
     /// Builds a table of prime size `m` for backends `(name, weight)`.
     pub fn build(backends: &[(&str, u32)], m: usize) -> Maglev {
         let mut table = vec![NONE; m];

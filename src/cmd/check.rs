@@ -1,7 +1,7 @@
 //! `flowgate check`: validate a pipeline and print what it compiles to.
 
 use super::summary::{mac, qos, target};
-use crate::config::{Affinity, Forwarding, Pipeline};
+use crate::config::{Affinity, Forwarding, Pipeline, Service};
 use crate::pipeline::Tables;
 use std::fmt::Write as _;
 
@@ -181,10 +181,10 @@ pub fn reload_verdict(old: &Pipeline, new: Pipeline) -> Result<String, String> {
     Ok(v)
 }
 
-/// What `g` ([`Pipeline::regrow`]n from `old`) changes in the priority of services and in
-/// the pattern rules, one phrase each: the running services' new order when it changed,
-/// rules added, the running rules' new order when it changed, and rules removed (kept
-/// for the flows they made).
+/// What `g` ([`Pipeline::regrow`]n from `old`) changes in the order of services and their
+/// servers and in the pattern rules, one phrase each: the running services' new order
+/// when it changed, a service's servers' when it changed, rules added, the running rules'
+/// new order when it changed, and rules removed (kept for the flows they made).
 pub fn order_changes(old: &Pipeline, g: &Pipeline) -> Vec<String> {
     let was = |n: &str| live_rules(old).any(|o| o == n);
     let is = |n: &str| live_rules(g).any(|o| o == n);
@@ -193,6 +193,17 @@ pub fn order_changes(old: &Pipeline, g: &Pipeline) -> Vec<String> {
     let mut v = Vec::new();
     if let Some(kept) = reordered(live_services(old), live_services(g)) {
         v.push(format!("services reordered: {kept:?}"));
+    }
+    for (i, s) in old.services.iter().enumerate() {
+        let Some(n) = g.services.get(i).filter(|n| !n.retired) else {
+            continue;
+        };
+        if let Some(kept) = reordered(members(old, s), members(g, n)) {
+            v.push(format!(
+                "servers of service {:?} reordered: {kept:?}",
+                s.name
+            ));
+        }
     }
     if !added.is_empty() {
         v.push(format!("flow rules added: {added:?}"));
@@ -217,6 +228,15 @@ fn reordered<'a>(
     old.filter(|o| kept.contains(o))
         .ne(kept.iter().copied())
         .then_some(kept)
+}
+
+/// The names of the servers of `p`'s service `s`, in Maglev's order.
+fn members<'a>(p: &'a Pipeline, s: &'a Service) -> impl Iterator<Item = &'a str> + Clone {
+    (s.member_order.iter()).map(|&j| {
+        p.servers[usize::from(s.members[usize::from(j)].server)]
+            .name
+            .as_str()
+    })
 }
 
 /// The names of `p`'s live services, in priority order.

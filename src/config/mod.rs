@@ -293,7 +293,14 @@ pub struct Service {
     pub affinity: Affinity,
     pub qos: QosActions,
     pub reply_qos: QosActions,
+    /// The member servers. A member's index is its identity while the system runs
+    /// (counters hold it); a reload appends new members and keeps removed ones at
+    /// weight 0 ([`Pipeline::regrow`]), so the order here is not the file's.
     pub members: Vec<Member>,
+    /// The members in the file's order, as indices into `members` (a member a reload
+    /// removed is not here): the order Maglev places them in, which decides its ties, so
+    /// that a reloaded system places new flows as one started on the same file does.
+    pub member_order: Vec<u16>,
     /// Maglev lookup table size (prime).
     pub table_size: usize,
     /// `no_server: reject`: a new flow no server can take is answered with an ICMP
@@ -565,9 +572,10 @@ impl Pipeline {
     ///   ([`service_order`](Self::service_order)), so they may be added anywhere and
     ///   reordered; one the file no longer has is kept as [`Service::retired`]: it matches
     ///   nothing new and owns no address, and its open flows go on until they end;
-    /// - a service's servers: those it had must come first, in the same order (their order
-    ///   decides Maglev ties); one it no longer lists is kept at weight 0, so its open
-    ///   flows stay and it takes no new ones;
+    /// - a service's servers (by server): those it had keep their member indices, new ones
+    ///   follow; Maglev places them in the file's order ([`Service::member_order`]), so
+    ///   they may be added anywhere and reordered; one it no longer lists is kept at
+    ///   weight 0, so its open flows stay and it takes no new ones;
     /// - pattern rules (by name): `self`'s keep their indices, new ones follow; their
     ///   priority is the file's order ([`rule_order`](Self::rule_order)), so they may also
     ///   be reordered; one the file no longer has is kept out of the order: it matches
@@ -637,7 +645,7 @@ impl Pipeline {
             match new.services.iter().position(|n| n.name == old.name) {
                 Some(j) => {
                     at[j] = Some(services.len() as u16);
-                    services.push(regrow_members(old, new.services[j].clone())?);
+                    services.push(regrow_members(old, new.services[j].clone()));
                 }
                 None => services.push(Service {
                     retired: true,
@@ -741,32 +749,35 @@ impl Pipeline {
 }
 
 /// Service `n` (its member servers already renumbered) with the members of `old`, the
-/// running version, first and in their order (one `n` no longer lists kept at weight 0),
-/// then `n`'s new members ([`Pipeline::regrow`]).
-fn regrow_members(old: &Service, mut n: Service) -> Result<Service, String> {
+/// running version, at their indices (one `n` no longer lists kept at weight 0), then
+/// `n`'s new members; the Maglev order is `n`'s ([`Pipeline::regrow`]).
+fn regrow_members(old: &Service, mut n: Service) -> Service {
     let mut members = Vec::with_capacity(old.members.len() + n.members.len());
-    let mut next = 0;
+    let mut at: Vec<Option<u16>> = vec![None; n.members.len()];
     for m in &old.members {
-        let Some(i) = n.members.iter().position(|x| x.server == m.server) else {
-            members.push(Member {
+        match n.members.iter().position(|x| x.server == m.server) {
+            Some(j) => {
+                at[j] = Some(members.len() as u16);
+                members.push(n.members[j].clone());
+            }
+            None => members.push(Member {
                 weight: 0,
                 ..m.clone()
-            });
-            continue;
-        };
-        let added = |x: &Member| !old.members.iter().any(|o| o.server == x.server);
-        if i < next || n.members[next..i].iter().any(added) {
-            return Err(format!(
-                "the servers of service {:?} were reordered, or one was added before the running ones: new servers may only follow them",
-                old.name
-            ));
+            }),
         }
-        next = i + 1;
-        members.push(n.members[i].clone());
     }
-    members.extend(n.members.drain(next..));
+    for (j, x) in n.members.iter().enumerate() {
+        if at[j].is_none() {
+            at[j] = Some(members.len() as u16);
+            members.push(x.clone());
+        }
+    }
+    let at: Vec<u16> = at.into_iter().flatten().collect();
+    n.member_order = (n.member_order.iter())
+        .map(|&j| at[usize::from(j)])
+        .collect();
     n.members = members;
-    Ok(n)
+    n
 }
 
 /// An address as a full-length prefix in the mapped 128-bit space.
@@ -1130,6 +1141,7 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
             affinity,
             qos,
             reply_qos,
+            member_order: (0..members.len() as u16).collect(),
             members,
             table_size,
             reject,

@@ -371,8 +371,8 @@ impl FlowTable {
         Ok(changed)
     }
 
-    /// The base class for a non-TCP flow with idle timeout `ns` (the default class when
-    /// the value was not declared at construction).
+    /// The base class for a non-TCP flow with idle timeout `ns` (the first idle class
+    /// when the value is not one the table has a class for).
     pub fn idle_class(&self, ns: u64) -> u8 {
         CLASS_IDLE + self.idle.iter().position(|&t| t == ns).unwrap_or(0) as u8
     }

@@ -160,18 +160,18 @@ impl Tables {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let names: Vec<(&str, u32)> = s
-                    .members
-                    .iter()
-                    .enumerate()
-                    .map(|(j, m)| {
+                // In the file's order (it decides Maglev's ties), then numbered as members.
+                let names: Vec<(&str, u32)> = (s.member_order.iter().map(|&j| usize::from(j)))
+                    .map(|j| {
                         (
-                            p.servers[m.server as usize].name.as_str(),
+                            p.servers[s.members[j].server as usize].name.as_str(),
                             effective_weight(&p, i, j),
                         )
                     })
                     .collect();
-                Maglev::build(&names, s.table_size)
+                let mut m = Maglev::build(&names, s.table_size);
+                m.renumber(&s.member_order);
+                m
             })
             .collect();
         let server_by_mac = p
