@@ -595,30 +595,20 @@ impl Pipeline {
         }
         // Servers: the running ones at their indices (a removed one kept, down), then the
         // file's new ones in its order.
-        let mut servers = Vec::with_capacity(self.servers.len() + new.servers.len());
-        let mut to: Vec<Option<u16>> = vec![None; new.servers.len()];
-        for s in &self.servers {
-            match new.servers.iter().position(|n| n.name == s.name) {
-                Some(i) => {
-                    to[i] = Some(servers.len() as u16);
-                    servers.push(new.servers[i].clone());
-                }
-                None => servers.push(Server {
-                    state: ServerState::Down,
-                    ..s.clone()
-                }),
-            }
-        }
-        for (i, s) in new.servers.iter().enumerate() {
-            if to[i].is_none() {
-                to[i] = Some(servers.len() as u16);
-                servers.push(s.clone());
-            }
-        }
+        let (servers, to) = merge(
+            &self.servers,
+            &new.servers,
+            |a, b| a.name == b.name,
+            |s| Server {
+                state: ServerState::Down,
+                ..s.clone()
+            },
+            |_, n| n.clone(),
+        );
         if servers.len() >= usize::from(u16::MAX) {
             return Err("too many servers, with those kept (at most 65534)".into());
         }
-        let to: Vec<u16> = to.into_iter().flatten().collect();
+        let to: Vec<u16> = to.into_iter().map(|i| i as u16).collect();
         for svc in &mut new.services {
             for m in &mut svc.members {
                 m.server = to[usize::from(m.server)];
@@ -639,38 +629,27 @@ impl Pipeline {
         // Services: the running ones at their indices (a removed one kept, retired),
         // then the file's new ones; their priority (which of two overlapping services
         // matches) is the file's order.
-        let mut services = Vec::with_capacity(self.services.len() + new.services.len());
-        let mut at: Vec<Option<u16>> = vec![None; new.services.len()];
-        for old in &self.services {
-            match new.services.iter().position(|n| n.name == old.name) {
-                Some(j) => {
-                    at[j] = Some(services.len() as u16);
-                    services.push(regrow_members(old, new.services[j].clone()));
-                }
-                None => services.push(Service {
-                    retired: true,
-                    members: (old.members.iter())
-                        .map(|m| Member {
-                            weight: 0,
-                            ..m.clone()
-                        })
-                        .collect(),
-                    ..old.clone()
-                }),
-            }
-        }
-        for (j, n) in new.services.iter().enumerate() {
-            if at[j].is_none() {
-                at[j] = Some(services.len() as u16);
-                services.push(n.clone());
-            }
-        }
+        let (services, at) = merge(
+            &self.services,
+            &new.services,
+            |a, b| a.name == b.name,
+            |old| Service {
+                retired: true,
+                members: (old.members.iter())
+                    .map(|m| Member {
+                        weight: 0,
+                        ..m.clone()
+                    })
+                    .collect(),
+                ..old.clone()
+            },
+            |old, n| regrow_members(old, n.clone()),
+        );
         if services.len() >= usize::from(u16::MAX) {
             return Err("too many services, with those kept (at most 65534)".into());
         }
-        let at: Vec<u16> = at.into_iter().flatten().collect();
         new.service_order = (new.service_order.iter())
-            .map(|&j| at[usize::from(j)])
+            .map(|&j| at[usize::from(j)] as u16)
             .collect();
         new.servers = servers;
         new.services = services;
@@ -683,37 +662,25 @@ impl Pipeline {
     /// was, out of the priority order), then `new`'s others; the priority order is
     /// `new`'s.
     fn regrow_rules(&self, new: &mut Pipeline) -> Result<(), String> {
-        let mut rules = Vec::with_capacity(self.flow_rules.len() + new.flow_rules.len());
-        let mut at: Vec<Option<u16>> = vec![None; new.flow_rules.len()];
-        for old in &self.flow_rules {
-            let i = rules.len() as u16;
-            match new.flow_rules.iter().position(|n| n.name == old.name) {
-                Some(j) => {
-                    at[j] = Some(i);
-                    rules.push(new.flow_rules[j].clone());
-                }
-                None => rules.push(old.clone()),
-            }
-        }
-        for (j, n) in new.flow_rules.iter().enumerate() {
-            if at[j].is_none() {
-                at[j] = Some(rules.len() as u16);
-                rules.push(n.clone());
-            }
-        }
+        let (mut rules, at) = merge(
+            &self.flow_rules,
+            &new.flow_rules,
+            |a, b| a.name == b.name,
+            Clone::clone,
+            |_, n| n.clone(),
+        );
         if rules.len() >= usize::from(u16::MAX) {
             return Err("too many pattern rules, with those kept (at most 65534)".into());
         }
-        let at: Vec<u16> = at.into_iter().flatten().collect();
         // The slots (the control plane's, the same count on both sides) are found by name.
-        if new.slots_at < new.flow_rules.len() && at[new.slots_at] as usize != self.slots_at {
+        if new.slots_at < new.flow_rules.len() && at[new.slots_at] != self.slots_at {
             return Err("the advertised-flow slots moved".into());
         }
         for (i, r) in rules.iter_mut().enumerate() {
             r.rule.decision = crate::classify::Decision::FlowRule(i as u32);
         }
         new.rule_order = (new.rule_order.iter())
-            .map(|&j| at[usize::from(j)])
+            .map(|&j| at[usize::from(j)] as u16)
             .collect();
         new.flow_rules = rules;
         new.slots_at = self.slots_at;
@@ -752,32 +719,52 @@ impl Pipeline {
 /// running version, at their indices (one `n` no longer lists kept at weight 0), then
 /// `n`'s new members; the Maglev order is `n`'s ([`Pipeline::regrow`]).
 fn regrow_members(old: &Service, mut n: Service) -> Service {
-    let mut members = Vec::with_capacity(old.members.len() + n.members.len());
-    let mut at: Vec<Option<u16>> = vec![None; n.members.len()];
-    for m in &old.members {
-        match n.members.iter().position(|x| x.server == m.server) {
-            Some(j) => {
-                at[j] = Some(members.len() as u16);
-                members.push(n.members[j].clone());
-            }
-            None => members.push(Member {
-                weight: 0,
-                ..m.clone()
-            }),
-        }
-    }
-    for (j, x) in n.members.iter().enumerate() {
-        if at[j].is_none() {
-            at[j] = Some(members.len() as u16);
-            members.push(x.clone());
-        }
-    }
-    let at: Vec<u16> = at.into_iter().flatten().collect();
+    let (members, at) = merge(
+        &old.members,
+        &n.members,
+        |a, b| a.server == b.server,
+        |m| Member {
+            weight: 0,
+            ..m.clone()
+        },
+        |_, x| x.clone(),
+    );
     n.member_order = (n.member_order.iter())
-        .map(|&j| at[usize::from(j)])
+        .map(|&j| at[usize::from(j)] as u16)
         .collect();
     n.members = members;
     n
+}
+
+/// [`Pipeline::regrow`]'s merge of one list by identity (`same`): `old`'s items at their
+/// indices, each the item of `new` it matches (`take(old, new)`) or, when `new` has
+/// none, `keep(old)`; then `new`'s other items in its order. Returns the list and where
+/// each of `new`'s items went in it.
+fn merge<T: Clone>(
+    old: &[T],
+    new: &[T],
+    same: impl Fn(&T, &T) -> bool,
+    keep: impl Fn(&T) -> T,
+    take: impl Fn(&T, &T) -> T,
+) -> (Vec<T>, Vec<usize>) {
+    let mut out = Vec::with_capacity(old.len() + new.len());
+    let mut at = vec![usize::MAX; new.len()];
+    for o in old {
+        match new.iter().position(|n| same(o, n)) {
+            Some(j) => {
+                at[j] = out.len();
+                out.push(take(o, &new[j]));
+            }
+            None => out.push(keep(o)),
+        }
+    }
+    for (j, n) in new.iter().enumerate() {
+        if at[j] == usize::MAX {
+            at[j] = out.len();
+            out.push(n.clone());
+        }
+    }
+    (out, at)
 }
 
 /// An address as a full-length prefix in the mapped 128-bit space.

@@ -687,6 +687,19 @@ services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]
         }
     }
 
+    /// A classifier key for TCP from `src` to the VIP's port 80.
+    fn key(src: [u8; 4]) -> crate::classify::Key {
+        crate::classify::Key {
+            src: crate::classify::v4_mapped(src),
+            dst: crate::classify::v4_mapped([203, 0, 113, 10]),
+            proto: 6,
+            src_port: 40000,
+            dst_port: 80,
+            ethertype: 0x0800,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn advertised_flows_take_stable_slots_and_become_rules() {
         let mut p = base();
@@ -730,15 +743,6 @@ services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]
         // The compiled classifier finds the slot's rule for a matching key, and the
         // free slot's rule matches nothing.
         let t = crate::pipeline::Tables::build(q.clone(), 1);
-        let key = |src: [u8; 4]| crate::classify::Key {
-            src: crate::classify::v4_mapped(src),
-            dst: crate::classify::v4_mapped([203, 0, 113, 10]),
-            proto: 6,
-            src_port: 40000,
-            dst_port: 80,
-            ethertype: 0x0800,
-            ..Default::default()
-        };
         assert_eq!(
             t.classifier.classify(&key([192, 0, 2, 9])),
             Decision::FlowRule(static_rules as u32)
@@ -825,15 +829,6 @@ services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]
         );
         assert_eq!(q.flow_rules[1].qos.dscp, Some(46));
         let t = crate::pipeline::Tables::build(q, 2);
-        let key = |src: [u8; 4]| crate::classify::Key {
-            src: crate::classify::v4_mapped(src),
-            dst: crate::classify::v4_mapped([203, 0, 113, 10]),
-            proto: 6,
-            src_port: 40000,
-            dst_port: 80,
-            ethertype: 0x0800,
-            ..Default::default()
-        };
         // r2 ranks above the slots; the rest of the advert's prefix goes to its slot.
         assert_eq!(
             t.classifier.classify(&key([192, 0, 2, 9])),
