@@ -31,6 +31,9 @@
 //!
 //! Two workers on `net_af_packet` with `qpairs=2`: the requests are all answered.
 //!
+//! Reloads: SIGHUP with a pattern rule added (every new connection to the server it
+//! names), pointed at the other server, and removed (both serve again).
+//!
 //! An advertised flow (third test): a UDP echo service beside the HTTP servers, one UDP
 //! flow from the client answered by the server it was placed on; the other server's agent
 //! advertises that flow to itself, and the open flow's next datagrams are answered by it.
@@ -564,6 +567,80 @@ fn run_af_packet_namespaces_http() {
     assert!(
         j["arp_replies"].as_u64().unwrap_or(0) >= 2,
         "ARP answered on both sides: {j}"
+    );
+}
+
+/// SIGHUP with a pattern rule added, changed and removed while real clients connect: a
+/// rule sending the VIP's HTTP to s2 makes every new connection land there, the same
+/// rule pointed at s1 every new one there, and without it both serve again; the log
+/// says what each reload changed.
+#[test]
+fn run_af_packet_reloads_pattern_rules() {
+    let Some((_one, mut t, _www)) = setup(13) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stats = start_flowgate(&mut t, dir.path(), "", "");
+    both_serve(&mut t, 20, &stats);
+    let pipe = dir.path().join("pipeline.yaml");
+    let base = std::fs::read_to_string(&pipe).expect("pipeline");
+    let pin = |to: &str| {
+        base.replace(
+            "default: gateway\n",
+            &format!(
+                "flows:\n  - {{ name: pin, match: {{ proto: tcp, dst: 203.0.113.10, dst_port: 80 }}, to: {to} }}\ndefault: gateway\n"
+            ),
+        )
+    };
+    let pid = t.children.last().expect("flowgate").id().to_string();
+    let hup = |text: &str| {
+        std::fs::write(&pipe, text).expect("pipeline");
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .expect("kill")
+                .success()
+        );
+    };
+    // Every new connection on `server`, within 5 s of the reload, then 10 more.
+    let all_on = |t: &mut Topo, server: &str| {
+        let want = format!("server-{server}");
+        let t0 = Instant::now();
+        while get(t).as_deref() != Some(want.as_str()) {
+            if t0.elapsed() > Duration::from_secs(5) {
+                fail(
+                    t,
+                    &format!("new connections go to {server} after the reload"),
+                    &stats,
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for _ in 0..10 {
+            let a = get(t).unwrap_or_else(|| fail(t, "every request is answered", &stats));
+            assert_eq!(a, want);
+        }
+    };
+    hup(&pin("s2"));
+    all_on(&mut t, "s2");
+    hup(&pin("s1"));
+    all_on(&mut t, "s1");
+    hup(&base);
+    std::thread::sleep(Duration::from_millis(500));
+    both_serve(&mut t, 30, &stats);
+    let err = stop(&mut t);
+    for line in [
+        "pipeline reloaded; flow rules added: [\"pin\"] (generation 2)",
+        "pipeline reloaded (generation 3)",
+        "pipeline reloaded; flow rules removed: [\"pin\"], kept for their open flows until a restart (generation 4)",
+    ] {
+        assert!(err.contains(line), "{line:?} in the log:\n{err}");
+    }
+    let j = final_stats(&stats, "web", 40);
+    assert!(
+        j["flow_rules"]["pin"]["flows"].as_u64() >= Some(20),
+        "the rule's connections counted under its name: {j}"
     );
 }
 
