@@ -39,6 +39,7 @@ use crate::flow::{
     FlowKey, FlowTable, FragKey, Inserted, LruTable, Owner, TcpState, tcp_class, tcp_flags,
     tcp_next,
 };
+use crate::wire::ipv4::option_at;
 use meta::{DropReason, Frag, L3, Meta, Tuple};
 use stats::Stats;
 use std::sync::Arc;
@@ -1546,21 +1547,16 @@ fn fragmentable(d: &[u8], m: &Meta, q: &crate::config::QosActions, mtu: u16) -> 
     })
 }
 
-/// Whether the IPv4 options `o` parse: end-of-list, no-operations, and options whose
-/// length byte (at least 2) stays inside them.
+/// Whether the IPv4 options `o` parse ([`option_at`]).
 fn options_valid(o: &[u8]) -> bool {
     let mut i = 0;
-    while i < o.len() {
-        match o[i] {
-            0 => return true,
-            1 => i += 1,
-            _ => match o.get(i + 1) {
-                Some(&n) if n >= 2 && i + usize::from(n) <= o.len() => i += usize::from(n),
-                _ => return false,
-            },
+    loop {
+        match option_at(o, i) {
+            None => return true,
+            Some(Err(_)) => return false,
+            Some(Ok((_, n))) => i += n,
         }
     }
-    true
 }
 
 /// Overwrites the options of `o` (well formed, see [`options_valid`]) whose copied flag
@@ -1568,18 +1564,11 @@ fn options_valid(o: &[u8]) -> bool {
 /// carries of them (RFC 791, 3.2).
 fn uncopied_options_to_nops(o: &mut [u8]) {
     let mut i = 0;
-    while i < o.len() {
-        match o[i] {
-            0 => return,
-            1 => i += 1,
-            t => {
-                let n = usize::from(o.get(i + 1).copied().unwrap_or(2)).clamp(2, o.len() - i);
-                if t & 0x80 == 0 {
-                    o[i..i + n].fill(1);
-                }
-                i += n;
-            }
+    while let Some(Ok((t, n))) = option_at(o, i) {
+        if t & 0x80 == 0 {
+            o[i..i + n].fill(1);
         }
+        i += n;
     }
 }
 

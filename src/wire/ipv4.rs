@@ -348,6 +348,22 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     }
 }
 
+/// The IPv4 option at offset `i` of the options `o` (RFC 791, 3.1): its type and
+/// length (1 for a no-operation); `None` at the end of the list (end-of-list, or past
+/// the options); [`Error::Malformed`] when its length byte is missing, below 2, or runs
+/// past them.
+pub fn option_at(o: &[u8], i: usize) -> Option<Result<(u8, usize)>> {
+    let &t = o.get(i)?;
+    Some(match t {
+        0 => return None,
+        1 => Ok((1, 1)),
+        _ => match o.get(i + 1) {
+            Some(&n) if n >= 2 && i + usize::from(n) <= o.len() => Ok((t, usize::from(n))),
+            _ => Err(Error::Malformed),
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
