@@ -407,10 +407,6 @@ pub struct Pipeline {
     /// order, then the advertised-flow slots. A rule a reload removed is not here: it
     /// matches nothing new, and the flows it made keep its target, QoS and timeout.
     pub rule_order: Vec<u16>,
-    /// Index in `flow_rules` of the first advertised-flow slot; the slots are contiguous
-    /// (`crate::control::overlay::reserve_flow_slots`). The file's rule count when none is
-    /// reserved.
-    pub slots_at: usize,
     pub default: Target,
     pub flow_table: FlowTableConf,
     /// Switch or router (`system.mode`).
@@ -503,8 +499,8 @@ impl Pipeline {
     /// True when `new` only grows `self`, so that it can replace it under live flows
     /// and counters: `self`'s servers (by name) are `new`'s first servers, in order;
     /// `self`'s services are `new`'s first services (by name), each with its members
-    /// first, in order; `self`'s pattern rules (by name) are `new`'s first ones, with the
-    /// advertised-flow slots at the same place; the same ports. New servers, new services
+    /// first, in order; `self`'s pattern rules (by name, the advertised-flow slots among
+    /// them) are `new`'s first ones; the same ports. New servers, new services
     /// after the old ones, new members at the end of a service and new pattern rules may
     /// follow; weights, states, QoS, matches and the rules' priority order may differ. (A
     /// flow holds server, service and rule indices; a counter, service, member and rule
@@ -520,7 +516,6 @@ impl Pipeline {
             })
             && self.flow_rules.len() <= new.flow_rules.len()
             && (self.flow_rules.iter().zip(&new.flow_rules)).all(|(a, b)| a.name == b.name)
-            && self.slots_at == new.slots_at
             && self.ports == new.ports
             && self.flow_table_change(new).is_none()
     }
@@ -672,10 +667,6 @@ impl Pipeline {
         if rules.len() >= usize::from(u16::MAX) {
             return Err("too many pattern rules, with those kept (at most 65534)".into());
         }
-        // The slots (the control plane's, the same count on both sides) are found by name.
-        if new.slots_at < new.flow_rules.len() && at[new.slots_at] != self.slots_at {
-            return Err("the advertised-flow slots moved".into());
-        }
         for (i, r) in rules.iter_mut().enumerate() {
             r.rule.decision = crate::classify::Decision::FlowRule(i as u32);
         }
@@ -683,7 +674,6 @@ impl Pipeline {
             .map(|&j| at[usize::from(j)] as u16)
             .collect();
         new.flow_rules = rules;
-        new.slots_at = self.slots_at;
         Ok(())
     }
 
@@ -1258,7 +1248,6 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
         service_order: (0..services.len() as u16).collect(),
         services,
         rule_order: (0..flow_rules.len() as u16).collect(),
-        slots_at: flow_rules.len(),
         flow_rules,
         default: default_target,
         flow_table,

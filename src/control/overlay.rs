@@ -99,7 +99,6 @@ fn slot_name(i: usize) -> String {
 /// nothing until [`apply`] fills them.
 pub fn reserve_flow_slots(p: &mut Pipeline, n: usize) {
     let first = p.flow_rules.len();
-    p.slots_at = first;
     p.rule_order.extend((first..first + n).map(|i| i as u16));
     for i in 0..n {
         p.flow_rules.push(FlowRule {
@@ -115,9 +114,11 @@ pub fn reserve_flow_slots(p: &mut Pipeline, n: usize) {
 }
 
 /// Index of the first of the reserved rules of `p` (contiguous, and after the rules of
-/// the file it was loaded from, though a reload may add rules after them).
+/// the file it was loaded from, though a reload may add rules after them; found by name,
+/// which a file's rules may not take): the rule count when none is reserved.
 pub fn first_slot(p: &Pipeline) -> usize {
-    p.slots_at
+    let first = slot_name(0);
+    (p.flow_rules.iter().position(|r| r.name == first)).unwrap_or(p.flow_rules.len())
 }
 
 /// A rule that matches nothing (an empty protocol range).
