@@ -193,27 +193,17 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
         self.evict_first = classes.to_vec();
     }
 
-    /// Gives the classes the timeouts `timeouts` (one per class, in class order), at
-    /// `now`; returns whether any changed. A class whose timeout changes gets the grain of
-    /// the new one and its entries are linked again into the windows of their last-seen
-    /// times, in one pass over the slots (O(capacity) once: for a reload, not the packet
-    /// path). Entries the new timeout has already expired go into a window that `expire`
-    /// removes at its next call; the others expire as if the new timeout had always held.
-    ///
-    /// # Panics
-    /// If `timeouts` does not have one entry per class.
-    pub fn set_timeouts(&mut self, timeouts: &[u64], now: u64) -> bool {
-        assert_eq!(timeouts.len(), self.classes.len(), "one timeout per class");
-        self.retime(timeouts, now, None)
-    }
-
-    /// [`set_timeouts`](Self::set_timeouts) that may also add classes and move entries
-    /// between them (a reload): `timeouts` has one entry per class, and more for classes
-    /// to append (empty); `to`, when given, names each live entry's class from its key,
-    /// value and current class, and may change its value. A moved entry keeps its
-    /// last-seen time and expires by its new class's timeout from it, as a retimed one
-    /// does. One pass over the slots when a timeout changed or `to` is given; allocates
-    /// when classes are added. Returns whether a timeout changed or an entry moved.
+    /// Gives the classes the timeouts `timeouts` (one per class, in class order, and more
+    /// for classes to append, empty), at `now`, and, with `to`, moves entries between
+    /// classes (a reload; O(capacity) once, not the packet path). A class whose timeout
+    /// changes gets the grain of the new one and its entries are linked again into the
+    /// windows of their last-seen times. `to` names each live entry's class from its key,
+    /// value and current class, and may change its value; a moved entry keeps its
+    /// last-seen time. Entries their (new) timeout has already expired go into a window
+    /// that `expire` removes at its next call; the others expire as if the timeout had
+    /// always held. One pass over the slots when a timeout changed or `to` is given;
+    /// allocates when classes are added. Returns whether a timeout changed or an entry
+    /// moved.
     ///
     /// # Panics
     /// If `timeouts` has fewer entries than the table has classes, or 256 or more, or
@@ -814,8 +804,8 @@ mod tests {
         t.insert(1, 0, 0, 5);
         t.insert(2, 0, 1, 5);
         t.insert(3, 0, 1, 400);
-        assert!(!t.set_timeouts(&[160, 1600], 450), "nothing changed");
-        assert!(t.set_timeouts(&[1600, 160], 450));
+        assert!(!t.retime(&[160, 1600], 450, None), "nothing changed");
+        assert!(t.retime(&[1600, 160], 450, None));
         // Key 2 (seen at 5) is past 160 already: gone at the next call; key 3 (seen at
         // 400, window [400, 410)) expires at 570; key 1 (window [0, 100)) at 1700.
         let mut gone = Vec::new();
@@ -961,7 +951,7 @@ mod tests {
                     },
                     4 => {
                         timeouts[class as usize] = x * 16;
-                        t.set_timeouts(&timeouts, now);
+                        t.retime(&timeouts, now, None);
                     }
                     5 => {
                         // Entries whose key is x modulo 3 change class, values too; a
