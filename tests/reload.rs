@@ -236,10 +236,7 @@ fn a_reload_applies_changed_timeouts_to_the_flows_already_open() {
     // a sixteenth late, not 60 s later).
     let udp_open = |p: &Pipeline, dp: u16| {
         let mut w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
-        assert_eq!(
-            send(&mut w, p, &udp(1000, dp), S),
-            "[02, 00, 00, 00, 00, fe]"
-        );
+        assert_eq!(send(&mut w, p, &udp(1000, dp), S), "gateway");
         w
     };
     let mut w = udp_open(&old, 5060);
@@ -274,10 +271,7 @@ fn a_reload_applies_changed_timeouts_to_the_flows_already_open() {
     };
     let shared = two(30, 30);
     let mut w = udp_open(&shared, 5060);
-    assert_eq!(
-        send(&mut w, &shared, &udp(1001, 5004), S),
-        "[02, 00, 00, 00, 00, fe]"
-    );
+    assert_eq!(send(&mut w, &shared, &udp(1001, 5004), S), "gateway");
     let parted = shared.regrow(two(30, 60)).expect("taken");
     w.set_tables(Arc::new(Tables::build(parted, 2)))
         .expect("taken");
@@ -323,9 +317,10 @@ fn regrow_keeps_what_the_file_removed_until_a_restart() {
     assert_eq!(back.services[0].members[1].weight, 100);
 }
 
-/// A TCP frame from client port `sp` (and an address derived from it) to `vip`:`dp`,
-/// flags `flags`: the capture generator's frame builder, checksums filled.
-fn tcp(sp: u16, vip: [u8; 4], dp: u16, flags: u8) -> Vec<u8> {
+/// A frame from client port `sp` (and an address derived from it) to `dst`, protocol
+/// `proto`, its layer-4 header written by `l4`: the capture generator's frame builder,
+/// checksums filled.
+fn frame(sp: u16, dst: [u8; 4], proto: u8, l4: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     use flowgate::r#gen::frame;
     let client = std::net::Ipv4Addr::new(198, 51, 100, (sp % 200) as u8 + 1);
     let mut f = Vec::new();
@@ -335,27 +330,47 @@ fn tcp(sp: u16, vip: [u8; 4], dp: u16, flags: u8) -> Vec<u8> {
         [2, 0, 0, 0, 0, 0xfe],
         &frame::Tags::NONE,
         client.into(),
-        std::net::Ipv4Addr::from(vip).into(),
-        frame::TCP,
+        std::net::Ipv4Addr::from(dst).into(),
+        proto,
         sp,
     );
-    frame::tcp(&mut f, sp, dp, 1, 0, flags);
+    l4(&mut f);
     frame::finish(&mut f, lay);
     f
 }
 
-/// Runs `f` through `w`; the server it went to (by destination MAC).
+/// A TCP frame from client port `sp` to `vip`:`dp`, flags `flags`.
+fn tcp(sp: u16, vip: [u8; 4], dp: u16, flags: u8) -> Vec<u8> {
+    use flowgate::r#gen::frame::{TCP, tcp};
+    frame(sp, vip, TCP, |f| tcp(f, sp, dp, 1, 0, flags))
+}
+
+/// A UDP frame from client port `sp` to 203.0.113.99:`dp`.
+fn udp(sp: u16, dp: u16) -> Vec<u8> {
+    use flowgate::r#gen::frame::{UDP, udp};
+    frame(sp, [203, 0, 113, 99], UDP, |f| udp(f, sp, dp))
+}
+
+/// Runs `f` through `w`; where it went (by destination MAC): a server's name, `gateway`,
+/// or the MAC.
 fn send(w: &mut Worker, p: &Pipeline, f: &[u8], now: u64) -> String {
+    send_dscp(w, p, f, now).0
+}
+
+/// [`send`], and the DSCP the frame left with.
+fn send_dscp(w: &mut Worker, p: &Pipeline, f: &[u8], now: u64) -> (String, u8) {
     let mut b = FrameBuf::new(256);
     assert!(b.load(f));
     let o = w.process(&mut b, 0, now);
     assert!(o.route.is_some(), "{o:?}");
-    let mac = &b.data()[..6];
-    p.servers
-        .iter()
-        .find(|s| s.mac == mac)
-        .map(|s| s.name.clone())
-        .unwrap_or_else(|| format!("{mac:02x?}"))
+    let d = b.data();
+    let mac = &d[..6];
+    let to = match p.servers.iter().find(|s| s.mac == mac) {
+        Some(s) => s.name.clone(),
+        None if mac == p.gateway_mac => "gateway".to_string(),
+        None => format!("{mac:02x?}"),
+    };
+    (to, d[15] >> 2)
 }
 
 #[test]
@@ -613,39 +628,6 @@ proptest::proptest! {
             }
         }
     }
-}
-
-/// A UDP frame from port `sp` of a client (its address derived from `sp`) to
-/// 203.0.113.99:`dp`.
-fn udp(sp: u16, dp: u16) -> Vec<u8> {
-    use flowgate::r#gen::frame;
-    let client = std::net::Ipv4Addr::new(198, 51, 100, (sp % 200) as u8 + 1);
-    let mut f = Vec::new();
-    let lay = frame::begin(
-        &mut f,
-        [2, 0, 0, 0, 0, 1],
-        [2, 0, 0, 0, 0, 0xfe],
-        &frame::Tags::NONE,
-        client.into(),
-        std::net::Ipv4Addr::new(203, 0, 113, 99).into(),
-        frame::UDP,
-        sp,
-    );
-    frame::udp(&mut f, sp, dp);
-    frame::finish(&mut f, lay);
-    f
-}
-
-/// Runs `f` through `w`: where it went (as [`send`]) and the DSCP it left with.
-fn send_dscp(w: &mut Worker, p: &Pipeline, f: &[u8], now: u64) -> (String, u8) {
-    let mut b = FrameBuf::new(256);
-    assert!(b.load(f));
-    let o = w.process(&mut b, 0, now);
-    assert!(o.route.is_some(), "{o:?}");
-    let d = b.data();
-    let to = (p.servers.iter().find(|s| s.mac == d[..6]))
-        .map_or_else(|| "gateway".to_string(), |s| s.name.clone());
-    (to, d[15] >> 2)
 }
 
 /// Pattern rules may be added, removed and reordered by a reload, under live flows: a
