@@ -155,7 +155,7 @@ pub fn reload_verdict(old: &Pipeline, new: Pipeline) -> Result<String, String> {
         g.services.len() - old.services.len(),
         members(&g) - members(old)
     );
-    for c in order_changes(old, &g) {
+    for c in reload_changes(old, &g) {
         let _ = write!(v, "; {c}");
     }
     if !gone_servers.is_empty() {
@@ -170,15 +170,22 @@ pub fn reload_verdict(old: &Pipeline, new: Pipeline) -> Result<String, String> {
     if !gone_servers.is_empty() || !gone_services.is_empty() {
         v.push_str(" until a restart");
     }
-    let changed = timeout_changes(old, &g);
-    if !changed.is_empty() {
-        let _ = write!(
-            v,
-            "; timeouts changed, open flows included: {}",
-            changed.join(", ")
-        );
-    }
     Ok(v)
+}
+
+/// What a run that takes `g` ([`Pipeline::regrow`]n from `old`) says it changed, one
+/// phrase each: [`order_changes`], then the timeouts its open flows take
+/// ([`timeout_changes`]). `check --reload-from` and the run's reload log both say it.
+pub fn reload_changes(old: &Pipeline, g: &Pipeline) -> Vec<String> {
+    let mut v = order_changes(old, g);
+    let changed = timeout_changes(old, g);
+    if !changed.is_empty() {
+        v.push(format!(
+            "timeouts changed, open flows included: {}",
+            changed.join(", ")
+        ));
+    }
+    v
 }
 
 /// What `g` ([`Pipeline::regrow`]n from `old`) changes in the order of services and their

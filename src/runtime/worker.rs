@@ -658,15 +658,8 @@ fn reload(conf: &RunConf, shared: &Shared, control: Option<&mut ControlRt>) {
                 }
             };
             let mut why = "pipeline reloaded".to_string();
-            for c in crate::cmd::check::order_changes(&cur.pipeline, &p) {
+            for c in crate::cmd::check::reload_changes(&cur.pipeline, &p) {
                 why += &format!("; {c}");
-            }
-            let changed = crate::cmd::check::timeout_changes(&cur.pipeline, &p);
-            if !changed.is_empty() {
-                why += &format!(
-                    "; timeouts changed, open flows included: {}",
-                    changed.join(", ")
-                );
             }
             let p = match control {
                 Some(c) => c.set_base(p),
