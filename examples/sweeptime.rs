@@ -5,10 +5,12 @@
 //! poll loop. Prints the steps, the flows moved, the total and the mean and worst step.
 //! Then the same for a flow listing (`GET /flows` in `flowgate run`) over that table, in
 //! steps of `LIST_PER_STEP` slots: all flows (the default limit of 10000 listed), and
-//! those of one server. Last, how long a worker takes new tables whose established-TCP
-//! timeout changed (a reload): its table's entries of that class are linked again; and
-//! whose idle timeout changed: every non-TCP flow moves to the class of its new timeout
-//! (with 1M TCP flows, none of which moves, and with 1M non-TCP flows, all moving).
+//! those of one server. Last, reloads that change a timeout: how long a worker takes the
+//! new tables, and then the pass that moves the flows of the changed timeout to the
+//! class of the new value, in steps of `MOVES_PER_STEP` slots as `flowgate run`'s
+//! workers take it once per poll loop (established-TCP timeout: 1M flows move;
+//! `flow_table`'s idle timeout over 1M TCP flows: none moves; a rule's idle timeout over
+//! 1M non-TCP flows of that rule: all move).
 //!
 //! `cargo run --release --example sweeptime`
 use flowgate::action::FrameBuf;
@@ -79,37 +81,55 @@ fn main() {
             worst * 1e6
         );
     }
+    // Reloads that change a timeout: the worker takes the tables at once, then moves
+    // the flows of a changed timeout to its class in steps between bursts.
     let mut q = w.tables().pipeline.clone();
+    w.expire(2_000_000_000, 0);
     for secs in [3600, 300] {
         q.flow_table.tcp_established_ns = secs * 1_000_000_000;
         let t = Arc::new(Tables::build(q.clone(), 3));
-        w.expire(2_000_000_000, 0);
-        let t0 = Instant::now();
-        w.set_tables(t).unwrap();
-        println!(
-            "tables with tcp_established_timeout {secs} s taken under {} flows in {:.2} ms",
-            w.flow_count(),
-            t0.elapsed().as_secs_f64() * 1e3
-        );
+        retime(&mut w, t, &format!("tcp_established_timeout {secs} s"));
     }
-    moves();
-    // flow_table's idle timeout: every non-TCP flow is looked at, to move it to its
-    // new class (here every flow is TCP: the pass without the relinks).
+    // flow_table's idle timeout: every flow is looked at, but every flow here is TCP:
+    // none moves.
     for secs in [30, 60] {
         q.flow_table.idle_ns = secs * 1_000_000_000;
         let t = Arc::new(Tables::build(q.clone(), 4));
-        let t0 = Instant::now();
-        w.set_tables(t).unwrap();
-        println!(
-            "tables with idle_timeout {secs} s taken under {} flows in {:.2} ms",
-            w.flow_count(),
-            t0.elapsed().as_secs_f64() * 1e3
-        );
+        retime(&mut w, t, &format!("idle_timeout {secs} s"));
     }
+    moves();
 }
 
-/// A worker's flow table with 1M non-TCP flows of one pattern rule (30 s), all moved to
-/// the class of the rule's new idle timeout (45 s), as a reload that changes it does.
+/// Slots a step of the move pass visits: `flowgate run`'s workers' `MOVES_PER_LOOP`.
+const MOVES_PER_STEP: usize = 256;
+
+/// Times `w` taking tables `t` (`set_tables`) and then the move pass, in steps as
+/// `flowgate run`'s workers take it, once per poll loop.
+fn retime(w: &mut Worker, t: Arc<Tables>, what: &str) {
+    let t0 = Instant::now();
+    w.set_tables(t).unwrap();
+    let taken = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    let (mut steps, mut moved, mut worst) = (0u64, 0, 0f64);
+    while w.moves_due() {
+        let s = Instant::now();
+        moved += w.move_flows(MOVES_PER_STEP);
+        worst = worst.max(s.elapsed().as_secs_f64());
+        steps += 1;
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    println!(
+        "tables with {what} taken under {} flows in {:.1} us; then {steps} steps, {moved} moved, {:.2} ms in all, {:.2} us a step on average, worst {:.1} us",
+        w.flow_count(),
+        taken * 1e6,
+        dt * 1e3,
+        dt * 1e6 / steps.max(1) as f64,
+        worst * 1e6
+    );
+}
+
+/// A flow table with 1M non-TCP flows of one pattern rule (30 s), all moved to the class
+/// of the rule's new idle timeout (45 s), as a reload that changes it does, in steps.
 fn moves() {
     use flowgate::config::FlowTableConf;
     use flowgate::flow::{Flow, FlowKey, FlowTable, Owner, TcpState};
@@ -119,7 +139,7 @@ fn moves() {
         ..FlowTableConf::default()
     };
     let mut t = FlowTable::new(&conf, &[30 * S]);
-    let base = t.idle_class(30 * S);
+    let base = t.base_class_of(TcpState::None, Owner::Rule(0));
     for k in 0..1_000_000u32 {
         let mut key = FlowKey::default();
         key.a[..4].copy_from_slice(&k.to_be_bytes());
@@ -136,11 +156,23 @@ fn moves() {
         f.class = t.class(base, false);
         t.table.insert(key, f, f.class, u64::from(k));
     }
-    let idle_of = |_: &Flow| 45 * S;
     let t0 = Instant::now();
-    t.retime(&conf, &[45 * S], 2 * S, Some(&idle_of)).unwrap();
+    t.retime(&conf, &[45 * S], 2 * S).unwrap();
+    let taken = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    let (mut steps, mut moved, mut worst) = (0u64, 0, 0f64);
+    while t.moving() {
+        let s = Instant::now();
+        moved += t.move_step(MOVES_PER_STEP, 2 * S);
+        worst = worst.max(s.elapsed().as_secs_f64());
+        steps += 1;
+    }
+    let dt = t0.elapsed().as_secs_f64();
     println!(
-        "1000000 non-TCP flows moved to their rule's new idle timeout's class in {:.2} ms",
-        t0.elapsed().as_secs_f64() * 1e3
+        "a rule's idle timeout 30 s -> 45 s taken under 1000000 non-TCP flows of it in {:.1} us; then {steps} steps, {moved} moved, {:.2} ms in all, {:.2} us a step on average, worst {:.1} us",
+        taken * 1e6,
+        dt * 1e3,
+        dt * 1e6 / steps as f64,
+        worst * 1e6
     );
 }

@@ -1806,6 +1806,56 @@ fn run_af_packet_lists_open_connections_with_their_servers() {
         let _ = client.kill();
         fail(&mut t, &format!("open connections listed: {e}"), &stats);
     }
+    // A reload that lengthens the established timeout to 900 s: the worker's pass moves
+    // the idle connections (no packet of theirs does it) to the class of the new value.
+    let expiries = || -> Vec<u64> {
+        let (_, out, _) = flows(&["--service", "echo", "--json"]);
+        let j: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let fl = j["flows"].as_array().cloned().unwrap_or_default();
+        fl.iter()
+            .filter_map(|f| f["expires_in_ms"].as_u64())
+            .collect()
+    };
+    let before = expiries();
+    assert!(
+        before.len() == 20 && before.iter().all(|&e| e <= 300_000),
+        "300 s at most before the reload: {before:?}"
+    );
+    let pipe = dir.path().join("pipeline.yaml");
+    let text = std::fs::read_to_string(&pipe).expect("pipeline");
+    std::fs::write(
+        &pipe,
+        text.replacen(
+            "services:\n",
+            "flow_table: { tcp_established_timeout: 900 }\nservices:\n",
+            1,
+        ),
+    )
+    .expect("pipeline");
+    let pid = t.children.last().expect("flowgate").id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let t0 = Instant::now();
+    loop {
+        let after = expiries();
+        if after.len() == 20 && after.iter().all(|&e| e > 800_000 && e <= 900_000) {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            let _ = client.kill();
+            fail(
+                &mut t,
+                &format!("idle connections take the 900 s timeout: {after:?}"),
+                &stats,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // The table, filtered by server: one line per connection that server answered.
     let s1 = conns.values().filter(|w| *w == "s1").count();
     assert!(s1 > 0 && s1 < 20, "both servers answered: {conns:?}");
@@ -1835,6 +1885,10 @@ fn run_af_packet_lists_open_connections_with_their_servers() {
     let log = stop(&mut t);
     assert!(
         log.contains(&format!("live flows on http://{from}/flows")),
+        "{log}"
+    );
+    assert!(
+        log.contains("timeouts changed, open flows included: tcp_established_timeout 300 → 900 s"),
         "{log}"
     );
 }

@@ -197,6 +197,11 @@ fn a_reload_applies_changed_timeouts_to_the_flows_already_open() {
     let g = old.regrow(longer.clone()).expect("timeouts may change");
     w.set_tables(Arc::new(Tables::build(g, 2)))
         .expect("same classes");
+    assert_eq!(
+        settle(&mut w),
+        1,
+        "the connection moved to the class of 3600 s"
+    );
     w.expire(400 * S, usize::MAX);
     assert_eq!(w.flow_count(), 1, "still open after 400 s");
     w.expire(3590 * S, usize::MAX);
@@ -206,6 +211,25 @@ fn a_reload_applies_changed_timeouts_to_the_flows_already_open() {
     assert_eq!(w.flow_count(), 1);
     w.expire(3825 * S, usize::MAX);
     assert_eq!(w.flow_count(), 0, "gone after 3600 s idle");
+    // A packet of the connection before the pass reaches it: the connection stays in
+    // its class (its state did not change) until the pass moves it, seen at 3 s.
+    let mut w = open();
+    w.set_tables(Arc::new(Tables::build(
+        old.regrow(longer.clone()).unwrap(),
+        2,
+    )))
+    .unwrap();
+    send(
+        &mut w,
+        &old,
+        &tcp(40000, [203, 0, 113, 10], 80, 0x10),
+        3 * S,
+    );
+    assert_eq!(settle(&mut w), 1);
+    w.expire(3600 * S, usize::MAX);
+    assert_eq!(w.flow_count(), 1, "seen at 3 s: 3600 s");
+    w.expire(3830 * S, usize::MAX);
+    assert_eq!(w.flow_count(), 0);
     // Shorter: gone once 30 s have passed, not before.
     let mut w = open();
     let shorter = with(head("flow_table: { tcp_established_timeout: 30 }\n"));
@@ -213,7 +237,11 @@ fn a_reload_applies_changed_timeouts_to_the_flows_already_open() {
         .unwrap();
     w.expire(25 * S, usize::MAX);
     assert_eq!(w.flow_count(), 1);
+    // Until the worker's pass reaches it, the flow keeps its old timeout.
     w.expire(40 * S, usize::MAX);
+    assert_eq!(w.flow_count(), 1, "not moved yet: 300 s still");
+    assert_eq!(settle(&mut w), 1);
+    w.expire(41 * S, usize::MAX);
     assert_eq!(w.flow_count(), 0);
     // The idle timeout of flow_table and a rule that follows it: one class, new value.
     let rule = |t: &str| HEAD.replace("to: gateway }", &format!("to: gateway{t} }}"));
@@ -245,6 +273,7 @@ fn a_reload_applies_changed_timeouts_to_the_flows_already_open() {
         .expect("a rule's timeout may change");
     w.set_tables(Arc::new(Tables::build(own.clone(), 2)))
         .expect("taken");
+    assert_eq!(settle(&mut w), 1);
     w.expire(30 * S, usize::MAX);
     assert_eq!(w.flow_count(), 1);
     w.expire(33 * S, usize::MAX);
@@ -254,6 +283,7 @@ fn a_reload_applies_changed_timeouts_to_the_flows_already_open() {
     let back = own.regrow(idle("", "")).expect("taken");
     w.set_tables(Arc::new(Tables::build(back, 2)))
         .expect("taken");
+    assert_eq!(settle(&mut w), 1);
     w.expire(40 * S, usize::MAX);
     assert_eq!(w.flow_count(), 1, "60 s again");
     w.expire(66 * S, usize::MAX);
@@ -275,6 +305,7 @@ fn a_reload_applies_changed_timeouts_to_the_flows_already_open() {
     let parted = shared.regrow(two(30, 60)).expect("taken");
     w.set_tables(Arc::new(Tables::build(parted, 2)))
         .expect("taken");
+    assert_eq!(settle(&mut w), 1, "rtp's flow moved, voice's stayed");
     w.expire(33 * S, usize::MAX);
     assert_eq!(w.flow_count(), 1, "voice's flow gone at 30 s, rtp's kept");
     w.expire(66 * S, usize::MAX);
@@ -285,6 +316,16 @@ fn a_reload_applies_changed_timeouts_to_the_flows_already_open() {
     let e = old.regrow(bigger.clone()).unwrap_err();
     assert!(e.contains("capacity changed (1048576 to 4096)"), "{e}");
     assert!(!old.grows_into(&bigger));
+}
+
+/// Drives the pass a reload started, as the worker's poll loop does (bounded steps);
+/// returns how many flows moved.
+fn settle(w: &mut Worker) -> usize {
+    let mut moved = 0;
+    while w.moves_due() {
+        moved += w.move_flows(64);
+    }
+    moved
 }
 
 #[test]
@@ -763,4 +804,45 @@ fn services_reorder_under_live_flows() {
     assert_eq!(j["services"]["all"]["flows"].as_u64(), Some(2), "{j}");
     assert_eq!(j["services"]["api"]["flows"].as_u64(), Some(1), "{j}");
     assert_eq!(j["services"]["web"]["packets"].as_u64(), Some(2), "{j}");
+}
+
+/// The flow table has a class per distinct timeout (TCP's SYN and closing 10 s and
+/// established 300 s, `flow_table`'s idle 60 s, the rules'), at most 127: a file with
+/// more is refused at its `flows` key, and so is a reload whose timeouts and the running
+/// file's (which open flows keep until the worker's pass moves them) make more.
+#[test]
+fn timeouts_are_bounded_in_a_file_and_across_a_reload() {
+    // `n` rules, each with an idle timeout of its own from `from` seconds on.
+    let rules = |from: u64, n: u64| -> String {
+        let mut y = String::from(
+            "system: { mac: \"02:00:00:00:00:01\", addresses: [203.0.113.1], gateway: \"02:00:00:00:00:fe\" }\nflows:\n",
+        );
+        for i in 0..n {
+            y += &format!(
+                "  - {{ name: r{i}, match: {{ proto: udp, dst_port: {} }}, to: gateway, idle_timeout: {} }}\n",
+                1000 + i,
+                from + i
+            );
+        }
+        y + "services:\n" + HTTP
+    };
+    let parse = |y: &str| Pipeline::from_str(y, Path::new("p.yaml"));
+    assert!(parse(&rules(1000, 124)).is_ok(), "3 + 124 values");
+    let e = parse(&rules(1000, 125)).unwrap_err().to_string();
+    assert!(
+        e.contains(
+            "flows: 128 distinct timeouts (flow_table's and the rules' idle_timeout); at most 127"
+        ),
+        "{e}"
+    );
+    let old = parse(&rules(1000, 62)).unwrap();
+    let g = old
+        .regrow(parse(&rules(2000, 62)).unwrap())
+        .expect("3 + 62 + 62 values");
+    assert!(old.grows_into(&g));
+    let e = old.regrow(parse(&rules(2000, 63)).unwrap()).unwrap_err();
+    assert!(
+        e.contains("make 128 distinct values; at most 127"),
+        "3 + 62 + 63 values: {e}"
+    );
 }

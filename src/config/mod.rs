@@ -520,14 +520,19 @@ impl Pipeline {
             && self.flow_table_change(new).is_none()
     }
 
+    /// The pattern rules' idle timeouts (ns), by rule.
+    pub fn rule_idle_ns(&self) -> Vec<u64> {
+        self.flow_rules.iter().map(|r| r.idle_timeout_ns).collect()
+    }
+
     /// Why a flow table built for `self` cannot serve `new`, if it cannot. Its size is
-    /// fixed when it is built. Its timeout classes follow: the TCP timeouts may change
-    /// under the flows they hold, and each idle timeout is a class, so that a flow whose
-    /// idle timeout changes (`flow_table`'s, or its pattern rule's) moves to the class of
-    /// the new value ([`crate::flow::FlowTable::retime`]); the idle timeouts the open flows
-    /// may have (`self`'s) and those of `new` must then be at most
-    /// [`crate::flow::MAX_IDLE_CLASSES`] distinct values. Call with `new` regrown from
-    /// `self` ([`grows_into`](Self::grows_into)).
+    /// fixed when it is built. Each distinct timeout is a class, so that a flow whose
+    /// timeout changes (its TCP state's, `flow_table`'s idle timeout or its pattern
+    /// rule's) moves to the class of the new value
+    /// ([`crate::flow::FlowTable::retime`]); the timeouts the open flows may have
+    /// (`self`'s) and those of `new` must then be at most [`crate::flow::MAX_TIMEOUTS`]
+    /// distinct values. Call with `new` regrown from `self`
+    /// ([`grows_into`](Self::grows_into)).
     pub fn flow_table_change(&self, new: &Pipeline) -> Option<String> {
         let (a, b) = (&self.flow_table, &new.flow_table);
         if a.capacity != b.capacity {
@@ -536,21 +541,19 @@ impl Pipeline {
                 a.capacity, b.capacity
             ));
         }
-        let mut distinct: Vec<u64> = [self, new]
-            .iter()
-            .flat_map(|p| {
-                (p.flow_rules.iter().map(|r| r.idle_timeout_ns)).chain([p.flow_table.idle_ns])
-            })
-            .collect();
-        distinct.sort_unstable();
-        distinct.dedup();
-        if distinct.len() > crate::flow::MAX_IDLE_CLASSES {
+        let mut distinct = crate::flow::distinct_timeouts(a, &self.rule_idle_ns());
+        for t in crate::flow::distinct_timeouts(b, &new.rule_idle_ns()) {
+            if !distinct.contains(&t) {
+                distinct.push(t);
+            }
+        }
+        if distinct.len() > crate::flow::MAX_TIMEOUTS {
             return Some(format!(
-                "the idle timeouts of the running and the new pipeline (flow_table's and \
-                 the pattern rules', with those kept for open flows) make {} distinct \
-                 values; at most {}",
+                "the timeouts of the running and the new pipeline (flow_table's and the \
+                 pattern rules' idle_timeout, with those kept for open flows) make {} \
+                 distinct values; at most {}",
                 distinct.len(),
-                crate::flow::MAX_IDLE_CLASSES
+                crate::flow::MAX_TIMEOUTS
             ));
         }
         None
@@ -1221,18 +1224,15 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
         return Err(cx.err(&[Key("flows")], "too many flow rules (at most 65534)"));
     }
 
-    // Each distinct idle timeout is a timeout class of the flow table (a bounded number).
-    let mut idle: Vec<u64> = flow_rules.iter().map(|r| r.idle_timeout_ns).collect();
-    idle.push(flow_table.idle_ns);
-    idle.sort_unstable();
-    idle.dedup();
-    if idle.len() > crate::flow::MAX_IDLE_CLASSES {
+    // Each distinct timeout is a timeout class of the flow table (a bounded number).
+    let idle: Vec<u64> = flow_rules.iter().map(|r| r.idle_timeout_ns).collect();
+    let n = crate::flow::distinct_timeouts(&flow_table, &idle).len();
+    if n > crate::flow::MAX_TIMEOUTS {
         return Err(cx.err(
             &[Key("flows")],
             format!(
-                "{} distinct idle_timeout values; at most {}",
-                idle.len(),
-                crate::flow::MAX_IDLE_CLASSES
+                "{n} distinct timeouts (flow_table's and the rules' idle_timeout); at most {}",
+                crate::flow::MAX_TIMEOUTS
             ),
         ));
     }

@@ -24,20 +24,10 @@ use crate::config::{FlowTableConf, Mac, Target};
 use crate::pipeline::meta::Tuple;
 pub use table::{Handle, Inserted, LruTable};
 
-/// Timeout class of a TCP flow in SYN state.
-pub const CLASS_SYN: u8 = 0;
-/// Timeout class of an established TCP flow.
-pub const CLASS_ESTABLISHED: u8 = 1;
-/// Timeout class of a TCP flow after FIN or RST.
-pub const CLASS_CLOSING: u8 = 2;
-/// First idle class (non-TCP flows); pattern rules with their own idle timeout get
-/// classes after it (see [`FlowTable::idle_class`]).
-pub const CLASS_IDLE: u8 = 3;
-
-/// Most idle classes a flow table has (distinct idle timeouts; the pipeline refuses more):
-/// with the three TCP classes and every class's unassured twin, the classes stay below
-/// the table's limit of 255.
-pub const MAX_IDLE_CLASSES: usize = 120;
+/// Most distinct timeouts a flow table has classes for at once (TCP's, the idle
+/// timeouts, and those open flows keep until a reload's move pass is done; the pipeline
+/// refuses more): each is a pair of table classes, below the table's limit of 255.
+pub const MAX_TIMEOUTS: usize = 127;
 
 /// A direction-free 5-tuple: the (address, port) ends sorted.
 #[derive(Clone, Copy, Debug, Default, Eq)]
@@ -241,49 +231,63 @@ impl Flow {
 pub const HOT_SLOT_BYTES: usize = table::hot_slot_bytes::<FlowKey, Flow>();
 const _: () = assert!(HOT_SLOT_BYTES == 64);
 
-/// Flows of one worker: a fixed-capacity [`LruTable`] with the TCP timeout classes.
+/// Flows of one worker: a fixed-capacity [`LruTable`] whose timeout classes are the
+/// timeouts flows have.
 ///
-/// Class numbers: each *base* class (SYN, established, closing, then the idle classes)
-/// is a pair of table classes with its timeout: `2c` holds base class `c`'s assured
-/// flows, `2c + 1` its unassured ones, and the table evicts from the odd classes first
-/// (see the module docs). Pairs so that a reload can append idle classes without
-/// renumbering the flows of the others.
+/// A *base* class is a timeout (a class *is* its timeout: the values are distinct): TCP
+/// flows sit in the class of their state's timeout (`flow_table`'s SYN, established and
+/// closing timeouts), non-TCP flows in that of their idle timeout (their pattern rule's,
+/// or `flow_table`'s). Each base class `c` is a pair of table classes with its timeout:
+/// `2c` holds its assured flows, `2c + 1` its unassured ones, and the table evicts from
+/// the odd classes first (see the module docs).
 ///
-/// An idle class *is* its timeout: a non-TCP flow sits in the class of its idle timeout
-/// (its pattern rule's, or `flow_table`'s), and a reload that changes the timeout moves
-/// the flows to the class of the new value ([`retime`](Self::retime)).
+/// A reload that changes a timeout ([`retime`](Self::retime)) gives the new value a class
+/// (one no flow may be in any more, or a new pair appended: no flow is renumbered) and
+/// leaves the open flows where they are; [`move_step`](Self::move_step), called between
+/// bursts, then moves them to the classes of their new timeouts a bounded number of slots
+/// at a time, so a reload never holds a worker for a pass over the table. Until the pass
+/// reaches it a flow keeps its old timeout, unless its TCP state changes first (a
+/// packet that changes the state names the class of the new state's timeout).
 pub struct FlowTable {
     pub table: LruTable<FlowKey, Flow>,
-    /// The idle classes' timeouts, from base class [`CLASS_IDLE`] on (distinct).
-    idle: Vec<u64>,
-    /// The idle timeouts flows may have (`flow_table`'s and the rules', at construction
-    /// or the last reload): the classes of the other values hold no flow, and a reload
-    /// may give them new values.
-    used: Vec<u64>,
+    /// Each base class's timeout (distinct).
+    timeouts: Vec<u64>,
+    /// The base class of each [`TcpState`]'s timeout, by state (`None`: `flow_table`'s
+    /// idle timeout).
+    tcp: [u8; 4],
+    /// The base class of each pattern rule's idle timeout, by rule.
+    rules: Vec<u8>,
+    /// The timeouts flows may have: those the classes above name and, while a move pass
+    /// is due, those of the reloads before it. The classes of the other values hold no
+    /// flow, and a reload may give them new values.
+    held: Vec<u64>,
+    /// Where the move pass goes on; `None` when none is due.
+    pass: Option<usize>,
 }
 
-/// The distinct idle timeouts of a flow table for `conf` and pattern rules with idle
-/// timeouts `rule_idle_ns`: `conf.idle_ns` first, then each rule's in rule order when
-/// not seen before (at most [`MAX_IDLE_CLASSES`]).
-pub fn idle_timeouts(conf: &FlowTableConf, rule_idle_ns: &[u64]) -> Vec<u64> {
-    let mut idle = vec![conf.idle_ns];
-    for &t in rule_idle_ns {
-        if !idle.contains(&t) && idle.len() < MAX_IDLE_CLASSES {
-            idle.push(t);
-        }
-    }
-    idle
-}
-
-/// Every table class's timeout, in class order: each base class (the TCP classes, then
-/// the idle classes `idle`) twice, assured then unassured.
-fn class_timeouts(conf: &FlowTableConf, idle: &[u64]) -> Vec<u64> {
-    let tcp = [
+/// The distinct timeouts of a flow table for `conf` and pattern rules with idle timeouts
+/// `rule_idle_ns`: TCP's three, `conf.idle_ns`, then each rule's, each when not seen
+/// before.
+pub fn distinct_timeouts(conf: &FlowTableConf, rule_idle_ns: &[u64]) -> Vec<u64> {
+    let mut v = Vec::new();
+    let all = [
         conf.tcp_syn_ns,
         conf.tcp_established_ns,
         conf.tcp_closing_ns,
+        conf.idle_ns,
     ];
-    (tcp.iter().chain(idle)).flat_map(|&t| [t, t]).collect()
+    for &t in all.iter().chain(rule_idle_ns) {
+        if !v.contains(&t) {
+            v.push(t);
+        }
+    }
+    v
+}
+
+/// Every table class's timeout, in class order: each base class's twice, assured then
+/// unassured.
+fn class_timeouts(base: &[u64]) -> Vec<u64> {
+    base.iter().flat_map(|&t| [t, t]).collect()
 }
 
 /// The table class of a flow in base class `base`, assured or not ([`FlowTable::class`]).
@@ -297,84 +301,182 @@ fn unassured(classes: usize) -> Vec<u8> {
     (1..classes as u8).step_by(2).collect()
 }
 
+/// The base class of a flow in TCP state `s` owned by `owner`, from a table's maps.
+#[inline]
+fn base_of(tcp: &[u8; 4], rules: &[u8], s: TcpState, owner: Owner) -> u8 {
+    match (s, owner) {
+        (TcpState::None, Owner::Rule(i)) => rules.get(usize::from(i)).copied().unwrap_or(tcp[0]),
+        (s, _) => tcp[s as usize],
+    }
+}
+
 impl FlowTable {
     /// A table for `conf.capacity` flows; `rule_idle_ns` lists the idle timeouts that
-    /// pattern rules ask for (each distinct value gets its own class).
+    /// pattern rules ask for, by rule.
+    ///
+    /// # Panics
+    /// If the timeouts make more than [`MAX_TIMEOUTS`] distinct values (the pipeline
+    /// refuses more).
     pub fn new(conf: &FlowTableConf, rule_idle_ns: &[u64]) -> Self {
-        let idle = idle_timeouts(conf, rule_idle_ns);
-        let timeouts = class_timeouts(conf, &idle);
-        let mut table = LruTable::new(conf.capacity, &timeouts);
-        table.set_evict_first(&unassured(timeouts.len()));
-        FlowTable {
+        let timeouts = distinct_timeouts(conf, rule_idle_ns);
+        assert!(timeouts.len() <= MAX_TIMEOUTS, "too many timeouts");
+        let classes = class_timeouts(&timeouts);
+        let mut table = LruTable::new(conf.capacity, &classes);
+        table.set_evict_first(&unassured(classes.len()));
+        let mut t = FlowTable {
             table,
-            used: idle.clone(),
-            idle,
-        }
+            held: timeouts.clone(),
+            timeouts,
+            tcp: [0; 4],
+            rules: Vec::new(),
+            pass: None,
+        };
+        (t.tcp, t.rules) = t.maps(conf, rule_idle_ns);
+        t
     }
 
-    /// Takes the timeouts of `conf` and `rule_idle_ns` (a reload), at `now`. The TCP
-    /// classes take `conf`'s timeouts under the flows they hold ([`LruTable::retime`]).
-    /// Every idle timeout gets a class: one it had, one whose value no flow may have any
-    /// more, or a new one. With `idle_of` (what a non-TCP flow's idle timeout is now, from
-    /// its owner), every non-TCP flow moves to the class of its timeout, keeping its
-    /// last-seen time; without it (no flow's timeout changed, e.g. rules were only added)
-    /// no flow moves. One pass over the table when a TCP timeout changed or `idle_of` is
-    /// given. An error, changing nothing, when the idle timeouts the flows may have had
-    /// and may have now are more than [`MAX_IDLE_CLASSES`].
+    /// The base classes of the TCP states and the rules for `conf` and `rule_idle_ns`
+    /// (each value must have a class).
+    fn maps(&self, conf: &FlowTableConf, rule_idle_ns: &[u64]) -> ([u8; 4], Vec<u8>) {
+        let of = |ns: u64| {
+            let c = self.timeouts.iter().position(|&t| t == ns);
+            debug_assert!(c.is_some(), "{ns} ns has no class");
+            c.unwrap_or(0) as u8
+        };
+        (
+            [
+                of(conf.idle_ns),
+                of(conf.tcp_syn_ns),
+                of(conf.tcp_established_ns),
+                of(conf.tcp_closing_ns),
+            ],
+            rule_idle_ns.iter().map(|&ns| of(ns)).collect(),
+        )
+    }
+
+    /// Takes the timeouts of `conf` and `rule_idle_ns` (a reload, the rules those of the
+    /// table's pipeline grown), at `now`. Every value gets a class: one it had, one whose
+    /// value no flow may have any more, or a new one. New flows go into the classes of the
+    /// new values at once; when the timeout of flows already in the table changed (a TCP
+    /// state's, `flow_table`'s idle timeout or a rule's), a move pass is due
+    /// ([`move_step`](Self::move_step)) and `Ok(true)` says so. An error, changing nothing,
+    /// when the timeouts the flows may have had and those of the new pipeline are more
+    /// than [`MAX_TIMEOUTS`] distinct values even after the pass of an earlier reload is
+    /// finished (which this then does at once).
     pub fn retime(
         &mut self,
         conf: &FlowTableConf,
         rule_idle_ns: &[u64],
         now: u64,
-        idle_of: Option<&dyn Fn(&Flow) -> u64>,
     ) -> Result<bool, String> {
-        let used = idle_timeouts(conf, rule_idle_ns);
-        let mut idle = self.idle.clone();
-        for &t in &used {
-            if idle.contains(&t) {
-                continue;
+        let want = distinct_timeouts(conf, rule_idle_ns);
+        let timeouts = match self.classes_for(&want) {
+            Some(t) => t,
+            // The values of an unfinished pass take classes: finish it, and try again.
+            None if self.pass.is_some() => {
+                self.move_step(usize::MAX, now);
+                self.classes_for(&want)
+                    .ok_or_else(|| too_many(&self.held, &want))?
             }
-            // A class no flow is in (its value was not used, and is not wanted now).
-            match (idle.iter()).position(|v| !self.used.contains(v) && !used.contains(v)) {
-                Some(p) => idle[p] = t,
-                None if idle.len() < MAX_IDLE_CLASSES => idle.push(t),
-                None => {
-                    return Err(format!(
-                        "the idle timeouts of the open flows and of the new pipeline make \
-                         more than {MAX_IDLE_CLASSES} distinct values"
-                    ));
-                }
-            }
-        }
-        let timeouts = class_timeouts(conf, &idle);
-        let grew = timeouts.len() > self.table.classes();
-        let changed = match idle_of {
-            Some(idle_of) => {
-                let mut to = |_: &FlowKey, f: &mut Flow, c: u8| {
-                    if f.tcp() != TcpState::None {
-                        return c;
-                    }
-                    let ns = idle_of(f);
-                    let p = idle.iter().position(|&v| v == ns).unwrap_or(0);
-                    f.class = table_class(CLASS_IDLE + p as u8, f.assured());
-                    f.class
-                };
-                self.table.retime(&timeouts, now, Some(&mut to))
-            }
-            None => self.table.retime(&timeouts, now, None),
+            None => return Err(too_many(&self.held, &want)),
         };
-        if grew {
-            self.table.set_evict_first(&unassured(timeouts.len()));
+        self.table.set_timeouts(&class_timeouts(&timeouts));
+        self.table.set_evict_first(&unassured(self.table.classes()));
+        self.timeouts = timeouts;
+        let (tcp, rules) = self.maps(conf, rule_idle_ns);
+        let moves = tcp != self.tcp || (self.rules.iter().zip(&rules)).any(|(a, b)| a != b);
+        self.tcp = tcp;
+        self.rules = rules;
+        for t in want {
+            if !self.held.contains(&t) {
+                self.held.push(t);
+            }
         }
-        self.idle = idle;
-        self.used = used;
-        Ok(changed)
+        if moves {
+            // From the start again: flows already passed may have to move again.
+            self.pass = Some(0);
+        } else if self.pass.is_none() {
+            self.held = self.named();
+        }
+        Ok(moves)
     }
 
-    /// The base class for a non-TCP flow with idle timeout `ns` (the first idle class
-    /// when the value is not one the table has a class for).
-    pub fn idle_class(&self, ns: u64) -> u8 {
-        CLASS_IDLE + self.idle.iter().position(|&t| t == ns).unwrap_or(0) as u8
+    /// The timeouts the table's maps name.
+    fn named(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = Vec::new();
+        for &c in self.tcp.iter().chain(&self.rules) {
+            let t = self.timeouts[usize::from(c)];
+            if !v.contains(&t) {
+                v.push(t);
+            }
+        }
+        v
+    }
+
+    /// The base classes' timeouts once every value of `want` has a class: a class keeps
+    /// its value, or takes a wanted one when no flow may be in it and its value is not
+    /// wanted; more are appended. `None` when that makes more than [`MAX_TIMEOUTS`].
+    fn classes_for(&self, want: &[u64]) -> Option<Vec<u64>> {
+        let mut timeouts = self.timeouts.clone();
+        for &t in want {
+            if timeouts.contains(&t) {
+                continue;
+            }
+            match (timeouts.iter()).position(|v| !self.held.contains(v) && !want.contains(v)) {
+                Some(p) => timeouts[p] = t,
+                None if timeouts.len() < MAX_TIMEOUTS => timeouts.push(t),
+                None => return None,
+            }
+        }
+        Some(timeouts)
+    }
+
+    /// Goes on with the move pass a reload started ([`retime`](Self::retime)): at most
+    /// `max` slots, at `now` (call between bursts, like expiry); returns how many flows
+    /// it moved. A no-op when no pass is due.
+    pub fn move_step(&mut self, max: usize, now: u64) -> usize {
+        let Some(from) = self.pass else {
+            return 0;
+        };
+        let (tcp, rules) = (&self.tcp, &self.rules[..]);
+        let mut moved = 0;
+        self.pass = self.table.move_entries(from, max, now, |_, f, c| {
+            let n = table_class(base_of(tcp, rules, f.tcp(), f.owner), f.assured());
+            if n != c {
+                f.class = n;
+                moved += 1;
+            }
+            n
+        });
+        if self.pass.is_none() {
+            // Every flow is in the class of its timeout: the others' classes are free.
+            self.held = self.named();
+        }
+        moved
+    }
+
+    /// Whether a move pass is due.
+    pub fn moving(&self) -> bool {
+        self.pass.is_some()
+    }
+
+    /// The base class of a new flow in TCP state `s` owned by `owner`: its state's
+    /// timeout's for TCP, otherwise its rule's idle timeout's or `flow_table`'s.
+    #[inline]
+    pub fn base_class_of(&self, s: TcpState, owner: Owner) -> u8 {
+        base_of(&self.tcp, &self.rules, s, owner)
+    }
+
+    /// The table class of a TCP flow in state `s`, assured or not (the hit path's, when
+    /// a packet changes the state).
+    #[inline]
+    pub fn tcp_class(&self, s: TcpState, assured: bool) -> u8 {
+        table_class(self.tcp[s as usize], assured)
+    }
+
+    /// The base class whose timeout is `ns`, if the table has one.
+    pub fn class_of_timeout(&self, ns: u64) -> Option<u8> {
+        self.timeouts.iter().position(|&t| t == ns).map(|c| c as u8)
     }
 
     /// The table class of a flow in base class `base`, assured or not.
@@ -396,13 +498,15 @@ impl FlowTable {
     }
 }
 
-/// The base class a TCP state belongs to.
-pub fn tcp_class(s: TcpState) -> u8 {
-    match s {
-        TcpState::Syn => CLASS_SYN,
-        TcpState::Established | TcpState::None => CLASS_ESTABLISHED,
-        TcpState::Closing => CLASS_CLOSING,
-    }
+/// The error of a reload whose timeouts do not fit.
+fn too_many(held: &[u64], want: &[u64]) -> String {
+    let mut all = held.to_vec();
+    all.extend(want.iter().filter(|t| !held.contains(t)));
+    format!(
+        "the timeouts of the open flows and of the new pipeline make {} distinct values; \
+         at most {MAX_TIMEOUTS}",
+        all.len()
+    )
 }
 
 /// TCP flag bits.
@@ -439,6 +543,11 @@ mod tests {
         }
     }
 
+    /// The base class of timeout `ns` (the test's values all have one).
+    fn base(t: &FlowTable, ns: u64) -> u8 {
+        t.class_of_timeout(ns).expect("a class")
+    }
+
     /// A reload that declares a new idle timeout gets a class for it, assured and
     /// unassured, without touching the flows of the classes the table had; the new
     /// unassured class is evicted first like the others.
@@ -450,24 +559,37 @@ mod tests {
             ..FlowTableConf::default()
         };
         let mut t = FlowTable::new(&conf, &[30 * S]);
-        let (c30, c60) = (t.idle_class(30 * S), t.idle_class(60 * S));
-        assert_ne!(c30, c60);
+        let (c30, c60) = (base(&t, 30 * S), base(&t, 60 * S));
+        let est = t.base_class_of(TcpState::Established, Owner::Other);
+        assert_eq!(est, base(&t, conf.tcp_established_ns));
+        assert_eq!(
+            (t.base_class_of(TcpState::None, Owner::Rule(0))),
+            c30,
+            "the rule's"
+        );
+        assert_eq!(
+            (t.base_class_of(TcpState::None, Owner::Service(0))),
+            c60,
+            "flow_table's"
+        );
         let flow = Flow::default;
-        for (n, base) in [(1, c30), (2, c60), (3, CLASS_ESTABLISHED)] {
+        for (n, base) in [(1, c30), (2, c60), (3, est)] {
             t.table.insert(key(n), flow(), t.class(base, true), 0);
         }
-        // Unknown before the reload: the default idle class.
-        assert_eq!(t.idle_class(45 * S), c60);
+        assert_eq!(t.class_of_timeout(45 * S), None);
         let classes = t.table.classes();
-        assert_eq!(t.retime(&conf, &[30 * S, 45 * S], 0, None), Ok(false));
+        assert_eq!(t.retime(&conf, &[30 * S, 45 * S], 0), Ok(false), "no move");
+        assert!(!t.moving());
         assert_eq!(
             t.table.classes(),
             classes + 2,
             "a base class: two table classes"
         );
-        let c45 = t.idle_class(45 * S);
-        assert!(![c30, c60, CLASS_SYN, CLASS_ESTABLISHED, CLASS_CLOSING].contains(&c45));
-        assert_eq!((t.idle_class(30 * S), t.idle_class(60 * S)), (c30, c60));
+        let c45 = base(&t, 45 * S);
+        assert_eq!(t.base_class_of(TcpState::None, Owner::Rule(1)), c45);
+        let syn = t.base_class_of(TcpState::Syn, Owner::Other);
+        assert!(![c30, c60, est, syn].contains(&c45));
+        assert_eq!((base(&t, 30 * S), base(&t, 60 * S)), (c30, c60));
         // Flows in the new class expire at 45 s; the old ones at their own timeouts.
         t.table.insert(key(4), flow(), t.class(c45, false), 0);
         assert_eq!(gone(&mut t, 29 * S), Vec::<u8>::new());
@@ -495,9 +617,35 @@ mod tests {
         v
     }
 
-    /// A reload that changes the idle timeout of flows (their rule's) moves them to the
-    /// class of the new value, keeping their last-seen time and assured mark; a class no
-    /// flow may be in any more is given to a new value at the next reload.
+    /// A flow of `rule` (non-TCP, or established TCP), created at 10 s in the class the
+    /// table names for it.
+    fn add(t: &mut FlowTable, n: u8, rule: u16, tcp: TcpState, assured: bool) {
+        let mut f = Flow::new(Target::Gateway, Owner::Rule(rule), [0; 6], 0, false, tcp, 0);
+        if assured {
+            f.mark(true);
+            f.mark(false);
+            f.mark(true);
+        }
+        assert_eq!(f.assured(), assured);
+        f.class = t.class(t.base_class_of(tcp, f.owner), assured);
+        t.table.insert(key(n), f, f.class, 10 * S);
+    }
+
+    /// The class of flow `n`, which its value and the table agree on.
+    fn class_of(t: &FlowTable, n: u8) -> u8 {
+        let h = t.table.find(&key(n)).expect("live");
+        assert_eq!(
+            t.table.get(h).class,
+            t.table.class(h),
+            "value and table agree"
+        );
+        t.table.class(h)
+    }
+
+    /// A reload that changes the idle timeout of flows (their rule's) gives new flows
+    /// the class of the new value at once and moves the open ones there in steps,
+    /// keeping their last-seen time and assured mark; a class no flow may be in any more
+    /// (not before the pass is done) is given to a new value at a later reload.
     #[test]
     fn flows_move_to_the_class_of_their_new_idle_timeout() {
         let conf = FlowTableConf {
@@ -508,106 +656,122 @@ mod tests {
         // Rule 0 at 30 s, rule 1 at 60 s (the default's class).
         let mut t = FlowTable::new(&conf, &[30 * S, 60 * S]);
         let classes = t.table.classes();
-        let add = |t: &mut FlowTable, n: u8, rule: u16, ns: u64, assured: bool| {
-            let mut f = Flow::new(
-                Target::Gateway,
-                Owner::Rule(rule),
-                [0; 6],
-                0,
-                false,
-                TcpState::None,
-                0,
-            );
-            if assured {
-                f.mark(true);
-                f.mark(false);
-                f.mark(true);
-            }
-            assert_eq!(f.assured(), assured);
-            f.class = t.class(t.idle_class(ns), assured);
-            t.table.insert(key(n), f, f.class, 10 * S);
-        };
-        add(&mut t, 1, 0, 30 * S, true);
-        add(&mut t, 2, 1, 60 * S, false);
-        add(&mut t, 3, 1, 60 * S, true);
-        let mut tcp = Flow::new(
-            Target::Gateway,
-            Owner::Rule(1),
-            [0; 6],
-            0,
-            false,
-            TcpState::Established,
-            0,
-        );
-        tcp.class = t.class(CLASS_ESTABLISHED, false);
-        t.table.insert(key(4), tcp, tcp.class, 10 * S);
+        let none = TcpState::None;
+        add(&mut t, 1, 0, none, true);
+        add(&mut t, 2, 1, none, false);
+        add(&mut t, 3, 1, none, true);
+        add(&mut t, 4, 1, TcpState::Established, false);
+        let c30 = base(&t, 30 * S);
         // Rule 0 now at 60 s, rule 1 at 20 s (a new value: a new class; the 30 s one
         // still holds rule 0's flow until the pass moves it).
-        let rules = [60 * S, 20 * S];
-        let idle_of = |f: &Flow| match f.owner {
-            Owner::Rule(i) => rules[usize::from(i)],
-            _ => 60 * S,
-        };
-        assert_eq!(t.retime(&conf, &rules, 11 * S, Some(&idle_of)), Ok(true));
+        assert_eq!(t.retime(&conf, &[60 * S, 20 * S], 11 * S), Ok(true));
+        assert!(t.moving());
         assert_eq!(t.table.classes(), classes + 2);
-        let c20 = t.idle_class(20 * S);
-        let class_of = |t: &FlowTable, n: u8| {
-            let h = t.table.find(&key(n)).expect("live");
-            assert_eq!(
-                t.table.get(h).class,
-                t.table.class(h),
-                "value and table agree"
-            );
-            t.table.class(h)
-        };
-        assert_eq!(class_of(&t, 1), t.class(t.idle_class(60 * S), true));
+        let (c20, c60) = (base(&t, 20 * S), base(&t, 60 * S));
+        assert_eq!(t.base_class_of(none, Owner::Rule(0)), c60, "new flows");
+        assert_eq!(t.base_class_of(none, Owner::Rule(1)), c20, "new flows");
+        assert_eq!(class_of(&t, 1), t.class(c30, true), "not moved yet");
+        // Rules added while the pass is due: 90 s and then 100 s may not take the 30 s
+        // class, which holds flows until the pass is done.
+        assert_eq!(
+            t.retime(&conf, &[60 * S, 20 * S, 90 * S], 11 * S),
+            Ok(false)
+        );
+        let rules = [60 * S, 20 * S, 90 * S, 100 * S];
+        assert_eq!(t.retime(&conf, &rules, 11 * S), Ok(false));
+        assert_eq!(t.table.classes(), classes + 6);
+        let mut moved = 0;
+        let mut steps = 0;
+        while t.moving() {
+            moved += t.move_step(3, 11 * S);
+            steps += 1;
+        }
+        assert_eq!((moved, steps), (3, 2), "4 slots, 3 a step; TCP stays");
+        assert_eq!(class_of(&t, 1), t.class(c60, true));
         assert_eq!(class_of(&t, 2), t.class(c20, false));
         assert_eq!(class_of(&t, 3), t.class(c20, true));
-        assert_eq!(
-            class_of(&t, 4),
-            t.class(CLASS_ESTABLISHED, false),
-            "TCP stays"
-        );
+        let est = t.base_class_of(TcpState::Established, Owner::Other);
+        assert_eq!(class_of(&t, 4), t.class(est, false), "TCP stays");
         // Seen at 10 s: rule 1's flows go 20 s after that, rule 0's 60 s after.
         assert_eq!(gone(&mut t, 29 * S), Vec::<u8>::new());
         assert_eq!(gone(&mut t, 32 * S), vec![2, 3]);
         assert_eq!(gone(&mut t, 69 * S), Vec::<u8>::new());
         assert_eq!(gone(&mut t, 74 * S), vec![1]);
-        // A rule added at 90 s: it takes the class 30 s had, which no flow may be in any
-        // more. Without `idle_of` nothing moves.
-        add(&mut t, 5, 1, 20 * S, true);
-        let c30 = t.idle_class(30 * S);
+        // The pass is done: a rule added now takes the class 30 s had, which no flow may
+        // be in any more. Nothing moves.
+        add(&mut t, 5, 1, none, true);
         assert_eq!(
-            t.retime(&conf, &[60 * S, 20 * S, 90 * S], 75 * S, None),
-            Ok(true)
+            t.retime(&conf, &[60 * S, 20 * S, 90 * S, 100 * S, 120 * S], 75 * S),
+            Ok(false)
         );
         assert_eq!(
             t.table.classes(),
-            classes + 2,
+            classes + 6,
             "the free class was taken again"
         );
-        assert_eq!(t.idle_class(90 * S), c30);
+        assert_eq!(base(&t, 120 * S), c30);
         assert_eq!(class_of(&t, 5), t.class(c20, true));
     }
 
-    /// Too many idle timeouts between the open flows' and the new ones: refused,
-    /// changing nothing.
+    /// A changed TCP timeout: new transitions go to the class of the new value at once
+    /// (the hit path names it), and the pass moves the open flows of that state.
     #[test]
-    fn too_many_idle_timeouts_are_refused() {
-        let conf = FlowTableConf::default();
-        let old: Vec<u64> = (1..MAX_IDLE_CLASSES as u64).map(|i| i * S).collect();
-        let mut t = FlowTable::new(&conf, &old);
-        let new: Vec<u64> = (1..MAX_IDLE_CLASSES as u64)
-            .map(|i| (i + 1000) * S)
-            .collect();
-        let e = t.retime(&conf, &new, 0, None).unwrap_err();
-        assert!(e.contains("more than 120 distinct values"), "{e}");
+    fn tcp_flows_move_to_the_class_of_their_new_timeout() {
+        let conf = FlowTableConf {
+            capacity: 8,
+            ..FlowTableConf::default()
+        };
+        let mut t = FlowTable::new(&conf, &[]);
+        add(&mut t, 1, 0, TcpState::Established, true);
+        add(&mut t, 2, 0, TcpState::Syn, false);
+        let (syn, est) = (class_of(&t, 2), class_of(&t, 1));
+        let longer = FlowTableConf {
+            tcp_established_ns: 600 * S,
+            ..conf
+        };
+        assert_eq!(t.retime(&longer, &[], 11 * S), Ok(true));
+        let c600 = base(&t, 600 * S);
         assert_eq!(
-            t.idle_class(1000 * S),
-            t.idle_class(conf.idle_ns),
-            "unknown: default"
+            t.tcp_class(TcpState::Established, true),
+            t.class(c600, true)
         );
-        assert_ne!(t.idle_class(S), t.idle_class(conf.idle_ns));
+        assert_eq!(t.tcp_class(TcpState::Syn, false), syn, "SYN's timeout kept");
+        assert_eq!(class_of(&t, 1), est, "not moved yet");
+        assert_eq!(t.move_step(usize::MAX, 11 * S), 1);
+        assert_eq!(class_of(&t, 1), t.class(c600, true));
+        assert_eq!(class_of(&t, 2), syn);
+        // Seen at 10 s: the established flow goes at 600 s after that, not 300.
+        assert_eq!(gone(&mut t, 21 * S), vec![2]);
+        assert_eq!(gone(&mut t, 320 * S), Vec::<u8>::new());
+        assert_eq!(gone(&mut t, 648 * S), vec![1]);
+    }
+
+    /// Too many timeouts between the open flows' and the new ones: refused, changing
+    /// nothing; with a pass due, it is finished first, which frees the classes of the
+    /// values no flow has any more.
+    #[test]
+    fn too_many_timeouts_are_refused() {
+        let conf = FlowTableConf::default();
+        // TCP's two values (10 s, 300 s), flow_table's 60 s, and the rules'.
+        let rules = |from: u64, n: u64| -> Vec<u64> { (from..from + n).map(|i| i * S).collect() };
+        let mut t = FlowTable::new(&conf, &rules(1000, 123));
+        let e = t.retime(&conf, &rules(2000, 123), 0).unwrap_err();
+        assert!(e.contains("make 249 distinct values; at most 127"), "{e}");
+        assert_eq!(t.class_of_timeout(2000 * S), None);
+        assert!(t.class_of_timeout(1000 * S).is_some());
+        // 3 + 61 values; then 61 others (a pass moves the flows); then 61 more while the
+        // pass is due: the first 61 are free once it is done.
+        let mut t = FlowTable::new(&conf, &rules(1000, 61));
+        add(&mut t, 1, 0, TcpState::None, false);
+        assert_eq!(t.retime(&conf, &rules(2000, 61), S), Ok(true));
+        let c1000 = base(&t, 1000 * S);
+        assert_eq!(class_of(&t, 1), t.class(c1000, false), "not moved yet");
+        assert_eq!(t.retime(&conf, &rules(3000, 61), S), Ok(true));
+        assert_eq!(class_of(&t, 1), t.class(base(&t, 2000 * S), false), "moved");
+        assert_eq!(base(&t, 3000 * S), c1000, "a freed class");
+        assert!(t.moving(), "to the 3000 s class, next");
+        t.move_step(usize::MAX, S);
+        assert_eq!(class_of(&t, 1), t.class(c1000, false));
     }
 
     #[test]

@@ -194,86 +194,71 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
     }
 
     /// Gives the classes the timeouts `timeouts` (one per class, in class order, and more
-    /// for classes to append, empty), at `now`, and, with `to`, moves entries between
-    /// classes (a reload; O(capacity) once, not the packet path). A class whose timeout
-    /// changes gets the grain of the new one and its entries are linked again into the
-    /// windows of their last-seen times. `to` names each live entry's class from its key,
-    /// value and current class, and may change its value; a moved entry keeps its
-    /// last-seen time. Entries their (new) timeout has already expired go into a window
-    /// that `expire` removes at its next call; the others expire as if the timeout had
-    /// always held. One pass over the slots when a timeout changed or `to` is given;
-    /// allocates when classes are added. Returns whether a timeout changed or an entry
-    /// moved.
+    /// for classes to append). Only an empty class may change its timeout (a class whose
+    /// entries should take another timeout is left as it is, and its entries are moved to
+    /// a class with that timeout by [`move_entries`](Self::move_entries)). Allocates when
+    /// classes are added; does not visit the entries.
     ///
     /// # Panics
-    /// If `timeouts` has fewer entries than the table has classes, or 256 or more, or
-    /// `to` names a class the table does not have.
-    #[allow(clippy::type_complexity)]
-    pub fn retime(
-        &mut self,
-        timeouts: &[u64],
-        now: u64,
-        mut to: Option<&mut dyn FnMut(&K, &mut V, u8) -> u8>,
-    ) -> bool {
+    /// If `timeouts` has fewer entries than the table has classes, or 256 or more; in
+    /// debug builds, if a class whose timeout changes holds an entry.
+    pub fn set_timeouts(&mut self, timeouts: &[u64]) {
         assert!(timeouts.len() >= self.classes.len() && timeouts.len() < 256);
+        for (cl, &t) in self.classes.iter_mut().zip(timeouts) {
+            if cl.timeout != t {
+                debug_assert!(
+                    cl.lists.iter().all(|l| l.head == NIL),
+                    "a class with entries keeps its timeout"
+                );
+                *cl = Class::new(t);
+            }
+        }
         let have = self.classes.len();
         self.classes
             .extend(timeouts[have..].iter().map(|&t| Class::new(t)));
-        let mut changed = [false; 256];
-        for (c, (cl, &t)) in self.classes.iter_mut().zip(timeouts).enumerate() {
-            if cl.timeout == t {
-                continue;
-            }
-            changed[c] = true;
-            cl.timeout = t;
-            cl.grain = (t / GRAINS).max(1);
-            cl.win_start = 0; // the next touch finds its window again
-            // Windows before `end` are wholly expired at `now` (see `expire`).
-            let end = now.saturating_sub(t) / cl.grain;
-            cl.next_window = end.saturating_sub(1);
-            cl.lists = [List {
-                head: NIL,
-                tail: NIL,
-            }; WINDOWS];
-        }
-        let retimed = changed.contains(&true);
-        if !retimed && to.is_none() {
-            return false;
-        }
-        if to.is_some() {
-            // An entry moved in may be past its new class's timeout: its window must be
-            // one `expire` still visits (as for a retimed class above).
-            for cl in &mut self.classes {
-                let end = now.saturating_sub(cl.timeout) / cl.grain;
-                cl.next_window = cl.next_window.min(end.saturating_sub(1));
-            }
-        }
-        let mut moved = false;
-        for s in 0..self.hot.len() {
+    }
+
+    /// Visits the live entries in slots `from..` in slot order, at most `max` slots (live
+    /// or not), and moves each to the class `to` names from its key, value and current
+    /// class (`to` may change the value), at `now`; returns the slot to go on from, or
+    /// `None` when every slot has been visited. A moved entry keeps its last-seen time and
+    /// expires as if it had always been in its new class, or at the next
+    /// [`expire`](Self::expire) call when that class's timeout has already passed. Reads
+    /// both slabs sequentially: bounded background work (a reload), not the packet path.
+    ///
+    /// # Panics
+    /// If `to` names a class the table does not have.
+    pub fn move_entries(
+        &mut self,
+        from: usize,
+        max: usize,
+        now: u64,
+        mut to: impl FnMut(&K, &mut V, u8) -> u8,
+    ) -> Option<usize> {
+        let end = from.saturating_add(max).min(self.hot.len());
+        for s in from..end {
             let c = self.cold[s].class;
             if c == FREE {
                 continue;
             }
-            let n = match to.as_mut() {
-                Some(f) => {
-                    let slot = &mut self.hot[s];
-                    f(&slot.key, &mut slot.val, c)
-                }
-                None => c,
-            };
-            assert!(usize::from(n) < self.classes.len(), "no class {n}");
-            if n == c && !changed[usize::from(c)] {
+            let slot = &mut self.hot[s];
+            let n = to(&slot.key, &mut slot.val, c);
+            if n == c {
                 continue;
             }
-            moved |= n != c;
-            // A retimed class's lists were emptied: its entries are linked afresh.
-            if !changed[usize::from(c)] {
-                self.unlink(s as u32);
-            }
+            assert!(usize::from(n) < self.classes.len(), "no class {n}");
+            // The entry may be past its new class's timeout: its window must be one
+            // `expire` still visits. Windows before `end` are wholly expired at `now`
+            // (see `expire`); the ring holds the timeout's windows and slack, so the
+            // lists from `end - 1` on hold no other windows.
+            let cl = &mut self.classes[usize::from(n)];
+            let expired = now.saturating_sub(cl.timeout) / cl.grain;
+            cl.next_window = cl.next_window.min(expired.saturating_sub(1));
+            self.unlink(s as u32);
             let seen = self.hot[s].last_seen;
             self.link(s as u32, n, seen);
         }
-        retimed || moved
+        (end < self.hot.len()).then_some(end)
     }
 
     /// How many classes the table has.
@@ -798,14 +783,37 @@ mod tests {
     }
 
     #[test]
-    fn a_changed_timeout_applies_to_the_entries_in_its_class() {
-        // Class 0: 160 (grain 10) -> 1600 (grain 100); class 1: 1600 -> 160.
+    fn moved_entries_take_their_new_class_timeout() {
+        // Classes 0 and 3: 160 (grain 10); 1 and 2: 1600 (grain 100).
         let mut t: LruTable<u64, u64> = LruTable::new(16, &[160, 1600]);
         t.insert(1, 0, 0, 5);
         t.insert(2, 0, 1, 5);
         t.insert(3, 0, 1, 400);
-        assert!(!t.retime(&[160, 1600], 450, None), "nothing changed");
-        assert!(t.retime(&[1600, 160], 450, None));
+        t.set_timeouts(&[160, 1600, 1600, 160]);
+        assert_eq!(t.classes(), 4);
+        // Key 1 to class 2, keys 2 and 3 to class 3; one slot a step, values too.
+        let to = |k: &u64, v: &mut u64, c: u8| {
+            *v += 1;
+            match (k, c) {
+                (1, 0) => 2,
+                (2 | 3, 1) => 3,
+                _ => c,
+            }
+        };
+        let mut at = Some(0);
+        let mut steps = 0;
+        while let Some(from) = at {
+            at = t.move_entries(from, 1, 450, to);
+            steps += 1;
+        }
+        assert_eq!(steps, 3);
+        let classes: Vec<(u8, u64)> = (1..=3)
+            .map(|k| {
+                let h = t.find(&k).unwrap();
+                (t.class(h), *t.get(h))
+            })
+            .collect();
+        assert_eq!(classes, [(2, 1), (3, 1), (3, 1)]);
         // Key 2 (seen at 5) is past 160 already: gone at the next call; key 3 (seen at
         // 400, window [400, 410)) expires at 570; key 1 (window [0, 100)) at 1700.
         let mut gone = Vec::new();
@@ -816,6 +824,12 @@ mod tests {
         assert_eq!(t.expire(1699, 8, |_, _| {}), 0);
         assert_eq!(t.expire(1700, 8, |_, _| {}), 1);
         assert!(t.is_empty());
+        // An empty class takes a new timeout: 50 (grain 3); seen at 2000, window
+        // [1998, 2001), gone at 2051.
+        t.set_timeouts(&[50, 1600, 1600, 160]);
+        t.insert(4, 0, 0, 2000);
+        assert_eq!(t.expire(2050, 8, |_, _| {}), 0);
+        assert_eq!(t.expire(2051, 8, |_, _| {}), 1);
     }
 
     #[test]
@@ -923,22 +937,25 @@ mod tests {
             }
         }
 
-        // Timeouts changed and entries moved between classes at random moments, under
-        // live entries: every entry expires no earlier than its class's timeout at that
-        // moment after it was last seen, and no later than that timeout plus the class's
-        // grain (entries the new timeout has already expired go at the next expire call).
+        // Entries moved between classes in passes of random steps, classes appended
+        // and empty ones given new timeouts, at random moments under live entries: every
+        // entry expires no earlier than its class's timeout after it was last seen, and
+        // no later than that timeout plus the class's grain (an entry whose new class's
+        // timeout has already passed goes at the next expire call).
         #[test]
-        fn changed_timeouts_hold_for_entries_already_in(
-            ops in proptest::collection::vec((0u8..7, 0u64..40, 1u64..40), 1..300),
+        fn moved_entries_expire_on_their_class_timeout(
+            ops in proptest::collection::vec((0u8..8, 0u64..40, 1u64..40), 1..300),
         ) {
-            let mut timeouts = [320u64, 64];
+            let mut timeouts = vec![320u64, 64];
             let mut t: LruTable<u64, u64> = LruTable::new(64, &timeouts);
             // Model: key -> (class, last seen).
             let mut m: HashMap<u64, (u8, u64)> = HashMap::new();
+            // A pass under way: keys that are `r` modulo 3 move to class `to`; next slot.
+            let mut pass: Option<(u64, u8, usize)> = None;
             let mut now = 0u64;
             for (op, k, x) in ops {
                 now += x % 7;
-                let class = (k % 2) as u8;
+                let class = (k % timeouts.len() as u64) as u8;
                 match op {
                     0 | 1 if t.find(&k).is_none() && t.len() < 64 => {
                         t.insert(k, 0, class, now);
@@ -949,32 +966,37 @@ mod tests {
                         t.touch(h, c, now);
                         m.insert(k, (c, now));
                     },
-                    4 => {
-                        timeouts[class as usize] = x * 16;
-                        t.retime(&timeouts, now, None);
+                    4 if timeouts.len() < 6 => {
+                        timeouts.push(x * 16);
+                        t.set_timeouts(&timeouts);
                     }
                     5 => {
-                        // Entries whose key is x modulo 3 change class, values too; a
-                        // timeout may change in the same pass.
-                        if x % 2 == 0 {
-                            timeouts[class as usize] = x * 16;
-                        }
-                        let mut to = |key: &u64, v: &mut u64, c: u8| {
-                            if key % 3 == x % 3 {
-                                *v += 1;
-                                1 - c
-                            } else {
-                                c
-                            }
-                        };
-                        t.retime(&timeouts, now, Some(&mut to));
-                        for (key, (c, _)) in m.iter_mut() {
-                            if key % 3 == x % 3 {
-                                *c = 1 - *c;
-                            }
+                        // A class no entry is in, nor a pass moves entries to.
+                        let c = (x % timeouts.len() as u64) as u8;
+                        if m.values().all(|&(mc, _)| mc != c) && pass.is_none_or(|p| p.1 != c) {
+                            timeouts[usize::from(c)] = x * 16;
+                            t.set_timeouts(&timeouts);
                         }
                     }
+                    6 if pass.is_none() => pass = Some((x % 3, class, 0)),
                     _ => {}
+                }
+                if let Some((r, to, from)) = pass {
+                    let mut moved = Vec::new();
+                    let next = t.move_entries(from, (x % 5) as usize, now, |key, v, c| {
+                        if key % 3 != r || c == to {
+                            return c;
+                        }
+                        *v += 1;
+                        moved.push(*key);
+                        to
+                    });
+                    for key in moved {
+                        let e = m.get_mut(&key);
+                        prop_assert!(e.is_some());
+                        e.unwrap().0 = to;
+                    }
+                    pass = next.map(|n| (r, to, n));
                 }
                 let mut gone = Vec::new();
                 t.expire(now, usize::MAX, |k, _| gone.push(*k));

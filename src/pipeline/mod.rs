@@ -36,8 +36,7 @@ use crate::balance::{maglev::Maglev, source_hash, tuple_hash};
 use crate::classify::{self, Classifier, Decision, Key};
 use crate::config::{Affinity, Forwarding, Mac, Pipeline, Policy, QosActions, ServerState, Target};
 use crate::flow::{
-    FlowKey, FlowTable, FragKey, Inserted, LruTable, Owner, TcpState, tcp_class, tcp_flags,
-    tcp_next,
+    FlowKey, FlowTable, FragKey, Inserted, LruTable, Owner, TcpState, tcp_flags, tcp_next,
 };
 use crate::wire::ipv4::option_at;
 use meta::{DropReason, Frag, L3, Meta, Tuple};
@@ -359,9 +358,8 @@ impl Worker {
     /// A worker over `tables`, with its own flow table sized by the pipeline.
     pub fn new(tables: Arc<Tables>) -> Worker {
         let p = &tables.pipeline;
-        let rule_idle: Vec<u64> = p.flow_rules.iter().map(|r| r.idle_timeout_ns).collect();
         Worker {
-            flows: FlowTable::new(&p.flow_table, &rule_idle),
+            flows: FlowTable::new(&p.flow_table, &p.rule_idle_ns()),
             frags: LruTable::new(FRAG_CAPACITY, &[FRAG_TIMEOUT_NS]),
             stats: Stats::new(p),
             scratch: vec![0; reply::ICMP_ERROR_MAX],
@@ -389,10 +387,10 @@ impl Worker {
     /// new Maglev tables; counters are kept. Refused (the old tables stay) unless the new
     /// pipeline only grows the current one ([`Pipeline::grows_into`]: servers, services,
     /// members and rules added after the existing ones; the flow table's size kept):
-    /// flows and counters hold indices into it. The counters grow with it; changed
-    /// timeouts apply to the flows already in the table, from the time of the last
-    /// [`expire`](Worker::expire) call (a non-TCP flow whose idle timeout changed moves
-    /// to its class, [`FlowTable::retime`](crate::flow::FlowTable::retime)).
+    /// flows and counters hold indices into it. The counters grow with it. Changed
+    /// timeouts apply to new flows at once, and to the flows already in the table as
+    /// [`move_flows`](Worker::move_flows) moves them to the classes of their new
+    /// timeouts in bounded steps ([`FlowTable::retime`](crate::flow::FlowTable::retime)).
     ///
     /// A changed rule that [claims existing flows](crate::config::FlowRule::claims_existing)
     /// (an advertised flow) also starts a sweep of the flow table, done by
@@ -401,31 +399,14 @@ impl Worker {
         if !self.tables.pipeline.grows_into(&t.pipeline) {
             return Err(ShapeChanged);
         }
-        // New timeouts: the flow table's TCP classes take them under the flows they hold,
-        // and non-TCP flows whose idle timeout changed move to its class (one pass over
-        // the table, and an allocation: a reload that changed them).
-        fn idle(p: &Pipeline) -> impl Iterator<Item = u64> + '_ {
-            p.flow_rules.iter().map(|r| r.idle_timeout_ns)
-        }
+        // New timeouts: each gets a class of the flow table; flows whose timeout changed
+        // move to theirs in the background (`move_flows`). Allocates: a reload that
+        // changed them.
         let (p0, p1) = (&self.tables.pipeline, &t.pipeline);
-        if p0.flow_table != p1.flow_table || idle(p0).ne(idle(p1)) {
-            let rules: Vec<u64> = idle(p1).collect();
-            // Flows move only when a timeout a flow may have changed: flow_table's, or
-            // that of a rule that was there (new rules have no flows yet).
-            let moved = p0.flow_table.idle_ns != p1.flow_table.idle_ns
-                || idle(p0).zip(idle(p1)).any(|(a, b)| a != b);
-            let default = p1.flow_table.idle_ns;
-            let idle_of = |f: &crate::flow::Flow| match f.owner {
-                Owner::Rule(i) => rules.get(usize::from(i)).copied().unwrap_or(default),
-                _ => default,
-            };
-            let r = self.flows.retime(
-                &p1.flow_table,
-                &rules,
-                self.clock,
-                moved.then_some(&idle_of as &dyn Fn(&crate::flow::Flow) -> u64),
-            );
-            debug_assert!(r.is_ok(), "grows_into checked the classes: {r:?}");
+        let rules = p1.rule_idle_ns();
+        if p0.flow_table != p1.flow_table || p0.rule_idle_ns() != rules {
+            let r = self.flows.retime(&p1.flow_table, &rules, self.clock);
+            debug_assert!(r.is_ok(), "grows_into checked the timeouts: {r:?}");
             if r.is_err() {
                 return Err(ShapeChanged);
             }
@@ -465,6 +446,21 @@ impl Worker {
             }));
         self.tables = t;
         Ok(())
+    }
+
+    /// Goes on moving the open flows whose timeout a reload changed to the classes of
+    /// their new timeouts (at most `max` slots, at the time of the last
+    /// [`expire`](Worker::expire) call; call once per poll loop, like `expire`); returns
+    /// how many it moved. Until the pass reaches it, a flow keeps its old timeout. A no-op
+    /// when no pass is due.
+    pub fn move_flows(&mut self, max: usize) -> usize {
+        self.flows.move_step(max, self.clock)
+    }
+
+    /// True while a pass started by [`set_tables`](Worker::set_tables) for changed
+    /// timeouts is unfinished ([`move_flows`](Worker::move_flows)).
+    pub fn moves_due(&self) -> bool {
+        self.flows.moving()
     }
 
     /// True while a sweep started by [`set_tables`](Worker::set_tables) is unfinished.
@@ -776,8 +772,13 @@ impl Worker {
         if let Some(flags) = tcp_flags
             && f.tcp() != TcpState::None
         {
-            f.set_tcp(tcp_next(f.tcp(), flags, forward));
-            f.class = self.flows.class(tcp_class(f.tcp()), f.assured());
+            // A new state is a new timeout's class; in the same state the flow stays in
+            // its class (a reload's new timeouts reach it by `move_flows`).
+            let s = tcp_next(f.tcp(), flags, forward);
+            if s != f.tcp() {
+                f.set_tcp(s);
+                f.class = self.flows.tcp_class(s, f.assured());
+            }
         }
         // The class says what the assured mark says (the mark spares the hit path a
         // look at the class).
@@ -949,7 +950,6 @@ impl Worker {
                 let server = p.services[i as usize].members[member as usize].server;
                 let target = Target::Server(server);
                 self.create(
-                    tables,
                     fkey,
                     hash,
                     swapped,
@@ -980,7 +980,6 @@ impl Worker {
                 }
                 if create {
                     self.create(
-                        tables,
                         fkey,
                         hash,
                         swapped,
@@ -1112,7 +1111,6 @@ impl Worker {
     #[allow(clippy::too_many_arguments)]
     fn create(
         &mut self,
-        tables: &Tables,
         key: FlowKey,
         hash: u64,
         swapped: bool,
@@ -1134,13 +1132,7 @@ impl Worker {
         } else {
             TcpState::None
         };
-        let class = match (tcp, owner) {
-            (TcpState::None, Owner::Rule(i)) => self
-                .flows
-                .idle_class(tables.pipeline.flow_rules[i as usize].idle_timeout_ns),
-            (TcpState::None, _) => self.flows.idle_class(tables.pipeline.flow_table.idle_ns),
-            (s, _) => tcp_class(s),
-        };
+        let class = self.flows.base_class_of(tcp, owner);
         // Unassured until its creator speaks again after a reply.
         let class = self.flows.class(class, false);
         let flow = crate::flow::Flow::new(target, owner, src_mac, in_port, swapped, tcp, class);

@@ -40,6 +40,10 @@ const EXPIRE_PER_LOOP: usize = 32;
 /// flows take 3907 loops, each step about 2.2 µs on the development VM
 /// (`cargo run --release --example sweeptime`).
 const SWEEP_PER_LOOP: usize = 256;
+/// Flow-table slots a reload's timeout pass (flows moved to the classes of their new
+/// timeouts) visits per poll loop (`cargo run --release --example sweeptime` times a
+/// step).
+const MOVES_PER_LOOP: usize = 256;
 
 /// Options of `flowgate run` beyond the conf file.
 pub struct RunOpts {
@@ -780,6 +784,7 @@ fn worker_loop<'q>(
         }
         w.expire(now, EXPIRE_PER_LOOP);
         w.sweep(SWEEP_PER_LOOP);
+        w.move_flows(MOVES_PER_LOOP);
         listing.step(&shared.board, idx, &w, now);
         if now.wrapping_sub(last_pub) >= PUBLISH_NS {
             last_pub = now;
