@@ -267,21 +267,19 @@ pub struct FlowTable {
 
 /// The distinct timeouts of a flow table for `conf` and pattern rules with idle timeouts
 /// `rule_idle_ns`: TCP's three, `conf.idle_ns`, then each rule's, each when not seen
-/// before.
+/// before (a file may list up to 65534 rules: a set keeps this linear).
 pub fn distinct_timeouts(conf: &FlowTableConf, rule_idle_ns: &[u64]) -> Vec<u64> {
-    let mut v = Vec::new();
+    let mut seen = hashbrown::HashSet::new();
     let all = [
         conf.tcp_syn_ns,
         conf.tcp_established_ns,
         conf.tcp_closing_ns,
         conf.idle_ns,
     ];
-    for &t in all.iter().chain(rule_idle_ns) {
-        if !v.contains(&t) {
-            v.push(t);
-        }
-    }
-    v
+    (all.iter().chain(rule_idle_ns))
+        .copied()
+        .filter(|&t| seen.insert(t))
+        .collect()
 }
 
 /// Every table class's timeout, in class order: each base class's twice, assured then
@@ -772,6 +770,109 @@ mod tests {
         assert!(t.moving(), "to the 3000 s class, next");
         t.move_step(usize::MAX, S);
         assert_eq!(class_of(&t, 1), t.class(c1000, false));
+    }
+
+    proptest::proptest! {
+        // Reloads that change any timeout (TCP's, flow_table's idle, a rule's) or add
+        // rules, at random moments between flows created, changing TCP state, move
+        // steps and expiry: a class with flows never changes its timeout (so a flow
+        // always has a timeout it had or has now), a flow's value and the table agree
+        // on its class, and once the pass is done every flow is in the class of its
+        // timeout.
+        #[test]
+        fn reloads_keep_every_flow_in_a_class_of_its_old_or_new_timeout(
+            ops in proptest::collection::vec((0u8..7, 0u8..8, 0u8..8), 1..200),
+        ) {
+            let vals = [10, 20, 30, 45, 60, 300, 600, 900].map(|v: u64| v * S);
+            let mut conf = FlowTableConf { capacity: 48, ..FlowTableConf::default() };
+            let mut rules = vec![30 * S, 60 * S];
+            let mut t = FlowTable::new(&conf, &rules);
+            let mut now = 0;
+            let mut n = 0u8;
+            let timeouts = |t: &FlowTable| {
+                let mut v = Vec::new();
+                t.table.visit(0, usize::MAX, |k, _, _, timeout| v.push((*k, timeout)));
+                v
+            };
+            for (op, a, b) in ops {
+                now += S;
+                match op {
+                    0 | 1 if t.table.len() < 48 => {
+                        let tcp = [TcpState::None, TcpState::Syn, TcpState::Established, TcpState::Closing][usize::from(b % 4)];
+                        let owner = if a % 3 == 0 {
+                            Owner::Service(0)
+                        } else {
+                            Owner::Rule(u16::from(a) % rules.len() as u16)
+                        };
+                        let mut f = Flow::new(Target::Gateway, owner, [0; 6], 0, false, tcp, 0);
+                        if b >= 4 {
+                            f.mark(true);
+                            f.mark(false);
+                            f.mark(true);
+                        }
+                        f.class = t.class(t.base_class_of(tcp, owner), f.assured());
+                        n = n.wrapping_add(1);
+                        let mut k = key(n);
+                        k.b[0] = a;
+                        if t.table.find(&k).is_none() {
+                            t.table.insert(k, f, f.class, now);
+                        }
+                    }
+                    2 => {
+                        let v = vals[usize::from(b)];
+                        match a {
+                            0 => conf.tcp_syn_ns = v,
+                            1 => conf.tcp_established_ns = v,
+                            2 => conf.tcp_closing_ns = v,
+                            3 => conf.idle_ns = v,
+                            4 if rules.len() < 6 => rules.push(v),
+                            _ => {
+                                let i = usize::from(a) % rules.len();
+                                rules[i] = v;
+                            }
+                        }
+                        let before = timeouts(&t);
+                        proptest::prop_assert!(t.retime(&conf, &rules, now).is_ok());
+                        proptest::prop_assert_eq!(timeouts(&t), before, "a class with flows kept its timeout");
+                    }
+                    3 => {
+                        t.move_step(usize::from(b) + 1, now);
+                    }
+                    4 => {
+                        // A packet that closes a TCP flow: a new state, a new class.
+                        let mut hit = None;
+                        t.table.visit(0, usize::MAX, |k, f, _, _| {
+                            if hit.is_none() && f.tcp() != TcpState::None && f.tcp() != TcpState::Closing {
+                                hit = Some(*k);
+                            }
+                        });
+                        if let Some(k) = hit {
+                            let h = t.table.find(&k).unwrap();
+                            let mut f = *t.table.get(h);
+                            f.set_tcp(TcpState::Closing);
+                            f.class = t.tcp_class(TcpState::Closing, f.assured());
+                            *t.table.get_mut(h) = f;
+                            t.table.touch_reclass(h, f.class, now);
+                        }
+                    }
+                    5 => {
+                        t.table.expire(now, usize::MAX, |_, _| {});
+                    }
+                    _ => {}
+                }
+                let mut flows = Vec::new();
+                t.table.visit(0, usize::MAX, |k, f, _, _| flows.push((*k, *f)));
+                for (k, f) in flows {
+                    let h = t.table.find(&k).unwrap();
+                    proptest::prop_assert_eq!(f.class, t.table.class(h));
+                    proptest::prop_assert_eq!(t.assured_class(f.class), f.assured());
+                    if !t.moving() {
+                        let want = t.class(t.base_class_of(f.tcp(), f.owner), f.assured());
+                        proptest::prop_assert_eq!(f.class, want, "in its timeout's class");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
