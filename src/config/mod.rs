@@ -8,6 +8,7 @@
 //! QoS attributes resolve to [`QosActions`]; their application order on a frame is fixed
 //! and documented in `crate::action`.
 
+pub mod changes;
 pub mod locate;
 pub mod raw;
 

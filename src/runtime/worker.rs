@@ -662,7 +662,7 @@ fn reload(conf: &RunConf, shared: &Shared, control: Option<&mut ControlRt>) {
                 }
             };
             let mut why = "pipeline reloaded".to_string();
-            for c in crate::cmd::check::reload_changes(&cur.pipeline, &p) {
+            for c in crate::config::changes::reload_changes(&cur.pipeline, &p) {
                 why += &format!("; {c}");
             }
             let p = match control {
