@@ -1823,39 +1823,54 @@ fn run_af_packet_lists_open_connections_with_their_servers() {
     );
     let pipe = dir.path().join("pipeline.yaml");
     let text = std::fs::read_to_string(&pipe).expect("pipeline");
-    std::fs::write(
-        &pipe,
-        text.replacen(
-            "services:\n",
-            "flow_table: { tcp_established_timeout: 900 }\nservices:\n",
-            1,
-        ),
-    )
-    .expect("pipeline");
     let pid = t.children.last().expect("flowgate").id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    let t0 = Instant::now();
-    loop {
-        let after = expiries();
-        if after.len() == 20 && after.iter().all(|&e| e > 800_000 && e <= 900_000) {
-            break;
+    let reload_to = |secs: u64| {
+        std::fs::write(
+            &pipe,
+            text.replacen(
+                "services:\n",
+                &format!("flow_table: {{ tcp_established_timeout: {secs} }}\nservices:\n"),
+                1,
+            ),
+        )
+        .expect("pipeline");
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .expect("kill")
+                .success()
+        );
+    };
+    // Every connection listed with at most `secs` and more than `secs` - 100 to go.
+    let mut take = |t: &mut Topo, secs: u64| {
+        let t0 = Instant::now();
+        loop {
+            let after = expiries();
+            let (lo, hi) = ((secs - 100) * 1000, secs * 1000);
+            if after.len() == 20 && after.iter().all(|&e| e > lo && e <= hi) {
+                return;
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                let _ = client.kill();
+                fail(
+                    t,
+                    &format!("idle connections take the {secs} s timeout: {after:?}"),
+                    &stats,
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
-        if t0.elapsed() > Duration::from_secs(10) {
-            let _ = client.kill();
-            fail(
-                &mut t,
-                &format!("idle connections take the 900 s timeout: {after:?}"),
-                &stats,
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
+    };
+    reload_to(900);
+    take(&mut t, 900);
+    // Reloads in quick succession, each changing the timeout again while the workers'
+    // passes for the ones before may be under way: the last one holds.
+    for secs in [600, 1200, 450, 1500, 700, 600] {
+        reload_to(secs);
+        std::thread::sleep(Duration::from_millis(30));
     }
+    take(&mut t, 600);
     // The table, filtered by server: one line per connection that server answered.
     let s1 = conns.values().filter(|w| *w == "s1").count();
     assert!(s1 > 0 && s1 < 20, "both servers answered: {conns:?}");
