@@ -488,6 +488,20 @@ fn start_flowgate_with(
     stats
 }
 
+/// Writes `text` to the running flowgate's pipeline file `pipe` and sends it SIGHUP
+/// (the last child started is flowgate).
+fn reload_with(t: &Topo, pipe: &Path, text: &str) {
+    std::fs::write(pipe, text).expect("pipeline");
+    let pid = t.children.last().expect("flowgate").id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+}
+
 /// The first answer from `url` through flowgate (waits up to 30 s for flowgate and the
 /// servers).
 fn first_answer(t: &Topo, url: &str) -> String {
@@ -592,17 +606,6 @@ fn run_af_packet_reloads_pattern_rules() {
             ),
         )
     };
-    let pid = t.children.last().expect("flowgate").id().to_string();
-    let hup = |text: &str| {
-        std::fs::write(&pipe, text).expect("pipeline");
-        assert!(
-            Command::new("kill")
-                .args(["-HUP", &pid])
-                .status()
-                .expect("kill")
-                .success()
-        );
-    };
     // Every new connection on `server`, within 5 s of the reload, then 10 more.
     let all_on = |t: &mut Topo, server: &str| {
         let want = format!("server-{server}");
@@ -622,11 +625,11 @@ fn run_af_packet_reloads_pattern_rules() {
             assert_eq!(a, want);
         }
     };
-    hup(&pin("s2"));
+    reload_with(&t, &pipe, &pin("s2"));
     all_on(&mut t, "s2");
-    hup(&pin("s1"));
+    reload_with(&t, &pipe, &pin("s1"));
     all_on(&mut t, "s1");
-    hup(&base);
+    reload_with(&t, &pipe, &base);
     std::thread::sleep(Duration::from_millis(500));
     both_serve(&mut t, 30, &stats);
     let err = stop(&mut t);
@@ -1823,24 +1826,9 @@ fn run_af_packet_lists_open_connections_with_their_servers() {
     );
     let pipe = dir.path().join("pipeline.yaml");
     let text = std::fs::read_to_string(&pipe).expect("pipeline");
-    let pid = t.children.last().expect("flowgate").id().to_string();
-    let reload_to = |secs: u64| {
-        std::fs::write(
-            &pipe,
-            text.replacen(
-                "services:\n",
-                &format!("flow_table: {{ tcp_established_timeout: {secs} }}\nservices:\n"),
-                1,
-            ),
-        )
-        .expect("pipeline");
-        assert!(
-            Command::new("kill")
-                .args(["-HUP", &pid])
-                .status()
-                .expect("kill")
-                .success()
-        );
+    let reload_to = |t: &Topo, secs: u64| {
+        let timeout = format!("flow_table: {{ tcp_established_timeout: {secs} }}\nservices:\n");
+        reload_with(t, &pipe, &text.replacen("services:\n", &timeout, 1));
     };
     // Every connection listed with at most `secs` and more than `secs` - 100 to go.
     let mut take = |t: &mut Topo, secs: u64| {
@@ -1862,12 +1850,12 @@ fn run_af_packet_lists_open_connections_with_their_servers() {
             std::thread::sleep(Duration::from_millis(200));
         }
     };
-    reload_to(900);
+    reload_to(&t, 900);
     take(&mut t, 900);
     // Reloads in quick succession, each changing the timeout again while the workers'
     // passes for the ones before may be under way: the last one holds.
     for secs in [600, 1200, 450, 1500, 700, 600] {
-        reload_to(secs);
+        reload_to(&t, secs);
         std::thread::sleep(Duration::from_millis(30));
     }
     take(&mut t, 600);
