@@ -248,9 +248,9 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
             }
             assert!(usize::from(n) < self.classes.len(), "no class {n}");
             // The entry may be past its new class's timeout: its window must be one
-            // `expire` still visits. Windows before `end` are wholly expired at `now`
-            // (see `expire`); the ring holds the timeout's windows and slack, so the
-            // lists from `end - 1` on hold no other windows.
+            // `expire` still visits. Windows before `expired` are wholly expired at
+            // `now` (see `expire`); the ring holds the timeout's windows and slack, so
+            // the lists from `expired - 1` on hold no other windows.
             let cl = &mut self.classes[usize::from(n)];
             let expired = now.saturating_sub(cl.timeout) / cl.grain;
             cl.next_window = cl.next_window.min(expired.saturating_sub(1));
