@@ -829,11 +829,14 @@ fn reload_from_says_whether_a_run_would_take_it() {
         out.contains("timeouts changed, open flows included: tcp_established_timeout 300 → 3600 s, idle_timeout 60 → 30 s"),
         "{out}"
     );
-    // The flow table's size: refused.
-    let (code, _, err) =
+    // The flow table's size: taken, a new table.
+    let (code, out, err) =
         check(&BASE.replace("services:\n", "flow_table: { capacity: 1000 }\nservices:\n"));
-    assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("flow_table.capacity changed"), "{err}");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("; flow table resized: 1048576 → 1000 flows a worker, open flows moving into the new table"),
+        "{out}"
+    );
     // The pattern rule renamed: a new rule, the old one kept for its open flows.
     let (code, out, err) = check(&BASE.replace("  - name: r\n", "  - name: r2\n"));
     assert_eq!(code, Some(0), "{err}");

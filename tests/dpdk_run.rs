@@ -658,8 +658,8 @@ fn run_stops_cleanly_on_sigterm() {
         wait_for("services reordered: [\"https6\", \"http\"]", &mut err),
         "{err}"
     );
-    // A new flow-table size: refused (each worker's table keeps its size), the running
-    // tables stay.
+    // A new flow-table size: taken (each worker moves its flows into a new table), and
+    // said.
     std::fs::write(
         &pipe,
         farm.replacen(
@@ -671,9 +671,16 @@ fn run_stops_cleanly_on_sigterm() {
     .expect("capacity");
     kill("-HUP");
     assert!(
-        wait_for("reload refused: flow_table.capacity changed", &mut err),
+        wait_for(
+            "flow table resized: 1048576 → 4096 flows a worker, open flows moving into the new table",
+            &mut err
+        ),
         "{err}"
     );
+    // A file that does not parse: refused, the running tables stay.
+    std::fs::write(&pipe, "services: [\n").expect("broken");
+    kill("-HUP");
+    assert!(wait_for("reload refused:", &mut err), "{err}");
     let status = sigterm_and_wait(&mut child.0, Duration::from_secs(20))
         .expect("flowgate run did not stop within 20 s of SIGTERM");
     let _ = reader.join();

@@ -488,8 +488,8 @@ fn start_flowgate_with(
     stats
 }
 
-/// Writes `text` to the running flowgate's pipeline file `pipe` and sends it SIGHUP
-/// (the last child started is flowgate).
+/// Writes `text` to the running flowgate's pipeline or conf file `pipe` and sends it
+/// SIGHUP (the last child started is flowgate).
 fn reload_with(t: &Topo, pipe: &Path, text: &str) {
     std::fs::write(pipe, text).expect("pipeline");
     let pid = t.children.last().expect("flowgate").id().to_string();
@@ -1859,6 +1859,21 @@ fn run_af_packet_lists_open_connections_with_their_servers() {
         std::thread::sleep(Duration::from_millis(30));
     }
     take(&mut t, 600);
+    // The conf's flow-table size doubled: a SIGHUP reads it again, and the worker moves
+    // the 20 idle connections into its new table, each still on its server.
+    let vconf = dir.path().join("veth.yaml");
+    let c = std::fs::read_to_string(&vconf).expect("conf");
+    let doubled = c.replace("flows: { capacity: 65536 }", "flows: { capacity: 131072 }");
+    reload_with(&t, &vconf, &doubled);
+    std::thread::sleep(Duration::from_millis(500));
+    if let Err(e) = listed("established") {
+        let _ = client.kill();
+        fail(
+            &mut t,
+            &format!("connections listed after the resize: {e}"),
+            &stats,
+        );
+    }
     // The table, filtered by server: one line per connection that server answered.
     let s1 = conns.values().filter(|w| *w == "s1").count();
     assert!(s1 > 0 && s1 < 20, "both servers answered: {conns:?}");
@@ -1892,6 +1907,10 @@ fn run_af_packet_lists_open_connections_with_their_servers() {
     );
     assert!(
         log.contains("timeouts changed, open flows included: tcp_established_timeout 300 → 900 s"),
+        "{log}"
+    );
+    assert!(
+        log.contains("flow table resized: 65536 → 131072 flows a worker"),
         "{log}"
     );
 }

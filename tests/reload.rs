@@ -311,11 +311,77 @@ fn a_reload_applies_changed_timeouts_to_the_flows_already_open() {
     w.expire(66 * S, usize::MAX);
     assert_eq!(w.flow_count(), 0);
     assert!(two(30, 30).regrow(two(45, 45)).is_ok());
-    // The size: refused.
-    let bigger = with(head("flow_table: { capacity: 4096 }\n"));
-    let e = old.regrow(bigger.clone()).unwrap_err();
-    assert!(e.contains("capacity changed (1048576 to 4096)"), "{e}");
-    assert!(!old.grows_into(&bigger));
+}
+
+/// A reload may resize the flow table: each worker takes a new table, into which the
+/// open flows move (when a packet finds one in the old table, or as the worker's pass
+/// reaches it), keeping their servers, state and last-seen time; new flows go to the new
+/// table at once. One smaller than the open flows evicts those that do not fit, counted.
+#[test]
+fn a_reload_resizes_the_flow_table_under_open_flows() {
+    const S: u64 = 1_000_000_000;
+    let old = load(HTTP);
+    let sized = |n: usize| {
+        let h = HEAD.replace(
+            "services:\n",
+            &format!("flow_table: {{ capacity: {n} }}\nservices:\n"),
+        );
+        old.regrow(Pipeline::from_str(&format!("{h}{HTTP}"), Path::new("p.yaml")).unwrap())
+            .expect("a new size is taken")
+    };
+    let mut w = Worker::new(Arc::new(Tables::build(old.clone(), 1)));
+    // Ten connections, established at 1 s, and their servers.
+    let vip = [203, 0, 113, 10];
+    let servers: Vec<String> = (0..10)
+        .map(|i| {
+            let s = send(&mut w, &old, &tcp(40000 + i, vip, 80, 0x02), S);
+            send(&mut w, &old, &tcp(40000 + i, vip, 80, 0x10), S);
+            s
+        })
+        .collect();
+    assert!(servers.contains(&"a".to_string()) && servers.contains(&"b".to_string()));
+    let big = sized(4096);
+    assert!(old.grows_into(&big));
+    w.set_tables(Arc::new(Tables::build(big.clone(), 2)))
+        .expect("taken");
+    assert!(w.moves_due());
+    assert_eq!(w.flow_count(), 10);
+    // A packet of the first connection finds it in the old table: same server.
+    assert_eq!(
+        send(&mut w, &big, &tcp(40000, vip, 80, 0x10), 2 * S),
+        servers[0]
+    );
+    assert_eq!(settle(&mut w), 9, "the others moved by the pass");
+    assert_eq!(w.flow_count(), 10);
+    for (i, s) in servers.iter().enumerate() {
+        assert_eq!(
+            &send(&mut w, &big, &tcp(40000 + i as u16, vip, 80, 0x10), 3 * S),
+            s
+        );
+    }
+    assert_eq!(w.stats.flows_created, 10, "no flow made again");
+    // Still established (300 s): gone 300 s after 3 s, not before.
+    w.expire(300 * S, usize::MAX);
+    assert_eq!(w.flow_count(), 10);
+    // Smaller than the open flows: 4 fit, 6 are evicted as they move, counted.
+    let small = big
+        .regrow(
+            Pipeline::from_str(
+                &format!(
+                    "{}{HTTP}",
+                    HEAD.replace("services:\n", "flow_table: { capacity: 4 }\nservices:\n")
+                ),
+                Path::new("p.yaml"),
+            )
+            .unwrap(),
+        )
+        .expect("taken");
+    w.set_tables(Arc::new(Tables::build(small, 3)))
+        .expect("taken");
+    settle(&mut w);
+    assert_eq!((w.flow_count(), w.stats.flows_evicted), (4, 6));
+    w.expire(400 * S, usize::MAX);
+    assert_eq!(w.flow_count(), 0, "gone 300 s after they were seen");
 }
 
 /// Drives the pass a reload started, as the worker's poll loop does (bounded steps);

@@ -8,10 +8,16 @@
 use super::{Pipeline, Service};
 
 /// What a run that takes `g` ([`Pipeline::regrow`]n from `old`) says it changed, one
-/// phrase each: [`order_changes`], then the timeouts its open flows take
-/// ([`timeout_changes`]). `check --reload-from` and the run's reload log both say it.
+/// phrase each: [`order_changes`], a new flow-table size, then the timeouts its open
+/// flows take ([`timeout_changes`]). `check --reload-from` and the run's reload log both say it.
 pub fn reload_changes(old: &Pipeline, g: &Pipeline) -> Vec<String> {
     let mut v = order_changes(old, g);
+    let (a, b) = (old.flow_table.capacity, g.flow_table.capacity);
+    if a != b {
+        v.push(format!(
+            "flow table resized: {a} → {b} flows a worker, open flows moving into the new table"
+        ));
+    }
     let changed = timeout_changes(old, g);
     if !changed.is_empty() {
         v.push(format!(

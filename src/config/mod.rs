@@ -526,8 +526,8 @@ impl Pipeline {
         self.flow_rules.iter().map(|r| r.idle_timeout_ns).collect()
     }
 
-    /// Why a flow table built for `self` cannot serve `new`, if it cannot. Its size is
-    /// fixed when it is built. Each distinct timeout is a class, so that a flow whose
+    /// Why a flow table built for `self` cannot serve `new`, if it cannot (its size may
+    /// change: [`crate::flow::FlowTable::resize`]). Each distinct timeout is a class, so that a flow whose
     /// timeout changes (its TCP state's, `flow_table`'s idle timeout or its pattern
     /// rule's) moves to the class of the new value
     /// ([`crate::flow::FlowTable::retime`]); the timeouts the open flows may have
@@ -536,12 +536,6 @@ impl Pipeline {
     /// ([`grows_into`](Self::grows_into)).
     pub fn flow_table_change(&self, new: &Pipeline) -> Option<String> {
         let (a, b) = (&self.flow_table, &new.flow_table);
-        if a.capacity != b.capacity {
-            return Some(format!(
-                "flow_table.capacity changed ({} to {}): the running flow table keeps its size",
-                a.capacity, b.capacity
-            ));
-        }
         let mut distinct = crate::flow::distinct_timeouts(a, &self.rule_idle_ns());
         for t in crate::flow::distinct_timeouts(b, &new.rule_idle_ns()) {
             if !distinct.contains(&t) {

@@ -263,7 +263,19 @@ pub struct FlowTable {
     held: Vec<u64>,
     /// Where the move pass goes on; `None` when none is due.
     pass: Option<usize>,
+    /// While a resize is under way ([`resize`](Self::resize)): the table before it, whose
+    /// flows move into `table`, and the slot the move goes on from.
+    old: Option<(Box<LruTable<FlowKey, Flow>>, usize)>,
+    /// The old table once every flow has left it, for the owner to free where freeing
+    /// (unmapping its memory: milliseconds for 1M flows) holds up no packet
+    /// ([`take_retired`](Self::take_retired)); freed here otherwise, at the next resize.
+    retired: Option<Box<LruTable<FlowKey, Flow>>>,
 }
+
+/// A step of a resize's move handles `max / RESIZE_SLOWER` slots of the move pass's `max`:
+/// each flow it moves is an insert into the new table (whose memory is touched for the
+/// first time) and a removal from the old one.
+const RESIZE_SLOWER: usize = 8;
 
 /// The distinct timeouts of a flow table for `conf` and pattern rules with idle timeouts
 /// `rule_idle_ns`: TCP's three, `conf.idle_ns`, then each rule's, each when not seen
@@ -328,6 +340,8 @@ impl FlowTable {
             tcp: [0; 4],
             rules: Vec::new(),
             pass: None,
+            old: None,
+            retired: None,
         };
         (t.tcp, t.rules) = t.maps(conf, rule_idle_ns);
         t
@@ -359,20 +373,24 @@ impl FlowTable {
     /// state's, `flow_table`'s idle timeout or a rule's), a move pass is due
     /// ([`move_step`](Self::move_step)) and `Ok(true)` says so. An error, changing nothing,
     /// when the timeouts the flows may have had and those of the new pipeline are more
-    /// than [`MAX_TIMEOUTS`] distinct values even after the pass of an earlier reload is
-    /// finished (which this then does at once).
+    /// than [`MAX_TIMEOUTS`] distinct values even after the pass (or resize) of an earlier
+    /// reload is finished (which this then does at once; `gone` is given each flow a
+    /// resize evicts).
     pub fn retime(
         &mut self,
         conf: &FlowTableConf,
         rule_idle_ns: &[u64],
         now: u64,
+        mut gone: impl FnMut(&Flow),
     ) -> Result<bool, String> {
         let want = distinct_timeouts(conf, rule_idle_ns);
         let timeouts = match self.classes_for(&want) {
             Some(t) => t,
             // The values of an unfinished pass take classes: finish it, and try again.
-            None if self.pass.is_some() => {
-                self.move_step(usize::MAX, now);
+            None if self.moving() => {
+                while self.moving() {
+                    self.move_step(usize::MAX, now, &mut gone);
+                }
                 self.classes_for(&want)
                     .ok_or_else(|| too_many(&self.held, &want))?
             }
@@ -432,7 +450,10 @@ impl FlowTable {
     /// Goes on with the move pass a reload started ([`retime`](Self::retime)): at most
     /// `max` slots, at `now` (call between bursts, like expiry); returns how many flows
     /// it moved. A no-op when no pass is due.
-    pub fn move_step(&mut self, max: usize, now: u64) -> usize {
+    pub fn move_step(&mut self, max: usize, now: u64, gone: impl FnMut(&Flow)) -> usize {
+        if self.old.is_some() {
+            return self.resize_step((max / RESIZE_SLOWER).max(1), now, gone);
+        }
         let Some(from) = self.pass else {
             return 0;
         };
@@ -453,9 +474,153 @@ impl FlowTable {
         moved
     }
 
-    /// Whether a move pass is due.
+    /// Whether a move pass, or the move of a resize, is due.
     pub fn moving(&self) -> bool {
-        self.pass.is_some()
+        self.pass.is_some() || self.old.is_some()
+    }
+
+    /// Gives the table room for `capacity` flows (a reload), at `now`: a new table takes
+    /// new flows at once, and the open flows move into it, each when a packet of it finds
+    /// it in the old table ([`find`](Self::find)) or when [`move_step`](Self::move_step)
+    /// reaches it, keeping its last-seen time and taking the class of its timeout (the
+    /// move pass of a reload before is done by the same move). Both tables' memory is
+    /// held until the move is done. A resize while one is under way finishes that one
+    /// first (at once). A table smaller than the open flows evicts while they move in
+    /// (`gone` is given each flow evicted).
+    pub fn resize(&mut self, capacity: usize, now: u64, mut gone: impl FnMut(&Flow)) {
+        if self.old.is_some() {
+            self.resize_step(usize::MAX, now, &mut gone);
+        }
+        let mut table = LruTable::new(capacity, &class_timeouts(&self.timeouts));
+        table.set_evict_first(&unassured(table.classes()));
+        let old = std::mem::replace(&mut self.table, table);
+        self.old = Some((Box::new(old), 0));
+        // The new table is empty: its flows will come in the classes of their timeouts.
+        self.pass = None;
+        self.held = self.named();
+    }
+
+    /// Moves the flows of `max` slots of the old table into the new one (see
+    /// [`resize`](Self::resize)); returns how many.
+    fn resize_step(&mut self, max: usize, now: u64, mut gone: impl FnMut(&Flow)) -> usize {
+        let Some((mut old, from)) = self.old.take() else {
+            return 0;
+        };
+        let (tcp, rules, table) = (&self.tcp, &self.rules[..], &mut self.table);
+        let mut moved = 0;
+        let next = old.drain_step(from, max, |k, mut f, _, seen| {
+            f.class = table_class(base_of(tcp, rules, f.tcp(), f.owner), f.assured());
+            if let Inserted::Evicted(_, _, e) = table.insert_seen(k, f, f.class, seen, now) {
+                gone(&e);
+            }
+            moved += 1;
+        });
+        match next {
+            Some(at) => self.old = Some((old, at)),
+            None => {
+                self.retired = Some(old);
+                // Every flow is in the new table, in the class of its timeout.
+                if self.pass.is_none() {
+                    self.held = self.named();
+                }
+            }
+        }
+        moved
+    }
+
+    /// The table a finished resize emptied, if it was not taken yet: for the caller to
+    /// free elsewhere (see [`resize`](Self::resize)).
+    pub fn take_retired(&mut self) -> Option<Box<LruTable<FlowKey, Flow>>> {
+        self.retired.take()
+    }
+
+    /// Finds `key` (whose hash in [`table`](Self::table) is `hash`); while a resize is
+    /// under way, a flow still in the old table is moved into the new one first (`gone`
+    /// is given a flow that evicts, in a new table smaller than the open flows).
+    pub fn find(
+        &mut self,
+        key: &FlowKey,
+        hash: u64,
+        now: u64,
+        mut gone: impl FnMut(&Flow),
+    ) -> Option<Handle> {
+        let h = self.table.find_hashed(key, hash);
+        if h.is_some() {
+            return h;
+        }
+        let (old, _) = self.old.as_mut()?;
+        let o = old.find(key)?;
+        let (mut f, seen) = (*old.get(o), old.last_seen(o));
+        old.remove(o);
+        f.class = self.class(self.base_class_of(f.tcp(), f.owner), f.assured());
+        match self.table.insert_seen(*key, f, f.class, seen, now) {
+            Inserted::Fresh(h) => Some(h),
+            Inserted::Evicted(h, _, e) => {
+                gone(&e);
+                Some(h)
+            }
+        }
+    }
+
+    /// Expires flows idle past their timeouts at `now`, at most `max` (see
+    /// [`LruTable::expire`]), in both tables while a resize is under way; `f` is given
+    /// each one.
+    pub fn expire(&mut self, now: u64, max: usize, mut f: impl FnMut(&Flow)) -> usize {
+        let mut n = self.table.expire(now, max, |_, v| f(v));
+        if let Some((old, _)) = self.old.as_mut() {
+            n += old.expire(now, max.saturating_sub(n), |_, v| f(v));
+        }
+        n
+    }
+
+    /// Open flows (in both tables while a resize is under way).
+    pub fn len(&self) -> usize {
+        self.table.len() + self.old.as_ref().map_or(0, |(o, _)| o.len())
+    }
+
+    /// True when no flow is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// [`LruTable::visit`] over the flows of both tables while a resize is under way:
+    /// positions from the new table's capacity on are the old table's slots. (A flow
+    /// that moves while a visit is under way may be visited twice or not at all.)
+    pub fn visit(
+        &self,
+        from: usize,
+        max: usize,
+        mut f: impl FnMut(&FlowKey, &Flow, u64, u64),
+    ) -> Option<usize> {
+        let cap = self.table.capacity();
+        if from < cap {
+            match self.table.visit(from, max, &mut f) {
+                Some(n) => Some(n),
+                None => self.old.as_ref().map(|_| cap),
+            }
+        } else {
+            let (old, _) = self.old.as_ref()?;
+            old.visit(from - cap, max, f).map(|n| n + cap)
+        }
+    }
+
+    /// [`LruTable::visit_mut`] over both tables, as [`visit`](Self::visit).
+    pub fn visit_mut(
+        &mut self,
+        from: usize,
+        max: usize,
+        mut f: impl FnMut(&FlowKey, &mut Flow),
+    ) -> Option<usize> {
+        let cap = self.table.capacity();
+        if from < cap {
+            match self.table.visit_mut(from, max, &mut f) {
+                Some(n) => Some(n),
+                None => self.old.as_ref().map(|_| cap),
+            }
+        } else {
+            let (old, _) = self.old.as_mut()?;
+            old.visit_mut(from - cap, max, f).map(|n| n + cap)
+        }
     }
 
     /// The base class of a new flow in TCP state `s` owned by `owner`: its state's
@@ -576,7 +741,11 @@ mod tests {
         }
         assert_eq!(t.class_of_timeout(45 * S), None);
         let classes = t.table.classes();
-        assert_eq!(t.retime(&conf, &[30 * S, 45 * S], 0), Ok(false), "no move");
+        assert_eq!(
+            t.retime(&conf, &[30 * S, 45 * S], 0, |_| {}),
+            Ok(false),
+            "no move"
+        );
         assert!(!t.moving());
         assert_eq!(
             t.table.classes(),
@@ -662,7 +831,7 @@ mod tests {
         let c30 = base(&t, 30 * S);
         // Rule 0 now at 60 s, rule 1 at 20 s (a new value: a new class; the 30 s one
         // still holds rule 0's flow until the pass moves it).
-        assert_eq!(t.retime(&conf, &[60 * S, 20 * S], 11 * S), Ok(true));
+        assert_eq!(t.retime(&conf, &[60 * S, 20 * S], 11 * S, |_| {}), Ok(true));
         assert!(t.moving());
         assert_eq!(t.table.classes(), classes + 2);
         let (c20, c60) = (base(&t, 20 * S), base(&t, 60 * S));
@@ -672,16 +841,16 @@ mod tests {
         // Rules added while the pass is due: 90 s and then 100 s may not take the 30 s
         // class, which holds flows until the pass is done.
         assert_eq!(
-            t.retime(&conf, &[60 * S, 20 * S, 90 * S], 11 * S),
+            t.retime(&conf, &[60 * S, 20 * S, 90 * S], 11 * S, |_| {}),
             Ok(false)
         );
         let rules = [60 * S, 20 * S, 90 * S, 100 * S];
-        assert_eq!(t.retime(&conf, &rules, 11 * S), Ok(false));
+        assert_eq!(t.retime(&conf, &rules, 11 * S, |_| {}), Ok(false));
         assert_eq!(t.table.classes(), classes + 6);
         let mut moved = 0;
         let mut steps = 0;
         while t.moving() {
-            moved += t.move_step(3, 11 * S);
+            moved += t.move_step(3, 11 * S, |_| {});
             steps += 1;
         }
         assert_eq!((moved, steps), (3, 2), "4 slots, 3 a step; TCP stays");
@@ -699,7 +868,12 @@ mod tests {
         // be in any more. Nothing moves.
         add(&mut t, 5, 1, none, true);
         assert_eq!(
-            t.retime(&conf, &[60 * S, 20 * S, 90 * S, 100 * S, 120 * S], 75 * S),
+            t.retime(
+                &conf,
+                &[60 * S, 20 * S, 90 * S, 100 * S, 120 * S],
+                75 * S,
+                |_| {}
+            ),
             Ok(false)
         );
         assert_eq!(
@@ -727,7 +901,7 @@ mod tests {
             tcp_established_ns: 600 * S,
             ..conf
         };
-        assert_eq!(t.retime(&longer, &[], 11 * S), Ok(true));
+        assert_eq!(t.retime(&longer, &[], 11 * S, |_| {}), Ok(true));
         let c600 = base(&t, 600 * S);
         assert_eq!(
             t.tcp_class(TcpState::Established, true),
@@ -735,13 +909,87 @@ mod tests {
         );
         assert_eq!(t.tcp_class(TcpState::Syn, false), syn, "SYN's timeout kept");
         assert_eq!(class_of(&t, 1), est, "not moved yet");
-        assert_eq!(t.move_step(usize::MAX, 11 * S), 1);
+        assert_eq!(t.move_step(usize::MAX, 11 * S, |_| {}), 1);
         assert_eq!(class_of(&t, 1), t.class(c600, true));
         assert_eq!(class_of(&t, 2), syn);
         // Seen at 10 s: the established flow goes at 600 s after that, not 300.
         assert_eq!(gone(&mut t, 21 * S), vec![2]);
         assert_eq!(gone(&mut t, 320 * S), Vec::<u8>::new());
         assert_eq!(gone(&mut t, 648 * S), vec![1]);
+    }
+
+    /// A resize under open flows: the new table takes new flows at once; an open flow
+    /// moves into it when it is looked up or when the pass reaches it, keeping its
+    /// last-seen time and taking its timeout's class (here a timeout changed just before
+    /// the resize: the move does the pass's work too); both tables expire. A smaller
+    /// table evicts as a full table does.
+    #[test]
+    fn a_resize_moves_the_open_flows_into_the_new_table() {
+        let conf = FlowTableConf {
+            capacity: 8,
+            ..FlowTableConf::default()
+        };
+        let mut t = FlowTable::new(&conf, &[30 * S]);
+        for n in 1..=3 {
+            add(&mut t, n, 0, TcpState::None, n != 3);
+        }
+        for n in 4..=6 {
+            add(&mut t, n, 0, TcpState::Established, n != 6);
+        }
+        assert_eq!(t.retime(&conf, &[20 * S], 11 * S, |_| {}), Ok(true));
+        let none = |_: &Flow| panic!("no eviction");
+        t.resize(64, 11 * S, none);
+        assert!(t.moving());
+        assert_eq!((t.len(), t.table.len(), t.table.capacity()), (6, 0, 64));
+        // A lookup moves flow 1 at once.
+        let k = key(1);
+        let h = t.find(&k, t.table.hash(&k), 11 * S, none).expect("found");
+        assert_eq!((t.table.len(), t.table.last_seen(h)), (1, 10 * S));
+        assert_eq!(class_of(&t, 1), t.class(base(&t, 20 * S), true));
+        // The rest in steps of two slots (the old table used 6): a resize's step is an
+        // eighth of the pass's.
+        let (mut moved, mut steps) = (0, 0);
+        while t.moving() {
+            moved += t.move_step(2 * RESIZE_SLOWER, 11 * S, none);
+            steps += 1;
+        }
+        assert_eq!((moved, steps, t.len(), t.table.len()), (5, 3, 6, 6));
+        assert!(
+            t.take_retired().is_some(),
+            "the emptied table, to free elsewhere"
+        );
+        for n in 1..=6 {
+            let h = t.table.find(&key(n)).expect("in the new table");
+            let f = *t.table.get(h);
+            assert_eq!(t.table.last_seen(h), 10 * S);
+            let want = t.class(t.base_class_of(f.tcp(), f.owner), f.assured());
+            assert_eq!(class_of(&t, n), want);
+        }
+        // Seen at 10 s: the rule's flows go 20 s later, at most a grain late.
+        assert_eq!(gone(&mut t, 29 * S), Vec::<u8>::new());
+        assert_eq!(gone(&mut t, 32 * S), vec![1, 2, 3]);
+        // Both tables expire while a resize is under way.
+        for n in 7..=9 {
+            add(&mut t, n, 0, TcpState::None, true);
+        }
+        t.resize(4, 33 * S, none);
+        assert_eq!(t.expire(60 * S, usize::MAX, |_| {}), 3, "the old table's");
+        while t.moving() {
+            t.move_step(usize::MAX, 60 * S, none);
+        }
+        assert_eq!((t.len(), t.table.capacity()), (3, 4));
+        // Smaller than the open flows: those that do not fit are evicted as they move.
+        add(&mut t, 10, 0, TcpState::Established, true);
+        let mut evicted = 0;
+        t.resize(2, 61 * S, |_| evicted += 1);
+        while t.moving() {
+            t.move_step(1, 61 * S, |_| evicted += 1);
+        }
+        assert_eq!(
+            (evicted, t.len(), t.table.len()),
+            (2, 2, 2),
+            "4 flows, room for 2"
+        );
     }
 
     /// Too many timeouts between the open flows' and the new ones: refused, changing
@@ -753,7 +1001,7 @@ mod tests {
         // TCP's two values (10 s, 300 s), flow_table's 60 s, and the rules'.
         let rules = |from: u64, n: u64| -> Vec<u64> { (from..from + n).map(|i| i * S).collect() };
         let mut t = FlowTable::new(&conf, &rules(1000, 123));
-        let e = t.retime(&conf, &rules(2000, 123), 0).unwrap_err();
+        let e = t.retime(&conf, &rules(2000, 123), 0, |_| {}).unwrap_err();
         assert!(e.contains("make 249 distinct values; at most 127"), "{e}");
         assert_eq!(t.class_of_timeout(2000 * S), None);
         assert!(t.class_of_timeout(1000 * S).is_some());
@@ -761,27 +1009,27 @@ mod tests {
         // pass is due: the first 61 are free once it is done.
         let mut t = FlowTable::new(&conf, &rules(1000, 61));
         add(&mut t, 1, 0, TcpState::None, false);
-        assert_eq!(t.retime(&conf, &rules(2000, 61), S), Ok(true));
+        assert_eq!(t.retime(&conf, &rules(2000, 61), S, |_| {}), Ok(true));
         let c1000 = base(&t, 1000 * S);
         assert_eq!(class_of(&t, 1), t.class(c1000, false), "not moved yet");
-        assert_eq!(t.retime(&conf, &rules(3000, 61), S), Ok(true));
+        assert_eq!(t.retime(&conf, &rules(3000, 61), S, |_| {}), Ok(true));
         assert_eq!(class_of(&t, 1), t.class(base(&t, 2000 * S), false), "moved");
         assert_eq!(base(&t, 3000 * S), c1000, "a freed class");
         assert!(t.moving(), "to the 3000 s class, next");
-        t.move_step(usize::MAX, S);
+        t.move_step(usize::MAX, S, |_| {});
         assert_eq!(class_of(&t, 1), t.class(c1000, false));
     }
 
     proptest::proptest! {
-        // Reloads that change any timeout (TCP's, flow_table's idle, a rule's) or add
-        // rules, at random moments between flows created, changing TCP state, move
-        // steps and expiry: a class with flows never changes its timeout (so a flow
+        // Reloads that change any timeout (TCP's, flow_table's idle, a rule's), add
+        // rules or resize the table, at random moments between flows created, changing
+        // TCP state, move steps and expiry: a class with flows never changes its timeout (so a flow
         // always has a timeout it had or has now), a flow's value and the table agree
         // on its class, and once the pass is done every flow is in the class of its
         // timeout.
         #[test]
         fn reloads_keep_every_flow_in_a_class_of_its_old_or_new_timeout(
-            ops in proptest::collection::vec((0u8..7, 0u8..8, 0u8..8), 1..200),
+            ops in proptest::collection::vec((0u8..8, 0u8..8, 0u8..8), 1..200),
         ) {
             let vals = [10, 20, 30, 45, 60, 300, 600, 900].map(|v: u64| v * S);
             let mut conf = FlowTableConf { capacity: 48, ..FlowTableConf::default() };
@@ -797,7 +1045,7 @@ mod tests {
             for (op, a, b) in ops {
                 now += S;
                 match op {
-                    0 | 1 if t.table.len() < 48 => {
+                    0 | 1 if t.len() < 48 => {
                         let tcp = [TcpState::None, TcpState::Syn, TcpState::Established, TcpState::Closing][usize::from(b % 4)];
                         let owner = if a % 3 == 0 {
                             Owner::Service(0)
@@ -814,7 +1062,8 @@ mod tests {
                         n = n.wrapping_add(1);
                         let mut k = key(n);
                         k.b[0] = a;
-                        if t.table.find(&k).is_none() {
+                        let hash = t.table.hash(&k);
+                        if t.find(&k, hash, now, |_| {}).is_none() {
                             t.table.insert(k, f, f.class, now);
                         }
                     }
@@ -832,11 +1081,12 @@ mod tests {
                             }
                         }
                         let before = timeouts(&t);
-                        proptest::prop_assert!(t.retime(&conf, &rules, now).is_ok());
+                        let r = t.retime(&conf, &rules, now, |_| {});
+                        proptest::prop_assert!(r.is_ok());
                         proptest::prop_assert_eq!(timeouts(&t), before, "a class with flows kept its timeout");
                     }
                     3 => {
-                        t.move_step(usize::from(b) + 1, now);
+                        t.move_step(usize::from(b) + 1, now, |_| {});
                     }
                     4 => {
                         // A packet that closes a TCP flow: a new state, a new class.
@@ -856,9 +1106,9 @@ mod tests {
                         }
                     }
                     5 => {
-                        t.table.expire(now, usize::MAX, |_, _| {});
+                        t.expire(now, usize::MAX, |_| {});
                     }
-                    _ => {}
+                    _ => t.resize(16 + usize::from(b) * 8, now, |_| {}),
                 }
                 let mut flows = Vec::new();
                 t.table.visit(0, usize::MAX, |k, f, _, _| flows.push((*k, *f)));
@@ -871,6 +1121,16 @@ mod tests {
                         proptest::prop_assert_eq!(f.class, want, "in its timeout's class");
                     }
                 }
+                // Each flow in one table only, all of them visited.
+                let mut keys = Vec::new();
+                let mut at = Some(0);
+                while let Some(from) = at {
+                    at = t.visit(from, usize::MAX, |k, _, _, _| keys.push(*k));
+                }
+                let n = keys.len();
+                keys.sort_unstable_by_key(|k| (k.a, k.b));
+                keys.dedup();
+                proptest::prop_assert_eq!((keys.len(), n), (t.len(), t.len()));
             }
         }
     }

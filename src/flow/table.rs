@@ -247,16 +247,65 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
                 continue;
             }
             assert!(usize::from(n) < self.classes.len(), "no class {n}");
-            // The entry may be past its new class's timeout: its window must be one
-            // `expire` still visits. Windows before `expired` are wholly expired at
-            // `now` (see `expire`); the ring holds the timeout's windows and slack, so
-            // the lists from `expired - 1` on hold no other windows.
-            let cl = &mut self.classes[usize::from(n)];
-            let expired = now.saturating_sub(cl.timeout) / cl.grain;
-            cl.next_window = cl.next_window.min(expired.saturating_sub(1));
+            self.reach_back(n, now);
             self.unlink(s as u32);
             let seen = self.hot[s].last_seen;
             self.link(s as u32, n, seen);
+        }
+        (end < self.hot.len()).then_some(end)
+    }
+
+    /// Lets `class` take, at `now`, an entry last seen at any time (moved in from
+    /// another class or table): an entry may be past the class's timeout, so its window
+    /// must be one `expire` still visits. Windows before `expired` are wholly expired at
+    /// `now` (see `expire`); the ring holds the timeout's windows and slack, so the lists
+    /// from `expired - 1` on hold no other windows.
+    fn reach_back(&mut self, class: u8, now: u64) {
+        let cl = &mut self.classes[usize::from(class)];
+        let expired = now.saturating_sub(cl.timeout) / cl.grain;
+        cl.next_window = cl.next_window.min(expired.saturating_sub(1));
+    }
+
+    /// Inserts `key` (which must not be present) in timeout `class` at `now`, last seen
+    /// at `seen` (at or before `now`): an entry moved in from another table, which
+    /// expires as if it had always been here (at the next [`expire`](Self::expire) call
+    /// when its timeout has already passed). Evicts as [`insert`](Self::insert) does.
+    pub fn insert_seen(
+        &mut self,
+        key: K,
+        val: V,
+        class: u8,
+        seen: u64,
+        now: u64,
+    ) -> Inserted<K, V> {
+        self.reach_back(class, now);
+        let hash = self.hash(&key);
+        self.insert_hashed(key, hash, val, class, seen)
+    }
+
+    /// Removes the live entries in slots `from..` in slot order, at most `max` slots
+    /// (live or not), handing each to `f` with its class and last-seen time; returns the
+    /// slot to go on from, or `None` when every slot has been visited (a table being
+    /// emptied into another in bounded steps).
+    pub fn drain_step(
+        &mut self,
+        from: usize,
+        max: usize,
+        mut f: impl FnMut(K, V, u8, u64),
+    ) -> Option<usize> {
+        let end = from.saturating_add(max).min(self.hot.len());
+        for s in from..end {
+            let class = self.cold[s].class;
+            if class != FREE {
+                let Hot {
+                    last_seen,
+                    key,
+                    val,
+                    ..
+                } = self.hot[s];
+                self.remove(s as u32);
+                f(key, val, class, last_seen);
+            }
         }
         (end < self.hot.len()).then_some(end)
     }

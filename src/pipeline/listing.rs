@@ -315,7 +315,7 @@ impl Worker {
         worker: u16,
         out: &mut Listing,
     ) -> Option<usize> {
-        self.flows.table.visit(from, max, |k, f, seen, timeout| {
+        self.flows.visit(from, max, |k, f, seen, timeout| {
             if filter.accepts(k, f) {
                 out.matched += 1;
                 if out.records.len() < out.limit {

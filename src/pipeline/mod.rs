@@ -386,11 +386,13 @@ impl Worker {
     /// Switches to new tables between bursts. Flows keep their servers; new flows use the
     /// new Maglev tables; counters are kept. Refused (the old tables stay) unless the new
     /// pipeline only grows the current one ([`Pipeline::grows_into`]: servers, services,
-    /// members and rules added after the existing ones; the flow table's size kept):
-    /// flows and counters hold indices into it. The counters grow with it. Changed
+    /// members and rules added after the existing ones): flows and counters hold
+    /// indices into it. The counters grow with it. Changed
     /// timeouts apply to new flows at once, and to the flows already in the table as
     /// [`move_flows`](Worker::move_flows) moves them to the classes of their new
-    /// timeouts in bounded steps ([`FlowTable::retime`](crate::flow::FlowTable::retime)).
+    /// timeouts in bounded steps ([`FlowTable::retime`](crate::flow::FlowTable::retime));
+    /// a new `flow_table.capacity` gives the worker a new flow table, into which the open
+    /// flows move the same way ([`FlowTable::resize`](crate::flow::FlowTable::resize)).
     ///
     /// A changed rule that [claims existing flows](crate::config::FlowRule::claims_existing)
     /// (an advertised flow) also starts a sweep of the flow table, done by
@@ -405,11 +407,18 @@ impl Worker {
         let (p0, p1) = (&self.tables.pipeline, &t.pipeline);
         let rules = p1.rule_idle_ns();
         if p0.flow_table != p1.flow_table || p0.rule_idle_ns() != rules {
-            let r = self.flows.retime(&p1.flow_table, &rules, self.clock);
+            let stats = &mut self.stats;
+            let r = (self.flows).retime(&p1.flow_table, &rules, self.clock, |f| stats.evicted(f));
             debug_assert!(r.is_ok(), "grows_into checked the timeouts: {r:?}");
             if r.is_err() {
                 return Err(ShapeChanged);
             }
+        }
+        // A new size: a new table, into which the open flows move in the background
+        // (`move_flows`) or when a packet finds them in the old one.
+        if p0.flow_table.capacity != p1.flow_table.capacity {
+            let stats = &mut self.stats;
+            (self.flows).resize(p1.flow_table.capacity, self.clock, |f| stats.evicted(f));
         }
         // Counters for what the pipeline gained (allocates only when it grew: a reload).
         self.stats.grow_to(&t.pipeline);
@@ -454,11 +463,19 @@ impl Worker {
     /// how many it moved. Until the pass reaches it, a flow keeps its old timeout. A no-op
     /// when no pass is due.
     pub fn move_flows(&mut self, max: usize) -> usize {
-        self.flows.move_step(max, self.clock)
+        let stats = &mut self.stats;
+        self.flows.move_step(max, self.clock, |f| stats.evicted(f))
+    }
+
+    /// The flow table a finished resize emptied, not freed yet: freeing it unmaps its
+    /// memory (milliseconds for 1M flows), which a poll loop hands to another thread
+    /// (dropped with the worker, or at the next resize, otherwise).
+    pub fn take_retired_table(&mut self) -> Option<Box<dyn Send>> {
+        self.flows.take_retired().map(|t| t as Box<dyn Send>)
     }
 
     /// True while a pass started by [`set_tables`](Worker::set_tables) for changed
-    /// timeouts is unfinished ([`move_flows`](Worker::move_flows)).
+    /// timeouts or a new flow-table size is unfinished ([`move_flows`](Worker::move_flows)).
     pub fn moves_due(&self) -> bool {
         self.flows.moving()
     }
@@ -484,7 +501,7 @@ impl Worker {
         let (claiming, pending) = (&self.sweep_rules, &self.sweep_pending);
         let mut moved = 0;
         let stats = &mut self.stats;
-        self.sweep_at = self.flows.table.visit_mut(from, max, |k, f| {
+        self.sweep_at = self.flows.visit_mut(from, max, |k, f| {
             if let Some(g) = reconsider(p, claiming, pending, k, *f) {
                 if g.target != f.target {
                     stats.flow_out(f.target);
@@ -509,17 +526,14 @@ impl Worker {
 
     /// Live flows.
     pub fn flow_count(&self) -> usize {
-        self.flows.table.len()
+        self.flows.len()
     }
 
     /// Expires idle flows and fragment records (call once per burst; bounded work).
     pub fn expire(&mut self, now: u64, max: usize) {
         self.clock = self.clock.max(now);
         let stats = &mut self.stats;
-        let n = self
-            .flows
-            .table
-            .expire(now, max, |_, f| stats.flow_out(f.target));
+        let n = self.flows.expire(now, max, |f| stats.flow_out(f.target));
         self.stats.flows_expired += n as u64;
         self.frags.expire(now, max, |_, _| {});
     }
@@ -874,7 +888,11 @@ impl Worker {
         let is_ip = matches!(m.l3, L3::Ipv4 | L3::Ipv6);
 
         let mut route = None;
-        if is_ip && let Some(h) = self.flows.table.find_hashed(&fkey, hash) {
+        let stats = &mut self.stats;
+        let found = is_ip
+            .then(|| (self.flows).find(&fkey, hash, now, |f| stats.evicted(f)))
+            .flatten();
+        if let Some(h) = found {
             let f = *self.flows.table.get(h);
             let forward = f.swapped() == swapped;
             let syn_only = m.tuple.proto == 6 && syn_only(m.tcp_flags);
@@ -1141,11 +1159,7 @@ impl Worker {
         if let Inserted::Evicted(_, _, gone) =
             self.flows.table.insert_hashed(key, hash, flow, class, now)
         {
-            self.stats.flow_out(gone.target);
-            self.stats.flows_evicted += 1;
-            if gone.assured() {
-                self.stats.flows_evicted_assured += 1;
-            }
+            self.stats.evicted(&gone);
         }
     }
 

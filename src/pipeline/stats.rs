@@ -171,6 +171,15 @@ impl Stats {
         }
     }
 
+    /// A flow evicted from a full flow table.
+    pub fn evicted(&mut self, f: &crate::flow::Flow) {
+        self.flow_out(f.target);
+        self.flows_evicted += 1;
+        if f.assured() {
+            self.flows_evicted_assured += 1;
+        }
+    }
+
     /// Total drops.
     pub fn dropped(&self) -> u64 {
         self.drops.iter().sum()

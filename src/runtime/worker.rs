@@ -86,6 +86,9 @@ struct Shared {
     start: Instant,
     /// Flow listings (`GET /flows`) between the management loop and the workers.
     board: Board,
+    /// Flow tables the workers' resizes emptied, freed by the management loop (unmapping
+    /// them would hold a worker for milliseconds).
+    retired: Mutex<Vec<Box<dyn Send>>>,
 }
 
 impl Shared {
@@ -318,6 +321,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
             .collect(),
         start: Instant::now(),
         board: Board::new(n_workers),
+        retired: Mutex::new(Vec::new()),
     };
     // Where the stats JSON goes: rewritten every interval while running, and at the stop.
     let stats_path = opts.stats_json.as_deref().or(conf.stats_json.as_deref());
@@ -529,6 +533,9 @@ fn manage(
         if hup.swap(false, Relaxed) {
             reload(conf, shared, control.as_deref_mut());
         }
+        // Outside the lock: freeing a table takes milliseconds.
+        let retired = std::mem::take(&mut *shared.retired.lock());
+        drop(retired);
         if let Some(l) = &mut live.lister {
             l.turn(&shared.board, &shared.tables);
         }
@@ -643,7 +650,20 @@ fn port_stats_json(conf: &RunConf, ports: &[Port<'_>]) -> serde_json::Value {
 /// SIGHUP: reload the pipeline and publish new tables when it can replace the running one
 /// ([`Pipeline::regrow`]: servers, services and members may be added, removed ones are
 /// kept until a restart), with the control plane's view applied on top when there is one.
+/// The conf file is read again for its `flows.capacity` (a new size is a new flow table
+/// in each worker); its other settings take a restart.
 fn reload(conf: &RunConf, shared: &Shared, control: Option<&mut ControlRt>) {
+    let fresh = match RunConf::load(&conf.source) {
+        Ok(c) => c,
+        Err(e) => {
+            crate::logln!("reload refused: {e}");
+            return;
+        }
+    };
+    let conf = &RunConf {
+        flow_capacity: fresh.flow_capacity,
+        ..conf.clone()
+    };
     match load_pipeline(conf) {
         Err(e) => crate::logln!("reload refused: {e:#}"),
         Ok(p) => {
@@ -722,7 +742,12 @@ fn worker_loop<'q>(
             // The management core only publishes tables that keep or grow the shape (SIGHUP
             // refuses others); a grown one resizes this worker's counters, here between
             // two bursts (an allocation, once per reload that grew the pipeline).
+            let table = w.memory()[0].0;
             let _ = w.set_tables(Arc::clone(&shared.tables.lock()));
+            if w.memory()[0].0 != table {
+                // A new flow table (a new size): huge pages for it too.
+                crate::port::dpdk::advise_huge_pages(&w.memory());
+            }
         }
         let mut got = 0usize;
         for (in_port, rxq, dispatch) in io.rx.iter_mut() {
@@ -785,6 +810,9 @@ fn worker_loop<'q>(
         w.expire(now, EXPIRE_PER_LOOP);
         w.sweep(SWEEP_PER_LOOP);
         w.move_flows(MOVES_PER_LOOP);
+        if let Some(t) = w.take_retired_table() {
+            shared.retired.lock().push(t);
+        }
         listing.step(&shared.board, idx, &w, now);
         if now.wrapping_sub(last_pub) >= PUBLISH_NS {
             last_pub = now;
