@@ -248,6 +248,10 @@ const _: () = assert!(HOT_SLOT_BYTES == 64);
 /// at a time, so a reload never holds a worker for a pass over the table. Until the pass
 /// reaches it a flow keeps its old timeout, unless its TCP state changes first (a
 /// packet that changes the state names the class of the new state's timeout).
+///
+/// A reload that changes the capacity ([`resize`](Self::resize)) gives the worker a new
+/// table the same way: new flows go into it at once, open ones move from the old table
+/// when [`find`](Self::find) meets them there or the move reaches them.
 pub struct FlowTable {
     pub table: LruTable<FlowKey, Flow>,
     /// Each base class's timeout (distinct).

@@ -234,7 +234,7 @@ pub fn effective_weight(p: &Pipeline, i: usize, j: usize) -> u32 {
 /// [`Worker::set_tables`] refused tables that do not only grow the current ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "the new pipeline removes or reorders servers, services, members or flow rules, or changes ports or the flow table's size, or has too many idle timeouts; restart to apply it"
+    "the new pipeline removes or reorders servers, services, members or flow rules, or changes ports, or has too many timeouts; restart to apply it"
 )]
 pub struct ShapeChanged;
 
