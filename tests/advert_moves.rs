@@ -231,6 +231,33 @@ fn a_change_during_a_sweep_is_swept_too() {
     assert!(!r.w.sweep_due());
 }
 
+#[test]
+fn a_resize_during_a_sweep_is_swept_again() {
+    let mut r = Rig::new();
+    let on: Vec<u16> = (0..64).map(|k| r.open(k)).collect();
+    // An advert and a new flow-table size in one reload: a sweep and a resize's move.
+    r.advert(0, Some(("100.64.0.32/28", 1, 12)));
+    r.p.flow_table.capacity = 4096;
+    r.publish();
+    assert!(r.w.sweep_due() && r.w.moves_due());
+    // The sweep passes the new table (empty yet) and stands at the old one's slots;
+    // then every flow moves into the new table, behind the sweep: it starts again.
+    r.w.sweep(8);
+    while r.w.moves_due() {
+        r.w.move_flows(256);
+    }
+    assert!(r.w.sweep_due());
+    sweep_to_end(&mut r.w, 8);
+    assert_eq!(r.w.flow_count(), 64);
+    for k in 0..64u32 {
+        let want = match k {
+            32..48 => (1, 12),
+            _ => (on[k as usize], 0),
+        };
+        assert_eq!(r.ack(k), want, "connection {k}");
+    }
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     /// Slot, client prefix (connection `base` with the given length), target, DSCP.

@@ -483,6 +483,11 @@ impl FlowTable {
         self.pass.is_some() || self.old.is_some()
     }
 
+    /// Whether a resize's move is under way.
+    pub fn resizing(&self) -> bool {
+        self.old.is_some()
+    }
+
     /// Gives the table room for `capacity` flows (a reload), at `now`: a new table takes
     /// new flows at once, and the open flows move into it, each when a packet of it finds
     /// it in the old table ([`find`](Self::find)) or when [`move_step`](Self::move_step)

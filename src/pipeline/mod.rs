@@ -463,8 +463,15 @@ impl Worker {
     /// how many it moved. Until the pass reaches it, a flow keeps its old timeout. A no-op
     /// when no pass is due.
     pub fn move_flows(&mut self, max: usize) -> usize {
+        let resizing = self.flows.resizing();
         let stats = &mut self.stats;
-        self.flows.move_step(max, self.clock, |f| stats.evicted(f))
+        let n = self.flows.move_step(max, self.clock, |f| stats.evicted(f));
+        if resizing && !self.flows.resizing() && self.sweep_at.is_some() {
+            // A sweep under way may have passed the slots flows moved into: it starts
+            // again now that every flow is in the new table.
+            self.sweep_at = Some(0);
+        }
+        n
     }
 
     /// The flow table a finished resize emptied, not freed yet: freeing it unmaps its
