@@ -232,17 +232,24 @@ fn a_change_during_a_sweep_is_swept_too() {
 }
 
 #[test]
-fn a_resize_during_a_sweep_is_swept_again() {
+fn a_sweep_waits_for_a_resize_to_move_the_flows() {
     let mut r = Rig::new();
     let on: Vec<u16> = (0..64).map(|k| r.open(k)).collect();
-    // An advert and a new flow-table size in one reload: a sweep and a resize's move.
     r.advert(0, Some(("100.64.0.32/28", 1, 12)));
+    r.publish();
+    // The sweep has passed connections 0..16 when a new flow-table size comes.
+    r.w.sweep(16);
     r.p.flow_table.capacity = 4096;
     r.publish();
     assert!(r.w.sweep_due() && r.w.moves_due());
-    // The sweep passes the new table (empty yet) and stands at the old one's slots;
-    // then every flow moves into the new table, behind the sweep: it starts again.
-    r.w.sweep(8);
+    // Packets of connections 40..48 move them into the new table first, ahead of the
+    // others: still on their servers (the sweep has not reached them).
+    for k in 40..48u32 {
+        assert_eq!(r.ack(k), (on[k as usize], 0), "connection {k}");
+    }
+    // The sweep waits while flows move into the new table (they could pass behind
+    // it), then goes over the new table from its start.
+    assert_eq!(r.w.sweep(8), 0);
     while r.w.moves_due() {
         r.w.move_flows(256);
     }
@@ -265,6 +272,9 @@ enum Op {
     Clear(usize),
     Step(usize),
     Open(u32),
+    /// A new flow-table size (room for every flow), and steps of the move into it.
+    Resize(usize),
+    Move(usize),
 }
 
 fn op() -> impl proptest::strategy::Strategy<Value = Op> {
@@ -274,14 +284,16 @@ fn op() -> impl proptest::strategy::Strategy<Value = Op> {
         (0usize..4).prop_map(Op::Clear),
         (1usize..40).prop_map(Op::Step),
         (0u32..64).prop_map(Op::Open),
+        (80usize..400).prop_map(Op::Resize),
+        (1usize..300).prop_map(Op::Move),
     ]
 }
 
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
 
-    /// Whatever adverts come and go, with sweeps interrupted anywhere: once the sweep
-    /// is done, every open connection that an advert matches goes to the first such
+    /// Whatever adverts come and go, with sweeps interrupted anywhere and the flow table
+    /// resized under them (moves interrupted anywhere too): once the sweep is done, every open connection that an advert matches goes to the first such
     /// advert's server with its DSCP, every other one carries no advert's DSCP, and the
     /// operator's connections stay where its rule put them.
     #[test]
@@ -316,7 +328,18 @@ proptest::proptest! {
                         r.open(k);
                     }
                 }
+                Op::Resize(cap) => {
+                    r.p.flow_table.capacity = cap;
+                    r.publish();
+                }
+                Op::Move(n) => {
+                    r.w.move_flows(n);
+                }
             }
+        }
+        while r.w.moves_due() {
+            r.w.move_flows(16);
+            r.w.sweep(16);
         }
         sweep_to_end(&mut r.w, 16);
         // Where every flow goes now, per server: what the live-flow gauge must say.

@@ -274,6 +274,9 @@ pub struct FlowTable {
     /// (unmapping its memory: milliseconds for 1M flows) holds up no packet
     /// ([`take_retired`](Self::take_retired)); freed here otherwise, at the next resize.
     retired: Option<Box<LruTable<FlowKey, Flow>>>,
+    /// Resizes so far: a walk over the slots started before the latest one walks
+    /// another table ([`resizes`](Self::resizes)).
+    resizes: u64,
 }
 
 /// A step of a resize's move handles `max / RESIZE_SLOWER` slots of the move pass's `max`:
@@ -346,6 +349,7 @@ impl FlowTable {
             pass: None,
             old: None,
             retired: None,
+            resizes: 0,
         };
         (t.tcp, t.rules) = t.maps(conf, rule_idle_ns);
         t
@@ -488,6 +492,12 @@ impl FlowTable {
         self.old.is_some()
     }
 
+    /// How many resizes the table has had: slot positions from before the latest one
+    /// name other flows.
+    pub fn resizes(&self) -> u64 {
+        self.resizes
+    }
+
     /// Gives the table room for `capacity` flows (a reload), at `now`: a new table takes
     /// new flows at once, and the open flows move into it, each when a packet of it finds
     /// it in the old table ([`find`](Self::find)) or when [`move_step`](Self::move_step)
@@ -504,6 +514,7 @@ impl FlowTable {
         table.set_evict_first(&unassured(table.classes()));
         let old = std::mem::replace(&mut self.table, table);
         self.old = Some((Box::new(old), 0));
+        self.resizes += 1;
         // The new table is empty: its flows will come in the classes of their timeouts.
         self.pass = None;
         self.held = self.named();
@@ -594,7 +605,9 @@ impl FlowTable {
 
     /// [`LruTable::visit`] over the flows of both tables while a resize is under way:
     /// positions from the new table's capacity on are the old table's slots. (A flow
-    /// that moves while a visit is under way may be visited twice or not at all.)
+    /// that moves while a visit is under way may be visited twice or not at all: walks
+    /// that must see each flow once wait while [`resizing`](Self::resizing) and start
+    /// again after a resize, [`resizes`](Self::resizes).)
     pub fn visit(
         &self,
         from: usize,

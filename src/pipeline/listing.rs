@@ -331,6 +331,20 @@ impl Worker {
         })
     }
 
+    /// Whether a walk over the flow table's slots ([`list_flows`](Worker::list_flows))
+    /// begun at `resizes` ([`resizes`](Worker::resizes)) can go on now: `Some(true)` as
+    /// it is, `Some(false)` from the start (a resize since gave the worker another
+    /// table), `None` not yet (flows are moving into a new table, and could pass behind
+    /// the walk).
+    pub fn walk_ok(&self, resizes: u64) -> Option<bool> {
+        (!self.flows.resizing()).then(|| self.flows.resizes() == resizes)
+    }
+
+    /// How many times the worker's flow table has been resized.
+    pub fn resizes(&self) -> u64 {
+        self.flows.resizes()
+    }
+
     /// Every flow `filter` accepts, in one go (at most `limit` listed): for callers
     /// that own the worker outright, such as replay.
     pub fn list_all_flows(&self, now: u64, filter: &FlowFilter, limit: usize) -> Listing {

@@ -419,6 +419,11 @@ impl Worker {
         if p0.flow_table.capacity != p1.flow_table.capacity {
             let stats = &mut self.stats;
             (self.flows).resize(p1.flow_table.capacity, self.clock, |f| stats.evicted(f));
+            if self.sweep_at.is_some() {
+                // The slots it had passed are another table's now: from the start again,
+                // once the flows are in the new table (`sweep`).
+                self.sweep_at = Some(0);
+            }
         }
         // Counters for what the pipeline gained (allocates only when it grew: a reload).
         self.stats.grow_to(&t.pipeline);
@@ -463,15 +468,8 @@ impl Worker {
     /// how many it moved. Until the pass reaches it, a flow keeps its old timeout. A no-op
     /// when no pass is due.
     pub fn move_flows(&mut self, max: usize) -> usize {
-        let resizing = self.flows.resizing();
         let stats = &mut self.stats;
-        let n = self.flows.move_step(max, self.clock, |f| stats.evicted(f));
-        if resizing && !self.flows.resizing() && self.sweep_at.is_some() {
-            // A sweep under way may have passed the slots flows moved into: it starts
-            // again now that every flow is in the new table.
-            self.sweep_at = Some(0);
-        }
-        n
+        self.flows.move_step(max, self.clock, |f| stats.evicted(f))
     }
 
     /// The flow table a finished resize emptied, not freed yet: freeing it unmaps its
@@ -499,11 +497,17 @@ impl Worker {
     /// it has: it moves to the matching rule (its target, and its QoS from then on), or,
     /// matched by none, keeps its server and goes back under the service whose address
     /// and port it went to ([`Owner::Other`], no QoS, when there is none). Flows of the
-    /// operator's rules are never taken. A no-op when no sweep is due.
+    /// operator's rules are never taken. A no-op when no sweep is due, and while a
+    /// resize's move is under way (the sweep waits for it).
     pub fn sweep(&mut self, max: usize) -> usize {
         let Some(from) = self.sweep_at else {
             return 0;
         };
+        if self.flows.resizing() {
+            // Flows moving into the new table could pass behind the sweep: it waits
+            // until they are all there (a resize's move is short).
+            return 0;
+        }
         let p = &self.tables.pipeline;
         let (claiming, pending) = (&self.sweep_rules, &self.sweep_pending);
         let mut moved = 0;

@@ -66,6 +66,8 @@ pub struct WorkerSide {
     filter: FlowFilter,
     /// The slot to go on from; `None`: nothing to do.
     at: Option<usize>,
+    /// The worker's resizes when the walk began (a resize restarts it).
+    resizes: u64,
 }
 
 impl WorkerSide {
@@ -78,8 +80,14 @@ impl WorkerSide {
             self.seen = e;
             self.filter = *board.filter.lock();
             self.at = Some(0);
+            self.resizes = w.resizes();
         }
-        let Some(from) = self.at else {
+        let Some(mut from) = self.at else {
+            return;
+        };
+        // While flows move into a resized table the walk waits; after a resize it starts
+        // again (each flow listed once).
+        let Some(same) = w.walk_ok(self.resizes) else {
             return;
         };
         let mut part = board.parts[idx].lock();
@@ -87,6 +95,11 @@ impl WorkerSide {
             // Not ours to write: a newer request is being set up; we will see it.
             self.at = None;
             return;
+        }
+        if !same {
+            part.listing.clear();
+            self.resizes = w.resizes();
+            from = 0;
         }
         let filter = self.filter;
         self.at = w.list_flows(
@@ -349,5 +362,63 @@ mod tests {
             assert!(t0.elapsed() < Duration::from_secs(2));
         });
         drop(exporter);
+    }
+
+    /// A resize while a worker walks its table for a listing: the walk waits while the
+    /// flows move into the new table (some ahead of the others, moved by their packets),
+    /// then starts again, so every flow is listed once.
+    #[test]
+    fn a_resize_during_a_listing_lists_each_flow_once() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut p = Pipeline::load(&root.join("pipelines/web-farm.yaml")).unwrap();
+        p.flow_table.capacity = 4096;
+        let tpl = Template::for_pipeline(&p).unwrap();
+        let mut w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
+        let mut b = crate::action::FrameBuf::new(128);
+        let mut frames: Vec<Vec<u8>> = Vec::new();
+        for k in 0..3000 {
+            handshake(k, tpl, |f, rev| {
+                assert!(b.load(f));
+                let _ = w.process(&mut b, 0, 1);
+                if !rev {
+                    frames.push(f.to_vec());
+                }
+            });
+        }
+        // A request, as the management loop sets it up.
+        let board = Board::new(1);
+        *board.parts[0].lock() = Part {
+            epoch: 1,
+            listing: Listing::with_limit(4000),
+            done: false,
+        };
+        board.epoch.store(1, Ordering::Release);
+        let mut side = WorkerSide::default();
+        side.step(&board, 0, &w, 2);
+        assert!(!board.parts[0].lock().done && board.parts[0].lock().listing.matched > 0);
+        // A new size: the walk waits while the flows move; the last connections' packets
+        // move them first, into the new table's first slots.
+        p.flow_table.capacity = 8192;
+        w.set_tables(Arc::new(Tables::build(p, 2))).unwrap();
+        for f in frames.iter().rev().take(100) {
+            assert!(b.load(f));
+            let _ = w.process(&mut b, 0, 3);
+        }
+        let before = board.parts[0].lock().listing.matched;
+        side.step(&board, 0, &w, 3);
+        assert_eq!(board.parts[0].lock().listing.matched, before, "waits");
+        while w.moves_due() {
+            w.move_flows(256);
+            side.step(&board, 0, &w, 3);
+        }
+        while !board.parts[0].lock().done {
+            side.step(&board, 0, &w, 3);
+        }
+        let part = board.parts[0].lock();
+        let mut keys: Vec<_> = part.listing.records.iter().map(|r| r.key).collect();
+        assert_eq!((part.listing.matched, keys.len()), (3000, 3000));
+        keys.sort_unstable_by_key(|k| (k.a, k.b, k.pa, k.pb));
+        keys.dedup();
+        assert_eq!(keys.len(), 3000, "each flow once");
     }
 }
