@@ -492,8 +492,10 @@ impl FlowTable {
         self.old.is_some()
     }
 
-    /// How many resizes the table has had: slot positions from before the latest one
-    /// name other flows.
+    /// How many resizes the table has had: slot positions of [`table`](Self::table) from
+    /// before the latest one name other flows. A walk over its slots that must see each
+    /// flow once waits while [`resizing`](Self::resizing) (flows still in the old table,
+    /// or moving behind the walk) and starts again after a resize.
     pub fn resizes(&self) -> u64 {
         self.resizes
     }
@@ -601,48 +603,6 @@ impl FlowTable {
     /// True when no flow is open.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// [`LruTable::visit`] over the flows of both tables while a resize is under way:
-    /// positions from the new table's capacity on are the old table's slots. (A flow
-    /// that moves while a visit is under way may be visited twice or not at all: walks
-    /// that must see each flow once wait while [`resizing`](Self::resizing) and start
-    /// again after a resize, [`resizes`](Self::resizes).)
-    pub fn visit(
-        &self,
-        from: usize,
-        max: usize,
-        mut f: impl FnMut(&FlowKey, &Flow, u64, u64),
-    ) -> Option<usize> {
-        let cap = self.table.capacity();
-        if from < cap {
-            match self.table.visit(from, max, &mut f) {
-                Some(n) => Some(n),
-                None => self.old.as_ref().map(|_| cap),
-            }
-        } else {
-            let (old, _) = self.old.as_ref()?;
-            old.visit(from - cap, max, f).map(|n| n + cap)
-        }
-    }
-
-    /// [`LruTable::visit_mut`] over both tables, as [`visit`](Self::visit).
-    pub fn visit_mut(
-        &mut self,
-        from: usize,
-        max: usize,
-        mut f: impl FnMut(&FlowKey, &mut Flow),
-    ) -> Option<usize> {
-        let cap = self.table.capacity();
-        if from < cap {
-            match self.table.visit_mut(from, max, &mut f) {
-                Some(n) => Some(n),
-                None => self.old.as_ref().map(|_| cap),
-            }
-        } else {
-            let (old, _) = self.old.as_mut()?;
-            old.visit_mut(from - cap, max, f).map(|n| n + cap)
-        }
     }
 
     /// The base class of a new flow in TCP state `s` owned by `owner`: its state's
@@ -1145,9 +1105,9 @@ mod tests {
                 }
                 // Each flow in one table only, all of them visited.
                 let mut keys = Vec::new();
-                let mut at = Some(0);
-                while let Some(from) = at {
-                    at = t.visit(from, usize::MAX, |k, _, _, _| keys.push(*k));
+                t.table.visit(0, usize::MAX, |k, _, _, _| keys.push(*k));
+                if let Some((old, _)) = &t.old {
+                    old.visit(0, usize::MAX, |k, _, _, _| keys.push(*k));
                 }
                 let n = keys.len();
                 keys.sort_unstable_by_key(|k| (k.a, k.b));

@@ -305,7 +305,9 @@ impl Worker {
     /// Goes on listing this worker's flows from slot `from`, at most `max` slots: each
     /// flow `filter` accepts is counted in `out.matched` and, while `out` has room (its
     /// limit, within the room it was made with: this never allocates), copied into it with its idle time at `now`.
-    /// Returns the slot to go on from, or `None` when the whole table was visited.
+    /// Returns the slot to go on from, or `None` when the whole table was visited. While
+    /// a resize moves flows the walk must wait, and after one start again
+    /// ([`walk_ok`](Worker::walk_ok)): it walks the new table only.
     pub fn list_flows(
         &self,
         from: usize,
@@ -315,7 +317,7 @@ impl Worker {
         worker: u16,
         out: &mut Listing,
     ) -> Option<usize> {
-        self.flows.visit(from, max, |k, f, seen, timeout| {
+        self.flows.table.visit(from, max, |k, f, seen, timeout| {
             if filter.accepts(k, f) {
                 out.matched += 1;
                 if out.records.len() < out.limit {

@@ -512,7 +512,7 @@ impl Worker {
         let (claiming, pending) = (&self.sweep_rules, &self.sweep_pending);
         let mut moved = 0;
         let stats = &mut self.stats;
-        self.sweep_at = self.flows.visit_mut(from, max, |k, f| {
+        self.sweep_at = self.flows.table.visit_mut(from, max, |k, f| {
             if let Some(g) = reconsider(p, claiming, pending, k, *f) {
                 if g.target != f.target {
                     stats.flow_out(f.target);
