@@ -318,6 +318,30 @@ fn unassured(classes: usize) -> Vec<u8> {
     (1..classes as u8).step_by(2).collect()
 }
 
+/// Puts flow `f` (key `k`, last seen at `seen`), taken out of a resized table's old one,
+/// into `table` at `now`, in the class of its timeout by the maps `tcp` and `rules`;
+/// `gone` is given a flow it evicts. Its handle.
+#[allow(clippy::too_many_arguments)]
+fn move_in(
+    table: &mut LruTable<FlowKey, Flow>,
+    tcp: &[u8; 4],
+    rules: &[u8],
+    k: FlowKey,
+    mut f: Flow,
+    seen: u64,
+    now: u64,
+    mut gone: impl FnMut(&Flow),
+) -> Handle {
+    f.class = table_class(base_of(tcp, rules, f.tcp(), f.owner), f.assured());
+    match table.insert_seen(k, f, f.class, seen, now) {
+        Inserted::Fresh(h) => h,
+        Inserted::Evicted(h, _, e) => {
+            gone(&e);
+            h
+        }
+    }
+}
+
 /// The base class of a flow in TCP state `s` owned by `owner`, from a table's maps.
 #[inline]
 fn base_of(tcp: &[u8; 4], rules: &[u8], s: TcpState, owner: Owner) -> u8 {
@@ -530,11 +554,8 @@ impl FlowTable {
         };
         let (tcp, rules, table) = (&self.tcp, &self.rules[..], &mut self.table);
         let mut moved = 0;
-        let next = old.drain_step(from, max, |k, mut f, _, seen| {
-            f.class = table_class(base_of(tcp, rules, f.tcp(), f.owner), f.assured());
-            if let Inserted::Evicted(_, _, e) = table.insert_seen(k, f, f.class, seen, now) {
-                gone(&e);
-            }
+        let next = old.drain_step(from, max, |k, f, _, seen| {
+            move_in(table, tcp, rules, k, f, seen, now, &mut gone);
             moved += 1;
         });
         match next {
@@ -564,7 +585,7 @@ impl FlowTable {
         key: &FlowKey,
         hash: u64,
         now: u64,
-        mut gone: impl FnMut(&Flow),
+        gone: impl FnMut(&Flow),
     ) -> Option<Handle> {
         let h = self.table.find_hashed(key, hash);
         if h.is_some() {
@@ -572,16 +593,19 @@ impl FlowTable {
         }
         let (old, _) = self.old.as_mut()?;
         let o = old.find(key)?;
-        let (mut f, seen) = (*old.get(o), old.last_seen(o));
+        let (f, seen) = (*old.get(o), old.last_seen(o));
         old.remove(o);
-        f.class = self.class(self.base_class_of(f.tcp(), f.owner), f.assured());
-        match self.table.insert_seen(*key, f, f.class, seen, now) {
-            Inserted::Fresh(h) => Some(h),
-            Inserted::Evicted(h, _, e) => {
-                gone(&e);
-                Some(h)
-            }
-        }
+        let (tcp, rules) = (&self.tcp, &self.rules[..]);
+        Some(move_in(
+            &mut self.table,
+            tcp,
+            rules,
+            *key,
+            f,
+            seen,
+            now,
+            gone,
+        ))
     }
 
     /// Expires flows idle past their timeouts at `now`, at most `max` (see

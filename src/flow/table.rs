@@ -279,8 +279,7 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
         now: u64,
     ) -> Inserted<K, V> {
         self.reach_back(class, now);
-        let hash = self.hash(&key);
-        self.insert_hashed(key, hash, val, class, seen)
+        self.insert(key, val, class, seen)
     }
 
     /// Removes the live entries in slots `from..` in slot order, at most `max` slots
