@@ -430,6 +430,31 @@ fn bads() -> Vec<Bad> {
             "flows[1].name",
             "duplicate flow rule name \"r\"",
         ),
+        // An empty name marks a free index in a running system: never a file's.
+        bad(
+            "empty service name",
+            9,
+            "  - name: \"\"",
+            9,
+            "services[0].name",
+            "a service needs a name",
+        ),
+        bad(
+            "empty server name",
+            15,
+            "      - name: \"\"",
+            15,
+            "services[0].servers[0].name",
+            "a server needs a name",
+        ),
+        bad(
+            "empty flow rule name",
+            25,
+            "  - name: \"\"",
+            25,
+            "flows[0].name",
+            "a flow rule needs a name",
+        ),
         bad(
             "duplicate service name",
             18,
@@ -815,7 +840,7 @@ fn reload_from_says_whether_a_run_would_take_it() {
     let (code, out, err) = check(&mutate(17, ""));
     assert_eq!(code, Some(0), "{err}");
     assert!(
-        out.contains("removed servers [\"w2\"] kept down until a restart"),
+        out.contains("removed servers [\"w2\"] kept down until their last flow ends"),
         "{out}"
     );
     // Timeouts changed: taken, and said to apply to the open flows.
@@ -841,7 +866,7 @@ fn reload_from_says_whether_a_run_would_take_it() {
     let (code, out, err) = check(&BASE.replace("  - name: r\n", "  - name: r2\n"));
     assert_eq!(code, Some(0), "{err}");
     assert!(
-        out.contains("; flow rules added: [\"r2\"]; flow rules removed: [\"r\"], kept for their open flows until a restart"),
+        out.contains("; flow rules added: [\"r2\"]; flow rules removed: [\"r\"], kept for their open flows until they end"),
         "{out}"
     );
     // A rule added before it, with a timeout of its own (a new timeout class): taken,

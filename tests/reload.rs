@@ -35,7 +35,11 @@ const DNS: &str = r#"  - name: dns
 "#;
 
 fn load(services: &str) -> Pipeline {
-    Pipeline::from_str(&format!("{HEAD}{services}"), Path::new("p.yaml")).expect("valid")
+    load_text(&format!("{HEAD}{services}"))
+}
+
+fn load_text(text: &str) -> Pipeline {
+    Pipeline::from_str(text, Path::new("p.yaml")).expect("valid")
 }
 
 /// The grown file: a server `c` added to `http` (declared first there, so it comes
@@ -911,4 +915,323 @@ fn timeouts_are_bounded_in_a_file_and_across_a_reload() {
         e.contains("make 128 distinct values; at most 127"),
         "3 + 62 + 63 values: {e}"
     );
+}
+
+/// Open flows per server, service and rule, as `flowgate run`'s management loop sums
+/// them (one worker here).
+fn open(w: &Worker) -> (Vec<u64>, Vec<u64>, Vec<u64>) {
+    let s = &w.stats;
+    (
+        s.server_flows.clone(),
+        s.svc_open.clone(),
+        s.rule_open.clone(),
+    )
+}
+
+/// [`Pipeline::reclaim`] with `w`'s open flows.
+fn reclaim(p: &Pipeline, w: &Worker) -> Option<(Pipeline, flowgate::config::Freed)> {
+    let (servers, services, rules) = open(w);
+    p.reclaim(&flowgate::config::OpenFlows {
+        servers: &servers,
+        services: &services,
+        rules: &rules,
+    })
+}
+
+/// What a reload removed is kept while flows use it and freed when the last one ends:
+/// a removed member once its server carries no flow, the server once no member names it,
+/// a retired service and a removed rule once no flow of theirs is open. The worker takes
+/// the pipeline with the free indices, the stats leave the freed names out, and the next
+/// reload's new entries take the free indices, with counters from zero.
+#[test]
+fn removed_entries_are_freed_when_their_last_flow_ends() {
+    let old = load(&format!("{HTTP}{DNS}"));
+    let mut w = Worker::new(Arc::new(Tables::build(old.clone(), 1)));
+    let http = [203, 0, 113, 10];
+    let mut on_b = Vec::new();
+    for sp in 1000..1100u16 {
+        if send(&mut w, &old, &tcp(sp, http, 80, 0x02), 1_000) == "b" {
+            on_b.push(sp);
+        }
+    }
+    assert!(on_b.len() > 20, "b takes about half: {}", on_b.len());
+    let dns = |sp: u16| {
+        use flowgate::r#gen::frame::{UDP, udp};
+        frame(sp, [203, 0, 113, 53], UDP, |f| udp(f, sp, 53))
+    };
+    assert_eq!(send(&mut w, &old, &dns(3000), 1_000), "d");
+    assert_eq!(
+        send(&mut w, &old, &udp(4000, 5060), 1_000),
+        "gateway",
+        "voice"
+    );
+    // The file loses `b`, `dns` (and with it `d`) and the rule `voice`.
+    let text = format!("{HEAD}{HTTP}")
+        .replace("      - { name: b, mac: \"02:00:00:00:01:02\" }\n", "")
+        .replace(
+            "  - { name: voice, match: { proto: udp, dst_port: 5060 }, to: gateway }\n",
+            "",
+        )
+        .replace("flows:\n", "");
+    let g = old.regrow(load_text(&text)).expect("removals are kept");
+    assert!(g.keeps_removed());
+    w.set_tables(Arc::new(Tables::build(g.clone(), 2)))
+        .expect("taken");
+    assert!(
+        reclaim(&g, &w).is_none(),
+        "every kept entry still has flows"
+    );
+    // b's flows move on their next packet: b's member and then b are free.
+    for &sp in &on_b {
+        let to = send(&mut w, &g, &tcp(sp, http, 80, 0x10), 2_000);
+        assert_eq!(to, "a", "flow {sp} left b");
+    }
+    let (r1, freed) = reclaim(&g, &w).expect("b freed");
+    assert_eq!(freed.members, [("http".to_string(), "b".to_string())]);
+    assert_eq!(freed.servers, ["b"]);
+    assert!(
+        freed.services.is_empty() && freed.rules.is_empty(),
+        "{freed:?}"
+    );
+    assert_eq!(
+        freed.to_string(),
+        "servers [\"b\"], members [\"http\"/\"b\"]"
+    );
+    let b = usize::from(old.server_index("b").unwrap());
+    assert!(r1.servers[b].vacant() && r1.services[0].members[1].vacant());
+    assert!(g.grows_into(&r1));
+    let mut other = r1.clone();
+    other.servers[0].name = "z".into();
+    assert!(!r1.grows_into(&other), "a live server's index is its own");
+    w.set_tables(Arc::new(Tables::build(r1.clone(), 3)))
+        .expect("taken");
+    let j = w.stats.to_json(&r1);
+    assert!(j["server_flows"].get("b").is_none(), "{j}");
+    assert!(j["services"]["http"]["servers"].get("b").is_none(), "{j}");
+    assert_eq!(j["services"]["dns"]["open_flows"].as_u64(), Some(1), "{j}");
+    assert_eq!(
+        j["flow_rules"]["voice"]["open_flows"].as_u64(),
+        Some(1),
+        "{j}"
+    );
+    // Idle long enough: the DNS and voice flows expire, and the rest is freed.
+    let later = 1_000 + 61 * 1_000_000_000 + 60 * 1_000_000_000 / 16;
+    w.expire(later, 1 << 20);
+    let (r2, freed) = reclaim(&r1, &w).expect("the rest freed");
+    assert_eq!(freed.services, ["dns"]);
+    assert_eq!(freed.servers, ["d"]);
+    assert_eq!(freed.rules, ["voice"]);
+    assert!(!r2.keeps_removed());
+    assert!(reclaim(&r2, &w).is_none(), "nothing left to free");
+    w.set_tables(Arc::new(Tables::build(r2.clone(), 4)))
+        .expect("taken");
+    let j = w.stats.to_json(&r2);
+    assert!(
+        j["services"].get("dns").is_none() && j["flow_rules"].get("voice").is_none(),
+        "{j}"
+    );
+    // The next reload: a new service with a new server, a new rule, a new member of
+    // `http`: each takes a free index, with fresh counters, and works.
+    let ntp = "flows:\n  - { name: ntp, match: { proto: udp, dst_port: 123 }, to: gateway }\n";
+    let api = "  - name: api\n    vip: 203.0.113.20\n    proto: tcp\n    ports: [8080]\n    servers:\n      - { name: e, mac: \"02:00:00:00:04:01\" }\n";
+    let http_e = HTTP.replace(
+        "name: b, mac: \"02:00:00:00:01:02\"",
+        "name: e, mac: \"02:00:00:00:04:01\"",
+    );
+    let text = format!(
+        "{}{http_e}{api}",
+        HEAD.replace(
+            "flows:\n  - { name: voice, match: { proto: udp, dst_port: 5060 }, to: gateway }\n",
+            ntp
+        )
+    );
+    let g2 = r2.regrow(load_text(&text)).expect("grows");
+    assert_eq!(names(&g2), ["a", "e", ""]);
+    assert_eq!(g2.servers.len(), old.servers.len(), "no index added");
+    assert_eq!(g2.services[1].name, "api");
+    assert_eq!(g2.flow_rules[0].name, "ntp");
+    assert_eq!(
+        g2.services[0].members[1].server, 1,
+        "e took b's member index"
+    );
+    w.set_tables(Arc::new(Tables::build(g2.clone(), 5)))
+        .expect("taken");
+    assert_eq!(
+        send(
+            &mut w,
+            &g2,
+            &tcp(5000, [203, 0, 113, 20], 8080, 0x02),
+            6_000
+        ),
+        "e"
+    );
+    assert_eq!(send(&mut w, &g2, &udp(5001, 123), 6_000), "gateway");
+    let j = w.stats.to_json(&g2);
+    assert_eq!(j["services"]["api"]["packets"].as_u64(), Some(1), "{j}");
+    assert_eq!(j["services"]["api"]["flows"].as_u64(), Some(1), "{j}");
+    assert_eq!(j["flow_rules"]["ntp"]["flows"].as_u64(), Some(1), "{j}");
+    assert_eq!(j["flow_rules"]["ntp"]["packets"].as_u64(), Some(1), "{j}");
+    assert_eq!(j["server_flows"]["e"].as_u64(), Some(1), "{j}");
+    assert_eq!(
+        j["services"]["http"]["servers"]["e"].as_u64(),
+        Some(0),
+        "{j}"
+    );
+}
+
+/// `regrow_with` gives a free index to a new entry only where allowed (`flowgate run`:
+/// where every worker's counters read zero); elsewhere the new entry follows.
+#[test]
+fn a_free_index_is_taken_only_where_allowed() {
+    let old = load(&format!("{HTTP}{DNS}"));
+    let no_dns = load(HTTP);
+    let g = old.regrow(no_dns).expect("kept");
+    let zero = flowgate::config::OpenFlows {
+        servers: &[0; 3],
+        services: &[0; 2],
+        rules: &[0; 1],
+    };
+    let (r, _) = g.reclaim(&zero).expect("dns and d freed");
+    let api = "  - name: api\n    vip: 203.0.113.20\n    proto: tcp\n    ports: [8080]\n    servers:\n      - { name: e, mac: \"02:00:00:00:04:01\" }\n";
+    let new = load(&format!("{HTTP}{api}"));
+    let held = r.regrow_with(new.clone(), |_| false).expect("grows");
+    assert_eq!(names(&held), ["a", "b", "", "e"]);
+    assert_eq!(held.services[2].name, "api");
+    let took = r
+        .regrow_with(new, |e| e == flowgate::config::Entry::Server(2))
+        .expect("grows");
+    assert_eq!(names(&took), ["a", "b", "e"]);
+    assert_eq!(took.services.len(), 3, "the service index was not allowed");
+}
+
+/// Servers that come and go through hundreds of reloads (a rolling replacement, each new
+/// server taking flows before the old one's end) keep the pipeline as large as the
+/// servers alive at once, not as all the servers ever named.
+#[test]
+fn servers_that_come_and_go_keep_the_pipeline_bounded() {
+    let file = |k: u32| {
+        let srv = |k: u32| {
+            format!(
+                "      - {{ name: s{k}, mac: \"02:00:00:00:{:02x}:{:02x}\" }}\n",
+                k >> 8,
+                k & 0xff
+            )
+        };
+        load_text(&format!(
+            "{HEAD}  - name: http\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]\n    servers:\n{}{}",
+            srv(k),
+            srv(k + 1)
+        ))
+    };
+    let mut p = file(0);
+    let mut w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
+    let mut g = 1;
+    let mut now = 1_000u64;
+    let mut most = 0;
+    for k in 1..300u32 {
+        // New connections on the current servers.
+        for sp in 0..4u16 {
+            let to = send(
+                &mut w,
+                &p,
+                &tcp(sp + (k as u16 % 8) * 4, [203, 0, 113, 10], 80, 0x02),
+                now,
+            );
+            assert!(
+                to == format!("s{k}") || to == format!("s{}", k - 1),
+                "{to} at reload {k}"
+            );
+        }
+        // s(k-1) leaves the file, s(k+1) joins.
+        p = p.regrow(file(k)).expect("taken");
+        g += 1;
+        w.set_tables(Arc::new(Tables::build(p.clone(), g)))
+            .expect("taken");
+        // Time passes: connections older than the SYN timeout end.
+        now += 11_000_000_000;
+        w.expire(now, 1 << 20);
+        if let Some((r, _)) = reclaim(&p, &w) {
+            p = r;
+            g += 1;
+            w.set_tables(Arc::new(Tables::build(p.clone(), g)))
+                .expect("taken");
+        }
+        most = most.max(p.servers.len());
+    }
+    assert!(
+        most <= 4,
+        "at most {most} server indices for 2 live at a time"
+    );
+    assert!(
+        p.services[0].members.len() <= 4,
+        "{:?}",
+        p.services[0].members
+    );
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+    /// Any sequence of files, each reload followed or not by a reclaim with no flow
+    /// open: every step grows the running pipeline (a worker takes it), ranks and places
+    /// as the file does, and a reclaim leaves exactly the file's servers, services,
+    /// members and rules named (free indices are named by no member, rule or order).
+    #[test]
+    fn reloads_and_reclaims_of_any_files(
+        files in proptest::collection::vec((services(), rules(), proptest::bool::ANY), 1..6)
+    ) {
+        let mut p = universe_rules(&[(0, vec![0, 1])], &[(0, 0)]);
+        let mut w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
+        let mut g = 1;
+        for (svc, rl, free) in files {
+            let file = universe_rules(&svc, &rl);
+            let next = p.regrow(file.clone());
+            proptest::prop_assert!(next.is_ok(), "{:?}", next.as_ref().err());
+            let next = next.unwrap();
+            proptest::prop_assert!(p.grows_into(&next));
+            same_choices(&next, &file);
+            let order: Vec<&str> = next.rule_order.iter().map(|&i| next.flow_rules[usize::from(i)].name.as_str()).collect();
+            let want: Vec<&str> = file.flow_rules.iter().map(|r| r.name.as_str()).collect();
+            proptest::prop_assert_eq!(order, want);
+            g += 1;
+            proptest::prop_assert!(w.set_tables(Arc::new(Tables::build(next.clone(), g))).is_ok());
+            p = next;
+            if !free {
+                continue;
+            }
+            let zero = [0u64; 64];
+            let open = flowgate::config::OpenFlows { servers: &zero, services: &zero, rules: &zero };
+            if let Some((r, _)) = p.reclaim(&open) {
+                proptest::prop_assert!(p.grows_into(&r));
+                proptest::prop_assert!(!r.keeps_removed());
+                let live = |v: &mut dyn Iterator<Item = &str>| {
+                    let mut v: Vec<String> = v.filter(|n| !n.is_empty()).map(str::to_string).collect();
+                    v.sort();
+                    v
+                };
+                proptest::prop_assert_eq!(
+                    live(&mut r.servers.iter().map(|s| s.name.as_str())),
+                    live(&mut file.servers.iter().map(|s| s.name.as_str()))
+                );
+                proptest::prop_assert_eq!(
+                    live(&mut r.services.iter().map(|s| s.name.as_str())),
+                    live(&mut file.services.iter().map(|s| s.name.as_str()))
+                );
+                proptest::prop_assert_eq!(
+                    live(&mut r.flow_rules.iter().map(|s| s.name.as_str())),
+                    live(&mut file.flow_rules.iter().map(|s| s.name.as_str()))
+                );
+                for s in &r.services {
+                    proptest::prop_assert_eq!(s.live_members(), s.member_order.len(), "{}", s.name);
+                    for m in s.members.iter().filter(|m| !m.vacant()) {
+                        proptest::prop_assert!(!r.servers[usize::from(m.server)].vacant());
+                    }
+                }
+                same_choices(&r, &file);
+                g += 1;
+                proptest::prop_assert!(w.set_tables(Arc::new(Tables::build(r.clone(), g))).is_ok());
+                p = r;
+            }
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! `flowgate check`: validate a pipeline and print what it compiles to.
 
 use super::summary::{mac, qos, target};
-use crate::config::{Affinity, Forwarding, Pipeline};
+use crate::config::{Affinity, Forwarding, Pipeline, Service};
 use crate::pipeline::Tables;
 use std::fmt::Write as _;
 
@@ -59,7 +59,7 @@ pub fn render(p: &Pipeline) -> String {
         }
     }
     let t = Tables::build(p.clone(), 0);
-    for (i, svc) in p.services.iter().enumerate() {
+    for (i, svc) in p.services.iter().enumerate().filter(|(_, s)| !s.vacant()) {
         let ports: Vec<String> = svc
             .ports
             .iter()
@@ -76,7 +76,7 @@ pub fn render(p: &Pipeline) -> String {
             "service {}{} vip {} proto {} ports [{}] policy {:?} affinity {} qos [{}] reply_qos [{}] table {} no_server {}",
             svc.name,
             if svc.retired {
-                " (removed: open flows only, until a restart)"
+                " (removed: open flows only, until they end)"
             } else {
                 ""
             },
@@ -101,7 +101,7 @@ pub fn render(p: &Pipeline) -> String {
             }
         );
         let shares = t.maglev[i].shares(svc.members.len());
-        for (j, m) in svc.members.iter().enumerate() {
+        for (j, m) in svc.members.iter().enumerate().filter(|(_, m)| !m.vacant()) {
             let srv = &p.servers[m.server as usize];
             let _ = writeln!(
                 s,
@@ -139,21 +139,44 @@ pub fn render(p: &Pipeline) -> String {
 /// Whether a run on `old` takes `new` on SIGHUP ([`Pipeline::regrow`]): what it adds, or
 /// why it would be refused.
 pub fn reload_verdict(old: &Pipeline, new: Pipeline) -> Result<String, String> {
-    let gone_servers: Vec<&str> = (old.servers.iter())
-        .filter(|o| !new.servers.iter().any(|n| n.name == o.name))
-        .map(|o| o.name.as_str())
-        .collect();
-    let gone_services: Vec<&str> = (old.services.iter())
-        .filter(|o| !new.services.iter().any(|n| n.name == o.name))
-        .map(|o| o.name.as_str())
-        .collect();
+    let names = |v: &mut dyn Iterator<Item = &str>| -> hashbrown::HashSet<String> {
+        v.filter(|n| !n.is_empty()).map(str::to_string).collect()
+    };
+    let (old_servers, new_servers) = (
+        names(&mut old.servers.iter().map(|s| s.name.as_str())),
+        names(&mut new.servers.iter().map(|s| s.name.as_str())),
+    );
+    let (old_services, new_services) = (
+        names(&mut old.services.iter().map(|s| s.name.as_str())),
+        names(&mut new.services.iter().map(|s| s.name.as_str())),
+    );
+    // Entries of `old` (by name, a free index has none) that `new` lacks.
+    let gone = |old: &mut dyn Iterator<Item = &str>, new: &hashbrown::HashSet<String>| {
+        old.filter(|n| !n.is_empty() && !new.contains(*n))
+            .map(str::to_string)
+            .collect::<Vec<String>>()
+    };
+    let gone_servers = gone(
+        &mut old.servers.iter().map(|s| s.name.as_str()),
+        &new_servers,
+    );
+    let gone_services = gone(
+        &mut old.services.iter().map(|s| s.name.as_str()),
+        &new_services,
+    );
     let g = old.regrow(new)?;
-    let members = |p: &Pipeline| p.services.iter().map(|s| s.members.len()).sum::<usize>();
+    let members = |p: &Pipeline| p.services.iter().map(Service::live_members).sum::<usize>();
+    let added = |old: &hashbrown::HashSet<String>, now: &mut dyn Iterator<Item = &str>| {
+        now.filter(|n| !n.is_empty() && !old.contains(*n)).count()
+    };
     let mut v = format!(
         "accepted (adds servers {}, services {}, service members {})",
-        g.servers.len() - old.servers.len(),
-        g.services.len() - old.services.len(),
-        members(&g) - members(old)
+        added(&old_servers, &mut g.servers.iter().map(|s| s.name.as_str())),
+        added(
+            &old_services,
+            &mut g.services.iter().map(|s| s.name.as_str())
+        ),
+        members(&g).saturating_sub(members(old))
     );
     for c in crate::config::changes::reload_changes(old, &g) {
         let _ = write!(v, "; {c}");
@@ -168,7 +191,7 @@ pub fn reload_verdict(old: &Pipeline, new: Pipeline) -> Result<String, String> {
         );
     }
     if !gone_servers.is_empty() || !gone_services.is_empty() {
-        v.push_str(" until a restart");
+        v.push_str(" until their last flow ends");
     }
     Ok(v)
 }

@@ -49,18 +49,20 @@ impl Out {
         let _ = writeln!(self.s, " {v}");
     }
 
-    /// Per `(field, help)`, the counter family `{prefix}_{field}_total` with one sample
-    /// per entry of `map`, labelled `label="KEY"`: the entry's `field`.
+    /// Per `(field, kind, help)`, the family `{prefix}_{field}` (`_total` after it for a
+    /// counter) with one sample per entry of `map`, labelled `label="KEY"`: the entry's
+    /// `field`.
     fn keyed(
         &mut self,
         prefix: &str,
         label: &str,
         map: &Map<String, Value>,
-        fields: &[(&str, &str)],
+        fields: &[(&str, &str, &str)],
     ) {
-        for (field, help) in fields {
-            let name = format!("{prefix}_{field}_total");
-            self.family(&name, "counter", help);
+        for (field, kind, help) in fields {
+            let total = if *kind == "counter" { "_total" } else { "" };
+            let name = format!("{prefix}_{field}{total}");
+            self.family(&name, kind, help);
             for (k, v) in map {
                 self.sample(&name, &[(label, k)], num(&v[*field]).unwrap_or(0.0));
             }
@@ -170,8 +172,13 @@ pub fn render(j: &Value) -> String {
             "service",
             svcs,
             &[
-                ("flows", "Flows a service created."),
-                ("packets", "Frames of a service's flows, both directions."),
+                ("flows", "counter", "Flows a service created."),
+                ("open_flows", "gauge", "Live flows a service created."),
+                (
+                    "packets",
+                    "counter",
+                    "Frames of a service's flows, both directions.",
+                ),
             ],
         );
         o.nested(
@@ -196,8 +203,9 @@ pub fn render(j: &Value) -> String {
             "rule",
             rules,
             &[
-                ("flows", "Flows a pattern rule created."),
-                ("packets", "Frames of a pattern rule's flows."),
+                ("flows", "counter", "Flows a pattern rule created."),
+                ("open_flows", "gauge", "Live flows a pattern rule created."),
+                ("packets", "counter", "Frames of a pattern rule's flows."),
             ],
         );
     }
@@ -247,15 +255,20 @@ fn runtime(o: &mut Out, r: &Value) {
             "port",
             ports,
             &[
-                ("ipackets", "Frames a port received (rte_eth_stats)."),
-                ("opackets", "Frames a port sent."),
+                (
+                    "ipackets",
+                    "counter",
+                    "Frames a port received (rte_eth_stats).",
+                ),
+                ("opackets", "counter", "Frames a port sent."),
                 (
                     "imissed",
+                    "counter",
                     "Frames a port dropped for want of RX descriptors.",
                 ),
-                ("ierrors", "Erroneous frames a port received."),
-                ("oerrors", "Frames a port failed to send."),
-                ("rx_nombuf", "RX mbuf allocation failures."),
+                ("ierrors", "counter", "Erroneous frames a port received."),
+                ("oerrors", "counter", "Frames a port failed to send."),
+                ("rx_nombuf", "counter", "RX mbuf allocation failures."),
             ],
         );
     }
@@ -501,8 +514,8 @@ mod tests {
             "packets_in": 10, "packets_out": 7, "drops": {"no_server": 3},
             "flows_created": 4, "flows_evicted": 0, "flows_expired": 1, "flows_moved": 0,
             "arp_replies": 2, "nd_replies": 0,
-            "services": {"web": {"flows": 4, "packets": 7, "servers": {"a\"b": 5, "c": 2}}},
-            "flow_rules": {"voice": {"flows": 0, "packets": 0}},
+            "services": {"web": {"flows": 4, "open_flows": 3, "packets": 7, "servers": {"a\"b": 5, "c": 2}}},
+            "flow_rules": {"voice": {"flows": 0, "open_flows": 0, "packets": 0}},
             "runtime": {"running": true, "live_flows": 3, "flow_capacity": 1024, "tx_refused": 0, "dispatch_dropped": 0,
                         "ports": {"outside": {"ipackets": 10, "opackets": 7, "imissed": 0,
                                   "ierrors": 0, "oerrors": 0, "rx_nombuf": 0}}},
@@ -517,6 +530,9 @@ mod tests {
             "flowgate_drops_total{reason=\"no_server\"} 3",
             "flowgate_service_server_packets_total{service=\"web\",server=\"a\\\"b\"} 5",
             "flowgate_flow_rule_flows_total{rule=\"voice\"} 0",
+            "# TYPE flowgate_service_open_flows gauge",
+            "flowgate_service_open_flows{service=\"web\"} 3",
+            "flowgate_flow_rule_open_flows{rule=\"voice\"} 0",
             "flowgate_running 1",
             "# TYPE flowgate_flow_capacity gauge",
             "flowgate_flow_capacity 1024",

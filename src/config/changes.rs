@@ -6,6 +6,7 @@
 //! from the file loaded again.
 
 use super::{Pipeline, Service};
+use hashbrown::HashSet;
 
 /// What a run that takes `g` ([`Pipeline::regrow`]n from `old`) says it changed, one
 /// phrase each: [`order_changes`], a new flow-table size, then the timeouts its open
@@ -33,10 +34,11 @@ pub fn reload_changes(old: &Pipeline, g: &Pipeline) -> Vec<String> {
 /// when it changed, a service's servers' when it changed, rules added, the running rules'
 /// new order when it changed, and rules removed (kept for the flows they made).
 pub fn order_changes(old: &Pipeline, g: &Pipeline) -> Vec<String> {
-    let was = |n: &str| live_rules(old).any(|o| o == n);
-    let is = |n: &str| live_rules(g).any(|o| o == n);
-    let added: Vec<&str> = live_rules(g).filter(|n| !was(n)).collect();
-    let gone: Vec<&str> = live_rules(old).filter(|n| !is(n)).collect();
+    // Sets: a file may hold 65534 rules.
+    let (was, is): (HashSet<&str>, HashSet<&str>) =
+        (live_rules(old).collect(), live_rules(g).collect());
+    let added: Vec<&str> = live_rules(g).filter(|n| !was.contains(n)).collect();
+    let gone: Vec<&str> = live_rules(old).filter(|n| !is.contains(n)).collect();
     let mut v = Vec::new();
     if let Some(kept) = reordered(live_services(old), live_services(g)) {
         v.push(format!("services reordered: {kept:?}"));
@@ -60,7 +62,7 @@ pub fn order_changes(old: &Pipeline, g: &Pipeline) -> Vec<String> {
     }
     if !gone.is_empty() {
         v.push(format!(
-            "flow rules removed: {gone:?}, kept for their open flows until a restart"
+            "flow rules removed: {gone:?}, kept for their open flows until they end"
         ));
     }
     v
@@ -71,8 +73,10 @@ fn reordered<'a>(
     old: impl Iterator<Item = &'a str> + Clone,
     new: impl Iterator<Item = &'a str> + Clone,
 ) -> Option<Vec<&'a str>> {
-    let kept: Vec<&str> = new.filter(|n| old.clone().any(|o| o == *n)).collect();
-    old.filter(|o| kept.contains(o))
+    let was: HashSet<&str> = old.clone().collect();
+    let kept: Vec<&str> = new.filter(|n| was.contains(n)).collect();
+    let both: HashSet<&str> = kept.iter().copied().collect();
+    old.filter(|o| both.contains(o))
         .ne(kept.iter().copied())
         .then_some(kept)
 }
@@ -115,8 +119,10 @@ pub fn timeout_changes(old: &Pipeline, new: &Pipeline) -> Vec<String> {
     .filter(|(_, x, y)| x != y)
     .map(|(k, x, y)| format!("{k} {} → {} s", s(x), s(y)))
     .collect();
+    // By index: a rule keeps its index across reloads (a free one taken by a new rule
+    // is no change of timeout).
     for (ra, rb) in old.flow_rules.iter().zip(&new.flow_rules) {
-        if ra.idle_timeout_ns != rb.idle_timeout_ns {
+        if ra.name == rb.name && ra.idle_timeout_ns != rb.idle_timeout_ns {
             v.push(format!(
                 "flow rule {:?} idle_timeout {} → {} s",
                 rb.name,

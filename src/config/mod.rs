@@ -239,13 +239,50 @@ pub struct Server {
     pub load: f64,
     /// Response time in ms (from the control plane; static in the YAML).
     pub response_ms: f64,
+    /// Removed from the file by a reload ([`Pipeline::regrow`]) but kept, down, while
+    /// flows may still go to it; [`Pipeline::reclaim`] frees its index once none does.
+    pub removed: bool,
+}
+
+impl Server {
+    /// A free index: a removed server whose last flow ended ([`Pipeline::reclaim`]),
+    /// waiting for a new server ([`Pipeline::regrow`]). It has no name, is down and
+    /// serves no service.
+    pub fn vacant(&self) -> bool {
+        self.name.is_empty()
+    }
+
+    fn vacated() -> Server {
+        Server {
+            name: String::new(),
+            mac: [0; 6],
+            ip: None,
+            port: None,
+            state: ServerState::Down,
+            load: 0.0,
+            response_ms: 1.0,
+            removed: true,
+        }
+    }
 }
 
 /// A service member: a server with its weight in this service.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Member {
+    /// The server ([`Member::VACANT`] for a free member index).
     pub server: u16,
     pub weight: u32,
+}
+
+impl Member {
+    /// The server of a free member index: a removed member whose server's last flow
+    /// ended ([`Pipeline::reclaim`]), waiting for a new member of its service.
+    pub const VACANT: u16 = u16::MAX;
+
+    /// A free member index (see [`Member::VACANT`]); weight 0.
+    pub fn vacant(&self) -> bool {
+        self.server == Member::VACANT
+    }
 }
 
 /// QoS rewrites, applied in the order documented in `crate::action`.
@@ -310,10 +347,39 @@ pub struct Service {
     pub reject: bool,
     /// Removed from the file by a reload ([`Pipeline::regrow`]) but kept so that its
     /// open flows go on: it matches no new traffic and owns no address.
+    /// [`Pipeline::reclaim`] frees its index once its last flow ended.
     pub retired: bool,
 }
 
 impl Service {
+    /// A free index: a retired service whose last flow ended ([`Pipeline::reclaim`]),
+    /// waiting for a new service ([`Pipeline::regrow`]). It has no name, no members and
+    /// matches nothing.
+    pub fn vacant(&self) -> bool {
+        self.name.is_empty()
+    }
+
+    /// Members that are not free ([`Member::vacant`]).
+    pub fn live_members(&self) -> usize {
+        self.members.iter().filter(|m| !m.vacant()).count()
+    }
+
+    fn vacated(&self) -> Service {
+        Service {
+            name: String::new(),
+            ports: Vec::new(),
+            qos: QosActions::NONE,
+            reply_qos: QosActions::NONE,
+            members: Vec::new(),
+            member_order: Vec::new(),
+            // The smallest Maglev table a file may ask for: it places nothing.
+            table_size: 7,
+            reject: false,
+            retired: true,
+            ..self.clone()
+        }
+    }
+
     /// What service `index` (this one) matches: one rule per port range, to its VIP (and
     /// protocol, unless any).
     pub fn rules(&self, index: usize) -> impl Iterator<Item = Rule> + '_ {
@@ -354,6 +420,29 @@ pub struct FlowRule {
     /// advertised flows, where an end system says where its flows go; an operator's
     /// rules (`flows:`) steer new flows only.
     pub claims_existing: bool,
+}
+
+impl FlowRule {
+    /// A free index: a removed rule whose last flow ended ([`Pipeline::reclaim`]),
+    /// waiting for a new rule ([`Pipeline::regrow`]). It has no name and matches nothing.
+    pub fn vacant(&self) -> bool {
+        self.name.is_empty()
+    }
+
+    /// The free rule at index `i` of a pipeline whose default idle timeout is `idle_ns`.
+    fn vacated(i: usize, idle_ns: u64) -> FlowRule {
+        let mut rule = Rule::any(Decision::FlowRule(i as u32));
+        rule.proto = Range { lo: 1, hi: 0 };
+        FlowRule {
+            name: String::new(),
+            rule,
+            target: Target::Drop,
+            qos: QosActions::NONE,
+            reply_qos: QosActions::NONE,
+            idle_timeout_ns: idle_ns,
+            claims_existing: false,
+        }
+    }
 }
 
 /// Flow table sizing and timeouts (ns).
@@ -449,6 +538,69 @@ pub const SLOT_PREFIX: &str = "advertised-";
 /// Default Maglev table size: a prime well above 100 × the number of servers.
 pub const DEFAULT_TABLE_SIZE: usize = 65537;
 
+/// An index of a running pipeline's list ([`Pipeline::regrow_with`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    Server(usize),
+    Service(usize),
+    /// Service, member.
+    Member(usize, usize),
+    Rule(usize),
+}
+
+/// Open flows per server, service and pattern rule (by index), summed over every
+/// worker: what [`Pipeline::reclaim`] reads.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenFlows<'a> {
+    pub servers: &'a [u64],
+    pub services: &'a [u64],
+    pub rules: &'a [u64],
+}
+
+/// What [`Pipeline::reclaim`] freed, by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Freed {
+    pub servers: Vec<String>,
+    pub services: Vec<String>,
+    /// (service, server).
+    pub members: Vec<(String, String)>,
+    pub rules: Vec<String>,
+}
+
+impl std::fmt::Display for Freed {
+    /// `servers ["a"], members ["web"/"a"], rules ["r"]`: the lists that are not empty.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let members: Vec<String> = (self.members.iter())
+            .map(|(s, m)| format!("{s:?}/{m:?}"))
+            .collect();
+        let mut sep = "";
+        for (what, v) in [
+            (
+                "servers",
+                self.servers.iter().map(|n| format!("{n:?}")).collect(),
+            ),
+            (
+                "services",
+                self.services.iter().map(|n| format!("{n:?}")).collect(),
+            ),
+            ("members", members),
+            (
+                "rules",
+                self.rules
+                    .iter()
+                    .map(|n| format!("{n:?}"))
+                    .collect::<Vec<_>>(),
+            ),
+        ] {
+            if !v.is_empty() {
+                write!(f, "{sep}{what} [{}]", v.join(", "))?;
+                sep = ", ";
+            }
+        }
+        Ok(())
+    }
+}
+
 struct Ctx<'a> {
     file: &'a str,
     text: &'a str,
@@ -494,36 +646,74 @@ impl Pipeline {
     /// overlay keeps (it never adds nor removes); a reload may also grow the shape
     /// ([`grows_into`](Self::grows_into)).
     pub fn same_shape(&self, other: &Pipeline) -> bool {
-        self.grows_into(other) && other.grows_into(self)
+        self.servers.len() == other.servers.len()
+            && (self.servers.iter().zip(&other.servers)).all(|(a, b)| a.name == b.name)
+            && self.services.len() == other.services.len()
+            && (self.services.iter().zip(&other.services)).all(|(a, b)| {
+                a.name == b.name
+                    && a.members.len() == b.members.len()
+                    && (a.members.iter().zip(&b.members)).all(|(x, y)| x.server == y.server)
+            })
+            && self.flow_rules.len() == other.flow_rules.len()
+            && (self.flow_rules.iter().zip(&other.flow_rules)).all(|(a, b)| a.name == b.name)
+            && self.ports == other.ports
+            && self.flow_table_change(other).is_none()
     }
 
     /// True when `new` only grows `self`, so that it can replace it under live flows
-    /// and counters: `self`'s servers (by name) are `new`'s first servers, in order;
-    /// `self`'s services are `new`'s first services (by name), each with its members
-    /// first, in order; `self`'s pattern rules (by name, the advertised-flow slots among
-    /// them) are `new`'s first ones; the same ports. New servers, new services
-    /// after the old ones, new members at the end of a service and new pattern rules may
-    /// follow; weights, states, QoS, matches and the rules' priority order may differ. (A
-    /// flow holds server, service and rule indices; a counter, service, member and rule
-    /// indices: all keep their meaning.)
+    /// and counters: each of `self`'s servers (by name), services (by name), members of
+    /// a service (by server) and pattern rules (by name, the advertised-flow slots among
+    /// them) is at its index in `new`, unless a reload had removed it (kept for its open
+    /// flows, or already free: [`reclaim`](Self::reclaim)), whose index `new` may give
+    /// to another ([`regrow`](Self::regrow)); the same ports. New entries may follow;
+    /// weights, states, QoS, matches and the priority orders may differ. (A flow holds
+    /// server, service and rule indices; a counter, service, member and rule indices:
+    /// all keep their meaning, except at an index whose entry changed, whose counters
+    /// start again from zero and which no flow holds: see
+    /// [`reclaim`](Self::reclaim).)
     pub fn grows_into(&self, new: &Pipeline) -> bool {
+        let in_order = |order: &[u16], n: usize| {
+            let mut v = vec![false; n];
+            for &i in order {
+                if let Some(x) = v.get_mut(usize::from(i)) {
+                    *x = true;
+                }
+            }
+            v
+        };
+        let live_rules = in_order(&self.rule_order, self.flow_rules.len());
         self.servers.len() <= new.servers.len()
-            && (self.servers.iter().zip(&new.servers)).all(|(a, b)| a.name == b.name)
+            && (self.servers.iter().zip(&new.servers)).all(|(a, b)| a.name == b.name || a.removed)
             && self.services.len() <= new.services.len()
             && (self.services.iter().zip(&new.services)).all(|(a, b)| {
-                a.name == b.name
-                    && a.members.len() <= b.members.len()
-                    && (a.members.iter().zip(&b.members)).all(|(x, y)| x.server == y.server)
+                if a.name != b.name {
+                    return a.retired;
+                }
+                let live = in_order(&a.member_order, a.members.len());
+                a.members.len() <= b.members.len()
+                    && (a.members.iter().zip(&b.members).zip(live))
+                        .all(|((x, y), live)| x.server == y.server || !live)
             })
             && self.flow_rules.len() <= new.flow_rules.len()
-            && (self.flow_rules.iter().zip(&new.flow_rules)).all(|(a, b)| a.name == b.name)
+            && (self.flow_rules.iter().zip(&new.flow_rules).zip(live_rules))
+                .all(|((a, b), live)| a.name == b.name || !live)
             && self.ports == new.ports
             && self.flow_table_change(new).is_none()
     }
 
     /// The pattern rules' idle timeouts (ns), by rule.
     pub fn rule_idle_ns(&self) -> Vec<u64> {
-        self.flow_rules.iter().map(|r| r.idle_timeout_ns).collect()
+        // A free index has no timeout of its own (`reclaim`): the default's, which takes
+        // no class of its own.
+        (self.flow_rules.iter())
+            .map(|r| {
+                if r.vacant() {
+                    self.flow_table.idle_ns
+                } else {
+                    r.idle_timeout_ns
+                }
+            })
+            .collect()
     }
 
     /// Why a flow table built for `self` cannot serve `new`, if it cannot (its size may
@@ -557,29 +747,43 @@ impl Pipeline {
     /// `new` (this pipeline's file loaded again, say) made to grow `self`
     /// ([`grows_into`](Self::grows_into)), so that a running system can take it under
     /// live flows:
-    /// - servers: `self`'s keep their indices, new ones follow (server order means nothing
-    ///   else: Maglev places by name); one the file no longer has is kept, `down`, so
-    ///   its flows move to the other servers on their next packet;
-    /// - services (by name): `self`'s keep their indices, new ones follow; their priority
-    ///   (which of overlapping services matches) is the file's order
+    /// - servers: `self`'s keep their indices, new ones take free indices (left by
+    ///   [`reclaim`](Self::reclaim)) or follow (server order means nothing else: Maglev
+    ///   places by name); one the file no longer has is kept, `down` and
+    ///   [`Server::removed`], so its flows move to the other servers on their next packet;
+    /// - services (by name): `self`'s keep their indices, new ones take free indices or
+    ///   follow; their priority (which of overlapping services matches) is the file's order
     ///   ([`service_order`](Self::service_order)), so they may be added anywhere and
     ///   reordered; one the file no longer has is kept as [`Service::retired`]: it matches
     ///   nothing new and owns no address, and its open flows go on until they end;
     /// - a service's servers (by server): those it had keep their member indices, new ones
-    ///   follow; Maglev places them in the file's order ([`Service::member_order`]), so
-    ///   they may be added anywhere and reordered; one it no longer lists is kept at
-    ///   weight 0, so its open flows stay and it takes no new ones;
-    /// - pattern rules (by name): `self`'s keep their indices, new ones follow; their
-    ///   priority is the file's order ([`rule_order`](Self::rule_order)), so they may also
-    ///   be reordered; one the file no longer has is kept out of the order: it matches
-    ///   nothing new, and the flows it made keep its target, QoS and idle timeout until
-    ///   they end (the same name in a later file takes its index back);
+    ///   take free member indices or follow; Maglev places them in the file's order
+    ///   ([`Service::member_order`]), so they may be added anywhere and reordered; one it
+    ///   no longer lists is kept at weight 0, so its open flows stay and it takes no new
+    ///   ones;
+    /// - pattern rules (by name): `self`'s keep their indices, new ones take free indices
+    ///   or follow; their priority is the file's order ([`rule_order`](Self::rule_order)),
+    ///   so they may also be reordered; one the file no longer has is kept out of the
+    ///   order: it matches nothing new, and the flows it made keep its target, QoS and
+    ///   idle timeout until they end (the same name in a later file takes its index back);
     /// - the ports must be the same;
-    /// - so must the flow table's capacity; the timeouts may change, the open flows
-    ///   taking them ([`flow_table_change`](Self::flow_table_change)).
+    /// - the flow table's timeouts and size may change, the open flows taking them
+    ///   ([`flow_table_change`](Self::flow_table_change)).
     ///
-    /// Kept entries stay until a restart. The error says what cannot be taken.
-    pub fn regrow(&self, mut new: Pipeline) -> Result<Pipeline, String> {
+    /// Kept entries stay until [`reclaim`](Self::reclaim) frees them (their last flow
+    /// ended). The error says what cannot be taken.
+    pub fn regrow(&self, new: Pipeline) -> Result<Pipeline, String> {
+        self.regrow_with(new, |_| true)
+    }
+
+    /// [`regrow`](Self::regrow), giving a new entry a free index only where `reusable`
+    /// says so (`flowgate run`: only once every worker's counters there read zero, so
+    /// that none of a freed entry's counts shows under the new one).
+    pub fn regrow_with(
+        &self,
+        mut new: Pipeline,
+        reusable: impl Fn(Entry) -> bool,
+    ) -> Result<Pipeline, String> {
         if self.ports != new.ports {
             return Err(format!(
                 "ports changed ({:?} to {:?})",
@@ -587,16 +791,18 @@ impl Pipeline {
             ));
         }
         // Servers: the running ones at their indices (a removed one kept, down), then the
-        // file's new ones in its order.
+        // file's new ones in its order, into free indices first.
         let (servers, to) = merge(
             &self.servers,
             &new.servers,
-            |a, b| a.name == b.name,
+            |s| (!s.vacant()).then_some(s.name.as_str()),
+            |i| reusable(Entry::Server(i)),
             |s| Server {
                 state: ServerState::Down,
+                removed: true,
                 ..s.clone()
             },
-            |_, n| n.clone(),
+            |_, _, n| n.clone(),
         );
         if servers.len() >= usize::from(u16::MAX) {
             return Err("too many servers, with those kept (at most 65534)".into());
@@ -615,17 +821,18 @@ impl Pipeline {
         if let Target::Server(i) = new.default {
             new.default = Target::Server(to[usize::from(i)]);
         }
-        self.regrow_rules(&mut new)?;
+        self.regrow_rules(&mut new, |i| reusable(Entry::Rule(i)))?;
         if let Some(why) = self.flow_table_change(&new) {
             return Err(why);
         }
         // Services: the running ones at their indices (a removed one kept, retired),
-        // then the file's new ones; their priority (which of two overlapping services
-        // matches) is the file's order.
+        // then the file's new ones, into free indices first; their priority (which of two
+        // overlapping services matches) is the file's order.
         let (services, at) = merge(
             &self.services,
             &new.services,
-            |a, b| a.name == b.name,
+            |s| (!s.vacant()).then_some(s.name.as_str()),
+            |i| reusable(Entry::Service(i)),
             |old| Service {
                 retired: true,
                 members: (old.members.iter())
@@ -636,7 +843,7 @@ impl Pipeline {
                     .collect(),
                 ..old.clone()
             },
-            |old, n| regrow_members(old, n.clone()),
+            |i, old, n| regrow_members(old, n.clone(), |j| reusable(Entry::Member(i, j))),
         );
         if services.len() >= usize::from(u16::MAX) {
             return Err("too many services, with those kept (at most 65534)".into());
@@ -652,15 +859,20 @@ impl Pipeline {
 
     /// [`regrow`](Self::regrow)'s part for the pattern rules of `new` (its servers
     /// already renumbered): `self`'s rules at their indices (one `new` lacks kept as it
-    /// was, out of the priority order), then `new`'s others; the priority order is
-    /// `new`'s.
-    fn regrow_rules(&self, new: &mut Pipeline) -> Result<(), String> {
+    /// was, out of the priority order), then `new`'s others, into free indices first
+    /// where `reusable`; the priority order is `new`'s.
+    fn regrow_rules(
+        &self,
+        new: &mut Pipeline,
+        reusable: impl Fn(usize) -> bool,
+    ) -> Result<(), String> {
         let (mut rules, at) = merge(
             &self.flow_rules,
             &new.flow_rules,
-            |a, b| a.name == b.name,
+            |r| (!r.vacant()).then_some(r.name.as_str()),
+            reusable,
             Clone::clone,
-            |_, n| n.clone(),
+            |_, _, n| n.clone(),
         );
         if rules.len() >= usize::from(u16::MAX) {
             return Err("too many pattern rules, with those kept (at most 65534)".into());
@@ -673,6 +885,94 @@ impl Pipeline {
             .collect();
         new.flow_rules = rules;
         Ok(())
+    }
+
+    /// Whether a reload removed entries that are still kept for their flows (servers,
+    /// services, members, pattern rules): what [`reclaim`](Self::reclaim) may free.
+    pub fn keeps_removed(&self) -> bool {
+        self.servers.iter().any(|s| s.removed && !s.vacant())
+            || self
+                .services
+                .iter()
+                .any(|s| (s.retired && !s.vacant()) || s.member_order.len() < s.live_members())
+            || self.rule_order.len() < self.flow_rules.iter().filter(|r| !r.vacant()).count()
+    }
+
+    /// `self` with each kept entry ([`regrow`](Self::regrow)) that no open flow uses
+    /// any more made free: its index waits, nameless, for a new entry of a later reload
+    /// (so that a system whose servers, services and rules come and go over months of
+    /// reloads keeps a bounded pipeline and counters). `open` holds the open flows per
+    /// server, service and rule, summed over every worker, counted while they ran
+    /// `self` (flows of a kept entry only end: none is made after it was removed, so a
+    /// count of zero stays zero). Freed here:
+    /// - a retired service with no open flow (with its members);
+    /// - a pattern rule out of the priority order with no open flow;
+    /// - a service's kept member (weight 0, out of its [`Service::member_order`]) whose
+    ///   server has no open flow;
+    /// - a removed server with no open flow that no member, rule or the default names.
+    ///
+    /// `None` when nothing can be freed. Counts missing from `open` (a shorter list) are
+    /// taken as flows.
+    pub fn reclaim(&self, open: &OpenFlows<'_>) -> Option<(Pipeline, Freed)> {
+        let none = |v: &[u64], i: usize| v.get(i) == Some(&0);
+        let mut p = self.clone();
+        let mut freed = Freed::default();
+        for (i, s) in p.services.iter_mut().enumerate() {
+            if s.retired && !s.vacant() && none(open.services, i) {
+                freed.services.push(std::mem::take(&mut s.name));
+                *s = s.vacated();
+            }
+        }
+        let mut live_rules = vec![false; p.flow_rules.len()];
+        for &i in &p.rule_order {
+            live_rules[usize::from(i)] = true;
+        }
+        let idle = p.flow_table.idle_ns;
+        for (i, r) in p.flow_rules.iter_mut().enumerate() {
+            if !live_rules[i] && !r.vacant() && none(open.rules, i) {
+                freed.rules.push(std::mem::take(&mut r.name));
+                *r = FlowRule::vacated(i, idle);
+            }
+        }
+        for s in p.services.iter_mut().filter(|s| !s.vacant()) {
+            let mut live = vec![false; s.members.len()];
+            for &j in &s.member_order {
+                live[usize::from(j)] = true;
+            }
+            for (m, live) in s.members.iter_mut().zip(live) {
+                if !live && !m.vacant() && none(open.servers, usize::from(m.server)) {
+                    let server = &self.servers[usize::from(m.server)].name;
+                    freed.members.push((s.name.clone(), server.clone()));
+                    *m = Member {
+                        server: Member::VACANT,
+                        weight: 0,
+                    };
+                }
+            }
+        }
+        let mut named = vec![false; p.servers.len()];
+        let targets = (p.flow_rules.iter().map(|r| r.target)).chain([p.default]);
+        for t in targets {
+            if let Target::Server(i) = t {
+                named[usize::from(i)] = true;
+            }
+        }
+        for m in p.services.iter().flat_map(|s| &s.members) {
+            if !m.vacant() {
+                named[usize::from(m.server)] = true;
+            }
+        }
+        for (i, s) in p.servers.iter_mut().enumerate() {
+            if s.removed && !s.vacant() && !named[i] && none(open.servers, i) {
+                freed.servers.push(std::mem::take(&mut s.name));
+                *s = Server::vacated();
+            }
+        }
+        if freed == Freed::default() {
+            return None;
+        }
+        debug_assert!(self.grows_into(&p));
+        Some((p, freed))
     }
 
     /// Index of server `name`.
@@ -706,16 +1006,17 @@ impl Pipeline {
 /// Service `n` (its member servers already renumbered) with the members of `old`, the
 /// running version, at their indices (one `n` no longer lists kept at weight 0), then
 /// `n`'s new members; the Maglev order is `n`'s ([`Pipeline::regrow`]).
-fn regrow_members(old: &Service, mut n: Service) -> Service {
+fn regrow_members(old: &Service, mut n: Service, reusable: impl Fn(usize) -> bool) -> Service {
     let (members, at) = merge(
         &old.members,
         &n.members,
-        |a, b| a.server == b.server,
+        |m| (!m.vacant()).then_some(m.server),
+        reusable,
         |m| Member {
             weight: 0,
             ..m.clone()
         },
-        |_, x| x.clone(),
+        |_, _, x| x.clone(),
     );
     n.member_order = (n.member_order.iter())
         .map(|&j| at[usize::from(j)] as u16)
@@ -724,32 +1025,53 @@ fn regrow_members(old: &Service, mut n: Service) -> Service {
     n
 }
 
-/// [`Pipeline::regrow`]'s merge of one list by identity (`same`): `old`'s items at their
-/// indices, each the item of `new` it matches (`take(old, new)`) or, when `new` has
-/// none, `keep(old)`; then `new`'s other items in its order. Returns the list and where
-/// each of `new`'s items went in it.
-fn merge<T: Clone>(
-    old: &[T],
-    new: &[T],
-    same: impl Fn(&T, &T) -> bool,
+/// [`Pipeline::regrow`]'s merge of one list by identity (`id`; `None` for a free index):
+/// `old`'s items at their indices, each the item of `new` with its identity
+/// (`take(index, old, new)`) or, when `new` has none, `keep(old)`; then `new`'s other items in
+/// its order, each into the first free index of `old` that is `reusable`, else at the
+/// end. Returns the list and where each of `new`'s items went in it. Linear (a file may
+/// hold 65534 rules).
+fn merge<'a, T: Clone, K: std::hash::Hash + Eq>(
+    old: &'a [T],
+    new: &'a [T],
+    id: impl Fn(&'a T) -> Option<K>,
+    reusable: impl Fn(usize) -> bool,
     keep: impl Fn(&T) -> T,
-    take: impl Fn(&T, &T) -> T,
+    take: impl Fn(usize, &T, &T) -> T,
 ) -> (Vec<T>, Vec<usize>) {
+    let by_id: hashbrown::HashMap<K, usize> = (new.iter().enumerate())
+        .filter_map(|(j, n)| Some((id(n)?, j)))
+        .collect();
     let mut out = Vec::with_capacity(old.len() + new.len());
     let mut at = vec![usize::MAX; new.len()];
-    for o in old {
-        match new.iter().position(|n| same(o, n)) {
-            Some(j) => {
+    let mut free = std::collections::VecDeque::new();
+    for (i, o) in old.iter().enumerate() {
+        match id(o).map(|k| by_id.get(&k)) {
+            Some(Some(&j)) => {
                 at[j] = out.len();
-                out.push(take(o, &new[j]));
+                out.push(take(i, o, &new[j]));
             }
-            None => out.push(keep(o)),
+            Some(None) => out.push(keep(o)),
+            None => {
+                if reusable(i) {
+                    free.push_back(i);
+                }
+                out.push(o.clone());
+            }
         }
     }
     for (j, n) in new.iter().enumerate() {
         if at[j] == usize::MAX {
-            at[j] = out.len();
-            out.push(n.clone());
+            at[j] = match free.pop_front() {
+                Some(i) => {
+                    out[i] = n.clone();
+                    i
+                }
+                None => {
+                    out.push(n.clone());
+                    out.len() - 1
+                }
+            };
         }
     }
     (out, at)
@@ -957,10 +1279,17 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
 
     // Servers (shared by name across services) and services.
     let mut servers: Vec<Server> = Vec::new();
+    // Indices by name (a file may name thousands of servers and rules).
+    let mut server_at: hashbrown::HashMap<String, usize> = hashbrown::HashMap::new();
     let mut services = Vec::new();
+    let mut service_names = hashbrown::HashSet::new();
     for (si, s) in raw.services.iter().enumerate() {
         let at = |k: &'static str| [Key("services"), Idx(si), Key(k)];
-        if services.iter().any(|x: &Service| x.name == s.name) {
+        // An empty name marks a free index while running (`Pipeline::reclaim`).
+        if s.name.is_empty() {
+            return Err(cx.err(&at("name"), "a service needs a name"));
+        }
+        if !service_names.insert(s.name.as_str()) {
             return Err(cx.err(&at("name"), format!("duplicate service name {:?}", s.name)));
         }
         let vip: IpAddr = s
@@ -1072,8 +1401,12 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
                 state,
                 load,
                 response_ms,
+                removed: false,
             };
-            let idx = match servers.iter().position(|x| x.name == v.name) {
+            if v.name.is_empty() {
+                return Err(cx.err(&sp("name"), "a server needs a name"));
+            }
+            let idx = match server_at.get(&v.name).copied() {
                 Some(i) if servers[i] == candidate => i,
                 Some(_) => {
                     return Err(cx.err(
@@ -1085,6 +1418,7 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
                     ));
                 }
                 None => {
+                    server_at.insert(v.name.clone(), servers.len());
                     servers.push(candidate);
                     servers.len() - 1
                 }
@@ -1168,10 +1502,15 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
     };
 
     let mut flow_rules = Vec::new();
+    let mut rule_names = hashbrown::HashSet::with_capacity(raw.flows.len());
     for (fi, f) in raw.flows.iter().enumerate() {
         let at = |k: &'static str| [Key("flows"), Idx(fi), Key(k)];
-        // A rule's name is its identity across reloads.
-        if raw.flows[..fi].iter().any(|g| g.name == f.name) {
+        // A rule's name is its identity across reloads (a set: a file may hold 65534);
+        // an empty one marks a free index while running (`Pipeline::reclaim`).
+        if f.name.is_empty() {
+            return Err(cx.err(&at("name"), "a flow rule needs a name"));
+        }
+        if !rule_names.insert(f.name.as_str()) {
             return Err(cx.err(
                 &at("name"),
                 format!("duplicate flow rule name {:?}", f.name),
@@ -1191,8 +1530,8 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
         let target = match f.to.as_str() {
             "gateway" => Target::Gateway,
             "drop" => Target::Drop,
-            name => match servers.iter().position(|s| s.name == name) {
-                Some(i) => Target::Server(i as u16),
+            name => match server_at.get(name) {
+                Some(&i) => Target::Server(i as u16),
                 None => {
                     return Err(cx.err(
                         &at("to"),

@@ -10,7 +10,8 @@
 //!
 //! Rules, for each server of the pipeline:
 //! - Its end system is the live system of kind `end` with the server's MAC address (the
-//!   address traffic is forwarded to), or else with its name.
+//!   address traffic is forwarded to), or else with its name; a server a reload removed
+//!   has none (it stays down, and no advertised flow may target it).
 //! - Live and advertising `up`: the pipeline's state; advertising `draining` (or told to
 //!   drain by the supervisor): at least draining, so it keeps its flows and takes no new
 //!   ones. An operator's `down` or `draining` in the pipeline always wins.
@@ -183,7 +184,9 @@ pub fn qos_actions(q: &[Qos]) -> Result<QosActions, String> {
 #[derive(Clone, Debug)]
 pub struct Overlay {
     unheard: Unheard,
-    heard: Vec<bool>,
+    /// Per server index: its name and whether it was heard since it took that index (a
+    /// reload may give a free index to another server, see `Pipeline::reclaim`).
+    heard: Vec<(String, bool)>,
     /// Per reserved slot: the (origin, flow id) holding it.
     slots: Vec<Option<(u64, u64)>>,
     /// Free slots, the longest free first (a freed slot is reused last).
@@ -204,7 +207,7 @@ impl Overlay {
     pub fn new(servers: usize, unheard: Unheard, flow_slots: usize) -> Overlay {
         Overlay {
             unheard,
-            heard: vec![false; servers],
+            heard: vec![(String::new(), false); servers],
             slots: vec![None; flow_slots],
             free: (0..flow_slots).collect(),
         }
@@ -291,7 +294,13 @@ impl Overlay {
         systems: impl IntoIterator<Item = (&'a SystemInfo, &'a [Service])> + Clone,
     ) -> Vec<ServerView> {
         if self.heard.len() != base.servers.len() {
-            self.heard.resize(base.servers.len(), false);
+            self.heard
+                .resize(base.servers.len(), (String::new(), false));
+        }
+        for (h, srv) in self.heard.iter_mut().zip(&base.servers) {
+            if h.0 != srv.name {
+                *h = (srv.name.clone(), false);
+            }
         }
         let ends = || {
             systems
@@ -303,9 +312,15 @@ impl Overlay {
             .iter()
             .enumerate()
             .map(|(s, srv)| {
-                let sys = ends()
-                    .find(|(i, _)| i.mac == srv.mac)
-                    .or_else(|| ends().find(|(i, _)| i.name == srv.name));
+                // A server a reload removed (kept down for its open flows, or free) is no
+                // end system's any more: advertised flows may not target it.
+                let sys = if srv.removed {
+                    None
+                } else {
+                    ends()
+                        .find(|(i, _)| i.mac == srv.mac)
+                        .or_else(|| ends().find(|(i, _)| i.name == srv.name))
+                };
                 let member_of = |svc: &crate::config::Service| {
                     svc.members.iter().any(|m| usize::from(m.server) == s)
                 };
@@ -318,7 +333,7 @@ impl Overlay {
                 };
                 match sys {
                     Some((info, adverts)) => {
-                        self.heard[s] = true;
+                        self.heard[s].1 = true;
                         v.system = Some(info.id);
                         if info.state == SysState::Draining {
                             v.state = worse(v.state, ServerState::Draining);
@@ -359,7 +374,7 @@ impl Overlay {
                             v.response_ms = f64::from(us / 100) / 10.0;
                         }
                     }
-                    None if self.heard[s] || self.unheard == Unheard::Down => {
+                    None if self.heard[s].1 || self.unheard == Unheard::Down => {
                         v.state = ServerState::Down;
                     }
                     None => {}
@@ -666,6 +681,63 @@ services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]
         lb.kind = SystemKind::Intermediate;
         let v = o.server_views(&p, [(&lb, &[][..])]);
         assert_eq!(v[0].state, ServerState::Down);
+    }
+
+    /// A server a reload removed is no end system's: it stays down, and no advertised
+    /// flow may target it, although its agent still runs. A server that takes its
+    /// index once it is free starts unheard.
+    #[test]
+    fn removed_servers_are_out_of_reach_and_free_indices_start_unheard() {
+        let p = base();
+        let a = sys(1, "s1", 1, SysState::Up);
+        let b = sys(2, "s2", 2, SysState::Up);
+        let systems = [(&a, &[][..]), (&b, &[][..])];
+        let mut o = Overlay::new(3, Unheard::Keep, 1);
+        let v = o.server_views(&p, systems);
+        assert_eq!((v[1].system, v[1].state), (Some(2), ServerState::Up));
+        // s2 leaves the file: kept down, out of reach of its agent.
+        let g = p
+            .regrow(
+                Pipeline::from_str(
+                    &P.replace(
+                        "      - { name: s2, mac: \"02:00:00:00:01:02\", weight: 100 }\n",
+                        "",
+                    ),
+                    Path::new("p.yaml"),
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        assert!(g.servers[1].removed);
+        let v = o.server_views(&g, systems);
+        assert_eq!((v[1].system, v[1].state), (None, ServerState::Down));
+        let f = advert(1, 1, 2, "192.0.2.0", vec![]);
+        let fv = o.flows_view(&v, [&f]);
+        assert_eq!(fv.slots[0], None);
+        assert!(
+            fv.refused[0].1.contains("not a live pipeline server"),
+            "{:?}",
+            fv.refused
+        );
+        // Its flows ended: freed; then `s4` takes its index. Never heard, so with
+        // `Unheard::Keep` it keeps the pipeline's state, although s2 had been heard.
+        let open = crate::config::OpenFlows {
+            servers: &[0; 3],
+            services: &[0; 1],
+            rules: &[],
+        };
+        let (r, _) = g.reclaim(&open).expect("s2 freed");
+        assert!(r.servers[1].vacant());
+        let s4 = P.replace(
+            "name: s2, mac: \"02:00:00:00:01:02\"",
+            "name: s4, mac: \"02:00:00:00:01:04\"",
+        );
+        let n = r
+            .regrow(Pipeline::from_str(&s4, Path::new("p.yaml")).unwrap())
+            .unwrap();
+        assert_eq!(n.servers[1].name, "s4");
+        let v = o.server_views(&n, [(&a, &[][..])]);
+        assert_eq!((v[1].system, v[1].state), (None, ServerState::Up));
     }
 
     fn advert(origin: u64, id: u64, target: u64, src: &str, qos: Vec<Qos>) -> FlowAdvert {

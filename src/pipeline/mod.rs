@@ -178,13 +178,16 @@ impl Tables {
             .servers
             .iter()
             .enumerate()
+            .filter(|(_, s)| !s.vacant())
             .map(|(i, s)| (s.mac, i as u16))
             .collect();
         let n = p.servers.len();
         let mut member_of = vec![NONE16; p.services.len() * n];
         for (i, svc) in p.services.iter().enumerate() {
             for (j, m) in svc.members.iter().enumerate().rev() {
-                member_of[i * n + m.server as usize] = j as u16; // the first wins
+                if !m.vacant() {
+                    member_of[i * n + m.server as usize] = j as u16; // the first wins
+                }
             }
         }
         let express = express::Express::build(&p, &member_of);
@@ -218,6 +221,7 @@ pub fn effective_weight(p: &Pipeline, i: usize, j: usize) -> u32 {
             let best = s
                 .members
                 .iter()
+                .filter(|m| !m.vacant())
                 .map(|m| p.servers[m.server as usize].response_ms)
                 .fold(f64::INFINITY, f64::min);
             w * best / srv.response_ms
@@ -425,8 +429,9 @@ impl Worker {
                 self.sweep_at = Some(0);
             }
         }
-        // Counters for what the pipeline gained (allocates only when it grew: a reload).
-        self.stats.grow_to(&t.pipeline);
+        // Counters for what the pipeline gained (allocates only when it grew: a reload),
+        // fresh ones where an entry changed.
+        self.stats.adopt(&self.tables.pipeline, &t.pipeline);
         // One mark per rule (grows, allocating, only when a reload added rules).
         self.sweep_pending
             .resize(t.pipeline.flow_rules.len(), false);
@@ -514,9 +519,9 @@ impl Worker {
         let stats = &mut self.stats;
         self.sweep_at = self.flows.table.visit_mut(from, max, |k, f| {
             if let Some(g) = reconsider(p, claiming, pending, k, *f) {
-                if g.target != f.target {
-                    stats.flow_out(f.target);
-                    stats.flow_in(g.target);
+                if g.target != f.target || g.owner != f.owner {
+                    stats.flow_out(f);
+                    stats.flow_in(&g);
                 }
                 *f = g;
                 moved += 1;
@@ -544,7 +549,7 @@ impl Worker {
     pub fn expire(&mut self, now: u64, max: usize) {
         self.clock = self.clock.max(now);
         let stats = &mut self.stats;
-        let n = self.flows.expire(now, max, |f| stats.flow_out(f.target));
+        let n = self.flows.expire(now, max, |f| stats.flow_out(f));
         self.stats.flows_expired += n as u64;
         self.frags.expire(now, max, |_, _| {});
     }
@@ -910,7 +915,7 @@ impl Worker {
             if f.tcp() == TcpState::Closing && forward && syn_only && m.quoted.is_none() {
                 // A new connection reusing the tuple of a closed one: start afresh.
                 self.flows.table.remove(h);
-                self.stats.flow_out(f.target);
+                self.stats.flow_out(&f);
             } else {
                 route = self.follow(tables, h, m, forward, now, out);
                 if route.is_none() && out.drop.is_some() {
@@ -1082,9 +1087,9 @@ impl Worker {
                     &if forward { m.tuple } else { m.tuple.reversed() },
                 )
             {
-                self.stats.flow_out(f.target);
+                self.stats.flow_out(&f);
                 f.target = Target::Server(p.services[i as usize].members[mb as usize].server);
-                self.stats.flow_in(f.target);
+                self.stats.flow_in(&f);
             }
             self.step(
                 h,
@@ -1166,7 +1171,7 @@ impl Worker {
         let class = self.flows.class(class, false);
         let flow = crate::flow::Flow::new(target, owner, src_mac, in_port, swapped, tcp, class);
         self.stats.flows_created += 1;
-        self.stats.flow_in(target);
+        self.stats.flow_in(&flow);
         if let Inserted::Evicted(_, _, gone) =
             self.flows.table.insert_hashed(key, hash, flow, class, now)
         {
@@ -1820,22 +1825,40 @@ mod tests {
         }
     }
 
-    /// Live flows per server, counted by walking the flow table.
-    fn census(w: &mut Worker) -> Vec<u64> {
-        let mut n = vec![0u64; w.tables.pipeline.servers.len()];
+    /// Live flows per server, per service and per rule, counted by walking the flow
+    /// table.
+    fn census(w: &mut Worker) -> [Vec<u64>; 3] {
+        let p = &w.tables.pipeline;
+        let mut n = [p.servers.len(), p.services.len(), p.flow_rules.len()].map(|l| vec![0u64; l]);
         let mut at = Some(0);
         while let Some(from) = at {
             at = w.flows.table.visit_mut(from, 1024, |_, f| {
                 if let Target::Server(s) = f.target {
-                    n[s as usize] += 1;
+                    n[0][s as usize] += 1;
+                }
+                match f.owner {
+                    Owner::Service(i) => n[1][usize::from(i)] += 1,
+                    Owner::Rule(i) => n[2][usize::from(i)] += 1,
+                    Owner::Other => {}
                 }
             });
         }
         n
     }
 
+    /// The gauges [`census`] counts.
+    fn gauges(w: &Worker) -> [Vec<u64>; 3] {
+        let s = &w.stats;
+        [
+            s.server_flows.clone(),
+            s.svc_open.clone(),
+            s.rule_open.clone(),
+        ]
+    }
+
     proptest::proptest! {
-        /// The per-server live-flow gauge equals a census of the flow table through
+        /// The live-flow gauges (per server, service and rule) equal a census of the
+        /// flow table through
         /// creation, handshakes, closing and reuse of a tuple, eviction from a small
         /// table, expiry, and flows moved off a server that went down.
         #[test]
@@ -1886,7 +1909,7 @@ mod tests {
                         // Time passes: flows expire.
                         now += 3_000_000_000;
                         w.expire(now, 1000);
-                        proptest::prop_assert_eq!(census(&mut w), w.stats.server_flows.clone());
+                        proptest::prop_assert_eq!(census(&mut w), gauges(&w));
                         continue;
                     }
                     _ => {
@@ -1897,7 +1920,7 @@ mod tests {
                     }
                 };
                 w.process(&mut b, 0, now);
-                proptest::prop_assert_eq!(census(&mut w), w.stats.server_flows.clone());
+                proptest::prop_assert_eq!(census(&mut w), gauges(&w));
             }
         }
     }

@@ -5,7 +5,8 @@
 //! `packets_in == packets_out + sum(drops)`.
 
 use super::meta::DropReason;
-use crate::config::{Pipeline, Target};
+use crate::config::{Entry, Pipeline, Target};
+use crate::flow::{Flow, Owner};
 use serde_json::{Map, Value, json};
 
 /// Counters of one worker.
@@ -47,6 +48,10 @@ pub struct Stats {
     /// `ipvsadm -L` shows as a real server's connections), kept as flows are created,
     /// moved, evicted, expired and removed.
     pub server_flows: Vec<u64>,
+    /// Per service and per pattern rule: live flows it made (whose [`Owner`] it is), a
+    /// gauge kept the same way.
+    pub svc_open: Vec<u64>,
+    pub rule_open: Vec<u64>,
 }
 
 impl Stats {
@@ -77,6 +82,8 @@ impl Stats {
             rule_flows: vec![0; p.flow_rules.len()],
             rule_packets: vec![0; p.flow_rules.len()],
             server_flows: vec![0; p.servers.len()],
+            svc_open: vec![0; p.services.len()],
+            rule_open: vec![0; p.flow_rules.len()],
         }
     }
 
@@ -84,7 +91,11 @@ impl Stats {
     /// reloaded pipeline that grew, [`Pipeline::grows_into`]); never shrinks.
     pub fn grow_to(&mut self, p: &Pipeline) {
         let n = p.services.len();
-        for v in [&mut self.svc_flows, &mut self.svc_packets] {
+        for v in [
+            &mut self.svc_flows,
+            &mut self.svc_packets,
+            &mut self.svc_open,
+        ] {
             if v.len() < n {
                 v.resize(n, 0);
             }
@@ -98,13 +109,76 @@ impl Stats {
             }
         }
         let r = p.flow_rules.len();
-        for v in [&mut self.rule_flows, &mut self.rule_packets] {
+        for v in [
+            &mut self.rule_flows,
+            &mut self.rule_packets,
+            &mut self.rule_open,
+        ] {
             if v.len() < r {
                 v.resize(r, 0);
             }
         }
         if self.server_flows.len() < p.servers.len() {
             self.server_flows.resize(p.servers.len(), 0);
+        }
+    }
+
+    /// Takes the counters from a worker's pipeline `old` to `new`, which
+    /// [grows](Pipeline::grows_into) it: room for what `new` adds
+    /// ([`grow_to`](Self::grow_to)), and zero counters at each index whose entry changed
+    /// (freed by [`Pipeline::reclaim`], or a free index taken by a new entry), so that
+    /// nothing a freed entry counted shows under the next one. No flow holds such an
+    /// index (checked in debug builds).
+    pub fn adopt(&mut self, old: &Pipeline, new: &Pipeline) {
+        self.grow_to(new);
+        for (i, (a, b)) in old.servers.iter().zip(&new.servers).enumerate() {
+            if a.name != b.name {
+                debug_assert_eq!(self.server_flows[i], 0, "flows on freed server {i}");
+                self.server_flows[i] = 0;
+            }
+        }
+        for (i, (a, b)) in old.services.iter().zip(&new.services).enumerate() {
+            let row = &mut self.svc_server_packets[i];
+            if a.name != b.name {
+                debug_assert_eq!(self.svc_open[i], 0, "flows of freed service {i}");
+                self.svc_flows[i] = 0;
+                self.svc_packets[i] = 0;
+                self.svc_open[i] = 0;
+                row.fill(0);
+                continue;
+            }
+            for (j, (x, y)) in a.members.iter().zip(&b.members).enumerate() {
+                if x.server != y.server {
+                    row[j] = 0;
+                }
+            }
+        }
+        for (i, (a, b)) in old.flow_rules.iter().zip(&new.flow_rules).enumerate() {
+            if a.name != b.name {
+                debug_assert_eq!(self.rule_open[i], 0, "flows of freed rule {i}");
+                self.rule_flows[i] = 0;
+                self.rule_packets[i] = 0;
+                self.rule_open[i] = 0;
+            }
+        }
+    }
+
+    /// True when every counter at index `e` reads zero (and `e` is counted here):
+    /// `flowgate run` gives a free index to a new entry only then.
+    pub fn counts_nothing(&self, e: Entry) -> bool {
+        let zero = |v: &[u64], i: usize| v.get(i) == Some(&0);
+        match e {
+            Entry::Server(i) => zero(&self.server_flows, i),
+            Entry::Service(i) => {
+                zero(&self.svc_flows, i)
+                    && zero(&self.svc_packets, i)
+                    && zero(&self.svc_open, i)
+                    && (self.svc_server_packets.get(i)).is_some_and(|r| r.iter().all(|&n| n == 0))
+            }
+            Entry::Member(i, j) => (self.svc_server_packets.get(i)).is_some_and(|r| zero(r, j)),
+            Entry::Rule(i) => {
+                zero(&self.rule_flows, i) && zero(&self.rule_packets, i) && zero(&self.rule_open, i)
+            }
         }
     }
 
@@ -142,6 +216,8 @@ impl Stats {
         add(&mut self.rule_flows, &o.rule_flows);
         add(&mut self.rule_packets, &o.rule_packets);
         add(&mut self.server_flows, &o.server_flows);
+        add(&mut self.svc_open, &o.svc_open);
+        add(&mut self.rule_open, &o.rule_open);
         for (a, b) in self
             .svc_server_packets
             .iter_mut()
@@ -151,29 +227,41 @@ impl Stats {
         }
     }
 
-    /// A flow to `target` entered the flow table (or moved there): the server's gauge.
+    /// Flow `f` entered the flow table (or moved to its target or owner): the gauges of
+    /// its server and of its service or rule.
     #[inline]
-    pub fn flow_in(&mut self, target: Target) {
-        if let Target::Server(s) = target
-            && let Some(n) = self.server_flows.get_mut(s as usize)
-        {
+    pub fn flow_in(&mut self, f: &Flow) {
+        for n in self.gauges(f).into_iter().flatten() {
             *n += 1;
         }
     }
 
-    /// A flow to `target` left the flow table (or moved away).
+    /// Flow `f` left the flow table (or its target or owner changed).
     #[inline]
-    pub fn flow_out(&mut self, target: Target) {
-        if let Target::Server(s) = target
-            && let Some(n) = self.server_flows.get_mut(s as usize)
-        {
+    pub fn flow_out(&mut self, f: &Flow) {
+        for n in self.gauges(f).into_iter().flatten() {
             *n = n.saturating_sub(1);
         }
     }
 
+    /// The gauges flow `f` counts in: its server's, its service's or rule's.
+    #[inline]
+    fn gauges(&mut self, f: &Flow) -> [Option<&mut u64>; 2] {
+        let server = match f.target {
+            Target::Server(s) => self.server_flows.get_mut(usize::from(s)),
+            _ => None,
+        };
+        let owner = match f.owner {
+            Owner::Service(i) => self.svc_open.get_mut(usize::from(i)),
+            Owner::Rule(i) => self.rule_open.get_mut(usize::from(i)),
+            Owner::Other => None,
+        };
+        [server, owner]
+    }
+
     /// A flow evicted from a full flow table.
-    pub fn evicted(&mut self, f: &crate::flow::Flow) {
-        self.flow_out(f.target);
+    pub fn evicted(&mut self, f: &Flow) {
+        self.flow_out(f);
         self.flows_evicted += 1;
         if f.assured() {
             self.flows_evicted_assured += 1;
@@ -195,9 +283,10 @@ impl Stats {
             }
         }
         let mut services = Map::new();
-        for (i, s) in p.services.iter().enumerate() {
+        // Free indices (see `Pipeline::reclaim`) have no name and count nothing.
+        for (i, s) in p.services.iter().enumerate().filter(|(_, s)| !s.vacant()) {
             let mut servers = Map::new();
-            for (j, m) in s.members.iter().enumerate() {
+            for (j, m) in s.members.iter().enumerate().filter(|(_, m)| !m.vacant()) {
                 servers.insert(
                     p.servers[m.server as usize].name.clone(),
                     json!(self.svc_server_packets[i][j]),
@@ -205,14 +294,16 @@ impl Stats {
             }
             services.insert(
                 s.name.clone(),
-                json!({ "flows": self.svc_flows[i], "packets": self.svc_packets[i], "servers": servers }),
+                json!({ "flows": self.svc_flows[i], "open_flows": self.svc_open[i],
+                        "packets": self.svc_packets[i], "servers": servers }),
             );
         }
         let mut rules = Map::new();
-        for (i, r) in p.flow_rules.iter().enumerate() {
+        for (i, r) in p.flow_rules.iter().enumerate().filter(|(_, r)| !r.vacant()) {
             rules.insert(
                 r.name.clone(),
-                json!({ "flows": self.rule_flows[i], "packets": self.rule_packets[i] }),
+                json!({ "flows": self.rule_flows[i], "open_flows": self.rule_open[i],
+                        "packets": self.rule_packets[i] }),
             );
         }
         // Live flows per server, by name (a server in several services counted once).
@@ -220,6 +311,7 @@ impl Stats {
             .servers
             .iter()
             .zip(&self.server_flows)
+            .filter(|(s, _)| !s.vacant())
             .map(|(s, n)| (s.name.clone(), json!(n)))
             .collect();
         json!({

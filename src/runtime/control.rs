@@ -138,6 +138,11 @@ impl ControlRt {
         p
     }
 
+    /// The base pipeline: the file as loaded (or reloaded), with the slots reserved.
+    pub fn base(&self) -> &Pipeline {
+        &self.base
+    }
+
     /// A new base pipeline (SIGHUP reload, from [`with_slots`](Self::with_slots), same
     /// shape); returns the pipeline to publish.
     pub fn set_base(&mut self, base: Pipeline) -> Pipeline {

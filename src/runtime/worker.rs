@@ -36,6 +36,9 @@ pub const MAX_POLLED_RXQ: u16 = 16;
 pub const DISPATCH_QUEUE: usize = 4096;
 /// Expiry work per poll loop (flows examined at most).
 const EXPIRE_PER_LOOP: usize = 32;
+/// How often the management loop looks for removed entries whose last flow ended
+/// ([`reclaim`]).
+const RECLAIM_EVERY: Duration = Duration::from_secs(1);
 /// Flow-table slots a sweep (after a changed advertised flow) visits per poll loop: 1M
 /// flows take 3907 loops, each step about 2.2 µs on the development VM
 /// (`cargo run --release --example sweeptime`).
@@ -63,7 +66,9 @@ pub struct RunResult {
 
 /// What the management lcore shares with a worker.
 struct Slot {
-    stats: Mutex<Stats>,
+    /// The worker's counters, and the generation of the tables it ran when it copied
+    /// them (see [`worker_sum`]).
+    stats: Mutex<(Stats, u64)>,
     /// Monotonic ns of the last non-empty receive, or of the start of polling (0: the
     /// worker is not polling yet).
     last_rx_ns: AtomicU64,
@@ -81,6 +86,9 @@ struct Shared {
     /// Workers that have left their poll loop (and flushed their TX batches).
     stopped: AtomicU64,
     generation: AtomicU64,
+    /// The generation of the last tables a reload published (those that removed what
+    /// the running tables keep, see [`reclaim`]).
+    regrown: AtomicU64,
     tables: Mutex<Arc<Tables>>,
     slots: Vec<Slot>,
     start: Instant,
@@ -307,10 +315,11 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
         stop: AtomicBool::new(false),
         stopped: AtomicU64::new(0),
         generation: AtomicU64::new(1),
+        regrown: AtomicU64::new(1),
         tables: Mutex::new(Arc::clone(&tables)),
         slots: (0..n_workers)
             .map(|_| Slot {
-                stats: Mutex::new(Stats::new(&tables.pipeline)),
+                stats: Mutex::new((Stats::new(&tables.pipeline), 0)),
                 last_rx_ns: AtomicU64::new(0),
                 flows: AtomicU64::new(0),
                 tx_refused: AtomicU64::new(0),
@@ -408,7 +417,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
     let mut drained = 0u64;
     for slot in &shared.slots {
         drained += slot.drained.load(Relaxed);
-        total.merge(&slot.stats.lock());
+        total.merge(&slot.stats.lock().0);
         flows += slot.flows.load(Relaxed);
         tx_refused += slot.tx_refused.load(Relaxed);
         dispatch_dropped += slot.dispatch_dropped.load(Relaxed);
@@ -496,6 +505,7 @@ fn manage(
     let p0 = Arc::clone(&shared.tables.lock());
     let mut sum = Stats::new(&p0.pipeline);
     let mut last_print = Instant::now();
+    let mut last_reclaim = Instant::now();
     let (mut last_in, mut last_out) = (0u64, 0u64);
     loop {
         // The control plane's turn doubles as the loop's 10 ms wait.
@@ -533,6 +543,10 @@ fn manage(
         if hup.swap(false, Relaxed) {
             reload(conf, shared, control.as_deref_mut());
         }
+        if last_reclaim.elapsed() >= RECLAIM_EVERY {
+            last_reclaim = Instant::now();
+            reclaim(shared, control.as_deref_mut());
+        }
         // Outside the lock: freeing a table takes milliseconds.
         let retired = std::mem::take(&mut *shared.retired.lock());
         drop(retired);
@@ -549,7 +563,7 @@ fn manage(
             sum = Stats::new(&cur.pipeline);
             let (mut flows, mut tx_refused, mut dispatch_dropped) = (0, 0, 0);
             for s in &shared.slots {
-                sum.merge(&s.stats.lock());
+                sum.merge(&s.stats.lock().0);
                 flows += s.flows.load(Relaxed);
                 tx_refused += s.tx_refused.load(Relaxed);
                 dispatch_dropped += s.dispatch_dropped.load(Relaxed);
@@ -674,7 +688,11 @@ fn reload(conf: &RunConf, shared: &Shared, control: Option<&mut ControlRt>) {
             let cur = Arc::clone(&shared.tables.lock());
             // New servers, services and members may join and removed ones are kept
             // (down, weight 0, retired); nothing that flows or counters point at moves.
-            let p = match cur.pipeline.regrow(p) {
+            // New entries take free indices where every worker's counters read zero (a
+            // worker that has not taken the tables that freed one may still show what
+            // the entry there counted).
+            let (sum, _) = worker_sum(shared, &cur);
+            let p = match cur.pipeline.regrow_with(p, |e| sum.counts_nothing(e)) {
                 Ok(p) => p,
                 Err(why) => {
                     crate::logln!("reload refused: {why} (restart to apply)");
@@ -689,18 +707,69 @@ fn reload(conf: &RunConf, shared: &Shared, control: Option<&mut ControlRt>) {
                 Some(c) => c.set_base(p),
                 None => p,
             };
-            publish_tables(shared, p, &why);
+            let g = publish_tables(shared, p, &why);
+            shared.regrown.store(g, Relaxed);
         }
     }
 }
 
+/// Every worker's counters summed (shaped as `cur`), and whether each copied them
+/// running the tables of the last reload or later ones: then an entry the current
+/// tables keep for its flows (removed by that reload or an earlier one) that no flow of
+/// these counts uses has no flow left at all, since none is made after it is removed.
+fn worker_sum(shared: &Shared, cur: &Tables) -> (Stats, bool) {
+    let regrown = shared.regrown.load(Relaxed);
+    let mut sum = Stats::new(&cur.pipeline);
+    let mut settled = true;
+    for slot in &shared.slots {
+        let s = slot.stats.lock();
+        settled &= s.1 >= regrown;
+        sum.merge(&s.0);
+    }
+    (sum, settled)
+}
+
+/// Frees the entries reloads removed whose last flow ended ([`Pipeline::reclaim`]) and
+/// publishes the tables without them: their names leave the counters, and their indices
+/// wait for new entries. Waits (does nothing) until every worker has taken the last
+/// reload's tables and published its counters from them.
+fn reclaim(shared: &Shared, control: Option<&mut ControlRt>) {
+    let cur = Arc::clone(&shared.tables.lock());
+    if !cur.pipeline.keeps_removed() {
+        return;
+    }
+    let (sum, settled) = worker_sum(shared, &cur);
+    if !settled {
+        return;
+    }
+    let open = crate::config::OpenFlows {
+        servers: &sum.server_flows,
+        services: &sum.svc_open,
+        rules: &sum.rule_open,
+    };
+    let base = control.as_ref().map_or(&cur.pipeline, |c| c.base());
+    let Some((p, freed)) = base.reclaim(&open) else {
+        return;
+    };
+    let p = match control {
+        Some(c) => c.set_base(p),
+        None => p,
+    };
+    publish_tables(
+        shared,
+        p,
+        &format!("freed, their last flows ended: {freed}"),
+    );
+}
+
 /// Builds and publishes tables for `p` (the current ones' shape, or grown from it):
-/// workers take them at their next poll.
-fn publish_tables(shared: &Shared, p: Pipeline, why: &str) {
+/// workers take them at their next poll. Returns their generation.
+fn publish_tables(shared: &Shared, p: Pipeline, why: &str) -> u64 {
     let g = shared.generation.load(Relaxed) + 1;
     *shared.tables.lock() = Arc::new(Tables::build(p, g));
     shared.generation.store(g, Relaxed);
     crate::logln!("{why} (generation {g})");
+    g
 }
 
 /// Marks the slot done when the worker leaves its loop, also by a panic.
@@ -853,7 +922,11 @@ fn worker_loop<'q>(
 }
 
 fn publish(slot: &Slot, w: &Worker, io: &WorkerIo<'_>, dispatch_dropped: u64) {
-    copy_stats(&mut slot.stats.lock(), &w.stats);
+    {
+        let mut s = slot.stats.lock();
+        copy_stats(&mut s.0, &w.stats);
+        s.1 = w.tables().generation;
+    }
     slot.flows.store(w.flow_count() as u64, Relaxed);
     slot.tx_refused
         .store(io.tx.iter().map(TxQueue::refused).sum(), Relaxed);
