@@ -706,3 +706,82 @@ fn a_broken_path_to_the_supervisor_holds_the_view() {
     );
     assert_eq!(c.to_json()["holding"], false);
 }
+
+/// A reload that removes a server whose agent still runs, as `flowgate run` takes it
+/// (regrown from what it publishes, then the control plane's base): the server stays
+/// down and its agent cannot send it flows; once freed (no flow left) its name leaves
+/// the control plane's view and counts, and a new server taking its index starts
+/// unheard (kept up with `unheard: keep`, whatever the old one's agent did).
+#[test]
+fn a_removed_server_is_out_of_its_agents_reach_and_freed() {
+    let env = Env::new("");
+    let _sup = env.supervisor();
+    let _a1 = env.agent("s1", 1, free_port(), "");
+    let _a2 = env.agent("s2", 2, free_port(), "");
+    let base = Pipeline::from_str(PIPELINE, Path::new("p.yaml")).unwrap();
+    let mut c = ControlRt::start(&env.control(Unheard::Keep, 2, None), base).expect("starts");
+    turn_until(&mut c, "s1 and s2 heard", |p| {
+        p.servers[0].load == 0.25 && p.servers[1].load == 0.25
+    });
+    // The reload: s2 leaves the file.
+    let without_s2 = PIPELINE.replace(
+        "- { name: s2, mac: \"02:00:00:00:01:02\", weight: 100 }\n      ",
+        "",
+    );
+    let file = Pipeline::from_str(&without_s2, Path::new("p.yaml")).unwrap();
+    let g = c.effective().regrow(c.with_slots(file)).expect("kept");
+    let e = c.set_base(g);
+    assert!(e.servers[1].removed);
+    assert_eq!(state(&e, "s2"), ServerState::Down);
+    assert!(c.to_json()["servers"]["s2"]["system"].is_null());
+    // Its agent advertises a flow to it: refused, however long it keeps at it.
+    let reply = advertise_clients_to_s2(&env, &[]);
+    assert_eq!(reply["ok"], true, "{reply}");
+    let t0 = Instant::now();
+    loop {
+        c.turn(Duration::from_millis(10));
+        let j = c.to_json();
+        let why = j["flows_refused"][0]["why"].as_str().unwrap_or("");
+        if why.contains("not a live pipeline server") {
+            assert_eq!(j["flows"].as_array().map(Vec::len), Some(0), "{j}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "the advert refused: {j}"
+        );
+    }
+    assert_eq!(state(&c.effective(), "s2"), ServerState::Down);
+    // No flow left on s2: freed, out of the view and the counts.
+    let zero = [0u64; 8];
+    let open = flowgate::config::OpenFlows {
+        servers: &zero,
+        services: &zero,
+        rules: &zero,
+    };
+    let (r, freed) = c.base().reclaim(&open).expect("s2 freed");
+    assert_eq!(freed.servers, ["s2"]);
+    let e = c.set_base(r);
+    assert!(e.servers[1].vacant());
+    let j = c.to_json();
+    let names: Vec<&String> = j["servers"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["s1", "s3"], "{j}");
+    assert!(
+        c.summary().contains("servers up 2 draining 0 down 0"),
+        "{}",
+        c.summary()
+    );
+    // s4 (no agent) takes the free index, and stays up: never heard.
+    let with_s4 = PIPELINE.replace(
+        "name: s2, mac: \"02:00:00:00:01:02\"",
+        "name: s4, mac: \"02:00:00:00:01:04\"",
+    );
+    let file = Pipeline::from_str(&with_s4, Path::new("p.yaml")).unwrap();
+    let g = c.effective().regrow(c.with_slots(file)).expect("grows");
+    assert_eq!(g.servers[1].name, "s4");
+    c.set_base(g);
+    for _ in 0..50 {
+        c.turn(Duration::from_millis(10));
+    }
+    assert_eq!(state(&c.effective(), "s4"), ServerState::Up);
+}

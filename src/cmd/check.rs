@@ -3,6 +3,7 @@
 use super::summary::{mac, qos, target};
 use crate::config::{Affinity, Forwarding, Pipeline, Service};
 use crate::pipeline::Tables;
+use hashbrown::HashSet;
 use std::fmt::Write as _;
 
 /// The compiled summary of `p` as text.
@@ -139,43 +140,31 @@ pub fn render(p: &Pipeline) -> String {
 /// Whether a run on `old` takes `new` on SIGHUP ([`Pipeline::regrow`]): what it adds, or
 /// why it would be refused.
 pub fn reload_verdict(old: &Pipeline, new: Pipeline) -> Result<String, String> {
-    let names = |v: &mut dyn Iterator<Item = &str>| -> hashbrown::HashSet<String> {
-        v.filter(|n| !n.is_empty()).map(str::to_string).collect()
-    };
-    let (old_servers, new_servers) = (
-        names(&mut old.servers.iter().map(|s| s.name.as_str())),
-        names(&mut new.servers.iter().map(|s| s.name.as_str())),
-    );
-    let (old_services, new_services) = (
-        names(&mut old.services.iter().map(|s| s.name.as_str())),
-        names(&mut new.services.iter().map(|s| s.name.as_str())),
-    );
-    // Entries of `old` (by name, a free index has none) that `new` lacks.
-    let gone = |old: &mut dyn Iterator<Item = &str>, new: &hashbrown::HashSet<String>| {
-        old.filter(|n| !n.is_empty() && !new.contains(*n))
-            .map(str::to_string)
-            .collect::<Vec<String>>()
-    };
-    let gone_servers = gone(
-        &mut old.servers.iter().map(|s| s.name.as_str()),
-        &new_servers,
-    );
-    let gone_services = gone(
-        &mut old.services.iter().map(|s| s.name.as_str()),
-        &new_services,
-    );
+    // By name, in sets (a file may list thousands); a free index has no name.
+    fn names<'a>(v: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+        v.filter(|n| !n.is_empty()).collect()
+    }
+    fn lacking(a: &[&str], b: &[&str]) -> Vec<String> {
+        let b: HashSet<&str> = b.iter().copied().collect();
+        (a.iter())
+            .filter(|n| !b.contains(*n))
+            .map(|n| n.to_string())
+            .collect()
+    }
+    fn servers(p: &Pipeline) -> Vec<&str> {
+        names(p.servers.iter().map(|s| s.name.as_str()))
+    }
+    fn services(p: &Pipeline) -> Vec<&str> {
+        names(p.services.iter().map(|s| s.name.as_str()))
+    }
+    let gone_servers = lacking(&servers(old), &servers(&new));
+    let gone_services = lacking(&services(old), &services(&new));
     let g = old.regrow(new)?;
     let members = |p: &Pipeline| p.services.iter().map(Service::live_members).sum::<usize>();
-    let added = |old: &hashbrown::HashSet<String>, now: &mut dyn Iterator<Item = &str>| {
-        now.filter(|n| !n.is_empty() && !old.contains(*n)).count()
-    };
     let mut v = format!(
         "accepted (adds servers {}, services {}, service members {})",
-        added(&old_servers, &mut g.servers.iter().map(|s| s.name.as_str())),
-        added(
-            &old_services,
-            &mut g.services.iter().map(|s| s.name.as_str())
-        ),
+        lacking(&servers(&g), &servers(old)).len(),
+        lacking(&services(&g), &services(old)).len(),
         members(&g).saturating_sub(members(old))
     );
     for c in crate::config::changes::reload_changes(old, &g) {

@@ -269,7 +269,12 @@ impl ControlRt {
 
     /// One line for the periodic summary: registration, servers by state, applied flows.
     pub fn summary(&self) -> String {
-        let n = |st: ServerState| self.view.servers.iter().filter(|v| v.state == st).count();
+        // Free indices (a removed server's, `Pipeline::reclaim`) are no servers.
+        let n = |st: ServerState| {
+            (self.view.servers.iter().zip(&self.base.servers))
+                .filter(|(v, s)| v.state == st && !s.vacant())
+                .count()
+        };
         format!(
             "control: {}{}, servers up {} draining {} down {}, advertised flows {}",
             if self.registered() {
@@ -293,6 +298,7 @@ impl ControlRt {
             .iter()
             .zip(&self.view.servers)
             .enumerate()
+            .filter(|(_, (s, _))| !s.vacant())
             .map(|(i, (s, v))| {
                 let state = match v.state {
                     ServerState::Up => "up",
