@@ -663,7 +663,8 @@ fn port_stats_json(conf: &RunConf, ports: &[Port<'_>]) -> serde_json::Value {
 
 /// SIGHUP: reload the pipeline and publish new tables when it can replace the running one
 /// ([`Pipeline::regrow`]: servers, services and members may be added, removed ones are
-/// kept until a restart), with the control plane's view applied on top when there is one.
+/// kept while flows use them, see [`reclaim`]), with the control plane's view applied on
+/// top when there is one.
 /// The conf file is read again for its `flows.capacity` (a new size is a new flow table
 /// in each worker); its other settings take a restart.
 fn reload(conf: &RunConf, shared: &Shared, control: Option<&mut ControlRt>) {
