@@ -108,9 +108,13 @@ pub struct Outcome {
 /// Immutable tables a worker reads; rebuilt and swapped as a whole.
 pub struct Tables {
     pub pipeline: Pipeline,
-    pub classifier: Box<dyn Classifier>,
-    /// Per service: Maglev table over its members (lookup gives a member index).
-    pub maglev: Vec<Maglev>,
+    /// Shared with the tables before when the rules are the same
+    /// ([`build_after`](Tables::build_after)).
+    pub classifier: Arc<dyn Classifier>,
+    /// Per service: Maglev table over its members (lookup gives a member index); shared
+    /// with the tables before when its members, their order and weights and the size are
+    /// the same.
+    pub maglev: Vec<Arc<Maglev>>,
     /// Server index by MAC (to recognise traffic from inside).
     pub server_by_mac: hashbrown::HashMap<Mac, u16>,
     /// `member_of[svc * servers + server]`: the member index of `server` in service
@@ -154,24 +158,40 @@ impl Tables {
 
     /// Compiles `p` into tables.
     pub fn build(p: Pipeline, generation: u64) -> Tables {
-        let classifier = classify::compile(p.rules());
-        let maglev = p
-            .services
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                // In the file's order (it decides Maglev's ties), then numbered as members.
-                let names: Vec<(&str, u32)> = (s.member_order.iter().map(|&j| usize::from(j)))
-                    .map(|j| {
-                        (
-                            p.servers[s.members[j].server as usize].name.as_str(),
-                            effective_weight(&p, i, j),
-                        )
-                    })
-                    .collect();
-                let mut m = Maglev::build(&names, s.table_size);
-                m.renumber(&s.member_order);
-                m
+        Self::build_reusing(p, generation, None)
+    }
+
+    /// Compiles `p` into tables, taking from `prev` (the tables it replaces) what `p`
+    /// would compile to the same: the classifier when the rules are the same, and each
+    /// service's Maglev table when its inputs are (so a control-plane publication that
+    /// changes one server's state rebuilds only the services it is a member of).
+    pub fn build_after(p: Pipeline, generation: u64, prev: &Tables) -> Tables {
+        Self::build_reusing(p, generation, Some(prev))
+    }
+
+    fn build_reusing(p: Pipeline, generation: u64, prev: Option<&Tables>) -> Tables {
+        let rules = p.rules();
+        let classifier = match prev {
+            Some(t) if t.pipeline.rules() == rules => Arc::clone(&t.classifier),
+            _ => Arc::from(classify::compile(rules)),
+        };
+        let maglev = (0..p.services.len())
+            .map(|i| {
+                let input = maglev_input(&p, i);
+                match prev {
+                    Some(t)
+                        if i < t.pipeline.services.len()
+                            && maglev_input(&t.pipeline, i) == input =>
+                    {
+                        Arc::clone(&t.maglev[i])
+                    }
+                    _ => {
+                        let (names, size, order) = input;
+                        let mut m = Maglev::build(&names, size);
+                        m.renumber(order);
+                        Arc::new(m)
+                    }
+                }
             })
             .collect();
         let server_by_mac = p
@@ -201,6 +221,22 @@ impl Tables {
             generation,
         }
     }
+}
+
+/// What service `i`'s Maglev table is built from: its members' names and effective
+/// weights in the file's order (which decides Maglev's ties), the table size, and the
+/// member indices they are numbered with.
+fn maglev_input(p: &Pipeline, i: usize) -> (Vec<(&str, u32)>, usize, &[u16]) {
+    let s = &p.services[i];
+    let names = (s.member_order.iter().map(|&j| usize::from(j)))
+        .map(|j| {
+            (
+                p.servers[s.members[j].server as usize].name.as_str(),
+                effective_weight(p, i, j),
+            )
+        })
+        .collect();
+    (names, s.table_size, &s.member_order)
 }
 
 /// The weight member `j` of service `i` has in the Maglev table, after its state and
@@ -1821,6 +1857,112 @@ mod tests {
                 if !from_server {
                     assert_eq!(m.dscp, 34, "{client}: af41 written");
                 }
+            }
+        }
+    }
+
+    /// Three services over four servers, `least-load` on `api` (its weights follow the
+    /// servers' loads), and a pattern rule when `rule`.
+    fn three(states: [&str; 4], loads: [f64; 4], weights: [u32; 4], rule: bool) -> Pipeline {
+        let srv = |i: usize| {
+            format!(
+                "      - {{ name: s{i}, mac: \"02:00:00:00:01:0{i}\", state: {}, load: {}, weight: {} }}\n",
+                states[i], loads[i], weights[i]
+            )
+        };
+        let svc = |name: &str, vip: u8, policy: &str, members: &[usize]| {
+            format!(
+                "  - name: {name}\n    vip: 192.0.2.{vip}\n    proto: tcp\n    ports: [80]\n    policy: {policy}\n    table_size: 251\n    servers:\n{}",
+                members.iter().map(|&i| srv(i)).collect::<String>()
+            )
+        };
+        let flows = if rule {
+            "flows:\n  - { name: r, match: { proto: udp, dst_port: 53 }, to: gateway }\n"
+        } else {
+            ""
+        };
+        let y = format!(
+            "system: {{ mac: \"02:00:00:00:00:01\", gateway: \"02:00:00:00:00:fe\" }}\nservices:\n{}{}{}{flows}",
+            svc("web", 10, "maglev", &[0, 1]),
+            svc("api", 20, "least-load", &[1, 2]),
+            svc("dns", 30, "maglev", &[3])
+        );
+        Pipeline::from_str(&y, Path::new("p.yaml")).unwrap()
+    }
+
+    /// Every slot of every service's Maglev table of `a` names the member `b`'s does.
+    fn same_maglev(a: &Tables, b: &Tables) -> bool {
+        a.maglev.len() == b.maglev.len()
+            && (a.maglev.iter().zip(&b.maglev)).all(|(x, y)| {
+                x.len() == y.len() && (0..x.len() as u64).all(|h| x.lookup(h) == y.lookup(h))
+            })
+    }
+
+    #[test]
+    fn tables_built_after_others_share_what_did_not_change() {
+        let up = ["up"; 4];
+        let p1 = three(up, [0.0; 4], [100; 4], false);
+        let t1 = Tables::build(p1, 1);
+        // s2 goes down: only `api` (its member) is rebuilt; the rules are the same.
+        let p2 = three(["up", "up", "down", "up"], [0.0; 4], [100; 4], false);
+        let t2 = Tables::build_after(p2.clone(), 2, &t1);
+        assert!(Arc::ptr_eq(&t1.classifier, &t2.classifier));
+        assert!(Arc::ptr_eq(&t1.maglev[0], &t2.maglev[0]), "web kept");
+        assert!(!Arc::ptr_eq(&t1.maglev[1], &t2.maglev[1]), "api rebuilt");
+        assert!(Arc::ptr_eq(&t1.maglev[2], &t2.maglev[2]), "dns kept");
+        assert!(same_maglev(&t2, &Tables::build(p2, 2)));
+        // s1's load changes: `api` (least-load) is rebuilt, `web` (maglev) is not.
+        let p3 = three(
+            ["up", "up", "down", "up"],
+            [0.0, 0.5, 0.0, 0.0],
+            [100; 4],
+            false,
+        );
+        let t3 = Tables::build_after(p3.clone(), 3, &t2);
+        assert!(Arc::ptr_eq(&t2.maglev[0], &t3.maglev[0]));
+        assert!(!Arc::ptr_eq(&t2.maglev[1], &t3.maglev[1]));
+        assert!(same_maglev(&t3, &Tables::build(p3, 3)));
+        // A rule added: a new classifier, the same Maglev tables.
+        let p4 = three(
+            ["up", "up", "down", "up"],
+            [0.0, 0.5, 0.0, 0.0],
+            [100; 4],
+            true,
+        );
+        let t4 = Tables::build_after(p4.clone(), 4, &t3);
+        assert!(!Arc::ptr_eq(&t3.classifier, &t4.classifier));
+        assert!((0..3).all(|i| Arc::ptr_eq(&t3.maglev[i], &t4.maglev[i])));
+        let key = classify::Key {
+            dst: classify::v4_mapped([203, 0, 113, 1]),
+            proto: 17,
+            dst_port: 53,
+            ethertype: 0x0800,
+            ..Default::default()
+        };
+        assert_eq!(t4.classifier.classify(&key), Decision::FlowRule(0));
+        assert_eq!(t3.classifier.classify(&key), Decision::NoMatch);
+    }
+
+    proptest::proptest! {
+        /// Whatever the states, loads and weights change to, one after another, tables
+        /// built after the ones before place every slot as tables built afresh.
+        #[test]
+        fn tables_built_after_others_equal_fresh_ones(
+            steps in proptest::collection::vec(
+                (proptest::collection::vec(0u8..3, 4), proptest::collection::vec(0u8..3, 4),
+                 proptest::collection::vec(0u32..3, 4), proptest::bool::ANY),
+                1..8,
+            )
+        ) {
+            let mut prev = Tables::build(three(["up"; 4], [0.0; 4], [100; 4], false), 1);
+            for (g, (st, ld, wt, rule)) in steps.into_iter().enumerate() {
+                let states = [0, 1, 2, 3].map(|i| ["up", "draining", "down"][usize::from(st[i])]);
+                let loads = [0, 1, 2, 3].map(|i| f64::from(ld[i]) / 4.0);
+                let weights = [0, 1, 2, 3].map(|i| wt[i] * 50);
+                let p = three(states, loads, weights, rule);
+                let t = Tables::build_after(p.clone(), g as u64 + 2, &prev);
+                proptest::prop_assert!(same_maglev(&t, &Tables::build(p, 0)));
+                prev = t;
             }
         }
     }

@@ -767,7 +767,12 @@ fn reclaim(shared: &Shared, control: Option<&mut ControlRt>) {
 /// workers take them at their next poll. Returns their generation.
 fn publish_tables(shared: &Shared, p: Pipeline, why: &str) -> u64 {
     let g = shared.generation.load(Relaxed) + 1;
-    *shared.tables.lock() = Arc::new(Tables::build(p, g));
+    // What did not change is taken from the tables in use (Maglev tables are most of
+    // the build: a control-plane change of one server rebuilds only its services').
+    let prev = Arc::clone(&shared.tables.lock());
+    let t = Arc::new(Tables::build_after(p, g, &prev));
+    drop(prev);
+    *shared.tables.lock() = t;
     shared.generation.store(g, Relaxed);
     crate::logln!("{why} (generation {g})");
     g
