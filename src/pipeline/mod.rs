@@ -123,7 +123,28 @@ pub struct Tables {
     member_of: Vec<u16>,
     /// Precomputed routes of the express path.
     express: express::Express,
+    /// The pattern rules' idle timeouts ([`Pipeline::rule_idle_ns`]).
+    rule_idle: Vec<u64>,
+    /// The rules that [claim existing flows](crate::config::FlowRule::claims_existing)
+    /// and can match: what a worker's sweep reconsiders flows by.
+    sweep_rules: Vec<u16>,
+    /// What changed from the tables these were built after ([`Tables::build_after`]),
+    /// checked and worked out on the management core, so that a worker that runs those
+    /// takes these between two bursts without going over every rule.
+    after: Option<After>,
     pub generation: u64,
+}
+
+/// What changed from the tables a [`Tables`] was built after (see `Tables::after`).
+struct After {
+    /// Their generation.
+    generation: u64,
+    /// An index changed entry (freed, or a free one taken): counters to zero there.
+    renamed: bool,
+    /// `flow_table`'s timeouts or a rule's idle timeout changed.
+    timeouts: bool,
+    /// Rules that claim existing flows and changed (their match, target or QoS).
+    claims: Vec<u16>,
 }
 
 impl Tables {
@@ -211,6 +232,18 @@ impl Tables {
             }
         }
         let express = express::Express::build(&p, &member_of);
+        let rule_idle = p.rule_idle_ns();
+        let sweep_rules = (0..p.flow_rules.len() as u16)
+            .filter(|&i| {
+                let r = &p.flow_rules[usize::from(i)];
+                r.claims_existing && r.rule.can_match()
+            })
+            .collect();
+        // Worked out here once rather than in every worker (with 60000 rules, checking
+        // the shape and the timeouts took a worker about 5 ms).
+        let after = prev
+            .filter(|t| t.pipeline.grows_into(&p))
+            .map(|t| After::of(t, &p, &rule_idle));
         Tables {
             pipeline: p,
             classifier,
@@ -218,9 +251,47 @@ impl Tables {
             server_by_mac,
             member_of,
             express,
+            rule_idle,
+            sweep_rules,
+            after,
             generation,
         }
     }
+}
+
+impl After {
+    /// What `p` (with rule idle timeouts `rule_idle`), which grows `t`'s pipeline,
+    /// changes from it.
+    fn of(t: &Tables, p: &Pipeline, rule_idle: &[u64]) -> After {
+        let (a, b) = (&t.pipeline, p);
+        let renamed = (a.servers.iter().zip(&b.servers)).any(|(x, y)| x.name != y.name)
+            || (a.services.iter().zip(&b.services)).any(|(x, y)| {
+                x.name != y.name
+                    || (x.members.iter().zip(&y.members)).any(|(m, n)| m.server != n.server)
+            })
+            || (a.flow_rules.iter().zip(&b.flow_rules)).any(|(x, y)| x.name != y.name);
+        After {
+            generation: t.generation,
+            renamed,
+            timeouts: a.flow_table != b.flow_table || t.rule_idle[..] != rule_idle[..],
+            claims: claims_changed(a, b),
+        }
+    }
+}
+
+/// The rules of `b` that claim existing flows and differ from `a`'s at their index (in
+/// their match, target or QoS): a worker sweeps its flows for them.
+fn claims_changed(a: &Pipeline, b: &Pipeline) -> Vec<u16> {
+    (a.flow_rules.iter().zip(&b.flow_rules).enumerate())
+        .filter(|(_, (o, n))| {
+            n.claims_existing
+                && (o.rule != n.rule
+                    || o.target != n.target
+                    || o.qos != n.qos
+                    || o.reply_qos != n.reply_qos)
+        })
+        .map(|(i, _)| i as u16)
+        .collect()
 }
 
 /// What service `i`'s Maglev table is built from: its members' names and effective
@@ -437,18 +508,32 @@ impl Worker {
     /// A changed rule that [claims existing flows](crate::config::FlowRule::claims_existing)
     /// (an advertised flow) also starts a sweep of the flow table, done by
     /// [`sweep`](Worker::sweep) in bounded steps.
-    pub fn set_tables(&mut self, t: Arc<Tables>) -> Result<(), ShapeChanged> {
-        if !self.tables.pipeline.grows_into(&t.pipeline) {
+    ///
+    /// Returns the tables it replaced (freeing a large pipeline's takes a while: the
+    /// runtime hands them to the management thread).
+    pub fn set_tables(&mut self, t: Arc<Tables>) -> Result<Arc<Tables>, ShapeChanged> {
+        // Tables built after these ones ([`Tables::build_after`]) say what changed,
+        // checked on the management core; others are checked here.
+        let after = t
+            .after
+            .as_ref()
+            .filter(|a| a.generation == self.tables.generation);
+        if after.is_none() && !self.tables.pipeline.grows_into(&t.pipeline) {
             return Err(ShapeChanged);
         }
         // New timeouts: each gets a class of the flow table; flows whose timeout changed
         // move to theirs in the background (`move_flows`). Allocates: a reload that
         // changed them.
         let (p0, p1) = (&self.tables.pipeline, &t.pipeline);
-        let rules = p1.rule_idle_ns();
-        if p0.flow_table != p1.flow_table || p0.rule_idle_ns() != rules {
+        let timeouts = after.map_or_else(
+            || p0.flow_table != p1.flow_table || self.tables.rule_idle != t.rule_idle,
+            |a| a.timeouts,
+        );
+        if timeouts {
             let stats = &mut self.stats;
-            let r = (self.flows).retime(&p1.flow_table, &rules, self.clock, |f| stats.evicted(f));
+            let r = (self.flows).retime(&p1.flow_table, &t.rule_idle, self.clock, |f| {
+                stats.evicted(f)
+            });
             debug_assert!(r.is_ok(), "grows_into checked the timeouts: {r:?}");
             if r.is_err() {
                 return Err(ShapeChanged);
@@ -467,40 +552,27 @@ impl Worker {
         }
         // Counters for what the pipeline gained (allocates only when it grew: a reload),
         // fresh ones where an entry changed.
-        self.stats.adopt(&self.tables.pipeline, &t.pipeline);
-        // One mark per rule (grows, allocating, only when a reload added rules).
-        self.sweep_pending
-            .resize(t.pipeline.flow_rules.len(), false);
-        let old = &self.tables.pipeline.flow_rules;
-        let mut changed = false;
-        for ((pending, o), n) in self
-            .sweep_pending
-            .iter_mut()
-            .zip(old)
-            .zip(&t.pipeline.flow_rules)
-        {
-            if n.claims_existing
-                && (o.rule != n.rule
-                    || o.target != n.target
-                    || o.qos != n.qos
-                    || o.reply_qos != n.reply_qos)
-            {
-                *pending = true;
-                changed = true;
-            }
+        if after.is_some_and(|a| !a.renamed) {
+            self.stats.grow_to(p1);
+        } else {
+            self.stats.adopt(p0, p1);
         }
-        if changed {
+        // One mark per rule (grows, allocating, only when a reload added rules).
+        self.sweep_pending.resize(p1.flow_rules.len(), false);
+        let claims = match after {
+            Some(a) => std::borrow::Cow::Borrowed(&a.claims[..]),
+            None => std::borrow::Cow::Owned(claims_changed(p0, p1)),
+        };
+        for &i in claims.iter() {
+            self.sweep_pending[usize::from(i)] = true;
+        }
+        if !claims.is_empty() {
             // From the start again: flows already passed may match the new change.
             self.sweep_at = Some(0);
         }
         self.sweep_rules.clear();
-        self.sweep_rules
-            .extend((0..t.pipeline.flow_rules.len() as u16).filter(|&i| {
-                let r = &t.pipeline.flow_rules[usize::from(i)];
-                r.claims_existing && r.rule.can_match()
-            }));
-        self.tables = t;
-        Ok(())
+        self.sweep_rules.extend_from_slice(&t.sweep_rules);
+        Ok(std::mem::replace(&mut self.tables, t))
     }
 
     /// Goes on moving the open flows whose timeout a reload changed to the classes of
@@ -1774,10 +1846,10 @@ mod tests {
             Path::new("r.yaml"),
         )
         .unwrap();
-        assert_eq!(
+        assert!(matches!(
             w.set_tables(Arc::new(Tables::build(r, 3))),
             Err(ShapeChanged)
-        );
+        ));
         assert_eq!(w.tables().generation, 2);
     }
 
@@ -1963,6 +2035,169 @@ mod tests {
                 let t = Tables::build_after(p.clone(), g as u64 + 2, &prev);
                 proptest::prop_assert!(same_maglev(&t, &Tables::build(p, 0)));
                 prev = t;
+            }
+        }
+    }
+
+    /// A pipeline of service `s` with the rules `r{k}` (UDP to port 5000 + k, idle
+    /// timeout choice `t`: 0 the default, else 15 t s), `flow_table`'s idle timeout
+    /// choice `idle`, servers `a` and `b` unless `no_b`, and two advertised-flow slots,
+    /// the first pointed at `b` (or `a`) for UDP to 6000 when `slot` says so.
+    fn universe(rules: &[(u8, u8)], idle: u8, no_b: bool, slot: Option<bool>) -> Pipeline {
+        let mut y = String::from("flows:\n");
+        let mut seen = Vec::new();
+        // Each rule once (the first of a number).
+        for (k, t) in rules.iter().filter(|(k, _)| {
+            !seen.contains(k) && {
+                seen.push(*k);
+                true
+            }
+        }) {
+            let to = if *t == 0 {
+                String::new()
+            } else {
+                format!(", idle_timeout: {}", 15 * t)
+            };
+            y += &format!(
+                "  - {{ name: r{k}, match: {{ proto: udp, dst_port: {} }}, to: gateway{to} }}\n",
+                5000 + u16::from(*k)
+            );
+        }
+        if rules.is_empty() {
+            y.clear();
+        }
+        let text = P.replace(
+            "services:\n",
+            &format!(
+                "flow_table: {{ idle_timeout: {} }}\n{y}services:\n",
+                30 + 30 * u32::from(idle)
+            ),
+        );
+        let text = if no_b {
+            text.replace("      - { name: b, mac: \"02:00:00:00:01:02\" }\n", "")
+        } else {
+            text
+        };
+        let mut p = Pipeline::from_str(&text, Path::new("u.yaml")).unwrap();
+        crate::control::overlay::reserve_flow_slots(&mut p, 2);
+        if let Some(to_b) = slot {
+            let i = p.flow_rules.len() - 2;
+            let r = &mut p.flow_rules[i];
+            r.rule.proto = classify::Range::exact(17);
+            r.rule.dst_port = classify::Range::exact(6000);
+            r.target = Target::Server(if to_b && !no_b { 1 } else { 0 });
+        }
+        p
+    }
+
+    /// A UDP frame from `198.51.100.(sp % 200)`:`sp` to `192.0.2.10`:`dp`.
+    fn udp_frame(sp: u16, dp: u16) -> crate::action::FrameBuf {
+        use crate::r#gen::frame::{Tags, begin, finish, udp};
+        let mut f = Vec::new();
+        let c: std::net::IpAddr = format!("198.51.100.{}", sp % 200).parse().unwrap();
+        let lay = begin(
+            &mut f,
+            [2, 0, 0, 0, 0, 1],
+            [2, 0, 0, 0, 0, 0xfe],
+            &Tags::NONE,
+            c,
+            "192.0.2.10".parse().unwrap(),
+            17,
+            1,
+        );
+        udp(&mut f, sp, dp);
+        finish(&mut f, lay);
+        let mut b = crate::action::FrameBuf::new(256);
+        assert!(b.load(&f));
+        b
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// A worker that takes tables built after its own (what changed worked out on
+        /// the management core) ends in the same state as one that takes the same
+        /// pipelines built afresh (and works it out itself): the same sweep to do, the
+        /// same flows to move, the same counters, the same outcomes for the same
+        /// packets; through reloads of rules and timeouts, reclaims (an index changing
+        /// hands), advertised flows coming and going, and a skipped generation.
+        #[test]
+        fn tables_built_after_others_take_a_worker_where_fresh_ones_do(
+            steps in proptest::collection::vec(
+                (proptest::collection::vec((0u8..6, 0u8..3), 0..5), 0u8..2, proptest::bool::ANY,
+                 proptest::option::of(proptest::bool::ANY), proptest::bool::ANY),
+                1..8,
+            )
+        ) {
+            let mut p = universe(&[(0, 0), (1, 1)], 0, false, None);
+            let first = Tables::build(p.clone(), 1);
+            let mut fast = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
+            let mut slow = Worker::new(Arc::new(first));
+            let mut skipped: Option<Arc<Tables>> = None;
+            let mut now = 1_000_000_000u64;
+            for (g, (rules, idle, no_b, slot, skip)) in steps.into_iter().enumerate() {
+                // Flows of the rules, the slot's port and the service.
+                for sp in 0..12u16 {
+                    for dp in [5000 + sp % 6, 6000, 80] {
+                        now += 1000;
+                        let (mut x, mut y) = (udp_frame(sp, dp), udp_frame(sp, dp));
+                        let (o1, o2) = (fast.process(&mut x, 0, now), slow.process(&mut y, 0, now));
+                        proptest::prop_assert_eq!(o1.route, o2.route);
+                        proptest::prop_assert_eq!(x.data(), y.data());
+                    }
+                }
+                let file = universe(&rules, idle, no_b, slot);
+                let mut next = p.regrow(file).unwrap();
+                if no_b && skipped.is_none() {
+                    // Time passes (flows of removed rules expire), then what no flow
+                    // uses is freed, as `flowgate run` does (one worker's gauges, once
+                    // it runs the tables of the last reload).
+                    now += 100_000_000_000;
+                    fast.expire(now, 1 << 16);
+                    slow.expire(now, 1 << 16);
+                    let st = &fast.stats;
+                    let open = crate::config::OpenFlows {
+                        servers: &st.server_flows,
+                        services: &st.svc_open,
+                        rules: &st.rule_open,
+                    };
+                    if let Some((r, _)) = p.reclaim(&open) {
+                        next = r.regrow(universe(&rules, idle, no_b, slot)).unwrap();
+                    }
+                }
+                let generation = g as u64 + 2;
+                let t_fast = Arc::new(Tables::build_after(next.clone(), generation, fast.tables()));
+                proptest::prop_assert!(t_fast.after.is_some());
+                if skip && skipped.is_none() {
+                    // This generation never reaches `fast`: the next one finds it on
+                    // the one before (the slow path).
+                    skipped = Some(t_fast);
+                } else {
+                    skipped = None;
+                    proptest::prop_assert!(fast.set_tables(t_fast).is_ok());
+                    proptest::prop_assert!(slow.set_tables(Arc::new(Tables::build(next.clone(), generation))).is_ok());
+                    proptest::prop_assert_eq!(&fast.sweep_pending, &slow.sweep_pending);
+                    proptest::prop_assert_eq!(fast.sweep_at, slow.sweep_at);
+                    proptest::prop_assert_eq!(&fast.sweep_rules, &slow.sweep_rules);
+                    proptest::prop_assert_eq!(fast.moves_due(), slow.moves_due());
+                    proptest::prop_assert_eq!(fast.stats.to_json(&next), slow.stats.to_json(&next));
+                    // Index by index, free ones included.
+                    let per_index = |w: &Worker| {
+                        let s = &w.stats;
+                        (s.svc_flows.clone(), s.svc_packets.clone(), s.svc_server_packets.clone(),
+                         s.rule_flows.clone(), s.rule_packets.clone(), gauges(w))
+                    };
+                    proptest::prop_assert_eq!(per_index(&fast), per_index(&slow));
+                    while fast.moves_due() || slow.moves_due() {
+                        fast.move_flows(64);
+                        slow.move_flows(64);
+                    }
+                    while fast.sweep_due() || slow.sweep_due() {
+                        fast.sweep(64);
+                        slow.sweep(64);
+                    }
+                }
+                p = next;
             }
         }
     }

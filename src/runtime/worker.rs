@@ -94,8 +94,9 @@ struct Shared {
     start: Instant,
     /// Flow listings (`GET /flows`) between the management loop and the workers.
     board: Board,
-    /// Flow tables the workers' resizes emptied, freed by the management loop (unmapping
-    /// them would hold a worker for milliseconds).
+    /// Flow tables the workers' resizes emptied, and the tables they replaced, freed by
+    /// the management loop (unmapping a large flow table, or freeing a pipeline of many
+    /// rules, would hold a worker for milliseconds).
     retired: Mutex<Vec<Box<dyn Send>>>,
 }
 
@@ -818,7 +819,12 @@ fn worker_loop<'q>(
             // refuses others); a grown one resizes this worker's counters, here between
             // two bursts (an allocation, once per reload that grew the pipeline).
             let table = w.memory()[0].0;
-            let _ = w.set_tables(Arc::clone(&shared.tables.lock()));
+            let latest = Arc::clone(&shared.tables.lock());
+            if let Ok(old) = w.set_tables(latest) {
+                // Freeing a large pipeline takes milliseconds: the management thread
+                // drops the last reference (unless it is not the last one here).
+                shared.retired.lock().push(Box::new(old));
+            }
             if w.memory()[0].0 != table {
                 // A new flow table (a new size): huge pages for it too.
                 crate::port::dpdk::advise_huge_pages(&w.memory());
