@@ -185,7 +185,10 @@ impl Tables {
     /// Compiles `p` into tables, taking from `prev` (the tables it replaces) what `p`
     /// would compile to the same: the classifier when the rules are the same, and each
     /// service's Maglev table when its inputs are (so a control-plane publication that
-    /// changes one server's state rebuilds only the services it is a member of).
+    /// changes one server's state rebuilds only the services it is a member of). A
+    /// worker that runs `prev` takes them without going over the rules again
+    /// ([`Worker::set_tables`]): it knows `prev` by its generation, so generations must
+    /// not repeat (the runtime counts them up).
     pub fn build_after(p: Pipeline, generation: u64, prev: &Tables) -> Tables {
         Self::build_reusing(p, generation, Some(prev))
     }
