@@ -570,27 +570,14 @@ pub struct Freed {
 impl std::fmt::Display for Freed {
     /// `servers ["a"], members ["web"/"a"], rules ["r"]`: the lists that are not empty.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let members: Vec<String> = (self.members.iter())
-            .map(|(s, m)| format!("{s:?}/{m:?}"))
-            .collect();
+        let quoted = |v: &[String]| v.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>();
+        let members = (self.members.iter()).map(|(s, m)| format!("{s:?}/{m:?}"));
         let mut sep = "";
         for (what, v) in [
-            (
-                "servers",
-                self.servers.iter().map(|n| format!("{n:?}")).collect(),
-            ),
-            (
-                "services",
-                self.services.iter().map(|n| format!("{n:?}")).collect(),
-            ),
-            ("members", members),
-            (
-                "rules",
-                self.rules
-                    .iter()
-                    .map(|n| format!("{n:?}"))
-                    .collect::<Vec<_>>(),
-            ),
+            ("servers", quoted(&self.servers)),
+            ("services", quoted(&self.services)),
+            ("members", members.collect()),
+            ("rules", quoted(&self.rules)),
         ] {
             if !v.is_empty() {
                 write!(f, "{sep}{what} [{}]", v.join(", "))?;
@@ -672,15 +659,6 @@ impl Pipeline {
     /// start again from zero and which no flow holds: see
     /// [`reclaim`](Self::reclaim).)
     pub fn grows_into(&self, new: &Pipeline) -> bool {
-        let in_order = |order: &[u16], n: usize| {
-            let mut v = vec![false; n];
-            for &i in order {
-                if let Some(x) = v.get_mut(usize::from(i)) {
-                    *x = true;
-                }
-            }
-            v
-        };
         let live_rules = in_order(&self.rule_order, self.flow_rules.len());
         self.servers.len() <= new.servers.len()
             && (self.servers.iter().zip(&new.servers)).all(|(a, b)| a.name == b.name || a.removed)
@@ -887,6 +865,35 @@ impl Pipeline {
         Ok(())
     }
 
+    /// The indices of `self` whose entry `new` (which [grows](Self::grows_into) it)
+    /// changes: a free index taken, or an entry freed ([`reclaim`](Self::reclaim)). Their
+    /// counters start again from zero.
+    pub fn changed_entries(&self, new: &Pipeline) -> Vec<Entry> {
+        let mut v = Vec::new();
+        for (i, (a, b)) in self.servers.iter().zip(&new.servers).enumerate() {
+            if a.name != b.name {
+                v.push(Entry::Server(i));
+            }
+        }
+        for (i, (a, b)) in self.services.iter().zip(&new.services).enumerate() {
+            if a.name != b.name {
+                v.push(Entry::Service(i));
+                continue;
+            }
+            for (j, (x, y)) in a.members.iter().zip(&b.members).enumerate() {
+                if x.server != y.server {
+                    v.push(Entry::Member(i, j));
+                }
+            }
+        }
+        for (i, (a, b)) in self.flow_rules.iter().zip(&new.flow_rules).enumerate() {
+            if a.name != b.name {
+                v.push(Entry::Rule(i));
+            }
+        }
+        v
+    }
+
     /// Whether a reload removed entries that are still kept for their flows (servers,
     /// services, members, pattern rules): what [`reclaim`](Self::reclaim) may free.
     pub fn keeps_removed(&self) -> bool {
@@ -923,10 +930,7 @@ impl Pipeline {
                 *s = s.vacated();
             }
         }
-        let mut live_rules = vec![false; p.flow_rules.len()];
-        for &i in &p.rule_order {
-            live_rules[usize::from(i)] = true;
-        }
+        let live_rules = in_order(&p.rule_order, p.flow_rules.len());
         let idle = p.flow_table.idle_ns;
         for (i, r) in p.flow_rules.iter_mut().enumerate() {
             if !live_rules[i] && !r.vacant() && none(open.rules, i) {
@@ -935,10 +939,7 @@ impl Pipeline {
             }
         }
         for s in p.services.iter_mut().filter(|s| !s.vacant()) {
-            let mut live = vec![false; s.members.len()];
-            for &j in &s.member_order {
-                live[usize::from(j)] = true;
-            }
+            let live = in_order(&s.member_order, s.members.len());
             for (m, live) in s.members.iter_mut().zip(live) {
                 if !live && !m.vacant() && none(open.servers, usize::from(m.server)) {
                     let server = &self.servers[usize::from(m.server)].name;
@@ -1023,6 +1024,17 @@ fn regrow_members(old: &Service, mut n: Service, reusable: impl Fn(usize) -> boo
         .collect();
     n.members = members;
     n
+}
+
+/// `order` (indices into a list of `n`) as one mark per index: which entries are in it.
+fn in_order(order: &[u16], n: usize) -> Vec<bool> {
+    let mut v = vec![false; n];
+    for &i in order {
+        if let Some(x) = v.get_mut(usize::from(i)) {
+            *x = true;
+        }
+    }
+    v
 }
 
 /// [`Pipeline::regrow`]'s merge of one list by identity (`id`; `None` for a free index):

@@ -126,7 +126,8 @@ pub struct Tables {
     /// The pattern rules' idle timeouts ([`Pipeline::rule_idle_ns`]).
     rule_idle: Vec<u64>,
     /// The rules that [claim existing flows](crate::config::FlowRule::claims_existing)
-    /// and can match: what a worker's sweep reconsiders flows by.
+    /// and can match, by index (the advertised-flow slots: also their priority order):
+    /// what a worker's sweep reconsiders flows by.
     sweep_rules: Vec<u16>,
     /// What changed from the tables these were built after ([`Tables::build_after`]),
     /// checked and worked out on the management core, so that a worker that runs those
@@ -139,8 +140,9 @@ pub struct Tables {
 struct After {
     /// Their generation.
     generation: u64,
-    /// An index changed entry (freed, or a free one taken): counters to zero there.
-    renamed: bool,
+    /// Indices whose entry changed (freed, or a free one taken): counters to zero there
+    /// ([`Pipeline::changed_entries`]).
+    changed: Vec<crate::config::Entry>,
     /// `flow_table`'s timeouts or a rule's idle timeout changed.
     timeouts: bool,
     /// Rules that claim existing flows and changed (their match, target or QoS).
@@ -267,15 +269,9 @@ impl After {
     /// changes from it.
     fn of(t: &Tables, p: &Pipeline, rule_idle: &[u64]) -> After {
         let (a, b) = (&t.pipeline, p);
-        let renamed = (a.servers.iter().zip(&b.servers)).any(|(x, y)| x.name != y.name)
-            || (a.services.iter().zip(&b.services)).any(|(x, y)| {
-                x.name != y.name
-                    || (x.members.iter().zip(&y.members)).any(|(m, n)| m.server != n.server)
-            })
-            || (a.flow_rules.iter().zip(&b.flow_rules)).any(|(x, y)| x.name != y.name);
         After {
             generation: t.generation,
-            renamed,
+            changed: a.changed_entries(b),
             timeouts: a.flow_table != b.flow_table || t.rule_idle[..] != rule_idle[..],
             claims: claims_changed(a, b),
         }
@@ -384,9 +380,6 @@ pub struct Worker {
     sweep_pending: Vec<bool>,
     /// The slot [`sweep`](Worker::sweep) goes on from; `None`: no sweep is due.
     sweep_at: Option<usize>,
-    /// The rules that claim existing flows and can match something, in priority order
-    /// (capacity for all rules, so refilling it does not allocate).
-    sweep_rules: Vec<u16>,
     /// The latest time [`expire`](Worker::expire) was called with: when new timeouts
     /// from [`set_tables`](Worker::set_tables) take effect.
     clock: u64,
@@ -486,7 +479,6 @@ impl Worker {
             burst_keys: Vec::new(),
             sweep_pending: vec![false; p.flow_rules.len()],
             sweep_at: None,
-            sweep_rules: Vec::with_capacity(p.flow_rules.len()),
             clock: 0,
             tables,
         }
@@ -555,10 +547,9 @@ impl Worker {
         }
         // Counters for what the pipeline gained (allocates only when it grew: a reload),
         // fresh ones where an entry changed.
-        if after.is_some_and(|a| !a.renamed) {
-            self.stats.grow_to(p1);
-        } else {
-            self.stats.adopt(p0, p1);
+        match after {
+            Some(a) => self.stats.adopt(p1, &a.changed),
+            None => self.stats.adopt(p1, &p0.changed_entries(p1)),
         }
         // One mark per rule (grows, allocating, only when a reload added rules).
         self.sweep_pending.resize(p1.flow_rules.len(), false);
@@ -573,8 +564,6 @@ impl Worker {
             // From the start again: flows already passed may match the new change.
             self.sweep_at = Some(0);
         }
-        self.sweep_rules.clear();
-        self.sweep_rules.extend_from_slice(&t.sweep_rules);
         Ok(std::mem::replace(&mut self.tables, t))
     }
 
@@ -625,7 +614,7 @@ impl Worker {
             return 0;
         }
         let p = &self.tables.pipeline;
-        let (claiming, pending) = (&self.sweep_rules, &self.sweep_pending);
+        let (claiming, pending) = (&self.tables.sweep_rules, &self.sweep_pending);
         let mut moved = 0;
         let stats = &mut self.stats;
         self.sweep_at = self.flows.table.visit_mut(from, max, |k, f| {
@@ -1979,7 +1968,9 @@ mod tests {
         let p1 = three(up, [0.0; 4], [100; 4], false);
         let t1 = Tables::build(p1, 1);
         // s2 goes down: only `api` (its member) is rebuilt; the rules are the same.
-        let p2 = three(["up", "up", "down", "up"], [0.0; 4], [100; 4], false);
+        let s2_down = ["up", "up", "down", "up"];
+        let s1_half = [0.0, 0.5, 0.0, 0.0];
+        let p2 = three(s2_down, [0.0; 4], [100; 4], false);
         let t2 = Tables::build_after(p2.clone(), 2, &t1);
         assert!(Arc::ptr_eq(&t1.classifier, &t2.classifier));
         assert!(Arc::ptr_eq(&t1.maglev[0], &t2.maglev[0]), "web kept");
@@ -1987,23 +1978,13 @@ mod tests {
         assert!(Arc::ptr_eq(&t1.maglev[2], &t2.maglev[2]), "dns kept");
         assert!(same_maglev(&t2, &Tables::build(p2, 2)));
         // s1's load changes: `api` (least-load) is rebuilt, `web` (maglev) is not.
-        let p3 = three(
-            ["up", "up", "down", "up"],
-            [0.0, 0.5, 0.0, 0.0],
-            [100; 4],
-            false,
-        );
+        let p3 = three(s2_down, s1_half, [100; 4], false);
         let t3 = Tables::build_after(p3.clone(), 3, &t2);
         assert!(Arc::ptr_eq(&t2.maglev[0], &t3.maglev[0]));
         assert!(!Arc::ptr_eq(&t2.maglev[1], &t3.maglev[1]));
         assert!(same_maglev(&t3, &Tables::build(p3, 3)));
         // A rule added: a new classifier, the same Maglev tables.
-        let p4 = three(
-            ["up", "up", "down", "up"],
-            [0.0, 0.5, 0.0, 0.0],
-            [100; 4],
-            true,
-        );
+        let p4 = three(s2_down, s1_half, [100; 4], true);
         let t4 = Tables::build_after(p4.clone(), 4, &t3);
         assert!(!Arc::ptr_eq(&t3.classifier, &t4.classifier));
         assert!((0..3).all(|i| Arc::ptr_eq(&t3.maglev[i], &t4.maglev[i])));
@@ -2181,7 +2162,6 @@ mod tests {
                     proptest::prop_assert!(slow.set_tables(Arc::new(Tables::build(next.clone(), generation))).is_ok());
                     proptest::prop_assert_eq!(&fast.sweep_pending, &slow.sweep_pending);
                     proptest::prop_assert_eq!(fast.sweep_at, slow.sweep_at);
-                    proptest::prop_assert_eq!(&fast.sweep_rules, &slow.sweep_rules);
                     proptest::prop_assert_eq!(fast.moves_due(), slow.moves_due());
                     proptest::prop_assert_eq!(fast.stats.to_json(&next), slow.stats.to_json(&next));
                     // Index by index, free ones included.

@@ -123,42 +123,34 @@ impl Stats {
         }
     }
 
-    /// Takes the counters from a worker's pipeline `old` to `new`, which
+    /// Takes the counters from a worker's pipeline to `new`, which
     /// [grows](Pipeline::grows_into) it: room for what `new` adds
-    /// ([`grow_to`](Self::grow_to)), and zero counters at each index whose entry changed
-    /// (freed by [`Pipeline::reclaim`], or a free index taken by a new entry), so that
-    /// nothing a freed entry counted shows under the next one. No flow holds such an
-    /// index (checked in debug builds).
-    pub fn adopt(&mut self, old: &Pipeline, new: &Pipeline) {
+    /// ([`grow_to`](Self::grow_to)), and zero counters at each index in `changed`, whose
+    /// entry changed ([`Pipeline::changed_entries`]: freed by [`Pipeline::reclaim`], or a
+    /// free index taken by a new entry), so that nothing a freed entry counted shows under
+    /// the next one. No flow holds such an index (checked in debug builds).
+    pub fn adopt(&mut self, new: &Pipeline, changed: &[Entry]) {
         self.grow_to(new);
-        for (i, (a, b)) in old.servers.iter().zip(&new.servers).enumerate() {
-            if a.name != b.name {
-                debug_assert_eq!(self.server_flows[i], 0, "flows on freed server {i}");
-                self.server_flows[i] = 0;
-            }
-        }
-        for (i, (a, b)) in old.services.iter().zip(&new.services).enumerate() {
-            let row = &mut self.svc_server_packets[i];
-            if a.name != b.name {
-                debug_assert_eq!(self.svc_open[i], 0, "flows of freed service {i}");
-                self.svc_flows[i] = 0;
-                self.svc_packets[i] = 0;
-                self.svc_open[i] = 0;
-                row.fill(0);
-                continue;
-            }
-            for (j, (x, y)) in a.members.iter().zip(&b.members).enumerate() {
-                if x.server != y.server {
-                    row[j] = 0;
+        for &e in changed {
+            match e {
+                Entry::Server(i) => {
+                    debug_assert_eq!(self.server_flows[i], 0, "flows on freed server {i}");
+                    self.server_flows[i] = 0;
                 }
-            }
-        }
-        for (i, (a, b)) in old.flow_rules.iter().zip(&new.flow_rules).enumerate() {
-            if a.name != b.name {
-                debug_assert_eq!(self.rule_open[i], 0, "flows of freed rule {i}");
-                self.rule_flows[i] = 0;
-                self.rule_packets[i] = 0;
-                self.rule_open[i] = 0;
+                Entry::Service(i) => {
+                    debug_assert_eq!(self.svc_open[i], 0, "flows of freed service {i}");
+                    self.svc_flows[i] = 0;
+                    self.svc_packets[i] = 0;
+                    self.svc_open[i] = 0;
+                    self.svc_server_packets[i].fill(0);
+                }
+                Entry::Member(i, j) => self.svc_server_packets[i][j] = 0,
+                Entry::Rule(i) => {
+                    debug_assert_eq!(self.rule_open[i], 0, "flows of freed rule {i}");
+                    self.rule_flows[i] = 0;
+                    self.rule_packets[i] = 0;
+                    self.rule_open[i] = 0;
+                }
             }
         }
     }
