@@ -86,6 +86,9 @@ struct Node {
     kind: Option<Kind>,
     /// Cut off from the network until this instant.
     cut_until: Option<Instant>,
+    /// Hears nothing until this instant (what it sends still goes out): a one-way loss,
+    /// or a process too busy to read its socket.
+    deaf_until: Option<Instant>,
     /// Last instant this node was alive and connected (for the death check).
     gone_since: Option<Instant>,
     /// When the supervisor started listing it (end systems).
@@ -198,6 +201,7 @@ impl Sim {
             addr: sup_addr(),
             kind: Some(Kind::Sup(Box::new(sup))),
             cut_until: None,
+            deaf_until: None,
             gone_since: None,
             listed_since: None,
             listed_when_gone: false,
@@ -224,6 +228,7 @@ impl Sim {
             addr,
             kind: Some(kind),
             cut_until: None,
+            deaf_until: None,
             gone_since: None,
             listed_since: None,
             listed_when_gone: false,
@@ -386,7 +391,8 @@ impl Sim {
             let Some(Reverse((_, _, di, src, p))) = self.queue.pop() else {
                 break;
             };
-            if di == usize::MAX || !self.nodes[di].alive(self.now) {
+            let deaf = di != usize::MAX && self.nodes[di].deaf_until.is_some_and(|t| t > self.now);
+            if di == usize::MAX || deaf || !self.nodes[di].alive(self.now) {
                 continue;
             }
             let now = self.now;
@@ -742,6 +748,19 @@ fn scenario(seed: u64, f: Faults) -> Checks {
                 break;
             }
         }
+        // The supervisor holds exactly the blocks the agents hold: none is kept for a
+        // holder that gave it up.
+        let mut held: Vec<(u64, u64)> = Vec::new();
+        for n in &sim.nodes {
+            if let Some(Kind::Agent(a)) = &n.kind {
+                held.extend(a.grants(sim.now).iter().map(|g| (a.id(), g.first)));
+            }
+        }
+        held.sort_unstable();
+        assert_eq!(
+            last, held,
+            "seed {seed}: the supervisor's grants against the agents'"
+        );
         check_routes(&mut sim);
     }
     sim.checks
@@ -1066,5 +1085,64 @@ fn listener_table_events() {
         sim.sup().unwrap().grants().count(),
         0,
         "drained agent released its block"
+    );
+}
+
+/// An agent that hears nothing from the supervisor for longer than the dead interval
+/// (while the supervisor hears it, so it stays registered there) stops using its block
+/// (PROTOCOL.md §6.4) and asks for another when it hears again: it releases the block it
+/// gave up, so the supervisor holds exactly the block the agent holds, not that one as
+/// well until its lease runs out.
+#[test]
+fn a_block_given_up_by_a_deaf_agent_is_released() {
+    let f = Faults {
+        loss: 0.0,
+        dup: 0.0,
+        delay: Duration::from_millis(1),
+        jitter: Duration::ZERO,
+        strict: true,
+        multicast: false,
+        route_numbers: false,
+    };
+    let mut sim = Sim::new(3, f, 1, 0);
+    sim.run_for(Duration::from_secs(3));
+    let id = system_id("agent0");
+    let sup_blocks = |sim: &Sim| -> Vec<(u64, u64)> {
+        let mut v: Vec<(u64, u64)> = sim
+            .sup()
+            .unwrap()
+            .grants()
+            .map(|g| (g.holder, g.first))
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let held = |sim: &mut Sim| -> Vec<(u64, u64)> {
+        let now = sim.now;
+        agent_mut(sim, 1)
+            .grants(now)
+            .iter()
+            .map(|g| (id, g.first))
+            .collect()
+    };
+    let first = held(&mut sim);
+    assert_eq!(first.len(), 1, "one block held");
+    assert_eq!(sup_blocks(&sim), first);
+
+    sim.nodes[1].deaf_until = Some(sim.now + DEAD + Duration::from_millis(700));
+    sim.run_for(DEAD + Duration::from_millis(500));
+    assert!(
+        held(&mut sim).is_empty(),
+        "a deaf agent stops using its block"
+    );
+    assert!(sim.listed(1), "the supervisor still hears it");
+    sim.run_for(Duration::from_secs(3));
+    let now = held(&mut sim);
+    assert_eq!(now.len(), 1, "a block again");
+    // Well inside the 20 s lease of the block given up.
+    assert_eq!(
+        sup_blocks(&sim),
+        now,
+        "the supervisor holds only the agent's block"
     );
 }

@@ -165,6 +165,16 @@ impl Ana {
         })
     }
 
+    /// The id the next grant gets.
+    pub fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// Hands out no grant id below `next` (ids of grants gone before a restart).
+    pub fn reserve_ids(&mut self, next: u64) {
+        self.next_id = self.next_id.max(next);
+    }
+
     fn pool_mut(&mut self, name: &str) -> Option<&mut Pool> {
         self.pools.iter_mut().find(|p| p.name == name)
     }

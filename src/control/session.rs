@@ -9,7 +9,9 @@
 //! renewal that the supervisor answered was *sent* and `last_acked` is the send time of
 //! the latest message the supervisor answered. Both bounds end no later than the
 //! supervisor's own (it measures from *receipt*), so a number the supervisor reclaims
-//! has already been given up by its holder.
+//! has already been given up by its holder. A grant given up that way while still
+//! registered is released (the supervisor may not have reclaimed it: it may hear us
+//! when we no longer hear it), so that it is not held beside the next one.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -84,6 +86,9 @@ pub struct Session {
     pub supervisor: SocketAddr,
     pub register: Register,
     pub registered: bool,
+    /// When the Register the supervisor acknowledged (the current registration) was
+    /// sent: a NOT_REGISTERED answering a message sent before it is stale.
+    registered_sent: Option<Instant>,
     /// Sender id of the supervisor, learnt from its RegisterAck.
     pub supervisor_id: Option<u64>,
     pub advert_interval: Duration,
@@ -120,6 +125,7 @@ impl Session {
             supervisor,
             register,
             registered: false,
+            registered_sent: None,
             supervisor_id: None,
             advert_interval,
             dead_interval,
@@ -254,6 +260,13 @@ impl Session {
             _ => status::OK,
         };
         if status == status::NOT_REGISTERED {
+            // The answer to a message the supervisor got before our registration
+            // (reordered, or retransmitted across it): the registration stands. Taking
+            // it would drop grants the supervisor still holds for us and ask for new
+            // ones beside them.
+            if self.registered && self.registered_sent.is_some_and(|t| sent_at < t) {
+                return None;
+            }
             self.unregister();
             if !self.pending.contains_key(&ReqKey::Register) {
                 self.start(now);
@@ -263,14 +276,32 @@ impl Session {
         if self.registered || matches!(msg.body, Body::RegisterAck(_)) {
             self.last_acked = Some(self.last_acked.map_or(sent_at, |t| t.max(sent_at)));
         }
-        if let Some(k) = &key {
-            self.pending.remove(k)?;
+        if let Some(k) = &key
+            && self.pending.remove(k).is_none()
+        {
+            // A grant for a request given up (its pool's wish was dropped when the
+            // supervisor said NOT_REGISTERED, say): the supervisor holds the block for
+            // us, and we would ask for another. Give it back.
+            if let (Body::NumberGrant(g), ReqKey::Number(_)) = (&msg.body, k)
+                && g.status == status::OK
+                && self.registered
+                && !self.grants.contains_key(&g.grant_id)
+            {
+                let id = g.grant_id;
+                self.request(
+                    now,
+                    ReqKey::Release(id),
+                    Body::NumberRelease(NumberRelease { grant_id: id }),
+                );
+            }
+            return None;
         }
         let sender = msg.sender;
         match (msg.body, key) {
             (Body::RegisterAck(a), Some(ReqKey::Register)) => {
                 if a.status == status::OK {
                     self.registered = true;
+                    self.registered_sent = Some(sent_at);
                     self.supervisor_id = Some(sender);
                     if a.advert_interval_ms > 0 {
                         self.advert_interval = Duration::from_millis(a.advert_interval_ms as u64);
@@ -416,6 +447,16 @@ impl Session {
             self.pending.remove(&ReqKey::Renew(id));
             if let Some(g) = self.grants.remove(&id) {
                 self.events.push_back(SessEvent::Lost(g));
+                // The supervisor may still hold it for us (we stopped hearing it, it
+                // did not stop hearing us): give it back, or the block stays taken until
+                // its lease runs out, beside the one `want_numbers` asks for next.
+                if self.registered {
+                    self.request(
+                        now,
+                        ReqKey::Release(id),
+                        Body::NumberRelease(NumberRelease { grant_id: id }),
+                    );
+                }
             }
         }
         for id in renew {

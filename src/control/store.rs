@@ -50,6 +50,10 @@ pub enum Record {
     },
     /// The grant was released, expired or reclaimed.
     GrantGone { id: u64 },
+    /// No grant id below `next` is handed out again (written by a compaction, which
+    /// drops the records of gone grants: a message about a grant that is gone, e.g. a
+    /// retransmitted release, must never reach a new grant under its old id).
+    GrantIds { next: u64 },
     /// An advertised flow: `body` is the FlowAdd body (PROTOCOL.md §4.4) in hex.
     Flow {
         origin: u64,

@@ -256,6 +256,8 @@ impl Supervisor {
                     count,
                     lease_ms,
                 } => {
+                    // Gone or not, its id is never handed out again.
+                    ana.reserve_ids(id.saturating_add(1));
                     grants.insert(
                         id,
                         Grant {
@@ -273,6 +275,7 @@ impl Supervisor {
                 Record::GrantGone { id } => {
                     grants.remove(&id);
                 }
+                Record::GrantIds { next } => ana.reserve_ids(next),
                 Record::Flow {
                     origin,
                     flow_id,
@@ -353,6 +356,9 @@ impl Supervisor {
             lease_ms: g.lease_ms,
         }));
         v.extend(self.flows.values().map(|f| flow_record(&f.adv)));
+        v.push(Record::GrantIds {
+            next: self.ana.next_id(),
+        });
         v
     }
 

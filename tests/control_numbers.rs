@@ -1,0 +1,382 @@
+//! Numbers kept exactly once: a block the supervisor holds for a system is a block that
+//! system holds, through the message losses and reorderings that used to leave one held
+//! beside the next until its lease ran out (seen as a CI failure: three grants for two
+//! systems). One [`Session`] (the client half of agents and listeners) against a real
+//! [`Supervisor`], every datagram handed over by the test, so each case is one exact
+//! interleaving.
+
+use flowgate::control::Transmit;
+use flowgate::control::ana::PoolConf;
+use flowgate::control::proto::*;
+use flowgate::control::session::{ReqKey, SessEvent, Session};
+use flowgate::control::store::{MemStore, Record};
+use flowgate::control::supervisor::{Supervisor, SupervisorConfig};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const ADVERT: Duration = Duration::from_millis(1000);
+const DEAD: Duration = Duration::from_millis(3500);
+
+fn key() -> Key {
+    Key::new(&[7u8; 32]).unwrap()
+}
+
+fn sup_addr() -> SocketAddr {
+    "10.0.0.1:7700".parse().unwrap()
+}
+
+fn agent_addr() -> SocketAddr {
+    "10.0.1.1:9000".parse().unwrap()
+}
+
+fn sup_cfg() -> SupervisorConfig {
+    SupervisorConfig {
+        name: "sup".into(),
+        advert_interval: ADVERT,
+        dead_interval: DEAD,
+        relay: false,
+        drain_timeout: Duration::from_secs(5),
+        pools: vec![PoolConf {
+            name: "nat".into(),
+            first: Some(0),
+            last: Some(499),
+            prefix: None,
+            block: 100,
+            lease_ms: 20_000,
+        }],
+    }
+}
+
+/// A supervisor started (`start` = 0, 1, 2… for each restart: its sequence numbers go
+/// on rising, as a real one's do across restarts) from what `store` holds.
+fn supervisor(now: Instant, store: &MemStore, start: u64) -> Supervisor {
+    Supervisor::restore(
+        sup_cfg(),
+        key(),
+        SeqGen::new(1 + start * 1_000_000_000),
+        now,
+        store.records(),
+        Box::new(store.clone()),
+    )
+    .unwrap()
+}
+
+fn session() -> Session {
+    Session::new(
+        key(),
+        SeqGen::new(1_000_000),
+        sup_addr(),
+        Register {
+            kind: SystemKind::End,
+            name: "web1".into(),
+            mac: [2, 0, 0, 0, 0, 1],
+            addrs: vec!["10.0.1.1".parse().unwrap()],
+            capabilities: 0,
+            lease_ms: 0,
+        },
+        ADVERT,
+        DEAD,
+    )
+}
+
+fn from_session(s: &mut Session) -> Vec<Transmit> {
+    std::iter::from_fn(|| s.poll_transmit()).collect()
+}
+
+fn from_sup(sup: &mut Supervisor, now: Instant) -> Vec<Transmit> {
+    std::iter::from_fn(|| sup.poll_transmit(now)).collect()
+}
+
+fn to_sup(sup: &mut Supervisor, now: Instant, ts: &[Transmit]) {
+    for t in ts {
+        assert_eq!(t.dst, sup_addr());
+        sup.handle(now, agent_addr(), &t.payload);
+    }
+}
+
+fn to_session(s: &mut Session, now: Instant, ts: &[Transmit]) {
+    for t in ts {
+        assert!(
+            s.handle(now, &t.payload).is_none(),
+            "a reply the session takes"
+        );
+    }
+}
+
+/// Both ways until neither has anything to say.
+fn exchange(s: &mut Session, sup: &mut Supervisor, now: Instant) {
+    loop {
+        let out = from_session(s);
+        to_sup(sup, now, &out);
+        let back = from_sup(sup, now);
+        to_session(s, now, &back);
+        if out.is_empty() && back.is_empty() {
+            return;
+        }
+    }
+}
+
+fn bodies(ts: &[Transmit]) -> Vec<Body> {
+    ts.iter()
+        .map(|t| key().open(&t.payload).expect("sealed").body)
+        .collect()
+}
+
+/// (grant id, first number) of the supervisor's grants, and of the session's.
+fn sup_grants(sup: &Supervisor) -> Vec<(u64, u64)> {
+    sup.grants().map(|g| (g.id, g.first)).collect()
+}
+
+fn held(s: &Session) -> Vec<(u64, u64)> {
+    s.grants.values().map(|g| (g.grant_id, g.first)).collect()
+}
+
+/// A session registered with `sup` and holding one `nat` block.
+fn registered_with_a_block(now: Instant, sup: &mut Supervisor) -> Session {
+    let mut s = session();
+    s.wanted = vec!["nat".into()];
+    s.start(now);
+    exchange(&mut s, sup, now);
+    assert!(s.registered);
+    assert_eq!(held(&s).len(), 1);
+    assert_eq!(sup_grants(sup), held(&s));
+    s
+}
+
+/// A holder that stops hearing the supervisor (which still hears it) gives its block up
+/// after the dead interval, as it must (PROTOCOL.md §6.4), and releases it: the block
+/// it asks for next is then the only one held for it.
+#[test]
+fn a_block_given_up_unheard_is_released() {
+    let t0 = Instant::now();
+    let store = MemStore::default();
+    let mut sup = supervisor(t0, &store, 0);
+    let mut s = registered_with_a_block(t0, &mut sup);
+    let first = held(&s);
+
+    // Renewals and their retransmissions reach the supervisor; its answers are lost.
+    let mut now = t0;
+    let mut out = Vec::new();
+    while !s.grants.is_empty() {
+        now += Duration::from_millis(50);
+        s.handle_timeout(now);
+        out = from_session(&mut s);
+        if !s.grants.is_empty() {
+            to_sup(&mut sup, now, &out);
+            sup.handle_timeout(now);
+            from_sup(&mut sup, now);
+        }
+    }
+    assert!(
+        now - t0 <= DEAD + Duration::from_millis(100),
+        "{:?}",
+        now - t0
+    );
+    assert!(s.registered, "nothing said it is not");
+    assert_eq!(
+        sup_grants(&sup),
+        first,
+        "the supervisor still holds it for us"
+    );
+    let lost: Vec<_> = std::iter::from_fn(|| s.events.pop_front()).collect();
+    assert!(
+        lost.iter()
+            .any(|e| matches!(e, SessEvent::Lost(g) if g.grant_id == first[0].0))
+    );
+    // What it sent as it gave the block up: its release, and a request for a new one.
+    let sent = bodies(&out);
+    assert!(
+        sent.iter()
+            .any(|b| matches!(b, Body::NumberRelease(r) if r.grant_id == first[0].0)),
+        "{sent:?}"
+    );
+    assert!(
+        sent.iter().any(|b| matches!(b, Body::NumberRequest(_))),
+        "{sent:?}"
+    );
+    to_sup(&mut sup, now, &out);
+    to_session(&mut s, now, &from_sup(&mut sup, now));
+    exchange(&mut s, &mut sup, now);
+    let next = held(&s);
+    assert_eq!(next.len(), 1, "a block again");
+    assert_ne!(next[0].0, first[0].0);
+    assert_eq!(
+        sup_grants(&sup),
+        next,
+        "only the block it holds, well inside the lease"
+    );
+}
+
+/// A request given up after its retries (the supervisor's answers all lost) and then
+/// answered late: the block granted for it is released, not held beside the one the
+/// holder asked for next.
+#[test]
+fn a_block_granted_for_a_request_given_up_is_released() {
+    let t0 = Instant::now();
+    let store = MemStore::default();
+    let mut sup = supervisor(t0, &store, 0);
+    let mut s = session();
+    s.start(t0);
+    exchange(&mut s, &mut sup, t0);
+    assert!(s.registered && s.grants.is_empty());
+
+    s.wanted = vec!["nat".into()];
+    s.want_numbers(t0);
+    let out = from_session(&mut s);
+    to_sup(&mut sup, t0, &out);
+    let mut late = from_sup(&mut sup, t0);
+    assert!(matches!(&bodies(&late)[..], [Body::NumberGrant(g)] if g.status == status::OK));
+    let granted = sup_grants(&sup);
+    assert_eq!(granted.len(), 1);
+
+    // Retransmissions reach the supervisor (the same request: the same grant); every
+    // answer is lost until the session gives the request up and asks anew, except the
+    // answer to the last retransmission, which is late.
+    let mut now = t0;
+    let anew = loop {
+        now += Duration::from_millis(100);
+        s.handle_timeout(now);
+        let out = from_session(&mut s);
+        if std::iter::from_fn(|| s.events.pop_front())
+            .any(|e| matches!(e, SessEvent::Failed(ReqKey::Number(_))))
+        {
+            break out;
+        }
+        to_sup(&mut sup, now, &out);
+        let answers = from_sup(&mut sup, now);
+        if !answers.is_empty() {
+            late = answers;
+        }
+        assert!(
+            now - t0 < Duration::from_secs(120),
+            "the request never failed"
+        );
+    };
+    assert_eq!(sup_grants(&sup), granted, "retries are one request");
+    // The new request (sent by the same timeout), answered and delivered.
+    assert!(
+        bodies(&anew)
+            .iter()
+            .any(|b| matches!(b, Body::NumberRequest(_)))
+    );
+    to_sup(&mut sup, now, &anew);
+    to_session(&mut s, now, &from_sup(&mut sup, now));
+    exchange(&mut s, &mut sup, now);
+    let mine = held(&s);
+    assert_eq!(mine.len(), 1);
+    assert_ne!(mine, granted);
+    assert_eq!(
+        sup_grants(&sup).len(),
+        2,
+        "both held at the supervisor for now"
+    );
+
+    // The first answer arrives now: its block goes back.
+    to_session(&mut s, now, &late);
+    exchange(&mut s, &mut sup, now);
+    assert_eq!(held(&s), mine);
+    assert_eq!(sup_grants(&sup), mine);
+}
+
+/// A NOT_REGISTERED that answers a message the supervisor got before the registration
+/// (here a keepalive sent while the Register was on its way, answered after) does not
+/// undo the registration: the holder keeps its block and does not ask for another
+/// beside it.
+#[test]
+fn a_stale_not_registered_leaves_the_registration_alone() {
+    let t0 = Instant::now();
+    let store = MemStore::default();
+    let mut sup = supervisor(t0, &store, 0);
+    let mut s = session();
+    s.wanted = vec!["nat".into()];
+    s.start(t0);
+    let register = from_session(&mut s);
+    let t1 = t0 + Duration::from_millis(10);
+    s.send_periodic(t1, &Body::Keepalive(Keepalive { state: 0 }));
+    let keepalive = from_session(&mut s);
+    // The keepalive overtakes the Register: NOT_REGISTERED, held back.
+    to_sup(&mut sup, t1, &keepalive);
+    let stale = from_sup(&mut sup, t1);
+    assert!(matches!(&bodies(&stale)[..], [Body::Ack(a)] if a.status == status::NOT_REGISTERED));
+    // A retransmitted Register (sent after the keepalive) gets through and the
+    // session takes its block.
+    let t2 = t1 + Duration::from_millis(300);
+    s.handle_timeout(t2);
+    let again = from_session(&mut s);
+    assert!(!again.is_empty(), "the Register is retransmitted");
+    drop(register);
+    to_sup(&mut sup, t2, &again);
+    to_session(&mut s, t2, &from_sup(&mut sup, t2));
+    exchange(&mut s, &mut sup, t2);
+    let mine = held(&s);
+    assert!(s.registered && mine.len() == 1);
+
+    to_session(&mut s, t2, &[stale[0].clone()]);
+    assert!(s.registered, "the registration stands");
+    assert_eq!(held(&s), mine);
+    exchange(&mut s, &mut sup, t2);
+    assert_eq!(sup_grants(&sup), mine);
+    assert!(
+        !std::iter::from_fn(|| s.events.pop_front()).any(|e| matches!(e, SessEvent::Lost(_))),
+        "no block was given up"
+    );
+}
+
+/// Grant ids are never handed out twice, across restarts that compact the store (which
+/// drops the records of gone grants): a late message about a gone grant (a
+/// retransmitted release, say) must not reach a new grant of the same holder.
+#[test]
+fn grant_ids_are_not_reused_after_a_restart() {
+    let t0 = Instant::now();
+    let store = MemStore::default();
+    let mut sup = supervisor(t0, &store, 0);
+    let mut s = registered_with_a_block(t0, &mut sup);
+    let first = held(&s)[0].0;
+    s.release_all(t0);
+    s.wanted = vec!["nat".into()];
+    exchange(&mut s, &mut sup, t0);
+    assert!(sup_grants(&sup).is_empty());
+    assert!(
+        store
+            .records()
+            .iter()
+            .any(|r| matches!(r, Record::GrantGone { id } if *id == first))
+    );
+
+    // Restarted from the store (and compacted: the gone grant's records are dropped).
+    let t1 = t0 + Duration::from_millis(100);
+    let mut sup = supervisor(t1, &store, 1);
+    assert!(
+        !store
+            .records()
+            .iter()
+            .any(|r| matches!(r, Record::Grant { id, .. } if *id == first)),
+        "compacted"
+    );
+    s.want_numbers(t1);
+    exchange(&mut s, &mut sup, t1);
+    let second = held(&s);
+    assert_eq!(second.len(), 1);
+    assert!(second[0].0 > first, "{second:?} after grant {first}");
+
+    // Released again, then two restarts before the next request: after the first one's
+    // compaction no record names the gone grant any more.
+    let t2 = t1 + Duration::from_millis(100);
+    s.release_all(t2);
+    s.wanted = vec!["nat".into()];
+    exchange(&mut s, &mut sup, t2);
+    assert!(sup_grants(&sup).is_empty());
+    drop(supervisor(t2, &store, 2));
+    assert!(
+        !store
+            .records()
+            .iter()
+            .any(|r| matches!(r, Record::Grant { .. } | Record::GrantGone { .. })),
+        "{:?}",
+        store.records()
+    );
+    let mut sup = supervisor(t2, &store, 3);
+    s.want_numbers(t2);
+    exchange(&mut s, &mut sup, t2);
+    assert!(held(&s)[0].0 > second[0].0, "{:?}", held(&s));
+}
