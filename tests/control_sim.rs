@@ -15,6 +15,9 @@
 //!   the dead interval (plus network delay) of its last datagram, and not before (when
 //!   the supervisor listed it as it went).
 //!
+//! And after the quiet spell that ends the routed-numbers scenario: the supervisor holds
+//! exactly the blocks the agents hold (none kept for a holder that gave it up).
+//!
 //! Each test runs a few fixed seeds; `SIM_SEEDS=1-200 cargo test --release --test
 //! control_sim` runs others (the scenario tests passed seeds 1–200 when this was
 //! written).
