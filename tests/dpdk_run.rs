@@ -690,6 +690,33 @@ fn run_stops_cleanly_on_sigterm() {
     std::fs::write(&pipe, "services: [\n").expect("broken");
     kill("-HUP");
     assert!(wait_for("reload refused:", &mut err), "{err}");
+    // The conf names another pipeline file, a slower summary and a larger mempool: the
+    // first two are taken, the mempool is said to take a restart.
+    let pipe2 = dir.path().join("pipe2.yaml");
+    std::fs::write(&pipe2, &farm).expect("pipe2");
+    let text = std::fs::read_to_string(&conf).expect("conf");
+    let edited = text
+        .replace(&pipe.display().to_string(), &pipe2.display().to_string())
+        .replace("interval_ms: 200", "interval_ms: 300")
+        .replace("mbufs: 4095", "mbufs: 8191");
+    assert!(edited.contains("pipe2.yaml") && edited.contains("300") && edited.contains("8191"));
+    std::fs::write(&conf, edited).expect("edit conf");
+    kill("-HUP");
+    let line = format!(
+        "pipeline reloaded; flow table resized: 4096 → 1048576 flows a worker, open flows moving into the new table; \
+         conf: pipeline {} → {}; conf: stats.interval_ms 200 → 300; \
+         conf: mempool changed, kept as running until a restart",
+        pipe.display(),
+        pipe2.display()
+    );
+    assert!(wait_for(&line, &mut err), "{line}\n{err}");
+    // The next reload reads the new file.
+    std::fs::write(&pipe2, farm.replacen("default:", ntp, 1)).expect("a rule in pipe2");
+    kill("-HUP");
+    assert!(
+        wait_for("pipeline reloaded; flow rules added: [\"ntp\"]", &mut err),
+        "{err}"
+    );
     let status = sigterm_and_wait(&mut child.0, Duration::from_secs(20))
         .expect("flowgate run did not stop within 20 s of SIGTERM");
     let _ = reader.join();

@@ -547,6 +547,62 @@ impl RunConf {
         DEFAULT_DATA_ROOM.max(MBUF_HEADROOM + frame)
     }
 
+    /// The conf a SIGHUP runs with when the file now reads `fresh`: the settings the
+    /// management core can take live — `pipeline` (the file it reloads),
+    /// `flows.capacity`, `stop.idle_ms` and `stats.interval_ms` — from `fresh`, the rest
+    /// as they run. Second: the keys of the rest that `fresh` changes, which take a
+    /// restart.
+    pub fn reload_from(&self, fresh: &RunConf) -> (RunConf, Vec<&'static str>) {
+        let next = RunConf {
+            pipeline: fresh.pipeline.clone(),
+            flow_capacity: fresh.flow_capacity,
+            idle_ms: fresh.idle_ms,
+            stats_interval_ms: fresh.stats_interval_ms,
+            ..self.clone()
+        };
+        let lcores = |c: &RunConf| (c.management_lcore, c.worker_lcores.clone(), c.cpus.clone());
+        let kept = [
+            ("eal", self.eal != fresh.eal),
+            ("lcores", lcores(self) != lcores(fresh)),
+            ("ports", self.ports != fresh.ports),
+            (
+                "mempool",
+                (self.mbufs, self.mbuf_cache) != (fresh.mbufs, fresh.mbuf_cache),
+            ),
+            ("stats.json", self.stats_json != fresh.stats_json),
+            (
+                "stats.prometheus",
+                self.stats_prometheus != fresh.stats_prometheus,
+            ),
+            ("control", self.control != fresh.control),
+        ];
+        (next, kept.iter().filter(|k| k.1).map(|k| k.0).collect())
+    }
+
+    /// What `next` (from [`reload_from`](Self::reload_from)) changes of the live
+    /// settings but the flow table's size (which the pipeline's reload reports), as
+    /// `key old → new` phrases.
+    pub fn live_changes(&self, next: &RunConf) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.pipeline != next.pipeline {
+            v.push(format!(
+                "pipeline {} → {}",
+                self.pipeline.display(),
+                next.pipeline.display()
+            ));
+        }
+        if self.idle_ms != next.idle_ms {
+            v.push(format!("stop.idle_ms {} → {}", self.idle_ms, next.idle_ms));
+        }
+        if self.stats_interval_ms != next.stats_interval_ms {
+            v.push(format!(
+                "stats.interval_ms {} → {}",
+                self.stats_interval_ms, next.stats_interval_ms
+            ));
+        }
+        v
+    }
+
     /// Index of port `name`.
     pub fn port_index(&self, name: &str) -> Option<usize> {
         self.ports.iter().position(|p| p.name == name)
@@ -614,6 +670,44 @@ stop: { idle_ms: 0 }
 
     fn parse(t: &str) -> Result<RunConf, ConfigError> {
         RunConf::from_str(t, Path::new("/etc/fg/conf/x.yaml"))
+    }
+
+    #[test]
+    fn a_reload_takes_the_live_settings_and_names_the_rest() {
+        let run = parse(GOOD).expect("valid");
+        let same = run.reload_from(&parse(GOOD).expect("valid"));
+        assert_eq!(same.0.pipeline, run.pipeline);
+        assert!(same.1.is_empty() && run.live_changes(&same.0).is_empty());
+
+        let edited = GOOD
+            .replace("../pipelines/web-farm.yaml", "../pipelines/other.yaml")
+            .replace("idle_ms: 0", "idle_ms: 500")
+            .replace("capacity: 1000000", "capacity: 4096")
+            .replace("mbufs: 8191", "mbufs: 16383")
+            .replace("workers: [1]", "workers: [1, 2]")
+            .replace("0000:03:00.0", "0000:04:00.0")
+            + "stats: { interval_ms: 250, json: s.json }\n";
+        let (next, restart) = run.reload_from(&parse(&edited).expect("valid"));
+        assert_eq!(
+            next.pipeline,
+            Path::new("/etc/fg/conf/../pipelines/other.yaml")
+        );
+        assert_eq!(
+            (next.idle_ms, next.flow_capacity, next.stats_interval_ms),
+            (500, Some(4096), 250)
+        );
+        // What takes a restart runs on as it was.
+        assert_eq!((next.mbufs, &next.worker_lcores), (8191, &vec![1]));
+        assert_eq!((&next.ports, &next.stats_json), (&run.ports, &None));
+        assert_eq!(restart, ["lcores", "ports", "mempool", "stats.json"]);
+        assert_eq!(
+            run.live_changes(&next),
+            [
+                "pipeline /etc/fg/conf/../pipelines/web-farm.yaml → /etc/fg/conf/../pipelines/other.yaml",
+                "stop.idle_ms 0 → 500",
+                "stats.interval_ms 1000 → 250"
+            ]
+        );
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! - The main thread is the management lcore: it initialises the EAL, the mempool and the
 //!   ports, launches one worker per worker lcore with `rte_eal_remote_launch`, then
 //!   publishes tables (SIGHUP reloads the pipeline when it keeps or grows the running
-//!   one, [`crate::config::Pipeline::regrow`], and once a second what a reload removed
+//!   one, [`crate::config::Pipeline::regrow`], with the conf's live settings,
+//!   [`conf::RunConf::reload_from`], and once a second what a reload removed
 //!   and no flow uses any more is freed, [`crate::config::Pipeline::reclaim`]; with
 //!   `control:`, the end systems' advertisements change server states and loads), sums the
 //!   per-worker counters into a one-line rate summary, and stops on SIGINT/SIGTERM or after

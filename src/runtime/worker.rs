@@ -503,6 +503,8 @@ fn manage(
     // However the loop ends, a panic included, the workers are told to stop: nobody
     // else would, and the run would never end.
     let _stop = StopGuard(&shared.stop);
+    // What a SIGHUP may change (see `reload`).
+    let mut conf = conf.clone();
     let p0 = Arc::clone(&shared.tables.lock());
     let mut sum = Stats::new(&p0.pipeline);
     let mut last_print = Instant::now();
@@ -542,7 +544,7 @@ fn manage(
             }
         }
         if hup.swap(false, Relaxed) {
-            reload(conf, shared, control.as_deref_mut());
+            reload(&mut conf, shared, control.as_deref_mut());
         }
         if last_reclaim.elapsed() >= RECLAIM_EVERY {
             last_reclaim = Instant::now();
@@ -600,7 +602,7 @@ fn manage(
                         "flow_capacity": cur.pipeline.flow_table.capacity * shared.slots.len(),
                         "tx_refused": tx_refused,
                         "dispatch_dropped": dispatch_dropped,
-                        "ports": port_stats_json(conf, live.ports),
+                        "ports": port_stats_json(&conf, live.ports),
                     }),
                     control.as_deref(),
                 );
@@ -666,9 +668,12 @@ fn port_stats_json(conf: &RunConf, ports: &[Port<'_>]) -> serde_json::Value {
 /// ([`Pipeline::regrow`]: servers, services and members may be added, removed ones are
 /// kept while flows use them, see [`reclaim`]), with the control plane's view applied on
 /// top when there is one.
-/// The conf file is read again for its `flows.capacity` (a new size is a new flow table
-/// in each worker); its other settings take a restart.
-fn reload(conf: &RunConf, shared: &Shared, control: Option<&mut ControlRt>) {
+/// The conf file is read again for what the management core can take live
+/// ([`RunConf::reload_from`]: the pipeline file it names, `flows.capacity` — a new size
+/// is a new flow table in each worker —, `stop.idle_ms`, `stats.interval_ms`); `conf`
+/// becomes that when the reload is taken. Its other settings take a restart: the log
+/// names those that changed.
+fn reload(conf: &mut RunConf, shared: &Shared, control: Option<&mut ControlRt>) {
     let fresh = match RunConf::load(&conf.source) {
         Ok(c) => c,
         Err(e) => {
@@ -676,11 +681,8 @@ fn reload(conf: &RunConf, shared: &Shared, control: Option<&mut ControlRt>) {
             return;
         }
     };
-    let conf = &RunConf {
-        flow_capacity: fresh.flow_capacity,
-        ..conf.clone()
-    };
-    match load_pipeline(conf) {
+    let (next, restart) = conf.reload_from(&fresh);
+    match load_pipeline(&next) {
         Err(e) => crate::logln!("reload refused: {e:#}"),
         Ok(p) => {
             let p = match &control {
@@ -705,6 +707,16 @@ fn reload(conf: &RunConf, shared: &Shared, control: Option<&mut ControlRt>) {
             for c in crate::config::changes::reload_changes(&cur.pipeline, &p) {
                 why += &format!("; {c}");
             }
+            for c in conf.live_changes(&next) {
+                why += &format!("; conf: {c}");
+            }
+            if !restart.is_empty() {
+                why += &format!(
+                    "; conf: {} changed, kept as running until a restart",
+                    restart.join(", ")
+                );
+            }
+            *conf = next;
             let p = match control {
                 Some(c) => c.set_base(p),
                 None => p,
