@@ -952,3 +952,105 @@ fn run_pcap_drops_frames_larger_than_an_mbuf_and_counts_them() {
     common::replay_stats(&pipeline, &small, &out_replay);
     assert_eq!(frames(&out_run), frames(&out_replay));
 }
+
+/// A port's link going down and up again (a `net_tap` port, whose kernel interface is
+/// set down and up, as a cable pulled and put back): the management core logs each
+/// change, and the stats JSON shows the link as it is while running.
+#[test]
+fn run_reports_link_changes() {
+    if !is_root() || !Path::new("/dev/net/tun").exists() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stats = dir.path().join("stats.json");
+    let conf = dir.path().join("tap.yaml");
+    let tap = format!("fgtap{}", std::process::id() % 100_000);
+    std::fs::write(
+        &conf,
+        format!(
+            "pipeline: {}\neal: [\"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-telemetry\", \"--file-prefix\", \"{}\"]\n\
+             lcores: {{ management: 0, workers: [1], cpus: \"0-1\" }}\n\
+             ports:\n  - {{ name: outside, device: \"net_tap0,iface={tap}\" }}\n  - {{ name: inside, device: \"net_null0\" }}\n\
+             stats: {{ interval_ms: 100, json: {} }}\n",
+            root().join("pipelines/web-farm.yaml").display(),
+            prefix("tap"),
+            stats.display()
+        ),
+    )
+    .expect("write conf");
+    let mut child = common::Proc(
+        flowgate()
+            .args(["run", "--conf"])
+            .arg(&conf)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn run"),
+    );
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.0.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(l);
+        }
+    });
+    let mut err = String::new();
+    let mut wait_for = |needle: &str| {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(30) {
+            if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+                err.push_str(&l);
+                err.push('\n');
+                if l.contains(needle) {
+                    return Ok(());
+                }
+            }
+        }
+        Err(format!("no {needle:?} within 30 s:\n{err}"))
+    };
+    let link_in_stats = |want: bool| {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            let j = std::fs::read_to_string(&stats)
+                .ok()
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+            if j.is_some_and(|j| j["runtime"]["ports"]["outside"]["link_up"] == want) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    };
+    let ip = |state: &str| {
+        assert!(
+            Command::new("ip")
+                .args(["link", "set", &tap, state])
+                .status()
+                .expect("ip")
+                .success()
+        )
+    };
+    wait_for("port outside: link up").unwrap();
+    assert!(link_in_stats(true), "link_up true in the stats");
+    ip("down");
+    wait_for("port outside: link down").unwrap();
+    assert!(link_in_stats(false), "link_up false in the stats");
+    ip("up");
+    wait_for("port outside: link up").unwrap();
+    assert!(link_in_stats(true), "link_up true again");
+    let status = sigterm_and_wait(&mut child.0, Duration::from_secs(20))
+        .expect("flowgate run did not stop within 20 s of SIGTERM");
+    let _ = reader.join();
+    err.extend(rx.try_iter().map(|l| l + "\n"));
+    assert!(status.success(), "exit status {status:?}\n{err}");
+    // Each change said once; net_null's link is up from the start and stays so.
+    let says = |what: &str| err.lines().filter(|l| l.contains(what)).count();
+    assert_eq!(says("port outside: link up"), 2, "{err}");
+    assert_eq!(says("port outside: link down"), 1, "{err}");
+    assert_eq!(says("port inside: link up"), 1, "{err}");
+    let j = json(&stats);
+    assert_eq!(j["runtime"]["ports"]["inside"]["link_up"], true, "{j}");
+}

@@ -269,6 +269,12 @@ fn runtime(o: &mut Out, r: &Value) {
                 ("ierrors", "counter", "Erroneous frames a port received."),
                 ("oerrors", "counter", "Frames a port failed to send."),
                 ("rx_nombuf", "counter", "RX mbuf allocation failures."),
+                ("link_up", "gauge", "1 while a port's link is up."),
+                (
+                    "speed_mbps",
+                    "gauge",
+                    "A port's link speed in Mbps (0 when down or unknown).",
+                ),
             ],
         );
     }
@@ -518,7 +524,8 @@ mod tests {
             "flow_rules": {"voice": {"flows": 0, "open_flows": 0, "packets": 0}},
             "runtime": {"running": true, "live_flows": 3, "flow_capacity": 1024, "tx_refused": 0, "dispatch_dropped": 0,
                         "ports": {"outside": {"ipackets": 10, "opackets": 7, "imissed": 0,
-                                  "ierrors": 0, "oerrors": 0, "rx_nombuf": 0}}},
+                                  "ierrors": 0, "oerrors": 0, "rx_nombuf": 0,
+                                  "link_up": true, "speed_mbps": 10000}}},
             "control": {"registered": true,
                         "servers": {"s1": {"state": "draining", "load": 0.25,
                                            "weights": {"web": 100}}}},
@@ -537,6 +544,9 @@ mod tests {
             "# TYPE flowgate_flow_capacity gauge",
             "flowgate_flow_capacity 1024",
             "flowgate_port_ipackets_total{port=\"outside\"} 10",
+            "# TYPE flowgate_port_link_up gauge",
+            "flowgate_port_link_up{port=\"outside\"} 1",
+            "flowgate_port_speed_mbps{port=\"outside\"} 10000",
             "flowgate_control_registered 1",
             "flowgate_server_state{server=\"s1\",state=\"draining\"} 1",
             "flowgate_server_state{server=\"s1\",state=\"up\"} 0",

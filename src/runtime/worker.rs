@@ -16,7 +16,7 @@ use crate::pipeline::meta::DropReason;
 use crate::pipeline::stats::Stats;
 use crate::pipeline::{Outcome, Tables, Worker};
 use crate::port::dpdk::{
-    BURST, DpdkError, Eal, Mbuf, MbufBatch, Mempool, PoolLayout, Port, PortConf, RxQueue,
+    BURST, DpdkError, Eal, Link, Mbuf, MbufBatch, Mempool, PoolLayout, Port, PortConf, RxQueue,
     SYMMETRIC_RSS_KEY, TxQueue,
 };
 use anyhow::{Context, Result, anyhow, bail};
@@ -509,6 +509,9 @@ fn manage(
     let mut sum = Stats::new(&p0.pipeline);
     let mut last_print = Instant::now();
     let mut last_reclaim = Instant::now();
+    // Each port's link as last read (`None`: not yet, or the driver refused).
+    let mut links: Vec<Option<Link>> = vec![None; live.ports.len()];
+    let mut last_link = Instant::now() - LINK_EVERY;
     let (mut last_in, mut last_out) = (0u64, 0u64);
     loop {
         // The control plane's turn doubles as the loop's 10 ms wait.
@@ -545,6 +548,10 @@ fn manage(
         }
         if hup.swap(false, Relaxed) {
             reload(&mut conf, shared, control.as_deref_mut());
+        }
+        if last_link.elapsed() >= LINK_EVERY {
+            last_link = Instant::now();
+            watch_links(&conf, live.ports, &mut links);
         }
         if last_reclaim.elapsed() >= RECLAIM_EVERY {
             last_reclaim = Instant::now();
@@ -650,18 +657,39 @@ fn stats_json(
 }
 
 /// Each port's counters by conf name (`rte_eth_stats_get`, which DPDK applications also
-/// call while their data cores run); a port whose driver refuses shows zeros.
+/// call while their data cores run), a port whose driver refuses showing zeros, and its
+/// link (`rte_eth_link_get_nowait`; `link_up` false, `speed_mbps` 0 when the driver
+/// refuses).
 fn port_stats_json(conf: &RunConf, ports: &[Port<'_>]) -> serde_json::Value {
     let mut m = serde_json::Map::new();
     for (i, port) in ports.iter().enumerate() {
         let st = port.stats().unwrap_or_default();
+        let link = port.link().ok();
         m.insert(
             conf.ports[i].name.clone(),
             json!({ "ipackets": st.ipackets, "opackets": st.opackets, "imissed": st.imissed,
-                    "ierrors": st.ierrors, "oerrors": st.oerrors, "rx_nombuf": st.rx_nombuf }),
+                    "ierrors": st.ierrors, "oerrors": st.oerrors, "rx_nombuf": st.rx_nombuf,
+                    "link_up": link.is_some_and(|l| l.up),
+                    "speed_mbps": link.filter(|l| l.up && l.speed_mbps != u32::MAX)
+                        .map_or(0, |l| l.speed_mbps) }),
         );
     }
     serde_json::Value::Object(m)
+}
+
+/// How often the management core reads the ports' links.
+const LINK_EVERY: Duration = Duration::from_millis(250);
+
+/// Reads each port's link and logs it when it differs from `links` (the last reading):
+/// the first reading, and every change after (`port inside: link down`).
+fn watch_links(conf: &RunConf, ports: &[Port<'_>], links: &mut [Option<Link>]) {
+    for ((port, spec), last) in ports.iter().zip(&conf.ports).zip(links.iter_mut()) {
+        let Ok(now) = port.link() else { continue };
+        if *last != Some(now) {
+            crate::logln!("port {}: link {now}", spec.name);
+            *last = Some(now);
+        }
+    }
 }
 
 /// SIGHUP: reload the pipeline and publish new tables when it can replace the running one

@@ -105,6 +105,26 @@ pub struct Link {
     pub full_duplex: bool,
 }
 
+impl std::fmt::Display for Link {
+    /// `down`, or `up, 10000 Mbps, full duplex` (the speed left out when the driver does
+    /// not know it, as virtual devices often do not).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.up {
+            return f.write_str("down");
+        }
+        f.write_str("up")?;
+        // RTE_ETH_SPEED_NUM_NONE (0) and RTE_ETH_SPEED_NUM_UNKNOWN (u32::MAX).
+        if self.speed_mbps != 0 && self.speed_mbps != u32::MAX {
+            write!(f, ", {} Mbps", self.speed_mbps)?;
+        }
+        f.write_str(if self.full_duplex {
+            ", full duplex"
+        } else {
+            ", half duplex"
+        })
+    }
+}
+
 /// One ethdev port. Dropping it stops and closes it.
 #[derive(Debug)]
 pub struct Port<'a> {
@@ -525,5 +545,28 @@ impl<'q> TxQueue<'q> {
     /// Frames refused by the PMD and freed by [`TxQueue::tx_burst`] so far.
     pub fn refused(&self) -> u64 {
         self.refused
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Link;
+
+    #[test]
+    fn links_read_as_the_log_says_them() {
+        let l = |up, speed_mbps, full_duplex| Link {
+            up,
+            speed_mbps,
+            full_duplex,
+        };
+        assert_eq!(
+            l(true, 10_000, true).to_string(),
+            "up, 10000 Mbps, full duplex"
+        );
+        assert_eq!(l(true, 100, false).to_string(), "up, 100 Mbps, half duplex");
+        // RTE_ETH_SPEED_NUM_NONE and _UNKNOWN: no speed said.
+        assert_eq!(l(true, 0, true).to_string(), "up, full duplex");
+        assert_eq!(l(true, u32::MAX, true).to_string(), "up, full duplex");
+        assert_eq!(l(false, 10_000, true).to_string(), "down");
     }
 }
