@@ -975,6 +975,19 @@ fn multicast_advertisements() {
     }
 }
 
+/// A network that loses, duplicates and reorders nothing (1 ms of delay).
+fn lossless() -> Faults {
+    Faults {
+        loss: 0.0,
+        dup: 0.0,
+        delay: Duration::from_millis(1),
+        jitter: Duration::ZERO,
+        strict: true,
+        multicast: false,
+        route_numbers: false,
+    }
+}
+
 fn agent_mut(sim: &mut Sim, i: usize) -> &mut Agent {
     match sim.nodes[i].kind.as_mut() {
         Some(Kind::Agent(a)) => a,
@@ -986,15 +999,7 @@ fn agent_mut(sim: &mut Sim, i: usize) -> &mut Agent {
 /// added and removed, drain, leave.
 #[test]
 fn listener_table_events() {
-    let f = Faults {
-        loss: 0.0,
-        dup: 0.0,
-        delay: Duration::from_millis(1),
-        jitter: Duration::ZERO,
-        strict: true,
-        multicast: false,
-        route_numbers: false,
-    };
+    let f = lossless();
     let mut sim = Sim::new(7, f, 1, 2);
     sim.run_for(Duration::from_secs(2));
     let id = system_id("agent0");
@@ -1098,15 +1103,7 @@ fn listener_table_events() {
 /// well until its lease runs out.
 #[test]
 fn a_block_given_up_by_a_deaf_agent_is_released() {
-    let f = Faults {
-        loss: 0.0,
-        dup: 0.0,
-        delay: Duration::from_millis(1),
-        jitter: Duration::ZERO,
-        strict: true,
-        multicast: false,
-        route_numbers: false,
-    };
+    let f = lossless();
     let mut sim = Sim::new(3, f, 1, 0);
     sim.run_for(Duration::from_secs(3));
     let id = system_id("agent0");

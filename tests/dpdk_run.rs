@@ -81,6 +81,75 @@ fn write_null_conf(
     .expect("write conf");
 }
 
+/// Starts `flowgate run --conf conf` (killed if the test fails before it stops) and
+/// follows what it says.
+fn spawn_run(conf: &Path) -> (common::Proc, Log) {
+    let mut child = common::Proc(
+        flowgate()
+            .args(["run", "--conf"])
+            .arg(conf)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn run"),
+    );
+    let log = Log::follow(&mut child.0);
+    (child, log)
+}
+
+/// A run's stderr, read as it comes by a thread of its own, so that a test can act on
+/// what the run says.
+struct Log {
+    rx: std::sync::mpsc::Receiver<String>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    /// Every line read so far.
+    text: String,
+}
+
+impl Log {
+    fn follow(child: &mut std::process::Child) -> Log {
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let stderr = child.stderr.take().expect("stderr piped");
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(l);
+            }
+        });
+        Log {
+            rx,
+            reader: Some(reader),
+            text: String::new(),
+        }
+    }
+
+    /// Reads on until a line contains `needle` (true) or 30 s pass (false).
+    fn wait_for(&mut self, needle: &str) -> bool {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(30) {
+            if let Ok(l) = self.rx.recv_timeout(Duration::from_millis(100)) {
+                self.text.push_str(&l);
+                self.text.push('\n');
+                if l.contains(needle) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Everything the run said, once it has exited.
+    fn finish(mut self) -> String {
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        self.text.extend(self.rx.try_iter().map(|l| l + "\n"));
+        self.text
+    }
+}
+
 fn prefix(tag: &str) -> String {
     format!("fgt-{tag}-{}", std::process::id())
 }
@@ -544,41 +613,7 @@ fn run_stops_cleanly_on_sigterm() {
     let farm = std::fs::read_to_string(root().join("pipelines/web-farm.yaml")).expect("farm");
     std::fs::write(&pipe, &farm).expect("write pipeline");
     write_null_conf(&conf, &pipe, "term", "[1, 2]", 200, &stats);
-    // Killed if an assertion below fails, so that no run is left polling.
-    let mut child = common::Proc(
-        flowgate()
-            .args(["run", "--conf"])
-            .arg(&conf)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn run"),
-    );
-    // Read stderr as it comes, to act on what the run says.
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stderr = child.0.stderr.take().expect("stderr");
-    let reader = std::thread::spawn(move || {
-        use std::io::BufRead;
-        for l in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(l);
-        }
-    });
-    let mut err = String::new();
-    let wait_for = |needle: &str, err: &mut String| {
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(30) {
-            if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
-                err.push_str(&l);
-                err.push('\n');
-                if l.contains(needle) {
-                    return true;
-                }
-            }
-        }
-        false
-    };
+    let (mut child, mut log) = spawn_run(&conf);
     let pid = child.0.id().to_string();
     let kill = |sig: &str| {
         assert!(
@@ -589,14 +624,15 @@ fn run_stops_cleanly_on_sigterm() {
                 .success()
         )
     };
-    let polling = wait_for("] rx ", &mut err);
+    let polling = log.wait_for("] rx ");
     let _ = (!polling).then(|| child.0.kill());
-    assert!(polling, "periodic rate line within 30 s: {err}");
+    assert!(polling, "periodic rate line within 30 s: {}", log.text);
     // SIGHUP: the management lcore reloads the (unchanged) pipeline and publishes it.
     kill("-HUP");
     assert!(
-        wait_for("pipeline reloaded (generation 2)", &mut err),
-        "{err}"
+        log.wait_for("pipeline reloaded (generation 2)"),
+        "{}",
+        log.text
     );
     // A server added to a service: taken without a restart.
     let web3 = "      - { name: web3, mac: \"02:00:00:00:01:03\", ip: 10.0.0.13, weight: 200 }\n";
@@ -605,8 +641,9 @@ fn run_stops_cleanly_on_sigterm() {
     std::fs::write(&pipe, farm.replace(web3, &format!("{web3}{web4}"))).expect("grow");
     kill("-HUP");
     assert!(
-        wait_for("pipeline reloaded (generation 3)", &mut err),
-        "{err}"
+        log.wait_for("pipeline reloaded (generation 3)"),
+        "{}",
+        log.text
     );
     // Servers taken away: taken too, each kept down while flows go to it. None does
     // (net_null's frames make no flow), so the management loop frees them within
@@ -614,15 +651,13 @@ fn run_stops_cleanly_on_sigterm() {
     std::fs::write(&pipe, farm.replace(web3, "")).expect("shrink");
     kill("-HUP");
     assert!(
-        wait_for("pipeline reloaded (generation 4)", &mut err),
-        "{err}"
+        log.wait_for("pipeline reloaded (generation 4)"),
+        "{}",
+        log.text
     );
     assert!(
-        wait_for(
-            "freed, their last flows ended: servers [\"web3\", \"web4\"], members [\"http\"/\"web3\", \"http\"/\"web4\"] (generation 5)",
-            &mut err
-        ),
-        "{err}"
+        log.wait_for("freed, their last flows ended: servers [\"web3\", \"web4\"], members [\"http\"/\"web3\", \"http\"/\"web4\"] (generation 5)"),
+        "{}", log.text
     );
     // A longer established-TCP timeout: taken, for the open flows too (said in the log).
     let longer = farm.replace(web3, "").replacen(
@@ -633,22 +668,17 @@ fn run_stops_cleanly_on_sigterm() {
     std::fs::write(&pipe, &longer).expect("longer");
     kill("-HUP");
     assert!(
-        wait_for(
-            "pipeline reloaded; timeouts changed, open flows included: tcp_established_timeout 300 → 900 s (generation 6)",
-            &mut err
-        ),
-        "{err}"
+        log.wait_for("pipeline reloaded; timeouts changed, open flows included: tcp_established_timeout 300 → 900 s (generation 6)"),
+        "{}", log.text
     );
     // A pattern rule added, with an idle timeout no class had: taken, and said.
     let ntp = "flows:\n  - { name: ntp, match: { proto: udp, dst_port: 123 }, to: gateway, idle_timeout: 45 }\ndefault:";
     std::fs::write(&pipe, longer.replacen("default:", ntp, 1)).expect("a rule");
     kill("-HUP");
     assert!(
-        wait_for(
-            "pipeline reloaded; flow rules added: [\"ntp\"] (generation 7)",
-            &mut err
-        ),
-        "{err}"
+        log.wait_for("pipeline reloaded; flow rules added: [\"ntp\"] (generation 7)"),
+        "{}",
+        log.text
     );
     // The services swapped: taken (a service is known by name; the file's order is
     // their priority), and said.
@@ -664,8 +694,9 @@ fn run_stops_cleanly_on_sigterm() {
     .expect("swap");
     kill("-HUP");
     assert!(
-        wait_for("services reordered: [\"https6\", \"http\"]", &mut err),
-        "{err}"
+        log.wait_for("services reordered: [\"https6\", \"http\"]"),
+        "{}",
+        log.text
     );
     // A new flow-table size: taken (each worker moves its flows into a new table), and
     // said.
@@ -680,16 +711,13 @@ fn run_stops_cleanly_on_sigterm() {
     .expect("capacity");
     kill("-HUP");
     assert!(
-        wait_for(
-            "flow table resized: 1048576 → 4096 flows a worker, open flows moving into the new table",
-            &mut err
-        ),
-        "{err}"
+        log.wait_for("flow table resized: 1048576 → 4096 flows a worker, open flows moving into the new table"),
+        "{}", log.text
     );
     // A file that does not parse: refused, the running tables stay.
     std::fs::write(&pipe, "services: [\n").expect("broken");
     kill("-HUP");
-    assert!(wait_for("reload refused:", &mut err), "{err}");
+    assert!(log.wait_for("reload refused:"), "{}", log.text);
     // The conf names another pipeline file, a slower summary and a larger mempool: the
     // first two are taken, the mempool is said to take a restart.
     let pipe2 = dir.path().join("pipe2.yaml");
@@ -709,18 +737,18 @@ fn run_stops_cleanly_on_sigterm() {
         pipe.display(),
         pipe2.display()
     );
-    assert!(wait_for(&line, &mut err), "{line}\n{err}");
+    assert!(log.wait_for(&line), "{line}\n{}", log.text);
     // The next reload reads the new file.
     std::fs::write(&pipe2, farm.replacen("default:", ntp, 1)).expect("a rule in pipe2");
     kill("-HUP");
     assert!(
-        wait_for("pipeline reloaded; flow rules added: [\"ntp\"]", &mut err),
-        "{err}"
+        log.wait_for("pipeline reloaded; flow rules added: [\"ntp\"]"),
+        "{}",
+        log.text
     );
     let status = sigterm_and_wait(&mut child.0, Duration::from_secs(20))
         .expect("flowgate run did not stop within 20 s of SIGTERM");
-    let _ = reader.join();
-    err.extend(rx.try_iter().map(|l| l + "\n"));
+    let err = log.finish();
     assert!(status.success(), "exit status {status:?}\n{err}");
     assert!(err.contains("stopping (signal)"), "{err}");
     assert!(
@@ -978,38 +1006,13 @@ fn run_reports_link_changes() {
         ),
     )
     .expect("write conf");
-    let mut child = common::Proc(
-        flowgate()
-            .args(["run", "--conf"])
-            .arg(&conf)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn run"),
-    );
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stderr = child.0.stderr.take().expect("stderr");
-    let reader = std::thread::spawn(move || {
-        use std::io::BufRead;
-        for l in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(l);
-        }
-    });
-    let mut err = String::new();
+    let (mut child, mut log) = spawn_run(&conf);
     let mut wait_for = |needle: &str| {
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(30) {
-            if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
-                err.push_str(&l);
-                err.push('\n');
-                if l.contains(needle) {
-                    return Ok(());
-                }
-            }
+        if log.wait_for(needle) {
+            Ok(())
+        } else {
+            Err(format!("no {needle:?} within 30 s:\n{}", log.text))
         }
-        Err(format!("no {needle:?} within 30 s:\n{err}"))
     };
     let link_in_stats = |want: bool| {
         let t0 = Instant::now();
@@ -1043,8 +1046,7 @@ fn run_reports_link_changes() {
     assert!(link_in_stats(true), "link_up true again");
     let status = sigterm_and_wait(&mut child.0, Duration::from_secs(20))
         .expect("flowgate run did not stop within 20 s of SIGTERM");
-    let _ = reader.join();
-    err.extend(rx.try_iter().map(|l| l + "\n"));
+    let err = log.finish();
     assert!(status.success(), "exit status {status:?}\n{err}");
     // Each change said once; net_null's link is up from the start and stays so.
     let says = |what: &str| err.lines().filter(|l| l.contains(what)).count();
