@@ -570,3 +570,57 @@ fn an_agent_with_a_closed_stderr_still_drains_and_leaves() {
     assert!(code.success(), "{code:?}");
     assert_eq!(env.stat("leaves"), 1, "it left (Leave), not died");
 }
+
+/// A checked service's response time is what its passing probes take, smoothed, and
+/// the agent advertises it (what `policy: response-time` weighs servers by); an
+/// unchecked service advertises none (0).
+#[test]
+fn health_checks_time_the_service() {
+    let env = Env::new();
+    let _sup = env.supervisor();
+    // An HTTP server that takes 40 ms to answer.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut s in l.incoming().map_while(Result::ok) {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            std::thread::sleep(Duration::from_millis(40));
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let conf = env.p("rt.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "name: rt\nmac: \"02:00:00:00:00:0c\"\naddrs: [127.0.0.1]\n\
+             load: {{source: static, value: 100}}\n\
+             services:\n  \
+             - name: web\n    vip: 10.0.0.100\n    ports: [80]\n    \
+             health: {{http: \"http://127.0.0.1:{port}/\", interval_ms: 100, timeout_ms: 1000}}\n  \
+             - {{name: api, vip: 10.0.0.101, ports: [81]}}\n"
+        ),
+    )
+    .unwrap();
+    let _agent = env.spawn_agent(&conf, "rt", "key");
+    let rt = |svc: &str| -> Option<u64> {
+        env.try_ctl(&["services"])?
+            .as_array()?
+            .iter()
+            .find(|s| s["system"] == "rt" && s["name"] == svc)
+            .and_then(|s| s["response_time_us"].as_u64())
+    };
+    env.wait_for(
+        || rt("web").is_some_and(|us| us > 0),
+        "web advertised with a response time",
+    );
+    // A few probes later: about 40 ms (and what a loaded machine adds).
+    std::thread::sleep(Duration::from_millis(600));
+    let us = rt("web").unwrap();
+    assert!(
+        (40_000..1_000_000).contains(&us),
+        "web answers in 40 ms: {us} µs"
+    );
+    assert_eq!(rt("api"), Some(0), "api is not checked: no figure");
+}

@@ -266,11 +266,18 @@ impl Agent {
     }
 
     /// Sets the load figures of every service for the next advertisement.
-    pub fn set_load(&mut self, load: u32, congestion: u16, response_time_us: u32) {
+    pub fn set_load(&mut self, load: u32, congestion: u16) {
         for s in &mut self.cfg.services {
             s.load = load;
             s.congestion = congestion.min(1000);
-            s.response_time_us = response_time_us;
+        }
+    }
+
+    /// Sets service `i`'s response time (µs; 0: none measured) for the next
+    /// advertisement.
+    pub fn set_response_time(&mut self, i: usize, us: u32) {
+        if let Some(s) = self.cfg.services.get_mut(i) {
+            s.response_time_us = us;
         }
     }
 

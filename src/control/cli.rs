@@ -909,7 +909,7 @@ fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()
             ag.drain(now, None);
         }
         if now >= next_sample {
-            ag.set_load(sample_load(&load_src), 0, 0);
+            ag.set_load(sample_load(&load_src), 0);
             ag.set_active(super::conns::open_connections(&tcp_ports));
             next_sample = now + interval / 2;
         }
@@ -920,11 +920,15 @@ fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()
             let Some(c) = checkers.get_mut(i).and_then(Option::as_mut) else {
                 continue;
             };
+            if let Ok(took) = &r {
+                c.time(*took);
+                ag.set_response_time(i, c.response_us());
+            }
             if let Some(healthy) = c.record(r.is_ok()) {
                 ag.set_healthy(now, i, healthy);
                 let name = &conf.services[i].name;
                 match r {
-                    Ok(()) => crate::logln!("agent: service {name} is healthy"),
+                    Ok(_) => crate::logln!("agent: service {name} is healthy"),
                     Err(e) => crate::logln!("agent: service {name} is unhealthy (weight 0): {e}"),
                 }
             }

@@ -13,6 +13,13 @@
 //!
 //! Probes block, so each checked service gets a thread that only runs its probe and
 //! reports the result ([`spawn`]); the verdicts are kept by the agent's loop.
+//!
+//! A passing probe also times the service: how long it took (the TCP handshake, the
+//! HTTP request to its status line, the command). [`Checker`] smooths those times
+//! (an exponentially weighted mean, each new time weighing a quarter) into the response
+//! time the agent advertises, which `policy: response-time` weighs servers by. An
+//! unchecked service advertises none (0), and the intermediate systems keep its
+//! pipeline figure.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -237,6 +244,8 @@ pub struct Checker {
     ever_passed: bool,
     /// Results in a row that disagree with the verdict.
     streak: u32,
+    /// The passing probes' times, smoothed (µs); `None` before the first.
+    response_us: Option<f64>,
 }
 
 impl Checker {
@@ -247,7 +256,22 @@ impl Checker {
             healthy: false,
             ever_passed: false,
             streak: 0,
+            response_us: None,
         }
+    }
+
+    /// Takes the time a passing probe took into the response time.
+    pub fn time(&mut self, took: Duration) {
+        let us = took.as_secs_f64() * 1e6;
+        self.response_us = Some(match self.response_us {
+            Some(r) => r + (us - r) / 4.0,
+            None => us,
+        });
+    }
+
+    /// The smoothed response time in µs, at least 1 once a probe passed (0: none yet).
+    pub fn response_us(&self) -> u32 {
+        self.response_us.map_or(0, |r| (r.round() as u32).max(1))
     }
 
     pub fn healthy(&self) -> bool {
@@ -275,8 +299,9 @@ impl Checker {
     }
 }
 
-/// One probe result: the service's index (in the agent's conf) and the outcome.
-pub type Report = (usize, Result<(), String>);
+/// One probe result: the service's index (in the agent's conf) and the outcome: how
+/// long a passing probe took, or why it failed.
+pub type Report = (usize, Result<Duration, String>);
 
 /// Starts a thread that runs `check`'s probe every interval and sends each result,
 /// tagged `index`, to `tx`; it ends when the receiver is gone.
@@ -286,7 +311,7 @@ pub fn spawn(index: usize, check: Check, tx: Sender<Report>) -> std::io::Result<
         .spawn(move || {
             loop {
                 let t0 = Instant::now();
-                let r = check.probe.run(check.timeout);
+                let r = check.probe.run(check.timeout).map(|()| t0.elapsed());
                 if tx.send((index, r)).is_err() {
                     return;
                 }
@@ -325,6 +350,27 @@ mod tests {
         assert_eq!(c.record(true), Some(true));
         assert_eq!(c.record(false), Some(false));
         assert_eq!(c.record(true), Some(true));
+    }
+
+    #[test]
+    fn checker_smooths_the_probe_times() {
+        let mut c = Checker::new(2, 3);
+        assert_eq!(c.response_us(), 0, "none before a probe passed");
+        c.time(Duration::from_micros(2000));
+        assert_eq!(c.response_us(), 2000, "the first time as it is");
+        c.time(Duration::from_micros(6000));
+        assert_eq!(c.response_us(), 3000, "a quarter of the way to the next");
+        for _ in 0..40 {
+            c.time(Duration::from_micros(10_000));
+        }
+        assert!(
+            (9_990..=10_000).contains(&c.response_us()),
+            "{}",
+            c.response_us()
+        );
+        let mut fast = Checker::new(1, 1);
+        fast.time(Duration::from_nanos(10));
+        assert_eq!(fast.response_us(), 1, "at least 1 µs once timed");
     }
 
     fn conf(yaml: &str) -> Result<Check> {

@@ -22,7 +22,9 @@
 //!   service it is a member of (same name, or same VIP): load is the larger of load and
 //!   congestion, per mille, as a fraction clamped to 0..=1 in steps of 0.01 (least-load
 //!   weighs members by `weight × (1 − load)`); response time is the largest advertised,
-//!   in steps of 0.1 ms. No matching service advertised: the pipeline's figures stay.
+//!   in steps of 0.1 ms (rounded up, so at least 0.1 ms; an advertised 0 means the agent
+//!   measures none, and the pipeline's figure stays). No matching service advertised:
+//!   the pipeline's figures stay.
 //! - Membership: a live server that advertises services but none matching a pipeline
 //!   service it is a member of does not offer it: its weight there becomes 0 (no new
 //!   flows of that service, existing ones stay).
@@ -371,7 +373,12 @@ impl Overlay {
                                 .map(|a| a.response_time_us)
                                 .max()
                                 .unwrap_or(0);
-                            v.response_ms = f64::from(us / 100) / 10.0;
+                            // 0: the agent measures none (no health check); the
+                            // pipeline's figure stays. Rounded up: a figure under 0.1
+                            // ms is 0.1 ms, never 0.
+                            if us > 0 {
+                                v.response_ms = f64::from(us.div_ceil(100)) / 10.0;
+                            }
                         }
                     }
                     None if self.heard[s].1 || self.unheard == Unheard::Down => {
@@ -625,6 +632,39 @@ services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]
             lines.iter().any(|l| l.contains("server s1 is up")),
             "{lines:?}"
         );
+    }
+
+    /// Advertised response times in steps of 0.1 ms, rounded up; 0 (an agent that
+    /// times nothing) keeps the pipeline's figure. Under `policy: response-time` a server
+    /// that answers in microseconds takes the largest share, and the others keep theirs:
+    /// before, its figure rounded to 0 ms and left every other server at weight 0.
+    #[test]
+    fn response_times_round_up_and_zero_keeps_the_pipelines() {
+        let p = Pipeline::from_str(
+            &P.replace("least-load", "response-time")
+                .replace("state: draining", "response_ms: 4.0"),
+            Path::new("p.yaml"),
+        )
+        .expect("pipeline");
+        let mut o = Overlay::new(3, Unheard::Keep, 0);
+        let (a, b, c) = (
+            sys(1, "s1", 1, SysState::Up),
+            sys(2, "s2", 2, SysState::Up),
+            sys(3, "s3", 3, SysState::Up),
+        );
+        let (sa, sb, sc) = (
+            [svc("web", "203.0.113.10", 0, 0, 40)],
+            [svc("web", "203.0.113.10", 0, 0, 1234)],
+            [svc("web", "203.0.113.10", 0, 0, 0)],
+        );
+        let v = o.server_views(&p, [(&a, &sa[..]), (&b, &sb[..]), (&c, &sc[..])]);
+        let rt: Vec<f64> = v.iter().map(|v| v.response_ms).collect();
+        assert_eq!(rt, [0.1, 1.3, 4.0]);
+        let q = apply_servers(&p, &v);
+        let w: Vec<u32> = (0..3)
+            .map(|j| crate::pipeline::effective_weight(&q, 0, j))
+            .collect();
+        assert_eq!(w, [100, 8, 3], "weight × fastest / own");
     }
 
     #[test]
