@@ -624,3 +624,75 @@ fn health_checks_time_the_service() {
     );
     assert_eq!(rt("api"), Some(0), "api is not checked: no figure");
 }
+
+/// A server that falls behind fills its listener's accept queue: the agent advertises
+/// that as the service's congestion (which the intermediate systems count as load), and
+/// nothing once the queue is empty again; `congestion: none` advertises none.
+#[test]
+fn a_full_accept_queue_is_advertised_as_congestion() {
+    let env = Env::new();
+    let _sup = env.supervisor();
+    // A listener with a backlog of 4 that accepts nothing until told.
+    let py = "import socket,sys\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen(4)\n\
+              print(s.getsockname()[1],flush=True)\nsys.stdin.readline()\n\
+              while True:\n  c,_=s.accept()\n  c.close()";
+    let mut server = Proc(
+        Command::new("/usr/bin/python3")
+            .args(["-c", py])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3"),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.0.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("port");
+    let port: u16 = line.trim().parse().expect("a port");
+    for (name, extra) in [("cq", ""), ("cn", "congestion: none\n")] {
+        std::fs::write(
+            env.p(&format!("{name}.yaml")),
+            format!(
+                "name: {name}\nmac: \"02:00:00:00:00:{}\"\naddrs: [127.0.0.1]\n\
+                 load: {{source: static, value: 100}}\n{extra}\
+                 services:\n  - {{name: web, vip: 10.0.0.100, ports: [{port}]}}\n",
+                if name == "cq" { "0d" } else { "0e" }
+            ),
+        )
+        .unwrap();
+    }
+    let _a = env.spawn_agent(&env.p("cq.yaml"), "cq", "key");
+    let _b = env.spawn_agent(&env.p("cn.yaml"), "cn", "key");
+    let congestion = |system: &str| -> Option<u64> {
+        env.try_ctl(&["services"])?
+            .as_array()?
+            .iter()
+            .find(|s| s["system"] == system && s["name"] == "web")
+            .and_then(|s| s["congestion"].as_u64())
+    };
+    env.wait_for(
+        || congestion("cq") == Some(0) && congestion("cn") == Some(0),
+        "both advertised, the queue empty",
+    );
+    let clients: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    env.wait_for(
+        || congestion("cq") == Some(750),
+        "3 of 4 queued: 750 per mille",
+    );
+    assert_eq!(congestion("cn"), Some(0), "congestion: none");
+    // The server catches up.
+    use std::io::Write;
+    server
+        .0
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .unwrap();
+    env.wait_for(|| congestion("cq") == Some(0), "the queue drained");
+    drop(clients);
+}

@@ -265,11 +265,18 @@ impl Agent {
         self.routed.values().any(|v| v.contains(&flow_id))
     }
 
-    /// Sets the load figures of every service for the next advertisement.
-    pub fn set_load(&mut self, load: u32, congestion: u16) {
+    /// Sets the load of every service (per mille) for the next advertisement.
+    pub fn set_load(&mut self, load: u32) {
         for s in &mut self.cfg.services {
             s.load = load;
-            s.congestion = congestion.min(1000);
+        }
+    }
+
+    /// Sets service `i`'s congestion (per mille, at most 1000) for the next
+    /// advertisement.
+    pub fn set_congestion(&mut self, i: usize, permille: u16) {
+        if let Some(s) = self.cfg.services.get_mut(i) {
+            s.congestion = permille.min(1000);
         }
     }
 

@@ -83,6 +83,18 @@ fn d_drain() -> u64 {
     30_000
 }
 
+/// Where an agent's congestion figures come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CongestionConf {
+    /// Each TCP service's: how full its listeners' accept queues are
+    /// ([`super::conns::accept_queue_permille`]).
+    #[default]
+    AcceptQueue,
+    /// None (advertised as 0).
+    None,
+}
+
 /// Where an agent's load figure comes from.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, tag = "source", rename_all = "lowercase")]
@@ -165,6 +177,8 @@ pub struct AgentConf {
     pub drain_timeout_ms: u64,
     #[serde(default)]
     pub load: LoadConf,
+    #[serde(default)]
+    pub congestion: CongestionConf,
     #[serde(default)]
     pub services: Vec<ServiceConf>,
     /// Pools to hold one grant from each (e.g. `nat-ports`), each a name or a name with
@@ -836,6 +850,13 @@ fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()
         .filter(|s| matches!(s.proto, 0 | 6))
         .flat_map(|s| s.ports.iter().copied())
         .collect();
+    // Per TCP service (index): the ports whose accept queues are its congestion.
+    let congestion_ports: Vec<(usize, Vec<(u16, u16)>)> = services
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| matches!(s.proto, 0 | 6) && !s.ports.is_empty())
+        .map(|(i, s)| (i, s.ports.clone()))
+        .collect();
     let mut capabilities = cap::FLOWS;
     if !services.is_empty() {
         capabilities |= cap::SERVICES;
@@ -902,6 +923,7 @@ fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()
     drop(health_tx);
     let mut next_sample = Instant::now();
     let load_src = conf.load.clone();
+    let mut ss_failed = false;
     let interval = Duration::from_millis(conf.advert_interval_ms.max(1));
     let res = drv.run(&mut agent, |ag, now| {
         if term.swap(false, Ordering::Relaxed) {
@@ -909,7 +931,22 @@ fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()
             ag.drain(now, None);
         }
         if now >= next_sample {
-            ag.set_load(sample_load(&load_src), 0);
+            ag.set_load(sample_load(&load_src));
+            if conf.congestion == CongestionConf::AcceptQueue && !congestion_ports.is_empty() {
+                match super::conns::listeners() {
+                    Ok(text) => {
+                        for (i, ports) in &congestion_ports {
+                            let c = super::conns::accept_queue_permille(&text, ports);
+                            ag.set_congestion(*i, c);
+                        }
+                    }
+                    Err(e) if !ss_failed => {
+                        ss_failed = true;
+                        crate::logln!("agent: congestion not measured (advertised as 0): {e}");
+                    }
+                    Err(_) => {}
+                }
+            }
             ag.set_active(super::conns::open_connections(&tcp_ports));
             next_sample = now + interval / 2;
         }
