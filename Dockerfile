@@ -23,8 +23,9 @@ RUN cargo build --release --locked ${FEATURES:+--features $FEATURES} \
 
 FROM debian:bookworm-slim
 ARG FEATURES=""
+# iproute2: `ss`, which `flowgate agent` reads its services' accept queues with.
 RUN apt-get update && apt-get install -y --no-install-recommends \
-      $( [ -n "$FEATURES" ] && echo dpdk ) ca-certificates && rm -rf /var/lib/apt/lists/*
+      $( [ -n "$FEATURES" ] && echo dpdk ) ca-certificates iproute2 && rm -rf /var/lib/apt/lists/*
 COPY --from=build /usr/local/bin/flowgate /usr/local/bin/flowgate
 COPY pipelines /opt/flowgate/pipelines
 COPY conf /opt/flowgate/conf
