@@ -940,11 +940,16 @@ fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()
                             ag.set_congestion(*i, c);
                         }
                     }
-                    Err(e) if !ss_failed => {
-                        ss_failed = true;
-                        crate::logln!("agent: congestion not measured (advertised as 0): {e}");
+                    Err(e) => {
+                        // No stale figure stays advertised.
+                        for (i, _) in &congestion_ports {
+                            ag.set_congestion(*i, 0);
+                        }
+                        if !ss_failed {
+                            ss_failed = true;
+                            crate::logln!("agent: congestion not measured (advertised as 0): {e}");
+                        }
                     }
-                    Err(_) => {}
                 }
             }
             ag.set_active(super::conns::open_connections(&tcp_ports));

@@ -511,7 +511,7 @@ fn manage(
     let mut last_reclaim = Instant::now();
     // Each port's link as last read (`None`: not yet, or the driver refused).
     let mut links: Vec<Option<Link>> = vec![None; live.ports.len()];
-    let mut last_link = Instant::now() - LINK_EVERY;
+    let mut last_link: Option<Instant> = None;
     let (mut last_in, mut last_out) = (0u64, 0u64);
     loop {
         // The control plane's turn doubles as the loop's 10 ms wait.
@@ -549,8 +549,8 @@ fn manage(
         if hup.swap(false, Relaxed) {
             reload(&mut conf, shared, control.as_deref_mut());
         }
-        if last_link.elapsed() >= LINK_EVERY {
-            last_link = Instant::now();
+        if last_link.is_none_or(|t| t.elapsed() >= LINK_EVERY) {
+            last_link = Some(Instant::now());
             watch_links(&conf, live.ports, &mut links);
         }
         if last_reclaim.elapsed() >= RECLAIM_EVERY {
