@@ -696,3 +696,42 @@ fn a_full_accept_queue_is_advertised_as_congestion() {
     env.wait_for(|| congestion("cq") == Some(0), "the queue drained");
     drop(clients);
 }
+
+/// A load command that takes longer than the dead interval (a hung script, a slow disk)
+/// does not hold up the agent's adverts: it stays registered and alive while the
+/// command runs, and advertises the figure once the command answers.
+#[test]
+fn a_slow_load_command_does_not_silence_the_agent() {
+    let env = Env::new();
+    let _sup = env.supervisor();
+    std::fs::write(
+        env.p("slow.yaml"),
+        "name: slow\nmac: \"02:00:00:00:00:0f\"\naddrs: [127.0.0.1]\n\
+         load: {source: command, command: \"sleep 2.5; echo 640\"}\n\
+         services:\n  - {name: web, vip: 10.0.0.100, ports: [80]}\n",
+    )
+    .unwrap();
+    let _a = env.spawn_agent(&env.p("slow.yaml"), "slow", "key");
+    let load = || -> Option<u64> {
+        env.try_ctl(&["services"])?
+            .as_array()?
+            .iter()
+            .find(|s| s["system"] == "slow")
+            .and_then(|s| s["load"].as_u64())
+    };
+    env.wait_for(|| load().is_some(), "slow registered and advertising");
+    // 2.5 s of the first command, 2.5 times the dead interval: never removed.
+    let t0 = Instant::now();
+    while load() != Some(640) {
+        assert!(
+            env.names("systems", "name") == ["slow"],
+            "the agent stays registered while its load command runs"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "load 640 advertised"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(env.stat("deaths"), 0, "never declared dead");
+}

@@ -760,6 +760,54 @@ fn sample_load(src: &LoadConf) -> u32 {
     }
 }
 
+/// What the sampler thread measured.
+struct Sample {
+    load: u32,
+    /// Per TCP service (index): its congestion; or, when `ss` could not be run, those
+    /// services and why.
+    congestion: Result<Vec<(usize, u16)>, (Vec<usize>, String)>,
+}
+
+/// Samples the load (`load`, which may run a command) and each TCP service's congestion
+/// (`congestion`: per service index, its ports; `ss` is run once for all) every `every`
+/// on a thread of its own, and sends each sample to `tx`; it ends when the receiver is
+/// gone.
+fn spawn_sampler(
+    load: LoadConf,
+    congestion: Option<Vec<(usize, Vec<(u16, u16)>)>>,
+    every: Duration,
+    tx: std::sync::mpsc::Sender<Sample>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("sampler".into())
+        .spawn(move || {
+            loop {
+                let t0 = Instant::now();
+                let congestion = match &congestion {
+                    None => Ok(Vec::new()),
+                    Some(services) => match super::conns::listeners() {
+                        Ok(text) => Ok(services
+                            .iter()
+                            .map(|(i, ports)| {
+                                (*i, super::conns::accept_queue_permille(&text, ports))
+                            })
+                            .collect()),
+                        Err(e) => Err((services.iter().map(|s| s.0).collect(), e)),
+                    },
+                };
+                let sample = Sample {
+                    load: sample_load(&load),
+                    congestion,
+                };
+                if tx.send(sample).is_err() {
+                    return;
+                }
+                std::thread::sleep(every.saturating_sub(t0.elapsed()));
+            }
+        })
+        .map(drop)
+}
+
 /// The routes of `numbers:` entries that have one.
 fn number_routes(numbers: &[NumberConf]) -> Result<Vec<NumberRoute>> {
     let mut out = Vec::new();
@@ -921,37 +969,44 @@ fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()
             .context("starting a health-check thread")?;
     }
     drop(health_tx);
-    let mut next_sample = Instant::now();
-    let load_src = conf.load.clone();
-    let mut ss_failed = false;
     let interval = Duration::from_millis(conf.advert_interval_ms.max(1));
+    // Load and congestion are sampled on a thread of their own (a load command or `ss`
+    // that hangs must not hold up adverts and renewals); open connections are read
+    // here (a file read).
+    let (sample_tx, sample_rx) = std::sync::mpsc::channel();
+    let congestion = (conf.congestion == CongestionConf::AcceptQueue
+        && !congestion_ports.is_empty())
+    .then_some(congestion_ports);
+    spawn_sampler(conf.load.clone(), congestion, interval / 2, sample_tx)
+        .context("starting the load sampler thread")?;
+    let mut ss_failed = false;
+    let mut next_sample = Instant::now();
     let res = drv.run(&mut agent, |ag, now| {
         if term.swap(false, Ordering::Relaxed) {
             crate::logln!("agent: SIGTERM, draining");
             ag.drain(now, None);
         }
-        if now >= next_sample {
-            ag.set_load(sample_load(&load_src));
-            if conf.congestion == CongestionConf::AcceptQueue && !congestion_ports.is_empty() {
-                match super::conns::listeners() {
-                    Ok(text) => {
-                        for (i, ports) in &congestion_ports {
-                            let c = super::conns::accept_queue_permille(&text, ports);
-                            ag.set_congestion(*i, c);
-                        }
+        while let Ok(s) = sample_rx.try_recv() {
+            ag.set_load(s.load);
+            match s.congestion {
+                Ok(v) => {
+                    for (i, c) in v {
+                        ag.set_congestion(i, c);
                     }
-                    Err(e) => {
-                        // No stale figure stays advertised.
-                        for (i, _) in &congestion_ports {
-                            ag.set_congestion(*i, 0);
-                        }
-                        if !ss_failed {
-                            ss_failed = true;
-                            crate::logln!("agent: congestion not measured (advertised as 0): {e}");
-                        }
+                }
+                Err((services, e)) => {
+                    // No stale figure stays advertised.
+                    for i in services {
+                        ag.set_congestion(i, 0);
+                    }
+                    if !ss_failed {
+                        ss_failed = true;
+                        crate::logln!("agent: congestion not measured (advertised as 0): {e}");
                     }
                 }
             }
+        }
+        if now >= next_sample {
             ag.set_active(super::conns::open_connections(&tcp_ports));
             next_sample = now + interval / 2;
         }
