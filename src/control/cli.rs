@@ -760,12 +760,32 @@ fn sample_load(src: &LoadConf) -> u32 {
     }
 }
 
+/// Per TCP service (index in the agent's conf): the ports its congestion is read on.
+type ServicePorts = Vec<(usize, Vec<(u16, u16)>)>;
+
 /// What the sampler thread measured.
 struct Sample {
     load: u32,
-    /// Per TCP service (index): its congestion; or, when `ss` could not be run, those
-    /// services and why.
-    congestion: Result<Vec<(usize, u16)>, (Vec<usize>, String)>,
+    /// Per TCP service (index): its congestion.
+    congestion: Vec<(usize, u16)>,
+    /// Why `ss` could not be run (the services' congestion is then 0).
+    ss_failed: Option<String>,
+}
+
+impl Sample {
+    /// Sets the figures for the agent's next adverts; logs the first failure to run
+    /// `ss` (`*failed` remembers it).
+    fn apply(self, ag: &mut Agent, failed: &mut bool) {
+        ag.set_load(self.load);
+        for (i, c) in self.congestion {
+            ag.set_congestion(i, c);
+        }
+        if let Some(e) = self.ss_failed
+            && !std::mem::replace(failed, true)
+        {
+            crate::logln!("agent: congestion not measured (advertised as 0): {e}");
+        }
+    }
 }
 
 /// Samples the load (`load`, which may run a command) and each TCP service's congestion
@@ -774,7 +794,7 @@ struct Sample {
 /// gone.
 fn spawn_sampler(
     load: LoadConf,
-    congestion: Option<Vec<(usize, Vec<(u16, u16)>)>>,
+    congestion: Option<ServicePorts>,
     every: Duration,
     tx: std::sync::mpsc::Sender<Sample>,
 ) -> std::io::Result<()> {
@@ -783,21 +803,23 @@ fn spawn_sampler(
         .spawn(move || {
             loop {
                 let t0 = Instant::now();
-                let congestion = match &congestion {
-                    None => Ok(Vec::new()),
-                    Some(services) => match super::conns::listeners() {
-                        Ok(text) => Ok(services
-                            .iter()
-                            .map(|(i, ports)| {
-                                (*i, super::conns::accept_queue_permille(&text, ports))
-                            })
-                            .collect()),
-                        Err(e) => Err((services.iter().map(|s| s.0).collect(), e)),
-                    },
+                let services = congestion.as_deref().unwrap_or_default();
+                let (text, ss_failed) = if services.is_empty() {
+                    (String::new(), None)
+                } else {
+                    match super::conns::listeners() {
+                        Ok(t) => (t, None),
+                        // No stale figure stays advertised: 0 for each.
+                        Err(e) => (String::new(), Some(e)),
+                    }
                 };
                 let sample = Sample {
                     load: sample_load(&load),
-                    congestion,
+                    congestion: services
+                        .iter()
+                        .map(|(i, ports)| (*i, super::conns::accept_queue_permille(&text, ports)))
+                        .collect(),
+                    ss_failed,
                 };
                 if tx.send(sample).is_err() {
                     return;
@@ -899,7 +921,7 @@ fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()
         .flat_map(|s| s.ports.iter().copied())
         .collect();
     // Per TCP service (index): the ports whose accept queues are its congestion.
-    let congestion_ports: Vec<(usize, Vec<(u16, u16)>)> = services
+    let congestion_ports: ServicePorts = services
         .iter()
         .enumerate()
         .filter(|(_, s)| matches!(s.proto, 0 | 6) && !s.ports.is_empty())
@@ -980,6 +1002,11 @@ fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()
     spawn_sampler(conf.load.clone(), congestion, interval / 2, sample_tx)
         .context("starting the load sampler thread")?;
     let mut ss_failed = false;
+    // The first adverts carry the first sample (at once for a static load or the load
+    // average; a slow command gets an advert interval, then adverts go on without it).
+    if let Ok(s) = sample_rx.recv_timeout(interval) {
+        s.apply(&mut agent, &mut ss_failed);
+    }
     let mut next_sample = Instant::now();
     let res = drv.run(&mut agent, |ag, now| {
         if term.swap(false, Ordering::Relaxed) {
@@ -987,24 +1014,7 @@ fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()
             ag.drain(now, None);
         }
         while let Ok(s) = sample_rx.try_recv() {
-            ag.set_load(s.load);
-            match s.congestion {
-                Ok(v) => {
-                    for (i, c) in v {
-                        ag.set_congestion(i, c);
-                    }
-                }
-                Err((services, e)) => {
-                    // No stale figure stays advertised.
-                    for i in services {
-                        ag.set_congestion(i, 0);
-                    }
-                    if !ss_failed {
-                        ss_failed = true;
-                        crate::logln!("agent: congestion not measured (advertised as 0): {e}");
-                    }
-                }
-            }
+            s.apply(ag, &mut ss_failed);
         }
         if now >= next_sample {
             ag.set_active(super::conns::open_connections(&tcp_ports));
