@@ -684,6 +684,25 @@ fn a_full_accept_queue_is_advertised_as_congestion() {
         "3 of 4 queued: 750 per mille",
     );
     assert_eq!(congestion("cn"), Some(0), "congestion: none");
+    // The agent says the same itself (`flowgate agent status`).
+    let o = Command::new(BIN)
+        .args(["agent", "--conf"])
+        .arg(env.p("cq.yaml"))
+        .arg("--control-socket")
+        .arg(env.p("cq.sock"))
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let st: Value = serde_json::from_slice(&o.stdout).expect("status JSON");
+    assert_eq!(
+        (&st["name"], &st["registered"], &st["state"]),
+        (&Value::from("cq"), &Value::from(true), &Value::from("up")),
+        "{st}"
+    );
+    assert_eq!(st["services"][0]["name"], "web", "{st}");
+    assert_eq!(st["services"][0]["congestion"], 750, "{st}");
+    assert_eq!(st["services"][0]["load"], 100, "{st}");
     // The server catches up.
     use std::io::Write;
     server

@@ -376,6 +376,16 @@ impl Agent {
         }
     }
 
+    /// The services as the next advertisement says them (an unhealthy one at weight 0).
+    pub fn advertised(&self) -> Vec<Service> {
+        (self.cfg.services.iter().zip(&self.unhealthy))
+            .map(|(s, &sick)| Service {
+                weight: if sick { 0 } else { s.weight },
+                ..s.clone()
+            })
+            .collect()
+    }
+
     /// This system's advertisement as it stands.
     fn advert_body(&self) -> Body {
         let state = if matches!(self.phase, Phase::Running) {
@@ -396,12 +406,7 @@ impl Agent {
                     state,
                 },
                 age_ms: 0,
-                services: (self.cfg.services.iter().zip(&self.unhealthy))
-                    .map(|(s, &sick)| Service {
-                        weight: if sick { 0 } else { s.weight },
-                        ..s.clone()
-                    })
-                    .collect(),
+                services: self.advertised(),
             })
         }
     }

@@ -486,6 +486,10 @@ pub enum AgentCmd {
         #[arg(long)]
         timeout_ms: Option<u64>,
     },
+    /// What the running agent advertises and holds (JSON): its state, each service with
+    /// the load, congestion, response time and weight it advertises, its number blocks
+    /// and flows.
+    Status,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -657,6 +661,7 @@ enum LocalReq {
     FlowAdd(Box<FlowAddArgs>),
     FlowDel { id: u64 },
     Drain { timeout_ms: Option<u64> },
+    Status,
 }
 
 /// `ctl weight`'s value: a number, or `clear` ([`WEIGHT_CLEAR`]).
@@ -710,6 +715,7 @@ pub fn run_agent(a: &AgentArgs) -> Result<()> {
                 timeout_ms: *timeout_ms,
             },
         ),
+        Some(AgentCmd::Status) => local_call(&sock_path, &LocalReq::Status),
         None => agent_main(&conf, &a.conf, &sock_path),
     }
 }
@@ -873,6 +879,42 @@ pub fn numbers_json(agent: &Agent, now: Instant) -> serde_json::Value {
         );
     }
     serde_json::Value::Object(m)
+}
+
+/// `flowgate agent status`: the agent's state and what it advertises and holds.
+fn status_json(ag: &Agent, now: Instant) -> serde_json::Value {
+    let state = if ag.is_left() {
+        "left"
+    } else if ag.is_draining() {
+        "draining"
+    } else {
+        "up"
+    };
+    let services: Vec<serde_json::Value> = ag
+        .advertised()
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "name": s.name,
+                "vip": s.vip.to_string(),
+                "proto": s.proto,
+                "ports": s.ports,
+                "weight": s.weight,
+                "load": s.load,
+                "congestion": s.congestion,
+                "response_time_us": s.response_time_us,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "ok": true,
+        "name": ag.name(),
+        "registered": ag.is_registered(),
+        "state": state,
+        "services": services,
+        "numbers": numbers_json(ag, now),
+        "flows": ag.flows().count(),
+    })
 }
 
 fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()> {
@@ -1096,6 +1138,7 @@ fn serve_local(ag: &mut Agent, now: Instant, stream: UnixStream) {
             ag.drain(now, timeout_ms.map(Duration::from_millis));
             serde_json::json!({"ok": true, "state": "draining"})
         }
+        Ok(LocalReq::Status) => status_json(ag, now),
     };
     let mut w = &stream;
     let _ = writeln!(w, "{reply}");
