@@ -92,6 +92,16 @@ impl Env {
         Proc(c)
     }
 
+    /// `field` of service `service` of system `system` as the supervisor lists it
+    /// (`ctl services`), when it does.
+    fn service_figure(&self, system: &str, service: &str, field: &str) -> Option<u64> {
+        self.try_ctl(&["services"])?
+            .as_array()?
+            .iter()
+            .find(|s| s["system"] == system && s["name"] == service)
+            .and_then(|s| s[field].as_u64())
+    }
+
     fn try_ctl(&self, args: &[&str]) -> Option<Value> {
         let out = Command::new(BIN)
             .args(["ctl", "--supervisor", &self.addr(), "--key-file"])
@@ -493,13 +503,7 @@ fn a_failing_health_check_advertises_weight_0() {
     )
     .unwrap();
     let _agent = env.spawn_agent(&conf, "hc", "key");
-    let weight = |svc: &str| -> Option<u64> {
-        env.try_ctl(&["services"])?
-            .as_array()?
-            .iter()
-            .find(|s| s["system"] == "hc" && s["name"] == svc)
-            .and_then(|s| s["weight"].as_u64())
-    };
+    let weight = |svc: &str| env.service_figure("hc", svc, "weight");
     env.wait_for(
         || weight("web") == Some(100) && weight("api") == Some(60),
         "healthy: both services at their weights",
@@ -604,13 +608,7 @@ fn health_checks_time_the_service() {
     )
     .unwrap();
     let _agent = env.spawn_agent(&conf, "rt", "key");
-    let rt = |svc: &str| -> Option<u64> {
-        env.try_ctl(&["services"])?
-            .as_array()?
-            .iter()
-            .find(|s| s["system"] == "rt" && s["name"] == svc)
-            .and_then(|s| s["response_time_us"].as_u64())
-    };
+    let rt = |svc: &str| env.service_figure("rt", svc, "response_time_us");
     env.wait_for(
         || rt("web").is_some_and(|us| us > 0),
         "web advertised with a response time",
@@ -665,13 +663,7 @@ fn a_full_accept_queue_is_advertised_as_congestion() {
     }
     let _a = env.spawn_agent(&env.p("cq.yaml"), "cq", "key");
     let _b = env.spawn_agent(&env.p("cn.yaml"), "cn", "key");
-    let congestion = |system: &str| -> Option<u64> {
-        env.try_ctl(&["services"])?
-            .as_array()?
-            .iter()
-            .find(|s| s["system"] == system && s["name"] == "web")
-            .and_then(|s| s["congestion"].as_u64())
-    };
+    let congestion = |system: &str| env.service_figure(system, "web", "congestion");
     env.wait_for(
         || congestion("cq") == Some(0) && congestion("cn") == Some(0),
         "both advertised, the queue empty",
@@ -731,13 +723,7 @@ fn a_slow_load_command_does_not_silence_the_agent() {
     )
     .unwrap();
     let _a = env.spawn_agent(&env.p("slow.yaml"), "slow", "key");
-    let load = || -> Option<u64> {
-        env.try_ctl(&["services"])?
-            .as_array()?
-            .iter()
-            .find(|s| s["system"] == "slow")
-            .and_then(|s| s["load"].as_u64())
-    };
+    let load = || env.service_figure("slow", "web", "load");
     env.wait_for(|| load().is_some(), "slow registered and advertising");
     // 2.5 s of the first command, 2.5 times the dead interval: never removed.
     let t0 = Instant::now();
