@@ -288,11 +288,7 @@ impl Session {
                 && !self.grants.contains_key(&g.grant_id)
             {
                 let id = g.grant_id;
-                self.request(
-                    now,
-                    ReqKey::Release(id),
-                    Body::NumberRelease(NumberRelease { grant_id: id }),
-                );
+                self.release(now, id);
             }
             return None;
         }
@@ -391,12 +387,17 @@ impl Session {
             if let Some(g) = self.grants.remove(&id) {
                 self.events.push_back(SessEvent::Lost(g));
             }
-            self.request(
-                now,
-                ReqKey::Release(id),
-                Body::NumberRelease(NumberRelease { grant_id: id }),
-            );
+            self.release(now, id);
         }
+    }
+
+    /// Gives grant `id` back (reliable; NO_SUCH_GRANT if the supervisor has it no more).
+    fn release(&mut self, now: Instant, id: u64) {
+        self.request(
+            now,
+            ReqKey::Release(id),
+            Body::NumberRelease(NumberRelease { grant_id: id }),
+        );
     }
 
     /// Retransmissions, renewals and grant expiry.
@@ -451,11 +452,7 @@ impl Session {
                 // did not stop hearing us): give it back, or the block stays taken until
                 // its lease runs out, beside the one `want_numbers` asks for next.
                 if self.registered {
-                    self.request(
-                        now,
-                        ReqKey::Release(id),
-                        Body::NumberRelease(NumberRelease { grant_id: id }),
-                    );
+                    self.release(now, id);
                 }
             }
         }

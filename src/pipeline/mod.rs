@@ -309,10 +309,6 @@ fn maglev_input(p: &Pipeline, i: usize) -> (Vec<(&str, u32)>, usize, &[u16]) {
     (names, s.table_size, &s.member_order)
 }
 
-/// The smallest response time `response-time` weighs by (ms): a server that answers
-/// faster counts as this fast.
-pub const MIN_RESPONSE_MS: f64 = 0.01;
-
 /// The weight member `j` of service `i` has in the Maglev table, after its state and
 /// the service's policy: 0 unless the server is up; `least-load` scales by `1 − load`;
 /// `response-time` by `fastest response / this response`.
@@ -328,16 +324,16 @@ pub fn effective_weight(p: &Pipeline, i: usize, j: usize) -> u32 {
         Policy::Maglev => w,
         Policy::LeastLoad => w * (1.0 - srv.load),
         Policy::ResponseTime => {
-            // Clamped, so that no figure divides by zero or makes every other server's
-            // share zero (the overlay gives at least 0.1 ms, a file any positive value).
-            let rt = |ms: f64| ms.max(MIN_RESPONSE_MS);
+            // Every figure is above 0: a file's are checked, the control plane's are
+            // rounded up to 0.1 ms (a 0 would leave every other server at weight 0).
+            debug_assert!(srv.response_ms > 0.0, "response_ms {}", srv.response_ms);
             let best = s
                 .members
                 .iter()
                 .filter(|m| !m.vacant())
-                .map(|m| rt(p.servers[m.server as usize].response_ms))
+                .map(|m| p.servers[m.server as usize].response_ms)
                 .fold(f64::INFINITY, f64::min);
-            w * best / rt(srv.response_ms)
+            w * best / srv.response_ms
         }
     };
     // Keep a live server with a tiny share in the table; 0 only when load is total.

@@ -670,8 +670,7 @@ fn port_stats_json(conf: &RunConf, ports: &[Port<'_>]) -> serde_json::Value {
             json!({ "ipackets": st.ipackets, "opackets": st.opackets, "imissed": st.imissed,
                     "ierrors": st.ierrors, "oerrors": st.oerrors, "rx_nombuf": st.rx_nombuf,
                     "link_up": link.is_some_and(|l| l.up),
-                    "speed_mbps": link.filter(|l| l.up && l.speed_mbps != u32::MAX)
-                        .map_or(0, |l| l.speed_mbps) }),
+                    "speed_mbps": link.and_then(|l| l.speed()).unwrap_or(0) }),
         );
     }
     serde_json::Value::Object(m)

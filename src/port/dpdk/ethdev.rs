@@ -105,6 +105,15 @@ pub struct Link {
     pub full_duplex: bool,
 }
 
+impl Link {
+    /// The speed in Mbps when the link is up and the driver knows it (not
+    /// RTE_ETH_SPEED_NUM_NONE, 0, nor RTE_ETH_SPEED_NUM_UNKNOWN, `u32::MAX`; virtual
+    /// devices often do not).
+    pub fn speed(&self) -> Option<u32> {
+        (self.up && self.speed_mbps != 0 && self.speed_mbps != u32::MAX).then_some(self.speed_mbps)
+    }
+}
+
 impl std::fmt::Display for Link {
     /// `down`, or `up, 10000 Mbps, full duplex` (the speed left out when the driver does
     /// not know it, as virtual devices often do not).
@@ -113,9 +122,8 @@ impl std::fmt::Display for Link {
             return f.write_str("down");
         }
         f.write_str("up")?;
-        // RTE_ETH_SPEED_NUM_NONE (0) and RTE_ETH_SPEED_NUM_UNKNOWN (u32::MAX).
-        if self.speed_mbps != 0 && self.speed_mbps != u32::MAX {
-            write!(f, ", {} Mbps", self.speed_mbps)?;
+        if let Some(mbps) = self.speed() {
+            write!(f, ", {mbps} Mbps")?;
         }
         f.write_str(if self.full_duplex {
             ", full duplex"
