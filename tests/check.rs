@@ -448,6 +448,14 @@ fn bads() -> Vec<Bad> {
             "a server needs a name",
         ),
         bad(
+            "a server limited to no flows",
+            16,
+            "        mac: \"02:00:00:00:01:01\"\n        max_flows: 0",
+            17,
+            "services[0].servers[0].max_flows",
+            "max_flows must be at least 1 (leave it out for no limit)",
+        ),
+        bad(
             "empty flow rule name",
             25,
             "  - name: \"\"",

@@ -106,12 +106,14 @@ pub fn render(p: &Pipeline) -> String {
             let srv = &p.servers[m.server as usize];
             let _ = writeln!(
                 s,
-                "  server {} mac {} weight {} state {:?} share {:.1}%",
+                "  server {} mac {} weight {} state {:?} share {:.1}%{}",
                 srv.name,
                 mac(&srv.mac),
                 m.weight,
                 srv.state,
-                100.0 * shares[j] as f64 / svc.table_size as f64
+                100.0 * shares[j] as f64 / svc.table_size as f64,
+                srv.max_flows
+                    .map_or(String::new(), |n| format!(" max_flows {n}"))
             );
         }
     }

@@ -197,6 +197,17 @@ pub fn render(j: &Value) -> String {
             o.sample(name, &[("server", k)], num(v).unwrap_or(0.0));
         }
     }
+    if let Some(servers) = j["server_overflows"].as_object() {
+        let name = "flowgate_server_overflows_total";
+        o.family(
+            name,
+            "counter",
+            "New flows whose first choice was a server holding its max_flows.",
+        );
+        for (k, v) in servers {
+            o.sample(name, &[("server", k)], num(v).unwrap_or(0.0));
+        }
+    }
     if let Some(rules) = j["flow_rules"].as_object() {
         o.keyed(
             "flowgate_flow_rule",

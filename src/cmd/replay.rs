@@ -65,12 +65,17 @@ pub fn run(o: &ReplayOpts) -> Result<ReplayResult> {
     let start = Instant::now();
     let mut n: u64 = 0;
     let mut last_ts = 0u64;
+    let mut expired_at = 0u64;
     while let Some(pkt) = rd.next_packet()? {
         n += 1;
         let ts = pkt.ts_ns;
         last_ts = last_ts.max(ts);
-        if n.is_multiple_of(32) {
+        // As `flowgate run` does between bursts: every 32 packets, and before a packet
+        // that comes a millisecond or more after the last call (a sparse capture's flows
+        // end when their time is up, not 32 packets later).
+        if n.is_multiple_of(32) || last_ts >= expired_at + 1_000_000 {
             w.expire(last_ts, 256);
+            expired_at = last_ts;
         }
         if !buf.load(pkt.data) {
             w.count_drop(DropReason::TooBig);

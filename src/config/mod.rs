@@ -242,6 +242,11 @@ pub struct Server {
     /// Removed from the file by a reload ([`Pipeline::regrow`]) but kept, down, while
     /// flows may still go to it; [`Pipeline::reclaim`] frees its index once none does.
     pub removed: bool,
+    /// The most open flows (of every service and rule) whose target it is; a new flow
+    /// whose first choice it is at that goes to the next server of the Maglev table with
+    /// room. Each worker admits its share ([`Share`](crate::pipeline::Share)). `None`: no
+    /// limit.
+    pub max_flows: Option<u32>,
 }
 
 impl Server {
@@ -262,6 +267,7 @@ impl Server {
             load: 0.0,
             response_ms: 1.0,
             removed: true,
+            max_flows: None,
         }
     }
 }
@@ -1404,6 +1410,12 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
             if weight > 1_000_000 {
                 return Err(cx.err(&sp("weight"), "weight must be <= 1000000"));
             }
+            if v.max_flows == Some(0) {
+                return Err(cx.err(
+                    &sp("max_flows"),
+                    "max_flows must be at least 1 (leave it out for no limit)",
+                ));
+            }
             let port = v.port.as_deref().map(&mut port_index);
             let candidate = Server {
                 name: v.name.clone(),
@@ -1414,6 +1426,7 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
                 load,
                 response_ms,
                 removed: false,
+                max_flows: v.max_flows,
             };
             if v.name.is_empty() {
                 return Err(cx.err(&sp("name"), "a server needs a name"));

@@ -102,6 +102,9 @@ pub struct RawServer {
     /// `up` (default), `draining` or `down`.
     #[serde(default)]
     pub state: Option<String>,
+    /// The most open flows the server takes (unset: no limit).
+    #[serde(default)]
+    pub max_flows: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -230,6 +230,9 @@ drop_reasons! {
     /// The service has no server that can take a new flow (and `no_server: drop`, or no
     /// ICMP error may be sent).
     NoServer => "no_server",
+    /// A new flow of a service whose every server that takes new flows holds its
+    /// `max_flows` (and `no_server: drop`, or no ICMP error may be sent).
+    ServersFull => "servers_full",
     /// A non-first fragment whose first fragment was not seen.
     FragmentNoFirst => "fragment_no_first",
     /// A push would make the frame longer than the maximum frame size.

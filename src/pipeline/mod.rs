@@ -155,14 +155,19 @@ impl Tables {
     /// [`Affinity`]; `None` when no server takes new flows.
     #[inline]
     pub fn choose(&self, i: usize, t: &Tuple) -> Option<u16> {
-        let h = match self.pipeline.services[i].affinity {
+        self.maglev[i].lookup(self.placement_hash(i, t))
+    }
+
+    /// The hash that places a new flow with tuple `t` in service `i`'s Maglev table.
+    #[inline]
+    fn placement_hash(&self, i: usize, t: &Tuple) -> u64 {
+        match self.pipeline.services[i].affinity {
             Affinity::Connection => tuple_hash(t),
             Affinity::Source {
                 v4_prefix,
                 v6_prefix,
             } => source_hash(&t.src, v4_prefix, v6_prefix),
-        };
-        self.maglev[i].lookup(h)
+        }
     }
 
     /// The QoS actions a route's selector names.
@@ -386,6 +391,35 @@ pub struct Worker {
     /// The latest time [`expire`](Worker::expire) was called with: when new timeouts
     /// from [`set_tables`](Worker::set_tables) take effect.
     clock: u64,
+    /// This worker's part of each server's `max_flows`.
+    share: Share,
+}
+
+/// Which part of a server's `max_flows` one worker admits: worker `index` of `of`
+/// admits `max_flows / of`, one more when `index < max_flows % of`, so the parts add up
+/// to `max_flows`. Each worker holds its own flows (RSS or the dispatcher spreads them
+/// by a hash of their addresses), so a server's open flows reach `max_flows` when its
+/// flows spread evenly over the workers, as many flows do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Share {
+    index: u32,
+    of: u32,
+}
+
+impl Share {
+    /// The only worker: all of every limit.
+    pub const ALL: Share = Share { index: 0, of: 1 };
+
+    /// Worker `index` of `of`; `None` unless `index < of`.
+    pub fn new(index: usize, of: usize) -> Option<Share> {
+        let (index, of) = (u32::try_from(index).ok()?, u32::try_from(of).ok()?);
+        (index < of).then_some(Share { index, of })
+    }
+
+    /// This worker's part of `limit`.
+    pub fn of(self, limit: u32) -> u32 {
+        limit / self.of + u32::from(self.index < limit % self.of)
+    }
 }
 
 /// What a sweep does to flow `f` (key `k`): `Some` with its new value when it moves (see
@@ -483,8 +517,74 @@ impl Worker {
             sweep_pending: vec![false; p.flow_rules.len()],
             sweep_at: None,
             clock: 0,
+            share: Share::ALL,
             tables,
         }
+    }
+
+    /// Makes this worker admit `share` of each server's `max_flows` (all of it by
+    /// default: the only worker).
+    pub fn set_share(&mut self, share: Share) {
+        self.share = share;
+    }
+
+    /// True when server `s` may take one more new flow on this worker: it has no
+    /// `max_flows`, or this worker's flows to it hold less than its share.
+    #[inline]
+    fn has_room(&self, tables: &Tables, s: u16) -> bool {
+        match tables
+            .pipeline
+            .servers
+            .get(usize::from(s))
+            .and_then(|x| x.max_flows)
+        {
+            None => true,
+            Some(n) => {
+                let open = self
+                    .stats
+                    .server_flows
+                    .get(usize::from(s))
+                    .copied()
+                    .unwrap_or(0);
+                open < u64::from(self.share.of(n))
+            }
+        }
+    }
+
+    /// The member of service `i` a new flow with tuple `t` goes to: the service's choice
+    /// ([`Tables::choose`]) or, when that server holds its `max_flows` (counted in
+    /// `server_overflows`), the next member of the Maglev table with room
+    /// ([`Maglev::next_taking`](crate::balance::maglev::Maglev::next_taking)). The drop
+    /// reason when none can take it: `no_server` (no server takes new flows) or
+    /// `servers_full`.
+    #[inline]
+    fn place(&mut self, tables: &Tables, i: usize, t: &Tuple) -> Result<u16, DropReason> {
+        let h = tables.placement_hash(i, t);
+        let table = &tables.maglev[i];
+        let first = table.lookup(h).ok_or(DropReason::NoServer)?;
+        let members = &tables.pipeline.services[i].members;
+        let server = |b: u16| members[usize::from(b)].server;
+        if self.has_room(tables, server(first)) {
+            return Ok(first);
+        }
+        if let Some(n) = self
+            .stats
+            .server_overflows
+            .get_mut(usize::from(server(first)))
+        {
+            *n += 1;
+        }
+        // Only walk the table when some member can take the flow.
+        if !table
+            .present()
+            .iter()
+            .any(|&b| self.has_room(tables, server(b)))
+        {
+            return Err(DropReason::ServersFull);
+        }
+        table
+            .next_taking(h, |b| self.has_room(tables, server(b)))
+            .ok_or(DropReason::ServersFull)
     }
 
     /// The tables in use.
@@ -1080,9 +1180,12 @@ impl Worker {
         match d {
             Decision::Service(i) if create => {
                 let i = i as u16;
-                let Some(member) = tables.choose(i as usize, &m.tuple) else {
-                    *out = self.no_server(tables, buf, m, i, in_port, now, *out);
-                    return None;
+                let member = match self.place(tables, usize::from(i), &m.tuple) {
+                    Ok(member) => member,
+                    Err(why) => {
+                        *out = self.no_server(tables, buf, m, i, why, in_port, now, *out);
+                        return None;
+                    }
                 };
                 let server = p.services[i as usize].members[member as usize].server;
                 let target = Target::Server(server);
@@ -1185,8 +1288,9 @@ impl Worker {
                 && p.servers
                     .get(s as usize)
                     .is_some_and(|x| x.state == ServerState::Down)
-                && let Some(mb) = tables.choose(
-                    i as usize,
+                && let Ok(mb) = self.place(
+                    tables,
+                    usize::from(i),
                     &if forward { m.tuple } else { m.tuple.reversed() },
                 )
             {
@@ -1435,9 +1539,10 @@ impl Worker {
             .unwrap_or_else(|| drop_with(out, DropReason::MtuExceeded))
     }
 
-    /// A new flow of service `svc` that no server can take: with `no_server: reject`,
-    /// answered with an ICMP port unreachable from the VIP (see [`Worker::icmp_error`]);
-    /// else, or when no error may be sent, dropped as `no_server`.
+    /// A new flow of service `svc` that no server can take (`why`: `no_server` or
+    /// `servers_full`): with `no_server: reject`, answered with an ICMP port unreachable
+    /// from the VIP (see [`Worker::icmp_error`]); else, or when no error may be sent,
+    /// dropped as `why`.
     #[allow(clippy::too_many_arguments)]
     #[inline(never)]
     fn no_server<B: PacketBuf + ?Sized>(
@@ -1446,17 +1551,18 @@ impl Worker {
         buf: &mut B,
         m: &Meta,
         svc: u16,
+        why: DropReason,
         in_port: u16,
         now: u64,
         out: Outcome,
     ) -> Outcome {
         let s = &tables.pipeline.services[usize::from(svc)];
         if !s.reject {
-            return drop_with(out, DropReason::NoServer);
+            return drop_with(out, why);
         }
         let (vip, kind) = (s.vip, reply::IcmpError::PortUnreachable);
         self.icmp_error_from(tables, buf, m, vip, kind, in_port, now, out)
-            .unwrap_or_else(|| drop_with(out, DropReason::NoServer))
+            .unwrap_or_else(|| drop_with(out, why))
     }
 
     /// Puts the ICMP error `kind` about the packet in `buf` in its place, from the
@@ -1822,6 +1928,103 @@ mod tests {
         assert!(!options_valid(&[7, 1, 0, 0]));
         assert!(!options_valid(&[1, 1, 1, 7]));
         assert!(options_valid(&[]) && options_valid(&[1, 1, 1, 1]));
+    }
+
+    #[test]
+    fn the_workers_shares_of_a_limit_add_up_to_it() {
+        for limit in 0..40u32 {
+            for of in 1..7usize {
+                let parts: Vec<u32> = (0..of)
+                    .map(|i| Share::new(i, of).unwrap().of(limit))
+                    .collect();
+                assert_eq!(parts.iter().sum::<u32>(), limit, "{limit} over {of}");
+                let (lo, hi) = (limit / of as u32, limit.div_ceil(of as u32));
+                assert!(parts.iter().all(|&n| n == lo || n == hi), "{parts:?}");
+            }
+        }
+        assert_eq!(Share::new(2, 2), None);
+        assert_eq!(Share::ALL.of(7), 7);
+    }
+
+    /// A SYN from client `i` (198.51.100.0 + i, port 40000 + i) to 192.0.2.10:80.
+    fn syn_from(i: u32) -> crate::action::FrameBuf {
+        use crate::r#gen::frame::{Tags, begin, finish, flags, tcp};
+        let mut f = Vec::new();
+        let src = std::net::IpAddr::from(std::net::Ipv4Addr::from(0xc633_6400 + i));
+        let dst = "192.0.2.10".parse().unwrap();
+        let sys = [2, 0, 0, 0, 0, 1];
+        let lay = begin(
+            &mut f,
+            sys,
+            [2, 0, 0, 0, 0, 0xfe],
+            &Tags::NONE,
+            src,
+            dst,
+            6,
+            1,
+        );
+        tcp(&mut f, 40000 + i as u16, 80, 1, 0, flags::SYN);
+        finish(&mut f, lay);
+        let mut b = crate::action::FrameBuf::new(256);
+        assert!(b.load(&f));
+        b
+    }
+
+    /// Where the SYNs of clients `0..n` go (server index, or `None` when not forwarded).
+    fn place_syns(w: &mut Worker, n: u32) -> Vec<Option<u16>> {
+        (0..n)
+            .map(|i| {
+                let mut b = syn_from(i);
+                let out = w.process(&mut b, 0, 10);
+                out.route.map(|_| {
+                    let dst: Mac = b.data()[..6].try_into().unwrap();
+                    (w.tables.pipeline.servers.iter().position(|s| s.mac == dst)).unwrap() as u16
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_worker_admits_its_share_of_max_flows_and_sends_the_rest_on() {
+        let p = Pipeline::from_str(P, Path::new("p.yaml")).unwrap();
+        let free = place_syns(&mut Worker::new(Arc::new(Tables::build(p, 1))), 100);
+        let firsts = free.iter().filter(|&&s| s == Some(0)).count() as u64;
+        assert!(firsts > 10, "a gets {firsts} of 100 without a limit");
+        let y = P.replace("01:01\" }", "01:01\", max_flows: 5 }");
+        let p = Pipeline::from_str(&y, Path::new("p.yaml")).unwrap();
+        for (share, admitted) in [
+            (Share::ALL, 5),
+            (Share::new(0, 2).unwrap(), 3),
+            (Share::new(1, 2).unwrap(), 2),
+        ] {
+            let mut w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
+            w.set_share(share);
+            let got = place_syns(&mut w, 100);
+            // Every flow placed: a's first `admitted`, then b.
+            assert!(got.iter().all(Option::is_some));
+            assert_eq!(w.stats.server_flows, [admitted, 100 - admitted]);
+            assert_eq!(w.stats.server_overflows, [firsts - admitted, 0]);
+            let mut to_a = 0;
+            for (g, f) in got.iter().zip(&free) {
+                if *f == Some(0) && to_a < admitted {
+                    to_a += 1;
+                    assert_eq!(*g, Some(0));
+                } else {
+                    assert_eq!(*g, Some(1));
+                }
+            }
+        }
+        // Both full: new flows are refused as `servers_full`; a flow that ends frees room.
+        let y = y.replace("01:02\" }", "01:02\", max_flows: 1 }");
+        let p = Pipeline::from_str(&y, Path::new("p.yaml")).unwrap();
+        let mut w = Worker::new(Arc::new(Tables::build(p, 1)));
+        let got = place_syns(&mut w, 10);
+        assert_eq!(got.iter().flatten().count(), 6);
+        assert_eq!(w.stats.drops[DropReason::ServersFull as usize], 4);
+        assert_eq!(w.stats.drops[DropReason::NoServer as usize], 0);
+        w.expire(10 + 11_000_000_000, 100); // the SYN timeout (10 s) has passed
+        assert_eq!(w.stats.server_flows, [0, 0]);
+        assert_eq!(place_syns(&mut w, 10).iter().flatten().count(), 6);
     }
 
     #[test]

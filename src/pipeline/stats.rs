@@ -48,6 +48,9 @@ pub struct Stats {
     /// `ipvsadm -L` shows as a real server's connections), kept as flows are created,
     /// moved, evicted, expired and removed.
     pub server_flows: Vec<u64>,
+    /// Per server: new flows whose first choice it was while it held its `max_flows`
+    /// (placed on another server, or refused as `servers_full`).
+    pub server_overflows: Vec<u64>,
     /// Per service and per pattern rule: live flows it made (whose [`Owner`] it is), a
     /// gauge kept the same way.
     pub svc_open: Vec<u64>,
@@ -82,6 +85,7 @@ impl Stats {
             rule_flows: vec![0; p.flow_rules.len()],
             rule_packets: vec![0; p.flow_rules.len()],
             server_flows: vec![0; p.servers.len()],
+            server_overflows: vec![0; p.servers.len()],
             svc_open: vec![0; p.services.len()],
             rule_open: vec![0; p.flow_rules.len()],
         }
@@ -118,8 +122,10 @@ impl Stats {
                 v.resize(r, 0);
             }
         }
-        if self.server_flows.len() < p.servers.len() {
-            self.server_flows.resize(p.servers.len(), 0);
+        for v in [&mut self.server_flows, &mut self.server_overflows] {
+            if v.len() < p.servers.len() {
+                v.resize(p.servers.len(), 0);
+            }
         }
     }
 
@@ -136,6 +142,7 @@ impl Stats {
                 Entry::Server(i) => {
                     debug_assert_eq!(self.server_flows[i], 0, "flows on freed server {i}");
                     self.server_flows[i] = 0;
+                    self.server_overflows[i] = 0;
                 }
                 Entry::Service(i) => {
                     debug_assert_eq!(self.svc_open[i], 0, "flows of freed service {i}");
@@ -160,7 +167,7 @@ impl Stats {
     pub fn counts_nothing(&self, e: Entry) -> bool {
         let zero = |v: &[u64], i: usize| v.get(i) == Some(&0);
         match e {
-            Entry::Server(i) => zero(&self.server_flows, i),
+            Entry::Server(i) => zero(&self.server_flows, i) && zero(&self.server_overflows, i),
             Entry::Service(i) => {
                 zero(&self.svc_flows, i)
                     && zero(&self.svc_packets, i)
@@ -208,6 +215,7 @@ impl Stats {
         add(&mut self.rule_flows, &o.rule_flows);
         add(&mut self.rule_packets, &o.rule_packets);
         add(&mut self.server_flows, &o.server_flows);
+        add(&mut self.server_overflows, &o.server_overflows);
         add(&mut self.svc_open, &o.svc_open);
         add(&mut self.rule_open, &o.rule_open);
         for (a, b) in self
@@ -306,6 +314,13 @@ impl Stats {
             .filter(|(s, _)| !s.vacant())
             .map(|(s, n)| (s.name.clone(), json!(n)))
             .collect();
+        let server_overflows: Map<String, Value> = p
+            .servers
+            .iter()
+            .zip(&self.server_overflows)
+            .filter(|(s, _)| !s.vacant())
+            .map(|(s, n)| (s.name.clone(), json!(n)))
+            .collect();
         json!({
             "packets_in": self.packets_in,
             "packets_out": self.packets_out,
@@ -323,6 +338,7 @@ impl Stats {
             "fragments_unsent": self.fragments_unsent,
             "services": services,
             "server_flows": server_flows,
+            "server_overflows": server_overflows,
             "flow_rules": rules,
         })
     }

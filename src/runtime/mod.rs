@@ -102,6 +102,7 @@ pub fn copy_stats(dst: &mut Stats, src: &Stats) {
     cp(&mut dst.rule_flows, &src.rule_flows);
     cp(&mut dst.rule_packets, &src.rule_packets);
     cp(&mut dst.server_flows, &src.server_flows);
+    cp(&mut dst.server_overflows, &src.server_overflows);
     cp(&mut dst.svc_open, &src.svc_open);
     cp(&mut dst.rule_open, &src.rule_open);
     if dst.svc_server_packets.len() == src.svc_server_packets.len() {

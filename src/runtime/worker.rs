@@ -14,7 +14,7 @@ use super::{copy_stats, dispatch_hash};
 use crate::config::Pipeline;
 use crate::pipeline::meta::DropReason;
 use crate::pipeline::stats::Stats;
-use crate::pipeline::{Outcome, Tables, Worker};
+use crate::pipeline::{Outcome, Share, Tables, Worker};
 use crate::port::dpdk::{
     BURST, DpdkError, Eal, Link, Mbuf, MbufBatch, Mempool, PoolLayout, Port, PortConf, RxQueue,
     SYMMETRIC_RSS_KEY, TxQueue,
@@ -841,6 +841,9 @@ fn worker_loop<'q>(
     // Before any flow touches it: huge pages spare every lookup a TLB miss.
     crate::port::dpdk::advise_huge_pages(&w.memory());
     let n_workers = shared.slots.len();
+    if let Some(share) = Share::new(idx, n_workers) {
+        w.set_share(share);
+    }
     let mut rxb: MbufBatch<'q> = MbufBatch::new();
     // This worker's frames picked out of a dispatched burst or its inbox.
     let mut mine: MbufBatch<'q> = MbufBatch::new();

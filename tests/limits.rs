@@ -1,0 +1,274 @@
+//! Servers' `max_flows`: a server that holds its limit takes no new flow; the flows that
+//! would have gone to it go to the next server of the Maglev table with room, the others
+//! stay where they would go anyway, and when every server is full a new flow is refused
+//! (`servers_full`, or an ICMP port unreachable with `no_server: reject`). Captures are
+//! written by scapy and `flowgate replay`'s output is read by tshark (the independent
+//! oracles); the capture's clock lets the first flows time out before the second batch.
+
+mod common;
+
+use common::{have_oracles, replay_stats, scapy, tshark};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+const MACS: [(&str, &str); 3] = [
+    ("s1", "02:00:00:00:01:01"),
+    ("s2", "02:00:00:00:01:02"),
+    ("s3", "02:00:00:00:01:03"),
+];
+
+/// The web service over s1..s3, each with the given `max_flows` (`None`: no limit).
+fn pipeline(
+    dir: &Path,
+    name: &str,
+    limits: [Option<u32>; 3],
+    no_server: &str,
+) -> std::path::PathBuf {
+    let servers: String = MACS
+        .iter()
+        .zip(limits)
+        .map(|((n, mac), l)| {
+            let limit = l.map_or(String::new(), |l| format!(", max_flows: {l}"));
+            format!("      - {{ name: {n}, mac: \"{mac}\"{limit} }}\n")
+        })
+        .collect();
+    let yaml = format!(
+        r#"system: {{ mac: "02:00:00:00:00:01", addresses: [203.0.113.1], gateway: "02:00:00:00:00:fe" }}
+services:
+  - name: web
+    vip: 203.0.113.10
+    proto: tcp
+    ports: [80]
+    no_server: {no_server}
+    servers:
+{servers}"#
+    );
+    let p = dir.join(name);
+    std::fs::write(&p, yaml).unwrap();
+    p
+}
+
+/// `n` SYNs from distinct clients of network `net` (198.51.`net`.0/24) at `t` seconds
+/// on, 1 ms apart, followed by `n` more from 198.51.`net + 1`.0/24 at `t + 30` (after
+/// the SYN timeout, 10 s, has ended the first ones).
+fn capture(dir: &Path, n: u32) -> std::path::PathBuf {
+    let out = dir.join("syns.pcap");
+    scapy(&format!(
+        r#"
+from scapy.all import *
+pk = []
+for b, t0 in ((100, 1.0), (101, 31.0)):
+    for i in range({n}):
+        p = Ether(src="02:00:00:00:00:fe", dst="02:00:00:00:00:01")/IP(src="198.51.%d.%d" % (b, i + 1), dst="203.0.113.10")/TCP(sport=40000 + i, dport=80, flags="S")
+        p.time = t0 + i / 1000
+        pk.append(p)
+wrpcap("{}", pk)
+"#,
+        out.display()
+    ));
+    out
+}
+
+/// Per client address, the server (by MAC) its SYN left for; ICMP errors as "icmp".
+fn destinations(out: &Path) -> BTreeMap<String, String> {
+    let by_mac: BTreeMap<&str, &str> = MACS.iter().map(|&(n, m)| (m, n)).collect();
+    tshark(
+        out,
+        &[
+            "-T",
+            "fields",
+            "-E",
+            "separator=;",
+            "-e",
+            "eth.dst",
+            "-e",
+            "ip.src",
+            "-e",
+            "ip.dst",
+            "-e",
+            "icmp.type",
+            "-e",
+            "icmp.code",
+        ],
+    )
+    .into_iter()
+    .map(|l| {
+        let f: Vec<&str> = l.split(';').collect();
+        if f[3] == "3" && f[4] == "3" {
+            // Port unreachable to the client (the first address is the error's own).
+            assert_eq!(
+                f[1].split(',').next(),
+                Some("203.0.113.10"),
+                "from the VIP: {l}"
+            );
+            (
+                f[2].split(',').next().unwrap().to_string(),
+                "icmp".to_string(),
+            )
+        } else {
+            let server = by_mac
+                .get(f[0])
+                .unwrap_or_else(|| panic!("unknown destination: {l}"));
+            (f[1].to_string(), server.to_string())
+        }
+    })
+    .collect()
+}
+
+#[test]
+fn a_full_server_sends_its_new_flows_to_the_others() {
+    if !have_oracles() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let syns = capture(dir.path(), 60);
+    let free = pipeline(dir.path(), "free.yaml", [None; 3], "drop");
+    let s_free = replay_stats(&free, &syns, &dir.path().join("free.pcap"));
+    let limited = pipeline(dir.path(), "limited.yaml", [Some(5), None, None], "drop");
+    let s_lim = replay_stats(&limited, &syns, &dir.path().join("limited.pcap"));
+    let d_free = destinations(&dir.path().join("free.pcap"));
+    let d_lim = destinations(&dir.path().join("limited.pcap"));
+    assert_eq!(
+        (d_free.len(), d_lim.len()),
+        (120, 120),
+        "every SYN forwarded"
+    );
+    let mut overflows = 0;
+    for net in ["198.51.100.", "198.51.101."] {
+        let batch = |d: &BTreeMap<String, String>| -> Vec<(String, String)> {
+            let mut v: Vec<(String, String)> = (d.iter())
+                .filter(|(c, _)| c.starts_with(net))
+                .map(|(c, s)| (c.clone(), s.clone()))
+                .collect();
+            // In the order the SYNs came (the last octet).
+            v.sort_by_key(|(c, _)| c.rsplit('.').next().unwrap().parse::<u32>().unwrap());
+            v
+        };
+        let (free, lim) = (batch(&d_free), batch(&d_lim));
+        let firsts = free.iter().filter(|(_, s)| s == "s1").count();
+        assert!(
+            firsts > 5,
+            "s1 is the first choice of {firsts} of {net}0/24"
+        );
+        overflows += firsts - 5;
+        let mut admitted = 0;
+        for ((c, f), (_, l)) in free.iter().zip(&lim) {
+            if f == "s1" && admitted < 5 {
+                admitted += 1;
+                assert_eq!(l, "s1", "{c}: s1 has room");
+            } else if f == "s1" {
+                assert_ne!(l, "s1", "{c}: s1 is full");
+            } else {
+                assert_eq!(l, f, "{c}: a flow s1 would not have taken stays");
+            }
+        }
+        assert_eq!(
+            admitted, 5,
+            "s1 takes flows again once the first ones ended"
+        );
+        // The turned-away flows spread over both others.
+        let moved: Vec<&String> = (free.iter().zip(&lim))
+            .filter(|((_, f), (_, l))| f == "s1" && l != "s1")
+            .map(|(_, (_, l))| l)
+            .collect();
+        assert!(
+            moved.contains(&&"s2".to_string()) && moved.contains(&&"s3".to_string()),
+            "{moved:?}"
+        );
+    }
+    assert_eq!(s_lim["server_overflows"]["s1"], overflows as u64);
+    assert_eq!(s_lim["server_overflows"]["s2"], 0);
+    assert_eq!(s_free["server_overflows"]["s1"], 0);
+    assert_eq!(s_lim["flows_expired"], 60, "the first batch timed out");
+    assert_eq!(s_lim["packets_out"], 120);
+    // The same count in the Prometheus text, and the limit in `check`'s listing.
+    let prom = dir.path().join("limited.prom");
+    common::replay_with(
+        &limited,
+        &syns,
+        &dir.path().join("again.pcap"),
+        &["--prometheus".as_ref(), prom.as_os_str()],
+    );
+    let text = std::fs::read_to_string(&prom).unwrap();
+    let line = format!("flowgate_server_overflows_total{{server=\"s1\"}} {overflows}");
+    assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    let o = common::flowgate()
+        .args(["check", "--pipeline"])
+        .arg(&limited)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        (listing.lines()).any(|l| l.starts_with("  server s1 ") && l.ends_with(" max_flows 5")),
+        "{listing}"
+    );
+    let s2: Vec<&str> = (listing.lines())
+        .filter(|l| l.starts_with("  server s2 "))
+        .collect();
+    assert!(s2.len() == 1 && !s2[0].contains("max_flows"), "{listing}");
+}
+
+#[test]
+fn new_flows_are_refused_when_every_server_is_full() {
+    if !have_oracles() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let syns = capture(dir.path(), 10);
+    let free = pipeline(dir.path(), "free.yaml", [None; 3], "drop");
+    replay_stats(&free, &syns, &dir.path().join("free.pcap"));
+    let firsts = destinations(&dir.path().join("free.pcap"));
+    for no_server in ["drop", "reject"] {
+        let p = pipeline(
+            dir.path(),
+            "full.yaml",
+            [Some(2), Some(2), Some(2)],
+            no_server,
+        );
+        let out = dir.path().join(format!("{no_server}.pcap"));
+        let s = replay_stats(&p, &syns, &out);
+        let d = destinations(&out);
+        let mut overflows = 0;
+        for net in ["198.51.100.", "198.51.101."] {
+            let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+            for i in 1..=10 {
+                let c = format!("{net}{i}");
+                let srv = d.get(&c).map_or("none", String::as_str);
+                // Turned away from its first choice when that one already held 2.
+                if count.get(firsts[&c].as_str()).copied().unwrap_or(0) >= 2 {
+                    overflows += 1;
+                } else {
+                    assert_eq!(srv, firsts[&c], "{c}: its first choice has room");
+                }
+                *count.entry(srv).or_default() += 1;
+            }
+            let refused = if no_server == "reject" {
+                ("icmp", 4)
+            } else {
+                ("none", 4)
+            };
+            let want: BTreeMap<&str, usize> = [("s1", 2), ("s2", 2), ("s3", 2), refused].into();
+            assert_eq!(count, want, "{no_server}, {net}0/24");
+        }
+        let drops = &s["drops"]["servers_full"];
+        if no_server == "drop" {
+            assert_eq!(*drops, 8);
+            assert_eq!(s["packets_out"], 12);
+        } else {
+            assert!(drops.is_null() || *drops == 0, "{s}");
+            assert_eq!(s["icmp_errors"], 8);
+        }
+        assert!(s["drops"]["no_server"].is_null() || s["drops"]["no_server"] == 0);
+        let total: u64 = (s["server_overflows"].as_object().unwrap().values())
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            total, overflows,
+            "each flow turned away counted once, at its first choice"
+        );
+        assert!(
+            overflows > 8,
+            "some flows turned away found room: {overflows}"
+        );
+    }
+}
