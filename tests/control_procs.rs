@@ -708,6 +708,47 @@ fn a_full_accept_queue_is_advertised_as_congestion() {
     drop(clients);
 }
 
+/// A UDP server that falls behind fills its socket's receive buffer and then drops
+/// datagrams: the agent advertises that as the service's congestion, and nothing once
+/// the server has read its queue.
+#[test]
+fn a_full_udp_receive_buffer_is_advertised_as_congestion() {
+    let env = Env::new();
+    let _sup = env.supervisor();
+    let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    std::fs::write(
+        env.p("cu.yaml"),
+        format!(
+            "name: cu\nmac: \"02:00:00:00:00:1d\"\naddrs: [127.0.0.1]\n\
+             services:\n  - {{name: dns, vip: 10.0.0.53, proto: udp, ports: [{port}]}}\n"
+        ),
+    )
+    .unwrap();
+    let _a = env.spawn_agent(&env.p("cu.yaml"), "cu", "key");
+    let congestion = || env.service_figure("cu", "dns", "congestion");
+    env.wait_for(|| congestion() == Some(0), "advertised, the buffer empty");
+    // More than the buffer holds (212992 bytes by default; each datagram takes more
+    // than its 1000 bytes of it): the queue fills and the kernel drops the rest.
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..1000 {
+        client.send_to(&[0u8; 1000], ("127.0.0.1", port)).unwrap();
+    }
+    env.wait_for(|| congestion().is_some_and(|c| c >= 900), "the buffer full");
+    // The server catches up.
+    server.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 2048];
+    let mut read = 0;
+    while server.recv(&mut buf).is_ok() {
+        read += 1;
+    }
+    assert!(
+        (20..1000).contains(&read),
+        "{read} datagrams queued of 1000"
+    );
+    env.wait_for(|| congestion() == Some(0), "the buffer read");
+}
+
 /// A load command that takes longer than the dead interval (a hung script, a slow disk)
 /// does not hold up the agent's adverts: it stays registered and alive while the
 /// command runs, and advertises the figure once the command answers.

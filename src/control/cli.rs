@@ -87,10 +87,14 @@ fn d_drain() -> u64 {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CongestionConf {
-    /// Each TCP service's: how full its listeners' accept queues are
-    /// ([`super::conns::accept_queue_permille`]).
+    /// The service's socket queues: a TCP service's, how full its listeners' accept
+    /// queues are ([`super::conns::accept_queue_permille`]); a UDP service's, how full
+    /// its sockets' receive buffers are, or full after drops
+    /// ([`super::conns::receive_queue_permille`]); `proto: any`, the larger. Also
+    /// accepted under its first name, `accept-queue`.
     #[default]
-    AcceptQueue,
+    #[serde(alias = "accept-queue")]
+    Queues,
     /// None (advertised as 0).
     None,
 }
@@ -766,13 +770,22 @@ fn sample_load(src: &LoadConf) -> u32 {
     }
 }
 
-/// Per TCP service (index in the agent's conf): the ports its congestion is read on.
-type ServicePorts = Vec<(usize, Vec<(u16, u16)>)>;
+/// A service whose congestion the sampler reads: its index in the agent's conf, whether
+/// from TCP accept queues, UDP receive queues or both (`proto: any`), and its ports.
+#[derive(Clone, Debug)]
+struct Watched {
+    index: usize,
+    tcp: bool,
+    udp: bool,
+    ports: Vec<(u16, u16)>,
+}
+
+type ServicePorts = Vec<Watched>;
 
 /// What the sampler thread measured.
 struct Sample {
     load: u32,
-    /// Per TCP service (index): its congestion.
+    /// Per TCP or UDP service (index): its congestion.
     congestion: Vec<(usize, u16)>,
     /// Why `ss` could not be run (the services' congestion is then 0).
     ss_failed: Option<String>,
@@ -794,39 +807,53 @@ impl Sample {
     }
 }
 
-/// Samples the load (`load`, which may run a command) and each TCP service's congestion
-/// (`congestion`: per service index, its ports; `ss` is run once for all) every `every`
-/// on a thread of its own, and sends each sample to `tx`; it ends when the receiver is
-/// gone.
+/// Samples the load (`load`, which may run a command) and each watched service's
+/// congestion (`congestion`; `ss` is run once for all TCP services and once for all UDP
+/// ones) every `every` on a thread of its own, and sends each sample to `tx`; it ends
+/// when the receiver is gone.
 fn spawn_sampler(
     load: LoadConf,
     congestion: Option<ServicePorts>,
     every: Duration,
     tx: std::sync::mpsc::Sender<Sample>,
 ) -> std::io::Result<()> {
+    use super::conns;
     std::thread::Builder::new()
         .name("sampler".into())
         .spawn(move || {
+            // Each UDP socket's drop count at the last sample.
+            let mut drops = std::collections::HashMap::new();
             loop {
                 let t0 = Instant::now();
                 let services = congestion.as_deref().unwrap_or_default();
-                let (text, ss_failed) = if services.is_empty() {
-                    (String::new(), None)
-                } else {
-                    match super::conns::listeners() {
-                        Ok(t) => (t, None),
-                        // No stale figure stays advertised: 0 for each.
-                        Err(e) => (String::new(), Some(e)),
-                    }
+                let mut ss_failed = None;
+                // No stale figure stays advertised: 0 for what `ss` did not show.
+                let mut run = |want: bool, args: &str| {
+                    (want.then(|| conns::ss(args)))
+                        .and_then(|r| r.map_err(|e| ss_failed = Some(e)).ok())
+                        .unwrap_or_default()
+                };
+                let tcp = run(services.iter().any(|w| w.tcp), "-Hltn");
+                let udp = conns::udp_sockets(&run(services.iter().any(|w| w.udp), "-Hulnm"));
+                let figure = |w: &Watched| {
+                    let t = if w.tcp {
+                        conns::accept_queue_permille(&tcp, &w.ports)
+                    } else {
+                        0
+                    };
+                    let u = if w.udp {
+                        conns::receive_queue_permille(&udp, &drops, &w.ports)
+                    } else {
+                        0
+                    };
+                    (w.index, t.max(u))
                 };
                 let sample = Sample {
                     load: sample_load(&load),
-                    congestion: services
-                        .iter()
-                        .map(|(i, ports)| (*i, super::conns::accept_queue_permille(&text, ports)))
-                        .collect(),
+                    congestion: services.iter().map(figure).collect(),
                     ss_failed,
                 };
+                drops = udp.into_iter().map(|s| (s.local, s.drops)).collect();
                 if tx.send(sample).is_err() {
                     return;
                 }
@@ -962,12 +989,17 @@ fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()
         .filter(|s| matches!(s.proto, 0 | 6))
         .flat_map(|s| s.ports.iter().copied())
         .collect();
-    // Per TCP service (index): the ports whose accept queues are its congestion.
+    // Per TCP or UDP service: the ports whose socket queues are its congestion.
     let congestion_ports: ServicePorts = services
         .iter()
         .enumerate()
-        .filter(|(_, s)| matches!(s.proto, 0 | 6) && !s.ports.is_empty())
-        .map(|(i, s)| (i, s.ports.clone()))
+        .filter(|(_, s)| matches!(s.proto, 0 | 6 | 17) && !s.ports.is_empty())
+        .map(|(index, s)| Watched {
+            index,
+            tcp: s.proto != 17,
+            udp: s.proto != 6,
+            ports: s.ports.clone(),
+        })
         .collect();
     let mut capabilities = cap::FLOWS;
     if !services.is_empty() {
@@ -1038,9 +1070,8 @@ fn agent_main(conf: &AgentConf, conf_path: &Path, sock_path: &Path) -> Result<()
     // that hangs must not hold up adverts and renewals); open connections are read
     // here (a file read).
     let (sample_tx, sample_rx) = std::sync::mpsc::channel();
-    let congestion = (conf.congestion == CongestionConf::AcceptQueue
-        && !congestion_ports.is_empty())
-    .then_some(congestion_ports);
+    let congestion = (conf.congestion == CongestionConf::Queues && !congestion_ports.is_empty())
+        .then_some(congestion_ports);
     spawn_sampler(conf.load.clone(), congestion, interval / 2, sample_tx)
         .context("starting the load sampler thread")?;
     let mut ss_failed = false;
@@ -1363,6 +1394,30 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(number_routes(&c.numbers).expect("routes")[0].protos, [50]);
+    }
+
+    #[test]
+    fn congestion_sources_by_either_name() {
+        let of = |y: &str| serde_yaml_ng::from_str::<AgentConf>(y).map(|c| c.congestion);
+        assert_eq!(
+            of("name: a\n").unwrap(),
+            CongestionConf::Queues,
+            "the default"
+        );
+        assert_eq!(
+            of("name: a\ncongestion: queues\n").unwrap(),
+            CongestionConf::Queues
+        );
+        assert_eq!(
+            of("name: a\ncongestion: accept-queue\n").unwrap(),
+            CongestionConf::Queues,
+            "the first name"
+        );
+        assert_eq!(
+            of("name: a\ncongestion: none\n").unwrap(),
+            CongestionConf::None
+        );
+        assert!(of("name: a\ncongestion: sockets\n").is_err());
     }
 
     /// `flowgate agent flow add` as typed.

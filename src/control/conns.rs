@@ -12,6 +12,10 @@
 //!   `ss -Hltn` (iproute2; `/proc/net/tcp` shows a listener's queue but not its
 //!   backlog). A server that falls behind fills its queue before it refuses anyone;
 //!   advertised, this steers new flows away from it under `policy: least-load`.
+//!   For UDP services, how full the sockets' receive buffers are, from `ss -Hulnm`
+//!   (queued bytes over the buffer's size), or full when a socket dropped datagrams since
+//!   the last sample (a server that reads fast empties its buffer between samples, but
+//!   not before the kernel has dropped what did not fit).
 
 /// Open connections in the text of a `/proc/net/tcp`-format table whose local port is in
 /// one of `ports` (inclusive ranges). Lines that do not parse are skipped.
@@ -75,17 +79,94 @@ pub fn accept_queue_permille(text: &str, ports: &[(u16, u16)]) -> u16 {
         .unwrap_or(0)
 }
 
-/// This host's TCP listeners as `ss -Hltn` prints them (IPv4 and IPv6); `Err` when it
-/// cannot be run.
-pub fn listeners() -> Result<String, String> {
+/// A UDP socket as `ss -Hulnm` prints it: local address, port, and the `skmem` figures
+/// that matter here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UdpSocket {
+    /// `address:port` as printed (with the port: the key across samples).
+    pub local: String,
+    pub port: u16,
+    /// Bytes in the receive queue (`r`, with the kernel's overhead) and the buffer's size
+    /// (`rb`).
+    pub queued: u64,
+    pub buffer: u64,
+    /// Datagrams dropped since the socket was made (`d`).
+    pub drops: u64,
+}
+
+/// The UDP sockets in `ss -Hulnm` output: each socket's line (`State Recv-Q Send-Q
+/// Local:Port Peer:Port`) followed by its indented `skmem:(r…,rb…,…,d…)` line. Sockets
+/// whose lines do not parse are skipped.
+pub fn udp_sockets(text: &str) -> Vec<UdpSocket> {
+    let mut out = Vec::new();
+    let mut pending: Option<(String, u16)> = None;
+    for l in text.lines() {
+        if let Some(m) = l.trim_start().strip_prefix("skmem:(") {
+            let Some((local, port)) = pending.take() else {
+                continue;
+            };
+            let field = |k: &str| {
+                m.trim_end_matches(')')
+                    .split(',')
+                    .find_map(|f| f.strip_prefix(k)?.parse::<u64>().ok())
+            };
+            // `r` is also the start of `rb`: the numbers tell them apart.
+            if let (Some(queued), Some(buffer), Some(drops)) = (field("r"), field("rb"), field("d"))
+            {
+                out.push(UdpSocket {
+                    local,
+                    port,
+                    queued,
+                    buffer,
+                    drops,
+                });
+            }
+            continue;
+        }
+        let f: Vec<&str> = l.split_whitespace().collect();
+        pending = match f[..] {
+            [_, _, _, local, ..] => local
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse().ok())
+                .map(|p| (local.to_string(), p)),
+            _ => None,
+        };
+    }
+    out
+}
+
+/// How full the receive buffers of the UDP sockets on `ports` are, per mille, the fullest
+/// (capped at 1000); 1000 for a socket whose drop count rose since `before` (each
+/// socket's `drops` at the last sample, by `local`). 0 when no socket is there.
+pub fn receive_queue_permille(
+    now: &[UdpSocket],
+    before: &std::collections::HashMap<String, u64>,
+    ports: &[(u16, u16)],
+) -> u16 {
+    now.iter()
+        .filter(|s| ports.iter().any(|&(a, b)| (a..=b).contains(&s.port)))
+        .map(|s| {
+            if before.get(&s.local).is_some_and(|&d| s.drops > d) {
+                1000
+            } else {
+                (s.queued * 1000 / s.buffer.max(1)).min(1000) as u16
+            }
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Runs `ss` with `args` (`-Hltn`: TCP listeners; `-Hulnm`: UDP sockets with their
+/// memory), IPv4 and IPv6; `Err` when it cannot be run.
+pub fn ss(args: &str) -> Result<String, String> {
     let o = std::process::Command::new("ss")
-        .args(["-Hltn"])
+        .arg(args)
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .output()
         .map_err(|e| format!("ss: {e}"))?;
     if !o.status.success() {
-        return Err(format!("ss -Hltn: {}", o.status));
+        return Err(format!("ss {args}: {}", o.status));
     }
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
@@ -93,6 +174,86 @@ pub fn listeners() -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn udp_receive_queues_read_from_ss() {
+        let ss = "UNCONN 15808  0      127.0.0.1:5353 0.0.0.0:*
+	 skmem:(r15808,rb16384,t0,tb212992,f576,w0,o0,bl0,d84)
+UNCONN 0      0        0.0.0.0:53 0.0.0.0:*
+	 skmem:(r0,rb212992,t0,tb212992,f0,w0,o0,bl0,d3)
+UNCONN 0      0              *:53       *:*
+	 skmem:(r53248,rb212992,t0,tb212992,f0,w0,o0,bl0,d0)
+UNCONN 0      0        0.0.0.0:9999 0.0.0.0:*
+garbage
+	 skmem:(r1,rb2,d0)
+";
+        let socks = udp_sockets(ss);
+        assert_eq!(socks.len(), 3, "{socks:?}");
+        assert_eq!(
+            socks[0],
+            UdpSocket {
+                local: "127.0.0.1:5353".into(),
+                port: 5353,
+                queued: 15808,
+                buffer: 16384,
+                drops: 84
+            }
+        );
+        let none = std::collections::HashMap::new();
+        assert_eq!(receive_queue_permille(&socks, &none, &[(5353, 5353)]), 964);
+        assert_eq!(
+            receive_queue_permille(&socks, &none, &[(53, 53)]),
+            250,
+            "the fuller"
+        );
+        assert_eq!(receive_queue_permille(&socks, &none, &[(80, 80)]), 0);
+        // Drops since the last sample: full, whatever the queue holds now.
+        let before: std::collections::HashMap<String, u64> = [
+            ("0.0.0.0:53".to_string(), 2),
+            ("127.0.0.1:5353".to_string(), 84),
+        ]
+        .into();
+        assert_eq!(receive_queue_permille(&socks, &before, &[(53, 53)]), 1000);
+        assert_eq!(
+            receive_queue_permille(&socks, &before, &[(5353, 5353)]),
+            964
+        );
+        assert!(udp_sockets("").is_empty());
+    }
+
+    /// A socket with a small buffer that reads nothing: its queue fills, then it drops.
+    #[test]
+    fn a_real_receive_queue_fills_and_drops() {
+        let Ok(_) = ss("-Hulnm") else {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+            assert!(!ci, "ss (iproute2) in CI");
+            return;
+        };
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sample = || udp_sockets(&ss("-Hulnm").unwrap());
+        let ports = [(port, port)];
+        let empty = std::collections::HashMap::new();
+        assert_eq!(receive_queue_permille(&sample(), &empty, &ports), 0);
+        let first = sample();
+        let mine = |v: &[UdpSocket]| v.iter().find(|s| s.port == port).cloned().unwrap();
+        let before: std::collections::HashMap<String, u64> =
+            [(mine(&first).local, mine(&first).drops)].into();
+        let sent = mine(&first).buffer / 1000 + 50;
+        for _ in 0..sent {
+            client.send_to(&[0u8; 900], ("127.0.0.1", port)).unwrap();
+        }
+        let now = sample();
+        assert!(mine(&now).drops > 0, "{:?}", mine(&now));
+        assert_eq!(receive_queue_permille(&now, &before, &ports), 1000);
+        // The same drops seen again: the fill alone, which is high.
+        let seen: std::collections::HashMap<String, u64> =
+            [(mine(&now).local, mine(&now).drops)].into();
+        let fill = receive_queue_permille(&now, &seen, &ports);
+        assert!((500..1000).contains(&fill), "{fill}");
+        drop(server);
+    }
 
     #[test]
     fn accept_queues_read_from_ss() {
@@ -123,7 +284,7 @@ garbage
     /// the kernel drops the SYNs of a full queue, and a connect would hang).
     #[test]
     fn a_real_accept_queue_fills() {
-        let Ok(text) = listeners() else {
+        let Ok(text) = ss("-Hltn") else {
             let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
             assert!(!ci, "ss (iproute2) in CI");
             return;
@@ -142,7 +303,7 @@ garbage
         )
         .expect("port");
         let port: u16 = line.trim().parse().expect("a port");
-        let fill = || accept_queue_permille(&listeners().expect("ss"), &[(port, port)]);
+        let fill = || accept_queue_permille(&ss("-Hltn").expect("ss"), &[(port, port)]);
         assert_eq!(fill(), 0);
         let mut clients: Vec<_> = (0..2)
             .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
