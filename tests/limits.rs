@@ -1,7 +1,9 @@
-//! Servers' `max_flows`: a server that holds its limit takes no new flow; the flows that
-//! would have gone to it go to the next server of the Maglev table with room, the others
-//! stay where they would go anyway, and when every server is full a new flow is refused
-//! (`servers_full`, or an ICMP port unreachable with `no_server: reject`). Captures are
+//! Placement by open flows. Servers' `max_flows`: a server that holds its limit takes no
+//! new flow; the flows that would have gone to it go to the next server of the Maglev
+//! table with room, the others stay where they would go anyway, and when every server is
+//! full a new flow is refused (`servers_full`, or an ICMP port unreachable with
+//! `no_server: reject`). `policy: least-flows`: each new flow to the server with the
+//! fewest open flows for its weight. Captures are
 //! written by scapy and `flowgate replay`'s output is read by tshark (the independent
 //! oracles); the capture's clock lets the first flows time out before the second batch.
 
@@ -24,12 +26,23 @@ fn pipeline(
     limits: [Option<u32>; 3],
     no_server: &str,
 ) -> std::path::PathBuf {
+    with_servers(dir, name, limits.map(|l| (100, l)), no_server, "maglev")
+}
+
+/// The web service over s1..s3 with their (weight, `max_flows`) and `policy`.
+fn with_servers(
+    dir: &Path,
+    name: &str,
+    servers: [(u32, Option<u32>); 3],
+    no_server: &str,
+    policy: &str,
+) -> std::path::PathBuf {
     let servers: String = MACS
         .iter()
-        .zip(limits)
-        .map(|((n, mac), l)| {
+        .zip(servers)
+        .map(|((n, mac), (w, l))| {
             let limit = l.map_or(String::new(), |l| format!(", max_flows: {l}"));
-            format!("      - {{ name: {n}, mac: \"{mac}\"{limit} }}\n")
+            format!("      - {{ name: {n}, mac: \"{mac}\", weight: {w}{limit} }}\n")
         })
         .collect();
     let yaml = format!(
@@ -40,6 +53,7 @@ services:
     proto: tcp
     ports: [80]
     no_server: {no_server}
+    policy: {policy}
     servers:
 {servers}"#
     );
@@ -271,4 +285,44 @@ fn new_flows_are_refused_when_every_server_is_full() {
             "some flows turned away found room: {overflows}"
         );
     }
+}
+
+#[test]
+fn least_flows_fills_the_servers_by_weight() {
+    if !have_oracles() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let syns = capture(dir.path(), 28);
+    let weights = [(100, None), (100, None), (200, None)];
+    let mut split = BTreeMap::new();
+    for policy in ["maglev", "least-flows"] {
+        let p = with_servers(
+            dir.path(),
+            &format!("{policy}.yaml"),
+            weights,
+            "drop",
+            policy,
+        );
+        let out = dir.path().join(format!("{policy}.pcap"));
+        let s = replay_stats(&p, &syns, &out);
+        assert_eq!(s["packets_out"], 56, "{policy}");
+        for net in ["198.51.100.", "198.51.101."] {
+            let mut count: BTreeMap<String, usize> = BTreeMap::new();
+            for (_, srv) in destinations(&out)
+                .iter()
+                .filter(|(c, _)| c.starts_with(net))
+            {
+                *count.entry(srv.clone()).or_default() += 1;
+            }
+            split.insert((policy, net), count);
+        }
+    }
+    let want: BTreeMap<String, usize> =
+        [("s1".into(), 7), ("s2".into(), 7), ("s3".into(), 14)].into();
+    // Both batches (the second after the first timed out), flow by flow to the emptiest.
+    assert_eq!(split[&("least-flows", "198.51.100.")], want);
+    assert_eq!(split[&("least-flows", "198.51.101.")], want);
+    // Hashing alone spreads 28 flows less evenly.
+    assert_ne!(split[&("maglev", "198.51.100.")], want, "{split:?}");
 }

@@ -190,6 +190,10 @@ pub enum Policy {
     LeastLoad,
     /// Weighted Maglev over `weight × (min response time / response time)`.
     ResponseTime,
+    /// The member with the fewest open flows for its weight (IPVS's weighted least
+    /// connections), counted by each worker over its own flows; the Maglev table (over
+    /// the configured weights) breaks ties.
+    LeastFlows,
 }
 
 /// Which new flows of a service go to the same server.
@@ -1345,14 +1349,24 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
             "maglev" => Policy::Maglev,
             "least-load" => Policy::LeastLoad,
             "response-time" => Policy::ResponseTime,
+            "least-flows" | "least-connections" => Policy::LeastFlows,
             p => {
                 return Err(cx.err(
                     &at("policy"),
-                    format!("unknown policy {p:?} (maglev, least-load, response-time)"),
+                    format!(
+                        "unknown policy {p:?} (maglev, least-load, response-time, least-flows)"
+                    ),
                 ));
             }
         };
         let affinity = affinity(cx, s.affinity.as_ref(), &at("affinity"))?;
+        if policy == Policy::LeastFlows && affinity != Affinity::Connection {
+            return Err(cx.err(
+                &at("affinity"),
+                "affinity: source needs a policy that places by hash (maglev, least-load, \
+                 response-time), not least-flows",
+            ));
+        }
         let qos = qos_ref(&s.qos, &at("qos"))?;
         let reply_qos = qos_ref(&s.reply_qos, &at("reply_qos"))?;
         let reject = match s.no_server.as_deref().unwrap_or("drop") {

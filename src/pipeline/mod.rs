@@ -326,7 +326,7 @@ pub fn effective_weight(p: &Pipeline, i: usize, j: usize) -> u32 {
     }
     let w = f64::from(m.weight);
     let scaled = match s.policy {
-        Policy::Maglev => w,
+        Policy::Maglev | Policy::LeastFlows => w,
         Policy::LeastLoad => w * (1.0 - srv.load),
         Policy::ResponseTime => {
             // Every figure is above 0: a file's are checked, the control plane's are
@@ -551,19 +551,68 @@ impl Worker {
         }
     }
 
+    /// `policy: least-flows`: the member of service `i` that takes new flows (effective
+    /// weight above 0) and `ok` takes with the fewest of this worker's open flows for its
+    /// weight; `start` (the flow's Maglev member) on ties, and when none is taken.
+    fn fewest_flows(&self, tables: &Tables, i: usize, start: u16, ok: impl Fn(u16) -> bool) -> u16 {
+        let p = &tables.pipeline;
+        let members = &p.services[i].members;
+        // (member, open flows, weight); fewer flows per weight wins: a/w < b/v ⇔ a·v < b·w.
+        let figures = |j: u16| {
+            let s = usize::from(members[usize::from(j)].server);
+            let open = self.stats.server_flows.get(s).copied().unwrap_or(0);
+            (j, open, u64::from(effective_weight(p, i, usize::from(j))))
+        };
+        let mut best = (ok(start)).then(|| figures(start)).filter(|b| b.2 > 0);
+        for j in 0..members.len() as u16 {
+            let c = figures(j);
+            if c.2 == 0 || j == start || !ok(j) {
+                continue;
+            }
+            if best.is_none_or(|b| {
+                u128::from(c.1) * u128::from(b.2) < u128::from(b.1) * u128::from(c.2)
+            }) {
+                best = Some(c);
+            }
+        }
+        best.map_or(start, |b| b.0)
+    }
+
     /// The member of service `i` a new flow with tuple `t` goes to: the service's choice
-    /// ([`Tables::choose`]) or, when that server holds its `max_flows` (counted in
-    /// `server_overflows`), the next member of the Maglev table with room
-    /// ([`Maglev::next_taking`](crate::balance::maglev::Maglev::next_taking)). The drop
-    /// reason when none can take it: `no_server` (no server takes new flows) or
-    /// `servers_full`.
+    /// ([`Tables::choose`]; with `policy: least-flows`, [`Worker::fewest_flows`] from
+    /// there) or, when that server holds its `max_flows` (counted in `server_overflows`),
+    /// another with room: the next member of the Maglev table with room
+    /// ([`Maglev::next_taking`](crate::balance::maglev::Maglev::next_taking)), or under
+    /// `least-flows` the one with the fewest flows for its weight. The drop reason when
+    /// none can take it: `no_server` (no server takes new flows) or `servers_full`.
     #[inline]
     fn place(&mut self, tables: &Tables, i: usize, t: &Tuple) -> Result<u16, DropReason> {
         let h = tables.placement_hash(i, t);
         let table = &tables.maglev[i];
-        let first = table.lookup(h).ok_or(DropReason::NoServer)?;
+        let mut first = table.lookup(h).ok_or(DropReason::NoServer)?;
         let members = &tables.pipeline.services[i].members;
         let server = |b: u16| members[usize::from(b)].server;
+        if tables.pipeline.services[i].policy == Policy::LeastFlows {
+            first = self.fewest_flows(tables, i, first, |_| true);
+            if !self.has_room(tables, server(first)) {
+                if let Some(n) = self
+                    .stats
+                    .server_overflows
+                    .get_mut(usize::from(server(first)))
+                {
+                    *n += 1;
+                }
+                let next = self.fewest_flows(tables, i, first, |b| {
+                    b != first && self.has_room(tables, server(b))
+                });
+                return if next == first {
+                    Err(DropReason::ServersFull)
+                } else {
+                    Ok(next)
+                };
+            }
+            return Ok(first);
+        }
         if self.has_room(tables, server(first)) {
             return Ok(first);
         }
@@ -2025,6 +2074,65 @@ mod tests {
         w.expire(10 + 11_000_000_000, 100); // the SYN timeout (10 s) has passed
         assert_eq!(w.stats.server_flows, [0, 0]);
         assert_eq!(place_syns(&mut w, 10).iter().flatten().count(), 6);
+    }
+
+    #[test]
+    fn least_flows_places_by_open_flows_per_weight() {
+        let y = P.replace("    servers:", "    policy: least-flows\n    servers:")
+            + "      - { name: c, mac: \"02:00:00:00:01:03\", weight: 200 }\n";
+        let p = Pipeline::from_str(&y, Path::new("p.yaml")).unwrap();
+        let mut w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
+        assert!(place_syns(&mut w, 40).iter().all(Option::is_some));
+        assert_eq!(w.stats.server_flows, [10, 10, 20], "by weight, exactly");
+        // c drains (keeping its flows): the next flows fill a and b.
+        let mut q = p.clone();
+        q.servers[2].state = ServerState::Draining;
+        w.set_tables(Arc::new(Tables::build(q, 2))).unwrap();
+        let got = (40..60).map(|i| {
+            let mut b = syn_from(i);
+            w.process(&mut b, 0, 20);
+            b.data()[5]
+        });
+        assert!(got.into_iter().all(|mac| mac == 1 || mac == 2));
+        assert_eq!(w.stats.server_flows, [20, 20, 20]);
+        // Back up, behind: c takes the next 20 new flows (40 for its weight).
+        w.set_tables(Arc::new(Tables::build(p, 3))).unwrap();
+        let got: Vec<u8> = (60..80)
+            .map(|i| {
+                let mut b = syn_from(i);
+                w.process(&mut b, 0, 30);
+                b.data()[5]
+            })
+            .collect();
+        assert_eq!(got, [3; 20]);
+        // A limit on c: the flows it would take go to the emptiest of the others.
+        let lim = y.replace("weight: 200 }", "weight: 200, max_flows: 15 }");
+        let p = Pipeline::from_str(&lim, Path::new("p.yaml")).unwrap();
+        let mut w = Worker::new(Arc::new(Tables::build(p, 1)));
+        assert!(place_syns(&mut w, 40).iter().all(Option::is_some));
+        let f = &w.stats.server_flows;
+        assert_eq!((f[2], f[0] + f[1]), (15, 25), "{f:?}");
+        assert!(f[0].abs_diff(f[1]) <= 1, "{f:?}");
+        assert!(w.stats.server_overflows[2] > 0);
+        // Everybody full: refused.
+        let full = lim
+            .replace("01:01\" }", "01:01\", max_flows: 1 }")
+            .replace("01:02\" }", "01:02\", max_flows: 1 }");
+        let p = Pipeline::from_str(&full, Path::new("p.yaml")).unwrap();
+        let mut w = Worker::new(Arc::new(Tables::build(p, 1)));
+        assert_eq!(place_syns(&mut w, 20).iter().flatten().count(), 17);
+        assert_eq!(w.stats.drops[DropReason::ServersFull as usize], 3);
+        // By its other name; not with source affinity, which needs a stateless choice.
+        let alias = y.replace("least-flows", "least-connections");
+        let p = Pipeline::from_str(&alias, Path::new("p.yaml")).unwrap();
+        assert_eq!(p.services[0].policy, Policy::LeastFlows);
+        let e = Pipeline::from_str(
+            &y.replace("    servers:", "    affinity: source\n    servers:"),
+            Path::new("p.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not least-flows"), "{e}");
     }
 
     #[test]
