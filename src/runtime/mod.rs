@@ -198,6 +198,9 @@ mod tests {
         a.drops[1] = 2;
         a.svc_server_packets[0][2] = 7;
         a.svc_flows[1] = 3;
+        a.server_flows[1] = 4;
+        a.server_overflows[2] = 6;
+        a.svc_open[0] = 8;
         let mut b = Stats::new(&p);
         copy_stats(&mut b, &a);
         assert_eq!(b.to_json(&p), a.to_json(&p));
