@@ -1963,3 +1963,102 @@ fn run_af_packet_lists_open_connections_with_their_servers() {
         "{log}"
     );
 }
+
+#[test]
+fn run_af_packet_places_held_connections_by_open_flows_and_limits() {
+    // A service on port 9000 with `policy: least-flows` whose s1 takes at most 3 flows:
+    // servers that accept connections and hold them open, saying who they are, and a
+    // client that opens 10 one after the other and keeps them all. Least flows first
+    // alternates the two servers; once s1 holds 3 the rest go to s2. Real kernels' TCP
+    // connections, counted by what each connection's server said.
+    let Some((_one, mut t, _www)) = setup(14) else {
+        return;
+    };
+    python_on_servers(
+        &mut t,
+        "import socket,sys\n\
+         s=socket.socket()\n\
+         s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+         s.bind(('203.0.113.10',9000))\n\
+         s.listen(64)\n\
+         held=[]\n\
+         while True:\n  c,_=s.accept()\n  c.sendall(sys.argv[1].encode()+b'\\n')\n  held.append(c)\n",
+        |i| format!("s{i}"),
+    );
+    let held = "  - name: held\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [9000]\n    \
+                policy: least-flows\n    servers:\n      \
+                - { name: h1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, port: inside, max_flows: 3 }\n      \
+                - { name: h2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, port: inside }\n";
+    // (h1 and h2 are s1's and s2's machines under names of their own: a server's limit
+    // and open flows are its own across the services that list it, and the web
+    // request below is not to count.)
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stats = start_flowgate(&mut t, dir.path(), held, "");
+    first_answer(&t, URL4);
+    let listening = |ns: &str| {
+        let o = (t.exec(ns, &["ss", "-Hltn", "sport = :9000"]).output()).expect("ss");
+        !o.stdout.is_empty()
+    };
+    let t0 = Instant::now();
+    while !(listening("s1") && listening("s2")) {
+        if t0.elapsed() > Duration::from_secs(20) {
+            fail(&mut t, "servers listening on 9000", &stats);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let o = t
+        .exec(
+            "c",
+            &[
+                "python3",
+                "-c",
+                "import socket,time\n\
+                 keep=[]\n\
+                 for i in range(10):\n  \
+                 c=socket.create_connection(('203.0.113.10',9000),timeout=5)\n  \
+                 print(c.makefile().readline().strip(),flush=True)\n  \
+                 keep.append(c)\n\
+                 time.sleep(2.5)\n",
+            ],
+        )
+        .output()
+        .expect("python3");
+    let said = String::from_utf8_lossy(&o.stdout).into_owned();
+    // The stats JSON of the last second, while the connections were held.
+    let live: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap_or_default())
+            .unwrap_or_default();
+    if !o.status.success() {
+        fail(
+            &mut t,
+            &format!(
+                "10 connections made: {said}{}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            &stats,
+        );
+    }
+    stop(&mut t);
+    let servers: Vec<&str> = said.lines().collect();
+    assert_eq!(servers.len(), 10, "{said}");
+    // Least flows: s1 and s2 in turn until s1 holds its 3, then s2 alone.
+    assert_eq!(
+        servers.iter().filter(|&&s| s == "s1").count(),
+        3,
+        "{servers:?}"
+    );
+    assert_eq!(&servers[6..], ["s2"; 4], "{servers:?}");
+    for pair in servers[..6].chunks(2) {
+        assert!(pair.contains(&"s1") && pair.contains(&"s2"), "{servers:?}");
+    }
+    assert_eq!(live["server_flows"]["h1"], 3, "{live}");
+    assert_eq!(live["server_flows"]["h2"], 7, "{live}");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    // Connections 8 to 10 find h1 the emptiest but full; the 7th finds them level (3
+    // each), and its Maglev slot decides.
+    let over = j["server_overflows"]["h1"].as_u64();
+    assert!(over == Some(3) || over == Some(4), "{j}");
+    assert_eq!(j["services"]["held"]["flows"], 10, "{j}");
+    assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
+}
