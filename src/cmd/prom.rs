@@ -190,22 +190,25 @@ pub fn render(j: &Value) -> String {
             "servers",
         );
     }
-    if let Some(servers) = j["server_flows"].as_object() {
-        let name = "flowgate_server_flows";
-        o.family(name, "gauge", "Live flows whose target is a server.");
-        for (k, v) in servers {
-            o.sample(name, &[("server", k)], num(v).unwrap_or(0.0));
-        }
-    }
-    if let Some(servers) = j["server_overflows"].as_object() {
-        let name = "flowgate_server_overflows_total";
-        o.family(
-            name,
+    for (key, name, kind, help) in [
+        (
+            "server_flows",
+            "flowgate_server_flows",
+            "gauge",
+            "Live flows whose target is a server.",
+        ),
+        (
+            "server_overflows",
+            "flowgate_server_overflows_total",
             "counter",
             "New flows whose first choice was a server holding its max_flows.",
-        );
-        for (k, v) in servers {
-            o.sample(name, &[("server", k)], num(v).unwrap_or(0.0));
+        ),
+    ] {
+        if let Some(servers) = j[key].as_object() {
+            o.family(name, kind, help);
+            for (k, v) in servers {
+                o.sample(name, &[("server", k)], num(v).unwrap_or(0.0));
+            }
         }
     }
     if let Some(rules) = j["flow_rules"].as_object() {

@@ -306,21 +306,15 @@ impl Stats {
                         "packets": self.rule_packets[i] }),
             );
         }
-        // Live flows per server, by name (a server in several services counted once).
-        let server_flows: Map<String, Value> = p
-            .servers
-            .iter()
-            .zip(&self.server_flows)
-            .filter(|(s, _)| !s.vacant())
-            .map(|(s, n)| (s.name.clone(), json!(n)))
-            .collect();
-        let server_overflows: Map<String, Value> = p
-            .servers
-            .iter()
-            .zip(&self.server_overflows)
-            .filter(|(s, _)| !s.vacant())
-            .map(|(s, n)| (s.name.clone(), json!(n)))
-            .collect();
+        // Per server, by name (a server in several services counted once).
+        let by_server = |v: &[u64]| -> Map<String, Value> {
+            (p.servers.iter().zip(v))
+                .filter(|(s, _)| !s.vacant())
+                .map(|(s, n)| (s.name.clone(), json!(n)))
+                .collect()
+        };
+        let server_flows = by_server(&self.server_flows);
+        let server_overflows = by_server(&self.server_overflows);
         json!({
             "packets_in": self.packets_in,
             "packets_out": self.packets_out,
