@@ -121,10 +121,26 @@ fn check_says_what_the_mtu_does() {
     assert_eq!(code, 0, "stderr: {err}");
     assert!(
         out.contains(
-            "mtu 1400: larger packets dropped; IPv4 with DF and IPv6 answered with \
+            "mtu 1400: larger packets cut into fragments (IPv4 without DF) or answered with \
              Fragmentation Needed / Packet Too Big (IPv4 from 192.0.2.1, IPv6 none: dropped \
              unanswered), at most 1000 ICMP errors a second per worker"
         ),
+        "{out}"
+    );
+    // By port name: each its own, the ports not named unlimited.
+    std::fs::write(
+        &f,
+        mutate(
+            4,
+            "  gateway: { mac: \"02:00:00:00:00:fe\", port: outside }\n  \
+             mtu: { outside: 1500, inside: 9000 }",
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run_check(&f);
+    assert_eq!(code, 0, "stderr: {err}");
+    assert!(
+        out.contains("mtu by port: outside 1500, inside 9000 (other ports: none): larger"),
         "{out}"
     );
 }
@@ -502,6 +518,22 @@ fn bads() -> Vec<Bad> {
             5,
             "system.mtu",
             "mtu 1000 is out of range (1280..=16000",
+        ),
+        bad(
+            "a port's MTU out of range",
+            4,
+            "  gateway: \"02:00:00:00:00:fe\"\n  mtu:\n    inside: 9000\n    outside: 70",
+            7,
+            "system.mtu.outside",
+            "mtu 70 is out of range (1280..=16000",
+        ),
+        bad(
+            "an MTU that is neither a number nor a map",
+            4,
+            "  gateway: \"02:00:00:00:00:fe\"\n  mtu: [1500]",
+            5,
+            "system.mtu",
+            "mtu must be a number, or a map from port names to numbers",
         ),
         bad(
             "unknown no_server",

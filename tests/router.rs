@@ -551,3 +551,73 @@ fn ipv4_packets_with_options_are_cut_with_copied_options_in_every_fragment() {
         assert_eq!(j["drops"]["mtu_exceeded"], 1, "{mode}: malformed options");
     }
 }
+
+/// `system.mtu` by port: jumbo frames inside (9000, where the server is), 1500 outside
+/// (where the gateway is).
+const PER_PORT_MTU: &str = r#"system:
+  mac: "02:00:00:00:00:01"
+  addresses: [203.0.113.1]
+  gateway: { mac: "02:00:00:00:00:fe", port: outside }
+  mtu: { outside: 1500, inside: 9000 }
+services:
+  - name: web
+    vip: 203.0.113.10
+    proto: tcp
+    ports: [80]
+    servers: [{ name: s1, mac: "02:00:00:00:01:01", port: inside }]
+default: gateway
+"#;
+
+const ACROSS_THE_PORTS: &str = r#"
+conf.verb = 0
+GW, SYS, S1 = "02:00:00:00:00:fe", "02:00:00:00:00:01", "02:00:00:00:01:01"
+C, V = "198.51.100.7", "203.0.113.10"
+def c2s(L, flags="A", df="DF"):
+  return Ether(src=GW, dst=SYS)/IP(src=C, dst=V, flags=df)/TCP(sport=40000, dport=80, flags=flags)/Raw(b"x"*(L-40))
+def s2c(L, flags="A", df="DF"):
+  return Ether(src=S1, dst=SYS)/IP(src=V, dst=C, flags=df)/TCP(sport=80, dport=40000, flags=flags)/Raw(b"y"*(L-40))
+fs = [c2s(40, "S"), s2c(40, "SA"), c2s(4000), c2s(9000), c2s(9001), s2c(1500), s2c(4000), s2c(4000, df="")]
+wrpcap(OUT, fs)
+"#;
+
+#[test]
+fn each_port_has_its_own_mtu() {
+    if !common::have_oracles() {
+        return;
+    }
+    let fields = [
+        "eth.dst",
+        "ip.len",
+        "ip.src",
+        "ip.flags.mf",
+        "ip.frag_offset",
+        "icmp.type",
+        "icmp.code",
+        "icmp.mtu",
+    ];
+    let (rows, j) = replay(PER_PORT_MTU, ACROSS_THE_PORTS, &fields);
+    let got: Vec<String> = rows.iter().map(|r| r.join(";")).collect();
+    let c = "198.51.100.7";
+    let expect = [
+        // The handshake.
+        format!("{S1};40;{c};0;0;;;"),
+        format!("{GW};40;203.0.113.10;0;0;;;"),
+        // To the server, inside: up to 9000 bytes whole; 9001 answered (to the client,
+        // from the system) naming 9000.
+        format!("{S1};4000;{c};0;0;;;"),
+        format!("{S1};9000;{c};0;0;;;"),
+        format!("{GW};576,9001;203.0.113.1,{c};0,0;0,0;3;4;9000"),
+        // To the client, outside: 1500 bytes whole; 4000 with DF answered (to the
+        // server) naming 1500; without DF cut into 1500-byte fragments (offsets in
+        // 8-byte units, as tshark's field gives them).
+        format!("{GW};1500;203.0.113.10;0;0;;;"),
+        format!("{S1};576,4000;203.0.113.1,203.0.113.10;0,0;0,0;3;4;1500"),
+        format!("{GW};1500;203.0.113.10;1;0;;;"),
+        format!("{GW};1500;203.0.113.10;1;185;;;"),
+        format!("{GW};1040;203.0.113.10;0;370;;;"),
+    ];
+    assert_eq!(got, expect);
+    assert_eq!(j["icmp_errors"], 2);
+    assert_eq!(j["fragments_out"], 2);
+    assert_eq!(j["drops"], serde_json::json!({}));
+}

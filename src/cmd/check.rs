@@ -43,15 +43,26 @@ pub fn render(p: &Pipeline) -> String {
             );
         }
     }
-    match p.mtu {
-        None => {
+    let per_port: Vec<String> = (p.ports.iter().enumerate())
+        .filter_map(|(i, n)| Some(format!("{n} {}", p.port_mtu.get(i).copied().flatten()?)))
+        .collect();
+    match (p.mtu, per_port.is_empty()) {
+        (None, true) => {
             let _ = writeln!(s, "mtu: none set (frames leave at any size)");
         }
-        Some(m) => {
+        (m, _) => {
+            let which = match m {
+                Some(m) if per_port.is_empty() => format!("mtu {m}"),
+                m => format!(
+                    "mtu by port: {} (other ports: {})",
+                    per_port.join(", "),
+                    m.map_or("none".to_string(), |m| m.to_string())
+                ),
+            };
             let _ = writeln!(
                 s,
-                "mtu {m}: larger packets dropped; IPv4 with DF and IPv6 answered with \
-                 Fragmentation Needed / Packet Too Big (IPv4 {}, IPv6 {}), at most {} \
+                "{which}: larger packets cut into fragments (IPv4 without DF) or answered \
+                 with Fragmentation Needed / Packet Too Big (IPv4 {}, IPv6 {}), at most {} \
                  ICMP errors a second per worker",
                 from(false),
                 from(true),

@@ -514,9 +514,12 @@ pub struct Pipeline {
     /// ICMP errors a worker may send per second (0: none).
     pub icmp_rate: u32,
     /// The links' MTU (`system.mtu`): the most bytes after the Ethernet header and VLAN
-    /// tags (MPLS labels and the IP packet) a forwarded frame may carry; `None`: no
-    /// limit but the frame buffer's.
+    /// tags (MPLS labels and the IP packet) a forwarded frame may carry, on every port;
+    /// `None`: no limit but the frame buffer's (or `port_mtu`'s). See [`Pipeline::mtu_for`].
     pub mtu: Option<u16>,
+    /// Per port (index into `ports`), from `system.mtu` given by port name: that port's
+    /// MTU, over `mtu`; `None` or past the end: `mtu`.
+    pub port_mtu: Vec<Option<u16>>,
 }
 
 /// How the system forwards IP packets (`system.mode`).
@@ -617,6 +620,25 @@ impl Ctx<'_> {
 use locate::Seg::{Idx, Key};
 
 impl Pipeline {
+    /// The MTU of pipeline port `port` (see [`Pipeline::mtu`]): its own from
+    /// `system.mtu`'s map, else the one for every port; `None`: no limit.
+    #[inline]
+    pub fn mtu_for(&self, port: u16) -> Option<u16> {
+        self.port_mtu
+            .get(usize::from(port))
+            .copied()
+            .flatten()
+            .or(self.mtu)
+    }
+
+    /// The smallest MTU of any port (`None`: no port has one): a frame within it fits
+    /// every port.
+    pub fn smallest_mtu(&self) -> Option<u16> {
+        (self.port_mtu.iter().flatten().copied())
+            .chain(self.mtu)
+            .min()
+    }
+
     /// Reads and validates a pipeline file.
     pub fn load(path: &Path) -> Result<Pipeline, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -1263,19 +1285,50 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
         }
     };
     let icmp_rate = raw.system.icmp_rate.unwrap_or(DEFAULT_ICMP_RATE);
-    let mtu = match raw.system.mtu {
-        None => None,
-        Some(m) if MTU_RANGE.contains(&m) => Some(m as u16),
-        Some(m) => {
-            return Err(cx.err(
-                &[Key("system"), Key("mtu")],
+    let mtu_in_range = |v: &serde_yaml_ng::Value, path: &[locate::Seg]| {
+        let m = v.as_u64().ok_or_else(|| {
+            cx.err(
+                path,
+                "mtu must be a number, or a map from port names to numbers",
+            )
+        })?;
+        match u32::try_from(m) {
+            Ok(n) if MTU_RANGE.contains(&n) => Ok(n as u16),
+            _ => Err(cx.err(
+                path,
                 format!(
                     "mtu {m} is out of range ({}..={}: at least IPv6's minimum link MTU)",
                     MTU_RANGE.start(),
                     MTU_RANGE.end()
                 ),
-            ));
+            )),
         }
+    };
+    // A number for every port, or a map from port names to numbers.
+    let (mtu, port_mtu) = match &raw.system.mtu {
+        None => (None, Vec::new()),
+        Some(serde_yaml_ng::Value::Mapping(by_name)) => {
+            let mut v: Vec<Option<u16>> = Vec::new();
+            for (name, m) in by_name {
+                let Some(name) = name.as_str() else {
+                    return Err(cx.err(
+                        &[Key("system"), Key("mtu")],
+                        "mtu must be a number, or a map from port names to numbers",
+                    ));
+                };
+                let m = mtu_in_range(m, &[Key("system"), Key("mtu"), Key(name)])?;
+                let i = usize::from(port_index(name));
+                if v.len() <= i {
+                    v.resize(i + 1, None);
+                }
+                v[i] = Some(m);
+            }
+            (None, v)
+        }
+        Some(m) => (
+            Some(mtu_in_range(m, &[Key("system"), Key("mtu")])?),
+            Vec::new(),
+        ),
     };
 
     // QoS classes.
@@ -1627,6 +1680,7 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
         forwarding,
         icmp_rate,
         mtu,
+        port_mtu,
     })
 }
 

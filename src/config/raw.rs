@@ -37,8 +37,10 @@ pub struct RawSystem {
     #[serde(default)]
     pub icmp_rate: Option<u32>,
     /// The links' MTU: the largest IP packet (with its MPLS labels) a port sends.
+    /// `mtu: 1500` (every port) or `mtu: { outside: 1500, inside: 9000 }` (by port
+    /// name); read as a YAML value so that a wrong shape is reported at `system.mtu`.
     #[serde(default)]
-    pub mtu: Option<u32>,
+    pub mtu: Option<serde_yaml_ng::Value>,
 }
 
 /// `gateway: "02:…"` or `gateway: { mac: "02:…", port: outside }`.

@@ -244,9 +244,10 @@ pub struct Express {
     /// Router mode: every route lowers the TTL, and a frame whose TTL is 1 or 0 is not
     /// express (`process_burst` leaves it to the general path, which answers it).
     pub router: bool,
-    /// `system.mtu` (`usize::MAX` without one): a frame with more bytes after its
-    /// Ethernet header and tag is not express (see [`parse`]); the general path answers
-    /// it (express routes push no label, so a frame leaves with as many).
+    /// `system.mtu`, the smallest of its ports' when it gives one per port (`usize::MAX`
+    /// without one): a frame with more bytes after its Ethernet header and tag is not
+    /// express (see [`parse`]); the general path checks it against its route's port and
+    /// answers it (express routes push no label, so a frame leaves with as many).
     pub mtu: usize,
     servers: usize,
     /// Index `service * servers + server`: the forward route of a flow of that service
@@ -304,7 +305,7 @@ impl Express {
         }
         Express {
             router,
-            mtu: p.mtu.map_or(usize::MAX, usize::from),
+            mtu: p.smallest_mtu().map_or(usize::MAX, usize::from),
             servers: n,
             forward,
             reply,

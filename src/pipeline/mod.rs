@@ -1467,7 +1467,7 @@ impl Worker {
     ) {
         let q = tables.qos(route.qos);
         let mut cut = None;
-        if let Some(mtu) = tables.pipeline.mtu
+        if let Some(mtu) = tables.pipeline.mtu_for(route.port)
             && mtu_bytes(buf.data().len(), m, q) > usize::from(mtu)
         {
             // An IPv4 packet without DF is cut into fragments once rewritten; anything

@@ -296,9 +296,9 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
                 "software dispatch"
             }
         );
-        // Packets up to `system.mtu` pass the pipeline's check; a port whose own MTU is
-        // lower would be handed frames larger than its link takes.
-        if let (Some(sys), Ok(m)) = (pipeline.mtu, port.mtu())
+        // Packets up to the port's `system.mtu` pass the pipeline's check; a port whose
+        // own MTU is lower would be handed frames larger than its link takes.
+        if let (Some(sys), Ok(m)) = (pipeline.mtu_for(to_pipe[i]), port.mtu())
             && m < sys
         {
             crate::logln!(
