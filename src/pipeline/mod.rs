@@ -551,10 +551,17 @@ impl Worker {
         }
     }
 
-    /// `policy: least-flows`: the member of service `i` that takes new flows (effective
-    /// weight above 0) and `ok` takes with the fewest of this worker's open flows for its
-    /// weight; `start` (the flow's Maglev member) on ties, and when none is taken.
-    fn fewest_flows(&self, tables: &Tables, i: usize, start: u16, ok: impl Fn(u16) -> bool) -> u16 {
+    /// `policy: least-flows`: of the members of service `i` that take new flows
+    /// (effective weight above 0) and that `ok` takes, the one with the fewest of this
+    /// worker's open flows for its weight; `start` (the flow's Maglev member) on ties.
+    /// `None` when `ok` takes none.
+    fn fewest_flows(
+        &self,
+        tables: &Tables,
+        i: usize,
+        start: u16,
+        ok: impl Fn(u16) -> bool,
+    ) -> Option<u16> {
         let p = &tables.pipeline;
         let members = &p.services[i].members;
         // (member, open flows, weight); fewer flows per weight wins: a/w < b/v ⇔ a·v < b·w.
@@ -575,7 +582,7 @@ impl Worker {
                 best = Some(c);
             }
         }
-        best.map_or(start, |b| b.0)
+        best.map(|b| b.0)
     }
 
     /// The member of service `i` a new flow with tuple `t` goes to: the service's choice
@@ -589,51 +596,30 @@ impl Worker {
     fn place(&mut self, tables: &Tables, i: usize, t: &Tuple) -> Result<u16, DropReason> {
         let h = tables.placement_hash(i, t);
         let table = &tables.maglev[i];
-        let mut first = table.lookup(h).ok_or(DropReason::NoServer)?;
+        let by_hash = table.lookup(h).ok_or(DropReason::NoServer)?;
+        let least = tables.pipeline.services[i].policy == Policy::LeastFlows;
+        let first = if least {
+            (self.fewest_flows(tables, i, by_hash, |_| true)).unwrap_or(by_hash)
+        } else {
+            by_hash
+        };
         let members = &tables.pipeline.services[i].members;
         let server = |b: u16| members[usize::from(b)].server;
-        if tables.pipeline.services[i].policy == Policy::LeastFlows {
-            first = self.fewest_flows(tables, i, first, |_| true);
-            if !self.has_room(tables, server(first)) {
-                if let Some(n) = self
-                    .stats
-                    .server_overflows
-                    .get_mut(usize::from(server(first)))
-                {
-                    *n += 1;
-                }
-                let next = self.fewest_flows(tables, i, first, |b| {
-                    b != first && self.has_room(tables, server(b))
-                });
-                return if next == first {
-                    Err(DropReason::ServersFull)
-                } else {
-                    Ok(next)
-                };
-            }
-            return Ok(first);
-        }
         if self.has_room(tables, server(first)) {
             return Ok(first);
         }
-        if let Some(n) = self
-            .stats
-            .server_overflows
-            .get_mut(usize::from(server(first)))
-        {
+        if let Some(n) = (self.stats.server_overflows).get_mut(usize::from(server(first))) {
             *n += 1;
         }
+        let room = |b: u16| b != first && self.has_room(tables, server(b));
+        if least {
+            return (self.fewest_flows(tables, i, first, room)).ok_or(DropReason::ServersFull);
+        }
         // Only walk the table when some member can take the flow.
-        if !table
-            .present()
-            .iter()
-            .any(|&b| self.has_room(tables, server(b)))
-        {
+        if !table.present().iter().any(|&b| room(b)) {
             return Err(DropReason::ServersFull);
         }
-        table
-            .next_taking(h, |b| self.has_room(tables, server(b)))
-            .ok_or(DropReason::ServersFull)
+        table.next_taking(h, room).ok_or(DropReason::ServersFull)
     }
 
     /// The tables in use.
