@@ -105,11 +105,10 @@ pub fn udp_sockets(text: &str) -> Vec<UdpSocket> {
             let Some((local, port)) = pending.take() else {
                 continue;
             };
-            let field = |k: &str| {
-                m.trim_end_matches(')')
-                    .split(',')
-                    .find_map(|f| f.strip_prefix(k)?.parse::<u64>().ok())
-            };
+            // Up to the closing parenthesis (ss may pad the line with spaces after it).
+            let figures = m.split(')').next().unwrap_or_default();
+            let field =
+                |k: &str| (figures.split(',')).find_map(|f| f.strip_prefix(k)?.parse::<u64>().ok());
             // `r` is also the start of `rb`: the numbers tell them apart.
             if let (Some(queued), Some(buffer), Some(drops)) = (field("r"), field("rb"), field("d"))
             {
@@ -219,6 +218,12 @@ garbage
             964
         );
         assert!(udp_sockets("").is_empty());
+        // ss pads a line with spaces after the parenthesis when other lines are longer.
+        let padded = format!(
+            "UNCONN 0 0 0.0.0.0:53 0.0.0.0:*\n\t skmem:(r1,rb4,d3){}\n",
+            " ".repeat(6)
+        );
+        assert_eq!(udp_sockets(&padded)[0].drops, 3);
     }
 
     /// A socket with a small buffer that reads nothing: its queue fills, then it drops.
