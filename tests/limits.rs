@@ -192,6 +192,7 @@ fn a_full_server_sends_its_new_flows_to_the_others() {
     }
     assert_eq!(s_lim["server_overflows"]["s1"], overflows as u64);
     assert_eq!(s_lim["server_overflows"]["s2"], 0);
+    assert_eq!(s_lim["server_max_flows"], serde_json::json!({"s1": 5}));
     assert_eq!(s_free["server_overflows"]["s1"], 0);
     assert_eq!(s_lim["flows_expired"], 60, "the first batch timed out");
     assert_eq!(s_lim["packets_out"], 120);
@@ -204,8 +205,16 @@ fn a_full_server_sends_its_new_flows_to_the_others() {
         &["--prometheus".as_ref(), prom.as_os_str()],
     );
     let text = std::fs::read_to_string(&prom).unwrap();
-    let line = format!("flowgate_server_overflows_total{{server=\"s1\"}} {overflows}");
-    assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    for line in [
+        format!("flowgate_server_overflows_total{{server=\"s1\"}} {overflows}"),
+        "flowgate_server_max_flows{server=\"s1\"} 5".to_string(),
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
+    assert!(
+        !text.contains("flowgate_server_max_flows{server=\"s2\"}"),
+        "{text}"
+    );
     let o = common::flowgate()
         .args(["check", "--pipeline"])
         .arg(&limited)

@@ -203,8 +203,14 @@ pub fn render(j: &Value) -> String {
             "counter",
             "New flows whose first choice was a server holding its max_flows.",
         ),
+        (
+            "server_max_flows",
+            "flowgate_server_max_flows",
+            "gauge",
+            "A server's max_flows (servers with a limit).",
+        ),
     ] {
-        if let Some(servers) = j[key].as_object() {
+        if let Some(servers) = j[key].as_object().filter(|m| !m.is_empty()) {
             o.family(name, kind, help);
             for (k, v) in servers {
                 o.sample(name, &[("server", k)], num(v).unwrap_or(0.0));

@@ -315,6 +315,11 @@ impl Stats {
         };
         let server_flows = by_server(&self.server_flows);
         let server_overflows = by_server(&self.server_overflows);
+        // The limits in force (the pipeline's, for dashboards beside `server_flows`).
+        let server_max_flows: Map<String, Value> = (p.servers.iter())
+            .filter(|s| !s.vacant())
+            .filter_map(|s| Some((s.name.clone(), json!(s.max_flows?))))
+            .collect();
         json!({
             "packets_in": self.packets_in,
             "packets_out": self.packets_out,
@@ -333,6 +338,7 @@ impl Stats {
             "services": services,
             "server_flows": server_flows,
             "server_overflows": server_overflows,
+            "server_max_flows": server_max_flows,
             "flow_rules": rules,
         })
     }
