@@ -1056,3 +1056,67 @@ fn run_reports_link_changes() {
     let j = json(&stats);
     assert_eq!(j["runtime"]["ports"]["inside"]["link_up"], true, "{j}");
 }
+
+#[test]
+fn run_ramps_up_a_server_added_with_a_slow_start() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stats = dir.path().join("stats.json");
+    let conf = dir.path().join("null.yaml");
+    let pipe = dir.path().join("pipe.yaml");
+    let farm = std::fs::read_to_string(root().join("pipelines/web-farm.yaml")).expect("farm");
+    std::fs::write(&pipe, &farm).expect("write pipeline");
+    write_null_conf(&conf, &pipe, "ramp", "[1]", 200, &stats);
+    let (mut child, mut log) = spawn_run(&conf);
+    let polling = log.wait_for("] rx ");
+    let _ = (!polling).then(|| child.0.kill());
+    assert!(polling, "periodic rate line within 30 s: {}", log.text);
+    assert!(
+        !log.text.contains("slow start"),
+        "no ramp at the start: {}",
+        log.text
+    );
+    // web4 joins with a 2 s slow start: a quarter of its weight one step (0.5 s) in,
+    // the whole of it about 2 s later, published in steps between.
+    let web3 = "      - { name: web3, mac: \"02:00:00:00:01:03\", ip: 10.0.0.13, weight: 200 }\n";
+    let web4 = "      - { name: web4, mac: \"02:00:00:00:01:04\", weight: 100, slow_start: 2 }\n";
+    assert!(farm.contains(web3), "web-farm.yaml lists web3 as expected");
+    std::fs::write(&pipe, farm.replace(web3, &format!("{web3}{web4}"))).expect("grow");
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &child.0.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    assert!(
+        log.wait_for("pipeline reloaded; slow start: web4 from 25 % (generation 2)"),
+        "{}",
+        log.text
+    );
+    let t0 = Instant::now();
+    assert!(
+        log.wait_for("slow start: web4 at its whole weight (generation "),
+        "{}",
+        log.text
+    );
+    let took = t0.elapsed();
+    assert!(
+        took > Duration::from_millis(1000) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    // The steps between were published (without a log line each).
+    let last = log.text.lines().last().unwrap_or_default().to_string();
+    let g: u64 = last
+        .rsplit_once("(generation ")
+        .and_then(|(_, g)| g.trim_end_matches(')').parse().ok())
+        .unwrap_or_else(|| panic!("{last}"));
+    assert!(g >= 4, "steps published: {last}");
+    let status = sigterm_and_wait(&mut child.0, Duration::from_secs(20))
+        .expect("flowgate run did not stop within 20 s of SIGTERM");
+    let err = log.finish();
+    assert!(status.success(), "exit status {status:?}\n{err}");
+    assert_eq!(json(&stats)["runtime"]["mempool_in_use"].as_u64(), Some(0));
+}

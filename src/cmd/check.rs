@@ -125,6 +125,9 @@ pub fn render(p: &Pipeline) -> String {
                 100.0 * shares[j] as f64 / svc.table_size as f64,
                 srv.max_flows
                     .map_or(String::new(), |n| format!(" max_flows {n}"))
+                    + &srv.slow_start_ns.map_or(String::new(), |ns| {
+                        format!(" slow_start {} s", ns / 1_000_000_000)
+                    })
             );
         }
     }

@@ -251,6 +251,13 @@ pub struct Server {
     /// room. Each worker admits its share ([`Share`](crate::pipeline::Share)). `None`: no
     /// limit.
     pub max_flows: Option<u32>,
+    /// Nanoseconds over which the server takes its weight after it comes up while the
+    /// system runs (`slow_start`, seconds in the file; `None`: at once). `flowgate run`
+    /// ramps it ([`crate::runtime::ramp`]) through `ramp`.
+    pub slow_start_ns: Option<u64>,
+    /// The share of its weight the server has now (1.0 but during a slow start; never in
+    /// a file): [`crate::pipeline::effective_weight`] scales by it.
+    pub ramp: f64,
 }
 
 impl Server {
@@ -272,6 +279,8 @@ impl Server {
             response_ms: 1.0,
             removed: true,
             max_flows: None,
+            slow_start_ns: None,
+            ramp: 1.0,
         }
     }
 }
@@ -1494,6 +1503,11 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
                 response_ms,
                 removed: false,
                 max_flows: v.max_flows,
+                slow_start_ns: v
+                    .slow_start
+                    .filter(|&s| s > 0)
+                    .map(|s| u64::from(s) * 1_000_000_000),
+                ramp: 1.0,
             };
             if v.name.is_empty() {
                 return Err(cx.err(&sp("name"), "a server needs a name"));

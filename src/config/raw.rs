@@ -107,6 +107,9 @@ pub struct RawServer {
     /// The most open flows the server takes (unset: no limit).
     #[serde(default)]
     pub max_flows: Option<u32>,
+    /// Seconds over which a server that comes up takes its weight (unset: at once).
+    #[serde(default)]
+    pub slow_start: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -315,8 +315,9 @@ fn maglev_input(p: &Pipeline, i: usize) -> (Vec<(&str, u32)>, usize, &[u16]) {
 }
 
 /// The weight member `j` of service `i` has in the Maglev table, after its state and
-/// the service's policy: 0 unless the server is up; `least-load` scales by `1 − load`;
-/// `response-time` by `fastest response / this response`.
+/// the service's policy: 0 unless the server is up; scaled by the server's slow-start
+/// `ramp`; `least-load` scales by `1 − load`; `response-time` by `fastest response /
+/// this response`.
 pub fn effective_weight(p: &Pipeline, i: usize, j: usize) -> u32 {
     let s = &p.services[i];
     let m = &s.members[j];
@@ -324,7 +325,7 @@ pub fn effective_weight(p: &Pipeline, i: usize, j: usize) -> u32 {
     if srv.state != ServerState::Up || m.weight == 0 {
         return 0;
     }
-    let w = f64::from(m.weight);
+    let w = f64::from(m.weight) * srv.ramp;
     let scaled = match s.policy {
         Policy::Maglev | Policy::LeastFlows => w,
         Policy::LeastLoad => w * (1.0 - srv.load),

@@ -64,6 +64,7 @@ pub mod control;
 #[cfg(feature = "dpdk")]
 mod bench;
 pub mod lister;
+pub mod ramp;
 #[cfg(feature = "dpdk")]
 mod worker;
 

@@ -10,6 +10,7 @@
 use super::conf::{RunConf, map_ports};
 use super::control::ControlRt;
 use super::lister::{Board, Lister, WorkerSide};
+use super::ramp::{self, Ramps};
 use super::{copy_stats, dispatch_hash};
 use crate::config::Pipeline;
 use crate::pipeline::meta::DropReason;
@@ -98,6 +99,8 @@ struct Shared {
     /// the management loop (unmapping a large flow table, or freeing a pipeline of many
     /// rules, would hold a worker for milliseconds).
     retired: Mutex<Vec<Box<dyn Send>>>,
+    /// Servers' slow starts, applied to every pipeline published ([`publish_tables`]).
+    ramps: Mutex<Ramps>,
 }
 
 impl Shared {
@@ -311,6 +314,9 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
         }
     }
 
+    // The servers up at the start take their whole weight; those that come up later ramp.
+    let mut ramps = Ramps::default();
+    ramps.apply(&mut pipeline, 0);
     let tables = Arc::new(Tables::build(pipeline, 1));
     let shared = Shared {
         stop: AtomicBool::new(false),
@@ -332,6 +338,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
         start: Instant::now(),
         board: Board::new(n_workers),
         retired: Mutex::new(Vec::new()),
+        ramps: Mutex::new(ramps),
     };
     // Where the stats JSON goes: rewritten every interval while running, and at the stop.
     let stats_path = opts.stats_json.as_deref().or(conf.stats_json.as_deref());
@@ -512,6 +519,7 @@ fn manage(
     // Each port's link as last read (`None`: not yet, or the driver refused).
     let mut links: Vec<Option<Link>> = vec![None; live.ports.len()];
     let mut last_link: Option<Instant> = None;
+    let mut last_ramp = Instant::now();
     let (mut last_in, mut last_out) = (0u64, 0u64);
     loop {
         // The control plane's turn doubles as the loop's 10 ms wait.
@@ -552,6 +560,14 @@ fn manage(
         if last_link.is_none_or(|t| t.elapsed() >= LINK_EVERY) {
             last_link = Some(Instant::now());
             watch_links(&conf, live.ports, &mut links);
+        }
+        // A slow start under way: its servers a step closer to their weights.
+        if last_ramp.elapsed() >= Duration::from_nanos(ramp::STEP) {
+            last_ramp = Instant::now();
+            if shared.ramps.lock().under_way() {
+                let p = shared.tables.lock().pipeline.clone();
+                publish_ramped(shared, p, None);
+            }
         }
         if last_reclaim.elapsed() >= RECLAIM_EVERY {
             last_reclaim = Instant::now();
@@ -803,9 +819,17 @@ fn reclaim(shared: &Shared, control: Option<&mut ControlRt>) {
     );
 }
 
-/// Builds and publishes tables for `p` (the current ones' shape, or grown from it):
-/// workers take them at their next poll. Returns their generation.
+/// Builds and publishes tables for `p` (the current ones' shape, or grown from it), its
+/// servers' slow starts applied: workers take them at their next poll. Logs `why` and
+/// the slow starts begun or done. Returns their generation.
 fn publish_tables(shared: &Shared, p: Pipeline, why: &str) -> u64 {
+    publish_ramped(shared, p, Some(why))
+}
+
+/// [`publish_tables`]; without `why` (a slow start's step) it logs only the slow starts
+/// done.
+fn publish_ramped(shared: &Shared, mut p: Pipeline, why: Option<&str>) -> u64 {
+    let ramped = shared.ramps.lock().apply(&mut p, shared.now_ns());
     let g = shared.generation.load(Relaxed) + 1;
     // What did not change is taken from the tables in use (Maglev tables are most of
     // the build: a control-plane change of one server rebuilds only its services').
@@ -814,7 +838,12 @@ fn publish_tables(shared: &Shared, p: Pipeline, why: &str) -> u64 {
     drop(prev);
     *shared.tables.lock() = t;
     shared.generation.store(g, Relaxed);
-    crate::logln!("{why} (generation {g})");
+    match (why, ramped.phrase()) {
+        (Some(why), Some(r)) => crate::logln!("{why}; {r} (generation {g})"),
+        (Some(why), None) => crate::logln!("{why} (generation {g})"),
+        (None, Some(r)) => crate::logln!("{r} (generation {g})"),
+        (None, None) => {}
+    }
     g
 }
 
