@@ -628,6 +628,9 @@ mod tests {
         // a refused connect: a test running beside this one may bind the port freed.)
         let text = Arc::downgrade(&e.text);
         drop(e);
-        assert!(text.upgrade().is_none(), "the exporter's thread ended on drop");
+        assert!(
+            text.upgrade().is_none(),
+            "the exporter's thread ended on drop"
+        );
     }
 }
