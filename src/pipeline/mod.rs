@@ -593,8 +593,16 @@ impl Worker {
     /// ([`Maglev::next_taking`](crate::balance::maglev::Maglev::next_taking)), or under
     /// `least-flows` the one with the fewest flows for its weight. The drop reason when
     /// none can take it: `no_server` (no server takes new flows) or `servers_full`.
+    /// `moving`: the flow is not new but leaves a server that went down (its packets ask
+    /// again until it has moved): no overflow is counted.
     #[inline]
-    fn place(&mut self, tables: &Tables, i: usize, t: &Tuple) -> Result<u16, DropReason> {
+    fn place(
+        &mut self,
+        tables: &Tables,
+        i: usize,
+        t: &Tuple,
+        moving: bool,
+    ) -> Result<u16, DropReason> {
         let h = tables.placement_hash(i, t);
         let table = &tables.maglev[i];
         let by_hash = table.lookup(h).ok_or(DropReason::NoServer)?;
@@ -609,7 +617,9 @@ impl Worker {
         if self.has_room(tables, server(first)) {
             return Ok(first);
         }
-        if let Some(n) = (self.stats.server_overflows).get_mut(usize::from(server(first))) {
+        if !moving
+            && let Some(n) = (self.stats.server_overflows).get_mut(usize::from(server(first)))
+        {
             *n += 1;
         }
         let room = |b: u16| b != first && self.has_room(tables, server(b));
@@ -1216,7 +1226,7 @@ impl Worker {
         match d {
             Decision::Service(i) if create => {
                 let i = i as u16;
-                let member = match self.place(tables, usize::from(i), &m.tuple) {
+                let member = match self.place(tables, usize::from(i), &m.tuple, false) {
                     Ok(member) => member,
                     Err(why) => {
                         *out = self.no_server(tables, buf, m, i, why, in_port, now, *out);
@@ -1328,6 +1338,7 @@ impl Worker {
                     tables,
                     usize::from(i),
                     &if forward { m.tuple } else { m.tuple.reversed() },
+                    true,
                 )
             {
                 self.stats.flow_out(&f);
@@ -2061,6 +2072,29 @@ mod tests {
         w.expire(10 + 11_000_000_000, 100); // the SYN timeout (10 s) has passed
         assert_eq!(w.stats.server_flows, [0, 0]);
         assert_eq!(place_syns(&mut w, 10).iter().flatten().count(), 6);
+    }
+
+    #[test]
+    fn flows_leaving_a_down_server_move_only_into_room_and_are_not_overflows() {
+        let y = P.replace("01:02\" }", "01:02\", max_flows: 2 }");
+        let p = Pipeline::from_str(&y, Path::new("p.yaml")).unwrap();
+        let mut w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
+        assert!(place_syns(&mut w, 20).iter().all(Option::is_some));
+        assert_eq!(w.stats.server_flows, [18, 2]);
+        let turned = w.stats.server_overflows.clone();
+        // a goes down, and b's limit is raised to 4: a's flows' next packets move two of
+        // them to b; the others stay (and ask again with each packet).
+        let mut q = p.clone();
+        q.servers[0].state = ServerState::Down;
+        q.servers[1].max_flows = Some(4);
+        w.set_tables(Arc::new(Tables::build(q, 2))).unwrap();
+        for _ in 0..3 {
+            for i in 0..20 {
+                w.process(&mut syn_from(i), 0, 20);
+            }
+        }
+        assert_eq!(w.stats.server_flows, [16, 4], "two moved, the rest stay");
+        assert_eq!(w.stats.server_overflows, turned, "moves are not new flows");
     }
 
     #[test]
