@@ -247,13 +247,13 @@ pub struct Server {
     /// flows may still go to it; [`Pipeline::reclaim`] frees its index once none does.
     pub removed: bool,
     /// The most open flows (of every service and rule) whose target it is; a new flow
-    /// whose first choice it is at that goes to the next server of the Maglev table with
-    /// room. Each worker admits its share ([`Share`](crate::pipeline::Share)). `None`: no
-    /// limit.
+    /// whose first choice it is at that goes to another server with room (see
+    /// `Worker::place`). Each worker admits its share
+    /// ([`Share`](crate::pipeline::Share)). `None`: no limit.
     pub max_flows: Option<u32>,
     /// Nanoseconds over which the server takes its weight after it comes up while the
-    /// system runs (`slow_start`, seconds in the file; `None`: at once). `flowgate run`
-    /// ramps it ([`crate::runtime::ramp`]) through `ramp`.
+    /// system runs (`slow_start`, seconds in the file; `None`, or 0 there: at once).
+    /// `flowgate run` ramps it ([`crate::runtime::ramp`]) through `ramp`.
     pub slow_start_ns: Option<u64>,
     /// The share of its weight the server has now (1.0 but during a slow start; never in
     /// a file): [`crate::pipeline::effective_weight`] scales by it.
