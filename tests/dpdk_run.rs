@@ -898,6 +898,19 @@ fn run_warns_when_a_port_mtu_is_below_system_mtu() {
     web_farm_with_mtu(dir.path(), 1500);
     let err = run("", "mtu-ok");
     assert!(!err.contains("warning: port"), "{err}");
+    // The MTU given by port name: the port's own is the one compared.
+    let farm = std::fs::read_to_string(&pipeline).unwrap();
+    let by_name =
+        |m: &str| farm.replacen("  mtu: 1500\n", &format!("  mtu: {{ outside: {m} }}\n"), 1);
+    std::fs::write(&pipeline, by_name("9000")).unwrap();
+    let err = run("", "mtu-port-low");
+    assert!(
+        err.contains("warning: port outside has MTU 1500, below system.mtu 9000"),
+        "{err}"
+    );
+    std::fs::write(&pipeline, by_name("1500")).unwrap();
+    let err = run("", "mtu-port-ok");
+    assert!(!err.contains("warning: port"), "{err}");
 }
 
 /// A stderr that goes away (a log pipe closed, a terminal gone) does not stop the run
