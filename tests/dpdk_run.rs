@@ -81,6 +81,43 @@ fn write_null_conf(
     .expect("write conf");
 }
 
+/// web-farm.yaml's line for web3 (the reload tests add servers after it).
+const WEB3: &str =
+    "      - { name: web3, mac: \"02:00:00:00:01:03\", ip: 10.0.0.13, weight: 200 }\n";
+
+/// A copy of web-farm.yaml in `dir` (for the test to edit and reload) run on two
+/// `net_null` ports ([`write_null_conf`] with `tag`, `workers`, stats every 200 ms to
+/// `stats`), once it polls: the copy's path, the farm's text, the run and its log.
+fn farm_on_null(
+    dir: &Path,
+    tag: &str,
+    workers: &str,
+    stats: &Path,
+) -> (std::path::PathBuf, String, common::Proc, Log) {
+    let conf = dir.join("null.yaml");
+    let pipe = dir.join("pipe.yaml");
+    let farm = std::fs::read_to_string(root().join("pipelines/web-farm.yaml")).expect("farm");
+    assert!(farm.contains(WEB3), "web-farm.yaml lists web3 as expected");
+    std::fs::write(&pipe, &farm).expect("write pipeline");
+    write_null_conf(&conf, &pipe, tag, workers, 200, stats);
+    let (mut child, mut log) = spawn_run(&conf);
+    let polling = log.wait_for("] rx ");
+    let _ = (!polling).then(|| child.0.kill());
+    assert!(polling, "periodic rate line within 30 s: {}", log.text);
+    (pipe, farm, child, log)
+}
+
+/// Sends `sig` (`-HUP`, …) to process `pid`.
+fn signal(pid: u32, sig: &str) {
+    assert!(
+        Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+}
+
 /// Starts `flowgate run --conf conf` (killed if the test fails before it stops) and
 /// follows what it says.
 fn spawn_run(conf: &Path) -> (common::Proc, Log) {
@@ -607,26 +644,11 @@ fn run_stops_cleanly_on_sigterm() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let stats = dir.path().join("stats.json");
-    let conf = dir.path().join("null.yaml");
     // A copy of the web farm, edited below for the reloads.
-    let pipe = dir.path().join("pipe.yaml");
-    let farm = std::fs::read_to_string(root().join("pipelines/web-farm.yaml")).expect("farm");
-    std::fs::write(&pipe, &farm).expect("write pipeline");
-    write_null_conf(&conf, &pipe, "term", "[1, 2]", 200, &stats);
-    let (mut child, mut log) = spawn_run(&conf);
-    let pid = child.0.id().to_string();
-    let kill = |sig: &str| {
-        assert!(
-            Command::new("kill")
-                .args([sig, &pid])
-                .status()
-                .expect("kill")
-                .success()
-        )
-    };
-    let polling = log.wait_for("] rx ");
-    let _ = (!polling).then(|| child.0.kill());
-    assert!(polling, "periodic rate line within 30 s: {}", log.text);
+    let (pipe, farm, mut child, mut log) = farm_on_null(dir.path(), "term", "[1, 2]", &stats);
+    let conf = dir.path().join("null.yaml");
+    let pid = child.0.id();
+    let kill = |sig: &str| signal(pid, sig);
     // SIGHUP: the management lcore reloads the (unchanged) pipeline and publishes it.
     kill("-HUP");
     assert!(
@@ -635,9 +657,8 @@ fn run_stops_cleanly_on_sigterm() {
         log.text
     );
     // A server added to a service: taken without a restart.
-    let web3 = "      - { name: web3, mac: \"02:00:00:00:01:03\", ip: 10.0.0.13, weight: 200 }\n";
+    let web3 = WEB3;
     let web4 = "      - { name: web4, mac: \"02:00:00:00:01:04\", ip: 10.0.0.14, weight: 100 }\n";
-    assert!(farm.contains(web3), "web-farm.yaml lists web3 as expected");
     std::fs::write(&pipe, farm.replace(web3, &format!("{web3}{web4}"))).expect("grow");
     kill("-HUP");
     assert!(
@@ -1077,15 +1098,7 @@ fn run_ramps_up_a_server_added_with_a_slow_start() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let stats = dir.path().join("stats.json");
-    let conf = dir.path().join("null.yaml");
-    let pipe = dir.path().join("pipe.yaml");
-    let farm = std::fs::read_to_string(root().join("pipelines/web-farm.yaml")).expect("farm");
-    std::fs::write(&pipe, &farm).expect("write pipeline");
-    write_null_conf(&conf, &pipe, "ramp", "[1]", 200, &stats);
-    let (mut child, mut log) = spawn_run(&conf);
-    let polling = log.wait_for("] rx ");
-    let _ = (!polling).then(|| child.0.kill());
-    assert!(polling, "periodic rate line within 30 s: {}", log.text);
+    let (pipe, farm, mut child, mut log) = farm_on_null(dir.path(), "ramp", "[1]", &stats);
     assert!(
         !log.text.contains("slow start"),
         "no ramp at the start: {}",
@@ -1093,17 +1106,9 @@ fn run_ramps_up_a_server_added_with_a_slow_start() {
     );
     // web4 joins with a 2 s slow start: a quarter of its weight one step (0.5 s) in,
     // the whole of it about 2 s later, published in steps between.
-    let web3 = "      - { name: web3, mac: \"02:00:00:00:01:03\", ip: 10.0.0.13, weight: 200 }\n";
     let web4 = "      - { name: web4, mac: \"02:00:00:00:01:04\", weight: 100, slow_start: 2 }\n";
-    assert!(farm.contains(web3), "web-farm.yaml lists web3 as expected");
-    std::fs::write(&pipe, farm.replace(web3, &format!("{web3}{web4}"))).expect("grow");
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &child.0.id().to_string()])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    std::fs::write(&pipe, farm.replace(WEB3, &format!("{WEB3}{web4}"))).expect("grow");
+    signal(child.0.id(), "-HUP");
     assert!(
         log.wait_for("pipeline reloaded; slow start: web4 from 25 % (generation 2)"),
         "{}",

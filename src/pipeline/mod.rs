@@ -150,15 +150,9 @@ struct After {
 }
 
 impl Tables {
-    /// The member of service `i` that a new flow goes to, `t` being the flow's tuple in
-    /// its creating direction (client to service), by the service's
-    /// [`Affinity`]; `None` when no server takes new flows.
-    #[inline]
-    pub fn choose(&self, i: usize, t: &Tuple) -> Option<u16> {
-        self.maglev[i].lookup(self.placement_hash(i, t))
-    }
-
-    /// The hash that places a new flow with tuple `t` in service `i`'s Maglev table.
+    /// The hash that places a new flow in service `i`'s Maglev table, `t` being the
+    /// flow's tuple in its creating direction (client to service), by the service's
+    /// [`Affinity`].
     #[inline]
     fn placement_hash(&self, i: usize, t: &Tuple) -> u64 {
         match self.pipeline.services[i].affinity {
@@ -586,9 +580,9 @@ impl Worker {
         best.map(|b| b.0)
     }
 
-    /// The member of service `i` a new flow with tuple `t` goes to: the service's choice
-    /// ([`Tables::choose`]; with `policy: least-flows`, [`Worker::fewest_flows`] from
-    /// there) or, when that server holds its `max_flows` (counted in `server_overflows`),
+    /// The member of service `i` a new flow with tuple `t` goes to: its slot's in the
+    /// Maglev table ([`Tables::placement_hash`]; with `policy: least-flows`,
+    /// [`Worker::fewest_flows`] from there) or, when that server holds its `max_flows` (counted in `server_overflows`),
     /// another with room: the next member of the Maglev table with room
     /// ([`Maglev::next_taking`](crate::balance::maglev::Maglev::next_taking)), or under
     /// `least-flows` the one with the fewest flows for its weight. The drop reason when

@@ -565,8 +565,9 @@ fn manage(
         if last_ramp.elapsed() >= Duration::from_nanos(ramp::STEP) {
             last_ramp = Instant::now();
             if shared.ramps.lock().under_way() {
-                let p = shared.tables.lock().pipeline.clone();
-                publish_ramped(shared, p, None);
+                // Cloned outside the lock: a worker taking tables waits on it.
+                let cur = Arc::clone(&shared.tables.lock());
+                publish_ramped(shared, cur.pipeline.clone(), None);
             }
         }
         if last_reclaim.elapsed() >= RECLAIM_EVERY {
