@@ -312,19 +312,23 @@ fn hmac_tag(data: &[u8]) -> [u8; 32] {
 }
 
 /// A FlowAdd copy delayed past its FlowDel (UDP reorders; the requester retransmitted
-/// it) does not bring the flow back at the supervisor; the same flow id is usable again
-/// once its origin registers anew (a restarted agent counts from 1).
+/// it before withdrawing the flow) does not bring the flow back at the supervisor; the
+/// same flow id is usable again by a FlowAdd sent after the FlowDel, and once its
+/// origin registers anew (a restarted agent counts from 1).
 #[test]
 fn a_late_flow_add_does_not_undo_its_flow_del() {
     let now = Instant::now();
     let mut s = sup(now);
     let k = key();
     let sender = 77;
-    let mut seq = 0u64;
-    let mut send = |s: &mut Supervisor, body: &Body| {
-        seq += 1;
+    let send_as = |s: &mut Supervisor, seq: u64, body: &Body| {
         s.handle(now, from(), &k.seal(sender, seq, body));
         while s.poll_transmit(now).is_some() {}
+    };
+    let mut seq = 10u64;
+    let mut send = |s: &mut Supervisor, body: &Body| {
+        seq += 1;
+        send_as(s, seq, body);
     };
     let reg = Body::Register(Register {
         kind: SystemKind::End,
@@ -355,14 +359,17 @@ fn a_late_flow_add_does_not_undo_its_flow_del() {
         origin: sender,
         flow_id: 1,
     });
-    send(&mut s, &reg);
-    send(&mut s, &add);
+    send(&mut s, &reg); // 11
+    send(&mut s, &add); // 12; its retransmission, 13, is on its way
     assert_eq!(s.flows().count(), 1);
-    send(&mut s, &del);
-    send(&mut s, &add); // the late copy
+    send(&mut s, &del); // 14
+    send_as(&mut s, 13, &add); // the late copy
     assert_eq!(s.flows().count(), 0, "a withdrawn flow stays withdrawn");
-    send(&mut s, &reg);
-    send(&mut s, &add);
+    send(&mut s, &add); // 15: advertised again
+    assert_eq!(s.flows().count(), 1, "a FlowAdd sent after the FlowDel");
+    send(&mut s, &del); // 16
+    send(&mut s, &reg); // 17
+    send(&mut s, &add); // 18
     assert_eq!(
         s.flows().count(),
         1,

@@ -9,7 +9,7 @@ use flowgate::control::Transmit;
 use flowgate::control::ana::PoolConf;
 use flowgate::control::proto::*;
 use flowgate::control::session::{ReqKey, SessEvent, Session};
-use flowgate::control::store::{MemStore, Record};
+use flowgate::control::store::{MemStore, Record, Store};
 use flowgate::control::supervisor::{Supervisor, SupervisorConfig};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -50,8 +50,18 @@ fn sup_cfg() -> SupervisorConfig {
 /// A supervisor started (`start` = 0, 1, 2… for each restart: its sequence numbers go
 /// on rising, as a real one's do across restarts) from what `store` holds.
 fn supervisor(now: Instant, store: &MemStore, start: u64) -> Supervisor {
+    supervisor_with(sup_cfg(), now, store, start)
+}
+
+/// [`supervisor`] with another configuration.
+fn supervisor_with(
+    cfg: SupervisorConfig,
+    now: Instant,
+    store: &MemStore,
+    start: u64,
+) -> Supervisor {
     Supervisor::restore(
-        sup_cfg(),
+        cfg,
         key(),
         SeqGen::new(1 + start * 1_000_000_000),
         now,
@@ -62,9 +72,15 @@ fn supervisor(now: Instant, store: &MemStore, start: u64) -> Supervisor {
 }
 
 fn session() -> Session {
+    session_from(1_000_000)
+}
+
+/// `web1`'s session whose sequence numbers start at `seq` (a restarted one's go on
+/// above the last run's, as a real agent's do: they start at the time in microseconds).
+fn session_from(seq: u64) -> Session {
     Session::new(
         key(),
-        SeqGen::new(1_000_000),
+        SeqGen::new(seq),
         sup_addr(),
         Register {
             kind: SystemKind::End,
@@ -379,4 +395,276 @@ fn grant_ids_are_not_reused_after_a_restart() {
     s.want_numbers(t2);
     exchange(&mut s, &mut sup, t2);
     assert!(held(&s)[0].0 > second[0].0, "{:?}", held(&s));
+}
+
+/// An agent killed and started again within the dead interval (the supervisor never saw
+/// it gone) asks for a block of a pool whose only block its last run held: its Register
+/// says it holds nothing, so the supervisor releases that block then, and the new run
+/// gets it at once instead of being refused until the old lease runs out. (Its request
+/// ids start over, so its first request is not the one the old block was granted for:
+/// here the old run had asked twice.)
+#[test]
+fn a_restarted_holder_gets_a_block_of_a_full_pool_at_once() {
+    let t0 = Instant::now();
+    let store = MemStore::default();
+    let mut cfg = sup_cfg();
+    cfg.pools[0].last = Some(99);
+    let mut sup = supervisor_with(cfg, t0, &store, 0);
+    let mut old = registered_with_a_block(t0, &mut sup);
+    old.release_all(t0);
+    exchange(&mut old, &mut sup, t0);
+    old.wanted = vec!["nat".into()];
+    old.want_numbers(t0);
+    exchange(&mut old, &mut sup, t0);
+    let before = held(&old);
+    assert_eq!(before.len(), 1, "its second request");
+    assert_eq!(sup_grants(&sup), before);
+    let flow = FlowAdvert {
+        origin: system_id("web1"),
+        flow_id: 1,
+        target: system_id("web1"),
+        matcher: FlowMatch {
+            proto: 17,
+            src: "0.0.0.0".parse().unwrap(),
+            src_plen: 0,
+            dst: "10.9.9.1".parse().unwrap(),
+            dst_plen: 32,
+            sport: (0, 65535),
+            dport: (100, 199),
+            spi: None,
+        },
+        qos: vec![],
+        lifetime_ms: 0,
+    };
+    old.request(t0, ReqKey::FlowAdd(1), Body::FlowAdd(flow));
+    exchange(&mut old, &mut sup, t0);
+    assert_eq!(sup.flows().count(), 1);
+    drop(old);
+
+    let t1 = t0 + Duration::from_millis(800);
+    let mut new = session_from(2_000_000);
+    new.wanted = vec!["nat".into()];
+    new.start(t1);
+    let register = from_session(&mut new);
+    assert!(matches!(&bodies(&register)[..], [Body::Register(_)]));
+    to_sup(&mut sup, t1, &register);
+    assert!(
+        sup_grants(&sup).is_empty(),
+        "the last run's block is released by the Register"
+    );
+    assert_eq!(sup.flows().count(), 0, "and its flows withdrawn, as before");
+    assert!(
+        store
+            .records()
+            .iter()
+            .any(|r| matches!(r, Record::GrantGone { id } if *id == before[0].0)),
+        "durably"
+    );
+    to_session(&mut new, t1, &from_sup(&mut sup, t1));
+    exchange(&mut new, &mut sup, t1);
+    let mine = held(&new);
+    assert_eq!(mine.len(), 1, "granted, not refused");
+    assert!(mine[0].0 > before[0].0);
+    assert_eq!(sup_grants(&sup), mine);
+}
+
+/// A copy of a Register that arrives after what its sender said next (here a
+/// retransmission overtaken by the answer to the first copy, then by a grant and a
+/// flow) releases and withdraws nothing: it was sent before them.
+#[test]
+fn a_late_copy_of_a_register_leaves_what_came_after_it() {
+    let t0 = Instant::now();
+    let store = MemStore::default();
+    let mut sup = supervisor(t0, &store, 0);
+    let mut s = session();
+    s.wanted = vec!["nat".into()];
+    s.start(t0);
+    let first = from_session(&mut s);
+    // The first copy is slow to arrive; the session sends another.
+    let t1 = t0 + Duration::from_millis(300);
+    s.handle_timeout(t1);
+    let again = from_session(&mut s);
+    assert!(matches!(&bodies(&again)[..], [Body::Register(_)]));
+    to_sup(&mut sup, t1, &again);
+    to_session(&mut s, t1, &from_sup(&mut sup, t1));
+    exchange(&mut s, &mut sup, t1);
+    let mine = held(&s);
+    assert_eq!(mine.len(), 1);
+    let flow = FlowAdvert {
+        origin: system_id("web1"),
+        flow_id: 7,
+        target: system_id("web1"),
+        matcher: FlowMatch {
+            proto: 6,
+            src: "0.0.0.0".parse().unwrap(),
+            src_plen: 0,
+            dst: "10.9.9.1".parse().unwrap(),
+            dst_plen: 32,
+            sport: (0, 65535),
+            dport: (80, 80),
+            spi: None,
+        },
+        qos: vec![],
+        lifetime_ms: 0,
+    };
+    s.request(t1, ReqKey::FlowAdd(7), Body::FlowAdd(flow.clone()));
+    exchange(&mut s, &mut sup, t1);
+    assert_eq!(sup.flows().count(), 1);
+    // And a flow advertised (its first copy slow, a retransmission taken) and withdrawn.
+    let eight = FlowAdvert { flow_id: 8, ..flow };
+    s.request(t1, ReqKey::FlowAdd(8), Body::FlowAdd(eight));
+    let slow_add = from_session(&mut s);
+    let t2 = t1 + Duration::from_millis(300);
+    s.handle_timeout(t2);
+    exchange(&mut s, &mut sup, t2);
+    assert_eq!(sup.flows().count(), 2);
+    s.cancel(&ReqKey::FlowAdd(8));
+    s.request(
+        t2,
+        ReqKey::FlowDel(8),
+        Body::FlowDel(FlowWithdraw {
+            origin: system_id("web1"),
+            flow_id: 8,
+        }),
+    );
+    exchange(&mut s, &mut sup, t2);
+    assert_eq!(sup.flows().count(), 1);
+
+    // Now the first copy of the Register (sent before the second) arrives, and then
+    // the slow copy of the withdrawn flow's FlowAdd.
+    let t3 = t2 + Duration::from_millis(50);
+    to_sup(&mut sup, t3, &first);
+    let answer = from_sup(&mut sup, t3);
+    assert!(matches!(&bodies(&answer)[..], [Body::RegisterAck(a)] if a.status == status::OK));
+    assert_eq!(sup_grants(&sup), mine, "the block granted after it stays");
+    assert_eq!(sup.flows().count(), 1, "the flow advertised after it stays");
+    to_sup(&mut sup, t3, &slow_add);
+    from_sup(&mut sup, t3);
+    assert_eq!(
+        sup.flows().map(|f| f.flow_id).collect::<Vec<_>>(),
+        [7],
+        "and the flow withdrawn after it stays withdrawn"
+    );
+    for t in &answer {
+        s.handle(t3, &t.payload);
+    }
+    exchange(&mut s, &mut sup, t3);
+    assert_eq!(held(&s), mine);
+    assert_eq!(sup_grants(&sup), mine);
+}
+
+/// A request whose answer is lost and whose retransmission is answered: the holder
+/// counts its lease from sending the retransmission, so the supervisor must count it
+/// from receiving that, not from receiving the first copy (PROTOCOL.md §6.4: the
+/// supervisor's bound comes after the holder's), or the block could be handed to
+/// another while its holder still uses it.
+#[test]
+fn a_retransmitted_request_restarts_the_lease() {
+    let t0 = Instant::now();
+    let store = MemStore::default();
+    let mut sup = supervisor(t0, &store, 0);
+    let mut s = session();
+    s.start(t0);
+    exchange(&mut s, &mut sup, t0);
+    s.wanted = vec!["nat".into()];
+    s.want_numbers(t0);
+    to_sup(&mut sup, t0, &from_session(&mut s));
+    assert_eq!(
+        from_sup(&mut sup, t0).len(),
+        1,
+        "answered, and the answer lost"
+    );
+    let t1 = t0 + Duration::from_millis(300);
+    s.handle_timeout(t1);
+    let again = from_session(&mut s);
+    assert!(matches!(&bodies(&again)[..], [Body::NumberRequest(_)]));
+    to_sup(&mut sup, t1, &again);
+    to_session(&mut s, t1, &from_sup(&mut sup, t1));
+    let g = s.grants.values().next().expect("held").clone();
+    assert_eq!(g.valid_from, t1);
+    // The holder's lease bound: what decides while other messages are acknowledged
+    // (its dead-interval bound moves on with each) and only its renewals are lost.
+    let holder_until = g.valid_from + Duration::from_millis(g.lease_ms.into());
+    let supervisor_until = sup.grants().next().expect("granted").expires;
+    assert!(
+        supervisor_until >= holder_until,
+        "the supervisor frees it {:?} before its holder stops using it",
+        holder_until - supervisor_until
+    );
+}
+
+/// What a Register gives up is known across a supervisor restart (the store keeps each
+/// grant's and flow's sequence number): an agent restarted after the supervisor was
+/// gets a block of the full pool at once; a grant restored from a record written before
+/// the number was kept is not given up by a Register (the old rule: it stays to its
+/// lease's end unless asked for again under its request id).
+#[test]
+fn a_register_after_a_supervisor_restart_gives_up_the_last_runs_block() {
+    let t0 = Instant::now();
+    let store = MemStore::default();
+    let mut cfg = sup_cfg();
+    cfg.pools[0].last = Some(99);
+    let mut sup = supervisor_with(cfg.clone(), t0, &store, 0);
+    let old = registered_with_a_block(t0, &mut sup);
+    let before = held(&old);
+    drop((old, sup));
+
+    let t1 = t0 + Duration::from_millis(500);
+    let mut sup = supervisor_with(cfg.clone(), t1, &store, 1);
+    assert_eq!(sup_grants(&sup), before, "restored");
+    let mut new = session_from(2_000_000);
+    new.wanted = vec!["nat".into()];
+    new.start(t1);
+    exchange(&mut new, &mut sup, t1);
+    let mine = held(&new);
+    assert_eq!(mine.len(), 1, "granted, not refused");
+    assert_ne!(mine, before);
+    assert_eq!(sup_grants(&sup), mine);
+
+    // The same grant written as an older supervisor wrote it (no sequence number).
+    let mut legacy = MemStore::default();
+    for r in store.records() {
+        let r = match r {
+            Record::Grant {
+                id,
+                pool,
+                holder,
+                request_id,
+                first,
+                count,
+                lease_ms,
+                seq: Some(_),
+            } => Record::Grant {
+                id,
+                pool,
+                holder,
+                request_id,
+                first,
+                count,
+                lease_ms,
+                seq: None,
+            },
+            r => r,
+        };
+        legacy.append(&r).unwrap();
+    }
+    let t2 = t1 + Duration::from_millis(500);
+    let mut sup = supervisor_with(cfg, t2, &legacy, 2);
+    assert_eq!(sup_grants(&sup), mine);
+    let mut third = session_from(3_000_000);
+    third.wanted = vec!["nat".into()];
+    third.start(t2);
+    let register = from_session(&mut third);
+    to_sup(&mut sup, t2, &register);
+    assert_eq!(sup_grants(&sup), mine, "not given up by the Register");
+    to_session(&mut third, t2, &from_sup(&mut sup, t2));
+    exchange(&mut third, &mut sup, t2);
+    // Here the new run's first request has the id the grant was made for (both runs'
+    // first), so it gets that grant, with its lease restarted.
+    assert_eq!(held(&third), mine);
+    let g = third.grants.values().next().unwrap();
+    assert!(
+        sup.grants().next().unwrap().expires
+            >= g.valid_from + Duration::from_millis(g.lease_ms.into())
+    );
 }

@@ -781,3 +781,64 @@ fn a_slow_load_command_does_not_silence_the_agent() {
     }
     assert_eq!(env.stat("deaths"), 0, "never declared dead");
 }
+
+/// An agent killed and started again at once (within the dead interval: the supervisor
+/// never sees it die), here with a conf that now asks for one pool of the two: its new
+/// run gets the only block of the full pool at once, as a new grant, and the block of
+/// the pool it no longer asks for is given back, both by its Register (PROTOCOL.md
+/// §4.1). Before (measured): the new run was refused, then got the old run's grant back
+/// because its second request had the id the old one was granted for, its lease not
+/// restarted; and the other block stayed held until its lease ran out (5.3 s).
+#[test]
+fn a_restarted_agent_gets_a_block_of_a_full_pool_at_once() {
+    let env = Env::new();
+    std::fs::write(
+        env.p("sup.yaml"),
+        "name: sup\nadvert_interval_ms: 200\ndead_interval_ms: 1000\n\
+         pools:\n  - {name: nat-ports, first: 1024, last: 2047, block: 1024, lease_ms: 5000}\n  \
+         - {name: ipsec-spi, first: 0x100, last: 0xffffffff, block: 65536, lease_ms: 5000}\n",
+    )
+    .unwrap();
+    let _sup = env.supervisor();
+    let conf = |numbers: &str| {
+        let path = env.p(&format!("nat1-{}.yaml", numbers.len()));
+        std::fs::write(
+            &path,
+            format!(
+                "name: nat1\nmac: \"02:00:00:00:00:11\"\naddrs: [127.0.0.1]\n\
+                 services:\n  - {{name: nat, vip: 203.0.113.1, proto: udp, ports: [4500]}}\n\
+                 numbers: [{numbers}]\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let first = env.spawn_agent(&conf("ipsec-spi, nat-ports"), "nat1", "key");
+    env.wait_for(|| grants(&env).len() == 2, "both blocks granted");
+    let before = grants(&env);
+    assert!(
+        before.iter().any(|g| g.2 == 1024 && g.3 == 1024),
+        "{before:?}"
+    );
+
+    drop(first); // kill -9
+    let restarted = Instant::now();
+    let _second = env.spawn_agent(&conf("nat-ports"), "nat1", "key");
+    env.wait_for(
+        || {
+            let g = grants(&env);
+            g.len() == 1 && g[0].0 > before[1].0
+        },
+        "the new run's block, and nothing else",
+    );
+    let took = restarted.elapsed();
+    let g = grants(&env);
+    assert_eq!((g[0].1.as_str(), g[0].2, g[0].3), ("nat1", 1024, 1024));
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert_eq!(
+        env.stat("deaths"),
+        0,
+        "released by the Register, not a death"
+    );
+    assert_eq!(env.stat("reclaimed"), 2, "{:?}", env.ctl(&["stats"]));
+}

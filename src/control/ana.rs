@@ -139,6 +139,11 @@ pub struct Grant {
     pub count: u32,
     pub lease_ms: u32,
     pub expires: Instant,
+    /// Sequence number of the latest request or renewal its holder sent for it (the
+    /// highest the supervisor answered OK), or `None` when restored from a record
+    /// written before it was kept: a Register with a higher one releases it
+    /// ([`Ana::sent_before`]).
+    pub seq: Option<u64>,
 }
 
 /// All pools and grants.
@@ -179,21 +184,28 @@ impl Ana {
         self.pools.iter_mut().find(|p| p.name == name)
     }
 
-    /// Grants a block (or returns the grant already made for this request).
+    /// Grants a block for the request `seq` (or returns the grant already made for
+    /// this request, its lease restarted as a renewal's: the holder counts the lease
+    /// from sending the copy that is answered, PROTOCOL.md §6.4).
     /// `Ok((grant, new))`; `Err(status)` with UNKNOWN_POOL or POOL_EXHAUSTED.
     pub fn grant(
         &mut self,
         now: Instant,
         holder: u64,
+        seq: u64,
         request_id: u64,
         pool: &str,
         lease_ms: u32,
     ) -> Result<(Grant, bool), u8> {
         if let Some(g) = self
             .grants
-            .values()
+            .values_mut()
             .find(|g| g.holder == holder && g.request_id == request_id && g.pool == pool)
         {
+            g.expires = g
+                .expires
+                .max(now + Duration::from_millis(g.lease_ms as u64));
+            g.seq = Some(g.seq.map_or(seq, |s| s.max(seq)));
             return Ok((g.clone(), false));
         }
         let id = self.next_id;
@@ -217,6 +229,7 @@ impl Ana {
             count: p.block,
             lease_ms: lease,
             expires: now + Duration::from_millis(lease as u64),
+            seq: Some(seq),
         };
         self.next_id += 1;
         self.grants.insert(id, g.clone());
@@ -248,6 +261,7 @@ impl Ana {
         &mut self,
         now: Instant,
         holder: u64,
+        seq: u64,
         id: u64,
         lease_ms: u32,
     ) -> Result<Grant, u8> {
@@ -265,6 +279,7 @@ impl Ana {
         let g = self.grants.get_mut(&id).ok_or(status::NO_SUCH_GRANT)?;
         g.lease_ms = clamp_lease(lease_ms, max);
         g.expires = now + Duration::from_millis(g.lease_ms as u64);
+        g.seq = Some(g.seq.map_or(seq, |s| s.max(seq)));
         Ok(g.clone())
     }
 
@@ -286,6 +301,17 @@ impl Ana {
             p.used.remove(&b);
         }
         Some(g)
+    }
+
+    /// The grants of `holder` that a Register it sent as `seq` gives up: those its
+    /// latest request or renewal came before (a system registers holding nothing,
+    /// PROTOCOL.md §4.1). Not the ones whose sequence number is unknown.
+    pub fn sent_before(&self, holder: u64, seq: u64) -> Vec<u64> {
+        self.grants
+            .values()
+            .filter(|g| g.holder == holder && g.seq.is_some_and(|s| s < seq))
+            .map(|g| g.id)
+            .collect()
     }
 
     /// Frees every grant of `holder` (it left or died).
@@ -341,7 +367,7 @@ mod tests {
         let mut a = Ana::new(&[conf("p", 1024, 1024 + 4 * 100 - 1, 100)]).unwrap();
         let mut seen = Vec::new();
         for h in 0..4 {
-            let (g, new) = a.grant(now, h, 1, "p", 0).unwrap();
+            let (g, new) = a.grant(now, h, 1, 1, "p", 0).unwrap();
             assert!(new);
             assert_eq!(g.count, 100);
             assert!(!seen.contains(&g.first));
@@ -349,24 +375,55 @@ mod tests {
         }
         seen.sort();
         assert_eq!(seen, vec![1024, 1124, 1224, 1324]);
-        assert_eq!(a.grant(now, 9, 1, "p", 0), Err(status::POOL_EXHAUSTED));
+        assert_eq!(a.grant(now, 9, 1, 1, "p", 0), Err(status::POOL_EXHAUSTED));
         // Idempotent retransmission.
-        let (g, new) = a.grant(now, 2, 1, "p", 0).unwrap();
+        let (g, new) = a.grant(now, 2, 1, 1, "p", 0).unwrap();
         assert!(!new);
         assert_eq!(g.holder, 2);
         assert_eq!(a.release(3, g.id), Err(status::NOT_HOLDER));
         a.release(2, g.id).unwrap();
-        let (g2, _) = a.grant(now, 9, 1, "p", 0).unwrap();
+        let (g2, _) = a.grant(now, 9, 1, 1, "p", 0).unwrap();
         assert_eq!(g2.first, g.first);
-        assert_eq!(a.grant(now, 9, 2, "nope", 0), Err(status::UNKNOWN_POOL));
+        assert_eq!(a.grant(now, 9, 1, 2, "nope", 0), Err(status::UNKNOWN_POOL));
+    }
+
+    #[test]
+    fn repeats_and_renewals_restart_the_lease_and_date_the_grant() {
+        let t0 = Instant::now();
+        let mut a = Ana::new(&[conf("p", 0, 9, 1)]).unwrap();
+        let (g, _) = a.grant(t0, 7, 10, 1, "p", 1000).unwrap();
+        assert_eq!((g.seq, g.expires), (Some(10), t0 + Duration::from_secs(1)));
+        // A retransmitted request (a new sequence number) answered later: its lease
+        // runs from then; a copy older still changes nothing.
+        let t1 = t0 + Duration::from_millis(300);
+        let (r, new) = a.grant(t1, 7, 12, 1, "p", 1000).unwrap();
+        assert!(!new);
+        assert_eq!(
+            (r.id, r.seq, r.expires),
+            (g.id, Some(12), t1 + Duration::from_secs(1))
+        );
+        let (r, _) = a.grant(t0, 7, 11, 1, "p", 1000).unwrap();
+        assert_eq!((r.seq, r.expires), (Some(12), t1 + Duration::from_secs(1)));
+        // A Register sent before the latest request leaves the grant; one after gives it up.
+        assert!(a.sent_before(7, 12).is_empty());
+        assert_eq!(a.sent_before(7, 13), vec![g.id]);
+        assert!(a.sent_before(8, 13).is_empty(), "another holder's");
+        // A renewal dates it too.
+        a.renew(t1, 7, 20, g.id, 0).unwrap();
+        assert!(a.sent_before(7, 20).is_empty());
+        assert_eq!(a.sent_before(7, 21), vec![g.id]);
+        // Restored from a record that did not keep it: never given up by a Register.
+        let mut b = Ana::new(&[conf("p", 0, 9, 1)]).unwrap();
+        assert!(b.restore(t0, Grant { seq: None, ..g }));
+        assert!(b.sent_before(7, u64::MAX).is_empty());
     }
 
     #[test]
     fn expiry_reclaim_and_restore() {
         let now = Instant::now();
         let mut a = Ana::new(&[conf("p", 0, 9, 1)]).unwrap();
-        let (g1, _) = a.grant(now, 1, 1, "p", 500).unwrap();
-        let (g2, _) = a.grant(now, 2, 1, "p", 5000).unwrap();
+        let (g1, _) = a.grant(now, 1, 1, 1, "p", 500).unwrap();
+        let (g2, _) = a.grant(now, 2, 1, 1, "p", 5000).unwrap();
         assert_eq!(g2.lease_ms, 1000, "clamped to the pool's max");
         let later = now + Duration::from_millis(600);
         assert_eq!(a.expire(later), vec![g1.clone()]);
@@ -384,7 +441,7 @@ mod tests {
             ),
             "block taken"
         );
-        let (g3, _) = b.grant(now, 3, 1, "p", 0).unwrap();
+        let (g3, _) = b.grant(now, 3, 1, 1, "p", 0).unwrap();
         assert!(g3.id > g2.id && g3.first != g2.first);
     }
 
@@ -400,10 +457,10 @@ mod tests {
         };
         let mut a = Ana::new(&[c]).unwrap();
         let now = Instant::now();
-        let x = a.grant(now, 1, 1, "vips", 0).unwrap().0.first;
-        let y = a.grant(now, 1, 2, "vips", 0).unwrap().0.first;
+        let x = a.grant(now, 1, 1, 1, "vips", 0).unwrap().0.first;
+        let y = a.grant(now, 1, 1, 2, "vips", 0).unwrap().0.first;
         assert_eq!(Ipv4Addr::from(x as u32), Ipv4Addr::new(10, 9, 0, 1));
         assert_eq!(Ipv4Addr::from(y as u32), Ipv4Addr::new(10, 9, 0, 2));
-        assert!(a.grant(now, 1, 3, "vips", 0).is_err());
+        assert!(a.grant(now, 1, 1, 3, "vips", 0).is_err());
     }
 }

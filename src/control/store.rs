@@ -47,6 +47,10 @@ pub enum Record {
         first: u64,
         count: u32,
         lease_ms: u32,
+        /// Sequence number of the request it was granted for (absent in records
+        /// written before it was kept).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
     },
     /// The grant was released, expired or reclaimed.
     GrantGone { id: u64 },
@@ -59,6 +63,10 @@ pub enum Record {
         origin: u64,
         flow_id: u64,
         body: String,
+        /// Sequence number of the FlowAdd that first advertised it (absent in records
+        /// written before it was kept).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
     },
     /// The flow was withdrawn (flows of a removed system go with it implicitly).
     FlowGone { origin: u64, flow_id: u64 },

@@ -170,6 +170,9 @@ impl SystemRec {
 struct FlowRec {
     adv: FlowAdvert,
     expires: Option<Instant>,
+    /// Sequence number of the latest FlowAdd that advertised it (0 when restored from a
+    /// record without one): a Register with a higher one withdraws it.
+    seq: u64,
 }
 
 /// The supervisor.
@@ -190,10 +193,12 @@ pub struct Supervisor {
     /// Relay mode: when every live flow is next relayed again, twice an interval (see
     /// `handle_timeout`).
     next_flow_refresh: Instant,
-    /// Flows withdrawn in the last dead interval, by (origin, flow id): a FlowAdd for one
-    /// of them is a copy delayed past its FlowDel (UDP reorders) and must not bring it
-    /// back. Cleared for an origin that registers again (its flow ids start over).
-    withdrawn: BTreeMap<(u64, u64), Instant>,
+    /// Flows withdrawn in the last dead interval, by (origin, flow id), with when and the
+    /// FlowDel's sequence number: a FlowAdd for one of them is a copy delayed past its
+    /// FlowDel (UDP reorders) and must not bring it back. Cleared for an origin that
+    /// registers again (its flow ids start over), but for FlowDels sent after that
+    /// Register (a late copy of it).
+    withdrawn: BTreeMap<(u64, u64), (Instant, u64)>,
     pub stats: Stats,
 }
 
@@ -255,6 +260,7 @@ impl Supervisor {
                     first,
                     count,
                     lease_ms,
+                    seq,
                 } => {
                     // Gone or not, its id is never handed out again.
                     ana.reserve_ids(id.saturating_add(1));
@@ -269,6 +275,7 @@ impl Supervisor {
                             count,
                             lease_ms,
                             expires: now,
+                            seq,
                         },
                     );
                 }
@@ -280,6 +287,7 @@ impl Supervisor {
                     origin,
                     flow_id,
                     body,
+                    seq,
                 } => {
                     let decoded = hex::decode(&body)
                         .ok()
@@ -291,7 +299,8 @@ impl Supervisor {
                         // Lifetimes restart at `now` (never shorter than before).
                         let expires = (adv.lifetime_ms > 0)
                             .then(|| now + Duration::from_millis(adv.lifetime_ms as u64));
-                        flows.insert((origin, flow_id), FlowRec { adv, expires });
+                        let seq = seq.unwrap_or(0);
+                        flows.insert((origin, flow_id), FlowRec { adv, expires, seq });
                     }
                 }
                 Record::FlowGone { origin, flow_id } => {
@@ -354,8 +363,9 @@ impl Supervisor {
             first: g.first,
             count: g.count,
             lease_ms: g.lease_ms,
+            seq: g.seq,
         }));
-        v.extend(self.flows.values().map(|f| flow_record(&f.adv)));
+        v.extend(self.flows.values().map(|f| flow_record(&f.adv, f.seq)));
         v.push(Record::GrantIds {
             next: self.ana.next_id(),
         });
@@ -548,18 +558,23 @@ impl Supervisor {
                 }
                 self.ack(from, seq, status::OK)
             }
-            Body::FlowAdd(f) if self.withdrawn.contains_key(&(f.origin, f.flow_id)) => {
+            Body::FlowAdd(f)
+                if self
+                    .withdrawn
+                    .get(&(f.origin, f.flow_id))
+                    .is_some_and(|(_, del)| *del > seq) =>
+            {
                 // A late copy of a FlowAdd its origin has withdrawn since.
                 self.ack(from, seq, status::OK);
             }
             Body::FlowAdd(f) => {
                 let expires =
                     (f.lifetime_ms > 0).then(|| now + Duration::from_millis(f.lifetime_ms as u64));
-                let same = self
-                    .flows
-                    .get(&(f.origin, f.flow_id))
-                    .is_some_and(|r| r.adv == f);
-                if !same && !self.persist(&flow_record(&f)) {
+                let known = self.flows.get(&(f.origin, f.flow_id));
+                let same = known.is_some_and(|r| r.adv == f);
+                // (A copy overtaken by a later one does not date it back.)
+                let latest = known.map_or(seq, |r| r.seq.max(seq));
+                if !same && !self.persist(&flow_record(&f, seq)) {
                     self.ack(from, seq, status::STORE_FAILED);
                     return;
                 }
@@ -568,6 +583,7 @@ impl Supervisor {
                     FlowRec {
                         adv: f.clone(),
                         expires,
+                        seq: latest,
                     },
                 );
                 self.ack(from, seq, status::OK);
@@ -586,7 +602,7 @@ impl Supervisor {
                     }
                     self.flows.remove(&(f.origin, f.flow_id));
                 }
-                self.withdrawn.insert((f.origin, f.flow_id), now);
+                self.withdrawn.insert((f.origin, f.flow_id), (now, seq));
                 self.ack(from, seq, status::OK);
                 if self.cfg.relay {
                     self.relay(&Body::FlowDel(f));
@@ -621,7 +637,7 @@ impl Supervisor {
             }
             Body::NumberRequest(r) => self.on_number_request(now, from, sender, seq, r),
             Body::NumberRenew(r) => {
-                let reply = match self.ana.renew(now, sender, r.grant_id, r.lease_ms) {
+                let reply = match self.ana.renew(now, sender, seq, r.grant_id, r.lease_ms) {
                     Ok(g) => {
                         self.stats.renewals += 1;
                         grant_body(seq, &g, status::OK)
@@ -710,14 +726,19 @@ impl Supervisor {
             }
             let kind = rec.kind;
             self.systems.insert(sender, rec);
-            // A (re-)registering system starts over: its old flows are withdrawn, and its
-            // flow ids may be used again.
-            self.withdrawn.retain(|k, _| k.0 != sender);
+            // A (re-)registering system starts over, holding nothing it said before the
+            // Register (it is restarting, or it dropped everything on NOT_REGISTERED):
+            // its grants and flows from before are released and withdrawn, and its flow
+            // ids may be used again. What it said after (this is a late copy of the
+            // Register) stands.
+            self.withdrawn
+                .retain(|k, (_, del)| k.0 != sender || *del > seq);
+            self.release_sent_before(sender, seq);
             let stale: Vec<(u64, u64)> = self
                 .flows
-                .keys()
-                .filter(|k| k.0 == sender)
-                .copied()
+                .iter()
+                .filter(|(k, f)| k.0 == sender && f.seq < seq)
+                .map(|(k, _)| *k)
                 .collect();
             for k in stale {
                 self.persist(&Record::FlowGone {
@@ -767,7 +788,7 @@ impl Supervisor {
     ) {
         let reply = match self
             .ana
-            .grant(now, sender, r.request_id, &r.pool, r.lease_ms)
+            .grant(now, sender, seq, r.request_id, &r.pool, r.lease_ms)
         {
             Ok((g, new)) => {
                 let rec = Record::Grant {
@@ -778,6 +799,7 @@ impl Supervisor {
                     first: g.first,
                     count: g.count,
                     lease_ms: g.lease_ms,
+                    seq: g.seq,
                 };
                 if new && !self.persist(&rec) {
                     let _ = self.ana.release(sender, g.id);
@@ -798,6 +820,25 @@ impl Supervisor {
             Err(st) => grant_err(seq, &r, st),
         };
         self.send(from, &reply);
+    }
+
+    /// Releases the grants of `holder` that its Register `seq` gives up
+    /// ([`Ana::sent_before`]), each persisted as gone first (if that fails it stays, to
+    /// its lease's end: the safe direction).
+    fn release_sent_before(&mut self, holder: u64, seq: u64) {
+        for id in self.ana.sent_before(holder, seq) {
+            if !self.persist(&Record::GrantGone { id }) {
+                continue;
+            }
+            if let Ok(g) = self.ana.release(holder, id) {
+                self.stats.reclaimed += 1;
+                self.events.push_back(SupEvent::Reclaimed {
+                    holder,
+                    pool: g.pool,
+                    first: g.first,
+                });
+            }
+        }
     }
 
     fn remove_system(&mut self, id: u64, dead: bool) {
@@ -882,7 +923,7 @@ impl Supervisor {
         }
         self.flows.retain(|_, f| f.expires.is_none_or(|e| e > now));
         let keep = self.cfg.dead_interval;
-        self.withdrawn.retain(|_, t| *t + keep > now);
+        self.withdrawn.retain(|_, (t, _)| *t + keep > now);
         // Relay mode: every live flow again, twice an interval. A listener drops a flow not
         // heard of for the dead interval, so a lost or reordered FlowAdd or FlowDel (or
         // one sent before a listener restarted) is mended within that time, and a live
@@ -1109,13 +1150,15 @@ impl Supervisor {
     }
 }
 
-fn flow_record(f: &FlowAdvert) -> Record {
+/// The record of flow `f` advertised by the message `seq`.
+fn flow_record(f: &FlowAdvert, seq: u64) -> Record {
     let mut b = Vec::new();
     Body::FlowAdd(f.clone()).encode(&mut b);
     Record::Flow {
         origin: f.origin,
         flow_id: f.flow_id,
         body: hex::encode(b),
+        seq: Some(seq),
     }
 }
 
