@@ -313,6 +313,23 @@ fn daemon(t: &mut Topo, ns: &str, args: &[&str], last: impl AsRef<std::ffi::OsSt
     t.children.push(child);
 }
 
+/// Waits (up to 20 s) until both servers listen on TCP `port` (asked in their
+/// namespaces); fails with flowgate's log and `stats` if they do not.
+fn wait_listening(t: &mut Topo, port: u16, stats: &Path) {
+    let filter = format!("sport = :{port}");
+    let listening = |t: &Topo, ns: &str| {
+        let o = (t.exec(ns, &["ss", "-Hltn", &filter]).output()).expect("ss");
+        !o.stdout.is_empty()
+    };
+    let t0 = Instant::now();
+    while !(listening(t, "s1") && listening(t, "s2")) {
+        if t0.elapsed() > Duration::from_secs(20) {
+            fail(t, &format!("servers listening on {port}"), stats);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Starts the python program `script` in both server namespaces (a daemon each), with
 /// `arg(i)` as its argument (`sys.argv[1]`) in server `i`'s.
 fn python_on_servers<A: AsRef<std::ffi::OsStr>>(
@@ -1995,17 +2012,7 @@ fn run_af_packet_places_held_connections_by_open_flows_and_limits() {
     let dir = tempfile::tempdir().expect("tempdir");
     let stats = start_flowgate(&mut t, dir.path(), held, "");
     first_answer(&t, URL4);
-    let listening = |ns: &str| {
-        let o = (t.exec(ns, &["ss", "-Hltn", "sport = :9000"]).output()).expect("ss");
-        !o.stdout.is_empty()
-    };
-    let t0 = Instant::now();
-    while !(listening("s1") && listening("s2")) {
-        if t0.elapsed() > Duration::from_secs(20) {
-            fail(&mut t, "servers listening on 9000", &stats);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_listening(&mut t, 9000, &stats);
     let o = t
         .exec(
             "c",
@@ -2060,5 +2067,130 @@ fn run_af_packet_places_held_connections_by_open_flows_and_limits() {
     let over = j["server_overflows"]["h1"].as_u64();
     assert!(over == Some(3) || over == Some(4), "{j}");
     assert_eq!(j["services"]["held"]["flows"], 10, "{j}");
+    assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
+}
+
+/// The passive health check with real kernels: a service on port 9001 whose servers
+/// (s1's and s2's machines under names of their own, h1 and h2) have `max_fails: 1`.
+/// When s1's machine goes silent (its switch port down), the one connection that finds h1
+/// first waits for its SYN to be sent again: that failure takes h1 out for 4 s, the next
+/// SYN moves to h2, and every connection is answered, by s2. Once s1's port is up and
+/// h1's time is up, both answer again.
+#[test]
+fn run_af_packet_takes_a_silent_server_out_of_new_connections() {
+    let Some((_one, mut t, _www)) = setup(15) else {
+        return;
+    };
+    python_on_servers(
+        &mut t,
+        "import socket,sys\n\
+         s=socket.socket()\n\
+         s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+         s.bind(('203.0.113.10',9001))\n\
+         s.listen(64)\n\
+         while True:\n  c,_=s.accept()\n  c.sendall(sys.argv[1].encode()+b'\\n')\n  c.close()\n",
+        |i| format!("s{i}"),
+    );
+    let watched = "  - name: watched\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [9001]\n    \
+                   servers:\n      \
+                   - { name: h1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, port: inside, max_fails: 1, fail_timeout: 4 }\n      \
+                   - { name: h2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, port: inside, max_fails: 1, fail_timeout: 4 }\n";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stats = start_flowgate(&mut t, dir.path(), watched, "");
+    first_answer(&t, URL4);
+    wait_listening(&mut t, 9001, &stats);
+    // `n` connections one after the other: who answered each, and how long it took (s).
+    let connect = |t: &mut Topo, n: u32| -> Vec<(String, f64)> {
+        let o = t
+            .exec(
+                "c",
+                &[
+                    "python3",
+                    "-c",
+                    &format!(
+                        "import socket,time\n\
+                         for i in range({n}):\n  \
+                         t=time.time()\n  \
+                         c=socket.create_connection(('203.0.113.10',9001),timeout=10)\n  \
+                         print(c.makefile().readline().strip(),time.time()-t,flush=True)\n  \
+                         c.close()\n"
+                    ),
+                ],
+            )
+            .output()
+            .expect("python3");
+        let said = String::from_utf8_lossy(&o.stdout).into_owned();
+        if !o.status.success() {
+            fail(
+                t,
+                &format!(
+                    "{n} connections answered: {said}{}",
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+                &stats,
+            );
+        }
+        said.lines()
+            .map(|l| {
+                let (who, secs) = l.split_once(' ').expect("name and time");
+                (who.to_string(), secs.parse().expect("seconds"))
+            })
+            .collect()
+    };
+    let before = connect(&mut t, 12);
+    assert!(
+        before.iter().any(|(s, _)| s == "s1") && before.iter().any(|(s, _)| s == "s2"),
+        "{before:?}"
+    );
+
+    // Its switch port down: frames to it vanish (its own routes stay as they were).
+    ip_in(&t.ns("sw"), &["link", "set", "p1", "down"]);
+    let silent = connect(&mut t, 12);
+    assert!(silent.iter().all(|(s, _)| s == "s2"), "{silent:?}");
+    // The connection that found h1 first waited for its SYN to be sent again (Linux:
+    // after 1 s, then 2 s more); the rest did not.
+    let slow: Vec<f64> = silent.iter().map(|x| x.1).filter(|&d| d > 0.9).collect();
+    assert_eq!(slow.len(), 1, "{silent:?}");
+    // Out for 4 s from the failure, about 1 s into that connection: the stats JSON of
+    // the next second says so.
+    let read = || -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap_or_default())
+            .unwrap_or_default()
+    };
+    let t0 = Instant::now();
+    while read()["server_ejected"]["h1"] != 1 {
+        if t0.elapsed() > Duration::from_secs(2) {
+            fail(&mut t, "h1 out in the stats", &stats);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    ip_in(&t.ns("sw"), &["link", "set", "p1", "up"]);
+    // Back 4 s after it went out; the stats JSON is written every second.
+    let t0 = Instant::now();
+    loop {
+        let j: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&stats).unwrap_or_default())
+                .unwrap_or_default();
+        if j["server_ejected"]["h1"] == 0 && t0.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(15) {
+            fail(&mut t, "h1 back within 15 s", &stats);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = connect(&mut t, 12);
+    let log = stop(&mut t);
+    assert!(after.iter().any(|(s, _)| s == "s1"), "h1 back: {after:?}");
+    assert!(
+        log.contains("passive check: h1 out for 4 s (1 failure in 4 s)"),
+        "{log}"
+    );
+    assert!(log.contains("passive check: h1 back"), "{log}");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    assert!(j["server_fails"]["h1"].as_u64() >= Some(1), "{j}");
+    assert_eq!(j["server_fails"]["h2"], 0, "{j}");
     assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
 }

@@ -128,6 +128,12 @@ pub fn render(p: &Pipeline) -> String {
                     + &srv.slow_start_ns.map_or(String::new(), |ns| {
                         format!(" slow_start {} s", ns / 1_000_000_000)
                     })
+                    + &srv.max_fails.map_or(String::new(), |n| {
+                        format!(
+                            " max_fails {n} fail_timeout {} s",
+                            srv.fail_timeout_ns / 1_000_000_000
+                        )
+                    })
             );
         }
     }

@@ -209,6 +209,18 @@ pub fn render(j: &Value) -> String {
             "gauge",
             "A server's max_flows (servers with a limit).",
         ),
+        (
+            "server_fails",
+            "flowgate_server_fails_total",
+            "counter",
+            "Failed connections to a server: a SYN sent again unanswered, or a reset answering a SYN.",
+        ),
+        (
+            "server_ejected",
+            "flowgate_server_ejected",
+            "gauge",
+            "1 while the passive health check keeps a server out of new flows (servers with max_fails).",
+        ),
     ] {
         if let Some(servers) = j[key].as_object().filter(|m| !m.is_empty()) {
             o.family(name, kind, help);

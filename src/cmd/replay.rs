@@ -11,6 +11,7 @@ use crate::pipeline::listing::FlowFilter;
 use crate::pipeline::meta::DropReason;
 use crate::pipeline::{Tables, Worker};
 use crate::port::pcap::{LinkType, PcapReader, PcapWriter};
+use crate::runtime::eject::{self, Ejections};
 use anyhow::{Context, Result};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -51,8 +52,14 @@ pub fn run(o: &ReplayOpts) -> Result<ReplayResult> {
         Some(q) => FlowFilter::parse(q, &p).map_err(|e| anyhow::anyhow!("--flows-filter: {e}"))?,
         None => (FlowFilter::default(), None),
     };
-    let tables = Arc::new(Tables::build(p, 1));
+    let mut tables = Arc::new(Tables::build(p, 1));
     let mut w = Worker::new(Arc::clone(&tables));
+    // The passive health check, on the capture's clock (as `flowgate run` on its own).
+    let mut ejections = Ejections::default();
+    let watch = Ejections::watches(&tables.pipeline);
+    let mut checked_at: Option<u64> = None;
+    // What it did, for the summary.
+    let mut events: Vec<String> = Vec::new();
     let mut rd =
         PcapReader::open(o.input).with_context(|| format!("reading {}", o.input.display()))?;
     let mut wr = PcapWriter::create(o.output, LinkType::Ethernet)
@@ -76,6 +83,28 @@ pub fn run(o: &ReplayOpts) -> Result<ReplayResult> {
         if n.is_multiple_of(32) || last_ts >= expired_at + 1_000_000 {
             w.expire(last_ts, 256);
             expired_at = last_ts;
+        }
+        if watch && checked_at.is_none_or(|t| last_ts >= t + eject::EVERY) {
+            if checked_at.is_some() {
+                let ch = ejections.observe(&tables.pipeline, &w.stats.server_fails, last_ts);
+                if let Some(why) = ch.phrase() {
+                    events.push(format!(
+                        "at {:.3} s of the capture: {why}",
+                        last_ts as f64 / 1e9
+                    ));
+                }
+                if ch.republish() {
+                    let mut p = tables.pipeline.clone();
+                    ejections.apply(&mut p);
+                    let t = Arc::new(Tables::build_after(p, tables.generation + 1, &tables));
+                    w.set_tables(Arc::clone(&t))
+                        .map_err(|_| anyhow::anyhow!("passive check: tables of another shape"))?;
+                    tables = t;
+                }
+            } else {
+                ejections.observe(&tables.pipeline, &[], last_ts);
+            }
+            checked_at = Some(last_ts);
         }
         if !buf.load(pkt.data) {
             w.count_drop(DropReason::TooBig);
@@ -117,7 +146,10 @@ pub fn run(o: &ReplayOpts) -> Result<ReplayResult> {
         let listing = w.list_all_flows(last_ts, &filter, limit.unwrap_or(usize::MAX));
         super::write_json(f, &listing.to_json(p))?;
     }
-    let summary = render_summary(&w, p, seconds);
+    let mut summary = render_summary(&w, p, seconds);
+    for e in &events {
+        summary += &format!("\n{e}");
+    }
     Ok(ReplayResult {
         stats_json,
         summary,

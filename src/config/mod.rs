@@ -258,6 +258,17 @@ pub struct Server {
     /// The share of its weight the server has now (1.0 but during a slow start; never in
     /// a file): [`crate::pipeline::effective_weight`] scales by it.
     pub ramp: f64,
+    /// Passive health check (`max_fails`): this many failed connections (a client's SYN
+    /// sent again unanswered, or answered by a reset) within `fail_timeout_ns` take the
+    /// server out of new flows for `fail_timeout_ns` ([`crate::runtime::eject`]).
+    /// `None`: never.
+    pub max_fails: Option<u32>,
+    /// `fail_timeout` (seconds in the file, default 10), in nanoseconds.
+    pub fail_timeout_ns: u64,
+    /// Taken out by the passive health check (never in a file): no new flows
+    /// ([`crate::pipeline::effective_weight`] is 0), and its flows never answered move
+    /// on their next packet from the client.
+    pub ejected: bool,
 }
 
 impl Server {
@@ -281,9 +292,15 @@ impl Server {
             max_flows: None,
             slow_start_ns: None,
             ramp: 1.0,
+            max_fails: None,
+            fail_timeout_ns: DEFAULT_FAIL_TIMEOUT_NS,
+            ejected: false,
         }
     }
 }
+
+/// `fail_timeout` when a server with `max_fails` leaves it out: 10 s, as nginx's.
+pub const DEFAULT_FAIL_TIMEOUT_NS: u64 = 10_000_000_000;
 
 /// A service member: a server with its weight in this service.
 #[derive(Clone, Debug, PartialEq)]
@@ -1492,6 +1509,28 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
                     "max_flows must be at least 1 (leave it out for no limit)",
                 ));
             }
+            if v.max_fails == Some(0) {
+                return Err(cx.err(
+                    &sp("max_fails"),
+                    "max_fails must be at least 1 (leave it out for no passive check)",
+                ));
+            }
+            let fail_timeout_ns = match (v.max_fails, v.fail_timeout) {
+                (_, None) => DEFAULT_FAIL_TIMEOUT_NS,
+                (Some(_), Some(t)) if (1..=3600).contains(&t) => u64::from(t) * 1_000_000_000,
+                (Some(_), Some(t)) => {
+                    return Err(cx.err(
+                        &sp("fail_timeout"),
+                        format!("fail_timeout {t} is not in 1..=3600 seconds"),
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(cx.err(
+                        &sp("fail_timeout"),
+                        "fail_timeout needs max_fails (the failures that take the server out)",
+                    ));
+                }
+            };
             let port = v.port.as_deref().map(&mut port_index);
             let candidate = Server {
                 name: v.name.clone(),
@@ -1508,6 +1547,9 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
                     .filter(|&s| s > 0)
                     .map(|s| u64::from(s) * 1_000_000_000),
                 ramp: 1.0,
+                max_fails: v.max_fails,
+                fail_timeout_ns,
+                ejected: false,
             };
             if v.name.is_empty() {
                 return Err(cx.err(&sp("name"), "a server needs a name"));

@@ -110,6 +110,13 @@ pub struct RawServer {
     /// Seconds over which a server that comes up takes its weight (unset: at once).
     #[serde(default)]
     pub slow_start: Option<u32>,
+    /// Failed connections (unanswered or refused) within `fail_timeout` that take the
+    /// server out of new flows for `fail_timeout` (unset: never).
+    #[serde(default)]
+    pub max_fails: Option<u32>,
+    /// Seconds (default 10): the window `max_fails` counts in, and how long it is out.
+    #[serde(default)]
+    pub fail_timeout: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

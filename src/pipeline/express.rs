@@ -256,6 +256,10 @@ pub struct Express {
     forward: Vec<Option<FastRoute>>,
     /// Per service: the route of responses; `None` when the reply QoS is not express.
     reply: Vec<Option<FastRoute>>,
+    /// Per server: whether it has a passive health check (`max_fails`). The packets of
+    /// its flows before it answers are then the general path's, which counts the
+    /// failures and moves the connections of a server taken out.
+    watched: Vec<bool>,
 }
 
 impl Express {
@@ -309,7 +313,17 @@ impl Express {
             servers: n,
             forward,
             reply,
+            watched: p.servers.iter().map(|s| s.max_fails.is_some()).collect(),
         }
+    }
+
+    /// Whether server `server` has a passive health check.
+    #[inline]
+    pub fn watched(&self, server: u16) -> bool {
+        self.watched
+            .get(usize::from(server))
+            .copied()
+            .unwrap_or(false)
     }
 
     /// The route of a packet of a flow of service `svc` on server `server`, in its

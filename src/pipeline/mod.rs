@@ -316,7 +316,7 @@ pub fn effective_weight(p: &Pipeline, i: usize, j: usize) -> u32 {
     let s = &p.services[i];
     let m = &s.members[j];
     let srv = &p.servers[m.server as usize];
-    if srv.state != ServerState::Up || m.weight == 0 {
+    if srv.state != ServerState::Up || srv.ejected || m.weight == 0 {
         return 0;
     }
     let w = f64::from(m.weight) * srv.ramp;
@@ -989,8 +989,23 @@ impl Worker {
         };
         let forward = f.swapped() == swapped;
         let tcp = fkey.proto == 6;
-        if tcp && forward && f.tcp() == TcpState::Closing && syn_only(tcp_flags) {
-            return false;
+        let state = f.tcp();
+        // (Syn and Closing, the odd states: one test on the hit path.)
+        const _: () = assert!(
+            TcpState::Syn as u8 & 1 == 1
+                && TcpState::Closing as u8 & 1 == 1
+                && TcpState::Established as u8 & 1 == 0
+                && TcpState::None as u8 & 1 == 0
+        );
+        if tcp && state as u8 & 1 != 0 {
+            // A new connection reusing a closed one's tuple; or a connection its server
+            // has not answered yet, to a server with a passive health check (the general
+            // path counts its failures and moves it off a server taken out).
+            if state == TcpState::Closing && forward && syn_only(tcp_flags)
+                || state == TcpState::Syn && tables.express.watched(server)
+            {
+                return false;
+            }
         }
         // Forward routes exist only for servers that are up; a response also needs its
         // server up (the general path moves a flow off a down server in both directions).
@@ -1322,12 +1337,31 @@ impl Worker {
         let mut f = *self.flows.table.get(h);
         out.kind = Kind::Flow { reverse: !forward };
         if m.quoted.is_none() {
-            // A server that went down: move the flow (its connections are lost anyway), to
-            // where a new flow of this client would go, whichever way this packet goes.
-            if let (Target::Server(s), Owner::Service(i)) = (f.target, f.owner)
+            // A connection the server has not answered: the client's SYN again, or a
+            // reset from the server, is a failure for the passive health check.
+            let unanswered = m.tuple.proto == 6 && f.tcp() == TcpState::Syn && !f.replied();
+            if unanswered
+                && let Target::Server(s) = f.target
                 && p.servers
                     .get(s as usize)
-                    .is_some_and(|x| x.state == ServerState::Down)
+                    .is_some_and(|x| x.max_fails.is_some())
+                && (if forward {
+                    syn_only(m.tcp_flags)
+                } else {
+                    m.tcp_flags & crate::flow::tcp_flags::RST != 0
+                })
+                && let Some(n) = self.stats.server_fails.get_mut(s as usize)
+            {
+                *n += 1;
+            }
+            // A server that went down: move the flow (its connections are lost anyway), to
+            // where a new flow of this client would go, whichever way this packet goes.
+            // So too a connection it never answered once the passive health check took
+            // it out, on the client's next SYN.
+            if let (Target::Server(s), Owner::Service(i)) = (f.target, f.owner)
+                && p.servers.get(s as usize).is_some_and(|x| {
+                    x.state == ServerState::Down || x.ejected && unanswered && forward
+                })
                 && let Ok(mb) = self.place(
                     tables,
                     usize::from(i),
@@ -2023,6 +2057,46 @@ mod tests {
                 })
             })
             .collect()
+    }
+
+    /// The passive health check on the burst path (`flowgate run`'s): the express path
+    /// leaves a watched server's unanswered connections to the general path, which
+    /// counts a SYN sent again as a failure and, once the server is taken out, moves the
+    /// connection on that SYN; an answered connection stays on the express path and
+    /// where it is.
+    #[test]
+    fn bursts_count_unanswered_syns_and_move_them_off_a_server_taken_out() {
+        let y = P.replace("01:01\" }", "01:01\", max_fails: 2 }");
+        let p = Pipeline::from_str(&y, Path::new("p.yaml")).unwrap();
+        let mut w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
+        let to = |w: &Worker, b: &crate::action::FrameBuf| {
+            let dst: Mac = b.data()[..6].try_into().unwrap();
+            (w.tables.pipeline.servers.iter().position(|s| s.mac == dst)).unwrap()
+        };
+        let burst = |w: &mut Worker, clients: &[u32], now: u64| -> Vec<usize> {
+            let mut bufs: Vec<_> = clients.iter().map(|&i| syn_from(i)).collect();
+            let mut outs = vec![Outcome::default(); bufs.len()];
+            w.process_burst(&mut bufs, 0, now, &mut outs);
+            assert!(outs.iter().all(|o| o.route.is_some() && o.drop.is_none()));
+            bufs.iter().map(|b| to(w, b)).collect()
+        };
+        let first = burst(&mut w, &(0..20).collect::<Vec<_>>(), 10);
+        let on_a: Vec<u32> = (0..20).filter(|&i| first[i as usize] == 0).collect();
+        assert!(on_a.len() >= 3, "{first:?}");
+        // Each client's SYN again: a's still unanswered (counted), b's too (not watched).
+        let again = burst(&mut w, &(0..20).collect::<Vec<_>>(), 1_000_000_000);
+        assert_eq!(again, first, "nothing moves before a is taken out");
+        assert_eq!(w.stats.server_fails, [on_a.len() as u64, 0]);
+        // Taken out (what the management core publishes): a's unanswered connections
+        // move on their next SYN, counted once more; b's stay.
+        let mut q = p.clone();
+        q.servers[0].ejected = true;
+        let t = Arc::new(Tables::build_after(q, 2, &w.tables));
+        w.set_tables(t).unwrap();
+        let third = burst(&mut w, &(0..20).collect::<Vec<_>>(), 2_000_000_000);
+        assert_eq!(third, vec![1; 20], "{third:?}");
+        assert_eq!(w.stats.server_fails, [2 * on_a.len() as u64, 0]);
+        assert_eq!(w.stats.server_flows, [0, 20]);
     }
 
     #[test]

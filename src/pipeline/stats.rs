@@ -51,6 +51,10 @@ pub struct Stats {
     /// Per server: new flows whose first choice it was while it held its `max_flows`
     /// (placed on another server, or refused as `servers_full`).
     pub server_overflows: Vec<u64>,
+    /// Per server: failed connections, a client's SYN sent again while the server had
+    /// not answered its connection, or a reset answering a SYN (the passive health
+    /// check's failures, counted whether or not the server has `max_fails`).
+    pub server_fails: Vec<u64>,
     /// Per service and per pattern rule: live flows it made (whose [`Owner`] it is), a
     /// gauge kept the same way.
     pub svc_open: Vec<u64>,
@@ -86,6 +90,7 @@ impl Stats {
             rule_packets: vec![0; p.flow_rules.len()],
             server_flows: vec![0; p.servers.len()],
             server_overflows: vec![0; p.servers.len()],
+            server_fails: vec![0; p.servers.len()],
             svc_open: vec![0; p.services.len()],
             rule_open: vec![0; p.flow_rules.len()],
         }
@@ -122,7 +127,11 @@ impl Stats {
                 v.resize(r, 0);
             }
         }
-        for v in [&mut self.server_flows, &mut self.server_overflows] {
+        for v in [
+            &mut self.server_flows,
+            &mut self.server_overflows,
+            &mut self.server_fails,
+        ] {
             if v.len() < p.servers.len() {
                 v.resize(p.servers.len(), 0);
             }
@@ -143,6 +152,7 @@ impl Stats {
                     debug_assert_eq!(self.server_flows[i], 0, "flows on freed server {i}");
                     self.server_flows[i] = 0;
                     self.server_overflows[i] = 0;
+                    self.server_fails[i] = 0;
                 }
                 Entry::Service(i) => {
                     debug_assert_eq!(self.svc_open[i], 0, "flows of freed service {i}");
@@ -167,7 +177,11 @@ impl Stats {
     pub fn counts_nothing(&self, e: Entry) -> bool {
         let zero = |v: &[u64], i: usize| v.get(i) == Some(&0);
         match e {
-            Entry::Server(i) => zero(&self.server_flows, i) && zero(&self.server_overflows, i),
+            Entry::Server(i) => {
+                zero(&self.server_flows, i)
+                    && zero(&self.server_overflows, i)
+                    && zero(&self.server_fails, i)
+            }
             Entry::Service(i) => {
                 zero(&self.svc_flows, i)
                     && zero(&self.svc_packets, i)
@@ -216,6 +230,7 @@ impl Stats {
         add(&mut self.rule_packets, &o.rule_packets);
         add(&mut self.server_flows, &o.server_flows);
         add(&mut self.server_overflows, &o.server_overflows);
+        add(&mut self.server_fails, &o.server_fails);
         add(&mut self.svc_open, &o.svc_open);
         add(&mut self.rule_open, &o.rule_open);
         for (a, b) in self
@@ -315,6 +330,21 @@ impl Stats {
         };
         let server_flows = by_server(&self.server_flows);
         let server_overflows = by_server(&self.server_overflows);
+        // The passive health check, for the servers with `max_fails`: their failures,
+        // and 1 while one is taken out.
+        let watched =
+            || (p.servers.iter().enumerate()).filter(|(_, s)| !s.vacant() && s.max_fails.is_some());
+        let server_fails: Map<String, Value> = watched()
+            .map(|(i, s)| {
+                (
+                    s.name.clone(),
+                    json!(self.server_fails.get(i).copied().unwrap_or(0)),
+                )
+            })
+            .collect();
+        let server_ejected: Map<String, Value> = watched()
+            .map(|(_, s)| (s.name.clone(), json!(u8::from(s.ejected))))
+            .collect();
         // The limits in force (the pipeline's, for dashboards beside `server_flows`).
         let server_max_flows: Map<String, Value> = (p.servers.iter())
             .filter(|s| !s.vacant())
@@ -339,6 +369,8 @@ impl Stats {
             "server_flows": server_flows,
             "server_overflows": server_overflows,
             "server_max_flows": server_max_flows,
+            "server_fails": server_fails,
+            "server_ejected": server_ejected,
             "flow_rules": rules,
         })
     }

@@ -63,6 +63,7 @@ pub mod control;
 
 #[cfg(feature = "dpdk")]
 mod bench;
+pub mod eject;
 pub mod lister;
 pub mod ramp;
 #[cfg(feature = "dpdk")]
@@ -104,6 +105,7 @@ pub fn copy_stats(dst: &mut Stats, src: &Stats) {
     cp(&mut dst.rule_packets, &src.rule_packets);
     cp(&mut dst.server_flows, &src.server_flows);
     cp(&mut dst.server_overflows, &src.server_overflows);
+    cp(&mut dst.server_fails, &src.server_fails);
     cp(&mut dst.svc_open, &src.svc_open);
     cp(&mut dst.rule_open, &src.rule_open);
     if dst.svc_server_packets.len() == src.svc_server_packets.len() {
@@ -201,6 +203,7 @@ mod tests {
         a.svc_flows[1] = 3;
         a.server_flows[1] = 4;
         a.server_overflows[2] = 6;
+        a.server_fails[0] = 9;
         a.svc_open[0] = 8;
         let mut b = Stats::new(&p);
         copy_stats(&mut b, &a);

@@ -66,7 +66,8 @@ impl Ramps {
         let mut out = Ramped::default();
         for s in p.servers.iter_mut().filter(|s| !s.vacant()) {
             s.ramp = 1.0;
-            if s.state != ServerState::Up || s.removed {
+            // (Back from the passive health check's time out: it ramps as from down.)
+            if s.state != ServerState::Up || s.removed || s.ejected {
                 self.since.remove(&s.name);
                 continue;
             }

@@ -9,6 +9,7 @@
 
 use super::conf::{RunConf, map_ports};
 use super::control::ControlRt;
+use super::eject::{self, Ejections};
 use super::lister::{Board, Lister, WorkerSide};
 use super::ramp::{self, Ramps};
 use super::{copy_stats, dispatch_hash};
@@ -101,6 +102,8 @@ struct Shared {
     retired: Mutex<Vec<Box<dyn Send>>>,
     /// Servers' slow starts, applied to every pipeline published ([`publish_tables`]).
     ramps: Mutex<Ramps>,
+    /// The passive health check's servers taken out, applied the same way.
+    ejections: Mutex<Ejections>,
 }
 
 impl Shared {
@@ -317,6 +320,9 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
     // The servers up at the start take their whole weight; those that come up later ramp.
     let mut ramps = Ramps::default();
     ramps.apply(&mut pipeline, 0);
+    // The passive health check counts from here.
+    let mut ejections = Ejections::default();
+    ejections.observe(&pipeline, &[], 0);
     let tables = Arc::new(Tables::build(pipeline, 1));
     let shared = Shared {
         stop: AtomicBool::new(false),
@@ -339,6 +345,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
         board: Board::new(n_workers),
         retired: Mutex::new(Vec::new()),
         ramps: Mutex::new(ramps),
+        ejections: Mutex::new(ejections),
     };
     // Where the stats JSON goes: rewritten every interval while running, and at the stop.
     let stats_path = opts.stats_json.as_deref().or(conf.stats_json.as_deref());
@@ -520,6 +527,7 @@ fn manage(
     let mut links: Vec<Option<Link>> = vec![None; live.ports.len()];
     let mut last_link: Option<Instant> = None;
     let mut last_ramp = Instant::now();
+    let mut last_eject = Instant::now();
     let (mut last_in, mut last_out) = (0u64, 0u64);
     loop {
         // The control plane's turn doubles as the loop's 10 ms wait.
@@ -569,6 +577,11 @@ fn manage(
                 let cur = Arc::clone(&shared.tables.lock());
                 publish_ramped(shared, cur.pipeline.clone(), None);
             }
+        }
+        // The passive health check: servers failing go out, those whose time is up back.
+        if last_eject.elapsed() >= Duration::from_nanos(eject::EVERY) {
+            last_eject = Instant::now();
+            check_fails(shared);
         }
         if last_reclaim.elapsed() >= RECLAIM_EVERY {
             last_reclaim = Instant::now();
@@ -827,9 +840,30 @@ fn publish_tables(shared: &Shared, p: Pipeline, why: &str) -> u64 {
     publish_ramped(shared, p, Some(why))
 }
 
+/// Reads the workers' failure counters for the passive health check
+/// ([`Ejections::observe`]): publishes the tables again when a server goes out or comes
+/// back, and logs it.
+fn check_fails(shared: &Shared) {
+    let cur = Arc::clone(&shared.tables.lock());
+    if !Ejections::watches(&cur.pipeline) {
+        return;
+    }
+    let (sum, _) = worker_sum(shared, &cur);
+    let ch = (shared.ejections.lock()).observe(&cur.pipeline, &sum.server_fails, shared.now_ns());
+    match ch.phrase() {
+        Some(why) if ch.republish() => {
+            publish_tables(shared, cur.pipeline.clone(), &why);
+        }
+        Some(why) => crate::logln!("{why}"),
+        None => {}
+    }
+}
+
 /// [`publish_tables`]; without `why` (a slow start's step) it logs only the slow starts
 /// done.
 fn publish_ramped(shared: &Shared, mut p: Pipeline, why: Option<&str>) -> u64 {
+    // Servers taken out by the passive health check first: one that comes back ramps.
+    shared.ejections.lock().apply(&mut p);
     let ramped = shared.ramps.lock().apply(&mut p, shared.now_ns());
     let g = shared.generation.load(Relaxed) + 1;
     // What did not change is taken from the tables in use (Maglev tables are most of

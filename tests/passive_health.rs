@@ -1,0 +1,352 @@
+//! The passive health check (servers' `max_fails` and `fail_timeout`): connections a
+//! server leaves unanswered (the client sends its SYN again) or refuses (a reset
+//! answering the SYN) take it out of new flows for `fail_timeout`, the connections it
+//! never answered move on the client's next SYN, and it comes back when its time is up.
+//! Captures are written by scapy and `flowgate replay`'s output is read by tshark (the
+//! independent oracles); the capture's clock drives the check as `flowgate run`'s does.
+
+mod common;
+
+use common::{flowgate, have_oracles, replay_stats, scapy, tshark};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+const MACS: [(&str, &str); 3] = [
+    ("s1", "02:00:00:00:01:01"),
+    ("s2", "02:00:00:00:01:02"),
+    ("s3", "02:00:00:00:01:03"),
+];
+
+/// The web service over `servers` (names from s1..s3), each with `extra` in its entry.
+fn pipeline(dir: &Path, name: &str, servers: &[&str], extra: &str) -> PathBuf {
+    let list: String = MACS
+        .iter()
+        .filter(|(n, _)| servers.contains(n))
+        .map(|(n, mac)| format!("      - {{ name: {n}, mac: \"{mac}\"{extra} }}\n"))
+        .collect();
+    let yaml = format!(
+        r#"system: {{ mac: "02:00:00:00:00:01", addresses: [203.0.113.1], gateway: "02:00:00:00:00:fe" }}
+services:
+  - name: web
+    vip: 203.0.113.10
+    proto: tcp
+    ports: [80]
+    servers:
+{list}"#
+    );
+    let p = dir.join(name);
+    std::fs::write(&p, yaml).unwrap();
+    p
+}
+
+/// One frame of the capture: at `t` s, a client's SYN (`"syn"`) or its server's answer
+/// (`"synack"` or `"rst"`, from that server's MAC) for client `i` (198.51.100.`i`,
+/// port 40000 + `i`).
+type Step = (f64, u32, &'static str, &'static str);
+
+fn capture(dir: &Path, name: &str, steps: &[Step]) -> PathBuf {
+    let out = dir.join(name);
+    let list: Vec<String> = steps
+        .iter()
+        .map(|(t, i, what, server)| {
+            let mac = MACS.iter().find(|m| m.0 == *server).map_or("", |m| m.1);
+            format!("({t}, {i}, '{what}', '{mac}')")
+        })
+        .collect();
+    scapy(&format!(
+        r#"
+from scapy.all import *
+pk = []
+for t, i, what, mac in [{}]:
+    c = "198.51.100.%d" % i
+    if what == "syn":
+        p = Ether(src="02:00:00:00:00:fe", dst="02:00:00:00:00:01")/IP(src=c, dst="203.0.113.10")/TCP(sport=40000 + i, dport=80, flags="S", seq=1000)
+    else:
+        flags = "SA" if what == "synack" else "RA"
+        p = Ether(src=mac, dst="02:00:00:00:00:01")/IP(src="203.0.113.10", dst=c)/TCP(sport=80, dport=40000 + i, flags=flags, seq=5000, ack=1001)
+    p.time = t
+    pk.append(p)
+wrpcap("{}", pk)
+"#,
+        list.join(", "),
+        out.display()
+    ));
+    out
+}
+
+/// The SYNs in `out`, in order: (client number, the server they left for).
+fn syns(out: &Path) -> Vec<(u32, String)> {
+    let by_mac: BTreeMap<&str, &str> = MACS.iter().map(|&(n, m)| (m, n)).collect();
+    tshark(
+        out,
+        &[
+            "-Y",
+            "tcp.flags.syn == 1 && tcp.flags.ack == 0",
+            "-T",
+            "fields",
+            "-E",
+            "separator=;",
+            "-e",
+            "eth.dst",
+            "-e",
+            "ip.src",
+        ],
+    )
+    .into_iter()
+    .map(|l| {
+        let (mac, src) = l.split_once(';').expect("two fields");
+        let i = src.rsplit('.').next().unwrap().parse().unwrap();
+        let server = by_mac.get(mac).unwrap_or_else(|| panic!("to {mac}"));
+        (i, server.to_string())
+    })
+    .collect()
+}
+
+/// Where the first SYNs of clients `clients` go (their first choice, by Maglev).
+fn placement(dir: &Path, p: &Path, clients: std::ops::Range<u32>) -> BTreeMap<u32, String> {
+    let steps: Vec<Step> = clients
+        .map(|i| (1.0 + f64::from(i) / 1000.0, i, "syn", ""))
+        .collect();
+    let cap = capture(dir, "first.pcap", &steps);
+    let out = dir.join("first.out.pcap");
+    replay_stats(p, &cap, &out);
+    syns(&out).into_iter().collect()
+}
+
+/// `flowgate replay` (not quiet) of `cap` through `p` into `out`: its stats JSON and
+/// what it printed.
+fn replay_told(p: &Path, cap: &Path, out: &Path) -> (serde_json::Value, String) {
+    let stats = out.with_extension("json");
+    let o = flowgate()
+        .args(["replay", "--pipeline"])
+        .arg(p)
+        .arg("--input")
+        .arg(cap)
+        .arg("--output")
+        .arg(out)
+        .arg("--stats-json")
+        .arg(&stats)
+        .output()
+        .expect("replay");
+    let text =
+        String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "replay failed: {text}");
+    let j = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    (j, text)
+}
+
+/// 30 clients connect at 1 s; s2 and s3 answer theirs, s1 (a dead server) answers
+/// none. Its clients send their SYNs again at 2 s (counted: failures) and at 4 s: with
+/// `max_fails` those third SYNs go to s2 and s3 (s1 was taken out in between), new
+/// clients at 5 s avoid s1, and new clients after `fail_timeout` reach it again.
+/// Without `max_fails` every SYN of s1's clients goes to s1.
+#[test]
+fn unanswered_connections_take_a_server_out_and_move() {
+    if !have_oracles() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let watched = pipeline(
+        d,
+        "watched.yaml",
+        &["s1", "s2", "s3"],
+        ", max_fails: 3, fail_timeout: 5",
+    );
+    let plain = pipeline(d, "plain.yaml", &["s1", "s2", "s3"], "");
+    let first = placement(d, &watched, 0..30);
+    assert_eq!(
+        first,
+        placement(d, &plain, 0..30),
+        "max_fails does not place"
+    );
+    let dead: Vec<u32> = first
+        .iter()
+        .filter(|(_, s)| *s == "s1")
+        .map(|(i, _)| *i)
+        .collect();
+    assert!(dead.len() >= 4, "s1's share of 30: {first:?}");
+
+    let mut steps: Vec<Step> = Vec::new();
+    for i in 0..30 {
+        steps.push((1.0 + f64::from(i) / 1000.0, i, "syn", ""));
+    }
+    for (&i, s) in &first {
+        if s != "s1" {
+            steps.push((
+                1.2 + f64::from(i) / 1000.0,
+                i,
+                "synack",
+                MACS.iter().find(|m| m.0 == s).unwrap().0,
+            ));
+        }
+    }
+    for &i in &dead {
+        steps.push((2.0 + f64::from(i) / 1000.0, i, "syn", ""));
+    }
+    for &i in &dead {
+        steps.push((4.0 + f64::from(i) / 1000.0, i, "syn", ""));
+    }
+    // New clients while s1 is out (its 5 s run from about 4 s), and after.
+    for i in 100..130 {
+        steps.push((5.0 + f64::from(i - 100) / 1000.0, i, "syn", ""));
+    }
+    for i in 200..230 {
+        steps.push((12.0 + f64::from(i - 200) / 1000.0, i, "syn", ""));
+    }
+    steps.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let cap = capture(d, "dead.pcap", &steps);
+
+    let out = d.join("watched.out.pcap");
+    let (j, told) = replay_told(&watched, &cap, &out);
+    let sent = syns(&out);
+    let times = |i: u32| -> Vec<&str> {
+        sent.iter()
+            .filter(|(c, _)| *c == i)
+            .map(|(_, s)| s.as_str())
+            .collect()
+    };
+    for &i in &dead {
+        let t = times(i);
+        assert_eq!(t.len(), 3, "client {i}: {t:?}");
+        assert_eq!(&t[..2], ["s1", "s1"], "client {i}: before s1 was out");
+        assert_ne!(t[2], "s1", "client {i}: moved off s1 taken out");
+    }
+    for (&i, s) in first.iter().filter(|(_, s)| *s != "s1") {
+        assert_eq!(times(i), [s.as_str()], "client {i} answered: untouched");
+    }
+    let new: BTreeMap<u32, &str> = sent
+        .iter()
+        .filter(|(c, _)| (100..130).contains(c))
+        .map(|(c, s)| (*c, s.as_str()))
+        .collect();
+    assert_eq!(new.len(), 30);
+    assert!(
+        new.values().all(|s| *s != "s1"),
+        "none to s1 while out: {new:?}"
+    );
+    let later: Vec<&str> = sent
+        .iter()
+        .filter(|(c, _)| (200..230).contains(c))
+        .map(|(_, s)| s.as_str())
+        .collect();
+    assert!(later.contains(&"s1"), "s1 back after 5 s: {later:?}");
+    // Counted: each SYN sent again while s1 had not answered (twice per client).
+    assert_eq!(j["server_fails"]["s1"], 2 * dead.len() as u64, "{j}");
+    assert_eq!(j["server_fails"]["s2"], 0);
+    assert_eq!(j["server_ejected"]["s1"], 0, "back at the end");
+    assert!(
+        told.contains(&format!(
+            "passive check: s1 out for 5 s ({} failures in 5 s)",
+            dead.len()
+        )),
+        "{told}"
+    );
+    assert!(told.contains("passive check: s1 back"), "{told}");
+
+    // The same capture without max_fails: s1 keeps every SYN of its clients.
+    let out = d.join("plain.out.pcap");
+    let j = replay_stats(&plain, &cap, &out);
+    let sent = syns(&out);
+    for &i in &dead {
+        let t: Vec<&str> = sent
+            .iter()
+            .filter(|(c, _)| *c == i)
+            .map(|(_, s)| s.as_str())
+            .collect();
+        assert_eq!(t, ["s1", "s1", "s1"], "client {i}");
+    }
+    assert!(j["server_fails"].as_object().unwrap().is_empty(), "{j}");
+    assert!(j["server_ejected"].as_object().unwrap().is_empty());
+}
+
+/// A server that refuses connections (a reset answering each SYN: nothing listens) is
+/// taken out after `max_fails` of them, and new clients go to the others.
+#[test]
+fn refused_connections_take_a_server_out() {
+    if !have_oracles() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = pipeline(d, "p.yaml", &["s1", "s2", "s3"], ", max_fails: 2");
+    let first = placement(d, &p, 0..30);
+    let mut steps: Vec<Step> = Vec::new();
+    for (&i, s) in &first {
+        let t = 1.0 + f64::from(i) / 1000.0;
+        steps.push((t, i, "syn", ""));
+        let answer = if s == "s1" { "rst" } else { "synack" };
+        steps.push((
+            t + 0.0005,
+            i,
+            answer,
+            MACS.iter().find(|m| m.0 == s).unwrap().0,
+        ));
+    }
+    for i in 100..130 {
+        steps.push((2.0 + f64::from(i - 100) / 1000.0, i, "syn", ""));
+    }
+    let cap = capture(d, "refused.pcap", &steps);
+    let out = d.join("out.pcap");
+    let (j, told) = replay_told(&p, &cap, &out);
+    let refused = first.values().filter(|s| *s == "s1").count() as u64;
+    assert!(refused >= 2);
+    assert_eq!(j["server_fails"]["s1"], refused, "{j}");
+    assert_eq!(
+        j["server_ejected"]["s1"], 1,
+        "out at the end (10 s by default)"
+    );
+    let new: Vec<String> = syns(&out)
+        .into_iter()
+        .filter(|(c, _)| *c >= 100)
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(new.len(), 30);
+    assert!(!new.contains(&"s1".to_string()), "{new:?}");
+    assert!(told.contains("passive check: s1 out for 10 s"), "{told}");
+    // `flowgate check` lists the check.
+    let o = flowgate()
+        .args(["check", "--pipeline"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        (listing.lines()).any(|l| l.starts_with("  server s1 ") && l.ends_with(" max_fails 2 fail_timeout 10 s")),
+        "{listing}"
+    );
+}
+
+/// The last server taking new flows of a service is never taken out (the clients would
+/// have none): it keeps its new flows, and the summary says why once.
+#[test]
+fn the_last_server_of_a_service_stays() {
+    if !have_oracles() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = pipeline(d, "p.yaml", &["s1"], ", max_fails: 1");
+    let mut steps: Vec<Step> = Vec::new();
+    for i in 0..5 {
+        let t = 1.0 + f64::from(i) / 1000.0;
+        steps.push((t, i, "syn", ""));
+        steps.push((t + 0.0005, i, "rst", "s1"));
+    }
+    for i in 100..105 {
+        steps.push((2.0 + f64::from(i - 100) / 1000.0, i, "syn", ""));
+    }
+    steps.push((3.0, 200, "syn", ""));
+    let cap = capture(d, "one.pcap", &steps);
+    let out = d.join("out.pcap");
+    let (j, told) = replay_told(&p, &cap, &out);
+    assert_eq!(j["server_fails"]["s1"], 5);
+    assert_eq!(j["server_ejected"]["s1"], 0);
+    assert!(syns(&out).iter().all(|(_, s)| s == "s1"));
+    assert_eq!(
+        told.matches("passive check: s1 failing but kept (the last server of a service)")
+            .count(),
+        1,
+        "{told}"
+    );
+}
