@@ -2062,8 +2062,7 @@ mod tests {
     /// The passive health check on the burst path (`flowgate run`'s): the express path
     /// leaves a watched server's unanswered connections to the general path, which
     /// counts a SYN sent again as a failure and, once the server is taken out, moves the
-    /// connection on that SYN; an answered connection stays on the express path and
-    /// where it is.
+    /// connection on that SYN; a connection the server answered stays where it is.
     #[test]
     fn bursts_count_unanswered_syns_and_move_them_off_a_server_taken_out() {
         let y = P.replace("01:01\" }", "01:01\", max_fails: 2 }");
@@ -2081,11 +2080,44 @@ mod tests {
             bufs.iter().map(|b| to(w, b)).collect()
         };
         let first = burst(&mut w, &(0..20).collect::<Vec<_>>(), 10);
-        let on_a: Vec<u32> = (0..20).filter(|&i| first[i as usize] == 0).collect();
+        let mut on_a: Vec<u32> = (0..20).filter(|&i| first[i as usize] == 0).collect();
         assert!(on_a.len() >= 3, "{first:?}");
+        // a answers one of its connections (a SYN-ACK from it through the system).
+        let answered = on_a.pop().unwrap();
+        let mut f = Vec::new();
+        {
+            use crate::r#gen::frame::{Tags, begin, finish, flags, tcp};
+            let client = std::net::Ipv4Addr::from(0xc633_6400 + answered).into();
+            let lay = begin(
+                &mut f,
+                [2, 0, 0, 0, 0, 1],
+                [2, 0, 0, 0, 1, 1],
+                &Tags::NONE,
+                "192.0.2.10".parse().unwrap(),
+                client,
+                6,
+                1,
+            );
+            tcp(
+                &mut f,
+                80,
+                40000 + answered as u16,
+                7,
+                2,
+                flags::SYN | flags::ACK,
+            );
+            finish(&mut f, lay);
+        }
+        let mut b = crate::action::FrameBuf::new(256);
+        assert!(b.load(&f));
+        let mut outs = [Outcome::default()];
+        w.process_burst(std::slice::from_mut(&mut b), 0, 500_000_000, &mut outs);
+        assert!(outs[0].route.is_some(), "{:?}", outs[0]);
+        let others: Vec<u32> = (0..20).filter(|i| *i != answered).collect();
         // Each client's SYN again: a's still unanswered (counted), b's too (not watched).
-        let again = burst(&mut w, &(0..20).collect::<Vec<_>>(), 1_000_000_000);
-        assert_eq!(again, first, "nothing moves before a is taken out");
+        let again = burst(&mut w, &others, 1_000_000_000);
+        let firsts: Vec<usize> = others.iter().map(|&i| first[i as usize]).collect();
+        assert_eq!(again, firsts, "nothing moves before a is taken out");
         assert_eq!(w.stats.server_fails, [on_a.len() as u64, 0]);
         // Taken out (what the management core publishes): a's unanswered connections
         // move on their next SYN, counted once more; b's stay.
@@ -2093,10 +2125,12 @@ mod tests {
         q.servers[0].ejected = true;
         let t = Arc::new(Tables::build_after(q, 2, &w.tables));
         w.set_tables(t).unwrap();
-        let third = burst(&mut w, &(0..20).collect::<Vec<_>>(), 2_000_000_000);
-        assert_eq!(third, vec![1; 20], "{third:?}");
+        let third = burst(&mut w, &others, 2_000_000_000);
+        assert_eq!(third, vec![1; 19], "{third:?}");
         assert_eq!(w.stats.server_fails, [2 * on_a.len() as u64, 0]);
-        assert_eq!(w.stats.server_flows, [0, 20]);
+        assert_eq!(w.stats.server_flows, [1, 19], "the answered one stays on a");
+        // Its client's next packet (the SYN again, here) still goes to a: answered.
+        assert_eq!(burst(&mut w, &[answered], 2_100_000_000), [0]);
     }
 
     #[test]

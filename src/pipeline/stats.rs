@@ -51,9 +51,9 @@ pub struct Stats {
     /// Per server: new flows whose first choice it was while it held its `max_flows`
     /// (placed on another server, or refused as `servers_full`).
     pub server_overflows: Vec<u64>,
-    /// Per server: failed connections, a client's SYN sent again while the server had
-    /// not answered its connection, or a reset answering a SYN (the passive health
-    /// check's failures, counted whether or not the server has `max_fails`).
+    /// Per server with a passive health check (`max_fails`): failed connections, a
+    /// client's SYN sent again while the server had not answered its connection, or a
+    /// reset answering a SYN (0 for the other servers).
     pub server_fails: Vec<u64>,
     /// Per service and per pattern rule: live flows it made (whose [`Owner`] it is), a
     /// gauge kept the same way.
