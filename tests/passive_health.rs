@@ -40,8 +40,8 @@ services:
 }
 
 /// One frame of the capture: at `t` s, a client's SYN (`"syn"`) or its server's answer
-/// (`"synack"` or `"rst"`, from that server's MAC) for client `i` (198.51.100.`i`,
-/// port 40000 + `i`).
+/// (`"synack"` or `"rst"`, from that server's MAC) for client `i` (198.51.100.`i + 1`
+/// for the first 250, then 198.51.101…; port 40000 + `i`).
 type Step = (f64, u32, &'static str, &'static str);
 
 fn capture(dir: &Path, name: &str, steps: &[Step]) -> PathBuf {
@@ -58,7 +58,7 @@ fn capture(dir: &Path, name: &str, steps: &[Step]) -> PathBuf {
 from scapy.all import *
 pk = []
 for t, i, what, mac in [{}]:
-    c = "198.51.100.%d" % i
+    c = "198.51.%d.%d" % (100 + i // 250, i % 250 + 1)
     if what == "syn":
         p = Ether(src="02:00:00:00:00:fe", dst="02:00:00:00:00:01")/IP(src=c, dst="203.0.113.10")/TCP(sport=40000 + i, dport=80, flags="S", seq=1000)
     else:
@@ -95,7 +95,8 @@ fn syns(out: &Path) -> Vec<(u32, String)> {
     .into_iter()
     .map(|l| {
         let (mac, src) = l.split_once(';').expect("two fields");
-        let i = src.rsplit('.').next().unwrap().parse().unwrap();
+        let o: Vec<u32> = src.split('.').map(|x| x.parse().unwrap()).collect();
+        let i = (o[2] - 100) * 250 + o[3] - 1;
         let server = by_mac.get(mac).unwrap_or_else(|| panic!("to {mac}"));
         (i, server.to_string())
     })
@@ -347,6 +348,55 @@ fn the_last_server_of_a_service_stays() {
         told.matches("passive check: s1 failing but kept (the last server of a service)")
             .count(),
         1,
+        "{told}"
+    );
+}
+
+/// A server back from the passive check takes its weight through its `slow_start`
+/// (replay ramps on the capture's clock, as `flowgate run` does on its own): s1, dead at
+/// first, goes out for 2 s; back, it gets a small share of the new clients of the next
+/// half second and its whole share once 4 s have passed.
+#[test]
+fn a_server_back_from_the_check_ramps_through_its_slow_start() {
+    if !have_oracles() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = pipeline(
+        d,
+        "p.yaml",
+        &["s1", "s2", "s3"],
+        ", max_fails: 1, fail_timeout: 2, slow_start: 4",
+    );
+    let first = placement(d, &p, 0..30);
+    let dead = *first.iter().find(|(_, s)| *s == "s1").expect("one on s1").0;
+    let mut steps: Vec<Step> = vec![(1.0, dead, "syn", ""), (2.0, dead, "syn", "")];
+    // s1 out from about 2.25 s to 4.25 s. 400 new clients 1 ms apart at 4.5 s (the
+    // ramp's first second) and 400 at 9 s (after it).
+    for (start, t0) in [(1000, 4.5), (2000, 9.0)] {
+        for k in 0..400 {
+            steps.push((t0 + f64::from(k) / 1000.0, start + k, "syn", ""));
+        }
+    }
+    let cap = capture(d, "ramp.pcap", &steps);
+    let out = d.join("out.pcap");
+    let (_, told) = replay_told(&p, &cap, &out);
+    let sent = syns(&out);
+    let share = |range: std::ops::Range<u32>| {
+        let n = sent
+            .iter()
+            .filter(|(c, s)| range.contains(c) && s == "s1")
+            .count();
+        n as f64 / 400.0
+    };
+    let (ramping, whole) = (share(1000..1400), share(2000..2400));
+    assert!(ramping < 0.15, "s1's share while ramping: {ramping}");
+    assert!(whole > 0.25, "s1's share after: {whole}");
+    assert!(told.contains("passive check: s1 back"), "{told}");
+    assert!(told.contains("slow start: s1 from"), "{told}");
+    assert!(
+        told.contains("slow start: s1 at its whole weight"),
         "{told}"
     );
 }

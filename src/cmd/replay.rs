@@ -12,6 +12,7 @@ use crate::pipeline::meta::DropReason;
 use crate::pipeline::{Tables, Worker};
 use crate::port::pcap::{LinkType, PcapReader, PcapWriter};
 use crate::runtime::eject::{self, Ejections};
+use crate::runtime::ramp::Ramps;
 use anyhow::{Context, Result};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -52,14 +53,9 @@ pub fn run(o: &ReplayOpts) -> Result<ReplayResult> {
         Some(q) => FlowFilter::parse(q, &p).map_err(|e| anyhow::anyhow!("--flows-filter: {e}"))?,
         None => (FlowFilter::default(), None),
     };
+    let (mut mgmt, p) = Management::new(p);
     let mut tables = Arc::new(Tables::build(p, 1));
     let mut w = Worker::new(Arc::clone(&tables));
-    // The passive health check, on the capture's clock (as `flowgate run` on its own).
-    let mut ejections = Ejections::default();
-    let watch = Ejections::watches(&tables.pipeline);
-    let mut checked_at: Option<u64> = None;
-    // What it did, for the summary.
-    let mut events: Vec<String> = Vec::new();
     let mut rd =
         PcapReader::open(o.input).with_context(|| format!("reading {}", o.input.display()))?;
     let mut wr = PcapWriter::create(o.output, LinkType::Ethernet)
@@ -84,28 +80,7 @@ pub fn run(o: &ReplayOpts) -> Result<ReplayResult> {
             w.expire(last_ts, 256);
             expired_at = last_ts;
         }
-        if watch && checked_at.is_none_or(|t| last_ts >= t + eject::EVERY) {
-            if checked_at.is_some() {
-                let ch = ejections.observe(&tables.pipeline, &w.stats.server_fails, last_ts);
-                if let Some(why) = ch.phrase() {
-                    events.push(format!(
-                        "at {:.3} s of the capture: {why}",
-                        last_ts as f64 / 1e9
-                    ));
-                }
-                if ch.republish() {
-                    let mut p = tables.pipeline.clone();
-                    ejections.apply(&mut p);
-                    let t = Arc::new(Tables::build_after(p, tables.generation + 1, &tables));
-                    w.set_tables(Arc::clone(&t))
-                        .map_err(|_| anyhow::anyhow!("passive check: tables of another shape"))?;
-                    tables = t;
-                }
-            } else {
-                ejections.observe(&tables.pipeline, &[], last_ts);
-            }
-            checked_at = Some(last_ts);
-        }
+        mgmt.catch_up(&mut w, &mut tables, last_ts)?;
         if !buf.load(pkt.data) {
             w.count_drop(DropReason::TooBig);
             continue;
@@ -147,7 +122,7 @@ pub fn run(o: &ReplayOpts) -> Result<ReplayResult> {
         super::write_json(f, &listing.to_json(p))?;
     }
     let mut summary = render_summary(&w, p, seconds);
-    for e in &events {
+    for e in &mgmt.events {
         summary += &format!("\n{e}");
     }
     Ok(ReplayResult {
@@ -156,6 +131,76 @@ pub fn run(o: &ReplayOpts) -> Result<ReplayResult> {
         packets: n,
         seconds,
     })
+}
+
+/// What `flowgate run`'s management core decides on its clock, on the capture's: the
+/// passive health check ([`Ejections`]) every [`eject::EVERY`] of capture time, and the
+/// slow starts ([`Ramps`]) of the servers that come back from it.
+struct Management {
+    ejections: Ejections,
+    ramps: Ramps,
+    /// Whether any server has a passive health check (else nothing to do).
+    watch: bool,
+    /// The capture time of the last check; `None` before the first packet.
+    checked_at: Option<u64>,
+    /// What it did, for the summary.
+    events: Vec<String>,
+}
+
+impl Management {
+    /// The management of `p`, and `p` as it starts (the servers up take their whole
+    /// weight, as in `flowgate run`).
+    fn new(mut p: Pipeline) -> (Management, Pipeline) {
+        let mut ramps = Ramps::default();
+        ramps.apply(&mut p, 0);
+        let m = Management {
+            watch: Ejections::watches(&p),
+            ejections: Ejections::default(),
+            ramps,
+            checked_at: None,
+            events: Vec::new(),
+        };
+        (m, p)
+    }
+
+    /// Runs every check due by capture time `now` at its own time (a sparse capture's
+    /// gap holds a server's time out ending, and its ramp starting, when they would have
+    /// in `flowgate run`), publishing new tables to `w` when a server goes out, comes
+    /// back, or ramps.
+    fn catch_up(&mut self, w: &mut Worker, tables: &mut Arc<Tables>, now: u64) -> Result<()> {
+        if !self.watch {
+            return Ok(());
+        }
+        let Some(mut t) = self.checked_at else {
+            // The counters start here.
+            self.ejections.observe(&tables.pipeline, &[], now);
+            self.checked_at = Some(now);
+            return Ok(());
+        };
+        while now >= t + eject::EVERY {
+            t += eject::EVERY;
+            let ch = self
+                .ejections
+                .observe(&tables.pipeline, &w.stats.server_fails, t);
+            let at = format!("at {:.3} s of the capture", t as f64 / 1e9);
+            if let Some(why) = ch.phrase() {
+                self.events.push(format!("{at}: {why}"));
+            }
+            if ch.republish() || self.ramps.under_way() {
+                let mut p = tables.pipeline.clone();
+                self.ejections.apply(&mut p);
+                if let Some(why) = self.ramps.apply(&mut p, t).phrase() {
+                    self.events.push(format!("{at}: {why}"));
+                }
+                let next = Arc::new(Tables::build_after(p, tables.generation + 1, tables));
+                w.set_tables(Arc::clone(&next))
+                    .map_err(|_| anyhow::anyhow!("passive check: tables of another shape"))?;
+                *tables = next;
+            }
+        }
+        self.checked_at = Some(t);
+        Ok(())
+    }
 }
 
 fn progress(done: u64, total: u64, n: u64, secs: f64) {

@@ -8,8 +8,8 @@
 //! [`ramp`](crate::config::Server::ramp) in every pipeline the management core
 //! publishes, and the management core publishes again every [`STEP`] while a ramp is
 //! under way ([`Ramps::under_way`]). Servers up when the system starts take their whole
-//! weight at once. `flowgate replay` has no clock of its own between tables: it does not
-//! ramp.
+//! weight at once. `flowgate replay` ramps on the capture's clock, where the only servers
+//! that come up are those back from the passive health check ([`super::eject`]).
 
 use crate::config::{Pipeline, ServerState};
 use std::collections::{HashMap, HashSet};
