@@ -421,7 +421,10 @@ mod tests {
 
     #[test]
     fn tcp_probe() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        // On 127.0.0.2, which no other test binds: the probe of the closed port below
+        // must not reach a listener another test bound to the freed port (it did, and
+        // that test, counting its port's connections, saw one too many).
+        let l = TcpListener::bind("127.0.0.2:0").unwrap();
         let a = l.local_addr().unwrap();
         let t = Duration::from_millis(500);
         assert_eq!(Probe::Tcp(a).run(t), Ok(()));
