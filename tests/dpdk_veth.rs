@@ -2194,3 +2194,60 @@ fn run_af_packet_takes_a_silent_server_out_of_new_connections() {
     assert_eq!(j["server_fails"]["h2"], 0, "{j}");
     assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
 }
+
+/// A server's ICMP error reaches the client through flowgate: a connected UDP socket
+/// in the client's namespace sends to a VIP port nothing listens on at the servers, the
+/// server's kernel answers port unreachable, and the client's kernel reports the
+/// connection refused. (The error used to be sent back to the server, and the client
+/// waited for its timeout.)
+#[test]
+fn run_af_packet_brings_a_servers_port_unreachable_to_the_client() {
+    let Some((_one, mut t, _www)) = setup(16) else {
+        return;
+    };
+    let closed = "  - name: closed\n    vip: 203.0.113.10\n    proto: udp\n    ports: [9999]\n    servers:\n      \
+                  - { name: s1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, weight: 100, port: inside }\n      \
+                  - { name: s2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, weight: 100, port: inside }\n";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stats = start_flowgate(&mut t, dir.path(), closed, "");
+    first_answer(&t, URL4);
+    let o = t
+        .exec(
+            "c",
+            &[
+                "python3",
+                "-c",
+                "import socket\n\
+                 for port in range(41000, 41004):\n  \
+                 s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n  \
+                 s.bind(('198.51.100.2',port))\n  \
+                 s.connect(('203.0.113.10',9999))\n  \
+                 s.settimeout(3)\n  \
+                 s.send(b'anyone?')\n  \
+                 try:\n    s.recv(100)\n    print('answered')\n  \
+                 except ConnectionRefusedError:\n    print('refused')\n  \
+                 except socket.timeout:\n    print('timeout')\n",
+            ],
+        )
+        .output()
+        .expect("python3");
+    let said = String::from_utf8_lossy(&o.stdout).into_owned();
+    if !o.status.success() || said.lines().any(|l| l != "refused") {
+        fail(
+            &mut t,
+            &format!(
+                "each datagram refused: {said}{}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            &stats,
+        );
+    }
+    stop(&mut t);
+    assert_eq!(said.lines().count(), 4, "{said}");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    // Each datagram and its error: two frames of the service's four flows.
+    assert_eq!(j["services"]["closed"]["flows"], 4, "{j}");
+    assert_eq!(j["services"]["closed"]["packets"], 8, "{j}");
+    assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
+}

@@ -1168,7 +1168,11 @@ impl Worker {
             .flatten();
         if let Some(h) = found {
             let f = *self.flows.table.get(h);
-            let forward = f.swapped() == swapped;
+            // An ICMP error travels against the packet it quotes (to that packet's
+            // sender): an error quoting a server's response goes to the server (a path
+            // MTU error from a router outside), one quoting a client's packet goes back
+            // to the client (a server's port unreachable).
+            let forward = (f.swapped() == swapped) != m.quoted.is_some();
             let syn_only = m.tuple.proto == 6 && syn_only(m.tcp_flags);
             if f.tcp() == TcpState::Closing && forward && syn_only && m.quoted.is_none() {
                 // A new connection reusing the tuple of a closed one: start afresh.
