@@ -19,6 +19,18 @@ const MACS: [(&str, &str); 3] = [
 
 /// The web service over `servers` (names from s1..s3), each with `extra` in its entry.
 fn pipeline(dir: &Path, name: &str, servers: &[&str], extra: &str) -> PathBuf {
+    pipeline_of(dir, name, servers, extra, "tcp", 80)
+}
+
+/// [`pipeline`] for protocol `proto` and port `port`.
+fn pipeline_of(
+    dir: &Path,
+    name: &str,
+    servers: &[&str],
+    extra: &str,
+    proto: &str,
+    port: u16,
+) -> PathBuf {
     let list: String = MACS
         .iter()
         .filter(|(n, _)| servers.contains(n))
@@ -29,8 +41,8 @@ fn pipeline(dir: &Path, name: &str, servers: &[&str], extra: &str) -> PathBuf {
 services:
   - name: web
     vip: 203.0.113.10
-    proto: tcp
-    ports: [80]
+    proto: {proto}
+    ports: [{port}]
     servers:
 {list}"#
     );
@@ -40,7 +52,9 @@ services:
 }
 
 /// One frame of the capture: at `t` s, a client's SYN (`"syn"`) or its server's answer
-/// (`"synack"` or `"rst"`, from that server's MAC) for client `i` (198.51.100.`i + 1`
+/// (`"synack"` or `"rst"`, from that server's MAC); or a client's UDP datagram to port 53
+/// (`"query"`) and its server's answer (`"answer"`, or `"unreach"`: an ICMP port
+/// unreachable quoting it) for client `i` (198.51.100.`i + 1`
 /// for the first 250, then 198.51.101…; port 40000 + `i`).
 type Step = (f64, u32, &'static str, &'static str);
 
@@ -59,8 +73,15 @@ from scapy.all import *
 pk = []
 for t, i, what, mac in [{}]:
     c = "198.51.%d.%d" % (100 + i // 250, i % 250 + 1)
+    q = IP(src=c, dst="203.0.113.10")/UDP(sport=40000 + i, dport=53)/Raw(b"query")
     if what == "syn":
         p = Ether(src="02:00:00:00:00:fe", dst="02:00:00:00:00:01")/IP(src=c, dst="203.0.113.10")/TCP(sport=40000 + i, dport=80, flags="S", seq=1000)
+    elif what == "query":
+        p = Ether(src="02:00:00:00:00:fe", dst="02:00:00:00:00:01")/q
+    elif what == "answer":
+        p = Ether(src=mac, dst="02:00:00:00:00:01")/IP(src="203.0.113.10", dst=c)/UDP(sport=53, dport=40000 + i)/Raw(b"answer")
+    elif what == "unreach":
+        p = Ether(src=mac, dst="02:00:00:00:00:01")/IP(src="203.0.113.10", dst=c)/ICMP(type=3, code=3)/bytes(q)
     else:
         flags = "SA" if what == "synack" else "RA"
         p = Ether(src=mac, dst="02:00:00:00:00:01")/IP(src="203.0.113.10", dst=c)/TCP(sport=80, dport=40000 + i, flags=flags, seq=5000, ack=1001)
@@ -76,12 +97,18 @@ wrpcap("{}", pk)
 
 /// The SYNs in `out`, in order: (client number, the server they left for).
 fn syns(out: &Path) -> Vec<(u32, String)> {
+    to_servers(out, "tcp.flags.syn == 1 && tcp.flags.ack == 0")
+}
+
+/// The frames of `out` that tshark's display `filter` takes, in order: (client number,
+/// the server they left for).
+fn to_servers(out: &Path, filter: &str) -> Vec<(u32, String)> {
     let by_mac: BTreeMap<&str, &str> = MACS.iter().map(|&(n, m)| (m, n)).collect();
     tshark(
         out,
         &[
             "-Y",
-            "tcp.flags.syn == 1 && tcp.flags.ack == 0",
+            filter,
             "-T",
             "fields",
             "-E",
@@ -399,4 +426,85 @@ fn a_server_back_from_the_check_ramps_through_its_slow_start() {
         told.contains("slow start: s1 at its whole weight"),
         "{told}"
     );
+}
+
+/// UDP: a server whose port is closed (its kernel answers each datagram with a port
+/// unreachable, which reaches the client) is taken out; its clients' next datagrams
+/// move to the others and new clients avoid it, while the flows the others answered
+/// stay.
+#[test]
+fn a_udp_server_answering_port_unreachable_is_taken_out() {
+    if !have_oracles() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = pipeline_of(
+        d,
+        "dns.yaml",
+        &["s1", "s2", "s3"],
+        ", max_fails: 3",
+        "udp",
+        53,
+    );
+    let mut steps: Vec<Step> = (0..30)
+        .map(|i| (1.0 + f64::from(i) / 1000.0, i, "query", ""))
+        .collect();
+    let first = {
+        let cap = capture(d, "first.pcap", &steps);
+        let out = d.join("first.out.pcap");
+        replay_stats(&p, &cap, &out);
+        to_servers(&out, "udp.dstport == 53")
+            .into_iter()
+            .collect::<BTreeMap<_, _>>()
+    };
+    let refused: Vec<u32> = first
+        .iter()
+        .filter(|(_, s)| *s == "s1")
+        .map(|(i, _)| *i)
+        .collect();
+    assert!(refused.len() >= 3, "{first:?}");
+    for (&i, s) in &first {
+        let answer = if s == "s1" { "unreach" } else { "answer" };
+        let mac = MACS.iter().find(|m| m.0 == s).unwrap().0;
+        steps.push((1.1 + f64::from(i) / 1000.0, i, answer, mac));
+        steps.push((2.0 + f64::from(i) / 1000.0, i, "query", ""));
+    }
+    for i in 100..130 {
+        steps.push((3.0 + f64::from(i - 100) / 1000.0, i, "query", ""));
+    }
+    steps.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let cap = capture(d, "dns.pcap", &steps);
+    let out = d.join("out.pcap");
+    let (j, told) = replay_told(&p, &cap, &out);
+    let sent = to_servers(&out, "udp.dstport == 53 && !icmp");
+    let to = |i: u32| -> Vec<&str> {
+        sent.iter()
+            .filter(|(c, _)| *c == i)
+            .map(|(_, s)| s.as_str())
+            .collect()
+    };
+    for (&i, s) in &first {
+        let t = to(i);
+        if s == "s1" {
+            assert_eq!(t.len(), 2, "client {i}: {t:?}");
+            assert_eq!(t[0], "s1");
+            assert_ne!(t[1], "s1", "client {i}: moved off s1 taken out");
+        } else {
+            assert_eq!(t, [s.as_str(), s.as_str()], "client {i}: answered, stays");
+        }
+    }
+    assert!(
+        (100..130).all(|i| to(i).len() == 1 && to(i)[0] != "s1"),
+        "new clients avoid s1: {sent:?}"
+    );
+    // The port unreachables went back to the clients (the gateway), not to s1.
+    let errors = tshark(
+        &out,
+        &["-Y", "icmp.type == 3", "-T", "fields", "-e", "eth.dst"],
+    );
+    assert_eq!(errors, vec!["02:00:00:00:00:fe".to_string(); refused.len()]);
+    assert_eq!(j["server_fails"]["s1"], refused.len() as u64, "{j}");
+    assert_eq!(j["server_ejected"]["s1"], 1, "{j}");
+    assert!(told.contains("passive check: s1 out for 10 s"), "{told}");
 }

@@ -213,7 +213,7 @@ pub fn render(j: &Value) -> String {
             "server_fails",
             "flowgate_server_fails_total",
             "counter",
-            "Failed connections to a server: a SYN sent again unanswered, or a reset answering a SYN.",
+            "Failures of a server: a SYN sent again unanswered, a reset answering a SYN, a port unreachable on a flow never answered.",
         ),
         (
             "server_ejected",

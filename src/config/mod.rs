@@ -258,9 +258,10 @@ pub struct Server {
     /// The share of its weight the server has now (1.0 but during a slow start; never in
     /// a file): [`crate::pipeline::effective_weight`] scales by it.
     pub ramp: f64,
-    /// Passive health check (`max_fails`): this many failed connections (a client's SYN
-    /// sent again unanswered, or answered by a reset) within `fail_timeout_ns` take the
-    /// server out of new flows for `fail_timeout_ns` ([`crate::runtime::eject`]).
+    /// Passive health check (`max_fails`): this many failures (a client's SYN sent again
+    /// unanswered, a reset answering a SYN, a port unreachable on a flow never answered)
+    /// within `fail_timeout_ns` take the server out of new flows for `fail_timeout_ns`
+    /// ([`crate::runtime::eject`]).
     /// `None`: never.
     pub max_fails: Option<u32>,
     /// `fail_timeout` (seconds in the file, default 10), in nanoseconds.

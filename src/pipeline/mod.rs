@@ -1006,6 +1006,9 @@ impl Worker {
             {
                 return false;
             }
+        } else if !tcp && !f.replied() && tables.express.watched(server) {
+            // The same for a UDP flow its server has never answered.
+            return false;
         }
         // Forward routes exist only for servers that are up; a response also needs its
         // server up (the general path moves a flow off a down server in both directions).
@@ -1340,28 +1343,45 @@ impl Worker {
         let p = &tables.pipeline;
         let mut f = *self.flows.table.get(h);
         out.kind = Kind::Flow { reverse: !forward };
-        if m.quoted.is_none() {
-            // A connection the server has not answered: the client's SYN again, or a
-            // reset from the server, is a failure for the passive health check.
-            let unanswered = m.tuple.proto == 6 && f.tcp() == TcpState::Syn && !f.replied();
-            if unanswered
-                && let Target::Server(s) = f.target
-                && p.servers
-                    .get(s as usize)
-                    .is_some_and(|x| x.max_fails.is_some())
-                && (if forward {
-                    syn_only(m.tcp_flags)
-                } else {
-                    m.tcp_flags & crate::flow::tcp_flags::RST != 0
-                })
-                && let Some(n) = self.stats.server_fails.get_mut(s as usize)
-            {
+        // The passive health check's failures, for a server with `max_fails`, on a flow
+        // it has not answered: the client's SYN again, a reset from the server, or the
+        // server's port (or protocol) unreachable, UDP's refusal.
+        let watched = |s: u16| {
+            p.servers
+                .get(usize::from(s))
+                .is_some_and(|x| x.max_fails.is_some())
+        };
+        if let Target::Server(s) = f.target
+            && !f.replied()
+            && watched(s)
+        {
+            let failed = match m.quoted {
+                Some(_) => !forward && unreachable_port(m),
+                None if m.tuple.proto == 6 && f.tcp() == TcpState::Syn => {
+                    if forward {
+                        syn_only(m.tcp_flags)
+                    } else {
+                        m.tcp_flags & crate::flow::tcp_flags::RST != 0
+                    }
+                }
+                None => false,
+            };
+            if failed && let Some(n) = self.stats.server_fails.get_mut(usize::from(s)) {
                 *n += 1;
             }
+        }
+        if m.quoted.is_none() {
+            // A TCP connection not answered yet, or a UDP flow never answered.
+            let unanswered = !f.replied()
+                && match m.tuple.proto {
+                    6 => f.tcp() == TcpState::Syn,
+                    17 => true,
+                    _ => false,
+                };
             // A server that went down: move the flow (its connections are lost anyway), to
             // where a new flow of this client would go, whichever way this packet goes.
-            // So too a connection it never answered once the passive health check took
-            // it out, on the client's next SYN.
+            // So too a flow it never answered once the passive health check took it
+            // out, on the client's next packet (a TCP client's SYN again).
             if let (Target::Server(s), Owner::Service(i)) = (f.target, f.owner)
                 && p.servers.get(s as usize).is_some_and(|x| {
                     x.state == ServerState::Down || x.ejected && unanswered && forward
@@ -1892,6 +1912,16 @@ fn set_fragment(ip: &mut [u8], n: usize, base: u16, off: usize, more: bool) {
     v.fill_checksum();
 }
 
+/// An ICMP destination unreachable saying nothing listens there: port or protocol
+/// unreachable (ICMP type 3, codes 2 and 3), ICMPv6 port unreachable (type 1, code 4).
+fn unreachable_port(m: &Meta) -> bool {
+    if m.v6 {
+        m.icmp_type == 1 && m.icmp_code == 4
+    } else {
+        m.icmp_type == 3 && matches!(m.icmp_code, 2 | 3)
+    }
+}
+
 /// A SYN without ACK: what opens a connection.
 #[inline]
 fn syn_only(flags: u8) -> bool {
@@ -2135,6 +2165,77 @@ mod tests {
         assert_eq!(w.stats.server_flows, [1, 19], "the answered one stays on a");
         // Its client's next packet (the SYN again, here) still goes to a: answered.
         assert_eq!(burst(&mut w, &[answered], 2_100_000_000), [0]);
+    }
+
+    /// The same for UDP on the burst path: a watched server's flows it never answered
+    /// are the general path's; once it is taken out, each moves on its client's next
+    /// datagram, and a flow it answered stays.
+    #[test]
+    fn bursts_move_unanswered_udp_flows_off_a_server_taken_out() {
+        use crate::r#gen::frame::{Tags, begin, finish, udp};
+        let y = P
+            .replace("proto: tcp", "proto: udp")
+            .replace("01:01\" }", "01:01\", max_fails: 2 }");
+        let p = Pipeline::from_str(&y, Path::new("p.yaml")).unwrap();
+        let mut w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
+        // A datagram of client `i`, or (`back`) its server's answer from MAC `from`.
+        let frame = |i: u32, back: Option<Mac>| {
+            let mut f = Vec::new();
+            let client = std::net::Ipv4Addr::from(0xc633_6400 + i).into();
+            let vip = "192.0.2.10".parse().unwrap();
+            let (src_mac, src, dst, sp, dp) = match back {
+                None => ([2, 0, 0, 0, 0, 0xfe], client, vip, 40000 + i as u16, 80),
+                Some(mac) => (mac, vip, client, 80, 40000 + i as u16),
+            };
+            let lay = begin(
+                &mut f,
+                [2, 0, 0, 0, 0, 1],
+                src_mac,
+                &Tags::NONE,
+                src,
+                dst,
+                17,
+                1,
+            );
+            udp(&mut f, sp, dp);
+            f.extend_from_slice(b"data");
+            finish(&mut f, lay);
+            let mut b = crate::action::FrameBuf::new(256);
+            assert!(b.load(&f));
+            b
+        };
+        let burst = |w: &mut Worker, bufs: &mut Vec<crate::action::FrameBuf>, now: u64| {
+            let mut outs = vec![Outcome::default(); bufs.len()];
+            w.process_burst(bufs, 0, now, &mut outs);
+            assert!(outs.iter().all(|o| o.route.is_some() && o.drop.is_none()));
+            bufs.iter()
+                .map(|b| {
+                    let dst: Mac = b.data()[..6].try_into().unwrap();
+                    (w.tables.pipeline.servers.iter()).position(|s| s.mac == dst)
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut first: Vec<_> = (0..20).map(|i| frame(i, None)).collect();
+        let first = burst(&mut w, &mut first, 10);
+        let on_a: Vec<u32> = (0..20).filter(|&i| first[i as usize] == Some(0)).collect();
+        assert!(on_a.len() >= 2, "{first:?}");
+        // a answers its first client.
+        let mut answer = vec![frame(on_a[0], Some([2, 0, 0, 0, 1, 1]))];
+        assert_eq!(burst(&mut w, &mut answer, 20), [None], "to the gateway");
+        let mut q = p.clone();
+        q.servers[0].ejected = true;
+        w.set_tables(Arc::new(Tables::build_after(q, 2, &w.tables)))
+            .unwrap();
+        let mut again: Vec<_> = (0..20).map(|i| frame(i, None)).collect();
+        let again = burst(&mut w, &mut again, 1_000_000_000);
+        for i in 0..20usize {
+            let want = if i as u32 == on_a[0] {
+                Some(0)
+            } else {
+                Some(1)
+            };
+            assert_eq!(again[i], want, "client {i}: {again:?}");
+        }
     }
 
     #[test]

@@ -51,9 +51,10 @@ pub struct Stats {
     /// Per server: new flows whose first choice it was while it held its `max_flows`
     /// (placed on another server, or refused as `servers_full`).
     pub server_overflows: Vec<u64>,
-    /// Per server with a passive health check (`max_fails`): failed connections, a
-    /// client's SYN sent again while the server had not answered its connection, or a
-    /// reset answering a SYN (0 for the other servers).
+    /// Per server with a passive health check (`max_fails`): failures, a client's SYN
+    /// sent again while the server had not answered its connection, a reset answering a
+    /// SYN, or its port unreachable on a flow it never answered (0 for the other
+    /// servers).
     pub server_fails: Vec<u64>,
     /// Per service and per pattern rule: live flows it made (whose [`Owner`] it is), a
     /// gauge kept the same way.

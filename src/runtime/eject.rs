@@ -3,16 +3,17 @@
 //! `max_fails`/`fail_timeout` do, so that a server that died without its agent saying so
 //! (or with no agent at all) stops costing clients their connections.
 //!
-//! A failure is seen by the workers, on the general path (express routes send the
-//! packets of a watched server's unanswered connections there): a client's SYN sent
-//! again while the server has not answered the connection, or a reset from the server
-//! answering a SYN. Each worker counts them per server (`Stats::server_fails`).
+//! A failure is seen by the workers, on the general path (the express path sends the
+//! packets of a watched server's unanswered flows there): a client's SYN sent again
+//! while the server has not answered the connection, a reset from the server answering a
+//! SYN, or the server's ICMP port or protocol unreachable on a flow it never answered
+//! (UDP's refusal). Each worker counts them per server (`Stats::server_fails`).
 //!
 //! Layer: runtime (management core), pure logic: [`Ejections::observe`] takes the summed
 //! counters and the time, and says who goes out and who comes back;
 //! [`Ejections::apply`] marks them in every pipeline published
 //! ([`Server::ejected`](crate::config::Server::ejected)): no new flows (weight 0), and the
-//! connections it never answered move on the client's next SYN. A server comes back
+//! flows it never answered move on their client's next packet. A server comes back
 //! when its time is up (through its `slow_start`, if it has one), and is tried again: if
 //! it still fails, `max_fails` more failures take it out again. A server is never taken
 //! out when a service it serves would be left without a server taking new flows (it
