@@ -508,3 +508,126 @@ fn a_udp_server_answering_port_unreachable_is_taken_out() {
     assert_eq!(j["server_ejected"]["s1"], 1, "{j}");
     assert!(told.contains("passive check: s1 out for 10 s"), "{told}");
 }
+
+/// The same over IPv6: a server's ICMPv6 port unreachable on flows it never answered
+/// takes it out, and its clients' next datagrams move.
+#[test]
+fn an_ipv6_udp_server_answering_port_unreachable_is_taken_out() {
+    if !have_oracles() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = d.join("dns6.yaml");
+    std::fs::write(
+        &p,
+        r#"system: { mac: "02:00:00:00:00:01", addresses: ["2001:db8::1"], gateway: "02:00:00:00:00:fe" }
+services:
+  - name: dns6
+    vip: "2001:db8:10::53"
+    proto: udp
+    ports: [53]
+    servers:
+      - { name: s1, mac: "02:00:00:00:01:01", max_fails: 2 }
+      - { name: s2, mac: "02:00:00:00:01:02", max_fails: 2 }
+"#,
+    )
+    .unwrap();
+    // Phase `n` of the capture: 20 clients' queries at 1 s; with `s1_clients` (phase 2)
+    // s1's answers are port unreachables, s2's datagrams, and every client asks again
+    // at 2 s.
+    let write = |name: &str, s1_clients: Option<&[u32]>| {
+        let cap = d.join(name);
+        let answers = match s1_clients {
+            None => "None".to_string(),
+            Some(c) => format!("{c:?}"),
+        };
+        scapy(&format!(
+            r#"
+from scapy.all import *
+GW, SYS, S1, S2 = "02:00:00:00:00:fe", "02:00:00:00:00:01", "02:00:00:00:01:01", "02:00:00:00:01:02"
+vip = "2001:db8:10::53"
+s1 = {answers}
+pk = []
+def q(i):
+    return IPv6(src="2001:db8:1::%x" % (i + 1), dst=vip)/UDP(sport=40000 + i, dport=53)/Raw(b"query")
+for i in range(20):
+    f = Ether(src=GW, dst=SYS)/q(i); f.time = 1 + i / 1000; pk.append(f)
+if s1 is not None:
+    for i in range(20):
+        if i in s1:
+            a = Ether(src=S1, dst=SYS)/IPv6(src=vip, dst="2001:db8:1::%x" % (i + 1))/ICMPv6DestUnreach(code=4)/bytes(q(i))
+        else:
+            a = Ether(src=S2, dst=SYS)/IPv6(src=vip, dst="2001:db8:1::%x" % (i + 1))/UDP(sport=53, dport=40000 + i)/Raw(b"answer")
+        a.time = 1.1 + i / 1000; pk.append(a)
+    for i in range(20):
+        f = Ether(src=GW, dst=SYS)/q(i); f.time = 2 + i / 1000; pk.append(f)
+wrpcap("{}", pk)
+"#,
+            cap.display()
+        ));
+        cap
+    };
+    // Queries to the servers: (client, server) in order.
+    let queries = |out: &Path| -> Vec<(u32, String)> {
+        tshark(
+            out,
+            &[
+                "-Y",
+                "udp.dstport == 53 && !icmpv6",
+                "-T",
+                "fields",
+                "-E",
+                "separator=;",
+                "-e",
+                "eth.dst",
+                "-e",
+                "udp.srcport",
+            ],
+        )
+        .into_iter()
+        .map(|l| {
+            let (mac, port) = l.split_once(';').unwrap();
+            let server = MACS.iter().find(|m| m.1 == mac).map_or("?", |m| m.0);
+            (port.parse::<u32>().unwrap() - 40000, server.to_string())
+        })
+        .collect()
+    };
+    let out = d.join("first.out.pcap");
+    replay_stats(&p, &write("first.pcap", None), &out);
+    let first: BTreeMap<u32, String> = queries(&out).into_iter().collect();
+    let on_s1: Vec<u32> = first
+        .iter()
+        .filter(|(_, s)| *s == "s1")
+        .map(|(i, _)| *i)
+        .collect();
+    assert!(on_s1.len() >= 2 && on_s1.len() < 20, "{first:?}");
+
+    let out = d.join("out.pcap");
+    let j = replay_stats(&p, &write("dns6.pcap", Some(&on_s1)), &out);
+    let sent = queries(&out);
+    for i in 0..20 {
+        let t: Vec<&str> = sent
+            .iter()
+            .filter(|(c, _)| *c == i)
+            .map(|(_, s)| s.as_str())
+            .collect();
+        let want = if on_s1.contains(&i) {
+            ["s1", "s2"]
+        } else {
+            ["s2", "s2"]
+        };
+        assert_eq!(t, want, "client {i}");
+    }
+    let errors = tshark(
+        &out,
+        &["-Y", "icmpv6.type == 1", "-T", "fields", "-e", "eth.dst"],
+    );
+    assert_eq!(
+        errors,
+        vec!["02:00:00:00:00:fe".to_string(); on_s1.len()],
+        "to the clients"
+    );
+    assert_eq!(j["server_fails"]["s1"], on_s1.len() as u64, "{j}");
+    assert_eq!(j["server_ejected"]["s1"], 1, "{j}");
+}
