@@ -2251,3 +2251,96 @@ fn run_af_packet_brings_a_servers_port_unreachable_to_the_client() {
     assert_eq!(j["services"]["closed"]["packets"], 8, "{j}");
     assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
 }
+
+/// The passive health check for UDP with real kernels: on port 9998 only s2's machine
+/// answers (an echo); s1's kernel answers each datagram with a port unreachable, which
+/// reaches the client (its connected socket sees the connection refused). That one
+/// failure takes h1 out (`max_fails: 1`); the refused client's datagram sent again moves
+/// to h2 and is answered, and every later client is answered at once.
+#[test]
+fn run_af_packet_takes_a_udp_server_refusing_datagrams_out() {
+    let Some((_one, mut t, _www)) = setup(17) else {
+        return;
+    };
+    daemon(
+        &mut t,
+        "s2",
+        &[
+            "python3",
+            "-c",
+            "import socket,sys\n\
+             s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+             s.bind(('203.0.113.10',9998))\n\
+             while True:\n  d,a=s.recvfrom(2048)\n  s.sendto(sys.argv[1].encode(),a)\n",
+        ],
+        "s2",
+    );
+    let svc = "  - name: udpw\n    vip: 203.0.113.10\n    proto: udp\n    ports: [9998]\n    \
+               servers:\n      \
+               - { name: h1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, port: inside, max_fails: 1, fail_timeout: 30 }\n      \
+               - { name: h2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, port: inside, max_fails: 1, fail_timeout: 30 }\n";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stats = start_flowgate(&mut t, dir.path(), svc, "");
+    first_answer(&t, URL4);
+    let t0 = Instant::now();
+    while (t.exec("s2", &["ss", "-Hlun", "sport = :9998"]).output())
+        .map_or(true, |o| o.stdout.is_empty())
+    {
+        if t0.elapsed() > Duration::from_secs(20) {
+            fail(&mut t, "s2 listening on UDP 9998", &stats);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Twelve clients (source ports) one after the other: each sends, and when refused
+    // waits a moment (the check runs every 250 ms) and sends again on the same socket.
+    let o = t
+        .exec(
+            "c",
+            &[
+                "python3",
+                "-c",
+                "import socket,time\n\
+                 for port in range(42000, 42012):\n  \
+                 s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n  \
+                 s.bind(('198.51.100.2',port))\n  \
+                 s.connect(('203.0.113.10',9998))\n  \
+                 s.settimeout(2)\n  \
+                 said=[]\n  \
+                 for attempt in range(2):\n    \
+                 s.send(b'who')\n    \
+                 try:\n      said.append(s.recv(100).decode())\n      break\n    \
+                 except ConnectionRefusedError:\n      said.append('refused')\n      time.sleep(0.6)\n  \
+                 print(' '.join(said),flush=True)\n",
+            ],
+        )
+        .output()
+        .expect("python3");
+    let said = String::from_utf8_lossy(&o.stdout).into_owned();
+    if !o.status.success() {
+        fail(
+            &mut t,
+            &format!("12 clients: {said}{}", String::from_utf8_lossy(&o.stderr)),
+            &stats,
+        );
+    }
+    let log = stop(&mut t);
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines.len(), 12, "{said}");
+    // The first client that met h1 was refused once, then answered by s2; every other
+    // at once by s2.
+    assert_eq!(
+        lines.iter().filter(|l| **l == "refused s2").count(),
+        1,
+        "{said}"
+    );
+    assert_eq!(lines.iter().filter(|l| **l == "s2").count(), 11, "{said}");
+    assert!(
+        log.contains("passive check: h1 out for 30 s (1 failure in 30 s)"),
+        "{log}"
+    );
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    assert_eq!(j["server_fails"]["h1"], 1, "{j}");
+    assert_eq!(j["server_ejected"]["h1"], 1, "{j}");
+    assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
+}
