@@ -1,5 +1,5 @@
-//! Passive health check: a server with `max_fails` that fails that many connections
-//! within `fail_timeout` is taken out of new flows for `fail_timeout`, as nginx's
+//! Passive health check: a server with `max_fails` that has that many failures within
+//! `fail_timeout` is taken out of new flows for `fail_timeout`, as nginx's
 //! `max_fails`/`fail_timeout` do, so that a server that died without its agent saying so
 //! (or with no agent at all) stops costing clients their connections.
 //!
