@@ -147,6 +147,27 @@ fn held(s: &Session) -> Vec<(u64, u64)> {
     s.grants.values().map(|g| (g.grant_id, g.first)).collect()
 }
 
+/// A flow `web1` advertises to itself: TCP to 10.9.9.1:80 from anywhere.
+fn web1_flow(flow_id: u64) -> FlowAdvert {
+    FlowAdvert {
+        origin: system_id("web1"),
+        flow_id,
+        target: system_id("web1"),
+        matcher: FlowMatch {
+            proto: 6,
+            src: "0.0.0.0".parse().unwrap(),
+            src_plen: 0,
+            dst: "10.9.9.1".parse().unwrap(),
+            dst_plen: 32,
+            sport: (0, 65535),
+            dport: (80, 80),
+            spi: None,
+        },
+        qos: vec![],
+        lifetime_ms: 0,
+    }
+}
+
 /// A session registered with `sup` and holding one `nat` block.
 fn registered_with_a_block(now: Instant, sup: &mut Supervisor) -> Session {
     let mut s = session();
@@ -419,24 +440,7 @@ fn a_restarted_holder_gets_a_block_of_a_full_pool_at_once() {
     let before = held(&old);
     assert_eq!(before.len(), 1, "its second request");
     assert_eq!(sup_grants(&sup), before);
-    let flow = FlowAdvert {
-        origin: system_id("web1"),
-        flow_id: 1,
-        target: system_id("web1"),
-        matcher: FlowMatch {
-            proto: 17,
-            src: "0.0.0.0".parse().unwrap(),
-            src_plen: 0,
-            dst: "10.9.9.1".parse().unwrap(),
-            dst_plen: 32,
-            sport: (0, 65535),
-            dport: (100, 199),
-            spi: None,
-        },
-        qos: vec![],
-        lifetime_ms: 0,
-    };
-    old.request(t0, ReqKey::FlowAdd(1), Body::FlowAdd(flow));
+    old.request(t0, ReqKey::FlowAdd(1), Body::FlowAdd(web1_flow(1)));
     exchange(&mut old, &mut sup, t0);
     assert_eq!(sup.flows().count(), 1);
     drop(old);
@@ -490,28 +494,11 @@ fn a_late_copy_of_a_register_leaves_what_came_after_it() {
     exchange(&mut s, &mut sup, t1);
     let mine = held(&s);
     assert_eq!(mine.len(), 1);
-    let flow = FlowAdvert {
-        origin: system_id("web1"),
-        flow_id: 7,
-        target: system_id("web1"),
-        matcher: FlowMatch {
-            proto: 6,
-            src: "0.0.0.0".parse().unwrap(),
-            src_plen: 0,
-            dst: "10.9.9.1".parse().unwrap(),
-            dst_plen: 32,
-            sport: (0, 65535),
-            dport: (80, 80),
-            spi: None,
-        },
-        qos: vec![],
-        lifetime_ms: 0,
-    };
-    s.request(t1, ReqKey::FlowAdd(7), Body::FlowAdd(flow.clone()));
+    s.request(t1, ReqKey::FlowAdd(7), Body::FlowAdd(web1_flow(7)));
     exchange(&mut s, &mut sup, t1);
     assert_eq!(sup.flows().count(), 1);
     // And a flow advertised (its first copy slow, a retransmission taken) and withdrawn.
-    let eight = FlowAdvert { flow_id: 8, ..flow };
+    let eight = web1_flow(8);
     s.request(t1, ReqKey::FlowAdd(8), Body::FlowAdd(eight));
     let slow_add = from_session(&mut s);
     let t2 = t1 + Duration::from_millis(300);
@@ -623,29 +610,10 @@ fn a_register_after_a_supervisor_restart_gives_up_the_last_runs_block() {
 
     // The same grant written as an older supervisor wrote it (no sequence number).
     let mut legacy = MemStore::default();
-    for r in store.records() {
-        let r = match r {
-            Record::Grant {
-                id,
-                pool,
-                holder,
-                request_id,
-                first,
-                count,
-                lease_ms,
-                seq: Some(_),
-            } => Record::Grant {
-                id,
-                pool,
-                holder,
-                request_id,
-                first,
-                count,
-                lease_ms,
-                seq: None,
-            },
-            r => r,
-        };
+    for mut r in store.records() {
+        if let Record::Grant { seq, .. } = &mut r {
+            *seq = None;
+        }
         legacy.append(&r).unwrap();
     }
     let t2 = t1 + Duration::from_millis(500);

@@ -313,18 +313,20 @@ fn daemon(t: &mut Topo, ns: &str, args: &[&str], last: impl AsRef<std::ffi::OsSt
     t.children.push(child);
 }
 
-/// Waits (up to 20 s) until both servers listen on TCP `port` (asked in their
-/// namespaces); fails with flowgate's log and `stats` if they do not.
-fn wait_listening(t: &mut Topo, port: u16, stats: &Path) {
+/// Waits (up to 20 s) until the servers `servers` (namespace names) listen on `port`,
+/// TCP or (`udp`) UDP, asked in their namespaces; fails with flowgate's log and `stats`
+/// if they do not.
+fn wait_listening(t: &mut Topo, servers: &[&str], udp: bool, port: u16, stats: &Path) {
     let filter = format!("sport = :{port}");
+    let flags = if udp { "-Hlun" } else { "-Hltn" };
     let listening = |t: &Topo, ns: &str| {
-        let o = (t.exec(ns, &["ss", "-Hltn", &filter]).output()).expect("ss");
+        let o = (t.exec(ns, &["ss", flags, &filter]).output()).expect("ss");
         !o.stdout.is_empty()
     };
     let t0 = Instant::now();
-    while !(listening(t, "s1") && listening(t, "s2")) {
+    while !servers.iter().all(|ns| listening(t, ns)) {
         if t0.elapsed() > Duration::from_secs(20) {
-            fail(t, &format!("servers listening on {port}"), stats);
+            fail(t, &format!("{servers:?} listening on {port}"), stats);
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -2012,7 +2014,7 @@ fn run_af_packet_places_held_connections_by_open_flows_and_limits() {
     let dir = tempfile::tempdir().expect("tempdir");
     let stats = start_flowgate(&mut t, dir.path(), held, "");
     first_answer(&t, URL4);
-    wait_listening(&mut t, 9000, &stats);
+    wait_listening(&mut t, &["s1", "s2"], false, 9000, &stats);
     let o = t
         .exec(
             "c",
@@ -2098,7 +2100,7 @@ fn run_af_packet_takes_a_silent_server_out_of_new_connections() {
     let dir = tempfile::tempdir().expect("tempdir");
     let stats = start_flowgate(&mut t, dir.path(), watched, "");
     first_answer(&t, URL4);
-    wait_listening(&mut t, 9001, &stats);
+    wait_listening(&mut t, &["s1", "s2"], false, 9001, &stats);
     // `n` connections one after the other: who answered each, and how long it took (s).
     let connect = |t: &mut Topo, n: u32| -> Vec<(String, f64)> {
         let o = t
@@ -2282,15 +2284,7 @@ fn run_af_packet_takes_a_udp_server_refusing_datagrams_out() {
     let dir = tempfile::tempdir().expect("tempdir");
     let stats = start_flowgate(&mut t, dir.path(), svc, "");
     first_answer(&t, URL4);
-    let t0 = Instant::now();
-    while (t.exec("s2", &["ss", "-Hlun", "sport = :9998"]).output())
-        .map_or(true, |o| o.stdout.is_empty())
-    {
-        if t0.elapsed() > Duration::from_secs(20) {
-            fail(&mut t, "s2 listening on UDP 9998", &stats);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_listening(&mut t, &["s2"], true, 9998, &stats);
     // Twelve clients (source ports) one after the other: each sends, and when refused
     // waits a moment (the check runs every 250 ms) and sends again on the same socket.
     let o = t

@@ -130,6 +130,15 @@ fn to_servers(out: &Path, filter: &str) -> Vec<(u32, String)> {
     .collect()
 }
 
+/// The servers client `i`'s frames of `sent` (as [`to_servers`] lists them) went to, in
+/// order.
+fn servers_of(sent: &[(u32, String)], i: u32) -> Vec<&str> {
+    sent.iter()
+        .filter(|(c, _)| *c == i)
+        .map(|(_, s)| s.as_str())
+        .collect()
+}
+
 /// Where the first SYNs of clients `clients` go (their first choice, by Maglev).
 fn placement(dir: &Path, p: &Path, clients: std::ops::Range<u32>) -> BTreeMap<u32, String> {
     let steps: Vec<Step> = clients
@@ -228,12 +237,7 @@ fn unanswered_connections_take_a_server_out_and_move() {
     let out = d.join("watched.out.pcap");
     let (j, told) = replay_told(&watched, &cap, &out);
     let sent = syns(&out);
-    let times = |i: u32| -> Vec<&str> {
-        sent.iter()
-            .filter(|(c, _)| *c == i)
-            .map(|(_, s)| s.as_str())
-            .collect()
-    };
+    let times = |i: u32| servers_of(&sent, i);
     for &i in &dead {
         let t = times(i);
         assert_eq!(t.len(), 3, "client {i}: {t:?}");
@@ -277,11 +281,7 @@ fn unanswered_connections_take_a_server_out_and_move() {
     let j = replay_stats(&plain, &cap, &out);
     let sent = syns(&out);
     for &i in &dead {
-        let t: Vec<&str> = sent
-            .iter()
-            .filter(|(c, _)| *c == i)
-            .map(|(_, s)| s.as_str())
-            .collect();
+        let t = servers_of(&sent, i);
         assert_eq!(t, ["s1", "s1", "s1"], "client {i}");
     }
     assert!(j["server_fails"].as_object().unwrap().is_empty(), "{j}");
@@ -478,12 +478,7 @@ fn a_udp_server_answering_port_unreachable_is_taken_out() {
     let out = d.join("out.pcap");
     let (j, told) = replay_told(&p, &cap, &out);
     let sent = to_servers(&out, "udp.dstport == 53 && !icmp");
-    let to = |i: u32| -> Vec<&str> {
-        sent.iter()
-            .filter(|(c, _)| *c == i)
-            .map(|(_, s)| s.as_str())
-            .collect()
-    };
+    let to = |i: u32| servers_of(&sent, i);
     for (&i, s) in &first {
         let t = to(i);
         if s == "s1" {
@@ -607,11 +602,7 @@ wrpcap("{}", pk)
     let j = replay_stats(&p, &write("dns6.pcap", Some(&on_s1)), &out);
     let sent = queries(&out);
     for i in 0..20 {
-        let t: Vec<&str> = sent
-            .iter()
-            .filter(|(c, _)| *c == i)
-            .map(|(_, s)| s.as_str())
-            .collect();
+        let t = servers_of(&sent, i);
         let want = if on_s1.contains(&i) {
             ["s1", "s2"]
         } else {

@@ -422,8 +422,9 @@ mod tests {
     #[test]
     fn tcp_probe() {
         // On 127.0.0.2, which no other test binds: the probe of the closed port below
-        // must not reach a listener another test bound to the freed port (it did, and
-        // that test, counting its port's connections, saw one too many).
+        // must not reach a listener another test bound to the freed port (the likely
+        // way a CI run's `conns::tests::sees_a_real_connection`, counting its port's
+        // connections, saw one too many; not reproduced).
         let l = TcpListener::bind("127.0.0.2:0").unwrap();
         let a = l.local_addr().unwrap();
         let t = Duration::from_millis(500);

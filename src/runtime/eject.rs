@@ -88,9 +88,12 @@ impl Ejections {
         // A server no longer watched (a reload) or gone: nothing kept of it.
         self.seen.retain(|n, _| watched.contains(n.as_str()));
         self.recent.retain(|n, _| watched.contains(n.as_str()));
-        self.out.retain(|n, _| watched.contains(n.as_str()));
         self.kept.retain(|n| watched.contains(n.as_str()));
+        // Those whose time is up come back (one no longer watched just leaves).
         self.out.retain(|n, until| {
+            if !watched.contains(n.as_str()) {
+                return false;
+            }
             let stays = now < *until;
             if !stays {
                 ch.back.push(n.clone());
