@@ -1235,3 +1235,29 @@ proptest::proptest! {
         }
     }
 }
+
+/// `policy: least-flows` over a service whose member a reload removed and a reclaim
+/// freed: new flows go to the members left (a free member index names no server).
+#[test]
+fn least_flows_places_beside_a_freed_member() {
+    let lf = HTTP.replace(
+        "    ports: [80]\n",
+        "    ports: [80]\n    policy: least-flows\n",
+    );
+    let old = load(&lf);
+    let mut w = Worker::new(Arc::new(Tables::build(old.clone(), 1)));
+    let http = [203, 0, 113, 10];
+    let text =
+        format!("{HEAD}{lf}").replace("      - { name: b, mac: \"02:00:00:00:01:02\" }\n", "");
+    let g = old.regrow(load_text(&text)).expect("removals are kept");
+    w.set_tables(Arc::new(Tables::build(g.clone(), 2)))
+        .expect("taken");
+    let (r, freed) = reclaim(&g, &w).expect("b freed");
+    assert_eq!(freed.servers, ["b"]);
+    assert!(r.services[0].members[1].vacant());
+    w.set_tables(Arc::new(Tables::build(r.clone(), 3)))
+        .expect("taken");
+    for sp in 1000..1010u16 {
+        assert_eq!(send(&mut w, &r, &tcp(sp, http, 80, 0x02), 1_000), "a");
+    }
+}

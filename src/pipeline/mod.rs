@@ -567,8 +567,12 @@ impl Worker {
         };
         let mut best = (ok(start)).then(|| figures(start)).filter(|b| b.2 > 0);
         for j in 0..members.len() as u16 {
+            // A free member index (a reclaimed member) names no server.
+            if members[usize::from(j)].vacant() || j == start || !ok(j) {
+                continue;
+            }
             let c = figures(j);
-            if c.2 == 0 || j == start || !ok(j) {
+            if c.2 == 0 {
                 continue;
             }
             if best.is_none_or(|b| {
