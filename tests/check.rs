@@ -496,6 +496,14 @@ fn bads() -> Vec<Bad> {
             "fail_timeout 0 is not in 1..=3600 seconds",
         ),
         bad(
+            "backup not a boolean",
+            16,
+            "        mac: \"02:00:00:00:01:01\"\n        backup: maybe",
+            17,
+            "services[0].servers[0].backup",
+            "expected a boolean",
+        ),
+        bad(
             "empty flow rule name",
             25,
             "  - name: \"\"",

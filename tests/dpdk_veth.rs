@@ -2072,6 +2072,84 @@ fn run_af_packet_places_held_connections_by_open_flows_and_limits() {
     assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
 }
 
+/// Starts on every server a TCP server on 203.0.113.10:9001 that answers each
+/// connection with the server's name (`s1`, `s2`) and closes it.
+fn name_servers_on_9001(t: &mut Topo) {
+    python_on_servers(
+        t,
+        "import socket,sys\n\
+         s=socket.socket()\n\
+         s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+         s.bind(('203.0.113.10',9001))\n\
+         s.listen(64)\n\
+         while True:\n  c,_=s.accept()\n  c.sendall(sys.argv[1].encode()+b'\\n')\n  c.close()\n",
+        |i| format!("s{i}"),
+    );
+}
+
+/// `n` connections from the client to 203.0.113.10:9001, one after the other: who
+/// answered each, and how long it took (s). Fails the test (with `stats`) unless all
+/// are answered within 10 s.
+fn connect_9001(t: &mut Topo, n: u32, stats: &Path) -> Vec<(String, f64)> {
+    let o = t
+        .exec(
+            "c",
+            &[
+                "python3",
+                "-c",
+                &format!(
+                    "import socket,time\n\
+                     for i in range({n}):\n  \
+                     t=time.time()\n  \
+                     c=socket.create_connection(('203.0.113.10',9001),timeout=10)\n  \
+                     print(c.makefile().readline().strip(),time.time()-t,flush=True)\n  \
+                     c.close()\n"
+                ),
+            ],
+        )
+        .output()
+        .expect("python3");
+    let said = String::from_utf8_lossy(&o.stdout).into_owned();
+    if !o.status.success() {
+        fail(
+            t,
+            &format!(
+                "{n} connections answered: {said}{}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            stats,
+        );
+    }
+    said.lines()
+        .map(|l| {
+            let (who, secs) = l.split_once(' ').expect("name and time");
+            (who.to_string(), secs.parse().expect("seconds"))
+        })
+        .collect()
+}
+
+/// The stats JSON `flowgate run` last wrote (`Null` while there is none).
+fn stats_now(stats: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(stats).unwrap_or_default()).unwrap_or_default()
+}
+
+/// Waits up to `within` for the stats JSON to satisfy `ok`; fails the test with `what`.
+fn wait_stats(
+    t: &mut Topo,
+    stats: &Path,
+    within: Duration,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) {
+    let t0 = Instant::now();
+    while !ok(&stats_now(stats)) {
+        if t0.elapsed() > within {
+            fail(t, what, stats);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The passive health check with real kernels: a service on port 9001 whose servers
 /// (s1's and s2's machines under names of their own, h1 and h2) have `max_fails: 1`.
 /// When s1's machine goes silent (its switch port down), the one connection that finds h1
@@ -2083,16 +2161,7 @@ fn run_af_packet_takes_a_silent_server_out_of_new_connections() {
     let Some((_one, mut t, _www)) = setup(15) else {
         return;
     };
-    python_on_servers(
-        &mut t,
-        "import socket,sys\n\
-         s=socket.socket()\n\
-         s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
-         s.bind(('203.0.113.10',9001))\n\
-         s.listen(64)\n\
-         while True:\n  c,_=s.accept()\n  c.sendall(sys.argv[1].encode()+b'\\n')\n  c.close()\n",
-        |i| format!("s{i}"),
-    );
+    name_servers_on_9001(&mut t);
     let watched = "  - name: watched\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [9001]\n    \
                    servers:\n      \
                    - { name: h1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, port: inside, max_fails: 1, fail_timeout: 4 }\n      \
@@ -2101,45 +2170,7 @@ fn run_af_packet_takes_a_silent_server_out_of_new_connections() {
     let stats = start_flowgate(&mut t, dir.path(), watched, "");
     first_answer(&t, URL4);
     wait_listening(&mut t, &["s1", "s2"], false, 9001, &stats);
-    // `n` connections one after the other: who answered each, and how long it took (s).
-    let connect = |t: &mut Topo, n: u32| -> Vec<(String, f64)> {
-        let o = t
-            .exec(
-                "c",
-                &[
-                    "python3",
-                    "-c",
-                    &format!(
-                        "import socket,time\n\
-                         for i in range({n}):\n  \
-                         t=time.time()\n  \
-                         c=socket.create_connection(('203.0.113.10',9001),timeout=10)\n  \
-                         print(c.makefile().readline().strip(),time.time()-t,flush=True)\n  \
-                         c.close()\n"
-                    ),
-                ],
-            )
-            .output()
-            .expect("python3");
-        let said = String::from_utf8_lossy(&o.stdout).into_owned();
-        if !o.status.success() {
-            fail(
-                t,
-                &format!(
-                    "{n} connections answered: {said}{}",
-                    String::from_utf8_lossy(&o.stderr)
-                ),
-                &stats,
-            );
-        }
-        said.lines()
-            .map(|l| {
-                let (who, secs) = l.split_once(' ').expect("name and time");
-                (who.to_string(), secs.parse().expect("seconds"))
-            })
-            .collect()
-    };
-    let before = connect(&mut t, 12);
+    let before = connect_9001(&mut t, 12, &stats);
     assert!(
         before.iter().any(|(s, _)| s == "s1") && before.iter().any(|(s, _)| s == "s2"),
         "{before:?}"
@@ -2147,7 +2178,7 @@ fn run_af_packet_takes_a_silent_server_out_of_new_connections() {
 
     // Its switch port down: frames to it vanish (its own routes stay as they were).
     ip_in(&t.ns("sw"), &["link", "set", "p1", "down"]);
-    let silent = connect(&mut t, 12);
+    let silent = connect_9001(&mut t, 12, &stats);
     assert!(silent.iter().all(|(s, _)| s == "s2"), "{silent:?}");
     // The connection that found h1 first waited for its SYN to be sent again (Linux:
     // after 1 s, then 2 s more); the rest did not.
@@ -2155,34 +2186,25 @@ fn run_af_packet_takes_a_silent_server_out_of_new_connections() {
     assert_eq!(slow.len(), 1, "{silent:?}");
     // Out for 4 s from the failure, about 1 s into that connection: the stats JSON of
     // the next second says so.
-    let read = || -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap_or_default())
-            .unwrap_or_default()
-    };
-    let t0 = Instant::now();
-    while read()["server_ejected"]["h1"] != 1 {
-        if t0.elapsed() > Duration::from_secs(2) {
-            fail(&mut t, "h1 out in the stats", &stats);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_stats(
+        &mut t,
+        &stats,
+        Duration::from_secs(2),
+        "h1 out in the stats",
+        |j| j["server_ejected"]["h1"] == 1,
+    );
 
     ip_in(&t.ns("sw"), &["link", "set", "p1", "up"]);
     // Back 4 s after it went out; the stats JSON is written every second.
-    let t0 = Instant::now();
-    loop {
-        let j: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&stats).unwrap_or_default())
-                .unwrap_or_default();
-        if j["server_ejected"]["h1"] == 0 && t0.elapsed() > Duration::from_secs(1) {
-            break;
-        }
-        if t0.elapsed() > Duration::from_secs(15) {
-            fail(&mut t, "h1 back within 15 s", &stats);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let after = connect(&mut t, 12);
+    std::thread::sleep(Duration::from_secs(1));
+    wait_stats(
+        &mut t,
+        &stats,
+        Duration::from_secs(14),
+        "h1 back within 15 s",
+        |j| j["server_ejected"]["h1"] == 0,
+    );
+    let after = connect_9001(&mut t, 12, &stats);
     let log = stop(&mut t);
     assert!(after.iter().any(|(s, _)| s == "s1"), "h1 back: {after:?}");
     assert!(
@@ -2190,10 +2212,75 @@ fn run_af_packet_takes_a_silent_server_out_of_new_connections() {
         "{log}"
     );
     assert!(log.contains("passive check: h1 back"), "{log}");
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    let j = stats_now(&stats);
     assert!(j["server_fails"]["h1"].as_u64() >= Some(1), "{j}");
     assert_eq!(j["server_fails"]["h2"], 0, "{j}");
+    assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
+}
+
+/// A backup server takes over from the one primary while the passive check keeps it
+/// out, and hands back: real clients' connections reach only h1 (h2 is its backup);
+/// with h1's switch port down, the connection that met it silent is answered by h2
+/// once its SYN is sent again, and the rest by h2 at once; with the port up again and
+/// h1's time out over, every connection reaches h1 again. The log says when the
+/// service went to its backup and back.
+#[test]
+fn run_af_packet_fails_over_to_a_backup_server_and_back() {
+    let Some((_one, mut t, _www)) = setup(18) else {
+        return;
+    };
+    name_servers_on_9001(&mut t);
+    let svc = "  - name: standby\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [9001]\n    \
+               servers:\n      \
+               - { name: h1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, port: inside, max_fails: 1, fail_timeout: 3 }\n      \
+               - { name: h2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, port: inside, backup: true }\n";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stats = start_flowgate(&mut t, dir.path(), svc, "");
+    first_answer(&t, URL4);
+    wait_listening(&mut t, &["s1", "s2"], false, 9001, &stats);
+    let before = connect_9001(&mut t, 8, &stats);
+    assert!(
+        before.iter().all(|(s, _)| s == "s1"),
+        "the backup idle: {before:?}"
+    );
+
+    ip_in(&t.ns("sw"), &["link", "set", "p1", "down"]);
+    let over = connect_9001(&mut t, 8, &stats);
+    assert!(over.iter().all(|(s, _)| s == "s2"), "{over:?}");
+    let slow = over.iter().filter(|x| x.1 > 0.9).count();
+    assert_eq!(slow, 1, "only the first waited for its SYN again: {over:?}");
+    wait_stats(
+        &mut t,
+        &stats,
+        Duration::from_secs(2),
+        "on backup in the stats",
+        |j| j["services"]["standby"]["on_backup"] == 1,
+    );
+
+    ip_in(&t.ns("sw"), &["link", "set", "p1", "up"]);
+    wait_stats(
+        &mut t,
+        &stats,
+        Duration::from_secs(10),
+        "h1 back within 10 s",
+        |j| j["services"]["standby"]["on_backup"] == 0,
+    );
+    let back = connect_9001(&mut t, 8, &stats);
+    let log = stop(&mut t);
+    assert!(back.iter().all(|(s, _)| s == "s1"), "h1 back: {back:?}");
+    let on = (log.find("service standby on its backup servers")).unwrap_or_else(|| panic!("{log}"));
+    let off = (log.find("service standby back on its primary servers"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(on < off, "{log}");
+    assert!(!log.contains("failing but kept"), "{log}");
+    let j = stats_now(&stats);
+    assert_eq!(
+        j["services"]["standby"]["servers"]["h2"]
+            .as_u64()
+            .map(|n| n > 0),
+        Some(true),
+        "{j}"
+    );
     assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
 }
 

@@ -335,3 +335,85 @@ fn least_flows_fills_the_servers_by_weight() {
     // Hashing alone spreads 28 flows less evenly.
     assert_ne!(split[&("maglev", "198.51.100.")], want, "{split:?}");
 }
+
+/// A backup server (s3, `backup: true`) takes no new flow while s1 and s2 have room, the
+/// flows neither has room for once both hold their `max_flows`, and is refused with them
+/// when it is full too; `check` lists it as a backup.
+#[test]
+fn backups_take_the_flows_the_full_primaries_turn_away() {
+    if !have_oracles() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let syns = capture(d, 30);
+    let backup = |name: &str, limits: [Option<u32>; 3]| {
+        let p = pipeline(d, name, limits, "drop");
+        let yaml = std::fs::read_to_string(&p).unwrap();
+        let yaml = yaml.replace("01:03\", weight", "01:03\", backup: true, weight");
+        assert!(yaml.contains("backup: true"));
+        std::fs::write(&p, yaml).unwrap();
+        p
+    };
+    // Room for all: s3 takes nothing.
+    let free = backup("free.yaml", [None, None, None]);
+    let s = replay_stats(&free, &syns, &d.join("free.pcap"));
+    let dest = destinations(&d.join("free.pcap"));
+    assert_eq!(dest.len(), 60);
+    assert!(dest.values().all(|s| s != "s3"), "{dest:?}");
+    assert_eq!(s["services"]["web"]["on_backup"], 0, "{s}");
+    // s1 and s2 hold 5 each: in each batch, in the order the SYNs came, the first
+    // 10 go to them (by the choice without the backup) and the other 20 to s3.
+    let lim = backup("limited.yaml", [Some(5), Some(5), None]);
+    let s = replay_stats(&lim, &syns, &d.join("limited.pcap"));
+    let dest = destinations(&d.join("limited.pcap"));
+    assert_eq!(dest.len(), 60, "every SYN forwarded: {s}");
+    let firsts = destinations(&d.join("free.pcap"));
+    for net in ["198.51.100.", "198.51.101."] {
+        let mut held: BTreeMap<&str, u32> = BTreeMap::new();
+        for i in 1..=30 {
+            let c = format!("{net}{i}");
+            let (srv, first) = (dest[&c].as_str(), firsts[&c].as_str());
+            let room = |s: &str| held.get(s).copied().unwrap_or(0) < 5;
+            if room(first) {
+                assert_eq!(srv, first, "{c}: its first choice has room");
+            } else if room("s1") || room("s2") {
+                assert!(srv != first && srv != "s3", "{c}: to the primary with room");
+            } else {
+                assert_eq!(srv, "s3", "{c}: both primaries are full");
+            }
+            *held.entry(srv).or_default() += 1;
+        }
+        let on = |s: &str| {
+            (dest.iter())
+                .filter(|(c, v)| c.starts_with(net) && *v == s)
+                .count()
+        };
+        assert_eq!((on("s1"), on("s2"), on("s3")), (5, 5, 20), "{net}0/24");
+    }
+    assert_eq!(s["drops"]["servers_full"], serde_json::Value::Null, "{s}");
+    assert_eq!(
+        s["services"]["web"]["on_backup"], 0,
+        "an overflow is not a failover"
+    );
+    // s3 full too: refused.
+    let full = backup("full.yaml", [Some(5), Some(5), Some(15)]);
+    let s = replay_stats(&full, &syns, &d.join("full.pcap"));
+    assert_eq!(s["packets_out"], 50, "{s}");
+    assert_eq!(s["drops"]["servers_full"], 10, "{s}");
+    let o = common::flowgate()
+        .args(["check", "--pipeline"])
+        .arg(&full)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&o.stdout);
+    let line = |n: &str| {
+        (listing.lines())
+            .find(|l| l.starts_with(&format!("  server {n} ")))
+            .unwrap_or_else(|| panic!("{n} in {listing}"))
+            .to_string()
+    };
+    assert!(line("s3").starts_with("  server s3 (backup) "), "{listing}");
+    assert!(line("s3").contains(" share 0.0%"), "{listing}");
+    assert!(!line("s1").contains("backup"), "{listing}");
+}

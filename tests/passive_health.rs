@@ -622,3 +622,78 @@ wrpcap("{}", pk)
     assert_eq!(j["server_fails"]["s1"], on_s1.len() as u64, "{j}");
     assert_eq!(j["server_ejected"]["s1"], 1, "{j}");
 }
+
+/// s1 and s2 refuse connections (a reset answering each SYN) until both are taken out:
+/// their backup s3, which took nothing before, takes every new client while they are
+/// out, and nothing once they are back; the summary says when the service went to its
+/// backup and back.
+#[test]
+fn a_backup_takes_the_new_clients_while_every_primary_is_out() {
+    if !have_oracles() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = pipeline(
+        d,
+        "p.yaml",
+        &["s1", "s2", "s3"],
+        ", max_fails: 2, fail_timeout: 5",
+    );
+    let yaml = std::fs::read_to_string(&p).unwrap();
+    let yaml = yaml.replace("01:03\", max_fails", "01:03\", backup: true, max_fails");
+    assert!(yaml.contains("backup: true"));
+    std::fs::write(&p, yaml).unwrap();
+    let first = placement(d, &p, 0..20);
+    assert!(first.values().all(|s| s != "s3"), "{first:?}");
+    let mut steps: Vec<Step> = Vec::new();
+    for (&i, s) in &first {
+        let t = 1.0 + f64::from(i) / 1000.0;
+        steps.push((t, i, "syn", ""));
+        steps.push((
+            t + 0.0005,
+            i,
+            "rst",
+            MACS.iter().find(|m| m.0 == s).unwrap().0,
+        ));
+    }
+    // While they are out (5 s from about 1.25 s), and after.
+    for i in 100..130 {
+        steps.push((2.0 + f64::from(i - 100) / 1000.0, i, "syn", ""));
+    }
+    for i in 200..230 {
+        steps.push((9.0 + f64::from(i - 200) / 1000.0, i, "syn", ""));
+    }
+    let cap = capture(d, "refused.pcap", &steps);
+    let out = d.join("out.pcap");
+    let (j, told) = replay_told(&p, &cap, &out);
+    assert_eq!(j["server_ejected"]["s1"], 0, "back at the end: {j}");
+    assert_eq!(j["services"]["web"]["on_backup"], 0, "{j}");
+    let sent = syns(&out);
+    let of = |r: std::ops::Range<u32>| -> Vec<&str> {
+        (sent.iter())
+            .filter(|(c, _)| r.contains(c))
+            .map(|(_, s)| s.as_str())
+            .collect()
+    };
+    assert_eq!(of(100..130), ["s3"; 30], "while both are out");
+    let later = of(200..230);
+    assert_eq!(later.len(), 30);
+    assert!(later.iter().all(|s| *s != "s3"), "both back: {later:?}");
+    assert!(later.contains(&"s1") && later.contains(&"s2"), "{later:?}");
+    // Said in order: s3 took over when the second went out, and let go when one came back.
+    let on = told
+        .find("service web on its backup servers")
+        .unwrap_or_else(|| panic!("{told}"));
+    let back =
+        (told.find("service web back on its primary servers")).unwrap_or_else(|| panic!("{told}"));
+    assert!(on < back, "{told}");
+    assert!(
+        !told.contains("failing but kept"),
+        "a backup stands in: {told}"
+    );
+    let s3 = (told.lines())
+        .find(|l| l.starts_with("  s3 "))
+        .unwrap_or_else(|| panic!("{told}"));
+    assert!(s3.ends_with("  backup"), "{told}");
+}

@@ -117,8 +117,9 @@ pub fn render(p: &Pipeline) -> String {
             let srv = &p.servers[m.server as usize];
             let _ = writeln!(
                 s,
-                "  server {} mac {} weight {} state {:?} share {:.1}%{}",
+                "  server {}{} mac {} weight {} state {:?} share {:.1}%{}",
                 srv.name,
+                if m.backup { " (backup)" } else { "" },
                 mac(&srv.mac),
                 m.weight,
                 srv.state,

@@ -181,6 +181,20 @@ pub fn render(j: &Value) -> String {
                 ),
             ],
         );
+        let on_backup: Vec<(&String, f64)> = (svcs.iter())
+            .filter_map(|(k, v)| Some((k, num(v.get("on_backup")?)?)))
+            .collect();
+        if !on_backup.is_empty() {
+            let name = "flowgate_service_on_backup";
+            o.family(
+                name,
+                "gauge",
+                "1 while a service's backup servers take its new flows (services with backups).",
+            );
+            for (k, n) in on_backup {
+                o.sample(name, &[("service", k)], n);
+            }
+        }
         o.nested(
             "flowgate_service_server_packets_total",
             "counter",

@@ -193,6 +193,9 @@ impl Management {
                     self.events.push(format!("{at}: {why}"));
                 }
                 let next = Arc::new(Tables::build_after(p, tables.generation + 1, tables));
+                if let Some(why) = next.backup_news(tables) {
+                    self.events.push(format!("{at}: {why}"));
+                }
                 w.set_tables(Arc::clone(&next))
                     .map_err(|_| anyhow::anyhow!("passive check: tables of another shape"))?;
                 *tables = next;
@@ -266,7 +269,7 @@ fn render_summary(w: &Worker, p: &Pipeline, seconds: f64) -> String {
             let c = s.svc_server_packets[i][j];
             let _ = writeln!(
                 o,
-                "  {:<12} weight {:<6} packets {:<10} {:5.1}%",
+                "  {:<12} weight {:<6} packets {:<10} {:5.1}%{}",
                 p.servers[m.server as usize].name,
                 m.weight,
                 c,
@@ -274,7 +277,8 @@ fn render_summary(w: &Worker, p: &Pipeline, seconds: f64) -> String {
                     0.0
                 } else {
                     100.0 * c as f64 / sent as f64
-                }
+                },
+                if m.backup { "  backup" } else { "" }
             );
         }
     }

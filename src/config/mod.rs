@@ -309,6 +309,10 @@ pub struct Member {
     /// The server ([`Member::VACANT`] for a free member index).
     pub server: u16,
     pub weight: u32,
+    /// `backup: true`: the member takes the service's new flows only while no primary
+    /// member (one without it) can take them, or, under `max_flows`, those no primary
+    /// has room for ([`crate::pipeline::tier_weights`]).
+    pub backup: bool,
 }
 
 impl Member {
@@ -1006,6 +1010,7 @@ impl Pipeline {
                     *m = Member {
                         server: Member::VACANT,
                         weight: 0,
+                        backup: false,
                     };
                 }
             }
@@ -1581,6 +1586,7 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
             members.push(Member {
                 server: idx as u16,
                 weight,
+                backup: v.backup.unwrap_or(false),
             });
         }
         // Indices travel as u16 on the packet path, where u16::MAX means "none".

@@ -117,6 +117,10 @@ pub struct RawServer {
     /// Seconds (default 10): the window `max_fails` counts in, and how long it is out.
     #[serde(default)]
     pub fail_timeout: Option<u32>,
+    /// A backup of this service: it takes the service's new flows only while no other
+    /// (primary) server can (unset: false).
+    #[serde(default)]
+    pub backup: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

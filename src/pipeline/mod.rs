@@ -111,10 +111,18 @@ pub struct Tables {
     /// Shared with the tables before when the rules are the same
     /// ([`build_after`](Tables::build_after)).
     pub classifier: Arc<dyn Classifier>,
-    /// Per service: Maglev table over its members (lookup gives a member index); shared
-    /// with the tables before when its members, their order and weights and the size are
-    /// the same.
+    /// Per service: Maglev table over the members of the tier taking its new flows
+    /// ([`tier_weights`]; lookup gives a member index); shared with the tables before
+    /// when its members, their order and weights and the size are the same.
     pub maglev: Vec<Arc<Maglev>>,
+    /// Per service: each member's weight in `maglev` (by member index; 0 outside it).
+    weights: Vec<Box<[u32]>>,
+    /// Per service, while its primaries take its new flows and a backup could: the
+    /// backups' table and weights, for the new flows no primary has room for
+    /// (`max_flows`).
+    spill: Vec<Option<Spill>>,
+    /// Per service: which of its members take its new flows ([`Tiers::taking`]).
+    taking: Vec<Taking>,
     /// Server index by MAC (to recognise traffic from inside).
     pub server_by_mac: hashbrown::HashMap<Mac, u16>,
     /// `member_of[svc * servers + server]`: the member index of `server` in service
@@ -134,6 +142,12 @@ pub struct Tables {
     /// takes these between two bursts without going over every rule.
     after: Option<After>,
     pub generation: u64,
+}
+
+/// A service's backups while its primaries take its new flows (see `Tables::spill`).
+struct Spill {
+    maglev: Arc<Maglev>,
+    weights: Box<[u32]>,
 }
 
 /// What changed from the tables a [`Tables`] was built after (see `Tables::after`).
@@ -162,6 +176,31 @@ impl Tables {
                 v6_prefix,
             } => source_hash(&t.src, v4_prefix, v6_prefix),
         }
+    }
+
+    /// What changed from `prev` (the tables these replace) in which servers of the
+    /// services with backups take new flows, for the log: `service http on its backup
+    /// servers` when no primary can take its new flows any more, `service http back on
+    /// its primary servers` when one can again, `service http: no server takes new
+    /// flows` when neither can. `None` when nothing changed.
+    pub fn backup_news(&self, prev: &Tables) -> Option<String> {
+        let news: Vec<String> = (self.pipeline.services.iter().enumerate())
+            .filter(|(_, s)| !s.vacant() && s.members.iter().any(|m| m.backup))
+            .filter_map(|(i, s)| {
+                let was = (prev.pipeline.services.get(i))
+                    .filter(|o| o.name == s.name)
+                    .map_or(Taking::Primaries, |_| prev.taking[i]);
+                let now = self.taking[i];
+                (was != now).then(|| match now {
+                    Taking::Backups => format!("service {} on its backup servers", s.name),
+                    Taking::Primaries => {
+                        format!("service {} back on its primary servers", s.name)
+                    }
+                    Taking::None => format!("service {}: no server takes new flows", s.name),
+                })
+            })
+            .collect();
+        (!news.is_empty()).then(|| news.join("; "))
     }
 
     /// The QoS actions a route's selector names.
@@ -200,25 +239,46 @@ impl Tables {
             Some(t) if t.pipeline.rules() == rules => Arc::clone(&t.classifier),
             _ => Arc::from(classify::compile(rules)),
         };
-        let maglev = (0..p.services.len())
-            .map(|i| {
-                let input = maglev_input(&p, i);
-                match prev {
-                    Some(t)
-                        if i < t.pipeline.services.len()
-                            && maglev_input(&t.pipeline, i) == input =>
-                    {
-                        Arc::clone(&t.maglev[i])
-                    }
-                    _ => {
-                        let (names, size, order) = input;
-                        let mut m = Maglev::build(&names, size);
-                        m.renumber(order);
-                        Arc::new(m)
-                    }
+        let tiers: Vec<Tiers> = (0..p.services.len()).map(|i| tier_weights(&p, i)).collect();
+        // Service i's table over weights `w`; `before`'s (a table of `prev`'s service i
+        // and the weights it was built over) when that was built from the same.
+        let table = |i: usize, w: &[u32], before: Option<(&[u32], &Arc<Maglev>)>| {
+            let input = maglev_input(&p, i, w);
+            match (prev, before) {
+                (Some(q), Some((v, m))) if maglev_input(&q.pipeline, i, v) == input => {
+                    Arc::clone(m)
                 }
+                _ => {
+                    let (names, size, order) = input;
+                    let mut m = Maglev::build(&names, size);
+                    m.renumber(order);
+                    Arc::new(m)
+                }
+            }
+        };
+        let maglev = (tiers.iter().enumerate())
+            .map(|(i, t)| {
+                let before = prev
+                    .filter(|q| i < q.maglev.len())
+                    .map(|q| (&q.weights[i][..], &q.maglev[i]));
+                table(i, &t.weights, before)
             })
             .collect();
+        let spill = (tiers.iter().enumerate())
+            .map(|(i, t)| {
+                let w = t.spill.as_deref()?;
+                let before = (prev.and_then(|q| q.spill.get(i)?.as_ref()))
+                    .map(|s| (&s.weights[..], &s.maglev));
+                Some(Spill {
+                    maglev: table(i, w, before),
+                    weights: w.into(),
+                })
+            })
+            .collect();
+        let taking = (tiers.iter().zip(&p.services))
+            .map(|(t, s)| t.taking(s))
+            .collect();
+        let weights = tiers.into_iter().map(|t| t.weights.into()).collect();
         let server_by_mac = p
             .servers
             .iter()
@@ -252,6 +312,9 @@ impl Tables {
             pipeline: p,
             classifier,
             maglev,
+            weights,
+            spill,
+            taking,
             server_by_mac,
             member_of,
             express,
@@ -292,24 +355,83 @@ fn claims_changed(a: &Pipeline, b: &Pipeline) -> Vec<u16> {
         .collect()
 }
 
-/// What service `i`'s Maglev table is built from: its members' names and effective
-/// weights in the file's order (which decides Maglev's ties), the table size, and the
-/// member indices they are numbered with.
-fn maglev_input(p: &Pipeline, i: usize) -> (Vec<(&str, u32)>, usize, &[u16]) {
+/// What a Maglev table of service `i` is built from: its members' names and weights `w`
+/// (by member index) in the file's order (which decides Maglev's ties), the table size,
+/// and the member indices they are numbered with.
+fn maglev_input<'a>(
+    p: &'a Pipeline,
+    i: usize,
+    w: &[u32],
+) -> (Vec<(&'a str, u32)>, usize, &'a [u16]) {
     let s = &p.services[i];
     let names = (s.member_order.iter().map(|&j| usize::from(j)))
-        .map(|j| {
-            (
-                p.servers[s.members[j].server as usize].name.as_str(),
-                effective_weight(p, i, j),
-            )
-        })
+        .map(|j| (p.servers[s.members[j].server as usize].name.as_str(), w[j]))
         .collect();
     (names, s.table_size, &s.member_order)
 }
 
+/// The weights of a service's members in the tables that place its new flows
+/// ([`tier_weights`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tiers {
+    /// By member index: the weight in the table of the tier that takes new flows, 0 for
+    /// the members outside it (and for free member indices).
+    pub weights: Vec<u32>,
+    /// While the primaries take new flows: the backups' weights (0 for the primaries),
+    /// when one of them is above 0; they take the new flows no primary has room for.
+    pub spill: Option<Vec<u32>>,
+}
+
+/// Which members of a service take its new flows ([`Tiers::taking`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Taking {
+    Primaries,
+    Backups,
+    /// None can: a new flow is dropped as `no_server` (or rejected).
+    None,
+}
+
+impl Tiers {
+    /// Which members of service `s` (whose tiers these are) take its new flows.
+    pub fn taking(&self, s: &crate::config::Service) -> Taking {
+        let mut taking = (s.members.iter().zip(&self.weights)).filter(|(_, w)| **w > 0);
+        match taking.next() {
+            None => Taking::None,
+            Some((m, _)) if m.backup => Taking::Backups,
+            Some(_) => Taking::Primaries,
+        }
+    }
+}
+
+/// Which of service `i`'s members take its new flows, and with what weights: the
+/// primaries (members without `backup`) while any of them has an effective weight above
+/// 0 ([`effective_weight`]: up, not taken out, weight above 0); the backups when none
+/// has (all down, draining, at weight 0 or taken out by the passive check). A service
+/// of backups alone is served by them.
+pub fn tier_weights(p: &Pipeline, i: usize) -> Tiers {
+    let s = &p.services[i];
+    let mut w = vec![0; s.members.len()];
+    for &j in &s.member_order {
+        w[usize::from(j)] = effective_weight(p, i, usize::from(j));
+    }
+    let primaries = (s.members.iter().zip(&w)).any(|(m, &w)| !m.backup && w > 0);
+    if !primaries {
+        return Tiers {
+            weights: w,
+            spill: None,
+        };
+    }
+    let (weights, spill): (Vec<u32>, Vec<u32>) = (s.members.iter().zip(w))
+        .map(|(m, w)| if m.backup { (0, w) } else { (w, 0) })
+        .unzip();
+    Tiers {
+        weights,
+        spill: spill.iter().any(|&w| w > 0).then_some(spill),
+    }
+}
+
 /// The weight member `j` of service `i` has in the Maglev table, after its state and
-/// the service's policy: 0 unless the server is up; scaled by the server's slow-start
+/// the service's policy (before its tier, [`tier_weights`]): 0 unless the server is up; scaled by the server's slow-start
 /// `ramp`; `least-load` scales by `1 − load`; `response-time` by `fastest response /
 /// this response`.
 pub fn effective_weight(p: &Pipeline, i: usize, j: usize) -> u32 {
@@ -546,35 +668,33 @@ impl Worker {
         }
     }
 
-    /// `policy: least-flows`: of the members of service `i` that take new flows
-    /// (effective weight above 0) and that `ok` takes, the one with the fewest of this
-    /// worker's open flows for its weight; `start` (the flow's Maglev member) on ties.
-    /// `None` when `ok` takes none.
+    /// `policy: least-flows`: of the members of service `i` with a weight above 0 in
+    /// `weights` (a tier's, by member index) that `ok` takes, the one with the fewest of
+    /// this worker's open flows for its weight; `start` (the flow's Maglev member) on
+    /// ties. `None` when `ok` takes none.
     fn fewest_flows(
         &self,
         tables: &Tables,
         i: usize,
+        weights: &[u32],
         start: u16,
         ok: impl Fn(u16) -> bool,
     ) -> Option<u16> {
-        let p = &tables.pipeline;
-        let members = &p.services[i].members;
+        let members = &tables.pipeline.services[i].members;
         // (member, open flows, weight); fewer flows per weight wins: a/w < b/v ⇔ a·v < b·w.
         let figures = |j: u16| {
             let s = usize::from(members[usize::from(j)].server);
             let open = self.stats.server_flows.get(s).copied().unwrap_or(0);
-            (j, open, u64::from(effective_weight(p, i, usize::from(j))))
+            (j, open, u64::from(weights[usize::from(j)]))
         };
-        let mut best = (ok(start)).then(|| figures(start)).filter(|b| b.2 > 0);
+        let weighs = |j: u16| weights[usize::from(j)] > 0;
+        let mut best = (weighs(start) && ok(start)).then(|| figures(start));
         for j in 0..members.len() as u16 {
-            // A free member index (a reclaimed member) names no server.
-            if members[usize::from(j)].vacant() || j == start || !ok(j) {
+            // 0 also for a free member index (a reclaimed member), which names no server.
+            if !weighs(j) || j == start || !ok(j) {
                 continue;
             }
             let c = figures(j);
-            if c.2 == 0 {
-                continue;
-            }
             if best.is_none_or(|b| {
                 u128::from(c.1) * u128::from(b.2) < u128::from(b.1) * u128::from(c.2)
             }) {
@@ -585,12 +705,15 @@ impl Worker {
     }
 
     /// The member of service `i` a new flow with tuple `t` goes to: its slot's in the
-    /// Maglev table ([`Tables::placement_hash`]; with `policy: least-flows`,
-    /// [`Worker::fewest_flows`] from there) or, when that server holds its `max_flows` (counted in `server_overflows`),
-    /// another with room: the next member of the Maglev table with room
-    /// ([`Maglev::next_taking`](crate::balance::maglev::Maglev::next_taking)), or under
-    /// `least-flows` the one with the fewest flows for its weight. The drop reason when
-    /// none can take it: `no_server` (no server takes new flows) or `servers_full`.
+    /// Maglev table of the tier taking new flows ([`tier_weights`],
+    /// [`Tables::placement_hash`]; with `policy: least-flows`, [`Worker::fewest_flows`]
+    /// from there) or, when that server holds its `max_flows` (counted in
+    /// `server_overflows`), another with room: the next member of the Maglev table with
+    /// room ([`Maglev::next_taking`](crate::balance::maglev::Maglev::next_taking)), or
+    /// under `least-flows` the one with the fewest flows for its weight; when none has,
+    /// and the primaries are that tier, a backup with room, found the same way in the
+    /// backups' table. The drop reason when none can take it: `no_server` (no server
+    /// takes new flows) or `servers_full`.
     /// `moving`: the flow is not new but leaves a server that went down (its packets ask
     /// again until it has moved): no overflow is counted.
     #[inline]
@@ -605,8 +728,9 @@ impl Worker {
         let table = &tables.maglev[i];
         let by_hash = table.lookup(h).ok_or(DropReason::NoServer)?;
         let least = tables.pipeline.services[i].policy == Policy::LeastFlows;
+        let weights = &tables.weights[i];
         let first = if least {
-            (self.fewest_flows(tables, i, by_hash, |_| true)).unwrap_or(by_hash)
+            (self.fewest_flows(tables, i, weights, by_hash, |_| true)).unwrap_or(by_hash)
         } else {
             by_hash
         };
@@ -621,14 +745,27 @@ impl Worker {
             *n += 1;
         }
         let room = |b: u16| b != first && self.has_room(tables, server(b));
-        if least {
-            return (self.fewest_flows(tables, i, first, room)).ok_or(DropReason::ServersFull);
+        // Another member of the table with room (its walk only when one has room).
+        let other = |table: &Maglev, weights: &[u32], start: u16| {
+            if least {
+                self.fewest_flows(tables, i, weights, start, room)
+            } else if room(start) {
+                Some(start)
+            } else if table.present().iter().any(|&b| room(b)) {
+                table.next_taking(h, room)
+            } else {
+                None
+            }
+        };
+        // `first` has no room: the next of the table (under least-flows, by flows).
+        let start = if least { first } else { by_hash };
+        if let Some(b) = other(table, weights, start) {
+            return Ok(b);
         }
-        // Only walk the table when some member can take the flow.
-        if !table.present().iter().any(|&b| room(b)) {
-            return Err(DropReason::ServersFull);
-        }
-        table.next_taking(h, room).ok_or(DropReason::ServersFull)
+        // Every primary is full: the backups take the flow while one has room.
+        let spill = tables.spill[i].as_ref().ok_or(DropReason::ServersFull)?;
+        let start = spill.maglev.lookup(h).ok_or(DropReason::ServersFull)?;
+        other(&spill.maglev, &spill.weights, start).ok_or(DropReason::ServersFull)
     }
 
     /// The tables in use.
@@ -2365,6 +2502,162 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("not least-flows"), "{e}");
+    }
+
+    /// P with backups c and d (weights 100 and 300) added; `policy` if given.
+    fn with_backups(policy: Option<&str>) -> Pipeline {
+        let y = P.replace(
+            "    servers:",
+            &policy.map_or("    servers:".into(), |p| {
+                format!("    policy: {p}\n    servers:")
+            }),
+        ) + "      - { name: c, mac: \"02:00:00:00:01:03\", backup: true }\n"
+            + "      - { name: d, mac: \"02:00:00:00:01:04\", backup: true, weight: 300 }\n";
+        Pipeline::from_str(&y, Path::new("p.yaml")).unwrap()
+    }
+
+    /// Backups take no new flow while a primary can; every new flow, by their weights,
+    /// when none can (down, draining, weight 0 or taken out by the passive check); the
+    /// primaries again once one can, the backups' open flows staying.
+    #[test]
+    fn backups_take_new_flows_only_while_no_primary_can() {
+        for policy in [None, Some("least-flows")] {
+            let p = with_backups(policy);
+            let mut w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
+            let got = place_syns(&mut w, 200);
+            assert!(
+                got.iter().all(|s| matches!(s, Some(0 | 1))),
+                "{policy:?} {got:?}"
+            );
+            let t = tier_weights(&p, 0);
+            assert_eq!(
+                (t.taking(&p.services[0]), t.spill),
+                (Taking::Primaries, Some(vec![0, 0, 100, 300]))
+            );
+            type Out = fn(&mut Pipeline, usize);
+            let outs: [(&str, Out); 4] = [
+                ("down", |q, i| q.servers[i].state = ServerState::Down),
+                ("draining", |q, i| {
+                    q.servers[i].state = ServerState::Draining
+                }),
+                ("weight 0", |q, i| q.services[0].members[i].weight = 0),
+                ("taken out", |q, i| q.servers[i].ejected = true),
+            ];
+            for (k, out) in outs {
+                let mut w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
+                // a alone out: b takes everything.
+                let mut q = p.clone();
+                out(&mut q, 0);
+                w.set_tables(Arc::new(Tables::build_after(q.clone(), 2, &w.tables)))
+                    .unwrap();
+                assert!(place_syns(&mut w, 40).iter().all(|s| *s == Some(1)), "{k}");
+                // Both out: the backups, 1:3.
+                out(&mut q, 1);
+                let t = Arc::new(Tables::build_after(q.clone(), 3, &w.tables));
+                assert_eq!(
+                    t.backup_news(&w.tables).as_deref(),
+                    Some("service s on its backup servers")
+                );
+                w.set_tables(t).unwrap();
+                let before = w.stats.server_flows.clone();
+                let got: Vec<_> = (1000..1400)
+                    .map(|i| {
+                        let mut b = syn_from(i);
+                        w.process(&mut b, 0, 20);
+                        b.data()[5]
+                    })
+                    .collect();
+                let on = |m: u8| got.iter().filter(|&&x| x == m).count();
+                assert_eq!(on(3) + on(4), 400, "{k} {policy:?}");
+                if policy.is_some() {
+                    assert_eq!((on(3), on(4)), (100, 300), "{k}: least-flows by weight");
+                } else {
+                    assert!((70..=130).contains(&on(3)), "{k}: {} on c", on(3));
+                }
+                assert_eq!(
+                    &w.stats.server_flows[..2],
+                    &before[..2],
+                    "{k}: open flows stay"
+                );
+                let j = w.stats.to_json(&q);
+                assert_eq!(j["services"]["s"]["on_backup"], 1, "{k}");
+                // a back: the primaries take new flows again; the backups keep theirs.
+                let t = Arc::new(Tables::build_after(p.clone(), 4, &w.tables));
+                assert_eq!(
+                    t.backup_news(&w.tables).as_deref(),
+                    Some("service s back on its primary servers")
+                );
+                w.set_tables(t).unwrap();
+                let held = w.stats.server_flows[2] + w.stats.server_flows[3];
+                assert!(
+                    (2000..2100).all(|i| {
+                        let mut b = syn_from(i);
+                        w.process(&mut b, 0, 30);
+                        b.data()[5] <= 2
+                    }),
+                    "{k}"
+                );
+                assert_eq!(w.stats.server_flows[2] + w.stats.server_flows[3], held);
+                assert_eq!(w.stats.to_json(&p)["services"]["s"]["on_backup"], 0);
+            }
+        }
+        // Everybody out: no server, and the news says so.
+        let p = with_backups(None);
+        let mut q = p.clone();
+        for s in &mut q.servers {
+            s.state = ServerState::Down;
+        }
+        let t0 = Tables::build(p.clone(), 1);
+        let t = Tables::build_after(q, 2, &t0);
+        assert_eq!(
+            t.backup_news(&t0).as_deref(),
+            Some("service s: no server takes new flows")
+        );
+        // A service without backups has no news and no `on_backup`.
+        let plain = Pipeline::from_str(P, Path::new("p.yaml")).unwrap();
+        let mut down = plain.clone();
+        down.servers[0].state = ServerState::Down;
+        let t0 = Tables::build(plain.clone(), 1);
+        assert_eq!(Tables::build_after(down, 2, &t0).backup_news(&t0), None);
+        assert!(
+            Worker::new(Arc::new(t0)).stats.to_json(&plain)["services"]["s"]
+                .get("on_backup")
+                .is_none()
+        );
+    }
+
+    /// Under `max_flows`, the new flows no primary has room for go to the backups (by
+    /// their weights, each within its own limit); refused once they are full too.
+    #[test]
+    fn backups_take_the_new_flows_no_primary_has_room_for() {
+        for policy in [None, Some("least-flows")] {
+            let mut p = with_backups(policy);
+            p.servers[0].max_flows = Some(10);
+            p.servers[1].max_flows = Some(10);
+            p.servers[3].max_flows = Some(60);
+            let mut w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
+            let got = place_syns(&mut w, 200);
+            let on = |m: u16| got.iter().filter(|&&x| x == Some(m)).count();
+            assert_eq!((on(0), on(1)), (10, 10), "{policy:?}");
+            assert_eq!(on(3), 60, "{policy:?}: d up to its limit");
+            assert_eq!(on(2), 120, "{policy:?}: c takes the rest");
+            assert_eq!(w.stats.drops[DropReason::ServersFull as usize], 0);
+            assert_eq!(
+                w.stats.to_json(&p)["services"]["s"]["on_backup"],
+                0,
+                "overflow is not on backup"
+            );
+            // All full: refused.
+            let mut p = p.clone();
+            p.servers[2].max_flows = Some(120);
+            let mut w = Worker::new(Arc::new(Tables::build(p, 1)));
+            assert_eq!(place_syns(&mut w, 210).iter().flatten().count(), 200);
+            assert_eq!(
+                w.stats.drops[DropReason::ServersFull as usize],
+                10,
+                "{policy:?}"
+            );
+        }
     }
 
     #[test]

@@ -308,11 +308,14 @@ impl Stats {
                     json!(self.svc_server_packets[i][j]),
                 );
             }
-            services.insert(
-                s.name.clone(),
-                json!({ "flows": self.svc_flows[i], "open_flows": self.svc_open[i],
-                        "packets": self.svc_packets[i], "servers": servers }),
-            );
+            let mut svc = json!({ "flows": self.svc_flows[i], "open_flows": self.svc_open[i],
+                                  "packets": self.svc_packets[i], "servers": servers });
+            // A service with backup servers: 1 while they take its new flows.
+            if s.members.iter().any(|m| m.backup && !m.vacant()) {
+                let on = super::tier_weights(p, i).taking(s) == super::Taking::Backups;
+                svc["on_backup"] = json!(u8::from(on));
+            }
+            services.insert(s.name.clone(), svc);
         }
         let mut rules = Map::new();
         for (i, r) in p.flow_rules.iter().enumerate().filter(|(_, r)| !r.vacant()) {

@@ -834,8 +834,9 @@ fn reclaim(shared: &Shared, control: Option<&mut ControlRt>) {
 }
 
 /// Builds and publishes tables for `p` (the current ones' shape, or grown from it), its
-/// servers' slow starts applied: workers take them at their next poll. Logs `why` and
-/// the slow starts begun or done. Returns their generation.
+/// servers' slow starts applied: workers take them at their next poll. Logs `why`, the
+/// slow starts begun or done, and services going to their backup servers or back.
+/// Returns their generation.
 fn publish_tables(shared: &Shared, p: Pipeline, why: &str) -> u64 {
     publish_ramped(shared, p, Some(why))
 }
@@ -860,7 +861,8 @@ fn check_fails(shared: &Shared) {
 }
 
 /// [`publish_tables`]; without `why` (a slow start's step) it logs only the slow starts
-/// done.
+/// done and the services that go to their backup servers or back
+/// ([`Tables::backup_news`]).
 fn publish_ramped(shared: &Shared, mut p: Pipeline, why: Option<&str>) -> u64 {
     // Servers taken out by the passive health check first: one that comes back ramps.
     shared.ejections.lock().apply(&mut p);
@@ -870,14 +872,16 @@ fn publish_ramped(shared: &Shared, mut p: Pipeline, why: Option<&str>) -> u64 {
     // the build: a control-plane change of one server rebuilds only its services').
     let prev = Arc::clone(&shared.tables.lock());
     let t = Arc::new(Tables::build_after(p, g, &prev));
+    let tiers = t.backup_news(&prev);
     drop(prev);
     *shared.tables.lock() = t;
     shared.generation.store(g, Relaxed);
-    match (why, ramped.phrase()) {
-        (Some(why), Some(r)) => crate::logln!("{why}; {r} (generation {g})"),
-        (Some(why), None) => crate::logln!("{why} (generation {g})"),
-        (None, Some(r)) => crate::logln!("{r} (generation {g})"),
-        (None, None) => {}
+    let said: Vec<String> = [why.map(str::to_string), ramped.phrase(), tiers]
+        .into_iter()
+        .flatten()
+        .collect();
+    if !said.is_empty() {
+        crate::logln!("{} (generation {g})", said.join("; "));
     }
     g
 }
