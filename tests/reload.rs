@@ -568,19 +568,41 @@ fn universe(services: &[(u8, Vec<u8>)]) -> Pipeline {
     load(&services_yaml(services))
 }
 
-/// The `services:` entries of [`universe`].
+/// The `services:` entries of [`universe`]: `svc{k}` on 203.0.113.(100 + k) port 80,
+/// under `policy: least-flows` for odd `k`, with its servers `s{m}`, of which s4 and s5
+/// are backups.
 fn services_yaml(services: &[(u8, Vec<u8>)]) -> String {
     let mut y = String::new();
     for (k, members) in services {
+        let policy = if k % 2 == 1 { "least-flows" } else { "maglev" };
         y += &format!(
-            "  - name: svc{k}\n    vip: 203.0.113.{}\n    proto: tcp\n    ports: [80]\n    servers:\n",
+            "  - name: svc{k}\n    vip: 203.0.113.{}\n    proto: tcp\n    ports: [80]\n    policy: {policy}\n    servers:\n",
             100 + k
         );
         for m in members {
-            y += &format!("      - {{ name: s{m}, mac: \"02:00:00:00:09:0{m}\" }}\n");
+            let backup = if *m >= 4 { ", backup: true" } else { "" };
+            y += &format!("      - {{ name: s{m}, mac: \"02:00:00:00:09:0{m}\"{backup} }}\n");
         }
     }
     y
+}
+
+/// A SYN from client port `sp` to each service of `file` through `w` (running `p`):
+/// each goes to a server the file lists for it, a primary when it lists one.
+fn syns_reach_the_files_servers(w: &mut Worker, p: &Pipeline, file: &Pipeline, sp: u16) {
+    for s in &file.services {
+        let k: u8 = s.name.trim_start_matches("svc").parse().expect("svcK");
+        let to = send(w, p, &tcp(sp, [203, 0, 113, 100 + k], 80, 0x02), 1_000);
+        let names: Vec<(&str, bool)> = (s.members.iter())
+            .map(|m| (file.servers[usize::from(m.server)].name.as_str(), m.backup))
+            .collect();
+        let primaries = names.iter().any(|(_, b)| !b);
+        assert!(
+            names.iter().any(|(n, b)| *n == to && (!primaries || !b)),
+            "{} to {to}, not one of {names:?}",
+            s.name
+        );
+    }
 }
 
 /// [`universe`] with the pattern rules `rules` instead of `voice`: rule `r{k}` matches UDP
@@ -1195,6 +1217,7 @@ proptest::proptest! {
             proptest::prop_assert_eq!(order, want);
             g += 1;
             proptest::prop_assert!(w.set_tables(Arc::new(Tables::build(next.clone(), g))).is_ok());
+            syns_reach_the_files_servers(&mut w, &next, &file, 1000 + g as u16);
             p = next;
             if !free {
                 continue;
@@ -1230,6 +1253,7 @@ proptest::proptest! {
                 same_choices(&r, &file);
                 g += 1;
                 proptest::prop_assert!(w.set_tables(Arc::new(Tables::build(r.clone(), g))).is_ok());
+                syns_reach_the_files_servers(&mut w, &r, &file, 1000 + g as u16);
                 p = r;
             }
         }
