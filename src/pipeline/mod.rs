@@ -2779,6 +2779,10 @@ mod tests {
                 members.iter().map(|&i| srv(i)).collect::<String>()
             )
         };
+        // s2 and s3 as backups of s0 and s1.
+        let tiered = svc("tiered", 40, "maglev", &[0, 1, 2, 3])
+            .replace("01:02\", state", "01:02\", backup: true, state")
+            .replace("01:03\", state", "01:03\", backup: true, state");
         let flows = if rule {
             "flows:\n  - { name: r, match: { proto: udp, dst_port: 53 }, to: gateway }\n"
         } else {
@@ -2788,16 +2792,28 @@ mod tests {
             "system: {{ mac: \"02:00:00:00:00:01\", gateway: \"02:00:00:00:00:fe\" }}\nservices:\n{}{}{}{flows}",
             svc("web", 10, "maglev", &[0, 1]),
             svc("api", 20, "least-load", &[1, 2]),
-            svc("dns", 30, "maglev", &[3])
+            svc("dns", 30, "maglev", &[3]) + &tiered
         );
+        assert_eq!(y.matches("backup: true").count(), 2);
         Pipeline::from_str(&y, Path::new("p.yaml")).unwrap()
     }
 
     /// Every slot of every service's Maglev table of `a` names the member `b`'s does.
     fn same_maglev(a: &Tables, b: &Tables) -> bool {
+        let same = |x: &Maglev, y: &Maglev| {
+            x.len() == y.len() && (0..x.len() as u64).all(|h| x.lookup(h) == y.lookup(h))
+        };
+        fn spill(t: &Tables, i: usize) -> Option<(&Arc<Maglev>, &[u32])> {
+            t.spill[i].as_ref().map(|s| (&s.maglev, &s.weights[..]))
+        }
         a.maglev.len() == b.maglev.len()
-            && (a.maglev.iter().zip(&b.maglev)).all(|(x, y)| {
-                x.len() == y.len() && (0..x.len() as u64).all(|h| x.lookup(h) == y.lookup(h))
+            && (a.maglev.iter().zip(&b.maglev)).all(|(x, y)| same(x, y))
+            && a.weights == b.weights
+            && a.taking == b.taking
+            && (0..a.maglev.len()).all(|i| match (spill(a, i), spill(b, i)) {
+                (None, None) => true,
+                (Some((x, v)), Some((y, w))) => same(x, y) && v == w,
+                _ => false,
             })
     }
 
