@@ -496,6 +496,22 @@ fn bads() -> Vec<Bad> {
             "fail_timeout 0 is not in 1..=3600 seconds",
         ),
         bad(
+            "a rate limit of no new flows",
+            13,
+            "    qos: gold\n    rate_limit: { per_source: 0 }",
+            14,
+            "services[0].rate_limit.per_source",
+            "per_source 0 is not in 1..=10000000",
+        ),
+        bad(
+            "a rate limit's burst out of range",
+            13,
+            "    qos: gold\n    rate_limit:\n      per_source: 5\n      burst: 20000000",
+            16,
+            "services[0].rate_limit.burst",
+            "burst 20000000 is not in 1..=10000000",
+        ),
+        bad(
             "backup not a boolean",
             16,
             "        mac: \"02:00:00:00:01:01\"\n        backup: maybe",

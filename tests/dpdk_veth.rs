@@ -2425,3 +2425,44 @@ fn run_af_packet_takes_a_udp_server_refusing_datagrams_out() {
     assert_eq!(j["server_ejected"]["h1"], 1, "{j}");
     assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
 }
+
+/// `rate_limit` with a real client's kernel: of ten connections opened one after the
+/// other, with 5 a second and 5 at once allowed, the first five are answered at once;
+/// the sixth's SYN is dropped and the kernel's retransmission a second later gets
+/// through (by then the bucket is full again), and so do the rest, at once. One SYN
+/// refused in all.
+#[test]
+fn run_af_packet_holds_a_client_to_its_connection_rate() {
+    let Some((_one, mut t, _www)) = setup(19) else {
+        return;
+    };
+    name_servers_on_9001(&mut t);
+    let svc = "  - name: limited\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [9001]\n    \
+               rate_limit: { per_source: 5, burst: 5 }\n    servers:\n      \
+               - { name: h1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, port: inside }\n      \
+               - { name: h2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, port: inside }\n";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stats = start_flowgate(&mut t, dir.path(), svc, "");
+    first_answer(&t, URL4);
+    wait_listening(&mut t, &["s1", "s2"], false, 9001, &stats);
+    let got = connect_9001(&mut t, 10, &stats);
+    assert_eq!(got.len(), 10, "{got:?}");
+    let slow: Vec<usize> = (0..10).filter(|&i| got[i].1 > 0.9).collect();
+    assert_eq!(
+        slow,
+        [5],
+        "only the sixth waited for its SYN again: {got:?}"
+    );
+    assert!(got[5].1 < 2.0, "{got:?}");
+    wait_stats(
+        &mut t,
+        &stats,
+        Duration::from_secs(3),
+        "a refusal in the stats",
+        |j| j["services"]["limited"]["rate_limited"] == 1,
+    );
+    stop(&mut t);
+    let j = stats_now(&stats);
+    assert_eq!(j["drops"]["rate_limited"], 1, "{j}");
+    assert_eq!(j["services"]["limited"]["flows"], 10, "{j}");
+}

@@ -417,3 +417,152 @@ fn backups_take_the_flows_the_full_primaries_turn_away() {
     assert!(line("s3").contains(" share 0.0%"), "{listing}");
     assert!(!line("s1").contains("backup"), "{listing}");
 }
+
+/// `rate_limit`: each client may open `per_source` connections a second, `burst` at
+/// once. A client that opens 30 connections in 0.3 s gets exactly those a token bucket
+/// (worked out here, in whole microseconds, from the capture's own times as tshark
+/// reads them) admits; a client beside it is not held back; a second SYN of an admitted
+/// connection and its ACK pass; once idle, the client has its burst again. The
+/// refused SYNs are counted (stats, Prometheus) and `check` lists the limit.
+#[test]
+fn rate_limits_hold_each_client_to_its_rate() {
+    if !have_oracles() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = pipeline(d, "limited.yaml", [None; 3], "drop");
+    let yaml = std::fs::read_to_string(&p).unwrap().replace(
+        "    policy: maglev\n",
+        "    policy: maglev\n    rate_limit: { per_source: 10, burst: 5 }\n",
+    );
+    assert!(yaml.contains("rate_limit"));
+    std::fs::write(&p, yaml).unwrap();
+    let cap = d.join("clients.pcap");
+    scapy(&format!(
+        r#"
+from scapy.all import *
+pk = []
+def syn(c, sp, t, flags="S"):
+    p = Ether(src="02:00:00:00:00:fe", dst="02:00:00:00:00:01")/IP(src=c, dst="203.0.113.10")/TCP(sport=sp, dport=80, flags=flags, seq=1000, ack=0 if flags == "S" else 5001)
+    p.time = t
+    pk.append(p)
+for k in range(30):
+    syn("198.51.100.7", 1000 + k, 1.0 + k * 0.01)
+for k in range(5):
+    syn("198.51.100.8", 2000 + k, 1.05 + k * 0.001)
+syn("198.51.100.7", 1000, 1.5)
+syn("198.51.100.7", 1001, 1.5, "A")
+for k in range(7):
+    syn("198.51.100.7", 3000 + k, 3.0 + k * 0.001)
+pk.sort(key=lambda p: p.time)
+wrpcap("{}", pk)
+"#,
+        cap.display()
+    ));
+    let out = d.join("limited.out.pcap");
+    let prom = d.join("limited.prom");
+    let stats = d.join("limited.json");
+    common::replay_with(
+        &p,
+        &cap,
+        &out,
+        &[
+            "--prometheus".as_ref(),
+            prom.as_os_str(),
+            "--stats-json".as_ref(),
+            stats.as_os_str(),
+        ],
+    );
+    // (time in µs, client, source port, SYN only) of each frame of `f`.
+    let frames = |f: &Path| -> Vec<(u64, String, u16, bool)> {
+        tshark(
+            f,
+            &[
+                "-T",
+                "fields",
+                "-E",
+                "separator=;",
+                "-e",
+                "frame.time_epoch",
+                "-e",
+                "ip.src",
+                "-e",
+                "tcp.srcport",
+                "-e",
+                "tcp.flags.ack",
+            ],
+        )
+        .into_iter()
+        .map(|l| {
+            let f: Vec<&str> = l.split(';').collect();
+            let (s, frac) = f[0].split_once('.').expect("seconds.fraction");
+            let us = s.parse::<u64>().unwrap() * 1_000_000 + frac[..6].parse::<u64>().unwrap();
+            let ack = f[3] == "1" || f[3] == "True";
+            (us, f[1].to_string(), f[2].parse().unwrap(), !ack)
+        })
+        .collect()
+    };
+    // The model: a bucket of 5 per client, full at first sight, 10 a second (in
+    // millionths of a token: 10 per µs); a SYN takes one when there is one.
+    let mut buckets: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut want = Vec::new();
+    for (t, c, sp, syn) in frames(&cap) {
+        if !syn || (c == "198.51.100.7" && sp == 1000 && t == 1_500_000) {
+            want.push((c, sp)); // an open connection's packets
+            continue;
+        }
+        let (tokens, last) = buckets.entry(c.clone()).or_insert((5_000_000, t));
+        *tokens = (*tokens + (t - *last) * 10).min(5_000_000);
+        *last = t;
+        if *tokens >= 1_000_000 {
+            *tokens -= 1_000_000;
+            want.push((c, sp));
+        }
+    }
+    let got: Vec<(String, u16)> = frames(&out)
+        .into_iter()
+        .map(|(_, c, sp, _)| (c, sp))
+        .collect();
+    assert_eq!(got, want);
+    let of = |c: &str| got.iter().filter(|(x, _)| x == c).count();
+    assert_eq!(of("198.51.100.8"), 5, "the other client is not held back");
+    let first: Vec<u16> = (got.iter())
+        .filter(|(c, sp)| c == "198.51.100.7" && (1000..1030).contains(sp))
+        .map(|(_, sp)| *sp)
+        .collect();
+    assert_eq!(
+        first,
+        [1000, 1001, 1002, 1003, 1004, 1010, 1020, 1000, 1001],
+        "{got:?}"
+    );
+    let later = (got.iter())
+        .filter(|(_, sp)| (3000..3007).contains(sp))
+        .count();
+    assert_eq!(later, 5, "the whole burst again");
+    let refused = (30 + 5 + 2 + 7 - got.len()) as u64;
+    assert_eq!(refused, 23 + 2);
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert_eq!(s["drops"]["rate_limited"], refused, "{s}");
+    assert_eq!(s["services"]["web"]["rate_limited"], refused, "{s}");
+    let text = std::fs::read_to_string(&prom).unwrap();
+    for line in [
+        format!("flowgate_service_rate_limited_total{{service=\"web\"}} {refused}"),
+        format!("flowgate_drops_total{{reason=\"rate_limited\"}} {refused}"),
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
+    let o = common::flowgate()
+        .args(["check", "--pipeline"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        listing.contains(
+            "  rate_limit 10 new flows a second per client (IPv4 /32, IPv6 /64), 5 at once"
+        ),
+        "{listing}"
+    );
+}

@@ -48,17 +48,32 @@ pub fn tuple_hash(t: &Tuple) -> u64 {
 /// that share their bits still place apart.
 #[inline]
 pub fn source_hash(a: &[u8; 16], v4_prefix: u8, v6_prefix: u8) -> u64 {
+    let (keep, masked) = source_prefix(a, v4_prefix, v6_prefix);
+    let h = mix(0x5eed_a1f1_u64 ^ u64::from(keep) ^ (masked >> 64) as u64);
+    mix(h ^ masked as u64)
+}
+
+/// The client network of address `a` (IPv4-mapped or IPv6): `a` cut to `v4_prefix` or
+/// `v6_prefix` bits, the rest zero (an IPv4 client's keeps its mapping, so it never
+/// equals an IPv6 one's).
+pub fn source_key(a: &[u8; 16], v4_prefix: u8, v6_prefix: u8) -> [u8; 16] {
+    source_prefix(a, v4_prefix, v6_prefix).1.to_be_bytes()
+}
+
+/// The bits of `a` kept (counted over the whole 128-bit, mapped, address) and `a` with
+/// the rest zeroed.
+fn source_prefix(a: &[u8; 16], v4_prefix: u8, v6_prefix: u8) -> (u32, u128) {
     let mapped = a[..10].iter().all(|&b| b == 0) && a[10] == 0xff && a[11] == 0xff;
-    // Bits kept, counted over the whole 128-bit (mapped) address.
     let keep = if mapped {
         96 + u32::from(v4_prefix.min(32))
     } else {
         u32::from(v6_prefix.min(128))
     };
     let v = u128::from_be_bytes(*a);
-    let masked = v.checked_shr(128 - keep).map_or(0, |x| x << (128 - keep));
-    let h = mix(0x5eed_a1f1_u64 ^ u64::from(keep) ^ (masked >> 64) as u64);
-    mix(h ^ masked as u64)
+    (
+        keep,
+        v.checked_shr(128 - keep).map_or(0, |x| x << (128 - keep)),
+    )
 }
 
 /// Deterministic 64-bit hash of a byte string (FNV-1a, then mixed), for server names.
@@ -104,6 +119,27 @@ mod tests {
         // The prefix length is part of the hash; the whole address at /128.
         assert_ne!(source_hash(&x, 32, 64), source_hash(&x, 32, 48));
         assert_ne!(source_hash(&x, 32, 128), source_hash(&y, 32, 128));
+    }
+
+    #[test]
+    fn source_key_is_the_client_network() {
+        let a = source_key(&v4_mapped([198, 51, 100, 7]), 24, 64);
+        assert_eq!(a, v4_mapped([198, 51, 100, 0]));
+        assert_eq!(
+            source_key(&v4_mapped([198, 51, 100, 7]), 32, 64),
+            v4_mapped([198, 51, 100, 7])
+        );
+        let x = source_key(&v6("2001:db8:1:2:abcd::99"), 32, 64);
+        assert_eq!(x, v6("2001:db8:1:2::"));
+        assert_eq!(
+            source_key(&v6("2001:db8:1:2::10"), 32, 48),
+            v6("2001:db8:1::")
+        );
+        // An IPv4 client's network keeps its mapping: never an IPv6 one's.
+        assert_eq!(
+            source_key(&v4_mapped([10, 0, 0, 1]), 8, 64),
+            v4_mapped([10, 0, 0, 0])
+        );
     }
 
     #[test]

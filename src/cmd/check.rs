@@ -112,6 +112,13 @@ pub fn render(p: &Pipeline) -> String {
                 "drop"
             }
         );
+        if let Some(r) = &svc.rate_limit {
+            let _ = writeln!(
+                s,
+                "  rate_limit {} new flows a second per client (IPv4 /{}, IPv6 /{}), {} at once",
+                r.per_source, r.v4_prefix, r.v6_prefix, r.burst
+            );
+        }
         let shares = t.maglev[i].shares(svc.members.len());
         for (j, m) in svc.members.iter().enumerate().filter(|(_, m)| !m.vacant()) {
             let srv = &p.servers[m.server as usize];

@@ -181,18 +181,29 @@ pub fn render(j: &Value) -> String {
                 ),
             ],
         );
-        let on_backup: Vec<(&String, f64)> = (svcs.iter())
-            .filter_map(|(k, v)| Some((k, num(v.get("on_backup")?)?)))
-            .collect();
-        if !on_backup.is_empty() {
-            let name = "flowgate_service_on_backup";
-            o.family(
-                name,
+        // Keys only some services have: a family of those that do.
+        for (key, name, kind, help) in [
+            (
+                "on_backup",
+                "flowgate_service_on_backup",
                 "gauge",
                 "1 while a service's backup servers take its new flows (services with backups).",
-            );
-            for (k, n) in on_backup {
-                o.sample(name, &[("service", k)], n);
+            ),
+            (
+                "rate_limited",
+                "flowgate_service_rate_limited_total",
+                "counter",
+                "New flows a service's rate_limit refused (services with one).",
+            ),
+        ] {
+            let have: Vec<(&String, f64)> = (svcs.iter())
+                .filter_map(|(k, v)| Some((k, num(v.get(key)?)?)))
+                .collect();
+            if !have.is_empty() {
+                o.family(name, kind, help);
+                for (k, n) in have {
+                    o.sample(name, &[("service", k)], n);
+                }
             }
         }
         o.nested(

@@ -219,6 +219,22 @@ impl Affinity {
     pub const SOURCE_V6_PREFIX: u8 = 64;
 }
 
+/// A service's `rate_limit`: how many new flows each client may open (a token bucket
+/// per client: `per_source` a second, up to `burst` at once). A client is its source
+/// address cut to `v4_prefix` or `v6_prefix` bits, as in [`Affinity::Source`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_source: u32,
+    pub burst: u32,
+    pub v4_prefix: u8,
+    pub v6_prefix: u8,
+}
+
+impl RateLimit {
+    /// The most a `rate_limit` may say, a second or at once.
+    pub const MAX: u32 = 10_000_000;
+}
+
 /// Administrative state of a server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServerState {
@@ -386,6 +402,9 @@ pub struct Service {
     /// (ICMPv6) port unreachable from the VIP, so its client fails at once; else (`drop`,
     /// the default) it is dropped.
     pub reject: bool,
+    /// New flows each client may open (`None`: no limit); see
+    /// `Worker::admit` in [`crate::pipeline`].
+    pub rate_limit: Option<RateLimit>,
     /// Removed from the file by a reload ([`Pipeline::regrow`]) but kept so that its
     /// open flows go on: it matches no new traffic and owns no address.
     /// [`Pipeline::reclaim`] frees its index once its last flow ended.
@@ -1445,6 +1464,10 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
             }
         };
         let affinity = affinity(cx, s.affinity.as_ref(), &at("affinity"))?;
+        let rate_limit = match &s.rate_limit {
+            None => None,
+            Some(r) => Some(rate_limit(cx, r, &at("rate_limit"))?),
+        };
         if policy == Policy::LeastFlows && affinity != Affinity::Connection {
             return Err(cx.err(
                 &at("affinity"),
@@ -1609,6 +1632,7 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
             members,
             table_size,
             reject,
+            rate_limit,
             retired: false,
         });
     }
@@ -1773,11 +1797,7 @@ fn affinity(
         Some(RawAffinity::Name(n)) => (n.as_str(), None, None, path.to_vec()),
         Some(RawAffinity::Spec(s)) => (s.by.as_str(), s.ipv4_prefix, s.ipv6_prefix, sub("by")),
     };
-    let prefix = |v: Option<u64>, default: u8, max: u8, k: &'static str| match v {
-        None => Ok(default),
-        Some(n) if (1..=u64::from(max)).contains(&n) => Ok(n as u8),
-        Some(n) => Err(cx.err(&sub(k), format!("{k} {n} is not in 1..={max}"))),
-    };
+    let prefix = |v, default, max, k| prefix_len(cx, &sub(k), v, default, max, k);
     match by {
         "connection" if v4.is_none() && v6.is_none() => Ok(Affinity::Connection),
         "connection" => Err(cx.err(
@@ -1793,6 +1813,53 @@ fn affinity(
             format!("unknown affinity {x:?} (connection, source)"),
         )),
     }
+}
+
+/// A client prefix length `v` (key `k` at `path`) in 1..=`max`; `default` when absent.
+fn prefix_len(
+    cx: &Ctx,
+    path: &[locate::Seg],
+    v: Option<u64>,
+    default: u8,
+    max: u8,
+    k: &str,
+) -> Result<u8, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(n) if (1..=u64::from(max)).contains(&n) => Ok(n as u8),
+        Some(n) => Err(cx.err(path, format!("{k} {n} is not in 1..={max}"))),
+    }
+}
+
+/// A service's `rate_limit:`.
+fn rate_limit(
+    cx: &Ctx,
+    r: &raw::RawRateLimit,
+    path: &[locate::Seg],
+) -> Result<RateLimit, ConfigError> {
+    let at = |k: &'static str| {
+        let mut v = path.to_vec();
+        v.push(Key(k));
+        v
+    };
+    let count = |n: u64, k: &'static str| match u32::try_from(n) {
+        Ok(n) if (1..=RateLimit::MAX).contains(&n) => Ok(n),
+        _ => Err(cx.err(&at(k), format!("{k} {n} is not in 1..={}", RateLimit::MAX))),
+    };
+    let per_source = count(r.per_source, "per_source")?;
+    let burst = count(r.burst.unwrap_or(u64::from(per_source)), "burst")?;
+    let prefix = |v, default, max, k| prefix_len(cx, &at(k), v, default, max, k);
+    Ok(RateLimit {
+        per_source,
+        burst,
+        v4_prefix: prefix(r.ipv4_prefix, Affinity::SOURCE_V4_PREFIX, 32, "ipv4_prefix")?,
+        v6_prefix: prefix(
+            r.ipv6_prefix,
+            Affinity::SOURCE_V6_PREFIX,
+            128,
+            "ipv6_prefix",
+        )?,
+    })
 }
 
 fn range16(cx: &Ctx, r: &RawRange, path: &[locate::Seg]) -> Result<Range<u16>, ConfigError> {

@@ -81,7 +81,26 @@ pub struct RawService {
     /// `drop` (default) or `reject`: what a new flow gets when no server can take it.
     #[serde(default)]
     pub no_server: Option<String>,
+    /// New flows a second each client may open (unset: no limit).
+    #[serde(default)]
+    pub rate_limit: Option<RawRateLimit>,
     pub servers: Vec<RawServer>,
+}
+
+/// A service's `rate_limit`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    /// New flows a second each client may open.
+    pub per_source: u64,
+    /// The most it may open at once (default: `per_source`).
+    #[serde(default)]
+    pub burst: Option<u64>,
+    /// What one client is: its address cut to these prefixes (defaults 32 and 64).
+    #[serde(default)]
+    pub ipv4_prefix: Option<u64>,
+    #[serde(default)]
+    pub ipv6_prefix: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

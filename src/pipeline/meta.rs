@@ -258,4 +258,7 @@ drop_reasons! {
     /// than one mbuf's data room (a port's `mtu` in the conf sizes the mbufs for it);
     /// flowgate reads a frame from one segment only, so it is not forwarded cut short.
     Segmented => "segmented",
+    /// A new flow of a service over its client's `rate_limit` (a TCP SYN, or the first
+    /// datagram of another protocol's flow).
+    RateLimited => "rate_limited",
 }

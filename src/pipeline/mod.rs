@@ -32,9 +32,11 @@ pub mod reply;
 pub mod stats;
 
 use crate::action::{self, PacketBuf};
-use crate::balance::{maglev::Maglev, source_hash, tuple_hash};
+use crate::balance::{maglev::Maglev, source_hash, source_key, tuple_hash};
 use crate::classify::{self, Classifier, Decision, Key};
-use crate::config::{Affinity, Forwarding, Mac, Pipeline, Policy, QosActions, ServerState, Target};
+use crate::config::{
+    Affinity, Forwarding, Mac, Pipeline, Policy, QosActions, RateLimit, ServerState, Target,
+};
 use crate::flow::{
     FlowKey, FlowTable, FragKey, Inserted, LruTable, Owner, TcpState, tcp_flags, tcp_next,
 };
@@ -508,8 +510,32 @@ pub struct Worker {
     /// The latest time [`expire`](Worker::expire) was called with: when new timeouts
     /// from [`set_tables`](Worker::set_tables) take effect.
     clock: u64,
-    /// This worker's part of each server's `max_flows`.
+    /// This worker's part of each server's `max_flows` (and of each `rate_limit`).
     share: Share,
+    /// Per client of a rate-limited service: when its bucket is next full
+    /// ([`Worker::admit`]); made when a pipeline first has a `rate_limit`.
+    limits: Option<LruTable<LimitKey, u64>>,
+}
+
+/// A client of a rate-limited service: the service and the client's network
+/// ([`source_key`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+struct LimitKey {
+    service: u16,
+    client: [u8; 16],
+}
+
+/// Clients of rate-limited services each worker keeps a bucket for; past that the
+/// client idle the longest is forgotten (and starts again with its whole burst).
+pub const LIMIT_CAPACITY: usize = 65536;
+/// How long a client's bucket is kept after its last new flow (ns): a client idle that
+/// long starts again with its whole burst.
+pub const LIMIT_IDLE_NS: u64 = 60_000_000_000;
+
+/// A table of rate-limit buckets, when `p` has a service with a `rate_limit`.
+fn limits_for(p: &Pipeline) -> Option<LruTable<LimitKey, u64>> {
+    (p.services.iter().any(|s| s.rate_limit.is_some()))
+        .then(|| LruTable::new(LIMIT_CAPACITY, &[LIMIT_IDLE_NS]))
 }
 
 /// Which part of a server's `max_flows` one worker admits: worker `index` of `of`
@@ -635,6 +661,7 @@ impl Worker {
             sweep_at: None,
             clock: 0,
             share: Share::ALL,
+            limits: limits_for(p),
             tables,
         }
     }
@@ -768,6 +795,35 @@ impl Worker {
         other(&spill.maglev, &spill.weights, start).ok_or(DropReason::ServersFull)
     }
 
+    /// `rate_limit`: whether the client with source address `src` may open one more
+    /// flow of service `i` at `now`. The generic cell rate algorithm, a token bucket's
+    /// exact equivalent in one number per client: the time its bucket is next full
+    /// (`tat`); a flow is admitted while that is at most `burst − 1` intervals ahead,
+    /// and moves it one interval on. Each of W workers admits its part: one flow each
+    /// `W / per_source` s, and its share of `burst` (at least 1).
+    fn admit(&mut self, rl: &RateLimit, i: u16, src: &[u8; 16], now: u64) -> bool {
+        let Some(t) = self.limits.as_mut() else {
+            return true;
+        };
+        let interval = 1_000_000_000 * u64::from(self.share.of) / u64::from(rl.per_source);
+        let ahead = u64::from(self.share.of(rl.burst).max(1) - 1) * interval;
+        let key = LimitKey {
+            service: i,
+            client: source_key(src, rl.v4_prefix, rl.v6_prefix),
+        };
+        let Some(h) = t.find(&key) else {
+            t.insert(key, now + interval, 0, now);
+            return true;
+        };
+        let tat = (*t.get(h)).max(now);
+        t.touch(h, 0, now);
+        if tat - now > ahead {
+            return false;
+        }
+        *t.get_mut(h) = tat + interval;
+        true
+    }
+
     /// The tables in use.
     pub fn tables(&self) -> &Arc<Tables> {
         &self.tables
@@ -837,6 +893,10 @@ impl Worker {
         }
         // One mark per rule (grows, allocating, only when a reload added rules).
         self.sweep_pending.resize(p1.flow_rules.len(), false);
+        // Buckets for the first rate limit a reload brings (allocates then only).
+        if self.limits.is_none() {
+            self.limits = limits_for(p1);
+        }
         let claims = match after {
             Some(a) => std::borrow::Cow::Borrowed(&a.claims[..]),
             None => std::borrow::Cow::Owned(claims_changed(p0, p1)),
@@ -936,6 +996,9 @@ impl Worker {
         let n = self.flows.expire(now, max, |f| stats.flow_out(f));
         self.stats.flows_expired += n as u64;
         self.frags.expire(now, max, |_, _| {});
+        if let Some(l) = self.limits.as_mut() {
+            l.expire(now, max, |_, _| {});
+        }
     }
 
     /// The frames the last [`process`](Worker::process) or
@@ -1383,6 +1446,14 @@ impl Worker {
         match d {
             Decision::Service(i) if create => {
                 let i = i as u16;
+                if let Some(rl) = &p.services[usize::from(i)].rate_limit
+                    && (m.tuple.proto != 6 || syn_only(m.tcp_flags))
+                    && !self.admit(rl, i, &m.tuple.src, now)
+                {
+                    self.stats.svc_limited[usize::from(i)] += 1;
+                    drop_into(out, DropReason::RateLimited);
+                    return None;
+                }
                 let member = match self.place(tables, usize::from(i), &m.tuple, false) {
                     Ok(member) => member,
                     Err(why) => {
@@ -2658,6 +2729,108 @@ mod tests {
                 "{policy:?}"
             );
         }
+    }
+
+    /// A TCP frame from client address 198.51.100.`c` port `sp` to the VIP with `flags`.
+    fn tcp_from(c: u8, sp: u16, flags: u8) -> crate::action::FrameBuf {
+        use crate::r#gen::frame::{Tags, begin, finish, tcp};
+        let mut f = Vec::new();
+        let src = std::net::IpAddr::from([198, 51, 100, c]);
+        let lay = begin(
+            &mut f,
+            [2, 0, 0, 0, 0, 1],
+            [2, 0, 0, 0, 0, 0xfe],
+            &Tags::NONE,
+            src,
+            "192.0.2.10".parse().unwrap(),
+            6,
+            1,
+        );
+        tcp(&mut f, sp, 80, 1, 0, flags);
+        finish(&mut f, lay);
+        let mut b = crate::action::FrameBuf::new(256);
+        assert!(b.load(&f));
+        b
+    }
+
+    /// `rate_limit`: a client's SYNs beyond its burst are refused until time earns it
+    /// more (one each 1/per_source s); other clients have their own; packets of a
+    /// connection already open, and a non-SYN packet that adopts one (a connection
+    /// opened through another intermediate system), are not new connections; a prefix
+    /// puts a network's clients in one bucket; W workers each admit their part.
+    #[test]
+    fn rate_limit_admits_a_burst_then_one_per_interval_per_client() {
+        use crate::r#gen::frame::flags::{ACK, SYN};
+        const MS: u64 = 1_000_000;
+        let y = P.replace(
+            "    servers:",
+            "    rate_limit: { per_source: 10, burst: 5 }\n    servers:",
+        );
+        let p = Pipeline::from_str(&y, Path::new("p.yaml")).unwrap();
+        let mut w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
+        let try_at = |w: &mut Worker, c: u8, sp: u16, flags: u8, t: u64| {
+            w.process(&mut tcp_from(c, sp, flags), 0, t).route.is_some()
+        };
+        // 30 SYNs 10 ms apart: 5 at once, then one each 100 ms (at 100 and 200 ms).
+        let got: Vec<u64> = (0..30u16)
+            .filter(|&k| {
+                try_at(
+                    &mut w,
+                    7,
+                    1000 + k,
+                    SYN,
+                    1_000 * MS + u64::from(k) * 10 * MS,
+                )
+            })
+            .map(|k| u64::from(k) * 10)
+            .collect();
+        assert_eq!(got, [0, 10, 20, 30, 40, 100, 200]);
+        assert_eq!(w.stats.drops[DropReason::RateLimited as usize], 23);
+        assert_eq!(w.stats.svc_limited, [23]);
+        // Another client has its own burst; an admitted connection's packets pass.
+        assert!((0..5).all(|k| try_at(&mut w, 8, 2000 + k, SYN, 1_300 * MS)));
+        assert!(!try_at(&mut w, 8, 2005, SYN, 1_300 * MS));
+        assert!(try_at(&mut w, 7, 1000, ACK, 1_300 * MS), "open connection");
+        assert!(try_at(&mut w, 7, 1000, SYN, 1_300 * MS), "its SYN again");
+        // A mid-connection packet the table does not know is no new connection.
+        assert!(try_at(&mut w, 7, 3000, ACK, 1_300 * MS));
+        // Idle a second: the whole burst again, no more.
+        let again = (0..7u16).filter(|&k| try_at(&mut w, 7, 4000 + k, SYN, 2_500 * MS));
+        assert_eq!(again.count(), 5);
+        let j = w.stats.to_json(&p);
+        assert_eq!(j["services"]["s"]["rate_limited"], 23 + 1 + 2, "{j}");
+        assert_eq!(j["drops"]["rate_limited"], 26);
+
+        // One /24 is one client.
+        let y24 = y.replace("burst: 5 }", "burst: 5, ipv4_prefix: 24 }");
+        let p = Pipeline::from_str(&y24, Path::new("p.yaml")).unwrap();
+        let mut w = Worker::new(Arc::new(Tables::build(p, 1)));
+        let n = (0..10u8)
+            .filter(|&c| try_at(&mut w, 10 + c, 1000, SYN, 10))
+            .count();
+        assert_eq!(n, 5);
+        // Worker 0 of 2: 5 a second (one each 200 ms), a burst of 3.
+        let p = Pipeline::from_str(&y, Path::new("p.yaml")).unwrap();
+        let mut w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
+        w.set_share(Share::new(0, 2).unwrap());
+        let got: Vec<u64> = (0..50u16)
+            .filter(|&k| try_at(&mut w, 7, 1000 + k, SYN, u64::from(k) * 10 * MS))
+            .map(|k| u64::from(k) * 10)
+            .collect();
+        assert_eq!(got, [0, 10, 20, 200, 400], "{got:?}");
+        // No limit: everything passes, and no buckets are kept.
+        let plain = Pipeline::from_str(P, Path::new("p.yaml")).unwrap();
+        let mut w = Worker::new(Arc::new(Tables::build(plain, 1)));
+        assert!((0..50).all(|k| try_at(&mut w, 7, 1000 + k, SYN, 10)));
+        assert!(w.limits.is_none());
+        // A reload that brings a limit brings the buckets.
+        w.set_tables(Arc::new(Tables::build(p, 2))).unwrap();
+        assert_eq!(
+            (0..10)
+                .filter(|&k| try_at(&mut w, 9, 1000 + k, SYN, 20))
+                .count(),
+            5
+        );
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub struct Stats {
     /// gauge kept the same way.
     pub svc_open: Vec<u64>,
     pub rule_open: Vec<u64>,
+    /// Per service: new flows refused by its `rate_limit` (also in `drops`).
+    pub svc_limited: Vec<u64>,
 }
 
 impl Stats {
@@ -94,6 +96,7 @@ impl Stats {
             server_fails: vec![0; p.servers.len()],
             svc_open: vec![0; p.services.len()],
             rule_open: vec![0; p.flow_rules.len()],
+            svc_limited: vec![0; p.services.len()],
         }
     }
 
@@ -105,6 +108,7 @@ impl Stats {
             &mut self.svc_flows,
             &mut self.svc_packets,
             &mut self.svc_open,
+            &mut self.svc_limited,
         ] {
             if v.len() < n {
                 v.resize(n, 0);
@@ -160,6 +164,7 @@ impl Stats {
                     self.svc_flows[i] = 0;
                     self.svc_packets[i] = 0;
                     self.svc_open[i] = 0;
+                    self.svc_limited[i] = 0;
                     self.svc_server_packets[i].fill(0);
                 }
                 Entry::Member(i, j) => self.svc_server_packets[i][j] = 0,
@@ -187,6 +192,7 @@ impl Stats {
                 zero(&self.svc_flows, i)
                     && zero(&self.svc_packets, i)
                     && zero(&self.svc_open, i)
+                    && zero(&self.svc_limited, i)
                     && (self.svc_server_packets.get(i)).is_some_and(|r| r.iter().all(|&n| n == 0))
             }
             Entry::Member(i, j) => (self.svc_server_packets.get(i)).is_some_and(|r| zero(r, j)),
@@ -199,46 +205,71 @@ impl Stats {
     /// Adds `o` into `self`, growing `self` where `o` counts more services, members or
     /// rules (a worker that already took a grown pipeline).
     pub fn merge(&mut self, o: &Stats) {
-        self.packets_in += o.packets_in;
-        self.packets_out += o.packets_out;
-        for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
+        // Every field named (a new counter does not compile until it is added here).
+        let Stats {
+            packets_in,
+            packets_out,
+            drops,
+            flows_created,
+            flows_evicted,
+            flows_evicted_assured,
+            flows_expired,
+            flows_moved,
+            arp_replies,
+            nd_replies,
+            icmp_errors,
+            echo_replies,
+            fragments_out,
+            fragments_unsent,
+            svc_flows,
+            svc_packets,
+            svc_server_packets,
+            rule_flows,
+            rule_packets,
+            server_flows,
+            server_overflows,
+            server_fails,
+            svc_open,
+            rule_open,
+            svc_limited,
+        } = o;
+        self.packets_in += packets_in;
+        self.packets_out += packets_out;
+        for (a, b) in self.drops.iter_mut().zip(drops) {
             *a += b;
         }
-        self.flows_created += o.flows_created;
-        self.flows_evicted += o.flows_evicted;
-        self.flows_evicted_assured += o.flows_evicted_assured;
-        self.flows_expired += o.flows_expired;
-        self.flows_moved += o.flows_moved;
-        self.arp_replies += o.arp_replies;
-        self.nd_replies += o.nd_replies;
-        self.icmp_errors += o.icmp_errors;
-        self.echo_replies += o.echo_replies;
-        self.fragments_out += o.fragments_out;
-        self.fragments_unsent += o.fragments_unsent;
+        self.flows_created += flows_created;
+        self.flows_evicted += flows_evicted;
+        self.flows_evicted_assured += flows_evicted_assured;
+        self.flows_expired += flows_expired;
+        self.flows_moved += flows_moved;
+        self.arp_replies += arp_replies;
+        self.nd_replies += nd_replies;
+        self.icmp_errors += icmp_errors;
+        self.echo_replies += echo_replies;
+        self.fragments_out += fragments_out;
+        self.fragments_unsent += fragments_unsent;
         let add = |a: &mut Vec<u64>, b: &Vec<u64>| {
             if a.len() < b.len() {
                 a.resize(b.len(), 0);
             }
             a.iter_mut().zip(b).for_each(|(x, y)| *x += y)
         };
-        if self.svc_server_packets.len() < o.svc_server_packets.len() {
+        if self.svc_server_packets.len() < svc_server_packets.len() {
             self.svc_server_packets
-                .resize(o.svc_server_packets.len(), Vec::new());
+                .resize(svc_server_packets.len(), Vec::new());
         }
-        add(&mut self.svc_flows, &o.svc_flows);
-        add(&mut self.svc_packets, &o.svc_packets);
-        add(&mut self.rule_flows, &o.rule_flows);
-        add(&mut self.rule_packets, &o.rule_packets);
-        add(&mut self.server_flows, &o.server_flows);
-        add(&mut self.server_overflows, &o.server_overflows);
-        add(&mut self.server_fails, &o.server_fails);
-        add(&mut self.svc_open, &o.svc_open);
-        add(&mut self.rule_open, &o.rule_open);
-        for (a, b) in self
-            .svc_server_packets
-            .iter_mut()
-            .zip(&o.svc_server_packets)
-        {
+        add(&mut self.svc_flows, svc_flows);
+        add(&mut self.svc_packets, svc_packets);
+        add(&mut self.rule_flows, rule_flows);
+        add(&mut self.rule_packets, rule_packets);
+        add(&mut self.server_flows, server_flows);
+        add(&mut self.server_overflows, server_overflows);
+        add(&mut self.server_fails, server_fails);
+        add(&mut self.svc_open, svc_open);
+        add(&mut self.svc_limited, svc_limited);
+        add(&mut self.rule_open, rule_open);
+        for (a, b) in self.svc_server_packets.iter_mut().zip(svc_server_packets) {
             add(a, b);
         }
     }
@@ -310,6 +341,10 @@ impl Stats {
             }
             let mut svc = json!({ "flows": self.svc_flows[i], "open_flows": self.svc_open[i],
                                   "packets": self.svc_packets[i], "servers": servers });
+            // A rate-limited service: the new flows it refused.
+            if s.rate_limit.is_some() {
+                svc["rate_limited"] = json!(self.svc_limited[i]);
+            }
             // A service with backup servers: 1 while they take its new flows.
             if s.members.iter().any(|m| m.backup && !m.vacant()) {
                 let on = super::tier_weights(p, i).taking(s) == super::Taking::Backups;

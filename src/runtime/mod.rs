@@ -76,22 +76,50 @@ pub use worker::{RunOpts, RunResult, run};
 
 use crate::pipeline::stats::Stats;
 
-/// Copies `src` into `dst`, without allocating unless `src` grew (a reload).
+/// Copies `src` into `dst`, without allocating unless `src` grew (a reload). Every
+/// field is named here (a new counter does not compile until it is copied).
 pub fn copy_stats(dst: &mut Stats, src: &Stats) {
-    dst.packets_in = src.packets_in;
-    dst.packets_out = src.packets_out;
-    dst.drops = src.drops;
-    dst.flows_created = src.flows_created;
-    dst.flows_evicted = src.flows_evicted;
-    dst.flows_evicted_assured = src.flows_evicted_assured;
-    dst.flows_expired = src.flows_expired;
-    dst.flows_moved = src.flows_moved;
-    dst.arp_replies = src.arp_replies;
-    dst.nd_replies = src.nd_replies;
-    dst.icmp_errors = src.icmp_errors;
-    dst.echo_replies = src.echo_replies;
-    dst.fragments_out = src.fragments_out;
-    dst.fragments_unsent = src.fragments_unsent;
+    let Stats {
+        packets_in,
+        packets_out,
+        drops,
+        flows_created,
+        flows_evicted,
+        flows_evicted_assured,
+        flows_expired,
+        flows_moved,
+        arp_replies,
+        nd_replies,
+        icmp_errors,
+        echo_replies,
+        fragments_out,
+        fragments_unsent,
+        svc_flows,
+        svc_packets,
+        svc_server_packets,
+        rule_flows,
+        rule_packets,
+        server_flows,
+        server_overflows,
+        server_fails,
+        svc_open,
+        rule_open,
+        svc_limited,
+    } = src;
+    dst.packets_in = *packets_in;
+    dst.packets_out = *packets_out;
+    dst.drops = *drops;
+    dst.flows_created = *flows_created;
+    dst.flows_evicted = *flows_evicted;
+    dst.flows_evicted_assured = *flows_evicted_assured;
+    dst.flows_expired = *flows_expired;
+    dst.flows_moved = *flows_moved;
+    dst.arp_replies = *arp_replies;
+    dst.nd_replies = *nd_replies;
+    dst.icmp_errors = *icmp_errors;
+    dst.echo_replies = *echo_replies;
+    dst.fragments_out = *fragments_out;
+    dst.fragments_unsent = *fragments_unsent;
     let cp = |d: &mut Vec<u64>, s: &Vec<u64>| {
         if d.len() == s.len() {
             d.copy_from_slice(s);
@@ -99,25 +127,22 @@ pub fn copy_stats(dst: &mut Stats, src: &Stats) {
             d.clone_from(s);
         }
     };
-    cp(&mut dst.svc_flows, &src.svc_flows);
-    cp(&mut dst.svc_packets, &src.svc_packets);
-    cp(&mut dst.rule_flows, &src.rule_flows);
-    cp(&mut dst.rule_packets, &src.rule_packets);
-    cp(&mut dst.server_flows, &src.server_flows);
-    cp(&mut dst.server_overflows, &src.server_overflows);
-    cp(&mut dst.server_fails, &src.server_fails);
-    cp(&mut dst.svc_open, &src.svc_open);
-    cp(&mut dst.rule_open, &src.rule_open);
-    if dst.svc_server_packets.len() == src.svc_server_packets.len() {
-        for (d, s) in dst
-            .svc_server_packets
-            .iter_mut()
-            .zip(&src.svc_server_packets)
-        {
+    cp(&mut dst.svc_flows, svc_flows);
+    cp(&mut dst.svc_packets, svc_packets);
+    cp(&mut dst.rule_flows, rule_flows);
+    cp(&mut dst.rule_packets, rule_packets);
+    cp(&mut dst.server_flows, server_flows);
+    cp(&mut dst.server_overflows, server_overflows);
+    cp(&mut dst.server_fails, server_fails);
+    cp(&mut dst.svc_open, svc_open);
+    cp(&mut dst.rule_open, rule_open);
+    cp(&mut dst.svc_limited, svc_limited);
+    if dst.svc_server_packets.len() == svc_server_packets.len() {
+        for (d, s) in dst.svc_server_packets.iter_mut().zip(svc_server_packets) {
             cp(d, s);
         }
     } else {
-        dst.svc_server_packets.clone_from(&src.svc_server_packets);
+        dst.svc_server_packets.clone_from(svc_server_packets);
     }
 }
 
@@ -205,8 +230,13 @@ mod tests {
         a.server_overflows[2] = 6;
         a.server_fails[0] = 9;
         a.svc_open[0] = 8;
+        a.svc_limited[0] = 10;
         let mut b = Stats::new(&p);
         copy_stats(&mut b, &a);
         assert_eq!(b.to_json(&p), a.to_json(&p));
+        assert_eq!(
+            b.svc_limited, a.svc_limited,
+            "not in the JSON of a service without a limit"
+        );
     }
 }
