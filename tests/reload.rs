@@ -1285,3 +1285,42 @@ fn least_flows_places_beside_a_freed_member() {
         assert_eq!(send(&mut w, &r, &tcp(sp, http, 80, 0x02), 1_000), "a");
     }
 }
+
+/// A reload that makes a server a backup (or a primary again) takes effect for new
+/// flows at once; the flows already open on it stay.
+#[test]
+fn a_reload_turns_a_server_into_a_backup_and_back() {
+    let old = load(HTTP);
+    let mut w = Worker::new(Arc::new(Tables::build(old.clone(), 1)));
+    let http = [203, 0, 113, 10];
+    let on_b: Vec<u16> = (1000..1100u16)
+        .filter(|&sp| send(&mut w, &old, &tcp(sp, http, 80, 0x02), 1_000) == "b")
+        .collect();
+    assert!(on_b.len() > 20, "{}", on_b.len());
+    let text = format!("{HEAD}{HTTP}").replace(
+        "{ name: b, mac: \"02:00:00:00:01:02\" }",
+        "{ name: b, mac: \"02:00:00:00:01:02\", backup: true }",
+    );
+    let g = old.regrow(load_text(&text)).expect("taken");
+    assert!(g.services[0].members[1].backup);
+    w.set_tables(Arc::new(Tables::build(g.clone(), 2)))
+        .expect("taken");
+    for sp in 2000..2100u16 {
+        assert_eq!(send(&mut w, &g, &tcp(sp, http, 80, 0x02), 2_000), "a");
+    }
+    for &sp in &on_b {
+        assert_eq!(
+            send(&mut w, &g, &tcp(sp, http, 80, 0x10), 2_000),
+            "b",
+            "open flow {sp}"
+        );
+    }
+    // And back: b takes new flows again.
+    let back = g.regrow(old.clone()).expect("taken");
+    w.set_tables(Arc::new(Tables::build(back.clone(), 3)))
+        .expect("taken");
+    let n = (3000..3100u16)
+        .filter(|&sp| send(&mut w, &back, &tcp(sp, http, 80, 0x02), 3_000) == "b")
+        .count();
+    assert!(n > 20, "{n}");
+}
