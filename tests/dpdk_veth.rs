@@ -572,8 +572,7 @@ fn both_serve_url(t: &mut Topo, url: &str, prefix: &str, n: usize, stats: &Path)
 /// The stats JSON flowgate wrote at its stop, checked for what every test expects:
 /// service `svc` spread over both servers with at least `flows` flows, no mbuf leaked.
 fn final_stats(stats: &Path, svc: &str, flows: usize) -> serde_json::Value {
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(stats).expect("stats")).expect("json");
+    let j = stats_file(stats);
     let srv = &j["services"][svc]["servers"];
     assert!(
         srv["s1"].as_u64().unwrap_or(0) > 0 && srv["s2"].as_u64().unwrap_or(0) > 0,
@@ -897,8 +896,7 @@ fn run_af_packet_follows_the_control_plane() {
         "{err}"
     );
     assert!(err.contains("control: tables published"), "{err}");
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    let j = stats_file(&stats);
     let c = &j["control"];
     assert_eq!(c["registered"], true, "{j}");
     assert_eq!(c["servers"]["s1"]["state"], "up", "{j}");
@@ -1263,8 +1261,7 @@ fn run_af_packet_routes_esp_by_spi_blocks() {
     }
     let err = stop(&mut t);
     assert!(err.contains("control: tables published"), "{err}");
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    let j = stats_file(&stats);
     assert!(j["flows_created"].as_u64() >= Some(2), "{j}");
     assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
 }
@@ -1347,8 +1344,7 @@ fn run_af_packet_moves_an_open_flow_to_an_advertised_target() {
         );
     }
     let err = stop(&mut t);
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    let j = stats_file(&stats);
     assert_eq!(j["flows_moved"].as_u64(), Some(1), "{j}\n{err}");
     assert!(err.contains("  moved 1  "), "the summary counts it: {err}");
     assert_eq!(
@@ -1470,8 +1466,7 @@ fn run_af_packet_routes_and_answers_expired_ttls() {
     assert!(ping6.contains(" 2 received"), "{ping6}");
     assert_eq!(expired.as_deref(), Some("error 2 11 0 198.51.100.1"));
     assert_eq!(expired6.as_deref(), Some("error 3 3 0 2001:db8:1::1"));
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    let j = stats_file(&stats);
     assert!(j["icmp_errors"].as_u64() >= Some(2), "{j}");
     assert_eq!(j["echo_replies"].as_u64(), Some(4), "{j}");
     assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
@@ -1512,8 +1507,7 @@ fn run_af_packet_teaches_real_servers_the_path_mtu() {
     stop(&mut t);
     assert!(v4, "an IPv4 server learned the path MTU 1400");
     assert!(v6, "an IPv6 server learned the path MTU 1400");
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    let j = stats_file(&stats);
     assert!(j["icmp_errors"].as_u64() >= Some(2), "{j}");
     assert_eq!(
         j["drops"].get("mtu_exceeded"),
@@ -1564,8 +1558,7 @@ fn run_af_packet_refuses_connections_no_server_can_take() {
         );
     }
     assert_eq!(dropped.0, Some(28), "a dropped SYN: curl's timeout");
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    let j = stats_file(&stats);
     assert!(j["icmp_errors"].as_u64() >= Some(2), "{j}");
     assert!(j["drops"]["no_server"].as_u64() >= Some(1), "{j}");
     assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
@@ -1630,8 +1623,7 @@ fn run_af_packet_fragments_datagrams_without_df() {
         );
     }
     stop(&mut t);
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    let j = stats_file(&stats);
     // Each echo: one fragment beyond the first each way.
     assert!(j["fragments_out"].as_u64() >= Some(10), "{j}");
     assert_eq!(j["fragments_unsent"].as_u64(), Some(0), "{j}");
@@ -1746,8 +1738,7 @@ fn run_af_packet_keeps_open_connections_through_a_syn_flood() {
         shown,
         "no periodic line with evictions and none assured:\n{log}"
     );
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    let j = stats_file(&stats);
     assert!(j["flows_evicted"].as_u64() >= Some(2500), "{j}");
     assert_eq!(j["flows_evicted_assured"].as_u64(), Some(0), "{j}");
     assert!(j["services"]["echo"]["flows"].as_u64() >= Some(3040), "{j}");
@@ -2034,9 +2025,7 @@ fn run_af_packet_places_held_connections_by_open_flows_and_limits() {
         .expect("python3");
     let said = String::from_utf8_lossy(&o.stdout).into_owned();
     // The stats JSON of the last second, while the connections were held.
-    let live: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap_or_default())
-            .unwrap_or_default();
+    let live = stats_now(&stats);
     if !o.status.success() {
         fail(
             &mut t,
@@ -2062,8 +2051,7 @@ fn run_af_packet_places_held_connections_by_open_flows_and_limits() {
     }
     assert_eq!(live["server_flows"]["h1"], 3, "{live}");
     assert_eq!(live["server_flows"]["h2"], 7, "{live}");
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    let j = stats_file(&stats);
     // Connections 8 to 10 find h1 the emptiest but full; the 7th finds them level (3
     // each), and its Maglev slot decides.
     let over = j["server_overflows"]["h1"].as_u64();
@@ -2126,6 +2114,11 @@ fn connect_9001(t: &mut Topo, n: u32, stats: &Path) -> Vec<(String, f64)> {
             (who.to_string(), secs.parse().expect("seconds"))
         })
         .collect()
+}
+
+/// The stats JSON `flowgate run` wrote (at its stop, or last while it runs).
+fn stats_file(stats: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(stats).expect("stats")).expect("json")
 }
 
 /// The stats JSON `flowgate run` last wrote (`Null` while there is none).
@@ -2212,7 +2205,7 @@ fn run_af_packet_takes_a_silent_server_out_of_new_connections() {
         "{log}"
     );
     assert!(log.contains("passive check: h1 back"), "{log}");
-    let j = stats_now(&stats);
+    let j = stats_file(&stats);
     assert!(j["server_fails"]["h1"].as_u64() >= Some(1), "{j}");
     assert_eq!(j["server_fails"]["h2"], 0, "{j}");
     assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
@@ -2273,7 +2266,7 @@ fn run_af_packet_fails_over_to_a_backup_server_and_back() {
         .unwrap_or_else(|| panic!("{log}"));
     assert!(on < off, "{log}");
     assert!(!log.contains("failing but kept"), "{log}");
-    let j = stats_now(&stats);
+    let j = stats_file(&stats);
     assert_eq!(
         j["services"]["standby"]["servers"]["h2"]
             .as_u64()
@@ -2333,8 +2326,7 @@ fn run_af_packet_brings_a_servers_port_unreachable_to_the_client() {
     }
     stop(&mut t);
     assert_eq!(said.lines().count(), 4, "{said}");
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    let j = stats_file(&stats);
     // Each datagram and its error: two frames of the service's four flows.
     assert_eq!(j["services"]["closed"]["flows"], 4, "{j}");
     assert_eq!(j["services"]["closed"]["packets"], 8, "{j}");
@@ -2419,8 +2411,7 @@ fn run_af_packet_takes_a_udp_server_refusing_datagrams_out() {
         log.contains("passive check: h1 out for 30 s (1 failure in 30 s)"),
         "{log}"
     );
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    let j = stats_file(&stats);
     assert_eq!(j["server_fails"]["h1"], 1, "{j}");
     assert_eq!(j["server_ejected"]["h1"], 1, "{j}");
     assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
@@ -2462,7 +2453,7 @@ fn run_af_packet_holds_a_client_to_its_connection_rate() {
         |j| j["services"]["limited"]["rate_limited"] == 1,
     );
     stop(&mut t);
-    let j = stats_now(&stats);
+    let j = stats_file(&stats);
     assert_eq!(j["drops"]["rate_limited"], 1, "{j}");
     assert_eq!(j["services"]["limited"]["flows"], 10, "{j}");
 }

@@ -3,8 +3,9 @@
 //! table with room, the others stay where they would go anyway, and when every server is
 //! full a new flow is refused (`servers_full`, or an ICMP port unreachable with
 //! `no_server: reject`). `policy: least-flows`: each new flow to the server with the
-//! fewest open flows for its weight. Captures are
-//! written by scapy and `flowgate replay`'s output is read by tshark (the independent
+//! fewest open flows for its weight. Backup servers take what full primaries turn away.
+//! Services' `rate_limit` (new connections per client) and `allow` (the clients a
+//! service takes). Captures are written by scapy and `flowgate replay`'s output is read by tshark (the independent
 //! oracles); the capture's clock lets the first flows time out before the second batch.
 
 mod common;
@@ -563,6 +564,44 @@ wrpcap("{}", pk)
         listing.contains(
             "  rate_limit 10 new flows a second per client (IPv4 /32, IPv6 /64), 5 at once"
         ),
+        "{listing}"
+    );
+}
+
+/// `allow`: a service takes new connections from the listed client networks only; the
+/// others' SYNs are dropped and counted; `check` lists the networks.
+#[test]
+fn allow_lists_the_clients_a_service_takes() {
+    if !have_oracles() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let syns = capture(d, 20);
+    let p = pipeline(d, "allow.yaml", [None; 3], "drop");
+    let yaml = std::fs::read_to_string(&p).unwrap().replace(
+        "    policy: maglev\n",
+        "    policy: maglev\n    allow: [198.51.100.0/29, 198.51.101.5, \"2001:db8::/32\"]\n",
+    );
+    std::fs::write(&p, yaml).unwrap();
+    let out = d.join("allow.out.pcap");
+    let s = replay_stats(&p, &syns, &out);
+    let mut got: Vec<String> = destinations(&out).into_keys().collect();
+    got.sort();
+    let mut want: Vec<String> = (1..=7).map(|i| format!("198.51.100.{i}")).collect();
+    want.push("198.51.101.5".into());
+    want.sort();
+    assert_eq!(got, want);
+    assert_eq!(s["drops"]["not_allowed"], 32, "{s}");
+    assert_eq!(s["services"]["web"]["denied"], 32, "{s}");
+    let o = common::flowgate()
+        .args(["check", "--pipeline"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        (listing.lines()).any(|l| l == "  allow 198.51.100.0/29, 198.51.101.5/32, 2001:db8::/32"),
         "{listing}"
     );
 }

@@ -112,6 +112,10 @@ pub fn render(p: &Pipeline) -> String {
                 "drop"
             }
         );
+        if !svc.allow.is_empty() {
+            let nets: Vec<String> = svc.allow.iter().map(cidr).collect();
+            let _ = writeln!(s, "  allow {}", nets.join(", "));
+        }
         if let Some(r) = &svc.rate_limit {
             let _ = writeln!(
                 s,
@@ -165,6 +169,19 @@ pub fn render(p: &Pipeline) -> String {
         p.flow_table.capacity
     );
     s
+}
+
+/// A prefix of the IPv4-mapped space as it is written: `10.0.0.0/8`, `2001:db8::/32`.
+fn cidr(r: &crate::classify::Range<u128>) -> String {
+    let len = 128
+        - (r.hi - r.lo)
+            .checked_add(1)
+            .map_or(128, u128::trailing_zeros);
+    let v6 = std::net::Ipv6Addr::from(r.lo);
+    match v6.to_ipv4_mapped() {
+        Some(v4) if len >= 96 => format!("{v4}/{}", len - 96),
+        _ => format!("{v6}/{len}"),
+    }
 }
 
 /// Whether a run on `old` takes `new` on SIGHUP ([`Pipeline::regrow`]): what it adds, or

@@ -195,6 +195,12 @@ pub fn render(j: &Value) -> String {
                 "counter",
                 "New flows a service's rate_limit refused (services with one).",
             ),
+            (
+                "denied",
+                "flowgate_service_denied_total",
+                "counter",
+                "New flows from clients outside a service's allow list (services with one).",
+            ),
         ] {
             let have: Vec<(&String, f64)> = (svcs.iter())
                 .filter_map(|(k, v)| Some((k, num(v.get(key)?)?)))

@@ -405,6 +405,9 @@ pub struct Service {
     /// New flows each client may open (`None`: no limit); see
     /// `Worker::admit` in [`crate::pipeline`].
     pub rate_limit: Option<RateLimit>,
+    /// `allow`: the client networks (source prefixes, in the IPv4-mapped space) whose
+    /// new flows the service takes; empty: every client.
+    pub allow: Vec<Range<u128>>,
     /// Removed from the file by a reload ([`Pipeline::regrow`]) but kept so that its
     /// open flows go on: it matches no new traffic and owns no address.
     /// [`Pipeline::reclaim`] frees its index once its last flow ended.
@@ -1468,6 +1471,22 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
             None => None,
             Some(r) => Some(rate_limit(cx, r, &at("rate_limit"))?),
         };
+        let mut allow = Vec::new();
+        if let Some(list) = &s.allow {
+            if list.is_empty() {
+                return Err(cx.err(
+                    &at("allow"),
+                    "allow lists no network (leave it out to take every client)",
+                ));
+            }
+            for (k, a) in list.iter().enumerate() {
+                let r = parse_prefix(a).ok_or_else(|| {
+                    let path = [Key("services"), Idx(si), Key("allow"), Idx(k)];
+                    cx.err(&path, format!("bad address or prefix {a:?}"))
+                })?;
+                allow.push(r);
+            }
+        }
         if policy == Policy::LeastFlows && affinity != Affinity::Connection {
             return Err(cx.err(
                 &at("affinity"),
@@ -1633,6 +1652,7 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
             table_size,
             reject,
             rate_limit,
+            allow,
             retired: false,
         });
     }

@@ -84,6 +84,9 @@ pub struct RawService {
     /// New flows a second each client may open (unset: no limit).
     #[serde(default)]
     pub rate_limit: Option<RawRateLimit>,
+    /// The only client networks whose new flows the service takes (unset: any).
+    #[serde(default)]
+    pub allow: Option<Vec<String>>,
     pub servers: Vec<RawServer>,
 }
 

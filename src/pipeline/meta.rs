@@ -261,4 +261,6 @@ drop_reasons! {
     /// A new flow of a service over its client's `rate_limit` (a TCP SYN, or the first
     /// datagram of another protocol's flow).
     RateLimited => "rate_limited",
+    /// A new flow of a service from a client outside its `allow` list.
+    NotAllowed => "not_allowed",
 }

@@ -433,9 +433,9 @@ pub fn tier_weights(p: &Pipeline, i: usize) -> Tiers {
 }
 
 /// The weight member `j` of service `i` has in the Maglev table, after its state and
-/// the service's policy (before its tier, [`tier_weights`]): 0 unless the server is up; scaled by the server's slow-start
-/// `ramp`; `least-load` scales by `1 − load`; `response-time` by `fastest response /
-/// this response`.
+/// the service's policy (before its tier, [`tier_weights`]): 0 unless the server is up;
+/// scaled by the server's slow-start `ramp`; `least-load` scales by `1 − load`;
+/// `response-time` by `fastest response / this response`.
 pub fn effective_weight(p: &Pipeline, i: usize, j: usize) -> u32 {
     let s = &p.services[i];
     let m = &s.members[j];
@@ -789,7 +789,8 @@ impl Worker {
         if let Some(b) = other(table, weights, start) {
             return Ok(b);
         }
-        // Every primary is full: the backups take the flow while one has room.
+        // Every member of the tier is full: when that is the primaries, the backups take
+        // the flow while one has room.
         let spill = tables.spill[i].as_ref().ok_or(DropReason::ServersFull)?;
         let start = spill.maglev.lookup(h).ok_or(DropReason::ServersFull)?;
         other(&spill.maglev, &spill.weights, start).ok_or(DropReason::ServersFull)
@@ -1446,6 +1447,16 @@ impl Worker {
         match d {
             Decision::Service(i) if create => {
                 let i = i as u16;
+                let allow = &p.services[usize::from(i)].allow;
+                if !allow.is_empty()
+                    && !allow
+                        .iter()
+                        .any(|r| r.contains(u128::from_be_bytes(m.tuple.src)))
+                {
+                    self.stats.svc_denied[usize::from(i)] += 1;
+                    drop_into(out, DropReason::NotAllowed);
+                    return None;
+                }
                 if let Some(rl) = &p.services[usize::from(i)].rate_limit
                     && (m.tuple.proto != 6 || syn_only(m.tcp_flags))
                     && !self.admit(rl, i, &m.tuple.src, now)
@@ -2831,6 +2842,58 @@ mod tests {
                 .count(),
             5
         );
+    }
+
+    /// `allow`: only the listed client networks open flows of the service; the rest
+    /// (any packet that would make a flow, a SYN or not) are dropped as `not_allowed`
+    /// and counted, before they cost a rate-limit token.
+    #[test]
+    fn allow_takes_new_flows_of_the_listed_networks_only() {
+        use crate::r#gen::frame::flags::{ACK, SYN};
+        let y = P.replace(
+            "    servers:",
+            "    allow: [198.51.100.0/28, \"2001:db8::/32\", 192.0.2.99]\n    rate_limit: { per_source: 1, ipv4_prefix: 8 }\n    servers:",
+        );
+        let p = Pipeline::from_str(&y, Path::new("p.yaml")).unwrap();
+        assert_eq!(p.services[0].allow.len(), 3);
+        let mut w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
+        let mut to = |c: u8, sp: u16, flags: u8| w.process(&mut tcp_from(c, sp, flags), 0, 10).drop;
+        assert_eq!(to(1, 1000, SYN), None, "198.51.100.1 is in the /28");
+        assert_eq!(
+            to(16, 1000, SYN),
+            Some(DropReason::NotAllowed),
+            ".16 is not"
+        );
+        assert_eq!(
+            to(200, 1000, ACK),
+            Some(DropReason::NotAllowed),
+            "nor a mid-connection packet"
+        );
+        // The /8 bucket of the allowed client is spent; the denied ones took none.
+        assert_eq!(to(2, 1001, SYN), Some(DropReason::RateLimited));
+        assert_eq!((w.stats.svc_denied[0], w.stats.svc_limited[0]), (2, 1));
+        let j = w.stats.to_json(&p);
+        assert_eq!(
+            (
+                j["services"]["s"]["denied"].as_u64(),
+                j["drops"]["not_allowed"].as_u64()
+            ),
+            (Some(2), Some(2)),
+            "{j}"
+        );
+        // Bad entries are refused at their place.
+        for (bad, msg) in [
+            ("[]", "allow lists no network"),
+            ("[10.0.0.0/33]", "bad address or prefix \"10.0.0.0/33\""),
+        ] {
+            let e = Pipeline::from_str(
+                &P.replace("    servers:", &format!("    allow: {bad}\n    servers:")),
+                Path::new("p.yaml"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(msg) && e.contains("services[0].allow"), "{e}");
+        }
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub struct Stats {
     pub rule_open: Vec<u64>,
     /// Per service: new flows refused by its `rate_limit` (also in `drops`).
     pub svc_limited: Vec<u64>,
+    /// Per service: new flows from clients outside its `allow` list (also in `drops`).
+    pub svc_denied: Vec<u64>,
 }
 
 impl Stats {
@@ -97,6 +99,7 @@ impl Stats {
             svc_open: vec![0; p.services.len()],
             rule_open: vec![0; p.flow_rules.len()],
             svc_limited: vec![0; p.services.len()],
+            svc_denied: vec![0; p.services.len()],
         }
     }
 
@@ -109,6 +112,7 @@ impl Stats {
             &mut self.svc_packets,
             &mut self.svc_open,
             &mut self.svc_limited,
+            &mut self.svc_denied,
         ] {
             if v.len() < n {
                 v.resize(n, 0);
@@ -165,6 +169,7 @@ impl Stats {
                     self.svc_packets[i] = 0;
                     self.svc_open[i] = 0;
                     self.svc_limited[i] = 0;
+                    self.svc_denied[i] = 0;
                     self.svc_server_packets[i].fill(0);
                 }
                 Entry::Member(i, j) => self.svc_server_packets[i][j] = 0,
@@ -193,6 +198,7 @@ impl Stats {
                     && zero(&self.svc_packets, i)
                     && zero(&self.svc_open, i)
                     && zero(&self.svc_limited, i)
+                    && zero(&self.svc_denied, i)
                     && (self.svc_server_packets.get(i)).is_some_and(|r| r.iter().all(|&n| n == 0))
             }
             Entry::Member(i, j) => (self.svc_server_packets.get(i)).is_some_and(|r| zero(r, j)),
@@ -232,6 +238,7 @@ impl Stats {
             svc_open,
             rule_open,
             svc_limited,
+            svc_denied,
         } = o;
         self.packets_in += packets_in;
         self.packets_out += packets_out;
@@ -268,6 +275,7 @@ impl Stats {
         add(&mut self.server_fails, server_fails);
         add(&mut self.svc_open, svc_open);
         add(&mut self.svc_limited, svc_limited);
+        add(&mut self.svc_denied, svc_denied);
         add(&mut self.rule_open, rule_open);
         for (a, b) in self.svc_server_packets.iter_mut().zip(svc_server_packets) {
             add(a, b);
@@ -344,6 +352,10 @@ impl Stats {
             // A rate-limited service: the new flows it refused.
             if s.rate_limit.is_some() {
                 svc["rate_limited"] = json!(self.svc_limited[i]);
+            }
+            // A service with an `allow` list: the new flows from other clients.
+            if !s.allow.is_empty() {
+                svc["denied"] = json!(self.svc_denied[i]);
             }
             // A service with backup servers: 1 while they take its new flows.
             if s.members.iter().any(|m| m.backup && !m.vacant()) {

@@ -105,6 +105,7 @@ pub fn copy_stats(dst: &mut Stats, src: &Stats) {
         svc_open,
         rule_open,
         svc_limited,
+        svc_denied,
     } = src;
     dst.packets_in = *packets_in;
     dst.packets_out = *packets_out;
@@ -137,6 +138,7 @@ pub fn copy_stats(dst: &mut Stats, src: &Stats) {
     cp(&mut dst.svc_open, svc_open);
     cp(&mut dst.rule_open, rule_open);
     cp(&mut dst.svc_limited, svc_limited);
+    cp(&mut dst.svc_denied, svc_denied);
     if dst.svc_server_packets.len() == svc_server_packets.len() {
         for (d, s) in dst.svc_server_packets.iter_mut().zip(svc_server_packets) {
             cp(d, s);
@@ -231,12 +233,14 @@ mod tests {
         a.server_fails[0] = 9;
         a.svc_open[0] = 8;
         a.svc_limited[0] = 10;
+        a.svc_denied[1] = 11;
         let mut b = Stats::new(&p);
         copy_stats(&mut b, &a);
         assert_eq!(b.to_json(&p), a.to_json(&p));
         assert_eq!(
-            b.svc_limited, a.svc_limited,
-            "not in the JSON of a service without a limit"
+            (&b.svc_limited, &b.svc_denied),
+            (&a.svc_limited, &a.svc_denied),
+            "not in the JSON of a service without a limit or an allow list"
         );
     }
 }
