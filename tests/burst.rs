@@ -204,7 +204,11 @@ fn burst_path_equals_frame_by_frame_on_generated_traffic() {
     let mut tested = 0;
     let mut too_big = 0;
     let mut fragments = 0;
-    for (n, p) in common::shipped_pipelines().iter().enumerate() {
+    // And web-farm's VIPs behind every new-flow guard (allow lists, rate limits,
+    // connection limits, least-flows, backups).
+    let mut pipes = common::shipped_pipelines();
+    pipes.push(common::root().join("tests/data/guarded.yaml"));
+    for (n, p) in pipes.iter().enumerate() {
         let pl = Pipeline::load(p).expect("pipeline");
         if pl.services.is_empty() {
             continue; // gen writes traffic to services' VIPs; the captures test covers it
@@ -225,7 +229,21 @@ fn burst_path_equals_frame_by_frame_on_generated_traffic() {
             input.len()
         );
         // A table big enough for every flow, and one that must evict.
-        total += compare(p, &input, 1 << 16, 1 + n as u64);
+        let (k, stats) = compare_switching(p, &input, 1 << 16, 1 + n as u64, &[], |_| {});
+        total += k;
+        if p.ends_with("guarded.yaml") {
+            let d = |r: DropReason| stats.drops[r as usize];
+            let guards = [
+                DropReason::NotAllowed,
+                DropReason::RateLimited,
+                DropReason::ServersFull,
+            ];
+            assert!(
+                guards.iter().all(|&r| d(r) > 0),
+                "every guard refused some: {:?}",
+                stats.drops
+            );
+        }
         total += compare(p, &input, 64, 99 + n as u64);
         // Damaged copies: bytes flipped and frames cut short, so that bursts mix drops,
         // stateless frames and flow hits.

@@ -1,5 +1,6 @@
 //! Robustness of `Worker::process` against arbitrary and damaged frames, with every
-//! shipped pipeline (and the rewrite-everything test pipeline):
+//! shipped pipeline (and the rewrite-everything test pipeline, and `guarded.yaml`, whose
+//! services have allow lists, rate limits, connection limits and backups):
 //! - no panic, exactly one of route/drop per frame, and
 //!   `packets_in == packets_out + sum(drops)` after every frame;
 //! - a frame that is forwarded and whose IPv4 header / TCP / UDP / ICMP / ICMPv6
@@ -26,6 +27,7 @@ use std::sync::Arc;
 fn pipelines() -> Vec<PathBuf> {
     let mut v = common::shipped_pipelines();
     v.push(common::root().join("tests/data/rewrite-all.yaml"));
+    v.push(common::root().join("tests/data/guarded.yaml"));
     v
 }
 
