@@ -63,16 +63,27 @@ fn replay_prometheus_agrees_with_the_stats_json() {
     if !common::have(common::SCAPY_PY, &["-c", "import prometheus_client"]) {
         return;
     }
-    let mut inputs = vec![common::root().join("samples/web-farm.pcap")];
+    let sample = common::root().join("samples/web-farm.pcap");
+    let farm = common::root().join("pipelines/web-farm.yaml");
+    let mut inputs = vec![(farm.clone(), sample.clone())];
     // Third-party traffic that the web farm drops for several reasons.
-    inputs.extend(common::shared("captures/ndpi_ip_fragmented_garbage.pcap"));
-    inputs.extend(common::shared("captures/suricata_decode-too-small.pcap"));
+    for c in [
+        "captures/ndpi_ip_fragmented_garbage.pcap",
+        "captures/suricata_decode-too-small.pcap",
+    ] {
+        inputs.extend(common::shared(c).map(|c| (farm.clone(), c)));
+    }
+    // Services with a backup, a rate limit and an allow list: their own families.
+    inputs.push((common::root().join("tests/data/guarded.yaml"), sample));
     let tmp = tempfile::tempdir().unwrap();
     let mut reasons_seen = 0;
-    for input in &inputs {
+    let mut optional_seen = 0;
+    for (pipeline, input) in &inputs {
         let (json, prom) = (tmp.path().join("s.json"), tmp.path().join("s.prom"));
         let out = common::flowgate()
-            .args(["replay", "-q", "--input"])
+            .args(["replay", "-q", "--pipeline"])
+            .arg(pipeline)
+            .arg("--input")
             .arg(input)
             .arg("--output")
             .arg(tmp.path().join("out.pcap"))
@@ -125,6 +136,29 @@ fn replay_prometheus_agrees_with_the_stats_json() {
                 let got = get("flowgate_service_server_packets_total", &kv);
                 assert_eq!(got, n.as_f64().unwrap());
             }
+            // Keys only some services have, each a family of those.
+            for (k, name, kind) in [
+                ("on_backup", "flowgate_service_on_backup", "gauge"),
+                (
+                    "rate_limited",
+                    "flowgate_service_rate_limited_total",
+                    "counter",
+                ),
+                ("denied", "flowgate_service_denied_total", "counter"),
+            ] {
+                let family = name.trim_end_matches("_total");
+                match s.get(k) {
+                    Some(v) => {
+                        assert_eq!(get(name, &[("service", svc)]), v.as_f64().unwrap(), "{k}");
+                        assert_eq!(types[family], kind, "{k}");
+                        optional_seen += 1;
+                    }
+                    None => assert!(
+                        !samples.contains_key(&(name.to_string(), labels(&[("service", svc)]))),
+                        "{name} for {svc}, which has no {k}"
+                    ),
+                }
+            }
         }
         // The live-flow gauge per server, and no more live flows than the flows made.
         let mut live = 0.0;
@@ -138,10 +172,14 @@ fn replay_prometheus_agrees_with_the_stats_json() {
         assert_eq!(types["flowgate_server_flows"], "gauge");
         assert!(live <= j["flows_created"].as_f64().unwrap());
     }
-    if inputs.len() > 1 {
+    if inputs.len() > 2 {
         assert!(
             reasons_seen >= 2,
             "the third-party captures drop for reasons"
         );
     }
+    assert_eq!(
+        optional_seen, 6,
+        "both guarded services have all three keys"
+    );
 }
