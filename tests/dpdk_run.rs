@@ -511,6 +511,72 @@ fn run_two_workers_dispatch_matches_replay() {
     assert_eq!(jr["runtime"]["dispatch_dropped"].as_u64(), Some(0));
 }
 
+/// `rate_limit` behind the software dispatcher: every flow of a client reaches one
+/// worker (the dispatcher hashes addresses), which holds the client to its whole limit,
+/// not to its share of it: 4 clients, 20 SYNs each at once, with a burst of 10 (and one
+/// more a second) get 10 each through two workers, as through replay's one.
+#[test]
+fn run_two_workers_dispatch_hold_each_client_to_its_whole_rate_limit() {
+    if !is_root() || !common::have_scapy() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let pipeline = d.join("limited.yaml");
+    std::fs::write(
+        &pipeline,
+        "system: { mac: \"02:00:00:00:00:01\", addresses: [203.0.113.1], gateway: \"02:00:00:00:00:fe\" }\n\
+         services:\n  - name: web\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [80]\n\
+         \x20   rate_limit: { per_source: 1, burst: 10 }\n    servers:\n\
+         \x20     - { name: web1, mac: \"02:00:00:00:01:01\" }\n\
+         \x20     - { name: web2, mac: \"02:00:00:00:01:02\" }\n",
+    )
+    .expect("pipeline");
+    let input = d.join("syns.pcap");
+    common::scapy(&format!(
+        "from scapy.all import *\n\
+         pk = [Ether(src='02:00:00:00:00:fe', dst='02:00:00:00:00:01')/IP(src='198.51.100.%d' % c, dst='203.0.113.10')/TCP(sport=1000 + k, dport=80, flags='S') for k in range(20) for c in range(1, 5)]\n\
+         wrpcap('{}', pk)\n",
+        input.display()
+    ));
+    let (out0, out1, stats_run) = (d.join("o0.pcap"), d.join("o1.pcap"), d.join("run.json"));
+    let conf = d.join("two.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "pipeline: {}\neal: {}\n\
+             lcores: {{ management: 0, workers: [1, 2], cpus: \"0-1\" }}\n\
+             ports:\n  - {{ name: outside, device: \"net_pcap0,rx_pcap={},tx_pcap={},tx_pcap={}\" }}\n\
+             stop: {{ idle_ms: 700 }}\n",
+            pipeline.display(),
+            no_huge_eal("limit"),
+            input.display(),
+            out0.display(),
+            out1.display()
+        ),
+    )
+    .expect("write conf");
+    let o = flowgate()
+        .args(["run", "--quiet", "--conf"])
+        .arg(&conf)
+        .arg("--stats-json")
+        .arg(&stats_run)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "flowgate run failed: {err}");
+    assert!(err.contains("software dispatch"), "{err}");
+    let jr = json(&stats_run);
+    assert_eq!(jr["packets_out"], 40, "{jr}");
+    assert_eq!(jr["drops"]["rate_limited"], 40, "{jr}");
+    assert_eq!(frames(&out0).len() + frames(&out1).len(), 40);
+    let jp = common::replay_stats(&pipeline, &input, &d.join("replay.pcap"));
+    assert_eq!(
+        (&jp["packets_out"], &jp["drops"]),
+        (&jr["packets_out"], &jr["drops"])
+    );
+}
+
 #[test]
 fn run_rewrites_the_stats_file_while_running() {
     if !is_root() {

@@ -510,8 +510,11 @@ pub struct Worker {
     /// The latest time [`expire`](Worker::expire) was called with: when new timeouts
     /// from [`set_tables`](Worker::set_tables) take effect.
     clock: u64,
-    /// This worker's part of each server's `max_flows` (and of each `rate_limit`).
+    /// This worker's part of each server's `max_flows`.
     share: Share,
+    /// This worker's part of each client's `rate_limit`, for the frames being processed
+    /// ([`Worker::set_limit_share`]).
+    limit_share: Share,
     /// Per client of a rate-limited service: when its bucket is next full
     /// ([`Worker::admit`]); made when a pipeline first has a `rate_limit`.
     limits: Option<LruTable<LimitKey, u64>>,
@@ -661,6 +664,7 @@ impl Worker {
             sweep_at: None,
             clock: 0,
             share: Share::ALL,
+            limit_share: Share::ALL,
             limits: limits_for(p),
             tables,
         }
@@ -670,6 +674,16 @@ impl Worker {
     /// default: the only worker).
     pub fn set_share(&mut self, share: Share) {
         self.share = share;
+    }
+
+    /// Makes this worker admit `share` of each client's `rate_limit` for the frames it
+    /// processes next (all of it by default). `flowgate run` gives the worker's share for
+    /// frames that RSS spread by their ports (a client's connections then reach every
+    /// worker) and all of it for frames its software dispatcher spread by their
+    /// addresses (each client's reach one worker).
+    #[inline]
+    pub fn set_limit_share(&mut self, share: Share) {
+        self.limit_share = share;
     }
 
     /// True when server `s` may take one more new flow on this worker: it has no
@@ -800,14 +814,16 @@ impl Worker {
     /// flow of service `i` at `now`. The generic cell rate algorithm, a token bucket's
     /// exact equivalent in one number per client: the time its bucket is next full
     /// (`tat`); a flow is admitted while that is at most `burst − 1` intervals ahead,
-    /// and moves it one interval on. Each of W workers admits its part: one flow each
-    /// `W / per_source` s, and its share of `burst` (at least 1).
+    /// and moves it one interval on. With a part of W ([`Worker::set_limit_share`]) the
+    /// worker admits one flow each `W / per_source` s, and its share of `burst` (at
+    /// least 1).
     fn admit(&mut self, rl: &RateLimit, i: u16, src: &[u8; 16], now: u64) -> bool {
         let Some(t) = self.limits.as_mut() else {
             return true;
         };
-        let interval = 1_000_000_000 * u64::from(self.share.of) / u64::from(rl.per_source);
-        let ahead = u64::from(self.share.of(rl.burst).max(1) - 1) * interval;
+        let part = self.limit_share;
+        let interval = 1_000_000_000 * u64::from(part.of) / u64::from(rl.per_source);
+        let ahead = u64::from(part.of(rl.burst).max(1) - 1) * interval;
         let key = LimitKey {
             service: i,
             client: source_key(src, rl.v4_prefix, rl.v6_prefix),
@@ -2823,7 +2839,7 @@ mod tests {
         // Worker 0 of 2: 5 a second (one each 200 ms), a burst of 3.
         let p = Pipeline::from_str(&y, Path::new("p.yaml")).unwrap();
         let mut w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
-        w.set_share(Share::new(0, 2).unwrap());
+        w.set_limit_share(Share::new(0, 2).unwrap());
         let got: Vec<u64> = (0..50u16)
             .filter(|&k| try_at(&mut w, 7, 1000 + k, SYN, u64::from(k) * 10 * MS))
             .map(|k| u64::from(k) * 10)

@@ -909,9 +909,8 @@ fn worker_loop<'q>(
     // Before any flow touches it: huge pages spare every lookup a TLB miss.
     crate::port::dpdk::advise_huge_pages(&w.memory());
     let n_workers = shared.slots.len();
-    if let Some(share) = Share::new(idx, n_workers) {
-        w.set_share(share);
-    }
+    let share = Share::new(idx, n_workers).unwrap_or(Share::ALL);
+    w.set_share(share);
     let mut rxb: MbufBatch<'q> = MbufBatch::new();
     // This worker's frames picked out of a dispatched burst or its inbox.
     let mut mine: MbufBatch<'q> = MbufBatch::new();
@@ -950,7 +949,9 @@ fn worker_loop<'q>(
             let in_port = *in_port;
             if *dispatch {
                 // Software dispatch: keep this worker's share (in order, as one burst),
-                // hand the rest over.
+                // hand the rest over. By addresses: every flow of a client comes here,
+                // which holds it to its whole rate limit.
+                w.set_limit_share(Share::ALL);
                 rxb.drain_each(|m| {
                     let target =
                         dispatch_hash(m.data()).map_or(0, |h| (h % n_workers as u64) as usize);
@@ -966,7 +967,10 @@ fn worker_loop<'q>(
                     &mut w, io.pool, &mut mine, in_port, now, to_conf, &mut txb, &mut io.tx,
                 );
             } else {
-                // The whole burst at once: its flow-table misses overlap.
+                // The whole burst at once: its flow-table misses overlap. RSS spread
+                // a client's connections over the workers by their ports: each holds
+                // it to its part of the rate limit.
+                w.set_limit_share(share);
                 run_burst(
                     &mut w, io.pool, &mut rxb, in_port, now, to_conf, &mut txb, &mut io.tx,
                 );
@@ -974,6 +978,7 @@ fn worker_loop<'q>(
         }
         if let Some(inbox) = inboxes.get(idx) {
             // Frames handed over by the dispatcher, in bursts of one input port each.
+            w.set_limit_share(Share::ALL);
             let mut port = 0u16;
             for _ in 0..BURST {
                 let Some((in_port, m)) = inbox.pop() else {
