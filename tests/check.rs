@@ -504,6 +504,22 @@ fn bads() -> Vec<Bad> {
             "per_source 0 is not in 1..=10000000",
         ),
         bad(
+            "a rate limit of nothing",
+            13,
+            "    qos: gold\n    rate_limit: { ipv4_prefix: 24 }",
+            14,
+            "services[0].rate_limit",
+            "a rate_limit needs per_source, total or both",
+        ),
+        bad(
+            "a total burst without a total",
+            13,
+            "    qos: gold\n    rate_limit:\n      per_source: 5\n      total_burst: 9",
+            16,
+            "services[0].rate_limit.total_burst",
+            "total_burst needs total",
+        ),
+        bad(
             "a rate limit's burst out of range",
             13,
             "    qos: gold\n    rate_limit:\n      per_source: 5\n      burst: 20000000",

@@ -475,49 +475,13 @@ wrpcap("{}", pk)
             stats.as_os_str(),
         ],
     );
-    // (time in µs, client, source port, SYN only) of each frame of `f`.
-    let frames = |f: &Path| -> Vec<(u64, String, u16, bool)> {
-        tshark(
-            f,
-            &[
-                "-T",
-                "fields",
-                "-E",
-                "separator=;",
-                "-e",
-                "frame.time_epoch",
-                "-e",
-                "ip.src",
-                "-e",
-                "tcp.srcport",
-                "-e",
-                "tcp.flags.ack",
-            ],
-        )
-        .into_iter()
-        .map(|l| {
-            let f: Vec<&str> = l.split(';').collect();
-            let (s, frac) = f[0].split_once('.').expect("seconds.fraction");
-            let us = s.parse::<u64>().unwrap() * 1_000_000 + frac[..6].parse::<u64>().unwrap();
-            let ack = f[3] == "1" || f[3] == "True";
-            (us, f[1].to_string(), f[2].parse().unwrap(), !ack)
-        })
-        .collect()
-    };
-    // The model: a bucket of 5 per client, full at first sight, 10 a second (in
-    // millionths of a token: 10 per µs); a SYN takes one when there is one.
-    let mut buckets: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    // The model: a bucket of 5 per client, 10 a second; a SYN takes one when there is one.
+    let mut bucket = TokenBuckets::new(10, 5);
     let mut want = Vec::new();
     for (t, c, sp, syn) in frames(&cap) {
         if !syn || (c == "198.51.100.7" && sp == 1000 && t == 1_500_000) {
             want.push((c, sp)); // an open connection's packets
-            continue;
-        }
-        let (tokens, last) = buckets.entry(c.clone()).or_insert((5_000_000, t));
-        *tokens = (*tokens + (t - *last) * 10).min(5_000_000);
-        *last = t;
-        if *tokens >= 1_000_000 {
-            *tokens -= 1_000_000;
+        } else if bucket.take(&c, t) {
             want.push((c, sp));
         }
     }
@@ -604,4 +568,114 @@ fn allow_lists_the_clients_a_service_takes() {
         (listing.lines()).any(|l| l == "  allow 198.51.100.0/29, 198.51.101.5/32, 2001:db8::/32"),
         "{listing}"
     );
+}
+
+/// (time in µs, client, source port, SYN only) of each TCP frame of `f`, by tshark.
+fn frames(f: &Path) -> Vec<(u64, String, u16, bool)> {
+    tshark(
+        f,
+        &[
+            "-T",
+            "fields",
+            "-E",
+            "separator=;",
+            "-e",
+            "frame.time_epoch",
+            "-e",
+            "ip.src",
+            "-e",
+            "tcp.srcport",
+            "-e",
+            "tcp.flags.ack",
+        ],
+    )
+    .into_iter()
+    .map(|l| {
+        let f: Vec<&str> = l.split(';').collect();
+        let (s, frac) = f[0].split_once('.').expect("seconds.fraction");
+        let us = s.parse::<u64>().unwrap() * 1_000_000 + frac[..6].parse::<u64>().unwrap();
+        let ack = f[3] == "1" || f[3] == "True";
+        (us, f[1].to_string(), f[2].parse().unwrap(), !ack)
+    })
+    .collect()
+}
+
+/// The oracle of `rate_limit`: token buckets by key, each full (`burst` tokens) at first
+/// sight and refilled at `rate` a second, in millionths of a token and whole
+/// microseconds (so `rate` millionths a microsecond: exact).
+struct TokenBuckets {
+    rate: u64,
+    burst: u64,
+    by_key: BTreeMap<String, (u64, u64)>,
+}
+
+impl TokenBuckets {
+    fn new(rate: u64, burst: u64) -> Self {
+        TokenBuckets {
+            rate,
+            burst: burst * 1_000_000,
+            by_key: BTreeMap::new(),
+        }
+    }
+
+    /// Whether bucket `key` has a token at `t` µs (and takes it).
+    fn take(&mut self, key: &str, t: u64) -> bool {
+        let (tokens, last) = self
+            .by_key
+            .entry(key.to_string())
+            .or_insert((self.burst, t));
+        *tokens = (*tokens + (t - *last) * self.rate).min(self.burst);
+        *last = t;
+        let ok = *tokens >= 1_000_000;
+        if ok {
+            *tokens -= 1_000_000;
+        }
+        ok
+    }
+}
+
+/// `rate_limit.total`: one bucket for all of a service's clients, beside each client's
+/// own. 30 clients, one SYN each 1 ms apart, twice (30 s apart), under `total: 100,
+/// total_burst: 5`: exactly those one token bucket (worked out from the capture's times
+/// as tshark reads them) admits, and the listing says so.
+#[test]
+fn a_total_rate_limit_holds_all_clients_together() {
+    if !have_oracles() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let syns = capture(d, 30);
+    let p = pipeline(d, "total.yaml", [None; 3], "drop");
+    let yaml = std::fs::read_to_string(&p).unwrap().replace(
+        "    policy: maglev\n",
+        "    policy: maglev\n    rate_limit: { per_source: 1, total: 100, total_burst: 5 }\n",
+    );
+    std::fs::write(&p, yaml).unwrap();
+    let out = d.join("total.out.pcap");
+    let s = replay_stats(&p, &syns, &out);
+    let mut bucket = TokenBuckets::new(100, 5);
+    let want: Vec<(String, u16)> = (frames(&syns).into_iter())
+        .filter(|(t, _, _, _)| bucket.take("all", *t))
+        .map(|(_, c, sp, _)| (c, sp))
+        .collect();
+    let got: Vec<(String, u16)> = (frames(&out).into_iter())
+        .map(|(_, c, sp, _)| (c, sp))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(
+        got.len(),
+        2 * 7,
+        "5 at once, at 10 and 20 ms one more; twice: {got:?}"
+    );
+    assert_eq!(s["drops"]["rate_limited"], 60 - 14, "{s}");
+    let o = common::flowgate()
+        .args(["check", "--pipeline"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&o.stdout);
+    let line = "  rate_limit 1 new flows a second per client (IPv4 /32, IPv6 /64), 1 at once; \
+                100 new flows a second in all, 5 at once";
+    assert!(listing.lines().any(|l| l == line), "{listing}");
 }

@@ -117,11 +117,20 @@ pub fn render(p: &Pipeline) -> String {
             let _ = writeln!(s, "  allow {}", nets.join(", "));
         }
         if let Some(r) = &svc.rate_limit {
-            let _ = writeln!(
-                s,
-                "  rate_limit {} new flows a second per client (IPv4 /{}, IPv6 /{}), {} at once",
-                r.per_source, r.v4_prefix, r.v6_prefix, r.burst
-            );
+            let mut parts = Vec::new();
+            if let Some(b) = r.per_source {
+                parts.push(format!(
+                    "{} new flows a second per client (IPv4 /{}, IPv6 /{}), {} at once",
+                    b.rate, r.v4_prefix, r.v6_prefix, b.burst
+                ));
+            }
+            if let Some(b) = r.total {
+                parts.push(format!(
+                    "{} new flows a second in all, {} at once",
+                    b.rate, b.burst
+                ));
+            }
+            let _ = writeln!(s, "  rate_limit {}", parts.join("; "));
         }
         let shares = t.maglev[i].shares(svc.members.len());
         for (j, m) in svc.members.iter().enumerate().filter(|(_, m)| !m.vacant()) {

@@ -219,15 +219,23 @@ impl Affinity {
     pub const SOURCE_V6_PREFIX: u8 = 64;
 }
 
-/// A service's `rate_limit`: how many new flows each client may open (a token bucket
-/// per client: `per_source` a second, up to `burst` at once). A client is its source
-/// address cut to `v4_prefix` or `v6_prefix` bits, as in [`Affinity::Source`].
+/// A service's `rate_limit`: how many new flows each client may open (`per_source`: a
+/// token bucket per client), and how many the service takes from all of them together
+/// (`total`: one bucket). A client is its source address cut to `v4_prefix` or
+/// `v6_prefix` bits, as in [`Affinity::Source`]. At least one of the two is set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateLimit {
-    pub per_source: u32,
-    pub burst: u32,
+    pub per_source: Option<Bucket>,
+    pub total: Option<Bucket>,
     pub v4_prefix: u8,
     pub v6_prefix: u8,
+}
+
+/// A token bucket: `rate` new flows a second, up to `burst` at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bucket {
+    pub rate: u32,
+    pub burst: u32,
 }
 
 impl RateLimit {
@@ -1866,12 +1874,24 @@ fn rate_limit(
         Ok(n) if (1..=RateLimit::MAX).contains(&n) => Ok(n),
         _ => Err(cx.err(&at(k), format!("{k} {n} is not in 1..={}", RateLimit::MAX))),
     };
-    let per_source = count(r.per_source, "per_source")?;
-    let burst = count(r.burst.unwrap_or(u64::from(per_source)), "burst")?;
+    // A bucket of `rate` (key `k`) and `burst` (key `kb`, default the rate), or none.
+    let bucket = |rate: Option<u64>, burst: Option<u64>, k, kb| match (rate, burst) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(cx.err(&at(kb), format!("{kb} needs {k}"))),
+        (Some(r), b) => Ok(Some(Bucket {
+            rate: count(r, k)?,
+            burst: count(b.unwrap_or(r), kb)?,
+        })),
+    };
+    let per_source = bucket(r.per_source, r.burst, "per_source", "burst")?;
+    let total = bucket(r.total, r.total_burst, "total", "total_burst")?;
+    if per_source.is_none() && total.is_none() {
+        return Err(cx.err(path, "a rate_limit needs per_source, total or both"));
+    }
     let prefix = |v, default, max, k| prefix_len(cx, &at(k), v, default, max, k);
     Ok(RateLimit {
         per_source,
-        burst,
+        total,
         v4_prefix: prefix(r.ipv4_prefix, Affinity::SOURCE_V4_PREFIX, 32, "ipv4_prefix")?,
         v6_prefix: prefix(
             r.ipv6_prefix,

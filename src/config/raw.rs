@@ -95,10 +95,17 @@ pub struct RawService {
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimit {
     /// New flows a second each client may open.
-    pub per_source: u64,
+    #[serde(default)]
+    pub per_source: Option<u64>,
     /// The most it may open at once (default: `per_source`).
     #[serde(default)]
     pub burst: Option<u64>,
+    /// New flows a second the service takes from all its clients together.
+    #[serde(default)]
+    pub total: Option<u64>,
+    /// The most it takes at once (default: `total`).
+    #[serde(default)]
+    pub total_burst: Option<u64>,
     /// What one client is: its address cut to these prefixes (defaults 32 and 64).
     #[serde(default)]
     pub ipv4_prefix: Option<u64>,

@@ -35,7 +35,7 @@ use crate::action::{self, PacketBuf};
 use crate::balance::{maglev::Maglev, source_hash, source_key, tuple_hash};
 use crate::classify::{self, Classifier, Decision, Key};
 use crate::config::{
-    Affinity, Forwarding, Mac, Pipeline, Policy, QosActions, RateLimit, ServerState, Target,
+    Affinity, Bucket, Forwarding, Mac, Pipeline, Policy, QosActions, RateLimit, ServerState, Target,
 };
 use crate::flow::{
     FlowKey, FlowTable, FragKey, Inserted, LruTable, Owner, TcpState, tcp_flags, tcp_next,
@@ -520,12 +520,35 @@ pub struct Worker {
     limits: Option<LruTable<LimitKey, u64>>,
 }
 
-/// A client of a rate-limited service: the service and the client's network
-/// ([`source_key`]).
+/// A bucket of a rate-limited service: a client's (its network, [`source_key`]) or,
+/// `whole`, the service's.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 struct LimitKey {
     service: u16,
+    whole: bool,
     client: [u8; 16],
+}
+
+/// One new flow from bucket `key` of table `t` (limit `b`, of which this worker admits
+/// `part`) at `now`, if it has one. The generic cell rate algorithm, a token bucket's
+/// exact equivalent in one number: the time the bucket is next full (`tat`); a flow is
+/// admitted while that is at most `burst − 1` intervals ahead, and moves it one
+/// interval on. With a part of W the worker admits one flow each `W / rate` s, and its
+/// share of `burst` (at least 1).
+fn take(t: &mut LruTable<LimitKey, u64>, key: LimitKey, b: Bucket, part: Share, now: u64) -> bool {
+    let interval = 1_000_000_000 * u64::from(part.of) / u64::from(b.rate);
+    let ahead = u64::from(part.of(b.burst).max(1) - 1) * interval;
+    let Some(h) = t.find(&key) else {
+        t.insert(key, now + interval, 0, now);
+        return true;
+    };
+    let tat = (*t.get(h)).max(now);
+    t.touch(h, 0, now);
+    if tat - now > ahead {
+        return false;
+    }
+    *t.get_mut(h) = tat + interval;
+    true
 }
 
 /// Clients of rate-limited services each worker keeps a bucket for; past that the
@@ -811,34 +834,36 @@ impl Worker {
     }
 
     /// `rate_limit`: whether the client with source address `src` may open one more
-    /// flow of service `i` at `now`. The generic cell rate algorithm, a token bucket's
-    /// exact equivalent in one number per client: the time its bucket is next full
-    /// (`tat`); a flow is admitted while that is at most `burst − 1` intervals ahead,
-    /// and moves it one interval on. With a part of W ([`Worker::set_limit_share`]) the
-    /// worker admits one flow each `W / per_source` s, and its share of `burst` (at
-    /// least 1).
+    /// flow of service `i` at `now`: one from its own bucket (`per_source`, the worker's
+    /// part by [`Worker::set_limit_share`]) and one from the service's (`total`, the
+    /// worker's part of every limit, [`Worker::set_share`]: all clients' flows spread
+    /// over the workers). A flow the service's bucket refuses has spent its client's.
     fn admit(&mut self, rl: &RateLimit, i: u16, src: &[u8; 16], now: u64) -> bool {
         let Some(t) = self.limits.as_mut() else {
             return true;
         };
-        let part = self.limit_share;
-        let interval = 1_000_000_000 * u64::from(part.of) / u64::from(rl.per_source);
-        let ahead = u64::from(part.of(rl.burst).max(1) - 1) * interval;
-        let key = LimitKey {
-            service: i,
-            client: source_key(src, rl.v4_prefix, rl.v6_prefix),
-        };
-        let Some(h) = t.find(&key) else {
-            t.insert(key, now + interval, 0, now);
-            return true;
-        };
-        let tat = (*t.get(h)).max(now);
-        t.touch(h, 0, now);
-        if tat - now > ahead {
-            return false;
+        if let Some(b) = rl.per_source {
+            let client = source_key(src, rl.v4_prefix, rl.v6_prefix);
+            let key = LimitKey {
+                service: i,
+                whole: false,
+                client,
+            };
+            if !take(t, key, b, self.limit_share, now) {
+                return false;
+            }
         }
-        *t.get_mut(h) = tat + interval;
-        true
+        match rl.total {
+            Some(b) => {
+                let key = LimitKey {
+                    service: i,
+                    whole: true,
+                    client: [0; 16],
+                };
+                take(t, key, b, self.share, now)
+            }
+            None => true,
+        }
     }
 
     /// The tables in use.
@@ -2857,6 +2882,32 @@ mod tests {
                 .filter(|&k| try_at(&mut w, 9, 1000 + k, SYN, 20))
                 .count(),
             5
+        );
+        // `total`: one bucket for every client of the service, the worker's share of it
+        // by `set_share` (all clients' flows spread over the workers).
+        let yt = P.replace(
+            "    servers:",
+            "    rate_limit: { total: 10, total_burst: 5 }\n    servers:",
+        );
+        let p = Pipeline::from_str(&yt, Path::new("p.yaml")).unwrap();
+        let mut w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
+        assert_eq!(
+            (1..=10u8)
+                .filter(|&c| try_at(&mut w, c, 1000, SYN, 10))
+                .count(),
+            5
+        );
+        assert!(
+            try_at(&mut w, 11, 1000, SYN, 10 + 100 * MS),
+            "one more 100 ms later"
+        );
+        let mut w = Worker::new(Arc::new(Tables::build(p, 1)));
+        w.set_share(Share::new(1, 2).unwrap());
+        assert_eq!(
+            (1..=10u8)
+                .filter(|&c| try_at(&mut w, c, 1000, SYN, 10))
+                .count(),
+            2
         );
     }
 
