@@ -419,6 +419,50 @@ fn run_pcap_fragments_match_replay() {
     assert!(j["icmp_errors"].as_u64() > Some(0), "{j}");
 }
 
+/// `flowgate run` of `input` through `pipeline` with two workers on one `net_pcap` port
+/// (single-queue: the software dispatcher spreads the frames), until idle, in `dir`:
+/// each worker's output capture and the stats JSON's path. Checks that it ran and
+/// dispatched.
+fn run_two_workers_dispatched(
+    dir: &Path,
+    pipeline: &Path,
+    input: &Path,
+    tag: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let (out0, out1, stats) = (
+        dir.join(format!("{tag}-o0.pcap")),
+        dir.join(format!("{tag}-o1.pcap")),
+        dir.join(format!("{tag}-run.json")),
+    );
+    let conf = dir.join(format!("{tag}.yaml"));
+    std::fs::write(
+        &conf,
+        format!(
+            "pipeline: {}\neal: {}\n\
+             lcores: {{ management: 0, workers: [1, 2], cpus: \"0-1\" }}\n\
+             ports:\n  - {{ name: outside, device: \"net_pcap0,rx_pcap={},tx_pcap={},tx_pcap={}\" }}\n\
+             stop: {{ idle_ms: 700 }}\n",
+            pipeline.display(),
+            no_huge_eal(tag),
+            input.display(),
+            out0.display(),
+            out1.display()
+        ),
+    )
+    .expect("write conf");
+    let o = flowgate()
+        .args(["run", "--quiet", "--conf"])
+        .arg(&conf)
+        .arg("--stats-json")
+        .arg(&stats)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "flowgate run failed: {err}");
+    assert!(err.contains("software dispatch"), "{err}");
+    (out0, out1, stats)
+}
+
 #[test]
 fn run_two_workers_dispatch_matches_replay() {
     if !is_root() {
@@ -440,38 +484,8 @@ fn run_two_workers_dispatch_matches_replay() {
         "gen failed: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let (out0, out1, stats_run, out_replay) = (
-        d.join("o0.pcap"),
-        d.join("o1.pcap"),
-        d.join("run.json"),
-        d.join("replay.pcap"),
-    );
-    let conf = d.join("two.yaml");
-    std::fs::write(
-        &conf,
-        format!(
-            "pipeline: {}\neal: [\"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-telemetry\", \"--file-prefix\", \"{}\"]\n\
-             lcores: {{ management: 0, workers: [1, 2], cpus: \"0-1\" }}\n\
-             ports:\n  - {{ name: outside, device: \"net_pcap0,rx_pcap={},tx_pcap={},tx_pcap={}\" }}\n\
-             stop: {{ idle_ms: 700 }}\n",
-            pipeline.display(),
-            prefix("two"),
-            input.display(),
-            out0.display(),
-            out1.display()
-        ),
-    )
-    .expect("write conf");
-    let o = flowgate()
-        .args(["run", "--quiet", "--conf"])
-        .arg(&conf)
-        .arg("--stats-json")
-        .arg(&stats_run)
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "flowgate run failed: {err}");
-    assert!(err.contains("software dispatch"), "{err}");
+    let out_replay = d.join("replay.pcap");
+    let (out0, out1, stats_run) = run_two_workers_dispatched(d, &pipeline, &input, "two");
     let jp = common::replay_stats(&pipeline, &input, &out_replay);
     let (a, b, want) = (frames(&out0), frames(&out1), frames(&out_replay));
     assert!(
@@ -539,33 +553,7 @@ fn run_two_workers_dispatch_hold_each_client_to_its_whole_rate_limit() {
          wrpcap('{}', pk)\n",
         input.display()
     ));
-    let (out0, out1, stats_run) = (d.join("o0.pcap"), d.join("o1.pcap"), d.join("run.json"));
-    let conf = d.join("two.yaml");
-    std::fs::write(
-        &conf,
-        format!(
-            "pipeline: {}\neal: {}\n\
-             lcores: {{ management: 0, workers: [1, 2], cpus: \"0-1\" }}\n\
-             ports:\n  - {{ name: outside, device: \"net_pcap0,rx_pcap={},tx_pcap={},tx_pcap={}\" }}\n\
-             stop: {{ idle_ms: 700 }}\n",
-            pipeline.display(),
-            no_huge_eal("limit"),
-            input.display(),
-            out0.display(),
-            out1.display()
-        ),
-    )
-    .expect("write conf");
-    let o = flowgate()
-        .args(["run", "--quiet", "--conf"])
-        .arg(&conf)
-        .arg("--stats-json")
-        .arg(&stats_run)
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "flowgate run failed: {err}");
-    assert!(err.contains("software dispatch"), "{err}");
+    let (out0, out1, stats_run) = run_two_workers_dispatched(d, &pipeline, &input, "limit");
     let jr = json(&stats_run);
     assert_eq!(jr["packets_out"], 40, "{jr}");
     assert_eq!(jr["drops"]["rate_limited"], 40, "{jr}");

@@ -63,6 +63,19 @@ services:
     p
 }
 
+/// The web service over s1..s3 without limits, with `line` (a service key) added.
+fn service_with(dir: &Path, name: &str, line: &str) -> std::path::PathBuf {
+    let p = pipeline(dir, name, [None; 3], "drop");
+    let yaml = std::fs::read_to_string(&p).unwrap();
+    let with = yaml.replace(
+        "    policy: maglev\n",
+        &format!("    policy: maglev\n    {line}\n"),
+    );
+    assert_ne!(yaml, with);
+    std::fs::write(&p, with).unwrap();
+    p
+}
+
 /// `n` SYNs from distinct clients of network `net` (198.51.`net`.0/24) at `t` seconds
 /// on, 1 ms apart, followed by `n` more from 198.51.`net + 1`.0/24 at `t + 30` (after
 /// the SYN timeout, 10 s, has ended the first ones).
@@ -432,13 +445,11 @@ fn rate_limits_hold_each_client_to_its_rate() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let p = pipeline(d, "limited.yaml", [None; 3], "drop");
-    let yaml = std::fs::read_to_string(&p).unwrap().replace(
-        "    policy: maglev\n",
-        "    policy: maglev\n    rate_limit: { per_source: 10, burst: 5 }\n",
+    let p = service_with(
+        d,
+        "limited.yaml",
+        "rate_limit: { per_source: 10, burst: 5 }",
     );
-    assert!(yaml.contains("rate_limit"));
-    std::fs::write(&p, yaml).unwrap();
     let cap = d.join("clients.pcap");
     scapy(&format!(
         r#"
@@ -542,12 +553,11 @@ fn allow_lists_the_clients_a_service_takes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let syns = capture(d, 20);
-    let p = pipeline(d, "allow.yaml", [None; 3], "drop");
-    let yaml = std::fs::read_to_string(&p).unwrap().replace(
-        "    policy: maglev\n",
-        "    policy: maglev\n    allow: [198.51.100.0/29, 198.51.101.5, \"2001:db8::/32\"]\n",
+    let p = service_with(
+        d,
+        "allow.yaml",
+        "allow: [198.51.100.0/29, 198.51.101.5, \"2001:db8::/32\"]",
     );
-    std::fs::write(&p, yaml).unwrap();
     let out = d.join("allow.out.pcap");
     let s = replay_stats(&p, &syns, &out);
     let mut got: Vec<String> = destinations(&out).into_keys().collect();
@@ -646,12 +656,11 @@ fn a_total_rate_limit_holds_all_clients_together() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let syns = capture(d, 30);
-    let p = pipeline(d, "total.yaml", [None; 3], "drop");
-    let yaml = std::fs::read_to_string(&p).unwrap().replace(
-        "    policy: maglev\n",
-        "    policy: maglev\n    rate_limit: { per_source: 1, total: 100, total_burst: 5 }\n",
+    let p = service_with(
+        d,
+        "total.yaml",
+        "rate_limit: { per_source: 1, total: 100, total_burst: 5 }",
     );
-    std::fs::write(&p, yaml).unwrap();
     let out = d.join("total.out.pcap");
     let s = replay_stats(&p, &syns, &out);
     let mut bucket = TokenBuckets::new(100, 5);
