@@ -63,6 +63,17 @@ services:
     p
 }
 
+/// What `flowgate check` lists for pipeline `p`.
+fn listing(p: &Path) -> String {
+    let o = common::flowgate()
+        .args(["check", "--pipeline"])
+        .arg(p)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 /// The web service over s1..s3 without limits, with `line` (a service key) added.
 fn service_with(dir: &Path, name: &str, line: &str) -> std::path::PathBuf {
     let p = pipeline(dir, name, [None; 3], "drop");
@@ -229,12 +240,7 @@ fn a_full_server_sends_its_new_flows_to_the_others() {
         !text.contains("flowgate_server_max_flows{server=\"s2\"}"),
         "{text}"
     );
-    let o = common::flowgate()
-        .args(["check", "--pipeline"])
-        .arg(&limited)
-        .output()
-        .unwrap();
-    let listing = String::from_utf8_lossy(&o.stdout);
+    let listing = listing(&limited);
     assert!(
         (listing.lines()).any(|l| l.starts_with("  server s1 ") && l.ends_with(" max_flows 5")),
         "{listing}"
@@ -415,12 +421,7 @@ fn backups_take_the_flows_the_full_primaries_turn_away() {
     let s = replay_stats(&full, &syns, &d.join("full.pcap"));
     assert_eq!(s["packets_out"], 50, "{s}");
     assert_eq!(s["drops"]["servers_full"], 10, "{s}");
-    let o = common::flowgate()
-        .args(["check", "--pipeline"])
-        .arg(&full)
-        .output()
-        .unwrap();
-    let listing = String::from_utf8_lossy(&o.stdout);
+    let listing = listing(&full);
     let line = |n: &str| {
         (listing.lines())
             .find(|l| l.starts_with(&format!("  server {n} ")))
@@ -529,12 +530,7 @@ wrpcap("{}", pk)
     ] {
         assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
     }
-    let o = common::flowgate()
-        .args(["check", "--pipeline"])
-        .arg(&p)
-        .output()
-        .unwrap();
-    let listing = String::from_utf8_lossy(&o.stdout);
+    let listing = listing(&p);
     assert!(
         listing.contains(
             "  rate_limit 10 new flows a second per client (IPv4 /32, IPv6 /64), 5 at once"
@@ -568,12 +564,7 @@ fn allow_lists_the_clients_a_service_takes() {
     assert_eq!(got, want);
     assert_eq!(s["drops"]["not_allowed"], 32, "{s}");
     assert_eq!(s["services"]["web"]["denied"], 32, "{s}");
-    let o = common::flowgate()
-        .args(["check", "--pipeline"])
-        .arg(&p)
-        .output()
-        .unwrap();
-    let listing = String::from_utf8_lossy(&o.stdout);
+    let listing = listing(&p);
     assert!(
         (listing.lines()).any(|l| l == "  allow 198.51.100.0/29, 198.51.101.5/32, 2001:db8::/32"),
         "{listing}"
@@ -678,12 +669,7 @@ fn a_total_rate_limit_holds_all_clients_together() {
         "5 at once, at 10 and 20 ms one more; twice: {got:?}"
     );
     assert_eq!(s["drops"]["rate_limited"], 60 - 14, "{s}");
-    let o = common::flowgate()
-        .args(["check", "--pipeline"])
-        .arg(&p)
-        .output()
-        .unwrap();
-    let listing = String::from_utf8_lossy(&o.stdout);
+    let listing = listing(&p);
     let line = "  rate_limit 1 new flows a second per client (IPv4 /32, IPv6 /64), 1 at once; \
                 100 new flows a second in all, 5 at once";
     assert!(listing.lines().any(|l| l == line), "{listing}");
