@@ -115,7 +115,8 @@ pub struct Tables {
     pub classifier: Arc<dyn Classifier>,
     /// Per service: Maglev table over the members of the tier taking its new flows
     /// ([`tier_weights`]; lookup gives a member index); shared with the tables before
-    /// when its members, their order and weights and the size are the same.
+    /// when its members, their order and weights and the size are the same. Which tier
+    /// that is follows from `weights` ([`Tiers::taking`]).
     pub maglev: Vec<Arc<Maglev>>,
     /// Per service: each member's weight in `maglev` (by member index; 0 outside it).
     weights: Vec<Box<[u32]>>,
@@ -123,8 +124,6 @@ pub struct Tables {
     /// backups' table and weights, for the new flows no primary has room for
     /// (`max_flows`).
     spill: Vec<Option<Spill>>,
-    /// Per service: which of its members take its new flows ([`Tiers::taking`]).
-    taking: Vec<Taking>,
     /// Server index by MAC (to recognise traffic from inside).
     pub server_by_mac: hashbrown::HashMap<Mac, u16>,
     /// `member_of[svc * servers + server]`: the member index of `server` in service
@@ -191,8 +190,8 @@ impl Tables {
             .filter_map(|(i, s)| {
                 let was = (prev.pipeline.services.get(i))
                     .filter(|o| o.name == s.name)
-                    .map_or(Taking::Primaries, |_| prev.taking[i]);
-                let now = self.taking[i];
+                    .map_or(Taking::Primaries, |o| taking(o, &prev.weights[i]));
+                let now = taking(s, &self.weights[i]);
                 (was != now).then(|| match now {
                     Taking::Backups => format!("service {} on its backup servers", s.name),
                     Taking::Primaries => {
@@ -277,9 +276,6 @@ impl Tables {
                 })
             })
             .collect();
-        let taking = (tiers.iter().zip(&p.services))
-            .map(|(t, s)| t.taking(s))
-            .collect();
         let weights = tiers.into_iter().map(|t| t.weights.into()).collect();
         let server_by_mac = p
             .servers
@@ -316,7 +312,6 @@ impl Tables {
             maglev,
             weights,
             spill,
-            taking,
             server_by_mac,
             member_of,
             express,
@@ -396,12 +391,17 @@ pub enum Taking {
 impl Tiers {
     /// Which members of service `s` (whose tiers these are) take its new flows.
     pub fn taking(&self, s: &crate::config::Service) -> Taking {
-        let mut taking = (s.members.iter().zip(&self.weights)).filter(|(_, w)| **w > 0);
-        match taking.next() {
-            None => Taking::None,
-            Some((m, _)) if m.backup => Taking::Backups,
-            Some(_) => Taking::Primaries,
-        }
+        taking(s, &self.weights)
+    }
+}
+
+/// Which members of service `s` take its new flows, by their `weights` in the table of
+/// the tier that does ([`Tiers::weights`]): those with one above 0 are all of one tier.
+fn taking(s: &crate::config::Service, weights: &[u32]) -> Taking {
+    match (s.members.iter().zip(weights)).find(|(_, w)| **w > 0) {
+        None => Taking::None,
+        Some((m, _)) if m.backup => Taking::Backups,
+        Some(_) => Taking::Primaries,
     }
 }
 
@@ -3112,7 +3112,6 @@ mod tests {
         a.maglev.len() == b.maglev.len()
             && (a.maglev.iter().zip(&b.maglev)).all(|(x, y)| same(x, y))
             && a.weights == b.weights
-            && a.taking == b.taking
             && (0..a.maglev.len()).all(|i| match (spill(a, i), spill(b, i)) {
                 (None, None) => true,
                 (Some((x, v)), Some((y, w))) => same(x, y) && v == w,
