@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{have_oracles, replay_stats, scapy, tshark};
+use common::{have_oracles, replay_stats, scapy, tshark_fields};
 use std::path::Path;
 
 const PIPELINE: &str = r#"system: { mac: "02:00:00:00:00:01", addresses: [203.0.113.1, "2001:db8::1"], gateway: "02:00:00:00:00:fe" }
@@ -35,28 +35,12 @@ services:
 
 /// Each frame of the output: (destination MAC, ICMP or ICMPv6 type, or "" for other).
 fn frames(out: &Path) -> Vec<(String, String)> {
-    tshark(
-        out,
-        &[
-            "-T",
-            "fields",
-            "-E",
-            "separator=;",
-            "-e",
-            "eth.dst",
-            "-e",
-            "icmp.type",
-            "-e",
-            "icmpv6.type",
-        ],
-    )
-    .into_iter()
-    .map(|l| {
-        let f: Vec<&str> = l.split(';').collect();
-        let ty = if f[1].is_empty() { f[2] } else { f[1] };
-        (f[0].to_string(), ty.to_string())
-    })
-    .collect()
+    (tshark_fields(out, "", &["eth.dst", "icmp.type", "icmpv6.type"]).into_iter())
+        .map(|f| {
+            let ty = if f[1].is_empty() { &f[2] } else { &f[1] };
+            (f[0].clone(), ty.clone())
+        })
+        .collect()
 }
 
 #[test]

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{have_oracles, replay_stats, scapy, tshark};
+use common::{have_oracles, replay_stats, scapy, tshark_fields};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -111,47 +111,29 @@ wrpcap("{}", pk)
 /// Per client address, the server (by MAC) its SYN left for; ICMP errors as "icmp".
 fn destinations(out: &Path) -> BTreeMap<String, String> {
     let by_mac: BTreeMap<&str, &str> = MACS.iter().map(|&(n, m)| (m, n)).collect();
-    tshark(
-        out,
-        &[
-            "-T",
-            "fields",
-            "-E",
-            "separator=;",
-            "-e",
-            "eth.dst",
-            "-e",
-            "ip.src",
-            "-e",
-            "ip.dst",
-            "-e",
-            "icmp.type",
-            "-e",
-            "icmp.code",
-        ],
-    )
-    .into_iter()
-    .map(|l| {
-        let f: Vec<&str> = l.split(';').collect();
-        if f[3] == "3" && f[4] == "3" {
-            // Port unreachable to the client (the first address is the error's own).
-            assert_eq!(
-                f[1].split(',').next(),
-                Some("203.0.113.10"),
-                "from the VIP: {l}"
-            );
-            (
-                f[2].split(',').next().unwrap().to_string(),
-                "icmp".to_string(),
-            )
-        } else {
-            let server = by_mac
-                .get(f[0])
-                .unwrap_or_else(|| panic!("unknown destination: {l}"));
-            (f[1].to_string(), server.to_string())
-        }
-    })
-    .collect()
+    let fields = ["eth.dst", "ip.src", "ip.dst", "icmp.type", "icmp.code"];
+    (tshark_fields(out, "", &fields).into_iter())
+        .map(|f| {
+            let l = f.join(";");
+            if f[3] == "3" && f[4] == "3" {
+                // Port unreachable to the client (the first address is the error's own).
+                assert_eq!(
+                    f[1].split(',').next(),
+                    Some("203.0.113.10"),
+                    "from the VIP: {l}"
+                );
+                (
+                    f[2].split(',').next().unwrap().to_string(),
+                    "icmp".to_string(),
+                )
+            } else {
+                let server = by_mac
+                    .get(f[0].as_str())
+                    .unwrap_or_else(|| panic!("unknown destination: {l}"));
+                (f[1].to_string(), server.to_string())
+            }
+        })
+        .collect()
 }
 
 #[test]
@@ -573,32 +555,15 @@ fn allow_lists_the_clients_a_service_takes() {
 
 /// (time in µs, client, source port, SYN only) of each TCP frame of `f`, by tshark.
 fn frames(f: &Path) -> Vec<(u64, String, u16, bool)> {
-    tshark(
-        f,
-        &[
-            "-T",
-            "fields",
-            "-E",
-            "separator=;",
-            "-e",
-            "frame.time_epoch",
-            "-e",
-            "ip.src",
-            "-e",
-            "tcp.srcport",
-            "-e",
-            "tcp.flags.ack",
-        ],
-    )
-    .into_iter()
-    .map(|l| {
-        let f: Vec<&str> = l.split(';').collect();
-        let (s, frac) = f[0].split_once('.').expect("seconds.fraction");
-        let us = s.parse::<u64>().unwrap() * 1_000_000 + frac[..6].parse::<u64>().unwrap();
-        let ack = f[3] == "1" || f[3] == "True";
-        (us, f[1].to_string(), f[2].parse().unwrap(), !ack)
-    })
-    .collect()
+    let fields = ["frame.time_epoch", "ip.src", "tcp.srcport", "tcp.flags.ack"];
+    (tshark_fields(f, "", &fields).into_iter())
+        .map(|f| {
+            let (s, frac) = f[0].split_once('.').expect("seconds.fraction");
+            let us = s.parse::<u64>().unwrap() * 1_000_000 + frac[..6].parse::<u64>().unwrap();
+            let ack = f[3] == "1" || f[3] == "True";
+            (us, f[1].to_string(), f[2].parse().unwrap(), !ack)
+        })
+        .collect()
 }
 
 /// The oracle of `rate_limit`: token buckets by key, each full (`burst` tokens) at first

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{flowgate, have_oracles, replay_stats, scapy, tshark};
+use common::{flowgate, have_oracles, replay_stats, scapy, tshark_fields};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -104,30 +104,16 @@ fn syns(out: &Path) -> Vec<(u32, String)> {
 /// the server they left for).
 fn to_servers(out: &Path, filter: &str) -> Vec<(u32, String)> {
     let by_mac: BTreeMap<&str, &str> = MACS.iter().map(|&(n, m)| (m, n)).collect();
-    tshark(
-        out,
-        &[
-            "-Y",
-            filter,
-            "-T",
-            "fields",
-            "-E",
-            "separator=;",
-            "-e",
-            "eth.dst",
-            "-e",
-            "ip.src",
-        ],
-    )
-    .into_iter()
-    .map(|l| {
-        let (mac, src) = l.split_once(';').expect("two fields");
-        let o: Vec<u32> = src.split('.').map(|x| x.parse().unwrap()).collect();
-        let i = (o[2] - 100) * 250 + o[3] - 1;
-        let server = by_mac.get(mac).unwrap_or_else(|| panic!("to {mac}"));
-        (i, server.to_string())
-    })
-    .collect()
+    tshark_fields(out, filter, &["eth.dst", "ip.src"])
+        .into_iter()
+        .map(|f| {
+            let (mac, src) = (f[0].as_str(), &f[1]);
+            let o: Vec<u32> = src.split('.').map(|x| x.parse().unwrap()).collect();
+            let i = (o[2] - 100) * 250 + o[3] - 1;
+            let server = by_mac.get(mac).unwrap_or_else(|| panic!("to {mac}"));
+            (i, server.to_string())
+        })
+        .collect()
 }
 
 /// The servers client `i`'s frames of `sent` (as [`to_servers`] lists them) went to, in
@@ -494,11 +480,11 @@ fn a_udp_server_answering_port_unreachable_is_taken_out() {
         "new clients avoid s1: {sent:?}"
     );
     // The port unreachables went back to the clients (the gateway), not to s1.
-    let errors = tshark(
-        &out,
-        &["-Y", "icmp.type == 3", "-T", "fields", "-e", "eth.dst"],
+    let errors = tshark_fields(&out, "icmp.type == 3", &["eth.dst"]);
+    assert_eq!(
+        errors,
+        vec![vec!["02:00:00:00:00:fe".to_string()]; refused.len()]
     );
-    assert_eq!(errors, vec!["02:00:00:00:00:fe".to_string(); refused.len()]);
     assert_eq!(j["server_fails"]["s1"], refused.len() as u64, "{j}");
     assert_eq!(j["server_ejected"]["s1"], 1, "{j}");
     assert!(told.contains("passive check: s1 out for 10 s"), "{told}");
@@ -565,28 +551,13 @@ wrpcap("{}", pk)
     };
     // Queries to the servers: (client, server) in order.
     let queries = |out: &Path| -> Vec<(u32, String)> {
-        tshark(
-            out,
-            &[
-                "-Y",
-                "udp.dstport == 53 && !icmpv6",
-                "-T",
-                "fields",
-                "-E",
-                "separator=;",
-                "-e",
-                "eth.dst",
-                "-e",
-                "udp.srcport",
-            ],
-        )
-        .into_iter()
-        .map(|l| {
-            let (mac, port) = l.split_once(';').unwrap();
-            let server = MACS.iter().find(|m| m.1 == mac).map_or("?", |m| m.0);
-            (port.parse::<u32>().unwrap() - 40000, server.to_string())
-        })
-        .collect()
+        let filter = "udp.dstport == 53 && !icmpv6";
+        (tshark_fields(out, filter, &["eth.dst", "udp.srcport"]).into_iter())
+            .map(|f| {
+                let server = MACS.iter().find(|m| m.1 == f[0]).map_or("?", |m| m.0);
+                (f[1].parse::<u32>().unwrap() - 40000, server.to_string())
+            })
+            .collect()
     };
     let out = d.join("first.out.pcap");
     replay_stats(&p, &write("first.pcap", None), &out);
@@ -610,13 +581,10 @@ wrpcap("{}", pk)
         };
         assert_eq!(t, want, "client {i}");
     }
-    let errors = tshark(
-        &out,
-        &["-Y", "icmpv6.type == 1", "-T", "fields", "-e", "eth.dst"],
-    );
+    let errors = tshark_fields(&out, "icmpv6.type == 1", &["eth.dst"]);
     assert_eq!(
         errors,
-        vec!["02:00:00:00:00:fe".to_string(); on_s1.len()],
+        vec![vec!["02:00:00:00:00:fe".to_string()]; on_s1.len()],
         "to the clients"
     );
     assert_eq!(j["server_fails"]["s1"], on_s1.len() as u64, "{j}");

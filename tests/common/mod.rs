@@ -68,6 +68,24 @@ pub fn tshark(file: &Path, args: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// The fields `fields` of each frame of `file` that tshark's display `filter` takes (every
+/// frame for `""`), in order: one entry per field (`""` where a frame has none; several
+/// values of one field joined by commas, as tshark prints them).
+pub fn tshark_fields(file: &Path, filter: &str, fields: &[&str]) -> Vec<Vec<String>> {
+    let mut args = Vec::new();
+    if !filter.is_empty() {
+        args.extend(["-Y", filter]);
+    }
+    args.extend(["-T", "fields", "-E", "separator=;"]);
+    for f in fields {
+        args.extend(["-e", f]);
+    }
+    tshark(file, &args)
+        .into_iter()
+        .map(|l| l.split(';').map(str::to_string).collect())
+        .collect()
+}
+
 /// Runs `tshark -n -r file args`, returns stdout; panics (naming the file) when it fails.
 pub fn tshark_text(file: &Path, args: &[&str]) -> String {
     let out = Command::new("tshark")
