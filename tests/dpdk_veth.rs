@@ -2075,6 +2075,32 @@ fn name_servers_on_9001(t: &mut Topo) {
     );
 }
 
+/// flowgate started, and answering, with a TCP service `name` on the VIP's port 9001 over
+/// h1 and h2 (s1's and s2's machines under names of their own, `h1` and `h2` appended to
+/// their entries) with `keys` (service lines) before its `servers:`, and the servers of
+/// [`name_servers_on_9001`] listening: the directory of flowgate's files and its stats
+/// file.
+fn flowgate_on_9001(
+    t: &mut Topo,
+    name: &str,
+    keys: &str,
+    h1: &str,
+    h2: &str,
+) -> (tempfile::TempDir, PathBuf) {
+    name_servers_on_9001(t);
+    let svc = format!(
+        "  - name: {name}\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [9001]\n{keys}    \
+         servers:\n      \
+         - {{ name: h1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, port: inside{h1} }}\n      \
+         - {{ name: h2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, port: inside{h2} }}\n"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stats = start_flowgate(t, dir.path(), &svc, "");
+    first_answer(t, URL4);
+    wait_listening(t, &["s1", "s2"], false, 9001, &stats);
+    (dir, stats)
+}
+
 /// `n` connections from the client to 203.0.113.10:9001, one after the other: who
 /// answered each, and how long it took (s). Fails the test (with `stats`) unless all
 /// are answered within 10 s.
@@ -2154,15 +2180,8 @@ fn run_af_packet_takes_a_silent_server_out_of_new_connections() {
     let Some((_one, mut t, _www)) = setup(15) else {
         return;
     };
-    name_servers_on_9001(&mut t);
-    let watched = "  - name: watched\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [9001]\n    \
-                   servers:\n      \
-                   - { name: h1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, port: inside, max_fails: 1, fail_timeout: 4 }\n      \
-                   - { name: h2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, port: inside, max_fails: 1, fail_timeout: 4 }\n";
-    let dir = tempfile::tempdir().expect("tempdir");
-    let stats = start_flowgate(&mut t, dir.path(), watched, "");
-    first_answer(&t, URL4);
-    wait_listening(&mut t, &["s1", "s2"], false, 9001, &stats);
+    let check = ", max_fails: 1, fail_timeout: 4";
+    let (_dir, stats) = flowgate_on_9001(&mut t, "watched", "", check, check);
     let before = connect_9001(&mut t, 12, &stats);
     assert!(
         before.iter().any(|(s, _)| s == "s1") && before.iter().any(|(s, _)| s == "s2"),
@@ -2222,15 +2241,8 @@ fn run_af_packet_fails_over_to_a_backup_server_and_back() {
     let Some((_one, mut t, _www)) = setup(18) else {
         return;
     };
-    name_servers_on_9001(&mut t);
-    let svc = "  - name: standby\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [9001]\n    \
-               servers:\n      \
-               - { name: h1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, port: inside, max_fails: 1, fail_timeout: 3 }\n      \
-               - { name: h2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, port: inside, backup: true }\n";
-    let dir = tempfile::tempdir().expect("tempdir");
-    let stats = start_flowgate(&mut t, dir.path(), svc, "");
-    first_answer(&t, URL4);
-    wait_listening(&mut t, &["s1", "s2"], false, 9001, &stats);
+    let (h1, h2) = (", max_fails: 1, fail_timeout: 3", ", backup: true");
+    let (_dir, stats) = flowgate_on_9001(&mut t, "standby", "", h1, h2);
     let before = connect_9001(&mut t, 8, &stats);
     assert!(
         before.iter().all(|(s, _)| s == "s1"),
@@ -2427,15 +2439,8 @@ fn run_af_packet_holds_a_client_to_its_connection_rate() {
     let Some((_one, mut t, _www)) = setup(19) else {
         return;
     };
-    name_servers_on_9001(&mut t);
-    let svc = "  - name: limited\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [9001]\n    \
-               rate_limit: { per_source: 5, burst: 5 }\n    servers:\n      \
-               - { name: h1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, port: inside }\n      \
-               - { name: h2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, port: inside }\n";
-    let dir = tempfile::tempdir().expect("tempdir");
-    let stats = start_flowgate(&mut t, dir.path(), svc, "");
-    first_answer(&t, URL4);
-    wait_listening(&mut t, &["s1", "s2"], false, 9001, &stats);
+    let limit = "    rate_limit: { per_source: 5, burst: 5 }\n";
+    let (_dir, stats) = flowgate_on_9001(&mut t, "limited", limit, "", "");
     let got = connect_9001(&mut t, 10, &stats);
     assert_eq!(got.len(), 10, "{got:?}");
     let slow: Vec<usize> = (0..10).filter(|&i| got[i].1 > 0.9).collect();
