@@ -1999,8 +1999,29 @@ fn run_af_packet_places_held_connections_by_open_flows_and_limits() {
     let Some((_one, mut t, _www)) = setup(14) else {
         return;
     };
+    held_connections(&mut t, "[1]", "", 1);
+}
+
+#[test]
+fn run_af_packet_two_workers_hold_a_limit_and_count_flows_together() {
+    // The same with two workers behind the software dispatcher (qpairs=2, no RSS), and
+    // the 10 connections from 10 client addresses, which the dispatcher spreads over
+    // both workers by address: the limit is the server's over both workers (not 2 on one
+    // and 1 on the other), and least flows alternates by both workers' flows. Fails
+    // with each worker counting only its own flows.
+    let Some((_one, mut t, _www)) = setup(20) else {
+        return;
+    };
+    let log = held_connections(&mut t, "[1, 2]", ",qpairs=2", 10);
+    assert!(log.contains("software dispatch"), "{log}");
+}
+
+/// [`run_af_packet_places_held_connections_by_open_flows_and_limits`] on `workers` (a
+/// YAML list) with `devargs` on the ports, the connections made from `sources` client
+/// addresses in turn (198.51.100.2 and up); returns flowgate's log.
+fn held_connections(t: &mut Topo, workers: &str, devargs: &str, sources: u8) -> String {
     python_on_servers(
-        &mut t,
+        t,
         "import socket,sys\n\
          s=socket.socket()\n\
          s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
@@ -2010,6 +2031,10 @@ fn run_af_packet_places_held_connections_by_open_flows_and_limits() {
          while True:\n  c,_=s.accept()\n  c.sendall(sys.argv[1].encode()+b'\\n')\n  held.append(c)\n",
         |i| format!("s{i}"),
     );
+    for k in 1..sources {
+        let a = format!("198.51.100.{}/24", 2 + k);
+        must(&["ip", "-n", &t.ns("c"), "addr", "add", &a, "dev", "eth0"]);
+    }
     let held = "  - name: held\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [9000]\n    \
                 policy: least-flows\n    servers:\n      \
                 - { name: h1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, port: inside, max_flows: 3 }\n      \
@@ -2018,22 +2043,25 @@ fn run_af_packet_places_held_connections_by_open_flows_and_limits() {
     // and open flows are its own across the services that list it, and the web
     // request below is not to count.)
     let dir = tempfile::tempdir().expect("tempdir");
-    let stats = start_flowgate(&mut t, dir.path(), held, "");
-    first_answer(&t, URL4);
-    wait_listening(&mut t, &["s1", "s2"], false, 9000, &stats);
+    let stats = start_flowgate_with(t, dir.path(), held, "", workers, devargs, "");
+    first_answer(t, URL4);
+    wait_listening(t, &["s1", "s2"], false, 9000, &stats);
     let o = t
         .exec(
             "c",
             &[
                 "python3",
                 "-c",
-                "import socket,time\n\
-                 keep=[]\n\
-                 for i in range(10):\n  \
-                 c=socket.create_connection(('203.0.113.10',9000),timeout=5)\n  \
-                 print(c.makefile().readline().strip(),flush=True)\n  \
-                 keep.append(c)\n\
-                 time.sleep(2.5)\n",
+                &format!(
+                    "import socket,time\n\
+                     keep=[]\n\
+                     for i in range(10):\n  \
+                     src=('198.51.100.%d' % (2 + i % {sources}),0)\n  \
+                     c=socket.create_connection(('203.0.113.10',9000),timeout=5,source_address=src)\n  \
+                     print(c.makefile().readline().strip(),flush=True)\n  \
+                     keep.append(c)\n\
+                     time.sleep(2.5)\n"
+                ),
             ],
         )
         .output()
@@ -2043,7 +2071,7 @@ fn run_af_packet_places_held_connections_by_open_flows_and_limits() {
     let live = stats_now(&stats);
     if !o.status.success() {
         fail(
-            &mut t,
+            t,
             &format!(
                 "10 connections made: {said}{}",
                 String::from_utf8_lossy(&o.stderr)
@@ -2051,7 +2079,7 @@ fn run_af_packet_places_held_connections_by_open_flows_and_limits() {
             &stats,
         );
     }
-    stop(&mut t);
+    let log = stop(t);
     let servers: Vec<&str> = said.lines().collect();
     assert_eq!(servers.len(), 10, "{said}");
     // Least flows: s1 and s2 in turn until s1 holds its 3, then s2 alone.
@@ -2073,6 +2101,7 @@ fn run_af_packet_places_held_connections_by_open_flows_and_limits() {
     assert!(over == Some(3) || over == Some(4), "{j}");
     assert_eq!(j["services"]["held"]["flows"], 10, "{j}");
     assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
+    log
 }
 
 /// Starts on every server a TCP server on 203.0.113.10:9001 that answers each

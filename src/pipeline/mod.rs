@@ -25,6 +25,7 @@
 //!   (`fragment_no_first`).
 
 pub mod express;
+pub mod gauges;
 pub mod listing;
 pub mod meta;
 pub mod parse;
@@ -41,6 +42,7 @@ use crate::flow::{
     FlowKey, FlowTable, FragKey, Inserted, LruTable, Owner, TcpState, tcp_flags, tcp_next,
 };
 use crate::wire::ipv4::option_at;
+use gauges::FlowsRow;
 use meta::{DropReason, Frag, L3, Meta, Tuple};
 use stats::Stats;
 use std::sync::Arc;
@@ -510,7 +512,9 @@ pub struct Worker {
     /// The latest time [`expire`](Worker::expire) was called with: when new timeouts
     /// from [`set_tables`](Worker::set_tables) take effect.
     clock: u64,
-    /// This worker's part of each server's `max_flows`.
+    /// This worker's part of the limits it shares with the other workers: each service's
+    /// `rate_limit.total` and, without a board of every worker's flows
+    /// ([`Worker::set_server_flows`]), each server's `max_flows`.
     share: Share,
     /// This worker's part of each client's `rate_limit`, for the frames being processed
     /// ([`Worker::set_limit_share`]).
@@ -693,8 +697,9 @@ impl Worker {
         }
     }
 
-    /// Makes this worker admit `share` of each server's `max_flows` (all of it by
-    /// default: the only worker).
+    /// Makes this worker admit `share` of each service's `rate_limit.total` and, unless
+    /// it has a board of every worker's flows ([`Worker::set_server_flows`]), of each
+    /// server's `max_flows` (all of it by default: the only worker).
     pub fn set_share(&mut self, share: Share) {
         self.share = share;
     }
@@ -709,8 +714,36 @@ impl Worker {
         self.limit_share = share;
     }
 
-    /// True when server `s` may take one more new flow on this worker: it has no
-    /// `max_flows`, or this worker's flows to it hold less than its share.
+    /// Makes this worker publish its open flows per server in `row` and place new flows
+    /// by every worker's (`flowgate run` with one board for all its workers): a server's
+    /// `max_flows` and `least-flows` then count the server's flows over all the workers,
+    /// and [`set_share`](Worker::set_share) no longer divides `max_flows`.
+    pub fn set_server_flows(&mut self, row: FlowsRow) {
+        for (s, &open) in self.stats.server_flows.iter().enumerate() {
+            if let Ok(s) = u16::try_from(s) {
+                row.set(s, open);
+            }
+        }
+        self.stats.flows_row = Some(row);
+    }
+
+    /// Server `s`'s open flows: over all the workers when they share a board
+    /// ([`set_server_flows`](Worker::set_server_flows)), else this worker's.
+    #[inline]
+    fn open_flows(&self, s: u16) -> u64 {
+        match &self.stats.flows_row {
+            Some(row) => row.total(s),
+            None => (self.stats.server_flows)
+                .get(usize::from(s))
+                .copied()
+                .unwrap_or(0),
+        }
+    }
+
+    /// True when server `s` may take one more new flow: it has no `max_flows`, or its
+    /// open flows over all the workers hold less than that; a worker without a board
+    /// ([`set_server_flows`](Worker::set_server_flows)) holds its own flows to its share
+    /// of the limit.
     #[inline]
     fn has_room(&self, tables: &Tables, s: u16) -> bool {
         match tables
@@ -720,22 +753,15 @@ impl Worker {
             .and_then(|x| x.max_flows)
         {
             None => true,
-            Some(n) => {
-                let open = self
-                    .stats
-                    .server_flows
-                    .get(usize::from(s))
-                    .copied()
-                    .unwrap_or(0);
-                open < u64::from(self.share.of(n))
-            }
+            Some(n) if self.stats.flows_row.is_some() => self.open_flows(s) < u64::from(n),
+            Some(n) => self.open_flows(s) < u64::from(self.share.of(n)),
         }
     }
 
     /// `policy: least-flows`: of the members of service `i` with a weight above 0 in
-    /// `weights` (a tier's, by member index) that `ok` takes, the one with the fewest of
-    /// this worker's open flows for its weight; `start` (the flow's Maglev member) on
-    /// ties. `None` when `ok` takes none.
+    /// `weights` (a tier's, by member index) that `ok` takes, the one with the fewest
+    /// open flows ([`open_flows`](Worker::open_flows)) for its weight; `start` (the
+    /// flow's Maglev member) on ties. `None` when `ok` takes none.
     fn fewest_flows(
         &self,
         tables: &Tables,
@@ -747,8 +773,7 @@ impl Worker {
         let members = &tables.pipeline.services[i].members;
         // (member, open flows, weight); fewer flows per weight wins: a/w < b/v ⇔ a·v < b·w.
         let figures = |j: u16| {
-            let s = usize::from(members[usize::from(j)].server);
-            let open = self.stats.server_flows.get(s).copied().unwrap_or(0);
+            let open = self.open_flows(members[usize::from(j)].server);
             (j, open, u64::from(weights[usize::from(j)]))
         };
         let weighs = |j: u16| weights[usize::from(j)] > 0;
@@ -2543,6 +2568,81 @@ mod tests {
         w.expire(10 + 11_000_000_000, 100); // the SYN timeout (10 s) has passed
         assert_eq!(w.stats.server_flows, [0, 0]);
         assert_eq!(place_syns(&mut w, 10).iter().flatten().count(), 6);
+    }
+
+    /// Where the SYN of client `i` goes on worker `w` (server index), at time `now`.
+    fn place_one(w: &mut Worker, i: u32, now: u64) -> Option<u16> {
+        let mut b = syn_from(i);
+        let out = w.process(&mut b, 0, now);
+        out.route.map(|_| {
+            let dst: Mac = b.data()[..6].try_into().unwrap();
+            (w.tables.pipeline.servers.iter().position(|s| s.mac == dst)).unwrap() as u16
+        })
+    }
+
+    /// Workers sharing a board of their open flows: a server's `max_flows` holds over all
+    /// of them (not a share each: one worker may take the whole limit, and none takes
+    /// more once the others hold it), and `least-flows` weighs every worker's flows.
+    #[test]
+    fn workers_sharing_their_open_flows_hold_a_limit_together() {
+        let y = P.replace("01:01\" }", "01:01\", max_flows: 3 }");
+        let p = Pipeline::from_str(&y, Path::new("p.yaml")).unwrap();
+        let board = gauges::ServerFlows::new(2);
+        let mut ws: Vec<Worker> = (0..2)
+            .map(|k| {
+                let mut w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
+                w.set_share(Share::new(k, 2).unwrap());
+                w.set_server_flows(board.row(k).unwrap());
+                w
+            })
+            .collect();
+        // Clients whose Maglev slot names a, without a limit.
+        let plain = Pipeline::from_str(P, Path::new("p.yaml")).unwrap();
+        let free = place_syns(&mut Worker::new(Arc::new(Tables::build(plain, 1))), 40);
+        let to_a: Vec<u32> = (0..40).filter(|&i| free[i as usize] == Some(0)).collect();
+        assert!(to_a.len() >= 6, "{free:?}");
+        // Worker 1 alone: all three of a's flows (a share would be one).
+        for &i in &to_a[..3] {
+            assert_eq!(place_one(&mut ws[1], i, 10), Some(0), "client {i}");
+        }
+        // Then neither worker puts more on a.
+        assert_eq!(place_one(&mut ws[0], to_a[3], 10), Some(1));
+        assert_eq!(place_one(&mut ws[1], to_a[4], 10), Some(1));
+        assert_eq!(board.total(0), 3);
+        assert_eq!(
+            (ws[0].stats.server_flows[0], ws[1].stats.server_flows[0]),
+            (0, 3)
+        );
+        assert_eq!(ws[0].stats.server_overflows[0], 1);
+        // Worker 1's flows to a end (the SYN timeout): worker 0 may use a again.
+        ws[1].expire(10 + 11_000_000_000, 100);
+        assert_eq!(board.total(0), 0, "flows that end leave the board");
+        assert_eq!(place_one(&mut ws[0], to_a[5], 20 + 11_000_000_000), Some(0));
+        assert_eq!(board.total(0), 1);
+
+        // least-flows: worker 0, whose tables have b draining, puts 4 flows on a; worker
+        // 1's next 4 go to b (its own flows alone would be level), then one to each.
+        let y = P.replace("    servers:", "    policy: least-flows\n    servers:");
+        let p = Pipeline::from_str(&y, Path::new("p.yaml")).unwrap();
+        let mut drained = p.clone();
+        drained.servers[1].state = ServerState::Draining;
+        let board = gauges::ServerFlows::new(2);
+        let mut ws: Vec<Worker> = [drained, p]
+            .into_iter()
+            .enumerate()
+            .map(|(k, p)| {
+                let mut w = Worker::new(Arc::new(Tables::build(p, 1)));
+                w.set_server_flows(board.row(k).unwrap());
+                w
+            })
+            .collect();
+        for i in 0..4 {
+            assert_eq!(place_one(&mut ws[0], i, 10), Some(0));
+        }
+        let got: Vec<Option<u16>> = (100..106).map(|i| place_one(&mut ws[1], i, 10)).collect();
+        assert_eq!(got[..4], [Some(1); 4], "{got:?}");
+        assert_eq!((board.total(0), board.total(1)), (5, 5), "{got:?}");
+        assert_eq!(ws[1].stats.server_flows[1], 5);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! management side sums workers with [`Stats::merge`]. The JSON keeps the invariant
 //! `packets_in == packets_out + sum(drops)`.
 
+use super::gauges::FlowsRow;
 use super::meta::DropReason;
 use crate::config::{Entry, Pipeline, Target};
 use crate::flow::{Flow, Owner};
@@ -64,6 +65,11 @@ pub struct Stats {
     pub svc_limited: Vec<u64>,
     /// Per service: new flows from clients outside its `allow` list (also in `drops`).
     pub svc_denied: Vec<u64>,
+    /// Not a counter: where `flowgate run` publishes this worker's `server_flows` for
+    /// the other workers ([`FlowsRow`]), kept there by [`flow_in`](Self::flow_in) and
+    /// [`flow_out`](Self::flow_out); `None` for a lone worker (replay). Neither merged
+    /// nor copied.
+    pub flows_row: Option<FlowsRow>,
 }
 
 impl Stats {
@@ -100,6 +106,7 @@ impl Stats {
             rule_open: vec![0; p.flow_rules.len()],
             svc_limited: vec![0; p.services.len()],
             svc_denied: vec![0; p.services.len()],
+            flows_row: None,
         }
     }
 
@@ -160,6 +167,9 @@ impl Stats {
                 Entry::Server(i) => {
                     debug_assert_eq!(self.server_flows[i], 0, "flows on freed server {i}");
                     self.server_flows[i] = 0;
+                    if let (Some(row), Ok(s)) = (&self.flows_row, u16::try_from(i)) {
+                        row.set(s, 0);
+                    }
                     self.server_overflows[i] = 0;
                     self.server_fails[i] = 0;
                 }
@@ -239,6 +249,7 @@ impl Stats {
             rule_open,
             svc_limited,
             svc_denied,
+            flows_row: _,
         } = o;
         self.packets_in += packets_in;
         self.packets_out += packets_out;
@@ -289,6 +300,7 @@ impl Stats {
         for n in self.gauges(f).into_iter().flatten() {
             *n += 1;
         }
+        self.publish(f);
     }
 
     /// Flow `f` left the flow table (or its target or owner changed).
@@ -296,6 +308,17 @@ impl Stats {
     pub fn flow_out(&mut self, f: &Flow) {
         for n in self.gauges(f).into_iter().flatten() {
             *n = n.saturating_sub(1);
+        }
+        self.publish(f);
+    }
+
+    /// The gauge of flow `f`'s server, into this worker's row of the board.
+    #[inline]
+    fn publish(&self, f: &Flow) {
+        if let (Some(row), Target::Server(s)) = (&self.flows_row, f.target)
+            && let Some(&open) = self.server_flows.get(usize::from(s))
+        {
+            row.set(s, open);
         }
     }
 

@@ -106,6 +106,7 @@ pub fn copy_stats(dst: &mut Stats, src: &Stats) {
         rule_open,
         svc_limited,
         svc_denied,
+        flows_row: _,
     } = src;
     dst.packets_in = *packets_in;
     dst.packets_out = *packets_out;

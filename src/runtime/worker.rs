@@ -14,6 +14,7 @@ use super::lister::{Board, Lister, WorkerSide};
 use super::ramp::{self, Ramps};
 use super::{copy_stats, dispatch_hash};
 use crate::config::Pipeline;
+use crate::pipeline::gauges::ServerFlows;
 use crate::pipeline::meta::DropReason;
 use crate::pipeline::stats::Stats;
 use crate::pipeline::{Outcome, Share, Tables, Worker};
@@ -104,6 +105,8 @@ struct Shared {
     ramps: Mutex<Ramps>,
     /// The passive health check's servers taken out, applied the same way.
     ejections: Mutex<Ejections>,
+    /// Every worker's open flows per server, for `max_flows` and `least-flows`.
+    server_flows: Arc<ServerFlows>,
 }
 
 impl Shared {
@@ -346,6 +349,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
         retired: Mutex::new(Vec::new()),
         ramps: Mutex::new(ramps),
         ejections: Mutex::new(ejections),
+        server_flows: ServerFlows::new(n_workers),
     };
     // Where the stats JSON goes: rewritten every interval while running, and at the stop.
     let stats_path = opts.stats_json.as_deref().or(conf.stats_json.as_deref());
@@ -911,6 +915,9 @@ fn worker_loop<'q>(
     let n_workers = shared.slots.len();
     let share = Share::new(idx, n_workers).unwrap_or(Share::ALL);
     w.set_share(share);
+    if let Some(row) = shared.server_flows.row(idx) {
+        w.set_server_flows(row);
+    }
     let mut rxb: MbufBatch<'q> = MbufBatch::new();
     // This worker's frames picked out of a dispatched burst or its inbox.
     let mut mine: MbufBatch<'q> = MbufBatch::new();
