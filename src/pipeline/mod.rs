@@ -568,11 +568,12 @@ fn limits_for(p: &Pipeline) -> Option<LruTable<LimitKey, u64>> {
         .then(|| LruTable::new(LIMIT_CAPACITY, &[LIMIT_IDLE_NS]))
 }
 
-/// Which part of a server's `max_flows` one worker admits: worker `index` of `of`
-/// admits `max_flows / of`, one more when `index < max_flows % of`, so the parts add up
-/// to `max_flows`. Each worker holds its own flows (RSS or the dispatcher spreads them
-/// by a hash of their addresses), so a server's open flows reach `max_flows` when its
-/// flows spread evenly over the workers, as many flows do.
+/// Which part of a limit one worker admits: worker `index` of `of` admits `limit / of`,
+/// one more when `index < limit % of`, so the parts add up to the limit. For the limits
+/// the workers keep apart (each holds its own flows and buckets): a service's
+/// `rate_limit.total`, a client's `rate_limit` on frames RSS spread by their ports, and
+/// a server's `max_flows` on a worker without a board of every worker's flows
+/// ([`Worker::set_server_flows`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Share {
     index: u32,
