@@ -650,10 +650,19 @@ fn run_rewrites_the_stats_file_while_running() {
         let out = common::scapy(&format!(
             "from prometheus_client.parser import text_string_to_metric_families\n\
              fams = list(text_string_to_metric_families(open({:?}).read()))\n\
-             print([s.value for f in fams for s in f.samples if s.name == 'flowgate_port_ipackets_total'])\n",
+             print([s.value for f in fams for s in f.samples if s.name == 'flowgate_port_ipackets_total'])\n\
+             print([(s.labels, s.value) for f in fams for s in f.samples if s.name == 'flowgate_worker_packets_in_total'])\n",
             f.display().to_string()
         ));
-        assert_eq!(out.trim(), format!("[{}.0]", n_in), "{scraped}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        assert_eq!(lines[0], format!("[{}.0]", n_in), "{scraped}");
+        // The one worker processed every frame.
+        assert_eq!(
+            lines[1],
+            format!("[({{'worker': '0'}}, {}.0)]", n_in),
+            "{scraped}"
+        );
     }
     assert_eq!(live["runtime"]["workers"].as_u64(), Some(1));
     // web-farm.yaml's flow table (the default 1M) on one worker.
@@ -853,6 +862,32 @@ fn run_stops_cleanly_on_sigterm() {
         "no mbuf leaked: {j}"
     );
     assert_eq!(j["runtime"]["workers"].as_u64(), Some(2));
+    // Each worker's own figures: they add up to the totals, and net_null, which fills
+    // every burst, keeps both busy (a share of the run in loops that received frames).
+    let per = j["runtime"]["per_worker"].as_object().expect("per_worker");
+    assert_eq!(per.keys().collect::<Vec<_>>(), ["0", "1"], "{j}");
+    let sum = |k: &str| {
+        per.values()
+            .map(|w| w[k].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    assert_eq!(sum("packets_in"), pin, "{j}");
+    assert_eq!(sum("packets_out"), pout, "{j}");
+    assert_eq!(sum("dropped"), drops, "{j}");
+    assert_eq!(Some(sum("live_flows")), j["runtime"]["live_flows"].as_u64());
+    let seconds = j["runtime"]["seconds"].as_f64().expect("seconds");
+    for (i, w) in per {
+        assert!(w["packets_in"].as_u64() > Some(0), "worker {i}: {j}");
+        let busy = w["busy"].as_f64().expect("busy");
+        assert!(busy > 0.5 && busy <= 1.0, "worker {i} busy {busy}: {j}");
+        let s = w["busy_seconds"].as_f64().expect("busy_seconds");
+        assert!(
+            s > 0.0 && s <= seconds,
+            "worker {i}: {s} of {seconds} s: {j}"
+        );
+    }
+    assert_eq!(per["0"]["lcore"].as_u64(), Some(1), "{j}");
+    assert!(err.contains("busy "), "the rate line's busy shares: {err}");
     assert!(
         j["runtime"]["ports"]["inside"]["ipackets"]
             .as_u64()

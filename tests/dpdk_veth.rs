@@ -720,6 +720,16 @@ fn run_af_packet_two_workers_on_qpairs() {
     let j = final_stats(&stats, "web", answers.len());
     assert_eq!(j["runtime"]["workers"].as_u64(), Some(2), "{j}");
     assert_eq!(j["runtime"]["dispatch_dropped"].as_u64(), Some(0), "{j}");
+    // A few requests a second: both workers polled nearly all the time, but received
+    // frames in few of their loops (net_null keeps them busy in tests/dpdk_run.rs).
+    let per = j["runtime"]["per_worker"].as_object().expect("per_worker");
+    assert_eq!(per.len(), 2, "{j}");
+    let pin: u64 = per.values().filter_map(|w| w["packets_in"].as_u64()).sum();
+    assert_eq!(Some(pin), j["packets_in"].as_u64(), "{j}");
+    for (i, w) in per {
+        let busy = w["busy"].as_f64().expect("busy");
+        assert!((0.0..0.5).contains(&busy), "worker {i} busy {busy}: {j}");
+    }
 }
 
 #[test]

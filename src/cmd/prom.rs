@@ -312,6 +312,24 @@ fn runtime(o: &mut Out, r: &Value) {
         "Frames the software dispatcher could not hand to a worker.",
         &r["dispatch_dropped"],
     );
+    if let Some(workers) = r["per_worker"].as_object() {
+        o.keyed(
+            "flowgate_worker",
+            "worker",
+            workers,
+            &[
+                ("packets_in", "counter", "Frames a worker processed."),
+                ("packets_out", "counter", "Frames a worker forwarded."),
+                ("dropped", "counter", "Frames a worker dropped (every reason)."),
+                ("live_flows", "gauge", "Flows in a worker's flow table."),
+                (
+                    "busy_seconds",
+                    "counter",
+                    "Seconds a worker spent in poll loops that received frames (its rate is how busy the core is).",
+                ),
+            ],
+        );
+    }
     if let Some(ports) = r["ports"].as_object() {
         o.keyed(
             "flowgate_port",
@@ -586,6 +604,10 @@ mod tests {
             "services": {"web": {"flows": 4, "open_flows": 3, "packets": 7, "servers": {"a\"b": 5, "c": 2}}},
             "flow_rules": {"voice": {"flows": 0, "open_flows": 0, "packets": 0}},
             "runtime": {"running": true, "live_flows": 3, "flow_capacity": 1024, "tx_refused": 0, "dispatch_dropped": 0,
+                        "per_worker": {"0": {"lcore": 1, "packets_in": 6, "packets_out": 4, "dropped": 2,
+                                             "live_flows": 2, "busy_seconds": 0.5, "busy": 0.25},
+                                       "1": {"lcore": 2, "packets_in": 4, "packets_out": 3, "dropped": 1,
+                                             "live_flows": 1, "busy_seconds": 0.25, "busy": 0.125}},
                         "ports": {"outside": {"ipackets": 10, "opackets": 7, "imissed": 0,
                                   "ierrors": 0, "oerrors": 0, "rx_nombuf": 0,
                                   "link_up": true, "speed_mbps": 10000}}},
@@ -607,6 +629,12 @@ mod tests {
             "# TYPE flowgate_flow_capacity gauge",
             "flowgate_flow_capacity 1024",
             "flowgate_port_ipackets_total{port=\"outside\"} 10",
+            "flowgate_worker_packets_in_total{worker=\"0\"} 6",
+            "flowgate_worker_dropped_total{worker=\"1\"} 1",
+            "# TYPE flowgate_worker_live_flows gauge",
+            "flowgate_worker_live_flows{worker=\"1\"} 1",
+            "# TYPE flowgate_worker_busy_seconds_total counter",
+            "flowgate_worker_busy_seconds_total{worker=\"0\"} 0.5",
             "# TYPE flowgate_port_link_up gauge",
             "flowgate_port_link_up{port=\"outside\"} 1",
             "flowgate_port_speed_mbps{port=\"outside\"} 10000",

@@ -80,6 +80,10 @@ struct Slot {
     dispatch_dropped: AtomicU64,
     /// Frames left in RX queues at stop, freed unprocessed.
     drained: AtomicU64,
+    /// Nanoseconds spent in poll loops that received frames (the rest of the time the
+    /// worker polled empty queues): how busy the core is, which its CPU time (always
+    /// all of it) does not say.
+    busy_ns: AtomicU64,
     done: AtomicBool,
 }
 
@@ -341,6 +345,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
                 tx_refused: AtomicU64::new(0),
                 dispatch_dropped: AtomicU64::new(0),
                 drained: AtomicU64::new(0),
+                busy_ns: AtomicU64::new(0),
                 done: AtomicBool::new(false),
             })
             .collect(),
@@ -429,18 +434,11 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
     // The last tables published (a reload may have added services and servers).
     let latest = Arc::clone(&shared.tables.lock());
     let p = &latest.pipeline;
-    let mut total = Stats::new(p);
-    let mut flows = 0u64;
-    let mut tx_refused = 0u64;
-    let mut dispatch_dropped = leftover;
-    let mut drained = 0u64;
-    for slot in &shared.slots {
-        drained += slot.drained.load(Relaxed);
-        total.merge(&slot.stats.lock().0);
-        flows += slot.flows.load(Relaxed);
-        tx_refused += slot.tx_refused.load(Relaxed);
-        dispatch_dropped += slot.dispatch_dropped.load(Relaxed);
-    }
+    // Busy shares over the whole run.
+    let g = gather(&shared, conf, p, &vec![0; n_workers], seconds);
+    let (total, flows, tx_refused) = (g.sum, g.flows, g.tx_refused);
+    let dispatch_dropped = g.dispatch_dropped + leftover;
+    let drained: u64 = shared.slots.iter().map(|s| s.drained.load(Relaxed)).sum();
     let port_stats = port_stats_json(conf, &ports);
     for port in ports {
         port.close().context("closing a port")?;
@@ -457,6 +455,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
             "flow_capacity": p.flow_table.capacity * n_workers,
             "tx_refused": tx_refused,
             "dispatch_dropped": dispatch_dropped,
+            "per_worker": g.per_worker,
             "drained_at_stop": drained,
             "mempool_in_use": in_use,
             "ports": port_stats,
@@ -526,6 +525,8 @@ fn manage(
     let p0 = Arc::clone(&shared.tables.lock());
     let mut sum = Stats::new(&p0.pipeline);
     let mut last_print = Instant::now();
+    // Each worker's busy time at the last summary, for the busy share since.
+    let mut last_busy = vec![0u64; shared.slots.len()];
     let mut last_reclaim = Instant::now();
     // Each port's link as last read (`None`: not yet, or the driver refused).
     let mut links: Vec<Option<Link>> = vec![None; live.ports.len()];
@@ -604,17 +605,16 @@ fn manage(
             last_print = Instant::now();
             // The tables now published: a reload may have added services and servers.
             let cur = Arc::clone(&shared.tables.lock());
-            sum = Stats::new(&cur.pipeline);
-            let (mut flows, mut tx_refused, mut dispatch_dropped) = (0, 0, 0);
-            for s in &shared.slots {
-                sum.merge(&s.stats.lock().0);
-                flows += s.flows.load(Relaxed);
-                tx_refused += s.tx_refused.load(Relaxed);
-                dispatch_dropped += s.dispatch_dropped.load(Relaxed);
-            }
+            let g = gather(shared, &conf, &cur.pipeline, &last_busy, dt);
+            last_busy = g.busy_ns;
+            sum = g.sum;
+            let (flows, tx_refused, dispatch_dropped) = (g.flows, g.tx_refused, g.dispatch_dropped);
             if !quiet {
+                let busy: Vec<String> = (g.busy.iter())
+                    .map(|b| format!("{:.0}", b * 100.0))
+                    .collect();
                 crate::logln!(
-                    "[{:7.1} s] rx {:.3} Mpps  tx {:.3} Mpps  in {}  out {}  dropped {}  flows {}  evicted {} ({} assured)  moved {}{}",
+                    "[{:7.1} s] rx {:.3} Mpps  tx {:.3} Mpps  in {}  out {}  dropped {}  flows {}  evicted {} ({} assured)  moved {}  busy {} %{}",
                     shared.start.elapsed().as_secs_f64(),
                     (sum.packets_in - last_in) as f64 / dt / 1e6,
                     (sum.packets_out - last_out) as f64 / dt / 1e6,
@@ -625,6 +625,7 @@ fn manage(
                     sum.flows_evicted,
                     sum.flows_evicted_assured,
                     sum.flows_moved,
+                    busy.join("/"),
                     control
                         .as_deref()
                         .map(|c| format!("  {}", c.summary()))
@@ -643,6 +644,7 @@ fn manage(
                         "flow_capacity": cur.pipeline.flow_table.capacity * shared.slots.len(),
                         "tx_refused": tx_refused,
                         "dispatch_dropped": dispatch_dropped,
+                        "per_worker": g.per_worker,
                         "ports": port_stats_json(&conf, live.ports),
                     }),
                     control.as_deref(),
@@ -792,6 +794,68 @@ fn reload(conf: &mut RunConf, shared: &Shared, control: Option<&mut ControlRt>) 
 /// running the tables of the last reload or later ones: then an entry the current
 /// tables keep for its flows (removed by that reload or an earlier one) that no flow of
 /// these counts uses has no flow left at all, since none is made after it is removed.
+/// What the workers last published ([`publish`]), gathered by the management core.
+struct Gathered {
+    /// Their counters summed.
+    sum: Stats,
+    flows: u64,
+    tx_refused: u64,
+    dispatch_dropped: u64,
+    /// Each worker's busy time (ns, [`Slot::busy_ns`]).
+    busy_ns: Vec<u64>,
+    /// Each worker's share of the time since the last gathering spent busy.
+    busy: Vec<f64>,
+    /// The stats JSON's `runtime.per_worker`: each worker's figures, by index.
+    per_worker: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The workers' figures, with counters shaped for `p`, and each worker's busy share of
+/// the last `dt` seconds, in which it was `since[i]` ns busy before.
+fn gather(shared: &Shared, conf: &RunConf, p: &Pipeline, since: &[u64], dt: f64) -> Gathered {
+    let mut g = Gathered {
+        sum: Stats::new(p),
+        flows: 0,
+        tx_refused: 0,
+        dispatch_dropped: 0,
+        busy_ns: Vec::with_capacity(shared.slots.len()),
+        busy: Vec::with_capacity(shared.slots.len()),
+        per_worker: serde_json::Map::new(),
+    };
+    for (i, slot) in shared.slots.iter().enumerate() {
+        let (packets_in, packets_out, dropped) = {
+            let s = slot.stats.lock();
+            g.sum.merge(&s.0);
+            (s.0.packets_in, s.0.packets_out, s.0.dropped())
+        };
+        let flows = slot.flows.load(Relaxed);
+        g.flows += flows;
+        g.tx_refused += slot.tx_refused.load(Relaxed);
+        g.dispatch_dropped += slot.dispatch_dropped.load(Relaxed);
+        let busy_ns = slot.busy_ns.load(Relaxed);
+        let was = since.get(i).copied().unwrap_or(0);
+        let busy = if dt > 0.0 {
+            (busy_ns.saturating_sub(was) as f64 / 1e9 / dt).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        g.per_worker.insert(
+            i.to_string(),
+            json!({
+                "lcore": conf.worker_lcores.get(i),
+                "packets_in": packets_in,
+                "packets_out": packets_out,
+                "dropped": dropped,
+                "live_flows": flows,
+                "busy_seconds": busy_ns as f64 / 1e9,
+                "busy": busy,
+            }),
+        );
+        g.busy_ns.push(busy_ns);
+        g.busy.push(busy);
+    }
+    g
+}
+
 fn worker_sum(shared: &Shared, cur: &Tables) -> (Stats, bool) {
     let regrown = shared.regrown.load(Relaxed);
     let mut sum = Stats::new(&cur.pipeline);
@@ -926,8 +990,14 @@ fn worker_loop<'q>(
     let mut dispatch_dropped = 0u64;
     let mut listing = WorkerSide::default();
     slot.last_rx_ns.store(shared.now_ns().max(1), Relaxed); // polling starts: idle clock on
+    // When the last poll loop started, and whether it received frames: a loop that did
+    // counts as busy until the next one starts.
+    let (mut busy_ns, mut last_loop) = (0u64, (0u64, false));
     loop {
         let now = shared.now_ns();
+        if last_loop.1 {
+            busy_ns += now.saturating_sub(last_loop.0);
+        }
         let g = shared.generation.load(Relaxed);
         if g != generation {
             generation = g;
@@ -1010,6 +1080,7 @@ fn worker_loop<'q>(
         if got > 0 {
             slot.last_rx_ns.store(now.max(1), Relaxed);
         }
+        last_loop = (now, got > 0);
         w.expire(now, EXPIRE_PER_LOOP);
         w.sweep(SWEEP_PER_LOOP);
         w.move_flows(MOVES_PER_LOOP);
@@ -1019,13 +1090,13 @@ fn worker_loop<'q>(
         listing.step(&shared.board, idx, &w, now);
         if now.wrapping_sub(last_pub) >= PUBLISH_NS {
             last_pub = now;
-            publish(slot, &w, &io, dispatch_dropped);
+            publish(slot, &w, &io, dispatch_dropped, busy_ns);
         }
         if shared.stop.load(Relaxed) {
             break;
         }
     }
-    publish(slot, &w, &io, dispatch_dropped);
+    publish(slot, &w, &io, dispatch_dropped, busy_ns);
     // Two-phase stop: once every worker has flushed its last TX batch, free what is left
     // in our RX queues (a loopback PMD such as net_ring keeps sent frames in its ring, and
     // closing the port would not free them). Bounded: net_null never runs dry.
@@ -1055,7 +1126,7 @@ fn worker_loop<'q>(
     slot.drained.store(drained, Relaxed);
 }
 
-fn publish(slot: &Slot, w: &Worker, io: &WorkerIo<'_>, dispatch_dropped: u64) {
+fn publish(slot: &Slot, w: &Worker, io: &WorkerIo<'_>, dispatch_dropped: u64, busy_ns: u64) {
     {
         let mut s = slot.stats.lock();
         copy_stats(&mut s.0, &w.stats);
@@ -1065,6 +1136,7 @@ fn publish(slot: &Slot, w: &Worker, io: &WorkerIo<'_>, dispatch_dropped: u64) {
     slot.tx_refused
         .store(io.tx.iter().map(TxQueue::refused).sum(), Relaxed);
     slot.dispatch_dropped.store(dispatch_dropped, Relaxed);
+    slot.busy_ns.store(busy_ns, Relaxed);
 }
 
 /// Runs the frames of `b` (all from `in_port`) through the pipeline as one burst and
