@@ -2371,16 +2371,7 @@ mod tests {
 
     /// Where the SYNs of clients `0..n` go (server index, or `None` when not forwarded).
     fn place_syns(w: &mut Worker, n: u32) -> Vec<Option<u16>> {
-        (0..n)
-            .map(|i| {
-                let mut b = syn_from(i);
-                let out = w.process(&mut b, 0, 10);
-                out.route.map(|_| {
-                    let dst: Mac = b.data()[..6].try_into().unwrap();
-                    (w.tables.pipeline.servers.iter().position(|s| s.mac == dst)).unwrap() as u16
-                })
-            })
-            .collect()
+        (0..n).map(|i| place_one(w, i, 10)).collect()
     }
 
     /// The passive health check on the burst path (`flowgate run`'s): the express path

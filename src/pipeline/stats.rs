@@ -1,7 +1,8 @@
 //! Per-worker counters and the stats JSON shared by `replay` and `run`.
 //!
 //! Counters are plain integers owned by one worker (no atomics, no sharing); the
-//! management side sums workers with [`Stats::merge`]. The JSON keeps the invariant
+//! management side sums workers with [`Stats::merge`]. (One gauge is also published for
+//! the other workers: `server_flows`, through [`Stats::flows_row`].) The JSON keeps the invariant
 //! `packets_in == packets_out + sum(drops)`.
 
 use super::gauges::FlowsRow;
