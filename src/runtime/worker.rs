@@ -790,10 +790,6 @@ fn reload(conf: &mut RunConf, shared: &Shared, control: Option<&mut ControlRt>) 
     }
 }
 
-/// Every worker's counters summed (shaped as `cur`), and whether each copied them
-/// running the tables of the last reload or later ones: then an entry the current
-/// tables keep for its flows (removed by that reload or an earlier one) that no flow of
-/// these counts uses has no flow left at all, since none is made after it is removed.
 /// What the workers last published ([`publish`]), gathered by the management core.
 struct Gathered {
     /// Their counters summed.
@@ -856,6 +852,10 @@ fn gather(shared: &Shared, conf: &RunConf, p: &Pipeline, since: &[u64], dt: f64)
     g
 }
 
+/// Every worker's counters summed (shaped as `cur`), and whether each copied them
+/// running the tables of the last reload or later ones: then an entry the current
+/// tables keep for its flows (removed by that reload or an earlier one) that no flow of
+/// these counts uses has no flow left at all, since none is made after it is removed.
 fn worker_sum(shared: &Shared, cur: &Tables) -> (Stats, bool) {
     let regrown = shared.regrown.load(Relaxed);
     let mut sum = Stats::new(&cur.pipeline);
