@@ -555,6 +555,33 @@ fn take(t: &mut LruTable<LimitKey, u64>, key: LimitKey, b: Bucket, part: Share, 
     true
 }
 
+/// Undoes one [`take`] from bucket `key` (limit `b`, of which this worker admits
+/// `part`): its next-full time one interval earlier.
+fn give_back(t: &mut LruTable<LimitKey, u64>, key: LimitKey, b: Bucket, part: Share) {
+    let interval = 1_000_000_000 * u64::from(part.of) / u64::from(b.rate);
+    if let Some(h) = t.find(&key) {
+        let tat = t.get_mut(h);
+        *tat = tat.saturating_sub(interval);
+    }
+}
+
+/// The bucket of service `i`'s `rate_limit` `rl` for the client with source address
+/// `src`, or with `None` the service's own (`total`).
+fn limit_key(rl: &RateLimit, i: u16, src: Option<&[u8; 16]>) -> LimitKey {
+    match src {
+        Some(src) => LimitKey {
+            service: i,
+            whole: false,
+            client: source_key(src, rl.v4_prefix, rl.v6_prefix),
+        },
+        None => LimitKey {
+            service: i,
+            whole: true,
+            client: [0; 16],
+        },
+    }
+}
+
 /// Clients of rate-limited services each worker keeps a bucket for; past that the
 /// client idle the longest is forgotten (and starts again with its whole burst).
 pub const LIMIT_CAPACITY: usize = 65536;
@@ -863,32 +890,41 @@ impl Worker {
     /// flow of service `i` at `now`: one from its own bucket (`per_source`, the worker's
     /// part by [`Worker::set_limit_share`]) and one from the service's (`total`, the
     /// worker's part of every limit, [`Worker::set_share`]: all clients' flows spread
-    /// over the workers). A flow the service's bucket refuses has spent its client's.
+    /// over the workers). A flow the service's bucket refuses gives its client's token
+    /// back, and so does one no server then takes ([`Worker::refund`]): only the flows
+    /// the service opens spend tokens.
     fn admit(&mut self, rl: &RateLimit, i: u16, src: &[u8; 16], now: u64) -> bool {
         let Some(t) = self.limits.as_mut() else {
             return true;
         };
-        if let Some(b) = rl.per_source {
-            let client = source_key(src, rl.v4_prefix, rl.v6_prefix);
-            let key = LimitKey {
-                service: i,
-                whole: false,
-                client,
-            };
-            if !take(t, key, b, self.limit_share, now) {
-                return false;
-            }
+        let client = rl.per_source.map(|b| (limit_key(rl, i, Some(src)), b));
+        if let Some((key, b)) = client
+            && !take(t, key, b, self.limit_share, now)
+        {
+            return false;
         }
-        match rl.total {
-            Some(b) => {
-                let key = LimitKey {
-                    service: i,
-                    whole: true,
-                    client: [0; 16],
-                };
-                take(t, key, b, self.share, now)
+        if let Some(b) = rl.total
+            && !take(t, limit_key(rl, i, None), b, self.share, now)
+        {
+            if let Some((key, b)) = client {
+                give_back(t, key, b, self.limit_share);
             }
-            None => true,
+            return false;
+        }
+        true
+    }
+
+    /// Gives back the tokens [`admit`](Worker::admit) took for a flow of service `i` from
+    /// `src` that was not opened after all (no server could take it).
+    fn refund(&mut self, rl: &RateLimit, i: u16, src: &[u8; 16]) {
+        let Some(t) = self.limits.as_mut() else {
+            return;
+        };
+        if let Some(b) = rl.per_source {
+            give_back(t, limit_key(rl, i, Some(src)), b, self.limit_share);
+        }
+        if let Some(b) = rl.total {
+            give_back(t, limit_key(rl, i, None), b, self.share);
         }
     }
 
@@ -1524,8 +1560,11 @@ impl Worker {
                     drop_into(out, DropReason::NotAllowed);
                     return None;
                 }
-                if let Some(rl) = &p.services[usize::from(i)].rate_limit
-                    && (m.tuple.proto != 6 || syn_only(m.tcp_flags))
+                // Only what opens a flow is held to a rate limit: a TCP SYN, or the
+                // first packet of another protocol's flow.
+                let limit = (p.services[usize::from(i)].rate_limit.as_ref())
+                    .filter(|_| m.tuple.proto != 6 || syn_only(m.tcp_flags));
+                if let Some(rl) = limit
                     && !self.admit(rl, i, &m.tuple.src, now)
                 {
                     self.stats.svc_limited[usize::from(i)] += 1;
@@ -1535,6 +1574,9 @@ impl Worker {
                 let member = match self.place(tables, usize::from(i), &m.tuple, false) {
                     Ok(member) => member,
                     Err(why) => {
+                        if let Some(rl) = limit {
+                            self.refund(rl, i, &m.tuple.src);
+                        }
                         *out = self.no_server(tables, buf, m, i, why, in_port, now, *out);
                         return None;
                     }
@@ -3001,6 +3043,49 @@ mod tests {
                 .count(),
             2
         );
+    }
+
+    /// Only the flows a service opens spend `rate_limit` tokens: a SYN no server takes
+    /// gives its client's and the service's back, and one the service's bucket refuses
+    /// gives back its client's.
+    #[test]
+    fn rate_limit_tokens_come_back_when_no_flow_is_opened() {
+        use crate::r#gen::frame::flags::SYN;
+        const MS: u64 = 1_000_000;
+        let y = P.replace(
+            "    servers:",
+            "    rate_limit: { per_source: 1, burst: 2, total: 100, total_burst: 3 }\n    servers:",
+        );
+        let up = Pipeline::from_str(&y, Path::new("p.yaml")).unwrap();
+        let mut down = up.clone();
+        for s in &mut down.servers {
+            s.state = ServerState::Down;
+        }
+        let mut w = Worker::new(Arc::new(Tables::build(down, 1)));
+        let to = |w: &mut Worker, c: u8, sp: u16, now: u64| {
+            w.process(&mut tcp_from(c, sp, SYN), 0, now).drop
+        };
+        // No server up: each SYN is refused as such, never as rate limited.
+        for sp in 0..10 {
+            assert_eq!(to(&mut w, 7, 1000 + sp, 10), Some(DropReason::NoServer));
+        }
+        // Servers up again: the client still has its whole burst, and the service its
+        // whole total burst (1 more for client 8).
+        w.set_tables(Arc::new(Tables::build(up, 2))).unwrap();
+        assert_eq!(to(&mut w, 7, 2000, 10), None);
+        assert_eq!(to(&mut w, 7, 2001, 10), None);
+        assert_eq!(to(&mut w, 7, 2002, 10), Some(DropReason::RateLimited));
+        assert_eq!(to(&mut w, 8, 3000, 10), None);
+        // Client 9 meets the service's empty bucket twice; 50 ms later the service has
+        // tokens again and client 9 its whole burst of 2 (which those refusals did not
+        // spend: its own bucket refills only one a second).
+        assert_eq!(to(&mut w, 9, 4000, 10), Some(DropReason::RateLimited));
+        assert_eq!(to(&mut w, 9, 4001, 10), Some(DropReason::RateLimited));
+        assert_eq!(to(&mut w, 9, 4002, 50 * MS), None);
+        assert_eq!(to(&mut w, 9, 4003, 50 * MS), None);
+        assert_eq!(to(&mut w, 9, 4004, 50 * MS), Some(DropReason::RateLimited));
+        assert_eq!(w.stats.drops[DropReason::NoServer as usize], 10);
+        assert_eq!(w.stats.svc_limited, [4]);
     }
 
     /// `allow`: only the listed client networks open flows of the service; the rest
