@@ -2104,6 +2104,14 @@ fn held_connections(t: &mut Topo, workers: &str, devargs: &str, sources: u8) -> 
     }
     assert_eq!(live["server_flows"]["h1"], 3, "{live}");
     assert_eq!(live["server_flows"]["h2"], 7, "{live}");
+    // With several workers, each held some of the connections (the dispatcher spread
+    // the clients' addresses over them).
+    let per = live["runtime"]["per_worker"]
+        .as_object()
+        .expect("per_worker");
+    for (i, w) in per.iter().filter(|_| sources > 1) {
+        assert!(w["live_flows"].as_u64() > Some(0), "worker {i}: {live}");
+    }
     let j = stats_file(&stats);
     // Connections 8 to 10 find h1 the emptiest but full; the 7th finds them level (3
     // each), and its Maglev slot decides.
