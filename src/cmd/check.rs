@@ -113,7 +113,7 @@ pub fn render(p: &Pipeline) -> String {
             }
         );
         if !svc.allow.is_empty() {
-            let nets: Vec<String> = svc.allow.iter().map(cidr).collect();
+            let nets: Vec<String> = svc.allow.networks().iter().map(cidr).collect();
             let _ = writeln!(s, "  allow {}", nets.join(", "));
         }
         if let Some(r) = &svc.rate_limit {

@@ -384,6 +384,53 @@ impl QosActions {
     }
 }
 
+/// A service's `allow` list: the networks as written (for listings), and the same
+/// addresses as sorted, disjoint ranges, so that a lookup is a binary search, whatever
+/// the number of networks (a country's address blocks run to thousands).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AllowList {
+    written: Vec<Range<u128>>,
+    merged: Vec<Range<u128>>,
+}
+
+impl AllowList {
+    /// The list of `networks` (IPv4-mapped; any order, overlaps allowed).
+    pub fn new(networks: Vec<Range<u128>>) -> AllowList {
+        let mut sorted: Vec<Range<u128>> =
+            networks.iter().copied().filter(|r| !r.is_empty()).collect();
+        sorted.sort_unstable_by_key(|r| r.lo);
+        let mut merged: Vec<Range<u128>> = Vec::with_capacity(sorted.len());
+        for r in sorted {
+            match merged.last_mut() {
+                // Overlapping or adjacent: one range.
+                Some(m) if m.hi == u128::MAX || r.lo <= m.hi + 1 => m.hi = m.hi.max(r.hi),
+                _ => merged.push(r),
+            }
+        }
+        AllowList {
+            written: networks,
+            merged,
+        }
+    }
+
+    /// True when the list is empty (every client is taken).
+    pub fn is_empty(&self) -> bool {
+        self.written.is_empty()
+    }
+
+    /// The networks as written.
+    pub fn networks(&self) -> &[Range<u128>] {
+        &self.written
+    }
+
+    /// True when address `a` (IPv4-mapped) lies in one of the networks.
+    #[inline]
+    pub fn contains(&self, a: u128) -> bool {
+        let i = self.merged.partition_point(|r| r.hi < a);
+        self.merged.get(i).is_some_and(|r| r.lo <= a)
+    }
+}
+
 /// A VIP service.
 #[derive(Clone, Debug)]
 pub struct Service {
@@ -415,7 +462,7 @@ pub struct Service {
     pub rate_limit: Option<RateLimit>,
     /// `allow`: the client networks (source prefixes, in the IPv4-mapped space) whose
     /// new flows the service takes; empty: every client.
-    pub allow: Vec<Range<u128>>,
+    pub allow: AllowList,
     /// Removed from the file by a reload ([`Pipeline::regrow`]) but kept so that its
     /// open flows go on: it matches no new traffic and owns no address.
     /// [`Pipeline::reclaim`] frees its index once its last flow ended.
@@ -1660,7 +1707,7 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
             table_size,
             reject,
             rate_limit,
-            allow,
+            allow: AllowList::new(allow),
             retired: false,
         });
     }
@@ -2086,4 +2133,62 @@ fn is_prime(n: usize) -> bool {
         d += 1;
     }
     true
+}
+
+#[cfg(test)]
+mod allow_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A network `base/len`, in the IPv4-mapped space when `v4`.
+    fn net(base: u128, len: u32, v4: bool) -> Range<u128> {
+        let (len, base) = if v4 {
+            (96 + len.min(32), (0xffff_u128 << 32) | (base & 0xffff_ffff))
+        } else {
+            (len.min(128), base)
+        };
+        let host = if len == 0 {
+            u128::MAX
+        } else {
+            (1u128 << (128 - len)) - 1
+        };
+        Range::new(base & !host, (base & !host) | host)
+    }
+
+    proptest! {
+        /// The binary search over the merged ranges answers as a scan of the networks
+        /// as written, at every network's edges and anywhere else.
+        #[test]
+        fn lookups_match_a_scan_of_the_networks(
+            nets in proptest::collection::vec((any::<u128>(), 0u32..=128, any::<bool>()), 0..40),
+            probes in proptest::collection::vec(any::<u128>(), 0..40),
+        ) {
+            let written: Vec<Range<u128>> =
+                nets.iter().map(|&(b, l, v4)| net(b, if v4 { l % 33 } else { l }, v4)).collect();
+            let list = AllowList::new(written.clone());
+            prop_assert_eq!(list.networks(), &written[..]);
+            let edges = written.iter().flat_map(|r| {
+                [r.lo.wrapping_sub(1), r.lo, r.hi, r.hi.wrapping_add(1)]
+            });
+            for a in edges.chain(probes) {
+                let scan = written.iter().any(|r| r.contains(a));
+                prop_assert_eq!(list.contains(a), scan, "{:#x}", a);
+            }
+        }
+    }
+
+    #[test]
+    fn adjacent_and_nested_networks_merge() {
+        let list = AllowList::new(vec![
+            net(0x0a00_0000, 9, true),  // 10.0.0.0/9
+            net(0x0a80_0000, 9, true),  // 10.128.0.0/9: with the first, 10.0.0.0/8
+            net(0x0a01_0000, 16, true), // inside
+            net(0, 0, false),           // ::/0 swallows all
+        ]);
+        assert_eq!(list.merged, [Range::new(0, u128::MAX)]);
+        let list = AllowList::new(vec![net(0x0a80_0000, 9, true), net(0x0a00_0000, 9, true)]);
+        assert_eq!(list.merged.len(), 1);
+        assert!(list.contains(0xffff_0aff_ffff) && !list.contains(0xffff_0b00_0000));
+        assert!(!AllowList::new(vec![]).contains(0));
+    }
 }

@@ -1551,11 +1551,7 @@ impl Worker {
             Decision::Service(i) if create => {
                 let i = i as u16;
                 let allow = &p.services[usize::from(i)].allow;
-                if !allow.is_empty()
-                    && !allow
-                        .iter()
-                        .any(|r| r.contains(u128::from_be_bytes(m.tuple.src)))
-                {
+                if !allow.is_empty() && !allow.contains(u128::from_be_bytes(m.tuple.src)) {
                     self.stats.svc_denied[usize::from(i)] += 1;
                     drop_into(out, DropReason::NotAllowed);
                     return None;
@@ -3099,7 +3095,7 @@ mod tests {
             "    allow: [198.51.100.0/28, \"2001:db8::/32\", 192.0.2.99]\n    rate_limit: { per_source: 1, ipv4_prefix: 8 }\n    servers:",
         );
         let p = Pipeline::from_str(&y, Path::new("p.yaml")).unwrap();
-        assert_eq!(p.services[0].allow.len(), 3);
+        assert_eq!(p.services[0].allow.networks().len(), 3);
         let mut w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
         let mut to = |c: u8, sp: u16, flags: u8| w.process(&mut tcp_from(c, sp, flags), 0, 10).drop;
         assert_eq!(to(1, 1000, SYN), None, "198.51.100.1 is in the /28");
