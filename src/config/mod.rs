@@ -191,7 +191,8 @@ pub enum Policy {
     /// Weighted Maglev over `weight × (min response time / response time)`.
     ResponseTime,
     /// The member with the fewest open flows for its weight (IPVS's weighted least
-    /// connections), counted by each worker over its own flows; the Maglev table (over
+    /// connections), counted over all the workers of `flowgate run`
+    /// ([`crate::pipeline::gauges`]); the Maglev table (over
     /// the configured weights) breaks ties.
     LeastFlows,
 }
@@ -272,8 +273,8 @@ pub struct Server {
     pub removed: bool,
     /// The most open flows (of every service and rule) whose target it is; a new flow
     /// whose first choice it is at that goes to another server with room (see
-    /// `Worker::place`). Each worker admits its share
-    /// ([`Share`](crate::pipeline::Share)). `None`: no limit.
+    /// `Worker::place`). Counted over all the workers of `flowgate run`
+    /// ([`crate::pipeline::gauges`]). `None`: no limit.
     pub max_flows: Option<u32>,
     /// Nanoseconds over which the server takes its weight after it comes up while the
     /// system runs (`slow_start`, seconds in the file; `None`, or 0 there: at once).
