@@ -1126,6 +1126,14 @@ fn a_free_index_is_taken_only_where_allowed() {
     assert_eq!(took.services.len(), 3, "the service index was not allowed");
 }
 
+/// Every server index's open flows on `board` are `w`'s (its only worker), at reload `k`.
+fn on_the_board(w: &Worker, board: &flowgate::pipeline::gauges::ServerFlows, k: u32) {
+    for (i, &open) in w.stats.server_flows.iter().enumerate() {
+        let i = u16::try_from(i).expect("a u16 index");
+        assert_eq!(board.total(i), open, "server index {i} at reload {k}");
+    }
+}
+
 /// Servers that come and go through hundreds of reloads (a rolling replacement, each new
 /// server taking flows before the old one's end) keep the pipeline as large as the
 /// servers alive at once, not as all the servers ever named.
@@ -1147,6 +1155,11 @@ fn servers_that_come_and_go_keep_the_pipeline_bounded() {
     };
     let mut p = file(0);
     let mut w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
+    // The worker publishes its open flows per server as `flowgate run`'s workers do:
+    // the board must follow its gauges through every creation, expiry, reload and
+    // reclaim (a freed index reads 0 before a new server takes it).
+    let board = flowgate::pipeline::gauges::ServerFlows::new(1);
+    w.set_server_flows(board.row(0).expect("row 0"));
     let mut g = 1;
     let mut now = 1_000u64;
     let mut most = 0;
@@ -1164,6 +1177,8 @@ fn servers_that_come_and_go_keep_the_pipeline_bounded() {
                 "{to} at reload {k}"
             );
         }
+        assert!(w.stats.server_flows.iter().any(|&n| n > 0), "flows open");
+        on_the_board(&w, &board, k);
         // s(k-1) leaves the file, s(k+1) joins.
         p = p.regrow(file(k)).expect("taken");
         g += 1;
@@ -1179,6 +1194,7 @@ fn servers_that_come_and_go_keep_the_pipeline_bounded() {
                 .expect("taken");
         }
         most = most.max(p.servers.len());
+        on_the_board(&w, &board, k);
     }
     assert!(
         most <= 4,
