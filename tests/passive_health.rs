@@ -665,3 +665,68 @@ fn a_backup_takes_the_new_clients_while_every_primary_is_out() {
         .unwrap_or_else(|| panic!("{told}"));
     assert!(s3.ends_with("  backup"), "{told}");
 }
+
+/// A primary back from the passive check while its backup stood in is eased in through
+/// its `slow_start`, the backup taking the rest of the new clients meanwhile: s1 (the
+/// only primary) refuses a connection and goes out for 2 s, s3 (its backup) takes the
+/// new clients; back, s1 takes a part of those of the next half second, s3 the rest, and
+/// once the ramp is done s1 takes them all. Without the easing s1 would take them all
+/// at once.
+#[test]
+fn a_primary_back_from_the_check_is_eased_in_beside_its_backup() {
+    if !have_oracles() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = pipeline(
+        d,
+        "p.yaml",
+        &["s1", "s3"],
+        ", max_fails: 1, fail_timeout: 2, slow_start: 4",
+    );
+    let yaml = std::fs::read_to_string(&p).unwrap();
+    let yaml = yaml.replace("01:03\", max_fails", "01:03\", backup: true, max_fails");
+    assert!(yaml.contains("backup: true"));
+    std::fs::write(&p, yaml).unwrap();
+    // Client 0 refused at 1 s: s1 out from about 1.25 s to 3.25 s, then ramping to
+    // about 7.25 s. New clients 1 ms apart: 30 at 2 s, 400 at 4 s, 400 at 9 s.
+    let mut steps: Vec<Step> = vec![(1.0, 0, "syn", ""), (1.0005, 0, "rst", "s1")];
+    for (start, n, t0) in [(100, 30, 2.0), (1000, 400, 4.0), (2000, 400, 9.0)] {
+        for k in 0..n {
+            steps.push((t0 + f64::from(k) / 1000.0, start + k, "syn", ""));
+        }
+    }
+    let cap = capture(d, "eased.pcap", &steps);
+    let out = d.join("out.pcap");
+    let (j, told) = replay_told(&p, &cap, &out);
+    let sent = syns(&out);
+    let on = |range: std::ops::Range<u32>, server: &str| {
+        (sent.iter())
+            .filter(|(c, s)| range.contains(c) && s == server)
+            .count()
+    };
+    assert_eq!(on(100..130, "s3"), 30, "s1 out: the backup");
+    let (s1, s3) = (on(1000..1400, "s1"), on(1000..1400, "s3"));
+    assert_eq!(s1 + s3, 400);
+    assert!(
+        (20..200).contains(&s1),
+        "s1 in the first second of its ramp: {s1} of 400"
+    );
+    assert_eq!(
+        on(2000..2400, "s1"),
+        400,
+        "after the ramp: the primary alone"
+    );
+    assert_eq!(j["services"]["web"]["on_backup"], 0, "{j}");
+    let at = |line: &str| {
+        told.find(line)
+            .unwrap_or_else(|| panic!("{line:?} not in\n{told}"))
+    };
+    let (backup, easing, primary) = (
+        at("service web on its backup servers"),
+        at("service web easing back onto its primary servers (their slow start)"),
+        at("service web back on its primary servers"),
+    );
+    assert!(backup < easing && easing < primary, "{told}");
+}

@@ -196,6 +196,10 @@ impl Tables {
                 let now = taking(s, &self.weights[i]);
                 (was != now).then(|| match now {
                     Taking::Backups => format!("service {} on its backup servers", s.name),
+                    Taking::Easing => format!(
+                        "service {} easing back onto its primary servers (their slow start)",
+                        s.name
+                    ),
                     Taking::Primaries => {
                         format!("service {} back on its primary servers", s.name)
                     }
@@ -386,6 +390,9 @@ pub struct Tiers {
 pub enum Taking {
     Primaries,
     Backups,
+    /// The primaries, back after the backups stood in, in their slow start, and the
+    /// backups beside them with the rest ([`tier_weights`]).
+    Easing,
     /// None can: a new flow is dropped as `no_server` (or rejected).
     None,
 }
@@ -397,13 +404,16 @@ impl Tiers {
     }
 }
 
-/// Which members of service `s` take its new flows, by their `weights` in the table of
-/// the tier that does ([`Tiers::weights`]): those with one above 0 are all of one tier.
+/// Which members of service `s` take its new flows, by their `weights` in the table
+/// that places them ([`Tiers::weights`]).
 fn taking(s: &crate::config::Service, weights: &[u32]) -> Taking {
-    match (s.members.iter().zip(weights)).find(|(_, w)| **w > 0) {
-        None => Taking::None,
-        Some((m, _)) if m.backup => Taking::Backups,
-        Some(_) => Taking::Primaries,
+    let taking =
+        |backup: bool| (s.members.iter().zip(weights)).any(|(m, &w)| m.backup == backup && w > 0);
+    match (taking(false), taking(true)) {
+        (false, false) => Taking::None,
+        (false, true) => Taking::Backups,
+        (true, false) => Taking::Primaries,
+        (true, true) => Taking::Easing,
     }
 }
 
@@ -411,7 +421,12 @@ fn taking(s: &crate::config::Service, weights: &[u32]) -> Taking {
 /// primaries (members without `backup`) while any of them has an effective weight above
 /// 0 ([`effective_weight`]: up, not taken out, weight above 0); the backups when none
 /// has (all down, draining, at weight 0 or taken out by the passive check). A service
-/// of backups alone is served by them.
+/// of backups alone is served by them. While every primary taking new flows is in its
+/// slow start (a `ramp` below 1: they came back together after the backups stood in),
+/// the backups stay in the table beside them with the rest of the new flows: the
+/// primaries take the share `r` their ramps give their weights, the backups `1 − r`
+/// (their weights scaled to that), so that a primary back from an outage is eased in
+/// instead of taking every new flow at once.
 pub fn tier_weights(p: &Pipeline, i: usize) -> Tiers {
     let s = &p.services[i];
     let mut w = vec![0; s.members.len()];
@@ -425,13 +440,38 @@ pub fn tier_weights(p: &Pipeline, i: usize) -> Tiers {
             spill: None,
         };
     }
-    let (weights, spill): (Vec<u32>, Vec<u32>) = (s.members.iter().zip(w))
+    let (mut weights, spill): (Vec<u32>, Vec<u32>) = (s.members.iter().zip(w))
         .map(|(m, w)| if m.backup { (0, w) } else { (w, 0) })
         .unzip();
-    Tiers {
-        weights,
-        spill: spill.iter().any(|&w| w > 0).then_some(spill),
+    let spill = spill.iter().any(|&w| w > 0).then_some(spill);
+    // The primaries' share while all of them ramp: their weights against what they
+    // will be (each weight over its server's ramp).
+    let ramps = (s.members.iter().zip(&weights)).filter(|(m, w)| !m.backup && **w > 0);
+    let (mut now, mut full) = (0.0, 0.0);
+    let mut all_ramping = true;
+    for (m, &w) in ramps {
+        let ramp = p.servers[usize::from(m.server)].ramp;
+        all_ramping &= ramp < 1.0;
+        now += f64::from(w);
+        full += f64::from(w) / ramp.max(f64::MIN_POSITIVE);
     }
+    if let Some(backups) = spill.as_ref().filter(|_| all_ramping && full > 0.0) {
+        let r = (now / full).clamp(0.0, 1.0);
+        let total: f64 = backups.iter().map(|&w| f64::from(w)).sum();
+        // The backups' weights scaled to `now × (1 − r) / r` in all.
+        let scale = now * (1.0 - r) / r.max(f64::MIN_POSITIVE) / total;
+        for (x, &b) in weights.iter_mut().zip(backups) {
+            if b > 0 {
+                *x = ((f64::from(b) * scale).round() as u32).max(1);
+            }
+        }
+        // Every member that takes new flows is in the one table: no overflow table.
+        return Tiers {
+            weights,
+            spill: None,
+        };
+    }
+    Tiers { weights, spill }
 }
 
 /// The weight member `j` of service `i` has in the Maglev table, after its state and
@@ -2877,6 +2917,59 @@ mod tests {
                 .get("on_backup")
                 .is_none()
         );
+    }
+
+    /// Primaries back after the backups stood in, all in their slow start, take the
+    /// share their ramps give them, the backups the rest; with any primary at its whole
+    /// weight, or no backups, the ramps change nothing of the tiers.
+    #[test]
+    fn primaries_back_in_their_slow_start_share_with_the_backups() {
+        let p = with_backups(None);
+        let mut down = p.clone();
+        down.servers[0].state = ServerState::Down;
+        down.servers[1].state = ServerState::Down;
+        let t0 = Tables::build(down, 1);
+        let share_of_primaries = |ramps: [f64; 2]| {
+            let mut q = p.clone();
+            q.servers[0].ramp = ramps[0];
+            q.servers[1].ramp = ramps[1];
+            let t = Tables::build_after(q.clone(), 2, &t0);
+            let mut w = Worker::new(Arc::new(t));
+            let got = (5000..7000).filter_map(|i| place_one(&mut w, i, 10));
+            let primaries = got.filter(|&s| s < 2).count();
+            (primaries as f64 / 2000.0, w)
+        };
+        // Both at a quarter of their weights: a quarter of the new flows.
+        let (r, w) = share_of_primaries([0.25, 0.25]);
+        assert!((0.2..0.3).contains(&r), "{r}");
+        let t = tier_weights(&w.tables.pipeline, 0);
+        assert_eq!(t.taking(&w.tables.pipeline.services[0]), Taking::Easing);
+        assert_eq!(t.weights, [25, 25, 38, 113], "backups 1:3, 150 against 50");
+        assert_eq!(t.spill, None, "all of them in the one table");
+        assert_eq!(
+            w.tables.backup_news(&t0).as_deref(),
+            Some("service s easing back onto its primary servers (their slow start)")
+        );
+        assert_eq!(
+            w.stats.to_json(&w.tables.pipeline)["services"]["s"]["on_backup"],
+            1
+        );
+        // Further on, more; a's ramp done (b's not): the primaries alone.
+        let (r, _) = share_of_primaries([0.75, 0.5]);
+        assert!((0.55..0.75).contains(&r), "{r}");
+        let (r, w) = share_of_primaries([1.0, 0.5]);
+        assert_eq!(r, 1.0);
+        assert_eq!(
+            tier_weights(&w.tables.pipeline, 0).spill,
+            Some(vec![0, 0, 100, 300])
+        );
+        // Without backups, a ramp only weighs the primaries against each other.
+        let plain = Pipeline::from_str(P, Path::new("p.yaml")).unwrap();
+        let mut q = plain.clone();
+        q.servers[0].ramp = 0.25;
+        q.servers[1].ramp = 0.25;
+        let t = tier_weights(&q, 0);
+        assert_eq!((t.weights, t.spill), (vec![25, 25], None));
     }
 
     /// Under `max_flows`, the new flows no primary has room for go to the backups (by

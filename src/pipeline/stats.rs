@@ -383,7 +383,10 @@ impl Stats {
             }
             // A service with backup servers: 1 while they take its new flows.
             if s.members.iter().any(|m| m.backup && !m.vacant()) {
-                let on = super::tier_weights(p, i).taking(s) == super::Taking::Backups;
+                let on = matches!(
+                    super::tier_weights(p, i).taking(s),
+                    super::Taking::Backups | super::Taking::Easing
+                );
                 svc["on_backup"] = json!(u8::from(on));
             }
             services.insert(s.name.clone(), svc);
