@@ -377,11 +377,14 @@ fn maglev_input<'a>(
 /// ([`tier_weights`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tiers {
-    /// By member index: the weight in the table of the tier that takes new flows, 0 for
-    /// the members outside it (and for free member indices).
+    /// By member index: the weight in the table that places new flows (the tier that
+    /// takes them, or both while the primaries are eased in), 0 for the members outside
+    /// it (and for free member indices).
     pub weights: Vec<u32>,
-    /// While the primaries take new flows: the backups' weights (0 for the primaries),
-    /// when one of them is above 0; they take the new flows no primary has room for.
+    /// While the primaries alone take new flows: the backups' weights (0 for the
+    /// primaries), when one of them is above 0; they take the new flows no primary has
+    /// room for. (`None` while the primaries are eased in, [`Taking::Easing`]: the
+    /// backups are then in the one table.)
     pub spill: Option<Vec<u32>>,
 }
 
