@@ -51,6 +51,17 @@ services:
     p
 }
 
+/// [`pipeline`] `p.yaml` over `servers` (with s3) with `extra` (which starts with
+/// `, max_fails`) in each entry, s3 a backup.
+fn with_backup_s3(dir: &Path, servers: &[&str], extra: &str) -> PathBuf {
+    let p = pipeline(dir, "p.yaml", servers, extra);
+    let yaml = std::fs::read_to_string(&p).unwrap();
+    let yaml = yaml.replace("01:03\", max_fails", "01:03\", backup: true, max_fails");
+    assert!(yaml.contains("backup: true"));
+    std::fs::write(&p, yaml).unwrap();
+    p
+}
+
 /// One frame of the capture: at `t` s, a client's SYN (`"syn"`) or its server's answer
 /// (`"synack"` or `"rst"`, from that server's MAC); or a client's UDP datagram to port 53
 /// (`"query"`) and its server's answer (`"answer"`, or `"unreach"`: an ICMP port
@@ -602,16 +613,7 @@ fn a_backup_takes_the_new_clients_while_every_primary_is_out() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let p = pipeline(
-        d,
-        "p.yaml",
-        &["s1", "s2", "s3"],
-        ", max_fails: 2, fail_timeout: 5",
-    );
-    let yaml = std::fs::read_to_string(&p).unwrap();
-    let yaml = yaml.replace("01:03\", max_fails", "01:03\", backup: true, max_fails");
-    assert!(yaml.contains("backup: true"));
-    std::fs::write(&p, yaml).unwrap();
+    let p = with_backup_s3(d, &["s1", "s2", "s3"], ", max_fails: 2, fail_timeout: 5");
     let first = placement(d, &p, 0..20);
     assert!(first.values().all(|s| s != "s3"), "{first:?}");
     let mut steps: Vec<Step> = Vec::new();
@@ -679,16 +681,11 @@ fn a_primary_back_from_the_check_is_eased_in_beside_its_backup() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let p = pipeline(
+    let p = with_backup_s3(
         d,
-        "p.yaml",
         &["s1", "s3"],
         ", max_fails: 1, fail_timeout: 2, slow_start: 4",
     );
-    let yaml = std::fs::read_to_string(&p).unwrap();
-    let yaml = yaml.replace("01:03\", max_fails", "01:03\", backup: true, max_fails");
-    assert!(yaml.contains("backup: true"));
-    std::fs::write(&p, yaml).unwrap();
     // Client 0 refused at 1 s: s1 out from about 1.25 s to 3.25 s, then ramping to
     // about 7.25 s. New clients 1 ms apart: 30 at 2 s, 400 at 4 s, 400 at 9 s.
     let mut steps: Vec<Step> = vec![(1.0, 0, "syn", ""), (1.0005, 0, "rst", "s1")];
