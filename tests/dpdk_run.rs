@@ -191,22 +191,6 @@ fn prefix(tag: &str) -> String {
     format!("fgt-{tag}-{}", std::process::id())
 }
 
-/// `flowgate gen` of `flows` flows for `pipeline` into `out`.
-fn generate(pipeline: &Path, flows: u32, out: &Path) {
-    let o = flowgate()
-        .args(["gen", "--pipeline"])
-        .arg(pipeline)
-        .args(["--flows", &flows.to_string(), "--out"])
-        .arg(out)
-        .output()
-        .expect("gen");
-    assert!(
-        o.status.success(),
-        "gen failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 fn run_pcap_case(dir: &Path, input: &Path, tag: &str) {
     run_pcap_case_with(dir, input, tag, &root().join("pipelines/web-farm.yaml"));
 }
@@ -319,7 +303,13 @@ fn run_pcap_matches_replay() {
     run_pcap_case(dir.path(), &root().join("samples/web-farm.pcap"), "sample");
     // A fresh capture from gen: web clients, FTP, UDP, ESP, tagged traffic.
     let gen_pcap = dir.path().join("gen.pcap");
-    generate(&root().join("pipelines/web-farm.yaml"), 300, &gen_pcap);
+    common::generate(
+        Some(&root().join("pipelines/web-farm.yaml")),
+        "mix",
+        300,
+        &gen_pcap,
+        &[],
+    );
     run_pcap_case(dir.path(), &gen_pcap, "gen");
 }
 
@@ -477,7 +467,7 @@ fn run_two_workers_dispatch_matches_replay() {
     let d = dir.path();
     let pipeline = root().join("pipelines/web-farm.yaml");
     let input = d.join("gen.pcap");
-    generate(&pipeline, 400, &input);
+    common::generate(Some(&pipeline), "mix", 400, &input, &[]);
     let out_replay = d.join("replay.pcap");
     let (out0, out1, stats_run) = run_two_workers_dispatched(d, &pipeline, &input, "two");
     let jp = common::replay_stats(&pipeline, &input, &out_replay);

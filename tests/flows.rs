@@ -135,22 +135,7 @@ fn replay_lists_every_open_flow_as_tshark_sees_it() {
         dir.path().join("out.pcap"),
         dir.path().join("flows.json"),
     );
-    let g = common::flowgate()
-        .args([
-            "gen",
-            "web",
-            "--flows",
-            "300",
-            "--packets",
-            "2000",
-            "--pipeline",
-        ])
-        .arg(&pipeline)
-        .arg("--out")
-        .arg(&input)
-        .output()
-        .unwrap();
-    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    common::generate(Some(&pipeline), "web", 300, &input, &["--packets", "2000"]);
     common::replay_with(
         &pipeline,
         &input,

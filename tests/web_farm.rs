@@ -151,22 +151,6 @@ fn run_ok(cmd: &mut std::process::Command) {
     );
 }
 
-/// `flowgate gen SCENARIO [--pipeline PIPE]` (no pipeline: gen's built-in network, whose
-/// system and gateway MACs are those of every shipped pipeline).
-fn gen_bin(pipe: Option<&Path>, scenario: &str, flows: u64, out: &Path, extra: &[&str]) {
-    let mut c = common::flowgate();
-    c.arg("gen").arg(scenario);
-    if let Some(p) = pipe {
-        c.arg("--pipeline").arg(p);
-    }
-    c.arg("--flows")
-        .arg(flows.to_string())
-        .arg("-o")
-        .arg(out)
-        .args(extra);
-    run_ok(&mut c);
-}
-
 fn replay_bin(pipe: &Path, input: &Path, output: &Path, stats: &Path) -> serde_json::Value {
     let mut c = common::flowgate();
     c.arg("replay")
@@ -215,7 +199,7 @@ fn web_farm_affinity_spread_and_responses() {
     let output = dir.path().join("out.pcap");
     let stats_f = dir.path().join("stats.json");
     let n_flows = 4000u64;
-    gen_bin(Some(&pipe), "web", n_flows, &input, &[]);
+    common::generate(Some(&pipe), "web", n_flows, &input, &[]);
     let s = replay_bin(&pipe, &input, &output, &stats_f);
 
     let fin = frames(&input);
@@ -336,7 +320,7 @@ fn replay_is_deterministic() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pipe = pipeline("web-farm.yaml");
     let input = dir.path().join("mix.pcap");
-    gen_bin(Some(&pipe), "mix", 2000, &input, &[]);
+    common::generate(Some(&pipe), "mix", 2000, &input, &[]);
     let (a, b) = (dir.path().join("a.pcap"), dir.path().join("b.pcap"));
     let sa = replay_bin(&pipe, &input, &a, &dir.path().join("a.json"));
     let sb = replay_bin(&pipe, &input, &b, &dir.path().join("b.json"));
@@ -561,7 +545,7 @@ fn scenario_checks(
     );
     let input = tmp.join(format!("{tag}.in.pcap"));
     let output = tmp.join(format!("{tag}.out.pcap"));
-    gen_bin(gen_pipe, scenario, flows, &input, extra);
+    common::generate(gen_pipe, scenario, flows, &input, extra);
     let s = replay_bin(pipe, &input, &output, &tmp.join(format!("{tag}.json")));
     let drops = check_invariant(&s);
     let fin = frames(&input);

@@ -213,6 +213,29 @@ pub fn flowgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flowgate"))
 }
 
+/// `flowgate gen SCENARIO [--pipeline PIPE] --flows FLOWS -o OUT EXTRA…` (no pipeline:
+/// gen's built-in network, whose system and gateway MACs are those of every shipped
+/// pipeline); panics with its output when it fails.
+pub fn generate(pipe: Option<&Path>, scenario: &str, flows: u64, out: &Path, extra: &[&str]) {
+    let mut c = flowgate();
+    c.arg("gen").arg(scenario);
+    if let Some(p) = pipe {
+        c.arg("--pipeline").arg(p);
+    }
+    c.arg("--flows")
+        .arg(flows.to_string())
+        .arg("-o")
+        .arg(out)
+        .args(extra);
+    let o = c.output().expect("run flowgate gen");
+    assert!(
+        o.status.success(),
+        "{c:?} failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// `flowgate replay --quiet` of `input` through `pipeline` into `output`, with the stats
 /// JSON written beside the output (`OUTPUT.json`): that JSON. Panics with replay's stderr
 /// when it fails.
