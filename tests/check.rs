@@ -958,6 +958,32 @@ fn reload_from_says_whether_a_run_would_take_it() {
         out.contains("timeouts changed, open flows included: tcp_established_timeout 300 → 3600 s, idle_timeout 60 → 30 s"),
         "{out}"
     );
+    // An `allow` list given to `web`: taken, and said to cut the open flows of the
+    // clients it leaves out; none given to a service that had none (dns) is no news.
+    let allow = |nets: &str| {
+        BASE.replace(
+            "    qos: gold\n",
+            &format!("    qos: gold\n    allow: {nets}\n"),
+        )
+    };
+    let (code, out, err) = check(&allow("[198.51.100.0/24]"));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("; service \"web\" allows fewer clients: open flows of those left out cut")
+            && !out.contains("\"dns\" allows"),
+        "{out}"
+    );
+    // From a list to a wider one, or to none: nothing cut.
+    std::fs::write(&old, allow("[198.51.100.0/24]")).unwrap();
+    for wider in [allow("[198.51.100.0/23, 203.0.113.7]"), BASE.to_string()] {
+        let (code, out, err) = check(&wider);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(!out.contains("allows fewer"), "{out}");
+    }
+    let (code, out, err) = check(&allow("[198.51.100.128/25]"));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("\"web\" allows fewer clients"), "{out}");
+    std::fs::write(&old, BASE).unwrap();
     // The flow table's size: taken, a new table.
     let (code, out, err) =
         check(&BASE.replace("services:\n", "flow_table: { capacity: 1000 }\nservices:\n"));

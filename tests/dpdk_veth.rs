@@ -72,6 +72,10 @@
 //! associations from the one client address, reach the server whose block holds their
 //! SPI (a raw socket in each server namespace records what arrives).
 //!
+//! A narrowed `allow` list: a reload that leaves one of the client's two addresses out
+//! of the echo service's list cuts that address's open connection (no answer to its next
+//! request) and keeps the other's.
+//!
 //! Live flows: a client holds 20 connections to the echo service open; `flowgate flows
 //! --from` the run's stats address lists each (by the client's own address and port)
 //! established and assured on the server that answered it, filters by server, refuses
@@ -1672,6 +1676,105 @@ const ECHO_SERVER: &str = "import socketserver,sys\n\
 const ECHO_SERVICE: &str = "  - name: echo\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [7001]\n    servers:\n      \
     - { name: s1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, weight: 100, port: inside }\n      \
     - { name: s2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, weight: 100, port: inside }\n";
+
+/// A reload that narrows a service's `allow` list with real connections open: the echo
+/// connection from the client address the new list keeps is answered as before, by the
+/// same server; the one from the address it leaves out is cut (its next request is
+/// never answered: flowgate drops it as `not_allowed`), and so is a new connection from
+/// there; the stats count the cut flow in `revoked`, and the log says what the reload
+/// cut. Fails without the sweep that cuts (the cut connection is answered).
+#[test]
+fn run_af_packet_cuts_the_connections_a_narrowed_allow_list_leaves_out() {
+    let Some((_one, mut t, _www)) = setup(21) else {
+        return;
+    };
+    python_on_servers(&mut t, ECHO_SERVER, |i| format!("s{i}"));
+    must(&[
+        "ip",
+        "-n",
+        &t.ns("c"),
+        "addr",
+        "add",
+        "198.51.100.3/24",
+        "dev",
+        "eth0",
+    ]);
+    let allow = |nets: &str| {
+        ECHO_SERVICE.replace("    servers:", &format!("    allow: {nets}\n    servers:"))
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stats = start_flowgate(
+        &mut t,
+        dir.path(),
+        &allow("[198.51.100.2, 198.51.100.3]"),
+        "",
+    );
+    first_answer(&t, URL4);
+    wait_listening(&mut t, &["s1", "s2"], false, 7001, &stats);
+    // A connection from each address, one request each; when told (a line on stdin), a
+    // second request on each (3 s to be answered), then a new connection from each.
+    let script = "import socket,sys\n\
+         A=['198.51.100.2','198.51.100.3']\n\
+         def conn(src):\n  \
+         return socket.create_connection(('203.0.113.10',7001),timeout=3,source_address=(src,0))\n\
+         def ask(c,m):\n  \
+         try:\n    c.sendall(m.encode()); return c.recv(100).decode() or 'closed'\n  \
+         except OSError: return 'none'\n\
+         def fresh(src):\n  \
+         try: return ask(conn(src),'c')\n  \
+         except OSError: return 'none'\n\
+         cs=[conn(a) for a in A]\n\
+         print(' '.join(ask(c,'a') for c in cs),flush=True)\n\
+         sys.stdin.readline()\n\
+         print(' '.join(ask(c,'b') for c in cs),flush=True)\n\
+         print(' '.join(fresh(a) for a in A),flush=True)\n";
+    let mut client = t
+        .exec("c", &["python3", "-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut said = std::io::BufReader::new(client.stdout.take().expect("stdout"));
+    let mut line = || {
+        let mut l = String::new();
+        std::io::BufRead::read_line(&mut said, &mut l).expect("the client's answers");
+        l.split_whitespace().map(str::to_string).collect::<Vec<_>>()
+    };
+    let first = line();
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert!(first.iter().all(|a| a.ends_with(":a")), "{first:?}");
+    let pipe = dir.path().join("pipeline.yaml");
+    let text = std::fs::read_to_string(&pipe).expect("pipeline");
+    let narrowed = text.replace("[198.51.100.2, 198.51.100.3]", "[198.51.100.2]");
+    assert_ne!(narrowed, text);
+    reload_with(&t, &pipe, &narrowed);
+    wait_stats(
+        &mut t,
+        &stats,
+        Duration::from_secs(10),
+        "the flow cut",
+        |j| j["services"]["echo"]["revoked"] == 1,
+    );
+    std::io::Write::write_all(client.stdin.as_mut().expect("stdin"), b"go\n").expect("go");
+    let second = line();
+    let third = line();
+    let _ = client.wait();
+    let log = stop(&mut t);
+    let kept = first[0].split(':').next().expect("a server");
+    assert_eq!(second, [format!("{kept}:b"), "none".into()], "{first:?}");
+    assert_eq!(third.len(), 2, "{third:?}");
+    assert!(third[0].ends_with(":c") && third[1] == "none", "{third:?}");
+    assert!(
+        log.contains("service \"echo\" allows fewer clients: open flows of those left out cut"),
+        "{log}"
+    );
+    let j = stats_file(&stats);
+    let echo = &j["services"]["echo"];
+    assert_eq!(echo["revoked"], 1, "{j}");
+    // The second request, then the new connection's SYNs (sent again), at least.
+    assert!(echo["denied"].as_u64() >= Some(2), "{j}");
+    assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
+}
 
 #[test]
 fn run_af_packet_keeps_open_connections_through_a_syn_flood() {

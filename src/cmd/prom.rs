@@ -201,6 +201,12 @@ pub fn render(j: &Value) -> String {
                 "counter",
                 "New flows from clients outside a service's allow list (services with one).",
             ),
+            (
+                "revoked",
+                "flowgate_service_revoked_total",
+                "counter",
+                "Open flows cut because a reload narrowed a service's allow list and left their client out (services with one).",
+            ),
         ] {
             let have: Vec<(&String, f64)> = (svcs.iter())
                 .filter_map(|(k, v)| Some((k, num(v.get(key)?)?)))

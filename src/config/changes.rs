@@ -9,10 +9,18 @@ use super::{Pipeline, Service};
 use hashbrown::HashSet;
 
 /// What a run that takes `g` ([`Pipeline::regrow`]n from `old`) says it changed, one
-/// phrase each: [`order_changes`], a new flow-table size, then the timeouts its open
-/// flows take ([`timeout_changes`]). `check --reload-from` and the run's reload log both say it.
+/// phrase each: [`order_changes`], the services whose `allow` list now takes fewer
+/// clients ([`Pipeline::allow_narrowed`]), a new flow-table size, then the timeouts its
+/// open flows take ([`timeout_changes`]). `check --reload-from` and the run's reload log
+/// both say it.
 pub fn reload_changes(old: &Pipeline, g: &Pipeline) -> Vec<String> {
     let mut v = order_changes(old, g);
+    for i in old.allow_narrowed(g) {
+        v.push(format!(
+            "service {:?} allows fewer clients: open flows of those left out cut",
+            g.services[usize::from(i)].name
+        ));
+    }
     let (a, b) = (old.flow_table.capacity, g.flow_table.capacity);
     if a != b {
         v.push(format!(

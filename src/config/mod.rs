@@ -430,6 +430,29 @@ impl AllowList {
         let i = self.merged.partition_point(|r| r.hi < a);
         self.merged.get(i).is_some_and(|r| r.lo <= a)
     }
+
+    /// True when, as a service's `allow`, this list takes every client `old` took (an
+    /// empty list takes every client): false when a reload from `old` to it narrows the
+    /// service to fewer clients.
+    pub fn admits_all_of(&self, old: &AllowList) -> bool {
+        if self.is_empty() {
+            return true;
+        }
+        let all = [Range::new(0, u128::MAX)];
+        let old = if old.is_empty() {
+            &all[..]
+        } else {
+            &old.merged
+        };
+        // The merged ranges are maximal (adjacent ones joined): each of `old`'s lies
+        // inside one of them or is not wholly taken.
+        old.iter().all(|r| {
+            let i = self.merged.partition_point(|m| m.hi < r.lo);
+            self.merged
+                .get(i)
+                .is_some_and(|m| m.lo <= r.lo && r.hi <= m.hi)
+        })
+    }
 }
 
 /// A VIP service.
@@ -1033,6 +1056,16 @@ impl Pipeline {
             }
         }
         v
+    }
+
+    /// The services (by index) whose `allow` list in `new`, which [grows](Self::grows_into)
+    /// `self`, takes fewer clients than in `self`: a run cuts their open flows from the
+    /// clients left out ([`Worker::sweep`](crate::pipeline::Worker::sweep)).
+    pub fn allow_narrowed(&self, new: &Pipeline) -> Vec<u16> {
+        (self.services.iter().zip(&new.services).enumerate())
+            .filter(|(_, (a, b))| a.name == b.name && !b.allow.admits_all_of(&a.allow))
+            .map(|(i, _)| i as u16)
+            .collect()
     }
 
     /// Whether a reload removed entries that are still kept for their flows (servers,
@@ -2174,6 +2207,38 @@ mod allow_tests {
             for a in edges.chain(probes) {
                 let scan = written.iter().any(|r| r.contains(a));
                 prop_assert_eq!(list.contains(a), scan, "{:#x}", a);
+            }
+        }
+    }
+
+    proptest! {
+        /// A list admits all of another exactly when every address of the other (at
+        /// every edge of both lists' networks and anywhere else) lies in it; an empty
+        /// list takes every address.
+        #[test]
+        fn admits_all_of_is_a_subset_test(
+            a in proptest::collection::vec((any::<u128>(), 0u32..=128, any::<bool>()), 0..12),
+            b in proptest::collection::vec((any::<u128>(), 0u32..=128, any::<bool>()), 0..12),
+            probes in proptest::collection::vec(any::<u128>(), 0..40),
+        ) {
+            let list = |nets: &[(u128, u32, bool)]| {
+                AllowList::new(nets.iter().map(|&(b, l, v4)| net(b, if v4 { l % 33 } else { l }, v4)).collect())
+            };
+            // A narrower copy of the first list's networks, so that subsets are common.
+            let inner: Vec<(u128, u32, bool)> =
+                a.iter().map(|&(b, l, v4)| (b, l.saturating_add(3), v4)).collect();
+            let takes = |l: &AllowList, x: u128| l.is_empty() || l.contains(x);
+            for (new, old) in [(list(&a), list(&b)), (list(&a), list(&inner)), (list(&inner), list(&a))] {
+                let edges = (new.networks().iter().chain(old.networks()))
+                    .flat_map(|r| [r.lo.wrapping_sub(1), r.lo, r.hi, r.hi.wrapping_add(1)]);
+                let probes = edges.chain(probes.iter().copied()).chain([0, u128::MAX]);
+                let missed = probes.clone().find(|&x| takes(&old, x) && !takes(&new, x));
+                if new.admits_all_of(&old) {
+                    prop_assert!(missed.is_none(), "{:#x}", missed.unwrap_or(0));
+                } else {
+                    // Some address of `old` is not in `new`: it lies at an edge.
+                    prop_assert!(missed.is_some());
+                }
             }
         }
     }

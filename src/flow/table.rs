@@ -588,21 +588,25 @@ impl<K: Hash + Eq + Copy + Default, V: Copy + Default> LruTable<K, V> {
     }
 
     /// Visits the live entries in slots `from..` in slot order, at most `max` slots (live
-    /// or not), letting `f` change their values; returns the slot to go on from, or
-    /// `None` when every slot has been visited. Keys, classes and timers stay as they
-    /// are, so `f` must not change anything the entry's class is derived from. Reads
-    /// both slabs sequentially: for bounded background work, not for the packet path.
-    pub fn visit_mut(
+    /// or not), letting `f` change their values, and removes those for which `f` returns
+    /// false; returns the slot to go on from, or `None` when every slot has been visited.
+    /// The entries kept keep their keys, classes and timers, so `f` must not change
+    /// anything the entry's class is derived from. (A removal frees its slot and moves
+    /// only index entries: the slots not visited yet stay where they are.) Reads both
+    /// slabs sequentially: for bounded background work, not for the packet path.
+    pub fn visit_retain(
         &mut self,
         from: usize,
         max: usize,
-        mut f: impl FnMut(&K, &mut V),
+        mut f: impl FnMut(&K, &mut V) -> bool,
     ) -> Option<usize> {
         let end = from.saturating_add(max).min(self.hot.len());
         for s in from..end {
             if self.cold[s].class != FREE {
                 let slot = &mut self.hot[s];
-                f(&slot.key, &mut slot.val);
+                if !f(&slot.key, &mut slot.val) {
+                    self.remove(s as Handle);
+                }
             }
         }
         (end < self.hot.len()).then_some(end)
@@ -785,7 +789,7 @@ mod tests {
     }
 
     #[test]
-    fn visit_mut_sees_each_live_entry_once_in_steps() {
+    fn visit_retain_sees_each_live_entry_once_in_steps() {
         let mut t: LruTable<u64, u32> = LruTable::new(8, &[1000]);
         for k in 0..8 {
             t.insert(k, 0, 0, 1);
@@ -799,9 +803,10 @@ mod tests {
         let mut at = Some(0);
         let mut steps = 0;
         while let Some(from) = at {
-            at = t.visit_mut(from, 3, |k, v| {
+            at = t.visit_retain(from, 3, |k, v| {
                 seen.push(*k);
                 *v = *k as u32 * 10;
+                true
             });
             steps += 1;
         }
@@ -811,9 +816,23 @@ mod tests {
         for k in [0, 2, 3, 6, 7, 9] {
             assert_eq!(*t.get(t.find(&k).unwrap()), k as u32 * 10);
         }
-        // Values changed in place: timers untouched, the entries still expire.
-        assert_eq!(t.expire(2000, 100, |_, _| {}), 6);
-        assert_eq!(t.visit_mut(0, 100, |_, _| panic!("no live entry")), None);
+        // Removed while visiting (a step ending between them): the others stay, with
+        // their values, found through the index, and still expire on their timers.
+        let mut at = Some(0);
+        while let Some(from) = at {
+            at = t.visit_retain(from, 5, |k, _| k % 3 != 0);
+        }
+        assert_eq!(t.len(), 2);
+        for k in [0, 3, 6, 9] {
+            assert!(t.find(&k).is_none(), "{k} removed");
+        }
+        for k in [2, 7] {
+            assert_eq!(*t.get(t.find(&k).unwrap()), k as u32 * 10);
+        }
+        t.insert(10, 0, 0, 3); // a freed slot taken again
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.expire(2000, 100, |_, _| {}), 3);
+        assert_eq!(t.visit_retain(0, 100, |_, _| panic!("no live entry")), None);
     }
 
     #[test]

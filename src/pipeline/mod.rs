@@ -45,6 +45,7 @@ use crate::wire::ipv4::option_at;
 use gauges::FlowsRow;
 use meta::{DropReason, Frag, L3, Meta, Tuple};
 use stats::Stats;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 const NONE16: u16 = u16::MAX;
@@ -164,6 +165,8 @@ struct After {
     timeouts: bool,
     /// Rules that claim existing flows and changed (their match, target or QoS).
     claims: Vec<u16>,
+    /// Services whose `allow` list takes fewer clients ([`Pipeline::allow_narrowed`]).
+    narrowed: Vec<u16>,
 }
 
 impl Tables {
@@ -339,6 +342,7 @@ impl After {
             changed: a.changed_entries(b),
             timeouts: a.flow_table != b.flow_table || t.rule_idle[..] != rule_idle[..],
             claims: claims_changed(a, b),
+            narrowed: a.allow_narrowed(b),
         }
     }
 }
@@ -550,6 +554,9 @@ pub struct Worker {
     /// Per pattern rule: changed (and claiming existing flows) since the flow table was
     /// last swept for it.
     sweep_pending: Vec<bool>,
+    /// Per service: its `allow` list narrowed since the flow table was last swept for it
+    /// (the sweep cuts its open flows from the clients left out).
+    revoke_pending: Vec<bool>,
     /// The slot [`sweep`](Worker::sweep) goes on from; `None`: no sweep is due.
     sweep_at: Option<usize>,
     /// The latest time [`expire`](Worker::expire) was called with: when new timeouts
@@ -666,6 +673,16 @@ impl Share {
     }
 }
 
+/// The (address, port) that sent flow `f`'s (key `k`) creating packet, and the one it
+/// went to: the key's `a` side sent it unless swapped.
+fn ends(k: &FlowKey, f: &crate::flow::Flow) -> (([u8; 16], u16), ([u8; 16], u16)) {
+    if f.swapped() {
+        ((k.b, k.pb), (k.a, k.pa))
+    } else {
+        ((k.a, k.pa), (k.b, k.pb))
+    }
+}
+
 /// What a sweep does to flow `f` (key `k`): `Some` with its new value when it moves (see
 /// [`Worker::sweep`]), `None` when it stays as it is. `claiming` lists the rules that
 /// claim existing flows and can match anything, in priority order.
@@ -686,12 +703,7 @@ fn reconsider(
         }
         _ => None,
     };
-    // The creating packet's direction: the key's `a` side sent it unless swapped.
-    let ((src, sp), (dst, dp)) = if f.swapped() {
-        ((k.b, k.pb), (k.a, k.pa))
-    } else {
-        ((k.a, k.pa), (k.b, k.pb))
-    };
+    let ((src, sp), (dst, dp)) = ends(k, &f);
     let mut key = crate::classify::Key::of_five_tuple(
         u128::from_be_bytes(src),
         u128::from_be_bytes(dst),
@@ -759,6 +771,7 @@ impl Worker {
             burst_metas: Vec::new(),
             burst_keys: Vec::new(),
             sweep_pending: vec![false; p.flow_rules.len()],
+            revoke_pending: vec![false; p.services.len()],
             sweep_at: None,
             clock: 0,
             share: Share::ALL,
@@ -1044,14 +1057,21 @@ impl Worker {
         if self.limits.is_none() {
             self.limits = limits_for(p1);
         }
-        let claims = match after {
-            Some(a) => std::borrow::Cow::Borrowed(&a.claims[..]),
-            None => std::borrow::Cow::Owned(claims_changed(p0, p1)),
+        let (claims, narrowed) = match after {
+            Some(a) => (Cow::Borrowed(&a.claims[..]), Cow::Borrowed(&a.narrowed[..])),
+            None => (
+                Cow::Owned(claims_changed(p0, p1)),
+                Cow::Owned(p0.allow_narrowed(p1)),
+            ),
         };
         for &i in claims.iter() {
             self.sweep_pending[usize::from(i)] = true;
         }
-        if !claims.is_empty() {
+        self.revoke_pending.resize(p1.services.len(), false);
+        for &i in narrowed.iter() {
+            self.revoke_pending[usize::from(i)] = true;
+        }
+        if !claims.is_empty() || !narrowed.is_empty() {
             // From the start again: flows already passed may match the new change.
             self.sweep_at = Some(0);
         }
@@ -1093,8 +1113,14 @@ impl Worker {
     /// it has: it moves to the matching rule (its target, and its QoS from then on), or,
     /// matched by none, keeps its server and goes back under the service whose address
     /// and port it went to ([`Owner::Other`], no QoS, when there is none). Flows of the
-    /// operator's rules are never taken. A no-op when no sweep is due, and while a
-    /// resize's move is under way (the sweep waits for it).
+    /// operator's rules are never taken.
+    ///
+    /// A flow of a service whose `allow` list a reload narrowed, from a client the list
+    /// no longer takes, is removed (counted in the service's `revoked`): the client's next
+    /// packet finds no flow and is dropped as `not_allowed`, as a new one would be.
+    ///
+    /// A no-op when no sweep is due, and while a resize's move is under way (the sweep
+    /// waits for it).
     pub fn sweep(&mut self, max: usize) -> usize {
         let Some(from) = self.sweep_at else {
             return 0;
@@ -1106,9 +1132,21 @@ impl Worker {
         }
         let p = &self.tables.pipeline;
         let (claiming, pending) = (&self.tables.sweep_rules, &self.sweep_pending);
+        let revoking = &self.revoke_pending;
         let mut moved = 0;
         let stats = &mut self.stats;
-        self.sweep_at = self.flows.table.visit_mut(from, max, |k, f| {
+        self.sweep_at = self.flows.table.visit_retain(from, max, |k, f| {
+            if let Owner::Service(i) = f.owner
+                && revoking.get(usize::from(i)) == Some(&true)
+            {
+                let allow = &p.services[usize::from(i)].allow;
+                let ((client, _), _) = ends(k, f);
+                if !allow.is_empty() && !allow.contains(u128::from_be_bytes(client)) {
+                    stats.flow_out(f);
+                    stats.svc_revoked[usize::from(i)] += 1;
+                    return false;
+                }
+            }
             if let Some(g) = reconsider(p, claiming, pending, k, *f) {
                 if g.target != f.target || g.owner != f.owner {
                     stats.flow_out(f);
@@ -1117,9 +1155,11 @@ impl Worker {
                 *f = g;
                 moved += 1;
             }
+            true
         });
         if self.sweep_at.is_none() {
             self.sweep_pending.fill(false);
+            self.revoke_pending.fill(false);
         }
         self.stats.flows_moved += moved as u64;
         moved
@@ -3232,6 +3272,106 @@ mod tests {
         }
     }
 
+    /// A reload that narrows a service's `allow` list cuts the open flows of the clients
+    /// it leaves out (once the sweep has passed them: their next packets are dropped as
+    /// `not_allowed`, counted in `revoked`, the gauges follow); the clients it keeps keep
+    /// their flows and servers; widening or dropping the list cuts nothing. The same with
+    /// tables built after the running ones and built afresh.
+    #[test]
+    fn a_narrowed_allow_list_cuts_the_open_flows_of_the_clients_left_out() {
+        use crate::r#gen::frame::flags::{ACK, SYN};
+        use crate::r#gen::frame::{Tags, begin, finish, tcp};
+        let with = |allow: &str| {
+            let y = if allow.is_empty() {
+                P.to_string()
+            } else {
+                P.replace("    servers:", &format!("    allow: {allow}\n    servers:"))
+            };
+            Pipeline::from_str(&y, Path::new("p.yaml")).unwrap()
+        };
+        // The server's answer to client `c`'s port `sp`, from the VIP.
+        let answer = |c: u8, sp: u16| {
+            let mut f = Vec::new();
+            let lay = begin(
+                &mut f,
+                [2, 0, 0, 0, 1, 1],
+                [2, 0, 0, 0, 0, 1],
+                &Tags::NONE,
+                "192.0.2.10".parse().unwrap(),
+                std::net::IpAddr::from([198, 51, 100, c]),
+                6,
+                1,
+            );
+            tcp(&mut f, 80, sp, 1, 1, SYN | ACK);
+            finish(&mut f, lay);
+            let mut b = crate::action::FrameBuf::new(256);
+            assert!(b.load(&f));
+            b
+        };
+        let clients = [1u8, 2, 9, 14];
+        for built_after in [false, true] {
+            let p = with("[198.51.100.0/28]");
+            let mut w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
+            let mut now = 10;
+            let mut servers = Vec::new();
+            for &c in &clients {
+                let o = w.process(&mut tcp_from(c, 1000, SYN), 0, now);
+                assert!(o.drop.is_none());
+                servers.push(o.route.unwrap().mac);
+                assert!(w.process(&mut answer(c, 1000), 0, now).drop.is_none());
+                now += 10;
+            }
+            assert_eq!(w.flow_count(), 4);
+            // Narrowed to .0–.3: .9 and .14 are left out.
+            let mut g = 2;
+            let mut reload = |w: &mut Worker, allow: &str| {
+                let next = w.tables().pipeline.regrow(with(allow)).unwrap();
+                let t = if built_after {
+                    Tables::build_after(next, g, w.tables())
+                } else {
+                    Tables::build(next, g)
+                };
+                g += 1;
+                assert!(w.set_tables(Arc::new(t)).is_ok());
+            };
+            reload(&mut w, "[198.51.100.0/30, 203.0.113.0/24]");
+            assert!(w.sweep_due());
+            while w.sweep_due() {
+                assert_eq!(w.sweep(3), 0, "nothing moved, only cut");
+            }
+            assert_eq!(w.flow_count(), 2);
+            assert_eq!(w.stats.svc_revoked[0], 2);
+            assert_eq!(w.stats.svc_open[0], 2);
+            assert_eq!(w.stats.server_flows.iter().sum::<u64>(), 2);
+            for (&c, server) in clients.iter().zip(&servers) {
+                let o = w.process(&mut tcp_from(c, 1000, ACK), 0, now);
+                if c < 4 {
+                    assert_eq!(
+                        (o.drop, o.route.map(|r| r.mac)),
+                        (None, Some(*server)),
+                        "{c}"
+                    );
+                } else {
+                    assert_eq!(o.drop, Some(DropReason::NotAllowed), "{c}");
+                }
+            }
+            // The server's side of a cut flow is a packet of no flow: the pipeline's
+            // `default` (here the gateway), without state.
+            let o = w.process(&mut answer(9, 1000), 0, now);
+            assert_eq!((o.kind, o.drop), (Kind::Stateless, None));
+            assert_eq!(w.flow_count(), 2);
+            let j = w.stats.to_json(&w.tables().pipeline);
+            assert_eq!(j["services"]["s"]["revoked"], 2, "{j}");
+            assert_eq!(j["services"]["s"]["denied"], 2, "{j}");
+            // Widened, then dropped: nothing to cut.
+            for allow in ["[198.51.100.0/24, 203.0.113.0/24]", ""] {
+                reload(&mut w, allow);
+                assert!(!w.sweep_due(), "{allow}");
+            }
+            assert_eq!((w.flow_count(), w.stats.svc_revoked[0]), (2, 2));
+        }
+    }
+
     #[test]
     fn set_tables_refuses_a_different_shape() {
         let p = Pipeline::from_str(P, Path::new("p.yaml")).unwrap();
@@ -3587,6 +3727,7 @@ mod tests {
                     proptest::prop_assert!(fast.set_tables(t_fast).is_ok());
                     proptest::prop_assert!(slow.set_tables(Arc::new(Tables::build(next.clone(), generation))).is_ok());
                     proptest::prop_assert_eq!(&fast.sweep_pending, &slow.sweep_pending);
+                    proptest::prop_assert_eq!(&fast.revoke_pending, &slow.revoke_pending);
                     proptest::prop_assert_eq!(fast.sweep_at, slow.sweep_at);
                     proptest::prop_assert_eq!(fast.moves_due(), slow.moves_due());
                     proptest::prop_assert_eq!(fast.stats.to_json(&next), slow.stats.to_json(&next));
@@ -3618,7 +3759,7 @@ mod tests {
         let mut n = [p.servers.len(), p.services.len(), p.flow_rules.len()].map(|l| vec![0u64; l]);
         let mut at = Some(0);
         while let Some(from) = at {
-            at = w.flows.table.visit_mut(from, 1024, |_, f| {
+            at = w.flows.table.visit(from, 1024, |_, f, _, _| {
                 if let Target::Server(s) = f.target {
                     n[0][s as usize] += 1;
                 }

@@ -66,6 +66,9 @@ pub struct Stats {
     pub svc_limited: Vec<u64>,
     /// Per service: new flows from clients outside its `allow` list (also in `drops`).
     pub svc_denied: Vec<u64>,
+    /// Per service: open flows cut because a reload narrowed its `allow` list and left
+    /// their client out ([`Worker::sweep`](super::Worker::sweep)).
+    pub svc_revoked: Vec<u64>,
     /// Not a counter: where `flowgate run` publishes this worker's `server_flows` for
     /// the other workers ([`FlowsRow`]), kept there by [`flow_in`](Self::flow_in) and
     /// [`flow_out`](Self::flow_out); `None` for a lone worker (replay). Neither merged
@@ -107,6 +110,7 @@ impl Stats {
             rule_open: vec![0; p.flow_rules.len()],
             svc_limited: vec![0; p.services.len()],
             svc_denied: vec![0; p.services.len()],
+            svc_revoked: vec![0; p.services.len()],
             flows_row: None,
         }
     }
@@ -121,6 +125,7 @@ impl Stats {
             &mut self.svc_open,
             &mut self.svc_limited,
             &mut self.svc_denied,
+            &mut self.svc_revoked,
         ] {
             if v.len() < n {
                 v.resize(n, 0);
@@ -181,6 +186,7 @@ impl Stats {
                     self.svc_open[i] = 0;
                     self.svc_limited[i] = 0;
                     self.svc_denied[i] = 0;
+                    self.svc_revoked[i] = 0;
                     self.svc_server_packets[i].fill(0);
                 }
                 Entry::Member(i, j) => self.svc_server_packets[i][j] = 0,
@@ -210,6 +216,7 @@ impl Stats {
                     && zero(&self.svc_open, i)
                     && zero(&self.svc_limited, i)
                     && zero(&self.svc_denied, i)
+                    && zero(&self.svc_revoked, i)
                     && (self.svc_server_packets.get(i)).is_some_and(|r| r.iter().all(|&n| n == 0))
             }
             Entry::Member(i, j) => (self.svc_server_packets.get(i)).is_some_and(|r| zero(r, j)),
@@ -250,6 +257,7 @@ impl Stats {
             rule_open,
             svc_limited,
             svc_denied,
+            svc_revoked,
             flows_row: _,
         } = o;
         self.packets_in += packets_in;
@@ -288,6 +296,7 @@ impl Stats {
         add(&mut self.svc_open, svc_open);
         add(&mut self.svc_limited, svc_limited);
         add(&mut self.svc_denied, svc_denied);
+        add(&mut self.svc_revoked, svc_revoked);
         add(&mut self.rule_open, rule_open);
         for (a, b) in self.svc_server_packets.iter_mut().zip(svc_server_packets) {
             add(a, b);
@@ -377,9 +386,11 @@ impl Stats {
             if s.rate_limit.is_some() {
                 svc["rate_limited"] = json!(self.svc_limited[i]);
             }
-            // A service with an `allow` list: the new flows from other clients.
+            // A service with an `allow` list: the new flows from other clients, and the
+            // open flows a reload that narrowed it cut.
             if !s.allow.is_empty() {
                 svc["denied"] = json!(self.svc_denied[i]);
+                svc["revoked"] = json!(self.svc_revoked[i]);
             }
             // A service with backup servers: 1 while they take its new flows.
             if s.members.iter().any(|m| m.backup && !m.vacant()) {

@@ -106,6 +106,7 @@ pub fn copy_stats(dst: &mut Stats, src: &Stats) {
         rule_open,
         svc_limited,
         svc_denied,
+        svc_revoked,
         flows_row: _,
     } = src;
     dst.packets_in = *packets_in;
@@ -140,6 +141,7 @@ pub fn copy_stats(dst: &mut Stats, src: &Stats) {
     cp(&mut dst.rule_open, rule_open);
     cp(&mut dst.svc_limited, svc_limited);
     cp(&mut dst.svc_denied, svc_denied);
+    cp(&mut dst.svc_revoked, svc_revoked);
     if dst.svc_server_packets.len() == svc_server_packets.len() {
         for (d, s) in dst.svc_server_packets.iter_mut().zip(svc_server_packets) {
             cp(d, s);
@@ -235,12 +237,13 @@ mod tests {
         a.svc_open[0] = 8;
         a.svc_limited[0] = 10;
         a.svc_denied[1] = 11;
+        a.svc_revoked[0] = 12;
         let mut b = Stats::new(&p);
         copy_stats(&mut b, &a);
         assert_eq!(b.to_json(&p), a.to_json(&p));
         assert_eq!(
-            (&b.svc_limited, &b.svc_denied),
-            (&a.svc_limited, &a.svc_denied),
+            (&b.svc_limited, &b.svc_denied, &b.svc_revoked),
+            (&a.svc_limited, &a.svc_denied, &a.svc_revoked),
             "not in the JSON of a service without a limit or an allow list"
         );
     }
