@@ -590,16 +590,25 @@ fn run_rewrites_the_stats_file_while_running() {
     let t0 = Instant::now();
     let mut reads = 0;
     let mut live = None;
-    // And scrape the Prometheus endpoint, until it too counts every frame while running.
+    // And scrape the Prometheus endpoint, until it too counts every frame while running,
+    // and ask it whether the run is healthy (running, its port's link up, a recent
+    // snapshot) until it says so.
     let mut scraped = None;
+    let mut healthy = None;
     let want = [
         format!("flowgate_packets_in_total {n_in}"),
         "flowgate_running 1".to_string(),
     ];
     while t0.elapsed() < Duration::from_secs(30)
-        && (live.is_none() || scraped.is_none())
+        && (live.is_none() || scraped.is_none() || healthy.is_none())
         && child.try_wait().is_ok_and(|s| s.is_none())
     {
+        if healthy.is_none()
+            && let Some((status, body)) = http_get(prom, "/healthz")
+            && status.starts_with("HTTP/1.0 200")
+        {
+            healthy = Some(body);
+        }
         if scraped.is_none()
             && let Some(text) = scrape(prom)
             && want.iter().all(|w| text.lines().any(|l| l == w))
@@ -627,9 +636,14 @@ fn run_rewrites_the_stats_file_while_running() {
     let scraped = scraped.unwrap_or_else(|| {
         panic!("no scrape of http://{prom}/metrics while running counted all {n_in} frames: {err}")
     });
+    assert_eq!(
+        healthy.as_deref(),
+        Some("ok\n"),
+        "http://{prom}/healthz never said 200 ok while running: {err}"
+    );
     assert!(
         err.contains(&format!(
-            "stats: Prometheus metrics on http://{prom}/metrics"
+            "stats: Prometheus metrics on http://{prom}/metrics, health on http://{prom}/healthz"
         )),
         "{err}"
     );
@@ -674,14 +688,21 @@ fn run_rewrites_the_stats_file_while_running() {
 
 /// `GET /metrics` from `flowgate run`'s exporter at `addr`: the body of a 200, if any.
 fn scrape(addr: std::net::SocketAddr) -> Option<String> {
+    let (status, body) = http_get(addr, "/metrics")?;
+    status.starts_with("HTTP/1.0 200").then_some(body)
+}
+
+/// `GET path` from `flowgate run`'s exporter at `addr`: the status line and the body.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(String, String)> {
     use std::io::{Read, Write};
     let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    c.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .ok()?;
     let mut r = String::new();
     c.read_to_string(&mut r).ok()?;
     let (head, body) = r.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.0 200").then(|| body.to_string())
+    Some((head.lines().next()?.to_string(), body.to_string()))
 }
 
 #[test]

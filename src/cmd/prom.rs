@@ -9,7 +9,9 @@
 //!
 //! The same server answers `GET /flows?QUERY` when its owner hands it an [`Asks`] queue:
 //! the request waits there for the management loop of `flowgate run`, which lists the
-//! workers' flows ([`crate::pipeline::listing`]) and answers.
+//! workers' flows ([`crate::pipeline::listing`]) and answers; and `GET /healthz` with
+//! 200 `ok` or 503 and the reasons ([`Exporter::set_snapshot`]), for an orchestrator's
+//! or an upstream router's health check.
 
 use crate::pipeline::meta::DropReason;
 use parking_lot::Mutex;
@@ -19,7 +21,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Builds the exposition text, one metric family at a time.
 struct Out {
@@ -477,15 +479,68 @@ impl Ask {
     }
 }
 
+/// What `GET /healthz` answers, as of the last snapshot ([`Exporter::set_snapshot`]).
+#[derive(Debug)]
+struct Health {
+    /// Why the run was not healthy at the last snapshot; empty when it was.
+    reasons: Vec<String>,
+    /// When the last snapshot was taken; `None` before the first.
+    at: Option<Instant>,
+    /// A snapshot older than this says the management loop has stopped taking them.
+    stale_after: Duration,
+    /// The run is stopping.
+    stopping: bool,
+}
+
+impl Health {
+    /// `None` when healthy, else why not (one reason a line).
+    fn verdict(&self) -> Option<String> {
+        if self.stopping {
+            return Some("stopping\n".into());
+        }
+        let Some(at) = self.at else {
+            return Some("starting: no snapshot of the workers yet\n".into());
+        };
+        let age = at.elapsed();
+        if age > self.stale_after {
+            return Some(format!(
+                "the last snapshot is {:.1} s old (at most {:.1} s expected): the management loop has stopped taking them\n",
+                age.as_secs_f64(),
+                self.stale_after.as_secs_f64()
+            ));
+        }
+        (!self.reasons.is_empty()).then(|| self.reasons.iter().map(|r| format!("{r}\n")).collect())
+    }
+}
+
+/// Why the run whose stats JSON is `j` is not healthy: not running, or a port's link
+/// down (its `runtime` object, see docs/RUNNING.md).
+fn unhealthy(j: &Value) -> Vec<String> {
+    let rt = &j["runtime"];
+    let mut v = Vec::new();
+    if rt["running"] != true {
+        v.push("not running".to_string());
+    }
+    if let Some(ports) = rt["ports"].as_object() {
+        for (name, p) in ports {
+            if p["link_up"] == false {
+                v.push(format!("port {name}: link down"));
+            }
+        }
+    }
+    v
+}
+
 /// A tiny HTTP server for Prometheus scrapes: `GET /metrics` answers the text last
-/// [`set`](Exporter::set), and `GET /flows` the management loop's listing when there is
-/// an [`Asks`] queue. It runs on a thread of its own, one connection at a time, each
-/// bounded by a 1 s timeout, so a stuck client delays a scrape but never the data plane
-/// or the management loop (which only swaps the text under a lock). Stopped and joined
-/// on drop.
+/// [`set`](Exporter::set), `GET /healthz` whether the last snapshot was healthy and
+/// recent, and `GET /flows` the management loop's listing when there is an [`Asks`]
+/// queue. It runs on a thread of its own, one connection at a time, each bounded by a
+/// 1 s timeout, so a stuck client delays a scrape but never the data plane or the
+/// management loop (which only swaps the text under a lock). Stopped and joined on drop.
 pub struct Exporter {
     addr: SocketAddr,
     text: Arc<Mutex<String>>,
+    health: Arc<Mutex<Health>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -500,8 +555,14 @@ impl Exporter {
         l.set_nonblocking(true)?;
         let addr = l.local_addr()?;
         let text = Arc::new(Mutex::new(String::new()));
+        let health = Arc::new(Mutex::new(Health {
+            reasons: Vec::new(),
+            at: None,
+            stale_after: Duration::from_secs(3),
+            stopping: false,
+        }));
         let stop = Arc::new(AtomicBool::new(false));
-        let (t, st) = (Arc::clone(&text), Arc::clone(&stop));
+        let (t, h, st) = (Arc::clone(&text), Arc::clone(&health), Arc::clone(&stop));
         let thread = std::thread::Builder::new()
             .name("prometheus".into())
             .spawn(move || {
@@ -509,7 +570,7 @@ impl Exporter {
                     match l.accept() {
                         Ok((c, _)) => {
                             // A client that misbehaves only loses its own scrape.
-                            let _ = serve(c, &t, asks.as_deref());
+                            let _ = serve(c, &t, &h, asks.as_deref());
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             std::thread::sleep(Duration::from_millis(20));
@@ -521,6 +582,7 @@ impl Exporter {
         Ok(Exporter {
             addr,
             text,
+            health,
             stop,
             thread: Some(thread),
         })
@@ -535,6 +597,28 @@ impl Exporter {
     pub fn set(&self, text: String) {
         *self.text.lock() = text;
     }
+
+    /// A snapshot of the run, its stats JSON `j`: the metrics rendered from it, and what
+    /// `GET /healthz` answers until the next one: 200 `ok` while `j` says the run is
+    /// running with every port's link up and the snapshot is at most `stale_after` old
+    /// ([`set_stale_after`](Self::set_stale_after)), else 503 and why.
+    pub fn set_snapshot(&self, j: &Value) {
+        self.set(render(j));
+        let mut h = self.health.lock();
+        h.reasons = unhealthy(j);
+        h.at = Some(Instant::now());
+    }
+
+    /// How old a snapshot may be before `GET /healthz` says the run stopped taking them
+    /// (3 s until set; a few snapshot intervals is right).
+    pub fn set_stale_after(&self, d: Duration) {
+        self.health.lock().stale_after = d;
+    }
+
+    /// The run is stopping: `GET /healthz` answers 503 from now on.
+    pub fn stopping(&self) {
+        self.health.lock().stopping = true;
+    }
 }
 
 impl Drop for Exporter {
@@ -546,9 +630,15 @@ impl Drop for Exporter {
     }
 }
 
-/// Answers one HTTP/1.x request on `c`: the metrics for `GET /metrics` (or `/`), what
-/// `asks`' owner answers for `GET /flows`, 404 for other paths, 405 for other methods.
-fn serve(mut c: TcpStream, text: &Mutex<String>, asks: Option<&Asks>) -> std::io::Result<()> {
+/// Answers one HTTP/1.x request on `c`: the metrics for `GET /metrics` (or `/`), the
+/// health verdict for `GET /healthz`, what `asks`' owner answers for `GET /flows`, 404
+/// for other paths, 405 for other methods.
+fn serve(
+    mut c: TcpStream,
+    text: &Mutex<String>,
+    health: &Mutex<Health>,
+    asks: Option<&Asks>,
+) -> std::io::Result<()> {
     c.set_nonblocking(false)?;
     c.set_read_timeout(Some(Duration::from_secs(1)))?;
     c.set_write_timeout(Some(Duration::from_secs(1)))?;
@@ -571,6 +661,10 @@ fn serve(mut c: TcpStream, text: &Mutex<String>, asks: Option<&Asks>) -> std::io
             "text/plain; version=0.0.4; charset=utf-8",
             text.lock().clone(),
         ),
+        ("GET" | "HEAD", "/healthz", _) => match health.lock().verdict() {
+            None => ("200 OK", "text/plain", "ok\n".into()),
+            Some(why) => ("503 Service Unavailable", "text/plain", why),
+        },
         ("GET", "/flows", Some(asks)) => match asks.ask(query) {
             Some(a) => (a.status, a.ctype, a.body),
             None => (
@@ -579,11 +673,15 @@ fn serve(mut c: TcpStream, text: &Mutex<String>, asks: Option<&Asks>) -> std::io
                 "the management loop did not answer in time, or is stopping\n".into(),
             ),
         },
-        ("GET" | "HEAD", _, _) => ("404 Not Found", "text/plain", "try /metrics\n".into()),
+        ("GET" | "HEAD", _, _) => (
+            "404 Not Found",
+            "text/plain",
+            "try /metrics, /healthz or /flows\n".into(),
+        ),
         _ => (
             "405 Method Not Allowed",
             "text/plain",
-            "GET /metrics\n".into(),
+            "GET /metrics, /healthz or /flows\n".into(),
         ),
     };
     let mut resp = format!(
@@ -675,6 +773,51 @@ mod tests {
         let mut r = String::new();
         c.read_to_string(&mut r).unwrap();
         r
+    }
+
+    /// `GET /healthz`: 503 starting before the first snapshot; 200 `ok` for a running
+    /// snapshot with every link up; 503 naming each port whose link is down, for a
+    /// snapshot not running, for one older than `stale_after`, and once stopping.
+    #[test]
+    fn healthz_says_whether_the_last_snapshot_was_healthy_and_recent() {
+        let e = Exporter::bind("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let a = e.local_addr();
+        let health = |want: &str, body: &str| {
+            let r = ask(a, "GET /healthz HTTP/1.0\r\n\r\n");
+            assert!(r.starts_with(&format!("HTTP/1.0 {want}")), "{r}");
+            let (_, b) = r.split_once("\r\n\r\n").unwrap();
+            assert!(b.contains(body), "{body:?} in {b:?}");
+            b.to_string()
+        };
+        // The zeros set at the start are no snapshot.
+        e.set("flowgate_packets_in_total 0\n".into());
+        health("503", "starting");
+        let snap = |running: bool, out_up: bool| {
+            json!({"packets_in": 1, "runtime": {"running": running, "ports": {
+                "outside": {"link_up": out_up}, "inside": {"link_up": true}}}})
+        };
+        e.set_snapshot(&snap(true, true));
+        assert_eq!(health("200 OK", "ok"), "ok\n");
+        assert!(ask(a, "GET /metrics HTTP/1.0\r\n\r\n").contains("flowgate_packets_in_total 1"));
+        let h = ask(a, "HEAD /healthz HTTP/1.0\r\n\r\n");
+        assert!(
+            h.starts_with("HTTP/1.0 200") && h.ends_with("\r\n\r\n"),
+            "{h}"
+        );
+        e.set_snapshot(&snap(true, false));
+        let b = health("503", "port outside: link down");
+        assert!(!b.contains("inside"), "{b}");
+        e.set_snapshot(&snap(false, true));
+        health("503", "not running");
+        e.set_snapshot(&snap(true, true));
+        health("200", "ok");
+        e.set_stale_after(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(200));
+        health("503", "the management loop has stopped taking them");
+        e.set_snapshot(&snap(true, true));
+        health("200", "ok");
+        e.stopping();
+        health("503", "stopping");
     }
 
     #[test]

@@ -189,7 +189,8 @@ pub struct RunConf {
     /// Where to write the stats JSON at exit (resolved against the conf's directory).
     pub stats_json: Option<PathBuf>,
     /// Where to serve the stats for Prometheus (`GET /metrics`, refreshed every
-    /// `stats_interval_ms`).
+    /// `stats_interval_ms`), the run's health (`GET /healthz`) and its live flows
+    /// (`GET /flows`).
     pub stats_prometheus: Option<std::net::SocketAddr>,
     /// The control plane (`None`: the pipeline alone decides).
     pub control: Option<ControlConf>,

@@ -32,8 +32,9 @@
 //!   goes on, the management lcore rewrites that file every `stats.interval_ms`
 //!   (`runtime.running` true; written beside it and renamed, so a reader never sees half
 //!   a file), and hands the same snapshot to the Prometheus exporter when
-//!   `stats.prometheus` is set ([`crate::cmd::prom::Exporter`]), whose `GET /flows`
-//!   lists the workers' live flows ([`lister`]).
+//!   `stats.prometheus` is set ([`crate::cmd::prom::Exporter`]), whose `GET /healthz`
+//!   says whether that snapshot was healthy and recent, and whose `GET /flows` lists
+//!   the workers' live flows ([`lister`]).
 //! - The clock is monotonic time since start, read once per poll loop (not per packet):
 //!   flow timeouts are in wall time, unlike `replay` which uses capture timestamps.
 //!

@@ -178,11 +178,15 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
         .map(|a| crate::cmd::prom::Exporter::bind(a, asks.clone()))
         .transpose()?;
     if let Some(e) = &exporter {
-        // Zeros until the first interval's snapshot, rather than an empty page.
+        // Zeros until the first interval's snapshot, rather than an empty page (and
+        // `/healthz` says starting until then).
         let zero = crate::pipeline::stats::Stats::new(&pipeline);
         e.set(crate::cmd::prom::render(&zero.to_json(&pipeline)));
+        // Three snapshots missed: the management loop is stuck.
+        let every = Duration::from_millis(conf.stats_interval_ms);
+        e.set_stale_after((every * 3).max(Duration::from_secs(3)));
         crate::logln!(
-            "stats: Prometheus metrics on http://{0}/metrics, live flows on http://{0}/flows",
+            "stats: Prometheus metrics on http://{0}/metrics, health on http://{0}/healthz, live flows on http://{0}/flows",
             e.local_addr()
         );
     }
@@ -414,6 +418,9 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
                 &mut live,
                 control.as_mut(),
             );
+            if let Some(e) = live.prometheus {
+                e.stopping();
+            }
             Ok(())
         })
     };
@@ -650,7 +657,7 @@ fn manage(
                     control.as_deref(),
                 );
                 if let Some(e) = live.prometheus {
-                    e.set(crate::cmd::prom::render(&j));
+                    e.set_snapshot(&j);
                 }
                 // A monitoring file: a failed write is reported, the run goes on.
                 if let Some(f) = live.json
