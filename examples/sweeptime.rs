@@ -176,13 +176,13 @@ fn moves() {
         t.table.insert(key, f, f.class, u64::from(k));
     }
     let t0 = Instant::now();
-    t.retime(&conf, &[45 * S], 2 * S, |_| {}).unwrap();
+    t.retime(&conf, &[45 * S], 2 * S, |_, _| {}).unwrap();
     let taken = t0.elapsed().as_secs_f64();
     let t0 = Instant::now();
     let (mut steps, mut moved, mut worst) = (0u64, 0, 0f64);
     while t.moving() {
         let s = Instant::now();
-        moved += t.move_step(MOVES_PER_STEP, 2 * S, |_| {});
+        moved += t.move_step(MOVES_PER_STEP, 2 * S, |_, _| {});
         worst = worst.max(s.elapsed().as_secs_f64());
         steps += 1;
     }

@@ -72,6 +72,9 @@
 //! associations from the one client address, reach the server whose block holds their
 //! SPI (a raw socket in each server namespace records what arrives).
 //!
+//! A connection limit: a client address holding its 3 connections gets no 4th until it
+//! closes one; another address of the client is not held back.
+//!
 //! A narrowed `allow` list: a reload that leaves one of the client's two addresses out
 //! of the echo service's list cuts that address's open connection (no answer to its next
 //! request) and keeps the other's.
@@ -1689,16 +1692,10 @@ fn run_af_packet_cuts_the_connections_a_narrowed_allow_list_leaves_out() {
         return;
     };
     python_on_servers(&mut t, ECHO_SERVER, |i| format!("s{i}"));
-    must(&[
-        "ip",
-        "-n",
+    ip_in(
         &t.ns("c"),
-        "addr",
-        "add",
-        "198.51.100.3/24",
-        "dev",
-        "eth0",
-    ]);
+        &["addr", "add", "198.51.100.3/24", "dev", "eth0"],
+    );
     let allow = |nets: &str| {
         ECHO_SERVICE.replace("    servers:", &format!("    allow: {nets}\n    servers:"))
     };
@@ -2129,24 +2126,95 @@ fn run_af_packet_two_workers_hold_a_limit_and_count_flows_together() {
     assert!(log.contains("software dispatch"), "{log}");
 }
 
+/// `conn_limit` with real kernels: servers that hold each connection open, a service
+/// whose clients may hold 3 connections each. The client's address opens 3 (each
+/// answered), its 4th is never answered (flowgate drops its SYN, and the SYN sent
+/// again); another address of the client opens one; once the client closes one of its
+/// 3 (its FIN), it opens another.
+#[test]
+fn run_af_packet_holds_each_client_to_its_open_connections() {
+    let Some((_one, mut t, _www)) = setup(22) else {
+        return;
+    };
+    python_on_servers(&mut t, HELD_SERVER, |i| format!("s{i}"));
+    ip_in(
+        &t.ns("c"),
+        &["addr", "add", "198.51.100.3/24", "dev", "eth0"],
+    );
+    let held = "  - name: held\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [9000]\n    \
+                conn_limit: { per_source: 3 }\n    servers:\n      \
+                - { name: h1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, port: inside }\n      \
+                - { name: h2, mac: \"02:00:00:00:01:02\", ip: 10.0.0.12, port: inside }\n";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stats = start_flowgate(&mut t, dir.path(), held, "");
+    first_answer(&t, URL4);
+    wait_listening(&mut t, &["s1", "s2"], false, 9000, &stats);
+    let o = t
+        .exec(
+            "c",
+            &[
+                "python3",
+                "-c",
+                "import socket,time\n\
+                 def conn(src):\n  \
+                 try:\n    \
+                 c=socket.create_connection(('203.0.113.10',9000),timeout=2.5,source_address=(src,0))\n    \
+                 return c if c.makefile().readline().startswith('s') else None\n  \
+                 except OSError: return None\n\
+                 a=[conn('198.51.100.2') for _ in range(3)]\n\
+                 print('first', sum(c is not None for c in a), flush=True)\n\
+                 print('fourth', conn('198.51.100.2') is not None, flush=True)\n\
+                 print('other', conn('198.51.100.3') is not None, flush=True)\n\
+                 a[0].close()\n\
+                 time.sleep(0.3)\n\
+                 print('after', conn('198.51.100.2') is not None, flush=True)\n",
+            ],
+        )
+        .output()
+        .expect("python3");
+    let said = String::from_utf8_lossy(&o.stdout).into_owned();
+    let log = stop(&mut t);
+    assert!(
+        o.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        said.lines().collect::<Vec<_>>(),
+        ["first 3", "fourth False", "other True", "after True"],
+        "{log}"
+    );
+    let fin = stats_file(&stats);
+    // The 4th connection's SYN and its retransmission, at least.
+    assert!(
+        fin["services"]["held"]["conn_limited"].as_u64() >= Some(2),
+        "{fin}"
+    );
+    assert_eq!(
+        fin["drops"]["conn_limited"], fin["services"]["held"]["conn_limited"],
+        "{fin}"
+    );
+    assert_eq!(fin["runtime"]["mempool_in_use"].as_u64(), Some(0), "{fin}");
+}
+
+/// A TCP server on the VIP's port 9000 (run in each server namespace with its name as
+/// the argument) that answers each connection with its name and holds it open.
+const HELD_SERVER: &str = "import socket,sys\n\
+     s=socket.socket()\n\
+     s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+     s.bind(('203.0.113.10',9000))\n\
+     s.listen(64)\n\
+     held=[]\n\
+     while True:\n  c,_=s.accept()\n  c.sendall(sys.argv[1].encode()+b'\\n')\n  held.append(c)\n";
+
 /// [`run_af_packet_places_held_connections_by_open_flows_and_limits`] on `workers` (a
 /// YAML list) with `devargs` on the ports, the connections made from `sources` client
 /// addresses in turn (198.51.100.2 and up); returns flowgate's log.
 fn held_connections(t: &mut Topo, workers: &str, devargs: &str, sources: u8) -> String {
-    python_on_servers(
-        t,
-        "import socket,sys\n\
-         s=socket.socket()\n\
-         s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
-         s.bind(('203.0.113.10',9000))\n\
-         s.listen(64)\n\
-         held=[]\n\
-         while True:\n  c,_=s.accept()\n  c.sendall(sys.argv[1].encode()+b'\\n')\n  held.append(c)\n",
-        |i| format!("s{i}"),
-    );
+    python_on_servers(t, HELD_SERVER, |i| format!("s{i}"));
     for k in 1..sources {
         let a = format!("198.51.100.{}/24", 2 + k);
-        must(&["ip", "-n", &t.ns("c"), "addr", "add", &a, "dev", "eth0"]);
+        ip_in(&t.ns("c"), &["addr", "add", &a, "dev", "eth0"]);
     }
     let held = "  - name: held\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [9000]\n    \
                 policy: least-flows\n    servers:\n      \

@@ -4,8 +4,8 @@
 //! full a new flow is refused (`servers_full`, or an ICMP port unreachable with
 //! `no_server: reject`). `policy: least-flows`: each new flow to the server with the
 //! fewest open flows for its weight. Backup servers take what full primaries turn away.
-//! Services' `rate_limit` (new connections per client) and `allow` (the clients a
-//! service takes). Captures are written by scapy and `flowgate replay`'s output is read by tshark (the independent
+//! Services' `rate_limit` (new connections per client), `conn_limit` (open connections
+//! per client) and `allow` (the clients a service takes). Captures are written by scapy and `flowgate replay`'s output is read by tshark (the independent
 //! oracles); the capture's clock lets the first flows time out before the second batch.
 
 mod common;
@@ -106,6 +106,32 @@ wrpcap("{}", pk)
         out.display()
     ));
     out
+}
+
+/// `flowgate replay` of `cap` through `p` into `NAME.out.pcap` in `d`, with the stats
+/// JSON and the Prometheus text: the output's path, the stats, the text.
+fn replay_counted(
+    d: &Path,
+    p: &Path,
+    cap: &Path,
+    name: &str,
+) -> (std::path::PathBuf, serde_json::Value, String) {
+    let out = d.join(format!("{name}.out.pcap"));
+    let prom = d.join(format!("{name}.prom"));
+    let stats = d.join(format!("{name}.json"));
+    common::replay_with(
+        p,
+        cap,
+        &out,
+        &[
+            "--prometheus".as_ref(),
+            prom.as_os_str(),
+            "--stats-json".as_ref(),
+            stats.as_os_str(),
+        ],
+    );
+    let s = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    (out, s, std::fs::read_to_string(&prom).unwrap())
 }
 
 /// Per client address, the server (by MAC) its SYN left for; ICMP errors as "icmp".
@@ -455,20 +481,7 @@ wrpcap("{}", pk)
 "#,
         cap.display()
     ));
-    let out = d.join("limited.out.pcap");
-    let prom = d.join("limited.prom");
-    let stats = d.join("limited.json");
-    common::replay_with(
-        &p,
-        &cap,
-        &out,
-        &[
-            "--prometheus".as_ref(),
-            prom.as_os_str(),
-            "--stats-json".as_ref(),
-            stats.as_os_str(),
-        ],
-    );
+    let (out, s, text) = replay_counted(d, &p, &cap, "limited");
     // The model: a bucket of 5 per client, 10 a second; a SYN takes one when there is one.
     let mut bucket = TokenBuckets::new(10, 5);
     let mut want = Vec::new();
@@ -501,11 +514,8 @@ wrpcap("{}", pk)
     assert_eq!(later, 5, "the whole burst again");
     let refused = (30 + 5 + 2 + 7 - got.len()) as u64;
     assert_eq!(refused, 23 + 2);
-    let s: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
     assert_eq!(s["drops"]["rate_limited"], refused, "{s}");
     assert_eq!(s["services"]["web"]["rate_limited"], refused, "{s}");
-    let text = std::fs::read_to_string(&prom).unwrap();
     for line in [
         format!("flowgate_service_rate_limited_total{{service=\"web\"}} {refused}"),
         format!("flowgate_drops_total{{reason=\"rate_limited\"}} {refused}"),
@@ -517,6 +527,80 @@ wrpcap("{}", pk)
         listing.contains(
             "  rate_limit 10 new flows a second per client (IPv4 /32, IPv6 /64), 5 at once"
         ),
+        "{listing}"
+    );
+}
+
+/// `conn_limit`: a client holds at most `per_source` open connections of the service; its
+/// SYNs beyond that are dropped and counted, another client's are not; an established
+/// connection that closes (FIN) frees its place at once, and connections that time out
+/// (the SYN timeout, on the capture's clock) free theirs; `check` lists the limit.
+#[test]
+fn conn_limits_hold_each_client_to_its_open_connections() {
+    if !have_oracles() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = service_with(d, "conns.yaml", "conn_limit: { per_source: 3 }");
+    let cap = d.join("clients.pcap");
+    scapy(&format!(
+        r#"
+from scapy.all import *
+pk = []
+def tcp(c, sp, t, flags="S"):
+    p = Ether(src="02:00:00:00:00:fe", dst="02:00:00:00:00:01")/IP(src=c, dst="203.0.113.10")/TCP(sport=sp, dport=80, flags=flags, seq=1000, ack=0 if flags == "S" else 5001)
+    p.time = t
+    pk.append(p)
+for k in range(6):
+    tcp("198.51.100.7", 1000 + k, 1.0 + k * 0.01)
+for k in range(3):
+    tcp("198.51.100.8", 2000 + k, 1.05 + k * 0.001)
+tcp("198.51.100.7", 1000, 1.09, "A")
+tcp("198.51.100.7", 1000, 1.1, "FA")
+tcp("198.51.100.7", 1006, 1.2)
+tcp("198.51.100.7", 1007, 1.21)
+for k in range(3):
+    tcp("198.51.100.7", 3000 + k, 100.0 + k * 0.001)
+tcp("198.51.100.7", 3003, 100.01)
+pk.sort(key=lambda p: p.time)
+wrpcap("{}", pk)
+"#,
+        cap.display()
+    ));
+    let (out, s, text) = replay_counted(d, &p, &cap, "conns");
+    let got: Vec<(String, u16, bool)> = frames(&out)
+        .into_iter()
+        .map(|(_, c, sp, syn)| (c, sp, syn))
+        .collect();
+    let of = |c: &str| -> Vec<u16> {
+        (got.iter())
+            .filter(|(x, _, syn)| x == c && *syn)
+            .map(|(_, sp, _)| *sp)
+            .collect()
+    };
+    // Three at once; the ACK and FIN of 1000 (forwarded) free a place for 1006, not 1007; by
+    // t = 100 s the unanswered connections have timed out: three more, not a fourth.
+    assert_eq!(
+        of("198.51.100.7"),
+        [1000, 1001, 1002, 1006, 3000, 3001, 3002],
+        "{got:?}"
+    );
+    let acks = (got.iter()).filter(|(c, sp, syn)| c == "198.51.100.7" && *sp == 1000 && !syn);
+    assert_eq!(acks.count(), 2, "the ACK and the FIN: {got:?}");
+    assert_eq!(of("198.51.100.8"), [2000, 2001, 2002], "the other client");
+    let refused = 3 + 1 + 1;
+    assert_eq!(s["drops"]["conn_limited"], refused, "{s}");
+    assert_eq!(s["services"]["web"]["conn_limited"], refused, "{s}");
+    for line in [
+        format!("flowgate_service_conn_limited_total{{service=\"web\"}} {refused}"),
+        format!("flowgate_drops_total{{reason=\"conn_limited\"}} {refused}"),
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
+    let listing = listing(&p);
+    assert!(
+        (listing.lines()).any(|l| l == "  conn_limit 3 open flows per client (IPv4 /32, IPv6 /64)"),
         "{listing}"
     );
 }

@@ -132,6 +132,15 @@ pub fn render(p: &Pipeline) -> String {
             }
             let _ = writeln!(s, "  rate_limit {}", parts.join("; "));
         }
+        if let Some(c) = &svc.conn_limit {
+            let _ = writeln!(
+                s,
+                "  conn_limit {} open flows per client (IPv4 /{}, IPv6 /{})",
+                c.per_source,
+                crate::config::ConnLimit::V4_PREFIX,
+                crate::config::ConnLimit::V6_PREFIX
+            );
+        }
         let shares = t.maglev[i].shares(svc.members.len());
         for (j, m) in svc.members.iter().enumerate().filter(|(_, m)| !m.vacant()) {
             let srv = &p.servers[m.server as usize];

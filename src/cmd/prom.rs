@@ -204,6 +204,12 @@ pub fn render(j: &Value) -> String {
                 "New flows from clients outside a service's allow list (services with one).",
             ),
             (
+                "conn_limited",
+                "flowgate_service_conn_limited_total",
+                "counter",
+                "New flows a service's conn_limit refused: their client held its limit of open flows (services with one).",
+            ),
+            (
                 "revoked",
                 "flowgate_service_revoked_total",
                 "counter",

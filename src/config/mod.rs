@@ -244,6 +244,23 @@ impl RateLimit {
     pub const MAX: u32 = 10_000_000;
 }
 
+/// A service's `conn_limit`: how many open flows (TCP connections, UDP and other flows)
+/// each client may hold at once. A client is one IPv4 address or one IPv6 /64, fixed (not
+/// configurable) so that a flow is uncounted under the key it was counted under whatever
+/// a reload changes; see `pipeline::gauges::ConnCounts`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnLimit {
+    pub per_source: u32,
+}
+
+impl ConnLimit {
+    /// The most a `conn_limit` may say.
+    pub const MAX: u32 = 10_000_000;
+    /// What one client is: its address cut to these prefixes.
+    pub const V4_PREFIX: u8 = 32;
+    pub const V6_PREFIX: u8 = 64;
+}
+
 /// Administrative state of a server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServerState {
@@ -484,6 +501,9 @@ pub struct Service {
     /// New flows each client may open (`None`: no limit); see
     /// `Worker::admit` in [`crate::pipeline`].
     pub rate_limit: Option<RateLimit>,
+    /// Open flows each client may hold (`None`: no limit); see
+    /// [`ConnCounts`](crate::pipeline::gauges::ConnCounts).
+    pub conn_limit: Option<ConnLimit>,
     /// `allow`: the client networks (source prefixes, in the IPv4-mapped space) whose
     /// new flows the service takes; empty: every client.
     pub allow: AllowList,
@@ -1560,6 +1580,28 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
             None => None,
             Some(r) => Some(rate_limit(cx, r, &at("rate_limit"))?),
         };
+        let conn_limit = match &s.conn_limit {
+            None => None,
+            Some(c) => match u32::try_from(c.per_source) {
+                Ok(n) if (1..=ConnLimit::MAX).contains(&n) => Some(ConnLimit { per_source: n }),
+                _ => {
+                    let p = [
+                        Key("services"),
+                        Idx(si),
+                        Key("conn_limit"),
+                        Key("per_source"),
+                    ];
+                    return Err(cx.err(
+                        &p,
+                        format!(
+                            "per_source {} is not in 1..={}",
+                            c.per_source,
+                            ConnLimit::MAX
+                        ),
+                    ));
+                }
+            },
+        };
         let mut allow = Vec::new();
         if let Some(list) = &s.allow {
             if list.is_empty() {
@@ -1741,6 +1783,7 @@ fn resolve(cx: &Ctx, raw: RawPipeline, path: &Path) -> Result<Pipeline, ConfigEr
             table_size,
             reject,
             rate_limit,
+            conn_limit,
             allow: AllowList::new(allow),
             retired: false,
         });

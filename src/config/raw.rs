@@ -87,7 +87,18 @@ pub struct RawService {
     /// The only client networks whose new flows the service takes (unset: any).
     #[serde(default)]
     pub allow: Option<Vec<String>>,
+    /// How many open flows each client may hold (unset: no limit).
+    #[serde(default)]
+    pub conn_limit: Option<RawConnLimit>,
     pub servers: Vec<RawServer>,
+}
+
+/// A service's `conn_limit`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConnLimit {
+    /// Open flows each client (an IPv4 address, an IPv6 /64) may hold.
+    pub per_source: u64,
 }
 
 /// A service's `rate_limit`.

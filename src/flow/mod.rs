@@ -142,13 +142,15 @@ pub struct Flow {
     /// The timeout class the flow is in (the table's class of its entry): an unassured
     /// twin exactly while the assured mark is clear (see [`FlowTable`]).
     pub class: u8,
-    /// [`TcpState`] in bits 0–1, replied in bit 5, assured in bit 6, `swapped` in bit 7.
+    /// [`TcpState`] in bits 0–1, counted in bit 2, replied in bit 5, assured in bit 6,
+    /// `swapped` in bit 7.
     bits: u8,
 }
 
 const SWAPPED: u8 = 0x80;
 const ASSURED: u8 = 0x40;
 const REPLIED: u8 = 0x20;
+const COUNTED: u8 = 0x04;
 
 impl Flow {
     /// A flow; `swapped` is the orientation of the creating packet relative to the key
@@ -223,6 +225,20 @@ impl Flow {
     #[inline]
     pub fn set_tcp(&mut self, s: TcpState) {
         self.bits = (self.bits & !3) | s as u8;
+    }
+
+    /// Whether the flow counts against its client's `conn_limit` (see
+    /// `pipeline::gauges::ConnCounts`): marked when it was counted, cleared when it is
+    /// uncounted (it closed, or left its service).
+    #[inline]
+    pub fn counted(&self) -> bool {
+        self.bits & COUNTED != 0
+    }
+
+    /// Marks the flow counted or not.
+    #[inline]
+    pub fn set_counted(&mut self, on: bool) {
+        self.bits = (self.bits & !COUNTED) | if on { COUNTED } else { 0 };
     }
 }
 
@@ -330,13 +346,13 @@ fn move_in(
     mut f: Flow,
     seen: u64,
     now: u64,
-    mut gone: impl FnMut(&Flow),
+    mut gone: impl FnMut(&FlowKey, &Flow),
 ) -> Handle {
     f.class = table_class(base_of(tcp, rules, f.tcp(), f.owner), f.assured());
     match table.insert_seen(k, f, f.class, seen, now) {
         Inserted::Fresh(h) => h,
-        Inserted::Evicted(h, _, e) => {
-            gone(&e);
+        Inserted::Evicted(h, ek, e) => {
+            gone(&ek, &e);
             h
         }
     }
@@ -413,7 +429,7 @@ impl FlowTable {
         conf: &FlowTableConf,
         rule_idle_ns: &[u64],
         now: u64,
-        mut gone: impl FnMut(&Flow),
+        mut gone: impl FnMut(&FlowKey, &Flow),
     ) -> Result<bool, String> {
         let want = distinct_timeouts(conf, rule_idle_ns);
         let timeouts = match self.classes_for(&want) {
@@ -482,7 +498,7 @@ impl FlowTable {
     /// Goes on with the move pass a reload started ([`retime`](Self::retime)): at most
     /// `max` slots, at `now` (call between bursts, like expiry); returns how many flows
     /// it moved. A no-op when no pass is due.
-    pub fn move_step(&mut self, max: usize, now: u64, gone: impl FnMut(&Flow)) -> usize {
+    pub fn move_step(&mut self, max: usize, now: u64, gone: impl FnMut(&FlowKey, &Flow)) -> usize {
         if self.old.is_some() {
             return self.resize_step((max / RESIZE_SLOWER).max(1), now, gone);
         }
@@ -532,7 +548,7 @@ impl FlowTable {
     /// held until the move is done. A resize while one is under way finishes that one
     /// first (at once). A table smaller than the open flows evicts while they move in
     /// (`gone` is given each flow evicted).
-    pub fn resize(&mut self, capacity: usize, now: u64, mut gone: impl FnMut(&Flow)) {
+    pub fn resize(&mut self, capacity: usize, now: u64, mut gone: impl FnMut(&FlowKey, &Flow)) {
         if self.old.is_some() {
             self.resize_step(usize::MAX, now, &mut gone);
         }
@@ -548,7 +564,12 @@ impl FlowTable {
 
     /// Moves the flows of `max` slots of the old table into the new one (see
     /// [`resize`](Self::resize)); returns how many.
-    fn resize_step(&mut self, max: usize, now: u64, mut gone: impl FnMut(&Flow)) -> usize {
+    fn resize_step(
+        &mut self,
+        max: usize,
+        now: u64,
+        mut gone: impl FnMut(&FlowKey, &Flow),
+    ) -> usize {
         let Some((mut old, from)) = self.old.take() else {
             return 0;
         };
@@ -585,7 +606,7 @@ impl FlowTable {
         key: &FlowKey,
         hash: u64,
         now: u64,
-        gone: impl FnMut(&Flow),
+        gone: impl FnMut(&FlowKey, &Flow),
     ) -> Option<Handle> {
         let h = self.table.find_hashed(key, hash);
         if h.is_some() {
@@ -611,10 +632,10 @@ impl FlowTable {
     /// Expires flows idle past their timeouts at `now`, at most `max` (see
     /// [`LruTable::expire`]), in both tables while a resize is under way; `f` is given
     /// each one.
-    pub fn expire(&mut self, now: u64, max: usize, mut f: impl FnMut(&Flow)) -> usize {
-        let mut n = self.table.expire(now, max, |_, v| f(v));
+    pub fn expire(&mut self, now: u64, max: usize, mut f: impl FnMut(&FlowKey, &Flow)) -> usize {
+        let mut n = self.table.expire(now, max, |k, v| f(k, v));
         if let Some((old, _)) = self.old.as_mut() {
-            n += old.expire(now, max.saturating_sub(n), |_, v| f(v));
+            n += old.expire(now, max.saturating_sub(n), |k, v| f(k, v));
         }
         n
     }
@@ -748,7 +769,7 @@ mod tests {
         assert_eq!(t.class_of_timeout(45 * S), None);
         let classes = t.table.classes();
         assert_eq!(
-            t.retime(&conf, &[30 * S, 45 * S], 0, |_| {}),
+            t.retime(&conf, &[30 * S, 45 * S], 0, |_, _| {}),
             Ok(false),
             "no move"
         );
@@ -837,7 +858,10 @@ mod tests {
         let c30 = base(&t, 30 * S);
         // Rule 0 now at 60 s, rule 1 at 20 s (a new value: a new class; the 30 s one
         // still holds rule 0's flow until the pass moves it).
-        assert_eq!(t.retime(&conf, &[60 * S, 20 * S], 11 * S, |_| {}), Ok(true));
+        assert_eq!(
+            t.retime(&conf, &[60 * S, 20 * S], 11 * S, |_, _| {}),
+            Ok(true)
+        );
         assert!(t.moving());
         assert_eq!(t.table.classes(), classes + 2);
         let (c20, c60) = (base(&t, 20 * S), base(&t, 60 * S));
@@ -847,16 +871,16 @@ mod tests {
         // Rules added while the pass is due: 90 s and then 100 s may not take the 30 s
         // class, which holds flows until the pass is done.
         assert_eq!(
-            t.retime(&conf, &[60 * S, 20 * S, 90 * S], 11 * S, |_| {}),
+            t.retime(&conf, &[60 * S, 20 * S, 90 * S], 11 * S, |_, _| {}),
             Ok(false)
         );
         let rules = [60 * S, 20 * S, 90 * S, 100 * S];
-        assert_eq!(t.retime(&conf, &rules, 11 * S, |_| {}), Ok(false));
+        assert_eq!(t.retime(&conf, &rules, 11 * S, |_, _| {}), Ok(false));
         assert_eq!(t.table.classes(), classes + 6);
         let mut moved = 0;
         let mut steps = 0;
         while t.moving() {
-            moved += t.move_step(3, 11 * S, |_| {});
+            moved += t.move_step(3, 11 * S, |_, _| {});
             steps += 1;
         }
         assert_eq!((moved, steps), (3, 2), "4 slots, 3 a step; TCP stays");
@@ -878,7 +902,7 @@ mod tests {
                 &conf,
                 &[60 * S, 20 * S, 90 * S, 100 * S, 120 * S],
                 75 * S,
-                |_| {}
+                |_, _| {}
             ),
             Ok(false)
         );
@@ -907,7 +931,7 @@ mod tests {
             tcp_established_ns: 600 * S,
             ..conf
         };
-        assert_eq!(t.retime(&longer, &[], 11 * S, |_| {}), Ok(true));
+        assert_eq!(t.retime(&longer, &[], 11 * S, |_, _| {}), Ok(true));
         let c600 = base(&t, 600 * S);
         assert_eq!(
             t.tcp_class(TcpState::Established, true),
@@ -915,7 +939,7 @@ mod tests {
         );
         assert_eq!(t.tcp_class(TcpState::Syn, false), syn, "SYN's timeout kept");
         assert_eq!(class_of(&t, 1), est, "not moved yet");
-        assert_eq!(t.move_step(usize::MAX, 11 * S, |_| {}), 1);
+        assert_eq!(t.move_step(usize::MAX, 11 * S, |_, _| {}), 1);
         assert_eq!(class_of(&t, 1), t.class(c600, true));
         assert_eq!(class_of(&t, 2), syn);
         // Seen at 10 s: the established flow goes at 600 s after that, not 300.
@@ -942,8 +966,8 @@ mod tests {
         for n in 4..=6 {
             add(&mut t, n, 0, TcpState::Established, n != 6);
         }
-        assert_eq!(t.retime(&conf, &[20 * S], 11 * S, |_| {}), Ok(true));
-        let none = |_: &Flow| panic!("no eviction");
+        assert_eq!(t.retime(&conf, &[20 * S], 11 * S, |_, _| {}), Ok(true));
+        let none = |_: &FlowKey, _: &Flow| panic!("no eviction");
         t.resize(64, 11 * S, none);
         assert!(t.moving());
         assert_eq!((t.len(), t.table.len(), t.table.capacity()), (6, 0, 64));
@@ -979,7 +1003,11 @@ mod tests {
             add(&mut t, n, 0, TcpState::None, true);
         }
         t.resize(4, 33 * S, none);
-        assert_eq!(t.expire(60 * S, usize::MAX, |_| {}), 3, "the old table's");
+        assert_eq!(
+            t.expire(60 * S, usize::MAX, |_, _| {}),
+            3,
+            "the old table's"
+        );
         while t.moving() {
             t.move_step(usize::MAX, 60 * S, none);
         }
@@ -987,9 +1015,9 @@ mod tests {
         // Smaller than the open flows: those that do not fit are evicted as they move.
         add(&mut t, 10, 0, TcpState::Established, true);
         let mut evicted = 0;
-        t.resize(2, 61 * S, |_| evicted += 1);
+        t.resize(2, 61 * S, |_, _| evicted += 1);
         while t.moving() {
-            t.move_step(1, 61 * S, |_| evicted += 1);
+            t.move_step(1, 61 * S, |_, _| evicted += 1);
         }
         assert_eq!(
             (evicted, t.len(), t.table.len()),
@@ -1007,7 +1035,9 @@ mod tests {
         // TCP's two values (10 s, 300 s), flow_table's 60 s, and the rules'.
         let rules = |from: u64, n: u64| -> Vec<u64> { (from..from + n).map(|i| i * S).collect() };
         let mut t = FlowTable::new(&conf, &rules(1000, 123));
-        let e = t.retime(&conf, &rules(2000, 123), 0, |_| {}).unwrap_err();
+        let e = t
+            .retime(&conf, &rules(2000, 123), 0, |_, _| {})
+            .unwrap_err();
         assert!(e.contains("make 249 distinct values; at most 127"), "{e}");
         assert_eq!(t.class_of_timeout(2000 * S), None);
         assert!(t.class_of_timeout(1000 * S).is_some());
@@ -1015,14 +1045,14 @@ mod tests {
         // pass is due: the first 61 are free once it is done.
         let mut t = FlowTable::new(&conf, &rules(1000, 61));
         add(&mut t, 1, 0, TcpState::None, false);
-        assert_eq!(t.retime(&conf, &rules(2000, 61), S, |_| {}), Ok(true));
+        assert_eq!(t.retime(&conf, &rules(2000, 61), S, |_, _| {}), Ok(true));
         let c1000 = base(&t, 1000 * S);
         assert_eq!(class_of(&t, 1), t.class(c1000, false), "not moved yet");
-        assert_eq!(t.retime(&conf, &rules(3000, 61), S, |_| {}), Ok(true));
+        assert_eq!(t.retime(&conf, &rules(3000, 61), S, |_, _| {}), Ok(true));
         assert_eq!(class_of(&t, 1), t.class(base(&t, 2000 * S), false), "moved");
         assert_eq!(base(&t, 3000 * S), c1000, "a freed class");
         assert!(t.moving(), "to the 3000 s class, next");
-        t.move_step(usize::MAX, S, |_| {});
+        t.move_step(usize::MAX, S, |_, _| {});
         assert_eq!(class_of(&t, 1), t.class(c1000, false));
     }
 
@@ -1069,7 +1099,7 @@ mod tests {
                         let mut k = key(n);
                         k.b[0] = a;
                         let hash = t.table.hash(&k);
-                        if t.find(&k, hash, now, |_| {}).is_none() {
+                        if t.find(&k, hash, now, |_, _| {}).is_none() {
                             t.table.insert(k, f, f.class, now);
                         }
                     }
@@ -1087,12 +1117,12 @@ mod tests {
                             }
                         }
                         let before = timeouts(&t);
-                        let r = t.retime(&conf, &rules, now, |_| {});
+                        let r = t.retime(&conf, &rules, now, |_, _| {});
                         proptest::prop_assert!(r.is_ok());
                         proptest::prop_assert_eq!(timeouts(&t), before, "a class with flows kept its timeout");
                     }
                     3 => {
-                        t.move_step(usize::from(b) + 1, now, |_| {});
+                        t.move_step(usize::from(b) + 1, now, |_, _| {});
                     }
                     4 => {
                         // A packet that closes a TCP flow: a new state, a new class.
@@ -1112,9 +1142,9 @@ mod tests {
                         }
                     }
                     5 => {
-                        t.expire(now, usize::MAX, |_| {});
+                        t.expire(now, usize::MAX, |_, _| {});
                     }
-                    _ => t.resize(16 + usize::from(b) * 8, now, |_| {}),
+                    _ => t.resize(16 + usize::from(b) * 8, now, |_, _| {}),
                 }
                 let mut flows = Vec::new();
                 t.table.visit(0, usize::MAX, |k, f, _, _| flows.push((*k, *f)));

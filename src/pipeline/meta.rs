@@ -263,4 +263,7 @@ drop_reasons! {
     RateLimited => "rate_limited",
     /// A new flow of a service from a client outside its `allow` list.
     NotAllowed => "not_allowed",
+    /// A new flow of a service from a client that holds its `conn_limit` of open flows
+    /// (a TCP SYN, or the first datagram of another protocol's flow).
+    ConnLimited => "conn_limited",
 }

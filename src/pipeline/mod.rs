@@ -42,7 +42,7 @@ use crate::flow::{
     FlowKey, FlowTable, FragKey, Inserted, LruTable, Owner, TcpState, tcp_flags, tcp_next,
 };
 use crate::wire::ipv4::option_at;
-use gauges::FlowsRow;
+use gauges::{ConnCounts, FlowsRow};
 use meta::{DropReason, Frag, L3, Meta, Tuple};
 use stats::Stats;
 use std::borrow::Cow;
@@ -572,6 +572,10 @@ pub struct Worker {
     /// Per client of a rate-limited service: when its bucket is next full
     /// ([`Worker::admit`]); made when a pipeline first has a `rate_limit`.
     limits: Option<LruTable<LimitKey, u64>>,
+    /// Each client's open flows of the services with a `conn_limit`: shared by every
+    /// worker of `flowgate run` ([`Worker::set_conn_counts`]), else made when a pipeline
+    /// first has a limit.
+    conns: Option<Arc<ConnCounts>>,
 }
 
 /// A bucket of a rate-limited service: a client's (its network, [`source_key`]) or,
@@ -638,6 +642,39 @@ pub const LIMIT_CAPACITY: usize = 65536;
 /// How long a client's bucket is kept after its last new flow (ns): a client idle that
 /// long starts again with its whole burst.
 pub const LIMIT_IDLE_NS: u64 = 60_000_000_000;
+
+/// Counts of clients' open flows, when `p` has a service with a `conn_limit`.
+fn conns_for(p: &Pipeline) -> Option<Arc<ConnCounts>> {
+    (p.services.iter().any(|s| s.conn_limit.is_some())).then(ConnCounts::new)
+}
+
+/// Flow `f` (key `k`) is no longer counted against its client's `conn_limit` when it was:
+/// its count in `conns` goes down (the caller clears the mark, or drops the flow).
+#[inline]
+fn uncount(conns: Option<&ConnCounts>, k: &FlowKey, f: &crate::flow::Flow) {
+    if f.counted()
+        && let (Owner::Service(i), Some(c)) = (f.owner, conns)
+    {
+        let ((client, _), _) = ends(k, f);
+        c.close(i, &client);
+    }
+}
+
+/// Flow `f` (key `k`) left the flow table (expired, or removed): the gauges and its
+/// client's open flows.
+#[inline]
+fn gone(stats: &mut Stats, conns: Option<&ConnCounts>, k: &FlowKey, f: &crate::flow::Flow) {
+    stats.flow_out(f);
+    uncount(conns, k, f);
+}
+
+/// Flow `f` (key `k`) was evicted from a full flow table: as [`gone`], counted as an
+/// eviction.
+#[inline]
+fn evicted(stats: &mut Stats, conns: Option<&ConnCounts>, k: &FlowKey, f: &crate::flow::Flow) {
+    stats.evicted(f);
+    uncount(conns, k, f);
+}
 
 /// A table of rate-limit buckets, when `p` has a service with a `rate_limit`.
 fn limits_for(p: &Pipeline) -> Option<LruTable<LimitKey, u64>> {
@@ -777,6 +814,7 @@ impl Worker {
             share: Share::ALL,
             limit_share: Share::ALL,
             limits: limits_for(p),
+            conns: conns_for(p),
             tables,
         }
     }
@@ -809,6 +847,15 @@ impl Worker {
             }
         }
         self.stats.flows_row = Some(row);
+    }
+
+    /// Makes this worker count its clients' open flows in `counts`, which every worker
+    /// of `flowgate run` shares, so that a service's `conn_limit` holds over all of them
+    /// (a client's flows spread over the workers by RSS). Before the worker's first flow:
+    /// a flow counted elsewhere would be uncounted here.
+    pub fn set_conn_counts(&mut self, counts: Arc<ConnCounts>) {
+        debug_assert_eq!(self.flows.len(), 0, "conn counts set under open flows");
+        self.conns = Some(counts);
     }
 
     /// Server `s`'s open flows: over all the workers when they share a board
@@ -1025,9 +1072,9 @@ impl Worker {
             |a| a.timeouts,
         );
         if timeouts {
-            let stats = &mut self.stats;
-            let r = (self.flows).retime(&p1.flow_table, &t.rule_idle, self.clock, |f| {
-                stats.evicted(f)
+            let (stats, conns) = (&mut self.stats, self.conns.as_deref());
+            let r = (self.flows).retime(&p1.flow_table, &t.rule_idle, self.clock, |k, f| {
+                evicted(stats, conns, k, f)
             });
             debug_assert!(r.is_ok(), "grows_into checked the timeouts: {r:?}");
             if r.is_err() {
@@ -1037,8 +1084,10 @@ impl Worker {
         // A new size: a new table, into which the open flows move in the background
         // (`move_flows`) or when a packet finds them in the old one.
         if p0.flow_table.capacity != p1.flow_table.capacity {
-            let stats = &mut self.stats;
-            (self.flows).resize(p1.flow_table.capacity, self.clock, |f| stats.evicted(f));
+            let (stats, conns) = (&mut self.stats, self.conns.as_deref());
+            (self.flows).resize(p1.flow_table.capacity, self.clock, |k, f| {
+                evicted(stats, conns, k, f)
+            });
             if self.sweep_at.is_some() {
                 // The slots it had passed are another table's now: from the start again,
                 // once the flows are in the new table (`sweep`).
@@ -1053,9 +1102,13 @@ impl Worker {
         }
         // One mark per rule (grows, allocating, only when a reload added rules).
         self.sweep_pending.resize(p1.flow_rules.len(), false);
-        // Buckets for the first rate limit a reload brings (allocates then only).
+        // Buckets for the first rate limit a reload brings, counts for the first
+        // connection limit (allocates then only).
         if self.limits.is_none() {
             self.limits = limits_for(p1);
+        }
+        if self.conns.is_none() {
+            self.conns = conns_for(p1);
         }
         let (claims, narrowed) = match after {
             Some(a) => (Cow::Borrowed(&a.claims[..]), Cow::Borrowed(&a.narrowed[..])),
@@ -1084,8 +1137,9 @@ impl Worker {
     /// how many it moved. Until the pass reaches it, a flow keeps its old timeout. A no-op
     /// when no pass is due.
     pub fn move_flows(&mut self, max: usize) -> usize {
-        let stats = &mut self.stats;
-        self.flows.move_step(max, self.clock, |f| stats.evicted(f))
+        let (stats, conns) = (&mut self.stats, self.conns.as_deref());
+        self.flows
+            .move_step(max, self.clock, |k, f| evicted(stats, conns, k, f))
     }
 
     /// The flow table a finished resize emptied, not freed yet: freeing it unmaps its
@@ -1134,7 +1188,7 @@ impl Worker {
         let (claiming, pending) = (&self.tables.sweep_rules, &self.sweep_pending);
         let revoking = &self.revoke_pending;
         let mut moved = 0;
-        let stats = &mut self.stats;
+        let (stats, conns) = (&mut self.stats, self.conns.as_deref());
         self.sweep_at = self.flows.table.visit_retain(from, max, |k, f| {
             if let Owner::Service(i) = f.owner
                 && revoking.get(usize::from(i)) == Some(&true)
@@ -1142,15 +1196,20 @@ impl Worker {
                 let allow = &p.services[usize::from(i)].allow;
                 let ((client, _), _) = ends(k, f);
                 if !allow.is_empty() && !allow.contains(u128::from_be_bytes(client)) {
-                    stats.flow_out(f);
+                    gone(stats, conns, k, f);
                     stats.svc_revoked[usize::from(i)] += 1;
                     return false;
                 }
             }
-            if let Some(g) = reconsider(p, claiming, pending, k, *f) {
+            if let Some(mut g) = reconsider(p, claiming, pending, k, *f) {
                 if g.target != f.target || g.owner != f.owner {
                     stats.flow_out(f);
                     stats.flow_in(&g);
+                }
+                if g.owner != f.owner {
+                    // Counted under its service only while it is the service's.
+                    uncount(conns, k, f);
+                    g.set_counted(false);
                 }
                 *f = g;
                 moved += 1;
@@ -1180,7 +1239,8 @@ impl Worker {
     pub fn expire(&mut self, now: u64, max: usize) {
         self.clock = self.clock.max(now);
         let stats = &mut self.stats;
-        let n = self.flows.expire(now, max, |f| stats.flow_out(f));
+        let conns = self.conns.as_deref();
+        let n = self.flows.expire(now, max, |k, f| gone(stats, conns, k, f));
         self.stats.flows_expired += n as u64;
         self.frags.expire(now, max, |_, _| {});
         if let Some(l) = self.limits.as_mut() {
@@ -1471,8 +1531,23 @@ impl Worker {
         if f.class == class {
             self.flows.table.touch(h, class, now);
         } else {
-            self.flows.table.touch_reclass(h, f.class, now);
+            self.reclassed(h, now);
         }
+    }
+
+    /// Flow `h`, just stepped at `now`, changed class: a new TCP state's timeout, or its
+    /// assured twin. When it is a connection that began closing (a FIN or RST), it no
+    /// longer counts against its client's `conn_limit`. (Out of line, as the table's
+    /// relinking is anyway: nothing of it in the hit path's code. A closing timeout equal
+    /// to the open state's keeps the class: the connection then counts until it ends.)
+    #[inline(never)]
+    fn reclassed(&mut self, h: u32, now: u64) {
+        let f = *self.flows.table.get(h);
+        if f.counted() && f.tcp() == TcpState::Closing {
+            uncount(self.conns.as_deref(), self.flows.table.key(h), &f);
+            self.flows.table.get_mut(h).set_counted(false);
+        }
+        self.flows.table.touch_reclass(h, f.class, now);
     }
 
     #[inline]
@@ -1556,9 +1631,9 @@ impl Worker {
         let is_ip = matches!(m.l3, L3::Ipv4 | L3::Ipv6);
 
         let mut route = None;
-        let stats = &mut self.stats;
+        let (stats, conns) = (&mut self.stats, self.conns.as_deref());
         let found = is_ip
-            .then(|| (self.flows).find(&fkey, hash, now, |f| stats.evicted(f)))
+            .then(|| (self.flows).find(&fkey, hash, now, |k, f| evicted(stats, conns, k, f)))
             .flatten();
         if let Some(h) = found {
             let f = *self.flows.table.get(h);
@@ -1571,7 +1646,7 @@ impl Worker {
             if f.tcp() == TcpState::Closing && forward && syn_only && m.quoted.is_none() {
                 // A new connection reusing the tuple of a closed one: start afresh.
                 self.flows.table.remove(h);
-                self.stats.flow_out(&f);
+                gone(&mut self.stats, self.conns.as_deref(), &fkey, &f);
             } else {
                 route = self.follow(tables, h, m, forward, now, out);
                 if route.is_none() && out.drop.is_some() {
@@ -1650,11 +1725,31 @@ impl Worker {
                     drop_into(out, DropReason::RateLimited);
                     return None;
                 }
+                // The same flows are held to the client's open flows (`conn_limit`); a
+                // flow a mid-connection packet opens is neither refused nor counted.
+                let opens = m.tuple.proto != 6 || syn_only(m.tcp_flags);
+                let counted = match (p.services[usize::from(i)].conn_limit, &self.conns) {
+                    (Some(cl), Some(c)) if opens => {
+                        if !c.open(i, &m.tuple.src, cl.per_source) {
+                            if let Some(rl) = limit {
+                                self.refund(rl, i, &m.tuple.src);
+                            }
+                            self.stats.svc_conn_limited[usize::from(i)] += 1;
+                            drop_into(out, DropReason::ConnLimited);
+                            return None;
+                        }
+                        true
+                    }
+                    _ => false,
+                };
                 let member = match self.place(tables, usize::from(i), &m.tuple, false) {
                     Ok(member) => member,
                     Err(why) => {
                         if let Some(rl) = limit {
                             self.refund(rl, i, &m.tuple.src);
+                        }
+                        if counted && let Some(c) = &self.conns {
+                            c.close(i, &m.tuple.src);
                         }
                         *out = self.no_server(tables, buf, m, i, why, in_port, now, *out);
                         return None;
@@ -1671,6 +1766,7 @@ impl Worker {
                     in_port,
                     target,
                     Owner::Service(i),
+                    counted,
                     now,
                 );
                 self.stats.svc_flows[i as usize] += 1;
@@ -1701,6 +1797,7 @@ impl Worker {
                         in_port,
                         rule.target,
                         Owner::Rule(i),
+                        false,
                         now,
                     );
                     self.stats.rule_flows[i as usize] += 1;
@@ -1870,6 +1967,7 @@ impl Worker {
         in_port: u16,
         target: Target,
         owner: Owner,
+        counted: bool,
         now: u64,
     ) {
         let tcp = if m.tuple.proto == 6 {
@@ -1886,13 +1984,14 @@ impl Worker {
         let class = self.flows.base_class_of(tcp, owner);
         // Unassured until its creator speaks again after a reply.
         let class = self.flows.class(class, false);
-        let flow = crate::flow::Flow::new(target, owner, src_mac, in_port, swapped, tcp, class);
+        let mut flow = crate::flow::Flow::new(target, owner, src_mac, in_port, swapped, tcp, class);
+        flow.set_counted(counted);
         self.stats.flows_created += 1;
         self.stats.flow_in(&flow);
-        if let Inserted::Evicted(_, _, gone) =
+        if let Inserted::Evicted(_, k, f) =
             self.flows.table.insert_hashed(key, hash, flow, class, now)
         {
-            self.stats.evicted(&gone);
+            evicted(&mut self.stats, self.conns.as_deref(), &k, &f);
         }
     }
 
@@ -3269,6 +3368,142 @@ mod tests {
             .unwrap_err()
             .to_string();
             assert!(e.contains(msg) && e.contains("services[0].allow"), "{e}");
+        }
+    }
+
+    /// `conn_limit`: a client holds at most `per_source` open flows of the service (over
+    /// every worker sharing the counts); its SYNs beyond that are dropped as
+    /// `conn_limited` and counted; an established connection that closes (its FIN, here
+    /// on the express path), expires or is evicted frees its place; other clients, and flows a
+    /// mid-connection packet opens, are not held; a flow no server takes gives its place
+    /// back.
+    #[test]
+    fn conn_limit_holds_each_client_to_its_open_flows() {
+        use crate::r#gen::frame::flags::{ACK, FIN, SYN};
+        let y = P.replace(
+            "    servers:",
+            "    conn_limit: { per_source: 2 }\n    servers:",
+        );
+        let p = Pipeline::from_str(&y, Path::new("p.yaml")).unwrap();
+        assert_eq!(
+            p.services[0].conn_limit,
+            Some(crate::config::ConnLimit { per_source: 2 })
+        );
+        let counts = ConnCounts::new();
+        let mut ws: Vec<Worker> = (0..2)
+            .map(|_| {
+                let mut w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
+                w.set_conn_counts(Arc::clone(&counts));
+                w
+            })
+            .collect();
+        let src = |c: u8| {
+            let mut a = [0u8; 16];
+            a[10..12].copy_from_slice(&[0xff, 0xff]);
+            a[12..].copy_from_slice(&[198, 51, 100, c]);
+            a
+        };
+        let to = |w: &mut Worker, c: u8, sp: u16, flags: u8, now: u64| {
+            w.process(&mut tcp_from(c, sp, flags), 0, now).drop
+        };
+        // Client 1: one connection on each worker, then no third on either.
+        assert_eq!(to(&mut ws[0], 1, 1000, SYN, 10), None);
+        assert_eq!(to(&mut ws[1], 1, 1001, SYN, 10), None);
+        for w in ws.iter_mut() {
+            assert_eq!(to(w, 1, 1002, SYN, 20), Some(DropReason::ConnLimited));
+        }
+        assert_eq!(counts.count(0, &src(1)), 2);
+        // Another client is its own; a mid-connection packet is not held (nor counted).
+        assert_eq!(to(&mut ws[0], 2, 1000, SYN, 30), None);
+        assert_eq!(to(&mut ws[0], 1, 1003, ACK, 30), None);
+        assert_eq!(counts.count(0, &src(1)), 2);
+        // The connection on worker 0 closes (the client's ACK and FIN through the burst
+        // path, the express path, as `flowgate run` sends them): a place is free.
+        let mut burst = [tcp_from(1, 1000, ACK), tcp_from(1, 1000, FIN | ACK)];
+        let mut outs = [Outcome::default(); 2];
+        ws[0].process_burst(&mut burst, 0, 40, &mut outs);
+        assert!(outs.iter().all(|o| o.drop.is_none()), "{outs:?}");
+        assert_eq!(counts.count(0, &src(1)), 1, "closing: no longer counted");
+        assert_eq!(to(&mut ws[1], 1, 1002, SYN, 50), None);
+        assert_eq!(
+            to(&mut ws[1], 1, 1004, SYN, 50),
+            Some(DropReason::ConnLimited)
+        );
+        let j = ws[1].stats.to_json(&p);
+        assert_eq!(j["services"]["s"]["conn_limited"], 2, "{j}");
+        assert_eq!(j["drops"]["conn_limited"], 2, "{j}");
+        // Everything expires: every count back to 0 (the closed flow was uncounted once).
+        for w in ws.iter_mut() {
+            w.expire(1_000_000_000_000, 1 << 16);
+            assert_eq!(w.flow_count(), 0);
+        }
+        assert_eq!((counts.count(0, &src(1)), counts.count(0, &src(2))), (0, 0));
+
+        // Evicted from a full table (8 flows, 20 clients): uncounted too.
+        let small = y.replace("services:", "flow_table: { capacity: 8 }\nservices:");
+        let p = Pipeline::from_str(&small, Path::new("p.yaml")).unwrap();
+        let mut w = Worker::new(Arc::new(Tables::build(p, 1)));
+        for c in 1..=20 {
+            assert_eq!(to(&mut w, c, 2000, SYN, 60), None);
+        }
+        assert!(w.stats.flows_evicted >= 12, "{}", w.stats.flows_evicted);
+        let c = w.conns.clone().expect("made for the pipeline's limit");
+        let held: u32 = (1..=20).map(|k| c.count(0, &src(k))).sum();
+        assert_eq!(held as usize, w.flow_count());
+        w.expire(1_000_000_000_000, 1 << 16);
+        assert!((1..=20).all(|k| c.count(0, &src(k)) == 0));
+
+        // No server takes it: the place is given back.
+        let down = y
+            .replace("01:01\" }", "01:01\", state: down }")
+            .replace("01:02\" }", "01:02\", state: down }");
+        let p = Pipeline::from_str(&down, Path::new("p.yaml")).unwrap();
+        let mut w = Worker::new(Arc::new(Tables::build(p, 1)));
+        for sp in 0..5 {
+            assert_eq!(
+                to(&mut w, 1, 3000 + sp, SYN, 70),
+                Some(DropReason::NoServer)
+            );
+        }
+        let c = w.conns.clone().expect("counts");
+        assert_eq!(c.count(0, &src(1)), 0);
+        // An advertised flow claims one of a client's two connections: it is no longer
+        // the service's, nor counted, and the client may open another.
+        let mut p = Pipeline::from_str(&y, Path::new("p.yaml")).unwrap();
+        crate::control::overlay::reserve_flow_slots(&mut p, 1);
+        let mut w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
+        assert_eq!(to(&mut w, 1, 4000, SYN, 80), None);
+        assert_eq!(to(&mut w, 1, 4001, SYN, 80), None);
+        assert_eq!(to(&mut w, 1, 4002, SYN, 80), Some(DropReason::ConnLimited));
+        let mut q = p.clone();
+        let r = &mut q.flow_rules[0];
+        r.rule.proto = classify::Range::exact(6);
+        r.rule.src_port = classify::Range::exact(4000);
+        r.target = Target::Server(1);
+        assert!(w.set_tables(Arc::new(Tables::build(q, 2))).is_ok());
+        while w.sweep_due() {
+            w.sweep(64);
+        }
+        assert_eq!(w.stats.flows_moved, 1);
+        let c = w.conns.clone().expect("counts");
+        assert_eq!(c.count(0, &src(1)), 1);
+        assert_eq!(to(&mut w, 1, 4002, SYN, 90), None);
+        // Bad values are refused at their place.
+        for bad in ["0", "10000001"] {
+            let e = Pipeline::from_str(
+                &P.replace(
+                    "    servers:",
+                    &format!("    conn_limit: {{ per_source: {bad} }}\n    servers:"),
+                ),
+                Path::new("p.yaml"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("services[0].conn_limit.per_source")
+                    && e.contains("is not in 1..=10000000"),
+                "{e}"
+            );
         }
     }
 

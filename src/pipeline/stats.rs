@@ -69,6 +69,8 @@ pub struct Stats {
     /// Per service: open flows cut because a reload narrowed its `allow` list and left
     /// their client out ([`Worker::sweep`](super::Worker::sweep)).
     pub svc_revoked: Vec<u64>,
+    /// Per service: new flows refused by its `conn_limit` (also in `drops`).
+    pub svc_conn_limited: Vec<u64>,
     /// Not a counter: where `flowgate run` publishes this worker's `server_flows` for
     /// the other workers ([`FlowsRow`]), kept there by [`flow_in`](Self::flow_in) and
     /// [`flow_out`](Self::flow_out); `None` for a lone worker (replay). Neither merged
@@ -111,6 +113,7 @@ impl Stats {
             svc_limited: vec![0; p.services.len()],
             svc_denied: vec![0; p.services.len()],
             svc_revoked: vec![0; p.services.len()],
+            svc_conn_limited: vec![0; p.services.len()],
             flows_row: None,
         }
     }
@@ -126,6 +129,7 @@ impl Stats {
             &mut self.svc_limited,
             &mut self.svc_denied,
             &mut self.svc_revoked,
+            &mut self.svc_conn_limited,
         ] {
             if v.len() < n {
                 v.resize(n, 0);
@@ -187,6 +191,7 @@ impl Stats {
                     self.svc_limited[i] = 0;
                     self.svc_denied[i] = 0;
                     self.svc_revoked[i] = 0;
+                    self.svc_conn_limited[i] = 0;
                     self.svc_server_packets[i].fill(0);
                 }
                 Entry::Member(i, j) => self.svc_server_packets[i][j] = 0,
@@ -217,6 +222,7 @@ impl Stats {
                     && zero(&self.svc_limited, i)
                     && zero(&self.svc_denied, i)
                     && zero(&self.svc_revoked, i)
+                    && zero(&self.svc_conn_limited, i)
                     && (self.svc_server_packets.get(i)).is_some_and(|r| r.iter().all(|&n| n == 0))
             }
             Entry::Member(i, j) => (self.svc_server_packets.get(i)).is_some_and(|r| zero(r, j)),
@@ -258,6 +264,7 @@ impl Stats {
             svc_limited,
             svc_denied,
             svc_revoked,
+            svc_conn_limited,
             flows_row: _,
         } = o;
         self.packets_in += packets_in;
@@ -297,6 +304,7 @@ impl Stats {
         add(&mut self.svc_limited, svc_limited);
         add(&mut self.svc_denied, svc_denied);
         add(&mut self.svc_revoked, svc_revoked);
+        add(&mut self.svc_conn_limited, svc_conn_limited);
         add(&mut self.rule_open, rule_open);
         for (a, b) in self.svc_server_packets.iter_mut().zip(svc_server_packets) {
             add(a, b);
@@ -385,6 +393,10 @@ impl Stats {
             // A rate-limited service: the new flows it refused.
             if s.rate_limit.is_some() {
                 svc["rate_limited"] = json!(self.svc_limited[i]);
+            }
+            // A connection-limited service: the new flows it refused.
+            if s.conn_limit.is_some() {
+                svc["conn_limited"] = json!(self.svc_conn_limited[i]);
             }
             // A service with an `allow` list: the new flows from other clients, and the
             // open flows a reload that narrowed it cut.

@@ -108,6 +108,7 @@ pub fn copy_stats(dst: &mut Stats, src: &Stats) {
         svc_limited,
         svc_denied,
         svc_revoked,
+        svc_conn_limited,
         flows_row: _,
     } = src;
     dst.packets_in = *packets_in;
@@ -143,6 +144,7 @@ pub fn copy_stats(dst: &mut Stats, src: &Stats) {
     cp(&mut dst.svc_limited, svc_limited);
     cp(&mut dst.svc_denied, svc_denied);
     cp(&mut dst.svc_revoked, svc_revoked);
+    cp(&mut dst.svc_conn_limited, svc_conn_limited);
     if dst.svc_server_packets.len() == svc_server_packets.len() {
         for (d, s) in dst.svc_server_packets.iter_mut().zip(svc_server_packets) {
             cp(d, s);
@@ -239,12 +241,23 @@ mod tests {
         a.svc_limited[0] = 10;
         a.svc_denied[1] = 11;
         a.svc_revoked[0] = 12;
+        a.svc_conn_limited[1] = 13;
         let mut b = Stats::new(&p);
         copy_stats(&mut b, &a);
         assert_eq!(b.to_json(&p), a.to_json(&p));
         assert_eq!(
-            (&b.svc_limited, &b.svc_denied, &b.svc_revoked),
-            (&a.svc_limited, &a.svc_denied, &a.svc_revoked),
+            (
+                &b.svc_limited,
+                &b.svc_denied,
+                &b.svc_revoked,
+                &b.svc_conn_limited
+            ),
+            (
+                &a.svc_limited,
+                &a.svc_denied,
+                &a.svc_revoked,
+                &a.svc_conn_limited
+            ),
             "not in the JSON of a service without a limit or an allow list"
         );
     }

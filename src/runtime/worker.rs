@@ -14,7 +14,7 @@ use super::lister::{Board, Lister, WorkerSide};
 use super::ramp::{self, Ramps};
 use super::{copy_stats, dispatch_hash};
 use crate::config::Pipeline;
-use crate::pipeline::gauges::ServerFlows;
+use crate::pipeline::gauges::{ConnCounts, ServerFlows};
 use crate::pipeline::meta::DropReason;
 use crate::pipeline::stats::Stats;
 use crate::pipeline::{Outcome, Share, Tables, Worker};
@@ -111,6 +111,9 @@ struct Shared {
     ejections: Mutex<Ejections>,
     /// Every worker's open flows per server, for `max_flows` and `least-flows`.
     server_flows: Arc<ServerFlows>,
+    /// Every client's open flows over all the workers, for `conn_limit` (8 MiB, made
+    /// whether or not the pipeline has a limit: a reload may bring one).
+    conns: Arc<ConnCounts>,
 }
 
 impl Shared {
@@ -359,6 +362,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
         ramps: Mutex::new(ramps),
         ejections: Mutex::new(ejections),
         server_flows: ServerFlows::new(n_workers),
+        conns: ConnCounts::new(),
     };
     // Where the stats JSON goes: rewritten every interval while running, and at the stop.
     let stats_path = opts.stats_json.as_deref().or(conf.stats_json.as_deref());
@@ -989,6 +993,7 @@ fn worker_loop<'q>(
     if let Some(row) = shared.server_flows.row(idx) {
         w.set_server_flows(row);
     }
+    w.set_conn_counts(Arc::clone(&shared.conns));
     let mut rxb: MbufBatch<'q> = MbufBatch::new();
     // This worker's frames picked out of a dispatched burst or its inbox.
     let mut mine: MbufBatch<'q> = MbufBatch::new();
