@@ -10,7 +10,10 @@
 # and run it with hugepages and vfio devices passed through, for example:
 #   docker run --rm --privileged -v /dev/hugepages:/dev/hugepages -v /sys:/sys \
 #       --device /dev/vfio/vfio --device /dev/vfio/<group> flowgate:dpdk run --conf /opt/flowgate/conf/<x>.yaml
-# (see docs/RUNNING.md for hugepages and binding the NIC to vfio-pci first).
+# (see docs/RUNNING.md for hugepages and binding the NIC to vfio-pci first). With
+# `stats.prometheus` in the conf, an orchestrator's HTTP probe (Kubernetes' httpGet
+# liveness/readiness probe) asks GET /healthz on that address: 200 while running with
+# every port's link up, 503 and why otherwise (docs/RUNNING.md, "Health").
 
 FROM rust:1-bookworm AS build
 ARG FEATURES=""
