@@ -336,7 +336,7 @@ fn unassured(classes: usize) -> Vec<u8> {
 
 /// Puts flow `f` (key `k`, last seen at `seen`), taken out of a resized table's old one,
 /// into `table` at `now`, in the class of its timeout by the maps `tcp` and `rules`;
-/// `gone` is given a flow it evicts. Its handle.
+/// `gone` is given the key and value of a flow it evicts. Its handle.
 #[allow(clippy::too_many_arguments)]
 fn move_in(
     table: &mut LruTable<FlowKey, Flow>,
@@ -422,8 +422,8 @@ impl FlowTable {
     /// ([`move_step`](Self::move_step)) and `Ok(true)` says so. An error, changing nothing,
     /// when the timeouts the flows may have had and those of the new pipeline are more
     /// than [`MAX_TIMEOUTS`] distinct values even after the pass (or resize) of an earlier
-    /// reload is finished (which this then does at once; `gone` is given each flow a
-    /// resize evicts).
+    /// reload is finished (which this then does at once; `gone` is given the key and value
+    /// of each flow a resize evicts).
     pub fn retime(
         &mut self,
         conf: &FlowTableConf,
@@ -547,7 +547,7 @@ impl FlowTable {
     /// move pass of a reload before is done by the same move). Both tables' memory is
     /// held until the move is done. A resize while one is under way finishes that one
     /// first (at once). A table smaller than the open flows evicts while they move in
-    /// (`gone` is given each flow evicted).
+    /// (`gone` is given the key and value of each flow evicted).
     pub fn resize(&mut self, capacity: usize, now: u64, mut gone: impl FnMut(&FlowKey, &Flow)) {
         if self.old.is_some() {
             self.resize_step(usize::MAX, now, &mut gone);
@@ -600,7 +600,8 @@ impl FlowTable {
 
     /// Finds `key` (whose hash in [`table`](Self::table) is `hash`); while a resize is
     /// under way, a flow still in the old table is moved into the new one first (`gone`
-    /// is given a flow that evicts, in a new table smaller than the open flows).
+    /// is given the key and value of a flow that evicts, in a new table smaller than the
+    /// open flows).
     pub fn find(
         &mut self,
         key: &FlowKey,
@@ -631,7 +632,7 @@ impl FlowTable {
 
     /// Expires flows idle past their timeouts at `now`, at most `max` (see
     /// [`LruTable::expire`]), in both tables while a resize is under way; `f` is given
-    /// each one.
+    /// each one's key and value.
     pub fn expire(&mut self, now: u64, max: usize, mut f: impl FnMut(&FlowKey, &Flow)) -> usize {
         let mut n = self.table.expire(now, max, |k, v| f(k, v));
         if let Some((old, _)) = self.old.as_mut() {
