@@ -2531,6 +2531,12 @@ mod tests {
 
     const P: &str = "system: { mac: \"02:00:00:00:00:01\", gateway: \"02:00:00:00:00:fe\" }\nservices:\n  - name: s\n    vip: 192.0.2.10\n    proto: tcp\n    ports: [80]\n    servers:\n      - { name: a, mac: \"02:00:00:00:01:01\" }\n      - { name: b, mac: \"02:00:00:00:01:02\" }\n";
 
+    /// [`P`] with `line` (a key of service `s`, e.g. `policy: least-flows`) before its
+    /// servers.
+    fn keyed(line: &str) -> String {
+        P.replace("    servers:", &format!("    {line}\n    servers:"))
+    }
+
     #[test]
     fn options_parse_and_only_copied_ones_stay_in_later_fragments() {
         // Record Route (7, not copied; length 7), Router Alert (148, copied), NOP, EOL.
@@ -2834,7 +2840,7 @@ mod tests {
 
         // least-flows: worker 0, whose tables have b draining, puts 4 flows on a; worker
         // 1's next 4 go to b (its own flows alone would be level), then one to each.
-        let y = P.replace("    servers:", "    policy: least-flows\n    servers:");
+        let y = keyed("policy: least-flows");
         let p = Pipeline::from_str(&y, Path::new("p.yaml")).unwrap();
         let mut drained = p.clone();
         drained.servers[1].state = ServerState::Draining;
@@ -2882,7 +2888,7 @@ mod tests {
 
     #[test]
     fn least_flows_places_by_open_flows_per_weight() {
-        let y = P.replace("    servers:", "    policy: least-flows\n    servers:")
+        let y = keyed("policy: least-flows")
             + "      - { name: c, mac: \"02:00:00:00:01:03\", weight: 200 }\n";
         let p = Pipeline::from_str(&y, Path::new("p.yaml")).unwrap();
         let mut w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
@@ -3179,10 +3185,7 @@ mod tests {
     fn rate_limit_admits_a_burst_then_one_per_interval_per_client() {
         use crate::r#gen::frame::flags::{ACK, SYN};
         const MS: u64 = 1_000_000;
-        let y = P.replace(
-            "    servers:",
-            "    rate_limit: { per_source: 10, burst: 5 }\n    servers:",
-        );
+        let y = keyed("rate_limit: { per_source: 10, burst: 5 }");
         let p = Pipeline::from_str(&y, Path::new("p.yaml")).unwrap();
         let mut w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
         let try_at = |w: &mut Worker, c: u8, sp: u16, flags: u8, t: u64| {
@@ -3250,10 +3253,7 @@ mod tests {
         );
         // `total`: one bucket for every client of the service, the worker's share of it
         // by `set_share` (all clients' flows spread over the workers).
-        let yt = P.replace(
-            "    servers:",
-            "    rate_limit: { total: 10, total_burst: 5 }\n    servers:",
-        );
+        let yt = keyed("rate_limit: { total: 10, total_burst: 5 }");
         let p = Pipeline::from_str(&yt, Path::new("p.yaml")).unwrap();
         let mut w = Worker::new(Arc::new(Tables::build(p.clone(), 1)));
         assert_eq!(
@@ -3283,10 +3283,7 @@ mod tests {
     fn rate_limit_tokens_come_back_when_no_flow_is_opened() {
         use crate::r#gen::frame::flags::SYN;
         const MS: u64 = 1_000_000;
-        let y = P.replace(
-            "    servers:",
-            "    rate_limit: { per_source: 1, burst: 2, total: 100, total_burst: 3 }\n    servers:",
-        );
+        let y = keyed("rate_limit: { per_source: 1, burst: 2, total: 100, total_burst: 3 }");
         let up = Pipeline::from_str(&y, Path::new("p.yaml")).unwrap();
         let mut down = up.clone();
         for s in &mut down.servers {
@@ -3325,9 +3322,8 @@ mod tests {
     #[test]
     fn allow_takes_new_flows_of_the_listed_networks_only() {
         use crate::r#gen::frame::flags::{ACK, SYN};
-        let y = P.replace(
-            "    servers:",
-            "    allow: [198.51.100.0/28, \"2001:db8::/32\", 192.0.2.99]\n    rate_limit: { per_source: 1, ipv4_prefix: 8 }\n    servers:",
+        let y = keyed(
+            "allow: [198.51.100.0/28, \"2001:db8::/32\", 192.0.2.99]\n    rate_limit: { per_source: 1, ipv4_prefix: 8 }",
         );
         let p = Pipeline::from_str(&y, Path::new("p.yaml")).unwrap();
         assert_eq!(p.services[0].allow.networks().len(), 3);
@@ -3361,12 +3357,9 @@ mod tests {
             ("[]", "allow lists no network"),
             ("[10.0.0.0/33]", "bad address or prefix \"10.0.0.0/33\""),
         ] {
-            let e = Pipeline::from_str(
-                &P.replace("    servers:", &format!("    allow: {bad}\n    servers:")),
-                Path::new("p.yaml"),
-            )
-            .unwrap_err()
-            .to_string();
+            let e = Pipeline::from_str(&keyed(&format!("allow: {bad}")), Path::new("p.yaml"))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(msg) && e.contains("services[0].allow"), "{e}");
         }
     }
@@ -3380,10 +3373,7 @@ mod tests {
     #[test]
     fn conn_limit_holds_each_client_to_its_open_flows() {
         use crate::r#gen::frame::flags::{ACK, FIN, SYN};
-        let y = P.replace(
-            "    servers:",
-            "    conn_limit: { per_source: 2 }\n    servers:",
-        );
+        let y = keyed("conn_limit: { per_source: 2 }");
         let p = Pipeline::from_str(&y, Path::new("p.yaml")).unwrap();
         assert_eq!(
             p.services[0].conn_limit,
@@ -3491,10 +3481,7 @@ mod tests {
         // Bad values are refused at their place.
         for bad in ["0", "10000001"] {
             let e = Pipeline::from_str(
-                &P.replace(
-                    "    servers:",
-                    &format!("    conn_limit: {{ per_source: {bad} }}\n    servers:"),
-                ),
+                &keyed(&format!("conn_limit: {{ per_source: {bad} }}")),
                 Path::new("p.yaml"),
             )
             .unwrap_err()
@@ -3520,7 +3507,7 @@ mod tests {
             let y = if allow.is_empty() {
                 P.to_string()
             } else {
-                P.replace("    servers:", &format!("    allow: {allow}\n    servers:"))
+                keyed(&format!("allow: {allow}"))
             };
             Pipeline::from_str(&y, Path::new("p.yaml")).unwrap()
         };
@@ -3638,7 +3625,7 @@ mod tests {
     #[test]
     fn established_ipv4_and_ipv6_flows_take_the_express_path() {
         use crate::r#gen::frame::{Layout, Tag, Tags, begin, finish, flags, tcp};
-        let y = P.replace("    servers:", "    qos: { dscp: af41 }\n    servers:")
+        let y = keyed("qos: { dscp: af41 }")
             + "  - name: s6\n    vip: \"2001:db8::10\"\n    proto: tcp\n    ports: [80]\n    qos: { dscp: af41 }\n    servers:\n      - { name: a, mac: \"02:00:00:00:01:01\" }\n";
         let p = Pipeline::from_str(&y, Path::new("p.yaml")).unwrap();
         let mut w = Worker::new(Arc::new(Tables::build(p, 1)));
