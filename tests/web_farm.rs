@@ -141,29 +141,13 @@ fn frames(file: &Path) -> Vec<Frame> {
         .collect()
 }
 
-fn run_ok(cmd: &mut std::process::Command) {
-    let out = cmd.output().expect("run flowgate");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn replay_bin(pipe: &Path, input: &Path, output: &Path, stats: &Path) -> serde_json::Value {
-    let mut c = common::flowgate();
-    c.arg("replay")
-        .arg("--quiet")
-        .arg("--pipeline")
-        .arg(pipe)
-        .arg("--input")
-        .arg(input)
-        .arg("--output")
-        .arg(output)
-        .arg("--stats-json")
-        .arg(stats);
-    run_ok(&mut c);
+    common::replay_with(
+        pipe,
+        input,
+        output,
+        &["--stats-json".as_ref(), stats.as_os_str()],
+    );
     let text = std::fs::read_to_string(stats).expect("read stats json");
     serde_json::from_str(&text).expect("stats json parses")
 }

@@ -227,10 +227,15 @@ pub fn generate(pipe: Option<&Path>, scenario: &str, flows: u64, out: &Path, ext
         .arg("-o")
         .arg(out)
         .args(extra);
-    let o = c.output().expect("run flowgate gen");
+    run_ok(&mut c);
+}
+
+/// Runs `cmd` to its end; panics with its output unless it succeeds.
+pub fn run_ok(cmd: &mut Command) {
+    let o = cmd.output().expect("run flowgate");
     assert!(
         o.status.success(),
-        "{c:?} failed: {}{}",
+        "{cmd:?} failed: {}{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
@@ -251,22 +256,17 @@ pub fn replay_stats(pipeline: &Path, input: &Path, output: &Path) -> serde_json:
 }
 
 /// `flowgate replay --quiet` of `input` through `pipeline` into `output`, with `extra`
-/// arguments. Panics with replay's stderr when it fails.
+/// arguments. Panics with replay's output when it fails.
 pub fn replay_with(pipeline: &Path, input: &Path, output: &Path, extra: &[&std::ffi::OsStr]) {
-    let o = flowgate()
-        .args(["replay", "--quiet", "--pipeline"])
-        .arg(pipeline)
-        .arg("--input")
-        .arg(input)
-        .arg("--output")
-        .arg(output)
-        .args(extra)
-        .output()
-        .expect("replay");
-    assert!(
-        o.status.success(),
-        "replay failed: {}",
-        String::from_utf8_lossy(&o.stderr)
+    run_ok(
+        flowgate()
+            .args(["replay", "--quiet", "--pipeline"])
+            .arg(pipeline)
+            .arg("--input")
+            .arg(input)
+            .arg("--output")
+            .arg(output)
+            .args(extra),
     );
 }
 
