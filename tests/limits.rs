@@ -134,6 +134,28 @@ fn replay_counted(
     (out, s, std::fs::read_to_string(&prom).unwrap())
 }
 
+/// `clients.pcap` in `d`, written by scapy: the TCP frames `body` (python) makes with
+/// `tcp(client, sport, t, flags="S")`, each from the gateway to the web VIP's port 80 at
+/// time `t`, in time order.
+fn client_capture(d: &Path, body: &str) -> std::path::PathBuf {
+    let cap = d.join("clients.pcap");
+    scapy(&format!(
+        r#"
+from scapy.all import *
+pk = []
+def tcp(c, sp, t, flags="S"):
+    p = Ether(src="02:00:00:00:00:fe", dst="02:00:00:00:00:01")/IP(src=c, dst="203.0.113.10")/TCP(sport=sp, dport=80, flags=flags, seq=1000, ack=0 if flags == "S" else 5001)
+    p.time = t
+    pk.append(p)
+{body}
+pk.sort(key=lambda p: p.time)
+wrpcap("{}", pk)
+"#,
+        cap.display()
+    ));
+    cap
+}
+
 /// Per client address, the server (by MAC) its SYN left for; ICMP errors as "icmp".
 fn destinations(out: &Path) -> BTreeMap<String, String> {
     let by_mac: BTreeMap<&str, &str> = MACS.iter().map(|&(n, m)| (m, n)).collect();
@@ -459,28 +481,19 @@ fn rate_limits_hold_each_client_to_its_rate() {
         "limited.yaml",
         "rate_limit: { per_source: 10, burst: 5 }",
     );
-    let cap = d.join("clients.pcap");
-    scapy(&format!(
+    let cap = client_capture(
+        d,
         r#"
-from scapy.all import *
-pk = []
-def syn(c, sp, t, flags="S"):
-    p = Ether(src="02:00:00:00:00:fe", dst="02:00:00:00:00:01")/IP(src=c, dst="203.0.113.10")/TCP(sport=sp, dport=80, flags=flags, seq=1000, ack=0 if flags == "S" else 5001)
-    p.time = t
-    pk.append(p)
 for k in range(30):
-    syn("198.51.100.7", 1000 + k, 1.0 + k * 0.01)
+    tcp("198.51.100.7", 1000 + k, 1.0 + k * 0.01)
 for k in range(5):
-    syn("198.51.100.8", 2000 + k, 1.05 + k * 0.001)
-syn("198.51.100.7", 1000, 1.5)
-syn("198.51.100.7", 1001, 1.5, "A")
+    tcp("198.51.100.8", 2000 + k, 1.05 + k * 0.001)
+tcp("198.51.100.7", 1000, 1.5)
+tcp("198.51.100.7", 1001, 1.5, "A")
 for k in range(7):
-    syn("198.51.100.7", 3000 + k, 3.0 + k * 0.001)
-pk.sort(key=lambda p: p.time)
-wrpcap("{}", pk)
+    tcp("198.51.100.7", 3000 + k, 3.0 + k * 0.001)
 "#,
-        cap.display()
-    ));
+    );
     let (out, s, text) = replay_counted(d, &p, &cap, "limited");
     // The model: a bucket of 5 per client, 10 a second; a SYN takes one when there is one.
     let mut bucket = TokenBuckets::new(10, 5);
@@ -543,15 +556,9 @@ fn conn_limits_hold_each_client_to_its_open_connections() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let p = service_with(d, "conns.yaml", "conn_limit: { per_source: 3 }");
-    let cap = d.join("clients.pcap");
-    scapy(&format!(
+    let cap = client_capture(
+        d,
         r#"
-from scapy.all import *
-pk = []
-def tcp(c, sp, t, flags="S"):
-    p = Ether(src="02:00:00:00:00:fe", dst="02:00:00:00:00:01")/IP(src=c, dst="203.0.113.10")/TCP(sport=sp, dport=80, flags=flags, seq=1000, ack=0 if flags == "S" else 5001)
-    p.time = t
-    pk.append(p)
 for k in range(6):
     tcp("198.51.100.7", 1000 + k, 1.0 + k * 0.01)
 for k in range(3):
@@ -563,11 +570,8 @@ tcp("198.51.100.7", 1007, 1.21)
 for k in range(3):
     tcp("198.51.100.7", 3000 + k, 100.0 + k * 0.001)
 tcp("198.51.100.7", 3003, 100.01)
-pk.sort(key=lambda p: p.time)
-wrpcap("{}", pk)
 "#,
-        cap.display()
-    ));
+    );
     let (out, s, text) = replay_counted(d, &p, &cap, "conns");
     let got: Vec<(String, u16, bool)> = frames(&out)
         .into_iter()
