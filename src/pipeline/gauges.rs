@@ -171,6 +171,7 @@ impl ConnCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::parse::v4_mapped;
 
     /// A client's count goes up to its limit and no further, down as its flows close;
     /// another client's, another service's and an IPv6 client's /64 are their own;
@@ -178,13 +179,7 @@ mod tests {
     #[test]
     fn conn_counts_hold_each_client_to_its_limit() {
         let c = ConnCounts::new();
-        let v4 = |x: u8| {
-            let mut a = [0u8; 16];
-            a[10] = 0xff;
-            a[11] = 0xff;
-            a[12..].copy_from_slice(&[198, 51, 100, x]);
-            a
-        };
+        let v4 = |x: u8| v4_mapped([198, 51, 100, x]);
         let v6 = |host: u8, net: u8| {
             let mut a = [0u8; 16];
             a[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
@@ -219,13 +214,7 @@ mod tests {
     #[test]
     fn conn_counts_over_count_few_of_100000_busy_clients() {
         let c = ConnCounts::new();
-        let addr = |i: u32| {
-            let mut a = [0u8; 16];
-            a[10] = 0xff;
-            a[11] = 0xff;
-            a[12..].copy_from_slice(&(0x0a00_0000 + i).to_be_bytes());
-            a
-        };
+        let addr = |i: u32| v4_mapped((0x0a00_0000 + i).to_be_bytes());
         const N: u32 = 100_000;
         for i in 0..N {
             assert!(c.open(3, &addr(i), u32::MAX));

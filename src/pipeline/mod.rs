@@ -3387,12 +3387,7 @@ mod tests {
                 w
             })
             .collect();
-        let src = |c: u8| {
-            let mut a = [0u8; 16];
-            a[10..12].copy_from_slice(&[0xff, 0xff]);
-            a[12..].copy_from_slice(&[198, 51, 100, c]);
-            a
-        };
+        let src = |c: u8| parse::v4_mapped([198, 51, 100, c]);
         let to = |w: &mut Worker, c: u8, sp: u16, flags: u8, now: u64| {
             w.process(&mut tcp_from(c, sp, flags), 0, now).drop
         };
