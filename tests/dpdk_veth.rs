@@ -1449,7 +1449,16 @@ fn run_af_packet_routes_and_answers_expired_ttls() {
     };
     udp_ttl_echo(&mut t);
     let dir = tempfile::tempdir().expect("tempdir");
-    let stats = start_flowgate_with(&mut t, dir.path(), ECHO, "", "[1]", "", "  mode: router\n");
+    let services = format!("{ECHO}{}", web6());
+    let stats = start_flowgate_with(
+        &mut t,
+        dir.path(),
+        &services,
+        "",
+        "[1]",
+        "",
+        "  mode: router\n",
+    );
     // Sent with TTL 5, the datagram reaches the server with 4; the server's answer (TTL
     // 64) reaches the client with 63.
     let t0 = Instant::now();
@@ -1478,14 +1487,34 @@ fn run_af_packet_routes_and_answers_expired_ttls() {
     };
     let ping4 = ping(&["ping", "-n", "-c", "2", "-W", "2", "198.51.100.1"]);
     let ping6 = ping(&["ping", "-n", "-6", "-c", "2", "-W", "2", "2001:db8:1::1"]);
+    // And the VIPs, which flowgate answers for (no service of theirs takes pings).
+    let vping4 = ping(&["ping", "-n", "-c", "2", "-W", "2", "203.0.113.10"]);
+    let vping6 = ping(&["ping", "-n", "-6", "-c", "2", "-W", "2", VIP6]);
+    // A TCP port of the VIP no service listens on (`web` is port 80, `echo` UDP port
+    // 7): the SYN is dropped as `unserved`, not sent back to the client, its gateway.
+    let closed = t
+        .exec(
+            "c",
+            &["curl", "-s", "--max-time", "1", "http://203.0.113.10:81/"],
+        )
+        .output()
+        .expect("curl");
     stop(&mut t);
     assert!(ping4.contains(" 2 received"), "{ping4}");
     assert!(ping6.contains(" 2 received"), "{ping6}");
+    assert!(vping4.contains(" 2 received"), "{vping4}");
+    assert!(vping6.contains(" 2 received"), "{vping6}");
+    assert_eq!(
+        closed.status.code(),
+        Some(28),
+        "curl timed out: nothing came back"
+    );
     assert_eq!(expired.as_deref(), Some("error 2 11 0 198.51.100.1"));
     assert_eq!(expired6.as_deref(), Some("error 3 3 0 2001:db8:1::1"));
     let j = stats_file(&stats);
     assert!(j["icmp_errors"].as_u64() >= Some(2), "{j}");
-    assert_eq!(j["echo_replies"].as_u64(), Some(4), "{j}");
+    assert_eq!(j["echo_replies"].as_u64(), Some(8), "{j}");
+    assert!(j["drops"]["unserved"].as_u64() >= Some(1), "{j}");
     assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
 }
 

@@ -2,7 +2,8 @@
 //! lower (IPv4 header checksum still good), and one that arrives with 1 or 0 is answered
 //! with an ICMP Time Exceeded from the system's address instead of being forwarded,
 //! within `system.icmp_rate`; `mode: switch` (the default) leaves TTLs alone. In both
-//! modes, pings to the system's own addresses are answered, and a packet over
+//! modes, pings to the system's own addresses and its VIPs are answered (and what no
+//! service takes to them is dropped, not sent back to the gateway), a packet over
 //! `system.mtu` is answered with ICMP Fragmentation Needed or Packet Too Big, and a new
 //! flow of a `no_server: reject` service with no server left with port unreachable.
 //!
@@ -198,7 +199,10 @@ fn switch_mode_keeps_ttls() {
 }
 
 /// Pings: to the system's addresses (IPv4 with TTL 1, and IPv6), to a VIP, one with a
-/// bad checksum to the system, and one to the system inside MPLS.
+/// bad checksum to the system, and one to the system inside MPLS; then what no service
+/// takes to the system's addresses: a SYN to a VIP's port no service listens on, a
+/// datagram to a system address, an echo reply to a VIP, an IPv6 SYN to a VIP's port; and
+/// a ping of the IPv6 VIP.
 const PINGS: &str = r#"
 from scapy.contrib.mpls import MPLS
 conf.verb = 0
@@ -209,6 +213,11 @@ fs = [
   E()/IP(src="198.51.100.7", dst="203.0.113.10", id=3)/ICMP(type=8, id=7, seq=3),
   E()/IP(src="198.51.100.7", dst="203.0.113.1", id=4)/ICMP(type=8, id=7, seq=4, chksum=0x1234),
   E()/MPLS(label=100, s=1, ttl=9)/IP(src="198.51.100.7", dst="203.0.113.1", id=5)/ICMP(type=8, id=7, seq=5),
+  E()/IP(src="198.51.100.7", dst="203.0.113.10", id=6)/TCP(sport=40000, dport=22, flags="S"),
+  E()/IP(src="198.51.100.7", dst="203.0.113.1", id=7)/UDP(sport=40000, dport=53),
+  E()/IP(src="198.51.100.7", dst="203.0.113.10", id=8)/ICMP(type=0, id=7, seq=8),
+  E()/IPv6(src="2001:db8:1::7", dst="2001:db8::10")/TCP(sport=40000, dport=443, flags="S"),
+  E()/IPv6(src="2001:db8:1::7", dst="2001:db8::10")/ICMPv6EchoRequest(id=7, seq=10),
 ]
 wrpcap(OUT, fs)
 "#;
@@ -221,10 +230,10 @@ fn pings_to_the_systems_addresses_are_answered_in_both_modes() {
     for mode in ["router", "switch"] {
         let (rows, j) = replay(&pipeline(mode), PINGS, TTL_FIELDS);
         let row = |i: usize| rows[i].join(";");
-        assert_eq!(rows.len(), 4, "{mode}: {rows:?}");
+        assert_eq!(rows.len(), 5, "{mode}: {rows:?}");
         // The echo replies, back to the sender (checksums good, TTL 64, from the
-        // address asked); an echo to a VIP is not the system's to answer: forwarded to
-        // the default gateway as it came (one hop less in router mode).
+        // address asked, a VIP too: forwarded to the default gateway as before
+        // 2026-12-07, a ping of a VIP came back to flowgate, round and round).
         assert_eq!(
             row(0),
             format!("{GW};64;;1;0;1;;;203.0.113.1;;0;0x0001"),
@@ -235,10 +244,9 @@ fn pings_to_the_systems_addresses_are_answered_in_both_modes() {
             format!("{GW};;64;;;;129;1;;2001:db8::1;;"),
             "{mode}"
         );
-        let ttl = if mode == "router" { "63" } else { "64" };
         assert_eq!(
             row(2),
-            format!("{GW};{ttl};;1;8;1;;;198.51.100.7;;0;0x0003"),
+            format!("{GW};64;;1;0;1;;;203.0.113.10;;0;0x0003"),
             "{mode}"
         );
         // Inside MPLS: forwarded by its label, untouched.
@@ -247,8 +255,16 @@ fn pings_to_the_systems_addresses_are_answered_in_both_modes() {
             format!("{GW};64;;1;8;1;;;198.51.100.7;;0;0x0005"),
             "{mode}"
         );
-        assert_eq!(j["echo_replies"], 2, "{mode}");
+        assert_eq!(
+            row(4),
+            format!("{GW};;64;;;;129;1;;2001:db8::10;;"),
+            "{mode}"
+        );
+        assert_eq!(j["echo_replies"], 4, "{mode}");
         assert_eq!(j["drops"]["not_for_us"], 1, "{mode}: the bad checksum");
+        // Nothing takes the last four: dropped, not sent back to the gateway.
+        assert_eq!(j["drops"]["unserved"], 4, "{mode}");
+        assert_eq!(j["packets_in"], 10, "{mode}");
     }
 }
 

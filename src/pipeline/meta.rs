@@ -266,4 +266,9 @@ drop_reasons! {
     /// A new flow of a service from a client that holds its `conn_limit` of open flows
     /// (a TCP SYN, or the first datagram of another protocol's flow).
     ConnLimited => "conn_limited",
+    /// An IP packet to one of the system's own addresses (a VIP or `system.addresses`)
+    /// that no service, pattern rule or flow takes: a port no service listens on, an
+    /// echo reply, an error quoting no flow. Not sent on by `default`, which would
+    /// send it back to the gateway it came from, round and round.
+    Unserved => "unserved",
 }

@@ -129,6 +129,10 @@ pub struct Tables {
     spill: Vec<Option<Spill>>,
     /// Server index by MAC (to recognise traffic from inside).
     pub server_by_mac: hashbrown::HashMap<Mac, u16>,
+    /// The addresses the system owns ([`Pipeline::owns`]: `system.addresses` and the
+    /// VIPs of services not retired): a packet to one of them that nothing takes is
+    /// answered (a ping) or dropped, never sent on by `default`.
+    own: hashbrown::HashSet<std::net::IpAddr>,
     /// `member_of[svc * servers + server]`: the member index of `server` in service
     /// `svc`, or `NONE16` (a flow hit needs it for per-server counters; a table read
     /// instead of a search of the members on every packet).
@@ -293,6 +297,9 @@ impl Tables {
             .filter(|(_, s)| !s.vacant())
             .map(|(i, s)| (s.mac, i as u16))
             .collect();
+        let own = (p.services.iter().filter(|s| !s.retired).map(|s| s.vip))
+            .chain(p.addresses.iter().copied())
+            .collect();
         let n = p.servers.len();
         let mut member_of = vec![NONE16; p.services.len() * n];
         for (i, svc) in p.services.iter().enumerate() {
@@ -322,6 +329,7 @@ impl Tables {
             weights,
             spill,
             server_by_mac,
+            own,
             member_of,
             express,
             rule_idle,
@@ -1813,6 +1821,18 @@ impl Worker {
                     NONE16,
                     i,
                 ))
+            }
+            _ if is_ip && m.n_mpls == 0 && tables.own.contains(&m.dst_ip()) => {
+                // For the system itself (a VIP's port no service listens on, an echo
+                // reply, an error quoting a flow gone): `default` would send it back to
+                // the gateway, which routes it here again, round and round until its
+                // TTL runs out. A ping of a VIP is answered, as of a system address.
+                if reply::is_echo_request(m) {
+                    *out = self.pong(tables, buf, m, in_port, *out);
+                } else {
+                    drop_into(out, DropReason::Unserved);
+                }
+                None
             }
             _ => {
                 out.kind = Kind::Stateless;
