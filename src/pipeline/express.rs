@@ -9,7 +9,8 @@
 //!
 //! - [`parse`] accepts only an Ethernet frame with no VLAN tag or one, carrying an IPv4
 //!   header without options, not fragmented, or an IPv6 header without extension headers
-//!   (so not fragmented either), with a TCP or UDP header; for every frame it accepts,
+//!   (so not fragmented either) or IPv4-mapped addresses, with a TCP or UDP header; for
+//!   every frame it accepts,
 //!   [`parse_into`](super::parse::parse_into) would succeed and find the same tuple and
 //!   TCP flags (a property test checks this on random and damaged frames).
 //! - [`Express`] is compiled with the tables: per (service, server) the route a forward
@@ -122,10 +123,16 @@ fn ipv6<const L3: usize>(d: &[u8], mtu: usize) -> Option<Fast> {
     let (proto, l4) = (h[6], d.get(L3 + 40..L3 + 40 + plen)?);
     let (src_port, dst_port, tcp_flags) = ports(proto, l4)?;
     let addr = |o: usize| -> [u8; 16] { h[o..o + 16].try_into().unwrap_or_default() };
+    // IPv4-mapped addresses (`::ffff:0:0/96`) are refused by the general parser.
+    let (src, dst) = (addr(8), addr(24));
+    let mapped = |a: [u8; 16]| u128::from_be_bytes(a) >> 32 == 0xffff;
+    if mapped(src) || mapped(dst) {
+        return None;
+    }
     Some(Fast {
         tuple: Tuple {
-            src: addr(8),
-            dst: addr(24),
+            src,
+            dst,
             src_port,
             dst_port,
             proto,
@@ -556,6 +563,12 @@ mod tests {
         let mut v4in6 = frame_of(6, 0, true);
         v4in6[14] = 0x42;
         assert_eq!(parse(&v4in6), None);
+        // IPv4-mapped addresses (which the general parser drops).
+        for at in [22, 38] {
+            let mut x = frame_of(6, 0, true);
+            x[at..at + 12].copy_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
+            assert_eq!(parse(&x), None, "mapped at {at}");
+        }
         let mut short = frame_of(6, 0, true);
         short[18..20].copy_from_slice(&19u16.to_be_bytes());
         assert_eq!(parse(&short), None, "a TCP header longer than the payload");

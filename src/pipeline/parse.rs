@@ -69,10 +69,17 @@ pub fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
     (0xffff_u128 << 32 | u128::from(u32::from_be_bytes(a))).to_be_bytes()
 }
 
+/// Whether `a` is an IPv4-mapped address (`::ffff:0:0/96`), the form an IPv4 address
+/// takes in a [`Tuple`].
+#[inline]
+pub fn is_v4_mapped(a: &[u8; 16]) -> bool {
+    a[..12] == V4_MAPPED_PREFIX
+}
+
 /// The IPv4 address inside an IPv4-mapped address, if it is one.
 #[inline]
 pub fn v4_unmapped(a: &[u8; 16]) -> Option<[u8; 4]> {
-    (a[..12] == V4_MAPPED_PREFIX).then(|| [a[12], a[13], a[14], a[15]])
+    is_v4_mapped(a).then(|| [a[12], a[13], a[14], a[15]])
 }
 
 #[inline]
@@ -218,6 +225,12 @@ fn parse_ipv6(b: &[u8], off: usize, m: &mut Meta) -> Result<(), DropReason> {
     m.ttl = ip.hop_limit();
     m.tuple.src = ip.src_addr();
     m.tuple.dst = ip.dst_addr();
+    // An IPv4-mapped address (`::ffff:a.b.c.d`) never belongs on the wire (RFC 4291
+    // 2.5.5.2; Linux drops such a source too): here it would be the IPv4 address it
+    // maps, matching IPv4 services and the flows of IPv4 connections.
+    if is_v4_mapped(&m.tuple.src) || is_v4_mapped(&m.tuple.dst) {
+        return Err(DropReason::BadIpv6);
+    }
     let payload = ip.payload();
     let w = walk_ext_headers(ip.next_header(), payload, MAX_IPV6_EXT).map_err(|e| match e {
         ExtError::Truncated => DropReason::Truncated,
@@ -403,6 +416,10 @@ fn quoted_v6(q: &[u8]) -> Option<Tuple> {
         proto: w.proto,
         ..Tuple::default()
     };
+    // (An IPv4-mapped address would name an IPv4 flow: see `parse_ipv6`.)
+    if is_v4_mapped(&t.src) || is_v4_mapped(&t.dst) {
+        return None;
+    }
     if w.frag.is_none_or(|f| f.offset == 0) {
         quoted_ports(w.proto, payload.get(w.offset..).unwrap_or(&[]), &mut t);
     }
@@ -792,6 +809,16 @@ mod tests {
 
     #[test]
     fn ipv6_errors() {
+        // An IPv4-mapped source or destination (never on the wire).
+        for at in [22, 38] {
+            let mut v = hex(V6NONEXT);
+            v[at..at + 12].copy_from_slice(&V4_MAPPED_PREFIX);
+            assert_eq!(
+                parse(&v).unwrap_err(),
+                DropReason::BadIpv6,
+                "mapped at {at}"
+            );
+        }
         let f = hex(V6EXT);
         let mut v = f.clone();
         v[14] = 0x40;
@@ -872,6 +899,16 @@ mod tests {
         let m = p(ICMP6ERR_UDP);
         assert_eq!(m.icmp_type, 3);
         assert_eq!(m.quoted, Some(tuple(S6, D6, 17, 40001, 123)));
+
+        // A quoted packet with an IPv4-mapped source or destination names no flow (it
+        // would name an IPv4 one).
+        for at in [70, 86] {
+            let mut f = hex(ICMP6ERR_TCP);
+            f[at..at + 12].copy_from_slice(&V4_MAPPED_PREFIX);
+            let mut m = Meta::default();
+            assert_eq!(parse_into(&f, &mut m), Ok(()));
+            assert_eq!((m.icmp_type, m.quoted), (2, None), "mapped at {at}");
+        }
 
         let m = p(ICMP6NS);
         assert_eq!(
