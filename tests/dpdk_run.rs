@@ -387,7 +387,9 @@ fn web_farm_with_mtu(dir: &Path, mtu: u16) -> std::path::PathBuf {
 /// DF: Fragmentation Needed), mixed with others in the same bursts: each fragment leaves
 /// right after its first, as replay writes them. (Frames within the default mbufs'
 /// 2048 bytes: a larger one would arrive chained, and flowgate reads only an mbuf's first
-/// segment.)
+/// segment.) From a host beside the servers, so that the datagrams no service takes leave
+/// to the gateway (from the gateway they would go back where they came from, and are
+/// dropped as `reflected`).
 #[test]
 fn run_pcap_fragments_match_replay() {
     if !is_root() || !common::have_scapy() {
@@ -399,7 +401,7 @@ fn run_pcap_fragments_match_replay() {
     let input = dir.path().join("big.pcap");
     common::scapy(&format!(
         "from scapy.all import *\n\
-         E = Ether(src='02:00:00:00:00:fe', dst='02:00:00:00:00:01')\n\
+         E = Ether(src='02:00:00:00:00:aa', dst='02:00:00:00:00:01')\n\
          fs = []\n\
          for i in range(60):\n  \
          n = [10, 1500, 1900, 1300][i % 4]\n  \

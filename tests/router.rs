@@ -47,6 +47,9 @@ conf.verb = 0
 GW, SYS, S1 = "02:00:00:00:00:fe", "02:00:00:00:00:01", "02:00:00:00:01:01"
 C, V, C6, V6 = "198.51.100.7", "203.0.113.10", "2001:db8:1::7", "2001:db8::10"
 def E(): return Ether(src=GW, dst=SYS)
+# A host beside the servers: what it sends no service takes leaves to the gateway (from
+# the gateway itself it would go back where it came from: dropped as reflected).
+def H(): return Ether(src="02:00:00:00:00:aa", dst=SYS)
 fs = [
   E()/IP(src=C, dst=V, ttl=64, id=1)/TCP(sport=40000, dport=80, flags="S"),
   Ether(src=S1, dst=SYS)/IP(src=V, dst=C, ttl=64, id=2)/TCP(sport=80, dport=40000, flags="SA"),
@@ -55,8 +58,8 @@ fs = [
   E()/IP(src=C, dst=V, ttl=1, id=5)/ICMP(type=3, code=3)/IPerror(src=V, dst=C)/UDPerror(sport=53, dport=9),
   E()/IPv6(src=C6, dst=V6, hlim=64)/TCP(sport=40001, dport=80, flags="S"),
   E()/IPv6(src=C6, dst=V6, hlim=1)/TCP(sport=40001, dport=80, flags="A"),
-  E()/IP(src=C, dst="192.0.2.99", ttl=2, id=8)/UDP(sport=5000, dport=5001)/Raw(b"ok"),
-  E()/MPLS(label=100, s=1, ttl=9)/IP(src=C, dst="192.0.2.99", ttl=1, id=9)/UDP(sport=5000, dport=5001),
+  H()/IP(src=C, dst="192.0.2.99", ttl=2, id=8)/UDP(sport=5000, dport=5001)/Raw(b"ok"),
+  H()/MPLS(label=100, s=1, ttl=9)/IP(src=C, dst="192.0.2.99", ttl=1, id=9)/UDP(sport=5000, dport=5001),
 ]
 for p in fs: p.time = 1.0
 for t in (10.0, 11.0):
@@ -116,6 +119,8 @@ fn replay(yaml: &str, input: &str, fields: &[&str]) -> (Vec<Vec<String>>, serde_
 
 const GW: &str = "02:00:00:00:00:fe";
 const S1: &str = "02:00:00:00:01:01";
+/// A host beside the servers (the inputs' `H()`), not the gateway.
+const HOST: &str = "02:00:00:00:00:aa";
 
 #[test]
 fn router_mode_lowers_ttls_and_answers_expired_packets() {
@@ -212,7 +217,7 @@ fs = [
   E()/IPv6(src="2001:db8:1::7", dst="2001:db8::1")/ICMPv6EchoRequest(id=7, seq=2, data=b"b"*56),
   E()/IP(src="198.51.100.7", dst="203.0.113.10", id=3)/ICMP(type=8, id=7, seq=3),
   E()/IP(src="198.51.100.7", dst="203.0.113.1", id=4)/ICMP(type=8, id=7, seq=4, chksum=0x1234),
-  E()/MPLS(label=100, s=1, ttl=9)/IP(src="198.51.100.7", dst="203.0.113.1", id=5)/ICMP(type=8, id=7, seq=5),
+  Ether(src="02:00:00:00:00:aa", dst="02:00:00:00:00:01")/MPLS(label=100, s=1, ttl=9)/IP(src="198.51.100.7", dst="203.0.113.1", id=5)/ICMP(type=8, id=7, seq=5),
   E()/IP(src="198.51.100.7", dst="203.0.113.10", id=6)/TCP(sport=40000, dport=22, flags="S"),
   E()/IP(src="198.51.100.7", dst="203.0.113.1", id=7)/UDP(sport=40000, dport=53),
   E()/IP(src="198.51.100.7", dst="203.0.113.10", id=8)/ICMP(type=0, id=7, seq=8),
@@ -268,6 +273,51 @@ fn pings_to_the_systems_addresses_are_answered_in_both_modes() {
     }
 }
 
+/// What no service or rule takes and `default: gateway` would send back where it came
+/// from: the gateway's own VRRP advertisement, router advertisement, DHCP broadcast and
+/// STP BPDU, and a datagram it routed here; IEEE 802.1 link-local frames (LLDP, STP) of
+/// a host beside the servers and of a server; and that host's mDNS multicast, which
+/// leaves to the gateway.
+const NOT_BACK: &str = r#"
+from scapy.layers.vrrp import VRRP
+conf.verb = 0
+SYS = "02:00:00:00:00:01"
+def E(): return Ether(src="02:00:00:00:00:fe", dst=SYS)
+def H(dst=SYS): return Ether(src="02:00:00:00:00:aa", dst=dst)
+lldp = Raw(b"\x02\x07\x04\x02\x00\x00\x00\x00\xaa\x00\x00")
+fs = [
+  Ether(src="02:00:00:00:00:fe", dst="01:00:5e:00:00:12")/IP(src="198.51.100.254", dst="224.0.0.18", ttl=255, proto=112)/VRRP(vrid=1, priority=100, addrlist=["198.51.100.1"]),
+  Ether(src="02:00:00:00:00:fe", dst="33:33:00:00:00:01")/IPv6(src="fe80::fe", dst="ff02::1", hlim=255)/ICMPv6ND_RA(),
+  Ether(src="02:00:00:00:00:fe", dst="ff:ff:ff:ff:ff:ff")/IP(src="0.0.0.0", dst="255.255.255.255")/UDP(sport=68, dport=67)/Raw(b"d"*20),
+  Ether(src="02:00:00:00:00:fe", dst="01:80:c2:00:00:00")/LLC()/STP(),
+  E()/IP(src="198.51.100.7", dst="192.0.2.99", ttl=9)/UDP(sport=5000, dport=5001),
+  Ether(src="02:00:00:00:00:aa", dst="01:80:c2:00:00:0e", type=0x88cc)/lldp,
+  H("01:80:c2:00:00:00")/LLC()/STP(),
+  Ether(src="02:00:00:00:01:01", dst="01:80:c2:00:00:0e", type=0x88cc)/lldp,
+  H("01:00:5e:00:00:fb")/IP(src="10.0.0.50", dst="224.0.0.251", ttl=255)/UDP(sport=5353, dport=5353)/Raw(b"m"),
+]
+wrpcap(OUT, fs)
+"#;
+
+#[test]
+fn frames_are_not_sent_back_where_they_came_from_nor_802_1_link_local_ones_on() {
+    if !common::have_oracles() {
+        return;
+    }
+    for mode in ["router", "switch"] {
+        let (rows, j) = replay(&pipeline(mode), NOT_BACK, &["eth.dst", "ip.dst", "ip.ttl"]);
+        let ttl = if mode == "router" { "254" } else { "255" };
+        assert_eq!(
+            rows,
+            [[GW, "224.0.0.251", ttl]],
+            "{mode}: only the host's mDNS"
+        );
+        assert_eq!(j["drops"]["reflected"], 5, "{mode}: {j}");
+        assert_eq!(j["drops"]["link_local"], 3, "{mode}: {j}");
+        assert_eq!(j["packets_in"], 9, "{mode}: {j}");
+    }
+}
+
 /// `system.mtu: 1400`, and a flow rule that pushes an MPLS label (4 bytes that count
 /// against the MTU, where a VLAN tag does not).
 fn mtu_pipeline(mode: &str) -> String {
@@ -318,7 +368,7 @@ fs = [
   E()/v4(1397, dport=873),
   E()/v6(60, flags="S"),
   E()/v6(1401),
-  E()/IPv6(src=C6, dst="ff0e::1")/UDP(sport=5000, dport=5001)/Raw(b"z"*1452),
+  Ether(src="02:00:00:00:00:aa", dst="02:00:00:00:00:01")/IPv6(src=C6, dst="ff0e::1")/UDP(sport=5000, dport=5001)/Raw(b"z"*1452),
   E()/v6(1400),
 ]
 wrpcap(OUT, fs)
@@ -363,10 +413,11 @@ fn packets_over_the_mtu_are_answered_with_fragmentation_needed_or_packet_too_big
         format!("{GW};;;576,1397;;203.0.113.1,198.51.100.7;;3;4;1396;1;;;"),
         // IPv6: SYN forwarded; 1401 bytes answered with Packet Too Big (type 2, MTU
         // 1400) from 2001:db8::1, quoting 1232 bytes; so is a multicast packet (RFC
-        // 4443 §2.4 (e.3)); 1400 bytes go through.
+        // 4443 §2.4 (e.3); from the host beside the servers, back to it); 1400 bytes go
+        // through.
         format!("{S1};;;;20;;2001:db8:1::7;;;;;;;"),
         format!("{GW};;;;1240,1361;;2001:db8::1,2001:db8:1::7;;;;;2;1400;1"),
-        format!("{GW};;;;1240,1460;;2001:db8::1,2001:db8:1::7;;;;;2;1400;1"),
+        format!("{HOST};;;;1240,1460;;2001:db8::1,2001:db8:1::7;;;;;2;1400;1"),
         format!("{S1};;;;1360;;2001:db8:1::7;;;;;;;"),
     ];
     for mode in ["switch", "router"] {
@@ -465,7 +516,7 @@ fs = [
   E()/tcp(40, flags="S"),
   E()/tcp(1401),
   E()/Dot1Q(vlan=7)/tcp(1401),
-  E()/IP(src=C, dst="192.0.2.99", id=9)/UDP(sport=5000, dport=5001)/Raw(b"u"*2972),
+  Ether(src="02:00:00:00:00:aa", dst="02:00:00:00:00:01")/IP(src=C, dst="192.0.2.99", id=9)/UDP(sport=5000, dport=5001)/Raw(b"u"*2972),
   E()/tcp(1500, dport=873),
   E()/rr/Raw(b"o"*(1500-len(rr))),
 ]

@@ -273,4 +273,12 @@ drop_reasons! {
     /// echo reply, an error quoting no flow. Not sent on by `default`, which would
     /// send it back to the gateway it came from, round and round.
     Unserved => "unserved",
+    /// A frame `default` would send back out of the port it came in on to the MAC that
+    /// sent it (the gateway's own VRRP, router advertisements, OSPF hellos and
+    /// broadcasts; a packet it routed here that `default` would route back to it).
+    Reflected => "reflected",
+    /// A frame to an IEEE 802.1 reserved group address (`01:80:c2:00:00:00` to `0f`:
+    /// STP, LACP, LLDP, 802.1X, pause) that no service or rule takes: no bridge
+    /// forwards those, and `default` does not either.
+    LinkLocal => "link_local",
 }

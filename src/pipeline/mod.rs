@@ -1846,14 +1846,23 @@ impl Worker {
                     drop_into(out, DropReason::Unmatched);
                     return None;
                 }
-                Some(route_to(
-                    &tables.pipeline,
-                    target,
-                    QosSel::None,
-                    NONE16,
-                    NONE16,
-                    NONE16,
-                ))
+                let route = route_to(p, target, QosSel::None, NONE16, NONE16, NONE16);
+                // Not back out of the port it came in on to the station that sent it
+                // (the gateway's own multicast and broadcast, such as VRRP, router
+                // advertisements, OSPF hellos, DHCP, or a packet the gateway routed
+                // here that `default` would route back: a loop), and never a frame to
+                // an IEEE 802.1 reserved group address (STP, LACP, LLDP, 802.1X: a
+                // bridge's own links' traffic, which no bridge forwards).
+                let dst_mac = mac_at(buf.data(), 0);
+                if route.port == in_port && route.mac == src_mac {
+                    drop_into(out, DropReason::Reflected);
+                    return None;
+                }
+                if dst_mac[..5] == [0x01, 0x80, 0xc2, 0x00, 0x00] && dst_mac[5] < 0x10 {
+                    drop_into(out, DropReason::LinkLocal);
+                    return None;
+                }
+                Some(route)
             }
         }
     }
