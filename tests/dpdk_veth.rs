@@ -599,7 +599,9 @@ fn run_af_packet_namespaces_http() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let stats = start_flowgate(&mut t, dir.path(), "", "");
+    // Without announcements: a gratuitous ARP resolves a kernel's pending request as
+    // well as an answer does, and this checks the answers.
+    let stats = start_flowgate(&mut t, dir.path(), "", "announce: { rounds: 0 }\n");
     let answers = both_serve(&mut t, 30, &stats);
     stop(&mut t);
     let j = final_stats(&stats, "web", answers.len());
@@ -838,7 +840,8 @@ fn run_af_packet_namespaces_http_over_ipv6() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let stats = start_flowgate(&mut t, dir.path(), &web6(), "");
+    // (Without announcements, as in `run_af_packet_namespaces_http`.)
+    let stats = start_flowgate(&mut t, dir.path(), &web6(), "announce: { rounds: 0 }\n");
     // The client's kernel finds its next hop (2001:db8:1::1) by neighbour discovery, the
     // servers' kernels their default router (fd00::1): flowgate answers both.
     let answers = both_serve_url(&mut t, URL6, "server-", 30, &stats);
@@ -2723,4 +2726,59 @@ fn run_af_packet_holds_a_client_to_its_connection_rate() {
     let j = stats_file(&stats);
     assert_eq!(j["drops"]["rate_limited"], 1, "{j}");
     assert_eq!(j["services"]["limited"]["flows"], 10, "{j}");
+}
+
+#[test]
+fn run_af_packet_announces_its_addresses_to_the_neighbours() {
+    // The client's kernel holds flowgate's addresses at another MAC (a box flowgate
+    // replaced, a standby it took over from). flowgate announces its addresses when it
+    // starts (gratuitous ARP, unsolicited neighbour advertisement; three rounds a second
+    // apart by default), and the client's entries take its MAC without the client asking.
+    let Some((_one, mut t, _www)) = setup(23) else {
+        return;
+    };
+    let c = t.ns("c");
+    let old = "02:00:00:00:00:99";
+    for a in ["198.51.100.1", "2001:db8:1::1"] {
+        ip_in(
+            &c,
+            &[
+                "neigh", "replace", a, "lladdr", old, "dev", "eth0", "nud", "stale",
+            ],
+        );
+    }
+    let lladdr = |a: &str| {
+        let o = Command::new("ip")
+            .args(["-n", &c, "neigh", "show", a])
+            .output()
+            .expect("ip");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert!(
+        lladdr("198.51.100.1").contains(old),
+        "{}",
+        lladdr("198.51.100.1")
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stats = start_flowgate(&mut t, dir.path(), "", "");
+    let t0 = Instant::now();
+    let ours = "02:00:00:00:00:01";
+    while !(lladdr("198.51.100.1").contains(ours) && lladdr("2001:db8:1::1").contains(ours)) {
+        if t0.elapsed() > Duration::from_secs(20) {
+            let seen = (lladdr("198.51.100.1"), lladdr("2001:db8:1::1"));
+            fail(
+                &mut t,
+                &format!("the client's entries take flowgate's MAC: {seen:?}"),
+                &stats,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every round done: its five addresses (198.51.100.1, 10.0.0.1, 2001:db8:1::1,
+    // fd00::1 and the VIP) on both ports, three times.
+    std::thread::sleep(Duration::from_millis(3500));
+    stop(&mut t);
+    let j = stats_file(&stats);
+    assert_eq!(j["announcements"].as_u64(), Some(5 * 2 * 3), "{j}");
+    assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
 }

@@ -124,7 +124,7 @@ fn num(v: &Value) -> Option<f64> {
 /// `j` (the stats JSON of `replay --stats-json` or `run`) as exposition text.
 pub fn render(j: &Value) -> String {
     let mut o = Out { s: String::new() };
-    let counters: [(&str, &str); 13] = [
+    let counters: [(&str, &str); 14] = [
         ("packets_in", "Frames received."),
         ("packets_out", "Frames transmitted."),
         ("flows_created", "Flows created."),
@@ -147,6 +147,10 @@ pub fn render(j: &Value) -> String {
         (
             "echo_replies",
             "Echo requests to the system's addresses answered.",
+        ),
+        (
+            "announcements",
+            "Gratuitous ARPs and unsolicited neighbour advertisements sent for the system's addresses.",
         ),
         (
             "fragments_out",

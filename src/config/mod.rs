@@ -1194,6 +1194,14 @@ impl Pipeline {
     }
 
     /// True when `ip` is a VIP or a system address.
+    /// The addresses the system owns (answers ARP/ND and pings for): `system.addresses`
+    /// and the VIPs of services not retired, in that order (a VIP shared by services or
+    /// equal to a system address comes more than once).
+    pub fn owned_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        (self.addresses.iter().copied())
+            .chain(self.services.iter().filter(|s| !s.retired).map(|s| s.vip))
+    }
+
     pub fn owns(&self, ip: IpAddr) -> bool {
         self.addresses.contains(&ip) || self.services.iter().any(|s| s.vip == ip && !s.retired)
     }

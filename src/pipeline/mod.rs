@@ -297,9 +297,7 @@ impl Tables {
             .filter(|(_, s)| !s.vacant())
             .map(|(i, s)| (s.mac, i as u16))
             .collect();
-        let own = (p.services.iter().filter(|s| !s.retired).map(|s| s.vip))
-            .chain(p.addresses.iter().copied())
-            .collect();
+        let own = p.owned_addresses().collect();
         let n = p.servers.len();
         let mut member_of = vec![NONE16; p.services.len() * n];
         for (i, svc) in p.services.iter().enumerate() {

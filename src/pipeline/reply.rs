@@ -76,6 +76,129 @@ pub fn arp_reply(frame: &[u8], meta: &Meta, our_mac: [u8; 6], out: &mut [u8]) ->
     Some(len)
 }
 
+/// Writes an announcement that `our_mac` has `addr` into `out` (at least 86 bytes), for
+/// hosts and routers to update the entry they may hold from another owner (a standby
+/// taking over, a replaced box): for IPv4 a gratuitous ARP request (RFC 5227's ARP
+/// Announcement: broadcast, sender and target address `addr`), for IPv6 an unsolicited
+/// Neighbor Advertisement (RFC 4861 7.2.6: to all nodes, Override set, Solicited clear,
+/// the target's link-layer address). Untagged. Returns the length written.
+pub fn announcement(addr: std::net::IpAddr, our_mac: [u8; 6], out: &mut [u8]) -> Option<usize> {
+    const ETH: usize = 14;
+    match addr {
+        std::net::IpAddr::V4(a) => {
+            let out = out.get_mut(..MIN_FRAME_LEN)?;
+            out.fill(0);
+            let mut eth = EthernetFrame::new_checked(&mut out[..]).ok()?;
+            eth.set_dst_addr([0xff; 6]);
+            eth.set_src_addr(our_mac);
+            eth.set_ethertype(crate::wire::ethernet::ethertype::ARP);
+            let mut p = ArpPacket::new_unchecked(out.get_mut(ETH..)?);
+            p.set_fixed_fields();
+            p.set_op(arp::OP_REQUEST);
+            p.set_sha(our_mac);
+            p.set_spa(a.octets());
+            p.set_tpa(a.octets());
+            Some(MIN_FRAME_LEN)
+        }
+        std::net::IpAddr::V6(a) => {
+            let len = ETH + ipv6::HEADER_LEN + NA_LEN;
+            let out = out.get_mut(..len)?;
+            out.fill(0);
+            let mut eth = EthernetFrame::new_checked(&mut out[..]).ok()?;
+            eth.set_dst_addr(ALL_NODES_MAC);
+            eth.set_src_addr(our_mac);
+            eth.set_ethertype(crate::wire::ethernet::ethertype::IPV6);
+            let (ip_hdr, icmp_buf) = out.get_mut(ETH..)?.split_at_mut(ipv6::HEADER_LEN);
+            let mut ip = Ipv6Packet::new_unchecked(ip_hdr);
+            ip.set_version_tc_flow(0, 0);
+            ip.set_payload_len(NA_LEN as u16);
+            ip.set_next_header(proto::ICMPV6);
+            ip.set_hop_limit(255);
+            ip.set_src_addr(a.octets());
+            ip.set_dst_addr(ALL_NODES);
+            let mut na = Icmpv6Packet::new_unchecked(icmp_buf);
+            na.set_msg_type(msg_type::NEIGHBOR_ADVERT);
+            na.set_code(0);
+            na.set_na_flags(na_flags::OVERRIDE);
+            na.set_target_addr(a.octets());
+            if !na.set_first_lladdr_option(nd_option::TARGET_LLADDR, our_mac) {
+                return None;
+            }
+            na.fill_checksum(crate::wire::checksum::pseudo_v6(
+                &a.octets(),
+                &ALL_NODES,
+                proto::ICMPV6,
+                NA_LEN as u32,
+            ));
+            Some(len)
+        }
+    }
+}
+
+/// When to announce which of the system's addresses ([`announcement`]; `flowgate run`'s
+/// first worker, between bursts): an address the first time it is owned (at the start,
+/// or brought by a reload), `rounds` times `interval_ns` apart, the first right away, as
+/// keepalived repeats its gratuitous ARPs. An address owned again after a reload took it
+/// away is announced again.
+#[derive(Debug)]
+pub struct Announcer {
+    rounds: u32,
+    interval_ns: u64,
+    owned: Vec<std::net::IpAddr>,
+    /// What the next rounds announce, and how many are left.
+    pending: Vec<std::net::IpAddr>,
+    left: u32,
+    next_ns: u64,
+}
+
+impl Announcer {
+    pub fn new(rounds: u32, interval_ns: u64) -> Announcer {
+        Announcer {
+            rounds,
+            interval_ns,
+            owned: Vec::new(),
+            pending: Vec::new(),
+            left: 0,
+            next_ns: 0,
+        }
+    }
+
+    /// Takes the addresses owned from `now` on: those not owned before are announced
+    /// (with any still pending, over `rounds` rounds from now).
+    pub fn own(&mut self, addrs: impl Iterator<Item = std::net::IpAddr>, now: u64) {
+        let mut owned: Vec<_> = addrs.collect();
+        owned.sort_unstable();
+        owned.dedup();
+        let new: Vec<_> = (owned.iter())
+            .filter(|a| self.owned.binary_search(a).is_err())
+            .copied()
+            .collect();
+        if self.left == 0 {
+            self.pending.clear(); // their rounds are over
+        }
+        self.pending.retain(|a| owned.binary_search(a).is_ok());
+        if !new.is_empty() && self.rounds > 0 {
+            self.pending.extend(new);
+            self.left = self.rounds;
+            self.next_ns = now;
+        }
+        if self.pending.is_empty() {
+            self.left = 0;
+        }
+        self.owned = owned;
+    }
+
+    /// The addresses to announce at `now`, when a round is due (one call per round).
+    pub fn due(&mut self, now: u64) -> Option<&[std::net::IpAddr]> {
+        if self.left == 0 || now < self.next_ns {
+            return None;
+        }
+        self.left -= 1;
+        self.next_ns = now + self.interval_ns;
+        Some(&self.pending)
+    }
+}
+
 /// A validated Neighbor Solicitation: IPv6 view and ICMPv6 view.
 struct Ns<'a> {
     ip: Ipv6Packet<&'a [u8]>,
@@ -644,6 +767,83 @@ mod tests {
              p[{ip}].{ttl}, e.type, e.code, {ck_eq}, len(bytes(p[{quote}])), p[{quote}].src)",
             to_hex(r)
         ))
+    }
+
+    #[test]
+    fn announcer_announces_each_address_first_owned_so_many_times() {
+        let a = |s: &str| -> std::net::IpAddr { s.parse().unwrap() };
+        let sec = 1_000_000_000;
+        let mut n = Announcer::new(3, sec);
+        assert_eq!(n.due(0), None, "nothing owned");
+        n.own(
+            [a("192.0.2.1"), a("2001:db8::1"), a("192.0.2.1")].into_iter(),
+            10,
+        );
+        assert_eq!(n.due(9), None);
+        let first = [a("192.0.2.1"), a("2001:db8::1")];
+        assert_eq!(n.due(10), Some(&first[..]));
+        assert_eq!(n.due(10 + sec - 1), None, "a second apart");
+        assert_eq!(n.due(10 + sec), Some(&first[..]));
+        // A reload that keeps them announces nothing more than the rounds left.
+        n.own(first.into_iter(), 10 + sec + 5);
+        assert_eq!(n.due(10 + 3 * sec), Some(&first[..]));
+        assert_eq!(n.due(10 + 9 * sec), None, "three rounds");
+        // One more address: it (and only it) gets its three rounds.
+        let more = [a("192.0.2.1"), a("2001:db8::1"), a("198.51.100.10")];
+        n.own(more.into_iter(), 20 * sec);
+        for k in 0..3 {
+            assert_eq!(
+                n.due(20 * sec + k * sec),
+                Some(&[a("198.51.100.10")][..]),
+                "{k}"
+            );
+        }
+        assert_eq!(n.due(30 * sec), None);
+        // Taken away, then back: announced again; gone while pending: dropped.
+        n.own(first.into_iter(), 40 * sec);
+        assert_eq!(n.due(40 * sec), None);
+        n.own(more.into_iter(), 41 * sec);
+        assert_eq!(n.due(41 * sec), Some(&[a("198.51.100.10")][..]));
+        n.own(first.into_iter(), 41 * sec + 1);
+        assert_eq!(n.due(42 * sec), None, "no longer owned");
+        // No rounds: never.
+        let mut off = Announcer::new(0, sec);
+        off.own(first.into_iter(), 0);
+        assert_eq!(off.due(0), None);
+    }
+
+    #[test]
+    fn announcements_check_out_in_scapy() {
+        let mut out = [0u8; 128];
+        let v4 = announcement("192.0.2.10".parse().unwrap(), OUR, &mut out).unwrap();
+        let Some(got) = scapy(&format!(
+            "p=Ether(bytes.fromhex('{}'))\na=p[ARP]\n\
+             print(p.dst, p.src, a.op, a.hwsrc, a.psrc, a.hwdst, a.pdst, len(p))",
+            to_hex(&out[..v4])
+        )) else {
+            return;
+        };
+        assert_eq!(
+            got,
+            "ff:ff:ff:ff:ff:ff 02:00:00:00:00:99 1 02:00:00:00:00:99 192.0.2.10 00:00:00:00:00:00 192.0.2.10 60"
+        );
+        let v6 = announcement("2001:db8::10".parse().unwrap(), OUR, &mut out).unwrap();
+        let got = scapy(&format!(
+            "p=Ether(bytes.fromhex('{}'))\nn=p[ICMPv6ND_NA]\n\
+             q=p.copy(); del q[ICMPv6ND_NA].cksum; q=Ether(bytes(q))\n\
+             print(p.dst, p.src, p[IPv6].src, p[IPv6].dst, p[IPv6].hlim, n.R, n.S, n.O, n.tgt, \
+             p[ICMPv6NDOptDstLLAddr].lladdr, q[ICMPv6ND_NA].cksum == n.cksum)",
+            to_hex(&out[..v6])
+        ))
+        .unwrap();
+        assert_eq!(
+            got,
+            "33:33:00:00:00:01 02:00:00:00:00:99 2001:db8::10 ff02::1 255 0 0 1 2001:db8::10 02:00:00:00:00:99 True"
+        );
+        assert_eq!(
+            announcement("2001:db8::10".parse().unwrap(), OUR, &mut out[..85]),
+            None
+        );
     }
 
     #[test]

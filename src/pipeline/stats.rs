@@ -34,6 +34,9 @@ pub struct Stats {
     pub icmp_errors: u64,
     /// Echo requests to the system's own addresses answered.
     pub echo_replies: u64,
+    /// Gratuitous ARPs and unsolicited neighbour advertisements `flowgate run` sent for
+    /// the system's addresses (`announce` in its conf), one per address and port.
+    pub announcements: u64,
     /// IPv4 fragments made beyond the first, for packets without DF over `system.mtu`.
     pub fragments_out: u64,
     /// Of those, fragments `flowgate run` could not send (no mbuf left in the pool).
@@ -94,6 +97,7 @@ impl Stats {
             nd_replies: 0,
             icmp_errors: 0,
             echo_replies: 0,
+            announcements: 0,
             fragments_out: 0,
             fragments_unsent: 0,
             svc_flows: vec![0; p.services.len()],
@@ -249,6 +253,7 @@ impl Stats {
             nd_replies,
             icmp_errors,
             echo_replies,
+            announcements,
             fragments_out,
             fragments_unsent,
             svc_flows,
@@ -281,6 +286,7 @@ impl Stats {
         self.nd_replies += nd_replies;
         self.icmp_errors += icmp_errors;
         self.echo_replies += echo_replies;
+        self.announcements += announcements;
         self.fragments_out += fragments_out;
         self.fragments_unsent += fragments_unsent;
         let add = |a: &mut Vec<u64>, b: &Vec<u64>| {
@@ -464,6 +470,7 @@ impl Stats {
             "nd_replies": self.nd_replies,
             "icmp_errors": self.icmp_errors,
             "echo_replies": self.echo_replies,
+            "announcements": self.announcements,
             "fragments_out": self.fragments_out,
             "fragments_unsent": self.fragments_unsent,
             "services": services,

@@ -32,6 +32,17 @@ struct RawConf {
     stats: Option<RawStats>,
     #[serde(default)]
     control: Option<RawControl>,
+    #[serde(default)]
+    announce: Option<RawAnnounce>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnnounce {
+    #[serde(default)]
+    rounds: Option<u32>,
+    #[serde(default)]
+    interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -194,7 +205,18 @@ pub struct RunConf {
     pub stats_prometheus: Option<std::net::SocketAddr>,
     /// The control plane (`None`: the pipeline alone decides).
     pub control: Option<ControlConf>,
+    /// `announce`: how many gratuitous ARPs and unsolicited neighbour advertisements
+    /// each owned address gets on every port when first owned (at the start, or brought
+    /// by a reload), and how far apart (see `pipeline::reply::Announcer`); 0 rounds: none.
+    pub announce_rounds: u32,
+    pub announce_interval_ms: u64,
 }
+
+/// `announce` by default: three rounds a second apart (keepalived's gratuitous ARPs
+/// after a takeover are five, a second apart by default); none when every port is a
+/// `net_pcap` capture.
+pub const DEFAULT_ANNOUNCE_ROUNDS: u32 = 3;
+pub const DEFAULT_ANNOUNCE_INTERVAL_MS: u64 = 1000;
 
 /// Default mbufs (a power of two minus one, as the mempool likes).
 pub const DEFAULT_MBUFS: u32 = 8191;
@@ -423,6 +445,29 @@ impl RunConf {
                     .into(),
             ));
         }
+        // Into capture files (every port a `net_pcap` vdev) announcements would only add
+        // frames that `replay` does not write: none unless asked for.
+        let captures = ports.iter().all(|p| p.device.starts_with("net_pcap"));
+        let default_rounds = if captures { 0 } else { DEFAULT_ANNOUNCE_ROUNDS };
+        let (announce_rounds, announce_interval_ms) = match &raw.announce {
+            None => (default_rounds, DEFAULT_ANNOUNCE_INTERVAL_MS),
+            Some(a) => (
+                a.rounds.unwrap_or(default_rounds),
+                a.interval_ms.unwrap_or(DEFAULT_ANNOUNCE_INTERVAL_MS),
+            ),
+        };
+        if announce_rounds > 100 {
+            return Err(err(
+                &[Key("announce"), Key("rounds")],
+                "must be in 0..=100".into(),
+            ));
+        }
+        if !(10..=3_600_000).contains(&announce_interval_ms) {
+            return Err(err(
+                &[Key("announce"), Key("interval_ms")],
+                "must be in 10..=3600000".into(),
+            ));
+        }
         let control = match &raw.control {
             None => None,
             Some(c) => {
@@ -505,6 +550,8 @@ impl RunConf {
             stats_interval_ms,
             stats_json,
             stats_prometheus,
+            announce_rounds,
+            announce_interval_ms,
         })
     }
 
@@ -576,6 +623,11 @@ impl RunConf {
                 self.stats_prometheus != fresh.stats_prometheus,
             ),
             ("control", self.control != fresh.control),
+            (
+                "announce",
+                (self.announce_rounds, self.announce_interval_ms)
+                    != (fresh.announce_rounds, fresh.announce_interval_ms),
+            ),
         ];
         (next, kept.iter().filter(|k| k.1).map(|k| k.0).collect())
     }
@@ -778,6 +830,41 @@ stop: { idle_ms: 0 }
             &c.eal_args()[..4],
             ["--lcores", "(0,1,2)@(0-1)", "--main-lcore", "0"]
         );
+    }
+
+    #[test]
+    fn announcements_by_default_on_live_ports_and_as_asked() {
+        let base = "pipeline: p.yaml\nlcores: {management: 0, workers: [1]}\n";
+        let ann = |c: &RunConf| (c.announce_rounds, c.announce_interval_ms);
+        let live = parse(&format!("{base}ports: [{{name: a, device: net_null0}}]\n")).unwrap();
+        assert_eq!(ann(&live), (3, 1000));
+        let pcap = format!("{base}ports: [{{name: a, device: \"net_pcap0,rx_pcap=in.pcap\"}}]\n");
+        assert_eq!(ann(&parse(&pcap).unwrap()), (0, 1000), "none into captures");
+        let asked = parse(&format!(
+            "{pcap}announce: {{rounds: 5, interval_ms: 200}}\n"
+        ))
+        .unwrap();
+        assert_eq!(ann(&asked), (5, 200));
+        let off = parse(&format!(
+            "{base}ports: [{{name: a, device: net_null0}}]\nannounce: {{rounds: 0}}\n"
+        ))
+        .unwrap();
+        assert_eq!(ann(&off), (0, 1000));
+        // A restart takes a change.
+        let (_, kept) = live.reload_from(&off);
+        assert_eq!(kept, ["announce"]);
+        for (bad, key) in [
+            ("announce: {rounds: 101}", "announce.rounds"),
+            ("announce: {interval_ms: 5}", "announce.interval_ms"),
+            ("announce: {every: 1}", "announce"),
+        ] {
+            let e = parse(&format!(
+                "{base}ports: [{{name: a, device: net_null0}}]\n{bad}\n"
+            ))
+            .expect_err(bad)
+            .to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -93,6 +93,7 @@ pub fn copy_stats(dst: &mut Stats, src: &Stats) {
         nd_replies,
         icmp_errors,
         echo_replies,
+        announcements,
         fragments_out,
         fragments_unsent,
         svc_flows,
@@ -123,6 +124,7 @@ pub fn copy_stats(dst: &mut Stats, src: &Stats) {
     dst.nd_replies = *nd_replies;
     dst.icmp_errors = *icmp_errors;
     dst.echo_replies = *echo_replies;
+    dst.announcements = *announcements;
     dst.fragments_out = *fragments_out;
     dst.fragments_unsent = *fragments_unsent;
     let cp = |d: &mut Vec<u64>, s: &Vec<u64>| {

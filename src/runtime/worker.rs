@@ -16,6 +16,7 @@ use super::{copy_stats, dispatch_hash};
 use crate::config::Pipeline;
 use crate::pipeline::gauges::{ConnCounts, ServerFlows};
 use crate::pipeline::meta::DropReason;
+use crate::pipeline::reply::{self, Announcer};
 use crate::pipeline::stats::Stats;
 use crate::pipeline::{Outcome, Share, Tables, Worker};
 use crate::port::dpdk::{
@@ -396,6 +397,7 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
             }
         }
         let shared = &shared;
+        let announce = (conf.announce_rounds, conf.announce_interval_ms);
         let to_conf = &to_conf[..];
         let inboxes = &inboxes[..];
         let stop_sig = &stop_sig;
@@ -404,8 +406,10 @@ pub fn run(conf: &RunConf, opts: &RunOpts) -> Result<RunResult> {
         eal.scope(|s| -> Result<()> {
             for (i, io) in ios.into_iter().enumerate() {
                 let lcore = conf.worker_lcores[i];
-                s.launch(lcore, move || worker_loop(i, io, shared, to_conf, inboxes))
-                    .with_context(|| format!("launching worker {i} on lcore {lcore}"))?;
+                s.launch(lcore, move || {
+                    worker_loop(i, io, shared, to_conf, inboxes, announce)
+                })
+                .with_context(|| format!("launching worker {i} on lcore {lcore}"))?;
             }
             let mut live = Live {
                 ports: &ports,
@@ -980,6 +984,7 @@ fn worker_loop<'q>(
     shared: &Shared,
     to_conf: &[usize],
     inboxes: &[ArrayQueue<(u16, Mbuf<'q>)>],
+    (rounds, interval_ms): (u32, u64),
 ) {
     let slot = &shared.slots[idx];
     let _done = DoneGuard(slot);
@@ -994,6 +999,16 @@ fn worker_loop<'q>(
         w.set_server_flows(row);
     }
     w.set_conn_counts(Arc::clone(&shared.conns));
+    // The first worker announces the system's addresses on every port (it owns queue 0
+    // of each): those of the first tables now, those a reload brings when it comes.
+    let mut announcer = (idx == 0).then(|| {
+        let mut a = Announcer::new(rounds, interval_ms.saturating_mul(1_000_000));
+        a.own(
+            shared.tables.lock().pipeline.owned_addresses(),
+            shared.now_ns(),
+        );
+        a
+    });
     let mut rxb: MbufBatch<'q> = MbufBatch::new();
     // This worker's frames picked out of a dispatched burst or its inbox.
     let mut mine: MbufBatch<'q> = MbufBatch::new();
@@ -1018,6 +1033,9 @@ fn worker_loop<'q>(
             // two bursts (an allocation, once per reload that grew the pipeline).
             let table = w.memory()[0].0;
             let latest = Arc::clone(&shared.tables.lock());
+            if let Some(a) = announcer.as_mut() {
+                a.own(latest.pipeline.owned_addresses(), now);
+            }
             if let Ok(old) = w.set_tables(latest) {
                 // Freeing a large pipeline takes milliseconds: the management thread
                 // drops the last reference (unless it is not the last one here).
@@ -1088,6 +1106,10 @@ fn worker_loop<'q>(
         }
         for (c, b) in txb.iter_mut().enumerate() {
             flush(&mut io.tx[c], b);
+        }
+        if let Some(addrs) = announcer.as_mut().and_then(|a| a.due(now)) {
+            let mac = shared.tables.lock().pipeline.mac;
+            w.stats.announcements += announce(addrs, mac, io.pool, &mut txb, &mut io.tx);
         }
         if got > 0 {
             slot.last_rx_ns.store(now.max(1), Relaxed);
@@ -1203,6 +1225,39 @@ fn run_burst<'q>(
         });
     }
     w.stats.fragments_unsent += unsent;
+}
+
+/// Sends the announcements of `addrs` ([`reply::announcement`]) from `mac` out of every
+/// port; returns how many were sent (an empty pool sends fewer).
+fn announce<'q>(
+    addrs: &[std::net::IpAddr],
+    mac: [u8; 6],
+    pool: &'q Mempool<'_>,
+    txb: &mut [MbufBatch<'q>],
+    tx: &mut [TxQueue<'q>],
+) -> u64 {
+    let mut sent = 0;
+    let mut frame = [0u8; 128];
+    for (c, b) in txb.iter_mut().enumerate() {
+        for &a in addrs {
+            let Some(n) = reply::announcement(a, mac, &mut frame) else {
+                continue;
+            };
+            let Some(m) = pool
+                .alloc()
+                .and_then(|mut m| m.set_data(&frame[..n]).then_some(m))
+            else {
+                continue;
+            };
+            if let Err(m) = b.push(m) {
+                flush(&mut tx[c], b);
+                let _ = b.push(m); // just emptied: room (else the mbuf is freed)
+            }
+            sent += 1;
+        }
+        flush(&mut tx[c], b);
+    }
+    sent
 }
 
 /// Queues a processed frame on its output port (or frees it when it was dropped).
