@@ -1193,7 +1193,6 @@ impl Pipeline {
         rules
     }
 
-    /// True when `ip` is a VIP or a system address.
     /// The addresses the system owns (answers ARP/ND and pings for): `system.addresses`
     /// and the VIPs of services not retired, in that order (a VIP shared by services or
     /// equal to a system address comes more than once).
@@ -1202,6 +1201,7 @@ impl Pipeline {
             .chain(self.services.iter().filter(|s| !s.retired).map(|s| s.vip))
     }
 
+    /// True when `ip` is a VIP or a system address.
     pub fn owns(&self, ip: IpAddr) -> bool {
         self.addresses.contains(&ip) || self.services.iter().any(|s| s.vip == ip && !s.retired)
     }
