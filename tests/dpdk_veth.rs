@@ -2776,9 +2776,30 @@ fn run_af_packet_announces_its_addresses_to_the_neighbours() {
     }
     // Every round done: its five addresses (198.51.100.1, 10.0.0.1, 2001:db8:1::1,
     // fd00::1 and the VIP) on both ports, three times.
-    std::thread::sleep(Duration::from_millis(3500));
+    let announced = |n: u64, what: &str, t: &mut Topo| {
+        let t0 = Instant::now();
+        while stats_now(&stats)["announcements"].as_u64() != Some(n) {
+            if t0.elapsed() > Duration::from_secs(20) {
+                fail(t, &format!("{n} announcements: {what}"), &stats);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    announced(5 * 2 * 3, "at the start", &mut t);
+    // A reload that brings a VIP announces that one (and only it) the same way.
+    let pipe = dir.path().join("pipeline.yaml");
+    let text = std::fs::read_to_string(&pipe).expect("pipeline");
+    let more = text.replace(
+        "default: gateway\n",
+        "  - name: extra\n    vip: 203.0.113.20\n    proto: udp\n    ports: [7]\n    servers:\n      \
+         - { name: s1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, weight: 100, port: inside }\n\
+         default: gateway\n",
+    );
+    reload_with(&t, &pipe, &more);
+    announced(5 * 2 * 3 + 2 * 3, "and the new VIP's", &mut t);
+    std::thread::sleep(Duration::from_millis(1500));
     stop(&mut t);
     let j = stats_file(&stats);
-    assert_eq!(j["announcements"].as_u64(), Some(5 * 2 * 3), "{j}");
+    assert_eq!(j["announcements"].as_u64(), Some(5 * 2 * 3 + 2 * 3), "{j}");
     assert_eq!(j["runtime"]["mempool_in_use"].as_u64(), Some(0), "{j}");
 }
