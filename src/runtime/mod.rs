@@ -23,6 +23,9 @@
 //!   spreads frames over all of them) and hands each frame to the worker chosen by a
 //!   symmetric hash of its IP addresses, through a bounded lock-free queue (a full queue
 //!   drops and counts the frame).
+//! - Worker 0 also announces the system's addresses on every port (gratuitous ARP,
+//!   unsolicited neighbour advertisement), at the start and for addresses a reload
+//!   brings, as `announce` in the conf says ([`crate::pipeline::reply::Announcer`]).
 //! - Frames are processed in the mbuf (no copy) and sent on the output port's queue of
 //!   the worker. Pipeline port indices (`port:` names in the pipeline, first-seen order)
 //!   are mapped to the conf's ports by name ([`conf::map_ports`]).
@@ -50,7 +53,9 @@
 //! `python3 -m http.server` namespaces through the VIP on `net_af_packet` veths, over
 //! IPv4 (ARP answered on both sides) and IPv6 (neighbour discovery, a 1 MB download
 //! intact); `flowgate flows` lists a real client's open connections with the servers
-//! that answered them; frames chained over several mbufs are dropped as `segmented`.
+//! that answered them; frames chained over several mbufs are dropped as `segmented`; a
+//! client kernel's stale entries for flowgate's addresses take its MAC from the
+//! announcements.
 //!
 //! With a `control:` section in the conf the management core also runs the control
 //! plane ([`control`]): tables follow what the end systems' agents advertise
