@@ -45,8 +45,12 @@
 //! Router mode: a UDP echo that reports the TTL its datagram arrived with shows one hop
 //! less each way, and a datagram with TTL (hop limit) 1 comes back to the client's socket
 //! as an ICMP (ICMPv6) Time Exceeded from flowgate's address, read from the socket's
-//! error queue (`IP_RECVERR`); `ping` and `ping -6` of flowgate's addresses are
-//! answered.
+//! error queue (`IP_RECVERR`); `ping` and `ping -6` of flowgate's addresses and VIPs are
+//! answered, and a SYN to a VIP's port no service listens on gets nothing back.
+//!
+//! Announcements: a client kernel's stale entries for flowgate's addresses at another MAC
+//! take flowgate's from its gratuitous ARP and unsolicited neighbour advertisement, the
+//! client sending nothing; a reload that adds a VIP announces that one.
 //!
 //! Path MTU: with `system.mtu: 1400` on the 1500-byte veths, the servers' full-size
 //! segments are answered with ICMP Fragmentation Needed / Packet Too Big; the servers'
