@@ -1,5 +1,5 @@
-//! IPv6 packets with IPv4-mapped addresses (`::ffff:a.b.c.d`, RFC 4291 2.5.5.2: never on
-//! the wire) are dropped as `bad_ipv6`. flowgate holds an IPv4 address in its mapped form,
+//! IPv6 packets with IPv4-mapped addresses (`::ffff:a.b.c.d`, RFC 4291 2.5.5.2: the form
+//! IPv6 software gives an IPv4 node, not an address of the wire) are dropped as `bad_ipv6`. flowgate holds an IPv4 address in its mapped form,
 //! so before 2026-12-07 such a packet was the IPv4 packet it maps: an IPv6 SYN to
 //! `::ffff:<VIP>` was load-balanced by the IPv4 service, and an IPv6 RST with a
 //! connection's mapped addresses and ports closed that IPv4 connection's flow. A pipeline

@@ -1392,7 +1392,7 @@ fn parse_ethertype(s: &str) -> Option<u16> {
 
 /// One host's address: IPv4, or IPv6 but not IPv4-mapped (`::ffff:a.b.c.d`, which
 /// flowgate would hold as the IPv4 address in some places and not in others, and which
-/// never comes on the wire: the parser drops it).
+/// the parser drops in IPv6 headers).
 fn host_addr(a: &str) -> Result<IpAddr, String> {
     match a.parse::<IpAddr>() {
         Ok(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_some() => Err(format!(

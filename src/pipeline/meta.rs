@@ -216,8 +216,8 @@ drop_reasons! {
     /// IPv4 version/IHL wrong, or total length inconsistent with the frame.
     BadIpv4 => "bad_ipv4",
     /// IPv6 version or payload length wrong, an extension header malformed, or an
-    /// IPv4-mapped source or destination (`::ffff:a.b.c.d`, never on the wire: it
-    /// would alias the IPv4 address's services and flows).
+    /// IPv4-mapped source or destination (`::ffff:a.b.c.d`, not an address of the wire:
+    /// it would alias the IPv4 address's services and flows).
     BadIpv6 => "bad_ipv6",
     /// TCP header malformed (data offset < 5 or past the packet).
     BadTcp => "bad_tcp",

@@ -225,9 +225,9 @@ fn parse_ipv6(b: &[u8], off: usize, m: &mut Meta) -> Result<(), DropReason> {
     m.ttl = ip.hop_limit();
     m.tuple.src = ip.src_addr();
     m.tuple.dst = ip.dst_addr();
-    // An IPv4-mapped address (`::ffff:a.b.c.d`) never belongs on the wire (RFC 4291
-    // 2.5.5.2; Linux drops such a source too): here it would be the IPv4 address it
-    // maps, matching IPv4 services and the flows of IPv4 connections.
+    // An IPv4-mapped address (`::ffff:a.b.c.d`) is the form IPv6 software gives an IPv4
+    // node (RFC 4291 2.5.5.2), not an address of the wire: here it would be the IPv4
+    // address it maps, matching IPv4 services and the flows of IPv4 connections.
     if is_v4_mapped(&m.tuple.src) || is_v4_mapped(&m.tuple.dst) {
         return Err(DropReason::BadIpv6);
     }
@@ -809,7 +809,7 @@ mod tests {
 
     #[test]
     fn ipv6_errors() {
-        // An IPv4-mapped source or destination (never on the wire).
+        // An IPv4-mapped source or destination.
         for at in [22, 38] {
             let mut v = hex(V6NONEXT);
             v[at..at + 12].copy_from_slice(&V4_MAPPED_PREFIX);

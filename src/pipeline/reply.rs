@@ -137,9 +137,8 @@ pub fn announcement(addr: std::net::IpAddr, our_mac: [u8; 6], out: &mut [u8]) ->
 
 /// When to announce which of the system's addresses ([`announcement`]; `flowgate run`'s
 /// first worker, between bursts): an address the first time it is owned (at the start,
-/// or brought by a reload), `rounds` times `interval_ns` apart, the first right away, as
-/// keepalived repeats its gratuitous ARPs. An address owned again after a reload took it
-/// away is announced again.
+/// or brought by a reload), `rounds` times `interval_ns` apart, the first right away. An
+/// address owned again after a reload took it away is announced again.
 #[derive(Debug)]
 pub struct Announcer {
     rounds: u32,

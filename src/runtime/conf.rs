@@ -212,9 +212,8 @@ pub struct RunConf {
     pub announce_interval_ms: u64,
 }
 
-/// `announce` by default: three rounds a second apart (keepalived's gratuitous ARPs
-/// after a takeover are five, a second apart by default); none when every port is a
-/// `net_pcap` capture.
+/// `announce` by default: three rounds a second apart (one may be lost); none when every
+/// port is a `net_pcap` capture.
 pub const DEFAULT_ANNOUNCE_ROUNDS: u32 = 3;
 pub const DEFAULT_ANNOUNCE_INTERVAL_MS: u64 = 1000;
 
