@@ -1203,7 +1203,7 @@ impl Pipeline {
 
     /// True when `ip` is a VIP or a system address.
     pub fn owns(&self, ip: IpAddr) -> bool {
-        self.addresses.contains(&ip) || self.services.iter().any(|s| s.vip == ip && !s.retired)
+        self.owned_addresses().any(|a| a == ip)
     }
 }
 

@@ -123,10 +123,9 @@ fn ipv6<const L3: usize>(d: &[u8], mtu: usize) -> Option<Fast> {
     let (proto, l4) = (h[6], d.get(L3 + 40..L3 + 40 + plen)?);
     let (src_port, dst_port, tcp_flags) = ports(proto, l4)?;
     let addr = |o: usize| -> [u8; 16] { h[o..o + 16].try_into().unwrap_or_default() };
-    // IPv4-mapped addresses (`::ffff:0:0/96`) are refused by the general parser.
+    // IPv4-mapped addresses are refused by the general parser.
     let (src, dst) = (addr(8), addr(24));
-    let mapped = |a: [u8; 16]| u128::from_be_bytes(a) >> 32 == 0xffff;
-    if mapped(src) || mapped(dst) {
+    if super::parse::is_v4_mapped(&src) || super::parse::is_v4_mapped(&dst) {
         return None;
     }
     Some(Fast {
@@ -566,7 +565,7 @@ mod tests {
         // IPv4-mapped addresses (which the general parser drops).
         for at in [22, 38] {
             let mut x = frame_of(6, 0, true);
-            x[at..at + 12].copy_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
+            x[at..at + 12].copy_from_slice(&super::super::parse::v4_mapped([0; 4])[..12]);
             assert_eq!(parse(&x), None, "mapped at {at}");
         }
         let mut short = frame_of(6, 0, true);

@@ -1851,11 +1851,11 @@ impl Worker {
                 // here that `default` would route back: a loop), and never a frame to
                 // an IEEE 802.1 reserved group address (STP, LACP, LLDP, 802.1X: a
                 // bridge's own links' traffic, which no bridge forwards).
-                let dst_mac = mac_at(buf.data(), 0);
                 if route.port == in_port && route.mac == src_mac {
                     drop_into(out, DropReason::Reflected);
                     return None;
                 }
+                let dst_mac = mac_at(buf.data(), 0);
                 if dst_mac[..5] == [0x01, 0x80, 0xc2, 0x00, 0x00] && dst_mac[5] < 0x10 {
                     drop_into(out, DropReason::LinkLocal);
                     return None;
