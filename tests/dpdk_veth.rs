@@ -518,6 +518,14 @@ fn start_flowgate_with(
     stats
 }
 
+/// Gives the client a second address, 198.51.100.3, beside 198.51.100.2.
+fn second_client_address(t: &Topo) {
+    ip_in(
+        &t.ns("c"),
+        &["addr", "add", "198.51.100.3/24", "dev", "eth0"],
+    );
+}
+
 /// Writes `text` to the running flowgate's pipeline or conf file `pipe` and sends it
 /// SIGHUP (the last child started is flowgate).
 fn reload_with(t: &Topo, pipe: &Path, text: &str) {
@@ -1728,10 +1736,7 @@ fn run_af_packet_cuts_the_connections_a_narrowed_allow_list_leaves_out() {
         return;
     };
     python_on_servers(&mut t, ECHO_SERVER, |i| format!("s{i}"));
-    ip_in(
-        &t.ns("c"),
-        &["addr", "add", "198.51.100.3/24", "dev", "eth0"],
-    );
+    second_client_address(&t);
     let allow = |nets: &str| {
         ECHO_SERVICE.replace("    servers:", &format!("    allow: {nets}\n    servers:"))
     };
@@ -2173,10 +2178,7 @@ fn run_af_packet_holds_each_client_to_its_open_connections() {
         return;
     };
     python_on_servers(&mut t, HELD_SERVER, |i| format!("s{i}"));
-    ip_in(
-        &t.ns("c"),
-        &["addr", "add", "198.51.100.3/24", "dev", "eth0"],
-    );
+    second_client_address(&t);
     let held = "  - name: held\n    vip: 203.0.113.10\n    proto: tcp\n    ports: [9000]\n    \
                 conn_limit: { per_source: 3 }\n    servers:\n      \
                 - { name: h1, mac: \"02:00:00:00:01:01\", ip: 10.0.0.11, port: inside }\n      \

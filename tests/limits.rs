@@ -527,14 +527,7 @@ for k in range(7):
     assert_eq!(later, 5, "the whole burst again");
     let refused = (30 + 5 + 2 + 7 - got.len()) as u64;
     assert_eq!(refused, 23 + 2);
-    assert_eq!(s["drops"]["rate_limited"], refused, "{s}");
-    assert_eq!(s["services"]["web"]["rate_limited"], refused, "{s}");
-    for line in [
-        format!("flowgate_service_rate_limited_total{{service=\"web\"}} {refused}"),
-        format!("flowgate_drops_total{{reason=\"rate_limited\"}} {refused}"),
-    ] {
-        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
-    }
+    refusals_counted(&s, &text, "rate_limited", refused);
     let listing = listing(&p);
     assert!(
         listing.contains(
@@ -594,14 +587,7 @@ tcp("198.51.100.7", 3003, 100.01)
     assert_eq!(acks.count(), 2, "the ACK and the FIN: {got:?}");
     assert_eq!(of("198.51.100.8"), [2000, 2001, 2002], "the other client");
     let refused = 3 + 1 + 1;
-    assert_eq!(s["drops"]["conn_limited"], refused, "{s}");
-    assert_eq!(s["services"]["web"]["conn_limited"], refused, "{s}");
-    for line in [
-        format!("flowgate_service_conn_limited_total{{service=\"web\"}} {refused}"),
-        format!("flowgate_drops_total{{reason=\"conn_limited\"}} {refused}"),
-    ] {
-        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
-    }
+    refusals_counted(&s, &text, "conn_limited", refused);
     let listing = listing(&p);
     assert!(
         (listing.lines()).any(|l| l == "  conn_limit 3 open flows per client (IPv4 /32, IPv6 /64)"),
@@ -726,4 +712,18 @@ fn a_total_rate_limit_holds_all_clients_together() {
     let line = "  rate_limit 1 new flows a second per client (IPv4 /32, IPv6 /64), 1 at once; \
                 100 new flows a second in all, 5 at once";
     assert!(listing.lines().any(|l| l == line), "{listing}");
+}
+
+/// `refused` new flows of service `web` refused as `reason` (`rate_limited`,
+/// `conn_limited`): in the stats JSON's drops and the service's count, and in the
+/// Prometheus text `text` as both counters.
+fn refusals_counted(s: &serde_json::Value, text: &str, reason: &str, refused: u64) {
+    assert_eq!(s["drops"][reason], refused, "{s}");
+    assert_eq!(s["services"]["web"][reason], refused, "{s}");
+    for line in [
+        format!("flowgate_service_{reason}_total{{service=\"web\"}} {refused}"),
+        format!("flowgate_drops_total{{reason=\"{reason}\"}} {refused}"),
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
 }
